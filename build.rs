@@ -1,0 +1,112 @@
+//! Generates the ziggurat tables of the standard normal sampler (`src/normal.rs`).
+//!
+//! The tables are computed here, in f64 with the `libm` crate, so that every build of the
+//! core (host or device) embeds the very same constants and no table can drift from the
+//! maths that defines it.
+
+use std::env;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::PathBuf;
+
+/// Number of strips of the ziggurat (a power of two: the strip index is 7 random bits).
+const STRIPS: usize = 128;
+
+/// Unnormalised standard normal density.
+fn density(x: f64) -> f64 {
+    libm::exp(-0.5 * x * x)
+}
+
+/// Area of every strip for a given right edge `r` of the base strip: the rectangle under
+/// f(r) plus the tail beyond r.
+fn strip_area(r: f64) -> f64 {
+    r * density(r)
+        + libm::sqrt(core::f64::consts::FRAC_PI_2) * libm::erfc(r / core::f64::consts::SQRT_2)
+}
+
+/// Builds the strip edges x[0..=STRIPS] for a base edge `r`; returns them with the residual
+/// `f(x[STRIPS-1]) + V / x[STRIPS-1] - 1`, which is zero when the top strip closes at x = 0.
+fn edges(r: f64) -> ([f64; STRIPS + 1], f64) {
+    let v = strip_area(r);
+    let mut x = [0.0f64; STRIPS + 1];
+    x[0] = v / density(r);
+    x[1] = r;
+    for k in 1..STRIPS - 1 {
+        let y = density(x[k]) + v / x[k];
+        x[k + 1] = if y >= 1.0 {
+            0.0
+        } else {
+            libm::sqrt(-2.0 * libm::log(y))
+        };
+    }
+    x[STRIPS] = 0.0;
+    let last = x[STRIPS - 1];
+    let residual = if last > 0.0 {
+        density(last) + v / last - 1.0
+    } else {
+        1.0
+    };
+    (x, residual)
+}
+
+fn main() {
+    // Bisection on r: a larger r makes every strip thinner, so the top strip overshoots.
+    let (mut lo, mut hi) = (3.0f64, 4.0f64);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        let (_, res) = edges(mid);
+        if res > 0.0 {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let r = 0.5 * (lo + hi);
+    let (x, _) = edges(r);
+    let scale = (1u64 << 24) as f64;
+
+    let mut src = String::new();
+    writeln!(src, "/// Right edge of the base strip (start of the tail).").unwrap();
+    writeln!(src, "pub(crate) const ZIG_R: f32 = {:?};", r as f32).unwrap();
+    writeln!(src, "/// 1 / ZIG_R, for the tail sampler.").unwrap();
+    writeln!(
+        src,
+        "pub(crate) const ZIG_R_INV: f32 = {:?};",
+        (1.0 / r) as f32
+    )
+    .unwrap();
+    writeln!(
+        src,
+        "/// Strip widths scaled by 2^-24, so that a 24-bit integer times W[k] lies in [0, x[k])."
+    )
+    .unwrap();
+    write!(src, "pub(crate) static ZIG_W: [f32; {STRIPS}] = [").unwrap();
+    for k in 0..STRIPS {
+        write!(src, "{:?}, ", (x[k] / scale) as f32).unwrap();
+    }
+    writeln!(src, "];").unwrap();
+    writeln!(
+        src,
+        "/// Acceptance thresholds: a 24-bit integer below K[k] lands inside the curve."
+    )
+    .unwrap();
+    write!(src, "pub(crate) static ZIG_K: [u32; {STRIPS}] = [").unwrap();
+    for k in 0..STRIPS {
+        write!(src, "{}, ", libm::floor(scale * x[k + 1] / x[k]) as u32).unwrap();
+    }
+    writeln!(src, "];").unwrap();
+    writeln!(
+        src,
+        "/// Density at each strip edge, f(x[k]) = exp(-x[k]^2 / 2)."
+    )
+    .unwrap();
+    write!(src, "pub(crate) static ZIG_F: [f32; {}] = [", STRIPS + 1).unwrap();
+    for xk in x.iter() {
+        write!(src, "{:?}, ", density(*xk) as f32).unwrap();
+    }
+    writeln!(src, "];").unwrap();
+
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    fs::write(out.join("ziggurat_tables.rs"), src).expect("write ziggurat tables");
+    println!("cargo::rerun-if-changed=build.rs");
+}

@@ -1,0 +1,247 @@
+//! Typed errors of the reader and of inference. Every failure names what was wrong and where.
+
+use core::fmt;
+
+/// Why a byte slice is not a valid model. Returned by [`crate::Model::from_bytes`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ModelError {
+    /// The slice is shorter than the smallest possible model (header plus trailer).
+    TooShort {
+        /// Length of the slice in bytes.
+        len: usize,
+    },
+    /// The slice does not start at a 4-byte-aligned address (see `include_model!`).
+    Misaligned,
+    /// The file does not start with the magic bytes `TBYS`.
+    BadMagic,
+    /// The file was written in a format version this reader does not know.
+    UnsupportedVersion {
+        /// The version found in the header.
+        found: u16,
+    },
+    /// The header length field is not the one of this version.
+    BadHeaderLength {
+        /// The value found.
+        found: u16,
+    },
+    /// The length recorded in the header differs from the slice length (truncated or padded).
+    LengthMismatch {
+        /// Length recorded in the header.
+        declared: u32,
+        /// Length of the slice.
+        actual: usize,
+    },
+    /// The CRC-32 trailer does not match the contents: the file is corrupted.
+    CrcMismatch {
+        /// CRC stored in the trailer.
+        stored: u32,
+        /// CRC computed over the contents.
+        computed: u32,
+    },
+    /// A reserved field or flag is not zero.
+    ReservedNotZero {
+        /// Byte offset of the field in the file.
+        offset: usize,
+    },
+    /// The layer count is zero or above [`crate::format::MAX_LAYERS`].
+    BadLayerCount {
+        /// The count found.
+        count: u16,
+    },
+    /// The number of classes is below 2 or above [`crate::format::MAX_CLASSES`].
+    BadClassCount {
+        /// The count found.
+        count: u16,
+    },
+    /// An input dimension is zero.
+    BadInputShape,
+    /// The input normalisation (scale or offset) is not a finite number.
+    BadInputNormalization,
+    /// The layer table does not start right after the header.
+    BadLayerTableOffset {
+        /// Offset found.
+        found: u32,
+    },
+    /// A layer record has an unknown storage, posterior or activation code.
+    UnknownCode {
+        /// Index of the layer.
+        layer: usize,
+        /// Byte offset of the code within the record.
+        field: usize,
+        /// The code found.
+        code: u8,
+    },
+    /// A layer has zero units, or more than [`crate::format::MAX_UNITS`].
+    BadLayerSize {
+        /// Index of the layer.
+        layer: usize,
+    },
+    /// A layer's inputs do not match the previous layer's outputs (or the model input).
+    ShapeMismatch {
+        /// Index of the layer.
+        layer: usize,
+        /// Inputs the layer must have.
+        expected: usize,
+        /// Inputs the layer declares.
+        found: usize,
+    },
+    /// The last layer's outputs differ from the number of classes, or it has an activation.
+    BadOutputLayer,
+    /// The number of stored weights is impossible for the layer's shape and storage.
+    BadWeightCount {
+        /// Index of the layer.
+        layer: usize,
+    },
+    /// A payload is not 4-byte aligned, overlaps another part of the file or lies outside it.
+    PayloadOutOfBounds {
+        /// Index of the layer.
+        layer: usize,
+    },
+    /// A payload length differs from the one its shape implies.
+    PayloadLength {
+        /// Index of the layer.
+        layer: usize,
+        /// Length the shape implies (0 if it overflows).
+        expected: usize,
+        /// Length recorded.
+        found: usize,
+    },
+    /// Sparse row pointers do not start at 0, decrease, or do not end at the weight count.
+    BadRowPointers {
+        /// Index of the layer.
+        layer: usize,
+    },
+    /// A sparse column index is out of range, or indices within a row are not strictly increasing.
+    BadColumnIndex {
+        /// Index of the layer.
+        layer: usize,
+        /// Position of the offending index in the layer's index array.
+        position: usize,
+    },
+    /// A weight, bias or variance is NaN or infinite.
+    NonFinite {
+        /// Index of the layer.
+        layer: usize,
+    },
+    /// A variance is negative.
+    NegativeVariance {
+        /// Index of the layer.
+        layer: usize,
+    },
+}
+
+impl fmt::Display for ModelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ModelError::*;
+        match *self {
+            TooShort { len } => write!(f, "model is {len} bytes, too short to hold a header"),
+            Misaligned => f.write_str("model bytes are not 4-byte aligned in memory"),
+            BadMagic => f.write_str("not a tinybayes model (bad magic bytes)"),
+            UnsupportedVersion { found } => write!(
+                f,
+                "model format version {found} is not supported (this build reads version {})",
+                crate::format::FORMAT_VERSION
+            ),
+            BadHeaderLength { found } => write!(f, "header length {found} is invalid"),
+            LengthMismatch { declared, actual } => write!(
+                f,
+                "model declares {declared} bytes but {actual} are present (truncated or padded file)"
+            ),
+            CrcMismatch { stored, computed } => write!(
+                f,
+                "CRC mismatch (stored {stored:#010x}, computed {computed:#010x}): the file is corrupted"
+            ),
+            ReservedNotZero { offset } => write!(f, "reserved field at byte {offset} is not zero"),
+            BadLayerCount { count } => write!(f, "layer count {count} is out of range"),
+            BadClassCount { count } => write!(f, "class count {count} is out of range"),
+            BadInputShape => f.write_str("input shape has a zero dimension"),
+            BadInputNormalization => f.write_str("input scale or offset is not finite"),
+            BadLayerTableOffset { found } => write!(f, "layer table offset {found} is invalid"),
+            UnknownCode { layer, field, code } => {
+                write!(f, "layer {layer}: unknown code {code} in record byte {field}")
+            }
+            BadLayerSize { layer } => write!(f, "layer {layer}: unit count out of range"),
+            ShapeMismatch { layer, expected, found } => {
+                write!(f, "layer {layer}: expects {expected} inputs but declares {found}")
+            }
+            BadOutputLayer => f.write_str(
+                "last layer must output one logit per class with identity activation",
+            ),
+            BadWeightCount { layer } => write!(f, "layer {layer}: impossible weight count"),
+            PayloadOutOfBounds { layer } => {
+                write!(f, "layer {layer}: payload misaligned, overlapping or out of the file")
+            }
+            PayloadLength { layer, expected, found } => write!(
+                f,
+                "layer {layer}: payload is {found} bytes, its shape needs {expected}"
+            ),
+            BadRowPointers { layer } => write!(f, "layer {layer}: invalid sparse row pointers"),
+            BadColumnIndex { layer, position } => write!(
+                f,
+                "layer {layer}: sparse index {position} out of range or not increasing"
+            ),
+            NonFinite { layer } => write!(f, "layer {layer}: NaN or infinite parameter"),
+            NegativeVariance { layer } => write!(f, "layer {layer}: negative variance"),
+        }
+    }
+}
+
+impl core::error::Error for ModelError {}
+
+/// Why an inference could not run. Returned by [`crate::Engine`] methods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum InferenceError {
+    /// The input has the wrong number of values for the model.
+    InputLength {
+        /// Values the model takes.
+        expected: usize,
+        /// Values given.
+        found: usize,
+    },
+    /// The input contains NaN or an infinity.
+    NonFiniteInput,
+    /// The workspace is smaller than the model needs ([`crate::Model::workspace_len`]).
+    WorkspaceTooSmall {
+        /// f32 words needed.
+        needed: usize,
+        /// f32 words given.
+        provided: usize,
+    },
+    /// The result type holds fewer classes than the model predicts.
+    ClassCapacity {
+        /// Classes of the model.
+        classes: usize,
+        /// Capacity of the result type.
+        capacity: usize,
+    },
+    /// Zero Monte Carlo samples were requested.
+    ZeroSamples,
+    /// A sample produced NaN or infinite logits (overflow on extreme inputs or weights).
+    NonFiniteLogits,
+}
+
+impl fmt::Display for InferenceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use InferenceError::*;
+        match *self {
+            InputLength { expected, found } => {
+                write!(f, "input has {found} values, the model takes {expected}")
+            }
+            NonFiniteInput => f.write_str("input contains NaN or infinity"),
+            WorkspaceTooSmall { needed, provided } => write!(
+                f,
+                "workspace has {provided} f32 words, this run needs {needed}"
+            ),
+            ClassCapacity { classes, capacity } => write!(
+                f,
+                "model predicts {classes} classes, the result holds at most {capacity}"
+            ),
+            ZeroSamples => f.write_str("at least one Monte Carlo sample is needed"),
+            NonFiniteLogits => f.write_str("inference overflowed to NaN or infinity"),
+        }
+    }
+}
+
+impl core::error::Error for InferenceError {}

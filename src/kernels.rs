@@ -1,0 +1,240 @@
+//! f32 kernels of one linear layer, in three forms:
+//!
+//! - [`forward_mean`]: one input vector, mean weights (the deterministic mode).
+//! - [`forward_moments`]: one input vector, Gaussian weights: the mean and standard deviation
+//!   of every pre-activation (local reparameterization, computed once when the input is
+//!   deterministic).
+//! - [`forward_samples`]: a chunk of `s` sampled input vectors laid out unit-major
+//!   (`x[i * s + m]`), so each index and weight is loaded once for all `s` samples.
+//!
+//! All slices come from a validated [`Model`](crate::Model): indices are in range by
+//! construction. Summation order is fixed (bias first, then weights in stored order) so the
+//! host and the device produce the same bits.
+
+use crate::format::{Activation, Posterior};
+use crate::input::Input;
+use crate::model::{Layer, Weights};
+use crate::normal::standard_normal;
+use rand_xoshiro::Xoshiro128PlusPlus;
+
+/// The stored weights of one output unit.
+#[derive(Clone, Copy)]
+enum Row<'a> {
+    Dense(&'a [f32]),
+    Sparse(&'a [u16], &'a [f32]),
+}
+
+/// Calls `f(j, row)` for every output unit `j` in order.
+#[inline(always)]
+fn for_each_row<'a>(layer: &Layer<'a>, mut f: impl FnMut(usize, Row<'a>)) {
+    let words = layer.posterior().words_per_weight();
+    match layer.weights() {
+        Weights::Dense { values } => {
+            for (j, row) in values.chunks_exact(layer.inputs() * words).enumerate() {
+                f(j, Row::Dense(row));
+            }
+        }
+        Weights::Sparse {
+            row_ptr,
+            cols,
+            values,
+        } => {
+            for (j, bounds) in row_ptr.windows(2).enumerate() {
+                let (start, end) = (bounds[0] as usize, bounds[1] as usize);
+                f(
+                    j,
+                    Row::Sparse(&cols[start..end], &values[start * words..end * words]),
+                );
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn activate(activation: Activation, v: f32) -> f32 {
+    match activation {
+        Activation::Identity => v,
+        Activation::Relu => {
+            if v > 0.0 {
+                v
+            } else {
+                0.0
+            }
+        }
+    }
+}
+
+/// `bias + sum_i theta_i x_i` over one row; `W` words per stored weight, theta first.
+#[inline(always)]
+fn dot_theta<X: Input + ?Sized, const W: usize>(row: Row<'_>, x: &X, bias: f32) -> f32 {
+    let mut acc = bias;
+    match row {
+        Row::Dense(values) => {
+            for (i, w) in values.chunks_exact(W).enumerate() {
+                acc += x.value(i) * w[0];
+            }
+        }
+        Row::Sparse(cols, values) => {
+            for (&c, w) in cols.iter().zip(values.chunks_exact(W)) {
+                acc += x.value(c as usize) * w[0];
+            }
+        }
+    }
+    acc
+}
+
+/// Mean and variance of one Gaussian row's pre-activation given a fixed input.
+#[inline(always)]
+fn dot_moments<X: Input + ?Sized>(row: Row<'_>, x: &X, bias: f32) -> (f32, f32) {
+    let (mut mean, mut var) = (bias, 0.0f32);
+    let mut add = |xv: f32, w: &[f32]| {
+        mean += xv * w[0];
+        var += xv * xv * w[1];
+    };
+    match row {
+        Row::Dense(values) => {
+            for (i, w) in values.chunks_exact(2).enumerate() {
+                add(x.value(i), w);
+            }
+        }
+        Row::Sparse(cols, values) => {
+            for (&c, w) in cols.iter().zip(values.chunks_exact(2)) {
+                add(x.value(c as usize), w);
+            }
+        }
+    }
+    (mean, var)
+}
+
+/// Deterministic forward pass with the posterior means: `out[j] = act(bias_j + theta_j . x)`.
+pub(crate) fn forward_mean<X: Input + ?Sized>(layer: &Layer<'_>, x: &X, out: &mut [f32]) {
+    let bias = layer.bias();
+    let act = layer.activation();
+    let out = &mut out[..layer.outputs()];
+    match layer.posterior() {
+        Posterior::Deterministic => for_each_row(layer, |j, row| {
+            out[j] = activate(act, dot_theta::<X, 1>(row, x, bias[j]));
+        }),
+        Posterior::Gaussian => for_each_row(layer, |j, row| {
+            out[j] = activate(act, dot_theta::<X, 2>(row, x, bias[j]));
+        }),
+    }
+}
+
+/// Pre-activation moments of a layer for a fixed input: `mean[j]` and `std[j] = sqrt(var[j])`.
+/// A deterministic layer gets `std = 0`.
+pub(crate) fn forward_moments<X: Input + ?Sized>(
+    layer: &Layer<'_>,
+    x: &X,
+    mean: &mut [f32],
+    std: &mut [f32],
+) {
+    let bias = layer.bias();
+    let (mean, std) = (&mut mean[..layer.outputs()], &mut std[..layer.outputs()]);
+    match layer.posterior() {
+        Posterior::Deterministic => for_each_row(layer, |j, row| {
+            mean[j] = dot_theta::<X, 1>(row, x, bias[j]);
+            std[j] = 0.0;
+        }),
+        Posterior::Gaussian => for_each_row(layer, |j, row| {
+            let (m, v) = dot_moments(row, x, bias[j]);
+            mean[j] = m;
+            std[j] = libm::sqrtf(v);
+        }),
+    }
+}
+
+/// Draws `s` samples of a layer's activations from precomputed pre-activation moments:
+/// `out[j * s + m] = act(mean[j] + std[j] * eps)`, one normal draw from `rngs[m]` per unit
+/// (Gaussian layers only).
+pub(crate) fn sample_from_moments(
+    layer: &Layer<'_>,
+    mean: &[f32],
+    std: &[f32],
+    rngs: &mut [Xoshiro128PlusPlus],
+    out: &mut [f32],
+) {
+    let s = rngs.len();
+    let act = layer.activation();
+    let gaussian = layer.posterior() == Posterior::Gaussian;
+    for ((&mu, &sd), unit) in mean.iter().zip(std).zip(out.chunks_exact_mut(s)) {
+        for (o, rng) in unit.iter_mut().zip(rngs.iter_mut()) {
+            let pre = if gaussian {
+                mu + sd * standard_normal(rng)
+            } else {
+                mu
+            };
+            *o = activate(act, pre);
+        }
+    }
+}
+
+/// One layer for a chunk of `s = rngs.len() <= CHUNK` samples. `x[i * s + m]` is input `i` of
+/// sample `m`; writes `out[j * s + m]`. Local reparameterization: per unit and sample,
+/// `act(mean + sqrt(var) * eps)` with `eps` drawn from the sample's own generator `rngs[m]`.
+pub(crate) fn forward_samples<const CHUNK: usize>(
+    layer: &Layer<'_>,
+    x: &[f32],
+    rngs: &mut [Xoshiro128PlusPlus],
+    out: &mut [f32],
+) {
+    let s = rngs.len();
+    let bias = layer.bias();
+    let act = layer.activation();
+    let out = &mut out[..layer.outputs() * s];
+    match layer.posterior() {
+        Posterior::Deterministic => for_each_row(layer, |j, row| {
+            let mut mean = [0.0f32; CHUNK];
+            accumulate::<CHUNK, 1>(row, x, s, bias[j], &mut mean, &mut [0.0; CHUNK]);
+            for (o, &m) in out[j * s..(j + 1) * s].iter_mut().zip(&mean) {
+                *o = activate(act, m);
+            }
+        }),
+        Posterior::Gaussian => for_each_row(layer, |j, row| {
+            let mut mean = [0.0f32; CHUNK];
+            let mut var = [0.0f32; CHUNK];
+            accumulate::<CHUNK, 2>(row, x, s, bias[j], &mut mean, &mut var);
+            let unit = out[j * s..(j + 1) * s].iter_mut().zip(rngs.iter_mut());
+            for ((o, rng), (&m, &v)) in unit.zip(mean.iter().zip(&var)) {
+                *o = activate(act, m + libm::sqrtf(v) * standard_normal(rng));
+            }
+        }),
+    }
+}
+
+/// Accumulates one row for `s` samples: `mean[m] = bias + sum theta x_m` and, when `W == 2`,
+/// `var[m] = sum sigma^2 x_m^2`. Each stored weight is loaded once for the whole chunk.
+#[inline(always)]
+fn accumulate<const CHUNK: usize, const W: usize>(
+    row: Row<'_>,
+    x: &[f32],
+    s: usize,
+    bias: f32,
+    mean: &mut [f32; CHUNK],
+    var: &mut [f32; CHUNK],
+) {
+    for m in mean[..s].iter_mut() {
+        *m = bias;
+    }
+    let mut add = |i: usize, w: &[f32]| {
+        let xs = &x[i * s..(i + 1) * s];
+        for ((m, v), &xv) in mean.iter_mut().zip(var.iter_mut()).zip(xs) {
+            *m += xv * w[0];
+            if W == 2 {
+                *v += xv * xv * w[1];
+            }
+        }
+    };
+    match row {
+        Row::Dense(values) => {
+            for (i, w) in values.chunks_exact(W).enumerate() {
+                add(i, w);
+            }
+        }
+        Row::Sparse(cols, values) => {
+            for (&c, w) in cols.iter().zip(values.chunks_exact(W)) {
+                add(c as usize, w);
+            }
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! # tinybayes
+//!
+//! Bayesian neural network inference for Cortex-M microcontrollers: `#![no_std]`, no heap,
+//! model tables read in place from flash, deterministic seeded sampling.
+//!
+//! Every input gets a posterior predictive distribution with its uncertainty: predictive
+//! entropy (total), expected entropy (aleatoric) and mutual information (epistemic).
+//!
+//! ```
+//! use core::num::NonZeroU16;
+//! use rand_core::SeedableRng;
+//! use tinybayes::{Engine, Mode, Model, Prediction};
+//!
+//! # let buffer = tinybayes::writer::synthetic::mlp(7, &[16, 8, 3], 0.5).to_buffer().unwrap();
+//! # let bytes = buffer.as_bytes();
+//! let model = Model::from_bytes(bytes)?; // validates once: shapes, indices, CRC, ...
+//! let mut workspace = [0.0f32; 512];     // model.workspace_len(8) words at least
+//! let mut engine = Engine::<8>::new(&model, &mut workspace)?;
+//! let mut rng = rand_xoshiro::Xoshiro128PlusPlus::seed_from_u64(1);
+//! let input = [0.5f32; 16];
+//! let samples = NonZeroU16::new(32).unwrap();
+//! let p: Prediction<3> = engine.predict(&input, Mode::MonteCarlo { samples }, &mut rng)?;
+//! assert!((p.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+//! assert!(p.mutual_information >= 0.0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![no_std]
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(any(feature = "std", test))]
+extern crate std;
+
+mod engine;
+pub mod error;
+pub mod format;
+mod input;
+mod kernels;
+pub mod model;
+pub mod normal;
+pub mod predictive;
+#[cfg(feature = "alloc")]
+pub mod writer;
+
+pub use engine::{Engine, Mode};
+pub use error::{InferenceError, ModelError};
+pub use model::{Layer, Model, Weights};
+pub use predictive::Prediction;
+pub use rand_core;
+pub use rand_xoshiro;
+
+/// Embeds a model file in the binary (typically flash) at a 4-byte-aligned address, as
+/// [`Model::from_bytes`] requires, and evaluates to `&'static [u8]`.
+///
+/// ```ignore
+/// static MODEL: &[u8] = tinybayes::include_model!("../models/lenet300.tbm");
+/// ```
+#[macro_export]
+macro_rules! include_model {
+    ($path:expr) => {{
+        #[repr(C, align(4))]
+        struct Aligned<T: ?Sized>(T);
+        static ALIGNED: &Aligned<[u8]> = &Aligned(*include_bytes!($path));
+        &ALIGNED.0
+    }};
+}

@@ -1,0 +1,363 @@
+//! The model writer (feature `alloc`): the one definition of the format that host tools use,
+//! so the reader and the writer cannot drift. Every file written is read back and validated
+//! by [`Model::from_bytes`] before it is returned.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::error::ModelError;
+use crate::format::{
+    self, header, payload_len, record, Activation, Posterior, Storage, HEADER_LEN,
+    LAYER_RECORD_LEN, TRAILER_LEN,
+};
+use crate::model::Model;
+
+/// How the writer stores a layer's weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageChoice {
+    /// Always dense.
+    Dense,
+    /// Always compressed sparse rows.
+    Sparse,
+    /// Whichever takes fewer bytes (sparse wins below roughly 2/3 density for Gaussian layers).
+    Smallest,
+}
+
+/// One linear layer to write, with dense parameter matrices (pruned weights are zero).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerSpec {
+    /// Number of inputs.
+    pub inputs: usize,
+    /// Number of output units.
+    pub outputs: usize,
+    /// Non-linearity after the layer (identity on the last layer).
+    pub activation: Activation,
+    /// Bias, `outputs` values.
+    pub bias: Vec<f32>,
+    /// Posterior means θ, row-major `outputs x inputs`; pruned weights are 0.
+    pub theta: Vec<f32>,
+    /// Posterior variances σ², same shape; `None` for a deterministic layer. A weight is
+    /// stored when its θ or σ² is non-zero.
+    pub variance: Option<Vec<f32>>,
+    /// Storage to use.
+    pub storage: StorageChoice,
+}
+
+impl LayerSpec {
+    fn posterior(&self) -> Posterior {
+        if self.variance.is_some() {
+            Posterior::Gaussian
+        } else {
+            Posterior::Deterministic
+        }
+    }
+
+    fn is_stored(&self, index: usize) -> bool {
+        self.theta[index] != 0.0 || self.variance.as_ref().is_some_and(|v| v[index] != 0.0)
+    }
+
+    /// Number of weights that would be stored sparsely.
+    pub fn nnz(&self) -> usize {
+        (0..self.theta.len()).filter(|&i| self.is_stored(i)).count()
+    }
+
+    /// The storage the writer will use.
+    pub fn resolved_storage(&self) -> Storage {
+        match self.storage {
+            StorageChoice::Dense => Storage::Dense,
+            StorageChoice::Sparse => Storage::Sparse,
+            StorageChoice::Smallest => {
+                let p = self.posterior();
+                let (i, o) = (self.inputs, self.outputs);
+                let sparse = payload_len(Storage::Sparse, p, i, o, self.nnz());
+                let dense = payload_len(Storage::Dense, p, i, o, i * o);
+                if sparse < dense {
+                    Storage::Sparse
+                } else {
+                    Storage::Dense
+                }
+            }
+        }
+    }
+}
+
+/// A whole model to write.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelSpec {
+    /// Input shape (channels, height, width).
+    pub input_shape: [usize; 3],
+    /// Number of classes (outputs of the last layer).
+    pub num_classes: usize,
+    /// Raw inputs `p` are normalised as `p * input_scale + input_offset`.
+    pub input_scale: f32,
+    /// See `input_scale`.
+    pub input_offset: f32,
+    /// Layers, input first.
+    pub layers: Vec<LayerSpec>,
+}
+
+/// Why a spec could not be written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteError {
+    /// A field does not fit the format (too large for its on-disk integer).
+    TooLarge(&'static str),
+    /// A layer's parameter vectors do not match its shape.
+    BadParameterLength {
+        /// Index of the layer.
+        layer: usize,
+    },
+    /// The written bytes do not validate (shapes not chaining, non-finite values, ...).
+    Invalid(ModelError),
+}
+
+impl fmt::Display for WriteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WriteError::TooLarge(what) => write!(f, "{what} is too large for the model format"),
+            WriteError::BadParameterLength { layer } => {
+                write!(f, "layer {layer}: parameter vectors do not match its shape")
+            }
+            WriteError::Invalid(e) => write!(f, "model would be invalid: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for WriteError {}
+
+impl From<ModelError> for WriteError {
+    fn from(e: ModelError) -> Self {
+        WriteError::Invalid(e)
+    }
+}
+
+fn to_u16(v: usize, what: &'static str) -> Result<u16, WriteError> {
+    u16::try_from(v).map_err(|_| WriteError::TooLarge(what))
+}
+
+fn to_u32(v: usize, what: &'static str) -> Result<u32, WriteError> {
+    u32::try_from(v).map_err(|_| WriteError::TooLarge(what))
+}
+
+fn push_f32s(out: &mut Vec<u8>, values: impl IntoIterator<Item = f32>) {
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+impl ModelSpec {
+    /// Serialises the spec and validates the result.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, WriteError> {
+        Ok(self.to_buffer()?.as_bytes().to_vec())
+    }
+
+    /// Serialises the spec into an aligned buffer and validates it.
+    pub fn to_buffer(&self) -> Result<ModelBuffer, WriteError> {
+        for (index, l) in self.layers.iter().enumerate() {
+            let n = l.inputs.checked_mul(l.outputs);
+            let bad_variance = l.variance.as_ref().is_some_and(|v| Some(v.len()) != n);
+            if Some(l.theta.len()) != n || l.bias.len() != l.outputs || bad_variance {
+                return Err(WriteError::BadParameterLength { layer: index });
+            }
+        }
+        let table_end = HEADER_LEN + self.layers.len() * LAYER_RECORD_LEN;
+        let mut payloads = Vec::new();
+        let mut records = Vec::new();
+        for l in &self.layers {
+            let storage = l.resolved_storage();
+            let posterior = l.posterior();
+            let start = payloads.len();
+            push_f32s(&mut payloads, l.bias.iter().copied());
+            let nnz = match storage {
+                Storage::Dense => {
+                    write_records(&mut payloads, l, 0..l.theta.len());
+                    l.theta.len()
+                }
+                Storage::Sparse => write_sparse(&mut payloads, l)?,
+            };
+            let len = payloads.len() - start;
+            debug_assert_eq!(
+                Some(len),
+                payload_len(storage, posterior, l.inputs, l.outputs, nnz)
+            );
+            let mut rec = [0u8; LAYER_RECORD_LEN];
+            rec[record::KIND] = storage as u8;
+            rec[record::POSTERIOR] = posterior as u8;
+            rec[record::ACTIVATION] = l.activation as u8;
+            let fields = [
+                (record::INPUTS, to_u32(l.inputs, "layer inputs")?),
+                (record::OUTPUTS, to_u32(l.outputs, "layer outputs")?),
+                (record::NNZ, to_u32(nnz, "weight count")?),
+                (
+                    record::PAYLOAD_OFFSET,
+                    to_u32(table_end + start, "payload offset")?,
+                ),
+                (record::PAYLOAD_LEN, to_u32(len, "payload length")?),
+            ];
+            for (at, v) in fields {
+                rec[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            }
+            records.extend_from_slice(&rec);
+        }
+
+        let file_len = table_end + payloads.len() + TRAILER_LEN;
+        let mut out = vec![0u8; HEADER_LEN];
+        out[header::MAGIC..header::MAGIC + 4].copy_from_slice(&format::MAGIC);
+        let u16_fields = [
+            (header::VERSION, format::FORMAT_VERSION),
+            (header::HEADER_LEN, HEADER_LEN as u16),
+            (
+                header::LAYER_COUNT,
+                to_u16(self.layers.len(), "layer count")?,
+            ),
+            (
+                header::NUM_CLASSES,
+                to_u16(self.num_classes, "class count")?,
+            ),
+            (
+                header::INPUT_CHANNELS,
+                to_u16(self.input_shape[0], "input channels")?,
+            ),
+            (
+                header::INPUT_HEIGHT,
+                to_u16(self.input_shape[1], "input height")?,
+            ),
+            (
+                header::INPUT_WIDTH,
+                to_u16(self.input_shape[2], "input width")?,
+            ),
+        ];
+        for (at, v) in u16_fields {
+            out[at..at + 2].copy_from_slice(&v.to_le_bytes());
+        }
+        out[header::FILE_LEN..header::FILE_LEN + 4]
+            .copy_from_slice(&to_u32(file_len, "model size")?.to_le_bytes());
+        out[header::INPUT_SCALE..header::INPUT_SCALE + 4]
+            .copy_from_slice(&self.input_scale.to_le_bytes());
+        out[header::INPUT_OFFSET..header::INPUT_OFFSET + 4]
+            .copy_from_slice(&self.input_offset.to_le_bytes());
+        out[header::LAYER_TABLE..header::LAYER_TABLE + 4]
+            .copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+        out.extend_from_slice(&records);
+        out.extend_from_slice(&payloads);
+        let crc = format::CRC32.checksum(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+
+        let buffer = ModelBuffer::from_bytes(&out);
+        Model::from_bytes(buffer.as_bytes())?;
+        Ok(buffer)
+    }
+}
+
+/// Appends the weight records (θ, or θ and σ²) of the given flat indices.
+fn write_records(out: &mut Vec<u8>, l: &LayerSpec, indices: impl Iterator<Item = usize>) {
+    for i in indices {
+        push_f32s(out, [l.theta[i]]);
+        if let Some(var) = &l.variance {
+            push_f32s(out, [var[i]]);
+        }
+    }
+}
+
+/// Appends row pointers, padded column indices and weight records; returns nnz.
+fn write_sparse(out: &mut Vec<u8>, l: &LayerSpec) -> Result<usize, WriteError> {
+    let mut row_ptr = Vec::with_capacity(l.outputs + 1);
+    let mut kept = Vec::new();
+    row_ptr.push(0u32);
+    for j in 0..l.outputs {
+        kept.extend((j * l.inputs..(j + 1) * l.inputs).filter(|&i| l.is_stored(i)));
+        row_ptr.push(to_u32(kept.len(), "weight count")?);
+    }
+    for p in &row_ptr {
+        out.extend_from_slice(&p.to_le_bytes());
+    }
+    for &i in &kept {
+        out.extend_from_slice(&to_u16(i % l.inputs, "layer inputs")?.to_le_bytes());
+    }
+    out.resize(out.len().next_multiple_of(format::ALIGNMENT), 0);
+    write_records(out, l, kept.iter().copied());
+    Ok(kept.len())
+}
+
+/// Model bytes in a 4-byte-aligned heap buffer, as [`Model::from_bytes`] requires.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelBuffer {
+    words: Vec<u32>,
+    len: usize,
+}
+
+impl ModelBuffer {
+    /// Copies bytes (e.g. read from a file) into an aligned buffer. Does not validate.
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        let mut words = vec![0u32; bytes.len().div_ceil(4)];
+        bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
+        Self {
+            words,
+            len: bytes.len(),
+        }
+    }
+
+    /// The bytes, 4-byte aligned.
+    pub fn as_bytes(&self) -> &[u8] {
+        &bytemuck::cast_slice::<u32, u8>(&self.words)[..self.len]
+    }
+
+    /// Parses and validates the model.
+    pub fn model(&self) -> Result<Model<'_>, ModelError> {
+        Model::from_bytes(self.as_bytes())
+    }
+}
+
+/// Seeded random models, for tests, benchmarks and the demo before a trained model exists.
+pub mod synthetic {
+    use super::*;
+    use crate::normal::standard_normal;
+    use rand_core::{RngCore, SeedableRng};
+    use rand_xoshiro::Xoshiro128PlusPlus;
+
+    /// A random multilayer perceptron with Gaussian posteriors: `widths[0]` inputs, ReLU
+    /// hidden layers, `widths[last]` classes. Each weight survives with probability `density`;
+    /// survivors have θ ~ N(0, 2 / (fan_in · density)) (He initialisation over the surviving
+    /// inputs) and σ² = 0.25 θ² (α = 0.25). Storage is [`StorageChoice::Smallest`].
+    pub fn mlp(seed: u64, widths: &[usize], density: f32) -> ModelSpec {
+        let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed);
+        let mut layers = Vec::new();
+        for (index, pair) in widths.windows(2).enumerate() {
+            let (inputs, outputs) = (pair[0], pair[1]);
+            let scale = libm::sqrtf(2.0 / (inputs as f32 * density.max(1e-6)));
+            let mut theta = vec![0.0f32; inputs * outputs];
+            for t in theta.iter_mut() {
+                let keep = (rng.next_u32() >> 8) as f32 / 16_777_216.0 < density;
+                let w = standard_normal(&mut rng) * scale;
+                if keep {
+                    *t = w;
+                }
+            }
+            let variance = theta.iter().map(|t| 0.25 * t * t).collect();
+            let bias = (0..outputs)
+                .map(|_| 0.01 * standard_normal(&mut rng))
+                .collect();
+            let last = index + 2 == widths.len();
+            layers.push(LayerSpec {
+                inputs,
+                outputs,
+                activation: if last {
+                    Activation::Identity
+                } else {
+                    Activation::Relu
+                },
+                bias,
+                theta,
+                variance: Some(variance),
+                storage: StorageChoice::Smallest,
+            });
+        }
+        ModelSpec {
+            input_shape: [1, 1, widths.first().copied().unwrap_or(0)],
+            num_classes: widths.last().copied().unwrap_or(0),
+            input_scale: 1.0 / 255.0,
+            input_offset: 0.0,
+            layers,
+        }
+    }
+}
