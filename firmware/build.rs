@@ -1,0 +1,182 @@
+//! Build script of the firmware:
+//! - puts the board's `memory.x` on the linker path;
+//! - embeds the demo model and sizes its workspace;
+//! - generates the seeded synthetic benchmark models (sparse and dense 784-300-100-10);
+//! - runs the demo model on the ten embedded MNIST images **on the host**, with the very same
+//!   core crate, and writes the bit patterns of every output so the on-target test can assert
+//!   host/device parity.
+
+use std::env;
+use std::fmt::Write as _;
+use std::fs;
+use std::num::NonZeroU16;
+use std::path::{Path, PathBuf};
+
+use rand_core::SeedableRng;
+use rand_xoshiro::Xoshiro128PlusPlus;
+use tinybayes::writer::{synthetic, ModelBuffer, StorageChoice};
+use tinybayes::{Engine, Mode, Model, Prediction};
+
+/// The model the demo and the parity test run, relative to this crate.
+const DEMO_MODEL: &str = "../models/synthetic-784-300-100-10.tbm";
+/// What the demo says about its model.
+const DEMO_MODEL_DESCRIPTION: &str =
+    "synthetic 784-300-100-10 (seed 7, untrained: `tinybayes synth`), predictions are random";
+/// The ten MNIST test images (labels, then 784-byte images).
+const IMAGES: &str = "assets/mnist-test-first10.bin";
+/// Samples of the Monte Carlo posterior predictive in the demo and the parity test.
+const PARITY_SAMPLES: u16 = 32;
+/// Image `i` is predicted with a generator seeded by `PARITY_SEED_BASE + i`.
+const PARITY_SEED_BASE: u64 = 0x7b00;
+/// Samples sharing a pass on the device (the host below uses all 32 at once: results must
+/// not depend on it).
+const DEVICE_CHUNK: usize = 8;
+
+fn main() {
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
+    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("manifest dir"));
+
+    let memory = if env::var_os("CARGO_FEATURE_NRF52840DK").is_some() {
+        "memory/nrf52840dk.x"
+    } else {
+        "memory/mps2-an386.x"
+    };
+    fs::copy(manifest.join(memory), out.join("memory.x")).expect("copy memory.x");
+    println!("cargo::rustc-link-search={}", out.display());
+    println!("cargo::rerun-if-changed=memory");
+
+    let demo_path = manifest
+        .join(DEMO_MODEL)
+        .canonicalize()
+        .expect("demo model file exists");
+    let demo_bytes = fs::read(&demo_path).expect("read demo model");
+    let demo = ModelBuffer::from_bytes(&demo_bytes);
+    let model = demo.model().expect("the demo model is valid");
+    let images = fs::read(manifest.join(IMAGES)).expect("read demo images");
+    println!("cargo::rerun-if-changed={}", demo_path.display());
+    println!("cargo::rerun-if-changed={IMAGES}");
+
+    let mut src = String::new();
+    writeln!(src, "/// The demo model, in flash.").unwrap();
+    writeln!(
+        src,
+        "pub static DEMO_MODEL: &[u8] = tinybayes::include_model!({:?});",
+        demo_path.display().to_string()
+    )
+    .unwrap();
+    writeln!(src, "/// What the demo model is.").unwrap();
+    writeln!(
+        src,
+        "pub const DEMO_MODEL_DESCRIPTION: &str = {DEMO_MODEL_DESCRIPTION:?};"
+    )
+    .unwrap();
+    writeln!(src, "/// Monte Carlo samples per prediction in the demo.").unwrap();
+    writeln!(src, "pub const DEMO_SAMPLES: u16 = {PARITY_SAMPLES};").unwrap();
+    writeln!(
+        src,
+        "/// Seed of image i's generator is `DEMO_SEED_BASE + i`."
+    )
+    .unwrap();
+    writeln!(src, "pub const DEMO_SEED_BASE: u64 = {PARITY_SEED_BASE};").unwrap();
+    writeln!(
+        src,
+        "/// Samples sharing one pass over the weights on the device."
+    )
+    .unwrap();
+    writeln!(src, "pub const DEMO_CHUNK: usize = {DEVICE_CHUNK};").unwrap();
+    writeln!(
+        src,
+        "/// Workspace words the demo model needs with `DEMO_CHUNK`."
+    )
+    .unwrap();
+    writeln!(
+        src,
+        "pub const DEMO_WORKSPACE_WORDS: usize = {};",
+        model.workspace_len(DEVICE_CHUNK)
+    )
+    .unwrap();
+    write_parity(&mut src, &model, &images);
+    write_bench_models(&mut src, &out);
+    fs::write(out.join("generated.rs"), src).expect("write generated.rs");
+}
+
+/// Host-side expectations: for each image, the bits of (class, predictive entropy, expected
+/// entropy, mutual information, p_0..p_9), in mean-weights mode then Monte Carlo mode.
+fn write_parity(src: &mut String, model: &Model<'_>, images: &[u8]) {
+    let count = images.len() / 785;
+    let mut workspace = vec![0.0f32; model.workspace_len(PARITY_SAMPLES as usize)];
+    let mut engine = Engine::<32>::new(model, &mut workspace).expect("workspace");
+    let samples = NonZeroU16::new(PARITY_SAMPLES).expect("non-zero");
+    let mut rows = Vec::new();
+    for mode in [Mode::MeanWeights, Mode::MonteCarlo { samples }] {
+        for i in 0..count {
+            let pixels = &images[count + i * 784..count + (i + 1) * 784];
+            let mut rng = Xoshiro128PlusPlus::seed_from_u64(PARITY_SEED_BASE + i as u64);
+            let p: Prediction<10> = engine.predict_u8(pixels, mode, &mut rng).expect("predict");
+            let mut row = vec![
+                p.class as u32,
+                p.predictive_entropy.to_bits(),
+                p.expected_entropy.to_bits(),
+                p.mutual_information.to_bits(),
+            ];
+            row.extend(p.probabilities.iter().map(|v| v.to_bits()));
+            rows.push(row);
+        }
+    }
+    writeln!(
+        src,
+        "/// Host-computed output bits per image: mean-weights rows, then Monte Carlo rows."
+    )
+    .unwrap();
+    writeln!(
+        src,
+        "pub static HOST_EXPECTED: [[u32; 14]; {}] = [",
+        rows.len()
+    )
+    .unwrap();
+    for row in rows {
+        writeln!(src, "    {row:?},").unwrap();
+    }
+    writeln!(src, "];").unwrap();
+}
+
+/// Seeded synthetic benchmark models of the LeNet-300-100 shape: sparse (3% density) and dense.
+fn write_bench_models(src: &mut String, out: &Path) {
+    let widths = [784, 300, 100, 10];
+    let mut sparse = synthetic::mlp(11, &widths, 0.03);
+    sparse.input_shape = [1, 28, 28];
+    let mut dense = synthetic::mlp(11, &widths, 1.0);
+    dense.input_shape = [1, 28, 28];
+    for layer in &mut dense.layers {
+        layer.storage = StorageChoice::Dense;
+    }
+    for (name, spec) in [("BENCH_SPARSE", &sparse), ("BENCH_DENSE", &dense)] {
+        let buffer = spec.to_buffer().expect("bench model");
+        let model = buffer.model().expect("valid");
+        let file = out.join(format!("{}.tbm", name.to_lowercase()));
+        fs::write(&file, buffer.as_bytes()).expect("write bench model");
+        writeln!(
+            src,
+            "/// Seeded synthetic benchmark model ({} weights stored).",
+            model.nnz()
+        )
+        .unwrap();
+        writeln!(
+            src,
+            "pub static {name}: &[u8] = tinybayes::include_model!({:?});",
+            file.display().to_string()
+        )
+        .unwrap();
+        writeln!(
+            src,
+            "/// Workspace words of `{name}` for 32 samples per pass."
+        )
+        .unwrap();
+        writeln!(
+            src,
+            "pub const {name}_WORKSPACE_WORDS: usize = {};",
+            model.workspace_len(32)
+        )
+        .unwrap();
+    }
+}

@@ -1,0 +1,125 @@
+//! The demo application, written against embedded-hal traits so it runs on any board:
+//! classify the embedded MNIST images with the Monte Carlo posterior predictive, report each
+//! answer with its uncertainty, and light the LED whenever the model is unsure.
+
+use core::num::NonZeroU16;
+
+use embedded_hal::delay::DelayNs;
+use embedded_hal::digital::OutputPin;
+use rand_core::SeedableRng;
+use rand_xoshiro::Xoshiro128PlusPlus;
+use tinybayes::{Engine, InferenceError, Mode, Model, ModelError, Prediction};
+
+use crate::assets;
+use crate::clock::Clock;
+use crate::generated::{
+    DEMO_CHUNK, DEMO_MODEL, DEMO_MODEL_DESCRIPTION, DEMO_SAMPLES, DEMO_SEED_BASE,
+    DEMO_WORKSPACE_WORDS,
+};
+
+/// The model is "unsure" when its epistemic uncertainty exceeds this many nats...
+pub const UNSURE_MUTUAL_INFORMATION: f32 = 0.1;
+/// ...or when the predicted class has less than this probability.
+pub const UNSURE_CONFIDENCE: f32 = 0.5;
+
+/// Why the demo stopped.
+#[derive(Debug, defmt::Format)]
+pub enum DemoError {
+    /// The embedded model did not validate.
+    Model(ModelError),
+    /// An inference failed.
+    Inference(InferenceError),
+}
+
+impl From<ModelError> for DemoError {
+    fn from(e: ModelError) -> Self {
+        DemoError::Model(e)
+    }
+}
+
+impl From<InferenceError> for DemoError {
+    fn from(e: InferenceError) -> Self {
+        DemoError::Inference(e)
+    }
+}
+
+/// Whether a prediction should be flagged as "I don't know".
+pub fn is_unsure<const K: usize>(p: &Prediction<K>) -> bool {
+    p.mutual_information > UNSURE_MUTUAL_INFORMATION || p.confidence() < UNSURE_CONFIDENCE
+}
+
+/// What the demo found.
+#[derive(Debug, defmt::Format)]
+pub struct DemoSummary {
+    /// Images whose prediction matched the label.
+    pub correct: usize,
+    /// Images flagged unsure.
+    pub unsure: usize,
+    /// Images classified.
+    pub total: usize,
+}
+
+/// Runs the demo on the embedded images.
+pub fn run_demo<L: OutputPin, D: DelayNs, C: Clock>(
+    led: &mut L,
+    delay: &mut D,
+    clock: &mut C,
+) -> Result<DemoSummary, DemoError> {
+    let model = Model::from_bytes(DEMO_MODEL)?;
+    defmt::info!("model: {=str}", DEMO_MODEL_DESCRIPTION);
+    defmt::info!(
+        "{=usize} layers, {=usize} of {=usize} weights stored, {=usize} bytes of flash, {=usize} bytes of workspace",
+        model.layers().len(),
+        model.nnz(),
+        model.dense_params(),
+        model.as_bytes().len(),
+        model.workspace_bytes(DEMO_CHUNK)
+    );
+    let mut workspace = [0.0f32; DEMO_WORKSPACE_WORDS];
+    let mut engine = Engine::<DEMO_CHUNK>::new(&model, &mut workspace)?;
+    let samples = NonZeroU16::new(DEMO_SAMPLES).unwrap_or(NonZeroU16::MIN);
+    defmt::info!(
+        "posterior predictive with {=u16} Monte Carlo samples per image",
+        samples.get()
+    );
+
+    let mut summary = DemoSummary {
+        correct: 0,
+        unsure: 0,
+        total: 0,
+    };
+    for i in 0..assets::IMAGE_COUNT {
+        let (pixels, label) = assets::image(i);
+        let mut rng = Xoshiro128PlusPlus::seed_from_u64(DEMO_SEED_BASE + i as u64);
+        let start = clock.now();
+        let p: Prediction<10> =
+            engine.predict_u8(pixels, Mode::MonteCarlo { samples }, &mut rng)?;
+        let cost = clock.now() - start;
+        let unsure = is_unsure(&p);
+        // The LED is best effort: a failing LED must not stop the classifier.
+        let _ = if unsure {
+            led.set_high()
+        } else {
+            led.set_low()
+        };
+        defmt::info!(
+            "image {=usize}: label {=u8} -> predicted {=usize} (p = {=f32}), entropy {=f32} nats, expected entropy {=f32}, mutual information {=f32} nats{=str} [{=u64} {=str}]",
+            i,
+            label,
+            p.class,
+            p.confidence(),
+            p.predictive_entropy,
+            p.expected_entropy,
+            p.mutual_information,
+            if unsure { ", UNSURE (LED on)" } else { "" },
+            cost,
+            C::UNIT
+        );
+        summary.total += 1;
+        summary.correct += usize::from(p.class == label as usize);
+        summary.unsure += usize::from(unsure);
+        delay.delay_ms(1);
+    }
+    let _ = led.set_low();
+    Ok(summary)
+}

@@ -1,0 +1,21 @@
+//! Cortex-M side of tinybayes: board support, the demo application and the benchmark
+//! harness, shared by the binaries in `src/bin` and the on-target tests.
+//!
+//! Exactly one board feature is enabled: `qemu` (mps2-an386 under QEMU, the default) or
+//! `nrf52840dk` (Nordic nRF52840-DK, flashed with probe-rs).
+#![no_std]
+
+#[cfg(all(feature = "qemu", feature = "nrf52840dk"))]
+compile_error!("enable exactly one board feature: `qemu` or `nrf52840dk`");
+#[cfg(not(any(feature = "qemu", feature = "nrf52840dk")))]
+compile_error!("enable one board feature: `qemu` or `nrf52840dk`");
+
+pub mod app;
+pub mod assets;
+pub mod clock;
+pub mod platform;
+
+/// Build-time artefacts: the embedded models, workspace sizes and host-computed parity data.
+pub mod generated {
+    include!(concat!(env!("OUT_DIR"), "/generated.rs"));
+}

@@ -1,0 +1,142 @@
+//! QEMU mps2-an386 (Cortex-M4F): SysTick counts instructions under `-icount shift=0`
+//! (40 per tick: the 25 MHz system clock against 1 ns per instruction), the FPGA I/O block's
+//! user LED register stands in for an LED, and semihosting carries defmt and the exit code.
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use cortex_m::peripheral::syst::SystClkSource;
+use cortex_m::peripheral::SYST;
+use cortex_m_rt::exception;
+use defmt_semihosting as _;
+use embedded_hal::delay::DelayNs;
+use embedded_hal::digital::{ErrorType, OutputPin};
+
+use crate::clock::Clock;
+
+/// Name of the board, for logs.
+pub const BOARD_NAME: &str = "QEMU mps2-an386 (Cortex-M4F)";
+
+/// Instructions per SysTick tick under `-icount shift=0` on mps2-an386.
+const INSTRUCTIONS_PER_TICK: u64 = 40;
+const SYSTICK_RELOAD: u32 = 0x00ff_ffff;
+/// Address of the FPGA I/O LED register (FPGAIO LED0) on MPS2 AN385/AN386.
+const FPGAIO_LED0: usize = 0x4002_8000;
+
+static SYSTICK_WRAPS: AtomicU32 = AtomicU32::new(0);
+
+#[exception]
+fn SysTick() {
+    // Single writer: a plain load/store is enough (and exists on every Cortex-M).
+    SYSTICK_WRAPS.store(SYSTICK_WRAPS.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+}
+
+/// Instruction counter built on SysTick (24-bit, extended by counting wraps).
+pub struct InstructionClock {
+    syst: SYST,
+}
+
+impl InstructionClock {
+    fn new(mut syst: SYST) -> Self {
+        syst.set_clock_source(SystClkSource::Core);
+        syst.set_reload(SYSTICK_RELOAD);
+        syst.clear_current();
+        syst.enable_interrupt();
+        syst.enable_counter();
+        Self { syst }
+    }
+}
+
+impl Clock for InstructionClock {
+    const UNIT: &'static str = "instructions";
+
+    fn now(&mut self) -> u64 {
+        loop {
+            let wraps = SYSTICK_WRAPS.load(Ordering::Relaxed);
+            let current = SYST::get_current();
+            if wraps == SYSTICK_WRAPS.load(Ordering::Relaxed) {
+                let ticks =
+                    wraps as u64 * (SYSTICK_RELOAD as u64 + 1) + (SYSTICK_RELOAD - current) as u64;
+                return ticks * INSTRUCTIONS_PER_TICK;
+            }
+        }
+    }
+}
+
+impl Drop for InstructionClock {
+    fn drop(&mut self) {
+        self.syst.disable_counter();
+    }
+}
+
+/// User LED 0 of the MPS2 FPGA I/O block.
+pub struct FpgaLed;
+
+impl ErrorType for FpgaLed {
+    type Error = core::convert::Infallible;
+}
+
+impl FpgaLed {
+    // The one memory-mapped register the demo touches; QEMU models it as a plain register.
+    #[allow(unsafe_code)]
+    fn write_bit(&mut self, on: bool) {
+        let reg = FPGAIO_LED0 as *mut u32;
+        // SAFETY: FPGAIO_LED0 is the LED0 register of the MPS2 FPGA I/O block, always mapped
+        // on this board; volatile access, single-threaded firmware.
+        unsafe {
+            let v = core::ptr::read_volatile(reg);
+            core::ptr::write_volatile(reg, if on { v | 1 } else { v & !1 });
+        }
+    }
+}
+
+impl OutputPin for FpgaLed {
+    fn set_low(&mut self) -> Result<(), Self::Error> {
+        self.write_bit(false);
+        Ok(())
+    }
+    fn set_high(&mut self) -> Result<(), Self::Error> {
+        self.write_bit(true);
+        Ok(())
+    }
+}
+
+/// Busy-wait delay at the emulated 25 MHz core clock.
+pub struct SpinDelay;
+
+impl DelayNs for SpinDelay {
+    fn delay_ns(&mut self, ns: u32) {
+        cortex_m::asm::delay(ns / 40 + 1);
+    }
+}
+
+/// The board's resources.
+pub struct Board {
+    /// Lit while the model is unsure of the current input.
+    pub led: FpgaLed,
+    /// Delay provider.
+    pub delay: SpinDelay,
+    /// Work counter.
+    pub clock: InstructionClock,
+}
+
+/// Takes the peripherals and sets up the board (call once).
+pub fn init() -> Board {
+    let cp = cortex_m::Peripherals::take();
+    let Some(cp) = cp else { exit(false) };
+    Board {
+        led: FpgaLed,
+        delay: SpinDelay,
+        clock: InstructionClock::new(cp.SYST),
+    }
+}
+
+/// Ends the program: QEMU exits with status 0 on success, 1 on failure.
+pub fn exit(success: bool) -> ! {
+    semihosting::process::exit(if success { 0 } else { 1 })
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    defmt::error!("panic: {}", defmt::Display2Format(info));
+    semihosting::process::exit(101)
+}

@@ -1,0 +1,4 @@
+//! The subcommands of the `tinybayes` CLI, one module each.
+
+pub mod inspect;
+pub mod synth;

@@ -1,0 +1,153 @@
+//! The per-layer report of a model (what `export` prints and `inspect` reads back).
+
+use serde::Serialize;
+use tinybayes::format::{Activation, Posterior, Storage};
+use tinybayes::Model;
+
+/// One layer of the report.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LayerReport {
+    /// `linear-sparse` or `linear-dense`.
+    pub kind: String,
+    /// `gaussian` or `deterministic`.
+    pub posterior: String,
+    /// `relu` or `identity`.
+    pub activation: String,
+    /// Inputs.
+    pub inputs: usize,
+    /// Outputs.
+    pub outputs: usize,
+    /// Stored (surviving) weights.
+    pub nnz: usize,
+    /// Weights of the dense shape (inputs x outputs).
+    pub dense_weights: usize,
+    /// Fraction of the dense weights not stored.
+    pub sparsity: f64,
+    /// Bytes of the layer's payload in the model file.
+    pub flash_bytes: usize,
+}
+
+/// The whole report.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ModelReport {
+    /// Input shape (channels, height, width).
+    pub input_shape: [usize; 3],
+    /// Number of classes.
+    pub classes: usize,
+    /// Layers, input first.
+    pub layers: Vec<LayerReport>,
+    /// Parameters of the dense network (weights and biases).
+    pub dense_params: usize,
+    /// Stored weights.
+    pub nnz: usize,
+    /// Model file size in bytes (what goes to flash).
+    pub flash_bytes: usize,
+    /// Monte Carlo samples the RAM figure is for.
+    pub ram_samples: usize,
+    /// Workspace bytes for `ram_samples` samples sharing one pass over the weights.
+    pub ram_bytes: usize,
+    /// Workspace bytes of the deterministic (mean weights) mode.
+    pub ram_bytes_deterministic: usize,
+}
+
+impl ModelReport {
+    /// Builds the report of a validated model; RAM is given for `samples` per pass.
+    pub fn new(model: &Model<'_>, samples: usize) -> Self {
+        let layers = model
+            .layers()
+            .iter()
+            .map(|l| {
+                let dense = l.inputs() * l.outputs();
+                LayerReport {
+                    kind: match l.storage() {
+                        Storage::Sparse => "linear-sparse",
+                        Storage::Dense => "linear-dense",
+                    }
+                    .into(),
+                    posterior: match l.posterior() {
+                        Posterior::Gaussian => "gaussian",
+                        Posterior::Deterministic => "deterministic",
+                    }
+                    .into(),
+                    activation: match l.activation() {
+                        Activation::Relu => "relu",
+                        Activation::Identity => "identity",
+                    }
+                    .into(),
+                    inputs: l.inputs(),
+                    outputs: l.outputs(),
+                    nnz: l.nnz(),
+                    dense_weights: dense,
+                    sparsity: 1.0 - l.nnz() as f64 / dense as f64,
+                    flash_bytes: tinybayes::format::payload_len(
+                        l.storage(),
+                        l.posterior(),
+                        l.inputs(),
+                        l.outputs(),
+                        l.nnz(),
+                    )
+                    .unwrap_or(0),
+                }
+            })
+            .collect();
+        ModelReport {
+            input_shape: model.input_shape(),
+            classes: model.num_classes(),
+            layers,
+            dense_params: model.dense_params(),
+            nnz: model.nnz(),
+            flash_bytes: model.as_bytes().len(),
+            ram_samples: samples,
+            ram_bytes: model.workspace_bytes(samples),
+            ram_bytes_deterministic: model.workspace_bytes(0),
+        }
+    }
+
+    /// A human-readable table.
+    pub fn to_table(&self) -> String {
+        let mut s = format!(
+            "input {}x{}x{}, {} classes\n{:<3} {:<14} {:<13} {:>7} {:>7} {:>9} {:>9} {:>9} {:>11}\n",
+            self.input_shape[0],
+            self.input_shape[1],
+            self.input_shape[2],
+            self.classes,
+            "#",
+            "kind",
+            "posterior",
+            "inputs",
+            "outputs",
+            "dense",
+            "stored",
+            "sparsity",
+            "flash B"
+        );
+        for (i, l) in self.layers.iter().enumerate() {
+            s += &format!(
+                "{:<3} {:<14} {:<13} {:>7} {:>7} {:>9} {:>9} {:>8.2}% {:>11}\n",
+                i,
+                l.kind,
+                l.posterior,
+                l.inputs,
+                l.outputs,
+                l.dense_weights,
+                l.nnz,
+                100.0 * l.sparsity,
+                l.flash_bytes
+            );
+        }
+        let dense_weights: usize = self.layers.iter().map(|l| l.dense_weights).sum();
+        s += &format!(
+            "total: {} dense parameters, {} weights stored ({:.2}% pruned, {:.1}x fewer), \
+             {} bytes of flash, RAM {} bytes for {} samples per pass ({} bytes deterministic)\n",
+            self.dense_params,
+            self.nnz,
+            100.0 * (1.0 - self.nnz as f64 / dense_weights as f64),
+            dense_weights as f64 / self.nnz.max(1) as f64,
+            self.flash_bytes,
+            self.ram_bytes,
+            self.ram_samples,
+            self.ram_bytes_deterministic
+        );
+        s
+    }
+}
