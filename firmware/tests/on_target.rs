@@ -1,2 +1,127 @@
+//! On-target tests, run in QEMU (`cargo test-m4`): the demo model validates on the device,
+//! bad inputs give errors rather than faults, and every output is bit-identical to the one
+//! the host computed at build time with the same core code, model, images and seeds.
 #![no_std]
 #![no_main]
+
+use cortex_m_rt as _;
+use tinybayes_firmware as _;
+
+use core::num::NonZeroU16;
+
+use rand_core::SeedableRng;
+use rand_xoshiro::Xoshiro128PlusPlus;
+use tinybayes::{Engine, Mode, Model, Prediction};
+use tinybayes_firmware::assets;
+use tinybayes_firmware::generated::{
+    DEMO_CHUNK, DEMO_MODEL, DEMO_SEED_BASE, DEMO_WORKSPACE_WORDS, HOST_EXPECTED,
+};
+
+fn bits(p: &Prediction<10>) -> [u32; 14] {
+    let mut row = [0u32; 14];
+    row[0] = p.class as u32;
+    row[1] = p.predictive_entropy.to_bits();
+    row[2] = p.expected_entropy.to_bits();
+    row[3] = p.mutual_information.to_bits();
+    for (r, v) in row[4..].iter_mut().zip(p.probabilities.iter()) {
+        *r = v.to_bits();
+    }
+    row
+}
+
+fn check_parity(mode: Mode, first_row: usize) {
+    let model = Model::from_bytes(DEMO_MODEL).unwrap();
+    let mut workspace = [0.0f32; DEMO_WORKSPACE_WORDS];
+    let mut engine = Engine::<DEMO_CHUNK>::new(&model, &mut workspace).unwrap();
+    for i in 0..assets::IMAGE_COUNT {
+        let (pixels, _) = assets::image(i);
+        let mut rng = Xoshiro128PlusPlus::seed_from_u64(DEMO_SEED_BASE + i as u64);
+        let p: Prediction<10> = engine.predict_u8(pixels, mode, &mut rng).unwrap();
+        let device = bits(&p);
+        let host = HOST_EXPECTED[first_row + i];
+        if device != host {
+            defmt::error!(
+                "image {=usize}: device {:x} host {:x}",
+                i,
+                device,
+                host
+            );
+        }
+        defmt::assert_eq!(device, host);
+    }
+}
+
+#[defmt_test::tests]
+mod tests {
+    use super::*;
+    use tinybayes::{InferenceError, ModelError};
+    use tinybayes_firmware::generated::DEMO_SAMPLES;
+
+    #[test]
+    fn parity_with_host_mean_weights() {
+        check_parity(Mode::MeanWeights, 0);
+    }
+
+    #[test]
+    fn parity_with_host_monte_carlo() {
+        let samples = NonZeroU16::new(DEMO_SAMPLES).unwrap();
+        check_parity(Mode::MonteCarlo { samples }, assets::IMAGE_COUNT);
+    }
+
+    #[test]
+    fn predictive_summary_is_consistent() {
+        let model = Model::from_bytes(DEMO_MODEL).unwrap();
+        let mut workspace = [0.0f32; DEMO_WORKSPACE_WORDS];
+        let mut engine = Engine::<DEMO_CHUNK>::new(&model, &mut workspace).unwrap();
+        let samples = NonZeroU16::new(16).unwrap();
+        let mut rng = Xoshiro128PlusPlus::seed_from_u64(5);
+        let (pixels, _) = assets::image(3);
+        let p: Prediction<10> = engine
+            .predict_u8(pixels, Mode::MonteCarlo { samples }, &mut rng)
+            .unwrap();
+        let total: f32 = p.probabilities.iter().sum();
+        defmt::assert!((total - 1.0).abs() < 1e-5);
+        defmt::assert!(p.mutual_information >= 0.0);
+        defmt::assert!(p.predictive_entropy <= libm::logf(10.0) + 1e-5);
+        let gap = p.predictive_entropy - p.expected_entropy - p.mutual_information;
+        defmt::assert!(gap.abs() < 1e-5);
+    }
+
+    #[test]
+    fn bad_model_bytes_are_errors() {
+        let len = DEMO_MODEL.len();
+        let truncated = Model::from_bytes(&DEMO_MODEL[..len - 4]);
+        defmt::assert!(matches!(truncated, Err(ModelError::LengthMismatch { .. })));
+        let misaligned = Model::from_bytes(&DEMO_MODEL[1..]);
+        defmt::assert!(matches!(misaligned, Err(ModelError::Misaligned)));
+        let empty = Model::from_bytes(&[]);
+        defmt::assert!(matches!(empty, Err(ModelError::TooShort { len: 0 })));
+    }
+
+    #[test]
+    fn bad_run_arguments_are_errors() {
+        let model = Model::from_bytes(DEMO_MODEL).unwrap();
+        let mut small = [0.0f32; 16];
+        let short = Engine::<DEMO_CHUNK>::new(&model, &mut small);
+        defmt::assert!(matches!(
+            short,
+            Err(InferenceError::WorkspaceTooSmall { .. })
+        ));
+        let mut workspace = [0.0f32; DEMO_WORKSPACE_WORDS];
+        let mut engine = Engine::<DEMO_CHUNK>::new(&model, &mut workspace).unwrap();
+        let mut rng = Xoshiro128PlusPlus::seed_from_u64(1);
+        let wrong_len: Result<Prediction<10>, _> =
+            engine.predict_u8(&[0u8; 100], Mode::MeanWeights, &mut rng);
+        defmt::assert!(matches!(wrong_len, Err(InferenceError::InputLength { .. })));
+        let too_few_classes: Result<Prediction<4>, _> =
+            engine.predict_u8(assets::image(0).0, Mode::MeanWeights, &mut rng);
+        defmt::assert!(matches!(
+            too_few_classes,
+            Err(InferenceError::ClassCapacity { .. })
+        ));
+        let nan = [f32::NAN; 784];
+        let non_finite: Result<Prediction<10>, _> =
+            engine.predict(&nan, Mode::MeanWeights, &mut rng);
+        defmt::assert!(matches!(non_finite, Err(InferenceError::NonFiniteInput)));
+    }
+}
