@@ -78,7 +78,7 @@ impl<'m, 'w, const CHUNK: usize> Engine<'m, 'w, CHUNK> {
         rng: &mut impl RngCore,
     ) -> Result<Prediction<K>, InferenceError> {
         let (scale, offset) = self.model.input_normalization();
-        self.run(&NormalizedU8 { raw, scale, offset }, mode, rng)
+        self.run(&NormalizedU8::new(raw, scale, offset), mode, rng)
     }
 
     fn run<X: Input + ?Sized, const K: usize>(

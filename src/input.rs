@@ -24,11 +24,22 @@ impl Input for [f32] {
     }
 }
 
-/// 8-bit raw values `p`, read as `p * scale + offset` (the model's input normalisation).
+/// 8-bit raw values `p`, read as `p * scale + offset` (the model's input normalisation)
+/// through a 256-entry table built once per inference (1 KiB of stack): one load per read
+/// instead of a conversion, a multiply and an add, with bit-identical values.
 pub(crate) struct NormalizedU8<'a> {
-    pub(crate) raw: &'a [u8],
-    pub(crate) scale: f32,
-    pub(crate) offset: f32,
+    raw: &'a [u8],
+    table: [f32; 256],
+}
+
+impl<'a> NormalizedU8<'a> {
+    pub(crate) fn new(raw: &'a [u8], scale: f32, offset: f32) -> Self {
+        let mut table = [0.0f32; 256];
+        for (p, t) in table.iter_mut().enumerate() {
+            *t = p as f32 * scale + offset;
+        }
+        Self { raw, table }
+    }
 }
 
 impl Input for NormalizedU8<'_> {
@@ -37,7 +48,7 @@ impl Input for NormalizedU8<'_> {
     }
     #[inline(always)]
     fn value(&self, index: usize) -> f32 {
-        self.raw[index] as f32 * self.scale + self.offset
+        self.table[self.raw[index] as usize]
     }
     fn all_finite(&self) -> bool {
         // Validated models have a finite scale and offset, and |p| <= 255.

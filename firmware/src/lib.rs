@@ -14,6 +14,7 @@ pub mod app;
 pub mod assets;
 pub mod clock;
 pub mod platform;
+pub mod stack;
 
 /// Build-time artefacts: the embedded models, workspace sizes and host-computed parity data.
 pub mod generated {

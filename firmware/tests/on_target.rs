@@ -40,12 +40,7 @@ fn check_parity(mode: Mode, first_row: usize) {
         let device = bits(&p);
         let host = HOST_EXPECTED[first_row + i];
         if device != host {
-            defmt::error!(
-                "image {=usize}: device {:x} host {:x}",
-                i,
-                device,
-                host
-            );
+            defmt::error!("image {=usize}: device {:x} host {:x}", i, device, host);
         }
         defmt::assert_eq!(device, host);
     }
