@@ -120,7 +120,12 @@ impl<const K: usize> PredictiveAccumulator<K> {
             let _ = probabilities.push(s / n);
         }
         let predictive_entropy = entropy(&probabilities);
-        let expected_entropy = self.sum_entropy / n;
+        // With one sample the two are the same quantity; report it once, exactly.
+        let expected_entropy = if self.samples == 1 {
+            predictive_entropy
+        } else {
+            self.sum_entropy / n
+        };
         Prediction {
             class: argmax(&probabilities),
             probabilities,
