@@ -81,8 +81,8 @@ fn main() {
     )
     .unwrap();
     write!(src, "pub(crate) static ZIG_W: [f32; {STRIPS}] = [").unwrap();
-    for k in 0..STRIPS {
-        write!(src, "{:?}, ", (x[k] / scale) as f32).unwrap();
+    for xk in &x[..STRIPS] {
+        write!(src, "{:?}, ", (xk / scale) as f32).unwrap();
     }
     writeln!(src, "];").unwrap();
     writeln!(
@@ -91,8 +91,8 @@ fn main() {
     )
     .unwrap();
     write!(src, "pub(crate) static ZIG_K: [u32; {STRIPS}] = [").unwrap();
-    for k in 0..STRIPS {
-        write!(src, "{}, ", libm::floor(scale * x[k + 1] / x[k]) as u32).unwrap();
+    for pair in x.windows(2) {
+        write!(src, "{}, ", libm::floor(scale * pair[1] / pair[0]) as u32).unwrap();
     }
     writeln!(src, "];").unwrap();
     writeln!(

@@ -117,12 +117,12 @@ fn is_zero(bytes: &[u8]) -> bool {
 /// Casts an aligned byte range to `T` values. Offsets were checked against the file length and
 /// alignment before this is called, so the casts cannot fail; an error is still mapped to
 /// `PayloadOutOfBounds` rather than panicking.
-fn cast<'a, T: bytemuck::AnyBitPattern>(
-    bytes: &'a [u8],
+fn cast<T: bytemuck::AnyBitPattern>(
+    bytes: &[u8],
     start: usize,
     len: usize,
     layer: usize,
-) -> Result<&'a [T], ModelError> {
+) -> Result<&[T], ModelError> {
     let raw = bytes
         .get(start..start + len)
         .ok_or(ModelError::PayloadOutOfBounds { layer })?;

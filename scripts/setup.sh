@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what building, testing and emulating tinybayes needs, skipping what is present:
+# the four thumb targets, rustfmt and clippy, QEMU (qemu-system-arm) and defmt-print.
+set -euo pipefail
+
+say() { printf '==> %s\n' "$*"; }
+
+if ! command -v cargo >/dev/null; then
+    echo "error: cargo not found: install Rust with rustup (https://rustup.rs) first" >&2
+    exit 1
+fi
+
+targets=(thumbv6m-none-eabi thumbv7m-none-eabi thumbv7em-none-eabihf thumbv8m.main-none-eabihf)
+installed=$(rustup target list --installed)
+missing=()
+for t in "${targets[@]}"; do
+    grep -qx "$t" <<<"$installed" || missing+=("$t")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    say "rustup target add ${missing[*]}"
+    rustup target add "${missing[@]}"
+fi
+for c in rustfmt clippy; do
+    rustup component list --installed | grep -q "^$c" || { say "rustup component add $c"; rustup component add "$c"; }
+done
+
+if ! command -v qemu-system-arm >/dev/null; then
+    say "installing qemu-system-arm (apt-get)"
+    sudo_cmd=()
+    [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq qemu-system-arm >/dev/null
+fi
+
+if ! command -v defmt-print >/dev/null; then
+    say "cargo install defmt-print (about 80 s)"
+    cargo install defmt-print --locked --quiet
+fi
+say "tools ready: $(qemu-system-arm --version | head -1), $(defmt-print --version 2>/dev/null | head -1)"
