@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
 step() { printf '\n==> %s\n' "$*"; }
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -18,7 +20,7 @@ cargo clippy -p tinybayes-firmware --target thumbv7em-none-eabihf --no-default-f
     --features nrf52840dk --bins -- -D warnings
 
 step "host tests (core, format, fuzzing, host tools)"
-cargo test
+cargo test 2>&1 | tee "$log"
 
 step "no_std core builds for every Cortex-M target"
 for target in thumbv6m-none-eabi thumbv7m-none-eabi thumbv7em-none-eabihf thumbv8m.main-none-eabihf; do
@@ -29,7 +31,7 @@ step "real-board profile: nRF52840-DK (build only; flashing needs the board)"
 cargo build-nrf52840dk
 
 step "on-target tests in QEMU Cortex-M4F (host/device parity)"
-cargo test-m4
+cargo test-m4 2>&1 | tee -a "$log"
 
 step "demo in QEMU"
 cargo demo
@@ -38,3 +40,10 @@ step "benchmark harness in QEMU"
 cargo bench-m4
 
 step "all checks passed"
+# One closing line over every test run above: cargo's "N passed; M failed" lines and
+# defmt-test's "(i/N) running" lines (it stops at the first failure, so all N passed here).
+host=$(grep -E '^test result:' "$log" | sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/' \
+    | awk '{p += $1; f += $2} END {print p + 0, f + 0}')
+device=$(grep -cE '^\([0-9]+/[0-9]+\) running' "$log" || true)
+read -r host_passed host_failed <<<"$host"
+echo "tests: $((host_passed + device)) passed, $host_failed failed"
