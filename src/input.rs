@@ -51,7 +51,8 @@ impl Input for NormalizedU8<'_> {
         self.table[self.raw[index] as usize]
     }
     fn all_finite(&self) -> bool {
-        // Validated models have a finite scale and offset, and |p| <= 255.
-        true
+        // Validated models map all 256 raw values to finite ones; checked again here because
+        // the table is cheap to scan and this keeps the type sound on its own.
+        self.table.iter().all(|v| v.is_finite())
     }
 }

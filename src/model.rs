@@ -198,7 +198,11 @@ impl<'a> Model<'a> {
         }
         let input_scale = f32_at(bytes, header::INPUT_SCALE);
         let input_offset = f32_at(bytes, header::INPUT_OFFSET);
-        if !input_scale.is_finite() || !input_offset.is_finite() {
+        // Raw 8-bit inputs are read as p * scale + offset: every one of the 256 values must be
+        // finite, or `predict_u8` could feed infinities to the first layer.
+        let normalized_finite =
+            (0..=255u8).all(|p| (p as f32 * input_scale + input_offset).is_finite());
+        if !input_scale.is_finite() || !input_offset.is_finite() || !normalized_finite {
             return Err(ModelError::BadInputNormalization);
         }
         let table = u32_at(bytes, header::LAYER_TABLE);

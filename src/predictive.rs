@@ -53,7 +53,11 @@ pub(crate) fn softmax_with_entropy(logits: &[f32], probs: &mut [f32]) -> f32 {
     let mut weighted = 0.0f32;
     for (p, &z) in probs.iter_mut().zip(logits) {
         *p /= sum;
-        weighted += *p * (z - max);
+        // p = 0 contributes nothing; skipping it also avoids 0 * -inf when logits are more
+        // than f32::MAX apart.
+        if *p > 0.0 {
+            weighted += *p * (z - max);
+        }
     }
     (libm::logf(sum) - weighted).max(0.0)
 }
