@@ -109,7 +109,7 @@ impl<'m, 'w, const CHUNK: usize> Engine<'m, 'w, CHUNK> {
         let (stats, rest) = self.workspace.split_at_mut(2 * width);
         let (stat_mean, stat_std) = stats.split_at_mut(width);
         let (buf_a, rest) = rest.split_at_mut(width * CHUNK);
-        let buf_b = &mut rest[..width * CHUNK];
+        let (buf_b, scratch) = rest.split_at_mut(width * CHUNK);
         let mut acc = PredictiveAccumulator::<K>::new(classes);
 
         // The prefix of deterministic layers (all of them in MeanWeights mode) runs once.
@@ -164,7 +164,7 @@ impl<'m, 'w, const CHUNK: usize> Engine<'m, 'w, CHUNK> {
                 &mut cur[..units * s],
             );
             for layer in &layers[first + 1..] {
-                forward_samples::<CHUNK>(layer, &cur[..layer.inputs() * s], rngs, next);
+                forward_samples::<CHUNK>(layer, &cur[..layer.inputs() * s], rngs, next, scratch);
                 core::mem::swap(&mut cur, &mut next);
             }
             let mut logits = [0.0f32; K];

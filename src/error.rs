@@ -86,8 +86,15 @@ pub enum ModelError {
         /// Inputs the layer declares.
         found: usize,
     },
-    /// The last layer's outputs differ from the number of classes, or it has an activation.
+    /// The last layer is not a linear layer with identity activation producing one logit
+    /// per class.
     BadOutputLayer,
+    /// A convolution or pooling window does not fit its input, has a zero size or stride,
+    /// pads by a whole window, or a pooling layer declares weights noise or an activation.
+    BadGeometry {
+        /// Index of the layer.
+        layer: usize,
+    },
     /// The number of stored weights is impossible for the layer's shape and storage.
     BadWeightCount {
         /// Index of the layer.
@@ -140,7 +147,8 @@ impl fmt::Display for ModelError {
             BadMagic => f.write_str("not a tinybayes model (bad magic bytes)"),
             UnsupportedVersion { found } => write!(
                 f,
-                "model format version {found} is not supported (this build reads version {})",
+                "model format version {found} is not supported (this build reads versions {} to {})",
+                crate::format::MIN_FORMAT_VERSION,
                 crate::format::FORMAT_VERSION
             ),
             BadHeaderLength { found } => write!(f, "header length {found} is invalid"),
@@ -166,9 +174,13 @@ impl fmt::Display for ModelError {
                 write!(f, "layer {layer}: expects {expected} inputs but declares {found}")
             }
             BadOutputLayer => f.write_str(
-                "last layer must output one logit per class with identity activation",
+                "last layer must be linear and output one logit per class with identity activation",
             ),
             BadWeightCount { layer } => write!(f, "layer {layer}: impossible weight count"),
+            BadGeometry { layer } => write!(
+                f,
+                "layer {layer}: convolution or pooling window does not fit its input"
+            ),
             PayloadOutOfBounds { layer } => {
                 write!(f, "layer {layer}: payload misaligned, overlapping or out of the file")
             }

@@ -1,4 +1,4 @@
-//! Layout of the flash table, format version 1 (`docs/FORMAT.md` is the specification).
+//! Layout of the flash table, format versions 1 and 2 (`docs/FORMAT.md` is the specification).
 //!
 //! Everything is little-endian. The file starts with a [`HEADER_LEN`]-byte header, then
 //! `layer_count` layer records of [`LAYER_RECORD_LEN`] bytes, then the layer payloads (each at
@@ -6,8 +6,10 @@
 
 /// The four bytes every model file starts with.
 pub const MAGIC: [u8; 4] = *b"TBYS";
-/// The format version this crate writes.
-pub const FORMAT_VERSION: u16 = 1;
+/// The newest format version this crate reads and writes (2 adds convolutions and pooling).
+pub const FORMAT_VERSION: u16 = 2;
+/// The oldest format version this crate reads (linear layers only).
+pub const MIN_FORMAT_VERSION: u16 = 1;
 /// Size of the fixed header in bytes.
 pub const HEADER_LEN: usize = 48;
 /// Size of one layer record in bytes.
@@ -55,7 +57,82 @@ pub(crate) mod record {
     pub const NNZ: usize = 12;
     pub const PAYLOAD_OFFSET: usize = 16;
     pub const PAYLOAD_LEN: usize = 20;
+    /// Linear layers: bytes 24..32 are reserved.
     pub const RESERVED: core::ops::Range<usize> = 24..32;
+    /// Convolution: output channels (u16).
+    pub const CONV_OUT_CHANNELS: usize = 24;
+    /// Convolution: kernel height (u8).
+    pub const CONV_KERNEL_H: usize = 26;
+    /// Convolution: kernel width (u8).
+    pub const CONV_KERNEL_W: usize = 27;
+    /// Convolution: stride (u8).
+    pub const CONV_STRIDE: usize = 28;
+    /// Convolution: zero padding on every side (u8).
+    pub const CONV_PADDING: usize = 29;
+    /// Convolution: reserved.
+    pub const CONV_RESERVED: core::ops::Range<usize> = 30..32;
+    /// Pooling: window size (u8).
+    pub const POOL_SIZE: usize = 24;
+    /// Pooling: stride (u8).
+    pub const POOL_STRIDE: usize = 25;
+    /// Pooling: reserved.
+    pub const POOL_RESERVED: core::ops::Range<usize> = 26..32;
+}
+
+/// What a layer computes and how its weights are stored (byte 0 of a layer record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum LayerKind {
+    /// Linear layer, dense weights (version 1).
+    DenseLinear = 1,
+    /// Linear layer, compressed sparse rows (version 1).
+    SparseLinear = 2,
+    /// 2-D convolution, per output channel the list of surviving taps (version 2).
+    Conv2d = 3,
+    /// 2-D max pooling per channel (version 2).
+    MaxPool = 4,
+}
+
+impl LayerKind {
+    pub(crate) fn from_code(code: u8, version: u16) -> Option<Self> {
+        match (code, version) {
+            (1, _) => Some(LayerKind::DenseLinear),
+            (2, _) => Some(LayerKind::SparseLinear),
+            (3, 2..) => Some(LayerKind::Conv2d),
+            (4, 2..) => Some(LayerKind::MaxPool),
+            _ => None,
+        }
+    }
+}
+
+/// Packs a convolution tap: input channel, kernel row, kernel column.
+pub const fn pack_tap(channel: usize, ky: usize, kx: usize) -> u32 {
+    ((channel as u32) << 16) | ((ky as u32) << 8) | kx as u32
+}
+
+/// Unpacks a convolution tap into (input channel, kernel row, kernel column).
+pub const fn unpack_tap(tap: u32) -> (usize, usize, usize) {
+    (
+        (tap >> 16) as usize,
+        ((tap >> 8) & 0xff) as usize,
+        (tap & 0xff) as usize,
+    )
+}
+
+/// Output size of a convolution or pooling window along one axis; `None` if the window does
+/// not fit.
+pub const fn window_output(
+    input: usize,
+    window: usize,
+    stride: usize,
+    padding: usize,
+) -> Option<usize> {
+    let padded = input + 2 * padding;
+    if window == 0 || stride == 0 || padded < window {
+        None
+    } else {
+        Some((padded - window) / stride + 1)
+    }
 }
 
 /// How a layer's weights are stored.
@@ -98,16 +175,6 @@ pub enum Activation {
     Relu = 1,
 }
 
-impl Storage {
-    pub(crate) fn from_code(code: u8) -> Option<Self> {
-        match code {
-            1 => Some(Storage::Dense),
-            2 => Some(Storage::Sparse),
-            _ => None,
-        }
-    }
-}
-
 impl Posterior {
     pub(crate) fn from_code(code: u8) -> Option<Self> {
         match code {
@@ -136,7 +203,19 @@ pub(crate) const fn align_up(n: usize) -> Option<usize> {
     }
 }
 
-/// Payload size in bytes of a layer, from its shape; `None` if it overflows `usize`.
+/// Payload size in bytes of a convolution: bias `[out_channels]` f32, row pointers
+/// `[out_channels + 1]` u32, taps `[nnz]` u32, then `nnz` weight records.
+pub fn conv_payload_len(posterior: Posterior, out_channels: usize, nnz: usize) -> Option<usize> {
+    let bias = out_channels.checked_mul(4)?;
+    let row_ptr = out_channels.checked_add(1)?.checked_mul(4)?;
+    let taps = nnz.checked_mul(4)?;
+    let values = nnz.checked_mul(4 * posterior.words_per_weight())?;
+    bias.checked_add(row_ptr)?
+        .checked_add(taps)?
+        .checked_add(values)
+}
+
+/// Payload size in bytes of a linear layer, from its shape; `None` if it overflows `usize`.
 ///
 /// Dense: bias `[outputs]` f32, then `outputs * inputs` weight records.
 /// Sparse: bias, row pointers `[outputs + 1]` u32, column indices `[nnz]` u16 padded to 4

@@ -3,8 +3,9 @@
 
 use crate::error::ModelError;
 use crate::format::{
-    self, header, payload_len, record, Activation, Posterior, Storage, ALIGNMENT, HEADER_LEN,
-    LAYER_RECORD_LEN, MAX_CLASSES, MAX_LAYERS, MAX_UNITS, TRAILER_LEN,
+    self, conv_payload_len, header, payload_len, record, unpack_tap, window_output, Activation,
+    LayerKind, Posterior, Storage, ALIGNMENT, HEADER_LEN, LAYER_RECORD_LEN, MAX_CLASSES,
+    MAX_LAYERS, MAX_UNITS, TRAILER_LEN,
 };
 
 #[cfg(target_endian = "big")]
@@ -27,15 +28,55 @@ pub enum Weights<'a> {
         /// `nnz * words_per_weight` f32 values, in the order of `cols`.
         values: &'a [f32],
     },
+    /// Convolution taps, per output channel.
+    Conv {
+        /// `out_channels + 1` offsets into `taps`.
+        row_ptr: &'a [u32],
+        /// Packed taps (`format::pack_tap`), strictly increasing within a channel.
+        taps: &'a [u32],
+        /// `nnz * words_per_weight` f32 values, in the order of `taps`.
+        values: &'a [f32],
+    },
+    /// No weights (pooling).
+    None,
 }
 
-/// One validated linear layer: `outputs = activation(W x + bias)`.
+/// Input and output geometry of a convolution or a pooling layer (channel-major maps).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Geometry {
+    /// Input (channels, height, width).
+    pub input: [usize; 3],
+    /// Output (channels, height, width).
+    pub output: [usize; 3],
+    /// Window (height, width): the kernel or the pooling window.
+    pub window: [usize; 2],
+    /// Stride along both axes.
+    pub stride: usize,
+    /// Zero padding on every side (convolutions only; 0 for pooling).
+    pub padding: usize,
+}
+
+/// What a layer computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Operation {
+    /// `y = activation(W x + b)` over the flattened input.
+    Linear,
+    /// `y = activation(conv(x, W) + b)`, sparse taps.
+    Conv2d(Geometry),
+    /// Per-channel maximum over each window.
+    MaxPool(Geometry),
+}
+
+/// One validated layer: linear, convolution or pooling.
 #[derive(Clone, Copy, Debug)]
 pub struct Layer<'a> {
     inputs: usize,
     outputs: usize,
     activation: Activation,
     posterior: Posterior,
+    operation: Operation,
     bias: &'a [f32],
     weights: Weights<'a>,
 }
@@ -57,7 +98,21 @@ impl<'a> Layer<'a> {
     pub fn posterior(&self) -> Posterior {
         self.posterior
     }
-    /// The (deterministic) bias, one per output.
+    /// What the layer computes, with its geometry.
+    pub fn operation(&self) -> Operation {
+        self.operation
+    }
+    /// The layer's kind as stored in the file.
+    pub fn kind(&self) -> LayerKind {
+        match (self.operation, self.weights) {
+            (Operation::Conv2d(_), _) => LayerKind::Conv2d,
+            (Operation::MaxPool(_), _) => LayerKind::MaxPool,
+            (Operation::Linear, Weights::Dense { .. }) => LayerKind::DenseLinear,
+            (Operation::Linear, _) => LayerKind::SparseLinear,
+        }
+    }
+    /// The (deterministic) bias: one per output of a linear layer, one per output channel of a
+    /// convolution, none for pooling.
     pub fn bias(&self) -> &'a [f32] {
         self.bias
     }
@@ -65,19 +120,38 @@ impl<'a> Layer<'a> {
     pub fn weights(&self) -> Weights<'a> {
         self.weights
     }
-    /// How the weights are stored.
+    /// How the weights are stored: convolutions store sparse tap lists; pooling has no
+    /// weights and reports `Dense`.
     pub fn storage(&self) -> Storage {
         match self.weights {
-            Weights::Dense { .. } => Storage::Dense,
-            Weights::Sparse { .. } => Storage::Sparse,
+            Weights::Dense { .. } | Weights::None => Storage::Dense,
+            Weights::Sparse { .. } | Weights::Conv { .. } => Storage::Sparse,
         }
     }
-    /// Number of stored weights (for a dense layer, `inputs * outputs`).
+    /// Number of stored weights (dense linear: `inputs * outputs`; convolution: taps).
     pub fn nnz(&self) -> usize {
         match self.weights {
-            Weights::Dense { values } | Weights::Sparse { values, .. } => {
-                values.len() / self.posterior.words_per_weight()
-            }
+            Weights::Dense { values }
+            | Weights::Sparse { values, .. }
+            | Weights::Conv { values, .. } => values.len() / self.posterior.words_per_weight(),
+            Weights::None => 0,
+        }
+    }
+    /// Weights of the unpruned layer: `inputs * outputs` (linear), `out_channels *
+    /// in_channels * kernel area` (convolution), 0 (pooling).
+    pub fn dense_weights(&self) -> usize {
+        match self.operation {
+            Operation::Linear => self.inputs * self.outputs,
+            Operation::Conv2d(g) => g.output[0] * g.input[0] * g.window[0] * g.window[1],
+            Operation::MaxPool(_) => 0,
+        }
+    }
+    /// Multiply-accumulates of one mean-weights pass over the stored weights.
+    pub fn macs(&self) -> usize {
+        match self.operation {
+            Operation::Linear => self.nnz(),
+            Operation::Conv2d(g) => self.nnz() * g.output[1] * g.output[2],
+            Operation::MaxPool(_) => 0,
         }
     }
 }
@@ -149,7 +223,7 @@ impl<'a> Model<'a> {
             return Err(ModelError::BadMagic);
         }
         let version = u16_at(bytes, header::VERSION);
-        if version != format::FORMAT_VERSION {
+        if !(format::MIN_FORMAT_VERSION..=format::FORMAT_VERSION).contains(&version) {
             return Err(ModelError::UnsupportedVersion { found: version });
         }
         let header_len = u16_at(bytes, header::HEADER_LEN);
@@ -215,13 +289,20 @@ impl<'a> Model<'a> {
         }
 
         let mut layers = heapless::Vec::new();
-        let mut expected_inputs = input_shape[0] * input_shape[1] * input_shape[2];
+        let mut shape = input_shape;
         let mut cursor = table_end;
         for index in 0..layer_count as usize {
             let at = HEADER_LEN + index * LAYER_RECORD_LEN;
             let rec = &bytes[at..at + LAYER_RECORD_LEN];
-            let layer = parse_layer(bytes, rec, index, expected_inputs, cursor, body_end)?;
-            expected_inputs = layer.outputs;
+            let context = LayerContext {
+                index,
+                version,
+                shape,
+                payload_start: cursor,
+                body_end,
+            };
+            let (layer, next_shape) = parse_layer(bytes, rec, &context)?;
+            shape = next_shape;
             cursor += rec_payload_len(rec);
             // Capacity is MAX_LAYERS and layer_count <= MAX_LAYERS, so this cannot fail.
             layers
@@ -235,7 +316,9 @@ impl<'a> Model<'a> {
         }
         match layers.last() {
             Some(last)
-                if last.outputs == classes as usize && last.activation == Activation::Identity => {}
+                if last.outputs == classes as usize
+                    && last.activation == Activation::Identity
+                    && last.operation == Operation::Linear => {}
             _ => return Err(ModelError::BadOutputLayer),
         }
         Ok(Model {
@@ -276,23 +359,38 @@ impl<'a> Model<'a> {
     pub fn max_width(&self) -> usize {
         self.layers.iter().map(|l| l.outputs).max().unwrap_or(0)
     }
-    /// Dense parameter count (weights of the unpruned shape, plus biases).
+    /// Dense parameter count: weights of the unpruned shapes plus biases.
     pub fn dense_params(&self) -> usize {
         self.layers
             .iter()
-            .map(|l| l.inputs * l.outputs + l.outputs)
+            .map(|l| l.dense_weights() + l.bias.len())
             .sum()
     }
     /// Stored weights across layers.
     pub fn nnz(&self) -> usize {
         self.layers.iter().map(Layer::nnz).sum()
     }
+    /// Multiply-accumulates of one mean-weights pass.
+    pub fn macs(&self) -> usize {
+        self.layers.iter().map(Layer::macs).sum()
+    }
     /// f32 words of workspace an [`crate::Engine`] needs to run this model with
     /// `samples_per_pass` Monte Carlo samples sharing each pass over the weights (the
-    /// engine's `CHUNK`). The deterministic mode fits in the same buffer.
+    /// engine's `CHUNK`). The mean-weights mode fits in the same buffer.
+    ///
+    /// Layout: pre-activation moments of the first stochastic layer (2 x widest layer), two
+    /// activation buffers of `widest layer x chunk`, and a convolution scratch of
+    /// `largest output map x chunk`.
     pub fn workspace_len(&self, samples_per_pass: usize) -> usize {
+        let chunk = samples_per_pass.max(1);
         let width = self.max_width();
-        2 * width + 2 * width * samples_per_pass.max(1)
+        let scratch = self
+            .layers
+            .iter()
+            .map(|l| crate::kernels::scratch_len(l, chunk))
+            .max()
+            .unwrap_or(0);
+        2 * width + 2 * width * chunk + scratch
     }
     /// [`Self::workspace_len`] in bytes.
     pub fn workspace_bytes(&self, samples_per_pass: usize) -> usize {
@@ -304,40 +402,51 @@ fn rec_payload_len(rec: &[u8]) -> usize {
     u32_at(rec, record::PAYLOAD_LEN) as usize
 }
 
+/// Where a layer record sits and what it must accept.
+struct LayerContext {
+    index: usize,
+    version: u16,
+    /// Shape (channels, height, width) of the layer's input.
+    shape: [usize; 3],
+    payload_start: usize,
+    body_end: usize,
+}
+
+/// Validates one layer record and its payload; returns the layer and its output shape.
 fn parse_layer<'a>(
     bytes: &'a [u8],
     rec: &[u8],
-    layer: usize,
-    expected_inputs: usize,
-    payload_start: usize,
-    body_end: usize,
-) -> Result<Layer<'a>, ModelError> {
+    cx: &LayerContext,
+) -> Result<(Layer<'a>, [usize; 3]), ModelError> {
+    let layer = cx.index;
     let code = |field: usize| ModelError::UnknownCode {
         layer,
         field,
         code: rec[field],
     };
-    let storage = Storage::from_code(rec[record::KIND]).ok_or_else(|| code(record::KIND))?;
+    let kind =
+        LayerKind::from_code(rec[record::KIND], cx.version).ok_or_else(|| code(record::KIND))?;
     let posterior =
         Posterior::from_code(rec[record::POSTERIOR]).ok_or_else(|| code(record::POSTERIOR))?;
     let activation =
         Activation::from_code(rec[record::ACTIVATION]).ok_or_else(|| code(record::ACTIVATION))?;
     let record_offset = HEADER_LEN + layer * LAYER_RECORD_LEN;
-    if rec[record::RESERVED_BYTE] != 0 {
-        return Err(ModelError::ReservedNotZero {
-            offset: record_offset + record::RESERVED_BYTE,
-        });
-    }
-    if !is_zero(&rec[record::RESERVED]) {
-        return Err(ModelError::ReservedNotZero {
-            offset: record_offset + record::RESERVED.start,
-        });
-    }
+    let reserved = |range: core::ops::Range<usize>| -> Result<(), ModelError> {
+        if is_zero(&rec[range.clone()]) {
+            Ok(())
+        } else {
+            Err(ModelError::ReservedNotZero {
+                offset: record_offset + range.start,
+            })
+        }
+    };
+    reserved(record::RESERVED_BYTE..record::RESERVED_BYTE + 1)?;
     let inputs = u32_at(rec, record::INPUTS) as usize;
     let outputs = u32_at(rec, record::OUTPUTS) as usize;
     if inputs == 0 || outputs == 0 || inputs > MAX_UNITS || outputs > MAX_UNITS {
         return Err(ModelError::BadLayerSize { layer });
     }
+    let expected_inputs = cx.shape[0] * cx.shape[1] * cx.shape[2];
     if inputs != expected_inputs {
         return Err(ModelError::ShapeMismatch {
             layer,
@@ -346,15 +455,61 @@ fn parse_layer<'a>(
         });
     }
     let nnz = u32_at(rec, record::NNZ) as usize;
-    let dense = inputs * outputs; // both <= 65535: fits in u32 and usize
-    let nnz_ok = match storage {
-        Storage::Dense => nnz == dense,
-        Storage::Sparse => nnz <= dense,
+
+    // Geometry, output shape, dense weight count and payload length, per kind.
+    let (operation, out_shape, dense, expected_len) = match kind {
+        LayerKind::DenseLinear | LayerKind::SparseLinear => {
+            reserved(record::RESERVED)?;
+            let storage = if kind == LayerKind::DenseLinear {
+                Storage::Dense
+            } else {
+                Storage::Sparse
+            };
+            let dense = inputs * outputs; // both <= 65535: fits in u32 and usize
+            let len = payload_len(storage, posterior, inputs, outputs, nnz);
+            (Operation::Linear, [outputs, 1, 1], dense, len)
+        }
+        LayerKind::Conv2d => {
+            reserved(record::CONV_RESERVED)?;
+            let out_channels = u16_at(rec, record::CONV_OUT_CHANNELS) as usize;
+            let window = [
+                rec[record::CONV_KERNEL_H] as usize,
+                rec[record::CONV_KERNEL_W] as usize,
+            ];
+            let stride = rec[record::CONV_STRIDE] as usize;
+            let padding = rec[record::CONV_PADDING] as usize;
+            let geometry = window_geometry(cx.shape, out_channels, window, stride, padding)
+                .ok_or(ModelError::BadGeometry { layer })?;
+            let dense = out_channels * cx.shape[0] * window[0] * window[1];
+            let len = conv_payload_len(posterior, out_channels, nnz);
+            (Operation::Conv2d(geometry), geometry.output, dense, len)
+        }
+        LayerKind::MaxPool => {
+            reserved(record::POOL_RESERVED)?;
+            let size = rec[record::POOL_SIZE] as usize;
+            let stride = rec[record::POOL_STRIDE] as usize;
+            let geometry = window_geometry(cx.shape, cx.shape[0], [size, size], stride, 0)
+                .ok_or(ModelError::BadGeometry { layer })?;
+            if posterior != Posterior::Deterministic || activation != Activation::Identity {
+                return Err(ModelError::BadGeometry { layer });
+            }
+            (Operation::MaxPool(geometry), geometry.output, 0, Some(0))
+        }
+    };
+    if out_shape[0] * out_shape[1] * out_shape[2] != outputs {
+        return Err(ModelError::ShapeMismatch {
+            layer,
+            expected: out_shape[0] * out_shape[1] * out_shape[2],
+            found: outputs,
+        });
+    }
+    let nnz_ok = match kind {
+        LayerKind::DenseLinear => nnz == dense,
+        _ => nnz <= dense,
     };
     if !nnz_ok {
         return Err(ModelError::BadWeightCount { layer });
     }
-    let expected_len = payload_len(storage, posterior, inputs, outputs, nnz);
     let found_len = u32_at(rec, record::PAYLOAD_LEN) as usize;
     if expected_len != Some(found_len) {
         return Err(ModelError::PayloadLength {
@@ -365,18 +520,24 @@ fn parse_layer<'a>(
     }
     let offset = u32_at(rec, record::PAYLOAD_OFFSET) as usize;
     let end = offset.checked_add(found_len);
-    if offset != payload_start || offset % ALIGNMENT != 0 || end.is_none_or(|e| e > body_end) {
+    if offset != cx.payload_start || offset % ALIGNMENT != 0 || end.is_none_or(|e| e > cx.body_end)
+    {
         return Err(ModelError::PayloadOutOfBounds { layer });
     }
 
     let words = posterior.words_per_weight();
-    let bias: &[f32] = cast(bytes, offset, outputs * 4, layer)?;
-    let mut at = offset + outputs * 4;
-    let weights = match storage {
-        Storage::Dense => Weights::Dense {
+    let bias_len = match operation {
+        Operation::Linear => outputs,
+        Operation::Conv2d(g) => g.output[0],
+        Operation::MaxPool(_) => 0,
+    };
+    let bias: &[f32] = cast(bytes, offset, bias_len * 4, layer)?;
+    let mut at = offset + bias_len * 4;
+    let weights = match (kind, operation) {
+        (LayerKind::DenseLinear, _) => Weights::Dense {
             values: cast(bytes, at, dense * words * 4, layer)?,
         },
-        Storage::Sparse => {
+        (LayerKind::SparseLinear, _) => {
             let row_ptr: &[u32] = cast(bytes, at, (outputs + 1) * 4, layer)?;
             at += (outputs + 1) * 4;
             let cols: &[u16] = cast(bytes, at, nnz * 2, layer)?;
@@ -388,16 +549,39 @@ fn parse_layer<'a>(
             }
             at += padded;
             let values: &[f32] = cast(bytes, at, nnz * words * 4, layer)?;
-            check_sparse_structure(row_ptr, cols, inputs, nnz, layer)?;
+            check_rows(row_ptr, nnz, layer)?;
+            check_sparse_columns(row_ptr, cols, |c| (c as usize) < inputs, layer)?;
             Weights::Sparse {
                 row_ptr,
                 cols,
                 values,
             }
         }
+        (LayerKind::Conv2d, Operation::Conv2d(g)) => {
+            let row_ptr: &[u32] = cast(bytes, at, (g.output[0] + 1) * 4, layer)?;
+            at += (g.output[0] + 1) * 4;
+            let taps: &[u32] = cast(bytes, at, nnz * 4, layer)?;
+            at += nnz * 4;
+            let values: &[f32] = cast(bytes, at, nnz * words * 4, layer)?;
+            check_rows(row_ptr, nnz, layer)?;
+            let tap_ok = |t: u32| {
+                let (c, ky, kx) = unpack_tap(t);
+                c < g.input[0] && ky < g.window[0] && kx < g.window[1]
+            };
+            check_sparse_columns(row_ptr, taps, tap_ok, layer)?;
+            Weights::Conv {
+                row_ptr,
+                taps,
+                values,
+            }
+        }
+        _ => Weights::None,
     };
-    let values = match weights {
-        Weights::Dense { values } | Weights::Sparse { values, .. } => values,
+    let values: &[f32] = match weights {
+        Weights::Dense { values }
+        | Weights::Sparse { values, .. }
+        | Weights::Conv { values, .. } => values,
+        Weights::None => &[],
     };
     if !bias.iter().chain(values).all(|v| v.is_finite()) {
         return Err(ModelError::NonFinite { layer });
@@ -405,35 +589,63 @@ fn parse_layer<'a>(
     if posterior == Posterior::Gaussian && values.chunks_exact(2).any(|w| w[1] < 0.0) {
         return Err(ModelError::NegativeVariance { layer });
     }
-    Ok(Layer {
+    let layer = Layer {
         inputs,
         outputs,
         activation,
         posterior,
+        operation,
         bias,
         weights,
+    };
+    Ok((layer, out_shape))
+}
+
+/// Geometry of a window operation over an input shape; `None` if the window does not fit,
+/// has a zero dimension or stride, or pads by a whole window or more.
+fn window_geometry(
+    input: [usize; 3],
+    out_channels: usize,
+    window: [usize; 2],
+    stride: usize,
+    padding: usize,
+) -> Option<Geometry> {
+    if out_channels == 0 || padding >= window[0] || padding >= window[1] {
+        return None;
+    }
+    let height = window_output(input[1], window[0], stride, padding)?;
+    let width = window_output(input[2], window[1], stride, padding)?;
+    Some(Geometry {
+        input,
+        output: [out_channels, height, width],
+        window,
+        stride,
+        padding,
     })
 }
 
-fn check_sparse_structure(
-    row_ptr: &[u32],
-    cols: &[u16],
-    inputs: usize,
-    nnz: usize,
-    layer: usize,
-) -> Result<(), ModelError> {
-    if row_ptr.first() != Some(&0) || row_ptr.last().map(|&e| e as usize) != Some(nnz) {
+/// Row pointers start at 0, never decrease and end at `nnz`.
+fn check_rows(row_ptr: &[u32], nnz: usize, layer: usize) -> Result<(), ModelError> {
+    let monotonic = row_ptr.windows(2).all(|p| p[0] <= p[1]);
+    if row_ptr.first() != Some(&0) || row_ptr.last().map(|&e| e as usize) != Some(nnz) || !monotonic
+    {
         return Err(ModelError::BadRowPointers { layer });
     }
+    Ok(())
+}
+
+/// Within every row, indices are strictly increasing and each passes `in_range`.
+fn check_sparse_columns<T: Copy + PartialOrd>(
+    row_ptr: &[u32],
+    indices: &[T],
+    in_range: impl Fn(T) -> bool,
+    layer: usize,
+) -> Result<(), ModelError> {
     for pair in row_ptr.windows(2) {
         let (start, end) = (pair[0] as usize, pair[1] as usize);
-        if start > end || end > nnz {
-            return Err(ModelError::BadRowPointers { layer });
-        }
-        let row = &cols[start..end];
+        let row = &indices[start..end];
         for (i, &c) in row.iter().enumerate() {
-            let increasing = i == 0 || row[i - 1] < c;
-            if c as usize >= inputs || !increasing {
+            if !in_range(c) || (i > 0 && row[i - 1] >= c) {
                 return Err(ModelError::BadColumnIndex {
                     layer,
                     position: start + i,

@@ -8,8 +8,8 @@ use core::fmt;
 
 use crate::error::ModelError;
 use crate::format::{
-    self, header, payload_len, record, Activation, Posterior, Storage, HEADER_LEN,
-    LAYER_RECORD_LEN, TRAILER_LEN,
+    self, conv_payload_len, header, pack_tap, payload_len, record, window_output, Activation,
+    LayerKind, Posterior, Storage, HEADER_LEN, LAYER_RECORD_LEN, TRAILER_LEN,
 };
 use crate::model::Model;
 
@@ -24,27 +24,72 @@ pub enum StorageChoice {
     Smallest,
 }
 
-/// One linear layer to write, with dense parameter matrices (pruned weights are zero).
+/// What a layer computes (format version 2 adds convolutions and pooling).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerOp {
+    /// Linear layer over the flattened input; θ is `outputs x inputs`.
+    Linear,
+    /// 2-D convolution; θ is `[out_channels][in_channels][kernel_h][kernel_w]`, the bias has
+    /// one value per output channel. Always stored as sparse tap lists.
+    Conv2d {
+        /// Output channels.
+        out_channels: usize,
+        /// Kernel (height, width), each at most 255.
+        kernel: [usize; 2],
+        /// Stride, 1 to 255.
+        stride: usize,
+        /// Zero padding on every side, less than the kernel size.
+        padding: usize,
+    },
+    /// Per-channel max pooling over `size x size` windows; no parameters.
+    MaxPool {
+        /// Window size.
+        size: usize,
+        /// Stride.
+        stride: usize,
+    },
+}
+
+/// One layer to write, with dense parameter arrays (pruned weights are zero).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerSpec {
-    /// Number of inputs.
+    /// What the layer computes.
+    pub op: LayerOp,
+    /// Number of inputs (flattened: channels x height x width).
     pub inputs: usize,
-    /// Number of output units.
+    /// Number of outputs (flattened).
     pub outputs: usize,
     /// Non-linearity after the layer (identity on the last layer).
     pub activation: Activation,
-    /// Bias, `outputs` values.
+    /// Bias: `outputs` values (linear), `out_channels` (convolution), none (pooling).
     pub bias: Vec<f32>,
-    /// Posterior means θ, row-major `outputs x inputs`; pruned weights are 0.
+    /// Posterior means θ (layout per [`LayerOp`]); pruned weights are 0.
     pub theta: Vec<f32>,
     /// Posterior variances σ², same shape; `None` for a deterministic layer. A weight is
     /// stored when its θ or σ² is non-zero.
     pub variance: Option<Vec<f32>>,
-    /// Storage to use.
+    /// Storage to use (linear layers; convolutions always store tap lists).
     pub storage: StorageChoice,
 }
 
 impl LayerSpec {
+    /// A parameterless max-pooling layer over an input of `shape` (channels, height, width);
+    /// `None` if the window does not fit.
+    pub fn max_pool(shape: [usize; 3], size: usize, stride: usize) -> Option<Self> {
+        let h = window_output(shape[1], size, stride, 0)?;
+        let w = window_output(shape[2], size, stride, 0)?;
+        Some(LayerSpec {
+            op: LayerOp::MaxPool { size, stride },
+            inputs: shape.iter().product(),
+            outputs: shape[0] * h * w,
+            activation: Activation::Identity,
+            bias: Vec::new(),
+            theta: Vec::new(),
+            variance: None,
+            storage: StorageChoice::Dense,
+        })
+    }
+
     fn posterior(&self) -> Posterior {
         if self.variance.is_some() {
             Posterior::Gaussian
@@ -62,8 +107,14 @@ impl LayerSpec {
         (0..self.theta.len()).filter(|&i| self.is_stored(i)).count()
     }
 
-    /// The storage the writer will use.
+    /// The storage the writer will use (convolutions: sparse tap lists; pooling: none, reported
+    /// as dense).
     pub fn resolved_storage(&self) -> Storage {
+        match self.op {
+            LayerOp::Conv2d { .. } => return Storage::Sparse,
+            LayerOp::MaxPool { .. } => return Storage::Dense,
+            LayerOp::Linear => {}
+        }
         match self.storage {
             StorageChoice::Dense => Storage::Dense,
             StorageChoice::Sparse => Storage::Sparse,
@@ -153,35 +204,60 @@ impl ModelSpec {
 
     /// Serialises the spec into an aligned buffer and validates it.
     pub fn to_buffer(&self) -> Result<ModelBuffer, WriteError> {
-        for (index, l) in self.layers.iter().enumerate() {
-            let n = l.inputs.checked_mul(l.outputs);
-            let bad_variance = l.variance.as_ref().is_some_and(|v| Some(v.len()) != n);
-            if Some(l.theta.len()) != n || l.bias.len() != l.outputs || bad_variance {
-                return Err(WriteError::BadParameterLength { layer: index });
-            }
-        }
+        let geometries = self.geometries()?;
         let table_end = HEADER_LEN + self.layers.len() * LAYER_RECORD_LEN;
         let mut payloads = Vec::new();
         let mut records = Vec::new();
-        for l in &self.layers {
-            let storage = l.resolved_storage();
+        let mut version = format::MIN_FORMAT_VERSION;
+        for (l, geometry) in self.layers.iter().zip(&geometries) {
             let posterior = l.posterior();
             let start = payloads.len();
             push_f32s(&mut payloads, l.bias.iter().copied());
-            let nnz = match storage {
-                Storage::Dense => {
-                    write_records(&mut payloads, l, 0..l.theta.len());
-                    l.theta.len()
+            let mut rec = [0u8; LAYER_RECORD_LEN];
+            let (kind, nnz) = match l.op {
+                LayerOp::Linear => match l.resolved_storage() {
+                    Storage::Dense => {
+                        write_records(&mut payloads, l, 0..l.theta.len());
+                        (LayerKind::DenseLinear, l.theta.len())
+                    }
+                    Storage::Sparse => (LayerKind::SparseLinear, write_sparse(&mut payloads, l)?),
+                },
+                LayerOp::Conv2d {
+                    out_channels,
+                    kernel,
+                    stride,
+                    padding,
+                } => {
+                    version = format::FORMAT_VERSION;
+                    rec[record::CONV_OUT_CHANNELS..record::CONV_OUT_CHANNELS + 2]
+                        .copy_from_slice(&to_u16(out_channels, "output channels")?.to_le_bytes());
+                    rec[record::CONV_KERNEL_H] = to_u8(kernel[0], "kernel height")?;
+                    rec[record::CONV_KERNEL_W] = to_u8(kernel[1], "kernel width")?;
+                    rec[record::CONV_STRIDE] = to_u8(stride, "stride")?;
+                    rec[record::CONV_PADDING] = to_u8(padding, "padding")?;
+                    (
+                        LayerKind::Conv2d,
+                        write_taps(&mut payloads, l, geometry[0], kernel)?,
+                    )
                 }
-                Storage::Sparse => write_sparse(&mut payloads, l)?,
+                LayerOp::MaxPool { size, stride } => {
+                    version = format::FORMAT_VERSION;
+                    rec[record::POOL_SIZE] = to_u8(size, "pool size")?;
+                    rec[record::POOL_STRIDE] = to_u8(stride, "pool stride")?;
+                    (LayerKind::MaxPool, 0)
+                }
             };
             let len = payloads.len() - start;
-            debug_assert_eq!(
-                Some(len),
-                payload_len(storage, posterior, l.inputs, l.outputs, nnz)
+            debug_assert!(
+                matches!(l.op, LayerOp::Conv2d { .. } | LayerOp::MaxPool { .. })
+                    || Some(len)
+                        == payload_len(l.resolved_storage(), posterior, l.inputs, l.outputs, nnz)
             );
-            let mut rec = [0u8; LAYER_RECORD_LEN];
-            rec[record::KIND] = storage as u8;
+            debug_assert!(
+                !matches!(l.op, LayerOp::Conv2d { .. })
+                    || Some(len) == conv_payload_len(posterior, l.bias.len(), nnz)
+            );
+            rec[record::KIND] = kind as u8;
             rec[record::POSTERIOR] = posterior as u8;
             rec[record::ACTIVATION] = l.activation as u8;
             let fields = [
@@ -204,7 +280,7 @@ impl ModelSpec {
         let mut out = vec![0u8; HEADER_LEN];
         out[header::MAGIC..header::MAGIC + 4].copy_from_slice(&format::MAGIC);
         let u16_fields = [
-            (header::VERSION, format::FORMAT_VERSION),
+            (header::VERSION, version),
             (header::HEADER_LEN, HEADER_LEN as u16),
             (
                 header::LAYER_COUNT,
@@ -247,6 +323,93 @@ impl ModelSpec {
         Model::from_bytes(buffer.as_bytes())?;
         Ok(buffer)
     }
+}
+
+impl ModelSpec {
+    /// Checks every layer's parameter lengths against the shapes flowing from the input, and
+    /// returns each layer's input shape (channels, height, width).
+    fn geometries(&self) -> Result<Vec<[usize; 3]>, WriteError> {
+        let mut shape = self.input_shape;
+        let mut shapes = Vec::with_capacity(self.layers.len());
+        for (index, l) in self.layers.iter().enumerate() {
+            let bad = WriteError::BadParameterLength { layer: index };
+            let inputs = shape[0] * shape[1] * shape[2];
+            let (weights, bias, next) = match l.op {
+                LayerOp::Linear => (
+                    l.inputs.checked_mul(l.outputs),
+                    l.outputs,
+                    [l.outputs, 1, 1],
+                ),
+                LayerOp::Conv2d {
+                    out_channels,
+                    kernel,
+                    stride,
+                    padding,
+                } => {
+                    let h =
+                        window_output(shape[1], kernel[0], stride, padding).ok_or(bad.clone())?;
+                    let w =
+                        window_output(shape[2], kernel[1], stride, padding).ok_or(bad.clone())?;
+                    let taps = out_channels
+                        .checked_mul(shape[0])
+                        .and_then(|n| n.checked_mul(kernel[0] * kernel[1]));
+                    (taps, out_channels, [out_channels, h, w])
+                }
+                LayerOp::MaxPool { size, stride } => {
+                    let h = window_output(shape[1], size, stride, 0).ok_or(bad.clone())?;
+                    let w = window_output(shape[2], size, stride, 0).ok_or(bad.clone())?;
+                    (Some(0), 0, [shape[0], h, w])
+                }
+            };
+            let bad_variance = l
+                .variance
+                .as_ref()
+                .is_some_and(|v| Some(v.len()) != weights);
+            let linear = l.op == LayerOp::Linear;
+            if Some(l.theta.len()) != weights
+                || l.bias.len() != bias
+                || bad_variance
+                || (!linear && (l.inputs != inputs || l.outputs != next.iter().product()))
+            {
+                return Err(bad);
+            }
+            shapes.push(shape);
+            shape = if linear { [l.outputs, 1, 1] } else { next };
+        }
+        Ok(shapes)
+    }
+}
+
+/// Appends row pointers, packed taps and weight records of a convolution; returns nnz.
+fn write_taps(
+    out: &mut Vec<u8>,
+    l: &LayerSpec,
+    in_channels: usize,
+    kernel: [usize; 2],
+) -> Result<usize, WriteError> {
+    let per_channel = in_channels * kernel[0] * kernel[1];
+    let out_channels = l.bias.len();
+    let mut row_ptr = vec![0u32];
+    let mut kept = Vec::new();
+    for co in 0..out_channels {
+        kept.extend((co * per_channel..(co + 1) * per_channel).filter(|&i| l.is_stored(i)));
+        row_ptr.push(to_u32(kept.len(), "weight count")?);
+    }
+    for p in &row_ptr {
+        out.extend_from_slice(&p.to_le_bytes());
+    }
+    let area = kernel[0] * kernel[1];
+    for &i in &kept {
+        let local = i % per_channel;
+        let tap = pack_tap(local / area, local % area / kernel[1], local % kernel[1]);
+        out.extend_from_slice(&tap.to_le_bytes());
+    }
+    write_records(out, l, kept.iter().copied());
+    Ok(kept.len())
+}
+
+fn to_u8(v: usize, what: &'static str) -> Result<u8, WriteError> {
+    u8::try_from(v).map_err(|_| WriteError::TooLarge(what))
 }
 
 /// Appends the weight records (θ, or θ and σ²) of the given flat indices.
@@ -339,6 +502,7 @@ pub mod synthetic {
                 .collect();
             let last = index + 2 == widths.len();
             layers.push(LayerSpec {
+                op: LayerOp::Linear,
                 inputs,
                 outputs,
                 activation: if last {

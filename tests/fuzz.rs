@@ -20,7 +20,8 @@ use tinybayes::format::{
     payload_len, Activation, Posterior, Storage, CRC32, HEADER_LEN, LAYER_RECORD_LEN, MAGIC,
     MAX_CLASSES, MAX_UNITS, TRAILER_LEN,
 };
-use tinybayes::writer::{synthetic, LayerSpec, ModelBuffer, ModelSpec, StorageChoice};
+use tinybayes::model::Operation;
+use tinybayes::writer::{synthetic, LayerOp, LayerSpec, ModelBuffer, ModelSpec, StorageChoice};
 use tinybayes::{Engine, InferenceError, Layer, Mode, Model, ModelError, Prediction, Weights};
 
 /// Monte Carlo samples per pass; 1..8 samples are requested, so some runs take two passes.
@@ -173,6 +174,7 @@ fn build_spec(input: usize, plans: &[LayerPlan], shape: usize, seed: u64) -> Mod
             .map(|_| (unit(&mut rng) as f32 - 0.5) * 2.0)
             .collect();
         layers.push(LayerSpec {
+            op: LayerOp::Linear,
             inputs,
             outputs: plan.outputs,
             activation: if plan.relu {
@@ -236,6 +238,10 @@ fn dense_params(layer: &Layer<'_>) -> (Vec<f32>, Vec<f32>) {
                 }
             }
         }
+        // Round-trip specs are linear only.
+        Weights::Conv { .. } | Weights::None => {
+            unreachable!("linear spec read back as {:?}", layer.kind())
+        }
     }
     (theta, var)
 }
@@ -257,7 +263,12 @@ fn check_model_invariants(model: &Model<'_>) -> Result<(), TestCaseError> {
         let (i, o) = (layer.inputs(), layer.outputs());
         prop_assert_eq!(i, expected_inputs, "layer {} does not chain", index);
         prop_assert!(o > 0 && o <= MAX_UNITS && i <= MAX_UNITS);
-        prop_assert_eq!(layer.bias().len(), o);
+        let bias_len = match layer.operation() {
+            Operation::Linear => o,
+            Operation::Conv2d(g) => g.output[0],
+            Operation::MaxPool(_) => 0,
+        };
+        prop_assert_eq!(layer.bias().len(), bias_len);
         prop_assert!(layer.bias().iter().all(|b| b.is_finite()));
         let w = layer.posterior().words_per_weight();
         let values = match layer.weights() {
@@ -282,6 +293,30 @@ fn check_model_invariants(model: &Model<'_>) -> Result<(), TestCaseError> {
                 }
                 values
             }
+            Weights::Conv {
+                row_ptr,
+                taps,
+                values,
+            } => {
+                let Operation::Conv2d(g) = layer.operation() else {
+                    return Err(TestCaseError::fail("conv weights on a non-conv layer"));
+                };
+                prop_assert_eq!(row_ptr.len(), g.output[0] + 1);
+                prop_assert_eq!(row_ptr[0], 0);
+                prop_assert_eq!(*row_ptr.last().unwrap() as usize, taps.len());
+                prop_assert_eq!(values.len(), taps.len() * w);
+                for r in row_ptr.windows(2) {
+                    prop_assert!(r[0] <= r[1]);
+                    let row = &taps[r[0] as usize..r[1] as usize];
+                    prop_assert!(row.windows(2).all(|p| p[0] < p[1]));
+                    for &t in row {
+                        let (c, ky, kx) = tinybayes::format::unpack_tap(t);
+                        prop_assert!(c < g.input[0] && ky < g.window[0] && kx < g.window[1]);
+                    }
+                }
+                values
+            }
+            Weights::None => &[],
         };
         prop_assert!(values.iter().all(|v| v.is_finite()));
         if layer.posterior() == Posterior::Gaussian {

@@ -11,9 +11,11 @@ use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro128PlusPlus;
 use tinybayes::format::{
     payload_len, Activation, Posterior, Storage, CRC32, FORMAT_VERSION, HEADER_LEN,
-    LAYER_RECORD_LEN, MAX_CLASSES, MAX_LAYERS, TRAILER_LEN,
+    LAYER_RECORD_LEN, MAX_CLASSES, MAX_LAYERS, MIN_FORMAT_VERSION, TRAILER_LEN,
 };
-use tinybayes::writer::{synthetic, LayerSpec, ModelBuffer, ModelSpec, StorageChoice, WriteError};
+use tinybayes::writer::{
+    synthetic, LayerOp, LayerSpec, ModelBuffer, ModelSpec, StorageChoice, WriteError,
+};
 use tinybayes::{Engine, InferenceError, Mode, Model, ModelError, Prediction, Weights};
 
 /// Monte Carlo samples per pass used by the engine tests.
@@ -209,6 +211,7 @@ fn mixed_spec() -> ModelSpec {
         input_offset: -0.5,
         layers: vec![
             LayerSpec {
+                op: LayerOp::Linear,
                 inputs: 6,
                 outputs: 5,
                 activation: Activation::Relu,
@@ -218,6 +221,7 @@ fn mixed_spec() -> ModelSpec {
                 storage: StorageChoice::Sparse,
             },
             LayerSpec {
+                op: LayerOp::Linear,
                 inputs: 5,
                 outputs: 4,
                 activation: Activation::Relu,
@@ -227,6 +231,7 @@ fn mixed_spec() -> ModelSpec {
                 storage: StorageChoice::Dense,
             },
             LayerSpec {
+                op: LayerOp::Linear,
                 inputs: 4,
                 outputs: 3,
                 activation: Activation::Identity,
@@ -291,13 +296,13 @@ fn base_models_parse_with_the_expected_layout() {
             assert_eq!(values[1].to_bits(), u32_at(&b, r[0].value(0, 1)));
             assert_eq!(values[19].to_bits(), u32_at(&b, r[0].value(9, 1)));
         }
-        Weights::Dense { .. } => panic!("layer 0 should be sparse"),
+        _ => panic!("layer 0 should be sparse"),
     }
     match model.layers()[1].weights() {
         Weights::Dense { values } => {
             assert_eq!(values[19].to_bits(), u32_at(&b, r[1].value(19, 0)))
         }
-        Weights::Sparse { .. } => panic!("layer 1 should be dense"),
+        _ => panic!("layer 1 should be dense"),
     }
     assert_eq!(
         model.layers()[2].bias()[2].to_bits(),
@@ -370,12 +375,13 @@ fn bad_magic_is_refused() {
     assert_eq!(parse(&other), Err(ModelError::BadMagic));
 }
 
-/// Another format version is `UnsupportedVersion { found }` (checked before the CRC).
+/// A format version this build does not read is `UnsupportedVersion { found }` (checked
+/// before the CRC). Linear-only models are written as version 1, which every reader accepts.
 #[test]
 fn wrong_version_is_refused() {
     let valid = mixed();
-    assert_eq!(u16_at(&valid, hdr::VERSION), FORMAT_VERSION);
-    for found in [0u16, 2, 3, 0x0100, 0xffff] {
+    assert_eq!(u16_at(&valid, hdr::VERSION), MIN_FORMAT_VERSION);
+    for found in [0u16, FORMAT_VERSION + 1, 0x0100, 0xffff] {
         let got = patched_keep_crc(&valid, |b| set_u16(b, hdr::VERSION, found));
         assert_eq!(got, Err(ModelError::UnsupportedVersion { found }));
     }
@@ -1092,6 +1098,7 @@ fn single_layer(inputs: usize, outputs: usize, gaussian: bool, storage: StorageC
         input_scale: 1.0,
         input_offset: 0.0,
         layers: vec![LayerSpec {
+            op: LayerOp::Linear,
             inputs,
             outputs,
             activation: Activation::Identity,
@@ -1322,6 +1329,7 @@ fn writer_refuses_invalid_models() {
     spec.num_classes = 2;
     spec.layers = (0..=MAX_LAYERS)
         .map(|_| LayerSpec {
+            op: LayerOp::Linear,
             inputs: 2,
             outputs: 2,
             activation: Activation::Identity,
@@ -1360,7 +1368,7 @@ fn model_error_messages_are_specific() {
         (BadMagic, vec!["magic"]),
         (
             UnsupportedVersion { found: 9 },
-            vec!["version 9", "version 1"],
+            vec!["version 9", "versions 1 to 2"],
         ),
         (BadHeaderLength { found: 4711 }, vec!["4711", "header"]),
         (
@@ -1609,6 +1617,7 @@ fn overflowing_logits_are_reported() {
         input_scale: 1.0,
         input_offset: 0.0,
         layers: vec![LayerSpec {
+            op: LayerOp::Linear,
             inputs: 16,
             outputs: 3,
             activation: Activation::Identity,
@@ -1664,6 +1673,7 @@ fn overflowing_u8_normalization_is_reported() {
         input_offset: 0.0,
         layers: vec![
             LayerSpec {
+                op: LayerOp::Linear,
                 inputs: 2,
                 outputs: 2,
                 activation: Activation::Relu,
@@ -1673,6 +1683,7 @@ fn overflowing_u8_normalization_is_reported() {
                 storage: StorageChoice::Dense,
             },
             LayerSpec {
+                op: LayerOp::Linear,
                 inputs: 2,
                 outputs: 2,
                 activation: Activation::Identity,
@@ -1715,6 +1726,7 @@ fn identical_samples_have_zero_mutual_information_even_with_extreme_logits() {
         input_scale: 1.0,
         input_offset: 0.0,
         layers: vec![LayerSpec {
+            op: LayerOp::Linear,
             inputs: 1,
             outputs: 3,
             activation: Activation::Identity,

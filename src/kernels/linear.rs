@@ -11,7 +11,8 @@
 //! construction. Summation order is fixed (bias first, then weights in stored order) so the
 //! host and the device produce the same bits.
 
-use crate::format::{Activation, Posterior};
+use super::activate;
+use crate::format::Posterior;
 use crate::input::Input;
 use crate::model::{Layer, Weights};
 use crate::normal::standard_normal;
@@ -47,20 +48,8 @@ fn for_each_row<'a>(layer: &Layer<'a>, mut f: impl FnMut(usize, Row<'a>)) {
                 );
             }
         }
-    }
-}
-
-#[inline(always)]
-fn activate(activation: Activation, v: f32) -> f32 {
-    match activation {
-        Activation::Identity => v,
-        Activation::Relu => {
-            if v > 0.0 {
-                v
-            } else {
-                0.0
-            }
-        }
+        // Not a linear layer: the dispatcher never sends one here.
+        Weights::Conv { .. } | Weights::None => {}
     }
 }
 
@@ -107,7 +96,7 @@ fn dot_moments<X: Input + ?Sized>(row: Row<'_>, x: &X, bias: f32) -> (f32, f32) 
 }
 
 /// Deterministic forward pass with the posterior means: `out[j] = act(bias_j + theta_j . x)`.
-pub(crate) fn forward_mean<X: Input + ?Sized>(layer: &Layer<'_>, x: &X, out: &mut [f32]) {
+pub(super) fn forward_mean<X: Input + ?Sized>(layer: &Layer<'_>, x: &X, out: &mut [f32]) {
     let bias = layer.bias();
     let act = layer.activation();
     let out = &mut out[..layer.outputs()];
@@ -123,7 +112,7 @@ pub(crate) fn forward_mean<X: Input + ?Sized>(layer: &Layer<'_>, x: &X, out: &mu
 
 /// Pre-activation moments of a layer for a fixed input: `mean[j]` and `std[j] = sqrt(var[j])`.
 /// A deterministic layer gets `std = 0`.
-pub(crate) fn forward_moments<X: Input + ?Sized>(
+pub(super) fn forward_moments<X: Input + ?Sized>(
     layer: &Layer<'_>,
     x: &X,
     mean: &mut [f32],
@@ -144,35 +133,10 @@ pub(crate) fn forward_moments<X: Input + ?Sized>(
     }
 }
 
-/// Draws `s` samples of a layer's activations from precomputed pre-activation moments:
-/// `out[j * s + m] = act(mean[j] + std[j] * eps)`, one normal draw from `rngs[m]` per unit
-/// (Gaussian layers only).
-pub(crate) fn sample_from_moments(
-    layer: &Layer<'_>,
-    mean: &[f32],
-    std: &[f32],
-    rngs: &mut [Xoshiro128PlusPlus],
-    out: &mut [f32],
-) {
-    let s = rngs.len();
-    let act = layer.activation();
-    let gaussian = layer.posterior() == Posterior::Gaussian;
-    for ((&mu, &sd), unit) in mean.iter().zip(std).zip(out.chunks_exact_mut(s)) {
-        for (o, rng) in unit.iter_mut().zip(rngs.iter_mut()) {
-            let pre = if gaussian {
-                mu + sd * standard_normal(rng)
-            } else {
-                mu
-            };
-            *o = activate(act, pre);
-        }
-    }
-}
-
 /// One layer for a chunk of `s = rngs.len() <= CHUNK` samples. `x[i * s + m]` is input `i` of
 /// sample `m`; writes `out[j * s + m]`. Local reparameterization: per unit and sample,
 /// `act(mean + sqrt(var) * eps)` with `eps` drawn from the sample's own generator `rngs[m]`.
-pub(crate) fn forward_samples<const CHUNK: usize>(
+pub(super) fn forward_samples<const CHUNK: usize>(
     layer: &Layer<'_>,
     x: &[f32],
     rngs: &mut [Xoshiro128PlusPlus],

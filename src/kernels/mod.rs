@@ -1,0 +1,102 @@
+//! Layer kernels (f32). [`forward_mean`], [`forward_moments`] and [`forward_samples`] dispatch
+//! on the layer's operation to the linear, convolution and pooling kernels; all of them keep a
+//! fixed summation order (bias first, then weights in stored order) so the host and the device
+//! compute the same bits.
+
+mod conv;
+mod linear;
+mod pool;
+
+use rand_xoshiro::Xoshiro128PlusPlus;
+
+use crate::format::{Activation, Posterior};
+use crate::input::Input;
+use crate::model::{Layer, Operation};
+use crate::normal::standard_normal;
+
+#[inline(always)]
+pub(crate) fn activate(activation: Activation, v: f32) -> f32 {
+    match activation {
+        Activation::Identity => v,
+        Activation::Relu => {
+            if v > 0.0 {
+                v
+            } else {
+                0.0
+            }
+        }
+    }
+}
+
+/// One input, posterior-mean weights: `out[..layer.outputs()]`.
+pub(crate) fn forward_mean<X: Input + ?Sized>(layer: &Layer<'_>, x: &X, out: &mut [f32]) {
+    match layer.operation() {
+        Operation::Linear => linear::forward_mean(layer, x, out),
+        Operation::Conv2d(_) => conv::forward_mean(layer, x, out),
+        Operation::MaxPool(g) => pool::forward(&g, x, 1, out),
+    }
+}
+
+/// One input, Gaussian weights: pre-activation `mean` and `std` of every output unit.
+pub(crate) fn forward_moments<X: Input + ?Sized>(
+    layer: &Layer<'_>,
+    x: &X,
+    mean: &mut [f32],
+    std: &mut [f32],
+) {
+    match layer.operation() {
+        Operation::Linear => linear::forward_moments(layer, x, mean, std),
+        Operation::Conv2d(_) => conv::forward_moments(layer, x, mean, std),
+        // Pooling has no weights: it is never the first stochastic layer.
+        Operation::MaxPool(_) => {}
+    }
+}
+
+/// A chunk of `rngs.len()` samples, unit-major. `scratch` must hold
+/// [`scratch_len`]`(layer, chunk)` words.
+pub(crate) fn forward_samples<const CHUNK: usize>(
+    layer: &Layer<'_>,
+    x: &[f32],
+    rngs: &mut [Xoshiro128PlusPlus],
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
+    match layer.operation() {
+        Operation::Linear => linear::forward_samples::<CHUNK>(layer, x, rngs, out),
+        Operation::Conv2d(_) => conv::forward_samples(layer, x, rngs, out, scratch),
+        Operation::MaxPool(g) => pool::forward(&g, x, rngs.len(), out),
+    }
+}
+
+/// Scratch words a layer needs for a chunk of `chunk` samples.
+pub(crate) fn scratch_len(layer: &Layer<'_>, chunk: usize) -> usize {
+    match layer.operation() {
+        Operation::Conv2d(g) => g.output[1] * g.output[2] * chunk,
+        Operation::Linear | Operation::MaxPool(_) => 0,
+    }
+}
+
+/// Draws `s` samples of a layer's activations from precomputed pre-activation moments:
+/// `out[j * s + m] = act(mean[j] + std[j] * eps)`, one normal draw from `rngs[m]` per unit
+/// (Gaussian layers only).
+pub(crate) fn sample_from_moments(
+    layer: &Layer<'_>,
+    mean: &[f32],
+    std: &[f32],
+    rngs: &mut [Xoshiro128PlusPlus],
+    out: &mut [f32],
+) {
+    let s = rngs.len();
+    let act = layer.activation();
+    let gaussian = layer.posterior() == Posterior::Gaussian;
+    for ((&mu, &sd), unit) in mean.iter().zip(std).zip(out.chunks_exact_mut(s)) {
+        for (o, rng) in unit.iter_mut().zip(rngs.iter_mut()) {
+            let pre = if gaussian {
+                mu + sd * standard_normal(rng)
+            } else {
+                mu
+            };
+            *o = activate(act, pre);
+        }
+    }
+}
