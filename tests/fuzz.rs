@@ -329,7 +329,21 @@ fn check_model_invariants(model: &Model<'_>) -> Result<(), TestCaseError> {
     prop_assert_eq!(last.activation(), Activation::Identity);
     let width = layers.iter().map(|l| l.outputs()).max().unwrap();
     prop_assert_eq!(model.max_width(), width);
-    prop_assert_eq!(model.workspace_len(CHUNK), 2 * width + 2 * width * CHUNK);
+    // Documented layout: moments (2 x widest), two activation buffers (widest x chunk) and a
+    // scratch for the variances of a Gaussian linear layer or of one convolution channel.
+    let scratch = layers
+        .iter()
+        .map(|l| match l.operation() {
+            Operation::Linear if l.posterior() == Posterior::Gaussian => l.outputs() * CHUNK,
+            Operation::Conv2d(g) => g.output[1] * g.output[2] * CHUNK,
+            _ => 0,
+        })
+        .max()
+        .unwrap();
+    prop_assert_eq!(
+        model.workspace_len(CHUNK),
+        2 * width + 2 * width * CHUNK + scratch
+    );
     Ok(())
 }
 

@@ -1525,8 +1525,9 @@ fn workspace_too_small_reports_exact_sizes() {
     let buffer = ModelBuffer::from_bytes(&mlp());
     let model = buffer.model().unwrap();
     let needed = model.workspace_len(CHUNK);
-    // 16 -> 8 -> 3: widest layer 8, two stat vectors plus two sample buffers of CHUNK rows.
-    assert_eq!(needed, 2 * 8 + 2 * 8 * CHUNK);
+    // 16 -> 8 -> 3 (Gaussian): widest layer 8, two stat vectors, two sample buffers of CHUNK
+    // rows, and a variance scratch for the widest Gaussian linear layer (8 x CHUNK).
+    assert_eq!(needed, 2 * 8 + 2 * 8 * CHUNK + 8 * CHUNK);
     for provided in [0, 1, model.workspace_len(1), needed - 1] {
         let mut ws = vec![0.0f32; provided];
         assert_eq!(

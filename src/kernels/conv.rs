@@ -9,7 +9,6 @@ use super::activate;
 use crate::format::{unpack_tap, Posterior};
 use crate::input::Input;
 use crate::model::{Geometry, Layer, Weights};
-use crate::normal::standard_normal;
 use rand_xoshiro::Xoshiro128PlusPlus;
 
 /// The range of outputs `o` along one axis for which `i = o * stride + k - padding` lies in
@@ -178,14 +177,11 @@ pub(super) fn forward_samples(
                 }
             });
         }
-        for (ms, vs) in mean.chunks_exact_mut(s).zip(var.chunks_exact(s)) {
-            for ((m, &v), rng) in ms.iter_mut().zip(vs).zip(rngs.iter_mut()) {
-                let noise = if gaussian {
-                    libm::sqrtf(v) * standard_normal(rng)
-                } else {
-                    0.0
-                };
-                *m = activate(layer.activation(), *m + noise);
+        if gaussian {
+            super::add_noise_and_activate(layer.activation(), mean, var, rngs);
+        } else {
+            for m in mean.iter_mut() {
+                *m = activate(layer.activation(), *m);
             }
         }
     }

@@ -15,7 +15,6 @@ use super::activate;
 use crate::format::Posterior;
 use crate::input::Input;
 use crate::model::{Layer, Weights};
-use crate::normal::standard_normal;
 use rand_xoshiro::Xoshiro128PlusPlus;
 
 /// The stored weights of one output unit.
@@ -136,11 +135,14 @@ pub(super) fn forward_moments<X: Input + ?Sized>(
 /// One layer for a chunk of `s = rngs.len() <= CHUNK` samples. `x[i * s + m]` is input `i` of
 /// sample `m`; writes `out[j * s + m]`. Local reparameterization: per unit and sample,
 /// `act(mean + sqrt(var) * eps)` with `eps` drawn from the sample's own generator `rngs[m]`.
+/// A Gaussian layer first accumulates every unit's mean (into `out`) and variance (into
+/// `scratch`, `outputs * s` words), then draws the noise sample by sample.
 pub(super) fn forward_samples<const CHUNK: usize>(
     layer: &Layer<'_>,
     x: &[f32],
     rngs: &mut [Xoshiro128PlusPlus],
     out: &mut [f32],
+    scratch: &mut [f32],
 ) {
     let s = rngs.len();
     let bias = layer.bias();
@@ -154,20 +156,23 @@ pub(super) fn forward_samples<const CHUNK: usize>(
                 *o = activate(act, m);
             }
         }),
-        Posterior::Gaussian => for_each_row(layer, |j, row| {
-            let mut mean = [0.0f32; CHUNK];
-            let mut var = [0.0f32; CHUNK];
-            accumulate::<CHUNK, 2>(row, x, s, bias[j], &mut mean, &mut var);
-            let unit = out[j * s..(j + 1) * s].iter_mut().zip(rngs.iter_mut());
-            for ((o, rng), (&m, &v)) in unit.zip(mean.iter().zip(&var)) {
-                *o = activate(act, m + libm::sqrtf(v) * standard_normal(rng));
-            }
-        }),
+        Posterior::Gaussian => {
+            let var_out = &mut scratch[..layer.outputs() * s];
+            for_each_row(layer, |j, row| {
+                let mut mean = [0.0f32; CHUNK];
+                let mut var = [0.0f32; CHUNK];
+                accumulate::<CHUNK, 2>(row, x, s, bias[j], &mut mean, &mut var);
+                out[j * s..(j + 1) * s].copy_from_slice(&mean[..s]);
+                var_out[j * s..(j + 1) * s].copy_from_slice(&var[..s]);
+            });
+            super::add_noise_and_activate(act, out, var_out, rngs);
+        }
     }
 }
 
 /// Accumulates one row for `s` samples: `mean[m] = bias + sum theta x_m` and, when `W == 2`,
-/// `var[m] = sum sigma^2 x_m^2`. Each stored weight is loaded once for the whole chunk.
+/// `var[m] = sum sigma^2 x_m^2`. Each stored weight is loaded once for the whole chunk. A full
+/// chunk (`s == CHUNK`) runs with a constant trip count, which the compiler unrolls.
 #[inline(always)]
 fn accumulate<const CHUNK: usize, const W: usize>(
     row: Row<'_>,
@@ -177,11 +182,26 @@ fn accumulate<const CHUNK: usize, const W: usize>(
     mean: &mut [f32; CHUNK],
     var: &mut [f32; CHUNK],
 ) {
-    for m in mean[..s].iter_mut() {
-        *m = bias;
+    if s == CHUNK {
+        accumulate_n::<CHUNK, W>(row, x, CHUNK, bias, mean, var);
+    } else {
+        accumulate_n::<CHUNK, W>(row, x, s, bias, mean, var);
     }
+}
+
+#[inline(always)]
+fn accumulate_n<const CHUNK: usize, const W: usize>(
+    row: Row<'_>,
+    x: &[f32],
+    s: usize,
+    bias: f32,
+    mean: &mut [f32; CHUNK],
+    var: &mut [f32; CHUNK],
+) {
+    let (mean, var) = (&mut mean[..s], &mut var[..s]);
+    mean.fill(bias);
     let mut add = |i: usize, w: &[f32]| {
-        let xs = &x[i * s..(i + 1) * s];
+        let xs = &x[i * s..i * s + s];
         for ((m, v), &xv) in mean.iter_mut().zip(var.iter_mut()).zip(xs) {
             *m += xv * w[0];
             if W == 2 {

@@ -62,16 +62,18 @@ pub(crate) fn forward_samples<const CHUNK: usize>(
     scratch: &mut [f32],
 ) {
     match layer.operation() {
-        Operation::Linear => linear::forward_samples::<CHUNK>(layer, x, rngs, out),
+        Operation::Linear => linear::forward_samples::<CHUNK>(layer, x, rngs, out, scratch),
         Operation::Conv2d(_) => conv::forward_samples(layer, x, rngs, out, scratch),
         Operation::MaxPool(g) => pool::forward(&g, x, rngs.len(), out),
     }
 }
 
-/// Scratch words a layer needs for a chunk of `chunk` samples.
+/// Scratch words a layer needs for a chunk of `chunk` samples: the pre-activation variances
+/// of a Gaussian linear layer, or of one output channel of a convolution.
 pub(crate) fn scratch_len(layer: &Layer<'_>, chunk: usize) -> usize {
     match layer.operation() {
         Operation::Conv2d(g) => g.output[1] * g.output[2] * chunk,
+        Operation::Linear if layer.posterior() == Posterior::Gaussian => layer.outputs() * chunk,
         Operation::Linear | Operation::MaxPool(_) => 0,
     }
 }
@@ -88,15 +90,47 @@ pub(crate) fn sample_from_moments(
 ) {
     let s = rngs.len();
     let act = layer.activation();
-    let gaussian = layer.posterior() == Posterior::Gaussian;
-    for ((&mu, &sd), unit) in mean.iter().zip(std).zip(out.chunks_exact_mut(s)) {
-        for (o, rng) in unit.iter_mut().zip(rngs.iter_mut()) {
-            let pre = if gaussian {
-                mu + sd * standard_normal(rng)
-            } else {
-                mu
-            };
-            *o = activate(act, pre);
+    if layer.posterior() != Posterior::Gaussian {
+        for (&mu, unit) in mean.iter().zip(out.chunks_exact_mut(s)) {
+            unit.fill(activate(act, mu));
         }
+        return;
+    }
+    // Sample-major, so each sample's generator stays in registers across the units; every
+    // stream still draws for its units in ascending order, as in every other kernel.
+    for (m, rng) in rngs.iter_mut().enumerate() {
+        let mut local = rng.clone();
+        let outputs = out.iter_mut().skip(m).step_by(s);
+        for ((o, &mu), &sd) in outputs.zip(mean).zip(std) {
+            *o = activate(act, mu + sd * standard_normal(&mut local));
+        }
+        *rng = local;
+    }
+}
+
+/// Adds `sqrt(var) * eps` to every pre-activation of a chunk and applies the activation:
+/// `pre[j * s + m] = act(pre[j * s + m] + sqrt(var[j * s + m]) * eps)`, sample-major (each
+/// sample's generator stays in registers; its units draw in ascending order).
+pub(crate) fn add_noise_and_activate(
+    activation: Activation,
+    pre: &mut [f32],
+    var: &[f32],
+    rngs: &mut [Xoshiro128PlusPlus],
+) {
+    let s = rngs.len();
+    for (m, rng) in rngs.iter_mut().enumerate() {
+        let mut local = rng.clone();
+        let units = pre
+            .iter_mut()
+            .skip(m)
+            .step_by(s)
+            .zip(var.iter().skip(m).step_by(s));
+        for (p, &v) in units {
+            *p = activate(
+                activation,
+                *p + libm::sqrtf(v) * standard_normal(&mut local),
+            );
+        }
+        *rng = local;
     }
 }
