@@ -24,6 +24,10 @@
 //! assert!(p.mutual_information >= 0.0);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! The crate denies `unsafe` code with one documented exception: the `vsqrt.f32` instruction
+//! on hard-float Cortex-M targets (module `fpu`), measured to save about 50 instructions per
+//! unit and sample against the software square root, with bit-identical results.
 #![no_std]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -36,6 +40,7 @@ extern crate std;
 mod engine;
 pub mod error;
 pub mod format;
+pub(crate) mod fpu;
 mod input;
 mod kernels;
 pub mod model;

@@ -43,8 +43,11 @@ fn tail(rng: &mut impl RngCore) -> f32 {
 ///
 /// Deterministic for a given generator state: the host and the device draw the same values
 /// from the same seed, as both run this code with the same tables and `libm`.
+///
+/// The generator is `Clone` so that the rare slow path can take a copy by value: the hot loop
+/// never exposes the generator's address, and the compiler keeps its state in registers.
 #[inline]
-pub fn standard_normal(rng: &mut impl RngCore) -> f32 {
+pub fn standard_normal<R: RngCore + Clone>(rng: &mut R) -> f32 {
     loop {
         let word = rng.next_u32();
         let strip = (word & STRIP_MASK) as usize;
@@ -57,27 +60,28 @@ pub fn standard_normal(rng: &mut impl RngCore) -> f32 {
                 -magnitude
             };
         }
-        if let Some(value) = slow_path(rng, strip, magnitude) {
+        let (value, state) = slow_path(rng.clone(), strip, magnitude);
+        *rng = state;
+        if let Some(value) = value {
             return if word & SIGN_BIT == 0 { value } else { -value };
         }
     }
 }
 
 /// The 1.2% of draws outside the inner rectangles: the tail of the base strip, or the wedge
-/// between a strip's inner rectangle and the curve. `None` rejects the draw.
+/// between a strip's inner rectangle and the curve. `None` rejects the draw. Takes and returns
+/// the generator by value (see [`standard_normal`]).
 #[cold]
-fn slow_path(rng: &mut impl RngCore, strip: usize, magnitude: f32) -> Option<f32> {
+#[inline(never)]
+fn slow_path<R: RngCore>(mut rng: R, strip: usize, magnitude: f32) -> (Option<f32>, R) {
     if strip == 0 {
-        return Some(tail(rng));
+        return (Some(tail(&mut rng)), rng);
     }
     let lower = ZIG_F[strip];
     let upper = ZIG_F[strip + 1];
-    let height = lower + half_open_unit(rng) * (upper - lower);
-    if height < libm::expf(-0.5 * magnitude * magnitude) {
-        Some(magnitude)
-    } else {
-        None
-    }
+    let height = lower + half_open_unit(&mut rng) * (upper - lower);
+    let value = (height < libm::expf(-0.5 * magnitude * magnitude)).then_some(magnitude);
+    (value, rng)
 }
 
 #[cfg(test)]

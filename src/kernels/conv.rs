@@ -130,7 +130,7 @@ pub(super) fn forward_moments<X: Input + ?Sized>(
             });
         }
         for v in v_map.iter_mut() {
-            *v = libm::sqrtf(*v);
+            *v = crate::fpu::sqrtf(*v);
         }
     }
 }

@@ -127,7 +127,7 @@ pub(super) fn forward_moments<X: Input + ?Sized>(
         Posterior::Gaussian => for_each_row(layer, |j, row| {
             let (m, v) = dot_moments(row, x, bias[j]);
             mean[j] = m;
-            std[j] = libm::sqrtf(v);
+            std[j] = crate::fpu::sqrtf(v);
         }),
     }
 }

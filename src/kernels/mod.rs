@@ -96,15 +96,40 @@ pub(crate) fn sample_from_moments(
         }
         return;
     }
-    // Sample-major, so each sample's generator stays in registers across the units; every
-    // stream still draws for its units in ascending order, as in every other kernel.
+    match act {
+        Activation::Relu => draw_from_moments::<true>(mean, std, rngs, out),
+        Activation::Identity => draw_from_moments::<false>(mean, std, rngs, out),
+    }
+}
+
+/// Sample-major, so each sample's generator stays in registers across the units; every
+/// stream still draws for its units in ascending order, as in every other kernel.
+#[inline(always)]
+fn draw_from_moments<const RELU: bool>(
+    mean: &[f32],
+    std: &[f32],
+    rngs: &mut [Xoshiro128PlusPlus],
+    out: &mut [f32],
+) {
+    let s = rngs.len();
     for (m, rng) in rngs.iter_mut().enumerate() {
         let mut local = rng.clone();
-        let outputs = out.iter_mut().skip(m).step_by(s);
-        for ((o, &mu), &sd) in outputs.zip(mean).zip(std) {
-            *o = activate(act, mu + sd * standard_normal(&mut local));
+        for (unit, (&mu, &sd)) in out.chunks_exact_mut(s).zip(mean.iter().zip(std)) {
+            // `m < s` and every chunk has `s` values: the index check folds away.
+            if let Some(o) = unit.get_mut(m) {
+                *o = relu_if::<RELU>(mu + sd * standard_normal(&mut local));
+            }
         }
         *rng = local;
+    }
+}
+
+#[inline(always)]
+fn relu_if<const RELU: bool>(v: f32) -> f32 {
+    if RELU && v <= 0.0 {
+        0.0
+    } else {
+        v
     }
 }
 
@@ -117,19 +142,21 @@ pub(crate) fn add_noise_and_activate(
     var: &[f32],
     rngs: &mut [Xoshiro128PlusPlus],
 ) {
+    match activation {
+        Activation::Relu => add_noise::<true>(pre, var, rngs),
+        Activation::Identity => add_noise::<false>(pre, var, rngs),
+    }
+}
+
+#[inline(always)]
+fn add_noise<const RELU: bool>(pre: &mut [f32], var: &[f32], rngs: &mut [Xoshiro128PlusPlus]) {
     let s = rngs.len();
     for (m, rng) in rngs.iter_mut().enumerate() {
         let mut local = rng.clone();
-        let units = pre
-            .iter_mut()
-            .skip(m)
-            .step_by(s)
-            .zip(var.iter().skip(m).step_by(s));
-        for (p, &v) in units {
-            *p = activate(
-                activation,
-                *p + libm::sqrtf(v) * standard_normal(&mut local),
-            );
+        for (p_unit, v_unit) in pre.chunks_exact_mut(s).zip(var.chunks_exact(s)) {
+            if let (Some(p), Some(&v)) = (p_unit.get_mut(m), v_unit.get(m)) {
+                *p = relu_if::<RELU>(*p + crate::fpu::sqrtf(v) * standard_normal(&mut local));
+            }
         }
         *rng = local;
     }
