@@ -18,10 +18,10 @@ use tinybayes::writer::{synthetic, ModelBuffer, StorageChoice};
 use tinybayes::{Engine, Mode, Model, Prediction};
 
 /// The model the demo and the parity test run, relative to this crate.
-const DEMO_MODEL: &str = "../models/synthetic-784-300-100-10.tbm";
+const DEMO_MODEL: &str = "../models/lenet300.tbm";
 /// What the demo says about its model.
 const DEMO_MODEL_DESCRIPTION: &str =
-    "synthetic 784-300-100-10 (seed 7, untrained: `tinybayes synth`), predictions are random";
+    "LeNet-300-100, sparse variational dropout, trained on MNIST (models/lenet300.tbm)";
 /// The ten MNIST test images (labels, then 784-byte images).
 const IMAGES: &str = "assets/mnist-test-first10.bin";
 /// Samples of the Monte Carlo posterior predictive in the demo and the parity test.

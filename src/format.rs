@@ -91,15 +91,31 @@ pub enum LayerKind {
     Conv2d = 3,
     /// 2-D max pooling per channel (version 2).
     MaxPool = 4,
+    /// Linear layer, compressed sparse columns: per input, its surviving outgoing weights
+    /// (version 2). Chosen for first layers, so zero inputs (blank pixels) are skipped whole.
+    SparseLinearByInput = 5,
 }
 
 impl LayerKind {
+    /// A short name for reports: `linear-dense`, `linear-sparse`, `linear-sparse-by-input`,
+    /// `conv2d` or `maxpool`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            LayerKind::DenseLinear => "linear-dense",
+            LayerKind::SparseLinear => "linear-sparse",
+            LayerKind::SparseLinearByInput => "linear-sparse-by-input",
+            LayerKind::Conv2d => "conv2d",
+            LayerKind::MaxPool => "maxpool",
+        }
+    }
+
     pub(crate) fn from_code(code: u8, version: u16) -> Option<Self> {
         match (code, version) {
             (1, _) => Some(LayerKind::DenseLinear),
             (2, _) => Some(LayerKind::SparseLinear),
             (3, 2..) => Some(LayerKind::Conv2d),
             (4, 2..) => Some(LayerKind::MaxPool),
+            (5, 2..) => Some(LayerKind::SparseLinearByInput),
             _ => None,
         }
     }
@@ -143,6 +159,8 @@ pub enum Storage {
     Dense = 1,
     /// Compressed sparse rows: per output unit, the sorted input indices of its surviving weights.
     Sparse = 2,
+    /// Compressed sparse columns: per input, the sorted output indices of its surviving weights.
+    SparseByInput = 5,
 }
 
 /// The posterior over a layer's weights.
@@ -219,7 +237,8 @@ pub fn conv_payload_len(posterior: Posterior, out_channels: usize, nnz: usize) -
 ///
 /// Dense: bias `[outputs]` f32, then `outputs * inputs` weight records.
 /// Sparse: bias, row pointers `[outputs + 1]` u32, column indices `[nnz]` u16 padded to 4
-/// bytes, then `nnz` weight records.
+/// bytes, then `nnz` weight records. Sparse by input: the same with column pointers
+/// `[inputs + 1]` and row indices.
 pub fn payload_len(
     storage: Storage,
     posterior: Posterior,
@@ -231,12 +250,17 @@ pub fn payload_len(
     let record = 4 * posterior.words_per_weight();
     match storage {
         Storage::Dense => bias.checked_add(inputs.checked_mul(outputs)?.checked_mul(record)?),
-        Storage::Sparse => {
-            let row_ptr = outputs.checked_add(1)?.checked_mul(4)?;
-            let cols = align_up(nnz.checked_mul(2)?)?;
+        Storage::Sparse | Storage::SparseByInput => {
+            let lines = if storage == Storage::Sparse {
+                outputs
+            } else {
+                inputs
+            };
+            let pointers = lines.checked_add(1)?.checked_mul(4)?;
+            let indices = align_up(nnz.checked_mul(2)?)?;
             let values = nnz.checked_mul(record)?;
-            bias.checked_add(row_ptr)?
-                .checked_add(cols)?
+            bias.checked_add(pointers)?
+                .checked_add(indices)?
                 .checked_add(values)
         }
     }

@@ -9,6 +9,12 @@ pub(crate) trait Input {
     fn value(&self, index: usize) -> f32;
     /// Whether every value is finite.
     fn all_finite(&self) -> bool;
+    /// Whether value `index` is known to be zero without converting it, so a kernel can skip
+    /// its weights (most pixels of an image are 0). `false` when unsure.
+    #[inline(always)]
+    fn is_zero(&self, _index: usize) -> bool {
+        false
+    }
 }
 
 impl Input for [f32] {
@@ -30,6 +36,8 @@ impl Input for [f32] {
 pub(crate) struct NormalizedU8<'a> {
     raw: &'a [u8],
     table: [f32; 256],
+    /// Raw 0 normalises to exactly 0 (offset 0), so zero bytes contribute nothing.
+    zero_is_zero: bool,
 }
 
 impl<'a> NormalizedU8<'a> {
@@ -38,7 +46,11 @@ impl<'a> NormalizedU8<'a> {
         for (p, t) in table.iter_mut().enumerate() {
             *t = p as f32 * scale + offset;
         }
-        Self { raw, table }
+        Self {
+            raw,
+            zero_is_zero: table[0] == 0.0,
+            table,
+        }
     }
 }
 
@@ -54,5 +66,9 @@ impl Input for NormalizedU8<'_> {
         // Validated models map all 256 raw values to finite ones; checked again here because
         // the table is cheap to scan and this keeps the type sound on its own.
         self.table.iter().all(|v| v.is_finite())
+    }
+    #[inline(always)]
+    fn is_zero(&self, index: usize) -> bool {
+        self.zero_is_zero && self.raw[index] == 0
     }
 }

@@ -28,6 +28,15 @@ pub enum Weights<'a> {
         /// `nnz * words_per_weight` f32 values, in the order of `cols`.
         values: &'a [f32],
     },
+    /// Compressed sparse columns (per input).
+    SparseByInput {
+        /// `inputs + 1` offsets into `rows`; input `i` is `col_ptr[i]..col_ptr[i + 1]`.
+        col_ptr: &'a [u32],
+        /// Output index of every stored weight, strictly increasing within a column.
+        rows: &'a [u16],
+        /// `nnz * words_per_weight` f32 values, in the order of `rows`.
+        values: &'a [f32],
+    },
     /// Convolution taps, per output channel.
     Conv {
         /// `out_channels + 1` offsets into `taps`.
@@ -108,6 +117,7 @@ impl<'a> Layer<'a> {
             (Operation::Conv2d(_), _) => LayerKind::Conv2d,
             (Operation::MaxPool(_), _) => LayerKind::MaxPool,
             (Operation::Linear, Weights::Dense { .. }) => LayerKind::DenseLinear,
+            (Operation::Linear, Weights::SparseByInput { .. }) => LayerKind::SparseLinearByInput,
             (Operation::Linear, _) => LayerKind::SparseLinear,
         }
     }
@@ -126,6 +136,7 @@ impl<'a> Layer<'a> {
         match self.weights {
             Weights::Dense { .. } | Weights::None => Storage::Dense,
             Weights::Sparse { .. } | Weights::Conv { .. } => Storage::Sparse,
+            Weights::SparseByInput { .. } => Storage::SparseByInput,
         }
     }
     /// Number of stored weights (dense linear: `inputs * outputs`; convolution: taps).
@@ -133,6 +144,7 @@ impl<'a> Layer<'a> {
         match self.weights {
             Weights::Dense { values }
             | Weights::Sparse { values, .. }
+            | Weights::SparseByInput { values, .. }
             | Weights::Conv { values, .. } => values.len() / self.posterior.words_per_weight(),
             Weights::None => 0,
         }
@@ -458,12 +470,12 @@ fn parse_layer<'a>(
 
     // Geometry, output shape, dense weight count and payload length, per kind.
     let (operation, out_shape, dense, expected_len) = match kind {
-        LayerKind::DenseLinear | LayerKind::SparseLinear => {
+        LayerKind::DenseLinear | LayerKind::SparseLinear | LayerKind::SparseLinearByInput => {
             reserved(record::RESERVED)?;
-            let storage = if kind == LayerKind::DenseLinear {
-                Storage::Dense
-            } else {
-                Storage::Sparse
+            let storage = match kind {
+                LayerKind::DenseLinear => Storage::Dense,
+                LayerKind::SparseLinear => Storage::Sparse,
+                _ => Storage::SparseByInput,
             };
             let dense = inputs * outputs; // both <= 65535: fits in u32 and usize
             let len = payload_len(storage, posterior, inputs, outputs, nnz);
@@ -557,6 +569,26 @@ fn parse_layer<'a>(
                 values,
             }
         }
+        (LayerKind::SparseLinearByInput, _) => {
+            let col_ptr: &[u32] = cast(bytes, at, (inputs + 1) * 4, layer)?;
+            at += (inputs + 1) * 4;
+            let rows: &[u16] = cast(bytes, at, nnz * 2, layer)?;
+            let padded = (nnz * 2).next_multiple_of(ALIGNMENT);
+            if !is_zero(&bytes[at + nnz * 2..at + padded]) {
+                return Err(ModelError::ReservedNotZero {
+                    offset: at + nnz * 2,
+                });
+            }
+            at += padded;
+            let values: &[f32] = cast(bytes, at, nnz * words * 4, layer)?;
+            check_rows(col_ptr, nnz, layer)?;
+            check_sparse_columns(col_ptr, rows, |r| (r as usize) < outputs, layer)?;
+            Weights::SparseByInput {
+                col_ptr,
+                rows,
+                values,
+            }
+        }
         (LayerKind::Conv2d, Operation::Conv2d(g)) => {
             let row_ptr: &[u32] = cast(bytes, at, (g.output[0] + 1) * 4, layer)?;
             at += (g.output[0] + 1) * 4;
@@ -580,6 +612,7 @@ fn parse_layer<'a>(
     let values: &[f32] = match weights {
         Weights::Dense { values }
         | Weights::Sparse { values, .. }
+        | Weights::SparseByInput { values, .. }
         | Weights::Conv { values, .. } => values,
         Weights::None => &[],
     };

@@ -20,6 +20,10 @@ pub enum StorageChoice {
     Dense,
     /// Always compressed sparse rows.
     Sparse,
+    /// Compressed sparse columns (per input; format version 2): for first layers fed with
+    /// raw images, whose zero pixels are then skipped whole. Costs `4 * (inputs + 1)` bytes of
+    /// column pointers instead of `4 * (outputs + 1)` of row pointers.
+    SparseByInput,
     /// Whichever takes fewer bytes (sparse wins below roughly 2/3 density for Gaussian layers).
     Smallest,
 }
@@ -118,6 +122,7 @@ impl LayerSpec {
         match self.storage {
             StorageChoice::Dense => Storage::Dense,
             StorageChoice::Sparse => Storage::Sparse,
+            StorageChoice::SparseByInput => Storage::SparseByInput,
             StorageChoice::Smallest => {
                 let p = self.posterior();
                 let (i, o) = (self.inputs, self.outputs);
@@ -221,6 +226,13 @@ impl ModelSpec {
                         (LayerKind::DenseLinear, l.theta.len())
                     }
                     Storage::Sparse => (LayerKind::SparseLinear, write_sparse(&mut payloads, l)?),
+                    Storage::SparseByInput => {
+                        version = format::FORMAT_VERSION;
+                        (
+                            LayerKind::SparseLinearByInput,
+                            write_by_input(&mut payloads, l)?,
+                        )
+                    }
                 },
                 LayerOp::Conv2d {
                     out_channels,
@@ -420,6 +432,30 @@ fn write_records(out: &mut Vec<u8>, l: &LayerSpec, indices: impl Iterator<Item =
             push_f32s(out, [var[i]]);
         }
     }
+}
+
+/// Appends column pointers, padded row indices and weight records (by input); returns nnz.
+fn write_by_input(out: &mut Vec<u8>, l: &LayerSpec) -> Result<usize, WriteError> {
+    let mut col_ptr = Vec::with_capacity(l.inputs + 1);
+    let mut kept = Vec::new();
+    col_ptr.push(0u32);
+    for i in 0..l.inputs {
+        kept.extend(
+            (0..l.outputs)
+                .map(|j| j * l.inputs + i)
+                .filter(|&k| l.is_stored(k)),
+        );
+        col_ptr.push(to_u32(kept.len(), "weight count")?);
+    }
+    for p in &col_ptr {
+        out.extend_from_slice(&p.to_le_bytes());
+    }
+    for &k in &kept {
+        out.extend_from_slice(&to_u16(k / l.inputs, "layer outputs")?.to_le_bytes());
+    }
+    out.resize(out.len().next_multiple_of(format::ALIGNMENT), 0);
+    write_records(out, l, kept.iter().copied());
+    Ok(kept.len())
 }
 
 /// Appends row pointers, padded column indices and weight records; returns nnz.

@@ -100,6 +100,7 @@ fn storage_choice() -> impl Strategy<Value = StorageChoice> {
     prop_oneof![
         Just(StorageChoice::Dense),
         Just(StorageChoice::Sparse),
+        Just(StorageChoice::SparseByInput),
         Just(StorageChoice::Smallest),
     ]
 }
@@ -238,6 +239,17 @@ fn dense_params(layer: &Layer<'_>) -> (Vec<f32>, Vec<f32>) {
                 }
             }
         }
+        Weights::SparseByInput {
+            col_ptr,
+            rows,
+            values,
+        } => {
+            for c in 0..i {
+                for p in col_ptr[c] as usize..col_ptr[c + 1] as usize {
+                    put(rows[p] as usize * i + c, &values[p * w..(p + 1) * w]);
+                }
+            }
+        }
         // Round-trip specs are linear only.
         Weights::Conv { .. } | Weights::None => {
             unreachable!("linear spec read back as {:?}", layer.kind())
@@ -290,6 +302,23 @@ fn check_model_invariants(model: &Model<'_>) -> Result<(), TestCaseError> {
                     let row = &cols[r[0] as usize..r[1] as usize];
                     prop_assert!(row.iter().all(|&c| (c as usize) < i));
                     prop_assert!(row.windows(2).all(|p| p[0] < p[1]));
+                }
+                values
+            }
+            Weights::SparseByInput {
+                col_ptr,
+                rows,
+                values,
+            } => {
+                prop_assert_eq!(col_ptr.len(), i + 1);
+                prop_assert_eq!(col_ptr[0], 0);
+                prop_assert_eq!(*col_ptr.last().unwrap() as usize, rows.len());
+                prop_assert_eq!(values.len(), rows.len() * w);
+                for r in col_ptr.windows(2) {
+                    prop_assert!(r[0] <= r[1]);
+                    let column = &rows[r[0] as usize..r[1] as usize];
+                    prop_assert!(column.windows(2).all(|p| p[0] < p[1]));
+                    prop_assert!(column.iter().all(|&r| (r as usize) < o));
                 }
                 values
             }
@@ -925,6 +954,7 @@ proptest! {
             match l.storage {
                 StorageChoice::Dense => prop_assert_eq!(storage, Storage::Dense),
                 StorageChoice::Sparse => prop_assert_eq!(storage, Storage::Sparse),
+                StorageChoice::SparseByInput => prop_assert_eq!(storage, Storage::SparseByInput),
                 StorageChoice::Smallest => {}
             }
             // Weights stored: every one when dense; when sparse, those with a non-zero mean
@@ -941,7 +971,9 @@ proptest! {
             if l.storage == StorageChoice::Smallest {
                 let other = match storage {
                     Storage::Dense => payload_len(Storage::Sparse, posterior, l.inputs, l.outputs, kept),
-                    Storage::Sparse => payload_len(Storage::Dense, posterior, l.inputs, l.outputs, n),
+                    Storage::Sparse | Storage::SparseByInput => {
+                        payload_len(Storage::Dense, posterior, l.inputs, l.outputs, n)
+                    }
                 };
                 prop_assert!(len <= other.unwrap(), "Smallest chose the larger storage");
             }

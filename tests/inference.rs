@@ -233,6 +233,61 @@ fn dense_and_sparse_storage_agree() {
     }
 }
 
+/// Storage by input sums every output in the same order as row-major storage (bias, then
+/// inputs ascending): identical bits for f32 inputs; for raw bytes it also skips zero pixels,
+/// which can only flip the sign of a zero sum.
+#[test]
+fn by_input_storage_matches_row_major_storage() {
+    for seed in 0..10 {
+        let mut rows = synthetic::mlp(seed, &[30, 12, 5], 0.4);
+        rows.input_shape = [1, 5, 6];
+        let mut cols = rows.clone();
+        rows.layers[0].storage = StorageChoice::Sparse;
+        cols.layers[0].storage = StorageChoice::SparseByInput;
+        let (br, bc) = (rows.to_buffer().unwrap(), cols.to_buffer().unwrap());
+        let (mr, mc) = (br.model().unwrap(), bc.model().unwrap());
+        assert_eq!(
+            mc.layers()[0].storage(),
+            tinybayes::format::Storage::SparseByInput
+        );
+        assert_eq!(mr.nnz(), mc.nnz());
+        let x = input(30, seed);
+        for mode in [Mode::MeanWeights, samples(12)] {
+            let a: Prediction<5> = run::<4, 5>(&mr, &x, mode, seed);
+            let b: Prediction<5> = run::<4, 5>(&mc, &x, mode, seed);
+            assert_eq!(a, b, "seed {seed} {mode:?}");
+        }
+        // Raw bytes with many zeros.
+        let raw: Vec<u8> = (0..30)
+            .map(|i| if i % 3 == 0 { (i * 9) as u8 } else { 0 })
+            .collect();
+        let mut ws = vec![0.0f32; mc.workspace_len(4)];
+        for mode in [Mode::MeanWeights, samples(12)] {
+            let mut e = Engine::<4>::new(&mr, &mut ws).unwrap();
+            let a: Prediction<5> = e
+                .predict_u8(&raw, mode, &mut Xoshiro128PlusPlus::seed_from_u64(1))
+                .unwrap();
+            let mut e = Engine::<4>::new(&mc, &mut ws).unwrap();
+            let b: Prediction<5> = e
+                .predict_u8(&raw, mode, &mut Xoshiro128PlusPlus::seed_from_u64(1))
+                .unwrap();
+            for (p, q) in a.probabilities.iter().zip(&b.probabilities) {
+                assert!((p - q).abs() < 1e-6, "seed {seed}: {p} vs {q}");
+            }
+        }
+        // A by-input layer after a stochastic layer runs through the sampled path too.
+        let mut deep = synthetic::mlp(seed, &[30, 12, 9, 5], 0.4);
+        let mut deep_cols = deep.clone();
+        deep.layers[1].storage = StorageChoice::Sparse;
+        deep_cols.layers[1].storage = StorageChoice::SparseByInput;
+        let (bd, bdc) = (deep.to_buffer().unwrap(), deep_cols.to_buffer().unwrap());
+        let (md, mdc) = (bd.model().unwrap(), bdc.model().unwrap());
+        let a: Prediction<5> = run::<3, 5>(&md, &x, samples(7), seed);
+        let b: Prediction<5> = run::<3, 5>(&mdc, &x, samples(7), seed);
+        assert_eq!(a, b, "sampled path, seed {seed}");
+    }
+}
+
 #[test]
 fn uncertainty_decomposition_holds() {
     for seed in 0..20 {
@@ -318,7 +373,9 @@ fn model_files_round_trip_through_an_aligned_buffer() {
         assert_eq!(layer.storage(), l.resolved_storage());
         let stored = match layer.storage() {
             tinybayes::format::Storage::Dense => l.inputs * l.outputs,
-            tinybayes::format::Storage::Sparse => l.nnz(),
+            tinybayes::format::Storage::Sparse | tinybayes::format::Storage::SparseByInput => {
+                l.nnz()
+            }
         };
         assert_eq!(layer.nnz(), stored);
     }

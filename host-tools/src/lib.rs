@@ -1,4 +1,11 @@
 //! Host side of tinybayes: model building, training, export and device simulation.
 pub mod commands;
+pub mod export;
 pub mod files;
+pub mod idx;
+pub mod metrics;
+pub mod plots;
 pub mod report;
+pub mod run_dir;
+pub mod simulate;
+pub mod train;

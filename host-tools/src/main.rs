@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tinybayes_host::commands::{inspect, synth};
+use tinybayes_host::commands::{eval, export, inspect, predict, synth, train};
 
 /// Train, export, inspect, evaluate and simulate tinybayes models.
 #[derive(Parser, Debug)]
@@ -15,17 +15,29 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Train a sparse variational dropout network (lenet300 or lenet5) on MNIST.
+    Train(train::TrainArgs),
+    /// Prune a trained run, remove dead units and write the flash table (.tbm).
+    Export(export::ExportArgs),
     /// Write a seeded random model (untrained; for tests, benchmarks and demos).
     Synth(synth::SynthArgs),
     /// Print the per-layer report of a model file.
     Inspect(inspect::InspectArgs),
+    /// Evaluate a model on a labelled IDX test set as the device would: metrics and plots.
+    Eval(eval::EvalArgs),
+    /// Run a model over IDX images as the device would and write one CSV row per image.
+    Predict(predict::PredictArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Train(args) => train::run(args),
+        Command::Export(args) => export::run(args),
         Command::Synth(args) => synth::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Predict(args) => predict::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,7 @@
 //! The per-layer report of a model (what `export` prints and `inspect` reads back).
 
 use serde::Serialize;
-use tinybayes::format::{Activation, Posterior, Storage};
+use tinybayes::format::{Activation, Posterior};
 use tinybayes::Model;
 
 /// One layer of the report.
@@ -25,6 +25,25 @@ pub struct LayerReport {
     pub sparsity: f64,
     /// Bytes of the layer's payload in the model file.
     pub flash_bytes: usize,
+}
+
+/// Bytes of a layer's payload in the file.
+fn layer_payload_bytes(l: &tinybayes::Layer<'_>) -> usize {
+    use tinybayes::model::Operation;
+    match l.operation() {
+        Operation::Linear => tinybayes::format::payload_len(
+            l.storage(),
+            l.posterior(),
+            l.inputs(),
+            l.outputs(),
+            l.nnz(),
+        ),
+        Operation::Conv2d(g) => {
+            tinybayes::format::conv_payload_len(l.posterior(), g.output[0], l.nnz())
+        }
+        Operation::MaxPool(_) => Some(0),
+    }
+    .unwrap_or(0)
 }
 
 /// The whole report.
@@ -57,13 +76,9 @@ impl ModelReport {
             .layers()
             .iter()
             .map(|l| {
-                let dense = l.inputs() * l.outputs();
+                let dense = l.dense_weights();
                 LayerReport {
-                    kind: match l.storage() {
-                        Storage::Sparse => "linear-sparse",
-                        Storage::Dense => "linear-dense",
-                    }
-                    .into(),
+                    kind: l.kind().name().into(),
                     posterior: match l.posterior() {
                         Posterior::Gaussian => "gaussian",
                         Posterior::Deterministic => "deterministic",
@@ -78,15 +93,12 @@ impl ModelReport {
                     outputs: l.outputs(),
                     nnz: l.nnz(),
                     dense_weights: dense,
-                    sparsity: 1.0 - l.nnz() as f64 / dense as f64,
-                    flash_bytes: tinybayes::format::payload_len(
-                        l.storage(),
-                        l.posterior(),
-                        l.inputs(),
-                        l.outputs(),
-                        l.nnz(),
-                    )
-                    .unwrap_or(0),
+                    sparsity: if dense > 0 {
+                        1.0 - l.nnz() as f64 / dense as f64
+                    } else {
+                        0.0
+                    },
+                    flash_bytes: layer_payload_bytes(l),
                 }
             })
             .collect();

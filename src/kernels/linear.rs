@@ -48,7 +48,8 @@ fn for_each_row<'a>(layer: &Layer<'a>, mut f: impl FnMut(usize, Row<'a>)) {
             }
         }
         // Not a linear layer: the dispatcher never sends one here.
-        Weights::Conv { .. } | Weights::None => {}
+        // Not row-major: the by-input kernels handle those, the dispatcher the rest.
+        Weights::SparseByInput { .. } | Weights::Conv { .. } | Weights::None => {}
     }
 }
 
@@ -96,6 +97,9 @@ fn dot_moments<X: Input + ?Sized>(row: Row<'_>, x: &X, bias: f32) -> (f32, f32) 
 
 /// Deterministic forward pass with the posterior means: `out[j] = act(bias_j + theta_j . x)`.
 pub(super) fn forward_mean<X: Input + ?Sized>(layer: &Layer<'_>, x: &X, out: &mut [f32]) {
+    if let Weights::SparseByInput { .. } = layer.weights() {
+        return super::by_input::forward_mean(layer, x, out);
+    }
     let bias = layer.bias();
     let act = layer.activation();
     let out = &mut out[..layer.outputs()];
@@ -117,6 +121,9 @@ pub(super) fn forward_moments<X: Input + ?Sized>(
     mean: &mut [f32],
     std: &mut [f32],
 ) {
+    if let Weights::SparseByInput { .. } = layer.weights() {
+        return super::by_input::forward_moments(layer, x, mean, std);
+    }
     let bias = layer.bias();
     let (mean, std) = (&mut mean[..layer.outputs()], &mut std[..layer.outputs()]);
     match layer.posterior() {
@@ -144,6 +151,9 @@ pub(super) fn forward_samples<const CHUNK: usize>(
     out: &mut [f32],
     scratch: &mut [f32],
 ) {
+    if let Weights::SparseByInput { .. } = layer.weights() {
+        return super::by_input::forward_samples(layer, x, rngs, out, scratch);
+    }
     let s = rngs.len();
     let bias = layer.bias();
     let act = layer.activation();
@@ -162,10 +172,23 @@ pub(super) fn forward_samples<const CHUNK: usize>(
                 let mut mean = [0.0f32; CHUNK];
                 let mut var = [0.0f32; CHUNK];
                 accumulate::<CHUNK, 2>(row, x, s, bias[j], &mut mean, &mut var);
-                out[j * s..(j + 1) * s].copy_from_slice(&mean[..s]);
-                var_out[j * s..(j + 1) * s].copy_from_slice(&var[..s]);
+                store(&mut out[j * s..(j + 1) * s], &mean);
+                store(&mut var_out[j * s..(j + 1) * s], &var);
             });
             super::add_noise_and_activate(act, out, var_out, rngs);
+        }
+    }
+}
+
+/// Copies the first `dst.len()` sums; a full chunk is a constant-size copy the compiler
+/// inlines (a runtime-sized one becomes a `memcpy` call per unit).
+#[inline(always)]
+fn store<const CHUNK: usize>(dst: &mut [f32], sums: &[f32; CHUNK]) {
+    if let Ok(full) = <&mut [f32; CHUNK]>::try_from(&mut *dst) {
+        *full = *sums;
+    } else {
+        for (d, &v) in dst.iter_mut().zip(sums) {
+            *d = v;
         }
     }
 }

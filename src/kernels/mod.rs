@@ -3,6 +3,7 @@
 //! fixed summation order (bias first, then weights in stored order) so the host and the device
 //! compute the same bits.
 
+mod by_input;
 mod conv;
 mod linear;
 mod pool;
@@ -117,11 +118,27 @@ fn draw_from_moments<const RELU: bool>(
         for (unit, (&mu, &sd)) in out.chunks_exact_mut(s).zip(mean.iter().zip(std)) {
             // `m < s` and every chunk has `s` values: the index check folds away.
             if let Some(o) = unit.get_mut(m) {
-                *o = relu_if::<RELU>(mu + sd * standard_normal(&mut local));
+                *o = if certainly_inactive::<RELU>(mu, sd * sd) {
+                    0.0
+                } else {
+                    relu_if::<RELU>(mu + sd * standard_normal(&mut local))
+                };
             }
         }
         *rng = local;
     }
+}
+
+/// Standard deviations below zero beyond which a ReLU unit is taken as off without a draw:
+/// N(0, 1) exceeds 9 with probability 1.1e-19, far below what f32 probabilities resolve.
+const INACTIVE_SIGMAS: f32 = 9.0;
+
+/// Whether a ReLU unit with pre-activation mean `mean` and variance `var` is zero in this
+/// sample with probability above 1 - 1e-19 (`mean < -9 sd`); such a unit draws no noise.
+/// Results stay deterministic: the host and the device skip the same draws.
+#[inline(always)]
+fn certainly_inactive<const RELU: bool>(mean: f32, var: f32) -> bool {
+    RELU && mean < 0.0 && mean * mean > INACTIVE_SIGMAS * INACTIVE_SIGMAS * var
 }
 
 #[inline(always)]
@@ -155,7 +172,11 @@ fn add_noise<const RELU: bool>(pre: &mut [f32], var: &[f32], rngs: &mut [Xoshiro
         let mut local = rng.clone();
         for (p_unit, v_unit) in pre.chunks_exact_mut(s).zip(var.chunks_exact(s)) {
             if let (Some(p), Some(&v)) = (p_unit.get_mut(m), v_unit.get(m)) {
-                *p = relu_if::<RELU>(*p + crate::fpu::sqrtf(v) * standard_normal(&mut local));
+                *p = if certainly_inactive::<RELU>(*p, v) {
+                    0.0
+                } else {
+                    relu_if::<RELU>(*p + crate::fpu::sqrtf(v) * standard_normal(&mut local))
+                };
             }
         }
         *rng = local;

@@ -1,4 +1,8 @@
 //! The subcommands of the `tinybayes` CLI, one module each.
 
+pub mod eval;
+pub mod export;
 pub mod inspect;
+pub mod predict;
 pub mod synth;
+pub mod train;

@@ -1,0 +1,68 @@
+//! `tinybayes export`: prune a trained run, remove dead units, write the flash table and
+//! print the per-layer report.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use crate::export::{export, ExportOptions};
+use crate::files::{check_writable, write_new};
+use crate::report::ModelReport;
+use crate::run_dir::load_run;
+
+/// Arguments of `export`.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Run directory written by `tinybayes train`.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Prune weights whose log alpha exceeds this.
+    #[arg(long, default_value_t = 3.0)]
+    pub threshold: f32,
+    /// Write only the posterior means (no Monte Carlo uncertainty; half the flash).
+    #[arg(long)]
+    pub deterministic: bool,
+    /// Monte Carlo samples per pass for the RAM figure of the report.
+    #[arg(long, default_value_t = 32)]
+    pub samples: usize,
+    /// Output model file (.tbm).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Overwrite the output if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Runs `export`.
+pub fn run(args: &ExportArgs) -> Result<()> {
+    if !args.threshold.is_finite() {
+        bail!(
+            "--threshold must be a finite number, got {}",
+            args.threshold
+        );
+    }
+    check_writable(&args.out, args.force)?;
+    let run = load_run(&args.run)?;
+    let options = ExportOptions {
+        threshold: args.threshold,
+        gaussian: !args.deterministic,
+    };
+    let (spec, pruning) = export(&run.network, options)?;
+    let buffer = spec.to_buffer()?;
+    let model = buffer.model()?;
+    write_new(&args.out, buffer.as_bytes(), args.force)?;
+    println!(
+        "{} after {} epochs, pruned at log alpha > {}:",
+        run.config.arch, run.epochs_done, args.threshold
+    );
+    for (i, p) in pruning.iter().enumerate() {
+        println!(
+            "  layer {i}: {} of {} trained weights survive, {} of {} units kept",
+            p.surviving_weights, p.trained_weights, p.kept_outputs, p.trained_outputs
+        );
+    }
+    print!("{}", ModelReport::new(&model, args.samples).to_table());
+    println!("wrote {}", args.out.display());
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! `tinybayes predict`: runs a model over an IDX image file exactly as the device would (the
+//! core engine on raw 8-bit pixels) and writes one CSV row per image.
+//!
+//! The CSV header is exactly `index,pred,p0,...,p{K-1},entropy,expected_entropy,mutual_info`
+//! (K = the model's classes). Floats are written in Rust's shortest round-trip form, so reading
+//! a value back gives the same `f32` bit for bit.
+//!
+//! Extension point: models with early exits will also report, per image, the exit taken and the
+//! multiply-accumulates spent. Those go in [`ExtraColumn`]s passed to [`csv_text`], which
+//! appends them *after* the required columns (e.g. `...,mutual_info,depth,macs`), so readers
+//! of the required columns keep working.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use tinybayes::Mode;
+
+use crate::files::{check_writable, read_model, write_new};
+use crate::idx::{read_images, IdxArray, IdxError};
+use crate::simulate::{describe_mode, parse_samples, simulate, ImagePrediction, Images};
+
+/// Samples used when neither `--samples` nor `--mean-weights` is given.
+pub const DEFAULT_SAMPLES: &str = "32";
+
+/// How to sample the posterior: shared by `predict` and `eval`.
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Monte Carlo samples per image, 1..=65535, or 0 for the posterior-mean network
+    /// [default: 32].
+    #[arg(long, value_name = "M", allow_hyphen_values = true)]
+    pub samples: Option<String>,
+    /// Run the posterior-mean network once per image (same as --samples 0).
+    #[arg(long, conflicts_with = "samples")]
+    pub mean_weights: bool,
+    /// Seed: image i draws its noise from Xoshiro128++ seeded with seed + i (as on the device).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    /// The inference mode these arguments ask for (a one-line error for a bad `--samples`).
+    pub fn mode(&self) -> Result<Mode> {
+        if self.mean_weights {
+            return Ok(Mode::MeanWeights);
+        }
+        parse_samples(self.samples.as_deref().unwrap_or(DEFAULT_SAMPLES)).map_err(|e| anyhow!(e))
+    }
+}
+
+/// Arguments of `predict`.
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// Model file (.tbm).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// IDX image file (`[n, rows, cols]` unsigned bytes, plain or gzip).
+    #[arg(long)]
+    pub images: PathBuf,
+    /// Sampling of the posterior.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Output CSV file.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Overwrite the output if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// An extra per-image CSV column, appended after the required ones (for early-exit models:
+/// `depth` and `macs`). `values[i]` is the text of image `i`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExtraColumn {
+    /// Header name.
+    pub name: String,
+    /// One value per image, already formatted.
+    pub values: Vec<String>,
+}
+
+/// The CSV header for `classes` classes followed by the `extra` column names.
+pub fn csv_header(classes: usize, extra: &[ExtraColumn]) -> String {
+    let mut cols = vec!["index".to_string(), "pred".to_string()];
+    cols.extend((0..classes).map(|k| format!("p{k}")));
+    cols.extend(["entropy", "expected_entropy", "mutual_info"].map(String::from));
+    cols.extend(extra.iter().map(|c| c.name.clone()));
+    cols.join(",")
+}
+
+/// The whole CSV text (header and one row per prediction, `\n` line ends). Every prediction
+/// must have `classes` probabilities and every extra column one value per prediction.
+pub fn csv_text(
+    predictions: &[ImagePrediction],
+    classes: usize,
+    extra: &[ExtraColumn],
+) -> Result<String> {
+    if let Some(c) = extra.iter().find(|c| c.values.len() != predictions.len()) {
+        bail!(
+            "column {} has {} values for {} images",
+            c.name,
+            c.values.len(),
+            predictions.len()
+        );
+    }
+    let mut out = csv_header(classes, extra);
+    out.push('\n');
+    for (i, p) in predictions.iter().enumerate() {
+        if p.probabilities.len() != classes {
+            bail!(
+                "image {i} has {} probabilities, expected {classes}",
+                p.probabilities.len()
+            );
+        }
+        let mut row = vec![i.to_string(), p.class.to_string()];
+        row.extend(p.probabilities.iter().map(f32::to_string));
+        row.push(p.predictive_entropy.to_string());
+        row.push(p.expected_entropy.to_string());
+        row.push(p.mutual_information.to_string());
+        row.extend(extra.iter().map(|c| c.values[i].clone()));
+        out.push_str(&row.join(","));
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// Reads an IDX image file with errors that name the file once.
+pub fn load_images(path: &Path) -> Result<IdxArray> {
+    read_images(path).map_err(|e| match e {
+        IdxError::Io { .. } => anyhow!(e),
+        other => anyhow!(other).context(format!("images {}", path.display())),
+    })
+}
+
+/// Fails early, before any work, if `dir` is not a directory we can create files in.
+pub fn check_output_dir(dir: &Path) -> Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    if dir.exists() && !dir.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    if !dir.is_dir() {
+        bail!("output directory {} does not exist", dir.display());
+    }
+    let probe = dir.join(format!(".tinybayes-probe-{}", std::process::id()));
+    std::fs::File::create(&probe)
+        .with_context(|| format!("cannot write in directory {}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Runs `predict`.
+pub fn run(args: &PredictArgs) -> Result<()> {
+    let mode = args.sampling.mode()?;
+    check_writable(&args.out, args.force)?;
+    if args.out.is_dir() {
+        bail!("{} is a directory, not a file", args.out.display());
+    }
+    check_output_dir(args.out.parent().unwrap_or(Path::new(".")))?;
+    let buffer = read_model(&args.model)?;
+    let model = buffer.model()?;
+    let array = load_images(&args.images)?;
+    let images = Images::from_idx(&array);
+    let start = Instant::now();
+    let predictions = simulate(&model, &images, mode, args.sampling.seed)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let text = csv_text(&predictions, model.num_classes(), &[])?;
+    write_new(&args.out, text.as_bytes(), args.force)?;
+    // A closed stdout (e.g. piped into `head`) is not an error once the file is written.
+    let _ = writeln!(
+        std::io::stdout(),
+        "predicted {} images ({}, seed {}) in {seconds:.2} s; wrote {}",
+        predictions.len(),
+        describe_mode(mode),
+        args.sampling.seed,
+        args.out.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pred(probabilities: &[f32]) -> ImagePrediction {
+        ImagePrediction {
+            probabilities: probabilities.to_vec(),
+            class: 1,
+            predictive_entropy: 0.5,
+            expected_entropy: 0.25,
+            mutual_information: 0.25,
+        }
+    }
+
+    #[test]
+    fn header_is_exact() {
+        assert_eq!(
+            csv_header(10, &[]),
+            "index,pred,p0,p1,p2,p3,p4,p5,p6,p7,p8,p9,entropy,expected_entropy,mutual_info"
+        );
+        let extra = [
+            ExtraColumn {
+                name: "depth".into(),
+                values: vec!["2".into()],
+            },
+            ExtraColumn {
+                name: "macs".into(),
+                values: vec!["1234".into()],
+            },
+        ];
+        assert_eq!(
+            csv_header(2, &extra),
+            "index,pred,p0,p1,entropy,expected_entropy,mutual_info,depth,macs"
+        );
+        let text = csv_text(&[pred(&[0.1, 0.9])], 2, &extra).unwrap();
+        assert_eq!(
+            text.lines().nth(1),
+            Some("0,1,0.1,0.9,0.5,0.25,0.25,2,1234")
+        );
+    }
+
+    #[test]
+    fn rows_round_trip_and_shapes_are_checked() {
+        let p = [0.1f32, 0.7, 0.2];
+        let text = csv_text(&[pred(&p), pred(&p)], 3, &[]).unwrap();
+        let rows: Vec<&str> = text.lines().collect();
+        assert_eq!(rows.len(), 3);
+        let back: Vec<f32> = rows[2]
+            .split(',')
+            .skip(2)
+            .take(3)
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert_eq!(back, p);
+        assert!(rows[2].starts_with("1,1,"));
+        assert!(csv_text(&[pred(&p)], 2, &[]).is_err());
+        let short = ExtraColumn {
+            name: "depth".into(),
+            values: vec![],
+        };
+        assert!(csv_text(&[pred(&p)], 3, &[short]).is_err());
+    }
+
+    #[test]
+    fn sampling_arguments() {
+        let args = |samples: Option<&str>, mean_weights| SamplingArgs {
+            samples: samples.map(String::from),
+            mean_weights,
+            seed: 0,
+        };
+        assert!(matches!(
+            args(None, false).mode().unwrap(),
+            Mode::MonteCarlo { samples } if samples.get() == 32
+        ));
+        assert_eq!(args(None, true).mode().unwrap(), Mode::MeanWeights);
+        assert_eq!(args(Some("0"), false).mode().unwrap(), Mode::MeanWeights);
+        assert!(args(Some("70000"), false).mode().is_err());
+    }
+}

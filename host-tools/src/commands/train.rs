@@ -1,0 +1,236 @@
+//! `tinybayes train`: sparse variational dropout training with progress bars, checkpoints
+//! after every epoch and `--resume`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::idx::load_dataset;
+use crate::run_dir::has_checkpoint;
+use crate::train::{Arch, TrainConfig, TrainError, TrainEvent, Trainer};
+
+/// Arguments of `train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Architecture: lenet300 (784-300-100-10) or lenet5 (LeNet-5-Caffe).
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Epochs (overrides the config file).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Seed (overrides the config file).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// TOML file overriding any training setting (see `TrainConfig`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Directory with the MNIST training files (train-images-idx3-ubyte[.gz],
+    /// train-labels-idx1-ubyte[.gz]).
+    #[arg(long, default_value = "../shared/data/mnist")]
+    pub data: PathBuf,
+    /// Training images (IDX, gzip or plain); overrides --data.
+    #[arg(long)]
+    pub images: Option<PathBuf>,
+    /// Training labels (IDX, gzip or plain); overrides --data.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Train on the first N training examples only (after the validation split).
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+    /// Run directory: checkpoint, history.json and config.toml go here.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue the run saved in --out.
+    #[arg(long, conflicts_with = "force")]
+    pub resume: bool,
+    /// Start over even if --out already holds a run (its checkpoint is replaced).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Finds `name` or `name.gz` in `dir`.
+fn data_file(dir: &Path, name: &str) -> Result<PathBuf> {
+    for candidate in [dir.join(format!("{name}.gz")), dir.join(name)] {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "{} has no {name}[.gz] (use --data, or --images and --labels)",
+        dir.display()
+    )
+}
+
+fn config_from(args: &TrainArgs) -> Result<TrainConfig> {
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config {}", path.display()))?;
+            toml::from_str::<TrainConfig>(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?
+        }
+        None => TrainConfig::default(),
+    };
+    if let Some(arch) = &args.arch {
+        let arch: Arch = arch.parse().map_err(|e| anyhow::anyhow!("--arch: {e}"))?;
+        if args.config.is_none() {
+            config = TrainConfig::for_arch(arch);
+        } else {
+            config.arch = arch;
+        }
+    }
+    if let Some(epochs) = args.epochs {
+        config.epochs = epochs;
+    }
+    if let Some(seed) = args.seed {
+        config.seed = seed;
+    }
+    if args.train_limit.is_some() {
+        config.train_limit = args.train_limit;
+    }
+    config
+        .check()
+        .map_err(|e| anyhow::anyhow!("invalid training configuration: {e}"))?;
+    Ok(config)
+}
+
+/// Runs `train`.
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let images = match &args.images {
+        Some(p) => p.clone(),
+        None => data_file(&args.data, "train-images-idx3-ubyte")?,
+    };
+    let labels = match &args.labels {
+        Some(p) => p.clone(),
+        None => data_file(&args.data, "train-labels-idx1-ubyte")?,
+    };
+    if args.out.is_file() {
+        bail!(
+            "--out {} is a file, not a run directory",
+            args.out.display()
+        );
+    }
+    let existing = has_checkpoint(&args.out);
+    if existing && !args.resume && !args.force {
+        bail!(
+            "{} already holds a training run: use --resume to continue it or --force to start over",
+            args.out.display()
+        );
+    }
+    if args.resume && !existing {
+        bail!(
+            "--resume: {} holds no checkpoint to resume",
+            args.out.display()
+        );
+    }
+    let data = load_dataset(&images, &labels)
+        .with_context(|| format!("cannot load training data {}", images.display()))?;
+
+    let mut trainer = if args.resume {
+        let t = Trainer::resume(&args.out, &data)?;
+        println!(
+            "resuming {} at epoch {} of {}",
+            args.out.display(),
+            t.epoch(),
+            t.config().epochs
+        );
+        t
+    } else {
+        let config = config_from(args)?;
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("cannot create run directory {}", args.out.display()))?;
+        std::fs::write(args.out.join("config.toml"), toml::to_string(&config)?)
+            .with_context(|| format!("cannot write into {}", args.out.display()))?;
+        Trainer::new(config, &data)?
+    };
+    let config = trainer.config().clone();
+    println!(
+        "training {} for {} epochs on {} examples ({} held out for validation), seed {}",
+        config.arch,
+        config.epochs,
+        trainer.train_len(),
+        trainer.val_len(),
+        config.seed
+    );
+
+    let bars = MultiProgress::new();
+    let epochs_bar = bars.add(ProgressBar::new(config.epochs as u64));
+    epochs_bar.set_style(
+        ProgressStyle::with_template(
+            "epochs {bar:30.cyan/blue} {pos}/{len} [{elapsed} < {eta}] {msg}",
+        )
+        .expect("valid template"),
+    );
+    epochs_bar.set_position(trainer.epoch() as u64);
+    let batch_bar = bars.add(ProgressBar::new(0));
+    batch_bar.set_style(
+        ProgressStyle::with_template("epoch {prefix:>3} {bar:30} {pos}/{len} {msg}")
+            .expect("valid template"),
+    );
+    epochs_bar.enable_steady_tick(Duration::from_millis(500));
+    let out = args.out.clone();
+    let result = trainer.run(Some(&out), |event| match event {
+        TrainEvent::Batch(b) => {
+            batch_bar.set_length(b.batches as u64);
+            batch_bar.set_prefix(format!("{}", b.epoch + 1));
+            batch_bar.set_position(b.batch as u64 + 1);
+            batch_bar.set_message(format!(
+                "loss {:.4} ce {:.4} kl {:.0} (weight {:.2}) lr {:.1e}",
+                b.loss, b.ce, b.kl, b.kl_weight, b.lr
+            ));
+        }
+        TrainEvent::Epoch(r) => {
+            let val = r.val_accuracy.map(|a| format!("{:.2}%", 100.0 * a)).unwrap_or("-".into());
+            let line = format!(
+                "epoch {:>3}/{}: loss {:.4}, ce {:.4}, kl {:.0}, val acc {}, sparsity {:.2}% ({}), {:.0} ex/s, {:.1} s",
+                r.epoch + 1,
+                r.epochs,
+                r.loss,
+                r.ce,
+                r.kl,
+                val,
+                100.0 * r.sparsity,
+                r.layer_sparsity
+                    .iter()
+                    .map(|s| format!("{:.1}", 100.0 * s))
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                r.examples_per_sec,
+                r.seconds
+            );
+            // Without a terminal the bars are hidden, and so is `println` through them.
+            if bars.is_hidden() {
+                println!("{line}");
+            } else {
+                let _ = bars.println(&line);
+            }
+            epochs_bar.set_message(format!("val {val}, sparsity {:.2}%", 100.0 * r.sparsity));
+            epochs_bar.inc(1);
+        }
+    });
+    batch_bar.finish_and_clear();
+    epochs_bar.finish();
+    let history = serde_json::to_string_pretty(trainer.history())?;
+    std::fs::write(out.join("history.json"), history)
+        .with_context(|| format!("cannot write {}", out.join("history.json").display()))?;
+    match result {
+        Ok(()) => {
+            println!(
+                "done: checkpoint in {}; export it with `tinybayes export --run {} --out MODEL.tbm`",
+                out.display(),
+                out.display()
+            );
+            Ok(())
+        }
+        Err(TrainError::NonFinite { epoch, batch }) => bail!(
+            "training diverged (NaN or infinity) at epoch {}, batch {batch}; the last good \
+             checkpoint in {} is kept (try a lower learning rate, then --resume)",
+            epoch + 1,
+            out.display()
+        ),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,481 @@
+//! PNG plots of an evaluation: the reliability diagram, histograms of uncertainty for correct
+//! vs wrong predictions, and the sparsity of each layer.
+//!
+//! Plots are drawn in memory with plotters' bitmap backend and encoded with `png`; each
+//! function returns the PNG bytes, so the caller decides where (and whether) to write them.
+//! Text uses DejaVu Sans embedded in the binary (the `dejavu` crate), so rendering needs no
+//! system fonts.
+
+use std::sync::OnceLock;
+
+use anyhow::{anyhow, Result};
+use plotters::backend::RGBPixel;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use plotters::style::{register_font, FontStyle};
+
+use crate::metrics::{LayerSparsity, ReliabilityBin};
+
+/// Width of every plot, in pixels.
+pub const WIDTH: u32 = 1000;
+/// Height of every plot, in pixels.
+pub const HEIGHT: u32 = 750;
+/// Number of bars of the uncertainty histograms.
+pub const HISTOGRAM_BINS: usize = 30;
+
+const FONT: &str = "sans-serif";
+const CORRECT_COLOR: RGBColor = RGBColor(46, 139, 87);
+const WRONG_COLOR: RGBColor = RGBColor(214, 39, 40);
+const ACCURACY_COLOR: RGBColor = RGBColor(31, 119, 180);
+const CONFIDENCE_COLOR: RGBColor = RGBColor(255, 127, 14);
+
+/// Registers the embedded font once per process (plotters keeps a global font table).
+fn ensure_font() -> Result<()> {
+    static LOADED: OnceLock<bool> = OnceLock::new();
+    let loaded = *LOADED
+        .get_or_init(|| register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_ok());
+    if loaded {
+        Ok(())
+    } else {
+        Err(anyhow!("the embedded plot font could not be loaded"))
+    }
+}
+
+fn plot_error<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("cannot draw plot: {e:?}")
+}
+
+/// Draws with `draw` on a white `WIDTH x HEIGHT` canvas and returns the image as PNG bytes.
+fn render<F>(draw: F) -> Result<Vec<u8>>
+where
+    F: FnOnce(&DrawingArea<BitMapBackend<'_, RGBPixel>, Shift>) -> Result<()>,
+{
+    ensure_font()?;
+    let mut rgb = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
+    {
+        let backend = BitMapBackend::<RGBPixel>::with_buffer_and_format(&mut rgb, (WIDTH, HEIGHT))
+            .map_err(plot_error)?;
+        let root = backend.into_drawing_area();
+        root.fill(&WHITE).map_err(plot_error)?;
+        draw(&root)?;
+        root.present().map_err(plot_error)?;
+    }
+    encode_png(&rgb, WIDTH, HEIGHT)
+}
+
+/// Encodes 8-bit RGB pixels as a PNG image.
+pub fn encode_png(rgb: &[u8], width: u32, height: u32) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut out, width, height);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header()?;
+        writer.write_image_data(rgb)?;
+        writer.finish()?;
+    }
+    Ok(out)
+}
+
+/// The reliability diagram: accuracy against confidence per bin (bars), the mean confidence of
+/// each bin (dots), the diagonal of perfect calibration, and below it the number of images per
+/// bin (log scale). `title_note` is appended to the title (e.g. the model and mode).
+pub fn reliability_diagram(bins: &[ReliabilityBin], ece: f64, title_note: &str) -> Result<Vec<u8>> {
+    render(|root| {
+        let (top, bottom) = root.split_vertically(HEIGHT * 68 / 100);
+        let title = format!(
+            "Reliability diagram{title_note}: ECE = {ece:.4}, {} bins",
+            bins.len()
+        );
+        let mut chart = ChartBuilder::on(&top)
+            .caption(title, (FONT, 26))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..1f64, 0f64..1f64)
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .max_light_lines(0)
+            .x_desc("confidence (top-1 probability)")
+            .y_desc("accuracy")
+            .label_style((FONT, 16))
+            .axis_desc_style((FONT, 18))
+            .draw()
+            .map_err(plot_error)?;
+        chart
+            .draw_series(bins.iter().filter_map(|b| {
+                let acc = b.accuracy?;
+                Some(Rectangle::new(
+                    [(b.lower, 0.0), (b.upper, acc)],
+                    ACCURACY_COLOR.mix(0.75).filled(),
+                ))
+            }))
+            .map_err(plot_error)?
+            .label("accuracy of the bin")
+            .legend(|(x, y)| {
+                Rectangle::new(
+                    [(x, y - 6), (x + 16, y + 6)],
+                    ACCURACY_COLOR.mix(0.75).filled(),
+                )
+            });
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(0.0, 0.0), (1.0, 1.0)],
+                8,
+                6,
+                BLACK.stroke_width(2),
+            ))
+            .map_err(plot_error)?
+            .label("perfect calibration")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLACK.stroke_width(2)));
+        chart
+            .draw_series(bins.iter().filter_map(|b| {
+                let (acc, conf) = (b.accuracy?, b.confidence?);
+                Some(Circle::new((conf, acc), 5, CONFIDENCE_COLOR.filled()))
+            }))
+            .map_err(plot_error)?
+            .label("(mean confidence, accuracy)")
+            .legend(|(x, y)| Circle::new((x + 8, y), 5, CONFIDENCE_COLOR.filled()));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .label_font((FONT, 16))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_error)?;
+
+        let max_count = bins.iter().map(|b| b.count).max().unwrap_or(1).max(1) as f64;
+        let mut counts = ChartBuilder::on(&bottom)
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..1f64, (0.8f64..max_count * 2.0).log_scale())
+            .map_err(plot_error)?;
+        counts
+            .configure_mesh()
+            .max_light_lines(0)
+            .x_desc("confidence (top-1 probability)")
+            .y_desc("images in bin")
+            .y_labels(6)
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .label_style((FONT, 16))
+            .axis_desc_style((FONT, 18))
+            .draw()
+            .map_err(plot_error)?;
+        counts
+            .draw_series(bins.iter().filter(|b| b.count > 0).map(|b| {
+                Rectangle::new(
+                    [(b.lower, 0.8), (b.upper, b.count as f64)],
+                    RGBColor(120, 120, 120).mix(0.7).filled(),
+                )
+            }))
+            .map_err(plot_error)?;
+        Ok(())
+    })
+}
+
+/// Counts of `values` in `bins` equal-width bins over `[lo, hi]`; values outside are put in
+/// the first or last bin, NaN is skipped.
+pub fn histogram(values: &[f64], lo: f64, hi: f64, bins: usize) -> Vec<usize> {
+    let mut counts = vec![0usize; bins];
+    if bins == 0 {
+        return counts;
+    }
+    let width = (hi - lo) / bins as f64;
+    for &v in values.iter().filter(|v| !v.is_nan()) {
+        let b = if width > 0.0 {
+            ((v - lo) / width).floor().max(0.0) as usize
+        } else {
+            0
+        };
+        counts[b.min(bins - 1)] += 1;
+    }
+    counts
+}
+
+/// Overlaid histograms of one uncertainty measure for correct and wrong predictions, each
+/// normalised to the fraction of its own group (the groups differ a lot in size). `x_max` is
+/// the upper end of the x axis (e.g. ln K for an entropy); it is widened to fit the data
+/// (0 = from the data alone).
+pub fn uncertainty_histogram(
+    title: &str,
+    x_label: &str,
+    correct: &[f64],
+    wrong: &[f64],
+    x_max: f64,
+) -> Result<Vec<u8>> {
+    let data_max = correct
+        .iter()
+        .chain(wrong)
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max);
+    // All-zero data (mutual information of the mean-weights mode) gets a unit axis rather than
+    // a degenerate one.
+    let hi = match x_max.max(data_max) {
+        h if h > 1e-6 => h,
+        _ => 1.0,
+    };
+    let width = hi / HISTOGRAM_BINS as f64;
+    let fractions = |values: &[f64]| -> Vec<f64> {
+        let n = values.len().max(1) as f64;
+        histogram(values, 0.0, hi, HISTOGRAM_BINS)
+            .into_iter()
+            .map(|c| c as f64 / n)
+            .collect()
+    };
+    let (fc, fw) = (fractions(correct), fractions(wrong));
+    let y_max = fc
+        .iter()
+        .chain(&fw)
+        .copied()
+        .fold(0.0f64, f64::max)
+        .max(0.01)
+        * 1.1;
+    // The legend goes in the upper corner away from most of the data.
+    let all = correct.len() + wrong.len();
+    let mean = correct.iter().chain(wrong).sum::<f64>() / all.max(1) as f64;
+    let legend_at = if mean > hi / 2.0 {
+        SeriesLabelPosition::UpperLeft
+    } else {
+        SeriesLabelPosition::UpperRight
+    };
+    render(|root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FONT, 26))
+            .margin(14)
+            .x_label_area_size(50)
+            .y_label_area_size(80)
+            .build_cartesian_2d(0f64..hi, 0f64..y_max)
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .max_light_lines(0)
+            .x_desc(x_label)
+            .y_desc("fraction of the group's images")
+            .label_style((FONT, 16))
+            .axis_desc_style((FONT, 18))
+            .draw()
+            .map_err(plot_error)?;
+        let groups = [
+            (
+                &fc,
+                CORRECT_COLOR,
+                format!("correct (n = {})", correct.len()),
+            ),
+            (&fw, WRONG_COLOR, format!("wrong (n = {})", wrong.len())),
+        ];
+        for (fractions, color, label) in groups {
+            chart
+                .draw_series(fractions.iter().enumerate().filter(|(_, &f)| f > 0.0).map(
+                    |(i, &f)| {
+                        let x0 = i as f64 * width;
+                        Rectangle::new([(x0, 0.0), (x0 + width, f)], color.mix(0.45).filled())
+                    },
+                ))
+                .map_err(plot_error)?
+                .label(label)
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 6), (x + 16, y + 6)], color.mix(0.45).filled())
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(legend_at)
+            .label_font((FONT, 18))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_error)?;
+        Ok(())
+    })
+}
+
+/// The x-axis label of a layer: `layer 0: 784→300` (linear) or `layer 0: conv2d`.
+fn layer_label(l: &LayerSparsity) -> String {
+    if l.kind.starts_with("linear") {
+        format!("layer {}: {}→{}", l.layer, l.inputs, l.outputs)
+    } else {
+        format!("layer {}: {}", l.layer, l.kind)
+    }
+}
+
+/// Bar chart of the fraction of weights pruned in each layer that has weights
+/// (`1 - nnz / dense weights`; pooling layers are left out).
+pub fn sparsity_chart(layers: &[LayerSparsity], title_note: &str) -> Result<Vec<u8>> {
+    let bars: Vec<(String, f64, &LayerSparsity)> = layers
+        .iter()
+        .filter_map(|l| Some((layer_label(l), l.sparsity?, l)))
+        .collect();
+    // Bar i spans [i + 0.15, i + 0.85] on an x axis of 0..n; the x labels are drawn by hand
+    // under the centre of each bar.
+    let n = bars.len().max(1) as f64;
+    render(|root| {
+        let title = format!("Weights pruned per layer{title_note}");
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FONT, 26))
+            .margin(14)
+            .x_label_area_size(70)
+            .y_label_area_size(80)
+            .build_cartesian_2d(0f64..n, 0f64..108f64)
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .max_light_lines(0)
+            .disable_x_mesh()
+            .x_labels(0)
+            .x_desc("layer (inputs → outputs)")
+            .y_desc("weights pruned (%) = 1 − stored / dense weights")
+            .y_labels(12)
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .label_style((FONT, 16))
+            .axis_desc_style((FONT, 18))
+            .draw()
+            .map_err(plot_error)?;
+        chart
+            .draw_series(bars.iter().enumerate().map(|(i, (_, sparsity, _))| {
+                let x = i as f64;
+                Rectangle::new(
+                    [(x + 0.15, 0.0), (x + 0.85, 100.0 * sparsity)],
+                    ACCURACY_COLOR.mix(0.8).filled(),
+                )
+            }))
+            .map_err(plot_error)?;
+        let centered = Pos::new(HPos::Center, VPos::Center);
+        chart
+            .draw_series(bars.iter().enumerate().map(|(i, (_, sparsity, _))| {
+                Text::new(
+                    format!("{:.2}%", 100.0 * sparsity),
+                    (i as f64 + 0.5, 100.0 * sparsity + 3.0),
+                    (FONT, 18).into_font().color(&BLACK).pos(centered),
+                )
+            }))
+            .map_err(plot_error)?;
+        chart
+            .draw_series(bars.iter().enumerate().map(|(i, (_, sparsity, l))| {
+                // Inside the bar when it is tall enough, else above the percentage.
+                let (y, color) = if *sparsity > 0.15 {
+                    (50.0 * sparsity, WHITE)
+                } else {
+                    (100.0 * sparsity + 9.0, BLACK)
+                };
+                Text::new(
+                    format!("{} of {} kept", l.nnz, l.dense_weights),
+                    (i as f64 + 0.5, y),
+                    (FONT, 16).into_font().color(&color).pos(centered),
+                )
+            }))
+            .map_err(plot_error)?;
+        let top = Pos::new(HPos::Center, VPos::Top);
+        for (i, (label, _, _)) in bars.iter().enumerate() {
+            let (x, y) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
+            root.draw(&Text::new(
+                label.clone(),
+                (x, y + 10),
+                (FONT, 16).into_font().color(&BLACK).pos(top),
+            ))
+            .map_err(plot_error)?;
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::reliability_bins;
+
+    const PNG_MAGIC: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
+
+    fn decode(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
+        let decoder = png::Decoder::new(bytes);
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        buf.truncate(info.buffer_size());
+        (info.width, info.height, buf)
+    }
+
+    /// A valid PNG of the right size that is not blank (has dark pixels: axes and text).
+    fn check_png(bytes: &[u8]) {
+        assert_eq!(bytes[..8], PNG_MAGIC);
+        let (w, h, px) = decode(bytes);
+        assert_eq!((w, h), (WIDTH, HEIGHT));
+        let dark = px
+            .chunks_exact(3)
+            .filter(|p| p.iter().all(|&c| c < 80))
+            .count();
+        assert!(dark > 2000, "only {dark} dark pixels");
+    }
+
+    #[test]
+    fn histogram_counts() {
+        let h = histogram(
+            &[0.0, 0.1, 0.5, 0.99, 1.0, 2.0, -1.0, f64::NAN],
+            0.0,
+            1.0,
+            4,
+        );
+        // [0, .25): 0, 0.1, -1 (clamped); [.25,.5): -; [.5,.75): 0.5; [.75,1]: .99, 1, 2 (clamped)
+        assert_eq!(h, vec![3, 0, 1, 3]);
+        assert_eq!(histogram(&[5.0], 1.0, 1.0, 3), vec![1, 0, 0]);
+        assert!(histogram(&[1.0], 0.0, 1.0, 0).is_empty());
+    }
+
+    #[test]
+    fn plots_render_as_png() {
+        let conf = [0.3, 0.55, 0.7, 0.95, 1.0, 1.0, 0.99];
+        let hits = [false, true, true, true, true, false, true];
+        let bins = reliability_bins(&conf, &hits);
+        check_png(&reliability_diagram(&bins, 0.1234, "").unwrap());
+        check_png(
+            &uncertainty_histogram("t", "x", &[0.1, 0.2, 0.2], &[1.5, 2.0], 10f64.ln()).unwrap(),
+        );
+        // Degenerate inputs still render: no data, all zeros.
+        check_png(&uncertainty_histogram("t", "x", &[], &[], 0.0).unwrap());
+        check_png(&reliability_diagram(&reliability_bins(&[], &[]), 0.0, "").unwrap());
+        let layers = [
+            LayerSparsity {
+                layer: 0,
+                kind: "linear-sparse",
+                inputs: 784,
+                outputs: 300,
+                nnz: 7056,
+                dense_weights: 235_200,
+                sparsity: Some(0.97),
+            },
+            LayerSparsity {
+                layer: 1,
+                kind: "maxpool",
+                inputs: 300,
+                outputs: 75,
+                nnz: 0,
+                dense_weights: 0,
+                sparsity: None,
+            },
+            LayerSparsity {
+                layer: 2,
+                kind: "linear-dense",
+                inputs: 75,
+                outputs: 10,
+                nnz: 750,
+                dense_weights: 750,
+                sparsity: Some(0.0),
+            },
+        ];
+        check_png(&sparsity_chart(&layers, "").unwrap());
+        // One bar, and none at all (a model of pooling only cannot exist, but must not panic).
+        check_png(&sparsity_chart(&layers[..1], "").unwrap());
+        check_png(&sparsity_chart(&[], "").unwrap());
+    }
+
+    #[test]
+    fn png_encoding_round_trips() {
+        let rgb: Vec<u8> = (0..4 * 3 * 3).map(|i| (i * 7) as u8).collect();
+        let bytes = encode_png(&rgb, 4, 3).unwrap();
+        assert_eq!(decode(&bytes), (4, 3, rgb));
+    }
+}

@@ -1,0 +1,386 @@
+//! Device simulation on the host: runs the core engine — the same `tinybayes::Engine` and
+//! `predict_u8` on raw 8-bit pixels that the firmware runs — over a whole image set, in parallel.
+//!
+//! Results do not depend on the number of threads: image `i` draws its Monte Carlo noise from
+//! its own generator, `Xoshiro128PlusPlus::seed_from_u64(seed.wrapping_add(i))`, and the engine's
+//! results do not depend on its `CHUNK` either. Running image `i` on a device with that generator
+//! gives the same prediction bit for bit.
+
+use std::num::NonZeroU16;
+
+use rand_core::SeedableRng;
+use rand_xoshiro::Xoshiro128PlusPlus;
+use rayon::prelude::*;
+use tinybayes::{Engine, InferenceError, Mode, Model, Prediction};
+
+use crate::idx::IdxArray;
+
+/// Monte Carlo samples sharing one pass over the weight tables (the engine's `CHUNK`). A host
+/// speed setting only: predictions are the same for every value.
+pub const CHUNK: usize = 8;
+
+/// Largest number of Monte Carlo samples the engine accepts (`NonZeroU16`).
+pub const MAX_SAMPLES: u32 = u16::MAX as u32;
+
+/// Why a simulation could not run. Each message is one line meant for the user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimulateError {
+    /// The images have a different number of values than the model's input.
+    #[error("images are {rows}x{cols} = {values} values but the model takes {inputs} inputs")]
+    InputSize {
+        /// Image height.
+        rows: usize,
+        /// Image width.
+        cols: usize,
+        /// `rows * cols`.
+        values: usize,
+        /// `model.input_len()`.
+        inputs: usize,
+    },
+    /// The pixel buffer does not hold a whole number of `rows x cols` images.
+    #[error("{len} pixel bytes are not a whole number of {rows}x{cols} images")]
+    PartialImage {
+        /// Bytes given.
+        len: usize,
+        /// Image height.
+        rows: usize,
+        /// Image width.
+        cols: usize,
+    },
+    /// There are no images to run.
+    #[error("the image set is empty")]
+    Empty,
+    /// The engine refused one image (for example, its logits overflowed).
+    #[error("image {index}: {source}")]
+    Inference {
+        /// Index of the image in the set.
+        index: usize,
+        /// The core's error.
+        source: InferenceError,
+    },
+}
+
+/// A borrowed set of 8-bit grey-scale images, `rows x cols` each, one after the other.
+#[derive(Debug, Clone, Copy)]
+pub struct Images<'a> {
+    /// Image height in pixels.
+    pub rows: usize,
+    /// Image width in pixels.
+    pub cols: usize,
+    /// The pixels, image after image, row-major.
+    pub pixels: &'a [u8],
+}
+
+impl<'a> Images<'a> {
+    /// Views a decoded rank-3 IDX array (`[n, rows, cols]`) as images. A rank other than 3 is
+    /// read as one flat image per outer index (rows 1, cols = the rest).
+    pub fn from_idx(array: &'a IdxArray) -> Self {
+        let (rows, cols) = match array.dims.as_slice() {
+            [_, r, c] => (*r, *c),
+            [_, rest @ ..] => (1, rest.iter().product()),
+            [] => (0, 0),
+        };
+        Images {
+            rows,
+            cols,
+            pixels: &array.data,
+        }
+    }
+
+    /// Values per image (`rows * cols`).
+    pub fn values(&self) -> usize {
+        self.rows.saturating_mul(self.cols)
+    }
+
+    /// Number of images (0 when an image has no pixels).
+    pub fn len(&self) -> usize {
+        self.pixels.len().checked_div(self.values()).unwrap_or(0)
+    }
+
+    /// True when there is no image.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The prediction for one image: the fields of the core's [`Prediction`], heap-allocated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImagePrediction {
+    /// Mean class probabilities (length = the model's classes); sums to 1.
+    pub probabilities: Vec<f32>,
+    /// Most probable class (the first on ties).
+    pub class: usize,
+    /// Predictive entropy (total uncertainty), nats.
+    pub predictive_entropy: f32,
+    /// Expected entropy (aleatoric uncertainty), nats.
+    pub expected_entropy: f32,
+    /// Mutual information (epistemic uncertainty), nats.
+    pub mutual_information: f32,
+}
+
+impl ImagePrediction {
+    /// Probability of the predicted class (the top-1 probability).
+    pub fn confidence(&self) -> f32 {
+        self.probabilities.get(self.class).copied().unwrap_or(0.0)
+    }
+}
+
+impl<const K: usize> From<Prediction<K>> for ImagePrediction {
+    fn from(p: Prediction<K>) -> Self {
+        ImagePrediction {
+            probabilities: p.probabilities.to_vec(),
+            class: p.class,
+            predictive_entropy: p.predictive_entropy,
+            expected_entropy: p.expected_entropy,
+            mutual_information: p.mutual_information,
+        }
+    }
+}
+
+/// The inference mode for a `--samples` count: 0 is the posterior-mean network
+/// ([`Mode::MeanWeights`]), 1..=65535 is a Monte Carlo average of that many samples.
+/// Larger counts are refused with a one-line message.
+pub fn mode_from_samples(samples: u64) -> Result<Mode, String> {
+    if samples > u64::from(MAX_SAMPLES) {
+        return Err(format!(
+            "--samples must be between 0 (mean weights) and {MAX_SAMPLES}, got {samples}"
+        ));
+    }
+    Ok(match NonZeroU16::new(samples as u16) {
+        None => Mode::MeanWeights,
+        Some(samples) => Mode::MonteCarlo { samples },
+    })
+}
+
+/// Parses a `--samples` argument (text, so that a bad value gives a one-line error rather than
+/// the argument parser's usage message) into a [`Mode`] with [`mode_from_samples`].
+pub fn parse_samples(text: &str) -> Result<Mode, String> {
+    let value: i128 = text.trim().parse().map_err(|_| {
+        format!(
+            "--samples must be a whole number from 0 (mean weights) to {MAX_SAMPLES}, got {text:?}"
+        )
+    })?;
+    let value = u64::try_from(value).map_err(|_| {
+        format!("--samples must be between 0 (mean weights) and {MAX_SAMPLES}, got {value}")
+    })?;
+    mode_from_samples(value)
+}
+
+/// A short description of a mode for reports: `"mean weights"` or `"Monte Carlo, 32 samples"`.
+pub fn describe_mode(mode: Mode) -> String {
+    match mode {
+        Mode::MeanWeights => "mean weights".to_string(),
+        Mode::MonteCarlo { samples } => format!("Monte Carlo, {samples} samples"),
+    }
+}
+
+/// Checks that `images` fit the model's input (same number of values per image, whole images,
+/// at least one), with the one-line errors of [`SimulateError`].
+pub fn check_images(model: &Model<'_>, images: &Images<'_>) -> Result<(), SimulateError> {
+    let values = images.values();
+    if values != model.input_len() {
+        return Err(SimulateError::InputSize {
+            rows: images.rows,
+            cols: images.cols,
+            values,
+            inputs: model.input_len(),
+        });
+    }
+    if images.pixels.len() % values != 0 {
+        return Err(SimulateError::PartialImage {
+            len: images.pixels.len(),
+            rows: images.rows,
+            cols: images.cols,
+        });
+    }
+    if images.is_empty() {
+        return Err(SimulateError::Empty);
+    }
+    Ok(())
+}
+
+/// Runs the model on every image, in parallel over images (rayon), and returns one prediction
+/// per image, in order. Image `i` uses the generator `seed_from_u64(seed.wrapping_add(i))`;
+/// each worker has its own workspace of `model.workspace_len(CHUNK)` words.
+pub fn simulate(
+    model: &Model<'_>,
+    images: &Images<'_>,
+    mode: Mode,
+    seed: u64,
+) -> Result<Vec<ImagePrediction>, SimulateError> {
+    check_images(model, images)?;
+    // The result capacity K is a compile-time constant in the core; pick the smallest that fits
+    // (the class count is at most 1024, checked when the model was read).
+    match model.num_classes() {
+        0..=16 => run::<16>(model, images, mode, seed),
+        17..=128 => run::<128>(model, images, mode, seed),
+        _ => run::<{ tinybayes::format::MAX_CLASSES }>(model, images, mode, seed),
+    }
+}
+
+fn run<const K: usize>(
+    model: &Model<'_>,
+    images: &Images<'_>,
+    mode: Mode,
+    seed: u64,
+) -> Result<Vec<ImagePrediction>, SimulateError> {
+    let values = images.values();
+    let workspace_len = model.workspace_len(CHUNK);
+    images
+        .pixels
+        .par_chunks_exact(values)
+        .enumerate()
+        .map_init(
+            || vec![0.0f32; workspace_len],
+            |workspace, (index, pixels)| {
+                let fail = |source| SimulateError::Inference { index, source };
+                let mut engine = Engine::<CHUNK>::new(model, workspace).map_err(fail)?;
+                let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed.wrapping_add(index as u64));
+                let p: Prediction<K> = engine.predict_u8(pixels, mode, &mut rng).map_err(fail)?;
+                Ok(ImagePrediction::from(p))
+            },
+        )
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tinybayes::writer::synthetic;
+
+    fn model_bytes(widths: &[usize]) -> tinybayes::writer::ModelBuffer {
+        synthetic::mlp(3, widths, 0.6).to_buffer().unwrap()
+    }
+
+    fn pixels(n: usize, values: usize) -> Vec<u8> {
+        (0..n * values).map(|i| (i * 37 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn matches_sequential_engine_with_per_image_seeds() {
+        let buffer = model_bytes(&[16, 8, 3]);
+        let model = buffer.model().unwrap();
+        let px = pixels(20, 16);
+        let images = Images {
+            rows: 4,
+            cols: 4,
+            pixels: &px,
+        };
+        let mode = mode_from_samples(5).unwrap();
+        let got = simulate(&model, &images, mode, 99).unwrap();
+        assert_eq!(got.len(), 20);
+        // Independent sequential run with CHUNK = 1 (results must not depend on CHUNK).
+        let mut ws = vec![0.0f32; model.workspace_len(1)];
+        for (i, g) in got.iter().enumerate() {
+            let mut engine = Engine::<1>::new(&model, &mut ws).unwrap();
+            let mut rng = Xoshiro128PlusPlus::seed_from_u64(99 + i as u64);
+            let p: Prediction<3> = engine
+                .predict_u8(&px[i * 16..(i + 1) * 16], mode, &mut rng)
+                .unwrap();
+            assert_eq!(*g, ImagePrediction::from(p), "image {i}");
+            let sum: f32 = g.probabilities.iter().sum();
+            assert!((sum - 1.0).abs() < 1e-5);
+        }
+        // Different seeds give different Monte Carlo answers; the mean mode ignores the seed.
+        let other = simulate(&model, &images, mode, 100).unwrap();
+        assert_ne!(got, other);
+        let m1 = simulate(&model, &images, Mode::MeanWeights, 1).unwrap();
+        let m2 = simulate(&model, &images, Mode::MeanWeights, 2).unwrap();
+        assert_eq!(m1, m2);
+        assert!(m1.iter().all(|p| p.mutual_information == 0.0));
+    }
+
+    #[test]
+    fn thread_count_does_not_change_results() {
+        let buffer = model_bytes(&[16, 8, 3]);
+        let model = buffer.model().unwrap();
+        let px = pixels(64, 16);
+        let images = Images {
+            rows: 4,
+            cols: 4,
+            pixels: &px,
+        };
+        let mode = mode_from_samples(9).unwrap();
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(|| simulate(&model, &images, mode, 5).unwrap());
+        let many = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap()
+            .install(|| simulate(&model, &images, mode, 5).unwrap());
+        assert_eq!(one, many);
+    }
+
+    #[test]
+    fn size_mismatch_is_one_clear_message() {
+        let buffer = model_bytes(&[100, 8, 3]);
+        let model = buffer.model().unwrap();
+        let px = pixels(2, 784);
+        let images = Images {
+            rows: 28,
+            cols: 28,
+            pixels: &px,
+        };
+        let err = simulate(&model, &images, Mode::MeanWeights, 0).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "images are 28x28 = 784 values but the model takes 100 inputs"
+        );
+        let empty = Images {
+            rows: 10,
+            cols: 10,
+            pixels: &[],
+        };
+        assert_eq!(
+            simulate(&model, &empty, Mode::MeanWeights, 0),
+            Err(SimulateError::Empty)
+        );
+        let partial = Images {
+            rows: 10,
+            cols: 10,
+            pixels: &px[..150],
+        };
+        assert!(matches!(
+            simulate(&model, &partial, Mode::MeanWeights, 0),
+            Err(SimulateError::PartialImage { .. })
+        ));
+    }
+
+    #[test]
+    fn wide_class_counts_use_a_larger_capacity() {
+        let buffer = model_bytes(&[6, 5, 200]);
+        let model = buffer.model().unwrap();
+        let px = pixels(3, 6);
+        let images = Images {
+            rows: 2,
+            cols: 3,
+            pixels: &px,
+        };
+        let got = simulate(&model, &images, mode_from_samples(2).unwrap(), 0).unwrap();
+        assert!(got.iter().all(|p| p.probabilities.len() == 200));
+    }
+
+    #[test]
+    fn samples_parsing() {
+        assert_eq!(parse_samples("0"), Ok(Mode::MeanWeights));
+        assert_eq!(
+            parse_samples("65535"),
+            Ok(Mode::MonteCarlo {
+                samples: NonZeroU16::new(65535).unwrap()
+            })
+        );
+        for bad in ["65536", "-1", "abc", "1.5", ""] {
+            let err = parse_samples(bad).unwrap_err();
+            assert!(err.starts_with("--samples must be"), "{bad}: {err}");
+            assert!(!err.contains('\n'));
+        }
+        assert_eq!(describe_mode(Mode::MeanWeights), "mean weights");
+        assert_eq!(
+            describe_mode(mode_from_samples(32).unwrap()),
+            "Monte Carlo, 32 samples"
+        );
+    }
+}

@@ -1,0 +1,314 @@
+//! Finite-difference checks of every hand-written backward pass, in `f64`.
+//!
+//! The objective checked is the trainer's: `CE(forward_train(x, eps)) + c * KL`, with the noise
+//! `eps` held fixed, so the checks cover linear and conv layers (mean and variance paths), ReLU,
+//! max-pooling, flatten, softmax cross-entropy and the KL term with its clip. Log variances are
+//! drawn around -2 so the variance path carries real weight (at the -10 initialisation an error
+//! there would hide below the tolerance).
+
+use ndarray::{Array1, Array2, Array4};
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+use super::arch::Arch;
+use super::loss::softmax_cross_entropy;
+use super::network::{Network, TrainedLayer};
+use super::tensor::{mix_seed, Real};
+
+const KL_SCALE: f64 = 0.01;
+
+fn normal(rng: &mut Xoshiro256PlusPlus) -> f64 {
+    f64::sample_normal(rng)
+}
+
+fn linear(rng: &mut Xoshiro256PlusPlus, i: usize, o: usize, relu: bool) -> TrainedLayer<f64> {
+    TrainedLayer::Linear {
+        theta: Array2::from_shape_simple_fn((o, i), || 0.6 * normal(rng)),
+        log_sigma2: Array2::from_shape_simple_fn((o, i), || rng.random_range(-3.5..-0.5)),
+        bias: Array1::from_shape_simple_fn(o, || 0.1 * normal(rng)),
+        relu,
+    }
+}
+
+fn conv(rng: &mut Xoshiro256PlusPlus, c: usize, o: usize, k: usize) -> TrainedLayer<f64> {
+    TrainedLayer::Conv2d {
+        theta: Array4::from_shape_simple_fn((o, c, k, k), || 0.6 * normal(rng)),
+        log_sigma2: Array4::from_shape_simple_fn((o, c, k, k), || rng.random_range(-3.5..-0.5)),
+        bias: Array1::from_shape_simple_fn(o, || 0.1 * normal(rng)),
+        relu: true,
+    }
+}
+
+fn mlp() -> Network<f64> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(11);
+    Network {
+        arch: Arch::Lenet300,
+        input_shape: [1, 1, 5],
+        prune_threshold: 3.0,
+        layers: vec![
+            linear(&mut rng, 5, 4, true),
+            linear(&mut rng, 4, 4, true),
+            linear(&mut rng, 4, 3, false),
+        ],
+    }
+}
+
+fn convnet() -> Network<f64> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(12);
+    Network {
+        arch: Arch::Lenet5,
+        input_shape: [2, 8, 8],
+        prune_threshold: 3.0,
+        layers: vec![
+            conv(&mut rng, 2, 3, 3),
+            TrainedLayer::MaxPool2,
+            conv(&mut rng, 3, 4, 2),
+            TrainedLayer::Flatten,
+            linear(&mut rng, 16, 5, true),
+            linear(&mut rng, 5, 3, false),
+        ],
+    }
+}
+
+fn inputs(net: &Network<f64>, b: usize) -> (Array2<f64>, Vec<usize>) {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(13);
+    let [c, h, w] = net.input_shape;
+    let x = Array2::from_shape_simple_fn((b, c * h * w), || rng.random_range(0.0..1.0));
+    let y = (0..b).map(|i| i % 3).collect();
+    (x, y)
+}
+
+/// Fixed noise: depends only on the layer index, so every forward pass sees the same `eps`.
+fn noise(layer: usize, eps: &mut [f64]) {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix_seed(&[99, layer as u64]));
+    eps.iter_mut().for_each(|e| *e = normal(&mut rng));
+}
+
+fn objective(net: &Network<f64>, x: &Array2<f64>, y: &[usize]) -> f64 {
+    let (logits, _) = net.forward_train(x.clone(), &mut noise);
+    softmax_cross_entropy(&logits, y).0 + KL_SCALE * net.kl()
+}
+
+fn analytic(net: &Network<f64>, x: &Array2<f64>, y: &[usize]) -> Vec<Vec<f64>> {
+    let (logits, tape) = net.forward_train(x.clone(), &mut noise);
+    let (_, dlogits) = softmax_cross_entropy(&logits, y);
+    let mut grads = net.backward(tape, dlogits);
+    net.add_kl_grad(&mut grads, KL_SCALE);
+    grads
+}
+
+/// Largest `|analytic - numeric| / (1e-6 + max(|analytic|, |numeric|))` over all parameters.
+fn worst_error(net: &Network<f64>, x: &Array2<f64>, y: &[usize], grads: &[Vec<f64>]) -> f64 {
+    let h = 1e-5;
+    let mut worst = 0.0f64;
+    let sizes: Vec<usize> = net.params().iter().map(|p| p.len()).collect();
+    assert_eq!(sizes, grads.iter().map(Vec::len).collect::<Vec<_>>());
+    for (t, tensor_grads) in grads.iter().enumerate() {
+        for (i, &a) in tensor_grads.iter().enumerate() {
+            let mut plus = net.clone();
+            plus.params_mut()[t][i] += h;
+            let mut minus = net.clone();
+            minus.params_mut()[t][i] -= h;
+            let numeric = (objective(&plus, x, y) - objective(&minus, x, y)) / (2.0 * h);
+            let err = (a - numeric).abs() / (1e-6 + a.abs().max(numeric.abs()));
+            assert!(a.is_finite(), "tensor {t} index {i}");
+            worst = worst.max(err);
+        }
+    }
+    worst
+}
+
+#[test]
+fn mlp_gradients_match_finite_differences() {
+    let net = mlp();
+    let (x, y) = inputs(&net, 4);
+    let grads = analytic(&net, &x, &y);
+    let err = worst_error(&net, &x, &y, &grads);
+    eprintln!("worst relative error {err:e}");
+    assert!(err < 1e-4, "worst relative error {err}");
+}
+
+#[test]
+fn conv_gradients_match_finite_differences() {
+    let net = convnet();
+    let (x, y) = inputs(&net, 3);
+    let grads = analytic(&net, &x, &y);
+    let err = worst_error(&net, &x, &y, &grads);
+    eprintln!("worst relative error {err:e}");
+    assert!(err < 1e-4, "worst relative error {err}");
+}
+
+#[test]
+fn gradient_check_detects_a_wrong_gradient() {
+    let net = convnet();
+    let (x, y) = inputs(&net, 2);
+    let mut grads = analytic(&net, &x, &y);
+    // Drop 10% of one log-variance gradient of the first conv (the variance path of the layer
+    // whose input gradient is never computed): the check must notice.
+    let (i, _) = grads[1]
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+        .unwrap();
+    grads[1][i] *= 0.9;
+    assert!(worst_error(&net, &x, &y, &grads) > 1e-2);
+}
+
+#[test]
+fn variance_path_carries_gradient() {
+    // With the CE only (no KL), log sigma^2 must still receive gradient through the noise.
+    let net = mlp();
+    let (x, y) = inputs(&net, 4);
+    let (logits, tape) = net.forward_train(x, &mut noise);
+    let (_, d) = softmax_cross_entropy(&logits, &y);
+    let grads = net.backward(tape, d);
+    let norm: f64 = grads[1].iter().map(|g| g * g).sum::<f64>().sqrt();
+    assert!(norm > 1e-3, "{norm}");
+}
+
+/// Direct NCHW reference of the deterministic pruned forward, written with plain loops: pins the
+/// layout conventions documented on [`Network`] (weight order, flatten order, pooling).
+fn reference_logits(net: &Network<f64>, x: &Array2<f64>) -> Array2<f64> {
+    let thr = net.prune_threshold;
+    let keep = |t: f64, l: f64| {
+        if super::vd::log_alpha(t, l) > thr {
+            0.0
+        } else {
+            t
+        }
+    };
+    let rows: Vec<Vec<f64>> = x
+        .outer_iter()
+        .map(|row| {
+            let [c0, h0, w0] = net.input_shape;
+            let mut maps = Some((row.to_vec(), c0, h0, w0));
+            let mut vec = Vec::new();
+            for layer in &net.layers {
+                match layer {
+                    TrainedLayer::Conv2d {
+                        theta,
+                        log_sigma2,
+                        bias,
+                        relu,
+                    } => {
+                        let (m, c, h, w) = maps.take().unwrap();
+                        let (o, _, kh, kw) = theta.dim();
+                        let (ho, wo) = (h - kh + 1, w - kw + 1);
+                        let mut out = vec![0.0; o * ho * wo];
+                        for oc in 0..o {
+                            for i in 0..ho {
+                                for j in 0..wo {
+                                    let mut s = bias[oc];
+                                    for ic in 0..c {
+                                        for u in 0..kh {
+                                            for v in 0..kw {
+                                                let wt = keep(
+                                                    theta[[oc, ic, u, v]],
+                                                    log_sigma2[[oc, ic, u, v]],
+                                                );
+                                                s += wt * m[(ic * h + i + u) * w + j + v];
+                                            }
+                                        }
+                                    }
+                                    out[(oc * ho + i) * wo + j] =
+                                        if *relu { s.max(0.0) } else { s };
+                                }
+                            }
+                        }
+                        maps = Some((out, o, ho, wo));
+                    }
+                    TrainedLayer::MaxPool2 => {
+                        let (m, c, h, w) = maps.take().unwrap();
+                        let (ho, wo) = (h / 2, w / 2);
+                        let mut out = vec![0.0; c * ho * wo];
+                        for ch in 0..c {
+                            for i in 0..ho {
+                                for j in 0..wo {
+                                    let at = |a: usize, b: usize| {
+                                        m[(ch * h + 2 * i + a) * w + 2 * j + b]
+                                    };
+                                    out[(ch * ho + i) * wo + j] =
+                                        at(0, 0).max(at(0, 1)).max(at(1, 0)).max(at(1, 1));
+                                }
+                            }
+                        }
+                        maps = Some((out, c, ho, wo));
+                    }
+                    TrainedLayer::Flatten => vec = maps.take().unwrap().0,
+                    TrainedLayer::Linear {
+                        theta,
+                        log_sigma2,
+                        bias,
+                        relu,
+                    } => {
+                        if let Some((m, ..)) = maps.take() {
+                            vec = m;
+                        }
+                        vec = (0..theta.nrows())
+                            .map(|o| {
+                                let s: f64 = bias[o]
+                                    + (0..theta.ncols())
+                                        .map(|i| keep(theta[[o, i]], log_sigma2[[o, i]]) * vec[i])
+                                        .sum::<f64>();
+                                if *relu {
+                                    s.max(0.0)
+                                } else {
+                                    s
+                                }
+                            })
+                            .collect();
+                    }
+                }
+            }
+            vec
+        })
+        .collect();
+    let k = rows[0].len();
+    Array2::from_shape_vec((rows.len(), k), rows.concat()).unwrap()
+}
+
+#[test]
+fn deterministic_forward_matches_nchw_reference() {
+    for mut net in [convnet(), mlp()] {
+        // Prune a good share of weights so the mask matters.
+        for layer in &mut net.layers {
+            if let TrainedLayer::Conv2d { log_sigma2, .. } = layer {
+                log_sigma2.iter_mut().step_by(3).for_each(|l| *l = 5.0);
+            }
+            if let TrainedLayer::Linear { log_sigma2, .. } = layer {
+                log_sigma2.iter_mut().step_by(3).for_each(|l| *l = 5.0);
+            }
+        }
+        assert!(net.sparsity().fraction() > 0.2);
+        let (x, _) = inputs(&net, 3);
+        let got = net.logits_deterministic(&x);
+        let want = reference_logits(&net, &x);
+        let diff = (&got - &want).mapv(f64::abs).fold(0.0f64, |a, &b| a.max(b));
+        assert!(diff < 1e-12, "max difference {diff}");
+        let p = net.predict_deterministic(&x);
+        for row in p.outer_iter() {
+            assert!((row.sum() - 1.0).abs() < 1e-12);
+        }
+    }
+}
+
+#[test]
+fn lenet_shapes_chain() {
+    for arch in [Arch::Lenet300, Arch::Lenet5] {
+        let net = arch.build::<f32>(1, -10.0, 3.0);
+        let x = Array2::from_elem((3, 784), 0.5f32);
+        assert_eq!(net.predict_deterministic(&x).dim(), (3, 10));
+        // A few near-zero initial means are already above the threshold (|theta| < ~1.5e-3).
+        assert!(net.sparsity().fraction() < 0.05);
+        let weights: usize = net.sparsity().layers.iter().map(|l| l.total).sum();
+        let expect = match arch {
+            Arch::Lenet300 => 784 * 300 + 300 * 100 + 100 * 10,
+            Arch::Lenet5 => 500 + 25_000 + 400_000 + 5_000,
+        };
+        assert_eq!(weights, expect);
+        assert_eq!(
+            net.log_alpha().iter().flatten().count(),
+            net.sparsity().layers.len()
+        );
+    }
+}

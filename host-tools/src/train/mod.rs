@@ -1,0 +1,56 @@
+//! Sparse variational dropout training (Molchanov, Ashukha, Vetrov, ICML 2017) on ndarray, `f32`.
+//!
+//! Start with [`TrainConfig`] and [`Trainer`]; the result is a [`Network`] of
+//! [`TrainedLayer`]s holding `theta` and `log_sigma2` for export.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use tinybayes_host::idx::load_dataset;
+//! use tinybayes_host::train::{Arch, TrainConfig, TrainEvent, Trainer};
+//!
+//! let dir = Path::new("/work/shared/data/mnist");
+//! let data = load_dataset(
+//!     &dir.join("train-images-idx3-ubyte.gz"),
+//!     &dir.join("train-labels-idx1-ubyte.gz"),
+//! )?;
+//! let config = TrainConfig { epochs: 10, ..TrainConfig::for_arch(Arch::Lenet300) };
+//! let mut trainer = Trainer::new(config, &data)?;
+//! trainer.run(Some(Path::new("runs/lenet300")), |event| {
+//!     if let TrainEvent::Epoch(r) = event {
+//!         println!("epoch {} val {:?} sparsity {:.3}", r.epoch, r.val_accuracy, r.sparsity);
+//!     }
+//! })?;
+//! let network = trainer.into_network();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Modules: [`alloc`] (allocator tuning), [`fastmath`] (vectorisable exp/ln), [`tensor`] (scalar trait, im2col, parallel helpers), [`vd`] (log alpha, KL),
+//! `layers` (forward/backward kernels), [`loss`] (softmax cross-entropy), [`network`] (the
+//! exportable network and whole-stack forward/backward), [`arch`] (LeNet-300-100, LeNet-5-Caffe),
+//! [`optim`] (Adam, schedules), [`config`], [`checkpoint`], [`trainer`].
+
+pub mod alloc;
+pub mod arch;
+pub mod checkpoint;
+pub mod config;
+pub mod fastmath;
+mod layers;
+pub mod loss;
+pub mod network;
+pub mod optim;
+pub mod tensor;
+pub mod trainer;
+pub mod vd;
+
+#[cfg(test)]
+mod bench;
+#[cfg(test)]
+mod gradcheck;
+
+pub use arch::{Arch, UnknownArch};
+pub use checkpoint::{CheckpointError, CHECKPOINT_FILE};
+pub use config::TrainConfig;
+pub use network::{LayerSparsity, Network, Sparsity, TrainedLayer};
+pub use optim::{Adam, LrSchedule};
+pub use tensor::Real;
+pub use trainer::{BatchReport, EpochReport, TrainError, TrainEvent, Trainer};

@@ -1,0 +1,838 @@
+//! The training loop: epochs of shuffled mini-batches, Adam, KL warm-up, validation, progress
+//! callbacks, NaN/inf detection and checkpoints.
+//!
+//! Objective (per example): `loss = mean_batch CE + rw * KL / N`, with `N` the number of training
+//! examples and `rw = kl_weight_max * warmup(epoch)`. This is the paper's
+//! `(N/B) * sum_batch CE + rw * KL` divided by `N`; Adam is invariant to that constant factor (up
+//! to its epsilon), and per-example numbers are easier to read. `EpochReport::kl` is the un-scaled
+//! KL sum in nats.
+//!
+//! Parallelism: each mini-batch is split into `shards` parts whose forward and backward passes
+//! run on the rayon pool; their gradients are added in shard order. Matrix products go through
+//! `matrixmultiply`; with its `threading` feature each product may also use threads, which on a
+//! 2-core machine only oversubscribes the cores, so a binary that trains should set
+//! `MATMUL_NUM_THREADS=1` (before any thread starts) unless measurements say otherwise.
+//!
+//! Reproducibility: every random draw is derived from `(seed, purpose, epoch, batch, shard,
+//! layer)`, never from a running generator, so an epoch's shuffling and noise depend only on the
+//! seed and the epoch number. A checkpoint therefore needs no generator state, and a resumed run
+//! performs bit-identical computations. Parallel kernels use fixed chunking and ordered
+//! reductions, so the same seed and `shards` give identical parameters on the same machine,
+//! whatever the number of threads.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ndarray::{Array2, Axis};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{self, CheckpointError, Header};
+use super::config::TrainConfig;
+use super::loss::softmax_cross_entropy_sum;
+use super::network::Network;
+use super::optim::{kl_weight, Adam};
+use super::tensor::{fill_normal, mix_seed, CHUNK};
+use crate::idx::{Dataset, IdxError};
+
+const PURPOSE_SHUFFLE: u64 = 1;
+const PURPOSE_NOISE: u64 = 2;
+
+/// Why training stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The configuration is invalid.
+    #[error("invalid training configuration: {0}")]
+    Config(String),
+    /// The data does not fit the configuration (split too large, wrong image size, ...).
+    #[error("training data: {0}")]
+    Data(#[from] IdxError),
+    /// The data has the wrong shape for the architecture.
+    #[error("data has {found} features per example and {classes} classes; {arch} needs {expected} features and at most {max_classes} classes")]
+    DataShape {
+        /// Architecture name.
+        arch: String,
+        /// Features per example the architecture needs.
+        expected: usize,
+        /// Features per example in the data.
+        found: usize,
+        /// Classes in the data.
+        classes: usize,
+        /// Classes the network can output.
+        max_classes: usize,
+    },
+    /// The loss or a parameter became NaN or infinite; the trainer refuses to continue or to save.
+    #[error("non-finite loss or parameters at epoch {epoch}, batch {batch}")]
+    NonFinite {
+        /// Epoch (0-based) of the failing batch.
+        epoch: usize,
+        /// Batch (0-based) within the epoch.
+        batch: usize,
+    },
+    /// A previous error left the parameters unusable.
+    #[error("trainer state is invalid after a non-finite update; resume from the last checkpoint")]
+    Poisoned,
+    /// All configured epochs have run.
+    #[error("training already finished ({0} epochs)")]
+    Finished(usize),
+    /// Checkpoint reading or writing failed.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The checkpoint was made with different training data.
+    #[error(
+        "checkpoint was made with different data (fingerprint {saved:016x}, now {current:016x})"
+    )]
+    DataMismatch {
+        /// Fingerprint stored in the checkpoint.
+        saved: u64,
+        /// Fingerprint of the data given now.
+        current: u64,
+    },
+}
+
+/// Progress after one mini-batch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchReport {
+    /// Epoch (0-based).
+    pub epoch: usize,
+    /// Batch within the epoch (0-based).
+    pub batch: usize,
+    /// Batches per epoch.
+    pub batches: usize,
+    /// Objective of this batch per example: `ce + kl_weight * kl / N`.
+    pub loss: f64,
+    /// Mean cross-entropy of this batch (nats).
+    pub ce: f64,
+    /// KL sum over all weights (nats); while `kl_weight` is 0 it is not recomputed per batch and
+    /// holds the value at the start of the epoch.
+    pub kl: f64,
+    /// Learning rate in use.
+    pub lr: f64,
+    /// KL weight in use.
+    pub kl_weight: f64,
+}
+
+/// Summary of one epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochReport {
+    /// Epoch that just finished (0-based).
+    pub epoch: usize,
+    /// Total epochs configured.
+    pub epochs: usize,
+    /// Mean over batches of the per-example objective.
+    pub loss: f64,
+    /// Mean over batches of the mean cross-entropy.
+    pub ce: f64,
+    /// KL sum over all weights at the end of the epoch (nats).
+    pub kl: f64,
+    /// Accuracy of the deterministic pruned network on the validation split (`None` without one).
+    pub val_accuracy: Option<f64>,
+    /// Fraction of all weights with log alpha above the prune threshold.
+    pub sparsity: f64,
+    /// The same fraction per weight layer.
+    pub layer_sparsity: Vec<f64>,
+    /// Learning rate used in this epoch.
+    pub lr: f64,
+    /// KL weight used in this epoch.
+    pub kl_weight: f64,
+    /// Training throughput (examples per second, excluding validation).
+    pub examples_per_sec: f64,
+    /// Wall-clock seconds of the epoch, validation included.
+    pub seconds: f64,
+}
+
+/// What the progress callback receives.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TrainEvent {
+    /// After every mini-batch.
+    Batch(BatchReport),
+    /// After every epoch.
+    Epoch(EpochReport),
+}
+
+/// Sparse variational dropout trainer.
+#[derive(Debug)]
+pub struct Trainer {
+    config: TrainConfig,
+    pub(super) net: Network<f32>,
+    pub(super) adam: Adam,
+    epoch: usize,
+    train_x: Array2<f32>,
+    train_y: Vec<usize>,
+    val_x: Array2<f32>,
+    val_y: Vec<usize>,
+    fingerprint: u64,
+    history: Vec<EpochReport>,
+    poisoned: bool,
+}
+
+impl Trainer {
+    /// Starts a run: validates `config`, carves the validation split from `data` (seeded by
+    /// `config.seed`), applies `train_limit`, and initialises the network. Also applies
+    /// [`super::alloc::tune_allocator`] (process-wide, once).
+    pub fn new(config: TrainConfig, data: &Dataset) -> Result<Self, TrainError> {
+        let net =
+            config
+                .arch
+                .build::<f32>(config.seed, config.init_log_sigma2, config.prune_threshold);
+        let sizes: Vec<usize> = net.params().iter().map(|p| p.len()).collect();
+        Self::assemble(config, data, net, Adam::new(&sizes), 0, Vec::new())
+    }
+
+    fn assemble(
+        config: TrainConfig,
+        data: &Dataset,
+        net: Network<f32>,
+        adam: Adam,
+        epoch: usize,
+        history: Vec<EpochReport>,
+    ) -> Result<Self, TrainError> {
+        config.check().map_err(TrainError::Config)?;
+        super::alloc::tune_allocator();
+        let [c, h, w] = net.input_shape;
+        let outputs = net
+            .layers
+            .iter()
+            .rev()
+            .find_map(|l| match l {
+                super::TrainedLayer::Linear { theta, .. } => Some(theta.nrows()),
+                _ => None,
+            })
+            .unwrap_or(0);
+        if data.features() != c * h * w || data.classes > outputs {
+            return Err(TrainError::DataShape {
+                arch: config.arch.to_string(),
+                expected: c * h * w,
+                found: data.features(),
+                classes: data.classes,
+                max_classes: outputs,
+            });
+        }
+        let (train, val) = if config.val_size > 0 {
+            data.split_validation(config.val_size, config.seed)?
+        } else {
+            (data.clone(), data.take(0))
+        };
+        let train = match config.train_limit {
+            Some(n) => train.take(n),
+            None => train,
+        };
+        Ok(Self {
+            fingerprint: data.fingerprint(),
+            train_x: train.to_f32(),
+            train_y: train.labels_usize(),
+            val_x: val.to_f32(),
+            val_y: val.labels_usize(),
+            config,
+            net,
+            adam,
+            epoch,
+            history,
+            poisoned: false,
+        })
+    }
+
+    /// Restores a trainer from the checkpoint in `dir`. `data` must be the same dataset the run
+    /// started with (checked by fingerprint); the split and limit are re-derived from the saved
+    /// configuration.
+    pub fn resume(dir: &Path, data: &Dataset) -> Result<Self, TrainError> {
+        let (header, payload) = checkpoint::read(dir)?;
+        let config = Self::checkpoint_config(dir, &header)?;
+        if header.data_fingerprint != data.fingerprint() {
+            return Err(TrainError::DataMismatch {
+                saved: header.data_fingerprint,
+                current: data.fingerprint(),
+            });
+        }
+        let net = Self::restore_network(dir, &config, &header, &payload.params)?;
+        let sizes: Vec<usize> = header.tensor_sizes.clone();
+        let mut adam = Adam::new(&sizes);
+        adam.step = header.adam_step;
+        adam.m = payload.m;
+        adam.v = payload.v;
+        Self::assemble(config, data, net, adam, header.epoch, header.history)
+    }
+
+    /// Reads only the network from the checkpoint in `dir` (no training data needed), e.g. for
+    /// export or evaluation.
+    pub fn load_network(dir: &Path) -> Result<Network<f32>, TrainError> {
+        let (header, payload) = checkpoint::read(dir)?;
+        let config = Self::checkpoint_config(dir, &header)?;
+        Self::restore_network(dir, &config, &header, &payload.params)
+    }
+
+    fn checkpoint_config(dir: &Path, header: &Header) -> Result<TrainConfig, TrainError> {
+        toml::from_str(&header.config_toml).map_err(|e| {
+            TrainError::Checkpoint(CheckpointError::Corrupt {
+                path: dir.join(checkpoint::CHECKPOINT_FILE),
+                reason: format!("bad configuration: {e}"),
+            })
+        })
+    }
+
+    fn restore_network(
+        dir: &Path,
+        config: &TrainConfig,
+        header: &Header,
+        params: &[Vec<f32>],
+    ) -> Result<Network<f32>, TrainError> {
+        let mut net =
+            config
+                .arch
+                .build::<f32>(config.seed, config.init_log_sigma2, config.prune_threshold);
+        let sizes: Vec<usize> = net.params().iter().map(|p| p.len()).collect();
+        if sizes != header.tensor_sizes {
+            return Err(CheckpointError::Corrupt {
+                path: dir.join(checkpoint::CHECKPOINT_FILE),
+                reason: format!(
+                    "tensor sizes {:?} do not match architecture {}",
+                    header.tensor_sizes, config.arch
+                ),
+            }
+            .into());
+        }
+        for (dst, src) in net.params_mut().into_iter().zip(params) {
+            dst.copy_from_slice(src);
+        }
+        Ok(net)
+    }
+
+    /// Writes the full state into `dir` atomically (see [`super::checkpoint`]) and returns the
+    /// file path. Refuses after a non-finite update, so the last good checkpoint survives.
+    pub fn save_checkpoint(&self, dir: &Path) -> Result<PathBuf, TrainError> {
+        if self.poisoned {
+            return Err(TrainError::Poisoned);
+        }
+        let config_toml = toml::to_string(&self.config)
+            .map_err(|e| TrainError::Config(format!("cannot serialise configuration: {e}")))?;
+        let header = Header {
+            format: 0,
+            config_toml,
+            epoch: self.epoch,
+            adam_step: self.adam.step,
+            data_fingerprint: self.fingerprint,
+            tensor_sizes: Vec::new(),
+            payload_checksum: 0,
+            history: self.history.clone(),
+        };
+        Ok(checkpoint::write(
+            dir,
+            header,
+            &self.net.params(),
+            &self.adam.m,
+            &self.adam.v,
+        )?)
+    }
+
+    /// The configuration of this run.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// The network in its current state.
+    pub fn network(&self) -> &Network<f32> {
+        &self.net
+    }
+
+    /// Consumes the trainer, returning the network.
+    pub fn into_network(self) -> Network<f32> {
+        self.net
+    }
+
+    /// Next epoch to run (= epochs completed).
+    pub fn epoch(&self) -> usize {
+        self.epoch
+    }
+
+    /// True when all configured epochs have run.
+    pub fn is_finished(&self) -> bool {
+        self.epoch >= self.config.epochs
+    }
+
+    /// Reports of the epochs run so far (including those before a resume).
+    pub fn history(&self) -> &[EpochReport] {
+        &self.history
+    }
+
+    /// Number of training examples (after split and limit).
+    pub fn train_len(&self) -> usize {
+        self.train_y.len()
+    }
+
+    /// Number of validation examples.
+    pub fn val_len(&self) -> usize {
+        self.val_y.len()
+    }
+
+    /// Accuracy of the current deterministic pruned network on `data` (e.g. the test set).
+    pub fn evaluate(&self, data: &Dataset) -> f64 {
+        self.net.accuracy(&data.to_f32(), &data.labels_usize())
+    }
+
+    /// Runs every remaining epoch, saving a checkpoint into `checkpoint_dir` (when given) after
+    /// each one. Stops at the first error; a non-finite batch never reaches the checkpoint.
+    pub fn run(
+        &mut self,
+        checkpoint_dir: Option<&Path>,
+        mut on_event: impl FnMut(&TrainEvent),
+    ) -> Result<(), TrainError> {
+        while !self.is_finished() {
+            self.train_epoch(&mut on_event)?;
+            if let Some(dir) = checkpoint_dir {
+                self.save_checkpoint(dir)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one epoch, calling `on_event` after every batch and at the end.
+    pub fn train_epoch(
+        &mut self,
+        on_event: &mut dyn FnMut(&TrainEvent),
+    ) -> Result<EpochReport, TrainError> {
+        if self.poisoned {
+            return Err(TrainError::Poisoned);
+        }
+        if self.is_finished() {
+            return Err(TrainError::Finished(self.config.epochs));
+        }
+        let start = Instant::now();
+        let epoch = self.epoch;
+        let cfg = &self.config;
+        let n = self.train_y.len();
+        let lr = cfg.effective_lr_schedule().lr(cfg.lr, epoch, cfg.epochs);
+        let (ws, we) = cfg.effective_warmup();
+        let rw = cfg.kl_weight_max * kl_weight(epoch, ws, we);
+        let kl_scale = (rw / n as f64) as f32;
+        let seed = cfg.seed;
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut Xoshiro256PlusPlus::seed_from_u64(mix_seed(&[
+            seed,
+            PURPOSE_SHUFFLE,
+            epoch as u64,
+        ])));
+        let batches = n.div_ceil(cfg.batch_size);
+        let mut kl = self.net.kl();
+        let (mut loss_sum, mut ce_sum) = (0.0, 0.0);
+        for (bi, idx) in order.chunks(cfg.batch_size).enumerate() {
+            let (batch_ce, mut grads) = self.shard_gradients(idx, epoch, bi);
+            let ce = batch_ce / idx.len() as f64;
+            if rw > 0.0 {
+                kl = self.net.add_kl_grad(&mut grads, kl_scale);
+            }
+            let loss = ce + rw * kl / n as f64;
+            if !loss.is_finite() {
+                self.poisoned = true;
+                return Err(TrainError::NonFinite { epoch, batch: bi });
+            }
+            if !self.adam.update(&mut self.net.params_mut(), &grads, lr) {
+                self.poisoned = true;
+                return Err(TrainError::NonFinite { epoch, batch: bi });
+            }
+            loss_sum += loss;
+            ce_sum += ce;
+            on_event(&TrainEvent::Batch(BatchReport {
+                epoch,
+                batch: bi,
+                batches,
+                loss,
+                ce,
+                kl,
+                lr,
+                kl_weight: rw,
+            }));
+        }
+        let train_secs = start.elapsed().as_secs_f64();
+        let val_accuracy =
+            (!self.val_y.is_empty()).then(|| self.net.accuracy(&self.val_x, &self.val_y));
+        let sparsity = self.net.sparsity();
+        let report = EpochReport {
+            epoch,
+            epochs: self.config.epochs,
+            loss: loss_sum / batches.max(1) as f64,
+            ce: ce_sum / batches.max(1) as f64,
+            kl: self.net.kl(),
+            val_accuracy,
+            sparsity: sparsity.fraction(),
+            layer_sparsity: sparsity.layers.iter().map(|l| l.fraction()).collect(),
+            lr,
+            kl_weight: rw,
+            examples_per_sec: n as f64 / train_secs.max(1e-9),
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        self.epoch += 1;
+        self.history.push(report.clone());
+        on_event(&TrainEvent::Epoch(report.clone()));
+        Ok(report)
+    }
+
+    /// Forward and backward passes of one mini-batch, split into `config.shards` shards that run
+    /// in parallel. Returns the summed cross-entropy and the CE gradient of the batch mean; shard
+    /// gradients are added in shard order, so the result does not depend on thread scheduling.
+    pub(super) fn shard_gradients(
+        &self,
+        idx: &[usize],
+        epoch: usize,
+        batch: usize,
+    ) -> (f64, Vec<Vec<f32>>) {
+        let seed = self.config.seed;
+        let shard_len = idx.len().div_ceil(self.config.shards).max(1);
+        let parts: Vec<(f64, Vec<Vec<f32>>)> = idx
+            .par_chunks(shard_len)
+            .enumerate()
+            .map(|(si, sidx)| {
+                let x = self.train_x.select(Axis(0), sidx);
+                let labels: Vec<usize> = sidx.iter().map(|&i| self.train_y[i]).collect();
+                let mut noise = |layer: usize, eps: &mut [f32]| {
+                    let words = [
+                        seed,
+                        PURPOSE_NOISE,
+                        epoch as u64,
+                        batch as u64,
+                        si as u64,
+                        layer as u64,
+                    ];
+                    fill_normal(eps, mix_seed(&words));
+                };
+                let (logits, tape) = self.net.forward_train(x, &mut noise);
+                let (ce, dlogits) = softmax_cross_entropy_sum(&logits, &labels, idx.len());
+                (ce, self.net.backward(tape, dlogits))
+            })
+            .collect();
+        let mut parts = parts.into_iter();
+        let (mut ce, mut grads) = parts.next().unwrap_or_default();
+        for (c, g) in parts {
+            ce += c;
+            for (acc, add) in grads.iter_mut().zip(&g) {
+                acc.par_chunks_mut(CHUNK)
+                    .zip(add.par_chunks(CHUNK))
+                    .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+            }
+        }
+        (ce, grads)
+    }
+
+    /// Test hook: overwrites one parameter (to provoke a non-finite update).
+    #[cfg(test)]
+    pub(crate) fn poke_param(&mut self, tensor: usize, index: usize, value: f32) {
+        self.net.params_mut()[tensor][index] = value;
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::train::{Arch, TrainedLayer};
+    use rand::Rng;
+    use std::path::PathBuf;
+
+    fn mnist_dir() -> Option<PathBuf> {
+        [
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/mnist"),
+            PathBuf::from("/work/shared/data/mnist"),
+        ]
+        .into_iter()
+        .find(|d| d.join("train-images-idx3-ubyte.gz").exists())
+    }
+
+    fn mnist(prefix: &str) -> Option<Dataset> {
+        let dir = mnist_dir()?;
+        Some(
+            crate::idx::load_dataset(
+                &dir.join(format!("{prefix}-images-idx3-ubyte.gz")),
+                &dir.join(format!("{prefix}-labels-idx1-ubyte.gz")),
+            )
+            .expect("MNIST loads"),
+        )
+    }
+
+    /// The MNIST training subset, or `None` when the shared data directory is absent.
+    pub(crate) fn mnist_train() -> Option<Dataset> {
+        mnist("train")
+    }
+
+    /// The MNIST test set, or `None` when the shared data directory is absent.
+    pub(crate) fn mnist_test() -> Option<Dataset> {
+        mnist("t10k")
+    }
+
+    /// `n` synthetic 28x28 images of 10 classes: a class-specific 7x7 block pattern plus noise.
+    fn synthetic(n: usize, seed: u64) -> Dataset {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+        let mut pixels = Vec::with_capacity(n * 784);
+        let mut labels = Vec::with_capacity(n);
+        for i in 0..n {
+            let class = i % 10;
+            labels.push(class as u8);
+            for r in 0..28 {
+                for c in 0..28 {
+                    let block = (r / 7) * 4 + c / 7;
+                    let on = (block * 7 + class * 3) % 10 < 4;
+                    let base: f64 = if on { 200.0 } else { 20.0 };
+                    let v = base + rng.random_range(-20.0..20.0);
+                    pixels.push(v.clamp(0.0, 255.0) as u8);
+                }
+            }
+        }
+        Dataset::new(28, 28, pixels, labels, 10).unwrap()
+    }
+
+    fn small_config(arch: Arch, epochs: usize) -> TrainConfig {
+        TrainConfig {
+            epochs,
+            val_size: 50,
+            warmup_start: Some(0.0),
+            warmup_end: Some(1.0),
+            seed: 5,
+            ..TrainConfig::for_arch(arch)
+        }
+    }
+
+    #[test]
+    fn tiny_mnist_run_learns_and_sparsifies() {
+        let Some(data) = mnist_train() else {
+            eprintln!("MNIST not found: skipped");
+            return;
+        };
+        // 500 training images; KL weight 0 in epochs 0-1, 0.5 in epoch 2, 1 from epoch 3.
+        let config = TrainConfig {
+            epochs: 5,
+            val_size: 1000,
+            train_limit: Some(500),
+            warmup_start: Some(1.0),
+            warmup_end: Some(3.0),
+            lr_schedule: Some(crate::train::LrSchedule::Constant),
+            ..TrainConfig::for_arch(Arch::Lenet300)
+        };
+        let mut trainer = Trainer::new(config, &data).unwrap();
+        assert_eq!((trainer.train_len(), trainer.val_len()), (500, 1000));
+        let mut batches = 0;
+        trainer
+            .run(None, |e| {
+                if let TrainEvent::Batch(b) = e {
+                    assert_eq!(b.batches, 5);
+                    batches += 1;
+                }
+            })
+            .unwrap();
+        assert_eq!(batches, 25);
+        let h = trainer.history();
+        for r in h {
+            eprintln!(
+                "epoch {} rw {} loss {:.3} ce {:.3} val {:?} sparsity {:.4}",
+                r.epoch, r.kl_weight, r.loss, r.ce, r.val_accuracy, r.sparsity
+            );
+        }
+        assert_eq!(h[1].kl_weight, 0.0);
+        assert!(h[2].kl_weight > 0.0);
+        let acc = h[4].val_accuracy.unwrap();
+        assert!(acc > 0.5, "validation accuracy {acc}");
+        assert!(
+            h[4].sparsity > h[1].sparsity + 0.03,
+            "sparsity {} before KL, {} after",
+            h[1].sparsity,
+            h[4].sparsity
+        );
+        // The KL term shrinks once it is weighted.
+        assert!(h[4].kl < h[1].kl);
+    }
+
+    #[test]
+    fn same_seed_gives_identical_parameters() {
+        let data = synthetic(300, 1);
+        for arch in [Arch::Lenet300, Arch::Lenet5] {
+            let limit = if arch == Arch::Lenet5 {
+                Some(100)
+            } else {
+                None
+            };
+            let config = TrainConfig {
+                train_limit: limit,
+                ..small_config(arch, 2)
+            };
+            let mut a = Trainer::new(config.clone(), &data).unwrap();
+            a.run(None, |_| {}).unwrap();
+            let mut b = Trainer::new(config.clone(), &data).unwrap();
+            b.run(None, |_| {}).unwrap();
+            assert_eq!(a.network(), b.network(), "{arch}");
+            assert_eq!(a.adam, b.adam);
+            let mut c = Trainer::new(TrainConfig { seed: 6, ..config }, &data).unwrap();
+            c.run(None, |_| {}).unwrap();
+            assert_ne!(a.network(), c.network());
+            // Training moved the parameters and the synthetic task is learnable.
+            assert!(a.history()[1].val_accuracy.unwrap() > 0.3, "{arch}");
+        }
+    }
+
+    #[test]
+    fn resumed_run_matches_uninterrupted_run() {
+        let data = synthetic(300, 2);
+        for arch in [Arch::Lenet300, Arch::Lenet5] {
+            let limit = if arch == Arch::Lenet5 {
+                Some(100)
+            } else {
+                None
+            };
+            let config = TrainConfig {
+                train_limit: limit,
+                ..small_config(arch, 3)
+            };
+            let mut whole = Trainer::new(config.clone(), &data).unwrap();
+            whole.run(None, |_| {}).unwrap();
+
+            let dir = tempfile::tempdir().unwrap();
+            let mut first = Trainer::new(config, &data).unwrap();
+            first.train_epoch(&mut |_| {}).unwrap();
+            let path = first.save_checkpoint(dir.path()).unwrap();
+            assert!(path.exists() && !dir.path().join("trainer.ckpt.tmp").exists());
+            drop(first);
+            let mut resumed = Trainer::resume(dir.path(), &data).unwrap();
+            assert_eq!(resumed.epoch(), 1);
+            resumed.run(Some(dir.path()), |_| {}).unwrap();
+            assert!(resumed.is_finished());
+            assert_eq!(resumed.network(), whole.network(), "{arch}");
+            assert_eq!(resumed.adam, whole.adam);
+            assert_eq!(resumed.history().len(), 3);
+            // The checkpoint written after the last epoch restores the final state too.
+            let again = Trainer::resume(dir.path(), &data).unwrap();
+            assert_eq!(again.network(), whole.network());
+            assert!(matches!(
+                again.clone_config_and_finish(),
+                Err(TrainError::Finished(3))
+            ));
+        }
+    }
+
+    impl Trainer {
+        fn clone_config_and_finish(mut self) -> Result<EpochReport, TrainError> {
+            self.train_epoch(&mut |_| {})
+        }
+    }
+
+    #[test]
+    fn non_finite_update_stops_and_keeps_last_checkpoint() {
+        let data = synthetic(200, 3);
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Trainer::new(small_config(Arch::Lenet300, 3), &data).unwrap();
+        t.train_epoch(&mut |_| {}).unwrap();
+        let path = t.save_checkpoint(dir.path()).unwrap();
+        let saved = std::fs::read(&path).unwrap();
+        t.poke_param(0, 17, f32::NAN);
+        let err = t.train_epoch(&mut |_| {}).unwrap_err();
+        assert!(
+            matches!(err, TrainError::NonFinite { epoch: 1, batch: 0 }),
+            "{err}"
+        );
+        assert!(matches!(
+            t.save_checkpoint(dir.path()),
+            Err(TrainError::Poisoned)
+        ));
+        assert!(matches!(
+            t.train_epoch(&mut |_| {}),
+            Err(TrainError::Poisoned)
+        ));
+        assert_eq!(std::fs::read(&path).unwrap(), saved);
+        let r = Trainer::resume(dir.path(), &data).unwrap();
+        assert_eq!(r.epoch(), 1);
+        assert!(r
+            .network()
+            .params()
+            .iter()
+            .all(|p| p.iter().all(|v| v.is_finite())));
+
+        // An infinite learning rate blows up the parameters on the first update.
+        let mut t = Trainer::new(
+            TrainConfig {
+                lr: 1e38,
+                ..small_config(Arch::Lenet300, 2)
+            },
+            &data,
+        )
+        .unwrap();
+        let err = t.train_epoch(&mut |_| {}).unwrap_err();
+        assert!(
+            matches!(err, TrainError::NonFinite { epoch: 0, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn checkpoint_rejects_corruption_and_other_data() {
+        let data = synthetic(200, 4);
+        let dir = tempfile::tempdir().unwrap();
+        let t = Trainer::new(small_config(Arch::Lenet300, 2), &data).unwrap();
+        let path = t.save_checkpoint(dir.path()).unwrap();
+        let other = synthetic(200, 5);
+        assert!(matches!(
+            Trainer::resume(dir.path(), &other),
+            Err(TrainError::DataMismatch { .. })
+        ));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[n - 3] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            Trainer::resume(dir.path(), &data),
+            Err(TrainError::Checkpoint(CheckpointError::Corrupt { .. }))
+        ));
+        std::fs::write(&path, &bytes[..100]).unwrap();
+        assert!(matches!(
+            Trainer::resume(dir.path(), &data),
+            Err(TrainError::Checkpoint(CheckpointError::Corrupt { .. }))
+        ));
+        assert!(matches!(
+            Trainer::resume(&dir.path().join("nope"), &data),
+            Err(TrainError::Checkpoint(CheckpointError::Io { .. }))
+        ));
+    }
+
+    #[test]
+    fn bad_configurations_and_data_are_typed_errors() {
+        let data = synthetic(100, 6);
+        let err = Trainer::new(TrainConfig::default(), &data).unwrap_err();
+        assert!(
+            matches!(err, TrainError::Data(IdxError::SplitTooLarge { .. })),
+            "{err}"
+        );
+        let err = Trainer::new(
+            TrainConfig {
+                epochs: 0,
+                ..small_config(Arch::Lenet5, 1)
+            },
+            &data,
+        )
+        .unwrap_err();
+        assert!(matches!(err, TrainError::Config(_)), "{err}");
+        let small = Dataset::new(2, 2, vec![0; 40], vec![0; 10], 10).unwrap();
+        let err = Trainer::new(small_config(Arch::Lenet300, 1), &small).unwrap_err();
+        assert!(
+            matches!(err, TrainError::DataShape { found: 4, .. }),
+            "{err}"
+        );
+        // A finished trainer refuses more epochs, and the exported layers have the documented shapes.
+        let mut t = Trainer::new(small_config(Arch::Lenet300, 1), &data).unwrap();
+        t.run(None, |_| {}).unwrap();
+        assert!(matches!(
+            t.train_epoch(&mut |_| {}),
+            Err(TrainError::Finished(1))
+        ));
+        let net = t.into_network();
+        match &net.layers[0] {
+            TrainedLayer::Linear {
+                theta,
+                log_sigma2,
+                bias,
+                relu,
+            } => {
+                assert_eq!(
+                    (theta.dim(), log_sigma2.dim(), bias.len(), *relu),
+                    ((300, 784), (300, 784), 300, true)
+                );
+            }
+            other => panic!("unexpected first layer {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Kernels of linear layers stored by input (compressed sparse columns). Each input's
+//! surviving outgoing weights are applied in one go, so an input that is zero (a blank pixel)
+//! costs one test, not one per weight. Every output still sums its bias first, then its
+//! inputs in ascending order: the same order, hence the same bits, as row-major storage.
+
+use crate::format::Posterior;
+use crate::input::Input;
+use crate::model::{Layer, Weights};
+use rand_xoshiro::Xoshiro128PlusPlus;
+
+use super::activate;
+
+/// The layer's column pointers, row indices and weight records (`None` if stored otherwise).
+fn columns<'a>(layer: &Layer<'a>) -> Option<(&'a [u32], &'a [u16], &'a [f32])> {
+    match layer.weights() {
+        Weights::SparseByInput {
+            col_ptr,
+            rows,
+            values,
+        } => Some((col_ptr, rows, values)),
+        _ => None,
+    }
+}
+
+/// Calls `f(i, rows, records)` for every input `i` that is not known to be zero.
+#[inline(always)]
+fn for_each_input<'a, X: Input + ?Sized>(
+    layer: &Layer<'a>,
+    x: &X,
+    mut f: impl FnMut(f32, &'a [u16], &'a [f32]),
+) {
+    let Some((col_ptr, rows, values)) = columns(layer) else {
+        return;
+    };
+    let words = layer.posterior().words_per_weight();
+    for (i, bounds) in col_ptr.windows(2).enumerate() {
+        let (start, end) = (bounds[0] as usize, bounds[1] as usize);
+        if start == end || x.is_zero(i) {
+            continue;
+        }
+        f(
+            x.value(i),
+            &rows[start..end],
+            &values[start * words..end * words],
+        );
+    }
+}
+
+/// Mean weights, one input: `out[j] = act(bias_j + Σ_i θ_ji x_i)`.
+pub(super) fn forward_mean<X: Input + ?Sized>(layer: &Layer<'_>, x: &X, out: &mut [f32]) {
+    let out = &mut out[..layer.outputs()];
+    out.copy_from_slice(layer.bias());
+    let words = layer.posterior().words_per_weight();
+    for_each_input(layer, x, |xv, rows, values| {
+        for (&r, w) in rows.iter().zip(values.chunks_exact(words)) {
+            if let Some(o) = out.get_mut(r as usize) {
+                *o += xv * w[0];
+            }
+        }
+    });
+    for o in out.iter_mut() {
+        *o = activate(layer.activation(), *o);
+    }
+}
+
+/// Pre-activation mean and standard deviation of every output for a fixed input.
+pub(super) fn forward_moments<X: Input + ?Sized>(
+    layer: &Layer<'_>,
+    x: &X,
+    mean: &mut [f32],
+    std: &mut [f32],
+) {
+    let (mean, var) = (&mut mean[..layer.outputs()], &mut std[..layer.outputs()]);
+    mean.copy_from_slice(layer.bias());
+    var.fill(0.0);
+    let gaussian = layer.posterior() == Posterior::Gaussian;
+    let words = layer.posterior().words_per_weight();
+    for_each_input(layer, x, |xv, rows, values| {
+        let x2 = xv * xv;
+        for (&r, w) in rows.iter().zip(values.chunks_exact(words)) {
+            let r = r as usize;
+            if let (Some(m), Some(v)) = (mean.get(r), var.get(r)) {
+                let (m, v) = (*m + xv * w[0], if gaussian { *v + x2 * w[1] } else { *v });
+                mean[r] = m;
+                var[r] = v;
+            }
+        }
+    });
+    for v in var.iter_mut() {
+        *v = crate::fpu::sqrtf(*v);
+    }
+}
+
+/// A chunk of `s = rngs.len()` samples, unit-major. Pre-activations accumulate in `out`,
+/// variances in `scratch` (`outputs * s` words); then the noise is drawn sample by sample.
+pub(super) fn forward_samples(
+    layer: &Layer<'_>,
+    x: &[f32],
+    rngs: &mut [Xoshiro128PlusPlus],
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let Some((col_ptr, rows, values)) = columns(layer) else {
+        return;
+    };
+    let s = rngs.len();
+    let outputs = layer.outputs();
+    let gaussian = layer.posterior() == Posterior::Gaussian;
+    let words = layer.posterior().words_per_weight();
+    let mean = &mut out[..outputs * s];
+    // Only a Gaussian layer has (and is given scratch for) variances.
+    let var: &mut [f32] = if gaussian {
+        &mut scratch[..outputs * s]
+    } else {
+        &mut []
+    };
+    for (unit, &b) in mean.chunks_exact_mut(s).zip(layer.bias()) {
+        unit.fill(b);
+    }
+    var.fill(0.0);
+    for (i, bounds) in col_ptr.windows(2).enumerate() {
+        let (start, end) = (bounds[0] as usize, bounds[1] as usize);
+        let xs = &x[i * s..(i + 1) * s];
+        for (&r, w) in rows[start..end]
+            .iter()
+            .zip(values[start * words..].chunks_exact(words))
+        {
+            let r = r as usize;
+            for (m, &xv) in mean[r * s..(r + 1) * s].iter_mut().zip(xs) {
+                *m += xv * w[0];
+            }
+            if gaussian {
+                for (v, &xv) in var[r * s..(r + 1) * s].iter_mut().zip(xs) {
+                    *v += xv * xv * w[1];
+                }
+            }
+        }
+    }
+    if gaussian {
+        super::add_noise_and_activate(layer.activation(), mean, var, rngs);
+    } else {
+        for m in mean.iter_mut() {
+            *m = activate(layer.activation(), *m);
+        }
+    }
+}
