@@ -8,7 +8,7 @@ use rand_xoshiro::Xoshiro128PlusPlus;
 
 use crate::error::InferenceError;
 use crate::format::Posterior;
-use crate::input::{Input, NormalizedU8};
+use crate::input::{ByteTable, Input, NormalizedU8};
 use crate::kernels::{forward_mean, forward_moments, forward_samples, sample_from_moments};
 use crate::model::Model;
 use crate::predictive::{Prediction, PredictiveAccumulator};
@@ -37,6 +37,8 @@ pub enum Mode {
 pub struct Engine<'m, 'w, const CHUNK: usize> {
     model: &'m Model<'m>,
     workspace: &'w mut [f32],
+    /// Normalised value of every raw byte, for [`Engine::predict_u8`] (1 KiB).
+    bytes: ByteTable,
 }
 
 impl<'m, 'w, const CHUNK: usize> Engine<'m, 'w, CHUNK> {
@@ -50,7 +52,12 @@ impl<'m, 'w, const CHUNK: usize> Engine<'m, 'w, CHUNK> {
                 provided: workspace.len(),
             });
         }
-        Ok(Self { model, workspace })
+        let (scale, offset) = model.input_normalization();
+        Ok(Self {
+            model,
+            workspace,
+            bytes: ByteTable::new(scale, offset),
+        })
     }
 
     /// The model this engine runs.
@@ -66,7 +73,7 @@ impl<'m, 'w, const CHUNK: usize> Engine<'m, 'w, CHUNK> {
         mode: Mode,
         rng: &mut impl RngCore,
     ) -> Result<Prediction<K>, InferenceError> {
-        self.run(input, mode, rng)
+        run::<_, K, CHUNK>(self.model, self.workspace, input, mode, rng)
     }
 
     /// Predicts from raw 8-bit inputs (e.g. pixels), normalised on the fly with the model's
@@ -77,107 +84,108 @@ impl<'m, 'w, const CHUNK: usize> Engine<'m, 'w, CHUNK> {
         mode: Mode,
         rng: &mut impl RngCore,
     ) -> Result<Prediction<K>, InferenceError> {
-        let (scale, offset) = self.model.input_normalization();
-        self.run(&NormalizedU8::new(raw, scale, offset), mode, rng)
+        let input = NormalizedU8::new(raw, &self.bytes);
+        run::<_, K, CHUNK>(self.model, self.workspace, &input, mode, rng)
+    }
+}
+
+/// One prediction: the body of [`Engine::predict`] and [`Engine::predict_u8`].
+fn run<X: Input + ?Sized, const K: usize, const CHUNK: usize>(
+    model: &Model<'_>,
+    workspace: &mut [f32],
+    x: &X,
+    mode: Mode,
+    rng: &mut impl RngCore,
+) -> Result<Prediction<K>, InferenceError> {
+    let classes = model.num_classes();
+    if x.len() != model.input_len() {
+        return Err(InferenceError::InputLength {
+            expected: model.input_len(),
+            found: x.len(),
+        });
+    }
+    if classes > K {
+        return Err(InferenceError::ClassCapacity {
+            classes,
+            capacity: K,
+        });
+    }
+    if !x.all_finite() {
+        return Err(InferenceError::NonFiniteInput);
+    }
+    let layers = model.layers();
+    let width = model.max_width();
+    let (stats, rest) = workspace.split_at_mut(2 * width);
+    let (stat_mean, stat_std) = stats.split_at_mut(width);
+    let (buf_a, rest) = rest.split_at_mut(width * CHUNK);
+    let (buf_b, scratch) = rest.split_at_mut(width * CHUNK);
+    let mut acc = PredictiveAccumulator::<K>::new(classes);
+
+    // The prefix of deterministic layers (all of them in MeanWeights mode) runs once.
+    let stochastic_from = match mode {
+        Mode::MeanWeights => None,
+        Mode::MonteCarlo { .. } => layers
+            .iter()
+            .position(|l| l.posterior() == Posterior::Gaussian),
+    };
+    let prefix_end = stochastic_from.unwrap_or(layers.len());
+    let (mut cur, mut next) = (buf_a, buf_b);
+    if prefix_end > 0 {
+        forward_mean(&layers[0], x, cur);
+        for layer in &layers[1..prefix_end] {
+            forward_mean(layer, &cur[..layer.inputs()], next);
+            core::mem::swap(&mut cur, &mut next);
+        }
+    }
+    let (Some(first), Mode::MonteCarlo { samples }) = (stochastic_from, mode) else {
+        // Mean weights, or a model without any Gaussian layer: every sample is identical.
+        if !acc.add_logits(&cur[..classes]) {
+            return Err(InferenceError::NonFiniteLogits);
+        }
+        return Ok(acc.finish());
+    };
+
+    // The first Gaussian layer sees a deterministic input: its pre-activation moments are
+    // computed once and only the noise is drawn per sample.
+    let stochastic = &layers[first];
+    let units = stochastic.outputs();
+    if first == 0 {
+        forward_moments(stochastic, x, stat_mean, stat_std);
+    } else {
+        forward_moments(stochastic, &cur[..stochastic.inputs()], stat_mean, stat_std);
     }
 
-    fn run<X: Input + ?Sized, const K: usize>(
-        &mut self,
-        x: &X,
-        mode: Mode,
-        rng: &mut impl RngCore,
-    ) -> Result<Prediction<K>, InferenceError> {
-        let model = self.model;
-        let classes = model.num_classes();
-        if x.len() != model.input_len() {
-            return Err(InferenceError::InputLength {
-                expected: model.input_len(),
-                found: x.len(),
-            });
+    let total = samples.get() as usize;
+    let mut rngs: [Xoshiro128PlusPlus; CHUNK] =
+        core::array::from_fn(|_| Xoshiro128PlusPlus::from_seed([0x5a; 16]));
+    let mut done = 0;
+    while done < total {
+        let s = CHUNK.min(total - done);
+        let rngs = &mut rngs[..s];
+        for r in rngs.iter_mut() {
+            *r = Xoshiro128PlusPlus::seed_from_u64(rng.next_u64());
         }
-        if classes > K {
-            return Err(InferenceError::ClassCapacity {
-                classes,
-                capacity: K,
-            });
+        sample_from_moments(
+            stochastic,
+            &stat_mean[..units],
+            &stat_std[..units],
+            rngs,
+            &mut cur[..units * s],
+        );
+        for layer in &layers[first + 1..] {
+            forward_samples::<CHUNK>(layer, &cur[..layer.inputs() * s], rngs, next, scratch);
+            core::mem::swap(&mut cur, &mut next);
         }
-        if !x.all_finite() {
-            return Err(InferenceError::NonFiniteInput);
-        }
-        let layers = model.layers();
-        let width = model.max_width();
-        let (stats, rest) = self.workspace.split_at_mut(2 * width);
-        let (stat_mean, stat_std) = stats.split_at_mut(width);
-        let (buf_a, rest) = rest.split_at_mut(width * CHUNK);
-        let (buf_b, scratch) = rest.split_at_mut(width * CHUNK);
-        let mut acc = PredictiveAccumulator::<K>::new(classes);
-
-        // The prefix of deterministic layers (all of them in MeanWeights mode) runs once.
-        let stochastic_from = match mode {
-            Mode::MeanWeights => None,
-            Mode::MonteCarlo { .. } => layers
-                .iter()
-                .position(|l| l.posterior() == Posterior::Gaussian),
-        };
-        let prefix_end = stochastic_from.unwrap_or(layers.len());
-        let (mut cur, mut next) = (buf_a, buf_b);
-        if prefix_end > 0 {
-            forward_mean(&layers[0], x, cur);
-            for layer in &layers[1..prefix_end] {
-                forward_mean(layer, &cur[..layer.inputs()], next);
-                core::mem::swap(&mut cur, &mut next);
+        let mut logits = [0.0f32; K];
+        for m in 0..s {
+            for (k, z) in logits[..classes].iter_mut().enumerate() {
+                *z = cur[k * s + m];
             }
-        }
-        let (Some(first), Mode::MonteCarlo { samples }) = (stochastic_from, mode) else {
-            // Mean weights, or a model without any Gaussian layer: every sample is identical.
-            if !acc.add_logits(&cur[..classes]) {
+            if !acc.add_logits(&logits[..classes]) {
                 return Err(InferenceError::NonFiniteLogits);
             }
-            return Ok(acc.finish());
-        };
-
-        // The first Gaussian layer sees a deterministic input: its pre-activation moments are
-        // computed once and only the noise is drawn per sample.
-        let stochastic = &layers[first];
-        let units = stochastic.outputs();
-        if first == 0 {
-            forward_moments(stochastic, x, stat_mean, stat_std);
-        } else {
-            forward_moments(stochastic, &cur[..stochastic.inputs()], stat_mean, stat_std);
         }
-
-        let total = samples.get() as usize;
-        let mut rngs: [Xoshiro128PlusPlus; CHUNK] =
-            core::array::from_fn(|_| Xoshiro128PlusPlus::from_seed([0x5a; 16]));
-        let mut done = 0;
-        while done < total {
-            let s = CHUNK.min(total - done);
-            let rngs = &mut rngs[..s];
-            for r in rngs.iter_mut() {
-                *r = Xoshiro128PlusPlus::seed_from_u64(rng.next_u64());
-            }
-            sample_from_moments(
-                stochastic,
-                &stat_mean[..units],
-                &stat_std[..units],
-                rngs,
-                &mut cur[..units * s],
-            );
-            for layer in &layers[first + 1..] {
-                forward_samples::<CHUNK>(layer, &cur[..layer.inputs() * s], rngs, next, scratch);
-                core::mem::swap(&mut cur, &mut next);
-            }
-            let mut logits = [0.0f32; K];
-            for m in 0..s {
-                for (k, z) in logits[..classes].iter_mut().enumerate() {
-                    *z = cur[k * s + m];
-                }
-                if !acc.add_logits(&logits[..classes]) {
-                    return Err(InferenceError::NonFiniteLogits);
-                }
-            }
-            done += s;
-        }
-        Ok(acc.finish())
+        done += s;
     }
+    Ok(acc.finish())
 }

@@ -15,6 +15,12 @@ pub(crate) trait Input {
     fn is_zero(&self, _index: usize) -> bool {
         false
     }
+    /// The raw bytes, when zero bytes are exactly zero values: kernels may then walk the bytes
+    /// directly and skip the zeros without calling [`Input::is_zero`] per index.
+    #[inline(always)]
+    fn zero_skippable_bytes(&self) -> Option<&[u8]> {
+        None
+    }
 }
 
 impl Input for [f32] {
@@ -31,25 +37,41 @@ impl Input for [f32] {
 }
 
 /// 8-bit raw values `p`, read as `p * scale + offset` (the model's input normalisation)
-/// through a 256-entry table built once per inference (1 KiB of stack): one load per read
-/// instead of a conversion, a multiply and an add, with bit-identical values.
+/// through a 256-entry table built once per engine (1 KiB): one load per read instead of a
+/// conversion, a multiply and an add, with bit-identical values.
 pub(crate) struct NormalizedU8<'a> {
     raw: &'a [u8],
-    table: [f32; 256],
-    /// Raw 0 normalises to exactly 0 (offset 0), so zero bytes contribute nothing.
-    zero_is_zero: bool,
+    table: &'a ByteTable,
 }
 
 impl<'a> NormalizedU8<'a> {
-    pub(crate) fn new(raw: &'a [u8], scale: f32, offset: f32) -> Self {
-        let mut table = [0.0f32; 256];
-        for (p, t) in table.iter_mut().enumerate() {
-            *t = p as f32 * scale + offset;
+    pub(crate) fn new(raw: &'a [u8], table: &'a ByteTable) -> Self {
+        Self { raw, table }
+    }
+}
+
+/// The normalised value of each of the 256 raw byte values, built once per engine.
+#[derive(Clone, Debug)]
+pub(crate) struct ByteTable {
+    values: [f32; 256],
+    /// Raw 0 normalises to exactly 0 (offset 0), so zero bytes contribute nothing.
+    zero_is_zero: bool,
+    /// Every entry is finite.
+    finite: bool,
+}
+
+impl ByteTable {
+    pub(crate) fn new(scale: f32, offset: f32) -> Self {
+        let mut values = [0.0f32; 256];
+        let mut finite = true;
+        for (p, v) in values.iter_mut().enumerate() {
+            *v = p as f32 * scale + offset;
+            finite &= v.is_finite();
         }
         Self {
-            raw,
-            zero_is_zero: table[0] == 0.0,
-            table,
+            zero_is_zero: values[0] == 0.0,
+            finite,
+            values,
         }
     }
 }
@@ -60,15 +82,19 @@ impl Input for NormalizedU8<'_> {
     }
     #[inline(always)]
     fn value(&self, index: usize) -> f32 {
-        self.table[self.raw[index] as usize]
+        self.table.values[self.raw[index] as usize]
     }
     fn all_finite(&self) -> bool {
-        // Validated models map all 256 raw values to finite ones; checked again here because
-        // the table is cheap to scan and this keeps the type sound on its own.
-        self.table.iter().all(|v| v.is_finite())
+        // Validated models map all 256 raw values to finite ones; the table records it anyway,
+        // so the type stays sound on its own.
+        self.table.finite
     }
     #[inline(always)]
     fn is_zero(&self, index: usize) -> bool {
-        self.zero_is_zero && self.raw[index] == 0
+        self.table.zero_is_zero && self.raw[index] == 0
+    }
+    #[inline(always)]
+    fn zero_skippable_bytes(&self) -> Option<&[u8]> {
+        self.table.zero_is_zero.then_some(self.raw)
     }
 }

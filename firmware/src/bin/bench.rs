@@ -1,6 +1,7 @@
 //! Benchmark harness: instructions per inference (SysTick under QEMU `-icount shift=0`, GUIDE
-//! section 4: these are instruction counts, not cycles), flash and RAM, for seeded synthetic
-//! LeNet-300-100-shaped models stored sparse (3% of weights) and dense.
+//! section 4: these are instruction counts, not cycles), flash and RAM, for the shipped trained
+//! LeNet-300-100 and for seeded synthetic models of the same 784-300-100-10 shape stored sparse
+//! (3% of weights) and dense.
 #![no_std]
 #![no_main]
 
@@ -14,7 +15,7 @@ use tinybayes_firmware::assets;
 use tinybayes_firmware::clock::Clock;
 #[cfg(feature = "qemu")]
 use tinybayes_firmware::generated::BENCH_DENSE;
-use tinybayes_firmware::generated::{BENCH_DENSE_WORKSPACE_WORDS, BENCH_SPARSE};
+use tinybayes_firmware::generated::{BENCH_DENSE_WORKSPACE_WORDS, BENCH_SPARSE, DEMO_MODEL};
 use tinybayes_firmware::platform::{self, Board};
 use tinybayes_firmware::stack::StackProbe;
 
@@ -42,7 +43,7 @@ fn measure<const CHUNK: usize>(
         Mode::MonteCarlo { samples } => ("Monte Carlo", samples.get()),
     };
     defmt::info!(
-        "{=str} model, {=str}, M = {=u16}, {=usize} samples per pass: {=u64} {=str}; RAM {=usize} B workspace + {=usize} B stack (class {=usize})",
+        "{=str} model, {=str}, M = {=u16}, {=usize} samples per pass: {=u64} {=str}; RAM {=usize} B workspace + {=usize} B engine + {=usize} B stack (class {=usize})",
         name,
         label,
         samples,
@@ -50,6 +51,7 @@ fn measure<const CHUNK: usize>(
         cost,
         unit(&board.clock),
         model.workspace_bytes(CHUNK),
+        core::mem::size_of::<Engine<'_, '_, CHUNK>>(),
         stack,
         p.class
     );
@@ -97,6 +99,7 @@ fn bench_model(board: &mut Board, name: &str, bytes: &'static [u8]) -> Result<()
     };
     measure::<1>(board, name, &model, Mode::MeanWeights, &mut workspace)?;
     measure::<8>(board, name, &model, m8, &mut workspace)?;
+    measure::<4>(board, name, &model, m32, &mut workspace)?;
     measure::<8>(board, name, &model, m32, &mut workspace)?;
     measure::<32>(board, name, &model, m32, &mut workspace)?;
     Ok(())
@@ -111,9 +114,16 @@ fn main() -> ! {
     );
     // The dense Gaussian model takes 2.1 MB: it fits the 4 MB of mps2-an386, not a 1 MB board.
     #[cfg(feature = "qemu")]
-    let models = [("sparse", BENCH_SPARSE), ("dense", BENCH_DENSE)];
+    let models = [
+        ("LeNet-300-100 (trained, models/lenet300.tbm)", DEMO_MODEL),
+        ("synthetic sparse", BENCH_SPARSE),
+        ("synthetic dense", BENCH_DENSE),
+    ];
     #[cfg(not(feature = "qemu"))]
-    let models = [("sparse", BENCH_SPARSE)];
+    let models = [
+        ("LeNet-300-100 (trained, models/lenet300.tbm)", DEMO_MODEL),
+        ("synthetic sparse", BENCH_SPARSE),
+    ];
     for (name, bytes) in models {
         if let Err(e) = bench_model(&mut board, name, bytes) {
             defmt::error!("{=str}: {}", name, e);
