@@ -62,6 +62,7 @@ fn timed_mnist_run() {
             );
         }
     };
+    let first = trainer.epoch();
     for _ in 0..run {
         if trainer.is_finished() {
             break;
@@ -72,6 +73,7 @@ fn timed_mnist_run() {
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    let run = trainer.epoch() - first;
     let acc = trainer.evaluate(&test);
     let sp = trainer.network().sparsity();
     eprintln!(

@@ -11,6 +11,16 @@ pub const WARMUP_REFERENCE_EPOCHS: usize = 40;
 /// Everything that defines a training run. Missing TOML fields take the defaults listed on each
 /// field (the paper's recipe).
 ///
+/// Recipes measured on the 24,000-image MNIST subset (2,000 held out for validation, so
+/// `N = 22,000`), on a 2-core machine shared with other work:
+///
+/// - LeNet-300-100: `epochs = 200`, `kl_weight_max = 0.367` (= N / 60,000, the paper's balance
+///   of data and KL): test error 2.30 %, 98.0 % of weights pruned (98.3 / 97.3 / 65.0 % per
+///   layer), about 10 minutes. With the plain ELBO (`kl_weight_max = 1`) the network prunes
+///   more (98.9 %) but underfits: 2.88 % test error.
+/// - LeNet-5-Caffe: `epochs = 150` fits in about 45 minutes at 15-20 s per epoch (set
+///   `MATMUL_NUM_THREADS=1`, see [`super::trainer`]).
+///
 /// ```
 /// use tinybayes_host::train::TrainConfig;
 /// let c: TrainConfig = toml::from_str("arch = \"lenet5\"\nepochs = 30").unwrap();
@@ -54,6 +64,9 @@ pub struct TrainConfig {
     /// parallel (default 2, one per core of a small machine). Results are reproducible for a
     /// fixed value; changing it changes the noise draws and the summation order.
     pub shards: usize,
+    /// Shift every training image by up to this many pixels along each axis, drawn anew per
+    /// example and epoch (default 0: no augmentation).
+    pub augment_shift: usize,
 }
 
 impl Default for TrainConfig {
@@ -73,6 +86,7 @@ impl Default for TrainConfig {
             init_log_sigma2: -10.0,
             train_limit: None,
             shards: 2,
+            augment_shift: 0,
         }
     }
 }

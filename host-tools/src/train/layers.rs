@@ -189,6 +189,24 @@ fn vd_backward<T: Real>(
     )
 }
 
+/// `a` in row-major layout (a matrix product of two column-major operands comes out
+/// column-major; reshaping needs row-major).
+fn standard<T: Real>(a: Array2<T>) -> Array2<T> {
+    if a.is_standard_layout() {
+        a
+    } else {
+        a.as_standard_layout().into_owned()
+    }
+}
+
+fn standard4<T: Real>(a: Array4<T>) -> Array4<T> {
+    if a.is_standard_layout() {
+        a
+    } else {
+        a.as_standard_layout().into_owned()
+    }
+}
+
 fn into_vec<T: Real>(a: Array2<T>) -> Vec<T> {
     if a.is_standard_layout() {
         a.into_raw_vec_and_offset().0
@@ -270,9 +288,9 @@ pub(crate) fn conv_forward<T: Real>(
         false,
     );
     let o = out.nrows();
-    let out = out
+    let out = standard(out)
         .into_shape_with_order((o, b, valid_out(h, kh), valid_out(w, kw)))
-        .unwrap_or_else(|_| unreachable!("GEMM output is standard layout"));
+        .unwrap_or_else(|_| unreachable!("standard layout"));
     (out, ConvCache { vd, input_dim })
 }
 
@@ -285,9 +303,9 @@ pub(crate) fn conv_backward<T: Real>(
     need_dx: bool,
 ) -> (VdGrads<T>, Option<Array4<T>>) {
     let (o, b, ho, wo) = g.dim();
-    let g = g
+    let g = standard4(g)
         .into_shape_with_order((o, b * ho * wo))
-        .unwrap_or_else(|_| unreachable!("gradients are standard layout"));
+        .unwrap_or_else(|_| unreachable!("standard layout"));
     let (_, _, kh, kw) = theta.dim();
     let input_dim = cache.input_dim;
     let (grads, dcol) = vd_backward(kernel_matrix(theta), cache.vd, g, need_dx, false);
@@ -328,8 +346,9 @@ pub(crate) fn conv_eval<T: Real>(
         y.par_mapv_inplace(|v| if v < T::zero() { T::zero() } else { v });
     }
     let o = y.nrows();
-    y.into_shape_with_order((o, b, valid_out(h, kh), valid_out(wd, kw)))
-        .unwrap_or_else(|_| unreachable!("GEMM output is standard layout"))
+    standard(y)
+        .into_shape_with_order((o, b, valid_out(h, kh), valid_out(wd, kw)))
+        .unwrap_or_else(|_| unreachable!("standard layout"))
 }
 
 /// 2x2 max-pooling with stride 2 on CBHW (odd trailing rows/columns are dropped). Returns the
@@ -418,7 +437,7 @@ pub(crate) fn flatten_backward<T: Real>(
     g: Array2<T>,
     (c, b, h, w): (usize, usize, usize, usize),
 ) -> Array4<T> {
-    let g = g
+    let g = standard(g)
         .into_shape_with_order((b, c, h, w))
         .unwrap_or_else(|_| unreachable!("standard layout"));
     g.permuted_axes([1, 0, 2, 3])

@@ -31,6 +31,7 @@
 
 pub mod alloc;
 pub mod arch;
+pub mod augment;
 pub mod checkpoint;
 pub mod config;
 pub mod fastmath;

@@ -40,6 +40,7 @@ use crate::idx::{Dataset, IdxError};
 
 const PURPOSE_SHUFFLE: u64 = 1;
 const PURPOSE_NOISE: u64 = 2;
+const PURPOSE_AUGMENT: u64 = 3;
 
 /// Why training stopped or could not start.
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +155,6 @@ pub enum TrainEvent {
 }
 
 /// Sparse variational dropout trainer.
-#[derive(Debug)]
 pub struct Trainer {
     config: TrainConfig,
     pub(super) net: Network<f32>,
@@ -167,6 +167,19 @@ pub struct Trainer {
     fingerprint: u64,
     history: Vec<EpochReport>,
     poisoned: bool,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("config", &self.config)
+            .field("epoch", &self.epoch)
+            .field("train_len", &self.train_len())
+            .field("val_len", &self.val_len())
+            .field("adam_step", &self.adam.step)
+            .field("poisoned", &self.poisoned)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Trainer {
@@ -484,7 +497,13 @@ impl Trainer {
             .par_chunks(shard_len)
             .enumerate()
             .map(|(si, sidx)| {
-                let x = self.train_x.select(Axis(0), sidx);
+                let mut x = self.train_x.select(Axis(0), sidx);
+                if self.config.augment_shift > 0 {
+                    let words = [seed, PURPOSE_AUGMENT, epoch as u64, batch as u64, si as u64];
+                    let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix_seed(&words));
+                    let shape = self.config.arch.input_shape();
+                    super::augment::shift_batch(&mut x, shape, self.config.augment_shift, &mut rng);
+                }
                 let labels: Vec<usize> = sidx.iter().map(|&i| self.train_y[i]).collect();
                 let mut noise = |layer: usize, eps: &mut [f32]| {
                     let words = [
