@@ -550,19 +550,8 @@ fn parse_layer<'a>(
             values: cast(bytes, at, dense * words * 4, layer)?,
         },
         (LayerKind::SparseLinear, _) => {
-            let row_ptr: &[u32] = cast(bytes, at, (outputs + 1) * 4, layer)?;
-            at += (outputs + 1) * 4;
-            let cols: &[u16] = cast(bytes, at, nnz * 2, layer)?;
-            let padded = (nnz * 2).next_multiple_of(ALIGNMENT);
-            if !is_zero(&bytes[at + nnz * 2..at + padded]) {
-                return Err(ModelError::ReservedNotZero {
-                    offset: at + nnz * 2,
-                });
-            }
-            at += padded;
-            let values: &[f32] = cast(bytes, at, nnz * words * 4, layer)?;
-            check_rows(row_ptr, nnz, layer)?;
-            check_sparse_columns(row_ptr, cols, |c| (c as usize) < inputs, layer)?;
+            let (row_ptr, cols, values) =
+                compressed(bytes, at, outputs, inputs, nnz, words, layer)?;
             Weights::Sparse {
                 row_ptr,
                 cols,
@@ -570,19 +559,8 @@ fn parse_layer<'a>(
             }
         }
         (LayerKind::SparseLinearByInput, _) => {
-            let col_ptr: &[u32] = cast(bytes, at, (inputs + 1) * 4, layer)?;
-            at += (inputs + 1) * 4;
-            let rows: &[u16] = cast(bytes, at, nnz * 2, layer)?;
-            let padded = (nnz * 2).next_multiple_of(ALIGNMENT);
-            if !is_zero(&bytes[at + nnz * 2..at + padded]) {
-                return Err(ModelError::ReservedNotZero {
-                    offset: at + nnz * 2,
-                });
-            }
-            at += padded;
-            let values: &[f32] = cast(bytes, at, nnz * words * 4, layer)?;
-            check_rows(col_ptr, nnz, layer)?;
-            check_sparse_columns(col_ptr, rows, |r| (r as usize) < outputs, layer)?;
+            let (col_ptr, rows, values) =
+                compressed(bytes, at, inputs, outputs, nnz, words, layer)?;
             Weights::SparseByInput {
                 col_ptr,
                 rows,
@@ -632,6 +610,37 @@ fn parse_layer<'a>(
         weights,
     };
     Ok((layer, out_shape))
+}
+
+/// Pointers, indices and weight records of a compressed sparse payload.
+type Compressed<'a> = (&'a [u32], &'a [u16], &'a [f32]);
+
+/// Parses a compressed sparse payload after the bias: `lines + 1` pointers, `nnz` u16
+/// indices (each below `index_limit`, strictly increasing within a line) zero-padded to 4 bytes,
+/// then `nnz` weight records of `words` f32. Rows by output and columns by input share it.
+fn compressed(
+    bytes: &[u8],
+    mut at: usize,
+    lines: usize,
+    index_limit: usize,
+    nnz: usize,
+    words: usize,
+    layer: usize,
+) -> Result<Compressed<'_>, ModelError> {
+    let pointers: &[u32] = cast(bytes, at, (lines + 1) * 4, layer)?;
+    at += (lines + 1) * 4;
+    let indices: &[u16] = cast(bytes, at, nnz * 2, layer)?;
+    let padded = (nnz * 2).next_multiple_of(ALIGNMENT);
+    if !is_zero(&bytes[at + nnz * 2..at + padded]) {
+        return Err(ModelError::ReservedNotZero {
+            offset: at + nnz * 2,
+        });
+    }
+    at += padded;
+    let values: &[f32] = cast(bytes, at, nnz * words * 4, layer)?;
+    check_rows(pointers, nnz, layer)?;
+    check_sparse_columns(pointers, indices, |c| (c as usize) < index_limit, layer)?;
+    Ok((pointers, indices, values))
 }
 
 /// Geometry of a window operation over an input shape; `None` if the window does not fit,

@@ -436,45 +436,43 @@ fn write_records(out: &mut Vec<u8>, l: &LayerSpec, indices: impl Iterator<Item =
 
 /// Appends column pointers, padded row indices and weight records (by input); returns nnz.
 fn write_by_input(out: &mut Vec<u8>, l: &LayerSpec) -> Result<usize, WriteError> {
-    let mut col_ptr = Vec::with_capacity(l.inputs + 1);
-    let mut kept = Vec::new();
-    col_ptr.push(0u32);
-    for i in 0..l.inputs {
-        kept.extend(
-            (0..l.outputs)
-                .map(|j| j * l.inputs + i)
-                .filter(|&k| l.is_stored(k)),
-        );
-        col_ptr.push(to_u32(kept.len(), "weight count")?);
-    }
-    for p in &col_ptr {
-        out.extend_from_slice(&p.to_le_bytes());
-    }
-    for &k in &kept {
-        out.extend_from_slice(&to_u16(k / l.inputs, "layer outputs")?.to_le_bytes());
-    }
-    out.resize(out.len().next_multiple_of(format::ALIGNMENT), 0);
-    write_records(out, l, kept.iter().copied());
-    Ok(kept.len())
+    let columns = (0..l.inputs).map(|i| (0..l.outputs).map(move |j| (j * l.inputs + i, j)));
+    write_compressed(out, l, columns, "layer outputs")
 }
 
 /// Appends row pointers, padded column indices and weight records; returns nnz.
 fn write_sparse(out: &mut Vec<u8>, l: &LayerSpec) -> Result<usize, WriteError> {
-    let mut row_ptr = Vec::with_capacity(l.outputs + 1);
+    let rows = (0..l.outputs).map(|j| (0..l.inputs).map(move |i| (j * l.inputs + i, i)));
+    write_compressed(out, l, rows, "layer inputs")
+}
+
+/// Appends a compressed sparse payload (after the bias): pointers, u16 indices padded to 4
+/// bytes, weight records. `lines` yields, per row or column, `(flat weight index, stored index)`
+/// pairs in order; only stored weights are kept. Returns nnz.
+fn write_compressed<L, I>(
+    out: &mut Vec<u8>,
+    l: &LayerSpec,
+    lines: L,
+    what: &'static str,
+) -> Result<usize, WriteError>
+where
+    L: Iterator<Item = I>,
+    I: Iterator<Item = (usize, usize)>,
+{
+    let mut pointers = vec![0u32];
     let mut kept = Vec::new();
-    row_ptr.push(0u32);
-    for j in 0..l.outputs {
-        kept.extend((j * l.inputs..(j + 1) * l.inputs).filter(|&i| l.is_stored(i)));
-        row_ptr.push(to_u32(kept.len(), "weight count")?);
+    for line in lines {
+        kept.extend(line.filter(|&(k, _)| l.is_stored(k)));
+        pointers.push(to_u32(kept.len(), "weight count")?);
     }
-    for p in &row_ptr {
+    for p in &pointers {
         out.extend_from_slice(&p.to_le_bytes());
     }
-    for &i in &kept {
-        out.extend_from_slice(&to_u16(i % l.inputs, "layer inputs")?.to_le_bytes());
+    for &(_, index) in &kept {
+        out.extend_from_slice(&to_u16(index, what)?.to_le_bytes());
     }
     out.resize(out.len().next_multiple_of(format::ALIGNMENT), 0);
-    write_records(out, l, kept.iter().copied());
+    write_records(out, l, kept.iter().map(|&(k, _)| k));
     Ok(kept.len())
 }
 

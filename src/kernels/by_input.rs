@@ -176,11 +176,5 @@ pub(super) fn forward_samples(
             }
         }
     }
-    if gaussian {
-        super::add_noise_and_activate(layer.activation(), mean, var, rngs);
-    } else {
-        for m in mean.iter_mut() {
-            *m = activate(layer.activation(), *m);
-        }
-    }
+    super::finish_chunk(layer, mean, var, rngs);
 }

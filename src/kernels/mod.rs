@@ -150,6 +150,23 @@ fn relu_if<const RELU: bool>(v: f32) -> f32 {
     }
 }
 
+/// Finishes a chunk of pre-activations: with Gaussian weights adds the noise (see
+/// [`add_noise_and_activate`]), otherwise only applies the activation.
+pub(crate) fn finish_chunk(
+    layer: &Layer<'_>,
+    pre: &mut [f32],
+    var: &[f32],
+    rngs: &mut [Xoshiro128PlusPlus],
+) {
+    if layer.posterior() == Posterior::Gaussian {
+        add_noise_and_activate(layer.activation(), pre, var, rngs);
+    } else {
+        for p in pre.iter_mut() {
+            *p = activate(layer.activation(), *p);
+        }
+    }
+}
+
 /// Adds `sqrt(var) * eps` to every pre-activation of a chunk and applies the activation:
 /// `pre[j * s + m] = act(pre[j * s + m] + sqrt(var[j * s + m]) * eps)`, sample-major (each
 /// sample's generator stays in registers; its units draw in ascending order).
