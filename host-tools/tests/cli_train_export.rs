@@ -19,9 +19,17 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-/// The shared MNIST directory, beside the repository.
+/// The shared MNIST directory: beside the checkout (as in CI), else the workplace's copy.
 fn mnist() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/mnist")
+    let candidates = [
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/mnist"),
+        PathBuf::from("/work/shared/data/mnist"),
+    ];
+    candidates
+        .iter()
+        .find(|d| d.join("train-images-idx3-ubyte.gz").is_file())
+        .cloned()
+        .unwrap_or_else(|| panic!("MNIST not found in any of {candidates:?}"))
 }
 
 fn stderr(out: &Output) -> String {
