@@ -158,6 +158,22 @@ impl<'a> Layer<'a> {
             Operation::MaxPool(_) => 0,
         }
     }
+    /// Bytes of the layer's payload in the model file (as `format` defines it per kind).
+    pub fn payload_bytes(&self) -> usize {
+        match self.operation {
+            Operation::Linear => payload_len(
+                self.storage(),
+                self.posterior,
+                self.inputs,
+                self.outputs,
+                self.nnz(),
+            ),
+            Operation::Conv2d(g) => conv_payload_len(self.posterior, g.output[0], self.nnz()),
+            Operation::MaxPool(_) => Some(0),
+        }
+        // A validated layer's payload fits in the file, so the sum cannot overflow.
+        .unwrap_or(0)
+    }
     /// Multiply-accumulates of one mean-weights pass over the stored weights.
     pub fn macs(&self) -> usize {
         match self.operation {

@@ -27,25 +27,6 @@ pub struct LayerReport {
     pub flash_bytes: usize,
 }
 
-/// Bytes of a layer's payload in the file.
-fn layer_payload_bytes(l: &tinybayes::Layer<'_>) -> usize {
-    use tinybayes::model::Operation;
-    match l.operation() {
-        Operation::Linear => tinybayes::format::payload_len(
-            l.storage(),
-            l.posterior(),
-            l.inputs(),
-            l.outputs(),
-            l.nnz(),
-        ),
-        Operation::Conv2d(g) => {
-            tinybayes::format::conv_payload_len(l.posterior(), g.output[0], l.nnz())
-        }
-        Operation::MaxPool(_) => Some(0),
-    }
-    .unwrap_or(0)
-}
-
 /// The whole report.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct ModelReport {
@@ -98,7 +79,7 @@ impl ModelReport {
                     } else {
                         0.0
                     },
-                    flash_bytes: layer_payload_bytes(l),
+                    flash_bytes: l.payload_bytes(),
                 }
             })
             .collect();

@@ -119,10 +119,11 @@ pub(super) fn forward_moments<X: Input + ?Sized>(
         let x2 = xv * xv;
         for (&r, w) in rows.iter().zip(values.chunks_exact(words)) {
             let r = r as usize;
-            if let (Some(m), Some(v)) = (mean.get(r), var.get(r)) {
-                let (m, v) = (*m + xv * w[0], if gaussian { *v + x2 * w[1] } else { *v });
-                mean[r] = m;
-                var[r] = v;
+            if let (Some(m), Some(v)) = (mean.get_mut(r), var.get_mut(r)) {
+                *m += xv * w[0];
+                if gaussian {
+                    *v += x2 * w[1];
+                }
             }
         }
     });
