@@ -108,5 +108,90 @@ fn main() {
 
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     fs::write(out.join("ziggurat_tables.rs"), src).expect("write ziggurat tables");
+    fs::write(out.join("fixed_tables.rs"), fixed_tables()).expect("write fixed-point tables");
     println!("cargo::rerun-if-changed=build.rs");
+}
+
+/// Entries of the fixed-point normal quantile table (a power of two: 10 random bits each).
+const NORMAL_LEVELS: usize = 1024;
+/// Fractional bits of the fixed-point normal draws.
+const NORMAL_FRAC_BITS: u32 = 12;
+
+/// Standard normal CDF.
+fn normal_cdf(x: f64) -> f64 {
+    0.5 * libm::erfc(-x / core::f64::consts::SQRT_2)
+}
+
+/// Standard normal quantile by bisection on the CDF (exact to f64 resolution).
+fn normal_quantile(p: f64) -> f64 {
+    let (mut lo, mut hi) = (-40.0f64, 40.0f64);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if normal_cdf(mid) < p {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
+/// Tables of the integer-only inference path (`src/fixed/math.rs`, `src/fixed/noise.rs`).
+fn fixed_tables() -> String {
+    let mut src = String::new();
+    // Normal quantiles at the midpoints (k + 1/2) / 1024, scaled so that the discrete
+    // distribution has unit variance, in Q12.
+    let q: Vec<f64> = (0..NORMAL_LEVELS)
+        .map(|k| normal_quantile((k as f64 + 0.5) / NORMAL_LEVELS as f64))
+        .collect();
+    let var = q.iter().map(|v| v * v).sum::<f64>() / NORMAL_LEVELS as f64;
+    let unit = 1.0 / libm::sqrt(var);
+    let one = (1u32 << NORMAL_FRAC_BITS) as f64;
+    writeln!(
+        src,
+        "/// Standard normal quantiles at (k + 1/2) / {NORMAL_LEVELS}, rescaled by {unit:.6} to unit variance, Q{NORMAL_FRAC_BITS}."
+    )
+    .unwrap();
+    write!(
+        src,
+        "pub(crate) static NORMAL_Q12: [i16; {NORMAL_LEVELS}] = ["
+    )
+    .unwrap();
+    for v in &q {
+        write!(src, "{}, ", libm::round(v * unit * one) as i16).unwrap();
+    }
+    writeln!(src, "];").unwrap();
+
+    writeln!(src, "/// 2^(-i/256) in Q30, i = 0..=256.").unwrap();
+    write!(src, "pub(crate) static EXP2_NEG_Q30: [u32; 257] = [").unwrap();
+    for i in 0..=256 {
+        let v = libm::pow(2.0, -(i as f64) / 256.0) * (1u64 << 30) as f64;
+        write!(src, "{}, ", libm::round(v) as u32).unwrap();
+    }
+    writeln!(src, "];").unwrap();
+
+    writeln!(src, "/// log2(1 + i/256) in Q24, i = 0..=256.").unwrap();
+    write!(src, "pub(crate) static LOG2_Q24: [u32; 257] = [").unwrap();
+    for i in 0..=256 {
+        let v = libm::log2(1.0 + i as f64 / 256.0) * (1u64 << 24) as f64;
+        write!(src, "{}, ", libm::round(v) as u32).unwrap();
+    }
+    writeln!(src, "];").unwrap();
+
+    writeln!(
+        src,
+        "/// 4096 * sqrt(i), i = 0..=256 (only 64..=256 are read)."
+    )
+    .unwrap();
+    write!(src, "pub(crate) static SQRT_4096: [u32; 257] = [").unwrap();
+    for i in 0..=256 {
+        write!(
+            src,
+            "{}, ",
+            libm::round(4096.0 * libm::sqrt(i as f64)) as u32
+        )
+        .unwrap();
+    }
+    writeln!(src, "];").unwrap();
+    src
 }

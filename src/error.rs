@@ -136,6 +136,32 @@ pub enum ModelError {
         /// Index of the layer.
         layer: usize,
     },
+    /// The header's number format code is unknown, or is a fixed-point code in a file older
+    /// than version 3.
+    BadPrecision {
+        /// The code found.
+        code: u8,
+    },
+    /// The model's number format is not the one this reader runs: f32 models are read by
+    /// [`crate::Model`], fixed-point (q8, q16) models by [`crate::fixed::QModel`].
+    WrongPrecision {
+        /// Precision of the file.
+        found: crate::format::Precision,
+        /// Precision this reader runs.
+        expected: crate::format::Precision,
+    },
+    /// A fixed-point layer breaks a rule of its format: a by-input layer that is not the
+    /// first, a hidden layer without ReLU, or a shift out of range.
+    QuantLayout {
+        /// Index of the layer.
+        layer: usize,
+    },
+    /// A fixed-point layer's σ² values are too large for the int32 variance accumulator of q8
+    /// (`max σ² * 32512 * inputs` must stay below 2^31).
+    QuantRange {
+        /// Index of the layer.
+        layer: usize,
+    },
 }
 
 impl fmt::Display for ModelError {
@@ -195,6 +221,24 @@ impl fmt::Display for ModelError {
             ),
             NonFinite { layer } => write!(f, "layer {layer}: NaN or infinite parameter"),
             NegativeVariance { layer } => write!(f, "layer {layer}: negative variance"),
+            BadPrecision { code } => write!(
+                f,
+                "unknown number format code {code} (q8 and q16 need format version 3)"
+            ),
+            WrongPrecision { found, expected } => write!(
+                f,
+                "this is a {} model, this reader runs {} models",
+                found.name(),
+                expected.name()
+            ),
+            QuantLayout { layer } => write!(
+                f,
+                "layer {layer}: fixed-point layout not allowed (by-input storage after the first layer, a hidden layer without ReLU, or a shift outside 1..=62)"
+            ),
+            QuantRange { layer } => write!(
+                f,
+                "layer {layer}: fixed-point variances too large for the int32 accumulator"
+            ),
         }
     }
 }

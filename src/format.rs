@@ -6,8 +6,12 @@
 
 /// The four bytes every model file starts with.
 pub const MAGIC: [u8; 4] = *b"TBYS";
-/// The newest format version this crate reads and writes (2 adds convolutions and pooling).
-pub const FORMAT_VERSION: u16 = 2;
+/// The newest format version this crate reads and writes (2 adds convolutions and pooling,
+/// 3 adds fixed-point models: header byte [`header::PRECISION`] and the quantized kinds).
+pub const FORMAT_VERSION: u16 = 3;
+/// The version of files with convolutions or pooling (f32 models are written in the oldest
+/// version that holds their layers: 1 or 2).
+pub const CONV_FORMAT_VERSION: u16 = 2;
 /// The oldest format version this crate reads (linear layers only).
 pub const MIN_FORMAT_VERSION: u16 = 1;
 /// Size of the fixed header in bytes.
@@ -39,7 +43,10 @@ pub(crate) mod header {
     pub const INPUT_CHANNELS: usize = 16;
     pub const INPUT_HEIGHT: usize = 18;
     pub const INPUT_WIDTH: usize = 20;
-    pub const FLAGS: usize = 22;
+    /// Number format ([`super::Precision`] code, version 3; zero before).
+    pub const PRECISION: usize = 22;
+    /// Reserved flags byte (zero).
+    pub const FLAGS: usize = 23;
     pub const INPUT_SCALE: usize = 24;
     pub const INPUT_OFFSET: usize = 28;
     pub const LAYER_TABLE: usize = 32;
@@ -77,6 +84,105 @@ pub(crate) mod record {
     pub const POOL_STRIDE: usize = 25;
     /// Pooling: reserved.
     pub const POOL_RESERVED: core::ops::Range<usize> = 26..32;
+    /// Quantized linear: output shift `S` of the row multipliers (u8, 1 to 62).
+    pub const QUANT_SHIFT: usize = 24;
+    /// Quantized linear: bytes per sparse count and index (u8: 1 or 2; 0 when dense).
+    pub const QUANT_INDEX_BYTES: usize = 25;
+    /// Quantized linear: reserved.
+    pub const QUANT_RESERVED: core::ops::Range<usize> = 26..32;
+}
+
+/// Number format of a model's parameters and activations (header byte 22; format version 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Precision {
+    /// f32 parameters and activations (every file of versions 1 and 2).
+    F32 = 0,
+    /// int8 θ and unsigned 8-bit σ² with per-row scales; 8-bit activations; int32
+    /// accumulators.
+    Q8 = 1,
+    /// int16 θ and unsigned 16-bit σ²; 15-bit activations; int64 accumulators.
+    Q16 = 2,
+}
+
+impl Precision {
+    /// The name used on the command line and in reports: `f32`, `q8` or `q16`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Q8 => "q8",
+            Precision::Q16 => "q16",
+        }
+    }
+
+    /// Bytes per stored θ or σ² value.
+    pub const fn value_bytes(self) -> usize {
+        match self {
+            Precision::F32 => 4,
+            Precision::Q8 => 1,
+            Precision::Q16 => 2,
+        }
+    }
+
+    /// Largest activation value of a fixed-point format (activations are unsigned after
+    /// ReLU): 255 for q8, 32767 for q16; 0 for f32.
+    pub const fn activation_max(self) -> i32 {
+        match self {
+            Precision::F32 => 0,
+            Precision::Q8 => 255,
+            Precision::Q16 => 32767,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(Precision::F32),
+            1 => Some(Precision::Q8),
+            2 => Some(Precision::Q16),
+            _ => None,
+        }
+    }
+}
+
+/// Fractional bits of the logits a fixed-point model's last layer produces (Q16: a logit of
+/// 1.0 is 65536).
+pub const LOGIT_FRAC_BITS: u32 = 16;
+
+/// Payload size in bytes of a quantized linear layer (format version 3); `None` on overflow.
+///
+/// Row parameters `[outputs]` of three i32 (θ multiplier, σ multiplier, bias), then, if
+/// sparse, per line (output row, or input column for by-input storage) the count of its
+/// weights and the `nnz` indices, each `index_bytes` wide; then `nnz` θ values and, if
+/// Gaussian, `nnz` σ² values, each `value_bytes` wide. Every section starts 4-byte aligned
+/// (zero padding).
+pub fn quant_payload_len(
+    storage: Storage,
+    posterior: Posterior,
+    precision: Precision,
+    inputs: usize,
+    outputs: usize,
+    nnz: usize,
+    index_bytes: usize,
+) -> Option<usize> {
+    let params = outputs.checked_mul(12)?;
+    let values = align_up(nnz.checked_mul(precision.value_bytes())?)?;
+    let values = match posterior {
+        Posterior::Deterministic => values,
+        Posterior::Gaussian => values.checked_mul(2)?,
+    };
+    let index = match storage {
+        Storage::Dense => 0,
+        Storage::Sparse | Storage::SparseByInput => {
+            let lines = if storage == Storage::Sparse {
+                outputs
+            } else {
+                inputs
+            };
+            align_up(lines.checked_mul(index_bytes)?)?
+                .checked_add(align_up(nnz.checked_mul(index_bytes)?)?)?
+        }
+    };
+    params.checked_add(index)?.checked_add(values)
 }
 
 /// What a layer computes and how its weights are stored (byte 0 of a layer record).
@@ -94,6 +200,14 @@ pub enum LayerKind {
     /// Linear layer, compressed sparse columns: per input, its surviving outgoing weights
     /// (version 2). Chosen for first layers, so zero inputs (blank pixels) are skipped whole.
     SparseLinearByInput = 5,
+    /// Fixed-point linear layer, dense (version 3, q8/q16 models only).
+    QuantDenseLinear = 6,
+    /// Fixed-point linear layer, per output row the counts and indices of its weights
+    /// (version 3, q8/q16 models only).
+    QuantSparseLinear = 7,
+    /// Fixed-point linear layer, per input column (version 3, q8/q16 models only; first
+    /// layer only).
+    QuantSparseLinearByInput = 8,
 }
 
 impl LayerKind {
@@ -106,6 +220,9 @@ impl LayerKind {
             LayerKind::SparseLinearByInput => "linear-sparse-by-input",
             LayerKind::Conv2d => "conv2d",
             LayerKind::MaxPool => "maxpool",
+            LayerKind::QuantDenseLinear => "qlinear-dense",
+            LayerKind::QuantSparseLinear => "qlinear-sparse",
+            LayerKind::QuantSparseLinearByInput => "qlinear-sparse-by-input",
         }
     }
 
@@ -116,6 +233,9 @@ impl LayerKind {
             (3, 2..) => Some(LayerKind::Conv2d),
             (4, 2..) => Some(LayerKind::MaxPool),
             (5, 2..) => Some(LayerKind::SparseLinearByInput),
+            (6, 3..) => Some(LayerKind::QuantDenseLinear),
+            (7, 3..) => Some(LayerKind::QuantSparseLinear),
+            (8, 3..) => Some(LayerKind::QuantSparseLinearByInput),
             _ => None,
         }
     }

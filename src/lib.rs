@@ -39,6 +39,7 @@ extern crate std;
 
 mod engine;
 pub mod error;
+pub mod fixed;
 pub mod format;
 pub(crate) mod fpu;
 mod input;
@@ -51,6 +52,7 @@ pub mod writer;
 
 pub use engine::{Engine, Mode};
 pub use error::{InferenceError, ModelError};
+pub use fixed::{QEngine, QModel, QPrediction, UQ16};
 pub use model::{Layer, Model, Weights};
 pub use predictive::Prediction;
 pub use rand_core;

@@ -4,7 +4,7 @@
 use crate::error::ModelError;
 use crate::format::{
     self, conv_payload_len, header, payload_len, record, unpack_tap, window_output, Activation,
-    LayerKind, Posterior, Storage, ALIGNMENT, HEADER_LEN, LAYER_RECORD_LEN, MAX_CLASSES,
+    LayerKind, Posterior, Precision, Storage, ALIGNMENT, HEADER_LEN, LAYER_RECORD_LEN, MAX_CLASSES,
     MAX_LAYERS, MAX_UNITS, TRAILER_LEN,
 };
 
@@ -195,11 +195,11 @@ pub struct Model<'a> {
     layers: heapless::Vec<Layer<'a>, MAX_LAYERS>,
 }
 
-fn u16_at(bytes: &[u8], offset: usize) -> u16 {
+pub(crate) fn u16_at(bytes: &[u8], offset: usize) -> u16 {
     u16::from_le_bytes([bytes[offset], bytes[offset + 1]])
 }
 
-fn u32_at(bytes: &[u8], offset: usize) -> u32 {
+pub(crate) fn u32_at(bytes: &[u8], offset: usize) -> u32 {
     u32::from_le_bytes([
         bytes[offset],
         bytes[offset + 1],
@@ -212,14 +212,14 @@ fn f32_at(bytes: &[u8], offset: usize) -> f32 {
     f32::from_bits(u32_at(bytes, offset))
 }
 
-fn is_zero(bytes: &[u8]) -> bool {
+pub(crate) fn is_zero(bytes: &[u8]) -> bool {
     bytes.iter().all(|&b| b == 0)
 }
 
 /// Casts an aligned byte range to `T` values. Offsets were checked against the file length and
 /// alignment before this is called, so the casts cannot fail; an error is still mapped to
 /// `PayloadOutOfBounds` rather than panicking.
-fn cast<T: bytemuck::AnyBitPattern>(
+pub(crate) fn cast<T: bytemuck::AnyBitPattern>(
     bytes: &[u8],
     start: usize,
     len: usize,
@@ -231,15 +231,24 @@ fn cast<T: bytemuck::AnyBitPattern>(
     bytemuck::try_cast_slice(raw).map_err(|_| ModelError::PayloadOutOfBounds { layer })
 }
 
-impl<'a> Model<'a> {
-    /// Parses and validates a model in place. The slice must start at a 4-byte-aligned
-    /// address (`include_model!` and [`crate::writer::ModelBuffer`] ensure it).
-    ///
-    /// Checks, in order: length, alignment, magic, version, declared length, CRC-32, reserved
-    /// fields, header values, then every layer: codes, sizes, shapes chaining from the input to
-    /// the classes, payload placement (contiguous, aligned, inside the file), payload lengths,
-    /// sparse row pointers and column indices, finite parameters and non-negative variances.
-    pub fn from_bytes(bytes: &'a [u8]) -> Result<Self, ModelError> {
+/// The parts of a model file every precision shares, checked without any floating-point
+/// operation (so fixed-point builds link no soft-float code): length, alignment, magic,
+/// version, declared length, CRC-32, reserved fields, precision, counts and input shape.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Envelope {
+    pub version: u16,
+    pub precision: Precision,
+    pub layer_count: u16,
+    pub classes: u16,
+    pub input_shape: [usize; 3],
+    /// Offset of the CRC trailer (end of the payloads).
+    pub body_end: usize,
+    /// Offset of the first payload byte (end of the layer table).
+    pub table_end: usize,
+}
+
+impl Envelope {
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Self, ModelError> {
         let len = bytes.len();
         if len < HEADER_LEN + TRAILER_LEN {
             return Err(ModelError::TooShort { len });
@@ -271,7 +280,17 @@ impl<'a> Model<'a> {
         if stored != computed {
             return Err(ModelError::CrcMismatch { stored, computed });
         }
-        if u16_at(bytes, header::FLAGS) != 0 {
+        // Before version 3 the precision byte was part of a zero flags field.
+        let precision_code = bytes[header::PRECISION];
+        let precision = match Precision::from_code(precision_code) {
+            Some(p) if version >= 3 || p == Precision::F32 => p,
+            _ => {
+                return Err(ModelError::BadPrecision {
+                    code: precision_code,
+                })
+            }
+        };
+        if bytes[header::FLAGS] != 0 {
             return Err(ModelError::ReservedNotZero {
                 offset: header::FLAGS,
             });
@@ -281,7 +300,6 @@ impl<'a> Model<'a> {
                 offset: header::RESERVED.start,
             });
         }
-
         let layer_count = u16_at(bytes, header::LAYER_COUNT);
         if layer_count == 0 || layer_count as usize > MAX_LAYERS {
             return Err(ModelError::BadLayerCount { count: layer_count });
@@ -298,6 +316,51 @@ impl<'a> Model<'a> {
         if input_shape.contains(&0) {
             return Err(ModelError::BadInputShape);
         }
+        let table = u32_at(bytes, header::LAYER_TABLE);
+        if table as usize != HEADER_LEN {
+            return Err(ModelError::BadLayerTableOffset { found: table });
+        }
+        let table_end = HEADER_LEN + layer_count as usize * LAYER_RECORD_LEN;
+        if table_end > body_end {
+            return Err(ModelError::BadLayerTableOffset { found: table });
+        }
+        Ok(Envelope {
+            version,
+            precision,
+            layer_count,
+            classes,
+            input_shape,
+            body_end,
+            table_end,
+        })
+    }
+}
+
+impl<'a> Model<'a> {
+    /// Parses and validates a model in place. The slice must start at a 4-byte-aligned
+    /// address (`include_model!` and [`crate::writer::ModelBuffer`] ensure it).
+    ///
+    /// Checks, in order: length, alignment, magic, version, declared length, CRC-32, reserved
+    /// fields, header values, then every layer: codes, sizes, shapes chaining from the input to
+    /// the classes, payload placement (contiguous, aligned, inside the file), payload lengths,
+    /// sparse row pointers and column indices, finite parameters and non-negative variances.
+    pub fn from_bytes(bytes: &'a [u8]) -> Result<Self, ModelError> {
+        let envelope = Envelope::parse(bytes)?;
+        if envelope.precision != Precision::F32 {
+            return Err(ModelError::WrongPrecision {
+                found: envelope.precision,
+                expected: Precision::F32,
+            });
+        }
+        let Envelope {
+            version,
+            layer_count,
+            classes,
+            input_shape,
+            body_end,
+            table_end,
+            ..
+        } = envelope;
         let input_scale = f32_at(bytes, header::INPUT_SCALE);
         let input_offset = f32_at(bytes, header::INPUT_OFFSET);
         // Raw 8-bit inputs are read as p * scale + offset: every one of the 256 values must be
@@ -306,14 +369,6 @@ impl<'a> Model<'a> {
             (0..=255u8).all(|p| (p as f32 * input_scale + input_offset).is_finite());
         if !input_scale.is_finite() || !input_offset.is_finite() || !normalized_finite {
             return Err(ModelError::BadInputNormalization);
-        }
-        let table = u32_at(bytes, header::LAYER_TABLE);
-        if table as usize != HEADER_LEN {
-            return Err(ModelError::BadLayerTableOffset { found: table });
-        }
-        let table_end = HEADER_LEN + layer_count as usize * LAYER_RECORD_LEN;
-        if table_end > body_end {
-            return Err(ModelError::BadLayerTableOffset { found: table });
         }
 
         let mut layers = heapless::Vec::new();
@@ -426,7 +481,7 @@ impl<'a> Model<'a> {
     }
 }
 
-fn rec_payload_len(rec: &[u8]) -> usize {
+pub(crate) fn rec_payload_len(rec: &[u8]) -> usize {
     u32_at(rec, record::PAYLOAD_LEN) as usize
 }
 
@@ -512,6 +567,9 @@ fn parse_layer<'a>(
             let len = conv_payload_len(posterior, out_channels, nnz);
             (Operation::Conv2d(geometry), geometry.output, dense, len)
         }
+        LayerKind::QuantDenseLinear
+        | LayerKind::QuantSparseLinear
+        | LayerKind::QuantSparseLinearByInput => return Err(code(record::KIND)),
         LayerKind::MaxPool => {
             reserved(record::POOL_RESERVED)?;
             let size = rec[record::POOL_SIZE] as usize;
@@ -683,7 +741,7 @@ fn window_geometry(
 }
 
 /// Row pointers start at 0, never decrease and end at `nnz`.
-fn check_rows(row_ptr: &[u32], nnz: usize, layer: usize) -> Result<(), ModelError> {
+pub(crate) fn check_rows(row_ptr: &[u32], nnz: usize, layer: usize) -> Result<(), ModelError> {
     let monotonic = row_ptr.windows(2).all(|p| p[0] <= p[1]);
     if row_ptr.first() != Some(&0) || row_ptr.last().map(|&e| e as usize) != Some(nnz) || !monotonic
     {
@@ -693,7 +751,7 @@ fn check_rows(row_ptr: &[u32], nnz: usize, layer: usize) -> Result<(), ModelErro
 }
 
 /// Within every row, indices are strictly increasing and each passes `in_range`.
-fn check_sparse_columns<T: Copy + PartialOrd>(
+pub(crate) fn check_sparse_columns<T: Copy + PartialOrd>(
     row_ptr: &[u32],
     indices: &[T],
     in_range: impl Fn(T) -> bool,

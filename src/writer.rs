@@ -187,11 +187,11 @@ impl From<ModelError> for WriteError {
     }
 }
 
-fn to_u16(v: usize, what: &'static str) -> Result<u16, WriteError> {
+pub(crate) fn to_u16(v: usize, what: &'static str) -> Result<u16, WriteError> {
     u16::try_from(v).map_err(|_| WriteError::TooLarge(what))
 }
 
-fn to_u32(v: usize, what: &'static str) -> Result<u32, WriteError> {
+pub(crate) fn to_u32(v: usize, what: &'static str) -> Result<u32, WriteError> {
     u32::try_from(v).map_err(|_| WriteError::TooLarge(what))
 }
 
@@ -227,7 +227,7 @@ impl ModelSpec {
                     }
                     Storage::Sparse => (LayerKind::SparseLinear, write_sparse(&mut payloads, l)?),
                     Storage::SparseByInput => {
-                        version = format::FORMAT_VERSION;
+                        version = format::CONV_FORMAT_VERSION;
                         (
                             LayerKind::SparseLinearByInput,
                             write_by_input(&mut payloads, l)?,
@@ -240,7 +240,7 @@ impl ModelSpec {
                     stride,
                     padding,
                 } => {
-                    version = format::FORMAT_VERSION;
+                    version = format::CONV_FORMAT_VERSION;
                     rec[record::CONV_OUT_CHANNELS..record::CONV_OUT_CHANNELS + 2]
                         .copy_from_slice(&to_u16(out_channels, "output channels")?.to_le_bytes());
                     rec[record::CONV_KERNEL_H] = to_u8(kernel[0], "kernel height")?;
@@ -253,7 +253,7 @@ impl ModelSpec {
                     )
                 }
                 LayerOp::MaxPool { size, stride } => {
-                    version = format::FORMAT_VERSION;
+                    version = format::CONV_FORMAT_VERSION;
                     rec[record::POOL_SIZE] = to_u8(size, "pool size")?;
                     rec[record::POOL_STRIDE] = to_u8(stride, "pool stride")?;
                     (LayerKind::MaxPool, 0)
@@ -289,43 +289,16 @@ impl ModelSpec {
         }
 
         let file_len = table_end + payloads.len() + TRAILER_LEN;
-        let mut out = vec![0u8; HEADER_LEN];
-        out[header::MAGIC..header::MAGIC + 4].copy_from_slice(&format::MAGIC);
-        let u16_fields = [
-            (header::VERSION, version),
-            (header::HEADER_LEN, HEADER_LEN as u16),
-            (
-                header::LAYER_COUNT,
-                to_u16(self.layers.len(), "layer count")?,
-            ),
-            (
-                header::NUM_CLASSES,
-                to_u16(self.num_classes, "class count")?,
-            ),
-            (
-                header::INPUT_CHANNELS,
-                to_u16(self.input_shape[0], "input channels")?,
-            ),
-            (
-                header::INPUT_HEIGHT,
-                to_u16(self.input_shape[1], "input height")?,
-            ),
-            (
-                header::INPUT_WIDTH,
-                to_u16(self.input_shape[2], "input width")?,
-            ),
-        ];
-        for (at, v) in u16_fields {
-            out[at..at + 2].copy_from_slice(&v.to_le_bytes());
-        }
-        out[header::FILE_LEN..header::FILE_LEN + 4]
-            .copy_from_slice(&to_u32(file_len, "model size")?.to_le_bytes());
-        out[header::INPUT_SCALE..header::INPUT_SCALE + 4]
-            .copy_from_slice(&self.input_scale.to_le_bytes());
-        out[header::INPUT_OFFSET..header::INPUT_OFFSET + 4]
-            .copy_from_slice(&self.input_offset.to_le_bytes());
-        out[header::LAYER_TABLE..header::LAYER_TABLE + 4]
-            .copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+        let mut out = header_bytes(&Header {
+            version,
+            precision: format::Precision::F32,
+            layer_count: self.layers.len(),
+            num_classes: self.num_classes,
+            input_shape: self.input_shape,
+            input_scale: self.input_scale,
+            input_offset: self.input_offset,
+            file_len,
+        })?;
         out.extend_from_slice(&records);
         out.extend_from_slice(&payloads);
         let crc = format::CRC32.checksum(&out);
@@ -335,6 +308,54 @@ impl ModelSpec {
         Model::from_bytes(buffer.as_bytes())?;
         Ok(buffer)
     }
+}
+
+/// The header fields of a file to write.
+pub(crate) struct Header {
+    pub version: u16,
+    pub precision: format::Precision,
+    pub layer_count: usize,
+    pub num_classes: usize,
+    pub input_shape: [usize; 3],
+    pub input_scale: f32,
+    pub input_offset: f32,
+    pub file_len: usize,
+}
+
+/// Serialises a header ([`HEADER_LEN`] bytes).
+pub(crate) fn header_bytes(h: &Header) -> Result<Vec<u8>, WriteError> {
+    let mut out = vec![0u8; HEADER_LEN];
+    out[header::MAGIC..header::MAGIC + 4].copy_from_slice(&format::MAGIC);
+    let u16_fields = [
+        (header::VERSION, h.version),
+        (header::HEADER_LEN, HEADER_LEN as u16),
+        (header::LAYER_COUNT, to_u16(h.layer_count, "layer count")?),
+        (header::NUM_CLASSES, to_u16(h.num_classes, "class count")?),
+        (
+            header::INPUT_CHANNELS,
+            to_u16(h.input_shape[0], "input channels")?,
+        ),
+        (
+            header::INPUT_HEIGHT,
+            to_u16(h.input_shape[1], "input height")?,
+        ),
+        (
+            header::INPUT_WIDTH,
+            to_u16(h.input_shape[2], "input width")?,
+        ),
+    ];
+    for (at, v) in u16_fields {
+        out[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    }
+    out[header::PRECISION] = h.precision as u8;
+    out[header::FILE_LEN..header::FILE_LEN + 4]
+        .copy_from_slice(&to_u32(h.file_len, "model size")?.to_le_bytes());
+    out[header::INPUT_SCALE..header::INPUT_SCALE + 4].copy_from_slice(&h.input_scale.to_le_bytes());
+    out[header::INPUT_OFFSET..header::INPUT_OFFSET + 4]
+        .copy_from_slice(&h.input_offset.to_le_bytes());
+    out[header::LAYER_TABLE..header::LAYER_TABLE + 4]
+        .copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+    Ok(out)
 }
 
 impl ModelSpec {
@@ -420,7 +441,7 @@ fn write_taps(
     Ok(kept.len())
 }
 
-fn to_u8(v: usize, what: &'static str) -> Result<u8, WriteError> {
+pub(crate) fn to_u8(v: usize, what: &'static str) -> Result<u8, WriteError> {
     u8::try_from(v).map_err(|_| WriteError::TooLarge(what))
 }
 

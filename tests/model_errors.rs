@@ -33,7 +33,8 @@ mod hdr {
     pub const INPUT_CHANNELS: usize = 16;
     pub const INPUT_HEIGHT: usize = 18;
     pub const INPUT_WIDTH: usize = 20;
-    pub const FLAGS: usize = 22;
+    pub const PRECISION: usize = 22;
+    pub const FLAGS: usize = 23;
     pub const INPUT_SCALE: usize = 24;
     pub const INPUT_OFFSET: usize = 28;
     pub const LAYER_TABLE: usize = 32;
@@ -479,9 +480,12 @@ fn every_single_bit_flip_is_refused() {
                 b[at] ^= 1 << bit;
                 let expected = match at {
                     0..4 => ModelError::BadMagic,
-                    4..6 => ModelError::UnsupportedVersion {
-                        found: u16_at(&b, hdr::VERSION),
-                    },
+                    // Versions 1 to 3 are all known: a flip between them reaches the CRC.
+                    4..6 if !(1..=3).contains(&u16_at(&b, hdr::VERSION)) => {
+                        ModelError::UnsupportedVersion {
+                            found: u16_at(&b, hdr::VERSION),
+                        }
+                    }
                     6..8 => ModelError::BadHeaderLength {
                         found: u16_at(&b, hdr::HEADER_LEN),
                     },
@@ -541,9 +545,14 @@ fn wrong_crc_trailer_reports_both_values() {
 #[test]
 fn header_reserved_fields_must_be_zero() {
     let valid = mixed();
-    for v in [1u16, 0x8000, 0xffff] {
-        let got = patched(&valid, |b| set_u16(b, hdr::FLAGS, v));
+    for v in [1u8, 0x80, 0xff] {
+        let got = patched(&valid, |b| b[hdr::FLAGS] = v);
         assert_eq!(got, Err(ModelError::ReservedNotZero { offset: hdr::FLAGS }));
+    }
+    // The precision byte of version 3 must be zero (f32) in older files.
+    for v in [1u8, 2, 0xff] {
+        let got = patched(&valid, |b| b[hdr::PRECISION] = v);
+        assert_eq!(got, Err(ModelError::BadPrecision { code: v }));
     }
     for at in hdr::RESERVED {
         let got = patched(&valid, |b| b[at] = 0x01);
@@ -1368,7 +1377,7 @@ fn model_error_messages_are_specific() {
         (BadMagic, vec!["magic"]),
         (
             UnsupportedVersion { found: 9 },
-            vec!["version 9", "versions 1 to 2"],
+            vec!["version 9", "versions 1 to 3"],
         ),
         (BadHeaderLength { found: 4711 }, vec!["4711", "header"]),
         (
@@ -1435,6 +1444,19 @@ fn model_error_messages_are_specific() {
             NegativeVariance { layer: 14 },
             vec!["layer 14", "negative variance"],
         ),
+        (BadPrecision { code: 7 }, vec!["number format", "7"]),
+        (
+            WrongPrecision {
+                found: tinybayes::format::Precision::Q8,
+                expected: tinybayes::format::Precision::F32,
+            },
+            vec!["q8 model", "f32"],
+        ),
+        (
+            QuantLayout { layer: 15 },
+            vec!["layer 15", "fixed-point layout"],
+        ),
+        (QuantRange { layer: 16 }, vec!["layer 16", "int32"]),
     ];
     let mut seen = std::collections::HashSet::new();
     for (error, needles) in &cases {

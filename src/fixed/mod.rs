@@ -1,0 +1,24 @@
+//! Fixed-point inference (q8, q16): integer-only Monte Carlo posterior predictive for cores
+//! without an FPU (Cortex-M0, M3), bit-exact between the host and every device.
+//!
+//! - [`QModel`]: the validated view of a version-3 model file with quantized layers.
+//! - [`QEngine`]: runs it on raw 8-bit inputs; [`QPrediction`] holds the answer in [`UQ16`].
+//! - [`math`]: integer e^-x, ln and square root, [`noise`]: tabled normal draws, each with
+//!   documented and tested error bounds.
+//!
+//! The number formats are specified in `docs/FORMAT.md` ("Fixed-point layers").
+
+mod engine;
+mod kernels;
+pub mod math;
+mod model;
+pub mod noise;
+mod predictive;
+#[cfg(feature = "alloc")]
+pub mod quantize;
+#[cfg(feature = "alloc")]
+pub mod writer;
+
+pub use engine::QEngine;
+pub use model::{QIndex, QLayer, QModel, QValues};
+pub use predictive::{entropy_q16, softmax_q16, QPrediction, UQ16};

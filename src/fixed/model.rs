@@ -1,0 +1,527 @@
+//! The fixed-point model reader: [`QModel::from_bytes`] validates a q8 or q16 flash table
+//! (format version 3) once, without a single floating-point operation, so that the
+//! integer-only engine needs no further checks.
+
+use crate::error::ModelError;
+use crate::format::{
+    quant_payload_len, record, Activation, LayerKind, Posterior, Precision, Storage, ALIGNMENT,
+    HEADER_LEN, LAYER_RECORD_LEN, MAX_LAYERS,
+};
+use crate::model::{cast, is_zero, rec_payload_len, u32_at, Envelope};
+
+/// Largest q8 activation-square term: `255^2 >> 1` (see [`QModel`]).
+pub(crate) const Q8_MAX_SQUARE: i64 = (255 * 255) >> 1;
+
+/// The θ and σ² values of a fixed-point layer, borrowed from the model bytes.
+#[derive(Clone, Copy, Debug)]
+pub enum QValues<'a> {
+    /// q8: int8 θ, unsigned 8-bit σ² (empty for a deterministic layer).
+    Q8 {
+        /// θ in stored order.
+        theta: &'a [i8],
+        /// σ² in stored order.
+        sigma2: &'a [u8],
+    },
+    /// q16: int16 θ, unsigned 16-bit σ² (empty for a deterministic layer).
+    Q16 {
+        /// θ in stored order.
+        theta: &'a [i16],
+        /// σ² in stored order.
+        sigma2: &'a [u16],
+    },
+}
+
+/// Where a fixed-point layer's weights sit: dense, or per line (row or input column) a count
+/// and the indices of its weights.
+#[derive(Clone, Copy, Debug)]
+pub enum QIndex<'a> {
+    /// Row-major `outputs x inputs`.
+    Dense,
+    /// One-byte counts and indices (the indexed dimension is at most 255).
+    U8 {
+        /// Weights per line.
+        counts: &'a [u8],
+        /// Index of every weight, strictly increasing within a line.
+        indices: &'a [u8],
+    },
+    /// Two-byte counts and indices.
+    U16 {
+        /// Weights per line.
+        counts: &'a [u16],
+        /// Index of every weight, strictly increasing within a line.
+        indices: &'a [u16],
+    },
+}
+
+/// One validated fixed-point linear layer.
+///
+/// Per output row `j` three i32 parameters `[mθ_j, mσ_j, b_j]` turn the integer sums into the
+/// next activation: with `A = Σ a_i θ_i`, `V = Σ sq(a_i) σ²_i` (see [`QModel`]),
+/// `z = A mθ_j + b_j + ((sqrt_q8(V) mσ_j >> 8) ε >> 12)` and the output is
+/// `(z + 2^(S-1)) >> S`, clamped by the activation.
+#[derive(Clone, Copy, Debug)]
+pub struct QLayer<'a> {
+    pub(crate) inputs: usize,
+    pub(crate) outputs: usize,
+    pub(crate) activation: Activation,
+    pub(crate) posterior: Posterior,
+    pub(crate) storage: Storage,
+    pub(crate) shift: u32,
+    pub(crate) params: &'a [i32],
+    pub(crate) index: QIndex<'a>,
+    pub(crate) values: QValues<'a>,
+}
+
+impl<'a> QLayer<'a> {
+    /// Number of inputs.
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+    /// Number of output units.
+    pub fn outputs(&self) -> usize {
+        self.outputs
+    }
+    /// The non-linearity (ReLU on hidden layers, identity on the logits).
+    pub fn activation(&self) -> Activation {
+        self.activation
+    }
+    /// The posterior over the weights.
+    pub fn posterior(&self) -> Posterior {
+        self.posterior
+    }
+    /// How the weights are stored.
+    pub fn storage(&self) -> Storage {
+        self.storage
+    }
+    /// The layer's kind as stored in the file.
+    pub fn kind(&self) -> LayerKind {
+        match self.storage {
+            Storage::Dense => LayerKind::QuantDenseLinear,
+            Storage::Sparse => LayerKind::QuantSparseLinear,
+            Storage::SparseByInput => LayerKind::QuantSparseLinearByInput,
+        }
+    }
+    /// Output shift `S` of the row multipliers.
+    pub fn shift(&self) -> u32 {
+        self.shift
+    }
+    /// Per row `[mθ, mσ, bias]`, `3 * outputs` values.
+    pub fn row_params(&self) -> &'a [i32] {
+        self.params
+    }
+    /// The stored indices.
+    pub fn index(&self) -> QIndex<'a> {
+        self.index
+    }
+    /// The stored θ and σ² values.
+    pub fn values(&self) -> QValues<'a> {
+        self.values
+    }
+    /// Number of stored weights.
+    pub fn nnz(&self) -> usize {
+        match self.values {
+            QValues::Q8 { theta, .. } => theta.len(),
+            QValues::Q16 { theta, .. } => theta.len(),
+        }
+    }
+    /// Multiply-accumulates of one mean-weights pass.
+    pub fn macs(&self) -> usize {
+        self.nnz()
+    }
+    /// Bytes of the layer's payload in the file.
+    pub fn payload_bytes(&self) -> usize {
+        let (precision, index_bytes) = (self.precision(), self.index_bytes());
+        quant_payload_len(
+            self.storage,
+            self.posterior,
+            precision,
+            self.inputs,
+            self.outputs,
+            self.nnz(),
+            index_bytes,
+        )
+        .unwrap_or(0)
+    }
+    fn precision(&self) -> Precision {
+        match self.values {
+            QValues::Q8 { .. } => Precision::Q8,
+            QValues::Q16 { .. } => Precision::Q16,
+        }
+    }
+    fn index_bytes(&self) -> usize {
+        match self.index {
+            QIndex::Dense => 0,
+            QIndex::U8 { .. } => 1,
+            QIndex::U16 { .. } => 2,
+        }
+    }
+}
+
+/// A validated fixed-point model (q8 or q16), borrowing its bytes.
+///
+/// Activations are unsigned integers after ReLU (at most 255 for q8, 32767 for q16); the
+/// first layer reads raw 8-bit inputs (pixels) directly, their scale folded into its row
+/// multipliers. The variance sums use `sq(a) = a^2 >> 1` for q8 (so that an activation and its
+/// square share one 32-bit word) and `sq(a) = a^2` for q16. Accumulators: int32 mean and
+/// variance for q8 (the reader checks that `max σ² * 32512 * inputs < 2^31`), int64 / uint64
+/// for q16 (which cannot overflow for any layer the format allows). The logits are Q16.
+#[derive(Clone, Debug)]
+pub struct QModel<'a> {
+    bytes: &'a [u8],
+    precision: Precision,
+    input_shape: [usize; 3],
+    num_classes: usize,
+    layers: heapless::Vec<QLayer<'a>, MAX_LAYERS>,
+}
+
+impl<'a> QModel<'a> {
+    /// Parses and validates a fixed-point model in place (the slice must be 4-byte aligned).
+    /// An f32 model gives [`ModelError::WrongPrecision`].
+    pub fn from_bytes(bytes: &'a [u8]) -> Result<Self, ModelError> {
+        let envelope = Envelope::parse(bytes)?;
+        let precision = envelope.precision;
+        if precision == Precision::F32 {
+            return Err(ModelError::WrongPrecision {
+                found: Precision::F32,
+                expected: Precision::Q8,
+            });
+        }
+        let count = envelope.layer_count as usize;
+        let mut layers = heapless::Vec::new();
+        let mut inputs = envelope.input_shape.iter().product::<usize>();
+        let mut cursor = envelope.table_end;
+        for index in 0..count {
+            let at = HEADER_LEN + index * LAYER_RECORD_LEN;
+            let rec = &bytes[at..at + LAYER_RECORD_LEN];
+            let cx = QContext {
+                index,
+                last: index + 1 == count,
+                precision,
+                inputs,
+                payload_start: cursor,
+                body_end: envelope.body_end,
+            };
+            let layer = parse_qlayer(bytes, rec, &cx)?;
+            inputs = layer.outputs;
+            cursor += rec_payload_len(rec);
+            layers.push(layer).map_err(|_| ModelError::BadLayerCount {
+                count: envelope.layer_count,
+            })?;
+        }
+        if cursor != envelope.body_end {
+            return Err(ModelError::PayloadOutOfBounds { layer: count - 1 });
+        }
+        if inputs != envelope.classes as usize {
+            return Err(ModelError::BadOutputLayer);
+        }
+        Ok(QModel {
+            bytes,
+            precision,
+            input_shape: envelope.input_shape,
+            num_classes: envelope.classes as usize,
+            layers,
+        })
+    }
+
+    /// The model bytes this view borrows.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+    /// q8 or q16.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+    /// Input shape as (channels, height, width).
+    pub fn input_shape(&self) -> [usize; 3] {
+        self.input_shape
+    }
+    /// Number of raw 8-bit input values.
+    pub fn input_len(&self) -> usize {
+        self.input_shape.iter().product()
+    }
+    /// Number of classes predicted.
+    pub fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+    /// The validated layers, input first.
+    pub fn layers(&self) -> &[QLayer<'a>] {
+        &self.layers
+    }
+    /// Widest layer output, in units.
+    pub fn max_width(&self) -> usize {
+        self.layers.iter().map(|l| l.outputs).max().unwrap_or(0)
+    }
+    /// Stored weights across layers.
+    pub fn nnz(&self) -> usize {
+        self.layers.iter().map(QLayer::nnz).sum()
+    }
+    /// Multiply-accumulates of one mean-weights pass.
+    pub fn macs(&self) -> usize {
+        self.layers.iter().map(QLayer::macs).sum()
+    }
+    /// 64-bit words of workspace a [`super::QEngine`] needs with `samples_per_pass` Monte
+    /// Carlo samples per pass over the weights.
+    ///
+    /// Layout: the first stochastic layer's pre-activation mean and noise scale (i64, two per
+    /// unit), two activation buffers of `widest layer x chunk` i32 words, and the noise draws of
+    /// one layer (`widest layer x chunk` i16).
+    pub fn workspace_len(&self, samples_per_pass: usize) -> usize {
+        let chunk = samples_per_pass.max(1);
+        let width = self.max_width();
+        2 * width + (width * chunk).div_ceil(2) * 2 + (width * chunk).div_ceil(4)
+    }
+    /// [`Self::workspace_len`] in bytes.
+    pub fn workspace_bytes(&self, samples_per_pass: usize) -> usize {
+        self.workspace_len(samples_per_pass) * 8
+    }
+}
+
+struct QContext {
+    index: usize,
+    last: bool,
+    precision: Precision,
+    inputs: usize,
+    payload_start: usize,
+    body_end: usize,
+}
+
+fn parse_qlayer<'a>(bytes: &'a [u8], rec: &[u8], cx: &QContext) -> Result<QLayer<'a>, ModelError> {
+    let layer = cx.index;
+    let code = |field: usize| ModelError::UnknownCode {
+        layer,
+        field,
+        code: rec[field],
+    };
+    let kind = LayerKind::from_code(rec[record::KIND], 3).ok_or_else(|| code(record::KIND))?;
+    let storage = match kind {
+        LayerKind::QuantDenseLinear => Storage::Dense,
+        LayerKind::QuantSparseLinear => Storage::Sparse,
+        LayerKind::QuantSparseLinearByInput => Storage::SparseByInput,
+        _ => return Err(code(record::KIND)),
+    };
+    let posterior =
+        Posterior::from_code(rec[record::POSTERIOR]).ok_or_else(|| code(record::POSTERIOR))?;
+    let activation =
+        Activation::from_code(rec[record::ACTIVATION]).ok_or_else(|| code(record::ACTIVATION))?;
+    let record_offset = HEADER_LEN + layer * LAYER_RECORD_LEN;
+    for range in [
+        record::RESERVED_BYTE..record::RESERVED_BYTE + 1,
+        record::QUANT_RESERVED,
+    ] {
+        if !is_zero(&rec[range.clone()]) {
+            return Err(ModelError::ReservedNotZero {
+                offset: record_offset + range.start,
+            });
+        }
+    }
+    let inputs = u32_at(rec, record::INPUTS) as usize;
+    let outputs = u32_at(rec, record::OUTPUTS) as usize;
+    if inputs == 0
+        || outputs == 0
+        || inputs > crate::format::MAX_UNITS
+        || outputs > crate::format::MAX_UNITS
+    {
+        return Err(ModelError::BadLayerSize { layer });
+    }
+    if inputs != cx.inputs {
+        return Err(ModelError::ShapeMismatch {
+            layer,
+            expected: cx.inputs,
+            found: inputs,
+        });
+    }
+    let shift = rec[record::QUANT_SHIFT] as u32;
+    let wanted_activation = if cx.last {
+        Activation::Identity
+    } else {
+        Activation::Relu
+    };
+    let by_input_ok = storage != Storage::SparseByInput || layer == 0;
+    if !(1..=62).contains(&shift) || activation != wanted_activation || !by_input_ok {
+        return Err(ModelError::QuantLayout { layer });
+    }
+    let index_bytes = rec[record::QUANT_INDEX_BYTES] as usize;
+    let indexed = match storage {
+        Storage::Dense => 0,
+        Storage::Sparse => inputs,
+        Storage::SparseByInput => outputs,
+    };
+    let index_ok = match (storage, index_bytes) {
+        (Storage::Dense, 0) => true,
+        (Storage::Dense, _) => false,
+        (_, 1) => indexed <= 255,
+        (_, 2) => true,
+        _ => false,
+    };
+    if !index_ok {
+        return Err(code(record::QUANT_INDEX_BYTES));
+    }
+    let nnz = u32_at(rec, record::NNZ) as usize;
+    let dense = inputs * outputs;
+    let nnz_ok = if storage == Storage::Dense {
+        nnz == dense
+    } else {
+        nnz <= dense
+    };
+    if !nnz_ok {
+        return Err(ModelError::BadWeightCount { layer });
+    }
+    let expected = quant_payload_len(
+        storage,
+        posterior,
+        cx.precision,
+        inputs,
+        outputs,
+        nnz,
+        index_bytes,
+    );
+    let found = rec_payload_len(rec);
+    if expected != Some(found) {
+        return Err(ModelError::PayloadLength {
+            layer,
+            expected: expected.unwrap_or(0),
+            found,
+        });
+    }
+    let offset = u32_at(rec, record::PAYLOAD_OFFSET) as usize;
+    if offset != cx.payload_start
+        || offset % ALIGNMENT != 0
+        || offset.checked_add(found).is_none_or(|e| e > cx.body_end)
+    {
+        return Err(ModelError::PayloadOutOfBounds { layer });
+    }
+
+    let mut sections = Sections {
+        bytes,
+        at: offset,
+        layer,
+    };
+    let params: &[i32] = sections.take(outputs * 12)?;
+    let index = match (storage, index_bytes) {
+        (Storage::Dense, _) => QIndex::Dense,
+        (_, 1) => {
+            let lines = if storage == Storage::Sparse {
+                outputs
+            } else {
+                inputs
+            };
+            let counts: &[u8] = sections.take(lines)?;
+            let indices: &[u8] = sections.take(nnz)?;
+            check_lines(
+                counts.iter().map(|&c| c as usize),
+                indices,
+                indexed,
+                nnz,
+                layer,
+            )?;
+            QIndex::U8 { counts, indices }
+        }
+        _ => {
+            let lines = if storage == Storage::Sparse {
+                outputs
+            } else {
+                inputs
+            };
+            let counts: &[u16] = sections.take(lines * 2)?;
+            let indices: &[u16] = sections.take(nnz * 2)?;
+            check_lines(
+                counts.iter().map(|&c| c as usize),
+                indices,
+                indexed,
+                nnz,
+                layer,
+            )?;
+            QIndex::U16 { counts, indices }
+        }
+    };
+    let gaussian = posterior == Posterior::Gaussian;
+    let values = match cx.precision {
+        Precision::Q16 => {
+            let theta: &[i16] = sections.take(nnz * 2)?;
+            let sigma2: &[u16] = if gaussian {
+                sections.take(nnz * 2)?
+            } else {
+                &[]
+            };
+            QValues::Q16 { theta, sigma2 }
+        }
+        _ => {
+            let theta: &[i8] = sections.take(nnz)?;
+            let sigma2: &[u8] = if gaussian { sections.take(nnz)? } else { &[] };
+            // The q8 variance sum is an i32: bound it for the largest activations.
+            let max = sigma2.iter().copied().max().unwrap_or(0) as i64;
+            if max * Q8_MAX_SQUARE * inputs as i64 > i32::MAX as i64 {
+                return Err(ModelError::QuantRange { layer });
+            }
+            QValues::Q8 { theta, sigma2 }
+        }
+    };
+    Ok(QLayer {
+        inputs,
+        outputs,
+        activation,
+        posterior,
+        storage,
+        shift,
+        params,
+        index,
+        values,
+    })
+}
+
+/// Consecutive 4-byte-aligned sections of a payload, each followed by zero padding.
+struct Sections<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    layer: usize,
+}
+
+impl<'a> Sections<'a> {
+    fn take<T: bytemuck::AnyBitPattern>(&mut self, len: usize) -> Result<&'a [T], ModelError> {
+        let values = cast(self.bytes, self.at, len, self.layer)?;
+        let padded = len.next_multiple_of(ALIGNMENT);
+        let pad = self
+            .bytes
+            .get(self.at + len..self.at + padded)
+            .ok_or(ModelError::PayloadOutOfBounds { layer: self.layer })?;
+        if !is_zero(pad) {
+            return Err(ModelError::ReservedNotZero {
+                offset: self.at + len,
+            });
+        }
+        self.at += padded;
+        Ok(values)
+    }
+}
+
+/// Counts sum to `nnz`; within every line the indices are strictly increasing and below
+/// `limit`.
+fn check_lines<T: Copy + Into<usize>>(
+    counts: impl Iterator<Item = usize>,
+    indices: &[T],
+    limit: usize,
+    nnz: usize,
+    layer: usize,
+) -> Result<(), ModelError> {
+    let mut start = 0usize;
+    for count in counts {
+        let end = start + count;
+        let line = indices
+            .get(start..end)
+            .ok_or(ModelError::BadRowPointers { layer })?;
+        for (k, &c) in line.iter().enumerate() {
+            let c: usize = c.into();
+            if c >= limit || (k > 0 && line[k - 1].into() >= c) {
+                return Err(ModelError::BadColumnIndex {
+                    layer,
+                    position: start + k,
+                });
+            }
+        }
+        start = end;
+    }
+    if start != nnz {
+        return Err(ModelError::BadRowPointers { layer });
+    }
+    Ok(())
+}
