@@ -32,18 +32,38 @@ const PARITY_SEED_BASE: u64 = 0x7b00;
 /// not depend on it).
 const DEVICE_CHUNK: usize = 8;
 
+#[path = "build/fixed.rs"]
+mod fixed;
+
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("manifest dir"));
 
-    let memory = if env::var_os("CARGO_FEATURE_NRF52840DK").is_some() {
-        "memory/nrf52840dk.x"
+    // The board: the nRF52840-DK feature, or under QEMU the board that emulates the target's
+    // core: mps2-an386 for the M4F, mps2-an385 for the M3, micro:bit for the M0.
+    let target = env::var("TARGET").unwrap_or_default();
+    let board = if env::var_os("CARGO_FEATURE_NRF52840DK").is_some() {
+        "nrf52840dk"
+    } else if target.starts_with("thumbv6m") {
+        "microbit"
+    } else if target.starts_with("thumbv7m") {
+        "mps2-an385"
     } else {
-        "memory/mps2-an386.x"
+        "mps2-an386"
     };
-    fs::copy(manifest.join(memory), out.join("memory.x")).expect("copy memory.x");
+    fs::copy(
+        manifest.join(format!("memory/{board}.x")),
+        out.join("memory.x"),
+    )
+    .expect("copy memory.x");
     println!("cargo::rustc-link-search={}", out.display());
     println!("cargo::rerun-if-changed=memory");
+    println!(
+        "cargo::rustc-check-cfg=cfg(tb_board, values(\"nrf52840dk\", \"microbit\", \"mps2-an385\", \"mps2-an386\"))"
+    );
+    println!("cargo::rustc-cfg=tb_board=\"{board}\"");
+    // The micro:bit has 16 KB of RAM: fewer samples share a pass there.
+    let fixed_chunk = if board == "microbit" { 4 } else { 8 };
 
     let demo_path = manifest
         .join(DEMO_MODEL)
@@ -97,6 +117,7 @@ fn main() {
     .unwrap();
     write_parity(&mut src, &model, &images);
     write_bench_models(&mut src, &out);
+    fixed::write_fixed(&mut src, &manifest, &out, &images, fixed_chunk);
     fs::write(out.join("generated.rs"), src).expect("write generated.rs");
 }
 

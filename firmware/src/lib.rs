@@ -11,6 +11,7 @@ compile_error!("enable exactly one board feature: `qemu` or `nrf52840dk`");
 compile_error!("enable one board feature: `qemu` or `nrf52840dk`");
 
 pub mod app;
+pub mod app_fixed;
 pub mod assets;
 pub mod clock;
 pub mod platform;

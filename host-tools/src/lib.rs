@@ -7,5 +7,6 @@ pub mod metrics;
 pub mod plots;
 pub mod report;
 pub mod run_dir;
+pub mod runner;
 pub mod simulate;
 pub mod train;

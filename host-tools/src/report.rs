@@ -1,6 +1,7 @@
 //! The per-layer report of a model (what `export` prints and `inspect` reads back).
 
 use serde::Serialize;
+use tinybayes::fixed::QModel;
 use tinybayes::format::{Activation, Posterior};
 use tinybayes::Model;
 
@@ -30,6 +31,8 @@ pub struct LayerReport {
 /// The whole report.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct ModelReport {
+    /// Number format: `f32`, `q8` or `q16`.
+    pub precision: &'static str,
     /// Input shape (channels, height, width).
     pub input_shape: [usize; 3],
     /// Number of classes.
@@ -84,6 +87,7 @@ impl ModelReport {
             })
             .collect();
         ModelReport {
+            precision: "f32",
             input_shape: model.input_shape(),
             classes: model.num_classes(),
             layers,
@@ -97,9 +101,52 @@ impl ModelReport {
     }
 
     /// A human-readable table.
+    /// The report of a fixed-point (q8, q16) model.
+    pub fn new_fixed(model: &QModel<'_>, samples: usize) -> Self {
+        let layers: Vec<LayerReport> = model
+            .layers()
+            .iter()
+            .map(|l| {
+                let dense = l.inputs() * l.outputs();
+                LayerReport {
+                    kind: l.kind().name().into(),
+                    posterior: match l.posterior() {
+                        Posterior::Gaussian => "gaussian",
+                        Posterior::Deterministic => "deterministic",
+                    }
+                    .into(),
+                    activation: match l.activation() {
+                        Activation::Relu => "relu",
+                        Activation::Identity => "identity",
+                    }
+                    .into(),
+                    inputs: l.inputs(),
+                    outputs: l.outputs(),
+                    nnz: l.nnz(),
+                    dense_weights: dense,
+                    sparsity: 1.0 - l.nnz() as f64 / dense as f64,
+                    flash_bytes: l.payload_bytes(),
+                }
+            })
+            .collect();
+        ModelReport {
+            precision: model.precision().name(),
+            input_shape: model.input_shape(),
+            classes: model.num_classes(),
+            dense_params: layers.iter().map(|l| l.dense_weights + l.outputs).sum(),
+            layers,
+            nnz: model.nnz(),
+            flash_bytes: model.as_bytes().len(),
+            ram_samples: samples,
+            ram_bytes: model.workspace_bytes(samples),
+            ram_bytes_deterministic: model.workspace_bytes(0),
+        }
+    }
+
     pub fn to_table(&self) -> String {
         let mut s = format!(
-            "input {}x{}x{}, {} classes\n{:<3} {:<14} {:<13} {:>7} {:>7} {:>9} {:>9} {:>9} {:>11}\n",
+            "{} model, input {}x{}x{}, {} classes\n{:<3} {:<23} {:<13} {:>7} {:>7} {:>9} {:>9} {:>9} {:>11}\n",
+            self.precision,
             self.input_shape[0],
             self.input_shape[1],
             self.input_shape[2],
@@ -116,7 +163,7 @@ impl ModelReport {
         );
         for (i, l) in self.layers.iter().enumerate() {
             s += &format!(
-                "{:<3} {:<14} {:<13} {:>7} {:>7} {:>9} {:>9} {:>8.2}% {:>11}\n",
+                "{:<3} {:<23} {:<13} {:>7} {:>7} {:>9} {:>9} {:>8.2}% {:>11}\n",
                 i,
                 l.kind,
                 l.posterior,

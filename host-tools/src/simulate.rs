@@ -11,6 +11,8 @@ use std::num::NonZeroU16;
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro128PlusPlus;
 use rayon::prelude::*;
+use tinybayes::fixed::{QEngine, QModel, QPrediction};
+use tinybayes::format::CRC32;
 use tinybayes::{Engine, InferenceError, Mode, Model, Prediction};
 
 use crate::idx::IdxArray;
@@ -241,6 +243,95 @@ fn run<const K: usize>(
             },
         )
         .collect()
+}
+
+impl<const K: usize> From<&QPrediction<K>> for ImagePrediction {
+    fn from(p: &QPrediction<K>) -> Self {
+        ImagePrediction {
+            probabilities: p.probabilities.iter().map(|v| v.to_f32()).collect(),
+            class: p.class,
+            predictive_entropy: p.predictive_entropy.to_f32(),
+            expected_entropy: p.expected_entropy.to_f32(),
+            mutual_information: p.mutual_information.to_f32(),
+        }
+    }
+}
+
+/// The result of a fixed-point simulation: the predictions, and the CRC-32 of every output
+/// bit in image order (`QPrediction::digest_into`), which the firmware computes the same way
+/// so that host and device outputs can be compared in one number.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FixedSimulation {
+    /// One prediction per image, converted to f32 for the metrics.
+    pub predictions: Vec<ImagePrediction>,
+    /// CRC-32 of all outputs, in image order.
+    pub outputs_crc32: u32,
+}
+
+/// [`simulate`] for a fixed-point model: the integer engine over every image, with the same
+/// per-image seeds.
+pub fn simulate_fixed(
+    model: &QModel<'_>,
+    images: &Images<'_>,
+    mode: Mode,
+    seed: u64,
+) -> Result<FixedSimulation, SimulateError> {
+    let values = images.values();
+    if values != model.input_len() {
+        return Err(SimulateError::InputSize {
+            rows: images.rows,
+            cols: images.cols,
+            values,
+            inputs: model.input_len(),
+        });
+    }
+    if images.pixels.len() % values != 0 {
+        return Err(SimulateError::PartialImage {
+            len: images.pixels.len(),
+            rows: images.rows,
+            cols: images.cols,
+        });
+    }
+    if images.is_empty() {
+        return Err(SimulateError::Empty);
+    }
+    match model.num_classes() {
+        0..=16 => run_fixed::<16>(model, images, mode, seed),
+        17..=128 => run_fixed::<128>(model, images, mode, seed),
+        _ => run_fixed::<{ tinybayes::format::MAX_CLASSES }>(model, images, mode, seed),
+    }
+}
+
+fn run_fixed<const K: usize>(
+    model: &QModel<'_>,
+    images: &Images<'_>,
+    mode: Mode,
+    seed: u64,
+) -> Result<FixedSimulation, SimulateError> {
+    let values = images.values();
+    let workspace_len = model.workspace_len(CHUNK);
+    let outputs: Vec<QPrediction<K>> = images
+        .pixels
+        .par_chunks_exact(values)
+        .enumerate()
+        .map_init(
+            || vec![0u64; workspace_len],
+            |workspace, (index, pixels)| {
+                let fail = |source| SimulateError::Inference { index, source };
+                let mut engine = QEngine::<CHUNK>::new(model, workspace).map_err(fail)?;
+                let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed.wrapping_add(index as u64));
+                engine.predict_u8(pixels, mode, &mut rng).map_err(fail)
+            },
+        )
+        .collect::<Result<_, _>>()?;
+    let mut digest = CRC32.digest();
+    for p in &outputs {
+        p.digest_into(&mut digest);
+    }
+    Ok(FixedSimulation {
+        predictions: outputs.iter().map(ImagePrediction::from).collect(),
+        outputs_crc32: digest.finalize(),
+    })
 }
 
 #[cfg(test)]

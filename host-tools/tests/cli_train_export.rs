@@ -107,6 +107,46 @@ fn train_export_inspect_round_trip() {
         report["flash_bytes"].as_u64().unwrap(),
         fs::metadata(&model).unwrap().len()
     );
+    assert_eq!(report["precision"], "f32");
+
+    // A q8 export, calibrated on the training images: about a quarter of the flash.
+    let q8 = dir.path().join("m-q8.tbm");
+    let train_images = data.join("train-images-idx3-ubyte.gz");
+    let out = tinybayes(&[
+        "export",
+        "--run",
+        p(&run),
+        "--precision",
+        "q8",
+        "--calibration-images",
+        p(&train_images),
+        "--calibration-count",
+        "200",
+        "--out",
+        p(&q8),
+    ]);
+    assert!(out.status.success(), "q8 export failed: {}", stderr(&out));
+    let out = tinybayes(&["inspect", "--model", p(&q8), "--json"]);
+    let q8_report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(q8_report["precision"], "q8");
+    assert_eq!(q8_report["layers"][0]["kind"], "qlinear-sparse-by-input");
+    assert!(
+        q8_report["flash_bytes"].as_u64().unwrap() * 2 < report["flash_bytes"].as_u64().unwrap()
+    );
+    // A q8 file cannot run as f32.
+    let out = tinybayes(&[
+        "predict",
+        "--model",
+        p(&q8),
+        "--images",
+        p(&train_images),
+        "--precision",
+        "f32",
+        "--out",
+        p(&dir.path().join("x.csv")),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("is a q8 model"), "{}", stderr(&out));
 
     // The run is finished: resuming it trains nothing more and succeeds.
     let out = tinybayes(&["train", "--data", p(&data), "--out", p(&run), "--resume"]);

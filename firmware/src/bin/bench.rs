@@ -13,7 +13,7 @@ use rand_xoshiro::Xoshiro128PlusPlus;
 use tinybayes::{Engine, InferenceError, Mode, Model, Prediction};
 use tinybayes_firmware::assets;
 use tinybayes_firmware::clock::Clock;
-#[cfg(feature = "qemu")]
+#[cfg(tb_board = "mps2-an386")]
 use tinybayes_firmware::generated::BENCH_DENSE;
 use tinybayes_firmware::generated::{BENCH_DENSE_WORKSPACE_WORDS, BENCH_SPARSE, DEMO_MODEL};
 use tinybayes_firmware::platform::{self, Board};
@@ -112,14 +112,14 @@ fn main() -> ! {
         "tinybayes bench on {=str}; counts are guest instructions (QEMU -icount), not cycles",
         platform::BOARD_NAME
     );
-    // The dense Gaussian model takes 2.1 MB: it fits the 4 MB of mps2-an386, not a 1 MB board.
-    #[cfg(feature = "qemu")]
+    // The dense Gaussian model takes 2.1 MB: it fits the 4 MB of mps2-an386 only.
+    #[cfg(tb_board = "mps2-an386")]
     let models = [
         ("LeNet-300-100 (trained, models/lenet300.tbm)", DEMO_MODEL),
         ("synthetic sparse", BENCH_SPARSE),
         ("synthetic dense", BENCH_DENSE),
     ];
-    #[cfg(not(feature = "qemu"))]
+    #[cfg(not(tb_board = "mps2-an386"))]
     let models = [
         ("LeNet-300-100 (trained, models/lenet300.tbm)", DEMO_MODEL),
         ("synthetic sparse", BENCH_SPARSE),

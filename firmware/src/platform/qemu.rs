@@ -1,6 +1,9 @@
-//! QEMU mps2-an386 (Cortex-M4F): SysTick counts instructions under `-icount shift=0`
-//! (40 per tick: the 25 MHz system clock against 1 ns per instruction), the FPGA I/O block's
-//! user LED register stands in for an LED, and semihosting carries defmt and the exit code.
+//! QEMU boards: mps2-an386 (Cortex-M4F), mps2-an385 (Cortex-M3) and the BBC micro:bit
+//! (Cortex-M0), chosen by the build target. SysTick counts instructions under
+//! `-icount shift=0` (one instruction per nanosecond against the board's core clock: 40 per tick
+//! at the MPS2's 25 MHz, 62.5 at the micro:bit's 16 MHz), a memory-mapped output bit stands in
+//! for an LED (the MPS2 FPGA I/O LED register, the nRF51 GPIO OUT register), and semihosting
+//! carries defmt and the exit code.
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -14,13 +17,27 @@ use embedded_hal::digital::{ErrorType, OutputPin};
 use crate::clock::Clock;
 
 /// Name of the board, for logs.
+#[cfg(tb_board = "mps2-an386")]
 pub const BOARD_NAME: &str = "QEMU mps2-an386 (Cortex-M4F)";
+/// Name of the board, for logs.
+#[cfg(tb_board = "mps2-an385")]
+pub const BOARD_NAME: &str = "QEMU mps2-an385 (Cortex-M3, no FPU)";
+/// Name of the board, for logs.
+#[cfg(tb_board = "microbit")]
+pub const BOARD_NAME: &str = "QEMU micro:bit (Cortex-M0, no FPU, 16 KB RAM)";
 
-/// Instructions per SysTick tick under `-icount shift=0` on mps2-an386.
-const INSTRUCTIONS_PER_TICK: u64 = 40;
+/// Instructions per SysTick tick under `-icount shift=0`, times two (the micro:bit's 62.5 is
+/// not an integer).
+#[cfg(not(tb_board = "microbit"))]
+const TWICE_INSTRUCTIONS_PER_TICK: u64 = 80;
+#[cfg(tb_board = "microbit")]
+const TWICE_INSTRUCTIONS_PER_TICK: u64 = 125;
 const SYSTICK_RELOAD: u32 = 0x00ff_ffff;
-/// Address of the FPGA I/O LED register (FPGAIO LED0) on MPS2 AN385/AN386.
-const FPGAIO_LED0: usize = 0x4002_8000;
+/// The LED: FPGA I/O LED0 on the MPS2 boards, the nRF51 GPIO OUT register on the micro:bit.
+#[cfg(not(tb_board = "microbit"))]
+const LED_REGISTER: usize = 0x4002_8000;
+#[cfg(tb_board = "microbit")]
+const LED_REGISTER: usize = 0x5000_0504;
 
 static SYSTICK_WRAPS: AtomicU32 = AtomicU32::new(0);
 
@@ -56,7 +73,7 @@ impl Clock for InstructionClock {
             if wraps == SYSTICK_WRAPS.load(Ordering::Relaxed) {
                 let ticks =
                     wraps as u64 * (SYSTICK_RELOAD as u64 + 1) + (SYSTICK_RELOAD - current) as u64;
-                return ticks * INSTRUCTIONS_PER_TICK;
+                return ticks * TWICE_INSTRUCTIONS_PER_TICK / 2;
             }
         }
     }
@@ -68,7 +85,7 @@ impl Drop for InstructionClock {
     }
 }
 
-/// User LED 0 of the MPS2 FPGA I/O block.
+/// An output bit: user LED 0 of the MPS2 FPGA I/O block, or GPIO 0 of the nRF51.
 pub struct FpgaLed;
 
 impl ErrorType for FpgaLed {
@@ -79,9 +96,9 @@ impl FpgaLed {
     // The one memory-mapped register the demo touches; QEMU models it as a plain register.
     #[allow(unsafe_code)]
     fn write_bit(&mut self, on: bool) {
-        let reg = FPGAIO_LED0 as *mut u32;
-        // SAFETY: FPGAIO_LED0 is the LED0 register of the MPS2 FPGA I/O block, always mapped
-        // on this board; volatile access, single-threaded firmware.
+        let reg = LED_REGISTER as *mut u32;
+        // SAFETY: LED_REGISTER is the board's LED0 / GPIO OUT register, always mapped on this
+        // board; volatile access, single-threaded firmware.
         unsafe {
             let v = core::ptr::read_volatile(reg);
             core::ptr::write_volatile(reg, if on { v | 1 } else { v & !1 });

@@ -15,13 +15,12 @@ use serde::Serialize;
 use tinybayes::Mode;
 
 use crate::commands::predict::{check_output_dir, load_images, SamplingArgs};
-use crate::files::{check_writable, read_model, write_new};
+use crate::files::{check_writable, write_new};
 use crate::idx::{read_labels, Dataset, IdxError};
-use crate::metrics::{
-    evaluate, layer_sparsity, LayerSparsity, Metrics, ECE_BINS, PROBABILITY_FLOOR,
-};
+use crate::metrics::{evaluate, LayerSparsity, Metrics, ECE_BINS, PROBABILITY_FLOOR};
 use crate::plots;
-use crate::simulate::{describe_mode, simulate, ImagePrediction, Images};
+use crate::runner::{load_runner, PrecisionArgs};
+use crate::simulate::{describe_mode, ImagePrediction, Images};
 
 /// Name of the JSON report inside the report directory.
 pub const REPORT_FILE: &str = "report.json";
@@ -58,6 +57,9 @@ pub struct EvalArgs {
     /// Sampling of the posterior.
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    /// Number format.
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
     /// Report directory (created if missing).
     #[arg(long, value_name = "DIR")]
     pub report: PathBuf,
@@ -88,6 +90,12 @@ pub struct EvalReport {
     pub images: String,
     /// Label file.
     pub labels: String,
+    /// Number format run: `f32`, `q8` or `q16`.
+    pub precision: &'static str,
+    /// Fixed-point runs: CRC-32 of every output bit in image order (the firmware's parity
+    /// digest); absent for f32.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outputs_crc32: Option<String>,
     /// `"mean_weights"` or `"monte_carlo"`.
     pub mode: &'static str,
     /// Monte Carlo samples per image (0 for mean weights).
@@ -217,15 +225,21 @@ fn summary(report: &EvalReport, mode: Mode, dir: &Path) -> String {
     let u = &m.uncertainty;
     let mean = |s: Option<crate::metrics::Summary>| fmt_opt(s.map(|s| s.mean));
     format!(
-        "evaluated {} images ({}, seed {}) in {:.2} s\n\
+        "evaluated {} images ({}, {}, seed {}) in {:.2} s{}\n\
          accuracy {:.4} ({} of {})  NLL {:.4}  Brier {:.4}  ECE {:.4}\n\
          mean predictive entropy correct {} / wrong {} (AUROC {}), \
          mutual information correct {} / wrong {} (AUROC {})\n\
          wrote {}",
         m.count,
+        report.precision,
         describe_mode(mode),
         report.seed,
         report.inference_seconds,
+        report
+            .outputs_crc32
+            .as_ref()
+            .map(|c| format!("; outputs CRC-32 {c}"))
+            .unwrap_or_default(),
         m.accuracy,
         m.correct,
         m.count,
@@ -245,35 +259,39 @@ fn summary(report: &EvalReport, mode: Mode, dir: &Path) -> String {
 /// Runs `eval`.
 pub fn run(args: &EvalArgs) -> Result<()> {
     let mode = args.sampling.mode()?;
-    let buffer = read_model(&args.model)?;
-    let model = buffer.model()?;
-    let dataset = load_dataset(args, model.num_classes())?;
+    let runner = load_runner(&args.model, &args.precision)?;
+    let classes = runner.num_classes();
+    let dataset = load_dataset(args, classes)?;
     let images = Images {
         rows: dataset.rows,
         cols: dataset.cols,
         pixels: &dataset.pixels,
     };
-    crate::simulate::check_images(&model, &images)?;
+    if images.values() != runner.input_len() {
+        bail!(
+            "images are {}x{} = {} values but the model takes {} inputs",
+            images.rows,
+            images.cols,
+            images.values(),
+            runner.input_len()
+        );
+    }
     prepare_report_dir(&args.report, args.force)?;
 
     let start = Instant::now();
-    let predictions = simulate(&model, &images, mode, args.sampling.seed)?;
+    let sim = runner.simulate(&images, mode, args.sampling.seed)?;
+    let predictions = sim.predictions;
     let inference_seconds = start.elapsed().as_secs_f64();
     let labels = dataset.labels_usize();
     let metrics = evaluate(&predictions, &labels)?;
-    let sparsity = layer_sparsity(&model);
-    let pngs = draw_plots(
-        &predictions,
-        &labels,
-        &metrics,
-        &sparsity,
-        model.num_classes(),
-        mode,
-    )?;
+    let sparsity = runner.sparsity();
+    let pngs = draw_plots(&predictions, &labels, &metrics, &sparsity, classes, mode)?;
     let report = EvalReport {
         model: args.model.display().to_string(),
         images: args.images.display().to_string(),
         labels: args.labels.display().to_string(),
+        precision: runner.precision().name(),
+        outputs_crc32: sim.outputs_crc32.map(|c| format!("{c:#010x}")),
         mode: match mode {
             Mode::MeanWeights => "mean_weights",
             Mode::MonteCarlo { .. } => "monte_carlo",
@@ -283,7 +301,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             Mode::MonteCarlo { samples } => u32::from(samples.get()),
         },
         seed: args.sampling.seed,
-        classes: model.num_classes(),
+        classes,
         ece_bins: ECE_BINS,
         nll_probability_floor: PROBABILITY_FLOOR,
         inference_seconds,

@@ -8,8 +8,9 @@ use clap::Args;
 
 use crate::export::{export, ExportOptions};
 use crate::files::{check_writable, write_new};
-use crate::report::ModelReport;
 use crate::run_dir::load_run;
+use crate::runner::{quantize_spec, PrecisionArgs, Runner};
+use tinybayes::format::Precision;
 
 /// Arguments of `export`.
 #[derive(Args, Debug)]
@@ -26,6 +27,9 @@ pub struct ExportArgs {
     /// Monte Carlo samples per pass for the RAM figure of the report.
     #[arg(long, default_value_t = 32)]
     pub samples: usize,
+    /// Number format of the file (q8/q16 need --calibration-images).
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
     /// Output model file (.tbm).
     #[arg(long)]
     pub out: PathBuf,
@@ -49,9 +53,14 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         gaussian: !args.deterministic,
     };
     let (spec, pruning) = export(&run.network, options)?;
-    let buffer = spec.to_buffer()?;
-    let model = buffer.model()?;
-    write_new(&args.out, buffer.as_bytes(), args.force)?;
+    let runner = match args.precision.precision {
+        None | Some(Precision::F32) => Runner::F32(spec.to_buffer()?),
+        Some(p) => Runner::Fixed(quantize_spec(&spec, p, &args.precision)?),
+    };
+    let report = runner
+        .report(args.samples)
+        .ok_or_else(|| anyhow::anyhow!("the exported model did not validate"))?;
+    write_new(&args.out, runner.buffer().as_bytes(), args.force)?;
     println!(
         "{} after {} epochs, pruned at log alpha > {}:",
         run.config.arch, run.epochs_done, args.threshold
@@ -62,7 +71,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
             p.surviving_weights, p.trained_weights, p.kept_outputs, p.trained_outputs
         );
     }
-    print!("{}", ModelReport::new(&model, args.samples).to_table());
+    print!("{}", report.to_table());
     println!("wrote {}", args.out.display());
     Ok(())
 }

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::files::read_model;
-use crate::report::ModelReport;
+use crate::runner::read_any_model;
 
 /// Arguments of `inspect`.
 #[derive(Args, Debug)]
@@ -24,9 +23,10 @@ pub struct InspectArgs {
 
 /// Runs `inspect`.
 pub fn run(args: &InspectArgs) -> Result<()> {
-    let buffer = read_model(&args.model)?;
-    let model = buffer.model()?;
-    let report = ModelReport::new(&model, args.samples);
+    let runner = read_any_model(&args.model)?;
+    let report = runner
+        .report(args.samples)
+        .ok_or_else(|| anyhow::anyhow!("{} did not validate", args.model.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -18,9 +18,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use tinybayes::Mode;
 
-use crate::files::{check_writable, read_model, write_new};
+use crate::files::{check_writable, write_new};
 use crate::idx::{read_images, IdxArray, IdxError};
-use crate::simulate::{describe_mode, parse_samples, simulate, ImagePrediction, Images};
+use crate::runner::{load_runner, PrecisionArgs};
+use crate::simulate::{describe_mode, parse_samples, ImagePrediction, Images};
 
 /// Samples used when neither `--samples` nor `--mean-weights` is given.
 pub const DEFAULT_SAMPLES: &str = "32";
@@ -62,6 +63,9 @@ pub struct PredictArgs {
     /// Sampling of the posterior.
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    /// Number format.
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
     /// Output CSV file.
     #[arg(long)]
     pub out: PathBuf,
@@ -161,20 +165,24 @@ pub fn run(args: &PredictArgs) -> Result<()> {
         bail!("{} is a directory, not a file", args.out.display());
     }
     check_output_dir(args.out.parent().unwrap_or(Path::new(".")))?;
-    let buffer = read_model(&args.model)?;
-    let model = buffer.model()?;
+    let runner = load_runner(&args.model, &args.precision)?;
     let array = load_images(&args.images)?;
     let images = Images::from_idx(&array);
     let start = Instant::now();
-    let predictions = simulate(&model, &images, mode, args.sampling.seed)?;
+    let sim = runner.simulate(&images, mode, args.sampling.seed)?;
     let seconds = start.elapsed().as_secs_f64();
-    let text = csv_text(&predictions, model.num_classes(), &[])?;
+    let text = csv_text(&sim.predictions, runner.num_classes(), &[])?;
     write_new(&args.out, text.as_bytes(), args.force)?;
+    let digest = sim
+        .outputs_crc32
+        .map(|c| format!("; outputs CRC-32 {c:#010x}"))
+        .unwrap_or_default();
     // A closed stdout (e.g. piped into `head`) is not an error once the file is written.
     let _ = writeln!(
         std::io::stdout(),
-        "predicted {} images ({}, seed {}) in {seconds:.2} s; wrote {}",
-        predictions.len(),
+        "predicted {} images ({}, {}, seed {}) in {seconds:.2} s{digest}; wrote {}",
+        sim.predictions.len(),
+        runner.precision().name(),
         describe_mode(mode),
         args.sampling.seed,
         args.out.display()

@@ -1,0 +1,200 @@
+//! Build-time data of the fixed-point firmware: the q8 and q16 LeNet-300-100 models, their
+//! workspace, host-computed digests of their outputs on the ten embedded images, and the
+//! expected digest of the full 10,000-image MNIST test set, which the `parity` binary streams
+//! over semihosting and checks on the device.
+
+use std::env;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Read;
+use std::num::NonZeroU16;
+use std::path::{Path, PathBuf};
+
+use rand_core::SeedableRng;
+use rand_xoshiro::Xoshiro128PlusPlus;
+use tinybayes::fixed::{QEngine, QModel, QPrediction};
+use tinybayes::format::CRC32;
+use tinybayes::writer::ModelBuffer;
+use tinybayes::Mode;
+
+/// The fixed-point models, relative to the firmware crate.
+const Q8_MODEL: &str = "../models/lenet300-q8.tbm";
+const Q16_MODEL: &str = "../models/lenet300-q16.tbm";
+/// Monte Carlo samples of the parity runs and the demo.
+const SAMPLES: u16 = 32;
+/// Image `i` uses the generator seeded with `SEED_BASE + i` (as the f32 parity test).
+const SEED_BASE: u64 = 0x7b00;
+/// The MNIST test images, relative to the workspace (GUIDE: `../shared/data/mnist`), unless
+/// `TINYBAYES_MNIST_DIR` names the directory.
+const MNIST_DIR: &str = "../../shared/data/mnist";
+const MNIST_TEST_IMAGES: &str = "t10k-images-idx3-ubyte.gz";
+
+fn modes() -> [Mode; 2] {
+    [
+        Mode::MeanWeights,
+        Mode::MonteCarlo {
+            samples: NonZeroU16::new(SAMPLES).expect("non-zero"),
+        },
+    ]
+}
+
+/// CRC-32 of one image's outputs in both modes (mean weights, then Monte Carlo).
+fn image_digest(engine: &mut QEngine<'_, '_, 32>, pixels: &[u8], seed: u64) -> u32 {
+    let mut digest = CRC32.digest();
+    for mode in modes() {
+        let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed);
+        let p: QPrediction<10> = engine.predict_u8(pixels, mode, &mut rng).expect("predict");
+        p.digest_into(&mut digest);
+    }
+    digest.finalize()
+}
+
+pub fn write_fixed(src: &mut String, manifest: &Path, out: &Path, images: &[u8], chunk: usize) {
+    let mut workspace_words = 0;
+    for (name, rel) in [("FIXED_Q8_MODEL", Q8_MODEL), ("FIXED_Q16_MODEL", Q16_MODEL)] {
+        let path = manifest
+            .join(rel)
+            .canonicalize()
+            .expect("fixed-point model exists");
+        println!("cargo::rerun-if-changed={}", path.display());
+        let buffer = ModelBuffer::from_bytes(&fs::read(&path).expect("read model"));
+        let model = QModel::from_bytes(buffer.as_bytes()).expect("valid fixed-point model");
+        workspace_words = workspace_words.max(model.workspace_len(chunk));
+        writeln!(src, "/// {rel}, in flash.").unwrap();
+        writeln!(
+            src,
+            "pub static {name}: &[u8] = tinybayes::include_model!({:?});",
+            path.display().to_string()
+        )
+        .unwrap();
+        // Per embedded image: the digest of its outputs in both modes.
+        let mut ws = vec![0u64; model.workspace_len(32)];
+        let mut engine = QEngine::<32>::new(&model, &mut ws).expect("workspace");
+        let count = images.len() / 785;
+        let digests: Vec<u32> = (0..count)
+            .map(|i| {
+                let pixels = &images[count + i * 784..count + (i + 1) * 784];
+                image_digest(&mut engine, pixels, SEED_BASE + i as u64)
+            })
+            .collect();
+        writeln!(
+            src,
+            "/// Host-computed CRC-32 of each embedded image's outputs with `{name}` (mean weights, then Monte Carlo)."
+        )
+        .unwrap();
+        writeln!(
+            src,
+            "pub static {name}_EXPECTED: [u32; {count}] = {digests:?};"
+        )
+        .unwrap();
+    }
+    writeln!(
+        src,
+        "/// Samples sharing a pass in the fixed-point firmware."
+    )
+    .unwrap();
+    writeln!(src, "pub const FIXED_CHUNK: usize = {chunk};").unwrap();
+    writeln!(
+        src,
+        "/// 64-bit workspace words of the fixed-point models at `FIXED_CHUNK`."
+    )
+    .unwrap();
+    writeln!(
+        src,
+        "pub const FIXED_WORKSPACE_WORDS: usize = {workspace_words};"
+    )
+    .unwrap();
+    writeln!(
+        src,
+        "/// Monte Carlo samples of the fixed-point demo and parity runs."
+    )
+    .unwrap();
+    writeln!(src, "pub const FIXED_SAMPLES: u16 = {SAMPLES};").unwrap();
+    writeln!(
+        src,
+        "/// Seed of image i's generator is `FIXED_SEED_BASE + i`."
+    )
+    .unwrap();
+    writeln!(src, "pub const FIXED_SEED_BASE: u64 = {SEED_BASE};").unwrap();
+    write_full_parity(src, manifest, out);
+}
+
+/// Decodes the MNIST test images to a raw file in OUT_DIR (10,000 x 784 bytes) and computes
+/// the q8 model's digest over all of them on the host.
+fn write_full_parity(src: &mut String, manifest: &Path, out: &Path) {
+    println!("cargo::rerun-if-env-changed=TINYBAYES_MNIST_DIR");
+    let dir = env::var_os("TINYBAYES_MNIST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest.join(MNIST_DIR));
+    let gz = dir.join(MNIST_TEST_IMAGES);
+    let raw = out.join("mnist-t10k-images.u8");
+    let pixels = fs::File::open(&gz).ok().and_then(|f| {
+        let mut bytes = Vec::new();
+        flate2::read::GzDecoder::new(f)
+            .read_to_end(&mut bytes)
+            .ok()?;
+        // IDX: magic 0x00000803, count, rows, cols (big endian), then the pixels.
+        let header: [u8; 16] = bytes.get(..16)?.try_into().ok()?;
+        let dims = |i: usize| u32::from_be_bytes(header[i..i + 4].try_into().unwrap()) as usize;
+        let ok = dims(0) == 0x803 && dims(8) == 28 && dims(12) == 28;
+        let n = dims(4);
+        (ok && bytes.len() == 16 + n * 784).then(|| bytes.split_off(16))
+    });
+    let Some(pixels) = pixels else {
+        println!(
+            "cargo::warning=MNIST test images not found at {} (set TINYBAYES_MNIST_DIR): the parity binary will report them missing",
+            gz.display()
+        );
+        writeln!(
+            src,
+            "/// Full-test-set parity data is unavailable in this build."
+        )
+        .unwrap();
+        writeln!(
+            src,
+            "pub const PARITY_IMAGES: Option<&core::ffi::CStr> = None;"
+        )
+        .unwrap();
+        writeln!(src, "/// Images in the parity file.").unwrap();
+        writeln!(src, "pub const PARITY_IMAGE_COUNT: usize = 0;").unwrap();
+        writeln!(src, "/// Expected digest (unavailable).").unwrap();
+        writeln!(src, "pub const PARITY_EXPECTED_CRC32: u32 = 0;").unwrap();
+        return;
+    };
+    println!("cargo::rerun-if-changed={}", gz.display());
+    fs::write(&raw, &pixels).expect("write raw parity images");
+    let path = manifest
+        .join(Q8_MODEL)
+        .canonicalize()
+        .expect("q8 model exists");
+    let buffer = ModelBuffer::from_bytes(&fs::read(&path).expect("read model"));
+    let model = QModel::from_bytes(buffer.as_bytes()).expect("valid");
+    let mut ws = vec![0u64; model.workspace_len(32)];
+    let mut engine = QEngine::<32>::new(&model, &mut ws).expect("workspace");
+    let mut digest = CRC32.digest();
+    let count = pixels.len() / 784;
+    for (i, image) in pixels.chunks_exact(784).enumerate() {
+        let d = image_digest(&mut engine, image, SEED_BASE + i as u64);
+        digest.update(&d.to_le_bytes());
+    }
+    let total = digest.finalize();
+    writeln!(
+        src,
+        "/// The raw MNIST test images (784 bytes each), read over semihosting."
+    )
+    .unwrap();
+    writeln!(
+        src,
+        "pub const PARITY_IMAGES: Option<&core::ffi::CStr> = Some(c{:?});",
+        raw.display().to_string()
+    )
+    .unwrap();
+    writeln!(src, "/// Images in the parity file.").unwrap();
+    writeln!(src, "pub const PARITY_IMAGE_COUNT: usize = {count};").unwrap();
+    writeln!(
+        src,
+        "/// Host-computed CRC-32 over the per-image digests (q8 model, mean weights and Monte Carlo) of every image."
+    )
+    .unwrap();
+    writeln!(src, "pub const PARITY_EXPECTED_CRC32: u32 = {total:#010x};").unwrap();
+}

@@ -1,0 +1,113 @@
+//! The fixed-point demo: the same ten digits classified by the q8 LeNet-300-100 with the
+//! integer-only engine, for cores without an FPU (Cortex-M0, M3). Nothing here touches a
+//! float: thresholds are in Q16 nats and values print in thousandths.
+
+use core::num::NonZeroU16;
+
+use embedded_hal::delay::DelayNs;
+use embedded_hal::digital::OutputPin;
+use rand_core::SeedableRng;
+use rand_xoshiro::Xoshiro128PlusPlus;
+use tinybayes::fixed::{QEngine, QModel, QPrediction, UQ16};
+use tinybayes::{InferenceError, Mode, ModelError};
+
+use crate::assets;
+use crate::clock::Clock;
+use crate::generated::{
+    FIXED_CHUNK, FIXED_Q8_MODEL, FIXED_SAMPLES, FIXED_SEED_BASE, FIXED_WORKSPACE_WORDS,
+};
+
+/// Unsure when the mutual information exceeds 0.1 nats (Q16)...
+pub const UNSURE_MUTUAL_INFORMATION: UQ16 = UQ16(6554);
+/// ...or the predicted class has probability below 0.5 (Q16).
+pub const UNSURE_CONFIDENCE: UQ16 = UQ16(32768);
+
+/// Whether a fixed-point prediction should be flagged as "I don't know".
+pub fn is_unsure<const K: usize>(p: &QPrediction<K>) -> bool {
+    p.mutual_information > UNSURE_MUTUAL_INFORMATION || p.confidence() < UNSURE_CONFIDENCE
+}
+
+/// Why the fixed-point demo stopped.
+#[derive(Debug, defmt::Format)]
+pub enum FixedDemoError {
+    /// The embedded model did not validate.
+    Model(ModelError),
+    /// An inference failed.
+    Inference(InferenceError),
+}
+
+impl From<ModelError> for FixedDemoError {
+    fn from(e: ModelError) -> Self {
+        FixedDemoError::Model(e)
+    }
+}
+
+impl From<InferenceError> for FixedDemoError {
+    fn from(e: InferenceError) -> Self {
+        FixedDemoError::Inference(e)
+    }
+}
+
+/// Runs the fixed-point demo on the embedded images; returns (correct, unsure, total).
+pub fn run_fixed_demo<L: OutputPin, D: DelayNs, C: Clock>(
+    led: &mut L,
+    delay: &mut D,
+    clock: &mut C,
+) -> Result<crate::app::DemoSummary, FixedDemoError> {
+    let model = QModel::from_bytes(FIXED_Q8_MODEL)?;
+    defmt::info!(
+        "model: LeNet-300-100, sparse variational dropout, q8 fixed point (models/lenet300-q8.tbm)"
+    );
+    defmt::info!(
+        "{=usize} layers, {=usize} weights stored, {=usize} bytes of flash, {=usize} bytes of workspace",
+        model.layers().len(),
+        model.nnz(),
+        model.as_bytes().len(),
+        model.workspace_bytes(FIXED_CHUNK)
+    );
+    let mut workspace = [0u64; FIXED_WORKSPACE_WORDS];
+    let mut engine = QEngine::<FIXED_CHUNK>::new(&model, &mut workspace)?;
+    let samples = NonZeroU16::new(FIXED_SAMPLES).unwrap_or(NonZeroU16::MIN);
+    defmt::info!(
+        "integer-only posterior predictive, {=u16} Monte Carlo samples per image",
+        samples.get()
+    );
+    let mut summary = crate::app::DemoSummary {
+        correct: 0,
+        unsure: 0,
+        total: 0,
+    };
+    for i in 0..assets::IMAGE_COUNT {
+        let (pixels, label) = assets::image(i);
+        let mut rng = Xoshiro128PlusPlus::seed_from_u64(FIXED_SEED_BASE + i as u64);
+        let start = clock.now();
+        let p: QPrediction<10> =
+            engine.predict_u8(pixels, Mode::MonteCarlo { samples }, &mut rng)?;
+        let cost = clock.now() - start;
+        let unsure = is_unsure(&p);
+        let _ = if unsure {
+            led.set_high()
+        } else {
+            led.set_low()
+        };
+        defmt::info!(
+            "image {=usize}: label {=u8} -> predicted {=usize} (p = 0.{=u32:03}), entropy {=u32}/1000 nats, expected entropy {=u32}/1000, mutual information {=u32}/1000 nats{=str} [{=u64} {=str}]",
+            i,
+            label,
+            p.class,
+            p.confidence().to_milli().min(999),
+            p.predictive_entropy.to_milli(),
+            p.expected_entropy.to_milli(),
+            p.mutual_information.to_milli(),
+            if unsure { ", UNSURE (LED on)" } else { "" },
+            cost,
+            C::UNIT
+        );
+        summary.total += 1;
+        summary.correct += usize::from(p.class == label as usize);
+        summary.unsure += usize::from(unsure);
+        delay.delay_ms(1);
+    }
+    let _ = led.set_low();
+    Ok(summary)
+}

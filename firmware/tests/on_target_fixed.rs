@@ -1,0 +1,122 @@
+//! On-target tests of the fixed-point path, run in QEMU on the Cortex-M0, M3 and M4F
+//! (`cargo test-m0`, `cargo test-m3`, `cargo test-m4 --test on_target_fixed`): the q8 and q16
+//! models validate on the device, every output on the embedded images is bit-identical to the
+//! host's (digests computed at build time with the same core code), results do not depend on
+//! the samples per pass, and bad inputs give errors rather than faults.
+#![no_std]
+#![no_main]
+
+use cortex_m_rt as _;
+use tinybayes_firmware as _;
+
+use core::num::NonZeroU16;
+
+use rand_core::SeedableRng;
+use rand_xoshiro::Xoshiro128PlusPlus;
+use tinybayes::fixed::{QEngine, QModel, QPrediction};
+use tinybayes::format::CRC32;
+use tinybayes::Mode;
+use tinybayes_firmware::assets;
+use tinybayes_firmware::generated::{
+    FIXED_CHUNK, FIXED_Q16_MODEL, FIXED_Q16_MODEL_EXPECTED, FIXED_Q8_MODEL,
+    FIXED_Q8_MODEL_EXPECTED, FIXED_SAMPLES, FIXED_SEED_BASE, FIXED_WORKSPACE_WORDS,
+};
+
+fn modes() -> [Mode; 2] {
+    [
+        Mode::MeanWeights,
+        Mode::MonteCarlo {
+            samples: NonZeroU16::new(FIXED_SAMPLES).unwrap(),
+        },
+    ]
+}
+
+/// The digest of image `i`'s outputs in both modes, computed with `CHUNK` samples per pass.
+fn digest<const CHUNK: usize>(model: &QModel<'_>, workspace: &mut [u64], i: usize) -> u32 {
+    let mut engine = QEngine::<CHUNK>::new(model, workspace).unwrap();
+    let (pixels, _) = assets::image(i);
+    let mut d = CRC32.digest();
+    for mode in modes() {
+        let mut rng = Xoshiro128PlusPlus::seed_from_u64(FIXED_SEED_BASE + i as u64);
+        let p: QPrediction<10> = engine.predict_u8(pixels, mode, &mut rng).unwrap();
+        p.digest_into(&mut d);
+    }
+    d.finalize()
+}
+
+fn check_parity(bytes: &[u8], expected: &[u32]) {
+    let model = QModel::from_bytes(bytes).unwrap();
+    let mut workspace = [0u64; FIXED_WORKSPACE_WORDS];
+    for (i, &host) in expected.iter().enumerate() {
+        let device = digest::<FIXED_CHUNK>(&model, &mut workspace, i);
+        if device != host {
+            defmt::error!(
+                "image {=usize}: device {=u32:#x} host {=u32:#x}",
+                i,
+                device,
+                host
+            );
+        }
+        defmt::assert_eq!(device, host);
+    }
+}
+
+#[defmt_test::tests]
+mod tests {
+    use super::*;
+    use tinybayes::{InferenceError, ModelError};
+
+    #[test]
+    fn q8_outputs_are_bit_identical_to_the_host() {
+        check_parity(FIXED_Q8_MODEL, &FIXED_Q8_MODEL_EXPECTED);
+    }
+
+    #[test]
+    fn q16_outputs_are_bit_identical_to_the_host() {
+        check_parity(FIXED_Q16_MODEL, &FIXED_Q16_MODEL_EXPECTED);
+    }
+
+    #[test]
+    fn one_sample_per_pass_gives_the_same_bits() {
+        let model = QModel::from_bytes(FIXED_Q8_MODEL).unwrap();
+        let mut workspace = [0u64; FIXED_WORKSPACE_WORDS];
+        defmt::assert_eq!(
+            digest::<1>(&model, &mut workspace, 3),
+            FIXED_Q8_MODEL_EXPECTED[3]
+        );
+    }
+
+    #[test]
+    fn the_q8_model_is_correct_on_most_embedded_digits() {
+        let model = QModel::from_bytes(FIXED_Q8_MODEL).unwrap();
+        let mut workspace = [0u64; FIXED_WORKSPACE_WORDS];
+        let mut engine = QEngine::<FIXED_CHUNK>::new(&model, &mut workspace).unwrap();
+        let mut correct = 0;
+        for i in 0..assets::IMAGE_COUNT {
+            let (pixels, label) = assets::image(i);
+            let mut rng = Xoshiro128PlusPlus::seed_from_u64(i as u64);
+            let p: QPrediction<10> = engine.predict_u8(pixels, modes()[1], &mut rng).unwrap();
+            correct += usize::from(p.class == label as usize);
+        }
+        defmt::assert!(correct >= 9);
+    }
+
+    #[test]
+    fn corrupt_models_and_bad_inputs_are_errors() {
+        defmt::assert!(matches!(
+            QModel::from_bytes(&FIXED_Q8_MODEL[..FIXED_Q8_MODEL.len() - 4]),
+            Err(ModelError::LengthMismatch { .. })
+        ));
+        let model = QModel::from_bytes(FIXED_Q8_MODEL).unwrap();
+        let mut workspace = [0u64; FIXED_WORKSPACE_WORDS];
+        defmt::assert!(matches!(
+            QEngine::<FIXED_CHUNK>::new(&model, &mut workspace[..8]),
+            Err(InferenceError::WorkspaceTooSmall { .. })
+        ));
+        let mut engine = QEngine::<FIXED_CHUNK>::new(&model, &mut workspace).unwrap();
+        let mut rng = Xoshiro128PlusPlus::seed_from_u64(0);
+        let r: Result<QPrediction<10>, _> =
+            engine.predict_u8(&[0u8; 10], Mode::MeanWeights, &mut rng);
+        defmt::assert!(matches!(r, Err(InferenceError::InputLength { .. })));
+    }
+}

