@@ -148,13 +148,32 @@ impl Precision {
 /// 1.0 is 65536).
 pub const LOGIT_FRAC_BITS: u32 = 16;
 
+/// Byte layout of one fixed-point weight record: `(record length, θ offset, σ² offset)`.
+///
+/// A record holds the weight's index (sparse storage: `index_bytes` bytes, 0 when dense), then
+/// θ aligned to its width, then σ² (Gaussian layers). q8 sparse Gaussian records are 3 bytes
+/// `[index, θ, σ²]`; q16 ones 6 bytes `[index, (pad), θ lo, θ hi, σ² lo, σ² hi]`.
+pub const fn quant_record_layout(
+    precision: Precision,
+    index_bytes: usize,
+    posterior: Posterior,
+) -> (usize, usize, usize) {
+    let width = precision.value_bytes();
+    let theta = index_bytes.div_ceil(width) * width;
+    let sigma = theta + width;
+    let len = match posterior {
+        Posterior::Deterministic => sigma,
+        Posterior::Gaussian => sigma + width,
+    };
+    (len, theta, sigma)
+}
+
 /// Payload size in bytes of a quantized linear layer (format version 3); `None` on overflow.
 ///
-/// Row parameters `[outputs]` of three i32 (θ multiplier, σ multiplier, bias), then, if
+/// Row parameters `[outputs]` of three i32 (θ multiplier, σ multiplier, bias); then, if
 /// sparse, per line (output row, or input column for by-input storage) the count of its
-/// weights and the `nnz` indices, each `index_bytes` wide; then `nnz` θ values and, if
-/// Gaussian, `nnz` σ² values, each `value_bytes` wide. Every section starts 4-byte aligned
-/// (zero padding).
+/// weights, `index_bytes` wide; then `nnz` weight records ([`quant_record_layout`]). Each
+/// section starts 4-byte aligned (zero padding).
 pub fn quant_payload_len(
     storage: Storage,
     posterior: Posterior,
@@ -165,24 +184,14 @@ pub fn quant_payload_len(
     index_bytes: usize,
 ) -> Option<usize> {
     let params = outputs.checked_mul(12)?;
-    let values = align_up(nnz.checked_mul(precision.value_bytes())?)?;
-    let values = match posterior {
-        Posterior::Deterministic => values,
-        Posterior::Gaussian => values.checked_mul(2)?,
-    };
-    let index = match storage {
+    let counts = match storage {
         Storage::Dense => 0,
-        Storage::Sparse | Storage::SparseByInput => {
-            let lines = if storage == Storage::Sparse {
-                outputs
-            } else {
-                inputs
-            };
-            align_up(lines.checked_mul(index_bytes)?)?
-                .checked_add(align_up(nnz.checked_mul(index_bytes)?)?)?
-        }
+        Storage::Sparse => align_up(outputs.checked_mul(index_bytes)?)?,
+        Storage::SparseByInput => align_up(inputs.checked_mul(index_bytes)?)?,
     };
-    params.checked_add(index)?.checked_add(values)
+    let (record, _, _) = quant_record_layout(precision, index_bytes, posterior);
+    let records = align_up(nnz.checked_mul(record)?)?;
+    params.checked_add(counts)?.checked_add(records)
 }
 
 /// What a layer computes and how its weights are stored (byte 0 of a layer record).

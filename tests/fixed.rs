@@ -157,6 +157,31 @@ fn storage_layouts_and_chunk_sizes_give_identical_bits() {
     }
 }
 
+#[test]
+fn a_deterministic_hidden_layer_matches_the_reference_and_ignores_chunking() {
+    for precision in [Precision::Q8, Precision::Q16] {
+        let mut f = f32_model(13);
+        f.layers[1].variance = None;
+        let imgs = images(77, 64);
+        let refs: Vec<&[u8]> = imgs.iter().map(|v| v.as_slice()).collect();
+        let spec = quantize(&f, precision, &refs, Calibration::default()).unwrap();
+        assert!(spec.layers[1].sigma2.is_none());
+        let buffer = spec.to_buffer().unwrap();
+        let model = QModel::from_bytes(buffer.as_bytes()).unwrap();
+        for (n, raw) in images(5, 8).iter().enumerate() {
+            let got = run::<4>(&model, raw, Mode::MeanWeights, 0);
+            let logits = reference_logits(&spec, raw);
+            let mut p = vec![0u32; logits.len()];
+            softmax_q16(&logits, &mut p);
+            let got_p: Vec<u32> = got.probabilities.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got_p, p);
+            let want = run::<8>(&model, raw, mc(13), n as u64);
+            assert_eq!(run::<1>(&model, raw, mc(13), n as u64), want);
+            assert_eq!(run::<4>(&model, raw, mc(13), n as u64), want);
+        }
+    }
+}
+
 fn f32_run(spec: &ModelSpec, raw: &[u8], mode: Mode, seed: u64) -> Prediction<8> {
     let buffer = spec.to_buffer().unwrap();
     let model = Model::from_bytes(buffer.as_bytes()).unwrap();

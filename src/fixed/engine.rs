@@ -5,13 +5,19 @@
 use rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro128PlusPlus;
 
-use super::kernels::{draw_from_moments, draw_noise, mean_layer, moments_layer, sampled_layer};
+use super::kernels::{
+    draw_from_moments, draw_noise, mean_layer, moments_layer, narrow_moments, sampled_layer,
+};
 use super::model::QModel;
-use super::noise::NormalQ12;
+use super::noise::NormalQ8;
 use super::predictive::{QAccumulator, QPrediction};
 use crate::error::InferenceError;
 use crate::format::Posterior;
 use crate::Mode;
+
+/// Units of the first stochastic layer whose "zero in every sample" flags are kept (on the
+/// stack) so that the next layer skips their weights; wider layers track their first 256.
+const MAX_DEAD_TRACKED: usize = 256;
 
 /// Runs a fixed-point model in a borrowed workspace of 64-bit words
 /// ([`QModel::workspace_len`]`(CHUNK)`). As with [`crate::Engine`], `CHUNK` Monte Carlo
@@ -103,15 +109,22 @@ impl<'m, 'w, const CHUNK: usize> QEngine<'m, 'w, CHUNK> {
         } else {
             moments_layer(stochastic, &cur[..stochastic.inputs()], base, scale);
         }
+        narrow_moments(stochastic, &mut base[..units], &mut scale[..units]);
+        // Units that no draw can switch on (scale -1): zero in every sample.
+        let mut dead = [false; MAX_DEAD_TRACKED];
+        for (d, &sc) in dead.iter_mut().zip(&scale[..units]) {
+            *d = sc < 0;
+        }
+        let units_tracked = units.min(MAX_DEAD_TRACKED);
         let total = samples.get() as usize;
-        let mut streams: [NormalQ12; CHUNK] =
-            core::array::from_fn(|_| NormalQ12::new(Xoshiro128PlusPlus::from_seed([0x5a; 16])));
+        let mut streams: [NormalQ8; CHUNK] =
+            core::array::from_fn(|_| NormalQ8::new(Xoshiro128PlusPlus::from_seed([0x5a; 16])));
         let mut done = 0;
         while done < total {
             let s = CHUNK.min(total - done);
             let streams = &mut streams[..s];
             for st in streams.iter_mut() {
-                *st = NormalQ12::new(Xoshiro128PlusPlus::seed_from_u64(rng.next_u64()));
+                *st = NormalQ8::new(Xoshiro128PlusPlus::seed_from_u64(rng.next_u64()));
             }
             draw_from_moments(
                 stochastic,
@@ -120,11 +133,14 @@ impl<'m, 'w, const CHUNK: usize> QEngine<'m, 'w, CHUNK> {
                 streams,
                 &mut cur[..units * s],
             );
-            for layer in &layers[first + 1..] {
+            for (n, layer) in layers[first + 1..].iter().enumerate() {
                 if layer.posterior() == Posterior::Gaussian {
                     draw_noise(layer.outputs(), streams, &mut eps[..layer.outputs() * s]);
                 }
-                sampled_layer::<CHUNK>(layer, &cur[..layer.inputs() * s], s, eps, next);
+                // The layer after the first stochastic one skips the inputs that are zero in
+                // every sample.
+                let dead_inputs: &[bool] = if n == 0 { &dead[..units_tracked] } else { &[] };
+                sampled_layer(layer, &cur[..layer.inputs() * s], s, eps, dead_inputs, next);
                 core::mem::swap(&mut cur, &mut next);
             }
             let mut logits = [0i32; K];

@@ -12,9 +12,16 @@
 //! the reader bounds where it matters), so the host and every Cortex-M core compute the same
 //! bits.
 
-use super::model::{QIndex, QLayer, QValues};
-use super::noise::{NormalQ12, NORMAL_FRAC_BITS, NORMAL_Q12_MAX};
-use crate::format::{Activation, Posterior, Storage};
+use super::math::{sqrt_q4, sqrt_q4_u32};
+use super::model::{QCounts, QLayer};
+use super::noise::{NormalQ8, NORMAL_Q8_MAX};
+use crate::format::{Activation, Posterior, Precision, Storage};
+
+/// Sub-chunk of samples whose sums stay in registers while a row's weights stream past.
+const GROUP: usize = 8;
+
+/// Fractional bits shared by the noise product `sqrt_q4(V) ε_q8` (4 + 8).
+const NOISE_FRAC_BITS: u32 = 12;
 
 /// A fixed-point number format: how activations are packed into words and how weights
 /// accumulate.
@@ -29,6 +36,12 @@ pub(crate) trait Format {
     type Var: Copy + Default;
     /// Largest activation.
     const ACT_MAX: i32;
+    /// Bytes of a stored θ or σ².
+    const WIDTH: usize;
+    /// The θ stored at `r[at..]`.
+    fn theta(r: &[u8], at: usize) -> Self::Theta;
+    /// The σ² stored at `r[at..]`.
+    fn sigma2(r: &[u8], at: usize) -> Self::Sigma2;
     /// The activation word of a value `0 <= a <= ACT_MAX`.
     fn pack(a: i32) -> i32;
     /// `acc + a θ` for the activation word `w`.
@@ -37,8 +50,10 @@ pub(crate) trait Format {
     fn var_mac(var: Self::Var, w: i32, sigma2: Self::Sigma2) -> Self::Var;
     /// The mean sum as i64.
     fn acc_i64(acc: Self::Acc) -> i64;
-    /// The variance sum as u64.
+    /// The variance sum as u64 (it is non-negative).
     fn var_u64(var: Self::Var) -> u64;
+    /// The noise term of one unit and sample: `(sqrt_q4(V) ε) mσ >> 12`.
+    fn noise(var: Self::Var, eps: i16, m_sigma: i32) -> i64;
 }
 
 /// q8: activation word `(a^2 >> 1) << 16 | a`; int32 sums.
@@ -52,6 +67,15 @@ impl Format for Q8 {
     type Acc = i32;
     type Var = i32;
     const ACT_MAX: i32 = 255;
+    const WIDTH: usize = 1;
+    #[inline(always)]
+    fn theta(r: &[u8], at: usize) -> i8 {
+        r[at] as i8
+    }
+    #[inline(always)]
+    fn sigma2(r: &[u8], at: usize) -> u8 {
+        r[at]
+    }
     #[inline(always)]
     fn pack(a: i32) -> i32 {
         ((a * a) >> 1) << 16 | a
@@ -74,6 +98,12 @@ impl Format for Q8 {
     fn var_u64(var: i32) -> u64 {
         var as u32 as u64
     }
+    #[inline(always)]
+    fn noise(var: i32, eps: i16, m_sigma: i32) -> i64 {
+        // sqrt_q4(V) < 2^20 and |ε| < 2^10: the product fits an i32.
+        let t = (sqrt_q4_u32(var as u32) as i32).wrapping_mul(eps as i32);
+        (t as i64 * m_sigma as i64) >> NOISE_FRAC_BITS
+    }
 }
 
 impl Format for Q16 {
@@ -82,6 +112,15 @@ impl Format for Q16 {
     type Acc = i64;
     type Var = u64;
     const ACT_MAX: i32 = 32767;
+    const WIDTH: usize = 2;
+    #[inline(always)]
+    fn theta(r: &[u8], at: usize) -> i16 {
+        i16::from_le_bytes([r[at], r[at + 1]])
+    }
+    #[inline(always)]
+    fn sigma2(r: &[u8], at: usize) -> u16 {
+        u16::from_le_bytes([r[at], r[at + 1]])
+    }
     #[inline(always)]
     fn pack(a: i32) -> i32 {
         a
@@ -102,6 +141,11 @@ impl Format for Q16 {
     #[inline(always)]
     fn var_u64(var: u64) -> u64 {
         var
+    }
+    #[inline(always)]
+    fn noise(var: u64, eps: i16, m_sigma: i32) -> i64 {
+        let t = sqrt_q4(var) as i128 * eps as i128;
+        ((t * m_sigma as i128) >> NOISE_FRAC_BITS) as i64
     }
 }
 
@@ -125,28 +169,51 @@ impl Words for [i32] {
     }
 }
 
-/// An index type of the sparse layouts.
-pub(crate) trait Index: Copy {
-    fn get(self) -> usize;
+/// How a record names its unit: no index (dense rows), or a u8 / u16 index.
+pub(crate) trait Index {
+    /// Bytes of the index at the start of a record.
+    const BYTES: usize;
+    /// The index stored in record `r` (dense: unused).
+    fn read(r: &[u8]) -> usize;
+}
+/// Dense rows: the record's position is its input.
+pub(crate) struct NoIndex;
+impl Index for NoIndex {
+    const BYTES: usize = 0;
+    #[inline(always)]
+    fn read(_: &[u8]) -> usize {
+        0
+    }
 }
 impl Index for u8 {
+    const BYTES: usize = 1;
     #[inline(always)]
-    fn get(self) -> usize {
-        self as usize
+    fn read(r: &[u8]) -> usize {
+        r[0] as usize
     }
 }
 impl Index for u16 {
+    const BYTES: usize = 2;
     #[inline(always)]
-    fn get(self) -> usize {
-        self as usize
+    fn read(r: &[u8]) -> usize {
+        u16::from_le_bytes([r[0], r[1]]) as usize
     }
+}
+
+/// Record length and the offsets of θ and σ² (as `format::quant_record_layout`), constant
+/// for each instantiation.
+#[inline(always)]
+const fn layout<F: Format, I: Index, const GAUSS: bool>() -> (usize, usize, usize) {
+    let theta = I::BYTES.div_ceil(F::WIDTH) * F::WIDTH;
+    let sigma = theta + F::WIDTH;
+    (if GAUSS { sigma + F::WIDTH } else { sigma }, theta, sigma)
 }
 
 /// The row parameters of unit `j`: (mθ, mσ, bias).
 #[inline(always)]
-fn params(layer: &QLayer<'_>, j: usize) -> (i64, i64, i64) {
+fn params(layer: &QLayer<'_>, j: usize) -> (i64, i32, i64) {
     let p = &layer.params[3 * j..3 * j + 3];
-    (p[0] as i64, p[1] as i64, p[2] as i64)
+    (p[0] as i64, p[1], p[2] as i64)
 }
 
 /// The output word of a pre-activation `z` (scaled by 2^S): ReLU-clamped and packed for
@@ -160,120 +227,106 @@ fn finish<F: Format>(z: i64, shift: u32, activation: Activation) -> i32 {
     }
 }
 
-/// Noise scale of a unit in the output's units times 2^S: `sqrt_q8(V) mσ >> 8`.
-#[inline(always)]
-fn noise_scale(var: u64, m_sigma: i64) -> i64 {
-    (super::math::sqrt_q8(var) as i64).wrapping_mul(m_sigma) >> 8
-}
+/// Largest first-layer noise scale: `scale * ε` must stay in an i64.
+const SCALE_MAX: i128 = (i64::MAX >> 10) as i128;
 
-/// `z + (scale ε >> 12)`.
+/// Calls `f(line, records)` for every line of a sparse layer (output row, or input column for
+/// by-input storage), or every output row of a dense one.
 #[inline(always)]
-fn add_noise(base: i64, scale: i64, eps: i16) -> i64 {
-    base.wrapping_add(scale.wrapping_mul(eps as i64) >> NORMAL_FRAC_BITS)
-}
-
-/// Calls `f(line, entries)` for every line (output row, or input column for by-input
-/// storage), where `entries` yields `(index, position)` pairs: the other unit's index and the
-/// position of the weight in the value arrays.
-#[inline(always)]
-fn for_each_line<I: Index>(counts: &[I], indices: &[I], mut f: impl FnMut(usize, &[I], usize)) {
+fn for_each_line(layer: &QLayer<'_>, mut f: impl FnMut(usize, &[u8])) {
+    let len = layer.record_len;
+    let records = layer.records;
     let mut start = 0;
-    for (line, &c) in counts.iter().enumerate() {
-        let end = start + c.get();
-        f(line, &indices[start..end], start);
+    let mut line = |i: usize, count: usize| {
+        let end = start + count * len;
+        if let Some(r) = records.get(start..end) {
+            f(i, r);
+        }
         start = end;
+    };
+    match layer.counts {
+        QCounts::Dense => (0..layer.outputs).for_each(|j| line(j, layer.inputs)),
+        QCounts::U8(c) => c.iter().enumerate().for_each(|(i, &n)| line(i, n as usize)),
+        QCounts::U16(c) => c.iter().enumerate().for_each(|(i, &n)| line(i, n as usize)),
     }
 }
 
-/// Runs `body::<F, I>` with the layer's concrete format and index types.
+/// Runs `body::<F, I, G, X>` with the layer's format, index type and posterior.
 macro_rules! dispatch {
-    ($layer:expr, $body:ident ( $($arg:expr),* )) => {
-        match ($layer.values, $layer.index) {
-            (QValues::Q8 { theta, sigma2 }, QIndex::U8 { counts, indices }) =>
-                $body::<Q8, u8, _>($($arg,)* theta, sigma2, Some((counts, indices))),
-            (QValues::Q8 { theta, sigma2 }, QIndex::U16 { counts, indices }) =>
-                $body::<Q8, u16, _>($($arg,)* theta, sigma2, Some((counts, indices))),
-            (QValues::Q8 { theta, sigma2 }, QIndex::Dense) =>
-                $body::<Q8, u8, _>($($arg,)* theta, sigma2, None),
-            (QValues::Q16 { theta, sigma2 }, QIndex::U8 { counts, indices }) =>
-                $body::<Q16, u8, _>($($arg,)* theta, sigma2, Some((counts, indices))),
-            (QValues::Q16 { theta, sigma2 }, QIndex::U16 { counts, indices }) =>
-                $body::<Q16, u16, _>($($arg,)* theta, sigma2, Some((counts, indices))),
-            (QValues::Q16 { theta, sigma2 }, QIndex::Dense) =>
-                $body::<Q16, u8, _>($($arg,)* theta, sigma2, None),
+    ($layer:expr, $body:ident :: <$($x:ty)?> ( $($arg:expr),* )) => {{
+        let gaussian = $layer.posterior == Posterior::Gaussian;
+        match ($layer.precision, $layer.counts, gaussian) {
+            (Precision::Q16, QCounts::Dense, true) => $body::<Q16, NoIndex, true $(, $x)?>($($arg),*),
+            (Precision::Q16, QCounts::Dense, false) => $body::<Q16, NoIndex, false $(, $x)?>($($arg),*),
+            (Precision::Q16, QCounts::U8(_), true) => $body::<Q16, u8, true $(, $x)?>($($arg),*),
+            (Precision::Q16, QCounts::U8(_), false) => $body::<Q16, u8, false $(, $x)?>($($arg),*),
+            (Precision::Q16, QCounts::U16(_), true) => $body::<Q16, u16, true $(, $x)?>($($arg),*),
+            (Precision::Q16, QCounts::U16(_), false) => $body::<Q16, u16, false $(, $x)?>($($arg),*),
+            (_, QCounts::Dense, true) => $body::<Q8, NoIndex, true $(, $x)?>($($arg),*),
+            (_, QCounts::Dense, false) => $body::<Q8, NoIndex, false $(, $x)?>($($arg),*),
+            (_, QCounts::U8(_), true) => $body::<Q8, u8, true $(, $x)?>($($arg),*),
+            (_, QCounts::U8(_), false) => $body::<Q8, u8, false $(, $x)?>($($arg),*),
+            (_, QCounts::U16(_), true) => $body::<Q8, u16, true $(, $x)?>($($arg),*),
+            (_, QCounts::U16(_), false) => $body::<Q8, u16, false $(, $x)?>($($arg),*),
         }
-    };
+    }};
 }
 
-type Sparse<'a, I> = Option<(&'a [I], &'a [I])>;
-
 /// Integer sums `(A_j, V_j)` of every output unit for one input, handed to `f(j, A, V)` in
-/// unit order. By-input layers scatter into `acc` / `var` first (`outputs` entries each).
+/// unit order (`V = 0` unless `WITH_VAR`). By-input layers scatter into `acc` / `var` first
+/// (`outputs` entries each).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn sums<F: Format, I: Index, X: Words + ?Sized>(
+fn sums<F: Format, I: Index, const GAUSS: bool, X: Words + ?Sized>(
     layer: &QLayer<'_>,
     x: &X,
-    theta: &[F::Theta],
-    sigma2: &[F::Sigma2],
-    sparse: Sparse<'_, I>,
+    with_var: bool,
     acc: &mut [i64],
     var: &mut [i64],
     mut f: impl FnMut(usize, i64, u64),
 ) {
-    let gaussian = layer.posterior == Posterior::Gaussian;
-    let (n_in, n_out) = (layer.inputs, layer.outputs);
-    match (layer.storage, sparse) {
-        (Storage::SparseByInput, Some((counts, indices))) => {
-            let (acc, var) = (&mut acc[..n_out], &mut var[..n_out]);
-            acc.fill(0);
-            var.fill(0);
-            for_each_line(counts, indices, |i, rows, start| {
-                let w = x.word::<F>(i);
-                if w == 0 {
-                    return; // a zero input (blank pixel) contributes nothing
-                }
-                for (k, &r) in rows.iter().enumerate() {
-                    let j = r.get();
-                    let a = F::mac(F::Acc::default(), w, theta[start + k]);
-                    acc[j] = acc[j].wrapping_add(F::acc_i64(a));
-                    if gaussian {
-                        let v = F::var_mac(F::Var::default(), w, sigma2[start + k]);
-                        var[j] = var[j].wrapping_add(F::var_u64(v) as i64);
-                    }
-                }
-            });
-            for j in 0..n_out {
-                f(j, acc[j], var[j] as u64);
+    let (len, at_theta, at_sigma) = layout::<F, I, GAUSS>();
+    let with_var = with_var && GAUSS;
+    if layer.storage == Storage::SparseByInput {
+        let n_out = layer.outputs;
+        let (acc, var) = (&mut acc[..n_out], &mut var[..n_out]);
+        acc.fill(0);
+        var.fill(0);
+        for_each_line(layer, |i, records| {
+            let w = x.word::<F>(i);
+            if w == 0 {
+                return; // a zero input (blank pixel) contributes nothing
             }
-        }
-        (Storage::Sparse, Some((counts, indices))) => {
-            for_each_line(counts, indices, |j, cols, start| {
-                let (mut a, mut v) = (F::Acc::default(), F::Var::default());
-                for (k, &c) in cols.iter().enumerate() {
-                    let w = x.word::<F>(c.get());
-                    a = F::mac(a, w, theta[start + k]);
-                    if gaussian {
-                        v = F::var_mac(v, w, sigma2[start + k]);
+            for r in records.chunks_exact(len) {
+                let j = I::read(r);
+                let a = F::mac(F::Acc::default(), w, F::theta(r, at_theta));
+                if let Some(s) = acc.get_mut(j) {
+                    *s = s.wrapping_add(F::acc_i64(a));
+                }
+                if with_var {
+                    let v = F::var_mac(F::Var::default(), w, F::sigma2(r, at_sigma));
+                    if let Some(s) = var.get_mut(j) {
+                        *s = s.wrapping_add(F::var_u64(v) as i64);
                     }
                 }
-                f(j, F::acc_i64(a), F::var_u64(v));
-            });
-        }
-        _ => {
-            for j in 0..n_out {
-                let (mut a, mut v) = (F::Acc::default(), F::Var::default());
-                for i in 0..n_in {
-                    let w = x.word::<F>(i);
-                    a = F::mac(a, w, theta[j * n_in + i]);
-                    if gaussian {
-                        v = F::var_mac(v, w, sigma2[j * n_in + i]);
-                    }
-                }
-                f(j, F::acc_i64(a), F::var_u64(v));
             }
+        });
+        for j in 0..n_out {
+            f(j, acc[j], var[j] as u64);
         }
+        return;
     }
+    for_each_line(layer, |j, records| {
+        let (mut a, mut v) = (F::Acc::default(), F::Var::default());
+        for (k, r) in records.chunks_exact(len).enumerate() {
+            let i = if I::BYTES == 0 { k } else { I::read(r) };
+            let w = x.word::<F>(i);
+            a = F::mac(a, w, F::theta(r, at_theta));
+            if with_var {
+                v = F::var_mac(v, w, F::sigma2(r, at_sigma));
+            }
+        }
+        f(j, F::acc_i64(a), F::var_u64(v));
+    });
 }
 
 /// Mean weights: `out[j]` is the output word of unit `j`. `scratch` holds `2 * outputs` i64
@@ -284,129 +337,150 @@ pub(crate) fn mean_layer<X: Words + ?Sized>(
     out: &mut [i32],
     scratch: (&mut [i64], &mut [i64]),
 ) {
-    dispatch!(layer, mean_layer_typed(layer, x, out, scratch))
+    dispatch!(layer, mean_typed::<X>(layer, x, out, scratch))
 }
 
-fn mean_layer_typed<F: Format, I: Index, X: Words + ?Sized>(
+fn mean_typed<F: Format, I: Index, const GAUSS: bool, X: Words + ?Sized>(
     layer: &QLayer<'_>,
     x: &X,
     out: &mut [i32],
     scratch: (&mut [i64], &mut [i64]),
-    theta: &[F::Theta],
-    sigma2: &[F::Sigma2],
-    sparse: Sparse<'_, I>,
 ) {
     let (shift, act) = (layer.shift, layer.activation);
-    sums::<F, I, X>(
-        layer,
-        x,
-        theta,
-        sigma2,
-        sparse,
-        scratch.0,
-        scratch.1,
-        |j, a, _| {
-            let (m_theta, _, bias) = params(layer, j);
-            out[j] = finish::<F>(a.wrapping_mul(m_theta).wrapping_add(bias), shift, act);
-        },
-    );
+    let (acc, var) = scratch;
+    sums::<F, I, GAUSS, X>(layer, x, false, acc, var, |j, a, _| {
+        let (m_theta, _, bias) = params(layer, j);
+        if let Some(o) = out.get_mut(j) {
+            *o = finish::<F>(a.wrapping_mul(m_theta).wrapping_add(bias), shift, act);
+        }
+    });
 }
 
-/// Gaussian weights, one input: `base[j] = A mθ + b` and `scale[j]` the noise scale (see
-/// [`noise_scale`]), or -1 for a ReLU unit that no draw can switch on (bounded noise: exact).
-/// A deterministic layer gets scale 0.
+/// Gaussian weights, one input: `base[j] = A mθ + b` and `scale[j] = sqrt_q4(V) mσ` (the
+/// noise of a draw ε is `scale ε >> 12`), or -1 for a ReLU unit that no draw can switch on
+/// (the noise is bounded, so this is exact). A deterministic layer gets scale 0.
 pub(crate) fn moments_layer<X: Words + ?Sized>(
     layer: &QLayer<'_>,
     x: &X,
     base: &mut [i64],
     scale: &mut [i64],
 ) {
-    dispatch!(layer, moments_layer_typed(layer, x, base, scale))
+    dispatch!(layer, moments_typed::<X>(layer, x, base, scale))
 }
 
-fn moments_layer_typed<F: Format, I: Index, X: Words + ?Sized>(
+fn moments_typed<F: Format, I: Index, const GAUSS: bool, X: Words + ?Sized>(
     layer: &QLayer<'_>,
     x: &X,
     base: &mut [i64],
     scale: &mut [i64],
-    theta: &[F::Theta],
-    sigma2: &[F::Sigma2],
-    sparse: Sparse<'_, I>,
 ) {
     let shift = layer.shift;
     let relu = layer.activation == Activation::Relu;
     let moments = |j: usize, a: i64, v: u64| -> (i64, i64) {
         let (m_theta, m_sigma, bias) = params(layer, j);
         let mean = a.wrapping_mul(m_theta).wrapping_add(bias);
-        let sc = noise_scale(v, m_sigma);
-        // Largest possible pre-activation, rounded like `finish`: if even it gives y <= 0,
-        // the ReLU output is 0 for every draw.
-        let top = add_noise(mean, sc, NORMAL_Q12_MAX as i16).wrapping_add(1 << (shift - 1));
-        let inactive = relu && sc >= 0 && top < (1i64 << shift);
+        let sc = (sqrt_q4(v) as i128 * m_sigma as i128).clamp(-SCALE_MAX, SCALE_MAX) as i64;
+        // The largest pre-activation any draw can give, rounded like `finish`: if even it
+        // gives y <= 0, the ReLU output is 0 for every draw.
+        let top = mean
+            .wrapping_add(sc.abs().wrapping_mul(NORMAL_Q8_MAX as i64) >> NOISE_FRAC_BITS)
+            .wrapping_add(1 << (shift - 1));
+        let inactive = relu && top < (1i64 << shift);
         (mean, if inactive { -1 } else { sc })
     };
     let n = layer.outputs;
     let (base, scale) = (&mut base[..n], &mut scale[..n]);
     if layer.storage == Storage::SparseByInput {
         // Scatter the sums into base (A) and scale (V), then turn them into moments in place.
-        sums::<F, I, X>(layer, x, theta, sigma2, sparse, base, scale, |_, _, _| {});
+        sums::<F, I, GAUSS, X>(layer, x, true, base, scale, |_, _, _| {});
         for j in 0..n {
             (base[j], scale[j]) = moments(j, base[j], scale[j] as u64);
         }
     } else {
-        sums::<F, I, X>(
-            layer,
-            x,
-            theta,
-            sigma2,
-            sparse,
-            &mut [],
-            &mut [],
-            |j, a, v| {
-                (base[j], scale[j]) = moments(j, a, v);
-            },
-        );
+        sums::<F, I, GAUSS, X>(layer, x, true, &mut [], &mut [], |j, a, v| {
+            if let (Some(b), Some(s)) = (base.get_mut(j), scale.get_mut(j)) {
+                (*b, *s) = moments(j, a, v);
+            }
+        });
     }
 }
 
-/// Samples of the first stochastic layer from its moments: `out[j * s + m]` for `s =
-/// streams.len()` samples, sample-major so each stream stays in registers; a unit with scale
-/// -1 is 0 without a draw.
+/// Fractional bits of the first stochastic layer's narrowed moments (see [`narrow_moments`]).
+const MOMENT_FRAC_BITS: u32 = 16;
+
+/// Rescales the first stochastic layer's moments from `2^S` to `2^16` units of the output
+/// (floor, saturated to i32), so that each sample's draw needs 32-bit arithmetic only. A
+/// scale of -1 (a unit no draw switches on) stays -1.
+pub(crate) fn narrow_moments(layer: &QLayer<'_>, base: &mut [i64], scale: &mut [i64]) {
+    let shift = layer.shift as i32 - MOMENT_FRAC_BITS as i32;
+    let narrow = |v: i64| -> i64 {
+        let v: i128 = if shift >= 0 {
+            (v >> shift) as i128
+        } else {
+            (v as i128) << -shift
+        };
+        v.clamp(i32::MIN as i128, i32::MAX as i128) as i64
+    };
+    for (b, sc) in base.iter_mut().zip(scale.iter_mut()) {
+        *b = narrow(*b);
+        if *sc >= 0 {
+            *sc = narrow(*sc);
+        }
+    }
+}
+
+/// Samples of the first stochastic layer from its narrowed moments: `out[j * s + m]` for
+/// `s = streams.len()` samples, sample-major so each stream stays in registers:
+/// `y = (b + (scale ε >> 12) + 2^15) >> 16`, then the activation; a unit with scale -1 is 0
+/// without a draw.
 pub(crate) fn draw_from_moments(
     layer: &QLayer<'_>,
     base: &[i64],
     scale: &[i64],
-    streams: &mut [NormalQ12],
+    streams: &mut [NormalQ8],
     out: &mut [i32],
 ) {
-    match layer.values {
-        QValues::Q8 { .. } => draw_typed::<Q8>(layer, base, scale, streams, out),
-        QValues::Q16 { .. } => draw_typed::<Q16>(layer, base, scale, streams, out),
+    match layer.precision {
+        Precision::Q16 => draw_typed::<Q16>(layer, base, scale, streams, out),
+        _ => draw_typed::<Q8>(layer, base, scale, streams, out),
     }
 }
 
+#[inline(never)]
 fn draw_typed<F: Format>(
     layer: &QLayer<'_>,
     base: &[i64],
     scale: &[i64],
-    streams: &mut [NormalQ12],
+    streams: &mut [NormalQ8],
     out: &mut [i32],
 ) {
     let s = streams.len();
-    let (shift, act) = (layer.shift, layer.activation);
+    let act = layer.activation;
     let gaussian = layer.posterior == Posterior::Gaussian;
     for (m, stream) in streams.iter_mut().enumerate() {
         let mut local = stream.clone();
-        for (j, (&b, &sc)) in base.iter().zip(scale).enumerate() {
-            let z = if sc < 0 {
-                out[j * s + m] = F::pack(0);
-                continue;
-            } else if gaussian {
-                add_noise(b, sc, local.draw())
+        for ((&b, &sc), unit) in base.iter().zip(scale).zip(out.chunks_exact_mut(s)) {
+            // `m < s` and every chunk has `s` words: the index check folds away.
+            let Some(o) = unit.get_mut(m) else { continue };
+            let (b, sc) = (b as i32, sc as i32);
+            *o = if sc < 0 {
+                F::pack(0)
             } else {
-                b
+                let noise = if gaussian {
+                    // (scale ε) >> 12 as the high word of scale * (ε << 20).
+                    ((sc as i64 * ((local.draw() as i64) << 20)) >> 32) as i32
+                } else {
+                    0
+                };
+                let y = b
+                    .saturating_add(noise)
+                    .saturating_add(1 << (MOMENT_FRAC_BITS - 1))
+                    >> MOMENT_FRAC_BITS;
+                match act {
+                    Activation::Relu => F::pack(y.clamp(0, F::ACT_MAX)),
+                    Activation::Identity => y,
+                }
             };
-            out[j * s + m] = finish::<F>(z, shift, act);
         }
         *stream = local;
     }
@@ -414,120 +488,145 @@ fn draw_typed<F: Format>(
 
 /// Draws the noise of a Gaussian layer for a chunk: `eps[j * s + m]` from stream `m`,
 /// units in ascending order.
-pub(crate) fn draw_noise(units: usize, streams: &mut [NormalQ12], eps: &mut [i16]) {
+#[inline(never)]
+pub(crate) fn draw_noise(units: usize, streams: &mut [NormalQ8], eps: &mut [i16]) {
     let s = streams.len();
     for (m, stream) in streams.iter_mut().enumerate() {
         let mut local = stream.clone();
-        for j in 0..units {
-            eps[j * s + m] = local.draw();
+        for unit in eps[..units * s].chunks_exact_mut(s) {
+            if let Some(e) = unit.get_mut(m) {
+                *e = local.draw();
+            }
         }
         *stream = local;
     }
 }
 
-/// One layer for a chunk of `s <= CHUNK` samples: `x[i * s + m]` is input `i` of sample `m`,
-/// `eps[j * s + m]` the noise of unit `j` (Gaussian layers); writes `out[j * s + m]`.
-pub(crate) fn sampled_layer<const CHUNK: usize>(
+/// One layer for a chunk of `s` samples: `x[i * s + m]` is input `i` of sample `m`,
+/// `eps[j * s + m]` the noise of unit `j` (Gaussian layers); writes `out[j * s + m]`. Row
+/// storage only (the reader allows by-input storage on the first layer alone, which never
+/// runs here).
+///
+/// `dead[i]` marks inputs that are zero in every sample (ReLU units of the first stochastic
+/// layer that no draw can switch on); their weights are skipped. It may be empty.
+pub(crate) fn sampled_layer(
     layer: &QLayer<'_>,
     x: &[i32],
     s: usize,
     eps: &[i16],
+    dead: &[bool],
     out: &mut [i32],
 ) {
-    macro_rules! go {
-        ($f:ty, $i:ty, $theta:expr, $sigma2:expr, $sparse:expr) => {
-            if s == CHUNK {
-                sampled_typed::<$f, $i, CHUNK>(layer, x, CHUNK, eps, out, $theta, $sigma2, $sparse)
-            } else {
-                sampled_typed::<$f, $i, CHUNK>(layer, x, s, eps, out, $theta, $sigma2, $sparse)
-            }
-        };
-    }
-    match (layer.values, layer.index) {
-        (QValues::Q8 { theta, sigma2 }, QIndex::U8 { counts, indices }) => {
-            go!(Q8, u8, theta, sigma2, Some((counts, indices)))
-        }
-        (QValues::Q8 { theta, sigma2 }, QIndex::U16 { counts, indices }) => {
-            go!(Q8, u16, theta, sigma2, Some((counts, indices)))
-        }
-        (QValues::Q8 { theta, sigma2 }, QIndex::Dense) => go!(Q8, u8, theta, sigma2, None),
-        (QValues::Q16 { theta, sigma2 }, QIndex::U8 { counts, indices }) => {
-            go!(Q16, u8, theta, sigma2, Some((counts, indices)))
-        }
-        (QValues::Q16 { theta, sigma2 }, QIndex::U16 { counts, indices }) => {
-            go!(Q16, u16, theta, sigma2, Some((counts, indices)))
-        }
-        (QValues::Q16 { theta, sigma2 }, QIndex::Dense) => go!(Q16, u8, theta, sigma2, None),
-    }
+    dispatch!(layer, sampled_typed::<>(layer, x, s, eps, dead, out))
 }
 
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn sampled_typed<F: Format, I: Index, const CHUNK: usize>(
+#[inline(never)]
+fn sampled_typed<F: Format, I: Index, const GAUSS: bool>(
     layer: &QLayer<'_>,
     x: &[i32],
     s: usize,
     eps: &[i16],
+    dead: &[bool],
     out: &mut [i32],
-    theta: &[F::Theta],
-    sigma2: &[F::Sigma2],
-    sparse: Sparse<'_, I>,
 ) {
-    let (shift, act) = (layer.shift, layer.activation);
-    let gaussian = layer.posterior == Posterior::Gaussian;
-    let n_in = layer.inputs;
-    let mut row = |j: usize, acc: &[F::Acc; CHUNK], var: &[F::Var; CHUNK]| {
-        let (m_theta, m_sigma, bias) = params(layer, j);
-        for m in 0..s {
-            let mut z = F::acc_i64(acc[m]).wrapping_mul(m_theta).wrapping_add(bias);
-            if gaussian {
-                let sc = noise_scale(F::var_u64(var[m]), m_sigma);
-                z = add_noise(z, sc, eps[j * s + m]);
-            }
-            out[j * s + m] = finish::<F>(z, shift, act);
-        }
-    };
-    let add = |i: usize, k: usize, acc: &mut [F::Acc; CHUNK], var: &mut [F::Var; CHUNK]| {
-        let xs = &x[i * s..i * s + s];
-        let (th, s2) = (
-            theta[k],
-            if gaussian {
-                sigma2[k]
+    for_each_line(layer, |j, records| {
+        let mut g0 = 0;
+        while g0 < s {
+            let g = GROUP.min(s - g0);
+            let (acc, var) = if g == GROUP && s % GROUP == 0 {
+                accumulate_full::<F, I, GAUSS, GROUP>(records, x, s, g0, dead)
             } else {
-                sigma2_zero::<F>()
-            },
-        );
-        for m in 0..s {
-            acc[m] = F::mac(acc[m], xs[m], th);
-            if gaussian {
-                var[m] = F::var_mac(var[m], xs[m], s2);
-            }
-        }
-    };
-    match sparse {
-        Some((counts, indices)) => for_each_line(counts, indices, |j, cols, start| {
-            let mut acc = [F::Acc::default(); CHUNK];
-            let mut var = [F::Var::default(); CHUNK];
-            for (k, &c) in cols.iter().enumerate() {
-                add(c.get(), start + k, &mut acc, &mut var);
-            }
-            row(j, &acc, &var);
-        }),
-        None => {
-            for j in 0..layer.outputs {
-                let mut acc = [F::Acc::default(); CHUNK];
-                let mut var = [F::Var::default(); CHUNK];
-                for i in 0..n_in {
-                    add(i, j * n_in + i, &mut acc, &mut var);
+                accumulate_part::<F, I, GAUSS, GROUP>(records, x, s, g0, g)
+            };
+            let (m_theta, m_sigma, bias) = params(layer, j);
+            let (shift, act) = (layer.shift, layer.activation);
+            let at = j * s + g0;
+            let Some(outs) = out.get_mut(at..at + g) else {
+                return;
+            };
+            let mean = |m: usize| F::acc_i64(acc[m]).wrapping_mul(m_theta).wrapping_add(bias);
+            if GAUSS {
+                let Some(eps) = eps.get(at..at + g) else {
+                    return;
+                };
+                for (m, (o, &e)) in outs.iter_mut().zip(eps).enumerate().take(GROUP) {
+                    let z = mean(m).wrapping_add(F::noise(var[m], e, m_sigma));
+                    *o = finish::<F>(z, shift, act);
                 }
-                row(j, &acc, &var);
+            } else {
+                for (m, o) in outs.iter_mut().enumerate().take(GROUP) {
+                    *o = finish::<F>(mean(m), shift, act);
+                }
+            }
+            g0 += g;
+        }
+    });
+}
+
+/// The sums of samples `g0..g0 + N` of one row, `s` a multiple of `N`: the inputs of a
+/// group are one aligned `[i32; N]`, loaded whole, while one pointer streams the row's
+/// records. Records whose input is `dead` (a unit that is zero in every sample) are skipped.
+/// Kept out of line: inlined into the engine, its sums spill to the stack (measured).
+#[inline(never)]
+fn accumulate_full<F: Format, I: Index, const GAUSS: bool, const N: usize>(
+    records: &[u8],
+    x: &[i32],
+    s: usize,
+    g0: usize,
+    dead: &[bool],
+) -> ([F::Acc; N], [F::Var; N]) {
+    let (len, at_theta, at_sigma) = layout::<F, I, GAUSS>();
+    let groups: &[[i32; N]] = bytemuck::cast_slice(&x[..x.len() / N * N]);
+    let (per_input, first) = (s / N, g0 / N);
+    let mut acc = [F::Acc::default(); N];
+    let mut var = [F::Var::default(); N];
+    for (k, r) in records.chunks_exact(len).enumerate() {
+        let i = if I::BYTES == 0 { k } else { I::read(r) };
+        if dead.get(i) == Some(&true) {
+            continue;
+        }
+        let Some(xs) = groups.get(i * per_input + first) else {
+            continue;
+        };
+        let t = F::theta(r, at_theta);
+        for m in 0..N {
+            acc[m] = F::mac(acc[m], xs[m], t);
+        }
+        if GAUSS {
+            let v = F::sigma2(r, at_sigma);
+            for m in 0..N {
+                var[m] = F::var_mac(var[m], xs[m], v);
             }
         }
     }
+    (acc, var)
 }
 
-/// A σ² placeholder for deterministic layers (whose σ² slice is empty).
+/// [`accumulate_full`] for a partial group of `g < N` samples.
 #[inline(always)]
-fn sigma2_zero<F: Format>() -> F::Sigma2 {
-    bytemuck::Zeroable::zeroed()
+fn accumulate_part<F: Format, I: Index, const GAUSS: bool, const N: usize>(
+    records: &[u8],
+    x: &[i32],
+    s: usize,
+    g0: usize,
+    g: usize,
+) -> ([F::Acc; N], [F::Var; N]) {
+    let (len, at_theta, at_sigma) = layout::<F, I, GAUSS>();
+    let mut acc = [F::Acc::default(); N];
+    let mut var = [F::Var::default(); N];
+    for (k, r) in records.chunks_exact(len).enumerate() {
+        let i = if I::BYTES == 0 { k } else { I::read(r) };
+        let at = i * s + g0;
+        let Some(xs) = x.get(at..at + g) else {
+            continue;
+        };
+        let t = F::theta(r, at_theta);
+        for (m, &w) in xs.iter().enumerate().take(N) {
+            acc[m] = F::mac(acc[m], w, t);
+            if GAUSS {
+                var[m] = F::var_mac(var[m], w, F::sigma2(r, at_sigma));
+            }
+        }
+    }
+    (acc, var)
 }

@@ -4,8 +4,8 @@
 //! Error bounds (checked against f64 in the tests below, over dense grids):
 //! - [`exp_neg_q15`]: `|result - 32768 e^-x| <= 1` (one unit of Q15).
 //! - [`ln_q16`]: `|result - 65536 ln v| <= 2` (two units of Q16) for every `v >= 1`.
-//! - [`sqrt_q8`]: relative error at most 2^-13 for `v >= 2^14`; below that the result is
-//!   truncated to an integer, so also `|result - 256 sqrt(v)| <= 1 + 2^-13 * 256 sqrt(v)`.
+//! - [`sqrt_q4`]: `|result - 16 sqrt(v)| <= 1 + 2^-13 * 16 sqrt(v)` (relative error 2^-13 from
+//!   the table, plus the truncation of the last bit).
 
 include!(concat!(env!("OUT_DIR"), "/fixed_tables.rs"));
 
@@ -56,29 +56,55 @@ pub fn ln_q16(v: u32) -> i32 {
     ((log2_q24 * LN2_Q32 + (1 << 39)) >> 40) as i32
 }
 
-/// `256 sqrt(v)` (the square root in Q8), from a 193-entry table with interpolation.
-pub fn sqrt_q8(v: u64) -> u64 {
+/// `16 sqrt(v)` (the square root in Q4, truncated), from a 193-entry table with
+/// interpolation: `v = m 4^t` with `m` in `[2^14, 2^16)`, `sqrt(m)` from the table.
+pub fn sqrt_q4(v: u64) -> u64 {
     if v == 0 {
         return 0;
     }
     let msb = 63 - v.leading_zeros() as i32;
-    // v = m * 4^t with m in [2^14, 2^16): sqrt(v) = sqrt(m) * 2^t.
     let two_t = (msb - 14) & !1;
     let m = if two_t >= 0 {
         (v >> two_t) as u32
     } else {
         (v << -two_t) as u32
     };
-    let (i, lo) = ((m >> 8) as usize, m & 0xff);
-    let (a, b) = (SQRT_4096[i], SQRT_4096[i + 1]);
-    // 256 sqrt(m) = 4096 sqrt(m / 256), interpolated between i and i + 1.
-    let root = (a + (((b - a) * lo) >> 8)) as u64;
-    let t = two_t / 2;
-    if t >= 0 {
-        root << t
+    let root = table_root(m) as u64;
+    let shift = two_t / 2 - 4;
+    if shift >= 0 {
+        root << shift
     } else {
-        root >> -t
+        root >> -shift
     }
+}
+
+/// [`sqrt_q4`] for 32-bit values with 32-bit operations only (the q8 hot path); equal to
+/// `sqrt_q4(v as u64)` for every `v` (tested).
+#[inline(always)]
+pub fn sqrt_q4_u32(v: u32) -> u32 {
+    if v == 0 {
+        return 0;
+    }
+    let msb = 31 - v.leading_zeros() as i32;
+    let two_t = (msb - 14) & !1;
+    let m = if two_t >= 0 { v >> two_t } else { v << -two_t };
+    let root = table_root(m);
+    let shift = two_t / 2 - 4;
+    if shift >= 0 {
+        root << shift
+    } else {
+        root >> -shift
+    }
+}
+
+/// `256 sqrt(m)` for `m` in `[2^14, 2^16)`: `4096 sqrt(m / 256)` interpolated in the table.
+#[inline(always)]
+fn table_root(m: u32) -> u32 {
+    let i = ((m >> 8) & 0xff) as usize;
+    let lo = m & 0xff;
+    let a = SQRT_4096[i];
+    let b = SQRT_4096[i + 1];
+    a + (((b - a) * lo) >> 8)
 }
 
 #[cfg(test)]
@@ -122,16 +148,30 @@ mod tests {
         while v < (1u64 << 62) {
             for d in [0u64, 1, 5, 99, 12345] {
                 let x = v + d;
-                let exact = 256.0 * libm::sqrt(x as f64);
-                let got = sqrt_q8(x) as f64;
+                let exact = 16.0 * libm::sqrt(x as f64);
+                let got = sqrt_q4(x) as f64;
                 assert!(
                     (got - exact).abs() <= 1.0 + exact / 8192.0,
-                    "sqrt_q8({x}) = {got}, exact {exact}"
+                    "sqrt_q4({x}) = {got}, exact {exact}"
                 );
             }
             v += v / 4 + 1;
         }
-        assert_eq!(sqrt_q8(0), 0);
-        assert_eq!(sqrt_q8(1 << 16), 256 * 256);
+        assert_eq!(sqrt_q4(0), 0);
+        assert_eq!(sqrt_q4(1), 16);
+        assert_eq!(sqrt_q4(1 << 16), 16 * 256);
+    }
+
+    #[test]
+    fn the_32_bit_square_root_equals_the_64_bit_one() {
+        let mut v = 0u32;
+        loop {
+            assert_eq!(sqrt_q4_u32(v) as u64, sqrt_q4(v as u64), "{v}");
+            match v.checked_add(1 + v / 1000) {
+                Some(n) => v = n,
+                None => break,
+            }
+        }
+        assert_eq!(sqrt_q4_u32(u32::MAX) as u64, sqrt_q4(u32::MAX as u64));
     }
 }

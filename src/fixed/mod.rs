@@ -20,5 +20,5 @@ pub mod quantize;
 pub mod writer;
 
 pub use engine::QEngine;
-pub use model::{QIndex, QLayer, QModel, QValues};
+pub use model::{QCounts, QLayer, QModel};
 pub use predictive::{entropy_q16, softmax_q16, QPrediction, UQ16};

@@ -4,53 +4,24 @@
 
 use crate::error::ModelError;
 use crate::format::{
-    quant_payload_len, record, Activation, LayerKind, Posterior, Precision, Storage, ALIGNMENT,
-    HEADER_LEN, LAYER_RECORD_LEN, MAX_LAYERS,
+    quant_payload_len, quant_record_layout, record, Activation, LayerKind, Posterior, Precision,
+    Storage, ALIGNMENT, HEADER_LEN, LAYER_RECORD_LEN, MAX_LAYERS,
 };
 use crate::model::{cast, is_zero, rec_payload_len, u32_at, Envelope};
 
 /// Largest q8 activation-square term: `255^2 >> 1` (see [`QModel`]).
 pub(crate) const Q8_MAX_SQUARE: i64 = (255 * 255) >> 1;
 
-/// The θ and σ² values of a fixed-point layer, borrowed from the model bytes.
+/// Per line (output row, or input column for by-input storage) the number of weight records
+/// of a sparse fixed-point layer.
 #[derive(Clone, Copy, Debug)]
-pub enum QValues<'a> {
-    /// q8: int8 θ, unsigned 8-bit σ² (empty for a deterministic layer).
-    Q8 {
-        /// θ in stored order.
-        theta: &'a [i8],
-        /// σ² in stored order.
-        sigma2: &'a [u8],
-    },
-    /// q16: int16 θ, unsigned 16-bit σ² (empty for a deterministic layer).
-    Q16 {
-        /// θ in stored order.
-        theta: &'a [i16],
-        /// σ² in stored order.
-        sigma2: &'a [u16],
-    },
-}
-
-/// Where a fixed-point layer's weights sit: dense, or per line (row or input column) a count
-/// and the indices of its weights.
-#[derive(Clone, Copy, Debug)]
-pub enum QIndex<'a> {
-    /// Row-major `outputs x inputs`.
+pub enum QCounts<'a> {
+    /// Dense storage: every row has `inputs` records, without indices.
     Dense,
     /// One-byte counts and indices (the indexed dimension is at most 255).
-    U8 {
-        /// Weights per line.
-        counts: &'a [u8],
-        /// Index of every weight, strictly increasing within a line.
-        indices: &'a [u8],
-    },
+    U8(&'a [u8]),
     /// Two-byte counts and indices.
-    U16 {
-        /// Weights per line.
-        counts: &'a [u16],
-        /// Index of every weight, strictly increasing within a line.
-        indices: &'a [u16],
-    },
+    U16(&'a [u16]),
 }
 
 /// One validated fixed-point linear layer.
@@ -67,9 +38,11 @@ pub struct QLayer<'a> {
     pub(crate) posterior: Posterior,
     pub(crate) storage: Storage,
     pub(crate) shift: u32,
+    pub(crate) precision: Precision,
     pub(crate) params: &'a [i32],
-    pub(crate) index: QIndex<'a>,
-    pub(crate) values: QValues<'a>,
+    pub(crate) counts: QCounts<'a>,
+    pub(crate) records: &'a [u8],
+    pub(crate) record_len: usize,
 }
 
 impl<'a> QLayer<'a> {
@@ -109,20 +82,21 @@ impl<'a> QLayer<'a> {
     pub fn row_params(&self) -> &'a [i32] {
         self.params
     }
-    /// The stored indices.
-    pub fn index(&self) -> QIndex<'a> {
-        self.index
+    /// The weight counts per line.
+    pub fn counts(&self) -> QCounts<'a> {
+        self.counts
     }
-    /// The stored θ and σ² values.
-    pub fn values(&self) -> QValues<'a> {
-        self.values
+    /// The weight records, `nnz * record_len` bytes ([`crate::format::quant_record_layout`]).
+    pub fn records(&self) -> &'a [u8] {
+        self.records
+    }
+    /// Bytes per weight record.
+    pub fn record_len(&self) -> usize {
+        self.record_len
     }
     /// Number of stored weights.
     pub fn nnz(&self) -> usize {
-        match self.values {
-            QValues::Q8 { theta, .. } => theta.len(),
-            QValues::Q16 { theta, .. } => theta.len(),
-        }
+        self.records.len() / self.record_len
     }
     /// Multiply-accumulates of one mean-weights pass.
     pub fn macs(&self) -> usize {
@@ -130,29 +104,23 @@ impl<'a> QLayer<'a> {
     }
     /// Bytes of the layer's payload in the file.
     pub fn payload_bytes(&self) -> usize {
-        let (precision, index_bytes) = (self.precision(), self.index_bytes());
         quant_payload_len(
             self.storage,
             self.posterior,
-            precision,
+            self.precision,
             self.inputs,
             self.outputs,
             self.nnz(),
-            index_bytes,
+            self.index_bytes(),
         )
         .unwrap_or(0)
     }
-    fn precision(&self) -> Precision {
-        match self.values {
-            QValues::Q8 { .. } => Precision::Q8,
-            QValues::Q16 { .. } => Precision::Q16,
-        }
-    }
-    fn index_bytes(&self) -> usize {
-        match self.index {
-            QIndex::Dense => 0,
-            QIndex::U8 { .. } => 1,
-            QIndex::U16 { .. } => 2,
+    /// Bytes per sparse count and index (0 when dense).
+    pub fn index_bytes(&self) -> usize {
+        match self.counts {
+            QCounts::Dense => 0,
+            QCounts::U8(_) => 1,
+            QCounts::U16(_) => 2,
         }
     }
 }
@@ -397,65 +365,62 @@ fn parse_qlayer<'a>(bytes: &'a [u8], rec: &[u8], cx: &QContext) -> Result<QLayer
         layer,
     };
     let params: &[i32] = sections.take(outputs * 12)?;
-    let index = match (storage, index_bytes) {
-        (Storage::Dense, _) => QIndex::Dense,
-        (_, 1) => {
-            let lines = if storage == Storage::Sparse {
-                outputs
-            } else {
-                inputs
-            };
-            let counts: &[u8] = sections.take(lines)?;
-            let indices: &[u8] = sections.take(nnz)?;
-            check_lines(
-                counts.iter().map(|&c| c as usize),
-                indices,
-                indexed,
-                nnz,
-                layer,
-            )?;
-            QIndex::U8 { counts, indices }
-        }
-        _ => {
-            let lines = if storage == Storage::Sparse {
-                outputs
-            } else {
-                inputs
-            };
-            let counts: &[u16] = sections.take(lines * 2)?;
-            let indices: &[u16] = sections.take(nnz * 2)?;
-            check_lines(
-                counts.iter().map(|&c| c as usize),
-                indices,
-                indexed,
-                nnz,
-                layer,
-            )?;
-            QIndex::U16 { counts, indices }
-        }
+    let lines = if storage == Storage::Sparse {
+        outputs
+    } else {
+        inputs
     };
-    let gaussian = posterior == Posterior::Gaussian;
-    let values = match cx.precision {
-        Precision::Q16 => {
-            let theta: &[i16] = sections.take(nnz * 2)?;
-            let sigma2: &[u16] = if gaussian {
-                sections.take(nnz * 2)?
-            } else {
-                &[]
-            };
-            QValues::Q16 { theta, sigma2 }
-        }
-        _ => {
-            let theta: &[i8] = sections.take(nnz)?;
-            let sigma2: &[u8] = if gaussian { sections.take(nnz)? } else { &[] };
-            // The q8 variance sum is an i32: bound it for the largest activations.
-            let max = sigma2.iter().copied().max().unwrap_or(0) as i64;
-            if max * Q8_MAX_SQUARE * inputs as i64 > i32::MAX as i64 {
-                return Err(ModelError::QuantRange { layer });
+    let counts = match index_bytes {
+        0 => QCounts::Dense,
+        1 => QCounts::U8(sections.take(lines)?),
+        _ => QCounts::U16(sections.take(lines * 2)?),
+    };
+    let (record_len, _, sigma_at) = quant_record_layout(cx.precision, index_bytes, posterior);
+    let records: &[u8] = sections.take(nnz * record_len)?;
+    // Counts sum to nnz, indices increase within a line and stay below the indexed dimension.
+    let index_of = |r: &[u8]| match index_bytes {
+        1 => r[0] as usize,
+        _ => u16::from_le_bytes([r[0], r[1]]) as usize,
+    };
+    let mut start = 0usize;
+    let mut check_line = |count: usize| -> Result<(), ModelError> {
+        let end = start + count;
+        let line = records
+            .get(start * record_len..end * record_len)
+            .ok_or(ModelError::BadRowPointers { layer })?;
+        let mut previous = None;
+        for (k, r) in line.chunks_exact(record_len).enumerate() {
+            let c = index_of(r);
+            if c >= indexed || previous.is_some_and(|p| p >= c) {
+                return Err(ModelError::BadColumnIndex {
+                    layer,
+                    position: start + k,
+                });
             }
-            QValues::Q8 { theta, sigma2 }
+            previous = Some(c);
         }
+        start = end;
+        Ok(())
     };
+    match counts {
+        QCounts::Dense => start = nnz,
+        QCounts::U8(c) => c.iter().try_for_each(|&n| check_line(n as usize))?,
+        QCounts::U16(c) => c.iter().try_for_each(|&n| check_line(n as usize))?,
+    }
+    if start != nnz {
+        return Err(ModelError::BadRowPointers { layer });
+    }
+    if cx.precision == Precision::Q8 && posterior == Posterior::Gaussian {
+        // The q8 variance sum is an i32: bound it for the largest activations.
+        let max = records
+            .chunks_exact(record_len)
+            .map(|r| r[sigma_at])
+            .max()
+            .unwrap_or(0) as i64;
+        if max * Q8_MAX_SQUARE * inputs as i64 > i32::MAX as i64 {
+            return Err(ModelError::QuantRange { layer });
+        }
+    }
     Ok(QLayer {
         inputs,
         outputs,
@@ -463,9 +428,11 @@ fn parse_qlayer<'a>(bytes: &'a [u8], rec: &[u8], cx: &QContext) -> Result<QLayer
         posterior,
         storage,
         shift,
+        precision: cx.precision,
         params,
-        index,
-        values,
+        counts,
+        records,
+        record_len,
     })
 }
 
@@ -492,36 +459,4 @@ impl<'a> Sections<'a> {
         self.at += padded;
         Ok(values)
     }
-}
-
-/// Counts sum to `nnz`; within every line the indices are strictly increasing and below
-/// `limit`.
-fn check_lines<T: Copy + Into<usize>>(
-    counts: impl Iterator<Item = usize>,
-    indices: &[T],
-    limit: usize,
-    nnz: usize,
-    layer: usize,
-) -> Result<(), ModelError> {
-    let mut start = 0usize;
-    for count in counts {
-        let end = start + count;
-        let line = indices
-            .get(start..end)
-            .ok_or(ModelError::BadRowPointers { layer })?;
-        for (k, &c) in line.iter().enumerate() {
-            let c: usize = c.into();
-            if c >= limit || (k > 0 && line[k - 1].into() >= c) {
-                return Err(ModelError::BadColumnIndex {
-                    layer,
-                    position: start + k,
-                });
-            }
-        }
-        start = end;
-    }
-    if start != nnz {
-        return Err(ModelError::BadRowPointers { layer });
-    }
-    Ok(())
 }

@@ -7,8 +7,8 @@ use alloc::vec::Vec;
 
 use super::model::QModel;
 use crate::format::{
-    self, quant_payload_len, record, Activation, LayerKind, Posterior, Precision, Storage,
-    HEADER_LEN, LAYER_RECORD_LEN, TRAILER_LEN,
+    self, quant_payload_len, quant_record_layout, record, Activation, LayerKind, Posterior,
+    Precision, Storage, HEADER_LEN, LAYER_RECORD_LEN, TRAILER_LEN,
 };
 use crate::writer::{header_bytes, to_u32, Header, ModelBuffer, StorageChoice, WriteError};
 
@@ -157,26 +157,37 @@ impl QModelSpec {
                     .filter(|&k| l.stored(k))
                     .collect(),
             };
+            // Sparse rows: line = output j, index = input i; by input the reverse.
+            let by_rows = storage == Storage::Sparse;
+            let other = |k: usize| if by_rows { k % l.inputs } else { k / l.inputs };
             if storage != Storage::Dense {
-                // Sparse rows: line = output j, index = input i; by input the reverse.
-                let by_rows = storage == Storage::Sparse;
                 let lines = if by_rows { l.outputs } else { l.inputs };
                 let line_of = |k: usize| if by_rows { k / l.inputs } else { k % l.inputs };
-                let other = |k: usize| if by_rows { k % l.inputs } else { k / l.inputs };
                 let mut counts = alloc::vec![0usize; lines];
                 for &k in &order {
                     counts[line_of(k)] += 1;
                 }
-                let indices = order.iter().map(|&k| other(k));
                 push_ints(&mut payloads, counts.into_iter(), index_bytes);
-                push_ints(&mut payloads, indices, index_bytes);
             }
+            // One record per weight: index, θ (aligned to its width), σ².
             let width = self.precision.value_bytes();
-            let theta = order.iter().map(|&k| l.theta[k] as u32 as usize);
-            push_ints(&mut payloads, theta, width);
-            if let Some(s2) = &l.sigma2 {
-                push_ints(&mut payloads, order.iter().map(|&k| s2[k] as usize), width);
+            let (record_len, theta_at, sigma_at) =
+                quant_record_layout(self.precision, index_bytes, l.posterior());
+            let records_start = payloads.len();
+            for &k in &order {
+                let mut record = [0u8; 8];
+                record[..index_bytes]
+                    .copy_from_slice(&(other(k) as u64).to_le_bytes()[..index_bytes]);
+                record[theta_at..theta_at + width]
+                    .copy_from_slice(&(l.theta[k] as u32).to_le_bytes()[..width]);
+                if let Some(s2) = &l.sigma2 {
+                    record[sigma_at..sigma_at + width]
+                        .copy_from_slice(&s2[k].to_le_bytes()[..width]);
+                }
+                payloads.extend_from_slice(&record[..record_len]);
             }
+            let padded = (payloads.len() - records_start).next_multiple_of(4);
+            payloads.resize(records_start + padded, 0);
             let nnz = order.len();
             let len = payloads.len() - start;
             debug_assert_eq!(
