@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every check: formatting, lints, host tests, no_std builds for four Cortex-M targets, the
-# real-board build, on-target tests in QEMU (host/device parity) and the demo and benchmark
-# in QEMU. Installs what it needs first. Exits non-zero on the first failure.
+# real-board build, on-target tests in QEMU on the Cortex-M4F, M3 and M0 (host/device
+# parity, including all 10,000 MNIST test images in fixed point), the no-float check of the
+# fixed-point firmware, and the demos and benchmarks in QEMU. Installs what it needs first. Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -16,6 +17,8 @@ cargo fmt --all -- --check
 step "clippy (core, host tools, firmware for QEMU and for the nRF52840-DK), warnings are errors"
 cargo clippy -p tinybayes -p tinybayes-host-tools --all-targets -- -D warnings
 cargo clippy -p tinybayes-firmware --target thumbv7em-none-eabihf --all-targets -- -D warnings
+cargo clippy -p tinybayes-firmware --target thumbv7m-none-eabi --all-targets -- -D warnings
+cargo clippy -p tinybayes-firmware --target thumbv6m-none-eabi --all-targets -- -D warnings
 cargo clippy -p tinybayes-firmware --target thumbv7em-none-eabihf --no-default-features \
     --features nrf52840dk --bins -- -D warnings
 
@@ -33,11 +36,29 @@ cargo build-nrf52840dk
 step "on-target tests in QEMU Cortex-M4F (host/device parity)"
 cargo test-m4 2>&1 | tee -a "$log"
 
-step "demo in QEMU"
-cargo demo
+step "fixed-point on-target tests in QEMU: Cortex-M0 (micro:bit), M3 (mps2-an385), M4F"
+cargo test-m0 2>&1 | tee -a "$log"
+cargo test-m3 2>&1 | tee -a "$log"
+cargo test-fixed-m4 2>&1 | tee -a "$log"
 
-step "benchmark harness in QEMU"
+step "no floating point in the fixed-point firmware for the Cortex-M0"
+cargo build -p tinybayes-firmware --release --target thumbv6m-none-eabi --bin demo-fixed
+bash scripts/check-no-float.sh target/thumbv6m-none-eabi/release/demo-fixed
+
+step "host/device parity over the 10,000 MNIST test images on the Cortex-M0 and M3"
+cargo parity-m0
+cargo parity-m3
+
+step "demos in QEMU: f32 on the M4F, q8 on the M0 and M3"
+cargo demo
+cargo demo-m0
+cargo demo-m3
+
+step "benchmark harnesses in QEMU"
 cargo bench-m4
+cargo bench-fixed-m0
+cargo bench-fixed-m3
+cargo bench-fixed-m4
 
 step "all checks passed"
 # One closing line over every test run above: cargo's "N passed; M failed" lines and
