@@ -115,7 +115,7 @@ fn main() {
 /// Entries of the fixed-point normal quantile table (a power of two: 10 random bits each).
 const NORMAL_LEVELS: usize = 1024;
 /// Fractional bits of the fixed-point normal draws.
-const NORMAL_FRAC_BITS: u32 = 12;
+const NORMAL_FRAC_BITS: u32 = 8;
 
 /// Standard normal CDF.
 fn normal_cdf(x: f64) -> f64 {
@@ -154,7 +154,7 @@ fn fixed_tables() -> String {
     .unwrap();
     write!(
         src,
-        "pub(crate) static NORMAL_Q12: [i16; {NORMAL_LEVELS}] = ["
+        "pub(crate) static NORMAL_Q8: [i16; {NORMAL_LEVELS}] = ["
     )
     .unwrap();
     for v in &q {
