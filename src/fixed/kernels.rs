@@ -253,7 +253,7 @@ fn for_each_line(layer: &QLayer<'_>, mut f: impl FnMut(usize, &[u8])) {
 
 /// Runs `body::<F, I, G, X>` with the layer's format, index type and posterior.
 macro_rules! dispatch {
-    ($layer:expr, $body:ident :: <$($x:ty)?> ( $($arg:expr),* )) => {{
+    ($layer:expr, $body:ident $(:: <$x:ty>)? ( $($arg:expr),* )) => {{
         let gaussian = $layer.posterior == Posterior::Gaussian;
         match ($layer.precision, $layer.counts, gaussian) {
             (Precision::Q16, QCounts::Dense, true) => $body::<Q16, NoIndex, true $(, $x)?>($($arg),*),
@@ -517,7 +517,7 @@ pub(crate) fn sampled_layer(
     dead: &[bool],
     out: &mut [i32],
 ) {
-    dispatch!(layer, sampled_typed::<>(layer, x, s, eps, dead, out))
+    dispatch!(layer, sampled_typed(layer, x, s, eps, dead, out))
 }
 
 #[inline(never)]
