@@ -6,8 +6,10 @@ use core::num::NonZeroU16;
 use rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro128PlusPlus;
 
+use crate::early_exit::{ExitPrediction, Halting};
 use crate::error::InferenceError;
 use crate::format::Posterior;
+use crate::graph_runner::run_graph;
 use crate::input::{ByteTable, Input, NormalizedU8};
 use crate::kernels::{forward_mean, forward_moments, forward_samples, sample_from_moments};
 use crate::model::Model;
@@ -66,14 +68,52 @@ impl<'m, 'w, const CHUNK: usize> Engine<'m, 'w, CHUNK> {
     }
 
     /// Predicts from f32 inputs (already normalised), `model.input_len()` values in
-    /// channel-major (C, H, W) order. `rng` is only read in [`Mode::MonteCarlo`].
+    /// channel-major (C, H, W) order. `rng` is only read in [`Mode::MonteCarlo`]. An
+    /// early-exit model runs every block and answers with its last exit.
     pub fn predict<const K: usize>(
         &mut self,
         input: &[f32],
         mode: Mode,
         rng: &mut impl RngCore,
     ) -> Result<Prediction<K>, InferenceError> {
+        if self.model.is_graph() {
+            let p = run_graph::<_, K, CHUNK>(
+                self.model,
+                self.workspace,
+                input,
+                mode,
+                Halting::All,
+                rng,
+            )?;
+            return Ok(p.prediction);
+        }
         run::<_, K, CHUNK>(self.model, self.workspace, input, mode, rng)
+    }
+
+    /// Runs an early-exit model block by block from f32 inputs and stops as `halting` allows
+    /// (see [`Halting`]). With a policy that can stop early, every Monte Carlo sample must fit
+    /// in one pass (`samples <= CHUNK`), so that each exit sees the whole posterior
+    /// predictive; [`Halting::All`] has no such limit.
+    pub fn predict_early_exit<const K: usize>(
+        &mut self,
+        input: &[f32],
+        mode: Mode,
+        halting: Halting<'_>,
+        rng: &mut impl RngCore,
+    ) -> Result<ExitPrediction<K>, InferenceError> {
+        run_graph::<_, K, CHUNK>(self.model, self.workspace, input, mode, halting, rng)
+    }
+
+    /// [`Self::predict_early_exit`] from raw 8-bit inputs.
+    pub fn predict_u8_early_exit<const K: usize>(
+        &mut self,
+        raw: &[u8],
+        mode: Mode,
+        halting: Halting<'_>,
+        rng: &mut impl RngCore,
+    ) -> Result<ExitPrediction<K>, InferenceError> {
+        let input = NormalizedU8::new(raw, &self.bytes);
+        run_graph::<_, K, CHUNK>(self.model, self.workspace, &input, mode, halting, rng)
     }
 
     /// Predicts from raw 8-bit inputs (e.g. pixels), normalised on the fly with the model's
@@ -85,6 +125,17 @@ impl<'m, 'w, const CHUNK: usize> Engine<'m, 'w, CHUNK> {
         rng: &mut impl RngCore,
     ) -> Result<Prediction<K>, InferenceError> {
         let input = NormalizedU8::new(raw, &self.bytes);
+        if self.model.is_graph() {
+            let p = run_graph::<_, K, CHUNK>(
+                self.model,
+                self.workspace,
+                &input,
+                mode,
+                Halting::All,
+                rng,
+            )?;
+            return Ok(p.prediction);
+        }
         run::<_, K, CHUNK>(self.model, self.workspace, &input, mode, rng)
     }
 }

@@ -150,6 +150,13 @@ pub enum ModelError {
         /// Precision this reader runs.
         expected: crate::format::Precision,
     },
+    /// A residual addition names a layer that is not earlier, not after the previous residual
+    /// addition, or whose output shape differs; or an exit head's prior is not a probability,
+    /// the priors do not sum to 1, or an early-exit model does not end with an exit head.
+    BadEarlyExit {
+        /// Index of the layer.
+        layer: usize,
+    },
     /// A fixed-point layer breaks a rule of its format: a by-input layer that is not the
     /// first, a hidden layer without ReLU, or a shift out of range.
     QuantLayout {
@@ -231,6 +238,10 @@ impl fmt::Display for ModelError {
                 found.name(),
                 expected.name()
             ),
+            BadEarlyExit { layer } => write!(
+                f,
+                "layer {layer}: invalid residual source, exit prior or exit layout"
+            ),
             QuantLayout { layer } => write!(
                 f,
                 "layer {layer}: fixed-point layout not allowed (by-input storage after the first layer, a hidden layer without ReLU, or a shift outside 1..=62)"
@@ -276,6 +287,22 @@ pub enum InferenceError {
     ZeroSamples,
     /// A sample produced NaN or infinite logits (overflow on extreme inputs or weights).
     NonFiniteLogits,
+    /// Early exit keeps every Monte Carlo sample alive between exits: the engine's `CHUNK`
+    /// must hold all of them.
+    ChunkTooSmall {
+        /// Samples asked for.
+        samples: usize,
+        /// The engine's samples per pass.
+        chunk: usize,
+    },
+    /// A halting prior has the wrong length, a non-positive or non-finite mass, does not sum
+    /// to 1, or (for the exact joint mode) increases with depth.
+    BadPrior,
+    /// The model has no exit heads (early exit needs an early-exit model).
+    NotEarlyExit,
+    /// The first Gaussian layer of an early-exit model is an exit head (a deterministic trunk
+    /// with Bayesian heads), which the early-exit runner does not support.
+    UnsupportedLayout,
 }
 
 impl fmt::Display for InferenceError {
@@ -296,6 +323,17 @@ impl fmt::Display for InferenceError {
             ),
             ZeroSamples => f.write_str("at least one Monte Carlo sample is needed"),
             NonFiniteLogits => f.write_str("inference overflowed to NaN or infinity"),
+            ChunkTooSmall { samples, chunk } => write!(
+                f,
+                "early exit needs all {samples} samples in one pass, the engine holds {chunk}"
+            ),
+            BadPrior => f.write_str(
+                "the depth prior must have one positive mass per exit, sum to 1, and not increase (for the exact mode)",
+            ),
+            NotEarlyExit => f.write_str("the model has no exit heads"),
+            UnsupportedLayout => f.write_str(
+                "Gaussian exit heads after a deterministic trunk are not supported by the early-exit runner",
+            ),
         }
     }
 }

@@ -7,8 +7,13 @@
 /// The four bytes every model file starts with.
 pub const MAGIC: [u8; 4] = *b"TBYS";
 /// The newest format version this crate reads and writes (2 adds convolutions and pooling,
-/// 3 adds fixed-point models: header byte [`header::PRECISION`] and the quantized kinds).
-pub const FORMAT_VERSION: u16 = 3;
+/// 3 adds fixed-point models: header byte [`header::PRECISION`] and the quantized kinds, 4
+/// adds residual additions and exit heads for early-exit networks).
+pub const FORMAT_VERSION: u16 = 4;
+/// The version of fixed-point files.
+pub const FIXED_FORMAT_VERSION: u16 = 3;
+/// The version of files with residual additions or exit heads.
+pub const EARLY_EXIT_FORMAT_VERSION: u16 = 4;
 /// The version of files with convolutions or pooling (f32 models are written in the oldest
 /// version that holds their layers: 1 or 2).
 pub const CONV_FORMAT_VERSION: u16 = 2;
@@ -84,6 +89,14 @@ pub(crate) mod record {
     pub const POOL_STRIDE: usize = 25;
     /// Pooling: reserved.
     pub const POOL_RESERVED: core::ops::Range<usize> = 26..32;
+    /// Residual addition: index of the earlier layer whose output is added (u16).
+    pub const RESIDUAL_SOURCE: usize = 24;
+    /// Residual addition: reserved.
+    pub const RESIDUAL_RESERVED: core::ops::Range<usize> = 26..32;
+    /// Exit head: prior probability `p(z = this exit)` (f32).
+    pub const EXIT_PRIOR: usize = 24;
+    /// Exit head: reserved.
+    pub const EXIT_RESERVED: core::ops::Range<usize> = 28..32;
     /// Quantized linear: output shift `S` of the row multipliers (u8, 1 to 62).
     pub const QUANT_SHIFT: usize = 24;
     /// Quantized linear: bytes per sparse count and index (u8: 1 or 2; 0 when dense).
@@ -217,6 +230,13 @@ pub enum LayerKind {
     /// Fixed-point linear layer, per input column (version 3, q8/q16 models only; first
     /// layer only).
     QuantSparseLinearByInput = 8,
+    /// Residual addition: adds an earlier layer's output (the block input) to the current
+    /// activations, then applies the activation (version 4). No payload.
+    ResidualAdd = 9,
+    /// Exit head: global average pooling of the current map, then a dense linear layer to the
+    /// class logits, with the prior probability of exiting here (version 4). The main path
+    /// continues unchanged.
+    ExitHead = 10,
 }
 
 impl LayerKind {
@@ -232,6 +252,8 @@ impl LayerKind {
             LayerKind::QuantDenseLinear => "qlinear-dense",
             LayerKind::QuantSparseLinear => "qlinear-sparse",
             LayerKind::QuantSparseLinearByInput => "qlinear-sparse-by-input",
+            LayerKind::ResidualAdd => "residual-add",
+            LayerKind::ExitHead => "exit-head",
         }
     }
 
@@ -245,6 +267,8 @@ impl LayerKind {
             (6, 3..) => Some(LayerKind::QuantDenseLinear),
             (7, 3..) => Some(LayerKind::QuantSparseLinear),
             (8, 3..) => Some(LayerKind::QuantSparseLinearByInput),
+            (9, 4..) => Some(LayerKind::ResidualAdd),
+            (10, 4..) => Some(LayerKind::ExitHead),
             _ => None,
         }
     }

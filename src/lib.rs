@@ -37,11 +37,13 @@ extern crate alloc;
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
+pub mod early_exit;
 mod engine;
 pub mod error;
 pub mod fixed;
 pub mod format;
 pub(crate) mod fpu;
+mod graph_runner;
 mod input;
 mod kernels;
 pub mod model;
@@ -50,6 +52,7 @@ pub mod predictive;
 #[cfg(feature = "alloc")]
 pub mod writer;
 
+pub use early_exit::{ExitPrediction, Halting, Uncertainty};
 pub use engine::{Engine, Mode};
 pub use error::{InferenceError, ModelError};
 pub use fixed::{QEngine, QModel, QPrediction, UQ16};

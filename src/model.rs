@@ -67,7 +67,7 @@ pub struct Geometry {
 }
 
 /// What a layer computes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Operation {
     /// `y = activation(W x + b)` over the flattened input.
@@ -76,6 +76,19 @@ pub enum Operation {
     Conv2d(Geometry),
     /// Per-channel maximum over each window.
     MaxPool(Geometry),
+    /// `y = activation(x + output of layer source)`: closes a residual block.
+    ResidualAdd {
+        /// Index of the earlier layer whose output (the block input) is added.
+        source: usize,
+    },
+    /// An exit: `logits = W gap(x) + b` over the current map of shape `map` (channels,
+    /// height, width); the main path continues with `x` unchanged.
+    ExitHead {
+        /// Shape of the map the head pools.
+        map: [usize; 3],
+        /// Prior probability of stopping at this exit, `p(z)`.
+        prior: f32,
+    },
 }
 
 /// One validated layer: linear, convolution or pooling.
@@ -88,6 +101,8 @@ pub struct Layer<'a> {
     operation: Operation,
     bias: &'a [f32],
     weights: Weights<'a>,
+    /// A later residual addition reads this layer's output.
+    residual_source: bool,
 }
 
 impl<'a> Layer<'a> {
@@ -116,6 +131,8 @@ impl<'a> Layer<'a> {
         match (self.operation, self.weights) {
             (Operation::Conv2d(_), _) => LayerKind::Conv2d,
             (Operation::MaxPool(_), _) => LayerKind::MaxPool,
+            (Operation::ResidualAdd { .. }, _) => LayerKind::ResidualAdd,
+            (Operation::ExitHead { .. }, _) => LayerKind::ExitHead,
             (Operation::Linear, Weights::Dense { .. }) => LayerKind::DenseLinear,
             (Operation::Linear, Weights::SparseByInput { .. }) => LayerKind::SparseLinearByInput,
             (Operation::Linear, _) => LayerKind::SparseLinear,
@@ -149,19 +166,23 @@ impl<'a> Layer<'a> {
             Weights::None => 0,
         }
     }
-    /// Weights of the unpruned layer: `inputs * outputs` (linear), `out_channels *
-    /// in_channels * kernel area` (convolution), 0 (pooling).
+    /// Weights of the unpruned layer: `inputs * outputs` (linear, exit head), `out_channels *
+    /// in_channels * kernel area` (convolution), 0 (pooling, residual addition).
     pub fn dense_weights(&self) -> usize {
         match self.operation {
-            Operation::Linear => self.inputs * self.outputs,
+            Operation::Linear | Operation::ExitHead { .. } => self.inputs * self.outputs,
             Operation::Conv2d(g) => g.output[0] * g.input[0] * g.window[0] * g.window[1],
-            Operation::MaxPool(_) => 0,
+            Operation::MaxPool(_) | Operation::ResidualAdd { .. } => 0,
         }
+    }
+    /// Whether a later residual addition reads this layer's output.
+    pub fn is_residual_source(&self) -> bool {
+        self.residual_source
     }
     /// Bytes of the layer's payload in the model file (as `format` defines it per kind).
     pub fn payload_bytes(&self) -> usize {
         match self.operation {
-            Operation::Linear => payload_len(
+            Operation::Linear | Operation::ExitHead { .. } => payload_len(
                 self.storage(),
                 self.posterior,
                 self.inputs,
@@ -169,17 +190,18 @@ impl<'a> Layer<'a> {
                 self.nnz(),
             ),
             Operation::Conv2d(g) => conv_payload_len(self.posterior, g.output[0], self.nnz()),
-            Operation::MaxPool(_) => Some(0),
+            Operation::MaxPool(_) | Operation::ResidualAdd { .. } => Some(0),
         }
         // A validated layer's payload fits in the file, so the sum cannot overflow.
         .unwrap_or(0)
     }
-    /// Multiply-accumulates of one mean-weights pass over the stored weights.
+    /// Multiply-accumulates of one mean-weights pass over the stored weights (an exit head:
+    /// its linear layer; pooling and additions count none).
     pub fn macs(&self) -> usize {
         match self.operation {
-            Operation::Linear => self.nnz(),
+            Operation::Linear | Operation::ExitHead { .. } => self.nnz(),
             Operation::Conv2d(g) => self.nnz() * g.output[1] * g.output[2],
-            Operation::MaxPool(_) => 0,
+            Operation::MaxPool(_) | Operation::ResidualAdd { .. } => 0,
         }
     }
 }
@@ -371,9 +393,11 @@ impl<'a> Model<'a> {
             return Err(ModelError::BadInputNormalization);
         }
 
-        let mut layers = heapless::Vec::new();
+        let mut layers: heapless::Vec<Layer<'a>, MAX_LAYERS> = heapless::Vec::new();
+        let mut outputs: heapless::Vec<[usize; 3], MAX_LAYERS> = heapless::Vec::new();
         let mut shape = input_shape;
         let mut cursor = table_end;
+        let mut last_residual = None;
         for index in 0..layer_count as usize {
             let at = HEADER_LEN + index * LAYER_RECORD_LEN;
             let rec = &bytes[at..at + LAYER_RECORD_LEN];
@@ -383,9 +407,23 @@ impl<'a> Model<'a> {
                 shape,
                 payload_start: cursor,
                 body_end,
+                classes: classes as usize,
+                earlier_outputs: &outputs,
+                last_residual,
             };
             let (layer, next_shape) = parse_layer(bytes, rec, &context)?;
+            if let Operation::ResidualAdd { source } = layer.operation {
+                last_residual = Some(index);
+                match layers.get_mut(source) {
+                    // An exit head passes the map through: name the layer that made it.
+                    Some(src) if !matches!(src.operation, Operation::ExitHead { .. }) => {
+                        src.residual_source = true;
+                    }
+                    _ => return Err(ModelError::BadEarlyExit { layer: index }),
+                }
+            }
             shape = next_shape;
+            let _ = outputs.push(next_shape);
             cursor += rec_payload_len(rec);
             // Capacity is MAX_LAYERS and layer_count <= MAX_LAYERS, so this cannot fail.
             layers
@@ -397,12 +435,40 @@ impl<'a> Model<'a> {
                 layer: layer_count as usize - 1,
             });
         }
+        let has_exits = layers
+            .iter()
+            .any(|l| matches!(l.operation, Operation::ExitHead { .. }));
         match layers.last() {
             Some(last)
                 if last.outputs == classes as usize
                     && last.activation == Activation::Identity
-                    && last.operation == Operation::Linear => {}
+                    && (last.operation == Operation::Linear && !has_exits
+                        || matches!(last.operation, Operation::ExitHead { .. })) => {}
             _ => return Err(ModelError::BadOutputLayer),
+        }
+        let has_residuals = layers
+            .iter()
+            .any(|l| matches!(l.operation, Operation::ResidualAdd { .. }));
+        if has_residuals && !has_exits {
+            // Residual networks run through the early-exit runner, which needs exits.
+            return Err(ModelError::BadEarlyExit {
+                layer: layer_count as usize - 1,
+            });
+        }
+        if has_exits {
+            // The exits' priors form a distribution over depth.
+            let total: f32 = layers
+                .iter()
+                .filter_map(|l| match l.operation {
+                    Operation::ExitHead { prior, .. } => Some(prior),
+                    _ => None,
+                })
+                .sum();
+            if !(0.999..=1.001).contains(&total) {
+                return Err(ModelError::BadEarlyExit {
+                    layer: layer_count as usize - 1,
+                });
+            }
         }
         Ok(Model {
             bytes,
@@ -442,6 +508,30 @@ impl<'a> Model<'a> {
     pub fn max_width(&self) -> usize {
         self.layers.iter().map(|l| l.outputs).max().unwrap_or(0)
     }
+    /// Number of exit heads (0 for a plain network).
+    pub fn exit_count(&self) -> usize {
+        self.layers
+            .iter()
+            .filter(|l| matches!(l.operation, Operation::ExitHead { .. }))
+            .count()
+    }
+    /// The prior probability of each exit, in order (empty for a plain network).
+    pub fn exit_priors(&self) -> impl Iterator<Item = f32> + '_ {
+        self.layers.iter().filter_map(|l| match l.operation {
+            Operation::ExitHead { prior, .. } => Some(prior),
+            _ => None,
+        })
+    }
+    /// Whether the model has residual additions or exit heads (it then runs through the
+    /// early-exit runner).
+    pub fn is_graph(&self) -> bool {
+        self.layers.iter().any(|l| {
+            matches!(
+                l.operation,
+                Operation::ExitHead { .. } | Operation::ResidualAdd { .. }
+            )
+        })
+    }
     /// Dense parameter count: weights of the unpruned shapes plus biases.
     pub fn dense_params(&self) -> usize {
         self.layers
@@ -473,7 +563,12 @@ impl<'a> Model<'a> {
             .map(|l| crate::kernels::scratch_len(l, chunk))
             .max()
             .unwrap_or(0);
-        2 * width + 2 * width * chunk + scratch
+        if self.is_graph() {
+            // Also the residual skip and pooled map per sample, and a prefix skip.
+            2 * width + 4 * width * chunk + width + scratch
+        } else {
+            2 * width + 2 * width * chunk + scratch
+        }
     }
     /// [`Self::workspace_len`] in bytes.
     pub fn workspace_bytes(&self, samples_per_pass: usize) -> usize {
@@ -486,20 +581,26 @@ pub(crate) fn rec_payload_len(rec: &[u8]) -> usize {
 }
 
 /// Where a layer record sits and what it must accept.
-struct LayerContext {
+struct LayerContext<'c> {
     index: usize,
     version: u16,
     /// Shape (channels, height, width) of the layer's input.
     shape: [usize; 3],
     payload_start: usize,
     body_end: usize,
+    /// Classes of the model (the outputs of exit heads).
+    classes: usize,
+    /// Output shapes of the layers before this one.
+    earlier_outputs: &'c [[usize; 3]],
+    /// Index of the last residual addition before this layer.
+    last_residual: Option<usize>,
 }
 
 /// Validates one layer record and its payload; returns the layer and its output shape.
 fn parse_layer<'a>(
     bytes: &'a [u8],
     rec: &[u8],
-    cx: &LayerContext,
+    cx: &LayerContext<'_>,
 ) -> Result<(Layer<'a>, [usize; 3]), ModelError> {
     let layer = cx.index;
     let code = |field: usize| ModelError::UnknownCode {
@@ -529,7 +630,12 @@ fn parse_layer<'a>(
     if inputs == 0 || outputs == 0 || inputs > MAX_UNITS || outputs > MAX_UNITS {
         return Err(ModelError::BadLayerSize { layer });
     }
-    let expected_inputs = cx.shape[0] * cx.shape[1] * cx.shape[2];
+    // An exit head's linear layer reads the pooled map: one input per channel.
+    let expected_inputs = if kind == LayerKind::ExitHead {
+        cx.shape[0]
+    } else {
+        cx.shape[0] * cx.shape[1] * cx.shape[2]
+    };
     if inputs != expected_inputs {
         return Err(ModelError::ShapeMismatch {
             layer,
@@ -581,8 +687,44 @@ fn parse_layer<'a>(
             }
             (Operation::MaxPool(geometry), geometry.output, 0, Some(0))
         }
+        LayerKind::ResidualAdd => {
+            reserved(record::RESIDUAL_RESERVED)?;
+            let source = u16_at(rec, record::RESIDUAL_SOURCE) as usize;
+            // The source is an earlier layer, not before the previous residual addition (blocks do
+            // not overlap), with the shape of the current map.
+            let after_previous = cx.last_residual.is_none_or(|r| source >= r);
+            let same_shape = cx.earlier_outputs.get(source) == Some(&cx.shape);
+            if source >= layer || !after_previous || !same_shape {
+                return Err(ModelError::BadEarlyExit { layer });
+            }
+            if posterior != Posterior::Deterministic {
+                return Err(ModelError::BadEarlyExit { layer });
+            }
+            (Operation::ResidualAdd { source }, cx.shape, 0, Some(0))
+        }
+        LayerKind::ExitHead => {
+            reserved(record::EXIT_RESERVED)?;
+            let prior = f32_at(rec, record::EXIT_PRIOR);
+            let prior_ok = prior.is_finite() && prior > 0.0 && prior <= 1.0;
+            if !prior_ok || outputs != cx.classes || activation != Activation::Identity {
+                return Err(ModelError::BadEarlyExit { layer });
+            }
+            let dense = inputs * outputs;
+            let len = payload_len(Storage::Dense, posterior, inputs, outputs, dense);
+            let op = Operation::ExitHead {
+                map: cx.shape,
+                prior,
+            };
+            // The main path continues with the same map.
+            (op, cx.shape, dense, len)
+        }
     };
-    if out_shape[0] * out_shape[1] * out_shape[2] != outputs {
+    let flow_outputs = if kind == LayerKind::ExitHead {
+        out_shape.iter().product::<usize>()
+    } else {
+        outputs
+    };
+    if out_shape[0] * out_shape[1] * out_shape[2] != flow_outputs {
         return Err(ModelError::ShapeMismatch {
             layer,
             expected: out_shape[0] * out_shape[1] * out_shape[2],
@@ -590,7 +732,7 @@ fn parse_layer<'a>(
         });
     }
     let nnz_ok = match kind {
-        LayerKind::DenseLinear => nnz == dense,
+        LayerKind::DenseLinear | LayerKind::ExitHead => nnz == dense,
         _ => nnz <= dense,
     };
     if !nnz_ok {
@@ -613,14 +755,14 @@ fn parse_layer<'a>(
 
     let words = posterior.words_per_weight();
     let bias_len = match operation {
-        Operation::Linear => outputs,
+        Operation::Linear | Operation::ExitHead { .. } => outputs,
         Operation::Conv2d(g) => g.output[0],
-        Operation::MaxPool(_) => 0,
+        Operation::MaxPool(_) | Operation::ResidualAdd { .. } => 0,
     };
     let bias: &[f32] = cast(bytes, offset, bias_len * 4, layer)?;
     let mut at = offset + bias_len * 4;
     let weights = match (kind, operation) {
-        (LayerKind::DenseLinear, _) => Weights::Dense {
+        (LayerKind::DenseLinear | LayerKind::ExitHead, _) => Weights::Dense {
             values: cast(bytes, at, dense * words * 4, layer)?,
         },
         (LayerKind::SparseLinear, _) => {
@@ -682,6 +824,7 @@ fn parse_layer<'a>(
         operation,
         bias,
         weights,
+        residual_source: false,
     };
     Ok((layer, out_shape))
 }

@@ -28,8 +28,9 @@ pub enum StorageChoice {
     Smallest,
 }
 
-/// What a layer computes (format version 2 adds convolutions and pooling).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a layer computes (format version 2 adds convolutions and pooling, 4 residual
+/// additions and exit heads).
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum LayerOp {
     /// Linear layer over the flattened input; θ is `outputs x inputs`.
     Linear,
@@ -51,6 +52,21 @@ pub enum LayerOp {
         size: usize,
         /// Stride.
         stride: usize,
+    },
+    /// Adds the output of layer `source` (an earlier layer, after the previous residual
+    /// addition, with the current shape) and applies the activation; no parameters.
+    /// `inputs = outputs` = the current map's size. Format version 4.
+    ResidualAdd {
+        /// Index of the layer whose output is added.
+        source: usize,
+    },
+    /// An exit head: global average pooling of the current map, then a dense linear layer to
+    /// the classes; θ is `classes x channels`, one bias per class, identity activation.
+    /// `inputs` = channels, `outputs` = classes; the main path continues unchanged. Format
+    /// version 4.
+    ExitHead {
+        /// Prior probability of exiting here; the exits' priors sum to 1.
+        prior: f32,
     },
 }
 
@@ -116,7 +132,9 @@ impl LayerSpec {
     pub fn resolved_storage(&self) -> Storage {
         match self.op {
             LayerOp::Conv2d { .. } => return Storage::Sparse,
-            LayerOp::MaxPool { .. } => return Storage::Dense,
+            LayerOp::MaxPool { .. } | LayerOp::ResidualAdd { .. } | LayerOp::ExitHead { .. } => {
+                return Storage::Dense
+            }
             LayerOp::Linear => {}
         }
         match self.storage {
@@ -227,7 +245,7 @@ impl ModelSpec {
                     }
                     Storage::Sparse => (LayerKind::SparseLinear, write_sparse(&mut payloads, l)?),
                     Storage::SparseByInput => {
-                        version = format::CONV_FORMAT_VERSION;
+                        version = version.max(format::CONV_FORMAT_VERSION);
                         (
                             LayerKind::SparseLinearByInput,
                             write_by_input(&mut payloads, l)?,
@@ -240,7 +258,7 @@ impl ModelSpec {
                     stride,
                     padding,
                 } => {
-                    version = format::CONV_FORMAT_VERSION;
+                    version = version.max(format::CONV_FORMAT_VERSION);
                     rec[record::CONV_OUT_CHANNELS..record::CONV_OUT_CHANNELS + 2]
                         .copy_from_slice(&to_u16(out_channels, "output channels")?.to_le_bytes());
                     rec[record::CONV_KERNEL_H] = to_u8(kernel[0], "kernel height")?;
@@ -253,15 +271,28 @@ impl ModelSpec {
                     )
                 }
                 LayerOp::MaxPool { size, stride } => {
-                    version = format::CONV_FORMAT_VERSION;
+                    version = version.max(format::CONV_FORMAT_VERSION);
                     rec[record::POOL_SIZE] = to_u8(size, "pool size")?;
                     rec[record::POOL_STRIDE] = to_u8(stride, "pool stride")?;
                     (LayerKind::MaxPool, 0)
                 }
+                LayerOp::ResidualAdd { source } => {
+                    version = version.max(format::EARLY_EXIT_FORMAT_VERSION);
+                    rec[record::RESIDUAL_SOURCE..record::RESIDUAL_SOURCE + 2]
+                        .copy_from_slice(&to_u16(source, "residual source")?.to_le_bytes());
+                    (LayerKind::ResidualAdd, 0)
+                }
+                LayerOp::ExitHead { prior } => {
+                    version = version.max(format::EARLY_EXIT_FORMAT_VERSION);
+                    rec[record::EXIT_PRIOR..record::EXIT_PRIOR + 4]
+                        .copy_from_slice(&prior.to_le_bytes());
+                    write_records(&mut payloads, l, 0..l.theta.len());
+                    (LayerKind::ExitHead, l.theta.len())
+                }
             };
             let len = payloads.len() - start;
             debug_assert!(
-                matches!(l.op, LayerOp::Conv2d { .. } | LayerOp::MaxPool { .. })
+                !matches!(l.op, LayerOp::Linear)
                     || Some(len)
                         == payload_len(l.resolved_storage(), posterior, l.inputs, l.outputs, nnz)
             );
@@ -393,16 +424,24 @@ impl ModelSpec {
                     let w = window_output(shape[2], size, stride, 0).ok_or(bad.clone())?;
                     (Some(0), 0, [shape[0], h, w])
                 }
+                LayerOp::ResidualAdd { .. } => (Some(0), 0, shape),
+                LayerOp::ExitHead { .. } => {
+                    if l.inputs != shape[0] || l.outputs != self.num_classes {
+                        return Err(bad);
+                    }
+                    (Some(shape[0] * l.outputs), l.outputs, shape)
+                }
             };
             let bad_variance = l
                 .variance
                 .as_ref()
                 .is_some_and(|v| Some(v.len()) != weights);
             let linear = l.op == LayerOp::Linear;
+            let exit = matches!(l.op, LayerOp::ExitHead { .. });
             if Some(l.theta.len()) != weights
                 || l.bias.len() != bias
                 || bad_variance
-                || (!linear && (l.inputs != inputs || l.outputs != next.iter().product()))
+                || (!linear && !exit && (l.inputs != inputs || l.outputs != next.iter().product()))
             {
                 return Err(bad);
             }
@@ -532,6 +571,88 @@ pub mod synthetic {
     use crate::normal::standard_normal;
     use rand_core::{RngCore, SeedableRng};
     use rand_xoshiro::Xoshiro128PlusPlus;
+
+    /// A random early-exit residual network with Gaussian posteriors on a `1 x side x side`
+    /// input: a 3x3 stem convolution to `channels` (ReLU), then `blocks` residual blocks
+    /// (3x3 convolution, ReLU, 3x3 convolution, addition of the block input, ReLU), each
+    /// followed by an exit head (global average pooling, linear to `classes`) with prior
+    /// `priors[b]`. Weights are He-initialised (θ ~ N(0, 2 / fan_in)), scaled by 0.5 in the
+    /// second convolution of each block, σ² = 0.25 θ²; exit heads are scaled up by `sharpness`
+    /// so that exits are confident to various degrees.
+    pub fn resnet_ee(
+        seed: u64,
+        side: usize,
+        channels: usize,
+        classes: usize,
+        priors: &[f32],
+        sharpness: f32,
+    ) -> ModelSpec {
+        let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed);
+        let mut gauss = |n: usize, sd: f32| -> (Vec<f32>, Vec<f32>) {
+            let theta: Vec<f32> = (0..n).map(|_| sd * standard_normal(&mut rng)).collect();
+            let var = theta.iter().map(|t| 0.25 * t * t).collect();
+            (theta, var)
+        };
+        let conv = |cin: usize, theta: Vec<f32>, var: Vec<f32>, act: Activation| LayerSpec {
+            op: LayerOp::Conv2d {
+                out_channels: channels,
+                kernel: [3, 3],
+                stride: 1,
+                padding: 1,
+            },
+            inputs: cin * side * side,
+            outputs: channels * side * side,
+            activation: act,
+            bias: vec![0.0; channels],
+            theta,
+            variance: Some(var),
+            storage: StorageChoice::Sparse,
+        };
+        let map = channels * side * side;
+        let mut layers = Vec::new();
+        let (t, v) = gauss(channels * 9, libm::sqrtf(2.0 / 9.0));
+        layers.push(conv(1, t, v, Activation::Relu));
+        let mut block_input = 0;
+        for &prior in priors {
+            let sd = libm::sqrtf(2.0 / (9.0 * channels as f32));
+            let (t, v) = gauss(channels * channels * 9, sd);
+            layers.push(conv(channels, t, v, Activation::Relu));
+            let (t, v) = gauss(channels * channels * 9, 0.5 * sd);
+            layers.push(conv(channels, t, v, Activation::Identity));
+            layers.push(LayerSpec {
+                op: LayerOp::ResidualAdd {
+                    source: block_input,
+                },
+                inputs: map,
+                outputs: map,
+                activation: Activation::Relu,
+                bias: Vec::new(),
+                theta: Vec::new(),
+                variance: None,
+                storage: StorageChoice::Dense,
+            });
+            block_input = layers.len() - 1;
+            let (t, v) = gauss(classes * channels, sharpness / libm::sqrtf(channels as f32));
+            let bias = gauss(classes, 0.5).0;
+            layers.push(LayerSpec {
+                op: LayerOp::ExitHead { prior },
+                inputs: channels,
+                outputs: classes,
+                activation: Activation::Identity,
+                bias,
+                theta: t,
+                variance: Some(v),
+                storage: StorageChoice::Dense,
+            });
+        }
+        ModelSpec {
+            input_shape: [1, side, side],
+            num_classes: classes,
+            input_scale: 1.0 / 255.0,
+            input_offset: 0.0,
+            layers,
+        }
+    }
 
     /// A random multilayer perceptron with Gaussian posteriors: `widths[0]` inputs, ReLU
     /// hidden layers, `widths[last]` classes. Each weight survives with probability `density`;

@@ -273,12 +273,18 @@ fn check_model_invariants(model: &Model<'_>) -> Result<(), TestCaseError> {
     let mut expected_inputs = model.input_len();
     for (index, layer) in layers.iter().enumerate() {
         let (i, o) = (layer.inputs(), layer.outputs());
-        prop_assert_eq!(i, expected_inputs, "layer {} does not chain", index);
+        if let Operation::ExitHead { map, .. } = layer.operation() {
+            // An exit head pools the map (one input per channel) and passes it on.
+            prop_assert_eq!(i, map[0]);
+            prop_assert_eq!(map.iter().product::<usize>(), expected_inputs);
+        } else {
+            prop_assert_eq!(i, expected_inputs, "layer {} does not chain", index);
+        }
         prop_assert!(o > 0 && o <= MAX_UNITS && i <= MAX_UNITS);
         let bias_len = match layer.operation() {
-            Operation::Linear => o,
+            Operation::Linear | Operation::ExitHead { .. } => o,
             Operation::Conv2d(g) => g.output[0],
-            Operation::MaxPool(_) => 0,
+            Operation::MaxPool(_) | Operation::ResidualAdd { .. } => 0,
         };
         prop_assert_eq!(layer.bias().len(), bias_len);
         prop_assert!(layer.bias().iter().all(|b| b.is_finite()));
@@ -351,7 +357,9 @@ fn check_model_invariants(model: &Model<'_>) -> Result<(), TestCaseError> {
         if layer.posterior() == Posterior::Gaussian {
             prop_assert!(values.chunks_exact(2).all(|rec| rec[1] >= 0.0));
         }
-        expected_inputs = o;
+        if !matches!(layer.operation(), Operation::ExitHead { .. }) {
+            expected_inputs = o;
+        }
     }
     let last = layers.last().unwrap();
     prop_assert_eq!(last.outputs(), model.num_classes());

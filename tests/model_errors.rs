@@ -1377,7 +1377,7 @@ fn model_error_messages_are_specific() {
         (BadMagic, vec!["magic"]),
         (
             UnsupportedVersion { found: 9 },
-            vec!["version 9", "versions 1 to 3"],
+            vec!["version 9", "versions 1 to 4"],
         ),
         (BadHeaderLength { found: 4711 }, vec!["4711", "header"]),
         (
@@ -1457,6 +1457,10 @@ fn model_error_messages_are_specific() {
             vec!["layer 15", "fixed-point layout"],
         ),
         (QuantRange { layer: 16 }, vec!["layer 16", "int32"]),
+        (
+            BadEarlyExit { layer: 17 },
+            vec!["layer 17", "residual", "exit"],
+        ),
     ];
     let mut seen = std::collections::HashSet::new();
     for (error, needles) in &cases {
@@ -1504,6 +1508,16 @@ fn inference_and_write_error_messages_are_specific() {
         ),
         (ZeroSamples, vec!["sample"]),
         (NonFiniteLogits, vec!["overflow"]),
+        (
+            ChunkTooSmall {
+                samples: 33,
+                chunk: 8,
+            },
+            vec!["33", "8", "pass"],
+        ),
+        (BadPrior, vec!["prior"]),
+        (NotEarlyExit, vec!["exit heads"]),
+        (UnsupportedLayout, vec!["deterministic trunk"]),
     ];
     let mut seen = std::collections::HashSet::new();
     for (error, needles) in &cases {

@@ -231,7 +231,7 @@ impl QModelSpec {
         }
         let file_len = table_end + payloads.len() + TRAILER_LEN;
         let mut out = header_bytes(&Header {
-            version: format::FORMAT_VERSION,
+            version: format::FIXED_FORMAT_VERSION,
             precision: self.precision,
             layer_count: self.layers.len(),
             num_classes: self.num_classes,

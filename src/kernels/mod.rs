@@ -5,6 +5,7 @@
 
 mod by_input;
 mod conv;
+pub(crate) mod graph;
 mod linear;
 mod pool;
 
@@ -32,9 +33,12 @@ pub(crate) fn activate(activation: Activation, v: f32) -> f32 {
 /// One input, posterior-mean weights: `out[..layer.outputs()]`.
 pub(crate) fn forward_mean<X: Input + ?Sized>(layer: &Layer<'_>, x: &X, out: &mut [f32]) {
     match layer.operation() {
-        Operation::Linear => linear::forward_mean(layer, x, out),
+        // An exit head's caller passes the pooled map: its linear layer is what runs here.
+        Operation::Linear | Operation::ExitHead { .. } => linear::forward_mean(layer, x, out),
         Operation::Conv2d(_) => conv::forward_mean(layer, x, out),
         Operation::MaxPool(g) => pool::forward(&g, x, 1, out),
+        // Residual additions read two buffers: the engine runs them (`graph::residual_add`).
+        Operation::ResidualAdd { .. } => {}
     }
 }
 
@@ -46,10 +50,12 @@ pub(crate) fn forward_moments<X: Input + ?Sized>(
     std: &mut [f32],
 ) {
     match layer.operation() {
-        Operation::Linear => linear::forward_moments(layer, x, mean, std),
+        Operation::Linear | Operation::ExitHead { .. } => {
+            linear::forward_moments(layer, x, mean, std)
+        }
         Operation::Conv2d(_) => conv::forward_moments(layer, x, mean, std),
-        // Pooling has no weights: it is never the first stochastic layer.
-        Operation::MaxPool(_) => {}
+        // Pooling and additions have no weights: never the first stochastic layer.
+        Operation::MaxPool(_) | Operation::ResidualAdd { .. } => {}
     }
 }
 
@@ -63,9 +69,12 @@ pub(crate) fn forward_samples<const CHUNK: usize>(
     scratch: &mut [f32],
 ) {
     match layer.operation() {
-        Operation::Linear => linear::forward_samples::<CHUNK>(layer, x, rngs, out, scratch),
+        Operation::Linear | Operation::ExitHead { .. } => {
+            linear::forward_samples::<CHUNK>(layer, x, rngs, out, scratch)
+        }
         Operation::Conv2d(_) => conv::forward_samples(layer, x, rngs, out, scratch),
         Operation::MaxPool(g) => pool::forward(&g, x, rngs.len(), out),
+        Operation::ResidualAdd { .. } => {}
     }
 }
 
@@ -74,8 +83,15 @@ pub(crate) fn forward_samples<const CHUNK: usize>(
 pub(crate) fn scratch_len(layer: &Layer<'_>, chunk: usize) -> usize {
     match layer.operation() {
         Operation::Conv2d(g) => g.output[1] * g.output[2] * chunk,
-        Operation::Linear if layer.posterior() == Posterior::Gaussian => layer.outputs() * chunk,
-        Operation::Linear | Operation::MaxPool(_) => 0,
+        Operation::Linear | Operation::ExitHead { .. }
+            if layer.posterior() == Posterior::Gaussian =>
+        {
+            layer.outputs() * chunk
+        }
+        Operation::Linear
+        | Operation::ExitHead { .. }
+        | Operation::MaxPool(_)
+        | Operation::ResidualAdd { .. } => 0,
     }
 }
 

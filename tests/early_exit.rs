@@ -1,0 +1,257 @@
+//! Early exit (GUIDE section 2, "Early-exit ResNets as Bayesian control flow"): the exact
+//! halting rule against brute force, the other policies against their definitions, and the
+//! validation of residual and exit layers.
+
+use core::num::NonZeroU16;
+
+use rand_core::{RngCore, SeedableRng};
+use rand_xoshiro::Xoshiro128PlusPlus;
+use tinybayes::early_exit::{ExitPrediction, Halting, Uncertainty};
+use tinybayes::writer::{synthetic, LayerOp, ModelBuffer, ModelSpec};
+use tinybayes::{Engine, InferenceError, Mode, Model, ModelError, Prediction};
+
+const CHUNK: usize = 16;
+const SIDE: usize = 6;
+
+fn mc(samples: u16) -> Mode {
+    Mode::MonteCarlo {
+        samples: NonZeroU16::new(samples).unwrap(),
+    }
+}
+
+/// Truncated geometric prior over `n` exits: p(l) ∝ (1 - lambda)^l.
+fn geometric(n: usize, lambda: f32) -> Vec<f32> {
+    let raw: Vec<f32> = (0..n).map(|l| (1.0 - lambda).powi(l as i32)).collect();
+    let total: f32 = raw.iter().sum();
+    raw.iter().map(|p| p / total).collect()
+}
+
+fn model(seed: u64, exits: usize, sharpness: f32) -> ModelBuffer {
+    let priors = geometric(exits, 0.3);
+    synthetic::resnet_ee(seed, SIDE, 4, 5, &priors, sharpness)
+        .to_buffer()
+        .unwrap()
+}
+
+fn image(rng: &mut Xoshiro128PlusPlus) -> Vec<u8> {
+    (0..SIDE * SIDE)
+        .map(|_| (rng.next_u32() >> 24) as u8)
+        .collect()
+}
+
+fn run(
+    model: &Model<'_>,
+    raw: &[u8],
+    mode: Mode,
+    halting: Halting<'_>,
+    seed: u64,
+) -> Result<ExitPrediction<8>, InferenceError> {
+    let mut ws = vec![0.0f32; model.workspace_len(CHUNK)];
+    let mut engine = Engine::<CHUNK>::new(model, &mut ws).unwrap();
+    let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed);
+    engine.predict_u8_early_exit(raw, mode, halting, &mut rng)
+}
+
+#[test]
+fn the_exact_halting_rule_matches_brute_force() {
+    let mut inputs = Xoshiro128PlusPlus::seed_from_u64(1);
+    let mut decisions = [0usize; 6];
+    let mut early = 0;
+    for seed in 0..12u64 {
+        let exits = 2 + (seed as usize % 4);
+        let buffer = model(seed, exits, 1.0 + seed as f32 * 0.7);
+        let model = buffer.model().unwrap();
+        for trial in 0..12 {
+            let raw = image(&mut inputs);
+            let lambda = [0.05, 0.3, 0.6, 0.9][trial % 4];
+            let prior = geometric(exits, lambda);
+            for mode in [Mode::MeanWeights, mc(8)] {
+                let all = run(&model, &raw, mode, Halting::All, trial as u64).unwrap();
+                assert_eq!(all.depth, exits);
+                // Brute force: the argmax of p(y | x, l) p(l) over every exit (first on ties).
+                let mut best = (f32::MIN, 0);
+                for (l, e) in all.exits.iter().enumerate() {
+                    let joint = e.confidence * prior[l];
+                    if joint > best.0 {
+                        best = (joint, l);
+                    }
+                }
+                let halting = Halting::JointMode {
+                    prior: Some(&prior),
+                };
+                let got = run(&model, &raw, mode, halting, trial as u64).unwrap();
+                assert_eq!(got.exit, best.1, "seed {seed} trial {trial} {mode:?}");
+                assert_eq!(got.prediction.class, all.exits[best.1].class);
+                assert!(got.depth > got.exit && got.depth <= exits);
+                // The exits it computed said exactly what brute force saw.
+                assert_eq!(&got.exits[..], &all.exits[..got.depth]);
+                assert!(got.macs <= all.macs);
+                decisions[got.exit] += 1;
+                early += usize::from(got.depth < exits);
+            }
+        }
+    }
+    // The test covers stopping early and answering at several depths.
+    assert!(early > 20, "stopped early {early} times");
+    assert!(
+        decisions.iter().filter(|&&n| n > 0).count() >= 3,
+        "{decisions:?}"
+    );
+}
+
+#[test]
+fn running_every_block_is_the_plain_prediction_and_ignores_chunking() {
+    let buffer = model(3, 4, 2.0);
+    let model = buffer.model().unwrap();
+    let mut rng = Xoshiro128PlusPlus::seed_from_u64(9);
+    for _ in 0..5 {
+        let raw = image(&mut rng);
+        for mode in [Mode::MeanWeights, mc(5), mc(40)] {
+            let all = run(&model, &raw, mode, Halting::All, 7).unwrap();
+            assert_eq!(all.exit, 3);
+            let mut ws = vec![0.0f32; model.workspace_len(4)];
+            let mut engine = Engine::<4>::new(&model, &mut ws).unwrap();
+            let mut r = Xoshiro128PlusPlus::seed_from_u64(7);
+            let plain: Prediction<8> = engine.predict_u8(&raw, mode, &mut r).unwrap();
+            assert_eq!(plain, all.prediction);
+            let mut r = Xoshiro128PlusPlus::seed_from_u64(7);
+            let chunked: ExitPrediction<8> = engine
+                .predict_u8_early_exit(&raw, mode, Halting::All, &mut r)
+                .unwrap();
+            assert_eq!(chunked, all);
+        }
+    }
+}
+
+#[test]
+fn the_threshold_policy_stops_at_the_first_certain_exit() {
+    let buffer = model(5, 5, 3.0);
+    let model = buffer.model().unwrap();
+    let mut rng = Xoshiro128PlusPlus::seed_from_u64(2);
+    for trial in 0..20 {
+        let raw = image(&mut rng);
+        let all = run(&model, &raw, mc(12), Halting::All, trial).unwrap();
+        for (measure, tau) in [
+            (Uncertainty::MutualInformation, 0.02),
+            (Uncertainty::PredictiveEntropy, 0.5),
+        ] {
+            let value = |e: &tinybayes::early_exit::ExitSummary| match measure {
+                Uncertainty::MutualInformation => e.mutual_information,
+                Uncertainty::PredictiveEntropy => e.predictive_entropy,
+            };
+            let want = all.exits.iter().position(|e| value(e) <= tau).unwrap_or(4);
+            let halting = Halting::Threshold {
+                measure,
+                at_most: tau,
+            };
+            let got = run(&model, &raw, mc(12), halting, trial).unwrap();
+            assert_eq!((got.exit, got.depth), (want, want + 1));
+        }
+    }
+}
+
+#[test]
+fn sampled_depths_follow_the_prior() {
+    let buffer = model(8, 3, 1.0);
+    let model = buffer.model().unwrap();
+    let prior = [0.6f32, 0.3, 0.1];
+    let raw = vec![100u8; SIDE * SIDE];
+    let mut counts = [0usize; 3];
+    let n = 3000;
+    for seed in 0..n {
+        let halting = Halting::SampleDepth {
+            prior: Some(&prior),
+        };
+        let got = run(&model, &raw, Mode::MeanWeights, halting, seed).unwrap();
+        assert_eq!(got.depth, got.exit + 1);
+        counts[got.exit] += 1;
+    }
+    for (c, p) in counts.iter().zip(prior) {
+        let expected = p * n as f32;
+        let sd = (n as f32 * p * (1.0 - p)).sqrt();
+        assert!((*c as f32 - expected).abs() < 5.0 * sd, "{counts:?}");
+    }
+}
+
+#[test]
+fn bad_policies_and_plain_models_are_typed_errors() {
+    let buffer = model(1, 3, 1.0);
+    let model = buffer.model().unwrap();
+    let raw = vec![7u8; SIDE * SIDE];
+    let increasing = [0.2f32, 0.3, 0.5];
+    let halting = Halting::JointMode {
+        prior: Some(&increasing),
+    };
+    assert_eq!(
+        run(&model, &raw, Mode::MeanWeights, halting, 0),
+        Err(InferenceError::BadPrior)
+    );
+    let short = [1.0f32];
+    let halting = Halting::SampleDepth {
+        prior: Some(&short),
+    };
+    assert_eq!(
+        run(&model, &raw, Mode::MeanWeights, halting, 0),
+        Err(InferenceError::BadPrior)
+    );
+    // Stopping early needs all samples in one pass.
+    let halting = Halting::JointMode { prior: None };
+    assert_eq!(
+        run(&model, &raw, mc(CHUNK as u16 + 1), halting, 0),
+        Err(InferenceError::ChunkTooSmall {
+            samples: CHUNK + 1,
+            chunk: CHUNK
+        })
+    );
+    let plain = synthetic::mlp(1, &[36, 8, 5], 0.5).to_buffer().unwrap();
+    let plain = plain.model().unwrap();
+    assert_eq!(
+        run(&plain, &raw, Mode::MeanWeights, Halting::All, 0),
+        Err(InferenceError::NotEarlyExit)
+    );
+}
+
+fn spec_error(spec: &ModelSpec) -> ModelError {
+    match spec.to_buffer() {
+        Err(tinybayes::writer::WriteError::Invalid(e)) => e,
+        other => panic!("expected an invalid model, got {other:?}"),
+    }
+}
+
+#[test]
+fn invalid_residual_and_exit_layers_are_refused() {
+    let good = synthetic::resnet_ee(2, SIDE, 4, 5, &[0.5, 0.3, 0.2], 1.0);
+    assert!(good.to_buffer().is_ok());
+    // Layers: 0 stem, 1-2 convs, 3 add, 4 exit, 5-6 convs, 7 add, 8 exit, ...
+    let mut forward = good.clone();
+    forward.layers[3].op = LayerOp::ResidualAdd { source: 3 };
+    assert_eq!(spec_error(&forward), ModelError::BadEarlyExit { layer: 3 });
+    let mut overlapping = good.clone();
+    overlapping.layers[7].op = LayerOp::ResidualAdd { source: 0 };
+    assert_eq!(
+        spec_error(&overlapping),
+        ModelError::BadEarlyExit { layer: 7 }
+    );
+    let mut from_exit = good.clone();
+    from_exit.layers[7].op = LayerOp::ResidualAdd { source: 4 };
+    assert_eq!(
+        spec_error(&from_exit),
+        ModelError::BadEarlyExit { layer: 7 }
+    );
+    let mut not_a_distribution = good.clone();
+    not_a_distribution.layers[4].op = LayerOp::ExitHead { prior: 0.9 };
+    assert!(matches!(
+        spec_error(&not_a_distribution),
+        ModelError::BadEarlyExit { .. }
+    ));
+    let mut negative = good.clone();
+    negative.layers[4].op = LayerOp::ExitHead { prior: -0.5 };
+    assert_eq!(spec_error(&negative), ModelError::BadEarlyExit { layer: 4 });
+    // A residual network must end with an exit head.
+    let mut truncated = good.clone();
+    truncated.layers.truncate(4);
+    assert_eq!(spec_error(&truncated), ModelError::BadOutputLayer);
+    // Old readers' view: the file is version 4.
+    let bytes = good.to_bytes().unwrap();
+    assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 4);
+}
