@@ -118,6 +118,7 @@ fn main() {
     write_parity(&mut src, &model, &images);
     write_bench_models(&mut src, &out);
     fixed::write_fixed(&mut src, &manifest, &out, &images, fixed_chunk);
+    write_early_exit_model(&mut src, &manifest, &out);
     fs::write(out.join("generated.rs"), src).expect("write generated.rs");
 }
 
@@ -200,4 +201,57 @@ fn write_bench_models(src: &mut String, out: &Path) {
         )
         .unwrap();
     }
+}
+
+/// The early-exit model: `models/resnet-ee.tbm` (the trained one, see models/README.md), or,
+/// when that file is absent, a seeded synthetic network of the same kind so that the firmware
+/// always builds.
+fn write_early_exit_model(src: &mut String, manifest: &Path, out: &Path) {
+    let trained = manifest.join("../models/resnet-ee.tbm");
+    println!("cargo::rerun-if-changed={}", trained.display());
+    let (path, description) = match trained.canonicalize() {
+        Ok(path) => (path, "trained early-exit ResNet (models/resnet-ee.tbm)"),
+        Err(_) => {
+            let priors = [0.4f32, 0.3, 0.2, 0.1];
+            let spec = synthetic::resnet_ee(5, 28, 4, 10, &priors, 2.0);
+            let path = out.join("resnet-ee-synthetic.tbm");
+            fs::write(&path, spec.to_bytes().expect("synthetic early-exit model")).expect("write");
+            (
+                path,
+                "synthetic (untrained) early-exit ResNet: models/resnet-ee.tbm is missing",
+            )
+        }
+    };
+    let buffer = ModelBuffer::from_bytes(&fs::read(&path).expect("read early-exit model"));
+    let model = buffer.model().expect("valid early-exit model");
+    writeln!(src, "/// The early-exit model, in flash.").unwrap();
+    writeln!(
+        src,
+        "pub static EE_MODEL: &[u8] = tinybayes::include_model!({:?});",
+        path.display().to_string()
+    )
+    .unwrap();
+    writeln!(src, "/// What the early-exit model is.").unwrap();
+    writeln!(
+        src,
+        "pub const EE_MODEL_DESCRIPTION: &str = {description:?};"
+    )
+    .unwrap();
+    writeln!(
+        src,
+        "/// Samples per pass (all Monte Carlo samples) of the early-exit bench."
+    )
+    .unwrap();
+    writeln!(src, "pub const EE_CHUNK: usize = 8;").unwrap();
+    writeln!(
+        src,
+        "/// Workspace words of the early-exit model at `EE_CHUNK`."
+    )
+    .unwrap();
+    writeln!(
+        src,
+        "pub const EE_WORKSPACE_WORDS: usize = {};",
+        model.workspace_len(8)
+    )
+    .unwrap();
 }

@@ -43,6 +43,12 @@ pub enum Halting<'p> {
         /// Overrides the model's prior.
         prior: Option<&'p [f32]>,
     },
+    /// A fixed budget: stop after `exits` exits (all of them if there are fewer); for
+    /// anytime use and for measuring the cost of each depth.
+    Depth {
+        /// Exits to compute, at least 1.
+        exits: usize,
+    },
     /// Policy (c): stop at the first exit whose uncertainty is at most `at_most` nats (the last
     /// exit answers if none qualifies).
     Threshold {
@@ -83,9 +89,11 @@ pub struct ExitPrediction<const K: usize> {
     pub exits: heapless::Vec<ExitSummary, MAX_EXITS>,
 }
 
-/// A policy in progress: told each exit's predictive in order, decides whether to stop and
-/// which exit answers.
-pub(crate) struct HaltingState<'p> {
+/// A policy in progress: told each exit's summary in order, decides whether to stop and which
+/// exit answers. The engine drives it; it can also replay a policy on recorded summaries (the
+/// decisions depend on nothing else), as the host's parameter sweeps do.
+#[derive(Clone, Debug)]
+pub struct HaltingState<'p> {
     halting: Halting<'p>,
     prior: Option<&'p [f32]>,
     target: usize,
@@ -113,9 +121,10 @@ pub(crate) fn check_prior(
 
 impl<'p> HaltingState<'p> {
     /// Prepares a policy for a model with `exits` exits whose stored priors are
-    /// `model_prior`; `draw` gives a uniform number in [0, 1) (read only by
-    /// [`Halting::SampleDepth`]).
-    pub(crate) fn new(
+    /// `model_prior` (used when the policy does not give its own); `draw` gives a uniform
+    /// number in [0, 1) (read only by [`Halting::SampleDepth`]). Fails with
+    /// [`InferenceError::BadPrior`] on an invalid prior or a NaN threshold.
+    pub fn new(
         halting: Halting<'p>,
         model_prior: &'p [f32],
         exits: usize,
@@ -124,7 +133,7 @@ impl<'p> HaltingState<'p> {
         let (prior, monotone) = match halting {
             Halting::JointMode { prior } => (Some(prior.unwrap_or(model_prior)), true),
             Halting::SampleDepth { prior } => (Some(prior.unwrap_or(model_prior)), false),
-            Halting::All | Halting::Threshold { .. } => (None, false),
+            Halting::All | Halting::Threshold { .. } | Halting::Depth { .. } => (None, false),
         };
         if let Some(p) = prior {
             check_prior(p, exits, monotone)?;
@@ -135,6 +144,12 @@ impl<'p> HaltingState<'p> {
             }
         }
         let mut target = exits.saturating_sub(1);
+        if let Halting::Depth { exits: d } = halting {
+            if d == 0 {
+                return Err(InferenceError::BadPrior);
+            }
+            target = target.min(d - 1);
+        }
         if let (Halting::SampleDepth { .. }, Some(p)) = (halting, prior) {
             let u = draw();
             let mut cumulative = 0.0;
@@ -155,12 +170,12 @@ impl<'p> HaltingState<'p> {
     }
 
     /// Whether every exit must be computed regardless of what they say.
-    pub(crate) fn runs_everything(&self) -> bool {
+    pub fn runs_everything(&self) -> bool {
         self.halting == Halting::All
     }
 
     /// Told exit `l` (of `exits`); returns true to stop here.
-    pub(crate) fn observe(&mut self, l: usize, exits: usize, summary: &ExitSummary) -> bool {
+    pub fn observe(&mut self, l: usize, exits: usize, summary: &ExitSummary) -> bool {
         let last = l + 1 >= exits;
         match self.halting {
             Halting::All => last,
@@ -173,7 +188,7 @@ impl<'p> HaltingState<'p> {
                 let best = self.best.map_or(0.0, |(b, _)| b);
                 last || best >= prior.get(l + 1).copied().unwrap_or(0.0)
             }
-            Halting::SampleDepth { .. } => last || l >= self.target,
+            Halting::SampleDepth { .. } | Halting::Depth { .. } => last || l >= self.target,
             Halting::Threshold { measure, at_most } => {
                 let u = match measure {
                     Uncertainty::MutualInformation => summary.mutual_information,
@@ -185,7 +200,7 @@ impl<'p> HaltingState<'p> {
     }
 
     /// The exit that answers, once stopped after exit `l`.
-    pub(crate) fn answer(&self, l: usize) -> usize {
+    pub fn answer(&self, l: usize) -> usize {
         match self.halting {
             Halting::JointMode { .. } => self.best.map_or(l, |(_, e)| e),
             _ => l,

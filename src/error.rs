@@ -296,7 +296,8 @@ pub enum InferenceError {
         chunk: usize,
     },
     /// A halting prior has the wrong length, a non-positive or non-finite mass, does not sum
-    /// to 1, or (for the exact joint mode) increases with depth.
+    /// to 1, or (for the exact joint mode) increases with depth; or a threshold is NaN, or a
+    /// depth budget is 0.
     BadPrior,
     /// The model has no exit heads (early exit needs an early-exit model).
     NotEarlyExit,

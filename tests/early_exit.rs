@@ -151,6 +151,27 @@ fn the_threshold_policy_stops_at_the_first_certain_exit() {
 }
 
 #[test]
+fn a_depth_budget_runs_exactly_that_many_exits() {
+    let buffer = model(6, 4, 1.5);
+    let model = buffer.model().unwrap();
+    let raw = vec![50u8; SIDE * SIDE];
+    let all = run(&model, &raw, mc(4), Halting::All, 1).unwrap();
+    let mut previous = 0;
+    for d in 1..=5 {
+        let got = run(&model, &raw, mc(4), Halting::Depth { exits: d }, 1).unwrap();
+        assert_eq!(got.depth, d.min(4));
+        assert_eq!(got.exit, d.min(4) - 1);
+        assert_eq!(&got.exits[..], &all.exits[..got.depth]);
+        assert!(got.macs > previous || d > 4);
+        previous = got.macs;
+    }
+    assert_eq!(
+        run(&model, &raw, mc(4), Halting::Depth { exits: 0 }, 1),
+        Err(InferenceError::BadPrior)
+    );
+}
+
+#[test]
 fn sampled_depths_follow_the_prior() {
     let buffer = model(8, 3, 1.0);
     let model = buffer.model().unwrap();

@@ -2,6 +2,7 @@
 pub mod commands;
 pub mod export;
 pub mod files;
+pub mod halting;
 pub mod idx;
 pub mod metrics;
 pub mod plots;

@@ -383,6 +383,132 @@ pub fn sparsity_chart(layers: &[LayerSparsity], title_note: &str) -> Result<Vec<
     })
 }
 
+/// One curve of [`macs_sweep`]: a policy's (average MACs as a fraction of running every
+/// block, test accuracy) points, with the parameter value of each point.
+#[derive(Clone, Debug)]
+pub struct SweepCurve {
+    /// Legend text.
+    pub label: String,
+    /// `(MACs fraction, accuracy, parameter)` per point.
+    pub points: Vec<(f64, f64, f64)>,
+}
+
+/// Accuracy against average MACs (fraction of always running every block) for sweeps of a
+/// halting parameter; `full` is the always-run-everything reference point.
+pub fn macs_sweep(curves: &[SweepCurve], full: (f64, f64), title_note: &str) -> Result<Vec<u8>> {
+    let accs = curves
+        .iter()
+        .flat_map(|c| c.points.iter().map(|p| p.1))
+        .chain([full.1]);
+    let lo = accs.clone().fold(f64::MAX, f64::min);
+    let hi = accs.fold(f64::MIN, f64::max);
+    let pad = ((hi - lo) * 0.1).max(0.002);
+    let colors = [ACCURACY_COLOR, CONFIDENCE_COLOR, CORRECT_COLOR, WRONG_COLOR];
+    render(|root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(format!("Accuracy against compute{title_note}"), (FONT, 26))
+            .margin(14)
+            .x_label_area_size(60)
+            .y_label_area_size(80)
+            .build_cartesian_2d(0f64..1.05f64, (lo - pad) * 100.0..(hi + pad) * 100.0)
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .x_desc("average MACs / MACs of running every block")
+            .y_desc("test accuracy (%)")
+            .label_style((FONT, 16))
+            .axis_desc_style((FONT, 18))
+            .draw()
+            .map_err(plot_error)?;
+        for (curve, color) in curves.iter().zip(colors.iter().cycle()) {
+            let color = *color;
+            chart
+                .draw_series(LineSeries::new(
+                    curve.points.iter().map(|p| (p.0, 100.0 * p.1)),
+                    color.stroke_width(2),
+                ))
+                .map_err(plot_error)?
+                .label(curve.label.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+                });
+            chart
+                .draw_series(
+                    curve
+                        .points
+                        .iter()
+                        .map(|p| Circle::new((p.0, 100.0 * p.1), 4, color.filled())),
+                )
+                .map_err(plot_error)?;
+        }
+        chart
+            .draw_series([Cross::new(
+                (full.0, 100.0 * full.1),
+                8,
+                BLACK.stroke_width(2),
+            )])
+            .map_err(plot_error)?
+            .label("every block")
+            .legend(|(x, y)| Cross::new((x + 10, y), 6, BLACK.stroke_width(2)));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .label_font((FONT, 16))
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.9))
+            .draw()
+            .map_err(plot_error)?;
+        Ok(())
+    })
+}
+
+/// Bar chart of how many images stopped at each exit depth (1 = after the first block).
+pub fn exit_histogram(counts: &[usize], title_note: &str) -> Result<Vec<u8>> {
+    let n = counts.len().max(1);
+    let total: usize = counts.iter().sum();
+    let top = counts.iter().copied().max().unwrap_or(1).max(1) as f64 * 1.12;
+    render(|root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(format!("Exit depth{title_note}"), (FONT, 26))
+            .margin(14)
+            .x_label_area_size(60)
+            .y_label_area_size(80)
+            .build_cartesian_2d(0.5f64..n as f64 + 0.5, 0f64..top)
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n)
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .x_desc("blocks run before stopping")
+            .y_desc("images")
+            .label_style((FONT, 16))
+            .axis_desc_style((FONT, 18))
+            .draw()
+            .map_err(plot_error)?;
+        chart
+            .draw_series(counts.iter().enumerate().map(|(i, &c)| {
+                let x = i as f64 + 1.0;
+                Rectangle::new(
+                    [(x - 0.35, 0.0), (x + 0.35, c as f64)],
+                    ACCURACY_COLOR.mix(0.8).filled(),
+                )
+            }))
+            .map_err(plot_error)?;
+        let centered = Pos::new(HPos::Center, VPos::Bottom);
+        chart
+            .draw_series(counts.iter().enumerate().map(|(i, &c)| {
+                Text::new(
+                    format!("{c} ({:.1}%)", 100.0 * c as f64 / total.max(1) as f64),
+                    (i as f64 + 1.0, c as f64 + top * 0.01),
+                    (FONT, 16).into_font().color(&BLACK).pos(centered),
+                )
+            }))
+            .map_err(plot_error)?;
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@ use tinybayes::writer::{LayerOp, LayerSpec, ModelBuffer, ModelSpec, StorageChoic
 use tinybayes::{Mode, Model, ModelError, Weights};
 
 use crate::commands::predict::load_images;
+use crate::halting::{simulate_early_exit, HaltingArgs, HaltingSpec};
 use crate::metrics::LayerSparsity;
 use crate::report::ModelReport;
 use crate::simulate::{simulate, simulate_fixed, ImagePrediction, Images};
@@ -63,6 +64,38 @@ pub struct Simulation {
     pub predictions: Vec<ImagePrediction>,
     /// For fixed-point models, the CRC-32 of every output bit (device parity check).
     pub outputs_crc32: Option<u32>,
+    /// For early-exit models, where each image stopped.
+    pub early_exit: Option<EarlyExitRun>,
+}
+
+/// The early-exit side of a simulation.
+#[derive(Debug, Clone)]
+pub struct EarlyExitRun {
+    /// The policy run.
+    pub spec: HaltingSpec,
+    /// Exits of the model.
+    pub exits: usize,
+    /// Per image: the answering exit (0-based).
+    pub answer: Vec<usize>,
+    /// Per image: blocks run.
+    pub depth: Vec<usize>,
+    /// Per image: MACs per weight sample.
+    pub macs: Vec<usize>,
+    /// MACs per weight sample of running every block.
+    pub full_macs: usize,
+}
+
+/// Cumulative MACs (per weight sample) of a graph model through each exit.
+pub fn macs_through_exits(model: &Model<'_>) -> Vec<usize> {
+    let mut total = 0;
+    let mut out = Vec::new();
+    for l in model.layers() {
+        total += l.macs();
+        if matches!(l.operation(), Operation::ExitHead { .. }) {
+            out.push(total);
+        }
+    }
+    out
 }
 
 /// Reads a model file of any precision.
@@ -250,22 +283,65 @@ impl Runner {
             _ => 0,
         }
     }
-    /// Runs every image as the device would.
-    pub fn simulate(&self, images: &Images<'_>, mode: Mode, seed: u64) -> Result<Simulation> {
+    /// Exits of an early-exit model (0 otherwise).
+    pub fn exit_count(&self) -> usize {
+        self.float().map_or(0, |m| m.exit_count())
+    }
+
+    /// Runs every image as the device would; early-exit models stop as `halting` says.
+    pub fn simulate(
+        &self,
+        images: &Images<'_>,
+        mode: Mode,
+        seed: u64,
+        halting: &HaltingArgs,
+    ) -> Result<Simulation> {
+        let exits = self.exit_count();
+        let asked = halting.halting.is_some()
+            || halting.prior_lambda.is_some()
+            || halting.threshold.is_some();
+        if exits == 0 && asked {
+            bail!("--halting, --prior-lambda and --threshold apply to early-exit models only");
+        }
         match (self.float(), self.fixed()) {
+            (Some(m), _) if exits > 0 => {
+                let spec = halting.resolve(exits)?;
+                let results = simulate_early_exit(&m, images, mode, seed, &spec)?;
+                let full_macs = macs_through_exits(&m).last().copied().unwrap_or(0);
+                let run = EarlyExitRun {
+                    spec,
+                    exits,
+                    answer: results.iter().map(|r| r.exit).collect(),
+                    depth: results.iter().map(|r| r.depth).collect(),
+                    macs: results.iter().map(|r| r.macs).collect(),
+                    full_macs,
+                };
+                Ok(Simulation {
+                    predictions: results.into_iter().map(|r| r.prediction).collect(),
+                    outputs_crc32: None,
+                    early_exit: Some(run),
+                })
+            }
             (Some(m), _) => Ok(Simulation {
                 predictions: simulate(&m, images, mode, seed)?,
                 outputs_crc32: None,
+                early_exit: None,
             }),
             (_, Some(m)) => {
                 let s = simulate_fixed(&m, images, mode, seed)?;
                 Ok(Simulation {
                     predictions: s.predictions,
                     outputs_crc32: Some(s.outputs_crc32),
+                    early_exit: None,
                 })
             }
             _ => bail!("model buffer no longer validates"),
         }
+    }
+
+    /// The f32 model, if this is one.
+    pub fn float_model(&self) -> Option<Model<'_>> {
+        self.float()
     }
     /// Per-layer sparsity.
     pub fn sparsity(&self) -> Vec<LayerSparsity> {

@@ -16,11 +16,13 @@ use tinybayes::Mode;
 
 use crate::commands::predict::{check_output_dir, load_images, SamplingArgs};
 use crate::files::{check_writable, write_new};
+use crate::halting::{all_exit_summaries, geometric_prior, HaltingArgs, HaltingSpec, Policy};
 use crate::idx::{read_labels, Dataset, IdxError};
 use crate::metrics::{evaluate, LayerSparsity, Metrics, ECE_BINS, PROBABILITY_FLOOR};
 use crate::plots;
-use crate::runner::{load_runner, PrecisionArgs};
+use crate::runner::{load_runner, macs_through_exits, PrecisionArgs};
 use crate::simulate::{describe_mode, ImagePrediction, Images};
+use tinybayes::early_exit::{ExitSummary, Halting, HaltingState, Uncertainty};
 
 /// Name of the JSON report inside the report directory.
 pub const REPORT_FILE: &str = "report.json";
@@ -60,6 +62,20 @@ pub struct EvalArgs {
     /// Number format.
     #[command(flatten)]
     pub precision: PrecisionArgs,
+    /// Early exit (early-exit models only).
+    #[command(flatten)]
+    pub halting: HaltingArgs,
+    /// Early-exit models: also sweep the prior strength of the joint-mode policy and the
+    /// thresholds of the mutual-information and entropy policies, and plot accuracy against
+    /// average MACs (sweep.png, and `sweep` in report.json).
+    #[arg(long)]
+    pub sweep: bool,
+    /// Skip this many images (and labels) first: e.g. evaluate on held-out training images.
+    #[arg(long, default_value_t = 0)]
+    pub skip: usize,
+    /// Evaluate at most this many images (after --skip).
+    #[arg(long)]
+    pub limit: Option<usize>,
     /// Report directory (created if missing).
     #[arg(long, value_name = "DIR")]
     pub report: PathBuf,
@@ -118,6 +134,135 @@ pub struct EvalReport {
     pub sparsity: Vec<LayerSparsity>,
     /// The plots written beside the report.
     pub plots: PlotFiles,
+    /// Early-exit models: the policy, the depth and MACs used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub early_exit: Option<EarlyExitReport>,
+}
+
+/// The early-exit part of `report.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EarlyExitReport {
+    /// The policy, its prior and threshold.
+    pub halting: HaltingSpec,
+    /// Exits of the model.
+    pub exits: usize,
+    /// Mean blocks run per image.
+    pub mean_depth: f64,
+    /// Images per depth (entry `d - 1` for `d` blocks).
+    pub depth_histogram: Vec<usize>,
+    /// Mean MACs per image per weight sample (Monte Carlo multiplies by the samples).
+    pub mean_macs: f64,
+    /// MACs per weight sample of running every block.
+    pub full_macs: usize,
+    /// `mean_macs / full_macs`.
+    pub macs_fraction: f64,
+    /// Accuracy of every exit alone (running every block), when `--sweep` was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_accuracy: Option<Vec<f64>>,
+    /// The sweep, when `--sweep` was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<Vec<SweepPoint>>,
+    /// The exit-depth histogram.
+    pub depth_plot: &'static str,
+    /// The sweep plot, when `--sweep` was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sweep_plot: Option<&'static str>,
+}
+
+/// One point of the sweep: a policy parameter and what it gives on this set.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepPoint {
+    /// `joint` (parameter: prior lambda), `mi` or `entropy` (parameter: threshold in nats).
+    pub policy: &'static str,
+    /// The parameter value.
+    pub parameter: f64,
+    /// Accuracy.
+    pub accuracy: f64,
+    /// Mean blocks run.
+    pub mean_depth: f64,
+    /// Mean MACs / MACs of running every block.
+    pub macs_fraction: f64,
+}
+
+/// Exit-depth histogram, next to the report of an early-exit model.
+pub const DEPTH_PNG: &str = "exit_depth.png";
+/// Accuracy against MACs for the policy sweeps.
+pub const SWEEP_PNG: &str = "sweep.png";
+
+/// Lambdas of the joint-mode sweep.
+const SWEEP_LAMBDAS: [f64; 12] = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99];
+/// Thresholds (nats) of the mutual-information sweep.
+const SWEEP_MI: [f64; 9] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2];
+/// Thresholds (nats) of the entropy sweep.
+const SWEEP_ENTROPY: [f64; 9] = [0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2, 0.4, 0.8];
+
+/// Replays the policies on every image's per-exit summaries (from running every block): the
+/// decisions depend on nothing else (tested against the engine in the core's early-exit
+/// tests), so one run of every block prices every parameter.
+fn sweep(
+    exits: &[Vec<ExitSummary>],
+    labels: &[usize],
+    macs_through: &[usize],
+) -> Result<Vec<SweepPoint>> {
+    let n = exits.len().max(1) as f64;
+    let full = *macs_through.last().unwrap_or(&1) as f64;
+    let mut points = Vec::new();
+    let mut add = |policy: &'static str, parameter: f64, halting: Halting<'_>| -> Result<()> {
+        let (mut correct, mut depth, mut macs) = (0usize, 0usize, 0usize);
+        for (summaries, &label) in exits.iter().zip(labels) {
+            let (answer, d) = replay(halting, summaries)?;
+            correct += usize::from(summaries[answer].class == label);
+            depth += d;
+            macs += macs_through[d - 1];
+        }
+        points.push(SweepPoint {
+            policy,
+            parameter,
+            accuracy: correct as f64 / n,
+            mean_depth: depth as f64 / n,
+            macs_fraction: macs as f64 / n / full,
+        });
+        Ok(())
+    };
+    let count = macs_through.len();
+    for lambda in SWEEP_LAMBDAS {
+        let prior = geometric_prior(count, lambda)?;
+        add(
+            "joint",
+            lambda,
+            Halting::JointMode {
+                prior: Some(&prior),
+            },
+        )?;
+    }
+    for t in SWEEP_MI {
+        let halting = Halting::Threshold {
+            measure: Uncertainty::MutualInformation,
+            at_most: t as f32,
+        };
+        add("mi", t, halting)?;
+    }
+    for t in SWEEP_ENTROPY {
+        let halting = Halting::Threshold {
+            measure: Uncertainty::PredictiveEntropy,
+            at_most: t as f32,
+        };
+        add("entropy", t, halting)?;
+    }
+    Ok(points)
+}
+
+/// The decision of a policy on one image's per-exit summaries: (answering exit, depth).
+fn replay(halting: Halting<'_>, summaries: &[ExitSummary]) -> Result<(usize, usize)> {
+    let count = summaries.len();
+    let mut state =
+        HaltingState::new(halting, &[], count, || 0.0).map_err(|e| anyhow!("policy: {e}"))?;
+    for (l, s) in summaries.iter().enumerate() {
+        if state.observe(l, count, s) {
+            return Ok((state.answer(l), l + 1));
+        }
+    }
+    Ok((count - 1, count))
 }
 
 /// Creates the report directory if needed and checks that it can be written and that no output
@@ -131,7 +276,7 @@ fn prepare_report_dir(dir: &Path, force: bool) -> Result<()> {
     }
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create report directory {}", dir.display()))?;
-    for name in OUTPUT_FILES {
+    for name in OUTPUT_FILES.iter().chain(&[DEPTH_PNG, SWEEP_PNG]) {
         check_writable(&dir.join(name), force)?;
     }
     check_output_dir(dir)
@@ -221,6 +366,21 @@ fn fmt_opt(v: Option<f64>) -> String {
 }
 
 fn summary(report: &EvalReport, mode: Mode, dir: &Path) -> String {
+    let early = report
+        .early_exit
+        .as_ref()
+        .map(|e| {
+            format!(
+                "\nearly exit ({}): mean depth {:.2} of {}, mean MACs {:.0} = {:.1}% of every block, depths {:?}",
+                e.halting.describe(),
+                e.mean_depth,
+                e.exits,
+                e.mean_macs,
+                100.0 * e.macs_fraction,
+                e.depth_histogram
+            )
+        })
+        .unwrap_or_default();
     let m = &report.metrics;
     let u = &m.uncertainty;
     let mean = |s: Option<crate::metrics::Summary>| fmt_opt(s.map(|s| s.mean));
@@ -229,7 +389,7 @@ fn summary(report: &EvalReport, mode: Mode, dir: &Path) -> String {
          accuracy {:.4} ({} of {})  NLL {:.4}  Brier {:.4}  ECE {:.4}\n\
          mean predictive entropy correct {} / wrong {} (AUROC {}), \
          mutual information correct {} / wrong {} (AUROC {})\n\
-         wrote {}",
+         wrote {}{}",
         m.count,
         report.precision,
         describe_mode(mode),
@@ -253,6 +413,7 @@ fn summary(report: &EvalReport, mode: Mode, dir: &Path) -> String {
         mean(u.wrong.mutual_information),
         fmt_opt(u.auroc_mutual_information),
         dir.join(REPORT_FILE).display(),
+        early
     )
 }
 
@@ -261,7 +422,20 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let mode = args.sampling.mode()?;
     let runner = load_runner(&args.model, &args.precision)?;
     let classes = runner.num_classes();
-    let dataset = load_dataset(args, classes)?;
+    let mut dataset = load_dataset(args, classes)?;
+    if args.skip > 0 || args.limit.is_some() {
+        let end = args
+            .limit
+            .map_or(dataset.len(), |l| (args.skip + l).min(dataset.len()));
+        if args.skip >= end {
+            bail!("--skip {} leaves no image of {}", args.skip, dataset.len());
+        }
+        let indices: Vec<usize> = (args.skip..end).collect();
+        dataset = dataset.subset(&indices);
+    }
+    if args.sweep && runner.exit_count() == 0 {
+        bail!("--sweep applies to early-exit models only");
+    }
     let images = Images {
         rows: dataset.rows,
         cols: dataset.cols,
@@ -279,13 +453,79 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     prepare_report_dir(&args.report, args.force)?;
 
     let start = Instant::now();
-    let sim = runner.simulate(&images, mode, args.sampling.seed)?;
+    let sim = runner.simulate(&images, mode, args.sampling.seed, &args.halting)?;
     let predictions = sim.predictions;
     let inference_seconds = start.elapsed().as_secs_f64();
     let labels = dataset.labels_usize();
     let metrics = evaluate(&predictions, &labels)?;
     let sparsity = runner.sparsity();
-    let pngs = draw_plots(&predictions, &labels, &metrics, &sparsity, classes, mode)?;
+    let mut pngs = draw_plots(&predictions, &labels, &metrics, &sparsity, classes, mode)?;
+    let early_exit = match (&sim.early_exit, runner.float_model()) {
+        (Some(run), Some(model)) => {
+            let n = run.depth.len().max(1) as f64;
+            let mut histogram = vec![0usize; run.exits];
+            for &d in &run.depth {
+                histogram[d - 1] += 1;
+            }
+            let mean_macs = run.macs.iter().sum::<usize>() as f64 / n;
+            let note = format!(" ({}, {})", run.spec.describe(), describe_mode(mode));
+            pngs.push((DEPTH_PNG, plots::exit_histogram(&histogram, &note)?));
+            let (exit_accuracy, sweep_points, sweep_plot) = if args.sweep {
+                let spec = HaltingSpec {
+                    policy: Policy::All,
+                    prior: None,
+                    threshold: None,
+                };
+                let all = all_exit_summaries(&model, &images, mode, args.sampling.seed, &spec)?;
+                let macs_through = macs_through_exits(&model);
+                let points = sweep(&all, &labels, &macs_through)?;
+                let exit_accuracy: Vec<f64> = (0..run.exits)
+                    .map(|e| {
+                        let hits = all.iter().zip(&labels).filter(|(s, &y)| s[e].class == y);
+                        hits.count() as f64 / n
+                    })
+                    .collect();
+                let curves: Vec<plots::SweepCurve> = [
+                    ("exact joint mode, prior strength λ", "joint"),
+                    ("mutual information threshold", "mi"),
+                    ("entropy threshold", "entropy"),
+                ]
+                .iter()
+                .map(|(label, policy)| plots::SweepCurve {
+                    label: label.to_string(),
+                    points: points
+                        .iter()
+                        .filter(|p| p.policy == *policy)
+                        .map(|p| (p.macs_fraction, p.accuracy, p.parameter))
+                        .collect(),
+                })
+                .collect();
+                let full_accuracy = exit_accuracy.last().copied().unwrap_or(0.0);
+                let note = format!(" ({})", describe_mode(mode));
+                pngs.push((
+                    SWEEP_PNG,
+                    plots::macs_sweep(&curves, (1.0, full_accuracy), &note)?,
+                ));
+                (Some(exit_accuracy), Some(points), Some(SWEEP_PNG))
+            } else {
+                (None, None, None)
+            };
+            Some(EarlyExitReport {
+                halting: run.spec.clone(),
+                exits: run.exits,
+                mean_depth: run.depth.iter().sum::<usize>() as f64 / n,
+                depth_histogram: histogram,
+                mean_macs,
+                full_macs: run.full_macs,
+                macs_fraction: mean_macs / run.full_macs.max(1) as f64,
+                exit_accuracy,
+                sweep: sweep_points,
+                depth_plot: DEPTH_PNG,
+                sweep_plot,
+            })
+        }
+        _ => None,
+    };
     let report = EvalReport {
         model: args.model.display().to_string(),
         images: args.images.display().to_string(),
@@ -313,6 +553,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             mutual_information: MUTUAL_INFO_PNG,
             sparsity: SPARSITY_PNG,
         },
+        early_exit,
     };
     for (name, bytes) in &pngs {
         write_new(&args.report.join(name), bytes, args.force)?;

@@ -19,6 +19,7 @@ use clap::Args;
 use tinybayes::Mode;
 
 use crate::files::{check_writable, write_new};
+use crate::halting::HaltingArgs;
 use crate::idx::{read_images, IdxArray, IdxError};
 use crate::runner::{load_runner, PrecisionArgs};
 use crate::simulate::{describe_mode, parse_samples, ImagePrediction, Images};
@@ -66,6 +67,9 @@ pub struct PredictArgs {
     /// Number format.
     #[command(flatten)]
     pub precision: PrecisionArgs,
+    /// Early exit (early-exit models only).
+    #[command(flatten)]
+    pub halting: HaltingArgs,
     /// Output CSV file.
     #[arg(long)]
     pub out: PathBuf,
@@ -169,9 +173,23 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     let array = load_images(&args.images)?;
     let images = Images::from_idx(&array);
     let start = Instant::now();
-    let sim = runner.simulate(&images, mode, args.sampling.seed)?;
+    let sim = runner.simulate(&images, mode, args.sampling.seed, &args.halting)?;
     let seconds = start.elapsed().as_secs_f64();
-    let text = csv_text(&sim.predictions, runner.num_classes(), &[])?;
+    // Early-exit models add the depth used and the MACs spent per image.
+    let extra = match &sim.early_exit {
+        Some(run) => vec![
+            ExtraColumn {
+                name: "depth".into(),
+                values: run.depth.iter().map(usize::to_string).collect(),
+            },
+            ExtraColumn {
+                name: "macs".into(),
+                values: run.macs.iter().map(usize::to_string).collect(),
+            },
+        ],
+        None => Vec::new(),
+    };
+    let text = csv_text(&sim.predictions, runner.num_classes(), &extra)?;
     write_new(&args.out, text.as_bytes(), args.force)?;
     let digest = sim
         .outputs_crc32

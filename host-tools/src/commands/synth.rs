@@ -27,6 +27,17 @@ pub struct SynthArgs {
     /// Input shape CxHxW (default 1x28x28 when the input width is 784, else 1x1xN).
     #[arg(long)]
     pub input_shape: Option<String>,
+    /// Write a random early-exit residual network with this many blocks instead (one input
+    /// channel, square input of side --side, --channels channels, 10 classes, geometric prior
+    /// of strength 0.3); --widths, --density and --dense do not apply.
+    #[arg(long, value_name = "BLOCKS")]
+    pub resnet_ee: Option<usize>,
+    /// Side of the early-exit network's square input.
+    #[arg(long, default_value_t = 28)]
+    pub side: usize,
+    /// Channels of the early-exit network.
+    #[arg(long, default_value_t = 4)]
+    pub channels: usize,
     /// Output model file.
     #[arg(long)]
     pub out: PathBuf,
@@ -49,6 +60,19 @@ fn parse_shape(text: &str) -> Result<[usize; 3]> {
 
 /// Runs `synth`.
 pub fn run(args: &SynthArgs) -> Result<()> {
+    if let Some(blocks) = args.resnet_ee {
+        if !(1..=16).contains(&blocks) || args.side == 0 || args.side > 255 || args.channels == 0 {
+            bail!("--resnet-ee needs 1 to 16 blocks, a side of 1 to 255 and at least one channel");
+        }
+        let prior = crate::halting::geometric_prior(blocks, 0.3)?;
+        let spec = synthetic::resnet_ee(args.seed, args.side, args.channels, 10, &prior, 2.0);
+        let buffer = spec.to_buffer()?;
+        write_new(&args.out, buffer.as_bytes(), args.force)?;
+        let model = buffer.model()?;
+        print!("{}", ModelReport::new(&model, 8).to_table());
+        println!("wrote {}", args.out.display());
+        return Ok(());
+    }
     if args.widths.len() < 2 || args.widths.contains(&0) {
         bail!(
             "--widths needs at least two non-zero widths, got {:?}",

@@ -1,0 +1,117 @@
+//! The early-exit ResNet on the device: instructions per exit depth (a fixed depth budget of
+//! 1, 2, ... blocks, mean weights and 8 Monte Carlo samples), then the ten embedded digits
+//! with the exact joint-mode halting policy, each with the depth it used. Counts are guest
+//! instructions under QEMU `-icount shift=0` (GUIDE section 4), not cycles.
+#![no_std]
+#![no_main]
+
+use core::num::NonZeroU16;
+
+use cortex_m_rt::entry;
+use rand_core::SeedableRng;
+use rand_xoshiro::Xoshiro128PlusPlus;
+use tinybayes::early_exit::{ExitPrediction, Halting};
+use tinybayes::{Engine, InferenceError, Mode, Model};
+use tinybayes_firmware::assets;
+use tinybayes_firmware::clock::Clock;
+use tinybayes_firmware::generated::{EE_CHUNK, EE_MODEL, EE_MODEL_DESCRIPTION, EE_WORKSPACE_WORDS};
+use tinybayes_firmware::platform::{self, Board};
+
+const MC: Mode = Mode::MonteCarlo {
+    samples: match NonZeroU16::new(EE_CHUNK as u16) {
+        Some(n) => n,
+        None => NonZeroU16::MIN,
+    },
+};
+
+fn run(board: &mut Board, model: &Model<'_>, workspace: &mut [f32]) -> Result<(), InferenceError> {
+    let mut engine = Engine::<EE_CHUNK>::new(model, workspace)?;
+    let (pixels, _) = assets::image(0);
+    for depth in 1..=model.exit_count() {
+        for (label, mode) in [("mean weights", Mode::MeanWeights), ("M = 8", MC)] {
+            let mut rng = Xoshiro128PlusPlus::seed_from_u64(1);
+            let start = board.clock.now();
+            let p: ExitPrediction<10> = engine.predict_u8_early_exit(
+                pixels,
+                mode,
+                Halting::Depth { exits: depth },
+                &mut rng,
+            )?;
+            let cost = board.clock.now() - start;
+            defmt::info!(
+                "depth {=usize} ({=str}): {=u64} instructions, {=usize} MACs per sample (class {=usize})",
+                depth,
+                label,
+                cost,
+                p.macs,
+                p.prediction.class
+            );
+        }
+    }
+    let mut depths = 0;
+    let mut correct = 0;
+    for i in 0..assets::IMAGE_COUNT {
+        let (pixels, label) = assets::image(i);
+        let mut rng = Xoshiro128PlusPlus::seed_from_u64(0x7b00 + i as u64);
+        let start = board.clock.now();
+        let p: ExitPrediction<10> = engine.predict_u8_early_exit(
+            pixels,
+            MC,
+            Halting::JointMode { prior: None },
+            &mut rng,
+        )?;
+        let cost = board.clock.now() - start;
+        depths += p.depth;
+        correct += usize::from(p.prediction.class == label as usize);
+        defmt::info!(
+            "image {=usize}: label {=u8} -> {=usize} (p = {=f32}, mutual information {=f32}) from exit {=usize}, {=usize} of {=usize} blocks, {=usize} MACs per sample, {=u64} instructions",
+            i,
+            label,
+            p.prediction.class,
+            p.prediction.confidence(),
+            p.prediction.mutual_information,
+            p.exit + 1,
+            p.depth,
+            model.exit_count(),
+            p.macs,
+            cost
+        );
+    }
+    defmt::info!(
+        "joint-mode policy, M = 8: {=usize}/10 correct, mean depth {=usize}.{=usize} blocks",
+        correct,
+        depths / 10,
+        depths % 10
+    );
+    Ok(())
+}
+
+#[entry]
+fn main() -> ! {
+    let mut board = platform::init();
+    defmt::info!(
+        "tinybayes early exit on {=str}: {=str}",
+        platform::BOARD_NAME,
+        EE_MODEL_DESCRIPTION
+    );
+    let Ok(model) = Model::from_bytes(EE_MODEL) else {
+        defmt::error!("the early-exit model does not validate");
+        platform::exit(false)
+    };
+    defmt::info!(
+        "{=usize} exits, {=usize} weights stored, {=usize} bytes of flash, {=usize} bytes of workspace for {=usize} samples",
+        model.exit_count(),
+        model.nnz(),
+        EE_MODEL.len(),
+        model.workspace_bytes(EE_CHUNK),
+        EE_CHUNK
+    );
+    let mut workspace = [0.0f32; EE_WORKSPACE_WORDS];
+    match run(&mut board, &model, &mut workspace) {
+        Ok(()) => platform::exit(true),
+        Err(e) => {
+            defmt::error!("early exit failed: {}", e);
+            platform::exit(false)
+        }
+    }
+}

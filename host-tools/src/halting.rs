@@ -1,0 +1,288 @@
+//! Early-exit options of `eval` and `predict`, and the simulation of early-exit models: every
+//! image through `Engine::predict_u8_early_exit`, the device's code, with its depth and MACs.
+
+use anyhow::{anyhow, bail, Result};
+use clap::{Args, ValueEnum};
+use rand_core::SeedableRng;
+use rand_xoshiro::Xoshiro128PlusPlus;
+use rayon::prelude::*;
+use serde::Serialize;
+use tinybayes::early_exit::{ExitPrediction, ExitSummary, Halting, Uncertainty};
+use tinybayes::{Engine, Mode, Model};
+
+use crate::simulate::{ImagePrediction, Images};
+
+/// Samples per pass when simulating early exit: a policy that can stop early needs every
+/// Monte Carlo sample in one pass, so up to this many samples are supported.
+pub const EARLY_EXIT_CHUNK: usize = 64;
+
+/// The halting policies (GUIDE section 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// Run every block (the reference).
+    All,
+    /// (a) The exact mode of p(y, z | x), stopping with the early-termination bound.
+    Joint,
+    /// (b) A depth sampled from its posterior (which is the prior for this model).
+    Sample,
+    /// (c) Stop at the first exit whose mutual information is at most --threshold.
+    Mi,
+    /// (c) Stop at the first exit whose predictive entropy is at most --threshold.
+    Entropy,
+}
+
+/// Early-exit options (used by early-exit models only).
+#[derive(Args, Debug, Clone)]
+pub struct HaltingArgs {
+    /// Halting policy of an early-exit model [default: joint].
+    #[arg(long, value_enum)]
+    pub halting: Option<Policy>,
+    /// Strength lambda of the truncated geometric depth prior p(z = l) ∝ (1 - lambda)^(l - 1)
+    /// for `joint` and `sample` [default: the prior stored in the model].
+    #[arg(long, value_name = "LAMBDA")]
+    pub prior_lambda: Option<f64>,
+    /// Threshold in nats for `mi` and `entropy`.
+    #[arg(long, value_name = "NATS")]
+    pub threshold: Option<f32>,
+}
+
+/// A resolved policy with its prior.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HaltingSpec {
+    /// The policy.
+    pub policy: Policy,
+    /// The depth prior used (`joint`, `sample`), one mass per exit.
+    pub prior: Option<Vec<f32>>,
+    /// The threshold (`mi`, `entropy`).
+    pub threshold: Option<f32>,
+}
+
+/// The truncated geometric prior of strength `lambda` over `exits` exits.
+pub fn geometric_prior(exits: usize, lambda: f64) -> Result<Vec<f32>> {
+    if !(0.0..1.0).contains(&lambda) {
+        bail!("--prior-lambda must be in [0, 1), got {lambda}");
+    }
+    let raw: Vec<f64> = (0..exits).map(|l| (1.0 - lambda).powi(l as i32)).collect();
+    let total: f64 = raw.iter().sum();
+    Ok(raw.iter().map(|p| (p / total) as f32).collect())
+}
+
+impl HaltingArgs {
+    /// Resolves the options for a model with `exits` exits.
+    pub fn resolve(&self, exits: usize) -> Result<HaltingSpec> {
+        let policy = self.halting.unwrap_or(Policy::Joint);
+        let prior = match (policy, self.prior_lambda) {
+            (Policy::Joint | Policy::Sample, Some(lambda)) => Some(geometric_prior(exits, lambda)?),
+            (Policy::Joint | Policy::Sample, None) => None,
+            (_, Some(_)) => bail!("--prior-lambda applies to --halting joint or sample"),
+            (_, None) => None,
+        };
+        let threshold = match (policy, self.threshold) {
+            (Policy::Mi | Policy::Entropy, Some(t)) if t.is_finite() && t >= 0.0 => Some(t),
+            (Policy::Mi | Policy::Entropy, Some(t)) => {
+                bail!("--threshold must be a non-negative number of nats, got {t}")
+            }
+            (Policy::Mi | Policy::Entropy, None) => {
+                bail!("--halting mi and entropy need --threshold (nats)")
+            }
+            (_, Some(_)) => bail!("--threshold applies to --halting mi or entropy"),
+            (_, None) => None,
+        };
+        Ok(HaltingSpec {
+            policy,
+            prior,
+            threshold,
+        })
+    }
+}
+
+impl HaltingSpec {
+    /// The core's policy, borrowing this spec's prior.
+    pub fn halting(&self) -> Halting<'_> {
+        let prior = self.prior.as_deref();
+        let at_most = self.threshold.unwrap_or(0.0);
+        match self.policy {
+            Policy::All => Halting::All,
+            Policy::Joint => Halting::JointMode { prior },
+            Policy::Sample => Halting::SampleDepth { prior },
+            Policy::Mi => Halting::Threshold {
+                measure: Uncertainty::MutualInformation,
+                at_most,
+            },
+            Policy::Entropy => Halting::Threshold {
+                measure: Uncertainty::PredictiveEntropy,
+                at_most,
+            },
+        }
+    }
+
+    /// A short description for reports.
+    pub fn describe(&self) -> String {
+        match (self.policy, &self.prior, self.threshold) {
+            (Policy::All, _, _) => "every block".into(),
+            (Policy::Joint, Some(_), _) => "exact joint mode (given prior)".into(),
+            (Policy::Joint, None, _) => "exact joint mode (model prior)".into(),
+            (Policy::Sample, _, _) => "sampled depth".into(),
+            (Policy::Mi, _, Some(t)) => format!("mutual information <= {t} nats"),
+            (Policy::Entropy, _, Some(t)) => format!("predictive entropy <= {t} nats"),
+            _ => format!("{:?}", self.policy),
+        }
+    }
+}
+
+/// One image's early-exit result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExitResult {
+    /// The prediction of the answering exit.
+    pub prediction: ImagePrediction,
+    /// Answering exit (0-based).
+    pub exit: usize,
+    /// Blocks run.
+    pub depth: usize,
+    /// MACs per weight sample.
+    pub macs: usize,
+}
+
+/// Runs every image through the early-exit engine with `halting`, in parallel; image `i`
+/// uses the generator `seed + i`, as everywhere else.
+pub fn simulate_early_exit(
+    model: &Model<'_>,
+    images: &Images<'_>,
+    mode: Mode,
+    seed: u64,
+    spec: &HaltingSpec,
+) -> Result<Vec<ExitResult>> {
+    let values = images.values();
+    if values != model.input_len() {
+        bail!(
+            "images are {}x{} = {values} values but the model takes {} inputs",
+            images.rows,
+            images.cols,
+            model.input_len()
+        );
+    }
+    let workspace_len = model.workspace_len(EARLY_EXIT_CHUNK);
+    let halting = spec.halting();
+    let run = |workspace: &mut Vec<f32>, index: usize, pixels: &[u8]| -> Result<ExitResult> {
+        let mut engine = Engine::<EARLY_EXIT_CHUNK>::new(model, workspace)
+            .map_err(|e| anyhow!("image {index}: {e}"))?;
+        let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed.wrapping_add(index as u64));
+        let p: ExitPrediction<16> = engine
+            .predict_u8_early_exit(pixels, mode, halting, &mut rng)
+            .map_err(|e| anyhow!("image {index}: {e}"))?;
+        Ok(ExitResult {
+            prediction: ImagePrediction::from(p.prediction),
+            exit: p.exit,
+            depth: p.depth,
+            macs: p.macs,
+        })
+    };
+    if model.num_classes() > 16 {
+        bail!("early-exit simulation supports up to 16 classes");
+    }
+    images
+        .pixels
+        .par_chunks_exact(values)
+        .enumerate()
+        .map_init(|| vec![0.0f32; workspace_len], |ws, (i, px)| run(ws, i, px))
+        .collect()
+}
+
+/// Every exit's summary for every image, running every block (for replaying policies).
+pub fn all_exit_summaries(
+    model: &Model<'_>,
+    images: &Images<'_>,
+    mode: Mode,
+    seed: u64,
+    spec: &HaltingSpec,
+) -> Result<Vec<Vec<ExitSummary>>> {
+    let values = images.values();
+    let workspace_len = model.workspace_len(EARLY_EXIT_CHUNK);
+    let halting = spec.halting();
+    images
+        .pixels
+        .par_chunks_exact(values)
+        .enumerate()
+        .map_init(
+            || vec![0.0f32; workspace_len],
+            |ws, (index, pixels)| -> Result<Vec<ExitSummary>> {
+                let mut engine = Engine::<EARLY_EXIT_CHUNK>::new(model, ws)
+                    .map_err(|e| anyhow!("image {index}: {e}"))?;
+                let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed.wrapping_add(index as u64));
+                let p: ExitPrediction<16> = engine
+                    .predict_u8_early_exit(pixels, mode, halting, &mut rng)
+                    .map_err(|e| anyhow!("image {index}: {e}"))?;
+                Ok(p.exits.to_vec())
+            },
+        )
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tinybayes::writer::synthetic;
+
+    #[test]
+    fn options_resolve_with_one_line_errors() {
+        let args = |halting, lambda, threshold| HaltingArgs {
+            halting,
+            prior_lambda: lambda,
+            threshold,
+        };
+        let spec = args(None, Some(0.5), None).resolve(3).unwrap();
+        assert_eq!(spec.policy, Policy::Joint);
+        let p = spec.prior.unwrap();
+        assert!((p[0] - 4.0 / 7.0).abs() < 1e-6 && (p[2] - 1.0 / 7.0).abs() < 1e-6);
+        assert!(args(Some(Policy::Mi), None, None).resolve(3).is_err());
+        assert!(args(Some(Policy::Mi), Some(0.2), Some(0.1))
+            .resolve(3)
+            .is_err());
+        assert!(args(Some(Policy::Joint), Some(1.5), None)
+            .resolve(3)
+            .is_err());
+        assert!(args(Some(Policy::Entropy), None, Some(f32::NAN))
+            .resolve(3)
+            .is_err());
+        let t = args(Some(Policy::Entropy), None, Some(0.3))
+            .resolve(3)
+            .unwrap();
+        assert_eq!(t.threshold, Some(0.3));
+    }
+
+    #[test]
+    fn simulation_matches_the_engine_image_by_image() {
+        let spec = synthetic::resnet_ee(4, 6, 4, 5, &[0.5, 0.3, 0.2], 2.0);
+        let buffer = spec.to_buffer().unwrap();
+        let model = buffer.model().unwrap();
+        let px: Vec<u8> = (0..10 * 36).map(|i| (i * 41 % 256) as u8).collect();
+        let images = Images {
+            rows: 6,
+            cols: 6,
+            pixels: &px,
+        };
+        let halting = HaltingArgs {
+            halting: Some(Policy::Joint),
+            prior_lambda: Some(0.6),
+            threshold: None,
+        }
+        .resolve(3)
+        .unwrap();
+        let mode = Mode::MonteCarlo {
+            samples: core::num::NonZeroU16::new(8).unwrap(),
+        };
+        let got = simulate_early_exit(&model, &images, mode, 3, &halting).unwrap();
+        assert_eq!(got.len(), 10);
+        let mut ws = vec![0.0f32; model.workspace_len(8)];
+        for (i, g) in got.iter().enumerate() {
+            let mut engine = Engine::<8>::new(&model, &mut ws).unwrap();
+            let mut rng = Xoshiro128PlusPlus::seed_from_u64(3 + i as u64);
+            let p: ExitPrediction<5> = engine
+                .predict_u8_early_exit(&px[i * 36..(i + 1) * 36], mode, halting.halting(), &mut rng)
+                .unwrap();
+            assert_eq!((g.exit, g.depth, g.macs), (p.exit, p.depth, p.macs));
+            assert_eq!(g.prediction, ImagePrediction::from(p.prediction));
+        }
+    }
+}
