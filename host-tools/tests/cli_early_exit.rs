@@ -1,0 +1,156 @@
+//! End-to-end tests of early-exit models in the CLI: `synth --resnet-ee` writes one, `inspect`
+//! shows its residual additions and exit heads, `predict` adds `depth,macs` columns after the
+//! required ones, and `eval` reports depth and MACs, draws the exit-depth histogram and, with
+//! `--sweep`, the accuracy-against-MACs plot.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn tinybayes(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tinybayes"))
+        .args(args)
+        .output()
+        .expect("run tinybayes")
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0, 0, 8, dims.len() as u8];
+    for d in dims {
+        out.extend_from_slice(&d.to_be_bytes());
+    }
+    out.extend_from_slice(data);
+    out
+}
+
+#[test]
+fn early_exit_models_predict_and_evaluate_with_depth_and_macs() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("ee.tbm");
+    let out = tinybayes(&[
+        "synth",
+        "--resnet-ee",
+        "3",
+        "--side",
+        "6",
+        "--channels",
+        "3",
+        "--seed",
+        "4",
+        "--out",
+        p(&model),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let out = tinybayes(&["inspect", "--model", p(&model), "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<&str> = report["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "exit-head").count(), 3);
+    assert_eq!(kinds.iter().filter(|k| **k == "residual-add").count(), 3);
+
+    let n = 24;
+    let pixels: Vec<u8> = (0..n * 36)
+        .map(|i| ((i * 53 + i / 36 * 17) % 256) as u8)
+        .collect();
+    let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+    let images = dir.path().join("images.idx");
+    let label_path = dir.path().join("labels.idx");
+    fs::write(&images, idx(&[n as u32, 6, 6], &pixels)).unwrap();
+    fs::write(&label_path, idx(&[n as u32], &labels)).unwrap();
+
+    let csv = dir.path().join("p.csv");
+    let out = tinybayes(&[
+        "predict",
+        "--model",
+        p(&model),
+        "--images",
+        p(&images),
+        "--samples",
+        "8",
+        "--halting",
+        "joint",
+        "--prior-lambda",
+        "0.5",
+        "--out",
+        p(&csv),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "index,pred,p0,p1,p2,p3,p4,p5,p6,p7,p8,p9,entropy,expected_entropy,mutual_info,depth,macs"
+    );
+    for line in lines {
+        let cols: Vec<&str> = line.split(',').collect();
+        let depth: usize = cols[15].parse().unwrap();
+        let macs: usize = cols[16].parse().unwrap();
+        assert!((1..=3).contains(&depth) && macs > 0, "{line}");
+    }
+
+    let report_dir = dir.path().join("r");
+    let out = tinybayes(&[
+        "eval",
+        "--model",
+        p(&model),
+        "--images",
+        p(&images),
+        "--labels",
+        p(&label_path),
+        "--samples",
+        "4",
+        "--sweep",
+        "--report",
+        p(&report_dir),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let json: Value =
+        serde_json::from_slice(&fs::read(report_dir.join("report.json")).unwrap()).unwrap();
+    let ee = &json["early_exit"];
+    assert_eq!(ee["exits"], 3);
+    let hist: Vec<u64> = ee["depth_histogram"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(hist.iter().sum::<u64>(), n as u64);
+    let fraction = ee["macs_fraction"].as_f64().unwrap();
+    assert!(fraction > 0.0 && fraction <= 1.0);
+    assert!(ee["sweep"].as_array().unwrap().len() >= 20);
+    assert_eq!(ee["exit_accuracy"].as_array().unwrap().len(), 3);
+    for png in ["exit_depth.png", "sweep.png"] {
+        let bytes = fs::read(report_dir.join(png)).unwrap();
+        assert_eq!(&bytes[..4], b"\x89PNG", "{png}");
+    }
+
+    // Early-exit options on a plain model are one clear error.
+    let plain = dir.path().join("plain.tbm");
+    let out = tinybayes(&["synth", "--widths", "36,8,10", "--out", p(&plain)]);
+    assert!(out.status.success());
+    let out = tinybayes(&[
+        "predict",
+        "--model",
+        p(&plain),
+        "--images",
+        p(&images),
+        "--halting",
+        "joint",
+        "--out",
+        p(&dir.path().join("q.csv")),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("early-exit models only"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1);
+}
