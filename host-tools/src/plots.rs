@@ -422,9 +422,11 @@ pub fn macs_sweep(curves: &[SweepCurve], full: (f64, f64), title_note: &str) -> 
             .map_err(plot_error)?;
         for (curve, color) in curves.iter().zip(colors.iter().cycle()) {
             let color = *color;
+            let mut sorted = curve.points.clone();
+            sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
             chart
                 .draw_series(LineSeries::new(
-                    curve.points.iter().map(|p| (p.0, 100.0 * p.1)),
+                    sorted.iter().map(|p| (p.0, 100.0 * p.1)),
                     color.stroke_width(2),
                 ))
                 .map_err(plot_error)?
