@@ -1,6 +1,7 @@
 //! Host side of tinybayes: model building, training, export and device simulation.
 pub mod commands;
 pub mod export;
+pub mod export_resnet;
 pub mod files;
 pub mod halting;
 pub mod idx;

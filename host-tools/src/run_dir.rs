@@ -6,14 +6,15 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use crate::train::checkpoint;
-use crate::train::{EpochReport, Network, TrainConfig};
+use crate::train::{EpochReport, Model, TrainConfig, Trainer};
 
 /// A finished or interrupted run, as saved in its directory.
 pub struct Run {
     /// The configuration the run trained with.
     pub config: TrainConfig,
-    /// The network after the last completed epoch.
-    pub network: Network,
+    /// The model after the last completed epoch: a layer sequence (LeNets) or an early-exit
+    /// ResNet.
+    pub model: Model<f32>,
     /// Epochs completed.
     pub epochs_done: usize,
     /// One report per completed epoch.
@@ -25,7 +26,7 @@ pub fn has_checkpoint(dir: &Path) -> bool {
     dir.join(checkpoint::CHECKPOINT_FILE).is_file()
 }
 
-/// Loads the network and history saved in a run directory.
+/// Loads the model and history saved in a run directory.
 pub fn load_run(dir: &Path) -> Result<Run> {
     if !has_checkpoint(dir) {
         bail!(
@@ -35,37 +36,12 @@ pub fn load_run(dir: &Path) -> Result<Run> {
             dir.display()
         );
     }
-    let (header, payload) = checkpoint::read(dir)?;
-    let config: TrainConfig = toml::from_str(&header.config_toml).with_context(|| {
-        format!(
-            "the checkpoint in {} has a bad configuration",
-            dir.display()
-        )
-    })?;
-    let mut network =
-        config
-            .arch
-            .build::<f32>(config.seed, config.init_log_sigma2, config.prune_threshold);
-    let mut params = network.params_mut();
-    if params.len() != payload.params.len()
-        || params
-            .iter()
-            .zip(&payload.params)
-            .any(|(dst, src)| dst.len() != src.len())
-    {
-        bail!(
-            "the checkpoint in {} does not match architecture {}",
-            dir.display(),
-            config.arch
-        );
-    }
-    for (dst, src) in params.iter_mut().zip(&payload.params) {
-        dst.copy_from_slice(src);
-    }
+    let (model, config, history) = Trainer::load_model(dir)
+        .with_context(|| format!("cannot read the run in {}", dir.display()))?;
     Ok(Run {
         config,
-        network,
-        epochs_done: header.epoch,
-        history: header.history,
+        model,
+        epochs_done: history.len(),
+        history,
     })
 }

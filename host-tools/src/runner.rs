@@ -85,6 +85,23 @@ pub struct EarlyExitRun {
     pub full_macs: usize,
 }
 
+/// Cumulative MACs of the *unpruned* architecture through each exit (every kernel tap, as the
+/// early-exit literature counts them), for comparison with [`macs_through_exits`].
+pub fn dense_macs_through_exits(model: &Model<'_>) -> Vec<usize> {
+    let mut total = 0;
+    let mut out = Vec::new();
+    for l in model.layers() {
+        total += match l.operation() {
+            Operation::Conv2d(g) => l.dense_weights() * g.output[1] * g.output[2],
+            _ => l.dense_weights(),
+        };
+        if matches!(l.operation(), Operation::ExitHead { .. }) {
+            out.push(total);
+        }
+    }
+    out
+}
+
 /// Cumulative MACs (per weight sample) of a graph model through each exit.
 pub fn macs_through_exits(model: &Model<'_>) -> Vec<usize> {
     let mut total = 0;

@@ -20,7 +20,7 @@ use crate::halting::{all_exit_summaries, geometric_prior, HaltingArgs, HaltingSp
 use crate::idx::{read_labels, Dataset, IdxError};
 use crate::metrics::{evaluate, LayerSparsity, Metrics, ECE_BINS, PROBABILITY_FLOOR};
 use crate::plots;
-use crate::runner::{load_runner, macs_through_exits, PrecisionArgs};
+use crate::runner::{dense_macs_through_exits, load_runner, macs_through_exits, PrecisionArgs};
 use crate::simulate::{describe_mode, ImagePrediction, Images};
 use tinybayes::early_exit::{ExitSummary, Halting, HaltingState, Uncertainty};
 
@@ -70,7 +70,12 @@ pub struct EvalArgs {
     /// average MACs (sweep.png, and `sweep` in report.json).
     #[arg(long)]
     pub sweep: bool,
-    /// Skip this many images (and labels) first: e.g. evaluate on held-out training images.
+    /// Evaluate on the validation split that the training run in DIR held out of these images
+    /// (give the training images and labels): the same seeded split as the trainer's. For
+    /// choosing a halting prior or threshold without touching the test set.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["skip", "limit"])]
+    pub validation_of: Option<PathBuf>,
+    /// Skip this many images (and labels) first.
     #[arg(long, default_value_t = 0)]
     pub skip: usize,
     /// Evaluate at most this many images (after --skip).
@@ -156,6 +161,9 @@ pub struct EarlyExitReport {
     pub full_macs: usize,
     /// `mean_macs / full_macs`.
     pub macs_fraction: f64,
+    /// The same fraction for the unpruned architecture (every kernel tap of the blocks run),
+    /// as early-exit papers count it.
+    pub dense_macs_fraction: f64,
     /// Accuracy of every exit alone (running every block), when `--sweep` was given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_accuracy: Option<Vec<f64>>,
@@ -182,6 +190,8 @@ pub struct SweepPoint {
     pub mean_depth: f64,
     /// Mean MACs / MACs of running every block.
     pub macs_fraction: f64,
+    /// The same for the unpruned architecture.
+    pub dense_macs_fraction: f64,
 }
 
 /// Exit-depth histogram, next to the report of an early-exit model.
@@ -203,17 +213,20 @@ fn sweep(
     exits: &[Vec<ExitSummary>],
     labels: &[usize],
     macs_through: &[usize],
+    dense_through: &[usize],
 ) -> Result<Vec<SweepPoint>> {
     let n = exits.len().max(1) as f64;
     let full = *macs_through.last().unwrap_or(&1) as f64;
+    let dense_full = *dense_through.last().unwrap_or(&1) as f64;
     let mut points = Vec::new();
     let mut add = |policy: &'static str, parameter: f64, halting: Halting<'_>| -> Result<()> {
-        let (mut correct, mut depth, mut macs) = (0usize, 0usize, 0usize);
+        let (mut correct, mut depth, mut macs, mut dense) = (0usize, 0usize, 0usize, 0usize);
         for (summaries, &label) in exits.iter().zip(labels) {
             let (answer, d) = replay(halting, summaries)?;
             correct += usize::from(summaries[answer].class == label);
             depth += d;
             macs += macs_through[d - 1];
+            dense += dense_through[d - 1];
         }
         points.push(SweepPoint {
             policy,
@@ -221,6 +234,7 @@ fn sweep(
             accuracy: correct as f64 / n,
             mean_depth: depth as f64 / n,
             macs_fraction: macs as f64 / n / full,
+            dense_macs_fraction: dense as f64 / n / dense_full,
         });
         Ok(())
     };
@@ -371,12 +385,13 @@ fn summary(report: &EvalReport, mode: Mode, dir: &Path) -> String {
         .as_ref()
         .map(|e| {
             format!(
-                "\nearly exit ({}): mean depth {:.2} of {}, mean MACs {:.0} = {:.1}% of every block, depths {:?}",
+                "\nearly exit ({}): mean depth {:.2} of {}, mean MACs {:.0} = {:.1}% of every block ({:.1}% counting the unpruned architecture), depths {:?}",
                 e.halting.describe(),
                 e.mean_depth,
                 e.exits,
                 e.mean_macs,
                 100.0 * e.macs_fraction,
+                100.0 * e.dense_macs_fraction,
                 e.depth_histogram
             )
         })
@@ -423,6 +438,16 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let runner = load_runner(&args.model, &args.precision)?;
     let classes = runner.num_classes();
     let mut dataset = load_dataset(args, classes)?;
+    if let Some(run) = &args.validation_of {
+        let run = crate::run_dir::load_run(run)?;
+        if run.config.val_size == 0 {
+            bail!("the run held out no validation images (val_size = 0)");
+        }
+        let (_, validation) = dataset
+            .split_validation(run.config.val_size, run.config.seed)
+            .map_err(|e| anyhow!(e).context("cannot split the validation images"))?;
+        dataset = validation;
+    }
     if args.skip > 0 || args.limit.is_some() {
         let end = args
             .limit
@@ -468,6 +493,10 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 histogram[d - 1] += 1;
             }
             let mean_macs = run.macs.iter().sum::<usize>() as f64 / n;
+            let dense = dense_macs_through_exits(&model);
+            let dense_full = dense.last().copied().unwrap_or(1).max(1) as f64;
+            let dense_macs_fraction =
+                run.depth.iter().map(|&d| dense[d - 1] as f64).sum::<f64>() / n / dense_full;
             let note = format!(" ({}, {})", run.spec.describe(), describe_mode(mode));
             pngs.push((DEPTH_PNG, plots::exit_histogram(&histogram, &note)?));
             let (exit_accuracy, sweep_points, sweep_plot) = if args.sweep {
@@ -478,14 +507,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 };
                 let all = all_exit_summaries(&model, &images, mode, args.sampling.seed, &spec)?;
                 let macs_through = macs_through_exits(&model);
-                let points = sweep(&all, &labels, &macs_through)?;
+                let points = sweep(&all, &labels, &macs_through, &dense)?;
                 let exit_accuracy: Vec<f64> = (0..run.exits)
                     .map(|e| {
                         let hits = all.iter().zip(&labels).filter(|(s, &y)| s[e].class == y);
                         hits.count() as f64 / n
                     })
                     .collect();
-                let curves: Vec<plots::SweepCurve> = [
+                let mut curves: Vec<plots::SweepCurve> = [
                     ("exact joint mode, prior strength λ", "joint"),
                     ("mutual information threshold", "mi"),
                     ("entropy threshold", "entropy"),
@@ -500,6 +529,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                         .collect(),
                 })
                 .collect();
+                curves.push(plots::SweepCurve {
+                    label: "exact joint mode, MACs of the unpruned architecture".into(),
+                    points: points
+                        .iter()
+                        .filter(|p| p.policy == "joint")
+                        .map(|p| (p.dense_macs_fraction, p.accuracy, p.parameter))
+                        .collect(),
+                });
                 let full_accuracy = exit_accuracy.last().copied().unwrap_or(0.0);
                 let note = format!(" ({})", describe_mode(mode));
                 pngs.push((
@@ -518,6 +555,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 mean_macs,
                 full_macs: run.full_macs,
                 macs_fraction: mean_macs / run.full_macs.max(1) as f64,
+                dense_macs_fraction,
                 exit_accuracy,
                 sweep: sweep_points,
                 depth_plot: DEPTH_PNG,

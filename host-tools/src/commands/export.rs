@@ -7,9 +7,11 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use crate::export::{export, ExportOptions};
+use crate::export_resnet::export_resnet;
 use crate::files::{check_writable, write_new};
 use crate::run_dir::load_run;
 use crate::runner::{quantize_spec, PrecisionArgs, Runner};
+use crate::train::DepthPrior;
 use tinybayes::format::Precision;
 
 /// Arguments of `export`.
@@ -27,6 +29,10 @@ pub struct ExportArgs {
     /// Monte Carlo samples per pass for the RAM figure of the report.
     #[arg(long, default_value_t = 32)]
     pub samples: usize,
+    /// Early-exit ResNets: strength lambda of the truncated geometric depth prior written into
+    /// the exit heads, p(z = l) ∝ (1 - lambda)^(l - 1) [default: the one trained with].
+    #[arg(long, value_name = "LAMBDA")]
+    pub prior_lambda: Option<f64>,
     /// Number format of the file (q8/q16 need --calibration-images).
     #[command(flatten)]
     pub precision: PrecisionArgs,
@@ -52,7 +58,24 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         threshold: args.threshold,
         gaussian: !args.deterministic,
     };
-    let (spec, pruning) = export(&run.network, options)?;
+    let (spec, pruning) = match (&run.model, run.model.as_resnet()) {
+        (_, Some(net)) => {
+            let lambda = args.prior_lambda.unwrap_or(net.prior.lambda);
+            let priors = DepthPrior::new(lambda)
+                .map_err(|e| anyhow::anyhow!("--prior-lambda: {e}"))?
+                .probabilities(net.depth());
+            export_resnet(net, &priors, options)?
+        }
+        (model, None) => {
+            if args.prior_lambda.is_some() {
+                bail!("--prior-lambda applies to early-exit (resnet-ee) runs only");
+            }
+            let network = model
+                .as_network()
+                .ok_or_else(|| anyhow::anyhow!("the run holds no exportable model"))?;
+            export(network, options)?
+        }
+    };
     let runner = match args.precision.precision {
         None | Some(Precision::F32) => Runner::F32(spec.to_buffer()?),
         Some(p) => Runner::Fixed(quantize_spec(&spec, p, &args.precision)?),

@@ -1,5 +1,10 @@
 //! `tinybayes train`: sparse variational dropout training with progress bars, checkpoints
 //! after every epoch and `--resume`.
+//!
+//! Architectures: `lenet300`, `lenet5` and the early-exit `resnet-ee` (`--blocks`,
+//! `--channels`, `--prior-lambda`, `--exit-objective`; see [`crate::train::resnet`]). For
+//! `resnet-ee` the epoch line also shows the validation accuracy of every exit, which is stored
+//! in the checkpoint's history and in `history.json` (`exit_val_accuracy`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,9 +20,24 @@ use crate::train::{Arch, TrainConfig, TrainError, TrainEvent, Trainer};
 /// Arguments of `train`.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Architecture: lenet300 (784-300-100-10) or lenet5 (LeNet-5-Caffe).
+    /// Architecture: lenet300 (784-300-100-10), lenet5 (LeNet-5-Caffe) or resnet-ee (early-exit
+    /// ResNet).
     #[arg(long)]
     pub arch: Option<String>,
+    /// resnet-ee: residual blocks, one exit after each (overrides the config file).
+    #[arg(long)]
+    pub blocks: Option<usize>,
+    /// resnet-ee: channels of the stem and every block (overrides the config file).
+    #[arg(long)]
+    pub channels: Option<usize>,
+    /// resnet-ee: strength lambda in [0, 1) of the truncated geometric prior over depth,
+    /// p(z=l) ∝ (1-lambda)^(l-1), used in the objective (overrides the config file).
+    #[arg(long)]
+    pub prior_lambda: Option<f64>,
+    /// resnet-ee: exit objective, mixture (-log sum_l p(z=l) p(y|x,z=l)) or weighted
+    /// (-sum_l p(z=l) log p(y|x,z=l)) (overrides the config file).
+    #[arg(long)]
+    pub exit_objective: Option<String>,
     /// Epochs (overrides the config file).
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -91,6 +111,30 @@ fn config_from(args: &TrainArgs) -> Result<TrainConfig> {
     if args.train_limit.is_some() {
         config.train_limit = args.train_limit;
     }
+    if let Some(blocks) = args.blocks {
+        config.blocks = blocks;
+    }
+    if let Some(channels) = args.channels {
+        config.channels = channels;
+    }
+    if let Some(lambda) = args.prior_lambda {
+        config.prior_lambda = lambda;
+    }
+    if let Some(objective) = &args.exit_objective {
+        config.exit_objective = objective
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--exit-objective: {e}"))?;
+    }
+    let resnet_only = args.blocks.is_some()
+        || args.channels.is_some()
+        || args.prior_lambda.is_some()
+        || args.exit_objective.is_some();
+    if resnet_only && config.arch.is_sequential() {
+        bail!(
+            "--blocks, --channels, --prior-lambda and --exit-objective apply to resnet-ee only, not {}",
+            config.arch
+        );
+    }
     config
         .check()
         .map_err(|e| anyhow::anyhow!("invalid training configuration: {e}"))?;
@@ -155,6 +199,25 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         trainer.val_len(),
         config.seed
     );
+    if let Some(net) = trainer.model().as_resnet() {
+        let (h, w) = net.feature_size();
+        println!(
+            "resnet-ee: {} blocks of {} channels at {h}x{w}, {} weights, {:.2}M dense MACs with every block; \
+             prior lambda {} ({}), {} objective",
+            net.depth(),
+            config.channels,
+            net.sparsity().total,
+            net.dense_macs_per_exit().last().copied().unwrap_or(0) as f64 / 1e6,
+            net.prior.lambda,
+            net.prior
+                .probabilities(net.depth())
+                .iter()
+                .map(|p| format!("{p:.3}"))
+                .collect::<Vec<_>>()
+                .join("/"),
+            config.exit_objective
+        );
+    }
 
     let bars = MultiProgress::new();
     let epochs_bar = bars.add(ProgressBar::new(config.epochs as u64));
@@ -183,7 +246,12 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             ));
         }
         TrainEvent::Epoch(r) => {
-            let val = r.val_accuracy.map(|a| format!("{:.2}%", 100.0 * a)).unwrap_or("-".into());
+            let mut val = r.val_accuracy.map(|a| format!("{:.2}%", 100.0 * a)).unwrap_or("-".into());
+            if !r.exit_val_accuracy.is_empty() {
+                let exits: Vec<String> =
+                    r.exit_val_accuracy.iter().map(|a| format!("{:.2}", 100.0 * a)).collect();
+                val = format!("{val} (exits {})", exits.join("/"));
+            }
             let line = format!(
                 "epoch {:>3}/{}: loss {:.4}, ce {:.4}, kl {:.0}, val acc {}, sparsity {:.2}% ({}), {:.0} ex/s, {:.1} s",
                 r.epoch + 1,
@@ -232,5 +300,65 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             out.display()
         ),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::ExitObjective;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: TrainArgs,
+    }
+
+    fn config(extra: &[&str]) -> Result<TrainConfig> {
+        let argv = ["tinybayes", "--out", "run"].iter().chain(extra);
+        config_from(&Cli::try_parse_from(argv)?.args)
+    }
+
+    #[test]
+    fn resnet_flags_override_the_configuration() {
+        let c = config(&[
+            "--arch",
+            "resnet-ee",
+            "--blocks",
+            "5",
+            "--prior-lambda",
+            "0.2",
+            "--channels",
+            "16",
+            "--exit-objective",
+            "mixture",
+        ])
+        .unwrap();
+        assert_eq!(c.arch, Arch::ResnetEe);
+        assert_eq!((c.blocks, c.channels, c.prior_lambda), (5, 16, 0.2));
+        assert_eq!(c.exit_objective, ExitObjective::Mixture);
+        let d = config(&["--arch", "resnet_ee"]).unwrap();
+        assert_eq!((d.blocks, d.exit_objective), (4, ExitObjective::Weighted));
+    }
+
+    #[test]
+    fn bad_resnet_flags_are_errors() {
+        for (argv, needle) in [
+            (&["--arch", "lenet5", "--blocks", "5"][..], "resnet-ee only"),
+            (
+                &["--arch", "resnet-ee", "--prior-lambda", "1.5"][..],
+                "prior_lambda",
+            ),
+            (&["--arch", "resnet-ee", "--blocks", "0"][..], "blocks"),
+            (
+                &["--arch", "resnet-ee", "--exit-objective", "sum"][..],
+                "exit objective",
+            ),
+            (&["--arch", "resnet"][..], "unknown architecture"),
+        ] {
+            let err = config(argv).unwrap_err().to_string();
+            assert!(err.contains(needle), "{argv:?}: {err}");
+        }
     }
 }

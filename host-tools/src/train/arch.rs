@@ -1,5 +1,5 @@
-//! The architectures the trainer knows: LeNet-300-100 and LeNet-5-Caffe, with their
-//! initialisation.
+//! The architectures the trainer knows: LeNet-300-100, LeNet-5-Caffe and the early-exit ResNet,
+//! with their initialisation.
 //!
 //! - `lenet300`: VD linear 784-300-100-10, ReLU after the two hidden layers.
 //! - `lenet5`: LeNet-5-Caffe: conv 20@5x5, max-pool 2, conv 50@5x5, max-pool 2, flatten
@@ -7,6 +7,9 @@
 //!   put a ReLU after each convolution and after FC 500, which trains faster and to a better
 //!   optimum with variational dropout (the deployed network must do the same: see the `relu`
 //!   flags in [`TrainedLayer`]).
+//! - `resnet-ee`: early-exit residual network (stem conv, `L` residual blocks, an exit head after
+//!   each), built from the configuration by [`super::TrainConfig::build_model`] as a
+//!   [`super::resnet::ResNetEe`]; see that module for the graph.
 //!
 //! Weights start Glorot-uniform (`U(-b, b)`, `b = sqrt(6 / (fan_in + fan_out))`, the Lasagne
 //! default used by the reference implementation), `log sigma^2` starts at a constant (-10), biases
@@ -35,11 +38,15 @@ pub enum Arch {
     /// LeNet-5-Caffe: two convolutions and two fully connected layers.
     #[serde(rename = "lenet5", alias = "lenet-5")]
     Lenet5,
+    /// Early-exit ResNet: stem convolution, residual blocks, an exit head after every block
+    /// (not a layer sequence: see [`super::resnet::ResNetEe`]).
+    #[serde(rename = "resnet-ee", alias = "resnet_ee")]
+    ResnetEe,
 }
 
 /// An architecture name that is not known.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown architecture {0:?} (expected lenet300 or lenet5)")]
+#[error("unknown architecture {0:?} (expected lenet300, lenet5 or resnet-ee)")]
 pub struct UnknownArch(
     /// The name that was given.
     pub String,
@@ -51,6 +58,7 @@ impl FromStr for Arch {
         match s.to_ascii_lowercase().as_str() {
             "lenet300" | "lenet-300-100" | "lenet300100" => Ok(Arch::Lenet300),
             "lenet5" | "lenet-5" | "lenet5-caffe" => Ok(Arch::Lenet5),
+            "resnet-ee" | "resnet_ee" | "resnetee" => Ok(Arch::ResnetEe),
             _ => Err(UnknownArch(s.to_string())),
         }
     }
@@ -63,12 +71,18 @@ impl fmt::Display for Arch {
 }
 
 impl Arch {
-    /// Canonical name (`"lenet300"` or `"lenet5"`).
+    /// Canonical name (`"lenet300"`, `"lenet5"` or `"resnet-ee"`).
     pub fn name(self) -> &'static str {
         match self {
             Arch::Lenet300 => "lenet300",
             Arch::Lenet5 => "lenet5",
+            Arch::ResnetEe => "resnet-ee",
         }
+    }
+
+    /// Whether the architecture is a layer sequence ([`Network`]); `resnet-ee` is not.
+    pub fn is_sequential(self) -> bool {
+        !matches!(self, Arch::ResnetEe)
     }
 
     /// Input shape `(channels, rows, cols)`: MNIST, `(1, 28, 28)`.
@@ -80,11 +94,16 @@ impl Arch {
     pub fn default_lr_schedule(self) -> LrSchedule {
         match self {
             Arch::Lenet300 => LrSchedule::ConstantThenLinear,
-            Arch::Lenet5 => LrSchedule::Linear,
+            Arch::Lenet5 | Arch::ResnetEe => LrSchedule::Linear,
         }
     }
 
-    /// A freshly initialised network (deterministic in `seed`).
+    /// A freshly initialised layer-sequence network (deterministic in `seed`).
+    ///
+    /// `resnet-ee` is not a layer sequence and its shape comes from the configuration: for it
+    /// this returns a network *without layers* (no parameters), so code that restores a
+    /// checkpoint into it fails its size check instead of misreading the tensors. Build any
+    /// architecture with [`super::TrainConfig::build_model`].
     pub fn build<T: Real>(
         self,
         seed: u64,
@@ -107,6 +126,7 @@ impl Arch {
                 vd_linear(&mut rng, 800, 500, true, init_log_sigma2),
                 vd_linear(&mut rng, 500, 10, false, init_log_sigma2),
             ],
+            Arch::ResnetEe => Vec::new(),
         };
         Network {
             arch: self,
@@ -117,7 +137,8 @@ impl Arch {
     }
 }
 
-fn glorot<T: Real, R: Rng>(rng: &mut R, fan_in: usize, fan_out: usize) -> T {
+/// One Glorot-uniform draw `U(-b, b)`, `b = sqrt(6 / (fan_in + fan_out))`.
+pub(crate) fn glorot<T: Real, R: Rng>(rng: &mut R, fan_in: usize, fan_out: usize) -> T {
     let bound = (6.0 / (fan_in + fan_out) as f64).sqrt();
     T::from_f64(rng.random_range(-bound..bound))
 }

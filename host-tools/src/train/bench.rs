@@ -75,7 +75,7 @@ fn timed_mnist_run() {
     let secs = start.elapsed().as_secs_f64();
     let run = trainer.epoch() - first;
     let acc = trainer.evaluate(&test);
-    let sp = trainer.network().sparsity();
+    let sp = trainer.model().sparsity();
     eprintln!(
         "ran {} epochs in {secs:.1}s ({:.2}s/epoch); test error {:.2}%; sparsity {:.2}% per layer {:?}",
         run,
@@ -109,15 +109,16 @@ fn step_phase_breakdown() {
             let (_, mut grads) = t.shard_gradients(&idx, 0, r);
             fb += s.elapsed().as_secs_f64();
             let s = Instant::now();
-            t.net.add_kl_grad(&mut grads, 1e-4);
+            t.model.add_kl_grad(&mut grads, 1e-4);
             kl += s.elapsed().as_secs_f64();
             let s = Instant::now();
-            t.adam.update(&mut t.net.params_mut(), &grads, 1e-4);
+            t.adam.update(&mut t.model.params_mut(), &grads, 1e-4);
             adam += s.elapsed().as_secs_f64();
         }
         let normals = match arch {
             Arch::Lenet300 => 100 * 410,
             Arch::Lenet5 => 100 * (20 * 576 + 50 * 64 + 510),
+            Arch::ResnetEe => unreachable!("not in the loop"),
         };
         let mut buf = vec![0f32; normals];
         let s = Instant::now();
@@ -174,6 +175,39 @@ fn evaluate_checkpoint() {
             "threshold {thr}: test error {:.2}%, sparsity {:.2}% {:?}",
             100.0 * (1.0 - net.accuracy(&x, &y)),
             100.0 * sp.fraction(),
+            sp.layers
+                .iter()
+                .map(|l| (1000.0 * l.fraction()).round() / 10.0)
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+/// Per-exit test accuracy of the `resnet-ee` network in checkpoint `TB_CKPT` at several prune
+/// thresholds, with its sparsity and dense MACs per exit.
+#[test]
+#[ignore = "needs a checkpoint; use --release --ignored --nocapture"]
+fn evaluate_resnet_checkpoint() {
+    let (Some(dir), Some(test)) = (env::<String>("TB_CKPT"), mnist_test()) else {
+        return;
+    };
+    let mut net = Trainer::load_resnet(std::path::Path::new(&dir)).unwrap();
+    let x = test.to_f32();
+    let y = test.labels_usize();
+    eprintln!("dense MACs per exit {:?}", net.dense_macs_per_exit());
+    for thr in [2.0, 3.0, 4.0, 100.0] {
+        net.prune_threshold = thr;
+        let sp = net.sparsity();
+        let acc: Vec<String> = net
+            .exit_accuracies(&x, &y)
+            .iter()
+            .map(|a| format!("{:.2}%", 100.0 * a))
+            .collect();
+        eprintln!(
+            "threshold {thr}: test accuracy per exit {acc:?}, sparsity {:.2}% ({} of {} kept) {:?}",
+            100.0 * sp.fraction(),
+            sp.total - sp.pruned,
+            sp.total,
             sp.layers
                 .iter()
                 .map(|l| (1000.0 * l.fraction()).round() / 10.0)

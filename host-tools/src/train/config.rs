@@ -3,7 +3,17 @@
 use serde::{Deserialize, Serialize};
 
 use super::arch::Arch;
+use super::conv::ConvGeom;
+use super::exits::{DepthPrior, ExitObjective};
+use super::model::Model;
 use super::optim::LrSchedule;
+use super::resnet::{ResNetEe, ResNetSpec};
+use super::tensor::Real;
+
+/// Largest `blocks` accepted (a typo must not allocate a thousand-block network).
+pub const MAX_BLOCKS: usize = 64;
+/// Largest `channels` accepted.
+pub const MAX_CHANNELS: usize = 512;
 
 /// Epoch count below which the default KL warm-up (5 -> 20) is compressed proportionally.
 pub const WARMUP_REFERENCE_EPOCHS: usize = 40;
@@ -69,6 +79,28 @@ pub struct TrainConfig {
     /// Shift every training image by up to this many pixels along each axis, drawn anew per
     /// example and epoch (default 0: no augmentation).
     pub augment_shift: usize,
+    /// `resnet-ee` only: residual blocks `L`, one exit after each (default 4).
+    pub blocks: usize,
+    /// `resnet-ee` only: channels of the stem and of every block (default 32).
+    pub channels: usize,
+    /// `resnet-ee` only: kernel size of the stem convolution (default 4).
+    pub stem_kernel: usize,
+    /// `resnet-ee` only: stride of the stem convolution (default 4: with `stem_kernel = 4` and
+    /// no padding the stem cuts 28x28 inputs into 4x4 patches, giving 7x7 feature maps).
+    pub stem_stride: usize,
+    /// `resnet-ee` only: zero padding of the stem convolution (default 0).
+    pub stem_padding: usize,
+    /// `resnet-ee` only: strength `lambda in [0, 1)` of the truncated geometric prior over the
+    /// depth used by the training objective, `p(z = l) ∝ (1 - lambda)^(l - 1)` (default 0.3;
+    /// 0 is uniform). See [`super::exits`].
+    pub prior_lambda: f64,
+    /// `resnet-ee` only: how the exits enter the objective: `"weighted"` (default,
+    /// `-sum_l p(z=l) log p(y|x,z=l)`) or `"mixture"` (`-log sum_l p(z=l) p(y|x,z=l)`, the
+    /// PACT-style marginal likelihood). Measured on MNIST (see [`super::exits`]), the mixture
+    /// lets each exit specialise on the examples it is responsible for, so single exits stay
+    /// far less accurate than under the weighted objective; the early-exit decision rule needs
+    /// every exit to be accurate on its own.
+    pub exit_objective: ExitObjective,
 }
 
 impl Default for TrainConfig {
@@ -89,6 +121,13 @@ impl Default for TrainConfig {
             train_limit: None,
             shards: 2,
             augment_shift: 0,
+            blocks: 4,
+            channels: 32,
+            stem_kernel: 4,
+            stem_stride: 4,
+            stem_padding: 0,
+            prior_lambda: 0.3,
+            exit_objective: ExitObjective::Weighted,
         }
     }
 }
@@ -149,7 +188,75 @@ impl TrainConfig {
         if self.train_limit == Some(0) {
             return Err("train_limit must be at least 1".into());
         }
+        DepthPrior::new(self.prior_lambda).map_err(|e| e.to_string())?;
+        if !(1..=MAX_BLOCKS).contains(&self.blocks) {
+            return Err(format!(
+                "blocks must be in 1..={MAX_BLOCKS}, got {}",
+                self.blocks
+            ));
+        }
+        if !(1..=MAX_CHANNELS).contains(&self.channels) {
+            return Err(format!(
+                "channels must be in 1..={MAX_CHANNELS}, got {}",
+                self.channels
+            ));
+        }
+        let [_, h, w] = self.arch.input_shape();
+        let stem = ConvGeom {
+            stride: self.stem_stride,
+            padding: self.stem_padding,
+        };
+        let side = h.min(w);
+        if self.stem_kernel == 0
+            || self.stem_kernel > side
+            || self.stem_padding >= self.stem_kernel
+            || stem.out_size(side, self.stem_kernel).is_none()
+        {
+            return Err(format!(
+                "stem_kernel {}, stem_stride {} and stem_padding {} do not fit {h}x{w} inputs \
+                 (need 1 <= kernel <= {side}, stride >= 1, padding < kernel)",
+                self.stem_kernel, self.stem_stride, self.stem_padding
+            ));
+        }
         Ok(())
+    }
+
+    /// Shape of the `resnet-ee` network this configuration describes (10 classes, the input
+    /// shape of [`Arch::input_shape`]).
+    pub fn resnet_spec(&self) -> ResNetSpec {
+        ResNetSpec {
+            input_shape: self.arch.input_shape(),
+            channels: self.channels,
+            blocks: self.blocks,
+            stem_kernel: self.stem_kernel,
+            stem_stride: self.stem_stride,
+            stem_padding: self.stem_padding,
+            classes: crate::idx::MNIST_CLASSES,
+        }
+    }
+
+    /// A freshly initialised model of [`Self::arch`] (deterministic in [`Self::seed`]).
+    ///
+    /// # Errors
+    /// The description of the first invalid setting (see [`Self::check`]).
+    pub fn build_model<T: Real>(&self) -> Result<Model<T>, String> {
+        self.check()?;
+        Ok(if self.arch.is_sequential() {
+            Model::Sequential(self.arch.build(
+                self.seed,
+                self.init_log_sigma2,
+                self.prune_threshold,
+            ))
+        } else {
+            let prior = DepthPrior::new(self.prior_lambda).map_err(|e| e.to_string())?;
+            Model::ResNetEe(Box::new(ResNetEe::build(
+                &self.resnet_spec(),
+                self.seed,
+                self.init_log_sigma2,
+                self.prune_threshold,
+                prior,
+            )))
+        })
     }
 }
 
@@ -181,6 +288,47 @@ mod tests {
             ..c
         };
         assert!(bad.check().is_err());
+        // Early-exit settings: names, defaults and checks.
+        let r: TrainConfig = toml::from_str(
+            "arch = \"resnet-ee\"\nblocks = 6\nprior_lambda = 0.5\nexit_objective = \"mixture\"\n",
+        )
+        .unwrap();
+        assert_eq!(r.arch, Arch::ResnetEe);
+        assert_eq!(
+            (r.blocks, r.channels, r.stem_kernel, r.stem_stride),
+            (6, 32, 4, 4)
+        );
+        assert_eq!(r.exit_objective, ExitObjective::Mixture);
+        assert_eq!(r.effective_lr_schedule(), LrSchedule::Linear);
+        assert!(r.check().is_ok());
+        assert_eq!(
+            toml::from_str::<TrainConfig>("arch = \"resnet_ee\"")
+                .unwrap()
+                .arch,
+            Arch::ResnetEe
+        );
+        for bad in [
+            "prior_lambda = 1.0",
+            "prior_lambda = -0.5",
+            "blocks = 0",
+            "blocks = 1000",
+            "channels = 0",
+            "stem_stride = 0",
+            "stem_kernel = 29",
+            "stem_padding = 4",
+        ] {
+            let c: TrainConfig = toml::from_str(&format!("arch = \"resnet-ee\"\n{bad}")).unwrap();
+            assert!(c.check().is_err(), "{bad}");
+            assert!(c.build_model::<f32>().is_err(), "{bad}");
+        }
+        assert!(toml::from_str::<TrainConfig>("exit_objective = \"sum\"").is_err());
+        // A configuration written before the early-exit fields existed still parses.
+        let old = "arch = \"lenet5\"\nepochs = 150\nbatch_size = 100\nlr = 0.001\nseed = 0\n\
+                   val_size = 2000\nkl_weight_max = 0.367\nprune_threshold = 3.0\n\
+                   init_log_sigma2 = -10.0\nshards = 2\naugment_shift = 0\n";
+        let c: TrainConfig = toml::from_str(old).unwrap();
+        assert_eq!((c.arch, c.blocks), (Arch::Lenet5, 4));
+        assert!(matches!(c.build_model::<f32>(), Ok(Model::Sequential(_))));
         let text = toml::to_string(&TrainConfig::default()).unwrap();
         assert_eq!(
             toml::from_str::<TrainConfig>(&text).unwrap(),

@@ -304,6 +304,7 @@ fn lenet_shapes_chain() {
         let expect = match arch {
             Arch::Lenet300 => 784 * 300 + 300 * 100 + 100 * 10,
             Arch::Lenet5 => 500 + 25_000 + 400_000 + 5_000,
+            Arch::ResnetEe => unreachable!("not a layer sequence"),
         };
         assert_eq!(weights, expect);
         assert_eq!(

@@ -51,7 +51,7 @@ pub(crate) struct VdGrads<T> {
 /// orientation: `x` is `[B, I]` and the output `[B, O]` (linear), or `x` is the patch matrix
 /// `[I, N]` and the output `[O, N]` (conv). `x_sq` is `x` squared.
 #[allow(clippy::too_many_arguments)]
-fn vd_forward<T: Real>(
+pub(super) fn vd_forward<T: Real>(
     w: ArrayView2<'_, T>,
     ls2: ArrayView2<'_, T>,
     bias: ArrayView1<'_, T>,
@@ -125,7 +125,7 @@ fn vd_forward<T: Real>(
 
 /// Shared core of linear and conv backward; returns the gradients and, when asked, `dL/dx` in the
 /// same orientation as the cached `x`.
-fn vd_backward<T: Real>(
+pub(super) fn vd_backward<T: Real>(
     w: ArrayView2<'_, T>,
     cache: VdCache<T>,
     mut g: Array2<T>,
@@ -191,7 +191,7 @@ fn vd_backward<T: Real>(
 
 /// `a` in row-major layout (a matrix product of two column-major operands comes out
 /// column-major; reshaping needs row-major).
-fn standard<T: Real>(a: Array2<T>) -> Array2<T> {
+pub(super) fn standard<T: Real>(a: Array2<T>) -> Array2<T> {
     if a.is_standard_layout() {
         a
     } else {
@@ -199,7 +199,7 @@ fn standard<T: Real>(a: Array2<T>) -> Array2<T> {
     }
 }
 
-fn standard4<T: Real>(a: Array4<T>) -> Array4<T> {
+pub(super) fn standard4<T: Real>(a: Array4<T>) -> Array4<T> {
     if a.is_standard_layout() {
         a
     } else {
@@ -249,7 +249,7 @@ pub(crate) fn linear_backward<T: Real>(
 }
 
 /// `[O, C, kh, kw]` viewed as the `[O, C*kh*kw]` matrix that multiplies the patch matrix.
-fn kernel_matrix<T: Real>(a: &Array4<T>) -> ArrayView2<'_, T> {
+pub(super) fn kernel_matrix<T: Real>(a: &Array4<T>) -> ArrayView2<'_, T> {
     let (o, c, kh, kw) = a.dim();
     a.view()
         .into_shape_with_order((o, c * kh * kw))

@@ -25,20 +25,33 @@
 //! ```
 //!
 //! Modules: [`alloc`] (allocator tuning), [`fastmath`] (vectorisable exp/ln), [`tensor`] (scalar trait, im2col, parallel helpers), [`vd`] (log alpha, KL),
-//! `layers` (forward/backward kernels), [`loss`] (softmax cross-entropy), [`network`] (the
-//! exportable network and whole-stack forward/backward), [`arch`] (LeNet-300-100, LeNet-5-Caffe),
-//! [`optim`] (Adam, schedules), [`config`], [`checkpoint`], [`trainer`].
+//! `layers` (forward/backward kernels), [`conv`] (strided, padded convolutions, global average
+//! pooling), [`loss`] (softmax cross-entropy), [`exits`] (depth prior and early-exit
+//! objectives), [`network`] (the exportable layer-sequence network and whole-stack
+//! forward/backward), [`resnet`] (the exportable early-exit ResNet and its forward/backward),
+//! [`model`] (either of the two, as the trainer sees them), [`arch`] (LeNet-300-100,
+//! LeNet-5-Caffe, ResNet-EE), [`optim`] (Adam, schedules), [`config`], [`checkpoint`],
+//! [`trainer`].
+//!
+//! A `resnet-ee` run is read back with [`Trainer::load_resnet`] (or [`Trainer::load_model`]),
+//! giving a [`ResNetEe`] with every layer's `theta`, `log_sigma2`, `bias`, shape, stride and
+//! padding, the graph (stem, blocks with `conv_a`, `conv_b` and skip kind, exit heads) and the
+//! depth prior.
 
 pub mod alloc;
 pub mod arch;
 pub mod augment;
 pub mod checkpoint;
 pub mod config;
+pub mod conv;
+pub mod exits;
 pub mod fastmath;
 mod layers;
 pub mod loss;
+pub mod model;
 pub mod network;
 pub mod optim;
+pub mod resnet;
 pub mod tensor;
 pub mod trainer;
 pub mod vd;
@@ -47,11 +60,16 @@ pub mod vd;
 mod bench;
 #[cfg(test)]
 mod gradcheck;
+#[cfg(test)]
+mod gradcheck_resnet;
 
 pub use arch::{Arch, UnknownArch};
 pub use checkpoint::{CheckpointError, CHECKPOINT_FILE};
 pub use config::TrainConfig;
+pub use exits::{DepthPrior, ExitObjective};
+pub use model::Model;
 pub use network::{LayerSparsity, Network, Sparsity, TrainedLayer};
 pub use optim::{Adam, LrSchedule};
+pub use resnet::{ResBlock, ResNetEe, ShapeError, Skip, VdConv, VdLinear};
 pub use tensor::Real;
 pub use trainer::{BatchReport, EpochReport, TrainError, TrainEvent, Trainer};
