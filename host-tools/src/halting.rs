@@ -153,15 +153,8 @@ pub fn simulate_early_exit(
     seed: u64,
     spec: &HaltingSpec,
 ) -> Result<Vec<ExitResult>> {
+    crate::simulate::check_images(model, images)?;
     let values = images.values();
-    if values != model.input_len() {
-        bail!(
-            "images are {}x{} = {values} values but the model takes {} inputs",
-            images.rows,
-            images.cols,
-            model.input_len()
-        );
-    }
     let workspace_len = model.workspace_len(EARLY_EXIT_CHUNK);
     let halting = spec.halting();
     let run = |workspace: &mut Vec<f32>, index: usize, pixels: &[u8]| -> Result<ExitResult> {
@@ -197,6 +190,7 @@ pub fn all_exit_summaries(
     seed: u64,
     spec: &HaltingSpec,
 ) -> Result<Vec<Vec<ExitSummary>>> {
+    crate::simulate::check_images(model, images)?;
     let values = images.values();
     let workspace_len = model.workspace_len(EARLY_EXIT_CHUNK);
     let halting = spec.halting();

@@ -179,13 +179,18 @@ pub fn describe_mode(mode: Mode) -> String {
 /// Checks that `images` fit the model's input (same number of values per image, whole images,
 /// at least one), with the one-line errors of [`SimulateError`].
 pub fn check_images(model: &Model<'_>, images: &Images<'_>) -> Result<(), SimulateError> {
+    check_image_set(model.input_len(), images)
+}
+
+/// [`check_images`] against a model input of `inputs` values (any precision).
+pub fn check_image_set(inputs: usize, images: &Images<'_>) -> Result<(), SimulateError> {
     let values = images.values();
-    if values != model.input_len() {
+    if values != inputs {
         return Err(SimulateError::InputSize {
             rows: images.rows,
             cols: images.cols,
             values,
-            inputs: model.input_len(),
+            inputs,
         });
     }
     if images.pixels.len() % values != 0 {
@@ -276,25 +281,7 @@ pub fn simulate_fixed(
     mode: Mode,
     seed: u64,
 ) -> Result<FixedSimulation, SimulateError> {
-    let values = images.values();
-    if values != model.input_len() {
-        return Err(SimulateError::InputSize {
-            rows: images.rows,
-            cols: images.cols,
-            values,
-            inputs: model.input_len(),
-        });
-    }
-    if images.pixels.len() % values != 0 {
-        return Err(SimulateError::PartialImage {
-            len: images.pixels.len(),
-            rows: images.rows,
-            cols: images.cols,
-        });
-    }
-    if images.is_empty() {
-        return Err(SimulateError::Empty);
-    }
+    check_image_set(model.input_len(), images)?;
     match model.num_classes() {
         0..=16 => run_fixed::<16>(model, images, mode, seed),
         17..=128 => run_fixed::<128>(model, images, mode, seed),

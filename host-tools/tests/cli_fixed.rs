@@ -5,29 +5,12 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
+use common::{idx, p, tinybayes};
 
 use serde_json::Value;
-
-fn tinybayes(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tinybayes"))
-        .args(args)
-        .output()
-        .expect("run tinybayes")
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0, 0, 8, dims.len() as u8];
-    for d in dims {
-        out.extend_from_slice(&d.to_be_bytes());
-    }
-    out.extend_from_slice(data);
-    out
-}
 
 fn stderr_line(out: &Output) -> String {
     let text = String::from_utf8_lossy(&out.stderr).to_string();
