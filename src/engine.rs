@@ -140,6 +140,31 @@ impl<'m, 'w, const CHUNK: usize> Engine<'m, 'w, CHUNK> {
     }
 }
 
+/// The input checks every runner makes: length, class capacity `k`, finite values.
+pub(crate) fn check_input<X: Input + ?Sized>(
+    model: &Model<'_>,
+    x: &X,
+    k: usize,
+) -> Result<(), InferenceError> {
+    if x.len() != model.input_len() {
+        return Err(InferenceError::InputLength {
+            expected: model.input_len(),
+            found: x.len(),
+        });
+    }
+    let classes = model.num_classes();
+    if classes > k {
+        return Err(InferenceError::ClassCapacity {
+            classes,
+            capacity: k,
+        });
+    }
+    if !x.all_finite() {
+        return Err(InferenceError::NonFiniteInput);
+    }
+    Ok(())
+}
+
 /// One prediction: the body of [`Engine::predict`] and [`Engine::predict_u8`].
 fn run<X: Input + ?Sized, const K: usize, const CHUNK: usize>(
     model: &Model<'_>,
@@ -148,22 +173,8 @@ fn run<X: Input + ?Sized, const K: usize, const CHUNK: usize>(
     mode: Mode,
     rng: &mut impl RngCore,
 ) -> Result<Prediction<K>, InferenceError> {
+    check_input(model, x, K)?;
     let classes = model.num_classes();
-    if x.len() != model.input_len() {
-        return Err(InferenceError::InputLength {
-            expected: model.input_len(),
-            found: x.len(),
-        });
-    }
-    if classes > K {
-        return Err(InferenceError::ClassCapacity {
-            classes,
-            capacity: K,
-        });
-    }
-    if !x.all_finite() {
-        return Err(InferenceError::NonFiniteInput);
-    }
     let layers = model.layers();
     let width = model.max_width();
     let (stats, rest) = workspace.split_at_mut(2 * width);

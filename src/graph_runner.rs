@@ -6,7 +6,7 @@ use rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro128PlusPlus;
 
 use crate::early_exit::{ExitPrediction, ExitSummary, Halting, HaltingState, MAX_EXITS};
-use crate::engine::Mode;
+use crate::engine::{check_input, Mode};
 use crate::error::InferenceError;
 use crate::format::Posterior;
 use crate::input::Input;
@@ -75,22 +75,8 @@ pub(crate) fn run_graph<X: Input + ?Sized, const K: usize, const CHUNK: usize>(
     halting: Halting<'_>,
     rng: &mut impl RngCore,
 ) -> Result<ExitPrediction<K>, InferenceError> {
+    check_input(model, x, K)?;
     let classes = model.num_classes();
-    if x.len() != model.input_len() {
-        return Err(InferenceError::InputLength {
-            expected: model.input_len(),
-            found: x.len(),
-        });
-    }
-    if classes > K {
-        return Err(InferenceError::ClassCapacity {
-            classes,
-            capacity: K,
-        });
-    }
-    if !x.all_finite() {
-        return Err(InferenceError::NonFiniteInput);
-    }
     let layers = model.layers();
     let count = model.exit_count();
     if count == 0 {

@@ -303,19 +303,7 @@ impl ModelSpec {
             rec[record::KIND] = kind as u8;
             rec[record::POSTERIOR] = posterior as u8;
             rec[record::ACTIVATION] = l.activation as u8;
-            let fields = [
-                (record::INPUTS, to_u32(l.inputs, "layer inputs")?),
-                (record::OUTPUTS, to_u32(l.outputs, "layer outputs")?),
-                (record::NNZ, to_u32(nnz, "weight count")?),
-                (
-                    record::PAYLOAD_OFFSET,
-                    to_u32(table_end + start, "payload offset")?,
-                ),
-                (record::PAYLOAD_LEN, to_u32(len, "payload length")?),
-            ];
-            for (at, v) in fields {
-                rec[at..at + 4].copy_from_slice(&v.to_le_bytes());
-            }
+            write_sizes(&mut rec, l.inputs, l.outputs, nnz, table_end + start, len)?;
             records.extend_from_slice(&rec);
         }
 
@@ -339,6 +327,32 @@ impl ModelSpec {
         Model::from_bytes(buffer.as_bytes())?;
         Ok(buffer)
     }
+}
+
+/// Writes the u32 size fields every layer record has: inputs, outputs, stored weights,
+/// payload offset and payload length.
+pub(crate) fn write_sizes(
+    rec: &mut [u8; LAYER_RECORD_LEN],
+    inputs: usize,
+    outputs: usize,
+    nnz: usize,
+    payload_offset: usize,
+    payload_len: usize,
+) -> Result<(), WriteError> {
+    let fields = [
+        (record::INPUTS, to_u32(inputs, "layer inputs")?),
+        (record::OUTPUTS, to_u32(outputs, "layer outputs")?),
+        (record::NNZ, to_u32(nnz, "weight count")?),
+        (
+            record::PAYLOAD_OFFSET,
+            to_u32(payload_offset, "payload offset")?,
+        ),
+        (record::PAYLOAD_LEN, to_u32(payload_len, "payload length")?),
+    ];
+    for (at, v) in fields {
+        rec[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    Ok(())
 }
 
 /// The header fields of a file to write.

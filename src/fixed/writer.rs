@@ -10,7 +10,7 @@ use crate::format::{
     self, quant_payload_len, quant_record_layout, record, Activation, LayerKind, Posterior,
     Precision, Storage, HEADER_LEN, LAYER_RECORD_LEN, TRAILER_LEN,
 };
-use crate::writer::{header_bytes, to_u32, Header, ModelBuffer, StorageChoice, WriteError};
+use crate::writer::{header_bytes, write_sizes, Header, ModelBuffer, StorageChoice, WriteError};
 
 /// One fixed-point linear layer to write, with dense integer arrays (pruned weights are 0).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -214,19 +214,7 @@ impl QModelSpec {
             rec[record::QUANT_SHIFT] =
                 u8::try_from(l.shift).map_err(|_| WriteError::TooLarge("shift"))?;
             rec[record::QUANT_INDEX_BYTES] = index_bytes as u8;
-            let fields = [
-                (record::INPUTS, to_u32(l.inputs, "layer inputs")?),
-                (record::OUTPUTS, to_u32(l.outputs, "layer outputs")?),
-                (record::NNZ, to_u32(nnz, "weight count")?),
-                (
-                    record::PAYLOAD_OFFSET,
-                    to_u32(table_end + start, "payload offset")?,
-                ),
-                (record::PAYLOAD_LEN, to_u32(len, "payload length")?),
-            ];
-            for (at, v) in fields {
-                rec[at..at + 4].copy_from_slice(&v.to_le_bytes());
-            }
+            write_sizes(&mut rec, l.inputs, l.outputs, nnz, table_end + start, len)?;
             records.extend_from_slice(&rec);
         }
         let file_len = table_end + payloads.len() + TRAILER_LEN;
