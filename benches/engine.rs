@@ -23,7 +23,7 @@ fn engine(c: &mut Criterion) {
     group.bench_function("validate", |b| {
         b.iter(|| Model::from_bytes(std::hint::black_box(buffer.as_bytes())).map(|m| m.nnz()))
     });
-    let mut workspace = vec![0.0f32; model.workspace_len(8)];
+    let mut workspace = vec![0.0f32; tinybayes::Plan::new(&model, 8).workspace_len()];
     let mut engine = Engine::<8>::new(&model, &mut workspace).expect("workspace");
     for (name, mode) in [
         ("mean weights", Mode::MeanWeights),

@@ -112,7 +112,7 @@ fn main() {
     writeln!(
         src,
         "pub const DEMO_WORKSPACE_WORDS: usize = {};",
-        model.workspace_len(DEVICE_CHUNK)
+        tinybayes::Plan::new(&model, DEVICE_CHUNK).workspace_len()
     )
     .unwrap();
     write_parity(&mut src, &model, &images);
@@ -126,7 +126,8 @@ fn main() {
 /// entropy, mutual information, p_0..p_9), in mean-weights mode then Monte Carlo mode.
 fn write_parity(src: &mut String, model: &Model<'_>, images: &[u8]) {
     let count = images.len() / 785;
-    let mut workspace = vec![0.0f32; model.workspace_len(PARITY_SAMPLES as usize)];
+    let mut workspace =
+        vec![0.0f32; tinybayes::Plan::new(model, PARITY_SAMPLES as usize).workspace_len()];
     let mut engine = Engine::<32>::new(model, &mut workspace).expect("workspace");
     let samples = NonZeroU16::new(PARITY_SAMPLES).expect("non-zero");
     let mut rows = Vec::new();
@@ -197,7 +198,7 @@ fn write_bench_models(src: &mut String, out: &Path) {
         writeln!(
             src,
             "pub const {name}_WORKSPACE_WORDS: usize = {};",
-            model.workspace_len(32)
+            tinybayes::Plan::new(&model, 32).workspace_len()
         )
         .unwrap();
     }
@@ -206,6 +207,9 @@ fn write_bench_models(src: &mut String, out: &Path) {
 /// The early-exit model: `models/resnet-ee.tbm` (the trained one, see models/README.md), or,
 /// when that file is absent, a seeded synthetic network of the same kind so that the firmware
 /// always builds.
+/// Samples per pass of the early-exit binary.
+const EE_CHUNK: usize = 1;
+
 fn write_early_exit_model(src: &mut String, manifest: &Path, out: &Path) {
     let trained = manifest.join("../models/resnet-ee.tbm");
     println!("cargo::rerun-if-changed={}", trained.display());
@@ -239,10 +243,12 @@ fn write_early_exit_model(src: &mut String, manifest: &Path, out: &Path) {
     .unwrap();
     writeln!(
         src,
-        "/// Samples per pass (all Monte Carlo samples) of the early-exit bench."
+        "/// Samples per pass of the early-exit binary: one, so that the workspace holds one \
+         sample's feature maps whatever the number of samples (policies that read the exits \
+         regenerate the samples' paths)."
     )
     .unwrap();
-    writeln!(src, "pub const EE_CHUNK: usize = 8;").unwrap();
+    writeln!(src, "pub const EE_CHUNK: usize = {EE_CHUNK};").unwrap();
     writeln!(
         src,
         "/// Workspace words of the early-exit model at `EE_CHUNK`."
@@ -251,7 +257,7 @@ fn write_early_exit_model(src: &mut String, manifest: &Path, out: &Path) {
     writeln!(
         src,
         "pub const EE_WORKSPACE_WORDS: usize = {};",
-        model.workspace_len(8)
+        tinybayes::Plan::new(&model, EE_CHUNK).workspace_len()
     )
     .unwrap();
 }

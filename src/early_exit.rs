@@ -174,6 +174,16 @@ impl<'p> HaltingState<'p> {
         self.halting == Halting::All
     }
 
+    /// The exit the policy stops at, when that is known before anything runs: the last for
+    /// [`Halting::All`], the budget or the drawn depth for [`Halting::Depth`] and
+    /// [`Halting::SampleDepth`]; `None` for the policies that decide from what the exits say.
+    pub fn known_target(&self) -> Option<usize> {
+        match self.halting {
+            Halting::All | Halting::Depth { .. } | Halting::SampleDepth { .. } => Some(self.target),
+            Halting::JointMode { .. } | Halting::Threshold { .. } => None,
+        }
+    }
+
     /// Told exit `l` (of `exits`); returns true to stop here.
     pub fn observe(&mut self, l: usize, exits: usize, summary: &ExitSummary) -> bool {
         let last = l + 1 >= exits;

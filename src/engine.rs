@@ -3,17 +3,15 @@
 
 use core::num::NonZeroU16;
 
-use rand_core::{RngCore, SeedableRng};
-use rand_xoshiro::Xoshiro128PlusPlus;
+use rand_core::RngCore;
 
 use crate::early_exit::{ExitPrediction, Halting};
 use crate::error::InferenceError;
-use crate::format::Posterior;
-use crate::graph_runner::run_graph;
-use crate::input::{ByteTable, Input, NormalizedU8};
-use crate::kernels::{forward_mean, forward_moments, forward_samples, sample_from_moments};
+use crate::input::{ByteTable, NormalizedU8};
 use crate::model::Model;
-use crate::predictive::{Prediction, PredictiveAccumulator};
+use crate::plan::Plan;
+use crate::predictive::Prediction;
+use crate::runner::run;
 
 /// How to turn the weight posterior into a prediction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,13 +29,16 @@ pub enum Mode {
 
 /// Runs a model in a borrowed workspace. `CHUNK` is how many Monte Carlo samples share one
 /// pass over the weight tables: more is faster and needs more RAM
-/// ([`Model::workspace_len`]`(CHUNK)` f32 words, plus `CHUNK * 24` bytes of stack).
+/// ([`Plan::workspace_len`] of `Plan::new(model, CHUNK)`, f32 words, plus `CHUNK * 24` bytes
+/// of stack).
 ///
 /// Results depend only on the model, the input, the mode and the generator's state, never on
 /// `CHUNK`: sample `m` draws its noise from its own Xoshiro128++ stream, seeded by the `m`-th
-/// `u64` of the caller's generator.
+/// `u64` of the caller's generator. The generator must be `Clone`: an early-exit policy that
+/// reads the exits replays the seeds from a copy when the samples do not fit one chunk.
 pub struct Engine<'m, 'w, const CHUNK: usize> {
     model: &'m Model<'m>,
+    plan: Plan,
     workspace: &'w mut [f32],
     /// Normalised value of every raw byte, for [`Engine::predict_u8`] (1 KiB).
     bytes: ByteTable,
@@ -47,7 +48,8 @@ impl<'m, 'w, const CHUNK: usize> Engine<'m, 'w, CHUNK> {
     /// Binds a model to a workspace; fails if the workspace is too small for `CHUNK`.
     pub fn new(model: &'m Model<'m>, workspace: &'w mut [f32]) -> Result<Self, InferenceError> {
         const { assert!(CHUNK > 0, "CHUNK must be at least 1") };
-        let needed = model.workspace_len(CHUNK);
+        let plan = Plan::new(model, CHUNK);
+        let needed = plan.workspace_len();
         if workspace.len() < needed {
             return Err(InferenceError::WorkspaceTooSmall {
                 needed,
@@ -57,6 +59,7 @@ impl<'m, 'w, const CHUNK: usize> Engine<'m, 'w, CHUNK> {
         let (scale, offset) = model.input_normalization();
         Ok(Self {
             model,
+            plan,
             workspace,
             bytes: ByteTable::new(scale, offset),
         })
@@ -67,6 +70,11 @@ impl<'m, 'w, const CHUNK: usize> Engine<'m, 'w, CHUNK> {
         self.model
     }
 
+    /// The workspace plan (layout and size) the engine runs with.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
     /// Predicts from f32 inputs (already normalised), `model.input_len()` values in
     /// channel-major (C, H, W) order. `rng` is only read in [`Mode::MonteCarlo`]. An
     /// early-exit model runs every block and answers with its last exit.
@@ -74,46 +82,18 @@ impl<'m, 'w, const CHUNK: usize> Engine<'m, 'w, CHUNK> {
         &mut self,
         input: &[f32],
         mode: Mode,
-        rng: &mut impl RngCore,
+        rng: &mut (impl RngCore + Clone),
     ) -> Result<Prediction<K>, InferenceError> {
-        if self.model.is_graph() {
-            let p = run_graph::<_, K, CHUNK>(
-                self.model,
-                self.workspace,
-                input,
-                mode,
-                Halting::All,
-                rng,
-            )?;
-            return Ok(p.prediction);
-        }
-        run::<_, K, CHUNK>(self.model, self.workspace, input, mode, rng)
-    }
-
-    /// Runs an early-exit model block by block from f32 inputs and stops as `halting` allows
-    /// (see [`Halting`]). With a policy that can stop early, every Monte Carlo sample must fit
-    /// in one pass (`samples <= CHUNK`), so that each exit sees the whole posterior
-    /// predictive; [`Halting::All`] has no such limit.
-    pub fn predict_early_exit<const K: usize>(
-        &mut self,
-        input: &[f32],
-        mode: Mode,
-        halting: Halting<'_>,
-        rng: &mut impl RngCore,
-    ) -> Result<ExitPrediction<K>, InferenceError> {
-        run_graph::<_, K, CHUNK>(self.model, self.workspace, input, mode, halting, rng)
-    }
-
-    /// [`Self::predict_early_exit`] from raw 8-bit inputs.
-    pub fn predict_u8_early_exit<const K: usize>(
-        &mut self,
-        raw: &[u8],
-        mode: Mode,
-        halting: Halting<'_>,
-        rng: &mut impl RngCore,
-    ) -> Result<ExitPrediction<K>, InferenceError> {
-        let input = NormalizedU8::new(raw, &self.bytes);
-        run_graph::<_, K, CHUNK>(self.model, self.workspace, &input, mode, halting, rng)
+        run::<_, _, K, CHUNK>(
+            self.model,
+            &self.plan,
+            self.workspace,
+            input,
+            mode,
+            Halting::All,
+            rng,
+        )
+        .map(|p| p.prediction)
     }
 
     /// Predicts from raw 8-bit inputs (e.g. pixels), normalised on the fly with the model's
@@ -122,132 +102,69 @@ impl<'m, 'w, const CHUNK: usize> Engine<'m, 'w, CHUNK> {
         &mut self,
         raw: &[u8],
         mode: Mode,
-        rng: &mut impl RngCore,
+        rng: &mut (impl RngCore + Clone),
     ) -> Result<Prediction<K>, InferenceError> {
         let input = NormalizedU8::new(raw, &self.bytes);
-        if self.model.is_graph() {
-            let p = run_graph::<_, K, CHUNK>(
-                self.model,
-                self.workspace,
-                &input,
-                mode,
-                Halting::All,
-                rng,
-            )?;
-            return Ok(p.prediction);
-        }
-        run::<_, K, CHUNK>(self.model, self.workspace, &input, mode, rng)
-    }
-}
-
-/// The input checks every runner makes: length, class capacity `k`, finite values.
-pub(crate) fn check_input<X: Input + ?Sized>(
-    model: &Model<'_>,
-    x: &X,
-    k: usize,
-) -> Result<(), InferenceError> {
-    if x.len() != model.input_len() {
-        return Err(InferenceError::InputLength {
-            expected: model.input_len(),
-            found: x.len(),
-        });
-    }
-    let classes = model.num_classes();
-    if classes > k {
-        return Err(InferenceError::ClassCapacity {
-            classes,
-            capacity: k,
-        });
-    }
-    if !x.all_finite() {
-        return Err(InferenceError::NonFiniteInput);
-    }
-    Ok(())
-}
-
-/// One prediction: the body of [`Engine::predict`] and [`Engine::predict_u8`].
-fn run<X: Input + ?Sized, const K: usize, const CHUNK: usize>(
-    model: &Model<'_>,
-    workspace: &mut [f32],
-    x: &X,
-    mode: Mode,
-    rng: &mut impl RngCore,
-) -> Result<Prediction<K>, InferenceError> {
-    check_input(model, x, K)?;
-    let classes = model.num_classes();
-    let layers = model.layers();
-    let width = model.max_width();
-    let (stats, rest) = workspace.split_at_mut(2 * width);
-    let (stat_mean, stat_std) = stats.split_at_mut(width);
-    let (buf_a, rest) = rest.split_at_mut(width * CHUNK);
-    let (buf_b, scratch) = rest.split_at_mut(width * CHUNK);
-    let mut acc = PredictiveAccumulator::<K>::new(classes);
-
-    // The prefix of deterministic layers (all of them in MeanWeights mode) runs once.
-    let stochastic_from = match mode {
-        Mode::MeanWeights => None,
-        Mode::MonteCarlo { .. } => layers
-            .iter()
-            .position(|l| l.posterior() == Posterior::Gaussian),
-    };
-    let prefix_end = stochastic_from.unwrap_or(layers.len());
-    let (mut cur, mut next) = (buf_a, buf_b);
-    if prefix_end > 0 {
-        forward_mean(&layers[0], x, cur);
-        for layer in &layers[1..prefix_end] {
-            forward_mean(layer, &cur[..layer.inputs()], next);
-            core::mem::swap(&mut cur, &mut next);
-        }
-    }
-    let (Some(first), Mode::MonteCarlo { samples }) = (stochastic_from, mode) else {
-        // Mean weights, or a model without any Gaussian layer: every sample is identical.
-        if !acc.add_logits(&cur[..classes]) {
-            return Err(InferenceError::NonFiniteLogits);
-        }
-        return Ok(acc.finish());
-    };
-
-    // The first Gaussian layer sees a deterministic input: its pre-activation moments are
-    // computed once and only the noise is drawn per sample.
-    let stochastic = &layers[first];
-    let units = stochastic.outputs();
-    if first == 0 {
-        forward_moments(stochastic, x, stat_mean, stat_std);
-    } else {
-        forward_moments(stochastic, &cur[..stochastic.inputs()], stat_mean, stat_std);
+        run::<_, _, K, CHUNK>(
+            self.model,
+            &self.plan,
+            self.workspace,
+            &input,
+            mode,
+            Halting::All,
+            rng,
+        )
+        .map(|p| p.prediction)
     }
 
-    let total = samples.get() as usize;
-    let mut rngs: [Xoshiro128PlusPlus; CHUNK] =
-        core::array::from_fn(|_| Xoshiro128PlusPlus::from_seed([0x5a; 16]));
-    let mut done = 0;
-    while done < total {
-        let s = CHUNK.min(total - done);
-        let rngs = &mut rngs[..s];
-        for r in rngs.iter_mut() {
-            *r = Xoshiro128PlusPlus::seed_from_u64(rng.next_u64());
+    /// Runs an early-exit model block by block from f32 inputs and stops as `halting` allows
+    /// (see [`Halting`]). Any number of Monte Carlo samples works with any `CHUNK`: when a
+    /// policy that reads the exits (the joint mode, a threshold) has more samples than one
+    /// chunk holds, each exit is reached by a sweep over the chunks that regenerates their
+    /// paths from the input and replayed seeds, so the workspace stays that of one chunk and
+    /// the answer is bit-identical to a single pass; the blocks before the deepest exit then
+    /// run once per exit reached. [`ExitPrediction::macs`] counts one path.
+    pub fn predict_early_exit<const K: usize>(
+        &mut self,
+        input: &[f32],
+        mode: Mode,
+        halting: Halting<'_>,
+        rng: &mut (impl RngCore + Clone),
+    ) -> Result<ExitPrediction<K>, InferenceError> {
+        if self.model.exit_count() == 0 {
+            return Err(InferenceError::NotEarlyExit);
         }
-        sample_from_moments(
-            stochastic,
-            &stat_mean[..units],
-            &stat_std[..units],
-            rngs,
-            &mut cur[..units * s],
-        );
-        for layer in &layers[first + 1..] {
-            forward_samples::<CHUNK>(layer, &cur[..layer.inputs() * s], rngs, next, scratch);
-            core::mem::swap(&mut cur, &mut next);
-        }
-        let mut logits = [0.0f32; K];
-        for m in 0..s {
-            for (k, z) in logits[..classes].iter_mut().enumerate() {
-                *z = cur[k * s + m];
-            }
-            if !acc.add_logits(&logits[..classes]) {
-                return Err(InferenceError::NonFiniteLogits);
-            }
-        }
-        done += s;
+        run::<_, _, K, CHUNK>(
+            self.model,
+            &self.plan,
+            self.workspace,
+            input,
+            mode,
+            halting,
+            rng,
+        )
     }
-    Ok(acc.finish())
+
+    /// [`Self::predict_early_exit`] from raw 8-bit inputs.
+    pub fn predict_u8_early_exit<const K: usize>(
+        &mut self,
+        raw: &[u8],
+        mode: Mode,
+        halting: Halting<'_>,
+        rng: &mut (impl RngCore + Clone),
+    ) -> Result<ExitPrediction<K>, InferenceError> {
+        if self.model.exit_count() == 0 {
+            return Err(InferenceError::NotEarlyExit);
+        }
+        let input = NormalizedU8::new(raw, &self.bytes);
+        run::<_, _, K, CHUNK>(
+            self.model,
+            &self.plan,
+            self.workspace,
+            &input,
+            mode,
+            halting,
+            rng,
+        )
+    }
 }

@@ -287,14 +287,6 @@ pub enum InferenceError {
     ZeroSamples,
     /// A sample produced NaN or infinite logits (overflow on extreme inputs or weights).
     NonFiniteLogits,
-    /// Early exit keeps every Monte Carlo sample alive between exits: the engine's `CHUNK`
-    /// must hold all of them.
-    ChunkTooSmall {
-        /// Samples asked for.
-        samples: usize,
-        /// The engine's samples per pass.
-        chunk: usize,
-    },
     /// A halting prior has the wrong length, a non-positive or non-finite mass, does not sum
     /// to 1, or (for the exact joint mode) increases with depth; or a threshold is NaN, or a
     /// depth budget is 0.
@@ -324,10 +316,6 @@ impl fmt::Display for InferenceError {
             ),
             ZeroSamples => f.write_str("at least one Monte Carlo sample is needed"),
             NonFiniteLogits => f.write_str("inference overflowed to NaN or infinity"),
-            ChunkTooSmall { samples, chunk } => write!(
-                f,
-                "early exit needs all {samples} samples in one pass, the engine holds {chunk}"
-            ),
             BadPrior => f.write_str(
                 "the depth prior must have one positive mass per exit, sum to 1, and not increase (for the exact mode)",
             ),

@@ -43,12 +43,13 @@ pub mod error;
 pub mod fixed;
 pub mod format;
 pub(crate) mod fpu;
-mod graph_runner;
 mod input;
 mod kernels;
 pub mod model;
 pub mod normal;
+pub mod plan;
 pub mod predictive;
+mod runner;
 #[cfg(feature = "alloc")]
 pub mod writer;
 
@@ -57,6 +58,7 @@ pub use engine::{Engine, Mode};
 pub use error::{InferenceError, ModelError};
 pub use fixed::{QEngine, QModel, QPrediction, UQ16};
 pub use model::{Layer, Model, Weights};
+pub use plan::Plan;
 pub use predictive::Prediction;
 pub use rand_core;
 pub use rand_xoshiro;

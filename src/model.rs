@@ -547,33 +547,6 @@ impl<'a> Model<'a> {
     pub fn macs(&self) -> usize {
         self.layers.iter().map(Layer::macs).sum()
     }
-    /// f32 words of workspace an [`crate::Engine`] needs to run this model with
-    /// `samples_per_pass` Monte Carlo samples sharing each pass over the weights (the
-    /// engine's `CHUNK`). The mean-weights mode fits in the same buffer.
-    ///
-    /// Layout: pre-activation moments of the first stochastic layer (2 x widest layer), two
-    /// activation buffers of `widest layer x chunk`, and a convolution scratch of
-    /// `largest output map x chunk`.
-    pub fn workspace_len(&self, samples_per_pass: usize) -> usize {
-        let chunk = samples_per_pass.max(1);
-        let width = self.max_width();
-        let scratch = self
-            .layers
-            .iter()
-            .map(|l| crate::kernels::scratch_len(l, chunk))
-            .max()
-            .unwrap_or(0);
-        if self.is_graph() {
-            // Also the residual skip and pooled map per sample, and a prefix skip.
-            2 * width + 4 * width * chunk + width + scratch
-        } else {
-            2 * width + 2 * width * chunk + scratch
-        }
-    }
-    /// [`Self::workspace_len`] in bytes.
-    pub fn workspace_bytes(&self, samples_per_pass: usize) -> usize {
-        self.workspace_len(samples_per_pass) * core::mem::size_of::<f32>()
-    }
 }
 
 pub(crate) fn rec_payload_len(rec: &[u8]) -> usize {

@@ -209,7 +209,7 @@ fn sparse_convolution_matches_dense_reference_over_geometries() {
                     let thetas: Vec<f64> = conv.theta.iter().map(|&t| t as f64).collect();
                     let hidden = relu(conv_f64(&xf, shape, &conv, &thetas, true, false));
                     let reference = softmax(&linear_f64(&hidden, &head));
-                    let mut ws = vec![0.0; model.workspace_len(1)];
+                    let mut ws = vec![0.0; tinybayes::Plan::new(&model, 1).workspace_len()];
                     let mut engine = Engine::<1>::new(&model, &mut ws).unwrap();
                     let mut r = Xoshiro128PlusPlus::seed_from_u64(0);
                     let p: Prediction<4> = engine.predict(&x, Mode::MeanWeights, &mut r).unwrap();
@@ -288,7 +288,7 @@ fn lenet_shaped_stack_matches_reference_and_is_version_2() {
         let a = max_pool_f64(&a, [6, 6, 6], 2, 2);
         let a = relu(linear_f64(&a, &layers[4]));
         let reference = softmax(&linear_f64(&a, &layers[5]));
-        let mut ws = vec![0.0; model.workspace_len(1)];
+        let mut ws = vec![0.0; tinybayes::Plan::new(&model, 1).workspace_len()];
         let mut engine = Engine::<1>::new(&model, &mut ws).unwrap();
         let mut r = Xoshiro128PlusPlus::seed_from_u64(0);
         let p: Prediction<3> = engine.predict_u8(&raw, Mode::MeanWeights, &mut r).unwrap();
@@ -319,19 +319,19 @@ fn convolution_results_do_not_depend_on_the_chunk_size() {
     };
     let mut results = Vec::new();
     run(&mut results, &|| {
-        let mut ws = vec![0.0; model.workspace_len(1)];
+        let mut ws = vec![0.0; tinybayes::Plan::new(&model, 1).workspace_len()];
         let mut e = Engine::<1>::new(&model, &mut ws).unwrap();
         e.predict_u8(&raw, mode, &mut Xoshiro128PlusPlus::seed_from_u64(3))
             .unwrap()
     });
     run(&mut results, &|| {
-        let mut ws = vec![0.0; model.workspace_len(4)];
+        let mut ws = vec![0.0; tinybayes::Plan::new(&model, 4).workspace_len()];
         let mut e = Engine::<4>::new(&model, &mut ws).unwrap();
         e.predict_u8(&raw, mode, &mut Xoshiro128PlusPlus::seed_from_u64(3))
             .unwrap()
     });
     run(&mut results, &|| {
-        let mut ws = vec![0.0; model.workspace_len(16)];
+        let mut ws = vec![0.0; tinybayes::Plan::new(&model, 16).workspace_len()];
         let mut e = Engine::<16>::new(&model, &mut ws).unwrap();
         e.predict_u8(&raw, mode, &mut Xoshiro128PlusPlus::seed_from_u64(3))
             .unwrap()
@@ -407,7 +407,7 @@ fn convolution_local_reparameterization_matches_reference() {
             *acc += p / N as f64;
         }
     }
-    let mut ws = vec![0.0; model.workspace_len(8)];
+    let mut ws = vec![0.0; tinybayes::Plan::new(&model, 8).workspace_len()];
     let mut engine = Engine::<8>::new(&model, &mut ws).unwrap();
     let mode = Mode::MonteCarlo {
         samples: NonZeroU16::new(50_000).unwrap(),

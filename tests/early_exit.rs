@@ -46,7 +46,7 @@ fn run(
     halting: Halting<'_>,
     seed: u64,
 ) -> Result<ExitPrediction<8>, InferenceError> {
-    let mut ws = vec![0.0f32; model.workspace_len(CHUNK)];
+    let mut ws = vec![0.0f32; tinybayes::Plan::new(model, CHUNK).workspace_len()];
     let mut engine = Engine::<CHUNK>::new(model, &mut ws).unwrap();
     let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed);
     engine.predict_u8_early_exit(raw, mode, halting, &mut rng)
@@ -109,7 +109,7 @@ fn running_every_block_is_the_plain_prediction_and_ignores_chunking() {
         for mode in [Mode::MeanWeights, mc(5), mc(40)] {
             let all = run(&model, &raw, mode, Halting::All, 7).unwrap();
             assert_eq!(all.exit, 3);
-            let mut ws = vec![0.0f32; model.workspace_len(4)];
+            let mut ws = vec![0.0f32; tinybayes::Plan::new(&model, 4).workspace_len()];
             let mut engine = Engine::<4>::new(&model, &mut ws).unwrap();
             let mut r = Xoshiro128PlusPlus::seed_from_u64(7);
             let plain: Prediction<8> = engine.predict_u8(&raw, mode, &mut r).unwrap();
@@ -121,6 +121,97 @@ fn running_every_block_is_the_plain_prediction_and_ignores_chunking() {
             assert_eq!(chunked, all);
         }
     }
+}
+
+/// One prediction with an engine of `C` samples per pass; also the generator's next output.
+fn run_chunked<const C: usize>(
+    model: &Model<'_>,
+    raw: &[u8],
+    mode: Mode,
+    halting: Halting<'_>,
+    seed: u64,
+) -> (ExitPrediction<8>, u64) {
+    let mut ws = vec![0.0f32; tinybayes::Plan::new(model, C).workspace_len()];
+    let mut engine = Engine::<C>::new(model, &mut ws).unwrap();
+    let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed);
+    let p = engine
+        .predict_u8_early_exit(raw, mode, halting, &mut rng)
+        .unwrap();
+    (p, rng.next_u64())
+}
+
+/// With more samples than one pass holds, a policy that reads the exits regenerates each
+/// chunk's path per exit from replayed seeds: the answer, the exits seen, the depth and the
+/// generator's state afterwards are those of one pass holding every sample.
+#[test]
+fn every_policy_gives_the_same_answer_for_any_chunk_size() {
+    let mut inputs = Xoshiro128PlusPlus::seed_from_u64(21);
+    let mut depths = std::collections::BTreeSet::new();
+    for seed in 0..6u64 {
+        let exits = 2 + (seed as usize % 3);
+        let buffer = model(40 + seed, exits, 0.5 + seed as f32 * 0.5);
+        let model = buffer.model().unwrap();
+        let prior = geometric(exits, 0.2);
+        for trial in 0..6u64 {
+            let raw = image(&mut inputs);
+            let policies = [
+                Halting::All,
+                Halting::JointMode {
+                    prior: Some(&prior),
+                },
+                Halting::SampleDepth { prior: None },
+                Halting::Depth { exits: 2 },
+                Halting::Threshold {
+                    measure: Uncertainty::PredictiveEntropy,
+                    at_most: 1.2,
+                },
+                Halting::Threshold {
+                    measure: Uncertainty::MutualInformation,
+                    at_most: 0.02,
+                },
+            ];
+            for halting in policies {
+                for mode in [Mode::MeanWeights, mc(37)] {
+                    let one_pass = run_chunked::<64>(&model, &raw, mode, halting, trial);
+                    depths.insert(one_pass.0.depth);
+                    assert_eq!(
+                        run_chunked::<1>(&model, &raw, mode, halting, trial),
+                        one_pass
+                    );
+                    assert_eq!(
+                        run_chunked::<5>(&model, &raw, mode, halting, trial),
+                        one_pass
+                    );
+                    assert_eq!(
+                        run_chunked::<16>(&model, &raw, mode, halting, trial),
+                        one_pass
+                    );
+                }
+            }
+        }
+    }
+    // The policies stopped at several depths, so regeneration past the first exit was seen.
+    assert!(depths.len() >= 3, "depths seen: {depths:?}");
+}
+
+/// The workspace of one chunk does not grow with the samples, and a single-sample engine of
+/// the early-exit model needs a fraction of a one-pass engine's.
+#[test]
+fn the_early_exit_workspace_is_that_of_one_chunk() {
+    let buffer = model(5, 4, 1.0);
+    let model = buffer.model().unwrap();
+    let one = tinybayes::Plan::new(&model, 1).workspace_len();
+    let sixteen = tinybayes::Plan::new(&model, 16).workspace_len();
+    assert!(one * 4 < sixteen, "{one} vs {sixteen}");
+    // Exactly the plan's words run 37 samples with a joint-mode policy.
+    let mut ws = vec![0.0f32; one];
+    let mut engine = Engine::<1>::new(&model, &mut ws).unwrap();
+    let mut rng = Xoshiro128PlusPlus::seed_from_u64(3);
+    let raw = image(&mut rng);
+    let p: ExitPrediction<8> = engine
+        .predict_u8_early_exit(&raw, mc(37), Halting::JointMode { prior: None }, &mut rng)
+        .unwrap();
+    assert_eq!(p.prediction.samples, 37);
 }
 
 #[test]
@@ -214,15 +305,6 @@ fn bad_policies_and_plain_models_are_typed_errors() {
     assert_eq!(
         run(&model, &raw, Mode::MeanWeights, halting, 0),
         Err(InferenceError::BadPrior)
-    );
-    // Stopping early needs all samples in one pass.
-    let halting = Halting::JointMode { prior: None };
-    assert_eq!(
-        run(&model, &raw, mc(CHUNK as u16 + 1), halting, 0),
-        Err(InferenceError::ChunkTooSmall {
-            samples: CHUNK + 1,
-            chunk: CHUNK
-        })
     );
     let plain = synthetic::mlp(1, &[36, 8, 5], 0.5).to_buffer().unwrap();
     let plain = plain.model().unwrap();

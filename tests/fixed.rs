@@ -185,7 +185,7 @@ fn a_deterministic_hidden_layer_matches_the_reference_and_ignores_chunking() {
 fn f32_run(spec: &ModelSpec, raw: &[u8], mode: Mode, seed: u64) -> Prediction<8> {
     let buffer = spec.to_buffer().unwrap();
     let model = Model::from_bytes(buffer.as_bytes()).unwrap();
-    let mut ws = vec![0.0f32; model.workspace_len(8)];
+    let mut ws = vec![0.0f32; tinybayes::Plan::new(&model, 8).workspace_len()];
     let mut engine = Engine::<8>::new(&model, &mut ws).unwrap();
     let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed);
     engine.predict_u8(raw, mode, &mut rng).unwrap()

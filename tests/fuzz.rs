@@ -366,8 +366,13 @@ fn check_model_invariants(model: &Model<'_>) -> Result<(), TestCaseError> {
     prop_assert_eq!(last.activation(), Activation::Identity);
     let width = layers.iter().map(|l| l.outputs()).max().unwrap();
     prop_assert_eq!(model.max_width(), width);
-    // Documented layout: moments (2 x widest), two activation buffers (widest x chunk) and a
-    // scratch for the variances of a Gaussian linear layer or of one convolution channel.
+    // Documented layout (`Plan`): moments (2 x the first Gaussian layer's outputs), two
+    // activation buffers (widest x chunk) and a scratch for the variances of a Gaussian
+    // linear layer or of one convolution channel (these models have no residual or exit).
+    let moments = layers
+        .iter()
+        .find(|l| l.posterior() == Posterior::Gaussian)
+        .map_or(0, |l| 2 * l.outputs());
     let scratch = layers
         .iter()
         .map(|l| match l.operation() {
@@ -378,8 +383,8 @@ fn check_model_invariants(model: &Model<'_>) -> Result<(), TestCaseError> {
         .max()
         .unwrap();
     prop_assert_eq!(
-        model.workspace_len(CHUNK),
-        2 * width + 2 * width * CHUNK + scratch
+        tinybayes::Plan::new(model, CHUNK).workspace_len(),
+        moments + 2 * width * CHUNK + scratch
     );
     Ok(())
 }
@@ -449,7 +454,7 @@ fn exercise_engine(model: &Model<'_>, seed: u64) -> Result<(), TestCaseError> {
         .iter()
         .any(|&p| !(p as f32 * scale + offset).is_finite());
     let m = 1 + (rng.next_u32() % 8) as u16;
-    let mut ws = vec![0.0f32; model.workspace_len(CHUNK)];
+    let mut ws = vec![0.0f32; tinybayes::Plan::new(model, CHUNK).workspace_len()];
     let mut engine = match Engine::<CHUNK>::new(model, &mut ws) {
         Ok(engine) => engine,
         Err(e) => {

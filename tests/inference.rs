@@ -23,7 +23,7 @@ fn run<const CHUNK: usize, const K: usize>(
     mode: Mode,
     seed: u64,
 ) -> Prediction<K> {
-    let mut ws = vec![0.0f32; model.workspace_len(CHUNK)];
+    let mut ws = vec![0.0f32; tinybayes::Plan::new(model, CHUNK).workspace_len()];
     let mut engine = Engine::<CHUNK>::new(model, &mut ws).unwrap();
     let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed);
     engine.predict(input, mode, &mut rng).unwrap()
@@ -261,7 +261,7 @@ fn by_input_storage_matches_row_major_storage() {
         let raw: Vec<u8> = (0..30)
             .map(|i| if i % 3 == 0 { (i * 9) as u8 } else { 0 })
             .collect();
-        let mut ws = vec![0.0f32; mc.workspace_len(4)];
+        let mut ws = vec![0.0f32; tinybayes::Plan::new(&mc, 4).workspace_len()];
         for mode in [Mode::MeanWeights, samples(12)] {
             let mut e = Engine::<4>::new(&mr, &mut ws).unwrap();
             let a: Prediction<5> = e
@@ -349,7 +349,7 @@ fn raw_u8_inputs_equal_their_normalised_f32_inputs() {
         .iter()
         .map(|&p| p as f32 * (1.0 / 255.0) + -0.25)
         .collect();
-    let mut ws = vec![0.0f32; model.workspace_len(4)];
+    let mut ws = vec![0.0f32; tinybayes::Plan::new(&model, 4).workspace_len()];
     let mut engine = Engine::<4>::new(&model, &mut ws).unwrap();
     for mode in [Mode::MeanWeights, samples(9)] {
         let mut r1 = Xoshiro128PlusPlus::seed_from_u64(3);

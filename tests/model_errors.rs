@@ -1508,13 +1508,6 @@ fn inference_and_write_error_messages_are_specific() {
         ),
         (ZeroSamples, vec!["sample"]),
         (NonFiniteLogits, vec!["overflow"]),
-        (
-            ChunkTooSmall {
-                samples: 33,
-                chunk: 8,
-            },
-            vec!["33", "8", "pass"],
-        ),
         (BadPrior, vec!["prior"]),
         (NotEarlyExit, vec!["exit heads"]),
         (UnsupportedLayout, vec!["deterministic trunk"]),
@@ -1560,11 +1553,16 @@ fn mc(samples: u16) -> Mode {
 fn workspace_too_small_reports_exact_sizes() {
     let buffer = ModelBuffer::from_bytes(&mlp());
     let model = buffer.model().unwrap();
-    let needed = model.workspace_len(CHUNK);
+    let needed = tinybayes::Plan::new(&model, CHUNK).workspace_len();
     // 16 -> 8 -> 3 (Gaussian): widest layer 8, two stat vectors, two sample buffers of CHUNK
     // rows, and a variance scratch for the widest Gaussian linear layer (8 x CHUNK).
     assert_eq!(needed, 2 * 8 + 2 * 8 * CHUNK + 8 * CHUNK);
-    for provided in [0, 1, model.workspace_len(1), needed - 1] {
+    for provided in [
+        0,
+        1,
+        tinybayes::Plan::new(&model, 1).workspace_len(),
+        needed - 1,
+    ] {
         let mut ws = vec![0.0f32; provided];
         assert_eq!(
             Engine::<CHUNK>::new(&model, &mut ws).err(),
@@ -1583,7 +1581,7 @@ fn workspace_too_small_reports_exact_sizes() {
 fn wrong_input_length_is_refused() {
     let buffer = ModelBuffer::from_bytes(&mlp());
     let model = buffer.model().unwrap();
-    let mut ws = vec![0.0f32; model.workspace_len(CHUNK)];
+    let mut ws = vec![0.0f32; tinybayes::Plan::new(&model, CHUNK).workspace_len()];
     let mut engine = Engine::<CHUNK>::new(&model, &mut ws).unwrap();
     let mut rng = Xoshiro128PlusPlus::seed_from_u64(3);
     for mode in [Mode::MeanWeights, mc(4)] {
@@ -1605,7 +1603,7 @@ fn wrong_input_length_is_refused() {
 fn too_small_result_type_is_refused() {
     let buffer = ModelBuffer::from_bytes(&mlp());
     let model = buffer.model().unwrap();
-    let mut ws = vec![0.0f32; model.workspace_len(CHUNK)];
+    let mut ws = vec![0.0f32; tinybayes::Plan::new(&model, CHUNK).workspace_len()];
     let mut engine = Engine::<CHUNK>::new(&model, &mut ws).unwrap();
     let mut rng = Xoshiro128PlusPlus::seed_from_u64(3);
     let expected = Err(InferenceError::ClassCapacity {
@@ -1627,7 +1625,7 @@ fn too_small_result_type_is_refused() {
 fn non_finite_inputs_are_refused() {
     let buffer = ModelBuffer::from_bytes(&mixed());
     let model = buffer.model().unwrap();
-    let mut ws = vec![0.0f32; model.workspace_len(CHUNK)];
+    let mut ws = vec![0.0f32; tinybayes::Plan::new(&model, CHUNK).workspace_len()];
     let mut engine = Engine::<CHUNK>::new(&model, &mut ws).unwrap();
     let mut rng = Xoshiro128PlusPlus::seed_from_u64(3);
     for mode in [Mode::MeanWeights, mc(1), mc(7)] {
@@ -1666,7 +1664,7 @@ fn overflowing_logits_are_reported() {
     };
     let buffer = huge_theta.to_buffer().expect("3e38 is finite");
     let model = buffer.model().unwrap();
-    let mut ws = vec![0.0f32; model.workspace_len(CHUNK)];
+    let mut ws = vec![0.0f32; tinybayes::Plan::new(&model, CHUNK).workspace_len()];
     let mut engine = Engine::<CHUNK>::new(&model, &mut ws).unwrap();
     let mut rng = Xoshiro128PlusPlus::seed_from_u64(3);
     for mode in [Mode::MeanWeights, mc(1), mc(5)] {
@@ -1684,7 +1682,7 @@ fn overflowing_logits_are_reported() {
     huge_variance.layers[0].variance = Some(vec![3e38; 48]);
     let buffer = huge_variance.to_buffer().unwrap();
     let model = buffer.model().unwrap();
-    let mut ws = vec![0.0f32; model.workspace_len(CHUNK)];
+    let mut ws = vec![0.0f32; tinybayes::Plan::new(&model, CHUNK).workspace_len()];
     let mut engine = Engine::<CHUNK>::new(&model, &mut ws).unwrap();
     let mean: Result<Prediction<3>, _> = engine.predict(&[4.0; 16], Mode::MeanWeights, &mut rng);
     assert!(mean.is_ok(), "the mean weights ignore the variances");
@@ -1741,7 +1739,7 @@ fn overflowing_u8_normalization_is_reported() {
     sane.input_scale = 1.0 / 255.0;
     let buffer = sane.to_buffer().unwrap();
     let model = buffer.model().unwrap();
-    let mut ws = vec![0.0f32; model.workspace_len(CHUNK)];
+    let mut ws = vec![0.0f32; tinybayes::Plan::new(&model, CHUNK).workspace_len()];
     let mut engine = Engine::<CHUNK>::new(&model, &mut ws).unwrap();
     let mut rng = Xoshiro128PlusPlus::seed_from_u64(1);
     let ok: Result<Prediction<2>, _> = engine.predict_u8(&[255, 255], Mode::MeanWeights, &mut rng);
@@ -1775,7 +1773,7 @@ fn identical_samples_have_zero_mutual_information_even_with_extreme_logits() {
     };
     let buffer = spec.to_buffer().unwrap();
     let model = buffer.model().unwrap();
-    let mut ws = vec![0.0f32; model.workspace_len(CHUNK)];
+    let mut ws = vec![0.0f32; tinybayes::Plan::new(&model, CHUNK).workspace_len()];
     let mut engine = Engine::<CHUNK>::new(&model, &mut ws).unwrap();
     let mut rng = Xoshiro128PlusPlus::seed_from_u64(1);
     let p: Prediction<3> = engine.predict(&[0.0], mc(4), &mut rng).unwrap();

@@ -73,7 +73,7 @@ pub fn run_demo<L: OutputPin, D: DelayNs, C: Clock>(
         model.nnz(),
         model.dense_params(),
         model.as_bytes().len(),
-        model.workspace_bytes(DEMO_CHUNK)
+        tinybayes::Plan::new(&model, DEMO_CHUNK).workspace_bytes()
     );
     let mut workspace = [0.0f32; DEMO_WORKSPACE_WORDS];
     let mut engine = Engine::<DEMO_CHUNK>::new(&model, &mut workspace)?;

@@ -451,7 +451,7 @@ mod tests {
         }
         let max = a.iter().cloned().fold(f32::MIN, f32::max);
         let z: f32 = a.iter().map(|v| (v - max).exp()).sum();
-        let mut ws = vec![0.0; model.workspace_len(1)];
+        let mut ws = vec![0.0; tinybayes::Plan::new(&model, 1).workspace_len()];
         let mut engine = Engine::<1>::new(&model, &mut ws).unwrap();
         let mut rng = rand_xoshiro::Xoshiro128PlusPlus::seed_from_u64(0);
         let p: Prediction<2> = engine.predict(&x, Mode::MeanWeights, &mut rng).unwrap();
@@ -513,7 +513,7 @@ mod tests {
         )
         .unwrap();
         let reference = net.predict_deterministic(&x);
-        let mut ws = vec![0.0; model.workspace_len(1)];
+        let mut ws = vec![0.0; tinybayes::Plan::new(&model, 1).workspace_len()];
         let mut engine = Engine::<1>::new(&model, &mut ws).unwrap();
         let mut rng = rand_xoshiro::Xoshiro128PlusPlus::seed_from_u64(0);
         let p: Prediction<10> = engine

@@ -264,7 +264,7 @@ mod tests {
             .collect();
         let x = Array2::from_shape_fn((6, 64), |(i, j)| images[i][j] as f32 / 255.0);
         let want = net.exit_probabilities(&x);
-        let mut ws = vec![0.0f32; model.workspace_len(1)];
+        let mut ws = vec![0.0f32; tinybayes::Plan::new(&model, 1).workspace_len()];
         let mut engine = Engine::<1>::new(&model, &mut ws).unwrap();
         for (i, raw) in images.iter().enumerate() {
             let got: ExitPrediction<4> = engine

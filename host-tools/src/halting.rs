@@ -12,8 +12,9 @@ use tinybayes::{Engine, Mode, Model};
 
 use crate::simulate::{ImagePrediction, Images};
 
-/// Samples per pass when simulating early exit: a policy that can stop early needs every
-/// Monte Carlo sample in one pass, so up to this many samples are supported.
+/// Samples per pass when simulating early exit on the host: up to this many samples advance
+/// together exit by exit; with more, a policy that reads the exits regenerates the chunks'
+/// paths per exit (the same bits, more time). RAM is plentiful here, so the chunk is large.
 pub const EARLY_EXIT_CHUNK: usize = 64;
 
 /// The halting policies (GUIDE section 2).
@@ -155,7 +156,7 @@ pub fn simulate_early_exit(
 ) -> Result<Vec<ExitResult>> {
     crate::simulate::check_images(model, images)?;
     let values = images.values();
-    let workspace_len = model.workspace_len(EARLY_EXIT_CHUNK);
+    let workspace_len = tinybayes::Plan::new(model, EARLY_EXIT_CHUNK).workspace_len();
     let halting = spec.halting();
     let run = |workspace: &mut Vec<f32>, index: usize, pixels: &[u8]| -> Result<ExitResult> {
         let mut engine = Engine::<EARLY_EXIT_CHUNK>::new(model, workspace)
@@ -192,7 +193,7 @@ pub fn all_exit_summaries(
 ) -> Result<Vec<Vec<ExitSummary>>> {
     crate::simulate::check_images(model, images)?;
     let values = images.values();
-    let workspace_len = model.workspace_len(EARLY_EXIT_CHUNK);
+    let workspace_len = tinybayes::Plan::new(model, EARLY_EXIT_CHUNK).workspace_len();
     let halting = spec.halting();
     images
         .pixels
@@ -268,7 +269,7 @@ mod tests {
         };
         let got = simulate_early_exit(&model, &images, mode, 3, &halting).unwrap();
         assert_eq!(got.len(), 10);
-        let mut ws = vec![0.0f32; model.workspace_len(8)];
+        let mut ws = vec![0.0f32; tinybayes::Plan::new(&model, 8).workspace_len()];
         for (i, g) in got.iter().enumerate() {
             let mut engine = Engine::<8>::new(&model, &mut ws).unwrap();
             let mut rng = Xoshiro128PlusPlus::seed_from_u64(3 + i as u64);

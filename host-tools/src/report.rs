@@ -45,17 +45,32 @@ pub struct ModelReport {
     pub nnz: usize,
     /// Model file size in bytes (what goes to flash).
     pub flash_bytes: usize,
-    /// Monte Carlo samples the RAM figure is for.
+    /// Monte Carlo samples per prediction the RAM figure is for.
     pub ram_samples: usize,
-    /// Workspace bytes for `ram_samples` samples sharing one pass over the weights.
+    /// Samples that share one pass over the weights (the engine's `CHUNK`).
+    pub ram_chunk: usize,
+    /// Workspace bytes for `ram_samples` samples, `ram_chunk` per pass.
     pub ram_bytes: usize,
     /// Workspace bytes of the deterministic (mean weights) mode.
     pub ram_bytes_deterministic: usize,
 }
 
+/// Samples per pass a report assumes when not told: up to 8 for a plain network (the
+/// firmware's choice), 1 for an early-exit network, whose feature maps dominate its RAM and
+/// whose halting policies regenerate chunks instead of keeping every sample alive.
+pub fn default_chunk(early_exit: bool, samples: usize) -> usize {
+    if early_exit {
+        1
+    } else {
+        samples.clamp(1, 8)
+    }
+}
+
 impl ModelReport {
-    /// Builds the report of a validated model; RAM is given for `samples` per pass.
-    pub fn new(model: &Model<'_>, samples: usize) -> Self {
+    /// Builds the report of a validated model; RAM is given for `samples` Monte Carlo samples
+    /// per prediction, `chunk` of them per pass (`None`: [`default_chunk`]).
+    pub fn new(model: &Model<'_>, samples: usize, chunk: Option<usize>) -> Self {
+        let chunk = chunk.unwrap_or_else(|| default_chunk(model.exit_count() > 0, samples));
         let layers = model
             .layers()
             .iter()
@@ -95,14 +110,16 @@ impl ModelReport {
             nnz: model.nnz(),
             flash_bytes: model.as_bytes().len(),
             ram_samples: samples,
-            ram_bytes: model.workspace_bytes(samples),
-            ram_bytes_deterministic: model.workspace_bytes(0),
+            ram_chunk: chunk,
+            ram_bytes: tinybayes::Plan::new(model, chunk).workspace_bytes(),
+            ram_bytes_deterministic: tinybayes::Plan::new(model, 0).workspace_bytes(),
         }
     }
 
     /// A human-readable table.
     /// The report of a fixed-point (q8, q16) model.
-    pub fn new_fixed(model: &QModel<'_>, samples: usize) -> Self {
+    pub fn new_fixed(model: &QModel<'_>, samples: usize, chunk: Option<usize>) -> Self {
+        let chunk = chunk.unwrap_or_else(|| default_chunk(false, samples));
         let layers: Vec<LayerReport> = model
             .layers()
             .iter()
@@ -138,7 +155,8 @@ impl ModelReport {
             nnz: model.nnz(),
             flash_bytes: model.as_bytes().len(),
             ram_samples: samples,
-            ram_bytes: model.workspace_bytes(samples),
+            ram_chunk: chunk,
+            ram_bytes: model.workspace_bytes(chunk),
             ram_bytes_deterministic: model.workspace_bytes(0),
         }
     }
@@ -178,7 +196,7 @@ impl ModelReport {
         let dense_weights: usize = self.layers.iter().map(|l| l.dense_weights).sum();
         s += &format!(
             "total: {} dense parameters, {} weights stored ({:.2}% pruned, {:.1}x fewer), \
-             {} bytes of flash, RAM {} bytes for {} samples per pass ({} bytes deterministic)\n",
+             {} bytes of flash, RAM {} bytes for {} samples, {} per pass ({} bytes deterministic)\n",
             self.dense_params,
             self.nnz,
             100.0 * (1.0 - self.nnz as f64 / dense_weights as f64),
@@ -186,6 +204,7 @@ impl ModelReport {
             self.flash_bytes,
             self.ram_bytes,
             self.ram_samples,
+            self.ram_chunk,
             self.ram_bytes_deterministic
         );
         s

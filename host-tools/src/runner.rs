@@ -385,10 +385,10 @@ impl Runner {
         }
     }
     /// The per-layer report.
-    pub fn report(&self, samples: usize) -> Option<ModelReport> {
+    pub fn report(&self, samples: usize, chunk: Option<usize>) -> Option<ModelReport> {
         match (self.float(), self.fixed()) {
-            (Some(m), _) => Some(ModelReport::new(&m, samples)),
-            (_, Some(m)) => Some(ModelReport::new_fixed(&m, samples)),
+            (Some(m), _) => Some(ModelReport::new(&m, samples, chunk)),
+            (_, Some(m)) => Some(ModelReport::new_fixed(&m, samples, chunk)),
             _ => None,
         }
     }

@@ -208,7 +208,7 @@ pub fn check_image_set(inputs: usize, images: &Images<'_>) -> Result<(), Simulat
 
 /// Runs the model on every image, in parallel over images (rayon), and returns one prediction
 /// per image, in order. Image `i` uses the generator `seed_from_u64(seed.wrapping_add(i))`;
-/// each worker has its own workspace of `model.workspace_len(CHUNK)` words.
+/// each worker has its own workspace of `tinybayes::Plan::new(&model, CHUNK).workspace_len()` words.
 pub fn simulate(
     model: &Model<'_>,
     images: &Images<'_>,
@@ -232,7 +232,7 @@ fn run<const K: usize>(
     seed: u64,
 ) -> Result<Vec<ImagePrediction>, SimulateError> {
     let values = images.values();
-    let workspace_len = model.workspace_len(CHUNK);
+    let workspace_len = tinybayes::Plan::new(model, CHUNK).workspace_len();
     images
         .pixels
         .par_chunks_exact(values)
@@ -348,7 +348,7 @@ mod tests {
         let got = simulate(&model, &images, mode, 99).unwrap();
         assert_eq!(got.len(), 20);
         // Independent sequential run with CHUNK = 1 (results must not depend on CHUNK).
-        let mut ws = vec![0.0f32; model.workspace_len(1)];
+        let mut ws = vec![0.0f32; tinybayes::Plan::new(&model, 1).workspace_len()];
         for (i, g) in got.iter().enumerate() {
             let mut engine = Engine::<1>::new(&model, &mut ws).unwrap();
             let mut rng = Xoshiro128PlusPlus::seed_from_u64(99 + i as u64);

@@ -50,7 +50,7 @@ fn measure<const CHUNK: usize>(
         CHUNK,
         cost,
         unit(&board.clock),
-        model.workspace_bytes(CHUNK),
+        tinybayes::Plan::new(model, CHUNK).workspace_bytes(),
         core::mem::size_of::<Engine<'_, '_, CHUNK>>(),
         stack,
         p.class

@@ -17,8 +17,11 @@ use tinybayes_firmware::clock::Clock;
 use tinybayes_firmware::generated::{EE_CHUNK, EE_MODEL, EE_MODEL_DESCRIPTION, EE_WORKSPACE_WORDS};
 use tinybayes_firmware::platform::{self, Board};
 
+/// Monte Carlo samples per prediction (`EE_CHUNK` of them per pass).
+const SAMPLES: u16 = 8;
+
 const MC: Mode = Mode::MonteCarlo {
-    samples: match NonZeroU16::new(EE_CHUNK as u16) {
+    samples: match NonZeroU16::new(SAMPLES) {
         Some(n) => n,
         None => NonZeroU16::MIN,
     },
@@ -99,11 +102,12 @@ fn main() -> ! {
         platform::exit(false)
     };
     defmt::info!(
-        "{=usize} exits, {=usize} weights stored, {=usize} bytes of flash, {=usize} bytes of workspace for {=usize} samples",
+        "{=usize} exits, {=usize} weights stored, {=usize} bytes of flash, {=usize} bytes of workspace for M = {=u16}, {=usize} sample per pass",
         model.exit_count(),
         model.nnz(),
         EE_MODEL.len(),
-        model.workspace_bytes(EE_CHUNK),
+        tinybayes::Plan::new(&model, EE_CHUNK).workspace_bytes(),
+        SAMPLES,
         EE_CHUNK
     );
     let mut workspace = [0.0f32; EE_WORKSPACE_WORDS];

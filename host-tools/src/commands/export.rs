@@ -81,7 +81,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         Some(p) => Runner::Fixed(quantize_spec(&spec, p, &args.precision)?),
     };
     let report = runner
-        .report(args.samples)
+        .report(args.samples, None)
         .ok_or_else(|| anyhow::anyhow!("the exported model did not validate"))?;
     write_new(&args.out, runner.buffer().as_bytes(), args.force)?;
     println!(

@@ -13,9 +13,13 @@ pub struct InspectArgs {
     /// Model file (.tbm).
     #[arg(long)]
     pub model: PathBuf,
-    /// Monte Carlo samples per pass the RAM figure is for.
+    /// Monte Carlo samples per prediction the RAM figure is for.
     #[arg(long, default_value_t = 32)]
     pub samples: usize,
+    /// Samples sharing one pass over the weights (the engine's CHUNK) [default: up to 8 for
+    /// a plain network, 1 for an early-exit network].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub chunk: Option<u16>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -25,7 +29,7 @@ pub struct InspectArgs {
 pub fn run(args: &InspectArgs) -> Result<()> {
     let runner = read_any_model(&args.model)?;
     let report = runner
-        .report(args.samples)
+        .report(args.samples, args.chunk.map(usize::from))
         .ok_or_else(|| anyhow::anyhow!("{} did not validate", args.model.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

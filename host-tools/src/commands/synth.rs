@@ -69,7 +69,7 @@ pub fn run(args: &SynthArgs) -> Result<()> {
         let buffer = spec.to_buffer()?;
         write_new(&args.out, buffer.as_bytes(), args.force)?;
         let model = buffer.model()?;
-        print!("{}", ModelReport::new(&model, 8).to_table());
+        print!("{}", ModelReport::new(&model, 8, None).to_table());
         println!("wrote {}", args.out.display());
         return Ok(());
     }
@@ -103,7 +103,7 @@ pub fn run(args: &SynthArgs) -> Result<()> {
     let buffer = spec.to_buffer()?;
     write_new(&args.out, buffer.as_bytes(), args.force)?;
     let model = buffer.model()?;
-    print!("{}", ModelReport::new(&model, 32).to_table());
+    print!("{}", ModelReport::new(&model, 32, None).to_table());
     println!(
         "wrote {} (synthetic, seed {}: random weights, not trained)",
         args.out.display(),
