@@ -135,3 +135,29 @@ fn early_exit_models_predict_and_evaluate_with_depth_and_macs() {
     assert!(err.contains("early-exit models only"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1);
 }
+
+/// The shipped early-exit ResNet runs any number of samples in one sample's workspace, and
+/// `inspect` says so: at most 32 KiB for M = 32 at the default chunk, the same for M = 1,000,
+/// and more when the user asks for 8 samples per pass.
+#[test]
+fn inspect_reports_the_early_exit_workspace_of_one_chunk() {
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/resnet-ee.tbm");
+    let ram = |extra: &[&str]| {
+        let mut args = vec!["inspect", "--model", model, "--json"];
+        args.extend_from_slice(extra);
+        let out = tinybayes(&args);
+        assert!(out.status.success(), "{out:?}");
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (
+            report["ram_bytes"].as_u64().unwrap(),
+            report["ram_chunk"].as_u64().unwrap(),
+        )
+    };
+    let (m32, chunk) = ram(&["--samples", "32"]);
+    assert_eq!(chunk, 1);
+    assert!(m32 <= 32 * 1024, "{m32} bytes");
+    assert_eq!(ram(&["--samples", "1000"]).0, m32);
+    let (eight, chunk) = ram(&["--samples", "32", "--chunk", "8"]);
+    assert_eq!(chunk, 8);
+    assert!(eight > 4 * m32, "{eight} vs {m32}");
+}
