@@ -33,6 +33,13 @@ done
 step "real-board profile: nRF52840-DK (build only; flashing needs the board)"
 cargo build-nrf52840dk
 
+step "real-board flash command from the README, exactly as written, with a stand-in probe-rs"
+fake=$(mktemp -d)
+ln -s "$PWD/scripts/fake-probe-rs.sh" "$fake/probe-rs"
+PATH="$fake:$PATH" cargo --config firmware/boards/nrf52840dk.toml run -p tinybayes-firmware --release \
+    --target thumbv7em-none-eabihf --no-default-features --features nrf52840dk --bin demo
+rm -rf "$fake"
+
 step "on-target tests in QEMU Cortex-M4F (host/device parity)"
 cargo test-m4 2>&1 | tee -a "$log"
 
