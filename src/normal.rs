@@ -183,6 +183,33 @@ mod tests {
         assert!(chi2 < 31.26, "chi-square {chi2}, counts {counts:?}");
     }
 
+    /// The tail sampler against the exact conditional law of N(0, 1) beyond the base edge:
+    /// `P(Z <= x | Z > r) = 1 - Q(x) / Q(r)` with `Q(x) = erfc(x / sqrt 2) / 2`, by the
+    /// Kolmogorov-Smirnov distance over 200,000 tail draws. An acceptance test with the wrong
+    /// exponent (`b > a * a`, density `exp(-r a - a^2)`) shifts the law by far more than the
+    /// 0.999 critical value.
+    #[test]
+    fn the_tail_follows_the_normal_law_beyond_the_base_edge() {
+        fn upper(x: f64) -> f64 {
+            0.5 * libm::erfc(x / core::f64::consts::SQRT_2)
+        }
+        const N: usize = 200_000;
+        let r = f64::from(ZIG_R);
+        let mut rng = Xoshiro128PlusPlus::seed_from_u64(77);
+        let mut draws: std::vec::Vec<f64> = (0..N).map(|_| f64::from(tail(&mut rng))).collect();
+        assert!(draws.iter().all(|&x| x >= r));
+        draws.sort_by(|a, b| a.total_cmp(b));
+        let mut d_max = 0.0f64;
+        for (i, &x) in draws.iter().enumerate() {
+            let cdf = 1.0 - upper(x) / upper(r);
+            let lo = i as f64 / N as f64;
+            let hi = (i + 1) as f64 / N as f64;
+            d_max = d_max.max((cdf - lo).abs()).max((hi - cdf).abs());
+        }
+        let n = N as f64;
+        assert!(d_max * n.sqrt() < 1.95, "KS statistic {}", d_max * n.sqrt());
+    }
+
     #[test]
     fn same_seed_same_draws() {
         let mut a = Xoshiro128PlusPlus::seed_from_u64(9);
