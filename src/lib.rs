@@ -14,7 +14,7 @@
 //! # let buffer = tinybayes::writer::synthetic::mlp(7, &[16, 8, 3], 0.5).to_buffer().unwrap();
 //! # let bytes = buffer.as_bytes();
 //! let model = Model::from_bytes(bytes)?; // validates once: shapes, indices, CRC, ...
-//! let mut workspace = [0.0f32; 512];     // model.workspace_len(8) words at least
+//! let mut workspace = [0.0f32; 512];     // tinybayes::Plan::new(&model, 8).workspace_len() words at least
 //! let mut engine = Engine::<8>::new(&model, &mut workspace)?;
 //! let mut rng = rand_xoshiro::Xoshiro128PlusPlus::seed_from_u64(1);
 //! let input = [0.5f32; 16];
