@@ -125,9 +125,10 @@ fn single<const K: usize>(out: &[f32], classes: usize) -> Result<Prediction<K>, 
 }
 
 /// Runs a chunk of `rngs.len()` samples through `layers[range]`, the chunk's activations of
-/// the layer before in `buf.cur`. At every exit head (exit index `e` counted from `first_exit`)
-/// `sink(e, logits)` receives the chunk's logits and returns true to stop the chunk there.
-/// Returns the index of the last layer run.
+/// the layer before in `buf.cur`. At every exit (exit index `e` counted from `first_exit`;
+/// a network without exit heads has one, its last layer) `sink(e, logits)` receives the
+/// chunk's logits and returns true to stop the chunk there. Returns the index of the last
+/// layer run.
 fn advance_chunk<const CHUNK: usize>(
     layers: &[Layer<'_>],
     range: Range<usize>,
@@ -137,6 +138,10 @@ fn advance_chunk<const CHUNK: usize>(
     mut sink: impl FnMut(usize, &[f32]) -> Result<bool, InferenceError>,
 ) -> Result<usize, InferenceError> {
     let s = rngs.len();
+    let end = range.end;
+    let implicit_exit = !layers
+        .iter()
+        .any(|l| matches!(l.operation(), Operation::ExitHead { .. }));
     let mut e = first_exit;
     let mut last = range.start.saturating_sub(1);
     for i in range {
@@ -181,6 +186,9 @@ fn advance_chunk<const CHUNK: usize>(
             buf.skip[..n].copy_from_slice(&buf.cur[..n]);
         }
     }
+    if implicit_exit && end == layers.len() && last + 1 == end {
+        sink(e, &buf.cur[..layers[last].outputs() * s])?;
+    }
     Ok(last)
 }
 
@@ -220,6 +228,36 @@ impl Start<'_, '_> {
             buf.skip[..units * s].copy_from_slice(&buf.cur[..units * s]);
         }
     }
+}
+
+/// Runs `total` samples chunk by chunk through `layers[range]`, seeding each chunk's streams
+/// from `seeds`; `sink(e, logits, s)` gets every exit's logits of each chunk of `s` samples.
+/// Returns the index of the last layer run.
+#[allow(clippy::too_many_arguments)]
+fn sweep<const CHUNK: usize>(
+    start: &Start<'_, '_>,
+    layers: &[Layer<'_>],
+    range: Range<usize>,
+    first_exit: usize,
+    total: usize,
+    seeds: &mut impl RngCore,
+    rngs: &mut [Xoshiro128PlusPlus; CHUNK],
+    buf: &mut Buffers<'_>,
+    mut sink: impl FnMut(usize, &[f32], usize) -> Result<(), InferenceError>,
+) -> Result<usize, InferenceError> {
+    let mut last_run = range.start.saturating_sub(1);
+    let mut done = 0;
+    while done < total {
+        let s = CHUNK.min(total - done);
+        let rngs = &mut rngs[..s];
+        start.begin(seeds, rngs, buf);
+        last_run =
+            advance_chunk::<CHUNK>(layers, range.clone(), first_exit, rngs, buf, |e, out| {
+                sink(e, out, s).map(|()| false)
+            })?;
+        done += s;
+    }
+    Ok(last_run)
 }
 
 /// One prediction. A plain network (no exit heads) answers from its last layer as its one
@@ -353,29 +391,21 @@ where
     let mut accs: [Option<PredictiveAccumulator<K>>; MAX_EXITS] = core::array::from_fn(|_| None);
     let last_run = if let Some(target) = known_target {
         // One sweep to the target exit, every exit on the way accumulated over the chunks.
-        let end = if plain {
-            layers.len()
-        } else {
-            exit_layers.layer_of(target) + 1
-        };
-        let mut last_run = first;
-        let mut done = 0;
-        while done < total {
-            let s = CHUNK.min(total - done);
-            let rngs = &mut rngs[..s];
-            start.begin(rng, rngs, &mut buf);
-            last_run =
-                advance_chunk::<CHUNK>(layers, rest..end, first_exit, rngs, &mut buf, |e, out| {
-                    let acc = accs[e].get_or_insert_with(|| PredictiveAccumulator::new(classes));
-                    add_chunk(acc, out, classes, s)?;
-                    Ok(false)
-                })?;
-            if plain {
-                let acc = accs[0].get_or_insert_with(|| PredictiveAccumulator::new(classes));
-                add_chunk(acc, &buf.cur[..classes * s], classes, s)?;
-            }
-            done += s;
-        }
+        let end = exit_layers.layer_of(target) + 1;
+        let last_run = sweep(
+            &start,
+            layers,
+            rest..end,
+            first_exit,
+            total,
+            rng,
+            &mut rngs,
+            &mut buf,
+            |e, out, s| {
+                let acc = accs[e].get_or_insert_with(|| PredictiveAccumulator::new(classes));
+                add_chunk(acc, out, classes, s)
+            },
+        )?;
         for (e, acc) in accs
             .iter_mut()
             .enumerate()
@@ -414,26 +444,22 @@ where
             let mut seeds = origin.clone();
             let end = exit_layers.layer_of(target) + 1;
             let mut acc = PredictiveAccumulator::<K>::new(classes);
-            let mut done = 0;
-            while done < total {
-                let s = CHUNK.min(total - done);
-                let rngs = &mut rngs[..s];
-                start.begin(&mut seeds, rngs, &mut buf);
-                last_run = advance_chunk::<CHUNK>(
-                    layers,
-                    rest..end,
-                    first_exit,
-                    rngs,
-                    &mut buf,
-                    |e, out| {
-                        if e == target {
-                            add_chunk(&mut acc, out, classes, s)?;
-                        }
-                        Ok(false)
-                    },
-                )?;
-                done += s;
-            }
+            last_run = sweep(
+                &start,
+                layers,
+                rest..end,
+                first_exit,
+                total,
+                &mut seeds,
+                &mut rngs,
+                &mut buf,
+                |e, out, s| {
+                    if e == target {
+                        add_chunk(&mut acc, out, classes, s)?;
+                    }
+                    Ok(())
+                },
+            )?;
             // The caller's generator moves on as if the seeds had been drawn once.
             *rng = seeds;
             if exits.conclude(target, acc.finish()) {
