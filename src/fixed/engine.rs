@@ -109,7 +109,7 @@ impl<'m, 'w, const CHUNK: usize> QEngine<'m, 'w, CHUNK> {
         } else {
             moments_layer(stochastic, &cur[..stochastic.inputs()], base, scale);
         }
-        narrow_moments(stochastic, &mut base[..units], &mut scale[..units]);
+        let frac_bits = narrow_moments(stochastic, &mut base[..units], &mut scale[..units]);
         // Units that no draw can switch on (scale -1): zero in every sample.
         let mut dead = [false; MAX_DEAD_TRACKED];
         for (d, &sc) in dead.iter_mut().zip(&scale[..units]) {
@@ -128,8 +128,7 @@ impl<'m, 'w, const CHUNK: usize> QEngine<'m, 'w, CHUNK> {
             }
             draw_from_moments(
                 stochastic,
-                &base[..units],
-                &scale[..units],
+                (&base[..units], &scale[..units], frac_bits),
                 streams,
                 &mut cur[..units * s],
             );

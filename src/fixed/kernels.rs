@@ -227,8 +227,9 @@ fn finish<F: Format>(z: i64, shift: u32, activation: Activation) -> i32 {
     }
 }
 
-/// Largest first-layer noise scale: `scale * ε` must stay in an i64.
-const SCALE_MAX: i128 = (i64::MAX >> 10) as i128;
+/// Largest first-stochastic-layer noise scale kept before narrowing (far above any real one:
+/// `sqrt_q4(V) < 2^33` and `mσ < 2^31`).
+const SCALE_MAX: i128 = (i64::MAX >> 1) as i128;
 
 /// Calls `f(line, records)` for every line of a sparse layer (output row, or input column for
 /// by-input storage), or every output row of a dense one.
@@ -379,14 +380,14 @@ fn moments_typed<F: Format, I: Index, const GAUSS: bool, X: Words + ?Sized>(
     let moments = |j: usize, a: i64, v: u64| -> (i64, i64) {
         let (m_theta, m_sigma, bias) = params(layer, j);
         let mean = a.wrapping_mul(m_theta).wrapping_add(bias);
-        let sc = (sqrt_q4(v) as i128 * m_sigma as i128).clamp(-SCALE_MAX, SCALE_MAX) as i64;
+        let sc = (sqrt_q4(v) as i128 * m_sigma as i128).clamp(0, SCALE_MAX);
         // The largest pre-activation any draw can give, rounded like `finish`: if even it
         // gives y <= 0, the ReLU output is 0 for every draw.
-        let top = mean
-            .wrapping_add(sc.abs().wrapping_mul(NORMAL_Q8_MAX as i64) >> NOISE_FRAC_BITS)
-            .wrapping_add(1 << (shift - 1));
-        let inactive = relu && top < (1i64 << shift);
-        (mean, if inactive { -1 } else { sc })
+        let top = mean as i128
+            + ((sc * NORMAL_Q8_MAX as i128) >> NOISE_FRAC_BITS)
+            + (1i128 << (shift - 1));
+        let inactive = relu && top < (1i128 << shift);
+        (mean, if inactive { -1 } else { sc as i64 })
     };
     let n = layer.outputs;
     let (base, scale) = (&mut base[..n], &mut scale[..n]);
@@ -405,21 +406,46 @@ fn moments_typed<F: Format, I: Index, const GAUSS: bool, X: Words + ?Sized>(
     }
 }
 
-/// Fractional bits of the first stochastic layer's narrowed moments (see [`narrow_moments`]).
-const MOMENT_FRAC_BITS: u32 = 16;
+/// Most fractional bits (below one output unit) of the first stochastic layer's narrowed
+/// moments (see [`narrow_moments`]).
+const MOMENT_FRAC_BITS_MAX: u32 = 16;
 
-/// Rescales the first stochastic layer's moments from `2^S` to `2^16` units of the output
-/// (floor, saturated to i32), so that each sample's draw needs 32-bit arithmetic only. A
-/// scale of -1 (a unit no draw switches on) stays -1.
-pub(crate) fn narrow_moments(layer: &QLayer<'_>, base: &mut [i64], scale: &mut [i64]) {
-    let shift = layer.shift as i32 - MOMENT_FRAC_BITS as i32;
+/// Narrowed moments stay below this, so that `b + (scale ε >> 12)` fits an i32.
+const MOMENT_LIMIT: i128 = 1 << 30;
+
+/// Rescales the first stochastic layer's moments from `2^S` units of the output to `2^F`
+/// units (floor), so that each sample's draw needs 32-bit arithmetic only, and returns `F`:
+/// the most fractional bits, at most 16, that keep every mean and scale below 2^30 (the
+/// logits' unit is already 2^-16, so they keep fewer). A scale of -1 (a unit no draw
+/// switches on) stays -1.
+pub(crate) fn narrow_moments(layer: &QLayer<'_>, base: &mut [i64], scale: &mut [i64]) -> u32 {
+    let largest = base
+        .iter()
+        .map(|b| (*b as i128).abs())
+        .chain(scale.iter().map(|&s| s as i128))
+        .max()
+        .unwrap_or(0);
+    let shift = layer.shift as i32;
+    let frac_bits = (0..=MOMENT_FRAC_BITS_MAX)
+        .rev()
+        .find(|&f| {
+            let by = shift - f as i32;
+            let narrowed = if by >= 0 {
+                largest >> by
+            } else {
+                largest << -by
+            };
+            narrowed < MOMENT_LIMIT
+        })
+        .unwrap_or(0);
+    let by = shift - frac_bits as i32;
     let narrow = |v: i64| -> i64 {
-        let v: i128 = if shift >= 0 {
-            (v >> shift) as i128
+        let v: i128 = if by >= 0 {
+            (v >> by) as i128
         } else {
-            (v as i128) << -shift
+            (v as i128) << -by
         };
-        v.clamp(i32::MIN as i128, i32::MAX as i128) as i64
+        v.clamp(-MOMENT_LIMIT, MOMENT_LIMIT) as i64
     };
     for (b, sc) in base.iter_mut().zip(scale.iter_mut()) {
         *b = narrow(*b);
@@ -427,33 +453,33 @@ pub(crate) fn narrow_moments(layer: &QLayer<'_>, base: &mut [i64], scale: &mut [
             *sc = narrow(*sc);
         }
     }
+    frac_bits
 }
 
-/// Samples of the first stochastic layer from its narrowed moments: `out[j * s + m]` for
-/// `s = streams.len()` samples, sample-major so each stream stays in registers:
-/// `y = (b + (scale ε >> 12) + 2^15) >> 16`, then the activation; a unit with scale -1 is 0
-/// without a draw.
+/// Samples of the first stochastic layer from its moments narrowed to `frac_bits` (`F`):
+/// `out[j * s + m]` for `s = streams.len()` samples, sample-major so each stream stays in
+/// registers: `y = (b + (scale ε >> 12) + 2^(F-1)) >> F`, then the activation; a unit with
+/// scale -1 is 0 without a draw.
 pub(crate) fn draw_from_moments(
     layer: &QLayer<'_>,
-    base: &[i64],
-    scale: &[i64],
+    (base, scale, frac_bits): (&[i64], &[i64], u32),
     streams: &mut [NormalQ8],
     out: &mut [i32],
 ) {
     match layer.precision {
-        Precision::Q16 => draw_typed::<Q16>(layer, base, scale, streams, out),
-        _ => draw_typed::<Q8>(layer, base, scale, streams, out),
+        Precision::Q16 => draw_typed::<Q16>(layer, (base, scale, frac_bits), streams, out),
+        _ => draw_typed::<Q8>(layer, (base, scale, frac_bits), streams, out),
     }
 }
 
 #[inline(never)]
 fn draw_typed<F: Format>(
     layer: &QLayer<'_>,
-    base: &[i64],
-    scale: &[i64],
+    (base, scale, frac_bits): (&[i64], &[i64], u32),
     streams: &mut [NormalQ8],
     out: &mut [i32],
 ) {
+    let half = (1i32 << frac_bits) >> 1;
     let s = streams.len();
     let act = layer.activation;
     let gaussian = layer.posterior == Posterior::Gaussian;
@@ -472,10 +498,7 @@ fn draw_typed<F: Format>(
                 } else {
                     0
                 };
-                let y = b
-                    .saturating_add(noise)
-                    .saturating_add(1 << (MOMENT_FRAC_BITS - 1))
-                    >> MOMENT_FRAC_BITS;
+                let y = b.saturating_add(noise).saturating_add(half) >> frac_bits;
                 match act {
                     Activation::Relu => F::pack(y.clamp(0, F::ACT_MAX)),
                     Activation::Identity => y,

@@ -28,7 +28,8 @@ pub enum QCounts<'a> {
 ///
 /// Per output row `j` three i32 parameters `[mθ_j, mσ_j, b_j]` turn the integer sums into the
 /// next activation: with `A = Σ a_i θ_i`, `V = Σ sq(a_i) σ²_i` (see [`QModel`]),
-/// `z = A mθ_j + b_j + ((sqrt_q8(V) mσ_j >> 8) ε >> 12)` and the output is
+/// `z = A mθ_j + b_j + ((sqrt_q4(V) ε) mσ_j >> 12)` (`ε` a Q8 standard normal draw) and the
+/// output is
 /// `(z + 2^(S-1)) >> S`, clamped by the activation.
 #[derive(Clone, Copy, Debug)]
 pub struct QLayer<'a> {

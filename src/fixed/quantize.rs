@@ -248,3 +248,207 @@ fn calibrate(spec: &ModelSpec, inputs: &[&[u8]], c: Calibration) -> Vec<f64> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    //! The fixed-point noise against f32's, one Gaussian layer kind at a time: the standard
+    //! deviation of each unit's pre-activation noise, drawn by the integer kernels, against
+    //! the exact f32 value `sqrt(Σ σ² x²)` for the same input.
+
+    use super::*;
+    use crate::fixed::kernels::{
+        draw_from_moments, draw_noise, mean_layer, moments_layer, narrow_moments, sampled_layer,
+    };
+    use crate::fixed::noise::NormalQ8;
+    use crate::fixed::QModel;
+    use crate::writer::synthetic;
+
+    const WIDTHS: [usize; 4] = [96, 48, 32, 10];
+
+    /// A network whose variances span the range variational dropout gives
+    /// (σ² = α θ² with log α uniform in [-6, 2.5]), and sparse raw inputs.
+    fn vd_spec(storage: StorageChoice) -> (ModelSpec, Vec<Vec<u8>>) {
+        let mut spec = synthetic::mlp(5, &WIDTHS, 0.6);
+        let mut rng = Xoshiro128PlusPlus::seed_from_u64(17);
+        for l in &mut spec.layers {
+            let v = l.variance.as_mut().unwrap();
+            for (s, &t) in v.iter_mut().zip(&l.theta) {
+                let u = (rand_core::RngCore::next_u32(&mut rng) >> 8) as f32 / 16_777_216.0;
+                *s = libm::expf(-6.0 + 8.5 * u) * t * t;
+            }
+            l.storage = storage;
+        }
+        let inputs = (0..32)
+            .map(|_| {
+                (0..WIDTHS[0])
+                    .map(|_| {
+                        let r = rand_core::RngCore::next_u32(&mut rng);
+                        if r % 3 == 0 {
+                            0
+                        } else {
+                            (r >> 24) as u8
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        (spec, inputs)
+    }
+
+    /// Sample standard deviation of each unit's output over `n` draws of layer `l` given its
+    /// integer input `a` (activation words of the previous layer, or raw bytes), the layer
+    /// run with an identity activation so that the pre-activation is seen unclamped.
+    /// With `moments`, the layer runs as the first stochastic layer does (moments once, then
+    /// draws); else as a later layer (sums per sample, pre-drawn noise).
+    fn fixed_std(
+        layer: &crate::fixed::QLayer<'_>,
+        raw: Option<&[u8]>,
+        a: &[i32],
+        moments: bool,
+        n: usize,
+    ) -> Vec<f64> {
+        let layer = crate::fixed::QLayer {
+            activation: Activation::Identity,
+            ..*layer
+        };
+        const S: usize = 64;
+        let units = layer.outputs;
+        let (mut sum, mut sum2) = (vec![0.0f64; units], vec![0.0f64; units]);
+        let mut out = vec![0i32; units * S];
+        let (mut base, mut scale) = (
+            vec![0i64; units.max(layer.inputs)],
+            vec![0i64; units.max(layer.inputs)],
+        );
+        if let Some(raw) = raw {
+            moments_layer(&layer, raw, &mut base, &mut scale);
+        } else {
+            moments_layer(&layer, a, &mut base, &mut scale);
+        }
+        let frac_bits = narrow_moments(&layer, &mut base[..units], &mut scale[..units]);
+        let x: Vec<i32> = a.iter().flat_map(|&w| [w; S]).collect();
+        let mut eps = vec![0i16; units * S];
+        for pass in 0..n / S {
+            let mut streams: Vec<NormalQ8> = (0..S)
+                .map(|m| NormalQ8::new(Xoshiro128PlusPlus::seed_from_u64((pass * S + m) as u64)))
+                .collect();
+            if moments {
+                draw_from_moments(
+                    &layer,
+                    (&base[..units], &scale[..units], frac_bits),
+                    &mut streams,
+                    &mut out,
+                );
+            } else {
+                draw_noise(units, &mut streams, &mut eps);
+                sampled_layer(&layer, &x, S, &eps, &[], &mut out);
+            }
+            for j in 0..units {
+                for &y in &out[j * S..(j + 1) * S] {
+                    sum[j] += y as f64;
+                    sum2[j] += (y as f64) * (y as f64);
+                }
+            }
+        }
+        let count = (n / S * S) as f64;
+        (0..units)
+            .map(|j| {
+                let mean = sum[j] / count;
+                libm::sqrt((sum2[j] / count - mean * mean).max(0.0))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fixed_point_noise_has_the_f32_standard_deviation_in_every_gaussian_layer() {
+        let mut failures = Vec::new();
+        for storage in [
+            StorageChoice::Dense,
+            StorageChoice::Smallest,
+            StorageChoice::SparseByInput,
+        ] {
+            for precision in [Precision::Q8, Precision::Q16] {
+                let (spec, inputs) = vd_spec(storage);
+                let refs: Vec<&[u8]> = inputs.iter().map(|v| v.as_slice()).collect();
+                let cal = Calibration::default();
+                let q = quantize(&spec, precision, &refs, cal).unwrap();
+                let buffer = q.to_buffer().unwrap();
+                let model = QModel::from_bytes(buffer.as_bytes()).unwrap();
+                let act_max = if precision == Precision::Q8 {
+                    255.0
+                } else {
+                    32767.0
+                };
+                let clips = calibrate(&spec, &refs, cal);
+                let raw = refs[3];
+                // The integer input of each layer: the mean-weights activations before it.
+                let mut a: Vec<i32> = raw.iter().map(|&p| p as i32).collect();
+                let mut s_in = spec.input_scale as f64;
+                for (index, layer) in model.layers().iter().enumerate() {
+                    let last = index + 1 == model.layers().len();
+                    let s_out = if last {
+                        1.0 / (1u64 << LOGIT_FRAC_BITS) as f64
+                    } else {
+                        clips[index].max(1e-6) / act_max
+                    };
+                    // The real input values the fixed-point layer sees.
+                    let real: Vec<f64> = a
+                        .iter()
+                        .map(|&w| {
+                            let v = if index == 0 || precision == Precision::Q16 {
+                                w
+                            } else {
+                                w & 0xffff
+                            };
+                            v as f64 * s_in
+                        })
+                        .collect();
+                    let l = &spec.layers[index];
+                    let var = l.variance.as_ref().unwrap();
+                    let want: Vec<f64> = (0..l.outputs)
+                        .map(|j| {
+                            let v: f64 = (0..l.inputs)
+                                .map(|i| var[j * l.inputs + i] as f64 * real[i] * real[i])
+                                .sum();
+                            libm::sqrt(v) / s_out
+                        })
+                        .collect();
+                    let paths: &[bool] = if index == 0 { &[true] } else { &[true, false] };
+                    for &moments in paths {
+                        let got = if index == 0 {
+                            fixed_std(layer, Some(raw), &[], true, 8192)
+                        } else {
+                            fixed_std(layer, None, &a, moments, 8192)
+                        };
+                        let (sw, sg): (f64, f64) = want
+                            .iter()
+                            .zip(&got)
+                            .fold((0.0, 0.0), |(x, y), (w, g)| (x + w * w, y + g * g));
+                        let ratio = libm::sqrt(sg / sw);
+                        let what = std::format!(
+                            "{storage:?} {precision:?} layer {index} ({}): {ratio:.4}",
+                            if moments { "first stochastic" } else { "later" }
+                        );
+                        std::println!("{what}");
+                        if (ratio - 1.0).abs() >= 0.03 {
+                            failures.push(what);
+                        }
+                    }
+                    // Next layer's input.
+                    let mut next = vec![0i32; layer.outputs];
+                    let (mut s1, mut s2) = (vec![0i64; 256], vec![0i64; 256]);
+                    if index == 0 {
+                        mean_layer(layer, raw, &mut next, (&mut s1, &mut s2));
+                    } else {
+                        mean_layer(layer, a.as_slice(), &mut next, (&mut s1, &mut s2));
+                    }
+                    a = next;
+                    s_in = s_out;
+                }
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "fixed/f32 noise std ratios off by 3% or more: {failures:?}"
+        );
+    }
+}
