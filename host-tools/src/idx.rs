@@ -642,12 +642,9 @@ mod tests {
     }
 
     #[test]
-    fn real_mnist_if_present() {
-        let dir = Path::new("/work/shared/data/mnist");
+    fn real_mnist_test_set_loads() {
+        let dir = crate::train::trainer::tests::mnist_dir();
         let ip = dir.join("t10k-images-idx3-ubyte.gz");
-        if !ip.exists() {
-            return;
-        }
         let ds = load_dataset(&ip, &dir.join("t10k-labels-idx1-ubyte.gz")).unwrap();
         assert_eq!((ds.len(), ds.rows, ds.cols), (10_000, 28, 28));
         assert_eq!(ds.labels[..5], [7, 2, 1, 0, 4]);

@@ -127,6 +127,36 @@ pub struct Metrics {
     pub uncertainty: UncertaintySplit,
 }
 
+/// How well uncertainty tells out-of-distribution images (no labels needed) from the test set.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutOfDistribution {
+    /// Uncertainty over the test set (every image, correct or not).
+    pub test: GroupUncertainty,
+    /// Uncertainty over the out-of-distribution images.
+    pub ood: GroupUncertainty,
+    /// AUROC of predictive entropy for flagging out-of-distribution images among both sets
+    /// (positives: out of distribution); `None` if either set is empty.
+    pub auroc_predictive_entropy: Option<f64>,
+    /// AUROC of mutual information for the same task.
+    pub auroc_mutual_information: Option<f64>,
+}
+
+/// Compares the uncertainty of `ood` predictions with that of `test` predictions.
+pub fn out_of_distribution(test: &[ImagePrediction], ood: &[ImagePrediction]) -> OutOfDistribution {
+    let all = |p: &[ImagePrediction]| group(p, &vec![true; p.len()], true);
+    let scores = |p: &[ImagePrediction], f: fn(&ImagePrediction) -> f32| -> Vec<f64> {
+        p.iter().map(|p| f64::from(f(p))).collect()
+    };
+    let pe = |p: &ImagePrediction| p.predictive_entropy;
+    let mi = |p: &ImagePrediction| p.mutual_information;
+    OutOfDistribution {
+        test: all(test),
+        ood: all(ood),
+        auroc_predictive_entropy: auroc(&scores(ood, pe), &scores(test, pe)),
+        auroc_mutual_information: auroc(&scores(ood, mi), &scores(test, mi)),
+    }
+}
+
 /// Computes every metric of `predictions` against `labels` (one per prediction).
 pub fn evaluate(
     predictions: &[ImagePrediction],

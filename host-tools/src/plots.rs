@@ -196,15 +196,21 @@ pub fn histogram(values: &[f64], lo: f64, hi: f64, bins: usize) -> Vec<usize> {
     counts
 }
 
-/// Overlaid histograms of one uncertainty measure for correct and wrong predictions, each
-/// normalised to the fraction of its own group (the groups differ a lot in size). `x_max` is
-/// the upper end of the x axis (e.g. ln K for an entropy); it is widened to fit the data
-/// (0 = from the data alone).
+/// Names of the two groups of [`uncertainty_histogram`].
+pub const CORRECT_WRONG: [&str; 2] = ["correct", "wrong"];
+/// Names of the two groups of [`uncertainty_histogram`] for an out-of-distribution check.
+pub const IN_OUT: [&str; 2] = ["test set", "out of distribution"];
+
+/// Overlaid histograms of one uncertainty measure for two groups of images (correct and wrong
+/// predictions, or test and out-of-distribution images, named by `names`), each normalised
+/// to the fraction of its own group (the groups differ a lot in size). `x_max` is the upper
+/// end of the x axis (e.g. ln K for an entropy); it is widened to fit the data (0 = from the
+/// data alone).
 pub fn uncertainty_histogram(
     title: &str,
     x_label: &str,
-    correct: &[f64],
-    wrong: &[f64],
+    (correct, wrong): (&[f64], &[f64]),
+    names: [&str; 2],
     x_max: f64,
 ) -> Result<Vec<u8>> {
     let data_max = correct
@@ -264,9 +270,13 @@ pub fn uncertainty_histogram(
             (
                 &fc,
                 CORRECT_COLOR,
-                format!("correct (n = {})", correct.len()),
+                format!("{} (n = {})", names[0], correct.len()),
             ),
-            (&fw, WRONG_COLOR, format!("wrong (n = {})", wrong.len())),
+            (
+                &fw,
+                WRONG_COLOR,
+                format!("{} (n = {})", names[1], wrong.len()),
+            ),
         ];
         for (fractions, color, label) in groups {
             chart
@@ -560,10 +570,17 @@ mod tests {
         let bins = reliability_bins(&conf, &hits);
         check_png(&reliability_diagram(&bins, 0.1234, "").unwrap());
         check_png(
-            &uncertainty_histogram("t", "x", &[0.1, 0.2, 0.2], &[1.5, 2.0], 10f64.ln()).unwrap(),
+            &uncertainty_histogram(
+                "t",
+                "x",
+                (&[0.1, 0.2, 0.2], &[1.5, 2.0]),
+                CORRECT_WRONG,
+                10f64.ln(),
+            )
+            .unwrap(),
         );
         // Degenerate inputs still render: no data, all zeros.
-        check_png(&uncertainty_histogram("t", "x", &[], &[], 0.0).unwrap());
+        check_png(&uncertainty_histogram("t", "x", (&[], &[]), IN_OUT, 0.0).unwrap());
         check_png(&reliability_diagram(&reliability_bins(&[], &[]), 0.0, "").unwrap());
         let layers = [
             LayerSparsity {

@@ -18,7 +18,10 @@ use crate::commands::predict::{check_output_dir, load_images, SamplingArgs};
 use crate::files::{check_writable, write_new};
 use crate::halting::{all_exit_summaries, geometric_prior, HaltingArgs, HaltingSpec, Policy};
 use crate::idx::{read_labels, Dataset, IdxError};
-use crate::metrics::{evaluate, LayerSparsity, Metrics, ECE_BINS, PROBABILITY_FLOOR};
+use crate::metrics::{
+    evaluate, out_of_distribution, LayerSparsity, Metrics, OutOfDistribution, ECE_BINS,
+    PROBABILITY_FLOOR,
+};
 use crate::plots;
 use crate::runner::{dense_macs_through_exits, load_runner, macs_through_exits, PrecisionArgs};
 use crate::simulate::{describe_mode, ImagePrediction, Images};
@@ -81,6 +84,12 @@ pub struct EvalArgs {
     /// Evaluate at most this many images (after --skip).
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Also run the model over these images that are unlike its training data (an IDX image
+    /// file of the same shape, no labels; e.g. Fashion-MNIST for an MNIST model) and report
+    /// how well predictive entropy and mutual information flag them (AUROC, means; `ood` in
+    /// report.json, ood_hist.png). `--skip` and `--limit` select from these images too.
+    #[arg(long, value_name = "IDX")]
+    pub ood_images: Option<PathBuf>,
     /// Report directory (created if missing).
     #[arg(long, value_name = "DIR")]
     pub report: PathBuf,
@@ -142,6 +151,9 @@ pub struct EvalReport {
     /// Early-exit models: the policy, the depth and MACs used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub early_exit: Option<EarlyExitReport>,
+    /// With `--ood-images`: how uncertainty flags the out-of-distribution images.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ood: Option<OodReport>,
 }
 
 /// The early-exit part of `report.json`.
@@ -192,6 +204,21 @@ pub struct SweepPoint {
     pub macs_fraction: f64,
     /// The same for the unpruned architecture.
     pub dense_macs_fraction: f64,
+}
+
+/// Mutual information of the test set against the out-of-distribution images.
+pub const OOD_PNG: &str = "ood_hist.png";
+
+/// The out-of-distribution part of `report.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct OodReport {
+    /// The out-of-distribution image file.
+    pub images: String,
+    /// Its uncertainty against the test set's, and the AUROCs.
+    #[serde(flatten)]
+    pub metrics: OutOfDistribution,
+    /// The histogram plot.
+    pub plot: &'static str,
 }
 
 /// Exit-depth histogram, next to the report of an early-exit model.
@@ -290,7 +317,7 @@ fn prepare_report_dir(dir: &Path, force: bool) -> Result<()> {
     }
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create report directory {}", dir.display()))?;
-    for name in OUTPUT_FILES.iter().chain(&[DEPTH_PNG, SWEEP_PNG]) {
+    for name in OUTPUT_FILES.iter().chain(&[DEPTH_PNG, SWEEP_PNG, OOD_PNG]) {
         check_writable(&dir.join(name), force)?;
     }
     check_output_dir(dir)
@@ -349,8 +376,11 @@ fn draw_plots(
             plots::uncertainty_histogram(
                 &format!("Predictive entropy: correct vs wrong{note}"),
                 "predictive entropy (nats; total uncertainty)",
-                &values(predictions, &hits, true, pe),
-                &values(predictions, &hits, false, pe),
+                (
+                    &values(predictions, &hits, true, pe),
+                    &values(predictions, &hits, false, pe),
+                ),
+                plots::CORRECT_WRONG,
                 (classes as f64).ln(),
             )?,
         ),
@@ -366,8 +396,11 @@ fn draw_plots(
                     }
                 },
                 "mutual information (nats; epistemic uncertainty)",
-                &values(predictions, &hits, true, mi),
-                &values(predictions, &hits, false, mi),
+                (
+                    &values(predictions, &hits, true, mi),
+                    &values(predictions, &hits, false, mi),
+                ),
+                plots::CORRECT_WRONG,
                 0.0,
             )?,
         ),
@@ -396,6 +429,26 @@ fn summary(report: &EvalReport, mode: Mode, dir: &Path) -> String {
             )
         })
         .unwrap_or_default();
+    let ood = report
+        .ood
+        .as_ref()
+        .map(|o| {
+            let m = &o.metrics;
+            let mean = |s: Option<crate::metrics::Summary>| fmt_opt(s.map(|s| s.mean));
+            format!(
+                "\nout of distribution ({} images of {}): mean predictive entropy {} (test set {}), \
+                 mutual information {} (test set {}); AUROC by entropy {}, by mutual information {}",
+                m.ood.count,
+                o.images,
+                mean(m.ood.predictive_entropy),
+                mean(m.test.predictive_entropy),
+                mean(m.ood.mutual_information),
+                mean(m.test.mutual_information),
+                fmt_opt(m.auroc_predictive_entropy),
+                fmt_opt(m.auroc_mutual_information),
+            )
+        })
+        .unwrap_or_default();
     let m = &report.metrics;
     let u = &m.uncertainty;
     let mean = |s: Option<crate::metrics::Summary>| fmt_opt(s.map(|s| s.mean));
@@ -404,7 +457,7 @@ fn summary(report: &EvalReport, mode: Mode, dir: &Path) -> String {
          accuracy {:.4} ({} of {})  NLL {:.4}  Brier {:.4}  ECE {:.4}\n\
          mean predictive entropy correct {} / wrong {} (AUROC {}), \
          mutual information correct {} / wrong {} (AUROC {})\n\
-         wrote {}{}",
+         wrote {}{}{}",
         m.count,
         report.precision,
         describe_mode(mode),
@@ -428,7 +481,8 @@ fn summary(report: &EvalReport, mode: Mode, dir: &Path) -> String {
         mean(u.wrong.mutual_information),
         fmt_opt(u.auroc_mutual_information),
         dir.join(REPORT_FILE).display(),
-        early
+        early,
+        ood
     )
 }
 
@@ -475,6 +529,23 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             runner.input_len()
         );
     }
+    let ood_images = match &args.ood_images {
+        Some(path) => {
+            let set = load_images(path)?;
+            let images = Images::from_idx(&set);
+            if images.values() != runner.input_len() {
+                bail!(
+                    "out-of-distribution images {} are {}x{} but the model takes {} inputs",
+                    path.display(),
+                    images.rows,
+                    images.cols,
+                    runner.input_len()
+                );
+            }
+            Some(set)
+        }
+        None => None,
+    };
     prepare_report_dir(&args.report, args.force)?;
 
     let start = Instant::now();
@@ -592,7 +663,49 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             sparsity: SPARSITY_PNG,
         },
         early_exit,
+        ood: None,
     };
+    let mut report = report;
+    if let (Some(set), Some(path)) = (&ood_images, &args.ood_images) {
+        let all = Images::from_idx(set);
+        let end = args
+            .limit
+            .map_or(all.len(), |l| (args.skip + l).min(all.len()));
+        if args.skip >= end {
+            bail!(
+                "--skip {} leaves no out-of-distribution image of {}",
+                args.skip,
+                all.len()
+            );
+        }
+        let images = Images {
+            pixels: &all.pixels[args.skip * all.values()..end * all.values()],
+            ..all
+        };
+        let ood = runner.simulate(&images, mode, args.sampling.seed, &args.halting)?;
+        let metrics = out_of_distribution(&predictions, &ood.predictions);
+        let mi = |p: &ImagePrediction| f64::from(p.mutual_information);
+        let test_mi: Vec<f64> = predictions.iter().map(mi).collect();
+        let ood_mi: Vec<f64> = ood.predictions.iter().map(mi).collect();
+        pngs.push((
+            OOD_PNG,
+            plots::uncertainty_histogram(
+                &format!(
+                    "Mutual information: test set vs out of distribution ({})",
+                    describe_mode(mode)
+                ),
+                "mutual information (nats; epistemic uncertainty)",
+                (&test_mi, &ood_mi),
+                plots::IN_OUT,
+                0.0,
+            )?,
+        ));
+        report.ood = Some(OodReport {
+            images: path.display().to_string(),
+            metrics,
+            plot: OOD_PNG,
+        });
+    }
     for (name, bytes) in &pngs {
         write_new(&args.report.join(name), bytes, args.force)?;
     }

@@ -16,9 +16,7 @@ fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
 #[test]
 #[ignore = "long: real training run; use --release --ignored --nocapture"]
 fn timed_mnist_run() {
-    let (Some(train), Some(test)) = (mnist_train(), mnist_test()) else {
-        return;
-    };
+    let (train, test) = (mnist_train(), mnist_test());
     let arch: Arch = env::<String>("TB_ARCH")
         .map(|s| s.parse().expect("TB_ARCH"))
         .unwrap_or(Arch::Lenet300);
@@ -91,9 +89,7 @@ fn timed_mnist_run() {
 #[ignore = "timing; use --release --ignored --nocapture"]
 fn step_phase_breakdown() {
     use super::tensor::fill_normal;
-    let Some(train) = mnist_train() else {
-        return;
-    };
+    let train = mnist_train();
     for arch in [Arch::Lenet300, Arch::Lenet5] {
         let config = TrainConfig {
             train_limit: Some(2000),
@@ -162,9 +158,8 @@ fn kl_kernel_throughput() {
 #[test]
 #[ignore = "needs a checkpoint; use --release --ignored --nocapture"]
 fn evaluate_checkpoint() {
-    let (Some(dir), Some(test)) = (env::<String>("TB_CKPT"), mnist_test()) else {
-        return;
-    };
+    let dir: String = env("TB_CKPT").expect("set TB_CKPT to a checkpoint directory");
+    let test = mnist_test();
     let mut net = Trainer::load_network(std::path::Path::new(&dir)).unwrap();
     let x = test.to_f32();
     let y = test.labels_usize();
@@ -188,9 +183,8 @@ fn evaluate_checkpoint() {
 #[test]
 #[ignore = "needs a checkpoint; use --release --ignored --nocapture"]
 fn evaluate_resnet_checkpoint() {
-    let (Some(dir), Some(test)) = (env::<String>("TB_CKPT"), mnist_test()) else {
-        return;
-    };
+    let dir: String = env("TB_CKPT").expect("set TB_CKPT to a checkpoint directory");
+    let test = mnist_test();
     let mut net = Trainer::load_resnet(std::path::Path::new(&dir)).unwrap();
     let x = test.to_f32();
     let y = test.labels_usize();

@@ -617,33 +617,38 @@ pub(crate) mod tests {
     use rand::Rng;
     use std::path::PathBuf;
 
-    fn mnist_dir() -> Option<PathBuf> {
-        [
+    /// The shared MNIST directory (beside the checkout, as in CI, else the workplace's copy);
+    /// the tests that need it fail, rather than pass silently, when it is absent.
+    pub(crate) fn mnist_dir() -> PathBuf {
+        let candidates = [
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/mnist"),
             PathBuf::from("/work/shared/data/mnist"),
-        ]
-        .into_iter()
-        .find(|d| d.join("train-images-idx3-ubyte.gz").exists())
+        ];
+        candidates
+            .iter()
+            .find(|d| d.join("train-images-idx3-ubyte.gz").exists())
+            .cloned()
+            .unwrap_or_else(|| {
+                panic!("MNIST not found in any of {candidates:?}: the tests need it")
+            })
     }
 
-    fn mnist(prefix: &str) -> Option<Dataset> {
-        let dir = mnist_dir()?;
-        Some(
-            crate::idx::load_dataset(
-                &dir.join(format!("{prefix}-images-idx3-ubyte.gz")),
-                &dir.join(format!("{prefix}-labels-idx1-ubyte.gz")),
-            )
-            .expect("MNIST loads"),
+    fn mnist(prefix: &str) -> Dataset {
+        let dir = mnist_dir();
+        crate::idx::load_dataset(
+            &dir.join(format!("{prefix}-images-idx3-ubyte.gz")),
+            &dir.join(format!("{prefix}-labels-idx1-ubyte.gz")),
         )
+        .expect("MNIST loads")
     }
 
-    /// The MNIST training subset, or `None` when the shared data directory is absent.
-    pub(crate) fn mnist_train() -> Option<Dataset> {
+    /// The MNIST training set (panics if the shared data directory is absent).
+    pub(crate) fn mnist_train() -> Dataset {
         mnist("train")
     }
 
-    /// The MNIST test set, or `None` when the shared data directory is absent.
-    pub(crate) fn mnist_test() -> Option<Dataset> {
+    /// The MNIST test set (panics if the shared data directory is absent).
+    pub(crate) fn mnist_test() -> Dataset {
         mnist("t10k")
     }
 
@@ -692,10 +697,7 @@ pub(crate) mod tests {
 
     #[test]
     fn tiny_mnist_run_learns_and_sparsifies() {
-        let Some(data) = mnist_train() else {
-            eprintln!("MNIST not found: skipped");
-            return;
-        };
+        let data = mnist_train();
         // 500 training images; KL weight 0 in epochs 0-1, 0.5 in epoch 2, 1 from epoch 3.
         let config = TrainConfig {
             epochs: 5,
@@ -741,10 +743,7 @@ pub(crate) mod tests {
 
     #[test]
     fn tiny_mnist_resnet_run_learns_every_exit_and_sparsifies() {
-        let Some(data) = mnist_train() else {
-            eprintln!("MNIST not found: skipped");
-            return;
-        };
+        let data = mnist_train();
         // 600 training images in batches of 20, 8 channels, 3 blocks; KL weight 0 in epochs
         // 0-2, then rising to 0.1 (a full-weight KL swamps 600 examples).
         let config = TrainConfig {
