@@ -288,20 +288,79 @@ fn by_input_storage_matches_row_major_storage() {
     }
 }
 
+/// A generator that hands out one given `u64` and then zeros: with it, a one-sample run
+/// draws exactly what sample `m` of an M-sample run draws (the engine seeds sample `m`'s
+/// stream with the `m`-th `u64` of the caller's generator).
+#[derive(Clone)]
+struct OneSeed(Option<u64>);
+
+impl RngCore for OneSeed {
+    fn next_u32(&mut self) -> u32 {
+        self.next_u64() as u32
+    }
+    fn next_u64(&mut self) -> u64 {
+        self.0.take().unwrap_or(0)
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        for b in dest {
+            *b = self.next_u64() as u8;
+        }
+    }
+}
+
 #[test]
-fn uncertainty_decomposition_holds() {
+fn uncertainty_decomposition_matches_the_samples_it_averages() {
+    // Each sample's softmax, from a one-sample run on that sample's seed; then, in f64, the
+    // predictive p̄ = mean p_m, its entropy, the expected entropy mean H(p_m), and the mutual
+    // information in its other form (1/M) Σ_m KL(p_m || p̄), which never subtracts entropies.
     for seed in 0..20 {
         let buffer = mixed_spec(seed).to_buffer().unwrap();
         let model = buffer.model().unwrap();
-        let p: Prediction<4> = run::<8, 4>(&model, &input(12, seed), samples(40), seed);
-        let sum: f32 = p.probabilities.iter().sum();
-        assert!((sum - 1.0).abs() < 1e-5);
-        assert!(p.mutual_information >= 0.0);
-        assert!(p.predictive_entropy <= 4f32.ln() + 1e-5);
-        assert!(p.expected_entropy <= p.predictive_entropy + 1e-5);
-        let gap = p.predictive_entropy - p.expected_entropy - p.mutual_information;
-        assert!(gap.abs() < 1e-5, "H = E[H] + MI violated by {gap}");
-        assert_eq!(p.samples, 40);
+        let x = input(12, seed);
+        const M: usize = 40;
+        let p: Prediction<4> = run::<8, 4>(&model, &x, samples(M as u16), seed);
+        let mut seeds = Xoshiro128PlusPlus::seed_from_u64(seed);
+        let mut ws = vec![0.0f32; tinybayes::Plan::new(&model, 1).workspace_len()];
+        let mut engine = Engine::<1>::new(&model, &mut ws).unwrap();
+        let per_sample: Vec<Vec<f64>> = (0..M)
+            .map(|_| {
+                let mut one = OneSeed(Some(seeds.next_u64()));
+                let q: Prediction<4> = engine.predict(&x, samples(1), &mut one).unwrap();
+                q.probabilities.iter().map(|&v| v as f64).collect()
+            })
+            .collect();
+        let mean: Vec<f64> = (0..4)
+            .map(|k| per_sample.iter().map(|q| q[k]).sum::<f64>() / M as f64)
+            .collect();
+        let expected_h = per_sample.iter().map(|q| entropy_f64(q)).sum::<f64>() / M as f64;
+        let kl_mi = per_sample
+            .iter()
+            .map(|q| {
+                q.iter()
+                    .zip(&mean)
+                    .filter(|(&a, _)| a > 0.0)
+                    .map(|(&a, &b)| a * (a / b).ln())
+                    .sum::<f64>()
+            })
+            .sum::<f64>()
+            / M as f64;
+        for (a, b) in p.probabilities.iter().zip(&mean) {
+            assert!((*a as f64 - b).abs() < 1e-5, "seed {seed}: p̄ {a} vs {b}");
+        }
+        let close = |a: f32, b: f64, what: &str| {
+            assert!(
+                (a as f64 - b).abs() < 2e-5,
+                "seed {seed}: {what} {a} vs {b}"
+            );
+        };
+        close(
+            p.predictive_entropy,
+            entropy_f64(&mean),
+            "predictive entropy",
+        );
+        close(p.expected_entropy, expected_h, "expected entropy");
+        close(p.mutual_information, kl_mi, "mutual information");
+        assert_eq!(p.samples, M);
     }
 }
 
