@@ -62,6 +62,11 @@ fn main() {
         "cargo::rustc-check-cfg=cfg(tb_board, values(\"nrf52840dk\", \"microbit\", \"mps2-an385\", \"mps2-an386\"))"
     );
     println!("cargo::rustc-cfg=tb_board=\"{board}\"");
+    // The full-test-set parity run checks the f32 model on hard-float cores, q8 elsewhere.
+    println!("cargo::rustc-check-cfg=cfg(tb_parity_f32)");
+    if target.ends_with("eabihf") {
+        println!("cargo::rustc-cfg=tb_parity_f32");
+    }
     // The micro:bit has 16 KB of RAM: fewer samples share a pass there.
     let fixed_chunk = if board == "microbit" { 4 } else { 8 };
 

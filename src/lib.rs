@@ -37,6 +37,7 @@ extern crate alloc;
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
+pub mod digest;
 pub mod early_exit;
 mod engine;
 pub mod error;

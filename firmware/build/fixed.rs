@@ -12,14 +12,17 @@ use std::path::{Path, PathBuf};
 
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro128PlusPlus;
+use tinybayes::digest::OutputsDigest;
 use tinybayes::fixed::{QEngine, QModel, QPrediction};
-use tinybayes::format::CRC32;
 use tinybayes::writer::ModelBuffer;
-use tinybayes::Mode;
+use tinybayes::Engine;
+use tinybayes::{Mode, Prediction};
 
 /// The fixed-point models, relative to the firmware crate.
 const Q8_MODEL: &str = "../models/lenet300-q8.tbm";
 const Q16_MODEL: &str = "../models/lenet300-q16.tbm";
+/// The f32 model of the full-test-set parity run on hard-float targets.
+const F32_MODEL: &str = "../models/lenet300.tbm";
 /// Monte Carlo samples of the parity runs and the demo.
 const SAMPLES: u16 = 32;
 /// Image `i` uses the generator seeded with `SEED_BASE + i` (as the f32 parity test).
@@ -38,13 +41,14 @@ fn modes() -> [Mode; 2] {
     ]
 }
 
-/// CRC-32 of one image's outputs in both modes (mean weights, then Monte Carlo).
+/// The outputs digest (`tinybayes::digest`) of one image in both modes (mean weights, then
+/// Monte Carlo).
 fn image_digest(engine: &mut QEngine<'_, '_, 32>, pixels: &[u8], seed: u64) -> u32 {
-    let mut digest = CRC32.digest();
+    let mut digest = OutputsDigest::new();
     for mode in modes() {
         let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed);
         let p: QPrediction<10> = engine.predict_u8(pixels, mode, &mut rng).expect("predict");
-        p.digest_into(&mut digest);
+        digest.add(&p);
     }
     digest.finalize()
 }
@@ -157,27 +161,47 @@ fn write_full_parity(src: &mut String, manifest: &Path, out: &Path) {
         .unwrap();
         writeln!(src, "/// Images in the parity file.").unwrap();
         writeln!(src, "pub const PARITY_IMAGE_COUNT: usize = 0;").unwrap();
-        writeln!(src, "/// Expected digest (unavailable).").unwrap();
-        writeln!(src, "pub const PARITY_EXPECTED_CRC32: u32 = 0;").unwrap();
+        writeln!(src, "/// The model the parity binary would run (no data).").unwrap();
+        writeln!(src, "pub const PARITY_MODEL_NAME: &str = \"\";").unwrap();
+        writeln!(src, "/// Expected digests (unavailable).").unwrap();
+        writeln!(src, "pub const PARITY_EXPECTED_CRC32: [u32; 2] = [0; 2];").unwrap();
         return;
     };
     println!("cargo::rerun-if-changed={}", gz.display());
     fs::write(&raw, &pixels).expect("write raw parity images");
+    // The f32 LeNet-300-100 on hard-float targets (the Cortex-M4F), the q8 one elsewhere.
+    let f32_target = env::var("TARGET").is_ok_and(|t| t.ends_with("eabihf"));
+    let file = if f32_target { F32_MODEL } else { Q8_MODEL };
     let path = manifest
-        .join(Q8_MODEL)
+        .join(file)
         .canonicalize()
-        .expect("q8 model exists");
+        .expect("parity model exists");
     let buffer = ModelBuffer::from_bytes(&fs::read(&path).expect("read model"));
-    let model = QModel::from_bytes(buffer.as_bytes()).expect("valid");
-    let mut ws = vec![0u64; model.workspace_len(32)];
-    let mut engine = QEngine::<32>::new(&model, &mut ws).expect("workspace");
-    let mut digest = CRC32.digest();
     let count = pixels.len() / 784;
-    for (i, image) in pixels.chunks_exact(784).enumerate() {
-        let d = image_digest(&mut engine, image, SEED_BASE + i as u64);
-        digest.update(&d.to_le_bytes());
+    let mut expected = Vec::new();
+    for mode in modes() {
+        let mut digest = OutputsDigest::new();
+        if f32_target {
+            let model = buffer.model().expect("valid f32 model");
+            let mut ws = vec![0.0f32; tinybayes::Plan::new(&model, 32).workspace_len()];
+            let mut engine = Engine::<32>::new(&model, &mut ws).expect("workspace");
+            for (i, image) in pixels.chunks_exact(784).enumerate() {
+                let mut rng = Xoshiro128PlusPlus::seed_from_u64(SEED_BASE + i as u64);
+                let p: Prediction<10> = engine.predict_u8(image, mode, &mut rng).expect("predict");
+                digest.add(&p);
+            }
+        } else {
+            let model = QModel::from_bytes(buffer.as_bytes()).expect("valid");
+            let mut ws = vec![0u64; model.workspace_len(32)];
+            let mut engine = QEngine::<32>::new(&model, &mut ws).expect("workspace");
+            for (i, image) in pixels.chunks_exact(784).enumerate() {
+                let mut rng = Xoshiro128PlusPlus::seed_from_u64(SEED_BASE + i as u64);
+                let p: QPrediction<10> = engine.predict_u8(image, mode, &mut rng).expect("predict");
+                digest.add(&p);
+            }
+        }
+        expected.push(digest.finalize());
     }
-    let total = digest.finalize();
     writeln!(
         src,
         "/// The raw MNIST test images (784 bytes each), read over semihosting."
@@ -191,10 +215,17 @@ fn write_full_parity(src: &mut String, manifest: &Path, out: &Path) {
     .unwrap();
     writeln!(src, "/// Images in the parity file.").unwrap();
     writeln!(src, "pub const PARITY_IMAGE_COUNT: usize = {count};").unwrap();
+    writeln!(src, "/// The model the parity binary runs on this target.").unwrap();
+    writeln!(src, "pub const PARITY_MODEL_NAME: &str = {file:?};").unwrap();
     writeln!(
         src,
-        "/// Host-computed CRC-32 over the per-image digests (q8 model, mean weights and Monte Carlo) of every image."
+        "/// Host-computed outputs digests (`tinybayes::digest`) over every image, image i seeded with `FIXED_SEED_BASE + i`: mean weights, then Monte Carlo with `FIXED_SAMPLES` samples."
     )
     .unwrap();
-    writeln!(src, "pub const PARITY_EXPECTED_CRC32: u32 = {total:#010x};").unwrap();
+    writeln!(
+        src,
+        "pub const PARITY_EXPECTED_CRC32: [u32; 2] = [{:#010x}, {:#010x}];",
+        expected[0], expected[1]
+    )
+    .unwrap();
 }

@@ -13,8 +13,8 @@ use core::num::NonZeroU16;
 
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro128PlusPlus;
+use tinybayes::digest::OutputsDigest;
 use tinybayes::fixed::{QEngine, QModel, QPrediction};
-use tinybayes::format::CRC32;
 use tinybayes::Mode;
 use tinybayes_firmware::assets;
 use tinybayes_firmware::generated::{
@@ -35,11 +35,11 @@ fn modes() -> [Mode; 2] {
 fn digest<const CHUNK: usize>(model: &QModel<'_>, workspace: &mut [u64], i: usize) -> u32 {
     let mut engine = QEngine::<CHUNK>::new(model, workspace).unwrap();
     let (pixels, _) = assets::image(i);
-    let mut d = CRC32.digest();
+    let mut d = OutputsDigest::new();
     for mode in modes() {
         let mut rng = Xoshiro128PlusPlus::seed_from_u64(FIXED_SEED_BASE + i as u64);
         let p: QPrediction<10> = engine.predict_u8(pixels, mode, &mut rng).unwrap();
-        p.digest_into(&mut d);
+        d.add(&p);
     }
     d.finalize()
 }

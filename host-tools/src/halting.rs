@@ -1,16 +1,13 @@
 //! Early-exit options of `eval` and `predict`, and the simulation of early-exit models: every
 //! image through `Engine::predict_u8_early_exit`, the device's code, with its depth and MACs.
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use rand_core::SeedableRng;
-use rand_xoshiro::Xoshiro128PlusPlus;
-use rayon::prelude::*;
 use serde::Serialize;
 use tinybayes::early_exit::{ExitPrediction, ExitSummary, Halting, Uncertainty};
 use tinybayes::{Engine, Mode, Model};
 
-use crate::simulate::{ImagePrediction, Images};
+use crate::simulate::{for_each_image, outputs_crc32, ImagePrediction, Images};
 
 /// Samples per pass when simulating early exit on the host: up to this many samples advance
 /// together exit by exit; with more, a policy that reads the exits regenerates the chunks'
@@ -145,42 +142,28 @@ pub struct ExitResult {
     pub macs: usize,
 }
 
-/// Runs every image through the early-exit engine with `halting`, in parallel; image `i`
-/// uses the generator `seed + i`, as everywhere else.
+/// Runs every image through the early-exit engine with `halting` ([`for_each_image`]: in
+/// parallel, image `i` with the generator `seed + i`). Returns the results and the digest of
+/// the answering exits' outputs.
 pub fn simulate_early_exit(
     model: &Model<'_>,
     images: &Images<'_>,
     mode: Mode,
     seed: u64,
     spec: &HaltingSpec,
-) -> Result<Vec<ExitResult>> {
-    crate::simulate::check_images(model, images)?;
-    let values = images.values();
-    let workspace_len = tinybayes::Plan::new(model, EARLY_EXIT_CHUNK).workspace_len();
-    let halting = spec.halting();
-    let run = |workspace: &mut Vec<f32>, index: usize, pixels: &[u8]| -> Result<ExitResult> {
-        let mut engine = Engine::<EARLY_EXIT_CHUNK>::new(model, workspace)
-            .map_err(|e| anyhow!("image {index}: {e}"))?;
-        let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed.wrapping_add(index as u64));
-        let p: ExitPrediction<16> = engine
-            .predict_u8_early_exit(pixels, mode, halting, &mut rng)
-            .map_err(|e| anyhow!("image {index}: {e}"))?;
-        Ok(ExitResult {
+) -> Result<(Vec<ExitResult>, u32)> {
+    let outputs = run_early_exit(model, images, mode, seed, spec)?;
+    let crc = outputs_crc32(outputs.iter().map(|p| &p.prediction));
+    let results = outputs
+        .into_iter()
+        .map(|p| ExitResult {
             prediction: ImagePrediction::from(p.prediction),
             exit: p.exit,
             depth: p.depth,
             macs: p.macs,
         })
-    };
-    if model.num_classes() > 16 {
-        bail!("early-exit simulation supports up to 16 classes");
-    }
-    images
-        .pixels
-        .par_chunks_exact(values)
-        .enumerate()
-        .map_init(|| vec![0.0f32; workspace_len], |ws, (i, px)| run(ws, i, px))
-        .collect()
+        .collect();
+    Ok((results, crc))
 }
 
 /// Every exit's summary for every image, running every block (for replaying policies).
@@ -191,32 +174,39 @@ pub fn all_exit_summaries(
     seed: u64,
     spec: &HaltingSpec,
 ) -> Result<Vec<Vec<ExitSummary>>> {
+    let outputs = run_early_exit(model, images, mode, seed, spec)?;
+    Ok(outputs.into_iter().map(|p| p.exits.to_vec()).collect())
+}
+
+fn run_early_exit(
+    model: &Model<'_>,
+    images: &Images<'_>,
+    mode: Mode,
+    seed: u64,
+    spec: &HaltingSpec,
+) -> Result<Vec<ExitPrediction<16>>> {
     crate::simulate::check_images(model, images)?;
-    let values = images.values();
+    if model.num_classes() > 16 {
+        bail!("early-exit simulation supports up to 16 classes");
+    }
     let workspace_len = tinybayes::Plan::new(model, EARLY_EXIT_CHUNK).workspace_len();
     let halting = spec.halting();
-    images
-        .pixels
-        .par_chunks_exact(values)
-        .enumerate()
-        .map_init(
-            || vec![0.0f32; workspace_len],
-            |ws, (index, pixels)| -> Result<Vec<ExitSummary>> {
-                let mut engine = Engine::<EARLY_EXIT_CHUNK>::new(model, ws)
-                    .map_err(|e| anyhow!("image {index}: {e}"))?;
-                let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed.wrapping_add(index as u64));
-                let p: ExitPrediction<16> = engine
-                    .predict_u8_early_exit(pixels, mode, halting, &mut rng)
-                    .map_err(|e| anyhow!("image {index}: {e}"))?;
-                Ok(p.exits.to_vec())
-            },
-        )
-        .collect()
+    Ok(for_each_image(
+        images,
+        seed,
+        || vec![0.0f32; workspace_len],
+        |workspace, pixels, rng| {
+            Engine::<EARLY_EXIT_CHUNK>::new(model, workspace)?
+                .predict_u8_early_exit(pixels, mode, halting, rng)
+        },
+    )?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand_core::SeedableRng;
+    use rand_xoshiro::Xoshiro128PlusPlus;
     use tinybayes::writer::synthetic;
 
     #[test]
@@ -267,7 +257,7 @@ mod tests {
         let mode = Mode::MonteCarlo {
             samples: core::num::NonZeroU16::new(8).unwrap(),
         };
-        let got = simulate_early_exit(&model, &images, mode, 3, &halting).unwrap();
+        let (got, _) = simulate_early_exit(&model, &images, mode, 3, &halting).unwrap();
         assert_eq!(got.len(), 10);
         let mut ws = vec![0.0f32; tinybayes::Plan::new(&model, 8).workspace_len()];
         for (i, g) in got.iter().enumerate() {

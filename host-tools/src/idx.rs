@@ -156,6 +156,14 @@ pub fn read_idx_file(path: &Path) -> Result<IdxArray, IdxError> {
 }
 
 /// Reads an image file: rank 3, `[n, rows, cols]`.
+/// Reads an IDX image file with errors that name the file once.
+pub fn load_images(path: &Path) -> anyhow::Result<IdxArray> {
+    read_images(path).map_err(|e| match e {
+        IdxError::Io { .. } => anyhow::anyhow!(e),
+        other => anyhow::anyhow!(other).context(format!("images {}", path.display())),
+    })
+}
+
 pub fn read_images(path: &Path) -> Result<IdxArray, IdxError> {
     let arr = read_idx_file(path)?;
     check_rank(&arr, 3)?;

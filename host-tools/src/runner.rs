@@ -13,8 +13,8 @@ use tinybayes::model::Operation;
 use tinybayes::writer::{LayerOp, LayerSpec, ModelBuffer, ModelSpec, StorageChoice};
 use tinybayes::{Mode, Model, ModelError, Weights};
 
-use crate::commands::predict::load_images;
 use crate::halting::{simulate_early_exit, HaltingArgs, HaltingSpec};
+use crate::idx::load_images;
 use crate::metrics::LayerSparsity;
 use crate::report::ModelReport;
 use crate::simulate::{simulate, simulate_fixed, ImagePrediction, Images};
@@ -62,8 +62,9 @@ pub enum Runner {
 pub struct Simulation {
     /// One prediction per image.
     pub predictions: Vec<ImagePrediction>,
-    /// For fixed-point models, the CRC-32 of every output bit (device parity check).
-    pub outputs_crc32: Option<u32>,
+    /// The CRC-32 of every output bit in image order (`tinybayes::digest`; the device
+    /// parity check).
+    pub outputs_crc32: u32,
     /// For early-exit models, where each image stopped.
     pub early_exit: Option<EarlyExitRun>,
 }
@@ -323,7 +324,7 @@ impl Runner {
         match (self.float(), self.fixed()) {
             (Some(m), _) if exits > 0 => {
                 let spec = halting.resolve(exits)?;
-                let results = simulate_early_exit(&m, images, mode, seed, &spec)?;
+                let (results, outputs_crc32) = simulate_early_exit(&m, images, mode, seed, &spec)?;
                 let full_macs = macs_through_exits(&m).last().copied().unwrap_or(0);
                 let run = EarlyExitRun {
                     spec,
@@ -335,20 +336,23 @@ impl Runner {
                 };
                 Ok(Simulation {
                     predictions: results.into_iter().map(|r| r.prediction).collect(),
-                    outputs_crc32: None,
+                    outputs_crc32,
                     early_exit: Some(run),
                 })
             }
-            (Some(m), _) => Ok(Simulation {
-                predictions: simulate(&m, images, mode, seed)?,
-                outputs_crc32: None,
-                early_exit: None,
-            }),
+            (Some(m), _) => {
+                let s = simulate(&m, images, mode, seed)?;
+                Ok(Simulation {
+                    predictions: s.predictions,
+                    outputs_crc32: s.outputs_crc32,
+                    early_exit: None,
+                })
+            }
             (_, Some(m)) => {
                 let s = simulate_fixed(&m, images, mode, seed)?;
                 Ok(Simulation {
                     predictions: s.predictions,
-                    outputs_crc32: Some(s.outputs_crc32),
+                    outputs_crc32: s.outputs_crc32,
                     early_exit: None,
                 })
             }

@@ -11,8 +11,8 @@ use std::num::NonZeroU16;
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro128PlusPlus;
 use rayon::prelude::*;
+use tinybayes::digest::{DigestOutputs, OutputsDigest};
 use tinybayes::fixed::{QEngine, QModel, QPrediction};
-use tinybayes::format::CRC32;
 use tinybayes::{Engine, InferenceError, Mode, Model, Prediction};
 
 use crate::idx::IdxArray;
@@ -206,15 +206,65 @@ pub fn check_image_set(inputs: usize, images: &Images<'_>) -> Result<(), Simulat
     Ok(())
 }
 
-/// Runs the model on every image, in parallel over images (rayon), and returns one prediction
-/// per image, in order. Image `i` uses the generator `seed_from_u64(seed.wrapping_add(i))`;
-/// each worker has its own workspace of `tinybayes::Plan::new(&model, CHUNK).workspace_len()` words.
+/// The one parallel driver of every simulation: runs `predict(workspace, pixels, rng)` on
+/// every image, in parallel over images (rayon), and returns the results in image order.
+/// Image `i` gets the generator `seed_from_u64(seed.wrapping_add(i))`; each worker has its own
+/// workspace from `workspace()`. The engine's results do not depend on the thread count.
+pub fn for_each_image<W, T>(
+    images: &Images<'_>,
+    seed: u64,
+    workspace: impl Fn() -> W + Sync + Send,
+    predict: impl Fn(&mut W, &[u8], &mut Xoshiro128PlusPlus) -> Result<T, InferenceError> + Sync + Send,
+) -> Result<Vec<T>, SimulateError>
+where
+    W: Send,
+    T: Send,
+{
+    let values = images.values();
+    if values == 0 {
+        return Err(SimulateError::Empty);
+    }
+    images
+        .pixels
+        .par_chunks_exact(values)
+        .enumerate()
+        .map_init(workspace, |workspace, (index, pixels)| {
+            let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed.wrapping_add(index as u64));
+            predict(workspace, pixels, &mut rng)
+                .map_err(|source| SimulateError::Inference { index, source })
+        })
+        .collect()
+}
+
+/// The [`OutputsDigest`] of predictions in order: what `eval` and `predict` print as the
+/// outputs CRC-32 and the firmware's parity binary computes on the device.
+pub fn outputs_crc32<'a, P: DigestOutputs + 'a>(
+    predictions: impl IntoIterator<Item = &'a P>,
+) -> u32 {
+    let mut digest = OutputsDigest::new();
+    for p in predictions {
+        digest.add(p);
+    }
+    digest.finalize()
+}
+
+/// A simulation's predictions and the digest of their outputs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Simulated {
+    /// One prediction per image, in image order (fixed point converted to f32).
+    pub predictions: Vec<ImagePrediction>,
+    /// CRC-32 of every output bit in image order ([`outputs_crc32`]).
+    pub outputs_crc32: u32,
+}
+
+/// Runs the f32 model on every image as the device would ([`for_each_image`]); each worker
+/// has a workspace of `tinybayes::Plan::new(&model, CHUNK).workspace_len()` words.
 pub fn simulate(
     model: &Model<'_>,
     images: &Images<'_>,
     mode: Mode,
     seed: u64,
-) -> Result<Vec<ImagePrediction>, SimulateError> {
+) -> Result<Simulated, SimulateError> {
     check_images(model, images)?;
     // The result capacity K is a compile-time constant in the core; pick the smallest that fits
     // (the class count is at most 1024, checked when the model was read).
@@ -230,24 +280,20 @@ fn run<const K: usize>(
     images: &Images<'_>,
     mode: Mode,
     seed: u64,
-) -> Result<Vec<ImagePrediction>, SimulateError> {
-    let values = images.values();
+) -> Result<Simulated, SimulateError> {
     let workspace_len = tinybayes::Plan::new(model, CHUNK).workspace_len();
-    images
-        .pixels
-        .par_chunks_exact(values)
-        .enumerate()
-        .map_init(
-            || vec![0.0f32; workspace_len],
-            |workspace, (index, pixels)| {
-                let fail = |source| SimulateError::Inference { index, source };
-                let mut engine = Engine::<CHUNK>::new(model, workspace).map_err(fail)?;
-                let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed.wrapping_add(index as u64));
-                let p: Prediction<K> = engine.predict_u8(pixels, mode, &mut rng).map_err(fail)?;
-                Ok(ImagePrediction::from(p))
-            },
-        )
-        .collect()
+    let outputs: Vec<Prediction<K>> = for_each_image(
+        images,
+        seed,
+        || vec![0.0f32; workspace_len],
+        |workspace, pixels, rng| {
+            Engine::<CHUNK>::new(model, workspace)?.predict_u8(pixels, mode, rng)
+        },
+    )?;
+    Ok(Simulated {
+        outputs_crc32: outputs_crc32(&outputs),
+        predictions: outputs.into_iter().map(ImagePrediction::from).collect(),
+    })
 }
 
 impl<const K: usize> From<&QPrediction<K>> for ImagePrediction {
@@ -262,17 +308,6 @@ impl<const K: usize> From<&QPrediction<K>> for ImagePrediction {
     }
 }
 
-/// The result of a fixed-point simulation: the predictions, and the CRC-32 of every output
-/// bit in image order (`QPrediction::digest_into`), which the firmware computes the same way
-/// so that host and device outputs can be compared in one number.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FixedSimulation {
-    /// One prediction per image, converted to f32 for the metrics.
-    pub predictions: Vec<ImagePrediction>,
-    /// CRC-32 of all outputs, in image order.
-    pub outputs_crc32: u32,
-}
-
 /// [`simulate`] for a fixed-point model: the integer engine over every image, with the same
 /// per-image seeds.
 pub fn simulate_fixed(
@@ -280,7 +315,7 @@ pub fn simulate_fixed(
     images: &Images<'_>,
     mode: Mode,
     seed: u64,
-) -> Result<FixedSimulation, SimulateError> {
+) -> Result<Simulated, SimulateError> {
     check_image_set(model.input_len(), images)?;
     match model.num_classes() {
         0..=16 => run_fixed::<16>(model, images, mode, seed),
@@ -294,30 +329,19 @@ fn run_fixed<const K: usize>(
     images: &Images<'_>,
     mode: Mode,
     seed: u64,
-) -> Result<FixedSimulation, SimulateError> {
-    let values = images.values();
+) -> Result<Simulated, SimulateError> {
     let workspace_len = model.workspace_len(CHUNK);
-    let outputs: Vec<QPrediction<K>> = images
-        .pixels
-        .par_chunks_exact(values)
-        .enumerate()
-        .map_init(
-            || vec![0u64; workspace_len],
-            |workspace, (index, pixels)| {
-                let fail = |source| SimulateError::Inference { index, source };
-                let mut engine = QEngine::<CHUNK>::new(model, workspace).map_err(fail)?;
-                let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed.wrapping_add(index as u64));
-                engine.predict_u8(pixels, mode, &mut rng).map_err(fail)
-            },
-        )
-        .collect::<Result<_, _>>()?;
-    let mut digest = CRC32.digest();
-    for p in &outputs {
-        p.digest_into(&mut digest);
-    }
-    Ok(FixedSimulation {
+    let outputs: Vec<QPrediction<K>> = for_each_image(
+        images,
+        seed,
+        || vec![0u64; workspace_len],
+        |workspace, pixels, rng| {
+            QEngine::<CHUNK>::new(model, workspace)?.predict_u8(pixels, mode, rng)
+        },
+    )?;
+    Ok(Simulated {
+        outputs_crc32: outputs_crc32(&outputs),
         predictions: outputs.iter().map(ImagePrediction::from).collect(),
-        outputs_crc32: digest.finalize(),
     })
 }
 
@@ -345,7 +369,7 @@ mod tests {
             pixels: &px,
         };
         let mode = mode_from_samples(5).unwrap();
-        let got = simulate(&model, &images, mode, 99).unwrap();
+        let got = simulate(&model, &images, mode, 99).unwrap().predictions;
         assert_eq!(got.len(), 20);
         // Independent sequential run with CHUNK = 1 (results must not depend on CHUNK).
         let mut ws = vec![0.0f32; tinybayes::Plan::new(&model, 1).workspace_len()];
@@ -360,10 +384,14 @@ mod tests {
             assert!((sum - 1.0).abs() < 1e-5);
         }
         // Different seeds give different Monte Carlo answers; the mean mode ignores the seed.
-        let other = simulate(&model, &images, mode, 100).unwrap();
+        let other = simulate(&model, &images, mode, 100).unwrap().predictions;
         assert_ne!(got, other);
-        let m1 = simulate(&model, &images, Mode::MeanWeights, 1).unwrap();
-        let m2 = simulate(&model, &images, Mode::MeanWeights, 2).unwrap();
+        let m1 = simulate(&model, &images, Mode::MeanWeights, 1)
+            .unwrap()
+            .predictions;
+        let m2 = simulate(&model, &images, Mode::MeanWeights, 2)
+            .unwrap()
+            .predictions;
         assert_eq!(m1, m2);
         assert!(m1.iter().all(|p| p.mutual_information == 0.0));
     }
@@ -437,7 +465,9 @@ mod tests {
             cols: 3,
             pixels: &px,
         };
-        let got = simulate(&model, &images, mode_from_samples(2).unwrap(), 0).unwrap();
+        let got = simulate(&model, &images, mode_from_samples(2).unwrap(), 0)
+            .unwrap()
+            .predictions;
         assert!(got.iter().all(|p| p.probabilities.len() == 200));
     }
 

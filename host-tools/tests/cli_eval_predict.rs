@@ -452,3 +452,58 @@ fn bad_inputs_fail_with_one_line_and_write_nothing() {
         "cannot create report directory",
     );
 }
+
+/// The outputs digests BENCHMARKS.md lists for the firmware's full-test-set parity runs
+/// (`cargo parity-m4`, `parity-m3`, `parity-m0`, which check the device against the same
+/// digests computed at build time) are what `eval` prints for the same model, mode and seed:
+/// the CLI and the firmware compute one digest.
+#[test]
+fn documented_parity_digests_are_what_eval_prints() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let doc = fs::read_to_string(root.join("BENCHMARKS.md")).unwrap();
+    let rows: Vec<(String, u32, String)> = doc
+        .lines()
+        .filter(|l| l.starts_with("| `cargo parity-"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let samples = if cells[3] == "mean weights" { 0 } else { 32 };
+            (cells[2].to_string(), samples, cells[4].to_string())
+        })
+        .collect();
+    assert_eq!(rows.len(), 4, "the parity table of BENCHMARKS.md: {rows:?}");
+    let data = [
+        root.join("../shared/data/mnist"),
+        PathBuf::from("/work/shared/data/mnist"),
+    ]
+    .into_iter()
+    .find(|d| d.join("t10k-images-idx3-ubyte.gz").is_file())
+    .expect("MNIST test set (../shared/data/mnist) is needed");
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (model, samples, crc)) in rows.iter().enumerate() {
+        let report = dir.path().join(format!("r{i}"));
+        let out = tinybayes(&[
+            "eval",
+            "--model",
+            p(&root.join("models").join(model)),
+            "--images",
+            p(&data.join("t10k-images-idx3-ubyte.gz")),
+            "--labels",
+            p(&data.join("t10k-labels-idx1-ubyte.gz")),
+            "--samples",
+            &samples.to_string(),
+            "--seed",
+            "31488",
+            "--report",
+            p(&report),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let json: Value =
+            serde_json::from_str(&fs::read_to_string(report.join("report.json")).unwrap()).unwrap();
+        assert_eq!(json["count"], 10_000);
+        assert_eq!(
+            json["outputs_crc32"],
+            crc.as_str(),
+            "{model}, {samples} samples"
+        );
+    }
+}

@@ -65,23 +65,6 @@ impl<const K: usize> QPrediction<K> {
             .copied()
             .unwrap_or_default()
     }
-
-    /// Feeds every output of this prediction to a digest, in a fixed byte order: class (u16),
-    /// each probability, predictive entropy, expected entropy, mutual information (u32, little
-    /// endian). Equal digests over a test set mean bit-identical outputs.
-    pub fn digest_into(&self, digest: &mut crc::Digest<'_, u32>) {
-        digest.update(&(self.class as u16).to_le_bytes());
-        for p in &self.probabilities {
-            digest.update(&p.0.to_le_bytes());
-        }
-        for v in [
-            self.predictive_entropy,
-            self.expected_entropy,
-            self.mutual_information,
-        ] {
-            digest.update(&v.0.to_le_bytes());
-        }
-    }
 }
 
 #[cfg(feature = "defmt")]

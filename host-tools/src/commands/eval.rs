@@ -14,9 +14,10 @@ use clap::Args;
 use serde::Serialize;
 use tinybayes::Mode;
 
-use crate::commands::predict::{check_output_dir, load_images, SamplingArgs};
+use crate::commands::predict::{check_output_dir, SamplingArgs};
 use crate::files::{check_writable, write_new};
 use crate::halting::{all_exit_summaries, geometric_prior, HaltingArgs, HaltingSpec, Policy};
+use crate::idx::load_images;
 use crate::idx::{read_labels, Dataset, IdxError};
 use crate::metrics::{
     evaluate, out_of_distribution, LayerSparsity, Metrics, OutOfDistribution, ECE_BINS,
@@ -122,10 +123,9 @@ pub struct EvalReport {
     pub labels: String,
     /// Number format run: `f32`, `q8` or `q16`.
     pub precision: &'static str,
-    /// Fixed-point runs: CRC-32 of every output bit in image order (the firmware's parity
-    /// digest); absent for f32.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub outputs_crc32: Option<String>,
+    /// CRC-32 of every output bit in image order (`tinybayes::digest`, the firmware's parity
+    /// digest; image `i` seeded with `seed + i`).
+    pub outputs_crc32: String,
     /// `"mean_weights"` or `"monte_carlo"`.
     pub mode: &'static str,
     /// Monte Carlo samples per image (0 for mean weights).
@@ -453,7 +453,7 @@ fn summary(report: &EvalReport, mode: Mode, dir: &Path) -> String {
     let u = &m.uncertainty;
     let mean = |s: Option<crate::metrics::Summary>| fmt_opt(s.map(|s| s.mean));
     format!(
-        "evaluated {} images ({}, {}, seed {}) in {:.2} s{}\n\
+        "evaluated {} images ({}, {}, seed {}) in {:.2} s; outputs CRC-32 {}\n\
          accuracy {:.4} ({} of {})  NLL {:.4}  Brier {:.4}  ECE {:.4}\n\
          mean predictive entropy correct {} / wrong {} (AUROC {}), \
          mutual information correct {} / wrong {} (AUROC {})\n\
@@ -463,11 +463,7 @@ fn summary(report: &EvalReport, mode: Mode, dir: &Path) -> String {
         describe_mode(mode),
         report.seed,
         report.inference_seconds,
-        report
-            .outputs_crc32
-            .as_ref()
-            .map(|c| format!("; outputs CRC-32 {c}"))
-            .unwrap_or_default(),
+        report.outputs_crc32,
         m.accuracy,
         m.correct,
         m.count,
@@ -640,7 +636,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         images: args.images.display().to_string(),
         labels: args.labels.display().to_string(),
         precision: runner.precision().name(),
-        outputs_crc32: sim.outputs_crc32.map(|c| format!("{c:#010x}")),
+        outputs_crc32: format!("{:#010x}", sim.outputs_crc32),
         mode: match mode {
             Mode::MeanWeights => "mean_weights",
             Mode::MonteCarlo { .. } => "monte_carlo",

@@ -20,7 +20,7 @@ use tinybayes::Mode;
 
 use crate::files::{check_writable, write_new};
 use crate::halting::HaltingArgs;
-use crate::idx::{read_images, IdxArray, IdxError};
+use crate::idx::load_images;
 use crate::runner::{load_runner, PrecisionArgs};
 use crate::simulate::{describe_mode, parse_samples, ImagePrediction, Images};
 
@@ -133,14 +133,6 @@ pub fn csv_text(
     Ok(out)
 }
 
-/// Reads an IDX image file with errors that name the file once.
-pub fn load_images(path: &Path) -> Result<IdxArray> {
-    read_images(path).map_err(|e| match e {
-        IdxError::Io { .. } => anyhow!(e),
-        other => anyhow!(other).context(format!("images {}", path.display())),
-    })
-}
-
 /// Fails early, before any work, if `dir` is not a directory we can create files in.
 pub fn check_output_dir(dir: &Path) -> Result<()> {
     let dir = if dir.as_os_str().is_empty() {
@@ -191,10 +183,7 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     };
     let text = csv_text(&sim.predictions, runner.num_classes(), &extra)?;
     write_new(&args.out, text.as_bytes(), args.force)?;
-    let digest = sim
-        .outputs_crc32
-        .map(|c| format!("; outputs CRC-32 {c:#010x}"))
-        .unwrap_or_default();
+    let digest = format!("; outputs CRC-32 {:#010x}", sim.outputs_crc32);
     // A closed stdout (e.g. piped into `head`) is not an error once the file is written.
     let _ = writeln!(
         std::io::stdout(),
