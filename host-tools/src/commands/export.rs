@@ -26,7 +26,7 @@ pub struct ExportArgs {
     /// Write only the posterior means (no Monte Carlo uncertainty; half the flash).
     #[arg(long)]
     pub deterministic: bool,
-    /// Monte Carlo samples per pass for the RAM figure of the report.
+    /// Monte Carlo samples per prediction for the RAM figure of the report (1 to 65535).
     #[arg(long, default_value_t = 32)]
     pub samples: usize,
     /// Early-exit ResNets: strength lambda of the truncated geometric depth prior written into
@@ -52,6 +52,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
             args.threshold
         );
     }
+    crate::report::check_report_samples("--samples", args.samples)?;
     check_writable(&args.out, args.force)?;
     let run = load_run(&args.run)?;
     let options = ExportOptions {

@@ -13,7 +13,7 @@ pub struct InspectArgs {
     /// Model file (.tbm).
     #[arg(long)]
     pub model: PathBuf,
-    /// Monte Carlo samples per prediction the RAM figure is for.
+    /// Monte Carlo samples per prediction the RAM figure is for (1 to 65535).
     #[arg(long, default_value_t = 32)]
     pub samples: usize,
     /// Samples sharing one pass over the weights (the engine's CHUNK) [default: up to 8 for
@@ -27,6 +27,7 @@ pub struct InspectArgs {
 
 /// Runs `inspect`.
 pub fn run(args: &InspectArgs) -> Result<()> {
+    crate::report::check_report_samples("--samples", args.samples)?;
     let runner = read_any_model(&args.model)?;
     let report = runner
         .report(args.samples, args.chunk.map(usize::from))

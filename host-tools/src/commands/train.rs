@@ -24,10 +24,11 @@ pub struct TrainArgs {
     /// ResNet).
     #[arg(long)]
     pub arch: Option<String>,
-    /// resnet-ee: residual blocks, one exit after each (overrides the config file).
+    /// resnet-ee: residual blocks, one exit after each, 1 to 7 (overrides the config file).
     #[arg(long)]
     pub blocks: Option<usize>,
-    /// resnet-ee: channels of the stem and every block (overrides the config file).
+    /// resnet-ee: channels of the stem and every block, 1 to 512, with at most 65535 values
+    /// per feature map and 4194304 weights in all (overrides the config file).
     #[arg(long)]
     pub channels: Option<usize>,
     /// resnet-ee: strength lambda in [0, 1) of the truncated geometric prior over depth,
@@ -44,7 +45,9 @@ pub struct TrainArgs {
     /// Seed (overrides the config file).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// TOML file overriding any training setting (see `TrainConfig`).
+    /// TOML file overriding any training setting (see `TrainConfig`). Limits: batch_size 1 to
+    /// 4096; resnet-ee: blocks 1 to 7, channels 1 to 512, at most 65535 values per feature
+    /// map, 4194304 weights and 134217728 activations per batch.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Directory with the MNIST training files (train-images-idx3-ubyte[.gz],
@@ -170,10 +173,22 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             args.out.display()
         );
     }
+    // Settings are checked before the data is read (a bad size fails at once).
+    let config = if args.resume {
+        None
+    } else {
+        Some(config_from(args)?)
+    };
     let data = load_dataset(&images, &labels)
         .with_context(|| format!("cannot load training data {}", images.display()))?;
 
-    let mut trainer = if args.resume {
+    let mut trainer = if let Some(config) = config {
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("cannot create run directory {}", args.out.display()))?;
+        std::fs::write(args.out.join("config.toml"), toml::to_string(&config)?)
+            .with_context(|| format!("cannot write into {}", args.out.display()))?;
+        Trainer::new(config, &data)?
+    } else {
         let t = Trainer::resume(&args.out, &data)?;
         println!(
             "resuming {} at epoch {} of {}",
@@ -182,13 +197,6 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             t.config().epochs
         );
         t
-    } else {
-        let config = config_from(args)?;
-        std::fs::create_dir_all(&args.out)
-            .with_context(|| format!("cannot create run directory {}", args.out.display()))?;
-        std::fs::write(args.out.join("config.toml"), toml::to_string(&config)?)
-            .with_context(|| format!("cannot write into {}", args.out.display()))?;
-        Trainer::new(config, &data)?
     };
     let config = trainer.config().clone();
     println!(

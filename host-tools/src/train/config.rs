@@ -10,10 +10,23 @@ use super::optim::LrSchedule;
 use super::resnet::{ResNetEe, ResNetSpec};
 use super::tensor::Real;
 
-/// Largest `blocks` accepted (a typo must not allocate a thousand-block network).
-pub const MAX_BLOCKS: usize = 64;
+/// Largest `blocks` accepted: the model format's 32 layers hold the stem and 7 blocks of four
+/// layers (two convolutions, the residual addition, the exit head), so a deeper network could
+/// not be exported.
+pub const MAX_BLOCKS: usize = (tinybayes::format::MAX_LAYERS - 1) / 4;
 /// Largest `channels` accepted.
 pub const MAX_CHANNELS: usize = 512;
+/// Largest `channels x height x width` of a `resnet-ee` feature map after the stem: the model
+/// format's limit on the units of a layer.
+pub const MAX_FEATURE_MAP: usize = tinybayes::format::MAX_UNITS;
+/// Most weights of a `resnet-ee` network (4,194,304): with the variances, gradients and Adam
+/// moments the trainer holds about 8 floats per weight.
+pub const MAX_WEIGHTS: u64 = 1 << 22;
+/// Largest `batch_size` accepted (activations are held per example of a batch).
+pub const MAX_BATCH_SIZE: usize = 4096;
+/// Most activation values of one `resnet-ee` mini-batch, `batch_size x feature map x (3 x
+/// blocks + 1)` (134,217,728, half a gigabyte of f32), checked before anything is allocated.
+pub const MAX_BATCH_ACTIVATIONS: u64 = 1 << 27;
 
 /// Epoch count below which the default KL warm-up (5 -> 20) is compressed proportionally.
 pub const WARMUP_REFERENCE_EPOCHS: usize = 40;
@@ -168,8 +181,11 @@ impl TrainConfig {
         if self.epochs == 0 {
             return Err("epochs must be at least 1".into());
         }
-        if self.batch_size == 0 {
-            return Err("batch_size must be at least 1".into());
+        if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
+            return Err(format!(
+                "batch_size must be in 1..={MAX_BATCH_SIZE}, got {}",
+                self.batch_size
+            ));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(format!("lr must be positive and finite, got {}", self.lr));
@@ -222,6 +238,50 @@ impl TrainConfig {
                 "stem_kernel {}, stem_stride {} and stem_padding {} do not fit {h}x{w} inputs \
                  (need 1 <= kernel <= {side}, stride >= 1, padding < kernel)",
                 self.stem_kernel, self.stem_stride, self.stem_padding
+            ));
+        }
+        if !self.arch.is_sequential() {
+            self.check_resnet_size()?;
+        }
+        Ok(())
+    }
+
+    /// The size limits of a `resnet-ee` network (the geometry is already checked).
+    fn check_resnet_size(&self) -> Result<(), String> {
+        let [cin, h, w] = self.arch.input_shape();
+        let stem = ConvGeom {
+            stride: self.stem_stride,
+            padding: self.stem_padding,
+        };
+        let (fh, fw) = (
+            stem.out_size(h, self.stem_kernel).unwrap_or(0) as u64,
+            stem.out_size(w, self.stem_kernel).unwrap_or(0) as u64,
+        );
+        let c = self.channels as u64;
+        let map = c * fh * fw;
+        if map > MAX_FEATURE_MAP as u64 {
+            return Err(format!(
+                "{} channels on {fh}x{fw} feature maps give {map} values per map, more than the \
+                 model format's {MAX_FEATURE_MAP} (use fewer channels or a larger stem_stride)",
+                self.channels
+            ));
+        }
+        let k = self.stem_kernel as u64;
+        let weights = c * cin as u64 * k * k + self.blocks as u64 * (18 * c * c + 10 * c);
+        if weights > MAX_WEIGHTS {
+            return Err(format!(
+                "{} blocks of {} channels have {weights} weights, more than the limit of \
+                 {MAX_WEIGHTS}",
+                self.blocks, self.channels
+            ));
+        }
+        let activations = self.batch_size as u64 * map * (3 * self.blocks as u64 + 1);
+        if activations > MAX_BATCH_ACTIVATIONS {
+            return Err(format!(
+                "batch_size {} with {map}-value feature maps and {} blocks needs {activations} \
+                 activations per batch, more than the limit of {MAX_BATCH_ACTIVATIONS} (lower \
+                 batch_size or channels)",
+                self.batch_size, self.blocks
             ));
         }
         Ok(())
@@ -318,7 +378,12 @@ mod tests {
             "prior_lambda = -0.5",
             "blocks = 0",
             "blocks = 1000",
+            "blocks = 8",
             "channels = 0",
+            "channels = 512",
+            "channels = 100\nstem_stride = 1\nstem_kernel = 1",
+            "channels = 80\nstem_stride = 1\nstem_kernel = 1\nbatch_size = 200",
+            "batch_size = 5000",
             "stem_stride = 0",
             "stem_kernel = 29",
             "stem_padding = 4",

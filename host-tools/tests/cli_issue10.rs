@@ -1,0 +1,224 @@
+//! The CLI as a new user meets it (issue 10): sizes checked against documented limits before
+//! anything is allocated, one-line messages that say the truth once, no silent clamping.
+//! Tiny synthetic models and IDX files only, so every test runs in well under a second.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn tinybayes(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tinybayes"))
+        .args(args)
+        .output()
+        .expect("run tinybayes")
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Fails unless the command exited with status 1 (an error, not a signal or a panic) and
+/// printed exactly one line on stderr containing every needle.
+fn assert_one_line_error(out: &Output, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "exit status 1 expected: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one line expected: {err:?}"
+    );
+    assert!(err.starts_with("error: "), "{err:?}");
+    for needle in needles {
+        assert!(err.contains(needle), "{needle:?} not in {err:?}");
+    }
+}
+
+fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0, 0, 8, dims.len() as u8];
+    for d in dims {
+        out.extend_from_slice(&d.to_be_bytes());
+    }
+    out.extend_from_slice(data);
+    out
+}
+
+/// A synthetic model of `widths` with the given input shape, written into `dir`.
+fn synth(dir: &Path, widths: &str, shape: &str) -> PathBuf {
+    let model = dir.join(format!("m-{widths}-{shape}.tbm"));
+    let out = tinybayes(&[
+        "synth",
+        "--widths",
+        widths,
+        "--input-shape",
+        shape,
+        "--density",
+        "0.5",
+        "--out",
+        p(&model),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    model
+}
+
+/// `n` IDX images of `rows x cols` (pixels of a fixed pattern) in `dir`.
+fn images(dir: &Path, n: u32, rows: u32, cols: u32) -> PathBuf {
+    let path = dir.join(format!("images-{n}x{rows}x{cols}.idx"));
+    let pixels: Vec<u8> = (0..n * rows * cols).map(|i| (i * 37 % 256) as u8).collect();
+    fs::write(&path, idx(&[n, rows, cols], &pixels)).unwrap();
+    path
+}
+
+// Item 2: sizes are checked against documented limits before allocating.
+
+#[test]
+fn synth_refuses_absurd_widths_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("m.tbm");
+    let out = tinybayes(&[
+        "synth",
+        "--widths",
+        "100000,100000,10",
+        "--out",
+        p(&out_path),
+    ]);
+    assert_one_line_error(&out, &["100000", "1 to 65535 units per layer"]);
+    // Every width within the format, but 7.2e9 weights in all: the budget.
+    let out = tinybayes(&[
+        "synth",
+        "--widths",
+        "60000,60000,60000,10",
+        "--out",
+        p(&out_path),
+    ]);
+    assert_one_line_error(&out, &["16777216"]);
+    let out = tinybayes(&["synth", "--widths", "784,10,2000", "--out", p(&out_path)]);
+    assert_one_line_error(&out, &["class count, 2 to 1024"]);
+    let many = vec!["4"; 40].join(",");
+    let out = tinybayes(&["synth", "--widths", &many, "--out", p(&out_path)]);
+    assert_one_line_error(&out, &["2 to 33 widths"]);
+    assert!(!out_path.exists());
+}
+
+#[test]
+fn synth_refuses_absurd_early_exit_networks() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("m.tbm");
+    let out = tinybayes(&[
+        "synth",
+        "--resnet-ee",
+        "2",
+        "--channels",
+        "100000",
+        "--out",
+        p(&out_path),
+    ]);
+    assert_one_line_error(&out, &["--channels 100000", "65535", "at most 83 channels"]);
+    let out = tinybayes(&["synth", "--resnet-ee", "8", "--out", p(&out_path)]);
+    assert_one_line_error(&out, &["1 to 7 blocks"]);
+    let out = tinybayes(&[
+        "synth",
+        "--resnet-ee",
+        "7",
+        "--side",
+        "1",
+        "--channels",
+        "1000",
+        "--out",
+        p(&out_path),
+    ]);
+    assert_one_line_error(&out, &["16777216"]);
+    assert!(!out_path.exists());
+}
+
+#[test]
+fn synth_help_documents_the_limits() {
+    let out = tinybayes(&["synth", "--help"]);
+    assert!(out.status.success());
+    let help = stdout(&out);
+    for needle in ["65535", "16777216", "1..=7 blocks", "2..=1024"] {
+        assert!(help.contains(needle), "{needle:?} not in {help}");
+    }
+    let out = tinybayes(&["train", "--help"]);
+    let help = stdout(&out);
+    for needle in ["1 to 7", "4194304", "batch_size 1 to 4096"] {
+        assert!(help.contains(needle), "{needle:?} not in {help}");
+    }
+}
+
+#[test]
+fn train_refuses_oversized_networks_before_reading_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.idx");
+    let run = dir.path().join("run");
+    let base = [
+        "train",
+        "--arch",
+        "resnet-ee",
+        "--images",
+        p(&missing),
+        "--labels",
+        p(&missing),
+        "--out",
+        p(&run),
+    ];
+    let with = |extra: &[&str]| {
+        let mut argv = base.to_vec();
+        argv.extend_from_slice(extra);
+        tinybayes(&argv)
+    };
+    assert_one_line_error(&with(&["--channels", "512"]), &["4194304"]);
+    assert_one_line_error(&with(&["--blocks", "8"]), &["blocks must be in 1..=7"]);
+    let config = dir.path().join("big.toml");
+    fs::write(
+        &config,
+        "arch = \"resnet-ee\"\nchannels = 100\nstem_kernel = 1\nstem_stride = 1\n",
+    )
+    .unwrap();
+    let out = with(&["--config", p(&config)]);
+    assert_one_line_error(&out, &["78400 values per map", "65535"]);
+    fs::write(&config, "batch_size = 100000\n").unwrap();
+    let out = with(&["--config", p(&config)]);
+    assert_one_line_error(&out, &["batch_size must be in 1..=4096"]);
+    assert!(!run.exists());
+}
+
+#[test]
+fn absurd_idx_headers_and_sample_counts_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = synth(dir.path(), "16,8,3", "1x4x4");
+    let huge = dir.path().join("huge.idx");
+    fs::write(&huge, idx(&[100_000, 100_000, 100_000], &[0; 64])).unwrap();
+    let csv = dir.path().join("p.csv");
+    let out = tinybayes(&[
+        "predict",
+        "--model",
+        p(&model),
+        "--images",
+        p(&huge),
+        "--out",
+        p(&csv),
+    ]);
+    assert_one_line_error(&out, &["absurd", "1073741824"]);
+    let out = tinybayes(&["inspect", "--model", p(&model), "--samples", "100000000"]);
+    assert_one_line_error(&out, &["--samples must be 1 to 65535", "100000000"]);
+    let out = tinybayes(&[
+        "predict",
+        "--model",
+        p(&model),
+        "--images",
+        p(&images(dir.path(), 2, 4, 4)),
+        "--samples",
+        "70000",
+        "--out",
+        p(&csv),
+    ]);
+    assert_one_line_error(&out, &["65535", "70000"]);
+}
