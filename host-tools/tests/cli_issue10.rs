@@ -222,3 +222,51 @@ fn absurd_idx_headers_and_sample_counts_are_refused() {
     ]);
     assert_one_line_error(&out, &["65535", "70000"]);
 }
+
+/// `n` 28x28 training images and their labels (classes 0..10) in `dir`.
+fn mnist_like(dir: &Path, n: u32) -> (PathBuf, PathBuf) {
+    let images = images(dir, n, 28, 28);
+    let labels = dir.join(format!("labels-{n}.idx"));
+    let values: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+    fs::write(&labels, idx(&[n], &values)).unwrap();
+    (images, labels)
+}
+
+// Item 4: divergence in the first epoch does not promise a checkpoint that does not exist.
+
+#[test]
+fn divergence_in_the_first_epoch_says_there_is_no_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (images, labels) = mnist_like(dir.path(), 20);
+    let config = dir.path().join("wild.toml");
+    // A learning rate of 1e30 overflows the weights at the first step.
+    fs::write(
+        &config,
+        "arch = \"lenet300\"\nlr = 1e30\nlr_schedule = \"constant\"\nval_size = 0\n\
+         batch_size = 5\nshards = 1\nepochs = 1\nkl_weight_max = 0\n",
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    let out = tinybayes(&[
+        "train",
+        "--config",
+        p(&config),
+        "--images",
+        p(&images),
+        "--labels",
+        p(&labels),
+        "--out",
+        p(&run),
+    ]);
+    assert_one_line_error(
+        &out,
+        &[
+            "diverged",
+            "epoch 1",
+            "before the first epoch ended",
+            "no checkpoint to resume",
+        ],
+    );
+    assert!(!stderr(&out).contains("is kept"));
+    assert!(!run.join("trainer.ckpt").exists());
+}

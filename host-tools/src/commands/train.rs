@@ -301,9 +301,16 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             );
             Ok(())
         }
+        // A checkpoint is written after every completed epoch: a run that diverges in its
+        // first epoch has none to fall back on.
+        Err(TrainError::NonFinite { epoch: 0, batch }) => bail!(
+            "training diverged (NaN or infinity) at epoch 1, batch {batch}, before the first \
+             epoch ended: this run has no checkpoint to resume (lower the learning rate, lr in \
+             --config, and start over)"
+        ),
         Err(TrainError::NonFinite { epoch, batch }) => bail!(
-            "training diverged (NaN or infinity) at epoch {}, batch {batch}; the last good \
-             checkpoint in {} is kept (try a lower learning rate, then --resume)",
+            "training diverged (NaN or infinity) at epoch {}, batch {batch}; the checkpoint \
+             after epoch {epoch} in {} is kept (try a lower learning rate, then --resume)",
             epoch + 1,
             out.display()
         ),
