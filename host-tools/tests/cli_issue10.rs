@@ -270,3 +270,49 @@ fn divergence_in_the_first_epoch_says_there_is_no_checkpoint() {
     assert!(!stderr(&out).contains("is kept"));
     assert!(!run.join("trainer.ckpt").exists());
 }
+
+/// A finished one-epoch LeNet-300-100 run on 20 synthetic images (a fraction of a second).
+fn tiny_run(dir: &Path) -> PathBuf {
+    let (images, labels) = mnist_like(dir, 20);
+    let config = dir.join("tiny.toml");
+    fs::write(
+        &config,
+        "arch = \"lenet300\"\nval_size = 0\nbatch_size = 10\nshards = 1\nepochs = 1\n",
+    )
+    .unwrap();
+    let run = dir.join("run");
+    let out = tinybayes(&[
+        "train",
+        "--config",
+        p(&config),
+        "--images",
+        p(&images),
+        "--labels",
+        p(&labels),
+        "--out",
+        p(&run),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    run
+}
+
+// Item 5: when export prunes everything, the hint says to raise the threshold.
+
+#[test]
+fn pruning_everything_says_raise_the_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = tiny_run(dir.path());
+    let model = dir.path().join("m.tbm");
+    // Weights with log alpha above the threshold are pruned: -100 prunes every one.
+    let out = tinybayes(&[
+        "export",
+        "--run",
+        p(&run),
+        "--threshold=-100",
+        "--out",
+        p(&model),
+    ]);
+    assert_one_line_error(&out, &["pruned", "raise --threshold"]);
+    assert!(!stderr(&out).contains("lower"));
+    assert!(!model.exists());
+}
