@@ -132,13 +132,16 @@ pub fn read_any_model(path: &Path) -> Result<Runner> {
     }
 }
 
-/// Reads the first `count` images of an IDX file for calibration.
-pub fn calibration_images(path: &Path, count: usize) -> Result<Vec<Vec<u8>>> {
+/// Reads the first `count` images of an IDX file for calibration, checking they fit a model
+/// input of `shape`.
+pub fn calibration_images(path: &Path, count: usize, shape: [usize; 3]) -> Result<Vec<Vec<u8>>> {
     if count == 0 {
         bail!("--calibration-count must be at least 1");
     }
     let array = load_images(path)?;
     let images = Images::from_idx(&array);
+    crate::simulate::check_image_set(shape, &images)
+        .with_context(|| format!("calibration images {}", path.display()))?;
     let values = images.values();
     Ok(images
         .pixels
@@ -160,7 +163,7 @@ pub fn quantize_spec(
             precision.name()
         )
     })?;
-    let images = calibration_images(path, args.calibration_count)?;
+    let images = calibration_images(path, args.calibration_count, spec.input_shape)?;
     let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
     let q = quantize(spec, precision, &refs, Calibration::default())
         .map_err(|e| anyhow!("cannot quantize to {}: {e}", precision.name()))?;
@@ -290,6 +293,14 @@ impl Runner {
             (Some(m), _) => m.num_classes(),
             (_, Some(m)) => m.num_classes(),
             _ => 0,
+        }
+    }
+    /// Input shape, channels x height x width.
+    pub fn input_shape(&self) -> [usize; 3] {
+        match (self.float(), self.fixed()) {
+            (Some(m), _) => m.input_shape(),
+            (_, Some(m)) => m.input_shape(),
+            _ => [0; 3],
         }
     }
     /// Number of raw input values.

@@ -316,3 +316,80 @@ fn pruning_everything_says_raise_the_threshold() {
     assert!(!stderr(&out).contains("lower"));
     assert!(!model.exists());
 }
+
+// Item 6: input shapes are checked as shapes, not by total length.
+
+#[test]
+fn images_of_the_right_length_but_the_wrong_shape_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // 784 inputs, written as 1x28x28 by default.
+    let model = synth(dir.path(), "784,8,10", "1x28x28");
+    let tall = images(dir.path(), 3, 14, 56);
+    let labels = dir.path().join("labels.idx");
+    fs::write(&labels, idx(&[3], &[0, 1, 2])).unwrap();
+    let csv = dir.path().join("p.csv");
+    let shapes = ["14x56", "1x28x28"];
+    let out = tinybayes(&[
+        "predict",
+        "--model",
+        p(&model),
+        "--images",
+        p(&tall),
+        "--out",
+        p(&csv),
+    ]);
+    assert_one_line_error(&out, &shapes);
+    assert!(!csv.exists());
+    let report = dir.path().join("report");
+    let out = tinybayes(&[
+        "eval",
+        "--model",
+        p(&model),
+        "--images",
+        p(&tall),
+        "--labels",
+        p(&labels),
+        "--report",
+        p(&report),
+    ]);
+    assert_one_line_error(&out, &shapes);
+    let out = tinybayes(&[
+        "train",
+        "--arch",
+        "lenet300",
+        "--images",
+        p(&tall),
+        "--labels",
+        p(&labels),
+        "--out",
+        p(&dir.path().join("run")),
+    ]);
+    assert_one_line_error(&out, &shapes);
+    // Quantizing on the fly calibrates on images that must have the model's shape too.
+    let square = images(dir.path(), 3, 28, 28);
+    let out = tinybayes(&[
+        "predict",
+        "--model",
+        p(&model),
+        "--images",
+        p(&square),
+        "--precision",
+        "q8",
+        "--calibration-images",
+        p(&tall),
+        "--out",
+        p(&csv),
+    ]);
+    assert_one_line_error(&out, &["calibration images", "14x56", "1x28x28"]);
+    // The right shape runs.
+    let out = tinybayes(&[
+        "predict",
+        "--model",
+        p(&model),
+        "--images",
+        p(&square),
+        "--out",
+        p(&csv),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

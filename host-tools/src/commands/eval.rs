@@ -466,15 +466,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         cols: dataset.cols,
         pixels: &dataset.pixels,
     };
-    if images.values() != runner.input_len() {
-        bail!(
-            "images are {}x{} = {} values but the model takes {} inputs",
-            images.rows,
-            images.cols,
-            images.values(),
-            runner.input_len()
-        );
-    }
+    crate::simulate::check_image_set(runner.input_shape(), &images)?;
     prepare_report_dir(&args.report, args.force)?;
 
     let start = Instant::now();

@@ -56,14 +56,21 @@ pub enum TrainError {
     #[error("training data: {0}")]
     Data(#[from] IdxError),
     /// The data has the wrong shape for the architecture.
-    #[error("data has {found} features per example and {classes} classes; {arch} needs {expected} features and at most {max_classes} classes")]
+    #[error(
+        "data has {rows}x{cols} images and {classes} classes; {arch} needs {}x{}x{} inputs and at most {max_classes} classes",
+        expected[0],
+        expected[1],
+        expected[2]
+    )]
     DataShape {
         /// Architecture name.
         arch: String,
-        /// Features per example the architecture needs.
-        expected: usize,
-        /// Features per example in the data.
-        found: usize,
+        /// Input shape the architecture needs, channels x height x width.
+        expected: [usize; 3],
+        /// Image height in the data.
+        rows: usize,
+        /// Image width in the data.
+        cols: usize,
         /// Classes in the data.
         classes: usize,
         /// Classes the network can output.
@@ -221,13 +228,14 @@ impl Trainer {
     ) -> Result<Self, TrainError> {
         config.check().map_err(TrainError::Config)?;
         super::alloc::tune_allocator();
-        let [c, h, w] = model.input_shape();
+        let shape = model.input_shape();
         let outputs = model.classes();
-        if data.features() != c * h * w || data.classes > outputs {
+        if !crate::simulate::image_fits(shape, data.rows, data.cols) || data.classes > outputs {
             return Err(TrainError::DataShape {
                 arch: config.arch.to_string(),
-                expected: c * h * w,
-                found: data.features(),
+                expected: shape,
+                rows: data.rows,
+                cols: data.cols,
                 classes: data.classes,
                 max_classes: outputs,
             });
@@ -1011,7 +1019,14 @@ pub(crate) mod tests {
         let small = Dataset::new(2, 2, vec![0; 40], vec![0; 10], 10).unwrap();
         let err = Trainer::new(small_config(Arch::Lenet300, 1), &small).unwrap_err();
         assert!(
-            matches!(err, TrainError::DataShape { found: 4, .. }),
+            matches!(
+                err,
+                TrainError::DataShape {
+                    rows: 2,
+                    cols: 2,
+                    ..
+                }
+            ),
             "{err}"
         );
         // A finished trainer refuses more epochs, and the exported layers have the documented shapes.
