@@ -44,7 +44,7 @@ pub struct PrecisionArgs {
     #[arg(long, value_name = "IDX")]
     pub calibration_images: Option<PathBuf>,
     /// Number of calibration images.
-    #[arg(long, default_value_t = DEFAULT_CALIBRATION_COUNT)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = DEFAULT_CALIBRATION_COUNT)]
     pub calibration_count: usize,
 }
 

@@ -393,3 +393,79 @@ fn images_of_the_right_length_but_the_wrong_shape_are_refused() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+// Item 9: negative numbers are values, with or without `=`.
+
+#[test]
+fn negative_numbers_need_no_equals_sign() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let model_out = dir.path().join("m.tbm");
+    // The value reaches the command: it fails for the missing run, not for "-1".
+    let out = tinybayes(&[
+        "export",
+        "--run",
+        p(&missing),
+        "--threshold",
+        "-1",
+        "--out",
+        p(&model_out),
+    ]);
+    assert_one_line_error(&out, &["holds no training checkpoint"]);
+    let out = tinybayes(&["synth", "--density", "-0.5", "--out", p(&model_out)]);
+    assert_one_line_error(&out, &["--density must be in (0, 1], got -0.5"]);
+    let out = tinybayes(&[
+        "train",
+        "--arch",
+        "resnet-ee",
+        "--prior-lambda",
+        "-0.5",
+        "--images",
+        p(&missing),
+        "--labels",
+        p(&missing),
+        "--out",
+        p(&dir.path().join("run")),
+    ]);
+    assert_one_line_error(&out, &["-0.5"]);
+    // Unsigned options say the value is invalid instead of taking it for a flag.
+    let out = tinybayes(&["synth", "--seed", "-1", "--out", p(&model_out)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("invalid value '-1'"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn negative_halting_thresholds_reach_the_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("ee.tbm");
+    let out = tinybayes(&[
+        "synth",
+        "--resnet-ee",
+        "2",
+        "--side",
+        "6",
+        "--channels",
+        "2",
+        "--out",
+        p(&model),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = tinybayes(&[
+        "predict",
+        "--model",
+        p(&model),
+        "--images",
+        p(&images(dir.path(), 2, 6, 6)),
+        "--halting",
+        "mi",
+        "--threshold",
+        "-1",
+        "--out",
+        p(&dir.path().join("p.csv")),
+    ]);
+    assert_one_line_error(&out, &["--threshold must be a non-negative number of nats"]);
+}

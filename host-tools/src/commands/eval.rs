@@ -76,10 +76,10 @@ pub struct EvalArgs {
     #[arg(long, value_name = "DIR", conflicts_with_all = ["skip", "limit"])]
     pub validation_of: Option<PathBuf>,
     /// Skip this many images (and labels) first.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     pub skip: usize,
     /// Evaluate at most this many images (after --skip).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub limit: Option<usize>,
     /// Report directory (created if missing).
     #[arg(long, value_name = "DIR")]

@@ -21,17 +21,17 @@ pub struct ExportArgs {
     #[arg(long)]
     pub run: PathBuf,
     /// Prune weights whose log alpha exceeds this.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 3.0)]
     pub threshold: f32,
     /// Write only the posterior means (no Monte Carlo uncertainty; half the flash).
     #[arg(long)]
     pub deterministic: bool,
     /// Monte Carlo samples per prediction for the RAM figure of the report (1 to 65535).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 32)]
     pub samples: usize,
     /// Early-exit ResNets: strength lambda of the truncated geometric depth prior written into
     /// the exit heads, p(z = l) ∝ (1 - lambda)^(l - 1) [default: the one trained with].
-    #[arg(long, value_name = "LAMBDA")]
+    #[arg(long, allow_negative_numbers = true, value_name = "LAMBDA")]
     pub prior_lambda: Option<f64>,
     /// Number format of the file (q8/q16 need --calibration-images).
     #[command(flatten)]

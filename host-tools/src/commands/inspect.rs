@@ -14,11 +14,11 @@ pub struct InspectArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// Monte Carlo samples per prediction the RAM figure is for (1 to 65535).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 32)]
     pub samples: usize,
     /// Samples sharing one pass over the weights (the engine's CHUNK) [default: up to 8 for
     /// a plain network, 1 for an early-exit network].
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u16).range(1..))]
     pub chunk: Option<u16>,
     /// Print JSON instead of a table.
     #[arg(long)]

@@ -31,13 +31,18 @@ pub const MAX_SYNTH_SIDE: usize = 255;
 )]
 pub struct SynthArgs {
     /// Seed of the weights.
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 7)]
     pub seed: u64,
     /// Layer widths, input first, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "784,300,100,10")]
+    #[arg(
+        long,
+        allow_negative_numbers = true,
+        value_delimiter = ',',
+        default_value = "784,300,100,10"
+    )]
     pub widths: Vec<usize>,
     /// Fraction of weights kept (0 < density <= 1).
-    #[arg(long, default_value_t = 0.03)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.03)]
     pub density: f32,
     /// Store every layer densely.
     #[arg(long)]
@@ -48,13 +53,13 @@ pub struct SynthArgs {
     /// Write a random early-exit residual network with this many blocks (1 to 7) instead (one
     /// input channel, square input of side --side, --channels channels, 10 classes, geometric
     /// prior of strength 0.3); --widths, --density and --dense do not apply.
-    #[arg(long, value_name = "BLOCKS")]
+    #[arg(long, allow_negative_numbers = true, value_name = "BLOCKS")]
     pub resnet_ee: Option<usize>,
     /// Side of the early-exit network's square input.
-    #[arg(long, default_value_t = 28)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 28)]
     pub side: usize,
     /// Channels of the early-exit network.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 4)]
     pub channels: usize,
     /// Output model file.
     #[arg(long)]

@@ -25,25 +25,25 @@ pub struct TrainArgs {
     #[arg(long)]
     pub arch: Option<String>,
     /// resnet-ee: residual blocks, one exit after each, 1 to 7 (overrides the config file).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub blocks: Option<usize>,
     /// resnet-ee: channels of the stem and every block, 1 to 512, with at most 65535 values
     /// per feature map and 4194304 weights in all (overrides the config file).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub channels: Option<usize>,
     /// resnet-ee: strength lambda in [0, 1) of the truncated geometric prior over depth,
     /// p(z=l) ∝ (1-lambda)^(l-1), used in the objective (overrides the config file).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub prior_lambda: Option<f64>,
     /// resnet-ee: exit objective, mixture (-log sum_l p(z=l) p(y|x,z=l)) or weighted
     /// (-sum_l p(z=l) log p(y|x,z=l)) (overrides the config file).
     #[arg(long)]
     pub exit_objective: Option<String>,
     /// Epochs (overrides the config file).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub epochs: Option<usize>,
     /// Seed (overrides the config file).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
     /// TOML file overriding any training setting (see `TrainConfig`). Limits: batch_size 1 to
     /// 4096; resnet-ee: blocks 1 to 7, channels 1 to 512, at most 65535 values per feature
@@ -61,7 +61,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub labels: Option<PathBuf>,
     /// Train on the first N training examples only (after the validation split).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub train_limit: Option<usize>,
     /// Run directory: checkpoint, history.json and config.toml go here.
     #[arg(long)]
