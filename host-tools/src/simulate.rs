@@ -57,15 +57,15 @@ pub enum SimulateError {
         cols: usize,
     },
     /// There are no images to run.
-    #[error("the image set is empty")]
+    #[error("{}", crate::idx::EMPTY_DATA_SET)]
     Empty,
     /// The engine refused one image (for example, its logits overflowed).
-    #[error("image {index}: {source}")]
+    #[error("image {index}: {error}")]
     Inference {
         /// Index of the image in the set.
         index: usize,
-        /// The core's error.
-        source: InferenceError,
+        /// The core's error (in the message, so not also `source()`).
+        error: InferenceError,
     },
 }
 
@@ -263,7 +263,7 @@ fn run<const K: usize>(
         .map_init(
             || vec![0.0f32; workspace_len],
             |workspace, (index, pixels)| {
-                let fail = |source| SimulateError::Inference { index, source };
+                let fail = |error| SimulateError::Inference { index, error };
                 let mut engine = Engine::<CHUNK>::new(model, workspace).map_err(fail)?;
                 let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed.wrapping_add(index as u64));
                 let p: Prediction<K> = engine.predict_u8(pixels, mode, &mut rng).map_err(fail)?;
@@ -327,7 +327,7 @@ fn run_fixed<const K: usize>(
         .map_init(
             || vec![0u64; workspace_len],
             |workspace, (index, pixels)| {
-                let fail = |source| SimulateError::Inference { index, source };
+                let fail = |error| SimulateError::Inference { index, error };
                 let mut engine = QEngine::<CHUNK>::new(model, workspace).map_err(fail)?;
                 let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed.wrapping_add(index as u64));
                 engine.predict_u8(pixels, mode, &mut rng).map_err(fail)

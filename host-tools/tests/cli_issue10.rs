@@ -469,3 +469,116 @@ fn negative_halting_thresholds_reach_the_check() {
     ]);
     assert_one_line_error(&out, &["--threshold must be a non-negative number of nats"]);
 }
+
+// Item 13: one cause, once; `--limit 0` blamed on `--limit`; one wording for empty data.
+
+#[test]
+fn a_missing_file_is_named_once_with_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = synth(dir.path(), "16,8,3", "1x4x4");
+    let missing = dir.path().join("missing.idx");
+    let csv = dir.path().join("p.csv");
+    let square = images(dir.path(), 2, 4, 4);
+    let labels = dir.path().join("labels.idx");
+    fs::write(&labels, idx(&[2], &[0, 1])).unwrap();
+    let report = dir.path().join("report");
+    let runs = [
+        tinybayes(&[
+            "predict",
+            "--model",
+            p(&model),
+            "--images",
+            p(&missing),
+            "--out",
+            p(&csv),
+        ]),
+        tinybayes(&[
+            "eval",
+            "--model",
+            p(&model),
+            "--images",
+            p(&square),
+            "--labels",
+            p(&missing),
+            "--report",
+            p(&report),
+        ]),
+        tinybayes(&[
+            "train",
+            "--images",
+            p(&missing),
+            "--labels",
+            p(&labels),
+            "--out",
+            p(&dir.path().join("run")),
+        ]),
+        tinybayes(&["inspect", "--model", p(&missing)]),
+    ];
+    for out in &runs {
+        assert_one_line_error(out, &["missing.idx", "No such file or directory"]);
+        let err = stderr(out);
+        assert_eq!(err.matches("(os error 2)").count(), 1, "{err}");
+        assert_eq!(err.matches("missing.idx").count(), 1, "{err}");
+    }
+}
+
+#[test]
+fn limit_zero_is_blamed_on_limit_and_empty_data_has_one_wording() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = synth(dir.path(), "16,8,3", "1x4x4");
+    let square = images(dir.path(), 2, 4, 4);
+    let labels = dir.path().join("labels.idx");
+    fs::write(&labels, idx(&[2], &[0, 1])).unwrap();
+    let report = dir.path().join("report");
+    let eval = |images: &Path, labels: &Path, extra: &[&str]| {
+        let mut argv = vec![
+            "eval",
+            "--model",
+            p(&model),
+            "--images",
+            p(images),
+            "--labels",
+            p(labels),
+            "--report",
+            p(&report),
+        ];
+        argv.extend_from_slice(extra);
+        tinybayes(&argv)
+    };
+    let out = eval(&square, &labels, &["--limit", "0"]);
+    assert_one_line_error(&out, &["--limit 0"]);
+    assert!(!stderr(&out).contains("--skip"), "{}", stderr(&out));
+    let out = eval(&square, &labels, &["--skip", "5"]);
+    assert_one_line_error(&out, &["--skip 5 leaves no image of 2"]);
+
+    let empty = dir.path().join("empty.idx");
+    fs::write(&empty, idx(&[0, 4, 4], &[])).unwrap();
+    let no_labels = dir.path().join("empty-labels.idx");
+    fs::write(&no_labels, idx(&[0], &[])).unwrap();
+    let wording = "the data set is empty (no images)";
+    assert_one_line_error(&eval(&empty, &no_labels, &[]), &[wording]);
+    let out = tinybayes(&[
+        "predict",
+        "--model",
+        p(&model),
+        "--images",
+        p(&empty),
+        "--out",
+        p(&dir.path().join("p.csv")),
+    ]);
+    assert_one_line_error(&out, &[wording]);
+    let empty28 = dir.path().join("empty28.idx");
+    fs::write(&empty28, idx(&[0, 28, 28], &[])).unwrap();
+    let out = tinybayes(&[
+        "train",
+        "--arch",
+        "lenet300",
+        "--images",
+        p(&empty28),
+        "--labels",
+        p(&no_labels),
+        "--out",
+        p(&dir.path().join("run")),
+    ]);
+    assert_one_line_error(&out, &[wording]);
+}

@@ -14,10 +14,9 @@ use clap::Args;
 use serde::Serialize;
 use tinybayes::Mode;
 
-use crate::commands::predict::{check_output_dir, load_images, SamplingArgs};
+use crate::commands::predict::{check_output_dir, load_labelled, SamplingArgs};
 use crate::files::{check_writable, write_new};
 use crate::halting::{all_exit_summaries, geometric_prior, HaltingArgs, HaltingSpec, Policy};
-use crate::idx::{read_labels, Dataset, IdxError};
 use crate::metrics::{evaluate, LayerSparsity, Metrics, ECE_BINS, PROBABILITY_FLOOR};
 use crate::plots;
 use crate::runner::{dense_macs_through_exits, load_runner, macs_through_exits, PrecisionArgs};
@@ -296,18 +295,6 @@ fn prepare_report_dir(dir: &Path, force: bool) -> Result<()> {
     check_output_dir(dir)
 }
 
-fn load_dataset(args: &EvalArgs, classes: usize) -> Result<Dataset> {
-    let images = load_images(&args.images)?;
-    let labels = read_labels(&args.labels).map_err(|e| match e {
-        IdxError::Io { .. } => anyhow!(e),
-        other => anyhow!(other).context(format!("labels {}", args.labels.display())),
-    })?;
-    Dataset::from_idx(images, labels, classes).map_err(|e| match e {
-        IdxError::CountMismatch { .. } => anyhow!(e).context("images and labels do not match"),
-        other => anyhow!(other),
-    })
-}
-
 fn values(
     predictions: &[ImagePrediction],
     hits: &[bool],
@@ -437,7 +424,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let mode = args.sampling.mode()?;
     let runner = load_runner(&args.model, &args.precision)?;
     let classes = runner.num_classes();
-    let mut dataset = load_dataset(args, classes)?;
+    let mut dataset = load_labelled(&args.images, &args.labels, classes)?;
     if let Some(run) = &args.validation_of {
         let run = crate::run_dir::load_run(run)?;
         if run.config.val_size == 0 {
@@ -449,9 +436,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         dataset = validation;
     }
     if args.skip > 0 || args.limit.is_some() {
-        let end = args
-            .limit
-            .map_or(dataset.len(), |l| (args.skip + l).min(dataset.len()));
+        if args.limit == Some(0) {
+            bail!("--limit 0 selects no image: give at least 1");
+        }
+        let end = args.limit.map_or(dataset.len(), |l| {
+            args.skip.saturating_add(l).min(dataset.len())
+        });
         if args.skip >= end {
             bail!("--skip {} leaves no image of {}", args.skip, dataset.len());
         }

@@ -20,7 +20,7 @@ use tinybayes::Mode;
 
 use crate::files::{check_writable, write_new};
 use crate::halting::HaltingArgs;
-use crate::idx::{read_images, IdxArray, IdxError};
+use crate::idx::{read_images, read_labels, Dataset, IdxArray, IdxError};
 use crate::runner::{load_runner, PrecisionArgs};
 use crate::simulate::{describe_mode, parse_samples, ImagePrediction, Images};
 
@@ -138,6 +138,25 @@ pub fn load_images(path: &Path) -> Result<IdxArray> {
     read_images(path).map_err(|e| match e {
         IdxError::Io { .. } => anyhow!(e),
         other => anyhow!(other).context(format!("images {}", path.display())),
+    })
+}
+
+/// Reads an IDX label file with errors that name the file once.
+pub fn load_labels(path: &Path) -> Result<IdxArray> {
+    read_labels(path).map_err(|e| match e {
+        IdxError::Io { .. } => anyhow!(e),
+        other => anyhow!(other).context(format!("labels {}", path.display())),
+    })
+}
+
+/// Reads an image file and its label file as a [`Dataset`] of `classes` classes, with errors
+/// that name the file at fault once.
+pub fn load_labelled(images: &Path, labels: &Path, classes: usize) -> Result<Dataset> {
+    let images = load_images(images)?;
+    let labels = load_labels(labels)?;
+    Dataset::from_idx(images, labels, classes).map_err(|e| match e {
+        IdxError::CountMismatch { .. } => anyhow!(e).context("images and labels do not match"),
+        other => anyhow!(other),
     })
 }
 

@@ -13,7 +13,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use crate::idx::load_dataset;
+use crate::commands::predict::load_labelled;
+use crate::idx::MNIST_CLASSES;
 use crate::run_dir::has_checkpoint;
 use crate::train::{Arch, TrainConfig, TrainError, TrainEvent, Trainer};
 
@@ -179,8 +180,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     } else {
         Some(config_from(args)?)
     };
-    let data = load_dataset(&images, &labels)
-        .with_context(|| format!("cannot load training data {}", images.display()))?;
+    let data = load_labelled(&images, &labels, MNIST_CLASSES)?;
 
     let mut trainer = if let Some(config) = config {
         std::fs::create_dir_all(&args.out)

@@ -54,7 +54,7 @@ pub enum TrainError {
     Config(String),
     /// The data does not fit the configuration (split too large, wrong image size, ...).
     #[error("training data: {0}")]
-    Data(#[from] IdxError),
+    Data(IdxError),
     /// The data has the wrong shape for the architecture.
     #[error(
         "data has {rows}x{cols} images and {classes} classes; {arch} needs {}x{}x{} inputs and at most {max_classes} classes",
@@ -112,6 +112,13 @@ pub enum TrainError {
         /// Fingerprint of the data given now.
         current: u64,
     },
+}
+
+/// The data error is part of the message, and not also `source()` (one cause, printed once).
+impl From<IdxError> for TrainError {
+    fn from(e: IdxError) -> Self {
+        TrainError::Data(e)
+    }
 }
 
 /// Progress after one mini-batch.
