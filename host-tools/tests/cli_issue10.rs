@@ -582,3 +582,54 @@ fn limit_zero_is_blamed_on_limit_and_empty_data_has_one_wording() {
     ]);
     assert_one_line_error(&out, &[wording]);
 }
+
+// Item 14: no silent clamping (the sample count of `inspect` is refused above 65535 in
+// `absurd_idx_headers_and_sample_counts_are_refused`).
+
+#[test]
+fn calibration_counts_and_unused_calibration_images_are_not_silent() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = synth(dir.path(), "16,8,3", "1x4x4");
+    let few = images(dir.path(), 3, 4, 4);
+    let csv = dir.path().join("p.csv");
+    let predict = |extra: &[&str]| {
+        let mut argv = vec![
+            "predict",
+            "--model",
+            p(&model),
+            "--images",
+            p(&few),
+            "--force",
+            "--out",
+            p(&csv),
+        ];
+        argv.extend_from_slice(extra);
+        tinybayes(&argv)
+    };
+    let q8 = ["--precision", "q8", "--calibration-images", p(&few)];
+    // More than the file holds, asked for explicitly: refused.
+    let out = predict(&[&q8[..], &["--calibration-count", "10"]].concat());
+    assert_one_line_error(&out, &["--calibration-count 10", "3 images"]);
+    // The default 1000 on a 3-image file: all 3, with a one-line warning.
+    let out = predict(&q8);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("warning: calibrating on all 3 images"),
+        "{err}"
+    );
+    // Exactly what the file holds: no warning.
+    let out = predict(&[&q8[..], &["--calibration-count", "3"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "");
+    // Calibration images with an f32 run are ignored: said in one line.
+    let out = predict(&["--calibration-images", p(&few)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("warning: --calibration-images"), "{err}");
+    assert!(err.contains("ignored"), "{err}");
+    let out = predict(&[]);
+    assert_eq!(stderr(&out), "");
+}

@@ -78,7 +78,10 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         }
     };
     let runner = match args.precision.precision {
-        None | Some(Precision::F32) => Runner::F32(spec.to_buffer()?),
+        None | Some(Precision::F32) => {
+            args.precision.warn_if_unused();
+            Runner::F32(spec.to_buffer()?)
+        }
         Some(p) => Runner::Fixed(quantize_spec(&spec, p, &args.precision)?),
     };
     let report = runner
