@@ -633,3 +633,60 @@ fn calibration_counts_and_unused_calibration_images_are_not_silent() {
     let out = predict(&[]);
     assert_eq!(stderr(&out), "");
 }
+
+// Item 15: the default data directory is found from the project root, or TINYBAYES_DATA,
+// and a missing one is named.
+
+/// `train` run from `cwd` with `TINYBAYES_DATA` set to `data` (or unset).
+fn train_in(cwd: &Path, data: Option<&Path>, extra: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tinybayes"));
+    command.current_dir(cwd).arg("train").args(extra);
+    match data {
+        Some(dir) => command.env("TINYBAYES_DATA", dir),
+        None => command.env_remove("TINYBAYES_DATA"),
+    };
+    command.output().expect("run tinybayes")
+}
+
+#[test]
+fn the_default_data_directory_does_not_depend_on_the_current_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    // epochs = 0 is refused right after the data files are found, before they are read.
+    let argv = ["--epochs", "0", "--out", p(&run)];
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let default = root.parent().unwrap().join("shared/data/mnist");
+    let out = train_in(dir.path(), None, &argv);
+    if default.join("train-images-idx3-ubyte.gz").is_file() {
+        assert_one_line_error(&out, &["epochs must be at least 1"]);
+    } else {
+        assert_one_line_error(&out, &[p(&default), "project root"]);
+    }
+
+    // TINYBAYES_DATA names the directory; a missing file says where it looked and why.
+    let empty = dir.path().join("no-mnist");
+    fs::create_dir(&empty).unwrap();
+    let out = train_in(dir.path(), Some(&empty), &argv);
+    assert_one_line_error(
+        &out,
+        &[
+            "no train-images-idx3-ubyte[.gz] in",
+            p(&empty),
+            "from TINYBAYES_DATA",
+        ],
+    );
+    let data = dir.path().join("mnist");
+    fs::create_dir(&data).unwrap();
+    let (images, labels) = mnist_like(dir.path(), 4);
+    fs::copy(images, data.join("train-images-idx3-ubyte")).unwrap();
+    fs::copy(labels, data.join("train-labels-idx1-ubyte")).unwrap();
+    let out = train_in(dir.path(), Some(&data), &argv);
+    assert_one_line_error(&out, &["epochs must be at least 1"]);
+    // --data wins over the environment.
+    let out = train_in(
+        dir.path(),
+        Some(&data),
+        &[&["--data", p(&empty)][..], &argv].concat(),
+    );
+    assert_one_line_error(&out, &[p(&empty), "(--data)"]);
+}

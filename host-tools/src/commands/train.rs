@@ -52,9 +52,10 @@ pub struct TrainArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Directory with the MNIST training files (train-images-idx3-ubyte[.gz],
-    /// train-labels-idx1-ubyte[.gz]).
-    #[arg(long, default_value = "../shared/data/mnist")]
-    pub data: PathBuf,
+    /// train-labels-idx1-ubyte[.gz]) [default: $TINYBAYES_DATA if set, else
+    /// ../shared/data/mnist from the project root, wherever tinybayes is run from].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
     /// Training images (IDX, gzip or plain); overrides --data.
     #[arg(long)]
     pub images: Option<PathBuf>,
@@ -75,15 +76,63 @@ pub struct TrainArgs {
     pub force: bool,
 }
 
-/// Finds `name` or `name.gz` in `dir`.
-fn data_file(dir: &Path, name: &str) -> Result<PathBuf> {
+/// Environment variable naming the MNIST directory `train` reads when `--data` is not given.
+pub const DATA_ENV: &str = "TINYBAYES_DATA";
+
+/// The default MNIST directory, relative to the project root (the repository checkout).
+pub const DEFAULT_DATA: &str = "../shared/data/mnist";
+
+/// `path` with `.` and `..` components resolved lexically (the directory need not exist).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir if out.file_name().is_some() => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The project root: the checkout this binary was built from.
+pub fn project_root() -> PathBuf {
+    normalize(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+}
+
+/// The MNIST directory to read and how it was chosen: `--data`, else `$TINYBAYES_DATA`, else
+/// [`DEFAULT_DATA`] from the [`project_root`] (not from the current directory).
+pub fn data_dir(flag: Option<&Path>) -> (PathBuf, String) {
+    if let Some(dir) = flag {
+        return (dir.to_path_buf(), "--data".into());
+    }
+    match std::env::var_os(DATA_ENV) {
+        Some(dir) if !dir.is_empty() => (PathBuf::from(dir), format!("from {DATA_ENV}")),
+        _ => {
+            let root = project_root();
+            (
+                normalize(&root.join(DEFAULT_DATA)),
+                format!(
+                    "the default {DEFAULT_DATA} from the project root {}",
+                    root.display()
+                ),
+            )
+        }
+    }
+}
+
+/// Finds `name` or `name.gz` in `dir`; the error says where it looked and why there.
+fn data_file(dir: &Path, why: &str, name: &str) -> Result<PathBuf> {
     for candidate in [dir.join(format!("{name}.gz")), dir.join(name)] {
         if candidate.is_file() {
             return Ok(candidate);
         }
     }
     bail!(
-        "{} has no {name}[.gz] (use --data, or --images and --labels)",
+        "no {name}[.gz] in {} ({why}); give --data DIR, set {DATA_ENV}=DIR, or give --images \
+         and --labels",
         dir.display()
     )
 }
@@ -147,13 +196,14 @@ fn config_from(args: &TrainArgs) -> Result<TrainConfig> {
 
 /// Runs `train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
+    let (dir, why) = data_dir(args.data.as_deref());
     let images = match &args.images {
         Some(p) => p.clone(),
-        None => data_file(&args.data, "train-images-idx3-ubyte")?,
+        None => data_file(&dir, &why, "train-images-idx3-ubyte")?,
     };
     let labels = match &args.labels {
         Some(p) => p.clone(),
-        None => data_file(&args.data, "train-labels-idx1-ubyte")?,
+        None => data_file(&dir, &why, "train-labels-idx1-ubyte")?,
     };
     if args.out.is_file() {
         bail!(
@@ -333,6 +383,27 @@ mod tests {
     fn config(extra: &[&str]) -> Result<TrainConfig> {
         let argv = ["tinybayes", "--out", "run"].iter().chain(extra);
         config_from(&Cli::try_parse_from(argv)?.args)
+    }
+
+    #[test]
+    fn the_default_data_directory_is_absolute_and_named() {
+        assert_eq!(
+            normalize(Path::new("/a/b/../c/./d")),
+            PathBuf::from("/a/c/d")
+        );
+        assert_eq!(normalize(Path::new("../x")), PathBuf::from("../x"));
+        let root = project_root();
+        assert!(
+            root.is_absolute() && root.join("host-tools").is_dir(),
+            "{root:?}"
+        );
+        let (dir, why) = data_dir(Some(Path::new("d")));
+        assert_eq!((dir, why.as_str()), (PathBuf::from("d"), "--data"));
+        if std::env::var_os(DATA_ENV).is_none() {
+            let (dir, why) = data_dir(None);
+            assert_eq!(dir, normalize(&root.join("../shared/data/mnist")));
+            assert!(why.contains("project root"), "{why}");
+        }
     }
 
     #[test]
