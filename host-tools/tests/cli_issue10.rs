@@ -690,3 +690,130 @@ fn the_default_data_directory_does_not_depend_on_the_current_directory() {
     );
     assert_one_line_error(&out, &[p(&empty), "(--data)"]);
 }
+
+// Item 3: a resumed run applies the settings it may change and refuses the others.
+
+#[test]
+fn resume_applies_epochs_and_learning_rate_and_refuses_other_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = tiny_run(dir.path());
+    let images = dir.path().join("images-20x28x28.idx");
+    let labels = dir.path().join("labels-20.idx");
+    let resume = |extra: &[&str]| {
+        let mut argv = vec![
+            "train",
+            "--resume",
+            "--images",
+            p(&images),
+            "--labels",
+            p(&labels),
+            "--out",
+            p(&run),
+        ];
+        argv.extend_from_slice(extra);
+        tinybayes(&argv)
+    };
+    let epochs_done = || {
+        let text = fs::read_to_string(run.join("history.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(epochs_done(), 1);
+    // --epochs is applied (it used to be ignored without a word).
+    let out = resume(&["--epochs", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("at epoch 1 of 2 (changed: epochs 1 -> 2)"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(epochs_done(), 2);
+    let config_toml = run.join("config.toml");
+    let saved = fs::read_to_string(&config_toml).unwrap();
+    assert!(saved.contains("epochs = 2\n"), "{saved}");
+
+    // An edit of the run's config.toml is applied too.
+    let edited = saved
+        .replace("epochs = 2\n", "epochs = 3\n")
+        .replace("lr = 0.001\n", "lr = 0.0005\n");
+    assert_ne!(edited, saved);
+    fs::write(&config_toml, &edited).unwrap();
+    let out = resume(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("(changed: epochs 2 -> 3, lr 0.001 -> 0.0005)"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(epochs_done(), 3);
+
+    // Other settings are refused with one line, from every source, and nothing is trained.
+    let other = dir.path().join("other.toml");
+    fs::write(&other, "batch_size = 5\n").unwrap();
+    let out = resume(&["--config", p(&other), "--epochs", "4"]);
+    assert_one_line_error(
+        &out,
+        &[
+            "batch_size would change from 10 to 5",
+            "only epochs, lr, lr_schedule",
+        ],
+    );
+    let out = resume(&["--seed", "9", "--epochs", "4"]);
+    assert_one_line_error(&out, &["seed would change from 0 to 9"]);
+    let out = resume(&["--epochs", "2"]);
+    assert_one_line_error(&out, &["epochs 2 is fewer than the 3 epochs already done"]);
+    let now = fs::read_to_string(&config_toml).unwrap();
+    fs::write(&config_toml, now.replace("shards = 1\n", "shards = 2\n")).unwrap();
+    let out = resume(&["--epochs", "4"]);
+    assert_one_line_error(&out, &["shards would change from 1 to 2"]);
+    assert_eq!(epochs_done(), 3);
+    // A --config of resumable keys only overrides just those keys.
+    fs::write(&config_toml, now).unwrap();
+    fs::write(&other, "lr = 0.0002\nepochs = 4\n").unwrap();
+    let out = resume(&["--config", p(&other)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("lr 0.0005 -> 0.0002"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(epochs_done(), 4);
+
+    // The advice printed on divergence can now be followed: lower lr, then --resume.
+    fs::write(&other, "lr = 1e30\nepochs = 5\n").unwrap();
+    let out = resume(&["--config", p(&other)]);
+    assert_one_line_error(
+        &out,
+        &[
+            "diverged",
+            "the checkpoint after epoch 4",
+            "config.toml, then --resume",
+        ],
+    );
+    assert_eq!(epochs_done(), 4);
+    let wild = fs::read_to_string(&config_toml).unwrap();
+    let lower: Vec<String> = wild
+        .lines()
+        .map(|l| {
+            if l.starts_with("lr = ") {
+                assert_eq!(l.trim_start_matches("lr = ").parse::<f64>(), Ok(1e30));
+                "lr = 0.0001".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert_ne!(lower.join("\n"), wild.trim_end());
+    fs::write(&config_toml, lower.join("\n")).unwrap();
+    let out = resume(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("at epoch 4 of 5 (changed: epochs 4 -> 5, lr 0.0002 -> 0.0001)"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(epochs_done(), 5);
+}

@@ -16,6 +16,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use crate::commands::predict::load_labelled;
 use crate::idx::MNIST_CLASSES;
 use crate::run_dir::has_checkpoint;
+use crate::train::config::RESUMABLE_SETTINGS;
 use crate::train::{Arch, TrainConfig, TrainError, TrainEvent, Trainer};
 
 /// Arguments of `train`.
@@ -68,7 +69,9 @@ pub struct TrainArgs {
     /// Run directory: checkpoint, history.json and config.toml go here.
     #[arg(long)]
     pub out: PathBuf,
-    /// Continue the run saved in --out.
+    /// Continue the run saved in --out. A resumed run may change only epochs, lr and
+    /// lr_schedule (with --epochs, --config FILE or an edit of the run's config.toml); other
+    /// changed settings are refused.
     #[arg(long, conflicts_with = "force")]
     pub resume: bool,
     /// Start over even if --out already holds a run (its checkpoint is replaced).
@@ -147,13 +150,48 @@ fn config_from(args: &TrainArgs) -> Result<TrainConfig> {
         }
         None => TrainConfig::default(),
     };
+    apply_flags(args, &mut config)?;
+    config
+        .check()
+        .map_err(|e| anyhow::anyhow!("invalid training configuration: {e}"))?;
+    Ok(config)
+}
+
+/// Reads a TOML configuration file as a table of the keys it sets.
+fn config_table(path: &Path) -> Result<toml::Table> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    toml::from_str::<toml::Table>(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))
+}
+
+/// The settings `train --resume` asks for: the checkpoint's configuration, overridden by the
+/// keys of the run's `config.toml` (where a user may have edited them), then by the keys of
+/// `--config`, then by the flags. [`Trainer::resume_with`] refuses those that may not change.
+fn resumed_config(args: &TrainArgs, saved: &TrainConfig) -> Result<TrainConfig> {
+    let mut table = toml::Table::try_from(saved)?;
+    let run_config = args.out.join("config.toml");
+    let mut sources = Vec::new();
+    if run_config.is_file() {
+        sources.push(run_config);
+    }
+    sources.extend(args.config.clone());
+    for path in &sources {
+        table.extend(config_table(path)?);
+    }
+    let mut config: TrainConfig = table.try_into().map_err(|e: toml::de::Error| {
+        let names: Vec<String> = sources.iter().map(|p| p.display().to_string()).collect();
+        anyhow::anyhow!("{}: {}", names.join(" + "), e.message())
+    })?;
+    apply_flags(args, &mut config)?;
+    Ok(config)
+}
+
+/// Applies the command-line overrides to `config`.
+fn apply_flags(args: &TrainArgs, config: &mut TrainConfig) -> Result<()> {
     if let Some(arch) = &args.arch {
         let arch: Arch = arch.parse().map_err(|e| anyhow::anyhow!("--arch: {e}"))?;
-        if args.config.is_none() {
-            config = TrainConfig::for_arch(arch);
-        } else {
-            config.arch = arch;
-        }
+        config.arch = arch;
     }
     if let Some(epochs) = args.epochs {
         config.epochs = epochs;
@@ -188,10 +226,20 @@ fn config_from(args: &TrainArgs) -> Result<TrainConfig> {
             config.arch
         );
     }
-    config
-        .check()
-        .map_err(|e| anyhow::anyhow!("invalid training configuration: {e}"))?;
-    Ok(config)
+    Ok(())
+}
+
+/// The resumable settings that differ between `saved` and `config`, as `key old -> new`.
+fn describe_changes(saved: &TrainConfig, config: &TrainConfig) -> Vec<String> {
+    let (Ok(a), Ok(b)) = (toml::Table::try_from(saved), toml::Table::try_from(config)) else {
+        return Vec::new();
+    };
+    let show = |v: Option<&toml::Value>| v.map_or("default".to_string(), |v| v.to_string());
+    RESUMABLE_SETTINGS
+        .iter()
+        .filter(|k| a.get(**k) != b.get(**k))
+        .map(|k| format!("{k} {} -> {}", show(a.get(*k)), show(b.get(*k))))
+        .collect()
 }
 
 /// Runs `train`.
@@ -225,10 +273,16 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         );
     }
     // Settings are checked before the data is read (a bad size fails at once).
-    let config = if args.resume {
-        None
+    let (config, resumed) = if args.resume {
+        let (saved, done) = Trainer::saved_config(&args.out)?;
+        let asked = resumed_config(args, &saved)?;
+        // Refused here, before the data is read, with the trainer's own rule.
+        let config = saved
+            .resumed_with(&asked, done)
+            .map_err(TrainError::Resume)?;
+        (None, Some((saved, config)))
     } else {
-        Some(config_from(args)?)
+        (Some(config_from(args)?), None)
     };
     let data = load_labelled(&images, &labels, MNIST_CLASSES)?;
 
@@ -239,12 +293,23 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             .with_context(|| format!("cannot write into {}", args.out.display()))?;
         Trainer::new(config, &data)?
     } else {
-        let t = Trainer::resume(&args.out, &data)?;
+        let (saved, config) = resumed.expect("a resumed run has its settings");
+        let changes = describe_changes(&saved, &config);
+        let t = Trainer::resume_with(&args.out, &data, |_, _| Ok(config.clone()))?;
+        if !changes.is_empty() {
+            std::fs::write(args.out.join("config.toml"), toml::to_string(t.config())?)
+                .with_context(|| format!("cannot write into {}", args.out.display()))?;
+        }
         println!(
-            "resuming {} at epoch {} of {}",
+            "resuming {} at epoch {} of {}{}",
             args.out.display(),
             t.epoch(),
-            t.config().epochs
+            t.config().epochs,
+            if changes.is_empty() {
+                String::new()
+            } else {
+                format!(" (changed: {})", changes.join(", "))
+            }
         );
         t
     };
@@ -360,9 +425,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         ),
         Err(TrainError::NonFinite { epoch, batch }) => bail!(
             "training diverged (NaN or infinity) at epoch {}, batch {batch}; the checkpoint \
-             after epoch {epoch} in {} is kept (try a lower learning rate, then --resume)",
+             after epoch {epoch} in {} is kept (lower lr in {}, then --resume)",
             epoch + 1,
-            out.display()
+            out.display(),
+            out.join("config.toml").display()
         ),
         Err(e) => Err(e.into()),
     }

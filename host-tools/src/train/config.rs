@@ -31,6 +31,11 @@ pub const MAX_BATCH_ACTIVATIONS: u64 = 1 << 27;
 /// Epoch count below which the default KL warm-up (5 -> 20) is compressed proportionally.
 pub const WARMUP_REFERENCE_EPOCHS: usize = 40;
 
+/// The settings a resumed run may change (`train --resume` with `--epochs`, `--config` or an
+/// edited `config.toml`): the epoch count, the learning rate and its schedule. (While the
+/// epoch count changes, a default KL warm-up is pinned: see [`TrainConfig::resumed_with`].)
+pub const RESUMABLE_SETTINGS: [&str; 3] = ["epochs", "lr", "lr_schedule"];
+
 /// Everything that defines a training run. Missing TOML fields take the defaults listed on each
 /// field (the paper's recipe).
 ///
@@ -287,6 +292,53 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// The configuration a run saved with `self` continues with when resumed with the
+    /// settings `edited`, after `epochs_done` epochs. Only [`RESUMABLE_SETTINGS`] may differ:
+    /// the others define the network, its data or its noise, which a checkpoint cannot change.
+    /// When the epoch count changes, a KL warm-up left to its default (which scales with the
+    /// epochs of short runs) is pinned to the values the run started with, so resuming does
+    /// not move a warm-up already under way.
+    ///
+    /// # Errors
+    /// A one-line reason naming the first setting that may not change, or an epoch count below
+    /// the epochs already done.
+    pub fn resumed_with(&self, edited: &TrainConfig, epochs_done: usize) -> Result<Self, String> {
+        // A default warm-up is compared (and pinned) as the values it had in the saved run.
+        let (start, end) = self.effective_warmup();
+        let pin = |c: &TrainConfig| TrainConfig {
+            warmup_start: Some(c.warmup_start.unwrap_or(start)),
+            warmup_end: Some(c.warmup_end.unwrap_or(end)),
+            ..c.clone()
+        };
+        let saved = toml::Table::try_from(pin(self)).map_err(|e| e.to_string())?;
+        let asked = toml::Table::try_from(pin(edited)).map_err(|e| e.to_string())?;
+        let show = |v: Option<&toml::Value>| v.map_or("unset".to_string(), |v| v.to_string());
+        for key in saved.keys().chain(asked.keys()) {
+            if !RESUMABLE_SETTINGS.contains(&key.as_str()) && saved.get(key) != asked.get(key) {
+                return Err(format!(
+                    "{key} would change from {} to {}; a resumed run can change only {} (start a \
+                     new run with --force to change the others)",
+                    show(saved.get(key)),
+                    show(asked.get(key)),
+                    RESUMABLE_SETTINGS.join(", ")
+                ));
+            }
+        }
+        if edited.epochs < epochs_done {
+            return Err(format!(
+                "epochs {} is fewer than the {epochs_done} epochs already done",
+                edited.epochs
+            ));
+        }
+        let out = if edited.epochs == self.epochs {
+            edited.clone()
+        } else {
+            pin(edited)
+        };
+        out.check()?;
+        Ok(out)
+    }
+
     /// Shape of the `resnet-ee` network this configuration describes (10 classes, the input
     /// shape of [`Arch::input_shape`]).
     pub fn resnet_spec(&self) -> ResNetSpec {
@@ -400,6 +452,73 @@ mod tests {
         let c: TrainConfig = toml::from_str(old).unwrap();
         assert_eq!((c.arch, c.blocks), (Arch::Lenet5, 4));
         assert!(matches!(c.build_model::<f32>(), Ok(Model::Sequential(_))));
+        // Resuming: epochs, lr and lr_schedule may change, nothing else; a default warm-up is
+        // pinned when the epoch count changes, and the pinned values compare as equal later.
+        let saved = TrainConfig {
+            epochs: 10,
+            ..TrainConfig::default()
+        };
+        assert_eq!(saved.effective_warmup(), (1.25, 5.0));
+        let longer = TrainConfig {
+            epochs: 30,
+            lr: 1e-4,
+            lr_schedule: Some(LrSchedule::Constant),
+            ..saved.clone()
+        };
+        let resumed = saved.resumed_with(&longer, 10).unwrap();
+        assert_eq!((resumed.epochs, resumed.lr), (30, 1e-4));
+        assert_eq!(resumed.effective_warmup(), (1.25, 5.0));
+        assert_eq!(resumed.resumed_with(&resumed, 12).unwrap(), resumed);
+        assert_eq!(saved.resumed_with(&saved, 3).unwrap(), saved);
+        let err = saved
+            .resumed_with(
+                &TrainConfig {
+                    batch_size: 50,
+                    ..saved.clone()
+                },
+                3,
+            )
+            .unwrap_err();
+        assert!(
+            err.starts_with("batch_size would change from 100 to 50"),
+            "{err}"
+        );
+        let err = saved
+            .resumed_with(
+                &TrainConfig {
+                    train_limit: Some(9),
+                    ..saved.clone()
+                },
+                3,
+            )
+            .unwrap_err();
+        assert!(
+            err.starts_with("train_limit would change from unset to 9"),
+            "{err}"
+        );
+        let err = saved
+            .resumed_with(
+                &TrainConfig {
+                    warmup_end: Some(9.0),
+                    ..saved.clone()
+                },
+                3,
+            )
+            .unwrap_err();
+        assert!(err.starts_with("warmup_end would change"), "{err}");
+        let err = saved
+            .resumed_with(
+                &TrainConfig {
+                    epochs: 2,
+                    ..saved.clone()
+                },
+                3,
+            )
+            .unwrap_err();
+        assert!(
+            err.contains("fewer than the 3 epochs already done"),
+            "{err}"
+        );
         let text = toml::to_string(&TrainConfig::default()).unwrap();
         assert_eq!(
             toml::from_str::<TrainConfig>(&text).unwrap(),

@@ -102,6 +102,10 @@ pub enum TrainError {
         /// What was asked for.
         wanted: &'static str,
     },
+    /// A resumed run was asked to change a setting that cannot change (see
+    /// [`TrainConfig::resumed_with`]).
+    #[error("cannot resume with these settings: {0}")]
+    Resume(String),
     /// The checkpoint was made with different training data.
     #[error(
         "checkpoint was made with different data (fingerprint {saved:016x}, now {current:016x})"
@@ -275,8 +279,24 @@ impl Trainer {
     /// started with (checked by fingerprint); the split and limit are re-derived from the saved
     /// configuration.
     pub fn resume(dir: &Path, data: &Dataset) -> Result<Self, TrainError> {
+        Self::resume_with(dir, data, |saved, _| Ok(saved.clone()))
+    }
+
+    /// [`Self::resume`] with changed settings: `settings` receives the saved configuration and
+    /// the epochs done, and returns the settings asked for, which
+    /// [`TrainConfig::resumed_with`] accepts or refuses ([`TrainError::Resume`]: only the
+    /// epoch count, the learning rate and its schedule can change).
+    pub fn resume_with(
+        dir: &Path,
+        data: &Dataset,
+        settings: impl FnOnce(&TrainConfig, usize) -> Result<TrainConfig, TrainError>,
+    ) -> Result<Self, TrainError> {
         let (header, payload) = checkpoint::read(dir)?;
-        let config = Self::checkpoint_config(dir, &header)?;
+        let saved = Self::checkpoint_config(dir, &header)?;
+        let asked = settings(&saved, header.epoch)?;
+        let config = saved
+            .resumed_with(&asked, header.epoch)
+            .map_err(TrainError::Resume)?;
         if header.data_fingerprint != data.fingerprint() {
             return Err(TrainError::DataMismatch {
                 saved: header.data_fingerprint,
@@ -290,6 +310,13 @@ impl Trainer {
         adam.m = payload.m;
         adam.v = payload.v;
         Self::assemble(config, data, model, adam, header.epoch, header.history)
+    }
+
+    /// The configuration saved in the checkpoint in `dir` and the epochs done (what a resumed
+    /// run starts from).
+    pub fn saved_config(dir: &Path) -> Result<(TrainConfig, usize), TrainError> {
+        let (header, _) = checkpoint::read(dir)?;
+        Ok((Self::checkpoint_config(dir, &header)?, header.epoch))
     }
 
     /// Reads only the model from the checkpoint in `dir` (no training data needed), e.g. for
