@@ -148,8 +148,26 @@ fn synth_help_documents_the_limits() {
     }
     let out = tinybayes(&["train", "--help"]);
     let help = stdout(&out);
-    for needle in ["1 to 7", "4194304", "batch_size 1 to 4096"] {
+    for needle in [
+        "1 to 7",
+        "4194304",
+        "batch_size 1 to 4096",
+        "shards 1 to 16",
+        "1073741824",
+    ] {
         assert!(help.contains(needle), "{needle:?} not in {help}");
+    }
+    for command in ["predict", "eval", "inspect"] {
+        let help = stdout(&tinybayes(&[command, "--help"]));
+        let needle = if command == "inspect" {
+            "1 to 65535"
+        } else {
+            "1073741824"
+        };
+        assert!(
+            help.contains(needle),
+            "{needle:?} not in {command} --help: {help}"
+        );
     }
 }
 
@@ -187,6 +205,9 @@ fn train_refuses_oversized_networks_before_reading_data() {
     fs::write(&config, "batch_size = 100000\n").unwrap();
     let out = with(&["--config", p(&config)]);
     assert_one_line_error(&out, &["batch_size must be in 1..=4096"]);
+    fs::write(&config, "shards = 1000\n").unwrap();
+    let out = with(&["--config", p(&config)]);
+    assert_one_line_error(&out, &["shards must be in 1..=16"]);
     assert!(!run.exists());
 }
 

@@ -49,7 +49,8 @@ pub struct EvalArgs {
     /// Model file (.tbm).
     #[arg(long)]
     pub model: PathBuf,
-    /// IDX image file (`[n, rows, cols]` unsigned bytes, plain or gzip).
+    /// IDX image file (`[n, rows, cols]` unsigned bytes, plain or gzip; at most 1073741824
+    /// bytes of pixels).
     #[arg(long)]
     pub images: PathBuf,
     /// IDX label file (`[n]` unsigned bytes, each below the model's classes).

@@ -58,7 +58,8 @@ pub struct PredictArgs {
     /// Model file (.tbm).
     #[arg(long)]
     pub model: PathBuf,
-    /// IDX image file (`[n, rows, cols]` unsigned bytes, plain or gzip).
+    /// IDX image file (`[n, rows, cols]` unsigned bytes, plain or gzip; at most 1073741824
+    /// bytes of pixels).
     #[arg(long)]
     pub images: PathBuf,
     /// Sampling of the posterior.

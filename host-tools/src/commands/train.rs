@@ -48,7 +48,7 @@ pub struct TrainArgs {
     #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
     /// TOML file overriding any training setting (see `TrainConfig`). Limits: batch_size 1 to
-    /// 4096; resnet-ee: blocks 1 to 7, channels 1 to 512, at most 65535 values per feature
+    /// 4096, shards 1 to 16, augment_shift below 28; resnet-ee: blocks 1 to 7, channels 1 to 512, at most 65535 values per feature
     /// map, 4194304 weights and 134217728 activations per batch.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -57,7 +57,8 @@ pub struct TrainArgs {
     /// ../shared/data/mnist from the project root, wherever tinybayes is run from].
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Training images (IDX, gzip or plain); overrides --data.
+    /// Training images (IDX, gzip or plain; at most 1073741824 bytes of pixels); overrides
+    /// --data.
     #[arg(long)]
     pub images: Option<PathBuf>,
     /// Training labels (IDX, gzip or plain); overrides --data.

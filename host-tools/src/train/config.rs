@@ -22,6 +22,8 @@ pub const MAX_FEATURE_MAP: usize = tinybayes::format::MAX_UNITS;
 /// Most weights of a `resnet-ee` network (4,194,304): with the variances, gradients and Adam
 /// moments the trainer holds about 8 floats per weight.
 pub const MAX_WEIGHTS: u64 = 1 << 22;
+/// Largest `shards` accepted: every shard holds a gradient of the whole network at once.
+pub const MAX_SHARDS: usize = 16;
 /// Largest `batch_size` accepted (activations are held per example of a batch).
 pub const MAX_BATCH_SIZE: usize = 4096;
 /// Most activation values of one `resnet-ee` mini-batch, `batch_size x feature map x (3 x
@@ -209,8 +211,19 @@ impl TrainConfig {
         if !self.prune_threshold.is_finite() || !self.init_log_sigma2.is_finite() {
             return Err("prune_threshold and init_log_sigma2 must be finite".into());
         }
-        if self.shards == 0 {
-            return Err("shards must be at least 1".into());
+        if !(1..=MAX_SHARDS).contains(&self.shards) {
+            return Err(format!(
+                "shards must be in 1..={MAX_SHARDS}, got {}",
+                self.shards
+            ));
+        }
+        let [_, rows, cols] = self.arch.input_shape();
+        if self.augment_shift >= rows.min(cols) {
+            return Err(format!(
+                "augment_shift must be below the image side {}, got {}",
+                rows.min(cols),
+                self.augment_shift
+            ));
         }
         if self.train_limit == Some(0) {
             return Err("train_limit must be at least 1".into());
@@ -436,6 +449,10 @@ mod tests {
             "channels = 100\nstem_stride = 1\nstem_kernel = 1",
             "channels = 80\nstem_stride = 1\nstem_kernel = 1\nbatch_size = 200",
             "batch_size = 5000",
+            "shards = 0",
+            "shards = 17",
+            "augment_shift = 28",
+            "augment_shift = 9223372036854775807",
             "stem_stride = 0",
             "stem_kernel = 29",
             "stem_padding = 4",
