@@ -185,8 +185,9 @@ pub fn describe_mode(mode: Mode) -> String {
 
 /// Whether grey-scale images of `rows x cols` (one channel) fit a model input of `shape`
 /// (channels x height x width): the same height and width on a one-channel input. A flat input
-/// (`1x1xN`, a perceptron's) takes any image of `N` values, and flat images (`rows == 1`, as
-/// read from a rank-2 IDX file, which claims no layout) feed any input of their length.
+/// (`1x1xN`, a perceptron's) takes any image of `N` values, and flat images (`rows == 1`: an
+/// `[n, 1, N]` IDX file of vectors, which claims no 2-D layout) feed any input of their
+/// length. Grey-scale images are one channel: a model of more channels takes only flat ones.
 pub fn image_fits(shape: [usize; 3], rows: usize, cols: usize) -> bool {
     let [c, h, w] = shape;
     let values = rows.saturating_mul(cols);
