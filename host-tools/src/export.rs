@@ -241,7 +241,10 @@ pub fn export(network: &Network, options: ExportOptions) -> Result<(ModelSpec, V
     for (l, item) in items.iter().enumerate() {
         if let Item::Weighted(w) = item {
             if w.theta.nrows() == 0 {
-                bail!("every unit of layer {l} was pruned: the network predicts a constant (lower --threshold)");
+                bail!(
+                    "every unit of layer {l} was pruned: the network predicts a constant (raise \
+                     --threshold: weights with log alpha above it are pruned)"
+                );
             }
         }
     }
@@ -468,6 +471,9 @@ mod tests {
         };
         let err = export(&network(), options).unwrap_err().to_string();
         assert!(err.contains("pruned"), "{err}");
+        // Weights with log alpha above the threshold are pruned: raising it keeps more.
+        assert!(err.contains("raise --threshold"), "{err}");
+        assert!(!err.contains("lower"), "{err}");
     }
 
     #[test]

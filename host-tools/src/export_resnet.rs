@@ -172,7 +172,7 @@ pub fn export_resnet(
         shape = shape_b;
     }
     if reports.iter().all(|r| r.surviving_weights == 0) {
-        bail!("every weight was pruned: raise the threshold");
+        bail!("every weight was pruned (raise --threshold: weights with log alpha above it are pruned)");
     }
     let classes = net.classes();
     Ok((

@@ -38,10 +38,10 @@ pub struct HaltingArgs {
     pub halting: Option<Policy>,
     /// Strength lambda of the truncated geometric depth prior p(z = l) ∝ (1 - lambda)^(l - 1)
     /// for `joint` and `sample` [default: the prior stored in the model].
-    #[arg(long, value_name = "LAMBDA")]
+    #[arg(long, allow_negative_numbers = true, value_name = "LAMBDA")]
     pub prior_lambda: Option<f64>,
     /// Threshold in nats for `mi` and `entropy`.
-    #[arg(long, value_name = "NATS")]
+    #[arg(long, allow_negative_numbers = true, value_name = "NATS")]
     pub threshold: Option<f32>,
 }
 

@@ -31,19 +31,23 @@ pub const MAX_DECODED_BYTES: u64 = 1 << 30;
 /// Element-type code of unsigned bytes, the only type this reader accepts.
 pub const IDX_TYPE_U8: u8 = 0x08;
 
+/// The one wording of an empty image set, wherever it is found empty.
+pub const EMPTY_DATA_SET: &str = "the data set is empty (no images)";
+
 /// Number of classes MNIST labels range over.
 pub const MNIST_CLASSES: usize = 10;
 
 /// Why an IDX file or a dataset could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum IdxError {
-    /// The file could not be opened or read.
-    #[error("cannot read {path}: {source}")]
+    /// The file could not be opened or read. The message includes the cause, so the cause is
+    /// not also exposed as `source()` (a chained report would print it twice).
+    #[error("cannot read {path}: {error}")]
     Io {
         /// File that failed.
         path: PathBuf,
         /// Underlying error.
-        source: io::Error,
+        error: io::Error,
     },
     /// The gzip stream is corrupt.
     #[error("corrupt gzip stream: {0}")]
@@ -111,7 +115,7 @@ pub enum IdxError {
         classes: usize,
     },
     /// The dataset has no examples (or images have zero pixels).
-    #[error("empty dataset")]
+    #[error("{EMPTY_DATA_SET}")]
     Empty,
     /// A validation split or subset asks for more examples than exist.
     #[error("cannot take {requested} examples from a dataset of {available} (at least one must remain for training)")]
@@ -150,7 +154,7 @@ pub fn read_idx<R: Read>(reader: R) -> Result<IdxArray, IdxError> {
 pub fn read_idx_file(path: &Path) -> Result<IdxArray, IdxError> {
     let file = File::open(path).map_err(|e| io_err(path, e))?;
     read_idx(file).map_err(|e| match e {
-        IdxError::Io { source, .. } => io_err(path, source),
+        IdxError::Io { error, .. } => io_err(path, error),
         other => other,
     })
 }
@@ -161,6 +165,27 @@ pub fn load_images(path: &Path) -> anyhow::Result<IdxArray> {
     read_images(path).map_err(|e| match e {
         IdxError::Io { .. } => anyhow::anyhow!(e),
         other => anyhow::anyhow!(other).context(format!("images {}", path.display())),
+    })
+}
+
+/// Reads an IDX label file with errors that name the file once.
+pub fn load_labels(path: &Path) -> anyhow::Result<IdxArray> {
+    read_labels(path).map_err(|e| match e {
+        IdxError::Io { .. } => anyhow::anyhow!(e),
+        other => anyhow::anyhow!(other).context(format!("labels {}", path.display())),
+    })
+}
+
+/// Reads an image file and its label file as a [`Dataset`] of `classes` classes, with errors
+/// that name the file at fault once.
+pub fn load_labelled(images: &Path, labels: &Path, classes: usize) -> anyhow::Result<Dataset> {
+    let images = load_images(images)?;
+    let labels = load_labels(labels)?;
+    Dataset::from_idx(images, labels, classes).map_err(|e| match e {
+        IdxError::CountMismatch { .. } => {
+            anyhow::anyhow!(e).context("images and labels do not match")
+        }
+        other => anyhow::anyhow!(other),
     })
 }
 
@@ -187,10 +212,10 @@ fn check_rank(arr: &IdxArray, expected: u8) -> Result<(), IdxError> {
     Ok(())
 }
 
-fn io_err(path: &Path, source: io::Error) -> IdxError {
+fn io_err(path: &Path, error: io::Error) -> IdxError {
     IdxError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 

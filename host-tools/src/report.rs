@@ -55,6 +55,16 @@ pub struct ModelReport {
     pub ram_bytes_deterministic: usize,
 }
 
+/// Checks the sample count a RAM figure is asked for: 1 to 65,535, what the engine runs (a
+/// larger count is refused, not clamped). `flag` names the option in the message.
+pub fn check_report_samples(flag: &str, samples: usize) -> anyhow::Result<()> {
+    let max = crate::simulate::MAX_SAMPLES as usize;
+    if !(1..=max).contains(&samples) {
+        anyhow::bail!("{flag} must be 1 to {max} (the engine's limit), got {samples}");
+    }
+    Ok(())
+}
+
 /// Samples per pass a report assumes when not told: up to 8 for a plain network (the
 /// firmware's choice), 1 for an early-exit network, whose feature maps dominate its RAM and
 /// whose halting policies regenerate chunks instead of keeping every sample alive.

@@ -43,9 +43,23 @@ pub struct PrecisionArgs {
     /// quantizing (use the training images).
     #[arg(long, value_name = "IDX")]
     pub calibration_images: Option<PathBuf>,
-    /// Number of calibration images.
-    #[arg(long, default_value_t = DEFAULT_CALIBRATION_COUNT)]
-    pub calibration_count: usize,
+    /// Number of calibration images, at most the images in the file [default: 1000, or every
+    /// image of a smaller file, with a warning].
+    #[arg(long, allow_negative_numbers = true)]
+    pub calibration_count: Option<usize>,
+}
+
+impl PrecisionArgs {
+    /// Warns (one line on stderr) when calibration options were given but nothing is
+    /// quantized, so they would otherwise be ignored without a word.
+    pub fn warn_if_unused(&self) {
+        if self.calibration_images.is_some() || self.calibration_count.is_some() {
+            eprintln!(
+                "warning: --calibration-images and --calibration-count are ignored: they \
+                 calibrate quantizing an f32 model to --precision q8 or q16 only"
+            );
+        }
+    }
 }
 
 /// A loaded model of either precision, in an aligned buffer.
@@ -133,13 +147,38 @@ pub fn read_any_model(path: &Path) -> Result<Runner> {
     }
 }
 
-/// Reads the first `count` images of an IDX file for calibration.
-pub fn calibration_images(path: &Path, count: usize) -> Result<Vec<Vec<u8>>> {
-    if count == 0 {
+/// Reads the first `count` images of an IDX file for calibration, checking they fit a model
+/// input of `shape`. An explicit count above the images in the file is an error; without one,
+/// a file of fewer than [`DEFAULT_CALIBRATION_COUNT`] images is used whole, with a warning.
+pub fn calibration_images(
+    path: &Path,
+    count: Option<usize>,
+    shape: [usize; 3],
+) -> Result<Vec<Vec<u8>>> {
+    if count == Some(0) {
         bail!("--calibration-count must be at least 1");
     }
     let array = load_images(path)?;
     let images = Images::from_idx(&array);
+    crate::simulate::check_image_set(shape, &images)
+        .with_context(|| format!("calibration images {}", path.display()))?;
+    let available = images.len();
+    let count = match count {
+        Some(c) if c > available => bail!(
+            "--calibration-count {c} is more than the {available} images in {}",
+            path.display()
+        ),
+        Some(c) => c,
+        None if available < DEFAULT_CALIBRATION_COUNT => {
+            eprintln!(
+                "warning: calibrating on all {available} images of {} (fewer than the default \
+                 --calibration-count {DEFAULT_CALIBRATION_COUNT})",
+                path.display()
+            );
+            available
+        }
+        None => DEFAULT_CALIBRATION_COUNT,
+    };
     let values = images.values();
     Ok(images
         .pixels
@@ -161,7 +200,7 @@ pub fn quantize_spec(
             precision.name()
         )
     })?;
-    let images = calibration_images(path, args.calibration_count)?;
+    let images = calibration_images(path, args.calibration_count, spec.input_shape)?;
     let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
     let q = quantize(spec, precision, &refs, Calibration::default())
         .map_err(|e| anyhow!("cannot quantize to {}: {e}", precision.name()))?;
@@ -246,8 +285,14 @@ pub fn spec_from_model(model: &Model<'_>) -> Result<ModelSpec> {
 pub fn load_runner(path: &Path, args: &PrecisionArgs) -> Result<Runner> {
     let runner = read_any_model(path)?;
     match (&runner, args.precision) {
-        (_, None) | (Runner::F32(_), Some(Precision::F32)) => Ok(runner),
-        (Runner::Fixed(_), Some(p)) if p == runner.precision() => Ok(runner),
+        (_, None) | (Runner::F32(_), Some(Precision::F32)) => {
+            args.warn_if_unused();
+            Ok(runner)
+        }
+        (Runner::Fixed(_), Some(p)) if p == runner.precision() => {
+            args.warn_if_unused();
+            Ok(runner)
+        }
         (Runner::Fixed(_), Some(p)) => bail!(
             "{} is a {} model and cannot run as {} (export the run again with --precision {})",
             path.display(),
@@ -291,6 +336,14 @@ impl Runner {
             (Some(m), _) => m.num_classes(),
             (_, Some(m)) => m.num_classes(),
             _ => 0,
+        }
+    }
+    /// Input shape, channels x height x width.
+    pub fn input_shape(&self) -> [usize; 3] {
+        match (self.float(), self.fixed()) {
+            (Some(m), _) => m.input_shape(),
+            (_, Some(m)) => m.input_shape(),
+            _ => [0; 3],
         }
     }
     /// Number of raw input values.

@@ -27,8 +27,13 @@ pub const MAX_SAMPLES: u32 = u16::MAX as u32;
 /// Why a simulation could not run. Each message is one line meant for the user.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SimulateError {
-    /// The images have a different number of values than the model's input.
-    #[error("images are {rows}x{cols} = {values} values but the model takes {inputs} inputs")]
+    /// The images do not have the model's input shape (see [`image_fits`]).
+    #[error(
+        "images are {rows}x{cols} ({values} values) but the model's input is {}x{}x{} ({inputs} values)",
+        shape[0],
+        shape[1],
+        shape[2]
+    )]
     InputSize {
         /// Image height.
         rows: usize,
@@ -36,6 +41,8 @@ pub enum SimulateError {
         cols: usize,
         /// `rows * cols`.
         values: usize,
+        /// The model's input shape, channels x height x width.
+        shape: [usize; 3],
         /// `model.input_len()`.
         inputs: usize,
     },
@@ -50,15 +57,15 @@ pub enum SimulateError {
         cols: usize,
     },
     /// There are no images to run.
-    #[error("the image set is empty")]
+    #[error("{}", crate::idx::EMPTY_DATA_SET)]
     Empty,
     /// The engine refused one image (for example, its logits overflowed).
-    #[error("image {index}: {source}")]
+    #[error("image {index}: {error}")]
     Inference {
         /// Index of the image in the set.
         index: usize,
-        /// The core's error.
-        source: InferenceError,
+        /// The core's error (in the message, so not also `source()`).
+        error: InferenceError,
     },
 }
 
@@ -176,21 +183,38 @@ pub fn describe_mode(mode: Mode) -> String {
     }
 }
 
-/// Checks that `images` fit the model's input (same number of values per image, whole images,
-/// at least one), with the one-line errors of [`SimulateError`].
-pub fn check_images(model: &Model<'_>, images: &Images<'_>) -> Result<(), SimulateError> {
-    check_image_set(model.input_len(), images)
+/// Whether grey-scale images of `rows x cols` (one channel) fit a model input of `shape`
+/// (channels x height x width): the same height and width on a one-channel input. A flat input
+/// (`1x1xN`, a perceptron's) takes any image of `N` values, and flat images (`rows == 1`: an
+/// `[n, 1, N]` IDX file of vectors, which claims no 2-D layout) feed any input of their
+/// length. Grey-scale images are one channel: a model of more channels takes only flat ones.
+pub fn image_fits(shape: [usize; 3], rows: usize, cols: usize) -> bool {
+    let [c, h, w] = shape;
+    let values = rows.saturating_mul(cols);
+    let inputs = c.saturating_mul(h).saturating_mul(w);
+    if (c == 1 && h == 1) || rows == 1 {
+        values == inputs
+    } else {
+        c == 1 && rows == h && cols == w
+    }
 }
 
-/// [`check_images`] against a model input of `inputs` values (any precision).
-pub fn check_image_set(inputs: usize, images: &Images<'_>) -> Result<(), SimulateError> {
+/// Checks that `images` fit the model's input ([`image_fits`], whole images, at least one),
+/// with the one-line errors of [`SimulateError`].
+pub fn check_images(model: &Model<'_>, images: &Images<'_>) -> Result<(), SimulateError> {
+    check_image_set(model.input_shape(), images)
+}
+
+/// [`check_images`] against a model input of `shape` (any precision).
+pub fn check_image_set(shape: [usize; 3], images: &Images<'_>) -> Result<(), SimulateError> {
     let values = images.values();
-    if values != inputs {
+    if !image_fits(shape, images.rows, images.cols) {
         return Err(SimulateError::InputSize {
             rows: images.rows,
             cols: images.cols,
             values,
-            inputs,
+            shape,
+            inputs: shape.iter().product(),
         });
     }
     if images.pixels.len() % values != 0 {
@@ -231,7 +255,7 @@ where
         .map_init(workspace, |workspace, (index, pixels)| {
             let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed.wrapping_add(index as u64));
             predict(workspace, pixels, &mut rng)
-                .map_err(|source| SimulateError::Inference { index, source })
+                .map_err(|error| SimulateError::Inference { index, error })
         })
         .collect()
 }
@@ -316,7 +340,7 @@ pub fn simulate_fixed(
     mode: Mode,
     seed: u64,
 ) -> Result<Simulated, SimulateError> {
-    check_image_set(model.input_len(), images)?;
+    check_image_set(model.input_shape(), images)?;
     match model.num_classes() {
         0..=16 => run_fixed::<16>(model, images, mode, seed),
         17..=128 => run_fixed::<128>(model, images, mode, seed),
@@ -433,8 +457,28 @@ mod tests {
         let err = simulate(&model, &images, Mode::MeanWeights, 0).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "images are 28x28 = 784 values but the model takes 100 inputs"
+            "images are 28x28 (784 values) but the model's input is 1x1x100 (100 values)"
         );
+        // The same length in another shape is refused by a shaped input, not by a flat one.
+        let mut spec = synthetic::mlp(3, &[784, 8, 3], 0.6);
+        spec.input_shape = [1, 28, 28];
+        let shaped = spec.to_buffer().unwrap();
+        let tall = Images {
+            rows: 14,
+            cols: 56,
+            pixels: &px,
+        };
+        assert_eq!(
+            simulate(&shaped.model().unwrap(), &tall, Mode::MeanWeights, 0)
+                .unwrap_err()
+                .to_string(),
+            "images are 14x56 (784 values) but the model's input is 1x28x28 (784 values)"
+        );
+        let flat = model_bytes(&[784, 8, 3]);
+        assert!(simulate(&flat.model().unwrap(), &tall, Mode::MeanWeights, 0).is_ok());
+        assert!(image_fits([1, 28, 28], 1, 784));
+        assert!(!image_fits([3, 28, 28], 28, 84));
+        assert!(image_fits([3, 28, 28], 1, 2352));
         let empty = Images {
             rows: 10,
             cols: 10,

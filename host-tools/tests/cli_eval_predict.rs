@@ -378,7 +378,7 @@ fn bad_inputs_fail_with_one_line_and_write_nothing() {
         m,
         &big,
         &[],
-        "images are 5x5 = 25 values but the model takes 16 inputs",
+        "images are 5x5 (25 values) but the model's input is 1x4x4 (16 values)",
     );
     predict(&corrupt_model, &f.images, &[], "CRC mismatch");
     predict(&not_model, &f.images, &[], "not a tinybayes model");
@@ -434,7 +434,7 @@ fn bad_inputs_fail_with_one_line_and_write_nothing() {
         &f.write("two.idx", &idx(&[2], &[0, 1])),
         &report,
         &[],
-        "images are 5x5 = 25 values but the model takes 16 inputs",
+        "images are 5x5 (25 values) but the model's input is 1x4x4 (16 values)",
     );
     eval(
         &f.images,

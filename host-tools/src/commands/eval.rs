@@ -17,8 +17,7 @@ use tinybayes::Mode;
 use crate::commands::predict::{check_output_dir, SamplingArgs};
 use crate::files::{check_writable, write_new};
 use crate::halting::{all_exit_summaries, geometric_prior, HaltingArgs, HaltingSpec, Policy};
-use crate::idx::load_images;
-use crate::idx::{read_labels, Dataset, IdxError};
+use crate::idx::{load_images, load_labelled};
 use crate::metrics::{
     evaluate, out_of_distribution, LayerSparsity, Metrics, OutOfDistribution, ECE_BINS,
     PROBABILITY_FLOOR,
@@ -54,7 +53,8 @@ pub struct EvalArgs {
     /// Model file (.tbm).
     #[arg(long)]
     pub model: PathBuf,
-    /// IDX image file (`[n, rows, cols]` unsigned bytes, plain or gzip).
+    /// IDX image file (`[n, rows, cols]` unsigned bytes, plain or gzip; at most 1073741824
+    /// bytes of pixels).
     #[arg(long)]
     pub images: PathBuf,
     /// IDX label file (`[n]` unsigned bytes, each below the model's classes).
@@ -80,10 +80,10 @@ pub struct EvalArgs {
     #[arg(long, value_name = "DIR", conflicts_with_all = ["skip", "limit"])]
     pub validation_of: Option<PathBuf>,
     /// Skip this many images (and labels) first.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     pub skip: usize,
     /// Evaluate at most this many images (after --skip).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub limit: Option<usize>,
     /// Also run the model over these images that are unlike its training data (an IDX image
     /// file of the same shape, no labels; e.g. Fashion-MNIST for an MNIST model) and report
@@ -323,18 +323,6 @@ fn prepare_report_dir(dir: &Path, force: bool) -> Result<()> {
     check_output_dir(dir)
 }
 
-fn load_dataset(args: &EvalArgs, classes: usize) -> Result<Dataset> {
-    let images = load_images(&args.images)?;
-    let labels = read_labels(&args.labels).map_err(|e| match e {
-        IdxError::Io { .. } => anyhow!(e),
-        other => anyhow!(other).context(format!("labels {}", args.labels.display())),
-    })?;
-    Dataset::from_idx(images, labels, classes).map_err(|e| match e {
-        IdxError::CountMismatch { .. } => anyhow!(e).context("images and labels do not match"),
-        other => anyhow!(other),
-    })
-}
-
 fn values(
     predictions: &[ImagePrediction],
     hits: &[bool],
@@ -487,7 +475,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let mode = args.sampling.mode()?;
     let runner = load_runner(&args.model, &args.precision)?;
     let classes = runner.num_classes();
-    let mut dataset = load_dataset(args, classes)?;
+    let mut dataset = load_labelled(&args.images, &args.labels, classes)?;
     if let Some(run) = &args.validation_of {
         let run = crate::run_dir::load_run(run)?;
         if run.config.val_size == 0 {
@@ -499,9 +487,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         dataset = validation;
     }
     if args.skip > 0 || args.limit.is_some() {
-        let end = args
-            .limit
-            .map_or(dataset.len(), |l| (args.skip + l).min(dataset.len()));
+        if args.limit == Some(0) {
+            bail!("--limit 0 selects no image: give at least 1");
+        }
+        let end = args.limit.map_or(dataset.len(), |l| {
+            args.skip.saturating_add(l).min(dataset.len())
+        });
         if args.skip >= end {
             bail!("--skip {} leaves no image of {}", args.skip, dataset.len());
         }
@@ -516,28 +507,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         cols: dataset.cols,
         pixels: &dataset.pixels,
     };
-    if images.values() != runner.input_len() {
-        bail!(
-            "images are {}x{} = {} values but the model takes {} inputs",
-            images.rows,
-            images.cols,
-            images.values(),
-            runner.input_len()
-        );
-    }
+    crate::simulate::check_image_set(runner.input_shape(), &images)?;
     let ood_images = match &args.ood_images {
         Some(path) => {
             let set = load_images(path)?;
-            let images = Images::from_idx(&set);
-            if images.values() != runner.input_len() {
-                bail!(
-                    "out-of-distribution images {} are {}x{} but the model takes {} inputs",
-                    path.display(),
-                    images.rows,
-                    images.cols,
-                    runner.input_len()
-                );
-            }
+            crate::simulate::check_image_set(runner.input_shape(), &Images::from_idx(&set))
+                .with_context(|| format!("out-of-distribution images {}", path.display()))?;
             Some(set)
         }
         None => None,

@@ -21,17 +21,17 @@ pub struct ExportArgs {
     #[arg(long)]
     pub run: PathBuf,
     /// Prune weights whose log alpha exceeds this.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 3.0)]
     pub threshold: f32,
     /// Write only the posterior means (no Monte Carlo uncertainty; half the flash).
     #[arg(long)]
     pub deterministic: bool,
-    /// Monte Carlo samples per pass for the RAM figure of the report.
-    #[arg(long, default_value_t = 32)]
+    /// Monte Carlo samples per prediction for the RAM figure of the report (1 to 65535).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 32)]
     pub samples: usize,
     /// Early-exit ResNets: strength lambda of the truncated geometric depth prior written into
     /// the exit heads, p(z = l) ∝ (1 - lambda)^(l - 1) [default: the one trained with].
-    #[arg(long, value_name = "LAMBDA")]
+    #[arg(long, allow_negative_numbers = true, value_name = "LAMBDA")]
     pub prior_lambda: Option<f64>,
     /// Number format of the file (q8/q16 need --calibration-images).
     #[command(flatten)]
@@ -52,6 +52,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
             args.threshold
         );
     }
+    crate::report::check_report_samples("--samples", args.samples)?;
     check_writable(&args.out, args.force)?;
     let run = load_run(&args.run)?;
     let options = ExportOptions {
@@ -77,7 +78,10 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         }
     };
     let runner = match args.precision.precision {
-        None | Some(Precision::F32) => Runner::F32(spec.to_buffer()?),
+        None | Some(Precision::F32) => {
+            args.precision.warn_if_unused();
+            Runner::F32(spec.to_buffer()?)
+        }
         Some(p) => Runner::Fixed(quantize_spec(&spec, p, &args.precision)?),
     };
     let report = runner

@@ -13,12 +13,12 @@ pub struct InspectArgs {
     /// Model file (.tbm).
     #[arg(long)]
     pub model: PathBuf,
-    /// Monte Carlo samples per prediction the RAM figure is for.
-    #[arg(long, default_value_t = 32)]
+    /// Monte Carlo samples per prediction the RAM figure is for (1 to 65535).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 32)]
     pub samples: usize,
     /// Samples sharing one pass over the weights (the engine's CHUNK) [default: up to 8 for
     /// a plain network, 1 for an early-exit network].
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u16).range(1..))]
     pub chunk: Option<u16>,
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -27,6 +27,7 @@ pub struct InspectArgs {
 
 /// Runs `inspect`.
 pub fn run(args: &InspectArgs) -> Result<()> {
+    crate::report::check_report_samples("--samples", args.samples)?;
     let runner = read_any_model(&args.model)?;
     let report = runner
         .report(args.samples, args.chunk.map(usize::from))

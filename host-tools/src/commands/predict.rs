@@ -38,7 +38,7 @@ pub struct SamplingArgs {
     #[arg(long, conflicts_with = "samples")]
     pub mean_weights: bool,
     /// Seed: image i draws its noise from Xoshiro128++ seeded with seed + i (as on the device).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     pub seed: u64,
 }
 
@@ -58,7 +58,8 @@ pub struct PredictArgs {
     /// Model file (.tbm).
     #[arg(long)]
     pub model: PathBuf,
-    /// IDX image file (`[n, rows, cols]` unsigned bytes, plain or gzip).
+    /// IDX image file (`[n, rows, cols]` unsigned bytes, plain or gzip; at most 1073741824
+    /// bytes of pixels).
     #[arg(long)]
     pub images: PathBuf,
     /// Sampling of the posterior.

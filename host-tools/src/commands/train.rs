@@ -13,8 +13,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use crate::idx::load_dataset;
+use crate::idx::load_labelled;
+use crate::idx::MNIST_CLASSES;
 use crate::run_dir::has_checkpoint;
+use crate::train::config::RESUMABLE_SETTINGS;
 use crate::train::{Arch, TrainConfig, TrainError, TrainEvent, Trainer};
 
 /// Arguments of `train`.
@@ -24,46 +26,53 @@ pub struct TrainArgs {
     /// ResNet).
     #[arg(long)]
     pub arch: Option<String>,
-    /// resnet-ee: residual blocks, one exit after each (overrides the config file).
-    #[arg(long)]
+    /// resnet-ee: residual blocks, one exit after each, 1 to 7 (overrides the config file).
+    #[arg(long, allow_negative_numbers = true)]
     pub blocks: Option<usize>,
-    /// resnet-ee: channels of the stem and every block (overrides the config file).
-    #[arg(long)]
+    /// resnet-ee: channels of the stem and every block, 1 to 512, with at most 65535 values
+    /// per feature map and 4194304 weights in all (overrides the config file).
+    #[arg(long, allow_negative_numbers = true)]
     pub channels: Option<usize>,
     /// resnet-ee: strength lambda in [0, 1) of the truncated geometric prior over depth,
     /// p(z=l) ∝ (1-lambda)^(l-1), used in the objective (overrides the config file).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub prior_lambda: Option<f64>,
     /// resnet-ee: exit objective, mixture (-log sum_l p(z=l) p(y|x,z=l)) or weighted
     /// (-sum_l p(z=l) log p(y|x,z=l)) (overrides the config file).
     #[arg(long)]
     pub exit_objective: Option<String>,
     /// Epochs (overrides the config file).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub epochs: Option<usize>,
     /// Seed (overrides the config file).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
-    /// TOML file overriding any training setting (see `TrainConfig`).
+    /// TOML file overriding any training setting (see `TrainConfig`). Limits: batch_size 1 to
+    /// 4096, shards 1 to 16, augment_shift below 28; resnet-ee: blocks 1 to 7, channels 1 to 512, at most 65535 values per feature
+    /// map, 4194304 weights and 134217728 activations per batch.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Directory with the MNIST training files (train-images-idx3-ubyte[.gz],
-    /// train-labels-idx1-ubyte[.gz]).
-    #[arg(long, default_value = "../shared/data/mnist")]
-    pub data: PathBuf,
-    /// Training images (IDX, gzip or plain); overrides --data.
+    /// train-labels-idx1-ubyte[.gz]) [default: $TINYBAYES_DATA if set, else
+    /// ../shared/data/mnist from the project root, wherever tinybayes is run from].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Training images (IDX, gzip or plain; at most 1073741824 bytes of pixels); overrides
+    /// --data.
     #[arg(long)]
     pub images: Option<PathBuf>,
     /// Training labels (IDX, gzip or plain); overrides --data.
     #[arg(long)]
     pub labels: Option<PathBuf>,
     /// Train on the first N training examples only (after the validation split).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub train_limit: Option<usize>,
     /// Run directory: checkpoint, history.json and config.toml go here.
     #[arg(long)]
     pub out: PathBuf,
-    /// Continue the run saved in --out.
+    /// Continue the run saved in --out. A resumed run may change only epochs, lr and
+    /// lr_schedule (with --epochs, --config FILE or an edit of the run's config.toml); other
+    /// changed settings are refused.
     #[arg(long, conflicts_with = "force")]
     pub resume: bool,
     /// Start over even if --out already holds a run (its checkpoint is replaced).
@@ -71,15 +80,63 @@ pub struct TrainArgs {
     pub force: bool,
 }
 
-/// Finds `name` or `name.gz` in `dir`.
-fn data_file(dir: &Path, name: &str) -> Result<PathBuf> {
+/// Environment variable naming the MNIST directory `train` reads when `--data` is not given.
+pub const DATA_ENV: &str = "TINYBAYES_DATA";
+
+/// The default MNIST directory, relative to the project root (the repository checkout).
+pub const DEFAULT_DATA: &str = "../shared/data/mnist";
+
+/// `path` with `.` and `..` components resolved lexically (the directory need not exist).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir if out.file_name().is_some() => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The project root: the checkout this binary was built from.
+pub fn project_root() -> PathBuf {
+    normalize(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+}
+
+/// The MNIST directory to read and how it was chosen: `--data`, else `$TINYBAYES_DATA`, else
+/// [`DEFAULT_DATA`] from the [`project_root`] (not from the current directory).
+pub fn data_dir(flag: Option<&Path>) -> (PathBuf, String) {
+    if let Some(dir) = flag {
+        return (dir.to_path_buf(), "--data".into());
+    }
+    match std::env::var_os(DATA_ENV) {
+        Some(dir) if !dir.is_empty() => (PathBuf::from(dir), format!("from {DATA_ENV}")),
+        _ => {
+            let root = project_root();
+            (
+                normalize(&root.join(DEFAULT_DATA)),
+                format!(
+                    "the default {DEFAULT_DATA} from the project root {}",
+                    root.display()
+                ),
+            )
+        }
+    }
+}
+
+/// Finds `name` or `name.gz` in `dir`; the error says where it looked and why there.
+fn data_file(dir: &Path, why: &str, name: &str) -> Result<PathBuf> {
     for candidate in [dir.join(format!("{name}.gz")), dir.join(name)] {
         if candidate.is_file() {
             return Ok(candidate);
         }
     }
     bail!(
-        "{} has no {name}[.gz] (use --data, or --images and --labels)",
+        "no {name}[.gz] in {} ({why}); give --data DIR, set {DATA_ENV}=DIR, or give --images \
+         and --labels",
         dir.display()
     )
 }
@@ -94,13 +151,48 @@ fn config_from(args: &TrainArgs) -> Result<TrainConfig> {
         }
         None => TrainConfig::default(),
     };
+    apply_flags(args, &mut config)?;
+    config
+        .check()
+        .map_err(|e| anyhow::anyhow!("invalid training configuration: {e}"))?;
+    Ok(config)
+}
+
+/// Reads a TOML configuration file as a table of the keys it sets.
+fn config_table(path: &Path) -> Result<toml::Table> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    toml::from_str::<toml::Table>(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))
+}
+
+/// The settings `train --resume` asks for: the checkpoint's configuration, overridden by the
+/// keys of the run's `config.toml` (where a user may have edited them), then by the keys of
+/// `--config`, then by the flags. [`Trainer::resume_with`] refuses those that may not change.
+fn resumed_config(args: &TrainArgs, saved: &TrainConfig) -> Result<TrainConfig> {
+    let mut table = toml::Table::try_from(saved)?;
+    let run_config = args.out.join("config.toml");
+    let mut sources = Vec::new();
+    if run_config.is_file() {
+        sources.push(run_config);
+    }
+    sources.extend(args.config.clone());
+    for path in &sources {
+        table.extend(config_table(path)?);
+    }
+    let mut config: TrainConfig = table.try_into().map_err(|e: toml::de::Error| {
+        let names: Vec<String> = sources.iter().map(|p| p.display().to_string()).collect();
+        anyhow::anyhow!("{}: {}", names.join(" + "), e.message())
+    })?;
+    apply_flags(args, &mut config)?;
+    Ok(config)
+}
+
+/// Applies the command-line overrides to `config`.
+fn apply_flags(args: &TrainArgs, config: &mut TrainConfig) -> Result<()> {
     if let Some(arch) = &args.arch {
         let arch: Arch = arch.parse().map_err(|e| anyhow::anyhow!("--arch: {e}"))?;
-        if args.config.is_none() {
-            config = TrainConfig::for_arch(arch);
-        } else {
-            config.arch = arch;
-        }
+        config.arch = arch;
     }
     if let Some(epochs) = args.epochs {
         config.epochs = epochs;
@@ -135,21 +227,32 @@ fn config_from(args: &TrainArgs) -> Result<TrainConfig> {
             config.arch
         );
     }
-    config
-        .check()
-        .map_err(|e| anyhow::anyhow!("invalid training configuration: {e}"))?;
-    Ok(config)
+    Ok(())
+}
+
+/// The resumable settings that differ between `saved` and `config`, as `key old -> new`.
+fn describe_changes(saved: &TrainConfig, config: &TrainConfig) -> Vec<String> {
+    let (Ok(a), Ok(b)) = (toml::Table::try_from(saved), toml::Table::try_from(config)) else {
+        return Vec::new();
+    };
+    let show = |v: Option<&toml::Value>| v.map_or("default".to_string(), |v| v.to_string());
+    RESUMABLE_SETTINGS
+        .iter()
+        .filter(|k| a.get(**k) != b.get(**k))
+        .map(|k| format!("{k} {} -> {}", show(a.get(*k)), show(b.get(*k))))
+        .collect()
 }
 
 /// Runs `train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
+    let (dir, why) = data_dir(args.data.as_deref());
     let images = match &args.images {
         Some(p) => p.clone(),
-        None => data_file(&args.data, "train-images-idx3-ubyte")?,
+        None => data_file(&dir, &why, "train-images-idx3-ubyte")?,
     };
     let labels = match &args.labels {
         Some(p) => p.clone(),
-        None => data_file(&args.data, "train-labels-idx1-ubyte")?,
+        None => data_file(&dir, &why, "train-labels-idx1-ubyte")?,
     };
     if args.out.is_file() {
         bail!(
@@ -170,25 +273,46 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             args.out.display()
         );
     }
-    let data = load_dataset(&images, &labels)
-        .with_context(|| format!("cannot load training data {}", images.display()))?;
-
-    let mut trainer = if args.resume {
-        let t = Trainer::resume(&args.out, &data)?;
-        println!(
-            "resuming {} at epoch {} of {}",
-            args.out.display(),
-            t.epoch(),
-            t.config().epochs
-        );
-        t
+    // Settings are checked before the data is read (a bad size fails at once).
+    let (config, resumed) = if args.resume {
+        let (saved, done) = Trainer::saved_config(&args.out)?;
+        let asked = resumed_config(args, &saved)?;
+        // Refused here, before the data is read, with the trainer's own rule.
+        let config = saved
+            .resumed_with(&asked, done)
+            .map_err(TrainError::Resume)?;
+        (None, Some((saved, config)))
     } else {
-        let config = config_from(args)?;
+        (Some(config_from(args)?), None)
+    };
+    let data = load_labelled(&images, &labels, MNIST_CLASSES)?;
+
+    let mut trainer = if let Some(config) = config {
         std::fs::create_dir_all(&args.out)
             .with_context(|| format!("cannot create run directory {}", args.out.display()))?;
         std::fs::write(args.out.join("config.toml"), toml::to_string(&config)?)
             .with_context(|| format!("cannot write into {}", args.out.display()))?;
         Trainer::new(config, &data)?
+    } else {
+        let (saved, config) = resumed.expect("a resumed run has its settings");
+        let changes = describe_changes(&saved, &config);
+        let t = Trainer::resume_with(&args.out, &data, |_, _| Ok(config.clone()))?;
+        if !changes.is_empty() {
+            std::fs::write(args.out.join("config.toml"), toml::to_string(t.config())?)
+                .with_context(|| format!("cannot write into {}", args.out.display()))?;
+        }
+        println!(
+            "resuming {} at epoch {} of {}{}",
+            args.out.display(),
+            t.epoch(),
+            t.config().epochs,
+            if changes.is_empty() {
+                String::new()
+            } else {
+                format!(" (changed: {})", changes.join(", "))
+            }
+        );
+        t
     };
     let config = trainer.config().clone();
     println!(
@@ -293,11 +417,19 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             );
             Ok(())
         }
+        // A checkpoint is written after every completed epoch: a run that diverges in its
+        // first epoch has none to fall back on.
+        Err(TrainError::NonFinite { epoch: 0, batch }) => bail!(
+            "training diverged (NaN or infinity) at epoch 1, batch {batch}, before the first \
+             epoch ended: this run has no checkpoint to resume (lower the learning rate, lr in \
+             --config, and start over)"
+        ),
         Err(TrainError::NonFinite { epoch, batch }) => bail!(
-            "training diverged (NaN or infinity) at epoch {}, batch {batch}; the last good \
-             checkpoint in {} is kept (try a lower learning rate, then --resume)",
+            "training diverged (NaN or infinity) at epoch {}, batch {batch}; the checkpoint \
+             after epoch {epoch} in {} is kept (lower lr in {}, then --resume)",
             epoch + 1,
-            out.display()
+            out.display(),
+            out.join("config.toml").display()
         ),
         Err(e) => Err(e.into()),
     }
@@ -318,6 +450,27 @@ mod tests {
     fn config(extra: &[&str]) -> Result<TrainConfig> {
         let argv = ["tinybayes", "--out", "run"].iter().chain(extra);
         config_from(&Cli::try_parse_from(argv)?.args)
+    }
+
+    #[test]
+    fn the_default_data_directory_is_absolute_and_named() {
+        assert_eq!(
+            normalize(Path::new("/a/b/../c/./d")),
+            PathBuf::from("/a/c/d")
+        );
+        assert_eq!(normalize(Path::new("../x")), PathBuf::from("../x"));
+        let root = project_root();
+        assert!(
+            root.is_absolute() && root.join("host-tools").is_dir(),
+            "{root:?}"
+        );
+        let (dir, why) = data_dir(Some(Path::new("d")));
+        assert_eq!((dir, why.as_str()), (PathBuf::from("d"), "--data"));
+        if std::env::var_os(DATA_ENV).is_none() {
+            let (dir, why) = data_dir(None);
+            assert_eq!(dir, normalize(&root.join("../shared/data/mnist")));
+            assert!(why.contains("project root"), "{why}");
+        }
     }
 
     #[test]

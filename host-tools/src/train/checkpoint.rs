@@ -34,13 +34,14 @@ const MAX_HEADER: u64 = 64 << 20;
 /// Why a checkpoint could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    /// Reading or writing failed.
-    #[error("checkpoint I/O on {path}: {source}")]
+    /// Reading or writing failed (the message includes the cause, which is therefore not
+    /// also `source()`: a chained report would print it twice).
+    #[error("checkpoint I/O on {path}: {error}")]
     Io {
         /// File concerned.
         path: PathBuf,
         /// Underlying error.
-        source: io::Error,
+        error: io::Error,
     },
     /// The file is not a checkpoint of this format, or is damaged.
     #[error("corrupt or incompatible checkpoint {path}: {reason}")]
@@ -94,7 +95,7 @@ pub(crate) fn write(
     let tmp = dir.join(format!("{CHECKPOINT_FILE}.tmp"));
     let io_err = |p: &Path| {
         let p = p.to_path_buf();
-        move |source| CheckpointError::Io { path: p, source }
+        move |error| CheckpointError::Io { path: p, error }
     };
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let total: usize = params.iter().map(|p| p.len()).sum::<usize>() * 3;
@@ -135,9 +136,9 @@ pub(crate) fn write(
 /// Reads and verifies the checkpoint in `dir`.
 pub(crate) fn read(dir: &Path) -> Result<(Header, Payload), CheckpointError> {
     let path = dir.join(CHECKPOINT_FILE);
-    let bytes = fs::read(&path).map_err(|source| CheckpointError::Io {
+    let bytes = fs::read(&path).map_err(|error| CheckpointError::Io {
         path: path.clone(),
-        source,
+        error,
     })?;
     let corrupt = |reason: String| CheckpointError::Corrupt {
         path: path.clone(),
@@ -191,4 +192,24 @@ pub(crate) fn read(dir: &Path) -> Result<(Header, Payload), CheckpointError> {
     let m = take_all();
     let v = take_all();
     Ok((header, Payload { params, m, v }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_io_error_prints_its_cause_once_in_a_chained_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let Err(err) = read(&dir.path().join("missing")) else {
+            panic!("a missing checkpoint was read");
+        };
+        assert!(matches!(err, CheckpointError::Io { .. }), "{err}");
+        // `{:#}` prints the whole chain: the cause is in the message and nowhere else.
+        let report = format!("{:#}", anyhow::Error::from(err));
+        assert_eq!(report.matches("(os error 2)").count(), 1, "{report}");
+        let err = crate::train::TrainError::from(crate::idx::IdxError::Empty);
+        let report = format!("{:#}", anyhow::Error::from(err));
+        assert_eq!(report.matches("empty").count(), 1, "{report}");
+    }
 }

@@ -10,13 +10,33 @@ use super::optim::LrSchedule;
 use super::resnet::{ResNetEe, ResNetSpec};
 use super::tensor::Real;
 
-/// Largest `blocks` accepted (a typo must not allocate a thousand-block network).
-pub const MAX_BLOCKS: usize = 64;
+/// Largest `blocks` accepted: the model format's 32 layers hold the stem and 7 blocks of four
+/// layers (two convolutions, the residual addition, the exit head), so a deeper network could
+/// not be exported.
+pub const MAX_BLOCKS: usize = (tinybayes::format::MAX_LAYERS - 1) / 4;
 /// Largest `channels` accepted.
 pub const MAX_CHANNELS: usize = 512;
+/// Largest `channels x height x width` of a `resnet-ee` feature map after the stem: the model
+/// format's limit on the units of a layer.
+pub const MAX_FEATURE_MAP: usize = tinybayes::format::MAX_UNITS;
+/// Most weights of a `resnet-ee` network (4,194,304): with the variances, gradients and Adam
+/// moments the trainer holds about 8 floats per weight.
+pub const MAX_WEIGHTS: u64 = 1 << 22;
+/// Largest `shards` accepted: every shard holds a gradient of the whole network at once.
+pub const MAX_SHARDS: usize = 16;
+/// Largest `batch_size` accepted (activations are held per example of a batch).
+pub const MAX_BATCH_SIZE: usize = 4096;
+/// Most activation values of one `resnet-ee` mini-batch, `batch_size x feature map x (3 x
+/// blocks + 1)` (134,217,728, half a gigabyte of f32), checked before anything is allocated.
+pub const MAX_BATCH_ACTIVATIONS: u64 = 1 << 27;
 
 /// Epoch count below which the default KL warm-up (5 -> 20) is compressed proportionally.
 pub const WARMUP_REFERENCE_EPOCHS: usize = 40;
+
+/// The settings a resumed run may change (`train --resume` with `--epochs`, `--config` or an
+/// edited `config.toml`): the epoch count, the learning rate and its schedule. (While the
+/// epoch count changes, a default KL warm-up is pinned: see [`TrainConfig::resumed_with`].)
+pub const RESUMABLE_SETTINGS: [&str; 3] = ["epochs", "lr", "lr_schedule"];
 
 /// Everything that defines a training run. Missing TOML fields take the defaults listed on each
 /// field (the paper's recipe).
@@ -168,8 +188,11 @@ impl TrainConfig {
         if self.epochs == 0 {
             return Err("epochs must be at least 1".into());
         }
-        if self.batch_size == 0 {
-            return Err("batch_size must be at least 1".into());
+        if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
+            return Err(format!(
+                "batch_size must be in 1..={MAX_BATCH_SIZE}, got {}",
+                self.batch_size
+            ));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(format!("lr must be positive and finite, got {}", self.lr));
@@ -188,8 +211,19 @@ impl TrainConfig {
         if !self.prune_threshold.is_finite() || !self.init_log_sigma2.is_finite() {
             return Err("prune_threshold and init_log_sigma2 must be finite".into());
         }
-        if self.shards == 0 {
-            return Err("shards must be at least 1".into());
+        if !(1..=MAX_SHARDS).contains(&self.shards) {
+            return Err(format!(
+                "shards must be in 1..={MAX_SHARDS}, got {}",
+                self.shards
+            ));
+        }
+        let [_, rows, cols] = self.arch.input_shape();
+        if self.augment_shift >= rows.min(cols) {
+            return Err(format!(
+                "augment_shift must be below the image side {}, got {}",
+                rows.min(cols),
+                self.augment_shift
+            ));
         }
         if self.train_limit == Some(0) {
             return Err("train_limit must be at least 1".into());
@@ -224,7 +258,98 @@ impl TrainConfig {
                 self.stem_kernel, self.stem_stride, self.stem_padding
             ));
         }
+        if !self.arch.is_sequential() {
+            self.check_resnet_size()?;
+        }
         Ok(())
+    }
+
+    /// The size limits of a `resnet-ee` network (the geometry is already checked).
+    fn check_resnet_size(&self) -> Result<(), String> {
+        let [cin, h, w] = self.arch.input_shape();
+        let stem = ConvGeom {
+            stride: self.stem_stride,
+            padding: self.stem_padding,
+        };
+        let (fh, fw) = (
+            stem.out_size(h, self.stem_kernel).unwrap_or(0) as u64,
+            stem.out_size(w, self.stem_kernel).unwrap_or(0) as u64,
+        );
+        let c = self.channels as u64;
+        let map = c * fh * fw;
+        if map > MAX_FEATURE_MAP as u64 {
+            return Err(format!(
+                "{} channels on {fh}x{fw} feature maps give {map} values per map, more than the \
+                 model format's {MAX_FEATURE_MAP} (use fewer channels or a larger stem_stride)",
+                self.channels
+            ));
+        }
+        let k = self.stem_kernel as u64;
+        let weights = c * cin as u64 * k * k + self.blocks as u64 * (18 * c * c + 10 * c);
+        if weights > MAX_WEIGHTS {
+            return Err(format!(
+                "{} blocks of {} channels have {weights} weights, more than the limit of \
+                 {MAX_WEIGHTS}",
+                self.blocks, self.channels
+            ));
+        }
+        let activations = self.batch_size as u64 * map * (3 * self.blocks as u64 + 1);
+        if activations > MAX_BATCH_ACTIVATIONS {
+            return Err(format!(
+                "batch_size {} with {map}-value feature maps and {} blocks needs {activations} \
+                 activations per batch, more than the limit of {MAX_BATCH_ACTIVATIONS} (lower \
+                 batch_size or channels)",
+                self.batch_size, self.blocks
+            ));
+        }
+        Ok(())
+    }
+
+    /// The configuration a run saved with `self` continues with when resumed with the
+    /// settings `edited`, after `epochs_done` epochs. Only [`RESUMABLE_SETTINGS`] may differ:
+    /// the others define the network, its data or its noise, which a checkpoint cannot change.
+    /// When the epoch count changes, a KL warm-up left to its default (which scales with the
+    /// epochs of short runs) is pinned to the values the run started with, so resuming does
+    /// not move a warm-up already under way.
+    ///
+    /// # Errors
+    /// A one-line reason naming the first setting that may not change, or an epoch count below
+    /// the epochs already done.
+    pub fn resumed_with(&self, edited: &TrainConfig, epochs_done: usize) -> Result<Self, String> {
+        // A default warm-up is compared (and pinned) as the values it had in the saved run.
+        let (start, end) = self.effective_warmup();
+        let pin = |c: &TrainConfig| TrainConfig {
+            warmup_start: Some(c.warmup_start.unwrap_or(start)),
+            warmup_end: Some(c.warmup_end.unwrap_or(end)),
+            ..c.clone()
+        };
+        let saved = toml::Table::try_from(pin(self)).map_err(|e| e.to_string())?;
+        let asked = toml::Table::try_from(pin(edited)).map_err(|e| e.to_string())?;
+        let show = |v: Option<&toml::Value>| v.map_or("unset".to_string(), |v| v.to_string());
+        for key in saved.keys().chain(asked.keys()) {
+            if !RESUMABLE_SETTINGS.contains(&key.as_str()) && saved.get(key) != asked.get(key) {
+                return Err(format!(
+                    "{key} would change from {} to {}; a resumed run can change only {} (start a \
+                     new run with --force to change the others)",
+                    show(saved.get(key)),
+                    show(asked.get(key)),
+                    RESUMABLE_SETTINGS.join(", ")
+                ));
+            }
+        }
+        if edited.epochs < epochs_done {
+            return Err(format!(
+                "epochs {} is fewer than the {epochs_done} epochs already done",
+                edited.epochs
+            ));
+        }
+        let out = if edited.epochs == self.epochs {
+            edited.clone()
+        } else {
+            pin(edited)
+        };
+        out.check()?;
+        Ok(out)
     }
 
     /// Shape of the `resnet-ee` network this configuration describes (10 classes, the input
@@ -318,7 +443,16 @@ mod tests {
             "prior_lambda = -0.5",
             "blocks = 0",
             "blocks = 1000",
+            "blocks = 8",
             "channels = 0",
+            "channels = 512",
+            "channels = 100\nstem_stride = 1\nstem_kernel = 1",
+            "channels = 80\nstem_stride = 1\nstem_kernel = 1\nbatch_size = 200",
+            "batch_size = 5000",
+            "shards = 0",
+            "shards = 17",
+            "augment_shift = 28",
+            "augment_shift = 9223372036854775807",
             "stem_stride = 0",
             "stem_kernel = 29",
             "stem_padding = 4",
@@ -335,6 +469,73 @@ mod tests {
         let c: TrainConfig = toml::from_str(old).unwrap();
         assert_eq!((c.arch, c.blocks), (Arch::Lenet5, 4));
         assert!(matches!(c.build_model::<f32>(), Ok(Model::Sequential(_))));
+        // Resuming: epochs, lr and lr_schedule may change, nothing else; a default warm-up is
+        // pinned when the epoch count changes, and the pinned values compare as equal later.
+        let saved = TrainConfig {
+            epochs: 10,
+            ..TrainConfig::default()
+        };
+        assert_eq!(saved.effective_warmup(), (1.25, 5.0));
+        let longer = TrainConfig {
+            epochs: 30,
+            lr: 1e-4,
+            lr_schedule: Some(LrSchedule::Constant),
+            ..saved.clone()
+        };
+        let resumed = saved.resumed_with(&longer, 10).unwrap();
+        assert_eq!((resumed.epochs, resumed.lr), (30, 1e-4));
+        assert_eq!(resumed.effective_warmup(), (1.25, 5.0));
+        assert_eq!(resumed.resumed_with(&resumed, 12).unwrap(), resumed);
+        assert_eq!(saved.resumed_with(&saved, 3).unwrap(), saved);
+        let err = saved
+            .resumed_with(
+                &TrainConfig {
+                    batch_size: 50,
+                    ..saved.clone()
+                },
+                3,
+            )
+            .unwrap_err();
+        assert!(
+            err.starts_with("batch_size would change from 100 to 50"),
+            "{err}"
+        );
+        let err = saved
+            .resumed_with(
+                &TrainConfig {
+                    train_limit: Some(9),
+                    ..saved.clone()
+                },
+                3,
+            )
+            .unwrap_err();
+        assert!(
+            err.starts_with("train_limit would change from unset to 9"),
+            "{err}"
+        );
+        let err = saved
+            .resumed_with(
+                &TrainConfig {
+                    warmup_end: Some(9.0),
+                    ..saved.clone()
+                },
+                3,
+            )
+            .unwrap_err();
+        assert!(err.starts_with("warmup_end would change"), "{err}");
+        let err = saved
+            .resumed_with(
+                &TrainConfig {
+                    epochs: 2,
+                    ..saved.clone()
+                },
+                3,
+            )
+            .unwrap_err();
+        assert!(
+            err.contains("fewer than the 3 epochs already done"),
+            "{err}"
+        );
         let text = toml::to_string(&TrainConfig::default()).unwrap();
         assert_eq!(
             toml::from_str::<TrainConfig>(&text).unwrap(),

@@ -54,16 +54,23 @@ pub enum TrainError {
     Config(String),
     /// The data does not fit the configuration (split too large, wrong image size, ...).
     #[error("training data: {0}")]
-    Data(#[from] IdxError),
+    Data(IdxError),
     /// The data has the wrong shape for the architecture.
-    #[error("data has {found} features per example and {classes} classes; {arch} needs {expected} features and at most {max_classes} classes")]
+    #[error(
+        "data has {rows}x{cols} images and {classes} classes; {arch} needs {}x{}x{} inputs and at most {max_classes} classes",
+        expected[0],
+        expected[1],
+        expected[2]
+    )]
     DataShape {
         /// Architecture name.
         arch: String,
-        /// Features per example the architecture needs.
-        expected: usize,
-        /// Features per example in the data.
-        found: usize,
+        /// Input shape the architecture needs, channels x height x width.
+        expected: [usize; 3],
+        /// Image height in the data.
+        rows: usize,
+        /// Image width in the data.
+        cols: usize,
         /// Classes in the data.
         classes: usize,
         /// Classes the network can output.
@@ -95,6 +102,10 @@ pub enum TrainError {
         /// What was asked for.
         wanted: &'static str,
     },
+    /// A resumed run was asked to change a setting that cannot change (see
+    /// [`TrainConfig::resumed_with`]).
+    #[error("cannot resume with these settings: {0}")]
+    Resume(String),
     /// The checkpoint was made with different training data.
     #[error(
         "checkpoint was made with different data (fingerprint {saved:016x}, now {current:016x})"
@@ -105,6 +116,13 @@ pub enum TrainError {
         /// Fingerprint of the data given now.
         current: u64,
     },
+}
+
+/// The data error is part of the message, and not also `source()` (one cause, printed once).
+impl From<IdxError> for TrainError {
+    fn from(e: IdxError) -> Self {
+        TrainError::Data(e)
+    }
 }
 
 /// Progress after one mini-batch.
@@ -221,13 +239,14 @@ impl Trainer {
     ) -> Result<Self, TrainError> {
         config.check().map_err(TrainError::Config)?;
         super::alloc::tune_allocator();
-        let [c, h, w] = model.input_shape();
+        let shape = model.input_shape();
         let outputs = model.classes();
-        if data.features() != c * h * w || data.classes > outputs {
+        if !crate::simulate::image_fits(shape, data.rows, data.cols) || data.classes > outputs {
             return Err(TrainError::DataShape {
                 arch: config.arch.to_string(),
-                expected: c * h * w,
-                found: data.features(),
+                expected: shape,
+                rows: data.rows,
+                cols: data.cols,
                 classes: data.classes,
                 max_classes: outputs,
             });
@@ -260,8 +279,24 @@ impl Trainer {
     /// started with (checked by fingerprint); the split and limit are re-derived from the saved
     /// configuration.
     pub fn resume(dir: &Path, data: &Dataset) -> Result<Self, TrainError> {
+        Self::resume_with(dir, data, |saved, _| Ok(saved.clone()))
+    }
+
+    /// [`Self::resume`] with changed settings: `settings` receives the saved configuration and
+    /// the epochs done, and returns the settings asked for, which
+    /// [`TrainConfig::resumed_with`] accepts or refuses ([`TrainError::Resume`]: only the
+    /// epoch count, the learning rate and its schedule can change).
+    pub fn resume_with(
+        dir: &Path,
+        data: &Dataset,
+        settings: impl FnOnce(&TrainConfig, usize) -> Result<TrainConfig, TrainError>,
+    ) -> Result<Self, TrainError> {
         let (header, payload) = checkpoint::read(dir)?;
-        let config = Self::checkpoint_config(dir, &header)?;
+        let saved = Self::checkpoint_config(dir, &header)?;
+        let asked = settings(&saved, header.epoch)?;
+        let config = saved
+            .resumed_with(&asked, header.epoch)
+            .map_err(TrainError::Resume)?;
         if header.data_fingerprint != data.fingerprint() {
             return Err(TrainError::DataMismatch {
                 saved: header.data_fingerprint,
@@ -275,6 +310,13 @@ impl Trainer {
         adam.m = payload.m;
         adam.v = payload.v;
         Self::assemble(config, data, model, adam, header.epoch, header.history)
+    }
+
+    /// The configuration saved in the checkpoint in `dir` and the epochs done (what a resumed
+    /// run starts from).
+    pub fn saved_config(dir: &Path) -> Result<(TrainConfig, usize), TrainError> {
+        let (header, _) = checkpoint::read(dir)?;
+        Ok((Self::checkpoint_config(dir, &header)?, header.epoch))
     }
 
     /// Reads only the model from the checkpoint in `dir` (no training data needed), e.g. for
@@ -1010,7 +1052,14 @@ pub(crate) mod tests {
         let small = Dataset::new(2, 2, vec![0; 40], vec![0; 10], 10).unwrap();
         let err = Trainer::new(small_config(Arch::Lenet300, 1), &small).unwrap_err();
         assert!(
-            matches!(err, TrainError::DataShape { found: 4, .. }),
+            matches!(
+                err,
+                TrainError::DataShape {
+                    rows: 2,
+                    cols: 2,
+                    ..
+                }
+            ),
             "{err}"
         );
         // A finished trainer refuses more epochs, and the exported layers have the documented shapes.
