@@ -7,11 +7,13 @@ use rand_core::RngCore;
 
 use crate::early_exit::{ExitPrediction, Halting};
 use crate::error::InferenceError;
-use crate::input::{ByteTable, NormalizedU8};
-use crate::model::Model;
+use crate::fixed::QPrediction;
+use crate::input::NormalizedU8;
+use crate::numeric::seal::Reads;
+use crate::numeric::{FixedPoint, Numeric, F32};
 use crate::plan::Plan;
 use crate::predictive::Prediction;
-use crate::runner::run;
+use crate::runner::{run, Outcome};
 
 /// How to turn the weight posterior into a prediction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,28 +29,55 @@ pub enum Mode {
     },
 }
 
-/// Runs a model in a borrowed workspace. `CHUNK` is how many Monte Carlo samples share one
-/// pass over the weight tables: more is faster and needs more RAM
-/// ([`Plan::workspace_len`] of `Plan::new(model, CHUNK)`, f32 words, plus `CHUNK * 24` bytes
-/// of stack).
+/// Runs a model in a borrowed workspace, in any number format `N` ([`F32`] by default,
+/// [`crate::numeric::Q8`] or [`crate::numeric::Q16`] for fixed-point files): one engine and
+/// one runner for every model family and format. `CHUNK` is how many Monte Carlo samples share
+/// one pass over the weight tables: more is faster and needs more RAM
+/// ([`Plan::workspace_len`] of `Plan::new(&model, CHUNK)` words: f32 words for an f32 model,
+/// u64 words for fixed point, plus about `CHUNK * 24` bytes of stack).
 ///
 /// Results depend only on the model, the input, the mode and the generator's state, never on
 /// `CHUNK`: sample `m` draws its noise from its own Xoshiro128++ stream, seeded by the `m`-th
 /// `u64` of the caller's generator. The generator must be `Clone`: an early-exit policy that
 /// reads the exits replays the seeds from a copy when the samples do not fit one chunk.
-pub struct Engine<'m, 'w, const CHUNK: usize> {
-    model: &'m Model<'m>,
+///
+/// ```
+/// use core::num::NonZeroU16;
+/// use tinybayes::numeric::Q8;
+/// use tinybayes::rand_core::SeedableRng;
+/// use tinybayes::{Engine, Mode, Plan, QModel, QPrediction};
+/// # let spec = tinybayes::writer::synthetic::mlp(7, &[16, 8, 3], 0.5);
+/// # let raw_inputs: Vec<Vec<u8>> = (0..4).map(|i| vec![i as u8 * 60; 16]).collect();
+/// # let refs: Vec<&[u8]> = raw_inputs.iter().map(|v| v.as_slice()).collect();
+/// # let q = tinybayes::fixed::quantize::quantize(&spec, tinybayes::format::Precision::Q8, &refs, Default::default()).unwrap();
+/// # let buffer = q.to_buffer().unwrap();
+/// let model = QModel::from_bytes(buffer.as_bytes())?;
+/// let mut workspace = vec![0u64; Plan::new(&model, 8).workspace_len()];
+/// let mut engine = Engine::<8, Q8>::new(&model, &mut workspace)?;
+/// let mut rng = tinybayes::rand_xoshiro::Xoshiro128PlusPlus::seed_from_u64(1);
+/// let samples = NonZeroU16::new(32).unwrap();
+/// let p: QPrediction<3> = engine.predict_u8(&[128u8; 16], Mode::MonteCarlo { samples }, &mut rng)?;
+/// assert_eq!(p.samples, 32);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Engine<'m, 'w, const CHUNK: usize, N: Numeric = F32> {
+    model: &'m N::Model<'m>,
     plan: Plan,
-    workspace: &'w mut [f32],
-    /// Normalised value of every raw byte, for [`Engine::predict_u8`] (1 KiB).
-    bytes: ByteTable,
+    workspace: &'w mut [N::Word],
+    /// f32: the normalised value of every raw byte, for [`Engine::predict_u8`] (1 KiB).
+    bytes: N::ByteTable,
 }
 
-impl<'m, 'w, const CHUNK: usize> Engine<'m, 'w, CHUNK> {
-    /// Binds a model to a workspace; fails if the workspace is too small for `CHUNK`.
-    pub fn new(model: &'m Model<'m>, workspace: &'w mut [f32]) -> Result<Self, InferenceError> {
+impl<'m, 'w, const CHUNK: usize, N: Numeric> Engine<'m, 'w, CHUNK, N> {
+    /// Binds a model to a workspace; fails if the workspace is too small for `CHUNK` or the
+    /// model is of another format than `N`.
+    pub fn new(
+        model: &'m N::Model<'m>,
+        workspace: &'w mut [N::Word],
+    ) -> Result<Self, InferenceError> {
         const { assert!(CHUNK > 0, "CHUNK must be at least 1") };
-        let plan = Plan::new(model, CHUNK);
+        N::check_model(model)?;
+        let plan = Plan::build::<N>(model, CHUNK);
         let needed = plan.workspace_len();
         if workspace.len() < needed {
             return Err(InferenceError::WorkspaceTooSmall {
@@ -56,17 +85,16 @@ impl<'m, 'w, const CHUNK: usize> Engine<'m, 'w, CHUNK> {
                 provided: workspace.len(),
             });
         }
-        let (scale, offset) = model.input_normalization();
         Ok(Self {
             model,
             plan,
             workspace,
-            bytes: ByteTable::new(scale, offset),
+            bytes: N::byte_table(model),
         })
     }
 
     /// The model this engine runs.
-    pub fn model(&self) -> &'m Model<'m> {
+    pub fn model(&self) -> &'m N::Model<'m> {
         self.model
     }
 
@@ -75,6 +103,29 @@ impl<'m, 'w, const CHUNK: usize> Engine<'m, 'w, CHUNK> {
         &self.plan
     }
 
+    fn run<X: ?Sized, const K: usize>(
+        &mut self,
+        x: &X,
+        mode: Mode,
+        halting: Halting<'_>,
+        rng: &mut (impl RngCore + Clone),
+    ) -> Result<Outcome<N, K>, InferenceError>
+    where
+        N: Reads<X>,
+    {
+        run::<N, X, _, K, CHUNK>(
+            self.model,
+            &self.plan,
+            self.workspace,
+            x,
+            mode,
+            halting,
+            rng,
+        )
+    }
+}
+
+impl<const CHUNK: usize> Engine<'_, '_, CHUNK, F32> {
     /// Predicts from f32 inputs (already normalised), `model.input_len()` values in
     /// channel-major (C, H, W) order. `rng` is only read in [`Mode::MonteCarlo`]. An
     /// early-exit model runs every block and answers with its last exit.
@@ -84,16 +135,8 @@ impl<'m, 'w, const CHUNK: usize> Engine<'m, 'w, CHUNK> {
         mode: Mode,
         rng: &mut (impl RngCore + Clone),
     ) -> Result<Prediction<K>, InferenceError> {
-        run::<_, _, K, CHUNK>(
-            self.model,
-            &self.plan,
-            self.workspace,
-            input,
-            mode,
-            Halting::All,
-            rng,
-        )
-        .map(|p| p.prediction)
+        self.run::<_, K>(input, mode, Halting::All, rng)
+            .map(|o| o.prediction)
     }
 
     /// Predicts from raw 8-bit inputs (e.g. pixels), normalised on the fly with the model's
@@ -105,7 +148,7 @@ impl<'m, 'w, const CHUNK: usize> Engine<'m, 'w, CHUNK> {
         rng: &mut (impl RngCore + Clone),
     ) -> Result<Prediction<K>, InferenceError> {
         let input = NormalizedU8::new(raw, &self.bytes);
-        run::<_, _, K, CHUNK>(
+        run::<F32, _, _, K, CHUNK>(
             self.model,
             &self.plan,
             self.workspace,
@@ -114,7 +157,7 @@ impl<'m, 'w, const CHUNK: usize> Engine<'m, 'w, CHUNK> {
             Halting::All,
             rng,
         )
-        .map(|p| p.prediction)
+        .map(|o| o.prediction)
     }
 
     /// Runs an early-exit model block by block from f32 inputs and stops as `halting` allows
@@ -134,15 +177,8 @@ impl<'m, 'w, const CHUNK: usize> Engine<'m, 'w, CHUNK> {
         if self.model.exit_count() == 0 {
             return Err(InferenceError::NotEarlyExit);
         }
-        run::<_, _, K, CHUNK>(
-            self.model,
-            &self.plan,
-            self.workspace,
-            input,
-            mode,
-            halting,
-            rng,
-        )
+        self.run::<_, K>(input, mode, halting, rng)
+            .map(exit_prediction)
     }
 
     /// [`Self::predict_early_exit`] from raw 8-bit inputs.
@@ -157,7 +193,7 @@ impl<'m, 'w, const CHUNK: usize> Engine<'m, 'w, CHUNK> {
             return Err(InferenceError::NotEarlyExit);
         }
         let input = NormalizedU8::new(raw, &self.bytes);
-        run::<_, _, K, CHUNK>(
+        run::<F32, _, _, K, CHUNK>(
             self.model,
             &self.plan,
             self.workspace,
@@ -166,5 +202,31 @@ impl<'m, 'w, const CHUNK: usize> Engine<'m, 'w, CHUNK> {
             halting,
             rng,
         )
+        .map(exit_prediction)
+    }
+}
+
+fn exit_prediction<const K: usize>(o: Outcome<F32, K>) -> ExitPrediction<K> {
+    ExitPrediction {
+        prediction: o.prediction,
+        exit: o.exit,
+        depth: o.depth,
+        macs: o.macs,
+        exits: o.exits,
+    }
+}
+
+impl<const CHUNK: usize, N: Numeric + FixedPoint> Engine<'_, '_, CHUNK, N> {
+    /// Predicts from raw 8-bit inputs (`model.input_len()` values, channel-major), which the
+    /// first layer reads directly; integer arithmetic only. `rng` is only read in
+    /// [`Mode::MonteCarlo`].
+    pub fn predict_u8<const K: usize>(
+        &mut self,
+        raw: &[u8],
+        mode: Mode,
+        rng: &mut (impl RngCore + Clone),
+    ) -> Result<QPrediction<K>, InferenceError> {
+        self.run::<_, K>(raw, mode, Halting::All, rng)
+            .map(|o| N::into_q(o.prediction))
     }
 }

@@ -269,11 +269,11 @@ pub enum InferenceError {
     },
     /// The input contains NaN or an infinity.
     NonFiniteInput,
-    /// The workspace is smaller than the model needs ([`crate::Model::workspace_len`]).
+    /// The workspace is smaller than the model needs ([`crate::Plan::workspace_len`]).
     WorkspaceTooSmall {
-        /// f32 words needed.
+        /// Words needed (f32 words for an f32 model, u64 words for fixed point).
         needed: usize,
-        /// f32 words given.
+        /// Words given.
         provided: usize,
     },
     /// The result type holds fewer classes than the model predicts.
@@ -296,6 +296,14 @@ pub enum InferenceError {
     /// The first Gaussian layer of an early-exit model is an exit head (a deterministic trunk
     /// with Bayesian heads), which the early-exit runner does not support.
     UnsupportedLayout,
+    /// The model's number format is not the engine's (e.g. a q16 file given to an
+    /// `Engine<_, Q8>`).
+    WrongFormat {
+        /// The model's precision.
+        model: crate::format::Precision,
+        /// The engine's.
+        engine: crate::format::Precision,
+    },
 }
 
 impl fmt::Display for InferenceError {
@@ -308,7 +316,7 @@ impl fmt::Display for InferenceError {
             NonFiniteInput => f.write_str("input contains NaN or infinity"),
             WorkspaceTooSmall { needed, provided } => write!(
                 f,
-                "workspace has {provided} f32 words, this run needs {needed}"
+                "workspace has {provided} words, this run needs {needed}"
             ),
             ClassCapacity { classes, capacity } => write!(
                 f,
@@ -320,6 +328,12 @@ impl fmt::Display for InferenceError {
                 "the depth prior must have one positive mass per exit, sum to 1, and not increase (for the exact mode)",
             ),
             NotEarlyExit => f.write_str("the model has no exit heads"),
+            WrongFormat { model, engine } => write!(
+                f,
+                "the model is {} but the engine runs {}",
+                model.name(),
+                engine.name()
+            ),
             UnsupportedLayout => f.write_str(
                 "Gaussian exit heads after a deterministic trunk are not supported by the early-exit runner",
             ),

@@ -2,7 +2,7 @@
 //! device needs no RAM copy of a normalised image).
 
 /// A read-only input vector for the first layer.
-pub(crate) trait Input {
+pub trait Input {
     /// Number of values.
     fn len(&self) -> usize;
     /// Value `index` (`index < len()`, guaranteed by the validated model).
@@ -39,7 +39,7 @@ impl Input for [f32] {
 /// 8-bit raw values `p`, read as `p * scale + offset` (the model's input normalisation)
 /// through a 256-entry table built once per engine (1 KiB): one load per read instead of a
 /// conversion, a multiply and an add, with bit-identical values.
-pub(crate) struct NormalizedU8<'a> {
+pub struct NormalizedU8<'a> {
     raw: &'a [u8],
     table: &'a ByteTable,
 }
@@ -52,7 +52,7 @@ impl<'a> NormalizedU8<'a> {
 
 /// The normalised value of each of the 256 raw byte values, built once per engine.
 #[derive(Clone, Debug)]
-pub(crate) struct ByteTable {
+pub struct ByteTable {
     values: [f32; 256],
     /// Raw 0 normalises to exactly 0 (offset 0), so zero bytes contribute nothing.
     zero_is_zero: bool,

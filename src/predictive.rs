@@ -84,7 +84,7 @@ pub fn argmax(values: &[f32]) -> usize {
 }
 
 /// Accumulates per-sample softmax outputs into the predictive summary.
-pub(crate) struct PredictiveAccumulator<const K: usize> {
+pub struct PredictiveAccumulator<const K: usize> {
     sum_probs: [f32; K],
     sum_entropy: f32,
     samples: usize,

@@ -22,62 +22,39 @@
 
 use core::ops::Range;
 
-use rand_core::{RngCore, SeedableRng};
-use rand_xoshiro::Xoshiro128PlusPlus;
+use rand_core::RngCore;
 
-use crate::early_exit::{ExitPrediction, ExitSummary, Halting, HaltingState, MAX_EXITS};
+use crate::early_exit::{ExitSummary, Halting, HaltingState, MAX_EXITS};
 use crate::error::InferenceError;
-use crate::input::Input;
-use crate::kernels::graph::{global_average_pool, residual_add};
-use crate::kernels::{forward_mean, forward_moments, forward_samples, sample_from_moments};
-use crate::model::{Layer, Model, Operation};
+use crate::model::Operation;
+use crate::numeric::seal::{Kernels, Reads};
+use crate::numeric::LayerView;
 use crate::plan::{first_gaussian, held_source, Buffers, Plan};
-use crate::predictive::{Prediction, PredictiveAccumulator};
 use crate::Mode;
 
-/// The input checks of every prediction: length, class capacity `k`, finite values.
-pub(crate) fn check_input<X: Input + ?Sized>(
-    model: &Model<'_>,
-    x: &X,
-    k: usize,
-) -> Result<(), InferenceError> {
-    if x.len() != model.input_len() {
-        return Err(InferenceError::InputLength {
-            expected: model.input_len(),
-            found: x.len(),
-        });
-    }
-    let classes = model.num_classes();
-    if classes > k {
-        return Err(InferenceError::ClassCapacity {
-            classes,
-            capacity: k,
-        });
-    }
-    if !x.all_finite() {
-        return Err(InferenceError::NonFiniteInput);
-    }
-    Ok(())
-}
-
 /// The halting policy and what it has been told.
-struct Exits<'p, const K: usize> {
+struct Exits<'p, N: Kernels, const K: usize> {
     state: HaltingState<'p>,
     count: usize,
     summaries: heapless::Vec<ExitSummary, MAX_EXITS>,
     /// The exit that answers so far, with its predictive.
-    candidate: Option<(usize, Prediction<K>)>,
+    candidate: Option<(usize, N::Prediction<K>)>,
 }
 
-impl<const K: usize> Exits<'_, K> {
+/// What one run answers: the answering exit's prediction (a plain network's last layer is its
+/// one exit), where it stopped and what it spent.
+pub(crate) struct Outcome<N: Kernels, const K: usize> {
+    pub(crate) prediction: N::Prediction<K>,
+    pub(crate) exit: usize,
+    pub(crate) depth: usize,
+    pub(crate) macs: usize,
+    pub(crate) exits: heapless::Vec<ExitSummary, MAX_EXITS>,
+}
+
+impl<N: Kernels, const K: usize> Exits<'_, N, K> {
     /// Hands exit `e`'s finished predictive to the policy; returns true to stop.
-    fn conclude(&mut self, e: usize, p: Prediction<K>) -> bool {
-        let summary = ExitSummary {
-            class: p.class,
-            confidence: p.confidence(),
-            predictive_entropy: p.predictive_entropy,
-            mutual_information: p.mutual_information,
-        };
+    fn conclude(&mut self, e: usize, p: N::Prediction<K>) -> bool {
+        let summary = N::summary(&p);
         let _ = self.summaries.push(summary);
         let stop = self.state.observe(e, self.count, &summary);
         if self.state.answer(e) == e {
@@ -86,9 +63,9 @@ impl<const K: usize> Exits<'_, K> {
         stop
     }
 
-    fn finish(self, macs: usize) -> Result<ExitPrediction<K>, InferenceError> {
+    fn finish(self, macs: usize) -> Result<Outcome<N, K>, InferenceError> {
         let (exit, prediction) = self.candidate.ok_or(InferenceError::NotEarlyExit)?;
-        Ok(ExitPrediction {
+        Ok(Outcome {
             prediction,
             exit,
             depth: self.summaries.len(),
@@ -98,19 +75,54 @@ impl<const K: usize> Exits<'_, K> {
     }
 }
 
+/// Where a run's exits go: the halting policy of an early-exit model, or the one predictive
+/// of a plain network. (One per run, on the stack; no heap to box the larger variant in.)
+#[allow(clippy::large_enum_variant)]
+enum Answer<'p, N: Kernels, const K: usize> {
+    Policy(Exits<'p, N, K>),
+    Plain(Option<N::Prediction<K>>),
+}
+
+impl<N: Kernels, const K: usize> Answer<'_, N, K> {
+    fn conclude(&mut self, e: usize, p: N::Prediction<K>) -> bool {
+        match self {
+            // `N::EXITS` is a constant: formats without exits compile no policy code.
+            Answer::Policy(exits) if N::EXITS => exits.conclude(e, p),
+            _ => {
+                *self = Answer::Plain(Some(p));
+                true
+            }
+        }
+    }
+
+    fn finish(self, macs: usize) -> Result<Outcome<N, K>, InferenceError> {
+        match self {
+            Answer::Policy(exits) if N::EXITS => exits.finish(macs),
+            Answer::Policy(_) | Answer::Plain(None) => Err(InferenceError::NotEarlyExit),
+            Answer::Plain(Some(prediction)) => Ok(Outcome {
+                prediction,
+                exit: 0,
+                depth: 1,
+                macs,
+                exits: heapless::Vec::new(),
+            }),
+        }
+    }
+}
+
 /// Adds a chunk's logits (unit-major, `s` samples) to a predictive, sample by sample.
-fn add_chunk<const K: usize>(
-    acc: &mut PredictiveAccumulator<K>,
-    out: &[f32],
+fn add_chunk<N: Kernels, const K: usize>(
+    acc: &mut N::Predictive<K>,
+    out: &[N::Act],
     classes: usize,
     s: usize,
 ) -> Result<(), InferenceError> {
-    let mut logits = [0.0f32; K];
+    let mut logits = [N::Act::default(); K];
     for m in 0..s {
         for (k, z) in logits[..classes].iter_mut().enumerate() {
             *z = out[k * s + m];
         }
-        if !acc.add_logits(&logits[..classes]) {
+        if !N::add_logits(acc, &logits[..classes]) {
             return Err(InferenceError::NonFiniteLogits);
         }
     }
@@ -118,10 +130,13 @@ fn add_chunk<const K: usize>(
 }
 
 /// The predictive of one deterministic output.
-fn single<const K: usize>(out: &[f32], classes: usize) -> Result<Prediction<K>, InferenceError> {
-    let mut acc = PredictiveAccumulator::<K>::new(classes);
-    add_chunk(&mut acc, out, classes, 1)?;
-    Ok(acc.finish())
+fn single<N: Kernels, const K: usize>(
+    out: &[N::Act],
+    classes: usize,
+) -> Result<N::Prediction<K>, InferenceError> {
+    let mut acc = N::predictive::<K>(classes);
+    add_chunk::<N, K>(&mut acc, out, classes, 1)?;
+    Ok(N::finish(acc))
 }
 
 /// Runs a chunk of `rngs.len()` samples through `layers[range]`, the chunk's activations of
@@ -129,13 +144,16 @@ fn single<const K: usize>(out: &[f32], classes: usize) -> Result<Prediction<K>, 
 /// a network without exit heads has one, its last layer) `sink(e, logits)` receives the
 /// chunk's logits and returns true to stop the chunk there. Returns the index of the last
 /// layer run.
-fn advance_chunk<const CHUNK: usize>(
-    layers: &[Layer<'_>],
+#[allow(clippy::too_many_arguments)]
+fn advance_chunk<N: Kernels, const CHUNK: usize>(
+    layers: &[N::Layer<'_>],
     range: Range<usize>,
+    first: usize,
+    moments: &N::MomentsState,
     first_exit: usize,
-    rngs: &mut [Xoshiro128PlusPlus],
-    buf: &mut Buffers<'_>,
-    mut sink: impl FnMut(usize, &[f32]) -> Result<bool, InferenceError>,
+    rngs: &mut [N::Stream],
+    buf: &mut Buffers<'_, N>,
+    mut sink: impl FnMut(usize, &[N::Act]) -> Result<bool, InferenceError>,
 ) -> Result<usize, InferenceError> {
     let s = rngs.len();
     let end = range.end;
@@ -150,13 +168,14 @@ fn advance_chunk<const CHUNK: usize>(
         match layer.operation() {
             Operation::ExitHead { map, .. } => {
                 let n = map.iter().product::<usize>();
-                global_average_pool(map, &buf.cur[..n * s], s, buf.pooled);
-                forward_samples::<CHUNK>(
+                N::pool_exit(map, &buf.cur[..n * s], s, buf.pooled);
+                N::sampled::<CHUNK>(
                     layer,
                     &buf.pooled[..layer.inputs() * s],
                     rngs,
                     buf.next,
                     buf.scratch,
+                    None,
                 );
                 let stop = sink(e, &buf.next[..layer.outputs() * s])?;
                 e += 1;
@@ -168,15 +187,16 @@ fn advance_chunk<const CHUNK: usize>(
             }
             Operation::ResidualAdd { .. } => {
                 let n = layer.outputs() * s;
-                residual_add(layer.activation(), &mut buf.cur[..n], &buf.skip[..n]);
+                N::residual_add(layer.activation(), &mut buf.cur[..n], &buf.skip[..n]);
             }
             _ => {
-                forward_samples::<CHUNK>(
+                N::sampled::<CHUNK>(
                     layer,
                     &buf.cur[..layer.inputs() * s],
                     rngs,
                     buf.next,
                     buf.scratch,
+                    (i == first + 1).then_some(moments),
                 );
                 buf.advance();
             }
@@ -193,23 +213,20 @@ fn advance_chunk<const CHUNK: usize>(
 }
 
 /// Everything a chunk needs to start: the first Gaussian layer and its moments, the held skip.
-struct Start<'l, 'a> {
-    layer: &'l Layer<'a>,
+struct Start<'l, 'a, N: Kernels> {
+    layer: &'l N::Layer<'a>,
+    index: usize,
+    moments: N::MomentsState,
     held_units: Option<usize>,
 }
 
-impl Start<'_, '_> {
+impl<N: Kernels> Start<'_, '_, N> {
     /// Seeds the chunk's streams from `seeds`, draws the first Gaussian layer's activations
     /// from its moments and spreads the held skip over the chunk.
-    fn begin(
-        &self,
-        seeds: &mut impl RngCore,
-        rngs: &mut [Xoshiro128PlusPlus],
-        buf: &mut Buffers<'_>,
-    ) {
+    fn begin(&self, seeds: &mut impl RngCore, rngs: &mut [N::Stream], buf: &mut Buffers<'_, N>) {
         let s = rngs.len();
         for r in rngs.iter_mut() {
-            *r = Xoshiro128PlusPlus::seed_from_u64(seeds.next_u64());
+            *r = N::stream(seeds.next_u64());
         }
         if let Some(n) = self.held_units {
             for (i, &v) in buf.held_skip[..n].iter().enumerate() {
@@ -217,10 +234,10 @@ impl Start<'_, '_> {
             }
         }
         let units = self.layer.outputs();
-        sample_from_moments(
+        N::draw_first(
             self.layer,
-            &buf.stat_mean[..units],
-            &buf.stat_std[..units],
+            (&buf.stat_mean[..units], &buf.stat_std[..units]),
+            &self.moments,
             rngs,
             &mut buf.cur[..units * s],
         );
@@ -234,16 +251,16 @@ impl Start<'_, '_> {
 /// from `seeds`; `sink(e, logits, s)` gets every exit's logits of each chunk of `s` samples.
 /// Returns the index of the last layer run.
 #[allow(clippy::too_many_arguments)]
-fn sweep<const CHUNK: usize>(
-    start: &Start<'_, '_>,
-    layers: &[Layer<'_>],
+fn sweep<N: Kernels, const CHUNK: usize>(
+    start: &Start<'_, '_, N>,
+    layers: &[N::Layer<'_>],
     range: Range<usize>,
     first_exit: usize,
     total: usize,
     seeds: &mut impl RngCore,
-    rngs: &mut [Xoshiro128PlusPlus; CHUNK],
-    buf: &mut Buffers<'_>,
-    mut sink: impl FnMut(usize, &[f32], usize) -> Result<(), InferenceError>,
+    rngs: &mut [N::Stream; CHUNK],
+    buf: &mut Buffers<'_, N>,
+    mut sink: impl FnMut(usize, &[N::Act], usize) -> Result<(), InferenceError>,
 ) -> Result<usize, InferenceError> {
     let mut last_run = range.start.saturating_sub(1);
     let mut done = 0;
@@ -251,53 +268,70 @@ fn sweep<const CHUNK: usize>(
         let s = CHUNK.min(total - done);
         let rngs = &mut rngs[..s];
         start.begin(seeds, rngs, buf);
-        last_run =
-            advance_chunk::<CHUNK>(layers, range.clone(), first_exit, rngs, buf, |e, out| {
-                sink(e, out, s).map(|()| false)
-            })?;
+        last_run = advance_chunk::<N, CHUNK>(
+            layers,
+            range.clone(),
+            start.index,
+            &start.moments,
+            first_exit,
+            rngs,
+            buf,
+            |e, out| sink(e, out, s).map(|()| false),
+        )?;
         done += s;
     }
     Ok(last_run)
 }
 
-/// One prediction. A plain network (no exit heads) answers from its last layer as its one
-/// exit; an early-exit network answers as `halting` decides. The caller has checked that the
-/// workspace fits `plan`.
-pub(crate) fn run<X, R, const K: usize, const CHUNK: usize>(
-    model: &Model<'_>,
+/// One prediction, in any format. A plain network (no exit heads) answers from its last layer
+/// as its one exit; an early-exit network answers as `halting` decides. The caller has
+/// checked that the workspace fits `plan`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run<N, X, R, const K: usize, const CHUNK: usize>(
+    model: &N::Model<'_>,
     plan: &Plan,
-    workspace: &mut [f32],
+    workspace: &mut [N::Word],
     x: &X,
     mode: Mode,
     halting: Halting<'_>,
     rng: &mut R,
-) -> Result<ExitPrediction<K>, InferenceError>
+) -> Result<Outcome<N, K>, InferenceError>
 where
-    X: Input + ?Sized,
+    N: Kernels + Reads<X> + Reads<[<N as Kernels>::Act]>,
+    X: ?Sized,
     R: RngCore + Clone,
 {
-    check_input(model, x, K)?;
-    let classes = model.num_classes();
-    let layers = model.layers();
-    let plain = model.exit_count() == 0;
+    N::check_input(model, x, K)?;
+    let classes = N::classes(model);
+    let layers = N::layers(model);
+    let exit_count = if N::EXITS { N::exit_count(model) } else { 0 };
+    let plain = exit_count == 0;
     // A plain network's last layer is its one exit.
-    let count = model.exit_count().max(1);
+    let count = exit_count.max(1);
     let mut priors = [0.0f32; MAX_EXITS];
-    for (p, prior) in priors.iter_mut().zip(model.exit_priors()) {
-        *p = prior;
-    }
-    let state = HaltingState::new(halting, &priors[..count], count, || {
-        (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32
-    })?;
-    // The deepest exit the policy is known to reach before anything runs.
-    let known_target = state.known_target();
-    let mut exits = Exits::<K> {
-        state,
-        count,
-        summaries: heapless::Vec::new(),
-        candidate: None,
+    let mut answer = if plain {
+        if !matches!(halting, Halting::All) {
+            return Err(InferenceError::NotEarlyExit);
+        }
+        Answer::<N, K>::Plain(None)
+    } else {
+        N::exit_priors(model, &mut priors[..count]);
+        let state = HaltingState::new(halting, &priors[..count], count, || {
+            (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32
+        })?;
+        Answer::Policy(Exits {
+            state,
+            count,
+            summaries: heapless::Vec::new(),
+            candidate: None,
+        })
     };
-    let Some(mut buf) = plan.split(workspace) else {
+    // The deepest exit the policy is known to reach before anything runs.
+    let known_target = match &answer {
+        Answer::Policy(exits) if N::EXITS => exits.state.known_target(),
+        _ => None,
+    };
+    let Some(mut buf) = plan.split::<N>(workspace) else {
         return Err(InferenceError::WorkspaceTooSmall {
             needed: plan.workspace_len(),
             provided: workspace.len(),
@@ -322,28 +356,46 @@ where
             Operation::ExitHead { map, .. } => {
                 let n = map.iter().product::<usize>();
                 if i == 0 {
-                    global_average_pool(map, x, 1, buf.pooled);
+                    <N as Reads<X>>::pool_input(map, x, buf.pooled);
                 } else {
-                    global_average_pool(map, &buf.cur[..n], 1, buf.pooled);
+                    N::pool_exit(map, &buf.cur[..n], 1, buf.pooled);
                 }
-                forward_mean(layer, &buf.pooled[..layer.inputs()], buf.next);
+                <N as Reads<[N::Act]>>::mean(
+                    layer,
+                    &buf.pooled[..layer.inputs()],
+                    buf.next,
+                    buf.scratch,
+                    (buf.stat_mean, buf.stat_std),
+                );
                 // A deterministic exit says the same for every sample.
-                let stop = exits.conclude(e, single(&buf.next[..classes], classes)?);
+                let stop = answer.conclude(e, single::<N, K>(&buf.next[..classes], classes)?);
                 e += 1;
                 if stop {
-                    return exits.finish(macs);
+                    return answer.finish(macs);
                 }
                 continue;
             }
             Operation::ResidualAdd { .. } => {
                 let n = layer.outputs();
-                residual_add(layer.activation(), &mut buf.cur[..n], &buf.skip[..n]);
+                N::residual_add(layer.activation(), &mut buf.cur[..n], &buf.skip[..n]);
             }
             _ => {
                 if i == 0 {
-                    forward_mean(layer, x, buf.cur);
+                    <N as Reads<X>>::mean(
+                        layer,
+                        x,
+                        buf.cur,
+                        buf.scratch,
+                        (buf.stat_mean, buf.stat_std),
+                    );
                 } else {
-                    forward_mean(layer, &buf.cur[..layer.inputs()], buf.next);
+                    <N as Reads<[N::Act]>>::mean(
+                        layer,
+                        &buf.cur[..layer.inputs()],
+                        buf.next,
+                        buf.scratch,
+                        (buf.stat_mean, buf.stat_std),
+                    );
                     buf.advance();
                 }
             }
@@ -355,9 +407,9 @@ where
     }
     let Some(first) = stochastic_from else {
         if plain {
-            exits.conclude(0, single(&buf.cur[..classes], classes)?);
+            answer.conclude(0, single::<N, K>(&buf.cur[..classes], classes)?);
         }
-        return exits.finish(macs);
+        return answer.finish(macs);
     };
 
     // --- 2. the first Gaussian layer's moments, once ---
@@ -371,26 +423,43 @@ where
     if let Some(n) = held {
         buf.held_skip[..n].copy_from_slice(&buf.skip[..n]);
     }
-    if first == 0 {
-        forward_moments(stochastic, x, buf.stat_mean, buf.stat_std);
+    let moments = if first == 0 {
+        <N as Reads<X>>::moments(stochastic, x, (buf.stat_mean, buf.stat_std))
     } else {
         let n = stochastic.inputs();
-        forward_moments(stochastic, &buf.cur[..n], buf.stat_mean, buf.stat_std);
-    }
-    let start = Start {
+        <N as Reads<[N::Act]>>::moments(stochastic, &buf.cur[..n], (buf.stat_mean, buf.stat_std))
+    };
+    let start = Start::<N> {
         layer: stochastic,
+        index: first,
+        moments,
         held_units: held,
     };
     let first_exit = e;
     let exit_layers = ExitLayers::new(layers);
-    let mut rngs: [Xoshiro128PlusPlus; CHUNK] =
-        core::array::from_fn(|_| Xoshiro128PlusPlus::from_seed([0x5a; 16]));
+    let mut rngs: [N::Stream; CHUNK] = core::array::from_fn(|_| N::stream(0x5a5a_5a5a));
     let rest = first + 1;
 
     // --- 3 and 4. the chunks, then the exits ---
-    let mut accs: [Option<PredictiveAccumulator<K>>; MAX_EXITS] = core::array::from_fn(|_| None);
-    let last_run = if let Some(target) = known_target {
+    let last_run = if plain {
+        // One sweep over every layer into the one predictive.
+        let mut acc = N::predictive::<K>(classes);
+        let last_run = sweep(
+            &start,
+            layers,
+            rest..layers.len(),
+            first_exit,
+            total,
+            rng,
+            &mut rngs,
+            &mut buf,
+            |_, out, s| add_chunk::<N, K>(&mut acc, out, classes, s),
+        )?;
+        answer.conclude(0, N::finish(acc));
+        last_run
+    } else if let Some(target) = known_target {
         // One sweep to the target exit, every exit on the way accumulated over the chunks.
+        let mut accs: [Option<N::Predictive<K>>; MAX_EXITS] = core::array::from_fn(|_| None);
         let end = exit_layers.layer_of(target) + 1;
         let last_run = sweep(
             &start,
@@ -402,8 +471,8 @@ where
             &mut rngs,
             &mut buf,
             |e, out, s| {
-                let acc = accs[e].get_or_insert_with(|| PredictiveAccumulator::new(classes));
-                add_chunk(acc, out, classes, s)
+                let acc = accs[e].get_or_insert_with(|| N::predictive::<K>(classes));
+                add_chunk::<N, K>(acc, out, classes, s)
             },
         )?;
         for (e, acc) in accs
@@ -413,7 +482,7 @@ where
             .skip(first_exit)
         {
             if let Some(acc) = acc.take() {
-                if exits.conclude(e, acc.finish()) {
+                if answer.conclude(e, N::finish(acc)) {
                     break;
                 }
             }
@@ -423,16 +492,18 @@ where
         // The policy reads each exit as it comes: all samples advance together, one chunk.
         let rngs = &mut rngs[..total];
         start.begin(rng, rngs, &mut buf);
-        advance_chunk::<CHUNK>(
+        advance_chunk::<N, CHUNK>(
             layers,
             rest..layers.len(),
+            first,
+            &start.moments,
             first_exit,
             rngs,
             &mut buf,
             |e, out| {
-                let mut acc = PredictiveAccumulator::new(classes);
-                add_chunk(&mut acc, out, classes, total)?;
-                Ok(exits.conclude(e, acc.finish()))
+                let mut acc = N::predictive::<K>(classes);
+                add_chunk::<N, K>(&mut acc, out, classes, total)?;
+                Ok(answer.conclude(e, N::finish(acc)))
             },
         )?
     } else {
@@ -443,7 +514,7 @@ where
         for target in first_exit..count {
             let mut seeds = origin.clone();
             let end = exit_layers.layer_of(target) + 1;
-            let mut acc = PredictiveAccumulator::<K>::new(classes);
+            let mut acc = N::predictive::<K>(classes);
             last_run = sweep(
                 &start,
                 layers,
@@ -455,14 +526,14 @@ where
                 &mut buf,
                 |e, out, s| {
                     if e == target {
-                        add_chunk(&mut acc, out, classes, s)?;
+                        add_chunk::<N, K>(&mut acc, out, classes, s)?;
                     }
                     Ok(())
                 },
             )?;
             // The caller's generator moves on as if the seeds had been drawn once.
             *rng = seeds;
-            if exits.conclude(target, acc.finish()) {
+            if answer.conclude(target, N::finish(acc)) {
                 break;
             }
         }
@@ -470,9 +541,9 @@ where
     };
     macs += layers[first..=last_run]
         .iter()
-        .map(Layer::macs)
+        .map(LayerView::macs)
         .sum::<usize>();
-    exits.finish(macs)
+    answer.finish(macs)
 }
 
 /// The layer index of every exit head, in order.
@@ -482,7 +553,7 @@ struct ExitLayers {
 }
 
 impl ExitLayers {
-    fn new(layers: &[Layer<'_>]) -> Self {
+    fn new<L: LayerView>(layers: &[L]) -> Self {
         let mut index = heapless::Vec::new();
         for (i, l) in layers.iter().enumerate() {
             if matches!(l.operation(), Operation::ExitHead { .. }) {

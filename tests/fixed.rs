@@ -17,10 +17,12 @@ use rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro128PlusPlus;
 use tinybayes::fixed::quantize::{quantize, Calibration};
 use tinybayes::fixed::writer::{QLayerSpec, QModelSpec};
-use tinybayes::fixed::{softmax_q16, QEngine, QModel, QPrediction};
+use tinybayes::fixed::{softmax_q16, QModel, QPrediction};
 use tinybayes::format::{Activation, Precision, CRC32, TRAILER_LEN};
+use tinybayes::numeric::FixedPoint;
 use tinybayes::writer::{synthetic, ModelSpec, StorageChoice};
 use tinybayes::{Engine, InferenceError, Mode, Model, ModelError, Prediction};
+use tinybayes::{Q16, Q8};
 
 const WIDTHS: [usize; 4] = [64, 32, 16, 5];
 
@@ -68,8 +70,20 @@ fn run<const CHUNK: usize>(
     mode: Mode,
     seed: u64,
 ) -> QPrediction<8> {
+    match model.precision() {
+        Precision::Q16 => run_in::<CHUNK, Q16>(model, raw, mode, seed),
+        _ => run_in::<CHUNK, Q8>(model, raw, mode, seed),
+    }
+}
+
+fn run_in<const CHUNK: usize, N: FixedPoint>(
+    model: &QModel<'_>,
+    raw: &[u8],
+    mode: Mode,
+    seed: u64,
+) -> QPrediction<8> {
     let mut ws = vec![0u64; model.workspace_len(CHUNK)];
-    let mut engine = QEngine::<CHUNK>::new(model, &mut ws).unwrap();
+    let mut engine = Engine::<CHUNK, N>::new(model, &mut ws).unwrap();
     let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed);
     engine.predict_u8(raw, mode, &mut rng).unwrap()
 }
@@ -263,11 +277,11 @@ fn bad_inputs_and_workspaces_are_typed_errors() {
     let model = QModel::from_bytes(q.as_bytes()).unwrap();
     let mut small = vec![0u64; model.workspace_len(4) - 1];
     assert!(matches!(
-        QEngine::<4>::new(&model, &mut small),
+        Engine::<4, Q8>::new(&model, &mut small),
         Err(InferenceError::WorkspaceTooSmall { .. })
     ));
     let mut ws = vec![0u64; model.workspace_len(4)];
-    let mut engine = QEngine::<4>::new(&model, &mut ws).unwrap();
+    let mut engine = Engine::<4, Q8>::new(&model, &mut ws).unwrap();
     let mut rng = Xoshiro128PlusPlus::seed_from_u64(0);
     let r: Result<QPrediction<8>, _> = engine.predict_u8(&[0u8; 3], Mode::MeanWeights, &mut rng);
     assert_eq!(
@@ -376,11 +390,8 @@ proptest! {
         if let Ok(model) = &parsed {
             let raw = images(seed, 1).pop().unwrap();
             if raw.len() == model.input_len() && model.num_classes() <= 8 {
-                let mut ws = vec![0u64; model.workspace_len(4)];
-                let mut engine = QEngine::<4>::new(model, &mut ws).unwrap();
-                let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed);
                 for mode in [Mode::MeanWeights, mc(5)] {
-                    let p: QPrediction<8> = engine.predict_u8(&raw, mode, &mut rng).unwrap();
+                    let p = run::<4>(model, &raw, mode, seed);
                     prop_assert!(p.class < model.num_classes());
                 }
             }

@@ -13,10 +13,13 @@ use std::path::{Path, PathBuf};
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro128PlusPlus;
 use tinybayes::digest::OutputsDigest;
-use tinybayes::fixed::{QEngine, QModel, QPrediction};
+use tinybayes::fixed::{QModel, QPrediction};
+use tinybayes::format::Precision;
+use tinybayes::numeric::FixedPoint;
 use tinybayes::writer::ModelBuffer;
 use tinybayes::Engine;
 use tinybayes::{Mode, Prediction};
+use tinybayes::{Q16, Q8};
 
 /// The fixed-point models, relative to the firmware crate.
 const Q8_MODEL: &str = "../models/lenet300-q8.tbm";
@@ -43,7 +46,11 @@ fn modes() -> [Mode; 2] {
 
 /// The outputs digest (`tinybayes::digest`) of one image in both modes (mean weights, then
 /// Monte Carlo).
-fn image_digest(engine: &mut QEngine<'_, '_, 32>, pixels: &[u8], seed: u64) -> u32 {
+fn image_digest<N: FixedPoint>(
+    engine: &mut Engine<'_, '_, 32, N>,
+    pixels: &[u8],
+    seed: u64,
+) -> u32 {
     let mut digest = OutputsDigest::new();
     for mode in modes() {
         let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed);
@@ -51,6 +58,19 @@ fn image_digest(engine: &mut QEngine<'_, '_, 32>, pixels: &[u8], seed: u64) -> u
         digest.add(&p);
     }
     digest.finalize()
+}
+
+/// The digest of each embedded image (`count` labels, then the images) with a model of format
+/// `N`.
+fn embedded_digests<N: FixedPoint>(model: &QModel<'_>, images: &[u8], count: usize) -> Vec<u32> {
+    let mut ws = vec![0u64; model.workspace_len(32)];
+    let mut engine = Engine::<32, N>::new(model, &mut ws).expect("workspace");
+    (0..count)
+        .map(|i| {
+            let pixels = &images[count + i * 784..count + (i + 1) * 784];
+            image_digest(&mut engine, pixels, SEED_BASE + i as u64)
+        })
+        .collect()
 }
 
 pub fn write_fixed(src: &mut String, manifest: &Path, out: &Path, images: &[u8], chunk: usize) {
@@ -72,15 +92,11 @@ pub fn write_fixed(src: &mut String, manifest: &Path, out: &Path, images: &[u8],
         )
         .unwrap();
         // Per embedded image: the digest of its outputs in both modes.
-        let mut ws = vec![0u64; model.workspace_len(32)];
-        let mut engine = QEngine::<32>::new(&model, &mut ws).expect("workspace");
         let count = images.len() / 785;
-        let digests: Vec<u32> = (0..count)
-            .map(|i| {
-                let pixels = &images[count + i * 784..count + (i + 1) * 784];
-                image_digest(&mut engine, pixels, SEED_BASE + i as u64)
-            })
-            .collect();
+        let digests = match model.precision() {
+            Precision::Q16 => embedded_digests::<Q16>(&model, images, count),
+            _ => embedded_digests::<Q8>(&model, images, count),
+        };
         writeln!(
             src,
             "/// Host-computed CRC-32 of each embedded image's outputs with `{name}` (mean weights, then Monte Carlo)."
@@ -193,7 +209,7 @@ fn write_full_parity(src: &mut String, manifest: &Path, out: &Path) {
         } else {
             let model = QModel::from_bytes(buffer.as_bytes()).expect("valid");
             let mut ws = vec![0u64; model.workspace_len(32)];
-            let mut engine = QEngine::<32>::new(&model, &mut ws).expect("workspace");
+            let mut engine = Engine::<32, Q8>::new(&model, &mut ws).expect("workspace");
             for (i, image) in pixels.chunks_exact(784).enumerate() {
                 let mut rng = Xoshiro128PlusPlus::seed_from_u64(SEED_BASE + i as u64);
                 let p: QPrediction<10> = engine.predict_u8(image, mode, &mut rng).expect("predict");

@@ -8,7 +8,8 @@ use embedded_hal::delay::DelayNs;
 use embedded_hal::digital::OutputPin;
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro128PlusPlus;
-use tinybayes::fixed::{QEngine, QModel, QPrediction, UQ16};
+use tinybayes::fixed::{QModel, QPrediction, UQ16};
+use tinybayes::{Engine, Q8};
 use tinybayes::{InferenceError, Mode, ModelError};
 
 use crate::assets;
@@ -66,7 +67,7 @@ pub fn run_fixed_demo<L: OutputPin, D: DelayNs, C: Clock>(
         model.workspace_bytes(FIXED_CHUNK)
     );
     let mut workspace = [0u64; FIXED_WORKSPACE_WORDS];
-    let mut engine = QEngine::<FIXED_CHUNK>::new(&model, &mut workspace)?;
+    let mut engine = Engine::<FIXED_CHUNK, Q8>::new(&model, &mut workspace)?;
     let samples = NonZeroU16::new(FIXED_SAMPLES).unwrap_or(NonZeroU16::MIN);
     defmt::info!(
         "integer-only posterior predictive, {=u16} Monte Carlo samples per image",

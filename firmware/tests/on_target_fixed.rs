@@ -14,8 +14,11 @@ use core::num::NonZeroU16;
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro128PlusPlus;
 use tinybayes::digest::OutputsDigest;
-use tinybayes::fixed::{QEngine, QModel, QPrediction};
+use tinybayes::fixed::{QModel, QPrediction};
+use tinybayes::format::Precision;
+use tinybayes::numeric::FixedPoint;
 use tinybayes::Mode;
+use tinybayes::{Engine, Q16, Q8};
 use tinybayes_firmware::assets;
 use tinybayes_firmware::generated::{
     FIXED_CHUNK, FIXED_Q16_MODEL, FIXED_Q16_MODEL_EXPECTED, FIXED_Q8_MODEL,
@@ -33,7 +36,18 @@ fn modes() -> [Mode; 2] {
 
 /// The digest of image `i`'s outputs in both modes, computed with `CHUNK` samples per pass.
 fn digest<const CHUNK: usize>(model: &QModel<'_>, workspace: &mut [u64], i: usize) -> u32 {
-    let mut engine = QEngine::<CHUNK>::new(model, workspace).unwrap();
+    match model.precision() {
+        Precision::Q16 => digest_in::<CHUNK, Q16>(model, workspace, i),
+        _ => digest_in::<CHUNK, Q8>(model, workspace, i),
+    }
+}
+
+fn digest_in<const CHUNK: usize, N: FixedPoint>(
+    model: &QModel<'_>,
+    workspace: &mut [u64],
+    i: usize,
+) -> u32 {
+    let mut engine = Engine::<CHUNK, N>::new(model, workspace).unwrap();
     let (pixels, _) = assets::image(i);
     let mut d = OutputsDigest::new();
     for mode in modes() {
@@ -90,7 +104,7 @@ mod tests {
     fn the_q8_model_is_correct_on_most_embedded_digits() {
         let model = QModel::from_bytes(FIXED_Q8_MODEL).unwrap();
         let mut workspace = [0u64; FIXED_WORKSPACE_WORDS];
-        let mut engine = QEngine::<FIXED_CHUNK>::new(&model, &mut workspace).unwrap();
+        let mut engine = Engine::<FIXED_CHUNK, Q8>::new(&model, &mut workspace).unwrap();
         let mut correct = 0;
         for i in 0..assets::IMAGE_COUNT {
             let (pixels, label) = assets::image(i);
@@ -110,10 +124,10 @@ mod tests {
         let model = QModel::from_bytes(FIXED_Q8_MODEL).unwrap();
         let mut workspace = [0u64; FIXED_WORKSPACE_WORDS];
         defmt::assert!(matches!(
-            QEngine::<FIXED_CHUNK>::new(&model, &mut workspace[..8]),
+            Engine::<FIXED_CHUNK, Q8>::new(&model, &mut workspace[..8]),
             Err(InferenceError::WorkspaceTooSmall { .. })
         ));
-        let mut engine = QEngine::<FIXED_CHUNK>::new(&model, &mut workspace).unwrap();
+        let mut engine = Engine::<FIXED_CHUNK, Q8>::new(&model, &mut workspace).unwrap();
         let mut rng = Xoshiro128PlusPlus::seed_from_u64(0);
         let r: Result<QPrediction<10>, _> =
             engine.predict_u8(&[0u8; 10], Mode::MeanWeights, &mut rng);

@@ -12,8 +12,11 @@ use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro128PlusPlus;
 use rayon::prelude::*;
 use tinybayes::digest::{DigestOutputs, OutputsDigest};
-use tinybayes::fixed::{QEngine, QModel, QPrediction};
+use tinybayes::fixed::{QModel, QPrediction};
+use tinybayes::format::Precision;
+use tinybayes::numeric::FixedPoint;
 use tinybayes::{Engine, InferenceError, Mode, Model, Prediction};
+use tinybayes::{Q16, Q8};
 
 use crate::idx::IdxArray;
 
@@ -341,14 +344,19 @@ pub fn simulate_fixed(
     seed: u64,
 ) -> Result<Simulated, SimulateError> {
     check_image_set(model.input_shape(), images)?;
-    match model.num_classes() {
-        0..=16 => run_fixed::<16>(model, images, mode, seed),
-        17..=128 => run_fixed::<128>(model, images, mode, seed),
-        _ => run_fixed::<{ tinybayes::format::MAX_CLASSES }>(model, images, mode, seed),
+    match (model.precision(), model.num_classes()) {
+        (Precision::Q16, 0..=16) => run_fixed::<Q16, 16>(model, images, mode, seed),
+        (Precision::Q16, 17..=128) => run_fixed::<Q16, 128>(model, images, mode, seed),
+        (Precision::Q16, _) => {
+            run_fixed::<Q16, { tinybayes::format::MAX_CLASSES }>(model, images, mode, seed)
+        }
+        (_, 0..=16) => run_fixed::<Q8, 16>(model, images, mode, seed),
+        (_, 17..=128) => run_fixed::<Q8, 128>(model, images, mode, seed),
+        _ => run_fixed::<Q8, { tinybayes::format::MAX_CLASSES }>(model, images, mode, seed),
     }
 }
 
-fn run_fixed<const K: usize>(
+fn run_fixed<N: FixedPoint, const K: usize>(
     model: &QModel<'_>,
     images: &Images<'_>,
     mode: Mode,
@@ -360,7 +368,7 @@ fn run_fixed<const K: usize>(
         seed,
         || vec![0u64; workspace_len],
         |workspace, pixels, rng| {
-            QEngine::<CHUNK>::new(model, workspace)?.predict_u8(pixels, mode, rng)
+            Engine::<CHUNK, N>::new(model, workspace)?.predict_u8(pixels, mode, rng)
         },
     )?;
     Ok(Simulated {

@@ -25,7 +25,7 @@ const NOISE_FRAC_BITS: u32 = 12;
 
 /// A fixed-point number format: how activations are packed into words and how weights
 /// accumulate.
-pub(crate) trait Format {
+pub trait Format {
     /// Stored θ.
     type Theta: Copy + bytemuck::Pod;
     /// Stored σ².
@@ -57,9 +57,9 @@ pub(crate) trait Format {
 }
 
 /// q8: activation word `(a^2 >> 1) << 16 | a`; int32 sums.
-pub(crate) struct Q8;
+pub struct Q8;
 /// q16: activation word `a`; int64 sums.
-pub(crate) struct Q16;
+pub struct Q16;
 
 impl Format for Q8 {
     type Theta = i8;
@@ -150,12 +150,23 @@ impl Format for Q16 {
 }
 
 /// An input vector read as activation words: raw bytes (the model input) or words.
-pub(crate) trait Words {
+pub trait Words {
     /// The word of input `i` (in range by validation).
     fn word<F: Format>(&self, i: usize) -> i32;
+    /// Number of values.
+    fn len(&self) -> usize;
+    /// Whether input `i` is zero (its word is then 0 in every format).
+    fn is_zero(&self, i: usize) -> bool;
 }
 
 impl Words for [u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+    #[inline(always)]
+    fn is_zero(&self, i: usize) -> bool {
+        self.get(i) == Some(&0)
+    }
     #[inline(always)]
     fn word<F: Format>(&self, i: usize) -> i32 {
         F::pack(self[i] as i32)
@@ -163,6 +174,13 @@ impl Words for [u8] {
 }
 
 impl Words for [i32] {
+    fn len(&self) -> usize {
+        <[i32]>::len(self)
+    }
+    #[inline(always)]
+    fn is_zero(&self, i: usize) -> bool {
+        self.get(i) == Some(&0)
+    }
     #[inline(always)]
     fn word<F: Format>(&self, i: usize) -> i32 {
         self[i]
@@ -170,7 +188,7 @@ impl Words for [i32] {
 }
 
 /// How a record names its unit: no index (dense rows), or a u8 / u16 index.
-pub(crate) trait Index {
+pub trait Index {
     /// Bytes of the index at the start of a record.
     const BYTES: usize;
     /// The index stored in record `r` (dense: unused).
@@ -273,6 +291,28 @@ macro_rules! dispatch {
     }};
 }
 
+/// Walks a by-input layer's columns: `column(word, records)` for every input that is not
+/// zero, with that input's records. Zero inputs cost a load and a compare.
+#[inline(always)]
+fn by_columns<F: Format, X: Words + ?Sized, C: Copy + Into<u32>>(
+    counts: &[C],
+    records: &[u8],
+    len: usize,
+    x: &X,
+    column: &mut impl FnMut(i32, &[u8]),
+) {
+    let mut start = 0usize;
+    for (i, &count) in counts.iter().enumerate() {
+        let end = start + count.into() as usize * len;
+        if !x.is_zero(i) {
+            if let Some(r) = records.get(start..end) {
+                column(x.word::<F>(i), r);
+            }
+        }
+        start = end;
+    }
+}
+
 /// Integer sums `(A_j, V_j)` of every output unit for one input, handed to `f(j, A, V)` in
 /// unit order (`V = 0` unless `WITH_VAR`). By-input layers scatter into `acc` / `var` first
 /// (`outputs` entries each).
@@ -292,11 +332,9 @@ fn sums<F: Format, I: Index, const GAUSS: bool, X: Words + ?Sized>(
         let (acc, var) = (&mut acc[..n_out], &mut var[..n_out]);
         acc.fill(0);
         var.fill(0);
-        for_each_line(layer, |i, records| {
-            let w = x.word::<F>(i);
-            if w == 0 {
-                return; // a zero input (blank pixel) contributes nothing
-            }
+        // Column by column; a zero input (blank pixel) contributes nothing and is skipped
+        // before anything else is done for it.
+        let mut column = |w: i32, records: &[u8]| {
             for r in records.chunks_exact(len) {
                 let j = I::read(r);
                 let a = F::mac(F::Acc::default(), w, F::theta(r, at_theta));
@@ -310,7 +348,12 @@ fn sums<F: Format, I: Index, const GAUSS: bool, X: Words + ?Sized>(
                     }
                 }
             }
-        });
+        };
+        match layer.counts {
+            QCounts::U8(c) => by_columns::<F, X, u8>(c, layer.records, len, x, &mut column),
+            QCounts::U16(c) => by_columns::<F, X, u16>(c, layer.records, len, x, &mut column),
+            QCounts::Dense => {}
+        }
         for j in 0..n_out {
             f(j, acc[j], var[j] as u64);
         }
@@ -332,6 +375,7 @@ fn sums<F: Format, I: Index, const GAUSS: bool, X: Words + ?Sized>(
 
 /// Mean weights: `out[j]` is the output word of unit `j`. `scratch` holds `2 * outputs` i64
 /// (used by by-input layers).
+#[inline(always)]
 pub(crate) fn mean_layer<X: Words + ?Sized>(
     layer: &QLayer<'_>,
     x: &X,
@@ -341,6 +385,7 @@ pub(crate) fn mean_layer<X: Words + ?Sized>(
     dispatch!(layer, mean_typed::<X>(layer, x, out, scratch))
 }
 
+#[inline(always)]
 fn mean_typed<F: Format, I: Index, const GAUSS: bool, X: Words + ?Sized>(
     layer: &QLayer<'_>,
     x: &X,
@@ -360,6 +405,7 @@ fn mean_typed<F: Format, I: Index, const GAUSS: bool, X: Words + ?Sized>(
 /// Gaussian weights, one input: `base[j] = A mθ + b` and `scale[j] = sqrt_q4(V) mσ` (the
 /// noise of a draw ε is `scale ε >> 12`), or -1 for a ReLU unit that no draw can switch on
 /// (the noise is bounded, so this is exact). A deterministic layer gets scale 0.
+#[inline(always)]
 pub(crate) fn moments_layer<X: Words + ?Sized>(
     layer: &QLayer<'_>,
     x: &X,
@@ -369,6 +415,7 @@ pub(crate) fn moments_layer<X: Words + ?Sized>(
     dispatch!(layer, moments_typed::<X>(layer, x, base, scale))
 }
 
+#[inline(always)]
 fn moments_typed<F: Format, I: Index, const GAUSS: bool, X: Words + ?Sized>(
     layer: &QLayer<'_>,
     x: &X,
@@ -410,8 +457,8 @@ fn moments_typed<F: Format, I: Index, const GAUSS: bool, X: Words + ?Sized>(
 /// moments (see [`narrow_moments`]).
 const MOMENT_FRAC_BITS_MAX: u32 = 16;
 
-/// Narrowed moments stay below this, so that `b + (scale ε >> 12)` fits an i32.
-const MOMENT_LIMIT: i128 = 1 << 30;
+/// Narrowed moments stay below 2^this, so that `b + (scale ε >> 12)` fits an i32.
+const MOMENT_LIMIT_BITS: u32 = 30;
 
 /// Rescales the first stochastic layer's moments from `2^S` units of the output to `2^F`
 /// units (floor), so that each sample's draw needs 32-bit arithmetic only, and returns `F`:
@@ -421,31 +468,22 @@ const MOMENT_LIMIT: i128 = 1 << 30;
 pub(crate) fn narrow_moments(layer: &QLayer<'_>, base: &mut [i64], scale: &mut [i64]) -> u32 {
     let largest = base
         .iter()
-        .map(|b| (*b as i128).abs())
-        .chain(scale.iter().map(|&s| s as i128))
+        .map(|b| b.unsigned_abs())
+        .chain(scale.iter().map(|&s| s.max(0) as u64))
         .max()
         .unwrap_or(0);
+    // The most fractional bits F that keep `largest` (in 2^S units) below 2^30 in 2^F units:
+    // `bits(largest) - (S - F) <= 30`.
+    let bits = 64 - largest.leading_zeros() as i32;
     let shift = layer.shift as i32;
-    let frac_bits = (0..=MOMENT_FRAC_BITS_MAX)
-        .rev()
-        .find(|&f| {
-            let by = shift - f as i32;
-            let narrowed = if by >= 0 {
-                largest >> by
-            } else {
-                largest << -by
-            };
-            narrowed < MOMENT_LIMIT
-        })
-        .unwrap_or(0);
-    let by = shift - frac_bits as i32;
+    let frac_bits = (shift + MOMENT_LIMIT_BITS as i32 - bits).clamp(0, MOMENT_FRAC_BITS_MAX as i32);
+    let by = shift - frac_bits;
+    // Exact in i64: with this F every value is below 2^30 after the shift (the clamp only
+    // acts when even F = 0 leaves a value above it).
+    let limit = 1i64 << MOMENT_LIMIT_BITS;
     let narrow = |v: i64| -> i64 {
-        let v: i128 = if by >= 0 {
-            (v >> by) as i128
-        } else {
-            (v as i128) << -by
-        };
-        v.clamp(-MOMENT_LIMIT, MOMENT_LIMIT) as i64
+        let v = if by >= 0 { v >> by } else { v << -by };
+        v.clamp(-limit, limit)
     };
     for (b, sc) in base.iter_mut().zip(scale.iter_mut()) {
         *b = narrow(*b);
@@ -453,7 +491,7 @@ pub(crate) fn narrow_moments(layer: &QLayer<'_>, base: &mut [i64], scale: &mut [
             *sc = narrow(*sc);
         }
     }
-    frac_bits
+    frac_bits as u32
 }
 
 /// Samples of the first stochastic layer from its moments narrowed to `frac_bits` (`F`):

@@ -2,23 +2,23 @@
 //! without an FPU (Cortex-M0, M3), bit-exact between the host and every device.
 //!
 //! - [`QModel`]: the validated view of a version-3 model file with quantized layers.
-//! - [`QEngine`]: runs it on raw 8-bit inputs; [`QPrediction`] holds the answer in [`UQ16`].
+//! - [`crate::Engine`]`<CHUNK, `[`crate::Q8`]`>` (or [`crate::Q16`]) runs it on raw 8-bit
+//!   inputs, through the same runner as f32 models; [`QPrediction`] holds the answer in
+//!   [`UQ16`].
 //! - [`math`]: integer e^-x, ln and square root, [`noise`]: tabled normal draws, each with
 //!   documented and tested error bounds.
 //!
 //! The number formats are specified in `docs/FORMAT.md` ("Fixed-point layers").
 
-mod engine;
-mod kernels;
+pub(crate) mod kernels;
 pub mod math;
 mod model;
 pub mod noise;
-mod predictive;
+pub(crate) mod predictive;
 #[cfg(feature = "alloc")]
 pub mod quantize;
 #[cfg(feature = "alloc")]
 pub mod writer;
 
-pub use engine::QEngine;
 pub use model::{QCounts, QLayer, QModel};
 pub use predictive::{entropy_q16, softmax_q16, QPrediction, UQ16};

@@ -228,16 +228,12 @@ impl<'a> QModel<'a> {
     pub fn macs(&self) -> usize {
         self.layers.iter().map(QLayer::macs).sum()
     }
-    /// 64-bit words of workspace a [`super::QEngine`] needs with `samples_per_pass` Monte
-    /// Carlo samples per pass over the weights.
-    ///
-    /// Layout: the first stochastic layer's pre-activation mean and noise scale (i64, two per
-    /// unit), two activation buffers of `widest layer x chunk` i32 words, and the noise draws of
-    /// one layer (`widest layer x chunk` i16).
+    /// 64-bit words of workspace an [`crate::Engine`] needs for this model with
+    /// `samples_per_pass` Monte Carlo samples per pass over the weights: the
+    /// [`crate::Plan`]'s answer (the first stochastic layer's moments, two activation buffers
+    /// of `widest layer x chunk` i32 words, and the noise draws of one layer).
     pub fn workspace_len(&self, samples_per_pass: usize) -> usize {
-        let chunk = samples_per_pass.max(1);
-        let width = self.max_width();
-        2 * width + (width * chunk).div_ceil(2) * 2 + (width * chunk).div_ceil(4)
+        crate::Plan::new(self, samples_per_pass).workspace_len()
     }
     /// [`Self::workspace_len`] in bytes.
     pub fn workspace_bytes(&self, samples_per_pass: usize) -> usize {

@@ -117,7 +117,7 @@ pub fn entropy_q16(probs: &[u32]) -> u32 {
 }
 
 /// Running sums of the per-sample softmax and entropy.
-pub(crate) struct QAccumulator<const K: usize> {
+pub struct QAccumulator<const K: usize> {
     classes: usize,
     sum_p: [u32; K],
     sum_h: u64,

@@ -10,7 +10,10 @@ use core::num::NonZeroU16;
 use cortex_m_rt::entry;
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro128PlusPlus;
-use tinybayes::fixed::{QEngine, QModel, QPrediction};
+use tinybayes::fixed::{QModel, QPrediction};
+use tinybayes::format::Precision;
+use tinybayes::numeric::FixedPoint;
+use tinybayes::{Engine, Q16, Q8};
 use tinybayes::{InferenceError, Mode};
 use tinybayes_firmware::assets;
 use tinybayes_firmware::clock::Clock;
@@ -25,8 +28,8 @@ const STACK_WINDOW: usize = 4 * 1024;
 
 /// The measured call, kept out of line so the stack probe sees all of its frames.
 #[inline(never)]
-fn predict_once(
-    engine: &mut QEngine<'_, '_, FIXED_CHUNK>,
+fn predict_once<N: FixedPoint>(
+    engine: &mut Engine<'_, '_, FIXED_CHUNK, N>,
     pixels: &[u8],
     mode: Mode,
     rng: &mut Xoshiro128PlusPlus,
@@ -35,6 +38,17 @@ fn predict_once(
 }
 
 fn bench_model(board: &mut Board, name: &str, bytes: &'static [u8]) -> Result<(), InferenceError> {
+    match QModel::from_bytes(bytes).map(|m| m.precision()) {
+        Ok(Precision::Q16) => bench_in::<Q16>(board, name, bytes),
+        _ => bench_in::<Q8>(board, name, bytes),
+    }
+}
+
+fn bench_in<N: FixedPoint>(
+    board: &mut Board,
+    name: &str,
+    bytes: &'static [u8],
+) -> Result<(), InferenceError> {
     let start = board.clock.now();
     let Ok(model) = QModel::from_bytes(bytes) else {
         defmt::error!("{=str} model does not validate", name);
@@ -49,7 +63,7 @@ fn bench_model(board: &mut Board, name: &str, bytes: &'static [u8]) -> Result<()
         validate
     );
     let mut workspace = [0u64; FIXED_WORKSPACE_WORDS];
-    let mut engine = QEngine::<FIXED_CHUNK>::new(&model, &mut workspace)?;
+    let mut engine = Engine::<FIXED_CHUNK, N>::new(&model, &mut workspace)?;
     let (pixels, _) = assets::image(0);
     for samples in [0u16, 8, 32] {
         let mode = NonZeroU16::new(samples)

@@ -82,14 +82,15 @@ fn run() -> [u32; 2] {
 
 #[cfg(not(tb_parity_f32))]
 fn run() -> [u32; 2] {
-    use tinybayes::fixed::{QEngine, QModel};
+    use tinybayes::fixed::QModel;
+    use tinybayes::{Engine, Q8};
     use tinybayes_firmware::generated::{FIXED_CHUNK, FIXED_Q8_MODEL, FIXED_WORKSPACE_WORDS};
     let Ok(model) = QModel::from_bytes(FIXED_Q8_MODEL) else {
         defmt::error!("the q8 model does not validate");
         platform::exit(false)
     };
     let mut workspace = [0u64; FIXED_WORKSPACE_WORDS];
-    let Ok(mut engine) = QEngine::<FIXED_CHUNK>::new(&model, &mut workspace) else {
+    let Ok(mut engine) = Engine::<FIXED_CHUNK, Q8>::new(&model, &mut workspace) else {
         platform::exit(false)
     };
     digests(|image, mode, rng| engine.predict_u8::<10>(image, mode, rng))
