@@ -45,37 +45,25 @@ fn feed(digest: &mut crc::Digest<'_, u32>, class: usize, words: impl Iterator<It
     }
 }
 
-impl<const K: usize> DigestOutputs for Prediction<K> {
-    fn digest_into(&self, digest: &mut crc::Digest<'_, u32>) {
-        let summary = [
-            self.predictive_entropy,
-            self.expected_entropy,
-            self.mutual_information,
-        ];
-        let words = self
-            .probabilities
-            .iter()
-            .chain(&summary)
-            .map(|v| v.to_bits());
-        feed(digest, self.class, words);
-    }
+/// The digest of a prediction type whose outputs have `to_bits() -> u32`.
+macro_rules! digest_outputs {
+    ($prediction:ident) => {
+        impl<const K: usize> DigestOutputs for $prediction<K> {
+            fn digest_into(&self, digest: &mut crc::Digest<'_, u32>) {
+                let summary = [
+                    self.predictive_entropy,
+                    self.expected_entropy,
+                    self.mutual_information,
+                ];
+                let words = self.probabilities.iter().chain(&summary).map(|v| v.to_bits());
+                feed(digest, self.class, words);
+            }
+        }
+    };
 }
 
-impl<const K: usize> DigestOutputs for QPrediction<K> {
-    fn digest_into(&self, digest: &mut crc::Digest<'_, u32>) {
-        let summary = [
-            self.predictive_entropy,
-            self.expected_entropy,
-            self.mutual_information,
-        ];
-        let words = self
-            .probabilities
-            .iter()
-            .chain(&summary)
-            .map(|v| v.to_bits());
-        feed(digest, self.class, words);
-    }
-}
+digest_outputs!(Prediction);
+digest_outputs!(QPrediction);
 
 /// The running digest of a run's outputs.
 pub struct OutputsDigest {

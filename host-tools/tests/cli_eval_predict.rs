@@ -3,9 +3,12 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
+
+mod common;
+use common::{idx, p, tinybayes};
 
 const IMAGES: usize = 40;
 const CLASSES: usize = 3;
@@ -16,26 +19,6 @@ const PNGS: [&str; 4] = [
     "mutual_info_hist.png",
     "sparsity.png",
 ];
-
-fn tinybayes(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tinybayes"))
-        .args(args)
-        .output()
-        .expect("run tinybayes")
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0, 0, 8, dims.len() as u8];
-    for d in dims {
-        out.extend_from_slice(&d.to_be_bytes());
-    }
-    out.extend_from_slice(data);
-    out
-}
 
 /// A temporary directory with a model (16 inputs as 1x4x4, 3 classes), 40 4x4 images and
 /// their labels.

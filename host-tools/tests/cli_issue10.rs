@@ -6,24 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn tinybayes(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tinybayes"))
-        .args(args)
-        .output()
-        .expect("run tinybayes")
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+mod common;
+use common::{idx, p, stderr, stdout, tinybayes};
 
 /// Fails unless the command exited with status 1 (an error, not a signal or a panic) and
 /// printed exactly one line on stderr containing every needle.
@@ -39,15 +23,6 @@ fn assert_one_line_error(out: &Output, needles: &[&str]) {
     for needle in needles {
         assert!(err.contains(needle), "{needle:?} not in {err:?}");
     }
-}
-
-fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0, 0, 8, dims.len() as u8];
-    for d in dims {
-        out.extend_from_slice(&d.to_be_bytes());
-    }
-    out.extend_from_slice(data);
-    out
 }
 
 /// A synthetic model of `widths` with the given input shape, written into `dir`.

@@ -4,20 +4,12 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
-fn tinybayes(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tinybayes"))
-        .args(args)
-        .output()
-        .expect("run tinybayes")
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
+mod common;
+use common::{p, stderr, tinybayes};
 
 /// The shared MNIST directory: beside the checkout (as in CI), else the workplace's copy.
 fn mnist() -> PathBuf {
@@ -30,10 +22,6 @@ fn mnist() -> PathBuf {
         .find(|d| d.join("train-images-idx3-ubyte.gz").is_file())
         .cloned()
         .unwrap_or_else(|| panic!("MNIST not found in any of {candidates:?}"))
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Fails unless the command failed with exactly one line on stderr containing `needle`.

@@ -26,3 +26,13 @@ pub fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
     out.extend_from_slice(data);
     out
 }
+
+/// The command's stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The command's stdout as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
