@@ -277,6 +277,7 @@ pub fn spec_from_model(model: &Model<'_>) -> Result<ModelSpec> {
         input_scale,
         input_offset,
         layers,
+        trained: model.trained_size(),
     })
 }
 
