@@ -275,7 +275,7 @@ pub enum InferenceError {
     },
     /// The input contains NaN or an infinity.
     NonFiniteInput,
-    /// The workspace is smaller than the model needs ([`crate::Model::workspace_len`]).
+    /// The workspace is smaller than the model needs ([`crate::Plan::workspace_len`]).
     WorkspaceTooSmall {
         /// f32 words needed.
         needed: usize,

@@ -7,7 +7,7 @@
 /// The four bytes every model file starts with.
 pub const MAGIC: [u8; 4] = *b"TBYS";
 /// The newest format version this crate reads and writes (2 adds convolutions and pooling,
-/// 3 adds fixed-point models: header byte [`header::PRECISION`] and the quantized kinds, 4
+/// 3 adds fixed-point models: header byte 22 and the quantized kinds, 4
 /// adds residual additions and exit heads for early-exit networks, 5 records the size of the
 /// network as trained: [`TrainedSize`]).
 pub const FORMAT_VERSION: u16 = 5;
@@ -133,7 +133,7 @@ pub(crate) mod record {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Precision {
-    /// f32 parameters and activations (every file of versions 1 and 2).
+    /// f32 parameters and activations (the only precision before format version 3).
     F32 = 0,
     /// int8 θ and unsigned 8-bit σ² with per-row scales; 8-bit activations; int32
     /// accumulators.

@@ -17,7 +17,7 @@ use crate::model::{Layer, Model, Operation};
 /// - **held skip**: a block input computed before the first Gaussian layer and added after it
 ///   (kept across chunks; usually empty);
 /// - **pooled**: an exit head's pooled map, widest head input x chunk;
-/// - **scratch**: kernel scratch, largest [`scratch_len`] over the layers.
+/// - **scratch**: kernel scratch, largest `scratch_len` over the layers.
 ///
 /// An early-exit model's feature maps are kept for one chunk only: a halting policy that
 /// needs every sample at an exit regenerates each chunk's path from the input and the
