@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tinybayes_host::commands::{eval, export, inspect, predict, synth, train};
+use tinybayes_host::commands::{eval, export, images, inspect, predict, synth, train};
 
 /// Train, export, inspect, evaluate and simulate tinybayes models.
 #[derive(Parser, Debug)]
@@ -27,6 +27,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Run a model over IDX images as the device would and write one CSV row per image.
     Predict(predict::PredictArgs),
+    /// Cut the first images (and labels) of an IDX set into the raw file the firmware embeds.
+    Images(images::ImagesArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Predict(args) => predict::run(args),
+        Command::Images(args) => images::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
