@@ -15,7 +15,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Train a sparse variational dropout network (lenet300 or lenet5) on MNIST.
+    /// Train a sparse variational dropout network (lenet300, lenet5 or resnet-ee) on MNIST.
     Train(train::TrainArgs),
     /// Prune a trained run, remove dead units and write the flash table (.tbm).
     Export(export::ExportArgs),

@@ -140,3 +140,65 @@ fn images_layout_skip_and_refusals() {
     ]);
     assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
 }
+
+/// `train --help` shows the defaults of its options and every config key with its default,
+/// both taken from `TrainConfig::default()` (so they cannot drift), and the command summary
+/// names all three architectures.
+#[test]
+fn train_help_shows_defaults_and_every_config_key() {
+    use tinybayes_host::train::TrainConfig;
+    let help = stdout(&tinybayes(&["train", "--help"]));
+    let d = TrainConfig::default();
+    for (flag, value) in [
+        ("--epochs", d.epochs.to_string()),
+        ("--seed", d.seed.to_string()),
+        ("--blocks", d.blocks.to_string()),
+        ("--channels", d.channels.to_string()),
+        ("--prior-lambda", d.prior_lambda.to_string()),
+        ("--exit-objective", "weighted".to_string()),
+        ("--arch", "lenet300".to_string()),
+    ] {
+        let start = help
+            .find(&format!("{flag} <"))
+            .unwrap_or_else(|| panic!("{flag}"));
+        let section = &help[start..];
+        let end = section[2..]
+            .find("\n      --")
+            .map_or(section.len(), |e| e + 2);
+        assert!(
+            section[..end].contains(&format!("[default: {value}]")),
+            "{flag}: {}",
+            &section[..end]
+        );
+    }
+    assert!(!help.contains("TrainConfig"), "a Rust type in --help");
+    // Every key the config file accepts is listed; those with a value show it as TOML.
+    let err = toml::from_str::<TrainConfig>("no_such_key = 1")
+        .unwrap_err()
+        .to_string();
+    let keys: Vec<&str> = err
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|k| *k != "no_such_key")
+        .collect();
+    assert!(keys.len() > 20, "{err}");
+    for key in &keys {
+        assert!(
+            help.contains(&format!("  {key}")),
+            "config key {key} not in --help"
+        );
+    }
+    let defaults = toml::to_string(&d).unwrap();
+    for line in defaults.lines().filter(|l| l.contains(" = ")) {
+        let (key, value) = line.split_once(" = ").unwrap();
+        let listed = help
+            .lines()
+            .any(|l| l.trim_start().starts_with(&format!("{key} = {value} ")));
+        assert!(listed, "{key} = {value} not in --help");
+    }
+    let short = stdout(&tinybayes(&["train", "-h"]));
+    assert!(short.contains("tinybayes train --help"), "{short}");
+    let top = stdout(&tinybayes(&["--help"]));
+    assert!(top.contains("lenet300, lenet5 or resnet-ee"), "{top}");
+}

@@ -19,37 +19,78 @@ use crate::run_dir::has_checkpoint;
 use crate::train::config::RESUMABLE_SETTINGS;
 use crate::train::{Arch, TrainConfig, TrainError, TrainEvent, Trainer};
 
+/// The keys of a `--config` TOML file, with their defaults and limits (shown by
+/// `train --help`; the defaults are those of [`TrainConfig::default`], tested).
+pub const CONFIG_KEYS_HELP: &str = "\
+Config file keys (--config FILE.toml; every key is optional, unknown keys are refused; the
+command-line options above override the file; examples in models/configs/):
+  arch = \"lenet300\"          lenet300 (784-300-100-10), lenet5 (LeNet-5-Caffe) or resnet-ee
+  epochs = 200               epochs, at least 1
+  batch_size = 100           mini-batch size, 1 to 4096
+  lr = 0.001                 base learning rate of Adam, positive
+  lr_schedule                constant, constant_then_linear or linear [default: the arch's
+                             recipe: constant_then_linear for lenet300, else linear]
+  seed = 0                   seed of initialisation, validation split, shuffling and noise
+  val_size = 2000            training examples held out for validation (0: none)
+  warmup_start               epoch where the KL weight starts rising from 0 [default: 5, scaled
+                             by epochs / 40 below 40 epochs]
+  warmup_end                 epoch where it reaches kl_weight_max [default: 20, scaled alike]
+  kl_weight_max = 1.0        KL weight after warm-up (1 is the ELBO; N / 60000 for N images
+                             reproduces the paper's data-to-KL balance)
+  prune_threshold = 3.0      log alpha above which a weight counts as pruned in the reports
+  init_log_sigma2 = -10.0    initial log sigma^2 of every weight
+  train_limit                train on the first N examples after the validation split [default: all]
+  shards = 2                 parallel shards of a mini-batch, 1 to 16 (changing it changes
+                             the noise draws)
+  augment_shift = 0          random shift of training images by up to this many pixels,
+                             below the image side
+resnet-ee only:
+  blocks = 4                 residual blocks, one exit after each, 1 to 7
+  channels = 32              channels of the stem and every block, 1 to 512
+  stem_kernel = 4            stem convolution kernel size
+  stem_stride = 4            stem convolution stride
+  stem_padding = 0           stem convolution zero padding
+  prior_lambda = 0.3         strength in [0, 1) of the geometric depth prior
+  exit_objective = \"weighted\"  weighted or mixture
+  (at most 65535 values per feature map, 4194304 weights, 134217728 activations per batch)
+--resume may change epochs, lr and lr_schedule only.";
+
 /// Arguments of `train`.
 #[derive(Args, Debug)]
+#[command(
+    after_help = "The config file's keys, defaults and limits: tinybayes train --help",
+    after_long_help = CONFIG_KEYS_HELP
+)]
 pub struct TrainArgs {
     /// Architecture: lenet300 (784-300-100-10), lenet5 (LeNet-5-Caffe) or resnet-ee (early-exit
-    /// ResNet).
+    /// ResNet) [default: lenet300] (overrides the config file).
     #[arg(long)]
     pub arch: Option<String>,
-    /// resnet-ee: residual blocks, one exit after each, 1 to 7 (overrides the config file).
+    /// resnet-ee: residual blocks, one exit after each, 1 to 7 [default: 4] (overrides the
+    /// config file).
     #[arg(long, allow_negative_numbers = true)]
     pub blocks: Option<usize>,
     /// resnet-ee: channels of the stem and every block, 1 to 512, with at most 65535 values
-    /// per feature map and 4194304 weights in all (overrides the config file).
+    /// per feature map and 4194304 weights in all [default: 32] (overrides the config file).
     #[arg(long, allow_negative_numbers = true)]
     pub channels: Option<usize>,
     /// resnet-ee: strength lambda in [0, 1) of the truncated geometric prior over depth,
-    /// p(z=l) ∝ (1-lambda)^(l-1), used in the objective (overrides the config file).
+    /// p(z=l) ∝ (1-lambda)^(l-1), used in the objective [default: 0.3] (overrides the config
+    /// file).
     #[arg(long, allow_negative_numbers = true)]
     pub prior_lambda: Option<f64>,
-    /// resnet-ee: exit objective, mixture (-log sum_l p(z=l) p(y|x,z=l)) or weighted
-    /// (-sum_l p(z=l) log p(y|x,z=l)) (overrides the config file).
+    /// resnet-ee: exit objective, weighted (-sum_l p(z=l) log p(y|x,z=l)) or mixture
+    /// (-log sum_l p(z=l) p(y|x,z=l)) [default: weighted] (overrides the config file).
     #[arg(long)]
     pub exit_objective: Option<String>,
-    /// Epochs (overrides the config file).
+    /// Epochs [default: 200] (overrides the config file).
     #[arg(long, allow_negative_numbers = true)]
     pub epochs: Option<usize>,
-    /// Seed (overrides the config file).
+    /// Seed [default: 0] (overrides the config file).
     #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
-    /// TOML file overriding any training setting (see `TrainConfig`). Limits: batch_size 1 to
-    /// 4096, shards 1 to 16, augment_shift below 28; resnet-ee: blocks 1 to 7, channels 1 to 512, at most 65535 values per feature
-    /// map, 4194304 weights and 134217728 activations per batch.
+    /// TOML file of training settings; its keys, defaults and limits are listed at the end of
+    /// `tinybayes train --help`.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Directory with the MNIST training files (train-images-idx3-ubyte[.gz],
@@ -64,7 +105,8 @@ pub struct TrainArgs {
     /// Training labels (IDX, gzip or plain); overrides --data.
     #[arg(long)]
     pub labels: Option<PathBuf>,
-    /// Train on the first N training examples only (after the validation split).
+    /// Train on the first N training examples only (after the validation split) [default:
+    /// all] (overrides the config file).
     #[arg(long, allow_negative_numbers = true)]
     pub train_limit: Option<usize>,
     /// Run directory: checkpoint, history.json and config.toml go here.
