@@ -202,3 +202,184 @@ fn train_help_shows_defaults_and_every_config_key() {
     let top = stdout(&tinybayes(&["--help"]));
     assert!(top.contains("lenet300, lenet5 or resnet-ee"), "{top}");
 }
+
+/// A tiny synthetic model (4x4 inputs, 3 classes) and 5 images with labels, in `dir`.
+fn tiny_set(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let model = dir.join("tiny.tbm");
+    let out = tinybayes(&[
+        "synth",
+        "--widths",
+        "16,8,3",
+        "--input-shape",
+        "1x4x4",
+        "--density",
+        "0.5",
+        "--out",
+        p(&model),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pixels: Vec<u8> = (0..5 * 16).map(|v| (v * 37 % 256) as u8).collect();
+    let images = dir.join("images.idx");
+    fs::write(&images, idx(&[5, 4, 4], &pixels)).unwrap();
+    let labels = dir.join("labels.idx");
+    fs::write(&labels, idx(&[5], &[0, 1, 2, 0, 1])).unwrap();
+    (model, images, labels)
+}
+
+/// `-q` silences status lines but not results, warnings or errors; `-v` adds details on
+/// stderr; the two conflict.
+#[test]
+fn quiet_and_verbose() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, images, _) = tiny_set(dir.path());
+    let quiet_model = dir.path().join("q.tbm");
+    let out = tinybayes(&[
+        "-q",
+        "synth",
+        "--widths",
+        "16,8,3",
+        "--out",
+        p(&quiet_model),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+    assert_eq!(stderr(&out), "");
+    assert!(quiet_model.is_file());
+
+    let csv = dir.path().join("q.csv");
+    let base = [
+        "predict",
+        "--model",
+        p(&model),
+        "--images",
+        p(&images),
+        "--samples",
+        "4",
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--out", p(&csv), "--quiet"]);
+    let out = tinybayes(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+    assert_eq!(fs::read_to_string(&csv).unwrap().lines().count(), 6);
+
+    // Results still print with -q.
+    let out = tinybayes(&["inspect", "-q", "--model", p(&model)]);
+    assert!(stdout(&out).contains("total:"), "{}", stdout(&out));
+    // Warnings and errors too.
+    let out = tinybayes(&["-q", "inspect", "--model", p(&model), "--samples", "0"]);
+    assert!(stderr(&out).starts_with("error: "), "{}", stderr(&out));
+    let warned = dir.path().join("w.csv");
+    let mut args = base.to_vec();
+    args.extend(["--out", p(&warned), "-q", "--calibration-count", "3"]);
+    let out = tinybayes(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).starts_with("warning: "), "{}", stderr(&out));
+
+    let verbose = dir.path().join("v.csv");
+    let mut args = base.to_vec();
+    args.extend(["--out", p(&verbose), "-v"]);
+    let out = tinybayes(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("model {}: f32", p(&model))), "{err}");
+    assert!(err.contains("5 of [4, 4]"), "{err}");
+    assert!(stdout(&out).contains("predicted 5 images"));
+    // Without -v, nothing on stderr.
+    let plain = dir.path().join("plain.csv");
+    let mut args = base.to_vec();
+    args.extend(["--out", p(&plain)]);
+    assert_eq!(stderr(&tinybayes(&args)), "");
+
+    let out = tinybayes(&["-q", "-v", "inspect", "--model", p(&model)]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot be used with"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// `--color always` colours `error:` and `warning:` even into a pipe, `never` and `auto`
+/// (stderr is a pipe here) do not.
+#[test]
+fn color_choice() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.tbm");
+    let run = |color: &[&str]| {
+        let mut args = vec!["inspect", "--model", p(&missing)];
+        args.extend(color);
+        stderr(&tinybayes(&args))
+    };
+    assert!(run(&["--color", "always"]).starts_with("\x1b[1;31merror:\x1b[0m "));
+    assert!(run(&["--color=always"]).starts_with("\x1b[1;31merror:\x1b[0m "));
+    for plain in [
+        run(&["--color", "never"]),
+        run(&["--color", "auto"]),
+        run(&[]),
+    ] {
+        assert!(plain.starts_with("error: "), "{plain:?}");
+        assert!(!plain.contains('\x1b'), "{plain:?}");
+    }
+    let out = tinybayes(&["--color", "sometimes", "inspect", "--model", p(&missing)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("auto"), "{}", stderr(&out));
+}
+
+/// `predict --out -` writes the CSV to stdout, the very bytes it writes to a file, and its
+/// status line to stderr.
+#[test]
+fn predict_to_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, images, _) = tiny_set(dir.path());
+    let csv = dir.path().join("p.csv");
+    let base = [
+        "predict",
+        "--model",
+        p(&model),
+        "--images",
+        p(&images),
+        "--seed",
+        "3",
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--out", p(&csv)]);
+    assert!(tinybayes(&args).status.success());
+    let mut args = base.to_vec();
+    args.extend(["--out", "-"]);
+    let out = tinybayes(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout, fs::read(&csv).unwrap());
+    assert!(
+        stderr(&out).contains("predicted 5 images"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("to stdout"), "{}", stderr(&out));
+    // -q: the CSV only.
+    args.push("-q");
+    let out = tinybayes(&args);
+    assert_eq!(out.stdout, fs::read(&csv).unwrap());
+    assert_eq!(stderr(&out), "");
+    assert!(!dir.path().join("-").exists());
+}
+
+/// `tinybayes completions SHELL` prints a completion script naming the subcommands.
+#[test]
+fn shell_completions() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef tinybayes"),
+        ("fish", "complete -c tinybayes"),
+    ] {
+        let out = tinybayes(&["completions", shell]);
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let script = stdout(&out);
+        assert!(script.contains(marker), "{shell}: {marker:?} missing");
+        for word in ["predict", "eval", "inspect", "images", "--samples"] {
+            assert!(script.contains(word), "{shell}: {word} missing");
+        }
+    }
+    let out = tinybayes(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -5,7 +5,6 @@
 //! Nothing existing is overwritten without `--force`: every output file is checked before any
 //! work starts, and each is written atomically (`report.json` last).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -475,7 +474,21 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let mode = args.sampling.mode()?;
     let runner = load_runner(&args.model, &args.precision)?;
     let classes = runner.num_classes();
+    crate::ui::detail(format!(
+        "model {}: {} ({classes} classes, input {:?})",
+        args.model.display(),
+        runner.precision().name(),
+        runner.input_shape()
+    ));
     let mut dataset = load_labelled(&args.images, &args.labels, classes)?;
+    crate::ui::detail(format!(
+        "images {} and labels {}: {} images; {}, seed {} (image i seeded with seed + i)",
+        args.images.display(),
+        args.labels.display(),
+        dataset.len(),
+        describe_mode(mode),
+        args.sampling.seed
+    ));
     if let Some(run) = &args.validation_of {
         let run = crate::run_dir::load_run(run)?;
         if run.config.val_size == 0 {
@@ -683,11 +696,6 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let mut json = serde_json::to_string_pretty(&report)?;
     json.push('\n');
     write_new(&args.report.join(REPORT_FILE), json.as_bytes(), args.force)?;
-    // A closed stdout (e.g. piped into `head`) is not an error once the files are written.
-    let _ = writeln!(
-        std::io::stdout(),
-        "{}",
-        summary(&report, mode, &args.report)
-    );
+    crate::ui::status(summary(&report, mode, &args.report));
     Ok(())
 }

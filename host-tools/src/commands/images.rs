@@ -97,7 +97,7 @@ pub fn run(args: &ImagesArgs) -> Result<()> {
         args.count,
     );
     write_new(&args.out, &bytes, args.force)?;
-    println!(
+    crate::ui::status(format!(
         "wrote {} ({} bytes: {}{} images of {}x{})",
         args.out.display(),
         bytes.len(),
@@ -109,6 +109,6 @@ pub fn run(args: &ImagesArgs) -> Result<()> {
         args.count,
         images.dims[1],
         images.dims[2]
-    );
+    ));
     Ok(())
 }

@@ -343,7 +343,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             std::fs::write(args.out.join("config.toml"), toml::to_string(t.config())?)
                 .with_context(|| format!("cannot write into {}", args.out.display()))?;
         }
-        println!(
+        crate::ui::status(format!(
             "resuming {} at epoch {} of {}{}",
             args.out.display(),
             t.epoch(),
@@ -353,21 +353,28 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             } else {
                 format!(" (changed: {})", changes.join(", "))
             }
-        );
+        ));
         t
     };
     let config = trainer.config().clone();
-    println!(
+    crate::ui::detail(format!(
+        "data: {} and {}; settings in effect ({}):\n{}",
+        images.display(),
+        labels.display(),
+        args.out.join("config.toml").display(),
+        toml::to_string(&config)?.trim_end()
+    ));
+    crate::ui::status(format!(
         "training {} for {} epochs on {} examples ({} held out for validation), seed {}",
         config.arch,
         config.epochs,
         trainer.train_len(),
         trainer.val_len(),
         config.seed
-    );
+    ));
     if let Some(net) = trainer.model().as_resnet() {
         let (h, w) = net.feature_size();
-        println!(
+        crate::ui::status(format!(
             "resnet-ee: {} blocks of {} channels at {h}x{w}, {} weights, {:.2}M dense MACs with every block; \
              prior lambda {} ({}), {} objective",
             net.depth(),
@@ -382,10 +389,15 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join("/"),
             config.exit_objective
-        );
+        ));
     }
 
-    let bars = MultiProgress::new();
+    // Bars on a terminal only (and never with -q); the epoch lines are status lines.
+    let bars = if crate::ui::progress_enabled() {
+        MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr())
+    } else {
+        MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
+    };
     let epochs_bar = bars.add(ProgressBar::new(config.epochs as u64));
     epochs_bar.set_style(
         ProgressStyle::with_template(
@@ -437,8 +449,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             );
             // Without a terminal the bars are hidden, and so is `println` through them.
             if bars.is_hidden() {
-                println!("{line}");
-            } else {
+                crate::ui::status(&line);
+            } else if !crate::ui::quiet() {
                 let _ = bars.println(&line);
             }
             epochs_bar.set_message(format!("val {val}, sparsity {:.2}%", 100.0 * r.sparsity));
@@ -452,11 +464,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         .with_context(|| format!("cannot write {}", out.join("history.json").display()))?;
     match result {
         Ok(()) => {
-            println!(
+            crate::ui::status(format!(
                 "done: checkpoint in {}; export it with `tinybayes export --run {} --out MODEL.tbm`",
                 out.display(),
                 out.display()
-            );
+            ));
             Ok(())
         }
         // A checkpoint is written after every completed epoch: a run that diverges in its
