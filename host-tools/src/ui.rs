@@ -11,9 +11,10 @@
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Mutex;
 
 use clap::ValueEnum;
-use indicatif::{ProgressBar, ProgressDrawTarget};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// How much the CLI says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -133,6 +134,27 @@ pub fn progress_bar(len: u64) -> ProgressBar {
     if !progress_enabled() {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
+    bar
+}
+
+static TASK: Mutex<String> = Mutex::new(String::new());
+
+/// Names what the next image bars count (`eval`, `eval --sweep: every exit`, ...).
+pub fn set_task(task: impl Into<String>) {
+    if let Ok(mut t) = TASK.lock() {
+        *t = task.into();
+    }
+}
+
+/// A bar over `images` images for the current task ([`set_task`]); hidden off a terminal.
+pub fn image_bar(images: usize) -> ProgressBar {
+    let bar = progress_bar(images as u64);
+    let style = ProgressStyle::with_template(
+        "{msg} {bar:30.cyan/blue} {pos}/{len} images [{elapsed} < {eta}]",
+    )
+    .expect("valid template");
+    bar.set_style(style);
+    bar.set_message(TASK.lock().map(|t| t.clone()).unwrap_or_default());
     bar
 }
 

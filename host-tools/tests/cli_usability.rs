@@ -383,3 +383,170 @@ fn shell_completions() {
     let out = tinybayes(&["completions", "tcsh"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Runs `tinybayes args` under `script`, which gives it a terminal; returns what the terminal
+/// showed (stdout and stderr).
+fn on_a_terminal(args: &[&str]) -> String {
+    let mut line = String::from(env!("CARGO_BIN_EXE_tinybayes"));
+    for a in args {
+        line.push_str(&format!(" '{a}'"));
+    }
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .output()
+        .expect("`script` (util-linux) runs a command on a terminal for this test");
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
+}
+
+/// `predict` and `eval` draw a progress bar over the images on a terminal, and none into a
+/// pipe or with -q.
+#[test]
+fn progress_bars_on_a_terminal_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, images, labels) = tiny_set(dir.path());
+    let t_csv = dir.path().join("t.csv");
+    let q_csv = dir.path().join("q.csv");
+    let p_csv = dir.path().join("p.csv");
+    fn predict<'a>(
+        model: &'a Path,
+        images: &'a Path,
+        out: &'a Path,
+        extra: &[&'a str],
+    ) -> Vec<&'a str> {
+        let mut args = vec!["predict", "--model", p(model), "--images", p(images)];
+        args.extend(extra);
+        args.extend(["--out", p(out)]);
+        args
+    }
+    let shown = on_a_terminal(&predict(&model, &images, &t_csv, &[]));
+    assert!(
+        shown.contains("predict") && shown.contains("/5 images"),
+        "{shown:?}"
+    );
+    assert!(shown.contains("predicted 5 images"), "{shown:?}");
+    let quiet = on_a_terminal(&predict(&model, &images, &q_csv, &["-q"]));
+    assert!(!quiet.contains("images ["), "{quiet:?}");
+    let piped = tinybayes(&predict(&model, &images, &p_csv, &[]));
+    assert_eq!(stderr(&piped), "");
+    assert!(!stdout(&piped).contains('\x1b'));
+
+    let report = dir.path().join("report");
+    let eval = [
+        "eval",
+        "--model",
+        p(&model),
+        "--images",
+        p(&images),
+        "--labels",
+        p(&labels),
+        "--report",
+        p(&report),
+    ];
+    let shown = on_a_terminal(&eval);
+    assert!(
+        shown.contains("eval") && shown.contains("/5 images"),
+        "{shown:?}"
+    );
+    let mut args = eval.to_vec();
+    args.push("--force");
+    let piped = tinybayes(&args);
+    assert!(piped.status.success(), "{}", stderr(&piped));
+    assert_eq!(stderr(&piped), "");
+}
+
+/// `eval --sweep` prints the sweep as a table on stdout and names every file it wrote;
+/// `--json` prints the report on stdout (what report.json holds) and names the files on
+/// stderr.
+#[test]
+fn eval_sweep_summary_json_and_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("ee.tbm");
+    let out = tinybayes(&[
+        "synth",
+        "--resnet-ee",
+        "3",
+        "--side",
+        "8",
+        "--channels",
+        "4",
+        "--out",
+        p(&model),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pixels: Vec<u8> = (0..6 * 64).map(|v| (v * 53 % 256) as u8).collect();
+    let images = dir.path().join("i.idx");
+    fs::write(&images, idx(&[6, 8, 8], &pixels)).unwrap();
+    let labels = dir.path().join("l.idx");
+    fs::write(&labels, idx(&[6], &[1, 2, 3, 4, 5, 6])).unwrap();
+    let report = dir.path().join("r");
+    let args = |report: &Path, extra: &[&'static str]| {
+        let mut a = vec![
+            "eval".to_string(),
+            "--model".into(),
+            p(&model).into(),
+            "--images".into(),
+            p(&images).into(),
+            "--labels".into(),
+            p(&labels).into(),
+            "--samples".into(),
+            "4".into(),
+            "--sweep".into(),
+            "--report".into(),
+            p(report).into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |a: Vec<String>| {
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        tinybayes(&refs)
+    };
+    let out = run(args(&report, &[]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("sweep (30 points)"), "{text}");
+    assert!(text.contains("accuracy of each exit alone: "), "{text}");
+    for policy in ["joint", "mi", "entropy"] {
+        let rows = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{policy} ")))
+            .count();
+        assert!(rows >= 9, "{policy}: {rows} rows in {text}");
+    }
+    let mut written: Vec<String> = fs::read_dir(&report)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    let files_line = text.lines().last().unwrap();
+    assert!(
+        files_line.starts_with(&format!(
+            "wrote {} files in {}: ",
+            written.len(),
+            p(&report)
+        )),
+        "{files_line}"
+    );
+    for name in &written {
+        assert!(
+            files_line.contains(name.as_str()),
+            "{name} not named: {files_line}"
+        );
+    }
+    // -q keeps the summary (the result) and drops the file line.
+    let out = run(args(&report, &["--force", "-q"]));
+    assert!(stdout(&out).contains("sweep (30 points)"));
+    assert!(!stdout(&out).contains("wrote "));
+
+    let json_dir = dir.path().join("j");
+    let out = run(args(&json_dir, &["--json"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let saved: serde_json::Value =
+        serde_json::from_slice(&fs::read(json_dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(printed, saved);
+    assert_eq!(printed["early_exit"]["sweep"].as_array().unwrap().len(), 30);
+    assert!(stderr(&out).contains("report.json"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("sweep.png"), "{}", stderr(&out));
+}

@@ -184,6 +184,7 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     ));
     let images = Images::from_idx(&array);
     let start = Instant::now();
+    crate::ui::set_task("predict");
     let sim = runner.simulate(&images, mode, args.sampling.seed, &args.halting)?;
     let seconds = start.elapsed().as_secs_f64();
     // Early-exit models add the depth used and the MACs spent per image.
