@@ -22,7 +22,8 @@ const DEMO_MODEL: &str = "../models/lenet300.tbm";
 /// What the demo says about its model.
 const DEMO_MODEL_DESCRIPTION: &str =
     "LeNet-300-100, sparse variational dropout, trained on MNIST (models/lenet300.tbm)";
-/// The ten MNIST test images (labels, then 784-byte images).
+/// The ten MNIST test images (labels, then 784-byte images), written by `tinybayes images`
+/// (README, Firmware).
 const IMAGES: &str = "assets/mnist-test-first10.bin";
 /// Samples of the Monte Carlo posterior predictive in the demo and the parity test.
 const PARITY_SAMPLES: u16 = 32;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Cargo runner for the emulated boards (.cargo/config.toml): runs the ELF in QEMU and decodes
 # its defmt frames. `-icount shift=0` makes one guest instruction one nanosecond of virtual
-# time, so SysTick counts instructions deterministically (GUIDE section 4). `pipefail` keeps
+# time, so SysTick counts instructions deterministically (BENCHMARKS.md). `pipefail` keeps
 # QEMU's exit code (the firmware's semihosting exit status).
 # Usage: qemu-run.sh MACHINE [CPU] ELF [ARGS...] (CPU is "-" for the machine's default).
 set -euo pipefail

@@ -22,7 +22,10 @@ cargo clippy -p tinybayes-firmware --target thumbv6m-none-eabi --all-targets -- 
 cargo clippy -p tinybayes-firmware --target thumbv7em-none-eabihf --no-default-features \
     --features nrf52840dk --bins -- -D warnings
 
-step "host tests (core, format, fuzzing, host tools)"
+step "rustdoc of the core and the host tools, warnings are errors (broken links included)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p tinybayes -p tinybayes-host-tools
+
+step "host tests (core, format, fuzzing, host tools; doctests, the README's API snippet among them)"
 cargo test 2>&1 | tee "$log"
 
 step "no_std core builds for every Cortex-M target"

@@ -55,7 +55,11 @@ macro_rules! digest_outputs {
                     self.expected_entropy,
                     self.mutual_information,
                 ];
-                let words = self.probabilities.iter().chain(&summary).map(|v| v.to_bits());
+                let words = self
+                    .probabilities
+                    .iter()
+                    .chain(&summary)
+                    .map(|v| v.to_bits());
                 feed(digest, self.class, words);
             }
         }

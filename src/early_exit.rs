@@ -1,4 +1,4 @@
-//! Early exit as Bayesian control flow (GUIDE section 2): a residual network with an exit head
+//! Early exit as Bayesian control flow (README: "Early-exit ResNets"): a residual network with an exit head
 //! after every block, a latent depth `z` with prior `p(z)`, and the joint
 //! `p(y, z | x) ∝ p(y | x, z) p(z)` over label and depth. The engine computes block by block,
 //! hands every exit's posterior predictive to a [`Halting`] policy, and stops as soon as the

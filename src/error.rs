@@ -44,6 +44,9 @@ pub enum ModelError {
         /// Byte offset of the field in the file.
         offset: usize,
     },
+    /// The trained size recorded in the header (format version 5) is inconsistent: weights
+    /// without parameters, more weights than parameters, or fewer weights than the file stores.
+    BadTrainedSize,
     /// The layer count is zero or above [`crate::format::MAX_LAYERS`].
     BadLayerCount {
         /// The count found.
@@ -194,6 +197,9 @@ impl fmt::Display for ModelError {
                 "CRC mismatch (stored {stored:#010x}, computed {computed:#010x}): the file is corrupted"
             ),
             ReservedNotZero { offset } => write!(f, "reserved field at byte {offset} is not zero"),
+            BadTrainedSize => f.write_str(
+                "the recorded trained network size is inconsistent (zero parameters, fewer parameters than weights, or fewer weights than stored)",
+            ),
             BadLayerCount { count } => write!(f, "layer count {count} is out of range"),
             BadClassCount { count } => write!(f, "class count {count} is out of range"),
             BadInputShape => f.write_str("input shape has a zero dimension"),

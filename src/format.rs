@@ -1,4 +1,4 @@
-//! Layout of the flash table, format versions 1 and 2 (`docs/FORMAT.md` is the specification).
+//! Layout of the flash table, format versions 1 to 5 (`docs/FORMAT.md` is the specification).
 //!
 //! Everything is little-endian. The file starts with a [`HEADER_LEN`]-byte header, then
 //! `layer_count` layer records of [`LAYER_RECORD_LEN`] bytes, then the layer payloads (each at
@@ -7,9 +7,13 @@
 /// The four bytes every model file starts with.
 pub const MAGIC: [u8; 4] = *b"TBYS";
 /// The newest format version this crate reads and writes (2 adds convolutions and pooling,
-/// 3 adds fixed-point models: header byte [`header::PRECISION`] and the quantized kinds, 4
-/// adds residual additions and exit heads for early-exit networks).
-pub const FORMAT_VERSION: u16 = 4;
+/// 3 adds fixed-point models: header byte 22 and the quantized kinds, 4
+/// adds residual additions and exit heads for early-exit networks, 5 records the size of the
+/// network as trained: [`TrainedSize`]).
+pub const FORMAT_VERSION: u16 = 5;
+/// The version of files that record the trained network's size ([`TrainedSize`], header bytes
+/// 36..44).
+pub const TRAINED_SIZE_FORMAT_VERSION: u16 = 5;
 /// The version of fixed-point files.
 pub const FIXED_FORMAT_VERSION: u16 = 3;
 /// The version of files with residual additions or exit heads.
@@ -55,7 +59,27 @@ pub(crate) mod header {
     pub const INPUT_SCALE: usize = 24;
     pub const INPUT_OFFSET: usize = 28;
     pub const LAYER_TABLE: usize = 32;
+    /// Reserved (zero) before version 5.
     pub const RESERVED: core::ops::Range<usize> = 36..48;
+    /// Version 5: dense weights of the network as trained (u32, 0 = not recorded).
+    pub const TRAINED_WEIGHTS: usize = 36;
+    /// Version 5: dense parameters (weights and biases) of the network as trained (u32).
+    pub const TRAINED_PARAMS: usize = 40;
+    /// Reserved (zero) from version 5.
+    pub const RESERVED_V5: core::ops::Range<usize> = 44..48;
+}
+
+/// The size of a network as it was trained, before pruning and the removal of dead units
+/// (format version 5, header bytes 36..44). The layers of a file describe the compacted
+/// network; this is what its pruning is measured against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct TrainedSize {
+    /// Weights of the trained architecture with every weight present (no biases).
+    pub dense_weights: u32,
+    /// Parameters of the trained architecture: its weights and biases (at least
+    /// `dense_weights`).
+    pub dense_params: u32,
 }
 
 /// Byte offsets of the fields of a layer record.
@@ -109,7 +133,7 @@ pub(crate) mod record {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Precision {
-    /// f32 parameters and activations (every file of versions 1 and 2).
+    /// f32 parameters and activations (the only precision before format version 3).
     F32 = 0,
     /// int8 θ and unsigned 8-bit σ² with per-row scales; 8-bit activations; int32
     /// accumulators.

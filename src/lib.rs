@@ -8,7 +8,7 @@
 //!
 //! ```
 //! use core::num::NonZeroU16;
-//! use rand_core::SeedableRng;
+//! use tinybayes::rand_core::SeedableRng;
 //! use tinybayes::{Engine, Mode, Model, Prediction};
 //!
 //! # let buffer = tinybayes::writer::synthetic::mlp(7, &[16, 8, 3], 0.5).to_buffer().unwrap();
@@ -16,7 +16,7 @@
 //! let model = Model::from_bytes(bytes)?; // validates once: shapes, indices, CRC, ...
 //! let mut workspace = [0.0f32; 512];     // tinybayes::Plan::new(&model, 8).workspace_len() words at least
 //! let mut engine = Engine::<8>::new(&model, &mut workspace)?;
-//! let mut rng = rand_xoshiro::Xoshiro128PlusPlus::seed_from_u64(1);
+//! let mut rng = tinybayes::rand_xoshiro::Xoshiro128PlusPlus::seed_from_u64(1);
 //! let input = [0.5f32; 16];
 //! let samples = NonZeroU16::new(32).unwrap();
 //! let p: Prediction<3> = engine.predict(&input, Mode::MonteCarlo { samples }, &mut rng)?;
@@ -24,6 +24,8 @@
 //! assert!(p.mutual_information >= 0.0);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! The README's API snippet is compiled and run as a doctest too.
 //!
 //! The crate denies `unsafe` code with one documented exception: the `vsqrt.f32` instruction
 //! on hard-float Cortex-M targets (module `fpu`), measured to save about 50 instructions per
@@ -65,6 +67,11 @@ pub use plan::Plan;
 pub use predictive::Prediction;
 pub use rand_core;
 pub use rand_xoshiro;
+
+/// The README's code (its API snippet), compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 /// Embeds a model file in the binary (typically flash) at a 4-byte-aligned address, as
 /// [`Model::from_bytes`] requires, and evaluates to `&'static [u8]`.

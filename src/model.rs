@@ -4,8 +4,8 @@
 use crate::error::ModelError;
 use crate::format::{
     self, conv_payload_len, header, payload_len, record, unpack_tap, window_output, Activation,
-    LayerKind, Posterior, Precision, Storage, ALIGNMENT, HEADER_LEN, LAYER_RECORD_LEN, MAX_CLASSES,
-    MAX_LAYERS, MAX_UNITS, TRAILER_LEN,
+    LayerKind, Posterior, Precision, Storage, TrainedSize, ALIGNMENT, HEADER_LEN, LAYER_RECORD_LEN,
+    MAX_CLASSES, MAX_LAYERS, MAX_UNITS, TRAILER_LEN,
 };
 
 #[cfg(target_endian = "big")]
@@ -214,6 +214,7 @@ pub struct Model<'a> {
     num_classes: usize,
     input_scale: f32,
     input_offset: f32,
+    trained: Option<TrainedSize>,
     layers: heapless::Vec<Layer<'a>, MAX_LAYERS>,
 }
 
@@ -263,6 +264,8 @@ pub(crate) struct Envelope {
     pub layer_count: u16,
     pub classes: u16,
     pub input_shape: [usize; 3],
+    /// The trained network's size (version 5, when recorded).
+    pub trained: Option<TrainedSize>,
     /// Offset of the CRC trailer (end of the payloads).
     pub body_end: usize,
     /// Offset of the first payload byte (end of the layer table).
@@ -317,11 +320,30 @@ impl Envelope {
                 offset: header::FLAGS,
             });
         }
-        if !is_zero(&bytes[header::RESERVED]) {
+        // Version 5 records the trained network's size in the first 8 reserved bytes.
+        let reserved = if version >= format::TRAINED_SIZE_FORMAT_VERSION {
+            header::RESERVED_V5
+        } else {
+            header::RESERVED
+        };
+        if !is_zero(&bytes[reserved.clone()]) {
             return Err(ModelError::ReservedNotZero {
-                offset: header::RESERVED.start,
+                offset: reserved.start,
             });
         }
+        let trained = if version >= format::TRAINED_SIZE_FORMAT_VERSION {
+            let size = TrainedSize {
+                dense_weights: u32_at(bytes, header::TRAINED_WEIGHTS),
+                dense_params: u32_at(bytes, header::TRAINED_PARAMS),
+            };
+            match (size.dense_weights, size.dense_params) {
+                (0, 0) => None,
+                (w, p) if w > 0 && w <= p => Some(size),
+                _ => return Err(ModelError::BadTrainedSize),
+            }
+        } else {
+            None
+        };
         let layer_count = u16_at(bytes, header::LAYER_COUNT);
         if layer_count == 0 || layer_count as usize > MAX_LAYERS {
             return Err(ModelError::BadLayerCount { count: layer_count });
@@ -352,9 +374,22 @@ impl Envelope {
             layer_count,
             classes,
             input_shape,
+            trained,
             body_end,
             table_end,
         })
+    }
+
+    /// The recorded trained size, checked against the weights the file stores: a network
+    /// cannot have been trained with fewer weights than survive its pruning.
+    pub(crate) fn trained_covering(
+        &self,
+        stored: usize,
+    ) -> Result<Option<TrainedSize>, ModelError> {
+        match self.trained {
+            Some(t) if (t.dense_weights as usize) < stored => Err(ModelError::BadTrainedSize),
+            t => Ok(t),
+        }
     }
 }
 
@@ -470,12 +505,15 @@ impl<'a> Model<'a> {
                 });
             }
         }
+        let stored = layers.iter().map(Layer::nnz).sum();
+        let trained = envelope.trained_covering(stored)?;
         Ok(Model {
             bytes,
             input_shape,
             num_classes: classes as usize,
             input_scale,
             input_offset,
+            trained,
             layers,
         })
     }
@@ -532,7 +570,13 @@ impl<'a> Model<'a> {
             )
         })
     }
-    /// Dense parameter count: weights of the unpruned shapes plus biases.
+    /// The size of the network as trained, before pruning and the removal of dead units
+    /// (format version 5; `None` for older files or when the writer did not know it).
+    pub fn trained_size(&self) -> Option<TrainedSize> {
+        self.trained
+    }
+    /// Dense parameter count of the stored (compacted) layers: weights of their unpruned
+    /// shapes plus biases. [`Model::trained_size`] gives the network as trained.
     pub fn dense_params(&self) -> usize {
         self.layers
             .iter()

@@ -3,7 +3,7 @@
 //! One 32-bit random word usually makes one draw: 7 bits choose the strip, 1 bit the sign and
 //! 24 bits the position, so index and value never share bits. About 98.8% of draws take the
 //! fast path (one table compare, one multiply); the rest test a wedge against `exp` or sample
-//! the tail beyond [`ZIG_R`] with Marsaglia's exponential method. The tables are computed at
+//! the tail beyond `ZIG_R` (r ≈ 3.4426) with Marsaglia's exponential method. The tables are computed at
 //! build time by `build.rs` in f64 and stored as f32 (1.5 KiB of flash).
 
 use rand_core::RngCore;

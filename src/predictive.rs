@@ -1,5 +1,6 @@
 //! The posterior predictive summary of one input: mean class probabilities and the
-//! decomposition of uncertainty (GUIDE section 2). Natural logarithms throughout.
+//! decomposition of uncertainty: predictive entropy = expected entropy (aleatoric) + mutual
+//! information (epistemic). Natural logarithms throughout.
 
 /// The answer for one input: the (Monte Carlo) posterior predictive and its uncertainty.
 #[derive(Clone, Debug, PartialEq)]
@@ -10,9 +11,9 @@ pub struct Prediction<const K: usize> {
     pub class: usize,
     /// Predictive entropy H[p̄]: total uncertainty, in nats.
     pub predictive_entropy: f32,
-    /// Expected entropy (1/M) Σ_m H[p_m]: aleatoric uncertainty, in nats.
+    /// Expected entropy (1/M) Σ_m H\[p_m\]: aleatoric uncertainty, in nats.
     pub expected_entropy: f32,
-    /// Mutual information H[p̄] - E[H[p_m]] (BALD): epistemic uncertainty, in nats. Clamped at
+    /// Mutual information H\[p̄\] - E\[H\[p_m\]\] (BALD): epistemic uncertainty, in nats. Clamped at
     /// zero: it is non-negative in exact arithmetic (Jensen), rounding can make it -1e-7.
     pub mutual_information: f32,
     /// Number of weight samples averaged (1 for the mean-weights mode).

@@ -9,7 +9,7 @@ use core::fmt;
 use crate::error::ModelError;
 use crate::format::{
     self, conv_payload_len, header, pack_tap, payload_len, record, window_output, Activation,
-    LayerKind, Posterior, Storage, HEADER_LEN, LAYER_RECORD_LEN, TRAILER_LEN,
+    LayerKind, Posterior, Storage, TrainedSize, HEADER_LEN, LAYER_RECORD_LEN, TRAILER_LEN,
 };
 use crate::model::Model;
 
@@ -169,6 +169,10 @@ pub struct ModelSpec {
     pub input_offset: f32,
     /// Layers, input first.
     pub layers: Vec<LayerSpec>,
+    /// The network as trained, before pruning and dead-unit removal (the exporter knows it):
+    /// recorded in the header, which makes the file format version 5. `None` writes the
+    /// oldest version that holds the layers.
+    pub trained: Option<TrainedSize>,
 }
 
 /// Why a spec could not be written.
@@ -307,10 +311,14 @@ impl ModelSpec {
             records.extend_from_slice(&rec);
         }
 
+        if self.trained.is_some() {
+            version = version.max(format::TRAINED_SIZE_FORMAT_VERSION);
+        }
         let file_len = table_end + payloads.len() + TRAILER_LEN;
         let mut out = header_bytes(&Header {
             version,
             precision: format::Precision::F32,
+            trained: self.trained,
             layer_count: self.layers.len(),
             num_classes: self.num_classes,
             input_shape: self.input_shape,
@@ -364,6 +372,7 @@ pub(crate) struct Header {
     pub input_shape: [usize; 3],
     pub input_scale: f32,
     pub input_offset: f32,
+    pub trained: Option<TrainedSize>,
     pub file_len: usize,
 }
 
@@ -400,6 +409,12 @@ pub(crate) fn header_bytes(h: &Header) -> Result<Vec<u8>, WriteError> {
         .copy_from_slice(&h.input_offset.to_le_bytes());
     out[header::LAYER_TABLE..header::LAYER_TABLE + 4]
         .copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+    if let Some(t) = h.trained {
+        out[header::TRAINED_WEIGHTS..header::TRAINED_WEIGHTS + 4]
+            .copy_from_slice(&t.dense_weights.to_le_bytes());
+        out[header::TRAINED_PARAMS..header::TRAINED_PARAMS + 4]
+            .copy_from_slice(&t.dense_params.to_le_bytes());
+    }
     Ok(out)
 }
 
@@ -665,6 +680,7 @@ pub mod synthetic {
             input_scale: 1.0 / 255.0,
             input_offset: 0.0,
             layers,
+            trained: None,
         }
     }
 
@@ -712,6 +728,7 @@ pub mod synthetic {
             input_scale: 1.0 / 255.0,
             input_offset: 0.0,
             layers,
+            trained: None,
         }
     }
 }

@@ -195,6 +195,7 @@ fn sparse_convolution_matches_dense_reference_over_geometries() {
                         input_scale: 1.0,
                         input_offset: 0.0,
                         layers: vec![conv.clone(), head.clone()],
+                        trained: None,
                     };
                     let buffer = spec.to_buffer().unwrap();
                     let model = buffer.model().unwrap();
@@ -246,6 +247,7 @@ fn lenet_like(seed: u64) -> (ModelSpec, Vec<LayerSpec>) {
         input_scale: 1.0 / 255.0,
         input_offset: 0.0,
         layers: layers.clone(),
+        trained: None,
     };
     (spec, layers)
 }
@@ -362,6 +364,7 @@ fn convolution_local_reparameterization_matches_reference() {
         input_scale: 1.0,
         input_offset: 0.0,
         layers: vec![conv.clone(), head.clone()],
+        trained: None,
     };
     let buffer = spec.to_buffer().unwrap();
     let model = buffer.model().unwrap();

@@ -1,4 +1,4 @@
-//! Early exit (GUIDE section 2, "Early-exit ResNets as Bayesian control flow"): the exact
+//! Early exit (README: "Early-exit ResNets as Bayesian control flow"): the exact
 //! halting rule against brute force, the other policies against their definitions, and the
 //! validation of residual and exit layers.
 

@@ -352,6 +352,7 @@ fn oversized_variances_are_refused_for_q8() {
             sigma2: Some(vec![255; 600]),
             storage: StorageChoice::Dense,
         }],
+        trained: None,
     };
     assert!(matches!(
         spec.to_buffer(),

@@ -206,6 +206,7 @@ fn build_spec(input: usize, plans: &[LayerPlan], shape: usize, seed: u64) -> Mod
         input_scale: (unit(&mut rng) as f32) / 64.0,
         input_offset: unit(&mut rng) as f32 - 0.5,
         layers,
+        trained: None,
     }
 }
 

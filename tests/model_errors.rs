@@ -39,6 +39,9 @@ mod hdr {
     pub const INPUT_OFFSET: usize = 28;
     pub const LAYER_TABLE: usize = 32;
     pub const RESERVED: core::ops::Range<usize> = 36..48;
+    pub const TRAINED_WEIGHTS: usize = 36;
+    pub const TRAINED_PARAMS: usize = 40;
+    pub const RESERVED_V5: core::ops::Range<usize> = 44..48;
 }
 
 /// Byte offsets of the fields of a layer record: docs/FORMAT.md, restated from the
@@ -242,6 +245,7 @@ fn mixed_spec() -> ModelSpec {
                 storage: StorageChoice::Sparse,
             },
         ],
+        trained: None,
     }
 }
 
@@ -480,8 +484,10 @@ fn every_single_bit_flip_is_refused() {
                 b[at] ^= 1 << bit;
                 let expected = match at {
                     0..4 => ModelError::BadMagic,
-                    // Versions 1 to 3 are all known: a flip between them reaches the CRC.
-                    4..6 if !(1..=3).contains(&u16_at(&b, hdr::VERSION)) => {
+                    // Known versions: a flip between them reaches the CRC.
+                    4..6 if !(MIN_FORMAT_VERSION..=FORMAT_VERSION)
+                        .contains(&u16_at(&b, hdr::VERSION)) =>
+                    {
                         ModelError::UnsupportedVersion {
                             found: u16_at(&b, hdr::VERSION),
                         }
@@ -563,6 +569,96 @@ fn header_reserved_fields_must_be_zero() {
             }),
             "byte {at}"
         );
+    }
+}
+
+/// Version 5 records the trained network's size in header bytes 36..44 and reads it back; a
+/// spec without it is written in the oldest version that holds its layers, so files of
+/// versions 1 to 4 keep loading (with no trained size) and carry zero there.
+#[test]
+fn trained_size_is_version_5_and_old_versions_still_load() {
+    use tinybayes::format::{TrainedSize, TRAINED_SIZE_FORMAT_VERSION};
+    let plain = mixed();
+    assert_eq!(u16_at(&plain, hdr::VERSION), MIN_FORMAT_VERSION);
+    let buffer = ModelBuffer::from_bytes(&plain);
+    assert_eq!(
+        Model::from_bytes(buffer.as_bytes()).unwrap().trained_size(),
+        None
+    );
+
+    let trained = TrainedSize {
+        dense_weights: 1000,
+        dense_params: 1040,
+    };
+    let mut spec = mixed_spec();
+    spec.trained = Some(trained);
+    let v5 = spec.to_bytes().unwrap();
+    assert_eq!(FORMAT_VERSION, TRAINED_SIZE_FORMAT_VERSION);
+    assert_eq!(u16_at(&v5, hdr::VERSION), TRAINED_SIZE_FORMAT_VERSION);
+    assert_eq!(u32_at(&v5, hdr::TRAINED_WEIGHTS), 1000);
+    assert_eq!(u32_at(&v5, hdr::TRAINED_PARAMS), 1040);
+    let buffer = ModelBuffer::from_bytes(&v5);
+    let model = Model::from_bytes(buffer.as_bytes()).unwrap();
+    assert_eq!(model.trained_size(), Some(trained));
+    // Only the header differs: the layers are the same bytes.
+    assert_eq!(
+        v5[HEADER_LEN..v5.len() - 4],
+        plain[HEADER_LEN..plain.len() - 4]
+    );
+
+    // Before version 5 the bytes are reserved.
+    let got = patched(&plain, |b| set_u32(b, hdr::TRAINED_WEIGHTS, 1000));
+    assert_eq!(got, Err(ModelError::ReservedNotZero { offset: 36 }));
+    // From version 5, bytes 44..48 stay reserved.
+    for at in hdr::RESERVED_V5 {
+        let got = patched(&v5, |b| b[at] = 1);
+        assert_eq!(
+            got,
+            Err(ModelError::ReservedNotZero { offset: 44 }),
+            "byte {at}"
+        );
+    }
+    // Both zero: not recorded.
+    let none = patched(&v5, |b| {
+        set_u32(b, hdr::TRAINED_WEIGHTS, 0);
+        set_u32(b, hdr::TRAINED_PARAMS, 0);
+    });
+    assert_eq!(none, Ok(()));
+    // Inconsistent sizes: weights without parameters, more weights than parameters, fewer
+    // weights than the file stores.
+    let stored = model.nnz() as u32;
+    for (weights, params) in [(0, 5), (5, 0), (1041, 1040), (stored - 1, 1040)] {
+        let got = patched(&v5, |b| {
+            set_u32(b, hdr::TRAINED_WEIGHTS, weights);
+            set_u32(b, hdr::TRAINED_PARAMS, params);
+        });
+        assert_eq!(got, Err(ModelError::BadTrainedSize), "{weights} {params}");
+    }
+    assert_eq!(
+        patched(&v5, |b| {
+            set_u32(b, hdr::TRAINED_WEIGHTS, stored);
+            set_u32(b, hdr::TRAINED_PARAMS, stored);
+        }),
+        Ok(())
+    );
+}
+
+/// The shipped models, written before version 5, still load.
+#[test]
+fn shipped_models_of_older_versions_still_load() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/models");
+    for name in ["lenet300.tbm", "lenet5.tbm", "resnet-ee.tbm"] {
+        let bytes = std::fs::read(format!("{dir}/{name}")).unwrap();
+        assert!(u16_at(&bytes, hdr::VERSION) < 5, "{name}");
+        let buffer = ModelBuffer::from_bytes(&bytes);
+        let model = Model::from_bytes(buffer.as_bytes()).unwrap();
+        assert_eq!(model.trained_size(), None, "{name}");
+    }
+    for name in ["lenet300-q8.tbm", "lenet300-q16.tbm"] {
+        let bytes = std::fs::read(format!("{dir}/{name}")).unwrap();
+        let buffer = ModelBuffer::from_bytes(&bytes);
+        let model = tinybayes::fixed::QModel::from_bytes(buffer.as_bytes()).unwrap();
+        assert_eq!(model.trained_size(), None, "{name}");
     }
 }
 
@@ -1116,6 +1212,7 @@ fn single_layer(inputs: usize, outputs: usize, gaussian: bool, storage: StorageC
             variance: gaussian.then(|| vec![0.01; n]),
             storage,
         }],
+        trained: None,
     }
     .to_bytes()
     .unwrap()
@@ -1377,7 +1474,7 @@ fn model_error_messages_are_specific() {
         (BadMagic, vec!["magic"]),
         (
             UnsupportedVersion { found: 9 },
-            vec!["version 9", "versions 1 to 4"],
+            vec!["version 9", "versions 1 to 5"],
         ),
         (BadHeaderLength { found: 4711 }, vec!["4711", "header"]),
         (
@@ -1395,6 +1492,7 @@ fn model_error_messages_are_specific() {
             vec!["0xdeadbeef", "0x01234567", "CRC"],
         ),
         (ReservedNotZero { offset: 39 }, vec!["39", "reserved"]),
+        (BadTrainedSize, vec!["trained"]),
         (BadLayerCount { count: 99 }, vec!["99", "layer count"]),
         (BadClassCount { count: 1 }, vec!["1", "class"]),
         (BadInputShape, vec!["zero"]),
@@ -1661,6 +1759,7 @@ fn overflowing_logits_are_reported() {
             variance: Some(vec![0.0; 48]),
             storage: StorageChoice::Dense,
         }],
+        trained: None,
     };
     let buffer = huge_theta.to_buffer().expect("3e38 is finite");
     let model = buffer.model().unwrap();
@@ -1728,6 +1827,7 @@ fn overflowing_u8_normalization_is_reported() {
                 storage: StorageChoice::Dense,
             },
         ],
+        trained: None,
     };
     // The reader refuses a normalisation whose 8-bit range is not finite...
     assert_eq!(
@@ -1770,6 +1870,7 @@ fn identical_samples_have_zero_mutual_information_even_with_extreme_logits() {
             variance: Some(vec![0.0; 3]),
             storage: StorageChoice::Dense,
         }],
+        trained: None,
     };
     let buffer = spec.to_buffer().unwrap();
     let model = buffer.model().unwrap();

@@ -30,7 +30,7 @@ const F32_MODEL: &str = "../models/lenet300.tbm";
 const SAMPLES: u16 = 32;
 /// Image `i` uses the generator seeded with `SEED_BASE + i` (as the f32 parity test).
 const SEED_BASE: u64 = 0x7b00;
-/// The MNIST test images, relative to the workspace (GUIDE: `../shared/data/mnist`), unless
+/// The MNIST test images, relative to the workspace (`../shared/data/mnist`), unless
 /// `TINYBAYES_MNIST_DIR` names the directory.
 const MNIST_DIR: &str = "../../shared/data/mnist";
 const MNIST_TEST_IMAGES: &str = "t10k-images-idx3-ubyte.gz";

@@ -14,7 +14,7 @@
 
 use anyhow::{bail, Result};
 use ndarray::{Array1, Array2, Axis};
-use tinybayes::format::{window_output, Activation};
+use tinybayes::format::{window_output, Activation, TrainedSize};
 use tinybayes::writer::{LayerOp, LayerSpec, ModelSpec, StorageChoice};
 
 use crate::train::{Network, TrainedLayer};
@@ -52,6 +52,7 @@ struct Work {
     bias: Array1<f32>,
     relu: bool,
     trained_outputs: usize,
+    trained_weights: usize,
     surviving: usize,
 }
 
@@ -71,6 +72,7 @@ impl Work {
             conv,
             surviving: keep.iter().filter(|&&k| k).count(),
             trained_outputs: theta.nrows(),
+            trained_weights: theta.len(),
             variance: log_sigma2.mapv(f32::exp),
             theta,
             keep,
@@ -193,6 +195,39 @@ fn remove_dead_units(items: &mut [Item], input: [usize; 3]) -> Result<()> {
     }
 }
 
+/// The dense size of the network as trained (before pruning and dead-unit removal), which the
+/// exported file records.
+pub fn trained_size(network: &Network) -> Result<TrainedSize> {
+    let (mut weights, mut biases) = (0usize, 0usize);
+    for layer in &network.layers {
+        match layer {
+            TrainedLayer::Linear { theta, bias, .. } => {
+                weights += theta.len();
+                biases += bias.len();
+            }
+            TrainedLayer::Conv2d { theta, bias, .. } => {
+                weights += theta.len();
+                biases += bias.len();
+            }
+            TrainedLayer::MaxPool2 | TrainedLayer::Flatten => {}
+        }
+    }
+    trained_size_from(weights, biases)
+}
+
+/// A [`TrainedSize`] from weight and bias counts; an error if they do not fit the format.
+pub fn trained_size_from(weights: usize, biases: usize) -> Result<TrainedSize> {
+    let too_large =
+        || anyhow::anyhow!("the trained network is too large to record ({weights} weights)");
+    Ok(TrainedSize {
+        dense_weights: u32::try_from(weights).map_err(|_| too_large())?,
+        dense_params: weights
+            .checked_add(biases)
+            .and_then(|p| u32::try_from(p).ok())
+            .ok_or_else(too_large)?,
+    })
+}
+
 /// Prunes and converts a network; returns the model spec and a report per weighted layer.
 pub fn export(network: &Network, options: ExportOptions) -> Result<(ModelSpec, Vec<PruneReport>)> {
     let mut items = Vec::new();
@@ -267,7 +302,7 @@ pub fn export(network: &Network, options: ExportOptions) -> Result<(ModelSpec, V
         reports.push(PruneReport {
             trained_outputs: w.trained_outputs,
             kept_outputs: w.theta.nrows(),
-            trained_weights: w.trained_outputs * w.theta.ncols(),
+            trained_weights: w.trained_weights,
             surviving_weights: w.surviving,
         });
         let masked = |a: &Array2<f32>| -> Vec<f32> {
@@ -325,6 +360,7 @@ pub fn export(network: &Network, options: ExportOptions) -> Result<(ModelSpec, V
             input_scale: 1.0 / 255.0,
             input_offset: 0.0,
             layers: specs,
+            trained: Some(trained_size(network)?),
         },
         reports,
     ))

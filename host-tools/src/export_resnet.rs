@@ -120,6 +120,22 @@ fn exit_layer(
     (spec, report)
 }
 
+/// The dense size of the trained ResNet: stem, block convolutions and exit heads.
+fn trained_resnet_size(net: &ResNetEe<f32>) -> Result<tinybayes::format::TrainedSize> {
+    let convs =
+        std::iter::once(&net.stem).chain(net.blocks.iter().flat_map(|b| [&b.conv_a, &b.conv_b]));
+    let (mut weights, mut biases) = (0, 0);
+    for c in convs {
+        weights += c.theta.len();
+        biases += c.bias.len();
+    }
+    for e in &net.exits {
+        weights += e.theta.len();
+        biases += e.bias.len();
+    }
+    crate::export::trained_size_from(weights, biases)
+}
+
 /// Exports an early-exit ResNet; `priors` (one per exit, summing to 1) go into the exit heads.
 /// Returns the spec and a prune report per weight layer (stem, then per block conv a, conv b,
 /// exit head).
@@ -175,6 +191,7 @@ pub fn export_resnet(
         bail!("every weight was pruned (raise --threshold: weights with log alpha above it are pruned)");
     }
     let classes = net.classes();
+    let trained = trained_resnet_size(net)?;
     Ok((
         ModelSpec {
             input_shape: net.input_shape,
@@ -182,6 +199,7 @@ pub fn export_resnet(
             input_scale: 1.0 / 255.0,
             input_offset: 0.0,
             layers,
+            trained: Some(trained),
         },
         reports,
     ))

@@ -14,7 +14,7 @@ use crate::simulate::{for_each_image, outputs_crc32, ImagePrediction, Images};
 /// paths per exit (the same bits, more time). RAM is plentiful here, so the chunk is large.
 pub const EARLY_EXIT_CHUNK: usize = 64;
 
-/// The halting policies (GUIDE section 2).
+/// The halting policies of `eval --halting` ([`tinybayes::early_exit`] defines each).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Policy {

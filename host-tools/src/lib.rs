@@ -12,3 +12,4 @@ pub mod run_dir;
 pub mod runner;
 pub mod simulate;
 pub mod train;
+pub mod ui;

@@ -624,6 +624,7 @@ mod tests {
             input_scale: 1.0 / 255.0,
             input_offset: 0.0,
             layers: vec![conv, pool, linear],
+            trained: None,
         };
         let buffer = spec.to_buffer().unwrap();
         let s = layer_sparsity(&buffer.model().unwrap());

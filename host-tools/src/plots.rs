@@ -304,22 +304,143 @@ pub fn uncertainty_histogram(
     })
 }
 
-/// The x-axis label of a layer: `layer 0: 784→300` (linear) or `layer 0: conv2d`.
-fn layer_label(l: &LayerSparsity) -> String {
-    if l.kind.starts_with("linear") {
-        format!("layer {}: {}→{}", l.layer, l.inputs, l.outputs)
+/// Colour of every text of the sparsity chart: dark on the white background and readable on
+/// the light bars (no white label that vanishes where it leaves a bar).
+pub const SPARSITY_TEXT_COLOR: RGBColor = RGBColor(20, 20, 20);
+
+/// Left and right margin of the sparsity chart's plotting area, and its y label area.
+const SPARSITY_MARGIN: u32 = 14;
+const SPARSITY_Y_AREA: u32 = 80;
+
+/// Width in pixels of `text` at `size` in the plot font (an over-estimate if it cannot be
+/// measured).
+pub fn text_width(text: &str, size: u32) -> u32 {
+    if ensure_font().is_err() {
+        return u32::MAX;
+    }
+    (FONT, size)
+        .into_font()
+        .box_size(text)
+        .map(|(w, _)| w)
+        .unwrap_or(u32::MAX)
+}
+
+/// Pixels of x axis per bar when the sparsity chart has `bars` bars (a lower bound on the
+/// plotted slot: the axis and its ticks take a few pixels too).
+pub fn sparsity_slot(bars: usize) -> u32 {
+    (WIDTH - 2 * SPARSITY_MARGIN - SPARSITY_Y_AREA - 10) / bars.max(1) as u32
+}
+
+/// The texts under and above one bar of the sparsity chart, sized so that neighbours do not
+/// overlap.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BarText {
+    /// The x label: `layer 0: 784→300` or `layer 3: conv2d` when it fits, else `0 fc`,
+    /// `3 conv`, `4 exit`.
+    pub label: String,
+    /// Font size of the x label.
+    pub label_size: u32,
+    /// The x label is drawn vertically (it fits no other way).
+    pub label_vertical: bool,
+    /// The pruning figure above the bar, `83.33%` (fewer decimals on narrow bars).
+    pub percent: String,
+    /// Font size of the pruning figure.
+    pub percent_size: u32,
+    /// The weights kept, `1536 of 9216 kept` or `1536/9216`, above the figure; `None` when
+    /// neither fits (report.json has the counts).
+    pub kept: Option<String>,
+    /// Font size of the kept weights.
+    pub kept_size: u32,
+}
+
+/// A short name of a layer kind for narrow bars.
+fn short_kind(kind: &str) -> &str {
+    if kind.contains("linear") {
+        "fc"
+    } else if kind.starts_with("conv") {
+        "conv"
+    } else if kind == "exit-head" {
+        "exit"
     } else {
-        format!("layer {}: {}", l.layer, l.kind)
+        kind
     }
 }
 
-/// Bar chart of the fraction of weights pruned in each layer that has weights
-/// (`1 - nnz / dense weights`; pooling layers are left out).
-pub fn sparsity_chart(layers: &[LayerSparsity], title_note: &str) -> Result<Vec<u8>> {
-    let bars: Vec<(String, f64, &LayerSparsity)> = layers
+/// The texts of every bar for a chart whose bars are `slot` pixels apart: the longest form of
+/// each that fits in `slot` (with a little room between neighbours).
+pub fn bar_texts(layers: &[&LayerSparsity], slot: u32) -> Vec<BarText> {
+    let room = slot.saturating_sub(6);
+    let fits = |text: &str, size: u32| text_width(text, size) <= room;
+    let mut texts: Vec<BarText> = layers
         .iter()
-        .filter_map(|l| Some((layer_label(l), l.sparsity?, l)))
+        .map(|l| {
+            let sparsity = l.sparsity.unwrap_or(0.0);
+            let long = if l.kind.starts_with("linear") || l.kind.starts_with("qlinear") {
+                format!("layer {}: {}→{}", l.layer, l.inputs, l.outputs)
+            } else {
+                format!("layer {}: {}", l.layer, l.kind)
+            };
+            let short = format!("{} {}", l.layer, short_kind(l.kind));
+            let (label, label_size, label_vertical) = if fits(&long, 16) {
+                (long, 16, false)
+            } else if fits(&short, 14) {
+                (short, 14, false)
+            } else {
+                (short, 13, true)
+            };
+            // Fewer decimals and smaller type as the bars narrow.
+            let (percent, percent_size) = [(2, 18), (2, 15), (1, 13), (0, 12), (0, 10)]
+                .into_iter()
+                .map(|(decimals, size)| (format!("{:.*}%", decimals, 100.0 * sparsity), size))
+                .find(|(text, size)| fits(text, *size))
+                .unwrap_or_else(|| (format!("{:.0}", 100.0 * sparsity), 9));
+            let long_kept = format!("{} of {} kept", l.nnz, l.dense_weights);
+            let short_kept = format!("{}/{}", l.nnz, l.dense_weights);
+            let (kept, kept_size) = if fits(&long_kept, 15) {
+                (Some(long_kept), 15)
+            } else if fits(&short_kept, 13) {
+                (Some(short_kept), 13)
+            } else if fits(&short_kept, 11) {
+                (Some(short_kept), 11)
+            } else {
+                (None, 0)
+            };
+            BarText {
+                label,
+                label_size,
+                label_vertical,
+                percent,
+                percent_size,
+                kept,
+                kept_size,
+            }
+        })
         .collect();
+    // One style of x label across the chart: abbreviated (and vertical) for all bars as soon
+    // as one bar needs it.
+    let vertical = texts.iter().any(|t| t.label_vertical);
+    let short = texts.iter().any(|t| !t.label.starts_with("layer "));
+    for (t, l) in texts.iter_mut().zip(layers) {
+        if short && t.label.starts_with("layer ") {
+            t.label = format!("{} {}", l.layer, short_kind(l.kind));
+            t.label_size = 14;
+        }
+        if vertical {
+            t.label_vertical = true;
+            t.label_size = 13;
+        }
+    }
+    texts
+}
+
+/// Bar chart of the fraction of weights pruned in each layer that has weights
+/// (`1 - nnz / dense weights`; pooling layers and residual additions are left out). Every
+/// text is dark, sized or abbreviated to its bar's width (see [`bar_texts`]).
+pub fn sparsity_chart(layers: &[LayerSparsity], title_note: &str) -> Result<Vec<u8>> {
+    let bars: Vec<&LayerSparsity> = layers.iter().filter(|l| l.sparsity.is_some()).collect();
+    let texts = bar_texts(&bars, sparsity_slot(bars.len()));
+    let abbreviated = texts.iter().any(|t| !t.label.starts_with("layer"));
+    let vertical = texts.iter().any(|t| t.label_vertical);
     // Bar i spans [i + 0.15, i + 0.85] on an x axis of 0..n; the x labels are drawn by hand
     // under the centre of each bar.
     let n = bars.len().max(1) as f64;
@@ -327,67 +448,82 @@ pub fn sparsity_chart(layers: &[LayerSparsity], title_note: &str) -> Result<Vec<
         let title = format!("Weights pruned per layer{title_note}");
         let mut chart = ChartBuilder::on(root)
             .caption(title, (FONT, 26))
-            .margin(14)
-            .x_label_area_size(70)
-            .y_label_area_size(80)
-            .build_cartesian_2d(0f64..n, 0f64..108f64)
+            .margin(SPARSITY_MARGIN)
+            .x_label_area_size(if vertical { 100 } else { 70 })
+            .y_label_area_size(SPARSITY_Y_AREA)
+            // Room above the tallest bar for its figure and its kept weights.
+            .build_cartesian_2d(0f64..n, 0f64..116f64)
             .map_err(plot_error)?;
+        let x_desc = if abbreviated {
+            "layer (fc: linear, conv: convolution, exit: exit head)"
+        } else {
+            "layer (inputs → outputs)"
+        };
         chart
             .configure_mesh()
             .max_light_lines(0)
             .disable_x_mesh()
             .x_labels(0)
-            .x_desc("layer (inputs → outputs)")
+            .x_desc(x_desc)
             .y_desc("weights pruned (%) = 1 − stored / dense weights")
             .y_labels(12)
-            .y_label_formatter(&|v| format!("{v:.0}"))
-            .label_style((FONT, 16))
-            .axis_desc_style((FONT, 18))
+            .y_label_formatter(&|v| {
+                if *v <= 100.0 {
+                    format!("{v:.0}")
+                } else {
+                    String::new()
+                }
+            })
+            .label_style((FONT, 16).into_font().color(&SPARSITY_TEXT_COLOR))
+            .axis_desc_style((FONT, 18).into_font().color(&SPARSITY_TEXT_COLOR))
             .draw()
             .map_err(plot_error)?;
         chart
-            .draw_series(bars.iter().enumerate().map(|(i, (_, sparsity, _))| {
+            .draw_series(bars.iter().enumerate().map(|(i, l)| {
                 let x = i as f64;
                 Rectangle::new(
-                    [(x + 0.15, 0.0), (x + 0.85, 100.0 * sparsity)],
+                    [
+                        (x + 0.15, 0.0),
+                        (x + 0.85, 100.0 * l.sparsity.unwrap_or(0.0)),
+                    ],
                     ACCURACY_COLOR.mix(0.8).filled(),
                 )
             }))
             .map_err(plot_error)?;
-        let centered = Pos::new(HPos::Center, VPos::Center);
-        chart
-            .draw_series(bars.iter().enumerate().map(|(i, (_, sparsity, _))| {
-                Text::new(
-                    format!("{:.2}%", 100.0 * sparsity),
-                    (i as f64 + 0.5, 100.0 * sparsity + 3.0),
-                    (FONT, 18).into_font().color(&BLACK).pos(centered),
-                )
-            }))
-            .map_err(plot_error)?;
-        chart
-            .draw_series(bars.iter().enumerate().map(|(i, (_, sparsity, l))| {
-                // Inside the bar when it is tall enough, else above the percentage.
-                let (y, color) = if *sparsity > 0.15 {
-                    (50.0 * sparsity, WHITE)
-                } else {
-                    (100.0 * sparsity + 9.0, BLACK)
-                };
-                Text::new(
-                    format!("{} of {} kept", l.nnz, l.dense_weights),
-                    (i as f64 + 0.5, y),
-                    (FONT, 16).into_font().color(&color).pos(centered),
-                )
-            }))
-            .map_err(plot_error)?;
-        let top = Pos::new(HPos::Center, VPos::Top);
-        for (i, (label, _, _)) in bars.iter().enumerate() {
+        let bottom = Pos::new(HPos::Center, VPos::Bottom);
+        for (i, (l, t)) in bars.iter().zip(&texts).enumerate() {
+            let top = 100.0 * l.sparsity.unwrap_or(0.0);
+            let (x, y) = chart.backend_coord(&(i as f64 + 0.5, top));
+            let percent_font = (FONT, t.percent_size)
+                .into_font()
+                .color(&SPARSITY_TEXT_COLOR)
+                .pos(bottom);
+            root.draw(&Text::new(t.percent.clone(), (x, y - 4), percent_font))
+                .map_err(plot_error)?;
+            if let Some(kept) = &t.kept {
+                let kept_font = (FONT, t.kept_size)
+                    .into_font()
+                    .color(&SPARSITY_TEXT_COLOR)
+                    .pos(bottom);
+                let above = y - 8 - t.percent_size as i32;
+                root.draw(&Text::new(kept.clone(), (x, above), kept_font))
+                    .map_err(plot_error)?;
+            }
+        }
+        for (i, t) in texts.iter().enumerate() {
             let (x, y) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
-            root.draw(&Text::new(
-                label.clone(),
-                (x, y + 10),
-                (FONT, 16).into_font().color(&BLACK).pos(top),
-            ))
-            .map_err(plot_error)?;
+            let font = (FONT, t.label_size).into_font().color(&SPARSITY_TEXT_COLOR);
+            let text = if t.label_vertical {
+                // Read bottom to top, its end under the bar.
+                let font = font
+                    .transform(FontTransform::Rotate270)
+                    .pos(Pos::new(HPos::Right, VPos::Center));
+                Text::new(t.label.clone(), (x, y + 8), font)
+            } else {
+                let font = font.pos(Pos::new(HPos::Center, VPos::Top));
+                Text::new(t.label.clone(), (x, y + 10), font)
+            };
+            root.draw(&text).map_err(plot_error)?;
         }
         Ok(())
     })
@@ -612,9 +748,100 @@ mod tests {
             },
         ];
         check_png(&sparsity_chart(&layers, "").unwrap());
+        // Few bars: the long labels.
+        let bars: Vec<&LayerSparsity> = layers.iter().filter(|l| l.sparsity.is_some()).collect();
+        let texts = bar_texts(&bars, sparsity_slot(bars.len()));
+        assert_eq!(texts[0].label, "layer 0: 784→300");
+        assert_eq!(texts[0].kept.as_deref(), Some("7056 of 235200 kept"));
         // One bar, and none at all (a model of pooling only cannot exist, but must not panic).
         check_png(&sparsity_chart(&layers[..1], "").unwrap());
         check_png(&sparsity_chart(&[], "").unwrap());
+    }
+
+    /// The layers of the shipped early-exit ResNet: a stem, then per block two
+    /// convolutions, a residual addition (no weights) and an exit head.
+    fn resnet_ee_layers() -> Vec<LayerSparsity> {
+        let mut layers = vec![LayerSparsity {
+            layer: 0,
+            kind: "conv2d",
+            inputs: 784,
+            outputs: 1568,
+            nnz: 226,
+            dense_weights: 512,
+            sparsity: Some(1.0 - 226.0 / 512.0),
+        }];
+        for block in 0..4 {
+            let at = 1 + 4 * block;
+            for (k, kind, nnz, dense) in [
+                (0, "conv2d", 1536, 9216),
+                (1, "conv2d", 1808, 9216),
+                (2, "residual-add", 0, 0),
+                (3, "exit-head", 320, 320),
+            ] {
+                layers.push(LayerSparsity {
+                    layer: at + k,
+                    kind,
+                    inputs: 1568,
+                    outputs: if kind == "exit-head" { 10 } else { 1568 },
+                    nnz,
+                    dense_weights: dense,
+                    sparsity: (dense > 0).then(|| 1.0 - nnz as f64 / dense as f64),
+                });
+            }
+        }
+        layers
+    }
+
+    /// The early-exit ResNet's 13 bars (issue 10 item 8): every text fits its bar's slot, so
+    /// neighbours cannot overlap; labels are abbreviated, all in one style; all text is dark.
+    #[test]
+    fn sparsity_texts_fit_their_bars_and_are_dark() {
+        let layers = resnet_ee_layers();
+        let bars: Vec<&LayerSparsity> = layers.iter().filter(|l| l.sparsity.is_some()).collect();
+        assert_eq!(bars.len(), 13);
+        let slot = sparsity_slot(bars.len());
+        let texts = bar_texts(&bars, slot);
+        for t in &texts {
+            assert!(!t.label_vertical, "{t:?}");
+            assert!(
+                text_width(&t.label, t.label_size) < slot,
+                "{t:?} in {slot} px"
+            );
+            assert!(text_width(&t.percent, t.percent_size) < slot, "{t:?}");
+            let kept = t.kept.as_deref().expect("kept weights shown");
+            assert!(text_width(kept, t.kept_size) < slot, "{t:?}");
+            assert!(t.label.len() <= 8, "{t:?}");
+        }
+        assert_eq!(texts[0].label, "0 conv");
+        assert_eq!(texts[3].label, "4 exit");
+        assert_eq!(texts[1].kept.as_deref(), Some("1536/9216"));
+        let RGBColor(r, g, b) = SPARSITY_TEXT_COLOR;
+        let luminance = 0.2126 * r as f64 + 0.7152 * g as f64 + 0.0722 * b as f64;
+        assert!(luminance < 60.0, "text colour too light: {luminance}");
+        check_png(&sparsity_chart(&layers, "").unwrap());
+
+        // 32 bars (the format's most layers): vertical short labels, all of them.
+        let many: Vec<LayerSparsity> = (0..32)
+            .map(|layer| LayerSparsity {
+                layer,
+                kind: "linear-sparse",
+                inputs: 30,
+                outputs: 30,
+                nnz: 27,
+                dense_weights: 900,
+                sparsity: Some(0.97),
+            })
+            .collect();
+        let bars: Vec<&LayerSparsity> = many.iter().collect();
+        let slot = sparsity_slot(bars.len());
+        let texts = bar_texts(&bars, slot);
+        assert!(texts.iter().all(|t| t.label_vertical), "{texts:?}");
+        for t in &texts {
+            // Drawn vertically, a label's font height must fit the slot.
+            assert!(t.label_size < slot, "{t:?}");
+            assert!(text_width(&t.percent, t.percent_size) < slot, "{t:?}");
+        }
+        check_png(&sparsity_chart(&many, "").unwrap());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 use tinybayes::fixed::QModel;
-use tinybayes::format::{Activation, Posterior};
+use tinybayes::format::{Activation, Posterior, TrainedSize};
 use tinybayes::Model;
 
 /// One layer of the report.
@@ -43,6 +43,17 @@ pub struct ModelReport {
     pub dense_params: usize,
     /// Stored weights.
     pub nnz: usize,
+    /// Fraction of the stored layers' dense weights that are not stored (pruning against the
+    /// compacted network, whose dead units were removed).
+    pub pruned_of_exported: f64,
+    /// Weights of the network as trained, before pruning and dead-unit removal (format
+    /// version 5; `null` when the file does not record it).
+    pub trained_dense_weights: Option<usize>,
+    /// Parameters (weights and biases) of the network as trained (`null` when not recorded).
+    pub trained_dense_params: Option<usize>,
+    /// Fraction of the trained network's weights that are not stored (`null` when not
+    /// recorded).
+    pub pruned_of_trained: Option<f64>,
     /// Model file size in bytes (what goes to flash).
     pub flash_bytes: usize,
     /// Monte Carlo samples per prediction the RAM figure is for.
@@ -76,12 +87,39 @@ pub fn default_chunk(early_exit: bool, samples: usize) -> usize {
     }
 }
 
+/// The pruning figures of a report: against the stored layers and against the trained network.
+struct Pruning {
+    of_exported: f64,
+    trained_weights: Option<usize>,
+    trained_params: Option<usize>,
+    of_trained: Option<f64>,
+}
+
+impl Pruning {
+    fn new(layers: &[LayerReport], nnz: usize, trained: Option<TrainedSize>) -> Self {
+        let fraction = |dense: usize| {
+            if dense > 0 {
+                1.0 - nnz as f64 / dense as f64
+            } else {
+                0.0
+            }
+        };
+        let trained_weights = trained.map(|t| t.dense_weights as usize);
+        Pruning {
+            of_exported: fraction(layers.iter().map(|l| l.dense_weights).sum()),
+            trained_weights,
+            trained_params: trained.map(|t| t.dense_params as usize),
+            of_trained: trained_weights.map(fraction),
+        }
+    }
+}
+
 impl ModelReport {
     /// Builds the report of a validated model; RAM is given for `samples` Monte Carlo samples
     /// per prediction, `chunk` of them per pass (`None`: [`default_chunk`]).
     pub fn new(model: &Model<'_>, samples: usize, chunk: Option<usize>) -> Self {
         let chunk = chunk.unwrap_or_else(|| default_chunk(model.exit_count() > 0, samples));
-        let layers = model
+        let layers: Vec<LayerReport> = model
             .layers()
             .iter()
             .map(|l| {
@@ -111,6 +149,7 @@ impl ModelReport {
                 }
             })
             .collect();
+        let pruning = Pruning::new(&layers, model.nnz(), model.trained_size());
         ModelReport {
             precision: "f32",
             input_shape: model.input_shape(),
@@ -118,6 +157,10 @@ impl ModelReport {
             layers,
             dense_params: model.dense_params(),
             nnz: model.nnz(),
+            pruned_of_exported: pruning.of_exported,
+            trained_dense_weights: pruning.trained_weights,
+            trained_dense_params: pruning.trained_params,
+            pruned_of_trained: pruning.of_trained,
             flash_bytes: model.as_bytes().len(),
             ram_samples: samples,
             ram_chunk: chunk,
@@ -126,7 +169,6 @@ impl ModelReport {
         }
     }
 
-    /// A human-readable table.
     /// The report of a fixed-point (q8, q16) model.
     pub fn new_fixed(model: &QModel<'_>, samples: usize, chunk: Option<usize>) -> Self {
         let chunk = chunk.unwrap_or_else(|| default_chunk(false, samples));
@@ -156,6 +198,7 @@ impl ModelReport {
                 }
             })
             .collect();
+        let pruning = Pruning::new(&layers, model.nnz(), model.trained_size());
         ModelReport {
             precision: model.precision().name(),
             input_shape: model.input_shape(),
@@ -163,6 +206,10 @@ impl ModelReport {
             dense_params: layers.iter().map(|l| l.dense_weights + l.outputs).sum(),
             layers,
             nnz: model.nnz(),
+            pruned_of_exported: pruning.of_exported,
+            trained_dense_weights: pruning.trained_weights,
+            trained_dense_params: pruning.trained_params,
+            pruned_of_trained: pruning.of_trained,
             flash_bytes: model.as_bytes().len(),
             ram_samples: samples,
             ram_chunk: chunk,
@@ -171,6 +218,7 @@ impl ModelReport {
         }
     }
 
+    /// A human-readable table.
     pub fn to_table(&self) -> String {
         let mut s = format!(
             "{} model, input {}x{}x{}, {} classes\n{:<3} {:<23} {:<13} {:>7} {:>7} {:>9} {:>9} {:>9} {:>11}\n",
@@ -204,12 +252,24 @@ impl ModelReport {
             );
         }
         let dense_weights: usize = self.layers.iter().map(|l| l.dense_weights).sum();
+        s += &match (self.trained_dense_weights, self.trained_dense_params, self.pruned_of_trained) {
+            (Some(weights), Some(params), Some(pruned)) => format!(
+                "trained: {weights} weights ({params} parameters), {:.2}% of them pruned, {:.1}x fewer\n",
+                100.0 * pruned,
+                weights as f64 / self.nnz.max(1) as f64,
+            ),
+            _ => "trained: size not recorded (format version 4 or older, or not exported from a \
+                  training run)\n"
+                .to_string(),
+        };
         s += &format!(
-            "total: {} dense parameters, {} weights stored ({:.2}% pruned, {:.1}x fewer), \
-             {} bytes of flash, RAM {} bytes for {} samples, {} per pass ({} bytes deterministic)\n",
+            "total: {} dense parameters, {} weights stored ({:.2}% of the stored layers' {} \
+             weights pruned, {:.1}x fewer), {} bytes of flash, RAM {} bytes for {} samples, {} \
+             per pass ({} bytes deterministic)\n",
             self.dense_params,
             self.nnz,
-            100.0 * (1.0 - self.nnz as f64 / dense_weights as f64),
+            100.0 * self.pruned_of_exported,
+            dense_weights,
             dense_weights as f64 / self.nnz.max(1) as f64,
             self.flash_bytes,
             self.ram_bytes,

@@ -54,9 +54,9 @@ impl PrecisionArgs {
     /// quantized, so they would otherwise be ignored without a word.
     pub fn warn_if_unused(&self) {
         if self.calibration_images.is_some() || self.calibration_count.is_some() {
-            eprintln!(
-                "warning: --calibration-images and --calibration-count are ignored: they \
-                 calibrate quantizing an f32 model to --precision q8 or q16 only"
+            crate::ui::warn(
+                "--calibration-images and --calibration-count are ignored: they calibrate \
+                 quantizing an f32 model to --precision q8 or q16 only",
             );
         }
     }
@@ -170,11 +170,11 @@ pub fn calibration_images(
         ),
         Some(c) => c,
         None if available < DEFAULT_CALIBRATION_COUNT => {
-            eprintln!(
-                "warning: calibrating on all {available} images of {} (fewer than the default \
+            crate::ui::warn(format!(
+                "calibrating on all {available} images of {} (fewer than the default \
                  --calibration-count {DEFAULT_CALIBRATION_COUNT})",
                 path.display()
-            );
+            ));
             available
         }
         None => DEFAULT_CALIBRATION_COUNT,
@@ -277,6 +277,7 @@ pub fn spec_from_model(model: &Model<'_>) -> Result<ModelSpec> {
         input_scale,
         input_offset,
         layers,
+        trained: model.trained_size(),
     })
 }
 

@@ -251,16 +251,22 @@ where
     if values == 0 {
         return Err(SimulateError::Empty);
     }
-    images
+    // Progress on a terminal only (hidden otherwise, and with -q).
+    let bar = crate::ui::image_bar(images.len());
+    let results = images
         .pixels
         .par_chunks_exact(values)
         .enumerate()
         .map_init(workspace, |workspace, (index, pixels)| {
             let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed.wrapping_add(index as u64));
-            predict(workspace, pixels, &mut rng)
-                .map_err(|error| SimulateError::Inference { index, error })
+            let result = predict(workspace, pixels, &mut rng)
+                .map_err(|error| SimulateError::Inference { index, error });
+            bar.inc(1);
+            result
         })
-        .collect()
+        .collect();
+    bar.finish_and_clear();
+    results
 }
 
 /// The [`OutputsDigest`] of predictions in order: what `eval` and `predict` print as the

@@ -126,8 +126,9 @@ fn synth_help_documents_the_limits() {
     for needle in [
         "1 to 7",
         "4194304",
-        "batch_size 1 to 4096",
-        "shards 1 to 16",
+        "mini-batch size, 1 to 4096",
+        "parallel shards of a mini-batch, 1 to 16",
+        "below the image side",
         "1073741824",
     ] {
         assert!(help.contains(needle), "{needle:?} not in {help}");

@@ -96,6 +96,37 @@ fn train_export_inspect_round_trip() {
         fs::metadata(&model).unwrap().len()
     );
     assert_eq!(report["precision"], "f32");
+    // The file records the trained 784-300-100-10 network (format version 5), and the pruning
+    // is reported against it as well as against the compacted layers.
+    let model_bytes = fs::read(&model).unwrap();
+    assert_eq!(u16::from_le_bytes([model_bytes[4], model_bytes[5]]), 5);
+    assert_eq!(
+        report["trained_dense_weights"],
+        784 * 300 + 300 * 100 + 100 * 10
+    );
+    assert_eq!(report["trained_dense_params"], 266_200 + 300 + 100 + 10);
+    let nnz = report["nnz"].as_f64().unwrap();
+    let of_trained = report["pruned_of_trained"].as_f64().unwrap();
+    assert!(
+        (of_trained - (1.0 - nnz / 266_200.0)).abs() < 1e-12,
+        "{of_trained}"
+    );
+    let exported: u64 = layers
+        .iter()
+        .map(|l| l["dense_weights"].as_u64().unwrap())
+        .sum();
+    let of_exported = report["pruned_of_exported"].as_f64().unwrap();
+    assert!((of_exported - (1.0 - nnz / exported as f64)).abs() < 1e-12);
+    let table = tinybayes(&["inspect", "--model", p(&model)]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("trained: 266200 weights (266610 parameters)"),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!("{:.2}% of them pruned", 100.0 * of_trained)),
+        "{table}"
+    );
 
     // A q8 export, calibrated on the training images: about a quarter of the flash.
     let q8 = dir.path().join("m-q8.tbm");
@@ -117,6 +148,7 @@ fn train_export_inspect_round_trip() {
     let out = tinybayes(&["inspect", "--model", p(&q8), "--json"]);
     let q8_report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(q8_report["precision"], "q8");
+    assert_eq!(q8_report["trained_dense_weights"], 266_200);
     assert_eq!(q8_report["layers"][0]["kind"], "qlinear-sparse-by-input");
     assert!(
         q8_report["flash_bytes"].as_u64().unwrap() * 2 < report["flash_bytes"].as_u64().unwrap()

@@ -140,6 +140,7 @@ pub struct QModel<'a> {
     precision: Precision,
     input_shape: [usize; 3],
     num_classes: usize,
+    trained: Option<crate::format::TrainedSize>,
     layers: heapless::Vec<QLayer<'a>, MAX_LAYERS>,
 }
 
@@ -183,11 +184,13 @@ impl<'a> QModel<'a> {
         if inputs != envelope.classes as usize {
             return Err(ModelError::BadOutputLayer);
         }
+        let trained = envelope.trained_covering(layers.iter().map(|l| l.nnz()).sum())?;
         Ok(QModel {
             bytes,
             precision,
             input_shape: envelope.input_shape,
             num_classes: envelope.classes as usize,
+            trained,
             layers,
         })
     }
@@ -195,6 +198,11 @@ impl<'a> QModel<'a> {
     /// The model bytes this view borrows.
     pub fn as_bytes(&self) -> &'a [u8] {
         self.bytes
+    }
+    /// The size of the network as trained, before pruning (format version 5; `None` for
+    /// older files or when the writer did not know it).
+    pub fn trained_size(&self) -> Option<crate::format::TrainedSize> {
+        self.trained
     }
     /// q8 or q16.
     pub fn precision(&self) -> Precision {

@@ -49,9 +49,9 @@ pub struct QPrediction<const K: usize> {
     pub class: usize,
     /// Predictive entropy H[p̄] in nats (total uncertainty).
     pub predictive_entropy: UQ16,
-    /// Expected entropy (1/M) Σ H[p_m] in nats (aleatoric).
+    /// Expected entropy (1/M) Σ H\[p_m\] in nats (aleatoric).
     pub expected_entropy: UQ16,
-    /// Mutual information H[p̄] - E[H[p_m]] in nats (epistemic), clamped at zero.
+    /// Mutual information H\[p̄\] - E\[H\[p_m\]\] in nats (epistemic), clamped at zero.
     pub mutual_information: UQ16,
     /// Number of weight samples averaged (1 for the mean-weights mode).
     pub samples: usize,

@@ -202,6 +202,7 @@ pub fn quantize(
         input_scale: spec.input_scale,
         input_offset: spec.input_offset,
         layers,
+        trained: spec.trained,
     })
 }
 

@@ -49,6 +49,9 @@ pub struct QModelSpec {
     pub input_offset: f32,
     /// Layers, input first.
     pub layers: Vec<QLayerSpec>,
+    /// The network as trained, before pruning (format version 5 when recorded; see
+    /// [`crate::writer::ModelSpec::trained`]).
+    pub trained: Option<crate::format::TrainedSize>,
 }
 
 impl QLayerSpec {
@@ -219,8 +222,13 @@ impl QModelSpec {
         }
         let file_len = table_end + payloads.len() + TRAILER_LEN;
         let mut out = header_bytes(&Header {
-            version: format::FIXED_FORMAT_VERSION,
+            version: if self.trained.is_some() {
+                format::TRAINED_SIZE_FORMAT_VERSION
+            } else {
+                format::FIXED_FORMAT_VERSION
+            },
             precision: self.precision,
+            trained: self.trained,
             layer_count: self.layers.len(),
             num_classes: self.num_classes,
             input_shape: self.input_shape,

@@ -1,5 +1,5 @@
 //! Fixed-point benchmark harness: instructions per inference of the q8 and q16 LeNet-300-100
-//! (SysTick under QEMU `-icount shift=0`, GUIDE section 4: instruction counts, not cycles), in
+//! (SysTick under QEMU `-icount shift=0`: instruction counts, not cycles), in
 //! the mean-weights mode and with M = 8 and M = 32 Monte Carlo samples, with flash and RAM.
 //! Runs on every board: Cortex-M0 (micro:bit), M3 (mps2-an385), M4F (mps2-an386).
 #![no_std]

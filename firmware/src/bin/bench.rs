@@ -1,5 +1,5 @@
-//! Benchmark harness: instructions per inference (SysTick under QEMU `-icount shift=0`, GUIDE
-//! section 4: these are instruction counts, not cycles), flash and RAM, for the shipped trained
+//! Benchmark harness: instructions per inference (SysTick under QEMU `-icount shift=0`;
+//! these are instruction counts, not cycles), flash and RAM, for the shipped trained
 //! LeNet-300-100 and for seeded synthetic models of the same 784-300-100-10 shape stored sparse
 //! (3% of weights) and dense.
 #![no_std]

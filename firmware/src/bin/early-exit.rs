@@ -1,7 +1,7 @@
 //! The early-exit ResNet on the device: instructions per exit depth (a fixed depth budget of
 //! 1, 2, ... blocks, mean weights and 8 Monte Carlo samples), then the ten embedded digits
 //! with the exact joint-mode halting policy, each with the depth it used. Counts are guest
-//! instructions under QEMU `-icount shift=0` (GUIDE section 4), not cycles.
+//! instructions under QEMU `-icount shift=0` (BENCHMARKS.md), not cycles.
 #![no_std]
 #![no_main]
 

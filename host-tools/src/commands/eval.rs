@@ -97,6 +97,10 @@ pub struct EvalArgs {
     /// Overwrite an existing report.
     #[arg(long)]
     pub force: bool,
+    /// Print the report (what report.json holds) as JSON on stdout instead of the summary;
+    /// the files written are then named on stderr.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The names of the plots in the report directory.
@@ -400,7 +404,7 @@ fn fmt_opt(v: Option<f64>) -> String {
     v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.3}"))
 }
 
-fn summary(report: &EvalReport, mode: Mode, dir: &Path) -> String {
+fn summary(report: &EvalReport, mode: Mode) -> String {
     let early = report
         .early_exit
         .as_ref()
@@ -444,8 +448,7 @@ fn summary(report: &EvalReport, mode: Mode, dir: &Path) -> String {
         "evaluated {} images ({}, {}, seed {}) in {:.2} s; outputs CRC-32 {}\n\
          accuracy {:.4} ({} of {})  NLL {:.4}  Brier {:.4}  ECE {:.4}\n\
          mean predictive entropy correct {} / wrong {} (AUROC {}), \
-         mutual information correct {} / wrong {} (AUROC {})\n\
-         wrote {}{}{}",
+         mutual information correct {} / wrong {} (AUROC {}){}{}{}",
         m.count,
         report.precision,
         describe_mode(mode),
@@ -464,10 +467,49 @@ fn summary(report: &EvalReport, mode: Mode, dir: &Path) -> String {
         mean(u.correct.mutual_information),
         mean(u.wrong.mutual_information),
         fmt_opt(u.auroc_mutual_information),
-        dir.join(REPORT_FILE).display(),
         early,
+        report
+            .early_exit
+            .as_ref()
+            .map(sweep_table)
+            .unwrap_or_default(),
         ood
     )
+}
+
+/// The sweep of `eval --sweep` as a table (empty without a sweep): per exit its accuracy
+/// alone, then one row per policy and parameter.
+pub fn sweep_table(e: &EarlyExitReport) -> String {
+    let Some(points) = &e.sweep else {
+        return String::new();
+    };
+    let mut s = String::new();
+    if let Some(acc) = &e.exit_accuracy {
+        let exits: Vec<String> = acc.iter().map(|a| format!("{:.4}", a)).collect();
+        s += &format!("\naccuracy of each exit alone: {}", exits.join(" / "));
+    }
+    s += &format!(
+        "\nsweep ({} points):\n{:<8} {:>9} {:>9} {:>10} {:>8} {:>15}",
+        points.len(),
+        "policy",
+        "parameter",
+        "accuracy",
+        "mean depth",
+        "MACs %",
+        "unpruned MACs %"
+    );
+    for p in points {
+        s += &format!(
+            "\n{:<8} {:>9} {:>9.4} {:>10.2} {:>8.1} {:>15.1}",
+            p.policy,
+            p.parameter,
+            p.accuracy,
+            p.mean_depth,
+            100.0 * p.macs_fraction,
+            100.0 * p.dense_macs_fraction
+        );
+    }
+    s
 }
 
 /// Runs `eval`.
@@ -475,7 +517,21 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let mode = args.sampling.mode()?;
     let runner = load_runner(&args.model, &args.precision)?;
     let classes = runner.num_classes();
+    crate::ui::detail(format!(
+        "model {}: {} ({classes} classes, input {:?})",
+        args.model.display(),
+        runner.precision().name(),
+        runner.input_shape()
+    ));
     let mut dataset = load_labelled(&args.images, &args.labels, classes)?;
+    crate::ui::detail(format!(
+        "images {} and labels {}: {} images; {}, seed {} (image i seeded with seed + i)",
+        args.images.display(),
+        args.labels.display(),
+        dataset.len(),
+        describe_mode(mode),
+        args.sampling.seed
+    ));
     if let Some(run) = &args.validation_of {
         let run = crate::run_dir::load_run(run)?;
         if run.config.val_size == 0 {
@@ -520,6 +576,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     prepare_report_dir(&args.report, args.force)?;
 
     let start = Instant::now();
+    crate::ui::set_task("eval");
     let sim = runner.simulate(&images, mode, args.sampling.seed, &args.halting)?;
     let predictions = sim.predictions;
     let inference_seconds = start.elapsed().as_secs_f64();
@@ -547,6 +604,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                     prior: None,
                     threshold: None,
                 };
+                crate::ui::set_task("eval --sweep: every exit");
                 let all = all_exit_summaries(&model, &images, mode, args.sampling.seed, &spec)?;
                 let macs_through = macs_through_exits(&model);
                 let points = sweep(&all, &labels, &macs_through, &dense)?;
@@ -653,6 +711,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             pixels: &all.pixels[args.skip * all.values()..end * all.values()],
             ..all
         };
+        crate::ui::set_task("eval: out-of-distribution images");
         let ood = runner.simulate(&images, mode, args.sampling.seed, &args.halting)?;
         let metrics = out_of_distribution(&predictions, &ood.predictions);
         let mi = |p: &ImagePrediction| f64::from(p.mutual_information);
@@ -683,11 +742,24 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let mut json = serde_json::to_string_pretty(&report)?;
     json.push('\n');
     write_new(&args.report.join(REPORT_FILE), json.as_bytes(), args.force)?;
-    // A closed stdout (e.g. piped into `head`) is not an error once the files are written.
-    let _ = writeln!(
-        std::io::stdout(),
-        "{}",
-        summary(&report, mode, &args.report)
+    let mut written: Vec<&str> = pngs.iter().map(|(name, _)| *name).collect();
+    written.push(REPORT_FILE);
+    let files = format!(
+        "wrote {} files in {}: {}",
+        written.len(),
+        args.report.display(),
+        written.join(", ")
     );
+    if args.json {
+        // A closed stdout (e.g. piped into `head`) is not an error once the files are written.
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), json.as_bytes());
+        if !crate::ui::quiet() {
+            eprintln!("{files}");
+        }
+    } else {
+        // The summary is the result asked for: printed with -q too.
+        let _ = writeln!(std::io::stdout(), "{}", summary(&report, mode));
+        crate::ui::status(files);
+    }
     Ok(())
 }

@@ -88,17 +88,18 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         .report(args.samples, None)
         .ok_or_else(|| anyhow::anyhow!("the exported model did not validate"))?;
     write_new(&args.out, runner.buffer().as_bytes(), args.force)?;
-    println!(
-        "{} after {} epochs, pruned at log alpha > {}:",
+    let mut text = format!(
+        "{} after {} epochs, pruned at log alpha > {}:\n",
         run.config.arch, run.epochs_done, args.threshold
     );
     for (i, p) in pruning.iter().enumerate() {
-        println!(
-            "  layer {i}: {} of {} trained weights survive, {} of {} units kept",
+        text += &format!(
+            "  layer {i}: {} of {} trained weights survive, {} of {} units kept\n",
             p.surviving_weights, p.trained_weights, p.kept_outputs, p.trained_outputs
         );
     }
-    print!("{}", report.to_table());
-    println!("wrote {}", args.out.display());
+    text += &report.to_table();
+    text += &format!("wrote {}", args.out.display());
+    crate::ui::status(text);
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 pub mod eval;
 pub mod export;
+pub mod images;
 pub mod inspect;
 pub mod predict;
 pub mod synth;

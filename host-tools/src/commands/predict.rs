@@ -71,8 +71,8 @@ pub struct PredictArgs {
     /// Early exit (early-exit models only).
     #[command(flatten)]
     pub halting: HaltingArgs,
-    /// Output CSV file.
-    #[arg(long)]
+    /// Output CSV file, or - for stdout (the status line then goes to stderr).
+    #[arg(long, allow_hyphen_values = true)]
     pub out: PathBuf,
     /// Overwrite the output if it exists.
     #[arg(long)]
@@ -157,15 +157,34 @@ pub fn check_output_dir(dir: &Path) -> Result<()> {
 /// Runs `predict`.
 pub fn run(args: &PredictArgs) -> Result<()> {
     let mode = args.sampling.mode()?;
-    check_writable(&args.out, args.force)?;
-    if args.out.is_dir() {
-        bail!("{} is a directory, not a file", args.out.display());
+    let to_stdout = args.out.as_os_str() == "-";
+    if !to_stdout {
+        check_writable(&args.out, args.force)?;
+        if args.out.is_dir() {
+            bail!("{} is a directory, not a file", args.out.display());
+        }
+        check_output_dir(args.out.parent().unwrap_or(Path::new(".")))?;
     }
-    check_output_dir(args.out.parent().unwrap_or(Path::new(".")))?;
     let runner = load_runner(&args.model, &args.precision)?;
+    crate::ui::detail(format!(
+        "model {}: {} ({} classes, input {:?})",
+        args.model.display(),
+        runner.precision().name(),
+        runner.num_classes(),
+        runner.input_shape()
+    ));
     let array = load_images(&args.images)?;
+    crate::ui::detail(format!(
+        "images {}: {} of {:?}; {}, seed {} (image i seeded with seed + i)",
+        args.images.display(),
+        array.dims.first().copied().unwrap_or(0),
+        &array.dims[1..],
+        describe_mode(mode),
+        args.sampling.seed
+    ));
     let images = Images::from_idx(&array);
     let start = Instant::now();
+    crate::ui::set_task("predict");
     let sim = runner.simulate(&images, mode, args.sampling.seed, &args.halting)?;
     let seconds = start.elapsed().as_secs_f64();
     // Early-exit models add the depth used and the MACs spent per image.
@@ -183,18 +202,29 @@ pub fn run(args: &PredictArgs) -> Result<()> {
         None => Vec::new(),
     };
     let text = csv_text(&sim.predictions, runner.num_classes(), &extra)?;
-    write_new(&args.out, text.as_bytes(), args.force)?;
     let digest = format!("; outputs CRC-32 {:#010x}", sim.outputs_crc32);
-    // A closed stdout (e.g. piped into `head`) is not an error once the file is written.
-    let _ = writeln!(
-        std::io::stdout(),
+    let line = format!(
         "predicted {} images ({}, {}, seed {}) in {seconds:.2} s{digest}; wrote {}",
         sim.predictions.len(),
         runner.precision().name(),
         describe_mode(mode),
         args.sampling.seed,
-        args.out.display()
+        if to_stdout {
+            "the CSV to stdout".to_string()
+        } else {
+            args.out.display().to_string()
+        }
     );
+    if to_stdout {
+        // A closed stdout (e.g. piped into `head`) ends the output, it is not an error.
+        let _ = std::io::stdout().write_all(text.as_bytes());
+        if !crate::ui::quiet() {
+            eprintln!("{line}");
+        }
+    } else {
+        write_new(&args.out, text.as_bytes(), args.force)?;
+        crate::ui::status(line);
+    }
     Ok(())
 }
 

@@ -146,8 +146,11 @@ pub fn run(args: &SynthArgs) -> Result<()> {
         let buffer = spec.to_buffer()?;
         write_new(&args.out, buffer.as_bytes(), args.force)?;
         let model = buffer.model()?;
-        print!("{}", ModelReport::new(&model, 8, None).to_table());
-        println!("wrote {}", args.out.display());
+        crate::ui::status(format!(
+            "{}wrote {}",
+            ModelReport::new(&model, 8, None).to_table(),
+            args.out.display()
+        ));
         return Ok(());
     }
     check_widths(&args.widths)?;
@@ -179,11 +182,11 @@ pub fn run(args: &SynthArgs) -> Result<()> {
     let buffer = spec.to_buffer()?;
     write_new(&args.out, buffer.as_bytes(), args.force)?;
     let model = buffer.model()?;
-    print!("{}", ModelReport::new(&model, 32, None).to_table());
-    println!(
-        "wrote {} (synthetic, seed {}: random weights, not trained)",
+    crate::ui::status(format!(
+        "{}wrote {} (synthetic, seed {}: random weights, not trained)",
+        ModelReport::new(&model, 32, None).to_table(),
         args.out.display(),
         args.seed
-    );
+    ));
     Ok(())
 }

@@ -19,37 +19,78 @@ use crate::run_dir::has_checkpoint;
 use crate::train::config::RESUMABLE_SETTINGS;
 use crate::train::{Arch, TrainConfig, TrainError, TrainEvent, Trainer};
 
+/// The keys of a `--config` TOML file, with their defaults and limits (shown by
+/// `train --help`; the defaults are those of [`TrainConfig::default`], tested).
+pub const CONFIG_KEYS_HELP: &str = "\
+Config file keys (--config FILE.toml; every key is optional, unknown keys are refused; the
+command-line options above override the file; examples in models/configs/):
+  arch = \"lenet300\"          lenet300 (784-300-100-10), lenet5 (LeNet-5-Caffe) or resnet-ee
+  epochs = 200               epochs, at least 1
+  batch_size = 100           mini-batch size, 1 to 4096
+  lr = 0.001                 base learning rate of Adam, positive
+  lr_schedule                constant, constant_then_linear or linear [default: the arch's
+                             recipe: constant_then_linear for lenet300, else linear]
+  seed = 0                   seed of initialisation, validation split, shuffling and noise
+  val_size = 2000            training examples held out for validation (0: none)
+  warmup_start               epoch where the KL weight starts rising from 0 [default: 5, scaled
+                             by epochs / 40 below 40 epochs]
+  warmup_end                 epoch where it reaches kl_weight_max [default: 20, scaled alike]
+  kl_weight_max = 1.0        KL weight after warm-up (1 is the ELBO; N / 60000 for N images
+                             reproduces the paper's data-to-KL balance)
+  prune_threshold = 3.0      log alpha above which a weight counts as pruned in the reports
+  init_log_sigma2 = -10.0    initial log sigma^2 of every weight
+  train_limit                train on the first N examples after the validation split [default: all]
+  shards = 2                 parallel shards of a mini-batch, 1 to 16 (changing it changes
+                             the noise draws)
+  augment_shift = 0          random shift of training images by up to this many pixels,
+                             below the image side
+resnet-ee only:
+  blocks = 4                 residual blocks, one exit after each, 1 to 7
+  channels = 32              channels of the stem and every block, 1 to 512
+  stem_kernel = 4            stem convolution kernel size
+  stem_stride = 4            stem convolution stride
+  stem_padding = 0           stem convolution zero padding
+  prior_lambda = 0.3         strength in [0, 1) of the geometric depth prior
+  exit_objective = \"weighted\"  weighted or mixture
+  (at most 65535 values per feature map, 4194304 weights, 134217728 activations per batch)
+--resume may change epochs, lr and lr_schedule only.";
+
 /// Arguments of `train`.
 #[derive(Args, Debug)]
+#[command(
+    after_help = "The config file's keys, defaults and limits: tinybayes train --help",
+    after_long_help = CONFIG_KEYS_HELP
+)]
 pub struct TrainArgs {
     /// Architecture: lenet300 (784-300-100-10), lenet5 (LeNet-5-Caffe) or resnet-ee (early-exit
-    /// ResNet).
+    /// ResNet) [default: lenet300] (overrides the config file).
     #[arg(long)]
     pub arch: Option<String>,
-    /// resnet-ee: residual blocks, one exit after each, 1 to 7 (overrides the config file).
+    /// resnet-ee: residual blocks, one exit after each, 1 to 7 [default: 4] (overrides the
+    /// config file).
     #[arg(long, allow_negative_numbers = true)]
     pub blocks: Option<usize>,
     /// resnet-ee: channels of the stem and every block, 1 to 512, with at most 65535 values
-    /// per feature map and 4194304 weights in all (overrides the config file).
+    /// per feature map and 4194304 weights in all [default: 32] (overrides the config file).
     #[arg(long, allow_negative_numbers = true)]
     pub channels: Option<usize>,
     /// resnet-ee: strength lambda in [0, 1) of the truncated geometric prior over depth,
-    /// p(z=l) ∝ (1-lambda)^(l-1), used in the objective (overrides the config file).
+    /// p(z=l) ∝ (1-lambda)^(l-1), used in the objective [default: 0.3] (overrides the config
+    /// file).
     #[arg(long, allow_negative_numbers = true)]
     pub prior_lambda: Option<f64>,
-    /// resnet-ee: exit objective, mixture (-log sum_l p(z=l) p(y|x,z=l)) or weighted
-    /// (-sum_l p(z=l) log p(y|x,z=l)) (overrides the config file).
+    /// resnet-ee: exit objective, weighted (-sum_l p(z=l) log p(y|x,z=l)) or mixture
+    /// (-log sum_l p(z=l) p(y|x,z=l)) [default: weighted] (overrides the config file).
     #[arg(long)]
     pub exit_objective: Option<String>,
-    /// Epochs (overrides the config file).
+    /// Epochs [default: 200] (overrides the config file).
     #[arg(long, allow_negative_numbers = true)]
     pub epochs: Option<usize>,
-    /// Seed (overrides the config file).
+    /// Seed [default: 0] (overrides the config file).
     #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
-    /// TOML file overriding any training setting (see `TrainConfig`). Limits: batch_size 1 to
-    /// 4096, shards 1 to 16, augment_shift below 28; resnet-ee: blocks 1 to 7, channels 1 to 512, at most 65535 values per feature
-    /// map, 4194304 weights and 134217728 activations per batch.
+    /// TOML file of training settings; its keys, defaults and limits are listed at the end of
+    /// `tinybayes train --help`.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Directory with the MNIST training files (train-images-idx3-ubyte[.gz],
@@ -64,7 +105,8 @@ pub struct TrainArgs {
     /// Training labels (IDX, gzip or plain); overrides --data.
     #[arg(long)]
     pub labels: Option<PathBuf>,
-    /// Train on the first N training examples only (after the validation split).
+    /// Train on the first N training examples only (after the validation split) [default:
+    /// all] (overrides the config file).
     #[arg(long, allow_negative_numbers = true)]
     pub train_limit: Option<usize>,
     /// Run directory: checkpoint, history.json and config.toml go here.
@@ -301,7 +343,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             std::fs::write(args.out.join("config.toml"), toml::to_string(t.config())?)
                 .with_context(|| format!("cannot write into {}", args.out.display()))?;
         }
-        println!(
+        crate::ui::status(format!(
             "resuming {} at epoch {} of {}{}",
             args.out.display(),
             t.epoch(),
@@ -311,21 +353,28 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             } else {
                 format!(" (changed: {})", changes.join(", "))
             }
-        );
+        ));
         t
     };
     let config = trainer.config().clone();
-    println!(
+    crate::ui::detail(format!(
+        "data: {} and {}; settings in effect ({}):\n{}",
+        images.display(),
+        labels.display(),
+        args.out.join("config.toml").display(),
+        toml::to_string(&config)?.trim_end()
+    ));
+    crate::ui::status(format!(
         "training {} for {} epochs on {} examples ({} held out for validation), seed {}",
         config.arch,
         config.epochs,
         trainer.train_len(),
         trainer.val_len(),
         config.seed
-    );
+    ));
     if let Some(net) = trainer.model().as_resnet() {
         let (h, w) = net.feature_size();
-        println!(
+        crate::ui::status(format!(
             "resnet-ee: {} blocks of {} channels at {h}x{w}, {} weights, {:.2}M dense MACs with every block; \
              prior lambda {} ({}), {} objective",
             net.depth(),
@@ -340,10 +389,15 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join("/"),
             config.exit_objective
-        );
+        ));
     }
 
-    let bars = MultiProgress::new();
+    // Bars on a terminal only (and never with -q); the epoch lines are status lines.
+    let bars = if crate::ui::progress_enabled() {
+        MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr())
+    } else {
+        MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
+    };
     let epochs_bar = bars.add(ProgressBar::new(config.epochs as u64));
     epochs_bar.set_style(
         ProgressStyle::with_template(
@@ -395,8 +449,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             );
             // Without a terminal the bars are hidden, and so is `println` through them.
             if bars.is_hidden() {
-                println!("{line}");
-            } else {
+                crate::ui::status(&line);
+            } else if !crate::ui::quiet() {
                 let _ = bars.println(&line);
             }
             epochs_bar.set_message(format!("val {val}, sparsity {:.2}%", 100.0 * r.sparsity));
@@ -410,11 +464,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         .with_context(|| format!("cannot write {}", out.join("history.json").display()))?;
     match result {
         Ok(()) => {
-            println!(
+            crate::ui::status(format!(
                 "done: checkpoint in {}; export it with `tinybayes export --run {} --out MODEL.tbm`",
                 out.display(),
                 out.display()
-            );
+            ));
             Ok(())
         }
         // A checkpoint is written after every completed epoch: a run that diverges in its

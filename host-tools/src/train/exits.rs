@@ -10,7 +10,8 @@
 //!
 //! `lambda = 0` is the uniform prior; larger values put more mass on shallow exits (each exit
 //! is `1 - lambda` times as likely as the one before). The prior is non-increasing in `l` for
-//! every allowed `lambda`, which the exact early-termination rule of GUIDE section 2 needs.
+//! every allowed `lambda`, which the exact early-termination rule of
+//! [`tinybayes::early_exit`] (joint-mode halting) needs.
 //!
 //! Objectives, per example with label `y` (`log p_l = log softmax(logits_l)[y]`):
 //!
