@@ -13,7 +13,7 @@ use crate::numeric::seal::Reads;
 use crate::numeric::{FixedPoint, Numeric, F32};
 use crate::plan::Plan;
 use crate::predictive::Prediction;
-use crate::runner::{run, Outcome};
+use crate::runner::{run_exits, run_plain, Outcome};
 
 /// How to turn the weight posterior into a prediction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,17 +103,19 @@ impl<'m, 'w, const CHUNK: usize, N: Numeric> Engine<'m, 'w, CHUNK, N> {
         &self.plan
     }
 
+    /// One prediction: a plain network through its one exit; an early-exit network (f32)
+    /// through its exits as `halting` decides.
     fn run<X: ?Sized, const K: usize>(
         &mut self,
         x: &X,
         mode: Mode,
         halting: Halting<'_>,
         rng: &mut (impl RngCore + Clone),
-    ) -> Result<Outcome<N, K>, InferenceError>
+    ) -> Result<N::Prediction<K>, InferenceError>
     where
         N: Reads<X>,
     {
-        run::<N, X, _, K, CHUNK>(
+        run_any::<N, X, _, K, CHUNK>(
             self.model,
             &self.plan,
             self.workspace,
@@ -122,6 +124,53 @@ impl<'m, 'w, const CHUNK: usize, N: Numeric> Engine<'m, 'w, CHUNK, N> {
             halting,
             rng,
         )
+    }
+}
+
+/// An early-exit network's prediction alone, out of line: the policy's state and the exits'
+/// summaries live in this frame only, not in every plain run's.
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn exits_prediction<N, X, R, const K: usize, const CHUNK: usize>(
+    model: &N::Model<'_>,
+    plan: &Plan,
+    workspace: &mut [N::Word],
+    x: &X,
+    mode: Mode,
+    halting: Halting<'_>,
+    rng: &mut R,
+) -> Result<N::Prediction<K>, InferenceError>
+where
+    N: Numeric + Reads<X>,
+    X: ?Sized,
+    R: RngCore + Clone,
+{
+    run_exits::<N, X, R, K, CHUNK>(model, plan, workspace, x, mode, halting, rng)
+        .map(|o| o.prediction)
+}
+
+/// Dispatches a run on whether the model has exits.
+#[allow(clippy::too_many_arguments)]
+fn run_any<N, X, R, const K: usize, const CHUNK: usize>(
+    model: &N::Model<'_>,
+    plan: &Plan,
+    workspace: &mut [N::Word],
+    x: &X,
+    mode: Mode,
+    halting: Halting<'_>,
+    rng: &mut R,
+) -> Result<N::Prediction<K>, InferenceError>
+where
+    N: Numeric + Reads<X>,
+    X: ?Sized,
+    R: RngCore + Clone,
+{
+    if N::EXITS && N::exit_count(model) > 0 {
+        exits_prediction::<N, X, R, K, CHUNK>(model, plan, workspace, x, mode, halting, rng)
+    } else if matches!(halting, Halting::All) {
+        run_plain::<N, X, R, K, CHUNK>(model, plan, workspace, x, mode, rng)
+    } else {
+        Err(InferenceError::NotEarlyExit)
     }
 }
 
@@ -136,7 +185,6 @@ impl<const CHUNK: usize> Engine<'_, '_, CHUNK, F32> {
         rng: &mut (impl RngCore + Clone),
     ) -> Result<Prediction<K>, InferenceError> {
         self.run::<_, K>(input, mode, Halting::All, rng)
-            .map(|o| o.prediction)
     }
 
     /// Predicts from raw 8-bit inputs (e.g. pixels), normalised on the fly with the model's
@@ -148,7 +196,7 @@ impl<const CHUNK: usize> Engine<'_, '_, CHUNK, F32> {
         rng: &mut (impl RngCore + Clone),
     ) -> Result<Prediction<K>, InferenceError> {
         let input = NormalizedU8::new(raw, &self.bytes);
-        run::<F32, _, _, K, CHUNK>(
+        run_any::<F32, _, _, K, CHUNK>(
             self.model,
             &self.plan,
             self.workspace,
@@ -157,7 +205,6 @@ impl<const CHUNK: usize> Engine<'_, '_, CHUNK, F32> {
             Halting::All,
             rng,
         )
-        .map(|o| o.prediction)
     }
 
     /// Runs an early-exit model block by block from f32 inputs and stops as `halting` allows
@@ -177,8 +224,16 @@ impl<const CHUNK: usize> Engine<'_, '_, CHUNK, F32> {
         if self.model.exit_count() == 0 {
             return Err(InferenceError::NotEarlyExit);
         }
-        self.run::<_, K>(input, mode, halting, rng)
-            .map(exit_prediction)
+        run_exits::<F32, _, _, K, CHUNK>(
+            self.model,
+            &self.plan,
+            self.workspace,
+            input,
+            mode,
+            halting,
+            rng,
+        )
+        .map(exit_prediction)
     }
 
     /// [`Self::predict_early_exit`] from raw 8-bit inputs.
@@ -193,7 +248,7 @@ impl<const CHUNK: usize> Engine<'_, '_, CHUNK, F32> {
             return Err(InferenceError::NotEarlyExit);
         }
         let input = NormalizedU8::new(raw, &self.bytes);
-        run::<F32, _, _, K, CHUNK>(
+        run_exits::<F32, _, _, K, CHUNK>(
             self.model,
             &self.plan,
             self.workspace,
@@ -226,7 +281,7 @@ impl<const CHUNK: usize, N: Numeric + FixedPoint> Engine<'_, '_, CHUNK, N> {
         mode: Mode,
         rng: &mut (impl RngCore + Clone),
     ) -> Result<QPrediction<K>, InferenceError> {
-        self.run::<_, K>(raw, mode, Halting::All, rng)
-            .map(|o| N::into_q(o.prediction))
+        run_plain::<N, _, _, K, CHUNK>(self.model, &self.plan, self.workspace, raw, mode, rng)
+            .map(N::into_q)
     }
 }

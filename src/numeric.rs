@@ -394,12 +394,11 @@ impl<X: Input + ?Sized> Reads<X> for F32 {
 pub const MAX_DEAD_TRACKED: usize = 256;
 
 /// What the fixed-point first Gaussian layer's moments leave: the fractional bits of the
-/// narrowed moments, and which units are zero in every sample.
+/// narrowed moments, and which units are zero in every sample (one bit per unit).
 #[derive(Clone, Copy, Debug)]
 pub struct FixedMoments {
     frac_bits: u32,
-    dead: [bool; MAX_DEAD_TRACKED],
-    tracked: usize,
+    dead: [u32; MAX_DEAD_TRACKED / 32],
 }
 
 /// The scratch of a fixed-point layer (u64 words): the noise draws of a chunk (i16), and the
@@ -495,8 +494,8 @@ macro_rules! fixed_format {
                 }
                 // The layer after the first stochastic one skips the inputs that are zero in
                 // every sample.
-                let dead: &[bool] = match after_first {
-                    Some(m) => &m.dead[..m.tracked],
+                let dead: &[u32] = match after_first {
+                    Some(m) => &m.dead,
                     None => &[],
                 };
                 sampled_layer(layer, x, s, eps, dead, out);
@@ -552,15 +551,11 @@ macro_rules! fixed_format {
                 let units = layer.outputs();
                 let frac_bits = narrow_moments(layer, &mut base[..units], &mut scale[..units]);
                 // Units that no draw can switch on (scale -1): zero in every sample.
-                let mut dead = [false; MAX_DEAD_TRACKED];
-                for (d, &sc) in dead.iter_mut().zip(&scale[..units]) {
-                    *d = sc < 0;
+                let mut dead = [0u32; MAX_DEAD_TRACKED / 32];
+                for (i, &sc) in scale[..units.min(MAX_DEAD_TRACKED)].iter().enumerate() {
+                    dead[i / 32] |= u32::from(sc < 0) << (i % 32);
                 }
-                FixedMoments {
-                    frac_bits,
-                    dead,
-                    tracked: units.min(MAX_DEAD_TRACKED),
-                }
+                FixedMoments { frac_bits, dead }
             }
             fn pool_input(_: [usize; 3], _: &X, _: &mut [i32]) {}
         }

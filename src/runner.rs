@@ -75,38 +75,96 @@ impl<N: Kernels, const K: usize> Exits<'_, N, K> {
     }
 }
 
-/// Where a run's exits go: the halting policy of an early-exit model, or the one predictive
-/// of a plain network. (One per run, on the stack; no heap to box the larger variant in.)
-#[allow(clippy::large_enum_variant)]
-enum Answer<'p, N: Kernels, const K: usize> {
-    Policy(Exits<'p, N, K>),
-    Plain(Option<N::Prediction<K>>),
+/// Where a run's exits go: the one predictive of a plain network ([`Plain`]), or the halting
+/// policy of an early-exit model ([`Policy`]). The skeleton is generic over it, so a plain
+/// network's run carries no policy state on its stack.
+trait Sink<N: Kernels, const K: usize> {
+    /// What the run returns.
+    type Output;
+    /// Whether this is a plain network's one implicit exit.
+    const PLAIN: bool;
+    /// The deepest exit known to be reached before anything runs.
+    fn known_target(&self) -> Option<usize>;
+    /// Hands exit `e`'s finished predictive over; returns true to stop.
+    fn conclude(&mut self, e: usize, p: N::Prediction<K>) -> bool;
+    /// Adds a chunk of exit `e`'s logits to its predictive (the known-target sweep).
+    fn add(&mut self, e: usize, out: &[N::Act], s: usize) -> Result<(), InferenceError>;
+    /// After the known-target sweep: concludes the accumulated exits `first..=target`.
+    fn conclude_accumulated(&mut self, first: usize, target: usize);
+    /// The answer, with the MACs spent.
+    fn finish(self, macs: usize) -> Result<Self::Output, InferenceError>;
 }
 
-impl<N: Kernels, const K: usize> Answer<'_, N, K> {
+/// A plain network: one predictive, its last layer's.
+struct Plain<N: Kernels, const K: usize> {
+    classes: usize,
+    acc: Option<N::Predictive<K>>,
+    prediction: Option<N::Prediction<K>>,
+}
+
+impl<N: Kernels, const K: usize> Sink<N, K> for Plain<N, K> {
+    type Output = N::Prediction<K>;
+    const PLAIN: bool = true;
+    fn known_target(&self) -> Option<usize> {
+        Some(0)
+    }
+    fn conclude(&mut self, _: usize, p: N::Prediction<K>) -> bool {
+        self.prediction = Some(p);
+        true
+    }
+    fn add(&mut self, _: usize, out: &[N::Act], s: usize) -> Result<(), InferenceError> {
+        let classes = self.classes;
+        let acc = self.acc.get_or_insert_with(|| N::predictive::<K>(classes));
+        add_chunk::<N, K>(acc, out, classes, s)
+    }
+    fn conclude_accumulated(&mut self, _: usize, _: usize) {
+        if let Some(acc) = self.acc.take() {
+            self.prediction = Some(N::finish(acc));
+        }
+    }
+    fn finish(self, _: usize) -> Result<N::Prediction<K>, InferenceError> {
+        self.prediction.ok_or(InferenceError::NotEarlyExit)
+    }
+}
+
+/// An early-exit network under a halting policy, with one predictive per exit for a sweep
+/// that reaches several.
+struct Policy<'p, N: Kernels, const K: usize> {
+    classes: usize,
+    exits: Exits<'p, N, K>,
+    accs: [Option<N::Predictive<K>>; MAX_EXITS],
+}
+
+impl<N: Kernels, const K: usize> Sink<N, K> for Policy<'_, N, K> {
+    type Output = Outcome<N, K>;
+    const PLAIN: bool = false;
+    fn known_target(&self) -> Option<usize> {
+        self.exits.state.known_target()
+    }
     fn conclude(&mut self, e: usize, p: N::Prediction<K>) -> bool {
-        match self {
-            // `N::EXITS` is a constant: formats without exits compile no policy code.
-            Answer::Policy(exits) if N::EXITS => exits.conclude(e, p),
-            _ => {
-                *self = Answer::Plain(Some(p));
-                true
+        self.exits.conclude(e, p)
+    }
+    fn add(&mut self, e: usize, out: &[N::Act], s: usize) -> Result<(), InferenceError> {
+        let classes = self.classes;
+        match self.accs.get_mut(e) {
+            Some(slot) => {
+                let acc = slot.get_or_insert_with(|| N::predictive::<K>(classes));
+                add_chunk::<N, K>(acc, out, classes, s)
+            }
+            None => Ok(()),
+        }
+    }
+    fn conclude_accumulated(&mut self, first: usize, target: usize) {
+        for e in first..=target.min(MAX_EXITS - 1) {
+            if let Some(acc) = self.accs[e].take() {
+                if self.exits.conclude(e, N::finish(acc)) {
+                    break;
+                }
             }
         }
     }
-
     fn finish(self, macs: usize) -> Result<Outcome<N, K>, InferenceError> {
-        match self {
-            Answer::Policy(exits) if N::EXITS => exits.finish(macs),
-            Answer::Policy(_) | Answer::Plain(None) => Err(InferenceError::NotEarlyExit),
-            Answer::Plain(Some(prediction)) => Ok(Outcome {
-                prediction,
-                exit: 0,
-                depth: 1,
-                macs,
-                exits: heapless::Vec::new(),
-            }),
-        }
+        self.exits.finish(macs)
     }
 }
 
@@ -283,11 +341,35 @@ fn sweep<N: Kernels, const CHUNK: usize>(
     Ok(last_run)
 }
 
-/// One prediction, in any format. A plain network (no exit heads) answers from its last layer
-/// as its one exit; an early-exit network answers as `halting` decides. The caller has
-/// checked that the workspace fits `plan`.
+/// One prediction of a plain network (no exit heads), in any format: its last layer is its
+/// one exit. The caller has checked that the workspace fits `plan`.
+pub(crate) fn run_plain<N, X, R, const K: usize, const CHUNK: usize>(
+    model: &N::Model<'_>,
+    plan: &Plan,
+    workspace: &mut [N::Word],
+    x: &X,
+    mode: Mode,
+    rng: &mut R,
+) -> Result<N::Prediction<K>, InferenceError>
+where
+    N: Kernels + Reads<X> + Reads<[<N as Kernels>::Act]>,
+    X: ?Sized,
+    R: RngCore + Clone,
+{
+    N::check_input(model, x, K)?;
+    let sink = Plain::<N, K> {
+        classes: N::classes(model),
+        acc: None,
+        prediction: None,
+    };
+    skeleton::<N, X, R, _, K, CHUNK>(model, plan, workspace, x, mode, rng, sink)
+}
+
+/// One prediction of an early-exit network, which answers as `halting` decides. Kept out of
+/// line: the policy's state lives in its frame only.
+#[inline(never)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn run<N, X, R, const K: usize, const CHUNK: usize>(
+pub(crate) fn run_exits<N, X, R, const K: usize, const CHUNK: usize>(
     model: &N::Model<'_>,
     plan: &Plan,
     workspace: &mut [N::Word],
@@ -302,35 +384,50 @@ where
     R: RngCore + Clone,
 {
     N::check_input(model, x, K)?;
-    let classes = N::classes(model);
-    let layers = N::layers(model);
-    let exit_count = if N::EXITS { N::exit_count(model) } else { 0 };
-    let plain = exit_count == 0;
-    // A plain network's last layer is its one exit.
-    let count = exit_count.max(1);
+    let count = N::exit_count(model);
+    if !N::EXITS || count == 0 {
+        return Err(InferenceError::NotEarlyExit);
+    }
     let mut priors = [0.0f32; MAX_EXITS];
-    let mut answer = if plain {
-        if !matches!(halting, Halting::All) {
-            return Err(InferenceError::NotEarlyExit);
-        }
-        Answer::<N, K>::Plain(None)
-    } else {
-        N::exit_priors(model, &mut priors[..count]);
-        let state = HaltingState::new(halting, &priors[..count], count, || {
-            (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32
-        })?;
-        Answer::Policy(Exits {
+    N::exit_priors(model, &mut priors[..count]);
+    let state = HaltingState::new(halting, &priors[..count], count, || {
+        (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32
+    })?;
+    let sink = Policy::<N, K> {
+        classes: N::classes(model),
+        exits: Exits {
             state,
             count,
             summaries: heapless::Vec::new(),
             candidate: None,
-        })
+        },
+        accs: core::array::from_fn(|_| None),
     };
-    // The deepest exit the policy is known to reach before anything runs.
-    let known_target = match &answer {
-        Answer::Policy(exits) if N::EXITS => exits.state.known_target(),
-        _ => None,
-    };
+    skeleton::<N, X, R, _, K, CHUNK>(model, plan, workspace, x, mode, rng, sink)
+}
+
+/// The one skeleton of every run, whatever the format and the exits.
+#[allow(clippy::too_many_arguments)]
+fn skeleton<N, X, R, S, const K: usize, const CHUNK: usize>(
+    model: &N::Model<'_>,
+    plan: &Plan,
+    workspace: &mut [N::Word],
+    x: &X,
+    mode: Mode,
+    rng: &mut R,
+    mut sink: S,
+) -> Result<S::Output, InferenceError>
+where
+    N: Kernels + Reads<X> + Reads<[<N as Kernels>::Act]>,
+    X: ?Sized,
+    R: RngCore + Clone,
+    S: Sink<N, K>,
+{
+    let classes = N::classes(model);
+    let layers = N::layers(model);
+    let plain = S::PLAIN;
+    let count = if plain { 1 } else { N::exit_count(model) };
+    let known_target = sink.known_target();
     let Some(mut buf) = plan.split::<N>(workspace) else {
         return Err(InferenceError::WorkspaceTooSmall {
             needed: plan.workspace_len(),
@@ -368,10 +465,10 @@ where
                     (buf.stat_mean, buf.stat_std),
                 );
                 // A deterministic exit says the same for every sample.
-                let stop = answer.conclude(e, single::<N, K>(&buf.next[..classes], classes)?);
+                let stop = sink.conclude(e, single::<N, K>(&buf.next[..classes], classes)?);
                 e += 1;
                 if stop {
-                    return answer.finish(macs);
+                    return sink.finish(macs);
                 }
                 continue;
             }
@@ -407,9 +504,9 @@ where
     }
     let Some(first) = stochastic_from else {
         if plain {
-            answer.conclude(0, single::<N, K>(&buf.cur[..classes], classes)?);
+            sink.conclude(0, single::<N, K>(&buf.cur[..classes], classes)?);
         }
-        return answer.finish(macs);
+        return sink.finish(macs);
     };
 
     // --- 2. the first Gaussian layer's moments, once ---
@@ -441,25 +538,9 @@ where
     let rest = first + 1;
 
     // --- 3 and 4. the chunks, then the exits ---
-    let last_run = if plain {
-        // One sweep over every layer into the one predictive.
-        let mut acc = N::predictive::<K>(classes);
-        let last_run = sweep(
-            &start,
-            layers,
-            rest..layers.len(),
-            first_exit,
-            total,
-            rng,
-            &mut rngs,
-            &mut buf,
-            |_, out, s| add_chunk::<N, K>(&mut acc, out, classes, s),
-        )?;
-        answer.conclude(0, N::finish(acc));
-        last_run
-    } else if let Some(target) = known_target {
-        // One sweep to the target exit, every exit on the way accumulated over the chunks.
-        let mut accs: [Option<N::Predictive<K>>; MAX_EXITS] = core::array::from_fn(|_| None);
+    let last_run = if let Some(target) = known_target {
+        // One sweep to the target exit (a plain network's last layer), every exit on the way
+        // accumulated over the chunks.
         let end = exit_layers.layer_of(target) + 1;
         let last_run = sweep(
             &start,
@@ -470,23 +551,9 @@ where
             rng,
             &mut rngs,
             &mut buf,
-            |e, out, s| {
-                let acc = accs[e].get_or_insert_with(|| N::predictive::<K>(classes));
-                add_chunk::<N, K>(acc, out, classes, s)
-            },
+            |e, out, s| sink.add(e, out, s),
         )?;
-        for (e, acc) in accs
-            .iter_mut()
-            .enumerate()
-            .take(target + 1)
-            .skip(first_exit)
-        {
-            if let Some(acc) = acc.take() {
-                if answer.conclude(e, N::finish(acc)) {
-                    break;
-                }
-            }
-        }
+        sink.conclude_accumulated(first_exit, target);
         last_run
     } else if total <= CHUNK {
         // The policy reads each exit as it comes: all samples advance together, one chunk.
@@ -503,7 +570,7 @@ where
             |e, out| {
                 let mut acc = N::predictive::<K>(classes);
                 add_chunk::<N, K>(&mut acc, out, classes, total)?;
-                Ok(answer.conclude(e, N::finish(acc)))
+                Ok(sink.conclude(e, N::finish(acc)))
             },
         )?
     } else {
@@ -533,7 +600,7 @@ where
             )?;
             // The caller's generator moves on as if the seeds had been drawn once.
             *rng = seeds;
-            if answer.conclude(target, N::finish(acc)) {
+            if sink.conclude(target, N::finish(acc)) {
                 break;
             }
         }
@@ -543,7 +610,7 @@ where
         .iter()
         .map(LayerView::macs)
         .sum::<usize>();
-    answer.finish(macs)
+    sink.finish(macs)
 }
 
 /// The layer index of every exit head, in order.

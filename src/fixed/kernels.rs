@@ -568,14 +568,14 @@ pub(crate) fn draw_noise(units: usize, streams: &mut [NormalQ8], eps: &mut [i16]
 /// storage only (the reader allows by-input storage on the first layer alone, which never
 /// runs here).
 ///
-/// `dead[i]` marks inputs that are zero in every sample (ReLU units of the first stochastic
+/// Bit `i` of `dead` (bit `i % 32` of word `i / 32`) marks inputs that are zero in every sample (ReLU units of the first stochastic
 /// layer that no draw can switch on); their weights are skipped. It may be empty.
 pub(crate) fn sampled_layer(
     layer: &QLayer<'_>,
     x: &[i32],
     s: usize,
     eps: &[i16],
-    dead: &[bool],
+    dead: &[u32],
     out: &mut [i32],
 ) {
     dispatch!(layer, sampled_typed(layer, x, s, eps, dead, out))
@@ -587,7 +587,7 @@ fn sampled_typed<F: Format, I: Index, const GAUSS: bool>(
     x: &[i32],
     s: usize,
     eps: &[i16],
-    dead: &[bool],
+    dead: &[u32],
     out: &mut [i32],
 ) {
     for_each_line(layer, |j, records| {
@@ -634,7 +634,7 @@ fn accumulate_full<F: Format, I: Index, const GAUSS: bool, const N: usize>(
     x: &[i32],
     s: usize,
     g0: usize,
-    dead: &[bool],
+    dead: &[u32],
 ) -> ([F::Acc; N], [F::Var; N]) {
     let (len, at_theta, at_sigma) = layout::<F, I, GAUSS>();
     let groups: &[[i32; N]] = bytemuck::cast_slice(&x[..x.len() / N * N]);
@@ -643,7 +643,7 @@ fn accumulate_full<F: Format, I: Index, const GAUSS: bool, const N: usize>(
     let mut var = [F::Var::default(); N];
     for (k, r) in records.chunks_exact(len).enumerate() {
         let i = if I::BYTES == 0 { k } else { I::read(r) };
-        if dead.get(i) == Some(&true) {
+        if dead.get(i / 32).is_some_and(|w| (w >> (i % 32)) & 1 != 0) {
             continue;
         }
         let Some(xs) = groups.get(i * per_input + first) else {
