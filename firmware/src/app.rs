@@ -82,6 +82,11 @@ pub fn run_demo<L: OutputPin, D: DelayNs, C: Clock>(
         "posterior predictive with {=u16} Monte Carlo samples per image",
         samples.get()
     );
+    defmt::info!(
+        "UNSURE (LED on) when the mutual information exceeds {=f32} nats or the top probability is below {=f32}",
+        UNSURE_MUTUAL_INFORMATION,
+        UNSURE_CONFIDENCE
+    );
 
     let mut summary = DemoSummary {
         correct: 0,

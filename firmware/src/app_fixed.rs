@@ -73,6 +73,13 @@ pub fn run_fixed_demo<L: OutputPin, D: DelayNs, C: Clock>(
         "integer-only posterior predictive, {=u16} Monte Carlo samples per image",
         samples.get()
     );
+    defmt::info!(
+        "UNSURE (LED on) when the mutual information exceeds {=u32}.{=u32:03} nats or the top probability is below {=u32}.{=u32:03}",
+        UNSURE_MUTUAL_INFORMATION.to_milli() / 1000,
+        UNSURE_MUTUAL_INFORMATION.to_milli() % 1000,
+        UNSURE_CONFIDENCE.to_milli() / 1000,
+        UNSURE_CONFIDENCE.to_milli() % 1000
+    );
     let mut summary = crate::app::DemoSummary {
         correct: 0,
         unsure: 0,
@@ -92,14 +99,18 @@ pub fn run_fixed_demo<L: OutputPin, D: DelayNs, C: Clock>(
             led.set_low()
         };
         defmt::info!(
-            "image {=usize}: label {=u8} -> predicted {=usize} (p = 0.{=u32:03}), entropy {=u32}/1000 nats, expected entropy {=u32}/1000, mutual information {=u32}/1000 nats{=str} [{=u64} {=str}]",
+            "image {=usize}: label {=u8} -> predicted {=usize} (p = {=u32}.{=u32:03}), entropy {=u32}.{=u32:03} nats, expected entropy {=u32}.{=u32:03}, mutual information {=u32}.{=u32:03} nats{=str} [{=u64} {=str}]",
             i,
             label,
             p.class,
-            p.confidence().to_milli().min(999),
-            p.predictive_entropy.to_milli(),
-            p.expected_entropy.to_milli(),
-            p.mutual_information.to_milli(),
+            p.confidence().to_milli() / 1000,
+            p.confidence().to_milli() % 1000,
+            p.predictive_entropy.to_milli() / 1000,
+            p.predictive_entropy.to_milli() % 1000,
+            p.expected_entropy.to_milli() / 1000,
+            p.expected_entropy.to_milli() % 1000,
+            p.mutual_information.to_milli() / 1000,
+            p.mutual_information.to_milli() % 1000,
             if unsure { ", UNSURE (LED on)" } else { "" },
             cost,
             C::UNIT

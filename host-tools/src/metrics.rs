@@ -127,6 +127,87 @@ pub struct Metrics {
     pub uncertainty: UncertaintySplit,
 }
 
+/// A proposed "unsure" threshold on one score and what it flags on the evaluated set.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ThresholdProposal {
+    /// The threshold (nats for mutual information; a probability for confidence).
+    pub threshold: f64,
+    /// Share of the wrong predictions it flags.
+    pub wrong_flagged: f64,
+    /// Share of the correct predictions it flags (false alarms).
+    pub correct_flagged: f64,
+}
+
+/// "Unsure" thresholds proposed from labelled (validation) data: each flags at least `share`
+/// of the wrong predictions by itself.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Thresholds {
+    /// The share of wrong predictions each threshold is chosen to flag.
+    pub share: f64,
+    /// Unsure when the mutual information exceeds this.
+    pub mutual_information: Option<ThresholdProposal>,
+    /// Unsure when the top probability is below this.
+    pub confidence: Option<ThresholdProposal>,
+}
+
+/// Proposes thresholds that flag at least `share` (in (0, 1]) of the wrong predictions: the
+/// largest mutual information `t` with `#{wrong: MI > t} >= share * #wrong`, and the smallest
+/// confidence `c` with `#{wrong: confidence < c} >= share * #wrong`. `None` when nothing is
+/// wrong.
+pub fn propose_thresholds(
+    predictions: &[ImagePrediction],
+    hits: &[bool],
+    share: f64,
+) -> Thresholds {
+    let score = |f: fn(&ImagePrediction) -> f64, want: bool| -> Vec<f64> {
+        let mut v: Vec<f64> = predictions
+            .iter()
+            .zip(hits)
+            .filter(|(_, &h)| h == want)
+            .map(|(p, _)| f(p))
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let mi = |p: &ImagePrediction| f64::from(p.mutual_information);
+    let conf = |p: &ImagePrediction| f64::from(p.confidence());
+    let (wrong_mi, right_mi) = (score(mi, false), score(mi, true));
+    let (wrong_c, right_c) = (score(conf, false), score(conf, true));
+    let n = wrong_mi.len();
+    let need = ((share * n as f64).ceil() as usize).clamp(1, n.max(1));
+    let share_of = |v: &[f64], flagged: &dyn Fn(f64) -> bool| -> f64 {
+        if v.is_empty() {
+            0.0
+        } else {
+            v.iter().filter(|&&x| flagged(x)).count() as f64 / v.len() as f64
+        }
+    };
+    let mutual_information = (n > 0).then(|| {
+        // `need` wrong ones strictly above t: just below the need-th largest value.
+        let t = wrong_mi[n - need];
+        let t = if t > 0.0 { t * (1.0 - 1e-9) } else { 0.0 };
+        ThresholdProposal {
+            threshold: t,
+            wrong_flagged: share_of(&wrong_mi, &|x| x > t),
+            correct_flagged: share_of(&right_mi, &|x| x > t),
+        }
+    });
+    let confidence = (n > 0).then(|| {
+        // `need` wrong ones strictly below c: just above the need-th smallest value.
+        let c = wrong_c[need - 1] * (1.0 + 1e-9) + 1e-12;
+        ThresholdProposal {
+            threshold: c,
+            wrong_flagged: share_of(&wrong_c, &|x| x < c),
+            correct_flagged: share_of(&right_c, &|x| x < c),
+        }
+    });
+    Thresholds {
+        share,
+        mutual_information,
+        confidence,
+    }
+}
+
 /// How well uncertainty tells out-of-distribution images (no labels needed) from the test set.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OutOfDistribution {
@@ -418,6 +499,37 @@ pub fn layer_sparsity(model: &tinybayes::Model<'_>) -> Vec<LayerSparsity> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn proposed_thresholds_flag_the_share_of_wrong_answers_asked_for() {
+        let pred = |class: usize, p: f32, mi: f32| ImagePrediction {
+            probabilities: vec![p, 1.0 - p],
+            class,
+            predictive_entropy: 0.0,
+            expected_entropy: 0.0,
+            mutual_information: mi,
+        };
+        // Ten wrong answers with MI 0.01..0.10 and confidence 0.55..1.0, ten right ones.
+        let mut ps = Vec::new();
+        let mut hits = Vec::new();
+        for k in 0..10 {
+            ps.push(pred(0, 0.55 + 0.05 * k as f32, 0.01 * (k + 1) as f32));
+            hits.push(false);
+            ps.push(pred(0, 0.99, 0.001 * k as f32));
+            hits.push(true);
+        }
+        let t = propose_thresholds(&ps, &hits, 0.8);
+        let mi = t.mutual_information.unwrap();
+        assert!((mi.wrong_flagged - 0.8).abs() < 1e-9, "{mi:?}");
+        assert!(mi.threshold > 0.02 && mi.threshold < 0.03, "{mi:?}");
+        assert_eq!(mi.correct_flagged, 0.0);
+        let c = t.confidence.unwrap();
+        assert!((c.wrong_flagged - 0.8).abs() < 1e-9, "{c:?}");
+        assert!(c.threshold > 0.89 && c.threshold < 0.95, "{c:?}");
+        // Nothing wrong: nothing to propose.
+        let none = propose_thresholds(&ps[1..2], &hits[1..2], 0.8);
+        assert!(none.mutual_information.is_none() && none.confidence.is_none());
+    }
+
     use super::*;
 
     fn pred(probabilities: &[f32], pe: f32, ee: f32, mi: f32) -> ImagePrediction {

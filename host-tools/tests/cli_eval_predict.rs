@@ -490,3 +490,32 @@ fn documented_parity_digests_are_what_eval_prints() {
         );
     }
 }
+
+/// `eval --suggest-thresholds SHARE` proposes unsure thresholds that flag at least SHARE of the
+/// wrong answers (the synthetic model is wrong on most of these images), says so on stdout,
+/// and refuses a share outside (0, 1] in one line.
+#[test]
+fn eval_suggests_thresholds_that_flag_the_share_of_wrong_answers() {
+    let f = Fixture::new();
+    let report_dir = f.path("t");
+    let out = f.eval(
+        &report_dir,
+        &["--samples", "16", "--suggest-thresholds", "0.75"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("unsure when mutual information >"),
+        "{stdout}"
+    );
+    let report: Value =
+        serde_json::from_str(&fs::read_to_string(report_dir.join("report.json")).unwrap()).unwrap();
+    let t = &report["thresholds"];
+    assert_eq!(t["share"], 0.75);
+    for key in ["mutual_information", "confidence"] {
+        let flagged = t[key]["wrong_flagged"].as_f64().unwrap();
+        assert!(flagged >= 0.75 && flagged <= 1.0, "{key}: {t}");
+    }
+    let out = f.eval(&f.path("t2"), &["--suggest-thresholds", "1.5"]);
+    assert_one_line_error(&out, "not a share in (0, 1]");
+}

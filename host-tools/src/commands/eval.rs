@@ -19,8 +19,8 @@ use crate::files::{check_writable, write_new};
 use crate::halting::{all_exit_summaries, geometric_prior, HaltingArgs, HaltingSpec, Policy};
 use crate::idx::{load_images, load_labelled};
 use crate::metrics::{
-    evaluate, out_of_distribution, LayerSparsity, Metrics, OutOfDistribution, ECE_BINS,
-    PROBABILITY_FLOOR,
+    evaluate, out_of_distribution, propose_thresholds, LayerSparsity, Metrics, OutOfDistribution,
+    Thresholds, ECE_BINS, PROBABILITY_FLOOR,
 };
 use crate::plots;
 use crate::runner::{dense_macs_through_exits, load_runner, macs_through_exits, PrecisionArgs};
@@ -74,6 +74,12 @@ pub struct EvalArgs {
     /// average MACs (sweep.png, and `sweep` in report.json).
     #[arg(long)]
     pub sweep: bool,
+    /// Propose "unsure" thresholds from these (validation) labels: the mutual information and
+    /// the top probability that each flag at least SHARE (0 < SHARE <= 1) of the wrong
+    /// answers, with the share of right answers they flag too (`thresholds` in report.json).
+    /// Use with --validation-of, not on the test set.
+    #[arg(long, value_name = "SHARE")]
+    pub suggest_thresholds: Option<f64>,
     /// Evaluate on the validation split that the training run in DIR held out of these images
     /// (give the training images and labels): the same seeded split as the trainer's. For
     /// choosing a halting prior or threshold without touching the test set.
@@ -158,6 +164,9 @@ pub struct EvalReport {
     /// With `--ood-images`: how uncertainty flags the out-of-distribution images.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ood: Option<OodReport>,
+    /// With `--suggest-thresholds`: proposed "unsure" thresholds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thresholds: Option<Thresholds>,
 }
 
 /// The early-exit part of `report.json`.
@@ -441,6 +450,30 @@ fn summary(report: &EvalReport, mode: Mode) -> String {
             )
         })
         .unwrap_or_default();
+    let thresholds = report
+        .thresholds
+        .as_ref()
+        .map(|t| {
+            let line = |name: &str, rule: &str, p: &Option<crate::metrics::ThresholdProposal>| {
+                p.as_ref().map_or_else(
+                    || format!("\n{name}: no wrong answer to calibrate on"),
+                    |p| {
+                        format!(
+                            "\nunsure when {name} {rule} {:.4}: flags {:.1}% of wrong and {:.1}% of right answers",
+                            p.threshold,
+                            100.0 * p.wrong_flagged,
+                            100.0 * p.correct_flagged
+                        )
+                    },
+                )
+            };
+            format!(
+                "{}{}",
+                line("mutual information", ">", &t.mutual_information),
+                line("top probability", "<", &t.confidence)
+            )
+        })
+        .unwrap_or_default();
     let m = &report.metrics;
     let u = &m.uncertainty;
     let mean = |s: Option<crate::metrics::Summary>| fmt_opt(s.map(|s| s.mean));
@@ -448,7 +481,7 @@ fn summary(report: &EvalReport, mode: Mode) -> String {
         "evaluated {} images ({}, {}, seed {}) in {:.2} s; outputs CRC-32 {}\n\
          accuracy {:.4} ({} of {})  NLL {:.4}  Brier {:.4}  ECE {:.4}\n\
          mean predictive entropy correct {} / wrong {} (AUROC {}), \
-         mutual information correct {} / wrong {} (AUROC {}){}{}{}",
+         mutual information correct {} / wrong {} (AUROC {}){}{}{}{}",
         m.count,
         report.precision,
         describe_mode(mode),
@@ -473,7 +506,8 @@ fn summary(report: &EvalReport, mode: Mode) -> String {
             .as_ref()
             .map(sweep_table)
             .unwrap_or_default(),
-        ood
+        ood,
+        thresholds
     )
 }
 
@@ -514,6 +548,11 @@ pub fn sweep_table(e: &EarlyExitReport) -> String {
 
 /// Runs `eval`.
 pub fn run(args: &EvalArgs) -> Result<()> {
+    if let Some(share) = args.suggest_thresholds {
+        if !(share > 0.0 && share <= 1.0) {
+            bail!("--suggest-thresholds {share} is not a share in (0, 1] (e.g. 0.8)");
+        }
+    }
     let mode = args.sampling.mode()?;
     let runner = load_runner(&args.model, &args.precision)?;
     let classes = runner.num_classes();
@@ -693,6 +732,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         },
         early_exit,
         ood: None,
+        thresholds: args.suggest_thresholds.map(|share| {
+            let hits: Vec<bool> = predictions
+                .iter()
+                .zip(&labels)
+                .map(|(p, &y)| p.class == y)
+                .collect();
+            propose_thresholds(&predictions, &hits, share)
+        }),
     };
     let mut report = report;
     if let (Some(set), Some(path)) = (&ood_images, &args.ood_images) {
