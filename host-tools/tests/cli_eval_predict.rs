@@ -514,7 +514,7 @@ fn eval_suggests_thresholds_that_flag_the_share_of_wrong_answers() {
     assert_eq!(t["share"], 0.75);
     for key in ["mutual_information", "confidence"] {
         let flagged = t[key]["wrong_flagged"].as_f64().unwrap();
-        assert!(flagged >= 0.75 && flagged <= 1.0, "{key}: {t}");
+        assert!((0.75..=1.0).contains(&flagged), "{key}: {t}");
     }
     let out = f.eval(&f.path("t2"), &["--suggest-thresholds", "1.5"]);
     assert_one_line_error(&out, "not a share in (0, 1]");
