@@ -115,6 +115,22 @@ impl Planned for QModel<'_> {
     }
 }
 
+// The fixed-point model's workspace size is the plan's answer (kept here, so that the plan
+// depends on the models and not the other way round).
+impl QModel<'_> {
+    /// 64-bit words of workspace an [`crate::Engine`] needs for this model with
+    /// `samples_per_pass` Monte Carlo samples per pass over the weights: the
+    /// [`crate::Plan`]'s answer (the first stochastic layer's moments, two activation buffers
+    /// of `widest layer x chunk` i32 words, and the noise draws of one layer).
+    pub fn workspace_len(&self, samples_per_pass: usize) -> usize {
+        Plan::new(self, samples_per_pass).workspace_len()
+    }
+    /// [`Self::workspace_len`] in bytes.
+    pub fn workspace_bytes(&self, samples_per_pass: usize) -> usize {
+        self.workspace_len(samples_per_pass) * 8
+    }
+}
+
 /// `n` elements of `size` bytes, in words of `word` bytes, rounded up.
 fn words(n: usize, size: usize, word: usize) -> usize {
     (n * size).div_ceil(word)

@@ -236,17 +236,6 @@ impl<'a> QModel<'a> {
     pub fn macs(&self) -> usize {
         self.layers.iter().map(QLayer::macs).sum()
     }
-    /// 64-bit words of workspace an [`crate::Engine`] needs for this model with
-    /// `samples_per_pass` Monte Carlo samples per pass over the weights: the
-    /// [`crate::Plan`]'s answer (the first stochastic layer's moments, two activation buffers
-    /// of `widest layer x chunk` i32 words, and the noise draws of one layer).
-    pub fn workspace_len(&self, samples_per_pass: usize) -> usize {
-        crate::Plan::new(self, samples_per_pass).workspace_len()
-    }
-    /// [`Self::workspace_len`] in bytes.
-    pub fn workspace_bytes(&self, samples_per_pass: usize) -> usize {
-        self.workspace_len(samples_per_pass) * 8
-    }
 }
 
 struct QContext {
