@@ -103,10 +103,30 @@ impl<'m, 'w, const CHUNK: usize, N: Numeric> Engine<'m, 'w, CHUNK, N> {
         &self.plan
     }
 
+    /// The engine's parts for one run, and the raw-byte table beside them (so that an input
+    /// may borrow the table while the run borrows the workspace).
+    fn parts(&mut self) -> (Job<'_, 'm, N>, &N::ByteTable) {
+        let job = Job {
+            model: self.model,
+            plan: &self.plan,
+            workspace: self.workspace,
+        };
+        (job, &self.bytes)
+    }
+}
+
+/// What one run works on: the model, its plan and the workspace.
+struct Job<'a, 'm, N: Numeric> {
+    model: &'a N::Model<'m>,
+    plan: &'a Plan,
+    workspace: &'a mut [N::Word],
+}
+
+impl<N: Numeric> Job<'_, '_, N> {
     /// One prediction: a plain network through its one exit; an early-exit network (f32)
     /// through its exits as `halting` decides.
-    fn run<X: ?Sized, const K: usize>(
-        &mut self,
+    fn predict<X, const K: usize, const CHUNK: usize>(
+        self,
         x: &X,
         mode: Mode,
         halting: Halting<'_>,
@@ -114,63 +134,49 @@ impl<'m, 'w, const CHUNK: usize, N: Numeric> Engine<'m, 'w, CHUNK, N> {
     ) -> Result<N::Prediction<K>, InferenceError>
     where
         N: Reads<X>,
+        X: ?Sized,
     {
-        run_any::<N, X, _, K, CHUNK>(
-            self.model,
-            &self.plan,
-            self.workspace,
-            x,
-            mode,
-            halting,
-            rng,
-        )
+        if N::EXITS && N::exit_count(self.model) > 0 {
+            self.exits_prediction::<X, K, CHUNK>(x, mode, halting, rng)
+        } else if matches!(halting, Halting::All) {
+            run_plain::<N, X, _, K, CHUNK>(self.model, self.plan, self.workspace, x, mode, rng)
+        } else {
+            Err(InferenceError::NotEarlyExit)
+        }
     }
-}
 
-/// An early-exit network's prediction alone, out of line: the policy's state and the exits'
-/// summaries live in this frame only, not in every plain run's.
-#[inline(never)]
-#[allow(clippy::too_many_arguments)]
-fn exits_prediction<N, X, R, const K: usize, const CHUNK: usize>(
-    model: &N::Model<'_>,
-    plan: &Plan,
-    workspace: &mut [N::Word],
-    x: &X,
-    mode: Mode,
-    halting: Halting<'_>,
-    rng: &mut R,
-) -> Result<N::Prediction<K>, InferenceError>
-where
-    N: Numeric + Reads<X>,
-    X: ?Sized,
-    R: RngCore + Clone,
-{
-    run_exits::<N, X, R, K, CHUNK>(model, plan, workspace, x, mode, halting, rng)
-        .map(|o| o.prediction)
-}
+    /// An early-exit network's prediction alone, out of line: the policy's state and the
+    /// exits' summaries live in this frame only, not in every plain run's.
+    #[inline(never)]
+    fn exits_prediction<X, const K: usize, const CHUNK: usize>(
+        self,
+        x: &X,
+        mode: Mode,
+        halting: Halting<'_>,
+        rng: &mut (impl RngCore + Clone),
+    ) -> Result<N::Prediction<K>, InferenceError>
+    where
+        N: Reads<X>,
+        X: ?Sized,
+    {
+        self.exits::<X, K, CHUNK>(x, mode, halting, rng)
+            .map(|o| o.prediction)
+    }
 
-/// Dispatches a run on whether the model has exits.
-#[allow(clippy::too_many_arguments)]
-fn run_any<N, X, R, const K: usize, const CHUNK: usize>(
-    model: &N::Model<'_>,
-    plan: &Plan,
-    workspace: &mut [N::Word],
-    x: &X,
-    mode: Mode,
-    halting: Halting<'_>,
-    rng: &mut R,
-) -> Result<N::Prediction<K>, InferenceError>
-where
-    N: Numeric + Reads<X>,
-    X: ?Sized,
-    R: RngCore + Clone,
-{
-    if N::EXITS && N::exit_count(model) > 0 {
-        exits_prediction::<N, X, R, K, CHUNK>(model, plan, workspace, x, mode, halting, rng)
-    } else if matches!(halting, Halting::All) {
-        run_plain::<N, X, R, K, CHUNK>(model, plan, workspace, x, mode, rng)
-    } else {
-        Err(InferenceError::NotEarlyExit)
+    /// An early-exit network's answer with its depth, MACs and every exit's summary
+    /// (`NotEarlyExit` for a plain network).
+    fn exits<X, const K: usize, const CHUNK: usize>(
+        self,
+        x: &X,
+        mode: Mode,
+        halting: Halting<'_>,
+        rng: &mut (impl RngCore + Clone),
+    ) -> Result<Outcome<N, K>, InferenceError>
+    where
+        N: Reads<X>,
+        X: ?Sized,
+    {
+        run_exits::<N, X, _, K, CHUNK>(self.model, self.plan, self.workspace, x, mode, halting, rng)
     }
 }
 
@@ -184,7 +190,8 @@ impl<const CHUNK: usize> Engine<'_, '_, CHUNK, F32> {
         mode: Mode,
         rng: &mut (impl RngCore + Clone),
     ) -> Result<Prediction<K>, InferenceError> {
-        self.run::<_, K>(input, mode, Halting::All, rng)
+        let (job, _) = self.parts();
+        job.predict::<_, K, CHUNK>(input, mode, Halting::All, rng)
     }
 
     /// Predicts from raw 8-bit inputs (e.g. pixels), normalised on the fly with the model's
@@ -195,16 +202,8 @@ impl<const CHUNK: usize> Engine<'_, '_, CHUNK, F32> {
         mode: Mode,
         rng: &mut (impl RngCore + Clone),
     ) -> Result<Prediction<K>, InferenceError> {
-        let input = NormalizedU8::new(raw, &self.bytes);
-        run_any::<F32, _, _, K, CHUNK>(
-            self.model,
-            &self.plan,
-            self.workspace,
-            &input,
-            mode,
-            Halting::All,
-            rng,
-        )
+        let (job, bytes) = self.parts();
+        job.predict::<_, K, CHUNK>(&NormalizedU8::new(raw, bytes), mode, Halting::All, rng)
     }
 
     /// Runs an early-exit model block by block from f32 inputs and stops as `halting` allows
@@ -221,19 +220,9 @@ impl<const CHUNK: usize> Engine<'_, '_, CHUNK, F32> {
         halting: Halting<'_>,
         rng: &mut (impl RngCore + Clone),
     ) -> Result<ExitPrediction<K>, InferenceError> {
-        if self.model.exit_count() == 0 {
-            return Err(InferenceError::NotEarlyExit);
-        }
-        run_exits::<F32, _, _, K, CHUNK>(
-            self.model,
-            &self.plan,
-            self.workspace,
-            input,
-            mode,
-            halting,
-            rng,
-        )
-        .map(exit_prediction)
+        let (job, _) = self.parts();
+        job.exits::<_, K, CHUNK>(input, mode, halting, rng)
+            .map(exit_prediction)
     }
 
     /// [`Self::predict_early_exit`] from raw 8-bit inputs.
@@ -244,20 +233,9 @@ impl<const CHUNK: usize> Engine<'_, '_, CHUNK, F32> {
         halting: Halting<'_>,
         rng: &mut (impl RngCore + Clone),
     ) -> Result<ExitPrediction<K>, InferenceError> {
-        if self.model.exit_count() == 0 {
-            return Err(InferenceError::NotEarlyExit);
-        }
-        let input = NormalizedU8::new(raw, &self.bytes);
-        run_exits::<F32, _, _, K, CHUNK>(
-            self.model,
-            &self.plan,
-            self.workspace,
-            &input,
-            mode,
-            halting,
-            rng,
-        )
-        .map(exit_prediction)
+        let (job, bytes) = self.parts();
+        job.exits::<_, K, CHUNK>(&NormalizedU8::new(raw, bytes), mode, halting, rng)
+            .map(exit_prediction)
     }
 }
 
@@ -281,7 +259,8 @@ impl<const CHUNK: usize, N: Numeric + FixedPoint> Engine<'_, '_, CHUNK, N> {
         mode: Mode,
         rng: &mut (impl RngCore + Clone),
     ) -> Result<QPrediction<K>, InferenceError> {
-        run_plain::<N, _, _, K, CHUNK>(self.model, &self.plan, self.workspace, raw, mode, rng)
+        let (job, _) = self.parts();
+        job.predict::<_, K, CHUNK>(raw, mode, Halting::All, rng)
             .map(N::into_q)
     }
 }

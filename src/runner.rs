@@ -383,11 +383,11 @@ where
     X: ?Sized,
     R: RngCore + Clone,
 {
-    N::check_input(model, x, K)?;
     let count = N::exit_count(model);
     if !N::EXITS || count == 0 {
         return Err(InferenceError::NotEarlyExit);
     }
+    N::check_input(model, x, K)?;
     let mut priors = [0.0f32; MAX_EXITS];
     N::exit_priors(model, &mut priors[..count]);
     let state = HaltingState::new(halting, &priors[..count], count, || {

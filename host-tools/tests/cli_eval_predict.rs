@@ -8,7 +8,7 @@ use std::process::Output;
 use serde_json::Value;
 
 mod common;
-use common::{idx, p, tinybayes};
+use common::{idx, p, shared_data, tinybayes};
 
 const IMAGES: usize = 40;
 const CLASSES: usize = 3;
@@ -454,13 +454,7 @@ fn documented_parity_digests_are_what_eval_prints() {
         })
         .collect();
     assert_eq!(rows.len(), 4, "the parity table of BENCHMARKS.md: {rows:?}");
-    let data = [
-        root.join("../shared/data/mnist"),
-        PathBuf::from("/work/shared/data/mnist"),
-    ]
-    .into_iter()
-    .find(|d| d.join("t10k-images-idx3-ubyte.gz").is_file())
-    .expect("MNIST test set (../shared/data/mnist) is needed");
+    let data = shared_data("mnist/t10k-images-idx3-ubyte.gz").join("mnist");
     let dir = tempfile::tempdir().unwrap();
     for (i, (model, samples, crc)) in rows.iter().enumerate() {
         let report = dir.path().join(format!("r{i}"));

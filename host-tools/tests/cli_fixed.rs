@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Output;
 
 mod common;
-use common::{idx, p, tinybayes};
+use common::{idx, p, shared_data, tinybayes};
 
 use serde_json::Value;
 
@@ -147,20 +147,6 @@ fn bad_precision_values_fail_with_one_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("f32, q8 or q16"));
 }
 
-/// The shared data directory holding `mnist/` and `fashion-mnist/` (beside the checkout, as in
-/// CI, else the workplace's copy); the test fails when it is absent.
-fn shared_data() -> std::path::PathBuf {
-    let candidates = [
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"),
-        std::path::PathBuf::from("/work/shared/data"),
-    ];
-    candidates
-        .iter()
-        .find(|d| d.join("fashion-mnist/t10k-images-idx3-ubyte.gz").is_file())
-        .cloned()
-        .unwrap_or_else(|| panic!("MNIST and Fashion-MNIST not found in any of {candidates:?}"))
-}
-
 /// Fixed point keeps the uncertainty of f32 on inputs unlike the training data: the shipped
 /// LeNet-300-100 in q8 and q16 against f32 on MNIST test images and Fashion-MNIST test images
 /// (out of distribution), M = 32: mean entropy and mutual information within 5%, AUROC by
@@ -169,7 +155,7 @@ fn shared_data() -> std::path::PathBuf {
 /// its AUROC by it 0.930 against 0.949.)
 #[test]
 fn fixed_point_keeps_the_out_of_distribution_uncertainty_of_f32() {
-    let data = shared_data();
+    let data = shared_data("fashion-mnist/t10k-images-idx3-ubyte.gz");
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
     let dir = tempfile::tempdir().unwrap();
     let ood = |file: &str| -> Value {

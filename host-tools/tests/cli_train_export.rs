@@ -9,20 +9,7 @@ use std::process::Output;
 use serde_json::Value;
 
 mod common;
-use common::{p, stderr, tinybayes};
-
-/// The shared MNIST directory: beside the checkout (as in CI), else the workplace's copy.
-fn mnist() -> PathBuf {
-    let candidates = [
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/mnist"),
-        PathBuf::from("/work/shared/data/mnist"),
-    ];
-    candidates
-        .iter()
-        .find(|d| d.join("train-images-idx3-ubyte.gz").is_file())
-        .cloned()
-        .unwrap_or_else(|| panic!("MNIST not found in any of {candidates:?}"))
-}
+use common::{p, shared_data, stderr, tinybayes};
 
 /// Fails unless the command failed with exactly one line on stderr containing `needle`.
 fn assert_one_line_error(out: &Output, needle: &str) {
@@ -52,7 +39,7 @@ fn train_export_inspect_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let config = small_config(dir.path());
-    let data = mnist();
+    let data = shared_data("mnist/train-images-idx3-ubyte.gz").join("mnist");
     let out = tinybayes(&[
         "train",
         "--config",
@@ -179,7 +166,7 @@ fn nothing_a_user_has_is_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let config = small_config(dir.path());
-    let data = mnist();
+    let data = shared_data("mnist/train-images-idx3-ubyte.gz").join("mnist");
     let args = [
         "train",
         "--config",
@@ -215,7 +202,7 @@ fn nothing_a_user_has_is_overwritten() {
 #[test]
 fn bad_arguments_and_files_are_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let data = mnist();
+    let data = shared_data("mnist/train-images-idx3-ubyte.gz").join("mnist");
     let run = dir.path().join("run");
     // Unknown configuration field.
     let config = dir.path().join("bad.toml");

@@ -8,35 +8,14 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{idx, p, tinybayes};
-
-fn stdout(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// The shared MNIST directory: beside the checkout (as in CI), else the workplace's copy.
-fn mnist() -> PathBuf {
-    let candidates = [
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/mnist"),
-        PathBuf::from("/work/shared/data/mnist"),
-    ];
-    candidates
-        .iter()
-        .find(|d| d.join("t10k-images-idx3-ubyte.gz").is_file())
-        .cloned()
-        .unwrap_or_else(|| panic!("MNIST not found in any of {candidates:?}"))
-}
+use common::{idx, p, shared_data, stderr, stdout, tinybayes};
 
 /// `tinybayes images` regenerates the firmware's ten digits byte for byte from the MNIST test
 /// set, with the command its `--help` shows.
 #[test]
 fn images_regenerates_the_firmware_digits_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let data = mnist();
+    let data = shared_data("mnist/t10k-images-idx3-ubyte.gz").join("mnist");
     let out_file = dir.path().join("first10.bin");
     let out = tinybayes(&[
         "images",

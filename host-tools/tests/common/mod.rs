@@ -1,7 +1,7 @@
 //! Helpers shared by the CLI tests: running the built binary and writing IDX files.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Runs the `tinybayes` binary with `args`.
@@ -35,4 +35,19 @@ pub fn stderr(out: &Output) -> String {
 /// The command's stdout as text.
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The shared data directory (`shared/data` beside the checkout, as in CI, else the
+/// workplace's copy) that holds `file` (e.g. `mnist/t10k-images-idx3-ubyte.gz`); the tests
+/// that need it fail, rather than pass, when it is absent.
+pub fn shared_data(file: &str) -> PathBuf {
+    let candidates = [
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"),
+        PathBuf::from("/work/shared/data"),
+    ];
+    candidates
+        .iter()
+        .find(|d| d.join(file).is_file())
+        .cloned()
+        .unwrap_or_else(|| panic!("{file} not found in any of {candidates:?}"))
 }
