@@ -1,4 +1,4 @@
-//! Layout of the flash table, format versions 1 to 5 (`docs/FORMAT.md` is the specification).
+//! Layout of the flash table, format versions 1 to 6 (`docs/FORMAT.md` is the specification).
 //!
 //! Everything is little-endian. The file starts with a [`HEADER_LEN`]-byte header, then
 //! `layer_count` layer records of [`LAYER_RECORD_LEN`] bytes, then the layer payloads (each at
@@ -9,8 +9,10 @@ pub const MAGIC: [u8; 4] = *b"TBYS";
 /// The newest format version this crate reads and writes (2 adds convolutions and pooling,
 /// 3 adds fixed-point models: header byte 22 and the quantized kinds, 4
 /// adds residual additions and exit heads for early-exit networks, 5 records the size of the
-/// network as trained: [`TrainedSize`]).
-pub const FORMAT_VERSION: u16 = 5;
+/// network as trained: [`TrainedSize`], 6 adds fixed-point convolutions and pooling).
+pub const FORMAT_VERSION: u16 = 6;
+/// The version of fixed-point files with convolutions or pooling.
+pub const FIXED_CONV_FORMAT_VERSION: u16 = 6;
 /// The version of files that record the trained network's size ([`TrainedSize`], header bytes
 /// 36..44).
 pub const TRAINED_SIZE_FORMAT_VERSION: u16 = 5;
@@ -127,6 +129,10 @@ pub(crate) mod record {
     pub const QUANT_INDEX_BYTES: usize = 25;
     /// Quantized linear: reserved.
     pub const QUANT_RESERVED: core::ops::Range<usize> = 26..32;
+    /// Quantized convolution: output shift `S` (u8, 1 to 62); bytes 24..30 as a convolution.
+    pub const QUANT_CONV_SHIFT: usize = 30;
+    /// Quantized convolution: reserved.
+    pub const QUANT_CONV_RESERVED: core::ops::Range<usize> = 31..32;
 }
 
 /// Number format of a model's parameters and activations (header byte 22; format version 3).
@@ -231,6 +237,29 @@ pub fn quant_payload_len(
     params.checked_add(counts)?.checked_add(records)
 }
 
+/// Payload size in bytes of a quantized convolution (format version 6); `None` on overflow.
+///
+/// Per output channel three i32 (θ multiplier, σ multiplier, bias); per output channel the
+/// u16 count of its taps; `nnz` packed taps (u32, [`pack_tap`]) in channel order; then `nnz`
+/// weight records without index ([`quant_record_layout`] with `index_bytes = 0`). Each
+/// section starts 4-byte aligned (zero padding).
+pub fn quant_conv_payload_len(
+    posterior: Posterior,
+    precision: Precision,
+    out_channels: usize,
+    nnz: usize,
+) -> Option<usize> {
+    let params = out_channels.checked_mul(12)?;
+    let counts = align_up(out_channels.checked_mul(2)?)?;
+    let taps = nnz.checked_mul(4)?;
+    let (record, _, _) = quant_record_layout(precision, 0, posterior);
+    let records = align_up(nnz.checked_mul(record)?)?;
+    params
+        .checked_add(counts)?
+        .checked_add(taps)?
+        .checked_add(records)
+}
+
 /// What a layer computes and how its weights are stored (byte 0 of a layer record).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -261,6 +290,9 @@ pub enum LayerKind {
     /// class logits, with the prior probability of exiting here (version 4). The main path
     /// continues unchanged.
     ExitHead = 10,
+    /// Fixed-point 2-D convolution: per output channel the count of its surviving taps, the
+    /// packed taps and their weight records (version 6, q8/q16 models only).
+    QuantConv2d = 11,
 }
 
 impl LayerKind {
@@ -278,6 +310,7 @@ impl LayerKind {
             LayerKind::QuantSparseLinearByInput => "qlinear-sparse-by-input",
             LayerKind::ResidualAdd => "residual-add",
             LayerKind::ExitHead => "exit-head",
+            LayerKind::QuantConv2d => "qconv2d",
         }
     }
 
@@ -293,6 +326,7 @@ impl LayerKind {
             (8, 3..) => Some(LayerKind::QuantSparseLinearByInput),
             (9, 4..) => Some(LayerKind::ResidualAdd),
             (10, 4..) => Some(LayerKind::ExitHead),
+            (11, 6..) => Some(LayerKind::QuantConv2d),
             _ => None,
         }
     }

@@ -692,7 +692,8 @@ fn parse_layer<'a>(
         }
         LayerKind::QuantDenseLinear
         | LayerKind::QuantSparseLinear
-        | LayerKind::QuantSparseLinearByInput => return Err(code(record::KIND)),
+        | LayerKind::QuantSparseLinearByInput
+        | LayerKind::QuantConv2d => return Err(code(record::KIND)),
         LayerKind::MaxPool => {
             reserved(record::POOL_RESERVED)?;
             let size = rec[record::POOL_SIZE] as usize;
@@ -879,7 +880,7 @@ fn compressed(
 
 /// Geometry of a window operation over an input shape; `None` if the window does not fit,
 /// has a zero dimension or stride, or pads by a whole window or more.
-fn window_geometry(
+pub(crate) fn window_geometry(
     input: [usize; 3],
     out_channels: usize,
     window: [usize; 2],

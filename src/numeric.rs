@@ -43,7 +43,7 @@ use crate::predictive::{Prediction, PredictiveAccumulator};
 
 /// What the runner needs to know of a layer, in any format.
 pub trait LayerView {
-    /// What the layer computes (a fixed-point layer is always linear).
+    /// What the layer computes.
     fn operation(&self) -> Operation;
     /// Number of inputs.
     fn inputs(&self) -> usize;
@@ -85,7 +85,7 @@ impl LayerView for Layer<'_> {
 
 impl LayerView for QLayer<'_> {
     fn operation(&self) -> Operation {
-        Operation::Linear
+        QLayer::operation(self)
     }
     fn inputs(&self) -> usize {
         QLayer::inputs(self)
@@ -404,7 +404,11 @@ pub struct FixedMoments {
 /// The scratch of a fixed-point layer (u64 words): the noise draws of a chunk (i16), and the
 /// by-input sums of a first layer (two i64 per output).
 fn fixed_scratch_len(layer: &QLayer<'_>, chunk: usize, first_gaussian: bool) -> usize {
-    let eps = (layer.outputs() * chunk).div_ceil(4);
+    let eps = if layer.posterior() == Posterior::Gaussian {
+        (layer.outputs() * chunk).div_ceil(4)
+    } else {
+        0
+    };
     let by_input = if layer.storage() == Storage::SparseByInput && !first_gaussian {
         2 * layer.outputs()
     } else {

@@ -187,6 +187,13 @@ pub enum WriteError {
     },
     /// The written bytes do not validate (shapes not chaining, non-finite values, ...).
     Invalid(ModelError),
+    /// A layer kind the target number format cannot hold.
+    Unsupported {
+        /// Index of the layer.
+        layer: usize,
+        /// What is not supported.
+        what: &'static str,
+    },
 }
 
 impl fmt::Display for WriteError {
@@ -197,6 +204,9 @@ impl fmt::Display for WriteError {
                 write!(f, "layer {layer}: parameter vectors do not match its shape")
             }
             WriteError::Invalid(e) => write!(f, "model would be invalid: {e}"),
+            WriteError::Unsupported { layer, what } => {
+                write!(f, "layer {layer}: {what} are not supported")
+            }
         }
     }
 }
@@ -334,6 +344,119 @@ impl ModelSpec {
         let buffer = ModelBuffer::from_bytes(&out);
         Model::from_bytes(buffer.as_bytes())?;
         Ok(buffer)
+    }
+}
+
+impl ModelSpec {
+    /// The spec of a validated f32 model, with dense parameter arrays (weights the file does
+    /// not store are zero) and the storage the file uses: writing it gives the same layers.
+    /// For re-exporting a model file in another number format.
+    pub fn from_model(model: &Model<'_>) -> Self {
+        let layers = model.layers().iter().map(LayerSpec::from_layer).collect();
+        let (input_scale, input_offset) = model.input_normalization();
+        ModelSpec {
+            input_shape: model.input_shape(),
+            num_classes: model.num_classes(),
+            input_scale,
+            input_offset,
+            layers,
+            trained: model.trained_size(),
+        }
+    }
+}
+
+impl LayerSpec {
+    /// The spec of one validated f32 layer (see [`ModelSpec::from_model`]).
+    fn from_layer(layer: &crate::model::Layer<'_>) -> Self {
+        use crate::model::{Operation, Weights};
+        let (inputs, outputs) = (layer.inputs(), layer.outputs());
+        let words = layer.posterior().words_per_weight();
+        let dense = layer.dense_weights();
+        let mut theta = vec![0.0f32; dense];
+        let mut variance = (words == 2).then(|| vec![0.0f32; dense]);
+        // Stores weight record `r` (θ, then σ² when Gaussian) at flat index `at`.
+        let mut put = |at: usize, r: &[f32]| {
+            theta[at] = r[0];
+            if let Some(v) = variance.as_mut() {
+                v[at] = r[1];
+            }
+        };
+        let mut storage = StorageChoice::Dense;
+        match layer.weights() {
+            Weights::Dense { values } => {
+                for (at, r) in values.chunks_exact(words).enumerate() {
+                    put(at, r);
+                }
+            }
+            Weights::Sparse {
+                row_ptr,
+                cols,
+                values,
+            } => {
+                storage = StorageChoice::Sparse;
+                for (j, b) in row_ptr.windows(2).enumerate() {
+                    for k in b[0] as usize..b[1] as usize {
+                        put(j * inputs + cols[k] as usize, &values[k * words..]);
+                    }
+                }
+            }
+            Weights::SparseByInput {
+                col_ptr,
+                rows,
+                values,
+            } => {
+                storage = StorageChoice::SparseByInput;
+                for (i, b) in col_ptr.windows(2).enumerate() {
+                    for k in b[0] as usize..b[1] as usize {
+                        put(rows[k] as usize * inputs + i, &values[k * words..]);
+                    }
+                }
+            }
+            Weights::Conv {
+                row_ptr,
+                taps,
+                values,
+            } => {
+                storage = StorageChoice::Sparse;
+                if let Operation::Conv2d(g) = layer.operation() {
+                    let [kh, kw] = g.window;
+                    let per_channel = g.input[0] * kh * kw;
+                    for (co, b) in row_ptr.windows(2).enumerate() {
+                        for k in b[0] as usize..b[1] as usize {
+                            let (ci, ky, kx) = format::unpack_tap(taps[k]);
+                            let at = co * per_channel + (ci * kh + ky) * kw + kx;
+                            put(at, &values[k * words..]);
+                        }
+                    }
+                }
+            }
+            Weights::None => {}
+        }
+        let op = match layer.operation() {
+            Operation::Linear => LayerOp::Linear,
+            Operation::Conv2d(g) => LayerOp::Conv2d {
+                out_channels: g.output[0],
+                kernel: g.window,
+                stride: g.stride,
+                padding: g.padding,
+            },
+            Operation::MaxPool(g) => LayerOp::MaxPool {
+                size: g.window[0],
+                stride: g.stride,
+            },
+            Operation::ResidualAdd { source } => LayerOp::ResidualAdd { source },
+            Operation::ExitHead { prior, .. } => LayerOp::ExitHead { prior },
+        };
+        LayerSpec {
+            op,
+            inputs,
+            outputs,
+            activation: layer.activation(),
+            bias: layer.bias().to_vec(),
+            theta,
+            variance,
+            storage,
+        }
     }
 }
 

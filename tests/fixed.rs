@@ -20,7 +20,7 @@ use tinybayes::fixed::writer::{QLayerSpec, QModelSpec};
 use tinybayes::fixed::{softmax_q16, QModel, QPrediction};
 use tinybayes::format::{Activation, Precision, CRC32, TRAILER_LEN};
 use tinybayes::numeric::FixedPoint;
-use tinybayes::writer::{synthetic, ModelSpec, StorageChoice};
+use tinybayes::writer::{synthetic, LayerOp, ModelSpec, StorageChoice};
 use tinybayes::{Engine, InferenceError, Mode, Model, ModelError, Prediction};
 use tinybayes::{Q16, Q8};
 
@@ -343,6 +343,7 @@ fn oversized_variances_are_refused_for_q8() {
         input_scale: 1.0 / 255.0,
         input_offset: 0.0,
         layers: vec![QLayerSpec {
+            op: LayerOp::Linear,
             inputs: 300,
             outputs: 2,
             activation: Activation::Identity,

@@ -176,7 +176,7 @@ impl ModelReport {
             .layers()
             .iter()
             .map(|l| {
-                let dense = l.inputs() * l.outputs();
+                let dense = l.dense_weights();
                 LayerReport {
                     kind: l.kind().name().into(),
                     posterior: match l.posterior() {
@@ -193,7 +193,11 @@ impl ModelReport {
                     outputs: l.outputs(),
                     nnz: l.nnz(),
                     dense_weights: dense,
-                    sparsity: 1.0 - l.nnz() as f64 / dense as f64,
+                    sparsity: if dense > 0 {
+                        1.0 - l.nnz() as f64 / dense as f64
+                    } else {
+                        0.0
+                    },
                     flash_bytes: l.payload_bytes(),
                 }
             })
@@ -203,7 +207,7 @@ impl ModelReport {
             precision: model.precision().name(),
             input_shape: model.input_shape(),
             classes: model.num_classes(),
-            dense_params: layers.iter().map(|l| l.dense_weights + l.outputs).sum(),
+            dense_params: model.dense_params(),
             layers,
             nnz: model.nnz(),
             pruned_of_exported: pruning.of_exported,

@@ -8,10 +8,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use tinybayes::fixed::quantize::{quantize, Calibration};
 use tinybayes::fixed::QModel;
-use tinybayes::format::{Precision, Storage};
+use tinybayes::format::Precision;
 use tinybayes::model::Operation;
-use tinybayes::writer::{LayerOp, LayerSpec, ModelBuffer, ModelSpec, StorageChoice};
-use tinybayes::{Mode, Model, ModelError, Weights};
+use tinybayes::writer::{ModelBuffer, ModelSpec};
+use tinybayes::{Mode, Model, ModelError};
 
 use crate::halting::{simulate_early_exit, HaltingArgs, HaltingSpec};
 use crate::idx::load_images;
@@ -207,80 +207,6 @@ pub fn quantize_spec(
     Ok(q.to_buffer()?)
 }
 
-/// The f32 spec of a validated model (linear layers only: the layers that quantize).
-pub fn spec_from_model(model: &Model<'_>) -> Result<ModelSpec> {
-    let mut layers = Vec::new();
-    for (index, l) in model.layers().iter().enumerate() {
-        if l.operation() != Operation::Linear {
-            bail!("layer {index} is not linear: only linear models quantize so far");
-        }
-        let (n_in, n_out) = (l.inputs(), l.outputs());
-        let gaussian = l.posterior() == tinybayes::format::Posterior::Gaussian;
-        let words = l.posterior().words_per_weight();
-        let mut theta = vec![0.0f32; n_in * n_out];
-        let mut variance = gaussian.then(|| vec![0.0f32; n_in * n_out]);
-        let mut put = |j: usize, i: usize, w: &[f32]| {
-            theta[j * n_in + i] = w[0];
-            if let Some(v) = variance.as_mut() {
-                v[j * n_in + i] = w[1];
-            }
-        };
-        match l.weights() {
-            Weights::Dense { values } => {
-                for (k, w) in values.chunks_exact(words).enumerate() {
-                    put(k / n_in, k % n_in, w);
-                }
-            }
-            Weights::Sparse {
-                row_ptr,
-                cols,
-                values,
-            } => {
-                for j in 0..n_out {
-                    for k in row_ptr[j] as usize..row_ptr[j + 1] as usize {
-                        put(j, cols[k] as usize, &values[k * words..(k + 1) * words]);
-                    }
-                }
-            }
-            Weights::SparseByInput {
-                col_ptr,
-                rows,
-                values,
-            } => {
-                for i in 0..n_in {
-                    for k in col_ptr[i] as usize..col_ptr[i + 1] as usize {
-                        put(rows[k] as usize, i, &values[k * words..(k + 1) * words]);
-                    }
-                }
-            }
-            Weights::Conv { .. } | Weights::None => unreachable!("linear layers only"),
-        }
-        layers.push(LayerSpec {
-            op: LayerOp::Linear,
-            inputs: n_in,
-            outputs: n_out,
-            activation: l.activation(),
-            bias: l.bias().to_vec(),
-            theta,
-            variance,
-            storage: match l.storage() {
-                Storage::Dense => StorageChoice::Dense,
-                Storage::Sparse => StorageChoice::Sparse,
-                Storage::SparseByInput => StorageChoice::SparseByInput,
-            },
-        });
-    }
-    let (input_scale, input_offset) = model.input_normalization();
-    Ok(ModelSpec {
-        input_shape: model.input_shape(),
-        num_classes: model.num_classes(),
-        input_scale,
-        input_offset,
-        layers,
-        trained: model.trained_size(),
-    })
-}
-
 /// Loads `path` and brings it to the requested precision: a fixed-point file runs as it is
 /// (asking for another precision is an error), an f32 file runs as f32 or is quantized.
 pub fn load_runner(path: &Path, args: &PrecisionArgs) -> Result<Runner> {
@@ -302,7 +228,7 @@ pub fn load_runner(path: &Path, args: &PrecisionArgs) -> Result<Runner> {
             p.name()
         ),
         (Runner::F32(buffer), Some(p)) => {
-            let spec = spec_from_model(&buffer.model()?)?;
+            let spec = ModelSpec::from_model(&buffer.model()?);
             Ok(Runner::Fixed(quantize_spec(&spec, p, args)?))
         }
     }

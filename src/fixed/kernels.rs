@@ -1,5 +1,6 @@
-//! Integer kernels of one fixed-point linear layer, generic over the number format
-//! ([`Q8`], [`Q16`]) and the index width (u8, u16):
+//! Integer kernels of one fixed-point layer, generic over the number format ([`Q8`],
+//! [`Q16`]) and the index width (u8, u16); convolutions and pooling are in `conv`, reached
+//! through the same entry points:
 //!
 //! - [`mean_layer`]: one input, posterior-mean weights.
 //! - [`moments_layer`]: one input, Gaussian weights: per unit the pre-activation mean and noise
@@ -16,9 +17,10 @@ use super::math::{sqrt_q4, sqrt_q4_u32};
 use super::model::{QCounts, QLayer};
 use super::noise::{NormalQ8, NORMAL_Q8_MAX};
 use crate::format::{Activation, Posterior, Precision, Storage};
+use crate::model::Operation;
 
 /// Sub-chunk of samples whose sums stay in registers while a row's weights stream past.
-const GROUP: usize = 8;
+pub(super) const GROUP: usize = 8;
 
 /// Fractional bits shared by the noise product `sqrt_q4(V) ε_q8` (4 + 8).
 const NOISE_FRAC_BITS: u32 = 12;
@@ -221,7 +223,7 @@ impl Index for u16 {
 /// Record length and the offsets of θ and σ² (as `format::quant_record_layout`), constant
 /// for each instantiation.
 #[inline(always)]
-const fn layout<F: Format, I: Index, const GAUSS: bool>() -> (usize, usize, usize) {
+pub(super) const fn layout<F: Format, I: Index, const GAUSS: bool>() -> (usize, usize, usize) {
     let theta = I::BYTES.div_ceil(F::WIDTH) * F::WIDTH;
     let sigma = theta + F::WIDTH;
     (if GAUSS { sigma + F::WIDTH } else { sigma }, theta, sigma)
@@ -229,7 +231,7 @@ const fn layout<F: Format, I: Index, const GAUSS: bool>() -> (usize, usize, usiz
 
 /// The row parameters of unit `j`: (mθ, mσ, bias).
 #[inline(always)]
-fn params(layer: &QLayer<'_>, j: usize) -> (i64, i32, i64) {
+pub(super) fn params(layer: &QLayer<'_>, j: usize) -> (i64, i32, i64) {
     let p = &layer.params[3 * j..3 * j + 3];
     (p[0] as i64, p[1], p[2] as i64)
 }
@@ -237,7 +239,7 @@ fn params(layer: &QLayer<'_>, j: usize) -> (i64, i32, i64) {
 /// The output word of a pre-activation `z` (scaled by 2^S): ReLU-clamped and packed for
 /// hidden layers, saturated to i32 for the logits.
 #[inline(always)]
-fn finish<F: Format>(z: i64, shift: u32, activation: Activation) -> i32 {
+pub(super) fn finish<F: Format>(z: i64, shift: u32, activation: Activation) -> i32 {
     let y = z.wrapping_add(1 << (shift - 1)) >> shift;
     match activation {
         Activation::Relu => F::pack(y.clamp(0, F::ACT_MAX as i64) as i32),
@@ -382,7 +384,11 @@ pub(crate) fn mean_layer<X: Words + ?Sized>(
     out: &mut [i32],
     scratch: (&mut [i64], &mut [i64]),
 ) {
-    dispatch!(layer, mean_typed::<X>(layer, x, out, scratch))
+    match layer.operation {
+        Operation::Conv2d(g) => super::conv::mean(layer, &g, x, out),
+        Operation::MaxPool(g) => super::conv::max_pool(layer.precision, &g, x, 1, out),
+        _ => dispatch!(layer, mean_typed::<X>(layer, x, out, scratch)),
+    }
 }
 
 #[inline(always)]
@@ -412,7 +418,12 @@ pub(crate) fn moments_layer<X: Words + ?Sized>(
     base: &mut [i64],
     scale: &mut [i64],
 ) {
-    dispatch!(layer, moments_typed::<X>(layer, x, base, scale))
+    match layer.operation {
+        Operation::Conv2d(g) => super::conv::moments(layer, &g, x, base, scale),
+        // Pooling has no weights: never a stochastic layer.
+        Operation::MaxPool(_) => {}
+        _ => dispatch!(layer, moments_typed::<X>(layer, x, base, scale)),
+    }
 }
 
 #[inline(always)]
@@ -422,20 +433,7 @@ fn moments_typed<F: Format, I: Index, const GAUSS: bool, X: Words + ?Sized>(
     base: &mut [i64],
     scale: &mut [i64],
 ) {
-    let shift = layer.shift;
-    let relu = layer.activation == Activation::Relu;
-    let moments = |j: usize, a: i64, v: u64| -> (i64, i64) {
-        let (m_theta, m_sigma, bias) = params(layer, j);
-        let mean = a.wrapping_mul(m_theta).wrapping_add(bias);
-        let sc = (sqrt_q4(v) as i128 * m_sigma as i128).clamp(0, SCALE_MAX);
-        // The largest pre-activation any draw can give, rounded like `finish`: if even it
-        // gives y <= 0, the ReLU output is 0 for every draw.
-        let top = mean as i128
-            + ((sc * NORMAL_Q8_MAX as i128) >> NOISE_FRAC_BITS)
-            + (1i128 << (shift - 1));
-        let inactive = relu && top < (1i128 << shift);
-        (mean, if inactive { -1 } else { sc as i64 })
-    };
+    let moments = |j: usize, a: i64, v: u64| unit_moments(layer, j, a, v);
     let n = layer.outputs;
     let (base, scale) = (&mut base[..n], &mut scale[..n]);
     if layer.storage == Storage::SparseByInput {
@@ -451,6 +449,24 @@ fn moments_typed<F: Format, I: Index, const GAUSS: bool, X: Words + ?Sized>(
             }
         });
     }
+}
+
+/// The moments of one unit of the first stochastic layer from its integer sums `A`, `V`,
+/// with the parameters of its output line `line` (row, or channel of a convolution):
+/// `(A mθ + b, sqrt_q4(V) mσ)`, the scale -1 for a ReLU unit no draw can switch on.
+#[inline(always)]
+pub(super) fn unit_moments(layer: &QLayer<'_>, line: usize, a: i64, v: u64) -> (i64, i64) {
+    let shift = layer.shift;
+    let relu = layer.activation == Activation::Relu;
+    let (m_theta, m_sigma, bias) = params(layer, line);
+    let mean = a.wrapping_mul(m_theta).wrapping_add(bias);
+    let sc = (sqrt_q4(v) as i128 * m_sigma as i128).clamp(0, SCALE_MAX);
+    // The largest pre-activation any draw can give, rounded like `finish`: if even it gives
+    // y <= 0, the ReLU output is 0 for every draw.
+    let top =
+        mean as i128 + ((sc * NORMAL_Q8_MAX as i128) >> NOISE_FRAC_BITS) + (1i128 << (shift - 1));
+    let inactive = relu && top < (1i128 << shift);
+    (mean, if inactive { -1 } else { sc as i64 })
 }
 
 /// Most fractional bits (below one output unit) of the first stochastic layer's narrowed
@@ -578,7 +594,11 @@ pub(crate) fn sampled_layer(
     dead: &[u32],
     out: &mut [i32],
 ) {
-    dispatch!(layer, sampled_typed(layer, x, s, eps, dead, out))
+    match layer.operation {
+        Operation::Conv2d(g) => super::conv::sampled(layer, &g, x, s, eps, out),
+        Operation::MaxPool(g) => super::conv::max_pool(layer.precision, &g, x, s, out),
+        _ => dispatch!(layer, sampled_typed(layer, x, s, eps, dead, out)),
+    }
 }
 
 #[inline(never)]
@@ -599,29 +619,50 @@ fn sampled_typed<F: Format, I: Index, const GAUSS: bool>(
             } else {
                 accumulate_part::<F, I, GAUSS, GROUP>(records, x, s, g0, g)
             };
-            let (m_theta, m_sigma, bias) = params(layer, j);
-            let (shift, act) = (layer.shift, layer.activation);
             let at = j * s + g0;
-            let Some(outs) = out.get_mut(at..at + g) else {
-                return;
-            };
-            let mean = |m: usize| F::acc_i64(acc[m]).wrapping_mul(m_theta).wrapping_add(bias);
-            if GAUSS {
-                let Some(eps) = eps.get(at..at + g) else {
-                    return;
-                };
-                for (m, (o, &e)) in outs.iter_mut().zip(eps).enumerate().take(GROUP) {
-                    let z = mean(m).wrapping_add(F::noise(var[m], e, m_sigma));
-                    *o = finish::<F>(z, shift, act);
-                }
-            } else {
-                for (m, o) in outs.iter_mut().enumerate().take(GROUP) {
-                    *o = finish::<F>(mean(m), shift, act);
-                }
-            }
+            finish_group::<F, GAUSS>(
+                layer,
+                j,
+                (&acc, &var),
+                eps.get(at..at + g),
+                out.get_mut(at..at + g),
+            );
             g0 += g;
         }
     });
+}
+
+/// The outputs of a group of samples of one unit from their sums: `acc[m] mθ + b`, plus
+/// the noise `eps[m]` scaled by `sqrt_q4(var[m]) mσ` (Gaussian layers), through the
+/// activation; `line` names the row parameters (the output row, or the channel of a
+/// convolution). Nothing is written when a slice is missing.
+#[inline(always)]
+pub(super) fn finish_group<F: Format, const GAUSS: bool>(
+    layer: &QLayer<'_>,
+    line: usize,
+    (acc, var): (&[F::Acc; GROUP], &[F::Var; GROUP]),
+    eps: Option<&[i16]>,
+    outs: Option<&mut [i32]>,
+) {
+    let (m_theta, m_sigma, bias) = params(layer, line);
+    let (shift, act) = (layer.shift, layer.activation);
+    let Some(outs) = outs else {
+        return;
+    };
+    let mean = |m: usize| F::acc_i64(acc[m]).wrapping_mul(m_theta).wrapping_add(bias);
+    if GAUSS {
+        let Some(eps) = eps else {
+            return;
+        };
+        for (m, (o, &e)) in outs.iter_mut().zip(eps).enumerate().take(GROUP) {
+            let z = mean(m).wrapping_add(F::noise(var[m], e, m_sigma));
+            *o = finish::<F>(z, shift, act);
+        }
+    } else {
+        for (m, o) in outs.iter_mut().enumerate().take(GROUP) {
+            *o = finish::<F>(mean(m), shift, act);
+        }
+    }
 }
 
 /// The sums of samples `g0..g0 + N` of one row, `s` a multiple of `N`: the inputs of a

@@ -10,6 +10,7 @@
 //!
 //! The number formats are specified in `docs/FORMAT.md` ("Fixed-point layers").
 
+mod conv;
 pub(crate) mod kernels;
 pub mod math;
 mod model;

@@ -4,10 +4,10 @@
 
 use crate::error::ModelError;
 use crate::format::{
-    quant_payload_len, quant_record_layout, record, Activation, LayerKind, Posterior, Precision,
-    Storage, ALIGNMENT, HEADER_LEN, LAYER_RECORD_LEN, MAX_LAYERS,
+    quant_conv_payload_len, quant_payload_len, quant_record_layout, record, unpack_tap, Activation,
+    LayerKind, Posterior, Precision, Storage, ALIGNMENT, HEADER_LEN, LAYER_RECORD_LEN, MAX_LAYERS,
 };
-use crate::model::{cast, is_zero, rec_payload_len, u32_at, Envelope};
+use crate::model::{cast, is_zero, rec_payload_len, u32_at, window_geometry, Envelope, Operation};
 
 /// Largest q8 activation-square term: `255^2 >> 1` (see [`QModel`]).
 pub(crate) const Q8_MAX_SQUARE: i64 = (255 * 255) >> 1;
@@ -24,9 +24,10 @@ pub enum QCounts<'a> {
     U16(&'a [u16]),
 }
 
-/// One validated fixed-point linear layer.
+/// One validated fixed-point layer: linear, convolution (version 6) or max pooling
+/// (version 6).
 ///
-/// Per output row `j` three i32 parameters `[mθ_j, mσ_j, b_j]` turn the integer sums into the
+/// Per output row `j` (per output channel of a convolution) three i32 parameters `[mθ_j, mσ_j, b_j]` turn the integer sums into the
 /// next activation: with `A = Σ a_i θ_i`, `V = Σ sq(a_i) σ²_i` (see [`QModel`]),
 /// `z = A mθ_j + b_j + ((sqrt_q4(V) ε) mσ_j >> 12)` (`ε` a Q8 standard normal draw) and the
 /// output is
@@ -40,8 +41,11 @@ pub struct QLayer<'a> {
     pub(crate) storage: Storage,
     pub(crate) shift: u32,
     pub(crate) precision: Precision,
+    pub(crate) operation: Operation,
     pub(crate) params: &'a [i32],
     pub(crate) counts: QCounts<'a>,
+    /// Packed taps ([`crate::format::pack_tap`]) of a convolution, in record order.
+    pub(crate) taps: &'a [u32],
     pub(crate) records: &'a [u8],
     pub(crate) record_len: usize,
 }
@@ -54,6 +58,15 @@ impl<'a> QLayer<'a> {
     /// Number of output units.
     pub fn outputs(&self) -> usize {
         self.outputs
+    }
+    /// What the layer computes.
+    pub fn operation(&self) -> Operation {
+        self.operation
+    }
+    /// The packed taps of a convolution ([`crate::format::unpack_tap`]), in record order;
+    /// empty for other layers.
+    pub fn taps(&self) -> &'a [u32] {
+        self.taps
     }
     /// The non-linearity (ReLU on hidden layers, identity on the logits).
     pub fn activation(&self) -> Activation {
@@ -69,6 +82,11 @@ impl<'a> QLayer<'a> {
     }
     /// The layer's kind as stored in the file.
     pub fn kind(&self) -> LayerKind {
+        match self.operation {
+            Operation::Conv2d(_) => return LayerKind::QuantConv2d,
+            Operation::MaxPool(_) => return LayerKind::MaxPool,
+            _ => {}
+        }
         match self.storage {
             Storage::Dense => LayerKind::QuantDenseLinear,
             Storage::Sparse => LayerKind::QuantSparseLinear,
@@ -101,10 +119,36 @@ impl<'a> QLayer<'a> {
     }
     /// Multiply-accumulates of one mean-weights pass.
     pub fn macs(&self) -> usize {
-        self.nnz()
+        match self.operation {
+            Operation::Conv2d(g) => self.nnz() * g.output[1] * g.output[2],
+            Operation::MaxPool(_) => 0,
+            _ => self.nnz(),
+        }
+    }
+    /// Weights of the unpruned layer: `inputs * outputs` (linear), `out_channels *
+    /// in_channels * kernel area` (convolution), 0 (pooling).
+    pub fn dense_weights(&self) -> usize {
+        match self.operation {
+            Operation::Conv2d(g) => g.output[0] * g.input[0] * g.window[0] * g.window[1],
+            Operation::MaxPool(_) => 0,
+            _ => self.inputs * self.outputs,
+        }
     }
     /// Bytes of the layer's payload in the file.
     pub fn payload_bytes(&self) -> usize {
+        match self.operation {
+            Operation::Conv2d(g) => {
+                return quant_conv_payload_len(
+                    self.posterior,
+                    self.precision,
+                    g.output[0],
+                    self.nnz(),
+                )
+                .unwrap_or(0)
+            }
+            Operation::MaxPool(_) => return 0,
+            _ => {}
+        }
         quant_payload_len(
             self.storage,
             self.posterior,
@@ -158,7 +202,7 @@ impl<'a> QModel<'a> {
         }
         let count = envelope.layer_count as usize;
         let mut layers = heapless::Vec::new();
-        let mut inputs = envelope.input_shape.iter().product::<usize>();
+        let mut shape = envelope.input_shape;
         let mut cursor = envelope.table_end;
         for index in 0..count {
             let at = HEADER_LEN + index * LAYER_RECORD_LEN;
@@ -166,13 +210,17 @@ impl<'a> QModel<'a> {
             let cx = QContext {
                 index,
                 last: index + 1 == count,
+                version: envelope.version,
                 precision,
-                inputs,
+                shape,
                 payload_start: cursor,
                 body_end: envelope.body_end,
             };
             let layer = parse_qlayer(bytes, rec, &cx)?;
-            inputs = layer.outputs;
+            shape = match layer.operation {
+                Operation::Conv2d(g) | Operation::MaxPool(g) => g.output,
+                _ => [layer.outputs, 1, 1],
+            };
             cursor += rec_payload_len(rec);
             layers.push(layer).map_err(|_| ModelError::BadLayerCount {
                 count: envelope.layer_count,
@@ -181,7 +229,7 @@ impl<'a> QModel<'a> {
         if cursor != envelope.body_end {
             return Err(ModelError::PayloadOutOfBounds { layer: count - 1 });
         }
-        if inputs != envelope.classes as usize {
+        if shape.iter().product::<usize>() != envelope.classes as usize {
             return Err(ModelError::BadOutputLayer);
         }
         let trained = envelope.trained_covering(layers.iter().map(|l| l.nnz()).sum())?;
@@ -228,6 +276,14 @@ impl<'a> QModel<'a> {
     pub fn max_width(&self) -> usize {
         self.layers.iter().map(|l| l.outputs).max().unwrap_or(0)
     }
+    /// Parameters of the stored layers with every weight present: weights and biases (one
+    /// per output row, per output channel of a convolution).
+    pub fn dense_params(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| l.dense_weights() + l.params.len() / 3)
+            .sum()
+    }
     /// Stored weights across layers.
     pub fn nnz(&self) -> usize {
         self.layers.iter().map(QLayer::nnz).sum()
@@ -241,12 +297,16 @@ impl<'a> QModel<'a> {
 struct QContext {
     index: usize,
     last: bool,
+    version: u16,
     precision: Precision,
-    inputs: usize,
+    /// The shape of the map this layer reads (channels, height, width).
+    shape: [usize; 3],
     payload_start: usize,
     body_end: usize,
 }
 
+/// Parses one layer record of a fixed-point file: a quantized linear layer or convolution,
+/// or a max-pooling layer (version 6).
 fn parse_qlayer<'a>(bytes: &'a [u8], rec: &[u8], cx: &QContext) -> Result<QLayer<'a>, ModelError> {
     let layer = cx.index;
     let code = |field: usize| ModelError::UnknownCode {
@@ -254,28 +314,23 @@ fn parse_qlayer<'a>(bytes: &'a [u8], rec: &[u8], cx: &QContext) -> Result<QLayer
         field,
         code: rec[field],
     };
-    let kind = LayerKind::from_code(rec[record::KIND], 3).ok_or_else(|| code(record::KIND))?;
-    let storage = match kind {
-        LayerKind::QuantDenseLinear => Storage::Dense,
-        LayerKind::QuantSparseLinear => Storage::Sparse,
-        LayerKind::QuantSparseLinearByInput => Storage::SparseByInput,
-        _ => return Err(code(record::KIND)),
-    };
+    let kind =
+        LayerKind::from_code(rec[record::KIND], cx.version).ok_or_else(|| code(record::KIND))?;
     let posterior =
         Posterior::from_code(rec[record::POSTERIOR]).ok_or_else(|| code(record::POSTERIOR))?;
     let activation =
         Activation::from_code(rec[record::ACTIVATION]).ok_or_else(|| code(record::ACTIVATION))?;
     let record_offset = HEADER_LEN + layer * LAYER_RECORD_LEN;
-    for range in [
-        record::RESERVED_BYTE..record::RESERVED_BYTE + 1,
-        record::QUANT_RESERVED,
-    ] {
-        if !is_zero(&rec[range.clone()]) {
-            return Err(ModelError::ReservedNotZero {
+    let reserved = |range: core::ops::Range<usize>| -> Result<(), ModelError> {
+        if is_zero(&rec[range.clone()]) {
+            Ok(())
+        } else {
+            Err(ModelError::ReservedNotZero {
                 offset: record_offset + range.start,
-            });
+            })
         }
-    }
+    };
+    reserved(record::RESERVED_BYTE..record::RESERVED_BYTE + 1)?;
     let inputs = u32_at(rec, record::INPUTS) as usize;
     let outputs = u32_at(rec, record::OUTPUTS) as usize;
     if inputs == 0
@@ -285,21 +340,201 @@ fn parse_qlayer<'a>(bytes: &'a [u8], rec: &[u8], cx: &QContext) -> Result<QLayer
     {
         return Err(ModelError::BadLayerSize { layer });
     }
-    if inputs != cx.inputs {
+    let expected_inputs = cx.shape.iter().product::<usize>();
+    if inputs != expected_inputs {
         return Err(ModelError::ShapeMismatch {
             layer,
-            expected: cx.inputs,
+            expected: expected_inputs,
             found: inputs,
         });
     }
-    let shift = rec[record::QUANT_SHIFT] as u32;
+    // Every weight layer but the last is ReLU (activations are unsigned), the last gives
+    // the logits; pooling keeps the scale and has no activation of its own.
     let wanted_activation = if cx.last {
         Activation::Identity
     } else {
         Activation::Relu
     };
-    let by_input_ok = storage != Storage::SparseByInput || layer == 0;
-    if !(1..=62).contains(&shift) || activation != wanted_activation || !by_input_ok {
+    let head = Head {
+        layer,
+        inputs,
+        outputs,
+        posterior,
+        activation,
+    };
+    match kind {
+        LayerKind::QuantDenseLinear
+        | LayerKind::QuantSparseLinear
+        | LayerKind::QuantSparseLinearByInput => {
+            reserved(record::QUANT_RESERVED)?;
+            if activation != wanted_activation {
+                return Err(ModelError::QuantLayout { layer });
+            }
+            parse_linear(bytes, rec, cx, &head, kind)
+        }
+        LayerKind::QuantConv2d => {
+            reserved(record::QUANT_CONV_RESERVED)?;
+            if activation != wanted_activation {
+                return Err(ModelError::QuantLayout { layer });
+            }
+            parse_conv(bytes, rec, cx, &head)
+        }
+        LayerKind::MaxPool if cx.version >= crate::format::FIXED_CONV_FORMAT_VERSION => {
+            reserved(record::POOL_RESERVED)?;
+            let size = rec[record::POOL_SIZE] as usize;
+            let stride = rec[record::POOL_STRIDE] as usize;
+            let geometry = window_geometry(cx.shape, cx.shape[0], [size, size], stride, 0)
+                .ok_or(ModelError::BadGeometry { layer })?;
+            if posterior != Posterior::Deterministic || activation != Activation::Identity {
+                return Err(ModelError::BadGeometry { layer });
+            }
+            if cx.last {
+                return Err(ModelError::QuantLayout { layer });
+            }
+            check_outputs(&head, geometry.output)?;
+            let found = rec_payload_len(rec);
+            if found != 0 {
+                return Err(ModelError::PayloadLength {
+                    layer,
+                    expected: 0,
+                    found,
+                });
+            }
+            if u32_at(rec, record::NNZ) != 0 {
+                return Err(ModelError::BadWeightCount { layer });
+            }
+            check_offset(rec, cx, 0)?;
+            Ok(QLayer {
+                inputs,
+                outputs,
+                activation,
+                posterior,
+                storage: Storage::Dense,
+                shift: 0,
+                precision: cx.precision,
+                operation: Operation::MaxPool(geometry),
+                params: &[],
+                counts: QCounts::Dense,
+                taps: &[],
+                records: &[],
+                record_len: 1,
+            })
+        }
+        _ => Err(code(record::KIND)),
+    }
+}
+
+/// The fields every fixed-point layer record has.
+struct Head {
+    layer: usize,
+    inputs: usize,
+    outputs: usize,
+    posterior: Posterior,
+    activation: Activation,
+}
+
+/// The output count must be the size of the map the layer produces.
+fn check_outputs(head: &Head, shape: [usize; 3]) -> Result<(), ModelError> {
+    let expected = shape.iter().product::<usize>();
+    if head.outputs != expected {
+        return Err(ModelError::ShapeMismatch {
+            layer: head.layer,
+            expected,
+            found: head.outputs,
+        });
+    }
+    Ok(())
+}
+
+/// The payload must start where the previous one ended, aligned, and end inside the body.
+fn check_offset(rec: &[u8], cx: &QContext, len: usize) -> Result<usize, ModelError> {
+    let offset = u32_at(rec, record::PAYLOAD_OFFSET) as usize;
+    if offset != cx.payload_start
+        || offset % ALIGNMENT != 0
+        || offset.checked_add(len).is_none_or(|e| e > cx.body_end)
+    {
+        return Err(ModelError::PayloadOutOfBounds { layer: cx.index });
+    }
+    Ok(offset)
+}
+
+/// The output shift of a quantized layer: 1 to 62.
+fn check_shift(shift: u32, layer: usize) -> Result<u32, ModelError> {
+    if (1..=62).contains(&shift) {
+        Ok(shift)
+    } else {
+        Err(ModelError::QuantLayout { layer })
+    }
+}
+
+/// The payload length the record declares must be the one its fields imply.
+fn check_payload_len(
+    rec: &[u8],
+    layer: usize,
+    expected: Option<usize>,
+) -> Result<usize, ModelError> {
+    let found = rec_payload_len(rec);
+    if expected != Some(found) {
+        return Err(ModelError::PayloadLength {
+            layer,
+            expected: expected.unwrap_or(0),
+            found,
+        });
+    }
+    Ok(found)
+}
+
+/// The q8 variance sum is an i32: bound it for the largest activations over `fan_in`
+/// stored weights.
+fn check_q8_variance(
+    precision: Precision,
+    posterior: Posterior,
+    records: &[u8],
+    record_len: usize,
+    sigma_at: usize,
+    fan_in: usize,
+    layer: usize,
+) -> Result<(), ModelError> {
+    if precision == Precision::Q8 && posterior == Posterior::Gaussian {
+        let max = records
+            .chunks_exact(record_len)
+            .map(|r| r[sigma_at])
+            .max()
+            .unwrap_or(0) as i64;
+        if max * Q8_MAX_SQUARE * fan_in as i64 > i32::MAX as i64 {
+            return Err(ModelError::QuantRange { layer });
+        }
+    }
+    Ok(())
+}
+
+/// A quantized linear layer (dense, sparse rows, or sparse by input on the first layer).
+fn parse_linear<'a>(
+    bytes: &'a [u8],
+    rec: &[u8],
+    cx: &QContext,
+    head: &Head,
+    kind: LayerKind,
+) -> Result<QLayer<'a>, ModelError> {
+    let Head {
+        layer,
+        inputs,
+        outputs,
+        posterior,
+        activation,
+    } = *head;
+    let code = |field: usize| ModelError::UnknownCode {
+        layer,
+        field,
+        code: rec[field],
+    };
+    let storage = match kind {
+        LayerKind::QuantDenseLinear => Storage::Dense,
+        LayerKind::QuantSparseLinear => Storage::Sparse,
+        _ => Storage::SparseByInput,
+    };
+    let shift = check_shift(rec[record::QUANT_SHIFT] as u32, layer)?;
+    if storage == Storage::SparseByInput && layer != 0 {
         return Err(ModelError::QuantLayout { layer });
     }
     let index_bytes = rec[record::QUANT_INDEX_BYTES] as usize;
@@ -337,21 +572,8 @@ fn parse_qlayer<'a>(bytes: &'a [u8], rec: &[u8], cx: &QContext) -> Result<QLayer
         nnz,
         index_bytes,
     );
-    let found = rec_payload_len(rec);
-    if expected != Some(found) {
-        return Err(ModelError::PayloadLength {
-            layer,
-            expected: expected.unwrap_or(0),
-            found,
-        });
-    }
-    let offset = u32_at(rec, record::PAYLOAD_OFFSET) as usize;
-    if offset != cx.payload_start
-        || offset % ALIGNMENT != 0
-        || offset.checked_add(found).is_none_or(|e| e > cx.body_end)
-    {
-        return Err(ModelError::PayloadOutOfBounds { layer });
-    }
+    let found = check_payload_len(rec, layer, expected)?;
+    let offset = check_offset(rec, cx, found)?;
 
     let mut sections = Sections {
         bytes,
@@ -376,45 +598,26 @@ fn parse_qlayer<'a>(bytes: &'a [u8], rec: &[u8], cx: &QContext) -> Result<QLayer
         1 => r[0] as usize,
         _ => u16::from_le_bytes([r[0], r[1]]) as usize,
     };
-    let mut start = 0usize;
-    let mut check_line = |count: usize| -> Result<(), ModelError> {
-        let end = start + count;
-        let line = records
-            .get(start * record_len..end * record_len)
-            .ok_or(ModelError::BadRowPointers { layer })?;
-        let mut previous = None;
-        for (k, r) in line.chunks_exact(record_len).enumerate() {
-            let c = index_of(r);
-            if c >= indexed || previous.is_some_and(|p| p >= c) {
-                return Err(ModelError::BadColumnIndex {
-                    layer,
-                    position: start + k,
-                });
-            }
-            previous = Some(c);
-        }
-        start = end;
-        Ok(())
-    };
+    let mut lines = LineCheck::new(records, record_len, layer);
     match counts {
-        QCounts::Dense => start = nnz,
-        QCounts::U8(c) => c.iter().try_for_each(|&n| check_line(n as usize))?,
-        QCounts::U16(c) => c.iter().try_for_each(|&n| check_line(n as usize))?,
+        QCounts::Dense => lines.start = nnz,
+        QCounts::U8(c) => c
+            .iter()
+            .try_for_each(|&n| lines.line(n as usize, |c| c < indexed, index_of))?,
+        QCounts::U16(c) => c
+            .iter()
+            .try_for_each(|&n| lines.line(n as usize, |c| c < indexed, index_of))?,
     }
-    if start != nnz {
-        return Err(ModelError::BadRowPointers { layer });
-    }
-    if cx.precision == Precision::Q8 && posterior == Posterior::Gaussian {
-        // The q8 variance sum is an i32: bound it for the largest activations.
-        let max = records
-            .chunks_exact(record_len)
-            .map(|r| r[sigma_at])
-            .max()
-            .unwrap_or(0) as i64;
-        if max * Q8_MAX_SQUARE * inputs as i64 > i32::MAX as i64 {
-            return Err(ModelError::QuantRange { layer });
-        }
-    }
+    lines.finish(nnz)?;
+    check_q8_variance(
+        cx.precision,
+        posterior,
+        records,
+        record_len,
+        sigma_at,
+        inputs,
+        layer,
+    )?;
     Ok(QLayer {
         inputs,
         outputs,
@@ -423,11 +626,151 @@ fn parse_qlayer<'a>(bytes: &'a [u8], rec: &[u8], cx: &QContext) -> Result<QLayer
         storage,
         shift,
         precision: cx.precision,
+        operation: Operation::Linear,
         params,
         counts,
+        taps: &[],
         records,
         record_len,
     })
+}
+
+/// A quantized convolution (version 6): per output channel its taps, in increasing order.
+fn parse_conv<'a>(
+    bytes: &'a [u8],
+    rec: &[u8],
+    cx: &QContext,
+    head: &Head,
+) -> Result<QLayer<'a>, ModelError> {
+    let Head {
+        layer,
+        inputs,
+        outputs,
+        posterior,
+        activation,
+    } = *head;
+    let out_channels = crate::model::u16_at(rec, record::CONV_OUT_CHANNELS) as usize;
+    let window = [
+        rec[record::CONV_KERNEL_H] as usize,
+        rec[record::CONV_KERNEL_W] as usize,
+    ];
+    let stride = rec[record::CONV_STRIDE] as usize;
+    let padding = rec[record::CONV_PADDING] as usize;
+    let g = window_geometry(cx.shape, out_channels, window, stride, padding)
+        .ok_or(ModelError::BadGeometry { layer })?;
+    check_outputs(head, g.output)?;
+    let shift = check_shift(rec[record::QUANT_CONV_SHIFT] as u32, layer)?;
+    let nnz = u32_at(rec, record::NNZ) as usize;
+    if nnz > out_channels * cx.shape[0] * window[0] * window[1] {
+        return Err(ModelError::BadWeightCount { layer });
+    }
+    let expected = quant_conv_payload_len(posterior, cx.precision, out_channels, nnz);
+    let found = check_payload_len(rec, layer, expected)?;
+    let offset = check_offset(rec, cx, found)?;
+    let mut sections = Sections {
+        bytes,
+        at: offset,
+        layer,
+    };
+    let params: &[i32] = sections.take(out_channels * 12)?;
+    let counts: &[u16] = sections.take(out_channels * 2)?;
+    let taps: &[u32] = sections.take(nnz * 4)?;
+    let (record_len, _, sigma_at) = quant_record_layout(cx.precision, 0, posterior);
+    let records: &[u8] = sections.take(nnz * record_len)?;
+    // Per channel: taps strictly increasing, each inside the kernel and the input channels.
+    let tap_ok = |t: u32| {
+        let (c, ky, kx) = unpack_tap(t);
+        c < g.input[0] && ky < g.window[0] && kx < g.window[1]
+    };
+    let mut lines = LineCheck::new(bytemuck::cast_slice(taps), 4, layer);
+    let tap_of = |r: &[u8]| u32::from_le_bytes([r[0], r[1], r[2], r[3]]) as usize;
+    counts
+        .iter()
+        .try_for_each(|&n| lines.line(n as usize, |t| tap_ok(t as u32), tap_of))?;
+    lines.finish(nnz)?;
+    let fan_in = counts.iter().copied().max().unwrap_or(0) as usize;
+    check_q8_variance(
+        cx.precision,
+        posterior,
+        records,
+        record_len,
+        sigma_at,
+        fan_in,
+        layer,
+    )?;
+    Ok(QLayer {
+        inputs,
+        outputs,
+        activation,
+        posterior,
+        storage: Storage::Sparse,
+        shift,
+        precision: cx.precision,
+        operation: Operation::Conv2d(g),
+        params,
+        counts: QCounts::U16(counts),
+        taps,
+        records,
+        record_len,
+    })
+}
+
+/// Checks the lines of a sparse layer in order: each line's entries are valid and strictly
+/// increasing, and the counts add up to the stored weights.
+struct LineCheck<'r> {
+    records: &'r [u8],
+    record_len: usize,
+    layer: usize,
+    start: usize,
+}
+
+impl<'r> LineCheck<'r> {
+    fn new(records: &'r [u8], record_len: usize, layer: usize) -> Self {
+        Self {
+            records,
+            record_len,
+            layer,
+            start: 0,
+        }
+    }
+
+    /// The next line of `count` entries: `valid(key)` for each, the keys read by `key`
+    /// strictly increasing.
+    fn line(
+        &mut self,
+        count: usize,
+        valid: impl Fn(usize) -> bool,
+        key: impl Fn(&[u8]) -> usize,
+    ) -> Result<(), ModelError> {
+        let layer = self.layer;
+        let end = self.start + count;
+        let line = self
+            .records
+            .get(self.start * self.record_len..end * self.record_len)
+            .ok_or(ModelError::BadRowPointers { layer })?;
+        let mut previous = None;
+        for (k, r) in line.chunks_exact(self.record_len).enumerate() {
+            let c = key(r);
+            if !valid(c) || previous.is_some_and(|p| p >= c) {
+                return Err(ModelError::BadColumnIndex {
+                    layer,
+                    position: self.start + k,
+                });
+            }
+            previous = Some(c);
+        }
+        self.start = end;
+        Ok(())
+    }
+
+    /// Every stored weight belongs to a line.
+    fn finish(&self, nnz: usize) -> Result<(), ModelError> {
+        if self.start == nnz {
+            Ok(())
+        } else {
+            Err(ModelError::BadRowPointers { layer: self.layer })
+        }
+    }
 }
 
 /// Consecutive 4-byte-aligned sections of a payload, each followed by zero padding.

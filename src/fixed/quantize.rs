@@ -1,7 +1,8 @@
-//! The quantizer (feature `alloc`): turns an f32 [`ModelSpec`] of linear layers into a
-//! fixed-point [`QModelSpec`], with activation scales calibrated on raw inputs.
+//! The quantizer (feature `alloc`): turns an f32 [`ModelSpec`] of linear layers,
+//! convolutions and max pooling into a fixed-point [`QModelSpec`], with activation scales
+//! calibrated on raw inputs.
 //!
-//! Per output row `j` of a layer with input scale `s_in` (the model's input scale for the
+//! Per output row `j` (per output channel of a convolution, over its taps) of a layer with input scale `s_in` (the model's input scale for the
 //! first layer, the previous layer's activation scale after) and output scale `s_out`:
 //! - `sθ_j = max_i |θ_ij| / θ_max` and `θq = round(θ / sθ_j)` (θ_max = 127 or 32767);
 //! - `s2_j = max_i σ²_ij / σ²_max` and `σ²q = round(σ² / s2_j)` (σ²_max = 255, or less when
@@ -22,9 +23,10 @@ use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro128PlusPlus;
 
 use super::writer::{QLayerSpec, QModelSpec};
+use crate::format::window_output;
 use crate::format::{Activation, Precision, LOGIT_FRAC_BITS};
 use crate::normal::standard_normal;
-use crate::writer::{LayerOp, ModelSpec, StorageChoice};
+use crate::writer::{LayerOp, LayerSpec, ModelSpec, StorageChoice};
 
 /// Calibration settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -50,7 +52,8 @@ impl Default for Calibration {
 /// Why a model cannot be quantized.
 #[derive(Clone, Debug, PartialEq)]
 pub enum QuantizeError {
-    /// Only linear layers (ReLU hidden, identity last) have a fixed-point form so far.
+    /// Only linear layers and convolutions (ReLU hidden, identity last) and max pooling (not
+    /// last) have a fixed-point form so far.
     UnsupportedLayer {
         /// Index of the layer.
         layer: usize,
@@ -73,7 +76,7 @@ impl fmt::Display for QuantizeError {
         match self {
             QuantizeError::UnsupportedLayer { layer } => write!(
                 f,
-                "layer {layer} has no fixed-point form (only linear layers, ReLU hidden and identity last)"
+                "layer {layer} has no fixed-point form (only linear and convolution layers, ReLU hidden and identity last, and max pooling)"
             ),
             QuantizeError::InputNormalization => {
                 f.write_str("fixed point needs an input offset of 0 and a positive input scale")
@@ -91,8 +94,63 @@ impl fmt::Display for QuantizeError {
 
 impl core::error::Error for QuantizeError {}
 
+/// The shape each layer of `spec` reads, or the first layer without a fixed-point form:
+/// linear layers and convolutions (ReLU hidden, identity last) and max pooling (not last).
+fn layer_shapes(spec: &ModelSpec) -> Result<Vec<[usize; 3]>, QuantizeError> {
+    let n_layers = spec.layers.len();
+    let mut shape = spec.input_shape;
+    let mut shapes = Vec::with_capacity(n_layers);
+    for (i, l) in spec.layers.iter().enumerate() {
+        let last = i + 1 == n_layers;
+        let weighted_activation = if last {
+            Activation::Identity
+        } else {
+            Activation::Relu
+        };
+        let unsupported = || QuantizeError::UnsupportedLayer { layer: i };
+        shapes.push(shape);
+        shape = match l.op {
+            LayerOp::Linear if l.activation == weighted_activation => [l.outputs, 1, 1],
+            LayerOp::Conv2d {
+                out_channels,
+                kernel,
+                stride,
+                padding,
+            } if l.activation == weighted_activation => {
+                let h =
+                    window_output(shape[1], kernel[0], stride, padding).ok_or_else(unsupported)?;
+                let w =
+                    window_output(shape[2], kernel[1], stride, padding).ok_or_else(unsupported)?;
+                [out_channels, h, w]
+            }
+            LayerOp::MaxPool { size, stride } if !last => {
+                let h = window_output(shape[1], size, stride, 0).ok_or_else(unsupported)?;
+                let w = window_output(shape[2], size, stride, 0).ok_or_else(unsupported)?;
+                [shape[0], h, w]
+            }
+            _ => return Err(unsupported()),
+        };
+    }
+    Ok(shapes)
+}
+
+/// The output lines of a weight layer (output rows, or output channels of a convolution)
+/// and the weights of each line (consecutive in the dense θ): the fan-in that bounds its
+/// sums.
+fn lines(l: &LayerSpec, shape: [usize; 3]) -> (usize, usize) {
+    match l.op {
+        LayerOp::Conv2d {
+            out_channels,
+            kernel,
+            ..
+        } => (out_channels, shape[0] * kernel[0] * kernel[1]),
+        _ => (l.outputs, l.inputs),
+    }
+}
+
 /// Quantizes `spec` to `precision`, calibrating activation scales on `inputs` (raw 8-bit
-/// inputs of the model's input length).
+/// inputs of the model's input length). Linear layers, convolutions and max pooling have a
+/// fixed-point form; max pooling keeps its input's scale.
 pub fn quantize(
     spec: &ModelSpec,
     precision: Precision,
@@ -108,45 +166,50 @@ pub fn quantize(
     if spec.input_offset != 0.0 || !scale_ok {
         return Err(QuantizeError::InputNormalization);
     }
+    let shapes = layer_shapes(spec)?;
     let n_layers = spec.layers.len();
-    for (i, l) in spec.layers.iter().enumerate() {
-        let act_ok = if i + 1 == n_layers {
-            l.activation == Activation::Identity
-        } else {
-            l.activation == Activation::Relu
-        };
-        if l.op != LayerOp::Linear || !act_ok {
-            return Err(QuantizeError::UnsupportedLayer { layer: i });
-        }
-    }
     let input_len: usize = spec.input_shape.iter().product();
     if inputs.is_empty() || inputs.iter().any(|x| x.len() != input_len) {
         return Err(QuantizeError::Calibration);
     }
-    let clips = calibrate(spec, inputs, calibration);
+    let clips = calibrate(spec, &shapes, inputs, calibration);
 
     let mut layers = Vec::with_capacity(n_layers);
     let mut s_in = spec.input_scale as f64;
     for (index, l) in spec.layers.iter().enumerate() {
+        if let LayerOp::MaxPool { .. } = l.op {
+            layers.push(QLayerSpec {
+                op: l.op,
+                inputs: l.inputs,
+                outputs: l.outputs,
+                activation: Activation::Identity,
+                shift: 0,
+                params: Vec::new(),
+                theta: Vec::new(),
+                sigma2: None,
+                storage: StorageChoice::Dense,
+            });
+            continue;
+        }
         let last = index + 1 == n_layers;
         let s_out = if last {
             1.0 / (1u64 << LOGIT_FRAC_BITS) as f64
         } else {
             clips[index].max(1e-6) / act_max
         };
+        let (n_lines, fan_in) = lines(l, shapes[index]);
         let s2_cap = match precision {
             Precision::Q8 => {
-                let bound =
-                    i32::MAX as f64 / (super::model::Q8_MAX_SQUARE as f64 * l.inputs as f64);
+                let bound = i32::MAX as f64 / (super::model::Q8_MAX_SQUARE as f64 * fan_in as f64);
                 bound.floor().min(255.0)
             }
             _ => 65535.0,
         };
         let mut theta = vec![0i32; l.theta.len()];
         let mut sigma2 = l.variance.as_ref().map(|v| vec![0u32; v.len()]);
-        let mut real = Vec::with_capacity(l.outputs); // (mθ, mσ, b) before the shift
-        for j in 0..l.outputs {
-            let row = j * l.inputs..(j + 1) * l.inputs;
+        let mut real = Vec::with_capacity(n_lines); // (mθ, mσ, b) before the shift
+        for j in 0..n_lines {
+            let row = j * fan_in..(j + 1) * fan_in;
             let t_max = l.theta[row.clone()]
                 .iter()
                 .fold(0.0f64, |m, &t| m.max((t as f64).abs()));
@@ -180,6 +243,7 @@ pub fn quantize(
             .map(|r| r.map(|v| libm::round(v * scale) as i32))
             .collect();
         layers.push(QLayerSpec {
+            op: l.op,
             inputs: l.inputs,
             outputs: l.outputs,
             activation: l.activation,
@@ -206,9 +270,106 @@ pub fn quantize(
     })
 }
 
+/// One hidden layer in f32 for calibration, on the dense spec: `y = relu(mean + sqrt(var) ε)`
+/// per output unit in order, one `ε` drawn per unit when `noise` is given (local
+/// reparameterization, as the engine samples); max pooling takes the window maximum.
+fn calibration_layer(
+    l: &LayerSpec,
+    shape: [usize; 3],
+    x: &[f32],
+    mut noise: Option<&mut Xoshiro128PlusPlus>,
+) -> Vec<f32> {
+    let mut y = vec![0.0f32; l.outputs];
+    let mut unit = |out: &mut f32, mean: f32, var: f32| {
+        let z = match noise.as_deref_mut() {
+            Some(rng) => mean + libm::sqrtf(var) * standard_normal(rng),
+            None => mean,
+        };
+        *out = z.max(0.0);
+    };
+    match l.op {
+        LayerOp::Linear => {
+            for (j, out) in y.iter_mut().enumerate() {
+                let row = j * l.inputs..(j + 1) * l.inputs;
+                let mut mean = l.bias[j];
+                let mut var = 0.0f32;
+                for (k, &xi) in row.zip(x) {
+                    mean += l.theta[k] * xi;
+                    if let Some(v) = &l.variance {
+                        var += v[k] * xi * xi;
+                    }
+                }
+                unit(out, mean, var);
+            }
+        }
+        LayerOp::Conv2d {
+            out_channels,
+            kernel: [kh, kw],
+            stride,
+            padding,
+        } => {
+            let [ci, ih, iw] = shape;
+            let oh = window_output(ih, kh, stride, padding).unwrap_or(0);
+            let ow = window_output(iw, kw, stride, padding).unwrap_or(0);
+            for co in 0..out_channels {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let (mut mean, mut var) = (l.bias[co], 0.0f32);
+                        for c in 0..ci {
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let iy = (oy * stride + ky) as isize - padding as isize;
+                                    let ix = (ox * stride + kx) as isize - padding as isize;
+                                    if iy < 0 || ix < 0 || iy >= ih as isize || ix >= iw as isize {
+                                        continue;
+                                    }
+                                    let xi = x[(c * ih + iy as usize) * iw + ix as usize];
+                                    let k = ((co * ci + c) * kh + ky) * kw + kx;
+                                    mean += l.theta[k] * xi;
+                                    if let Some(v) = &l.variance {
+                                        var += v[k] * xi * xi;
+                                    }
+                                }
+                            }
+                        }
+                        unit(&mut y[(co * oh + oy) * ow + ox], mean, var);
+                    }
+                }
+            }
+        }
+        LayerOp::MaxPool { size, stride } => {
+            let [c, ih, iw] = shape;
+            let oh = window_output(ih, size, stride, 0).unwrap_or(0);
+            let ow = window_output(iw, size, stride, 0).unwrap_or(0);
+            for ch in 0..c {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut best = f32::NEG_INFINITY;
+                        for ky in 0..size {
+                            for kx in 0..size {
+                                let i = (ch * ih + oy * stride + ky) * iw + ox * stride + kx;
+                                best = best.max(x[i]);
+                            }
+                        }
+                        y[(ch * oh + oy) * ow + ox] = best;
+                    }
+                }
+            }
+        }
+        LayerOp::ResidualAdd { .. } | LayerOp::ExitHead { .. } => {}
+    }
+    y
+}
+
 /// Per hidden layer, the `clip_quantile` quantile of its (post-ReLU) f32 outputs over the
-/// calibration inputs, with mean weights and with sampled weights (local reparameterization).
-fn calibrate(spec: &ModelSpec, inputs: &[&[u8]], c: Calibration) -> Vec<f64> {
+/// calibration inputs, with mean weights and with sampled weights (local reparameterization);
+/// 0 for pooling layers (they keep their input's scale).
+fn calibrate(
+    spec: &ModelSpec,
+    shapes: &[[usize; 3]],
+    inputs: &[&[u8]],
+    c: Calibration,
+) -> Vec<f64> {
     let hidden = spec.layers.len().saturating_sub(1);
     let mut values: Vec<Vec<f32>> = vec![Vec::new(); hidden];
     let mut rng = Xoshiro128PlusPlus::seed_from_u64(c.seed);
@@ -217,25 +378,12 @@ fn calibrate(spec: &ModelSpec, inputs: &[&[u8]], c: Calibration) -> Vec<f64> {
         for pass in 0..=c.mc_samples {
             let mut x = x0.clone();
             for (index, l) in spec.layers[..hidden].iter().enumerate() {
-                let mut y = vec![0.0f32; l.outputs];
-                for (j, out) in y.iter_mut().enumerate() {
-                    let row = j * l.inputs..(j + 1) * l.inputs;
-                    let mut mean = l.bias[j];
-                    let mut var = 0.0f32;
-                    for (k, &xi) in row.zip(&x) {
-                        mean += l.theta[k] * xi;
-                        if let Some(v) = &l.variance {
-                            var += v[k] * xi * xi;
-                        }
-                    }
-                    let z = if pass > 0 {
-                        mean + libm::sqrtf(var) * standard_normal(&mut rng)
-                    } else {
-                        mean
-                    };
-                    *out = z.max(0.0);
+                let pooling = matches!(l.op, LayerOp::MaxPool { .. });
+                let noise = (pass > 0 && !pooling).then_some(&mut rng);
+                let y = calibration_layer(l, shapes[index], &x, noise);
+                if !pooling {
+                    values[index].extend_from_slice(&y);
                 }
-                values[index].extend_from_slice(&y);
                 x = y;
             }
         }
@@ -282,6 +430,76 @@ mod tests {
         let inputs = (0..32)
             .map(|_| {
                 (0..WIDTHS[0])
+                    .map(|_| {
+                        let r = rand_core::RngCore::next_u32(&mut rng);
+                        if r % 3 == 0 {
+                            0
+                        } else {
+                            (r >> 24) as u8
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        (spec, inputs)
+    }
+
+    /// A small convolutional network with the same variances: a padded 3x3 convolution on
+    /// 8x8 inputs, 2x2 max pooling, a padded stride-2 convolution, a linear layer.
+    fn vd_conv_spec() -> (ModelSpec, Vec<Vec<u8>>) {
+        let mut rng = Xoshiro128PlusPlus::seed_from_u64(23);
+        let mut uniform = || (rand_core::RngCore::next_u32(&mut rng) >> 8) as f32 / 16_777_216.0;
+        let mut gaussian_weights = |n: usize, sd: f32| -> (Vec<f32>, Vec<f32>) {
+            let theta: Vec<f32> = (0..n).map(|_| sd * (2.0 * uniform() - 1.0) * 1.7).collect();
+            let var = theta
+                .iter()
+                .map(|t| libm::expf(-6.0 + 8.5 * uniform()) * t * t)
+                .collect();
+            (theta, var)
+        };
+        let conv = |cin: usize, cout: usize, side: usize, stride: usize, w: (Vec<f32>, Vec<f32>)| {
+            let out = window_output(side, 3, stride, 1).unwrap();
+            LayerSpec {
+                op: LayerOp::Conv2d {
+                    out_channels: cout,
+                    kernel: [3, 3],
+                    stride,
+                    padding: 1,
+                },
+                inputs: cin * side * side,
+                outputs: cout * out * out,
+                activation: Activation::Relu,
+                bias: vec![0.05; cout],
+                theta: w.0,
+                variance: Some(w.1),
+                storage: StorageChoice::Sparse,
+            }
+        };
+        let c1 = conv(1, 3, 8, 1, gaussian_weights(27, 0.5));
+        let pool = LayerSpec::max_pool([3, 8, 8], 2, 2).unwrap();
+        let c2 = conv(3, 4, 4, 2, gaussian_weights(108, 0.3));
+        let (theta, variance) = gaussian_weights(160, 0.35);
+        let linear = LayerSpec {
+            op: LayerOp::Linear,
+            inputs: 16,
+            outputs: 10,
+            activation: Activation::Identity,
+            bias: vec![0.0; 10],
+            theta,
+            variance: Some(variance),
+            storage: StorageChoice::Dense,
+        };
+        let spec = ModelSpec {
+            input_shape: [1, 8, 8],
+            num_classes: 10,
+            input_scale: 1.0 / 255.0,
+            input_offset: 0.0,
+            layers: vec![c1, pool, c2, linear],
+            trained: None,
+        };
+        let inputs = (0..32)
+            .map(|_| {
+                (0..64)
                     .map(|_| {
                         let r = rand_core::RngCore::next_u32(&mut rng);
                         if r % 3 == 0 {
@@ -362,16 +580,19 @@ mod tests {
     #[test]
     fn fixed_point_noise_has_the_f32_standard_deviation_in_every_gaussian_layer() {
         let mut failures = Vec::new();
-        for storage in [
-            StorageChoice::Dense,
-            StorageChoice::Smallest,
-            StorageChoice::SparseByInput,
-        ] {
+        let cases = [
+            ("dense", vd_spec(StorageChoice::Dense)),
+            ("sparse", vd_spec(StorageChoice::Smallest)),
+            ("by input", vd_spec(StorageChoice::SparseByInput)),
+            ("convolutions", vd_conv_spec()),
+        ];
+        for (storage, (spec, inputs)) in &cases {
             for precision in [Precision::Q8, Precision::Q16] {
-                let (spec, inputs) = vd_spec(storage);
+                let f32_buffer = spec.to_buffer().unwrap();
+                let f32_model = crate::Model::from_bytes(f32_buffer.as_bytes()).unwrap();
                 let refs: Vec<&[u8]> = inputs.iter().map(|v| v.as_slice()).collect();
                 let cal = Calibration::default();
-                let q = quantize(&spec, precision, &refs, cal).unwrap();
+                let q = quantize(spec, precision, &refs, cal).unwrap();
                 let buffer = q.to_buffer().unwrap();
                 let model = QModel::from_bytes(buffer.as_bytes()).unwrap();
                 let act_max = if precision == Precision::Q8 {
@@ -379,13 +600,20 @@ mod tests {
                 } else {
                     32767.0
                 };
-                let clips = calibrate(&spec, &refs, cal);
+                let clips = calibrate(spec, &layer_shapes(spec).unwrap(), &refs, cal);
                 let raw = refs[3];
                 // The integer input of each layer: the mean-weights activations before it.
                 let mut a: Vec<i32> = raw.iter().map(|&p| p as i32).collect();
                 let mut s_in = spec.input_scale as f64;
                 for (index, layer) in model.layers().iter().enumerate() {
                     let last = index + 1 == model.layers().len();
+                    if layer.posterior() != crate::format::Posterior::Gaussian {
+                        // Pooling: no noise, and the scale carries over.
+                        let mut next = vec![0i32; layer.outputs];
+                        mean_layer(layer, a.as_slice(), &mut next, (&mut [], &mut []));
+                        a = next;
+                        continue;
+                    }
                     let s_out = if last {
                         1.0 / (1u64 << LOGIT_FRAC_BITS) as f64
                     } else {
@@ -403,16 +631,17 @@ mod tests {
                             v as f64 * s_in
                         })
                         .collect();
-                    let l = &spec.layers[index];
-                    let var = l.variance.as_ref().unwrap();
-                    let want: Vec<f64> = (0..l.outputs)
-                        .map(|j| {
-                            let v: f64 = (0..l.inputs)
-                                .map(|i| var[j * l.inputs + i] as f64 * real[i] * real[i])
-                                .sum();
-                            libm::sqrt(v) / s_out
-                        })
-                        .collect();
+                    // The exact noise std of every unit: the f32 kernel's, on the same input.
+                    let real32: Vec<f32> = real.iter().map(|&v| v as f32).collect();
+                    let units = layer.outputs;
+                    let (mut m32, mut s32) = (vec![0.0f32; units], vec![0.0f32; units]);
+                    crate::kernels::forward_moments(
+                        &f32_model.layers()[index],
+                        real32.as_slice(),
+                        &mut m32,
+                        &mut s32,
+                    );
+                    let want: Vec<f64> = s32.iter().map(|&v| v as f64 / s_out).collect();
                     let paths: &[bool] = if index == 0 { &[true] } else { &[true, false] };
                     for &moments in paths {
                         let got = if index == 0 {
@@ -426,7 +655,7 @@ mod tests {
                             .fold((0.0, 0.0), |(x, y), (w, g)| (x + w * w, y + g * g));
                         let ratio = libm::sqrt(sg / sw);
                         let what = std::format!(
-                            "{storage:?} {precision:?} layer {index} ({}): {ratio:.4}",
+                            "{storage} {precision:?} layer {index} ({}): {ratio:.4}",
                             if moments { "first stochastic" } else { "later" }
                         );
                         std::println!("{what}");

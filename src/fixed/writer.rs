@@ -7,14 +7,21 @@ use alloc::vec::Vec;
 
 use super::model::QModel;
 use crate::format::{
-    self, quant_payload_len, quant_record_layout, record, Activation, LayerKind, Posterior,
-    Precision, Storage, HEADER_LEN, LAYER_RECORD_LEN, TRAILER_LEN,
+    self, pack_tap, quant_conv_payload_len, quant_payload_len, quant_record_layout, record,
+    window_output, Activation, LayerKind, Posterior, Precision, Storage, HEADER_LEN,
+    LAYER_RECORD_LEN, TRAILER_LEN,
 };
-use crate::writer::{header_bytes, write_sizes, Header, ModelBuffer, StorageChoice, WriteError};
+use crate::writer::{
+    header_bytes, to_u16, to_u8, write_sizes, Header, LayerOp, ModelBuffer, StorageChoice,
+    WriteError,
+};
 
-/// One fixed-point linear layer to write, with dense integer arrays (pruned weights are 0).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One fixed-point layer to write, with dense integer arrays (pruned weights are 0).
+#[derive(Clone, Debug, PartialEq)]
 pub struct QLayerSpec {
+    /// What the layer computes: linear, a convolution or max pooling (version 6). Pooling
+    /// has no parameters (`params`, `theta` empty, `sigma2` `None`, shift 0).
+    pub op: LayerOp,
     /// Number of inputs.
     pub inputs: usize,
     /// Number of outputs.
@@ -23,13 +30,15 @@ pub struct QLayerSpec {
     pub activation: Activation,
     /// Output shift `S` (1 to 62).
     pub shift: u32,
-    /// Per output row `[mθ, mσ, bias]`.
+    /// Per output row (per output channel of a convolution) `[mθ, mσ, bias]`.
     pub params: Vec<[i32; 3]>,
-    /// θ, row-major `outputs x inputs`, each within the precision's range (i8 or i16).
+    /// θ, row-major `outputs x inputs` (a convolution:
+    /// `[out_channels][in_channels][kernel_h][kernel_w]`), each within the precision's range
+    /// (i8 or i16).
     pub theta: Vec<i32>,
     /// σ², same layout, each within u8 or u16; `None` for a deterministic layer.
     pub sigma2: Option<Vec<u32>>,
-    /// Storage (`Smallest` picks between dense and sparse rows).
+    /// Storage of a linear layer (`Smallest` picks between dense and sparse rows).
     pub storage: StorageChoice,
 }
 
@@ -122,111 +131,88 @@ impl QModelSpec {
         let table_end = HEADER_LEN + self.layers.len() * LAYER_RECORD_LEN;
         let mut payloads = Vec::new();
         let mut records = Vec::new();
+        let mut version = if self.trained.is_some() {
+            format::TRAINED_SIZE_FORMAT_VERSION
+        } else {
+            format::FIXED_FORMAT_VERSION
+        };
+        let mut shape = self.input_shape;
         for (index, l) in self.layers.iter().enumerate() {
-            let n = l.inputs * l.outputs;
-            let shapes_ok = l.params.len() == l.outputs
-                && l.theta.len() == n
-                && l.sigma2.as_ref().is_none_or(|s| s.len() == n);
-            if !shapes_ok {
-                return Err(WriteError::BadParameterLength { layer: index });
-            }
-            let (lo, hi, s2_max) = match self.precision {
-                Precision::Q16 => (i16::MIN as i32, i16::MAX as i32, u16::MAX as u32),
-                _ => (i8::MIN as i32, i8::MAX as i32, u8::MAX as u32),
-            };
-            if l.theta.iter().any(|&t| t < lo || t > hi) {
-                return Err(WriteError::TooLarge("a quantized θ"));
-            }
-            if l.sigma2
-                .as_ref()
-                .is_some_and(|s| s.iter().any(|&v| v > s2_max))
-            {
-                return Err(WriteError::TooLarge("a quantized σ²"));
-            }
-            let storage = l.resolved_storage(self.precision);
-            let index_bytes = l.index_bytes(storage);
+            let bad = WriteError::BadParameterLength { layer: index };
+            self.check_ranges(l)?;
             let start = payloads.len();
-            for p in &l.params {
-                for v in p {
-                    payloads.extend_from_slice(&v.to_le_bytes());
-                }
-            }
-            // Weight positions (row-major k = j * inputs + i) in stored order.
-            let order: Vec<usize> = match storage {
-                Storage::Dense => (0..n).collect(),
-                Storage::Sparse => (0..n).filter(|&k| l.stored(k)).collect(),
-                Storage::SparseByInput => (0..l.inputs)
-                    .flat_map(|i| (0..l.outputs).map(move |j| j * l.inputs + i))
-                    .filter(|&k| l.stored(k))
-                    .collect(),
-            };
-            // Sparse rows: line = output j, index = input i; by input the reverse.
-            let by_rows = storage == Storage::Sparse;
-            let other = |k: usize| if by_rows { k % l.inputs } else { k / l.inputs };
-            if storage != Storage::Dense {
-                let lines = if by_rows { l.outputs } else { l.inputs };
-                let line_of = |k: usize| if by_rows { k / l.inputs } else { k % l.inputs };
-                let mut counts = alloc::vec![0usize; lines];
-                for &k in &order {
-                    counts[line_of(k)] += 1;
-                }
-                push_ints(&mut payloads, counts.into_iter(), index_bytes);
-            }
-            // One record per weight: index, θ (aligned to its width), σ².
-            let width = self.precision.value_bytes();
-            let (record_len, theta_at, sigma_at) =
-                quant_record_layout(self.precision, index_bytes, l.posterior());
-            let records_start = payloads.len();
-            for &k in &order {
-                let mut record = [0u8; 8];
-                record[..index_bytes]
-                    .copy_from_slice(&(other(k) as u64).to_le_bytes()[..index_bytes]);
-                record[theta_at..theta_at + width]
-                    .copy_from_slice(&(l.theta[k] as u32).to_le_bytes()[..width]);
-                if let Some(s2) = &l.sigma2 {
-                    record[sigma_at..sigma_at + width]
-                        .copy_from_slice(&s2[k].to_le_bytes()[..width]);
-                }
-                payloads.extend_from_slice(&record[..record_len]);
-            }
-            let padded = (payloads.len() - records_start).next_multiple_of(4);
-            payloads.resize(records_start + padded, 0);
-            let nnz = order.len();
-            let len = payloads.len() - start;
-            debug_assert_eq!(
-                Some(len),
-                quant_payload_len(
-                    storage,
-                    l.posterior(),
-                    self.precision,
-                    l.inputs,
-                    l.outputs,
-                    nnz,
-                    index_bytes
-                )
-            );
-            let kind = match storage {
-                Storage::Dense => LayerKind::QuantDenseLinear,
-                Storage::Sparse => LayerKind::QuantSparseLinear,
-                Storage::SparseByInput => LayerKind::QuantSparseLinearByInput,
-            };
             let mut rec = [0u8; LAYER_RECORD_LEN];
-            rec[record::KIND] = kind as u8;
+            let nnz = match l.op {
+                LayerOp::Linear => {
+                    let n = l.inputs * l.outputs;
+                    let shapes_ok = l.params.len() == l.outputs
+                        && l.theta.len() == n
+                        && l.sigma2.as_ref().is_none_or(|s| s.len() == n);
+                    if !shapes_ok {
+                        return Err(bad);
+                    }
+                    shape = [l.outputs, 1, 1];
+                    self.write_linear(l, &mut rec, &mut payloads)?
+                }
+                LayerOp::Conv2d {
+                    out_channels,
+                    kernel,
+                    stride,
+                    padding,
+                } => {
+                    version = version.max(format::FIXED_CONV_FORMAT_VERSION);
+                    let h =
+                        window_output(shape[1], kernel[0], stride, padding).ok_or(bad.clone())?;
+                    let w =
+                        window_output(shape[2], kernel[1], stride, padding).ok_or(bad.clone())?;
+                    let n = out_channels * shape[0] * kernel[0] * kernel[1];
+                    let shapes_ok = l.params.len() == out_channels
+                        && l.theta.len() == n
+                        && l.sigma2.as_ref().is_none_or(|s| s.len() == n);
+                    if !shapes_ok {
+                        return Err(bad);
+                    }
+                    rec[record::CONV_OUT_CHANNELS..record::CONV_OUT_CHANNELS + 2]
+                        .copy_from_slice(&to_u16(out_channels, "output channels")?.to_le_bytes());
+                    rec[record::CONV_KERNEL_H] = to_u8(kernel[0], "kernel height")?;
+                    rec[record::CONV_KERNEL_W] = to_u8(kernel[1], "kernel width")?;
+                    rec[record::CONV_STRIDE] = to_u8(stride, "stride")?;
+                    rec[record::CONV_PADDING] = to_u8(padding, "padding")?;
+                    rec[record::KIND] = LayerKind::QuantConv2d as u8;
+                    rec[record::QUANT_CONV_SHIFT] = to_u8(l.shift as usize, "shift")?;
+                    let nnz = self.write_conv(l, shape[0], kernel, &mut payloads)?;
+                    shape = [out_channels, h, w];
+                    nnz
+                }
+                LayerOp::MaxPool { size, stride } => {
+                    version = version.max(format::FIXED_CONV_FORMAT_VERSION);
+                    let h = window_output(shape[1], size, stride, 0).ok_or(bad.clone())?;
+                    let w = window_output(shape[2], size, stride, 0).ok_or(bad.clone())?;
+                    if !l.params.is_empty() || !l.theta.is_empty() || l.sigma2.is_some() {
+                        return Err(bad);
+                    }
+                    rec[record::KIND] = LayerKind::MaxPool as u8;
+                    rec[record::POOL_SIZE] = to_u8(size, "pool size")?;
+                    rec[record::POOL_STRIDE] = to_u8(stride, "pool stride")?;
+                    shape = [shape[0], h, w];
+                    0
+                }
+                LayerOp::ResidualAdd { .. } | LayerOp::ExitHead { .. } => {
+                    return Err(WriteError::Unsupported {
+                        layer: index,
+                        what: "residual additions and exit heads in fixed point",
+                    })
+                }
+            };
             rec[record::POSTERIOR] = l.posterior() as u8;
             rec[record::ACTIVATION] = l.activation as u8;
-            rec[record::QUANT_SHIFT] =
-                u8::try_from(l.shift).map_err(|_| WriteError::TooLarge("shift"))?;
-            rec[record::QUANT_INDEX_BYTES] = index_bytes as u8;
+            let len = payloads.len() - start;
             write_sizes(&mut rec, l.inputs, l.outputs, nnz, table_end + start, len)?;
             records.extend_from_slice(&rec);
         }
         let file_len = table_end + payloads.len() + TRAILER_LEN;
         let mut out = header_bytes(&Header {
-            version: if self.trained.is_some() {
-                format::TRAINED_SIZE_FORMAT_VERSION
-            } else {
-                format::FIXED_FORMAT_VERSION
-            },
+            version,
             precision: self.precision,
             trained: self.trained,
             layer_count: self.layers.len(),
@@ -243,6 +229,157 @@ impl QModelSpec {
         let buffer = ModelBuffer::from_bytes(&out);
         QModel::from_bytes(buffer.as_bytes())?;
         Ok(buffer)
+    }
+}
+
+impl QModelSpec {
+    /// θ and σ² within the precision's ranges.
+    fn check_ranges(&self, l: &QLayerSpec) -> Result<(), WriteError> {
+        let (lo, hi, s2_max) = match self.precision {
+            Precision::Q16 => (i16::MIN as i32, i16::MAX as i32, u16::MAX as u32),
+            _ => (i8::MIN as i32, i8::MAX as i32, u8::MAX as u32),
+        };
+        if l.theta.iter().any(|&t| t < lo || t > hi) {
+            return Err(WriteError::TooLarge("a quantized θ"));
+        }
+        if l.sigma2
+            .as_ref()
+            .is_some_and(|s| s.iter().any(|&v| v > s2_max))
+        {
+            return Err(WriteError::TooLarge("a quantized σ²"));
+        }
+        Ok(())
+    }
+
+    /// Appends the row parameters `[mθ, mσ, bias]`.
+    fn write_params(l: &QLayerSpec, payloads: &mut Vec<u8>) {
+        for p in &l.params {
+            for v in p {
+                payloads.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
+
+    /// Appends one record per weight of `order` (index `index_of(k)` on `index_bytes`
+    /// bytes, θ aligned to its width, σ²), then padding to 4 bytes.
+    fn write_records(
+        &self,
+        l: &QLayerSpec,
+        order: &[usize],
+        index_bytes: usize,
+        index_of: impl Fn(usize) -> usize,
+        payloads: &mut Vec<u8>,
+    ) {
+        let width = self.precision.value_bytes();
+        let (record_len, theta_at, sigma_at) =
+            quant_record_layout(self.precision, index_bytes, l.posterior());
+        let records_start = payloads.len();
+        for &k in order {
+            let mut record = [0u8; 8];
+            record[..index_bytes]
+                .copy_from_slice(&(index_of(k) as u64).to_le_bytes()[..index_bytes]);
+            record[theta_at..theta_at + width]
+                .copy_from_slice(&(l.theta[k] as u32).to_le_bytes()[..width]);
+            if let Some(s2) = &l.sigma2 {
+                record[sigma_at..sigma_at + width].copy_from_slice(&s2[k].to_le_bytes()[..width]);
+            }
+            payloads.extend_from_slice(&record[..record_len]);
+        }
+        let padded = (payloads.len() - records_start).next_multiple_of(4);
+        payloads.resize(records_start + padded, 0);
+    }
+
+    /// Appends a linear layer's payload and fills its record's kind, shift and index width;
+    /// returns the weights stored.
+    fn write_linear(
+        &self,
+        l: &QLayerSpec,
+        rec: &mut [u8; LAYER_RECORD_LEN],
+        payloads: &mut Vec<u8>,
+    ) -> Result<usize, WriteError> {
+        let n = l.inputs * l.outputs;
+        let storage = l.resolved_storage(self.precision);
+        let index_bytes = l.index_bytes(storage);
+        let start = payloads.len();
+        Self::write_params(l, payloads);
+        // Weight positions (row-major k = j * inputs + i) in stored order.
+        let order: Vec<usize> = match storage {
+            Storage::Dense => (0..n).collect(),
+            Storage::Sparse => (0..n).filter(|&k| l.stored(k)).collect(),
+            Storage::SparseByInput => (0..l.inputs)
+                .flat_map(|i| (0..l.outputs).map(move |j| j * l.inputs + i))
+                .filter(|&k| l.stored(k))
+                .collect(),
+        };
+        // Sparse rows: line = output j, index = input i; by input the reverse.
+        let by_rows = storage == Storage::Sparse;
+        if storage != Storage::Dense {
+            let lines = if by_rows { l.outputs } else { l.inputs };
+            let line_of = |k: usize| if by_rows { k / l.inputs } else { k % l.inputs };
+            let mut counts = alloc::vec![0usize; lines];
+            for &k in &order {
+                counts[line_of(k)] += 1;
+            }
+            push_ints(payloads, counts.into_iter(), index_bytes);
+        }
+        let other = |k: usize| if by_rows { k % l.inputs } else { k / l.inputs };
+        self.write_records(l, &order, index_bytes, other, payloads);
+        let nnz = order.len();
+        debug_assert_eq!(
+            Some(payloads.len() - start),
+            quant_payload_len(
+                storage,
+                l.posterior(),
+                self.precision,
+                l.inputs,
+                l.outputs,
+                nnz,
+                index_bytes
+            )
+        );
+        rec[record::KIND] = match storage {
+            Storage::Dense => LayerKind::QuantDenseLinear,
+            Storage::Sparse => LayerKind::QuantSparseLinear,
+            Storage::SparseByInput => LayerKind::QuantSparseLinearByInput,
+        } as u8;
+        rec[record::QUANT_SHIFT] = to_u8(l.shift as usize, "shift")?;
+        rec[record::QUANT_INDEX_BYTES] = index_bytes as u8;
+        Ok(nnz)
+    }
+
+    /// Appends a convolution's payload (parameters, per-channel tap counts, packed taps,
+    /// records); returns the taps stored.
+    fn write_conv(
+        &self,
+        l: &QLayerSpec,
+        in_channels: usize,
+        kernel: [usize; 2],
+        payloads: &mut Vec<u8>,
+    ) -> Result<usize, WriteError> {
+        let start = payloads.len();
+        Self::write_params(l, payloads);
+        let per_channel = in_channels * kernel[0] * kernel[1];
+        let order: Vec<usize> = (0..l.theta.len()).filter(|&k| l.stored(k)).collect();
+        let mut counts = alloc::vec![0usize; l.params.len()];
+        for &k in &order {
+            counts[k / per_channel] += 1;
+        }
+        if counts.iter().any(|&c| c > u16::MAX as usize) {
+            return Err(WriteError::TooLarge("taps of one output channel"));
+        }
+        push_ints(payloads, counts.into_iter(), 2);
+        let area = kernel[0] * kernel[1];
+        for &k in &order {
+            let local = k % per_channel;
+            let tap = pack_tap(local / area, local % area / kernel[1], local % kernel[1]);
+            payloads.extend_from_slice(&tap.to_le_bytes());
+        }
+        self.write_records(l, &order, 0, |_| 0, payloads);
+        debug_assert_eq!(
+            Some(payloads.len() - start),
+            quant_conv_payload_len(l.posterior(), self.precision, l.params.len(), order.len())
+        );
+        Ok(order.len())
     }
 }
 

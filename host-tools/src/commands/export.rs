@@ -1,7 +1,7 @@
 //! `tinybayes export`: prune a trained run, remove dead units, write the flash table and
-//! print the per-layer report.
+//! print the per-layer report; or write an f32 model file again in fixed point.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::Args;
@@ -10,19 +10,24 @@ use crate::export::{export, ExportOptions};
 use crate::export_resnet::export_resnet;
 use crate::files::{check_writable, write_new};
 use crate::run_dir::load_run;
-use crate::runner::{quantize_spec, PrecisionArgs, Runner};
+use crate::runner::{quantize_spec, read_any_model, PrecisionArgs, Runner};
 use crate::train::DepthPrior;
 use tinybayes::format::Precision;
+use tinybayes::writer::ModelSpec;
 
 /// Arguments of `export`.
 #[derive(Args, Debug)]
 pub struct ExportArgs {
     /// Run directory written by `tinybayes train`.
-    #[arg(long)]
-    pub run: PathBuf,
-    /// Prune weights whose log alpha exceeds this.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 3.0)]
-    pub threshold: f32,
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    pub run: Option<PathBuf>,
+    /// An exported f32 model file (.tbm) to write again at --precision q8 or q16, instead of
+    /// a run (its pruning and priors are kept as they are).
+    #[arg(long, conflicts_with_all = ["threshold", "deterministic", "prior_lambda"])]
+    pub model: Option<PathBuf>,
+    /// Prune weights whose log alpha exceeds this [default: 3].
+    #[arg(long, allow_negative_numbers = true)]
+    pub threshold: Option<f32>,
     /// Write only the posterior means (no Monte Carlo uncertainty; half the flash).
     #[arg(long)]
     pub deterministic: bool,
@@ -46,17 +51,39 @@ pub struct ExportArgs {
 
 /// Runs `export`.
 pub fn run(args: &ExportArgs) -> Result<()> {
-    if !args.threshold.is_finite() {
-        bail!(
-            "--threshold must be a finite number, got {}",
-            args.threshold
-        );
-    }
     crate::report::check_report_samples("--samples", args.samples)?;
     check_writable(&args.out, args.force)?;
-    let run = load_run(&args.run)?;
+    let (spec, mut text) = match (&args.run, &args.model) {
+        (Some(run), _) => from_run(args, run)?,
+        (None, Some(model)) => from_model(args, model)?,
+        (None, None) => bail!("give --run DIR or --model FILE"),
+    };
+    let runner = match args.precision.precision {
+        None | Some(Precision::F32) => {
+            args.precision.warn_if_unused();
+            Runner::F32(spec.to_buffer()?)
+        }
+        Some(p) => Runner::Fixed(quantize_spec(&spec, p, &args.precision)?),
+    };
+    let report = runner
+        .report(args.samples, None)
+        .ok_or_else(|| anyhow::anyhow!("the exported model did not validate"))?;
+    write_new(&args.out, runner.buffer().as_bytes(), args.force)?;
+    text += &report.to_table();
+    text += &format!("wrote {}", args.out.display());
+    crate::ui::status(text);
+    Ok(())
+}
+
+/// The spec of a trained run, pruned, with the pruning report.
+fn from_run(args: &ExportArgs, run_dir: &Path) -> Result<(ModelSpec, String)> {
+    let threshold = args.threshold.unwrap_or(3.0);
+    if !threshold.is_finite() {
+        bail!("--threshold must be a finite number, got {threshold}");
+    }
+    let run = load_run(run_dir)?;
     let options = ExportOptions {
-        threshold: args.threshold,
+        threshold,
         gaussian: !args.deterministic,
     };
     let (spec, pruning) = match (&run.model, run.model.as_resnet()) {
@@ -77,20 +104,9 @@ pub fn run(args: &ExportArgs) -> Result<()> {
             export(network, options)?
         }
     };
-    let runner = match args.precision.precision {
-        None | Some(Precision::F32) => {
-            args.precision.warn_if_unused();
-            Runner::F32(spec.to_buffer()?)
-        }
-        Some(p) => Runner::Fixed(quantize_spec(&spec, p, &args.precision)?),
-    };
-    let report = runner
-        .report(args.samples, None)
-        .ok_or_else(|| anyhow::anyhow!("the exported model did not validate"))?;
-    write_new(&args.out, runner.buffer().as_bytes(), args.force)?;
     let mut text = format!(
-        "{} after {} epochs, pruned at log alpha > {}:\n",
-        run.config.arch, run.epochs_done, args.threshold
+        "{} after {} epochs, pruned at log alpha > {threshold}:\n",
+        run.config.arch, run.epochs_done
     );
     for (i, p) in pruning.iter().enumerate() {
         text += &format!(
@@ -98,8 +114,23 @@ pub fn run(args: &ExportArgs) -> Result<()> {
             p.surviving_weights, p.trained_weights, p.kept_outputs, p.trained_outputs
         );
     }
-    text += &report.to_table();
-    text += &format!("wrote {}", args.out.display());
-    crate::ui::status(text);
-    Ok(())
+    Ok((spec, text))
+}
+
+/// The spec of an f32 model file, to be written at a fixed-point precision.
+fn from_model(args: &ExportArgs, path: &Path) -> Result<(ModelSpec, String)> {
+    match args.precision.precision {
+        Some(Precision::Q8 | Precision::Q16) => {}
+        _ => bail!("--model re-exports an f32 model in fixed point: give --precision q8 or q16"),
+    }
+    let runner = read_any_model(path)?;
+    let Runner::F32(buffer) = &runner else {
+        bail!(
+            "{} is already a {} model: re-export the f32 model it came from",
+            path.display(),
+            runner.precision().name()
+        );
+    };
+    let spec = ModelSpec::from_model(&buffer.model()?);
+    Ok((spec, format!("{} in fixed point:\n", path.display())))
 }

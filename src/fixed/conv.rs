@@ -1,0 +1,261 @@
+//! Integer kernels of fixed-point convolutions and max pooling (format version 6), in the
+//! three forms of every fixed-point layer: one input with the posterior-mean weights
+//! ([`mean`]), one input with Gaussian weights as the first stochastic layer
+//! ([`moments`]), and a chunk of `s` samples laid out unit-major, `x[i * s + m]`
+//! ([`sampled`]).
+//!
+//! A convolution is a linear layer whose rows are (output channel, position) pairs sharing
+//! their channel's taps and row parameters: per output unit, `A = Σ a θ` and `V = Σ sq(a) σ²`
+//! over the channel's taps that fall inside the input (zero padding contributes nothing),
+//! in stored tap order, then the same output step as a linear row (`kernels::finish_group`,
+//! `kernels::unit_moments`). Output-stationary: a unit's sums stay in registers while its
+//! channel's taps stream past, so no scratch is needed beyond the noise draws.
+//!
+//! All arithmetic is integer and wraps on overflow, exactly as the linear kernels, so the
+//! host and every core compute the same bits.
+
+use super::kernels::{
+    finish, finish_group, layout, params, unit_moments, Format, NoIndex, Words, GROUP, Q16, Q8,
+};
+use super::model::{QCounts, QLayer};
+use crate::format::{unpack_tap, Posterior, Precision};
+use crate::model::Geometry;
+
+/// Runs `body::<F, GAUSS>` with the layer's format and posterior.
+macro_rules! dispatch_conv {
+    ($layer:expr, $body:ident $(:: <$x:ty>)? ( $($arg:expr),* )) => {{
+        let gaussian = $layer.posterior == Posterior::Gaussian;
+        match ($layer.precision, gaussian) {
+            (Precision::Q16, true) => $body::<Q16, true $(, $x)?>($($arg),*),
+            (Precision::Q16, false) => $body::<Q16, false $(, $x)?>($($arg),*),
+            (_, true) => $body::<Q8, true $(, $x)?>($($arg),*),
+            (_, false) => $body::<Q8, false $(, $x)?>($($arg),*),
+        }
+    }};
+}
+
+/// Calls `f(channel, taps, records)` for every output channel, with its taps and their
+/// weight records.
+#[inline(always)]
+fn for_each_channel(layer: &QLayer<'_>, mut f: impl FnMut(usize, &[u32], &[u8])) {
+    let QCounts::U16(counts) = layer.counts else {
+        return;
+    };
+    let len = layer.record_len;
+    let mut start = 0usize;
+    for (co, &n) in counts.iter().enumerate() {
+        let end = start + n as usize;
+        if let (Some(taps), Some(records)) = (
+            layer.taps.get(start..end),
+            layer.records.get(start * len..end * len),
+        ) {
+            f(co, taps, records);
+        }
+        start = end;
+    }
+}
+
+/// The input a tap reads at output position `(oy, ox)`; `None` in the zero padding.
+#[inline(always)]
+fn tap_input(g: &Geometry, tap: u32, oy: usize, ox: usize) -> Option<usize> {
+    let (c, ky, kx) = unpack_tap(tap);
+    let iy = (oy * g.stride + ky).checked_sub(g.padding)?;
+    let ix = (ox * g.stride + kx).checked_sub(g.padding)?;
+    if iy >= g.input[1] || ix >= g.input[2] {
+        return None;
+    }
+    Some((c * g.input[1] + iy) * g.input[2] + ix)
+}
+
+/// The sums `(A, V)` of one output unit at `(oy, ox)` for one input (`V = 0` unless
+/// `with_var` on a Gaussian layer).
+#[inline(always)]
+fn unit_sums<F: Format, const GAUSS: bool, X: Words + ?Sized>(
+    g: &Geometry,
+    taps: &[u32],
+    records: &[u8],
+    x: &X,
+    (oy, ox): (usize, usize),
+    with_var: bool,
+) -> (i64, u64) {
+    let (len, at_theta, at_sigma) = layout::<F, NoIndex, GAUSS>();
+    let (mut a, mut v) = (F::Acc::default(), F::Var::default());
+    for (&tap, r) in taps.iter().zip(records.chunks_exact(len)) {
+        let Some(i) = tap_input(g, tap, oy, ox) else {
+            continue;
+        };
+        let w = x.word::<F>(i);
+        a = F::mac(a, w, F::theta(r, at_theta));
+        if GAUSS && with_var {
+            v = F::var_mac(v, w, F::sigma2(r, at_sigma));
+        }
+    }
+    (F::acc_i64(a), F::var_u64(v))
+}
+
+/// Mean weights, one input: `out[(co, oy, ox)]` is the output word of that unit.
+pub(crate) fn mean<X: Words + ?Sized>(layer: &QLayer<'_>, g: &Geometry, x: &X, out: &mut [i32]) {
+    dispatch_conv!(layer, mean_typed::<X>(layer, g, x, out))
+}
+
+fn mean_typed<F: Format, const GAUSS: bool, X: Words + ?Sized>(
+    layer: &QLayer<'_>,
+    g: &Geometry,
+    x: &X,
+    out: &mut [i32],
+) {
+    let [_, out_h, out_w] = g.output;
+    for_each_channel(layer, |co, taps, records| {
+        let (m_theta, _, bias) = params(layer, co);
+        for oy in 0..out_h {
+            for ox in 0..out_w {
+                let (a, _) = unit_sums::<F, GAUSS, X>(g, taps, records, x, (oy, ox), false);
+                let z = a.wrapping_mul(m_theta).wrapping_add(bias);
+                if let Some(o) = out.get_mut((co * out_h + oy) * out_w + ox) {
+                    *o = finish::<F>(z, layer.shift, layer.activation);
+                }
+            }
+        }
+    });
+}
+
+/// Gaussian weights, one input: `base[u]`, `scale[u]` of every output unit `u`, as
+/// `kernels::moments_layer` defines them.
+pub(crate) fn moments<X: Words + ?Sized>(
+    layer: &QLayer<'_>,
+    g: &Geometry,
+    x: &X,
+    base: &mut [i64],
+    scale: &mut [i64],
+) {
+    dispatch_conv!(layer, moments_typed::<X>(layer, g, x, base, scale))
+}
+
+fn moments_typed<F: Format, const GAUSS: bool, X: Words + ?Sized>(
+    layer: &QLayer<'_>,
+    g: &Geometry,
+    x: &X,
+    base: &mut [i64],
+    scale: &mut [i64],
+) {
+    let [_, out_h, out_w] = g.output;
+    for_each_channel(layer, |co, taps, records| {
+        for oy in 0..out_h {
+            for ox in 0..out_w {
+                let (a, v) = unit_sums::<F, GAUSS, X>(g, taps, records, x, (oy, ox), true);
+                let u = (co * out_h + oy) * out_w + ox;
+                if let (Some(b), Some(sc)) = (base.get_mut(u), scale.get_mut(u)) {
+                    (*b, *sc) = unit_moments(layer, co, a, v);
+                }
+            }
+        }
+    });
+}
+
+/// A chunk of `s` samples: `x[i * s + m]` is input `i` of sample `m`, `eps[u * s + m]` the
+/// noise of output unit `u` (Gaussian layers); writes `out[u * s + m]`.
+pub(crate) fn sampled(
+    layer: &QLayer<'_>,
+    g: &Geometry,
+    x: &[i32],
+    s: usize,
+    eps: &[i16],
+    out: &mut [i32],
+) {
+    dispatch_conv!(layer, sampled_typed(layer, g, x, s, eps, out))
+}
+
+#[inline(never)]
+fn sampled_typed<F: Format, const GAUSS: bool>(
+    layer: &QLayer<'_>,
+    g: &Geometry,
+    x: &[i32],
+    s: usize,
+    eps: &[i16],
+    out: &mut [i32],
+) {
+    let (len, at_theta, at_sigma) = layout::<F, NoIndex, GAUSS>();
+    let [_, out_h, out_w] = g.output;
+    for_each_channel(layer, |co, taps, records| {
+        for oy in 0..out_h {
+            for ox in 0..out_w {
+                let u = (co * out_h + oy) * out_w + ox;
+                let mut g0 = 0;
+                while g0 < s {
+                    let n = GROUP.min(s - g0);
+                    let mut acc = [F::Acc::default(); GROUP];
+                    let mut var = [F::Var::default(); GROUP];
+                    for (&tap, r) in taps.iter().zip(records.chunks_exact(len)) {
+                        let Some(i) = tap_input(g, tap, oy, ox) else {
+                            continue;
+                        };
+                        let Some(xs) = x.get(i * s + g0..i * s + g0 + n) else {
+                            continue;
+                        };
+                        let t = F::theta(r, at_theta);
+                        for (m, &w) in xs.iter().enumerate().take(GROUP) {
+                            acc[m] = F::mac(acc[m], w, t);
+                            if GAUSS {
+                                var[m] = F::var_mac(var[m], w, F::sigma2(r, at_sigma));
+                            }
+                        }
+                    }
+                    let at = u * s + g0;
+                    finish_group::<F, GAUSS>(
+                        layer,
+                        co,
+                        (&acc, &var),
+                        eps.get(at..at + n),
+                        out.get_mut(at..at + n),
+                    );
+                    g0 += n;
+                }
+            }
+        }
+    });
+}
+
+/// Max pooling of `s` samples (`s = 1` for one input): `out[(c, oy, ox) * s + m]` is the
+/// largest word of the window. Activations are non-negative and their words grow with them
+/// (the q8 word holds `a^2 >> 1` above `a`), so the largest word is the word of the largest
+/// activation.
+pub(crate) fn max_pool<X: Words + ?Sized>(
+    precision: Precision,
+    g: &Geometry,
+    x: &X,
+    s: usize,
+    out: &mut [i32],
+) {
+    match precision {
+        Precision::Q16 => pool_typed::<Q16, X>(g, x, s, out),
+        _ => pool_typed::<Q8, X>(g, x, s, out),
+    }
+}
+
+fn pool_typed<F: Format, X: Words + ?Sized>(g: &Geometry, x: &X, s: usize, out: &mut [i32]) {
+    let [channels, in_h, in_w] = g.input;
+    let [_, out_h, out_w] = g.output;
+    let mut o = 0;
+    for c in 0..channels {
+        for oy in 0..out_h {
+            for ox in 0..out_w {
+                for m in 0..s {
+                    let mut best = i32::MIN;
+                    for ky in 0..g.window[0] {
+                        let row = (c * in_h + oy * g.stride + ky) * in_w + ox * g.stride;
+                        for kx in 0..g.window[1] {
+                            let i = (row + kx) * s + m;
+                            if i < x.len() {
+                                best = best.max(x.word::<F>(i));
+                            }
+                        }
+                    }
+                    if let Some(v) = out.get_mut(o * s + m) {
+                        *v = best;
+                    }
+                }
+                o += 1;
+            }
+        }
+    }
+}
