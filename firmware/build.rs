@@ -123,7 +123,7 @@ fn main() {
     .unwrap();
     write_parity(&mut src, &model, &images);
     write_bench_models(&mut src, &out);
-    fixed::write_fixed(&mut src, &manifest, &out, &images, fixed_chunk);
+    fixed::write_fixed(&mut src, &manifest, &out, &images, fixed_chunk, board);
     write_early_exit_model(&mut src, &manifest, &out);
     fs::write(out.join("generated.rs"), src).expect("write generated.rs");
 }

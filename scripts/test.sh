@@ -55,7 +55,7 @@ step "no floating point in the fixed-point firmware for the Cortex-M0"
 cargo build -p tinybayes-firmware --release --target thumbv6m-none-eabi --bin demo-fixed
 bash scripts/check-no-float.sh target/thumbv6m-none-eabi/release/demo-fixed
 
-step "host/device parity over the 10,000 MNIST test images: f32 on the Cortex-M4F, q8 on the M0 and M3"
+step "host/device parity over the MNIST test images: f32 LeNet-300-100 on the Cortex-M4F, q8 LeNet-300-100 on the M0, q8 LeNet-5 on the M3"
 cargo parity-m4
 cargo parity-m0
 cargo parity-m3

@@ -1,7 +1,7 @@
-//! Build-time data of the fixed-point firmware: the q8 and q16 LeNet-300-100 models, their
-//! workspace, host-computed digests of their outputs on the ten embedded images, and the
-//! expected digest of the full 10,000-image MNIST test set, which the `parity` binary streams
-//! over semihosting and checks on the device.
+//! Build-time data of the fixed-point firmware: the q8 and q16 LeNet-300-100 models and the
+//! q8 LeNet-5, their workspace, host-computed digests of their outputs on the ten embedded
+//! images, and the expected digest of the full 10,000-image MNIST test set, which the
+//! `parity` binary streams over semihosting and checks on the device.
 
 use std::env;
 use std::fmt::Write as _;
@@ -24,6 +24,12 @@ use tinybayes::{Q16, Q8};
 /// The fixed-point models, relative to the firmware crate.
 const Q8_MODEL: &str = "../models/lenet300-q8.tbm";
 const Q16_MODEL: &str = "../models/lenet300-q16.tbm";
+/// The q8 LeNet-5 (fixed-point convolutions), on the boards whose RAM holds its workspace.
+const LENET5_Q8_MODEL: &str = "../models/lenet5-q8.tbm";
+/// Images of the q8 LeNet-5's Monte Carlo parity run (mean weights: all of them).
+const LENET5_MC_IMAGES: usize = 1000;
+/// Samples sharing a pass for the q8 LeNet-5 on the emulated boards with megabytes of RAM.
+const LENET5_CHUNK: usize = 8;
 /// The f32 model of the full-test-set parity run on hard-float targets.
 const F32_MODEL: &str = "../models/lenet300.tbm";
 /// Monte Carlo samples of the parity runs and the demo.
@@ -73,17 +79,23 @@ fn embedded_digests<N: FixedPoint>(model: &QModel<'_>, images: &[u8], count: usi
         .collect()
 }
 
-pub fn write_fixed(src: &mut String, manifest: &Path, out: &Path, images: &[u8], chunk: usize) {
-    let mut workspace_words = 0;
-    for (name, rel) in [("FIXED_Q8_MODEL", Q8_MODEL), ("FIXED_Q16_MODEL", Q16_MODEL)] {
-        let path = manifest
-            .join(rel)
-            .canonicalize()
-            .expect("fixed-point model exists");
-        println!("cargo::rerun-if-changed={}", path.display());
-        let buffer = ModelBuffer::from_bytes(&fs::read(&path).expect("read model"));
+/// Embeds a fixed-point model as `name` with the digests of its outputs on the embedded
+/// images (`{name}_EXPECTED`); returns its bytes.
+fn embed_fixed(
+    src: &mut String,
+    manifest: &Path,
+    name: &str,
+    rel: &str,
+    images: &[u8],
+) -> ModelBuffer {
+    let path = manifest
+        .join(rel)
+        .canonicalize()
+        .expect("fixed-point model exists");
+    println!("cargo::rerun-if-changed={}", path.display());
+    let buffer = ModelBuffer::from_bytes(&fs::read(&path).expect("read model"));
+    {
         let model = QModel::from_bytes(buffer.as_bytes()).expect("valid fixed-point model");
-        workspace_words = workspace_words.max(model.workspace_len(chunk));
         writeln!(src, "/// {rel}, in flash.").unwrap();
         writeln!(
             src,
@@ -98,16 +110,72 @@ pub fn write_fixed(src: &mut String, manifest: &Path, out: &Path, images: &[u8],
             _ => embedded_digests::<Q8>(&model, images, count),
         };
         writeln!(
-            src,
-            "/// Host-computed CRC-32 of each embedded image's outputs with `{name}` (mean weights, then Monte Carlo)."
-        )
-        .unwrap();
+        src,
+        "/// Host-computed CRC-32 of each embedded image's outputs with `{name}` (mean weights, then Monte Carlo)."
+    )
+    .unwrap();
         writeln!(
             src,
             "pub static {name}_EXPECTED: [u32; {count}] = {digests:?};"
         )
         .unwrap();
     }
+    buffer
+}
+
+/// The fixed-point data: LeNet-300-100 in q8 and q16 at `chunk`, LeNet-5 in q8 where the
+/// board's RAM holds it (cfg `tb_lenet5`), the full-test-set parity data.
+pub fn write_fixed(
+    src: &mut String,
+    manifest: &Path,
+    out: &Path,
+    images: &[u8],
+    chunk: usize,
+    board: &str,
+) {
+    let mut workspace_words = 0;
+    for (name, rel) in [("FIXED_Q8_MODEL", Q8_MODEL), ("FIXED_Q16_MODEL", Q16_MODEL)] {
+        let buffer = embed_fixed(src, manifest, name, rel, images);
+        let model = QModel::from_bytes(buffer.as_bytes()).expect("valid fixed-point model");
+        workspace_words = workspace_words.max(model.workspace_len(chunk));
+    }
+    // Only the emulated MPS2 boards (4 MB of RAM) run it: the micro:bit's 16 KB cannot hold
+    // even one sample's feature maps (209,664 B), and on the nRF52840-DK's 256 KB that would
+    // leave under 48 KB for everything else, untested on a board. Elsewhere the model is not
+    // embedded and the code that runs it is compiled out (cfg `tb_lenet5`).
+    let fits = board.starts_with("mps2");
+    println!("cargo::rustc-check-cfg=cfg(tb_lenet5)");
+    let path = manifest.join(LENET5_Q8_MODEL);
+    let bytes = ModelBuffer::from_bytes(&fs::read(&path).expect("read the q8 LeNet-5"));
+    let lenet5 = QModel::from_bytes(bytes.as_bytes()).expect("valid fixed-point model");
+    if fits {
+        println!("cargo::rustc-cfg=tb_lenet5");
+        embed_fixed(src, manifest, "LENET5_Q8_MODEL", LENET5_Q8_MODEL, images);
+        writeln!(src, "/// Samples sharing a pass for the q8 LeNet-5.").unwrap();
+        writeln!(src, "pub const LENET5_CHUNK: usize = {LENET5_CHUNK};").unwrap();
+        writeln!(
+            src,
+            "/// 64-bit workspace words of the q8 LeNet-5 at `LENET5_CHUNK`."
+        )
+        .unwrap();
+        writeln!(
+            src,
+            "pub const LENET5_WORKSPACE_WORDS: usize = {};",
+            lenet5.workspace_len(LENET5_CHUNK)
+        )
+        .unwrap();
+    }
+    writeln!(
+        src,
+        "/// Bytes of workspace the q8 LeNet-5 needs with one sample per pass."
+    )
+    .unwrap();
+    writeln!(
+        src,
+        "pub const LENET5_WORKSPACE_BYTES_ONE_SAMPLE: usize = {};",
+        lenet5.workspace_bytes(1)
+    )
+    .unwrap();
     writeln!(
         src,
         "/// Samples sharing a pass in the fixed-point firmware."
@@ -136,12 +204,13 @@ pub fn write_fixed(src: &mut String, manifest: &Path, out: &Path, images: &[u8],
     )
     .unwrap();
     writeln!(src, "pub const FIXED_SEED_BASE: u64 = {SEED_BASE};").unwrap();
-    write_full_parity(src, manifest, out);
+    write_full_parity(src, manifest, out, fits);
 }
 
 /// Decodes the MNIST test images to a raw file in OUT_DIR (10,000 x 784 bytes) and computes
-/// the q8 model's digest over all of them on the host.
-fn write_full_parity(src: &mut String, manifest: &Path, out: &Path) {
+/// the parity model's digest over all of them on the host: the f32 LeNet-300-100 on
+/// hard-float targets, the q8 LeNet-5 on the Cortex-M3, the q8 LeNet-300-100 elsewhere.
+fn write_full_parity(src: &mut String, manifest: &Path, out: &Path, lenet5_fits: bool) {
     println!("cargo::rerun-if-env-changed=TINYBAYES_MNIST_DIR");
     let dir = env::var_os("TINYBAYES_MNIST_DIR")
         .map(PathBuf::from)
@@ -175,27 +244,48 @@ fn write_full_parity(src: &mut String, manifest: &Path, out: &Path) {
             "pub const PARITY_IMAGES: Option<&core::ffi::CStr> = None;"
         )
         .unwrap();
-        writeln!(src, "/// Images in the parity file.").unwrap();
-        writeln!(src, "pub const PARITY_IMAGE_COUNT: usize = 0;").unwrap();
+        writeln!(src, "/// Images checked per mode.").unwrap();
+        writeln!(src, "pub const PARITY_IMAGE_COUNTS: [usize; 2] = [0; 2];").unwrap();
         writeln!(src, "/// The model the parity binary would run (no data).").unwrap();
         writeln!(src, "pub const PARITY_MODEL_NAME: &str = \"\";").unwrap();
+        writeln!(src, "/// No fixed-point parity run in this build.").unwrap();
+        writeln!(src, "pub const PARITY_LENET5: bool = false;").unwrap();
         writeln!(src, "/// Expected digests (unavailable).").unwrap();
         writeln!(src, "pub const PARITY_EXPECTED_CRC32: [u32; 2] = [0; 2];").unwrap();
         return;
     };
     println!("cargo::rerun-if-changed={}", gz.display());
     fs::write(&raw, &pixels).expect("write raw parity images");
-    // The f32 LeNet-300-100 on hard-float targets (the Cortex-M4F), the q8 one elsewhere.
-    let f32_target = env::var("TARGET").is_ok_and(|t| t.ends_with("eabihf"));
-    let file = if f32_target { F32_MODEL } else { Q8_MODEL };
+    let target = env::var("TARGET").unwrap_or_default();
+    let f32_target = target.ends_with("eabihf");
+    let lenet5_target = target.starts_with("thumbv7m") && lenet5_fits;
+    let file = if f32_target {
+        F32_MODEL
+    } else if lenet5_target {
+        LENET5_Q8_MODEL
+    } else {
+        Q8_MODEL
+    };
     let path = manifest
         .join(file)
         .canonicalize()
         .expect("parity model exists");
     let buffer = ModelBuffer::from_bytes(&fs::read(&path).expect("read model"));
     let count = pixels.len() / 784;
+    // The q8 LeNet-5 costs 6.4 M instructions per image with mean weights and 61 M with
+    // M = 32 on the M3: every image in the first mode, the first 1,000 in the second.
+    let counts = [
+        count,
+        if lenet5_target {
+            count.min(LENET5_MC_IMAGES)
+        } else {
+            count
+        },
+    ];
     let mut expected = Vec::new();
-    for mode in modes() {
+    for (mode, &count) in modes().iter().zip(&counts) {
+        let mode = *mode;
+        let pixels = &pixels[..count * 784];
         let mut digest = OutputsDigest::new();
         if f32_target {
             let model = buffer.model().expect("valid f32 model");
@@ -229,10 +319,24 @@ fn write_full_parity(src: &mut String, manifest: &Path, out: &Path) {
         raw.display().to_string()
     )
     .unwrap();
-    writeln!(src, "/// Images in the parity file.").unwrap();
-    writeln!(src, "pub const PARITY_IMAGE_COUNT: usize = {count};").unwrap();
+    writeln!(
+        src,
+        "/// Images checked per mode (the first ones of the file): mean weights, Monte Carlo."
+    )
+    .unwrap();
+    writeln!(
+        src,
+        "pub const PARITY_IMAGE_COUNTS: [usize; 2] = {counts:?};"
+    )
+    .unwrap();
     writeln!(src, "/// The model the parity binary runs on this target.").unwrap();
     writeln!(src, "pub const PARITY_MODEL_NAME: &str = {file:?};").unwrap();
+    writeln!(
+        src,
+        "/// Whether the fixed-point parity run is the q8 LeNet-5's (else the q8 LeNet-300-100's)."
+    )
+    .unwrap();
+    writeln!(src, "pub const PARITY_LENET5: bool = {lenet5_target};").unwrap();
     writeln!(
         src,
         "/// Host-computed outputs digests (`tinybayes::digest`) over every image, image i seeded with `FIXED_SEED_BASE + i`: mean weights, then Monte Carlo with `FIXED_SAMPLES` samples."

@@ -444,19 +444,28 @@ fn bad_inputs_fail_with_one_line_and_write_nothing() {
 fn documented_parity_digests_are_what_eval_prints() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let doc = fs::read_to_string(root.join("BENCHMARKS.md")).unwrap();
-    let rows: Vec<(String, u32, String)> = doc
+    // (model, samples, images: all 10,000 or "first N", digest)
+    let rows: Vec<(String, u32, usize, String)> = doc
         .lines()
         .filter(|l| l.starts_with("| `cargo parity-"))
         .map(|l| {
             let cells: Vec<&str> = l.split('|').map(str::trim).collect();
-            let samples = if cells[3] == "mean weights" { 0 } else { 32 };
-            (cells[2].to_string(), samples, cells[4].to_string())
+            let samples = if cells[3].starts_with("mean weights") {
+                0
+            } else {
+                32
+            };
+            let images = cells[3].split("first ").nth(1).map_or(10_000, |t| {
+                let n = t.split(' ').next().unwrap().replace(',', "");
+                n.parse().unwrap()
+            });
+            (cells[2].to_string(), samples, images, cells[4].to_string())
         })
         .collect();
-    assert_eq!(rows.len(), 4, "the parity table of BENCHMARKS.md: {rows:?}");
+    assert_eq!(rows.len(), 6, "the parity table of BENCHMARKS.md: {rows:?}");
     let data = shared_data("mnist/t10k-images-idx3-ubyte.gz").join("mnist");
     let dir = tempfile::tempdir().unwrap();
-    for (i, (model, samples, crc)) in rows.iter().enumerate() {
+    for (i, (model, samples, images, crc)) in rows.iter().enumerate() {
         let report = dir.path().join(format!("r{i}"));
         let out = tinybayes(&[
             "eval",
@@ -468,6 +477,8 @@ fn documented_parity_digests_are_what_eval_prints() {
             p(&data.join("t10k-labels-idx1-ubyte.gz")),
             "--samples",
             &samples.to_string(),
+            "--limit",
+            &images.to_string(),
             "--seed",
             "31488",
             "--report",
@@ -476,7 +487,7 @@ fn documented_parity_digests_are_what_eval_prints() {
         assert!(out.status.success(), "{out:?}");
         let json: Value =
             serde_json::from_str(&fs::read_to_string(report.join("report.json")).unwrap()).unwrap();
-        assert_eq!(json["count"], 10_000);
+        assert_eq!(json["count"], *images);
         assert_eq!(
             json["outputs_crc32"],
             crc.as_str(),

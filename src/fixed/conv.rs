@@ -94,10 +94,12 @@ fn unit_sums<F: Format, const GAUSS: bool, X: Words + ?Sized>(
 }
 
 /// Mean weights, one input: `out[(co, oy, ox)]` is the output word of that unit.
+#[inline(never)]
 pub(crate) fn mean<X: Words + ?Sized>(layer: &QLayer<'_>, g: &Geometry, x: &X, out: &mut [i32]) {
     dispatch_conv!(layer, mean_typed::<X>(layer, g, x, out))
 }
 
+#[inline(never)]
 fn mean_typed<F: Format, const GAUSS: bool, X: Words + ?Sized>(
     layer: &QLayer<'_>,
     g: &Geometry,
@@ -121,6 +123,7 @@ fn mean_typed<F: Format, const GAUSS: bool, X: Words + ?Sized>(
 
 /// Gaussian weights, one input: `base[u]`, `scale[u]` of every output unit `u`, as
 /// `kernels::moments_layer` defines them.
+#[inline(never)]
 pub(crate) fn moments<X: Words + ?Sized>(
     layer: &QLayer<'_>,
     g: &Geometry,
@@ -131,6 +134,7 @@ pub(crate) fn moments<X: Words + ?Sized>(
     dispatch_conv!(layer, moments_typed::<X>(layer, g, x, base, scale))
 }
 
+#[inline(never)]
 fn moments_typed<F: Format, const GAUSS: bool, X: Words + ?Sized>(
     layer: &QLayer<'_>,
     g: &Geometry,
@@ -154,6 +158,7 @@ fn moments_typed<F: Format, const GAUSS: bool, X: Words + ?Sized>(
 
 /// A chunk of `s` samples: `x[i * s + m]` is input `i` of sample `m`, `eps[u * s + m]` the
 /// noise of output unit `u` (Gaussian layers); writes `out[u * s + m]`.
+#[inline(never)]
 pub(crate) fn sampled(
     layer: &QLayer<'_>,
     g: &Geometry,
@@ -219,6 +224,7 @@ fn sampled_typed<F: Format, const GAUSS: bool>(
 /// largest word of the window. Activations are non-negative and their words grow with them
 /// (the q8 word holds `a^2 >> 1` above `a`), so the largest word is the word of the largest
 /// activation.
+#[inline(never)]
 pub(crate) fn max_pool<X: Words + ?Sized>(
     precision: Precision,
     g: &Geometry,
@@ -232,6 +238,7 @@ pub(crate) fn max_pool<X: Words + ?Sized>(
     }
 }
 
+#[inline(never)]
 fn pool_typed<F: Format, X: Words + ?Sized>(g: &Geometry, x: &X, s: usize, out: &mut [i32]) {
     let [channels, in_h, in_w] = g.input;
     let [_, out_h, out_w] = g.output;

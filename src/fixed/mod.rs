@@ -1,7 +1,8 @@
 //! Fixed-point inference (q8, q16): integer-only Monte Carlo posterior predictive for cores
 //! without an FPU (Cortex-M0, M3), bit-exact between the host and every device.
 //!
-//! - [`QModel`]: the validated view of a version-3 model file with quantized layers.
+//! - [`QModel`]: the validated view of a version-3 (linear) or version-6 (convolutions,
+//!   pooling) model file with quantized layers.
 //! - [`crate::Engine`]`<CHUNK, `[`crate::Q8`]`>` (or [`crate::Q16`]) runs it on raw 8-bit
 //!   inputs, through the same runner as f32 models; [`QPrediction`] holds the answer in
 //!   [`UQ16`].

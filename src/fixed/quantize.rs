@@ -457,24 +457,25 @@ mod tests {
                 .collect();
             (theta, var)
         };
-        let conv = |cin: usize, cout: usize, side: usize, stride: usize, w: (Vec<f32>, Vec<f32>)| {
-            let out = window_output(side, 3, stride, 1).unwrap();
-            LayerSpec {
-                op: LayerOp::Conv2d {
-                    out_channels: cout,
-                    kernel: [3, 3],
-                    stride,
-                    padding: 1,
-                },
-                inputs: cin * side * side,
-                outputs: cout * out * out,
-                activation: Activation::Relu,
-                bias: vec![0.05; cout],
-                theta: w.0,
-                variance: Some(w.1),
-                storage: StorageChoice::Sparse,
-            }
-        };
+        let conv =
+            |cin: usize, cout: usize, side: usize, stride: usize, w: (Vec<f32>, Vec<f32>)| {
+                let out = window_output(side, 3, stride, 1).unwrap();
+                LayerSpec {
+                    op: LayerOp::Conv2d {
+                        out_channels: cout,
+                        kernel: [3, 3],
+                        stride,
+                        padding: 1,
+                    },
+                    inputs: cin * side * side,
+                    outputs: cout * out * out,
+                    activation: Activation::Relu,
+                    bias: vec![0.05; cout],
+                    theta: w.0,
+                    variance: Some(w.1),
+                    storage: StorageChoice::Sparse,
+                }
+            };
         let c1 = conv(1, 3, 8, 1, gaussian_weights(27, 0.5));
         let pool = LayerSpec::max_pool([3, 8, 8], 2, 2).unwrap();
         let c2 = conv(3, 4, 4, 2, gaussian_weights(108, 0.3));

@@ -28,8 +28,8 @@ const STACK_WINDOW: usize = 4 * 1024;
 
 /// The measured call, kept out of line so the stack probe sees all of its frames.
 #[inline(never)]
-fn predict_once<N: FixedPoint>(
-    engine: &mut Engine<'_, '_, FIXED_CHUNK, N>,
+fn predict_once<const CHUNK: usize, N: FixedPoint>(
+    engine: &mut Engine<'_, '_, CHUNK, N>,
     pixels: &[u8],
     mode: Mode,
     rng: &mut Xoshiro128PlusPlus,
@@ -37,14 +37,19 @@ fn predict_once<N: FixedPoint>(
     engine.predict_u8(pixels, mode, rng)
 }
 
-fn bench_model(board: &mut Board, name: &str, bytes: &'static [u8]) -> Result<(), InferenceError> {
+/// Benchmarks a model with `CHUNK` samples per pass in `WORDS` words of workspace.
+fn bench_model<const CHUNK: usize, const WORDS: usize>(
+    board: &mut Board,
+    name: &str,
+    bytes: &'static [u8],
+) -> Result<(), InferenceError> {
     match QModel::from_bytes(bytes).map(|m| m.precision()) {
-        Ok(Precision::Q16) => bench_in::<Q16>(board, name, bytes),
-        _ => bench_in::<Q8>(board, name, bytes),
+        Ok(Precision::Q16) => bench_in::<CHUNK, WORDS, Q16>(board, name, bytes),
+        _ => bench_in::<CHUNK, WORDS, Q8>(board, name, bytes),
     }
 }
 
-fn bench_in<N: FixedPoint>(
+fn bench_in<const CHUNK: usize, const WORDS: usize, N: FixedPoint>(
     board: &mut Board,
     name: &str,
     bytes: &'static [u8],
@@ -62,8 +67,8 @@ fn bench_in<N: FixedPoint>(
         bytes.len(),
         validate
     );
-    let mut workspace = [0u64; FIXED_WORKSPACE_WORDS];
-    let mut engine = Engine::<FIXED_CHUNK, N>::new(&model, &mut workspace)?;
+    let mut workspace = [0u64; WORDS];
+    let mut engine = Engine::<CHUNK, N>::new(&model, &mut workspace)?;
     let (pixels, _) = assets::image(0);
     for samples in [0u16, 8, 32] {
         let mode = NonZeroU16::new(samples)
@@ -79,9 +84,9 @@ fn bench_in<N: FixedPoint>(
             name,
             if samples == 0 { "mean weights" } else { "Monte Carlo" },
             samples.max(1),
-            FIXED_CHUNK,
+            CHUNK,
             cost,
-            model.workspace_bytes(FIXED_CHUNK),
+            model.workspace_bytes(CHUNK),
             stack,
             p.class
         );
@@ -103,10 +108,29 @@ fn main() -> ! {
             FIXED_Q16_MODEL,
         ),
     ] {
-        if let Err(e) = bench_model(&mut board, name, bytes) {
+        if let Err(e) = bench_model::<FIXED_CHUNK, FIXED_WORKSPACE_WORDS>(&mut board, name, bytes) {
             defmt::error!("{=str}: {}", name, e);
             platform::exit(false);
         }
     }
+    let lenet5 = "LeNet-5 q8 (models/lenet5-q8.tbm)";
+    #[cfg(tb_lenet5)]
+    {
+        use tinybayes_firmware::generated::{
+            LENET5_CHUNK, LENET5_Q8_MODEL, LENET5_WORKSPACE_WORDS,
+        };
+        if let Err(e) =
+            bench_model::<LENET5_CHUNK, LENET5_WORKSPACE_WORDS>(&mut board, lenet5, LENET5_Q8_MODEL)
+        {
+            defmt::error!("{=str}: {}", lenet5, e);
+            platform::exit(false);
+        }
+    }
+    #[cfg(not(tb_lenet5))]
+    defmt::info!(
+        "{=str}: does not fit this board's RAM (needs {=usize} B of workspace with one sample per pass)",
+        lenet5,
+        tinybayes_firmware::generated::LENET5_WORKSPACE_BYTES_ONE_SAMPLE
+    );
     platform::exit(true)
 }

@@ -1,7 +1,8 @@
 //! Host/device parity over the whole MNIST test set: streams the 10,000 raw images from the
 //! host over semihosting and runs a model on each, mean weights and then 32 Monte Carlo
 //! samples (image i seeded with the seed base + i): the f32 LeNet-300-100 on hard-float cores
-//! (the Cortex-M4F), the q8 one elsewhere (M0, M3). Each mode's outputs go into one
+//! (the Cortex-M4F), the q8 LeNet-5 on the Cortex-M3 (its Monte Carlo mode on the first 1,000
+//! images: 61 M instructions each), the q8 LeNet-300-100 on the M0. Each mode's outputs go into one
 //! `tinybayes::digest::OutputsDigest`, compared with the digest the host computed at build time
 //! with the same core code; it is also what `tinybayes eval --seed 31488` prints as its
 //! outputs CRC-32 for the same model and mode. Exits 0 on equality.
@@ -18,7 +19,7 @@ use tinybayes::digest::{DigestOutputs, OutputsDigest};
 use tinybayes::{InferenceError, Mode};
 use tinybayes_firmware::clock::Clock;
 use tinybayes_firmware::generated::{
-    FIXED_SAMPLES, FIXED_SEED_BASE, PARITY_EXPECTED_CRC32, PARITY_IMAGES, PARITY_IMAGE_COUNT,
+    FIXED_SAMPLES, FIXED_SEED_BASE, PARITY_EXPECTED_CRC32, PARITY_IMAGES, PARITY_IMAGE_COUNTS,
     PARITY_MODEL_NAME,
 };
 use tinybayes_firmware::platform;
@@ -46,7 +47,7 @@ fn digests<P: DigestOutputs>(
         };
         let mut digest = OutputsDigest::new();
         let mut image = [0u8; IMAGE_LEN];
-        for i in 0..PARITY_IMAGE_COUNT {
+        for i in 0..PARITY_IMAGE_COUNTS[m] {
             if file.read_exact(&mut image).is_err() {
                 defmt::error!("image {=usize}: short read", i);
                 platform::exit(false)
@@ -82,15 +83,32 @@ fn run() -> [u32; 2] {
 
 #[cfg(not(tb_parity_f32))]
 fn run() -> [u32; 2] {
+    use tinybayes_firmware::generated::{
+        FIXED_CHUNK, FIXED_Q8_MODEL, FIXED_WORKSPACE_WORDS, PARITY_LENET5,
+    };
+    #[cfg(tb_lenet5)]
+    if PARITY_LENET5 {
+        use tinybayes_firmware::generated::{
+            LENET5_CHUNK, LENET5_Q8_MODEL, LENET5_WORKSPACE_WORDS,
+        };
+        return run_q8::<LENET5_CHUNK, LENET5_WORKSPACE_WORDS>(LENET5_Q8_MODEL);
+    }
+    let _ = PARITY_LENET5;
+    run_q8::<FIXED_CHUNK, FIXED_WORKSPACE_WORDS>(FIXED_Q8_MODEL)
+}
+
+/// The digests of a q8 model with `CHUNK` samples per pass in `WORDS` words of workspace.
+#[cfg(not(tb_parity_f32))]
+fn run_q8<const CHUNK: usize, const WORDS: usize>(bytes: &'static [u8]) -> [u32; 2] {
     use tinybayes::fixed::QModel;
     use tinybayes::{Engine, Q8};
-    use tinybayes_firmware::generated::{FIXED_CHUNK, FIXED_Q8_MODEL, FIXED_WORKSPACE_WORDS};
-    let Ok(model) = QModel::from_bytes(FIXED_Q8_MODEL) else {
+    let Ok(model) = QModel::from_bytes(bytes) else {
         defmt::error!("the q8 model does not validate");
         platform::exit(false)
     };
-    let mut workspace = [0u64; FIXED_WORKSPACE_WORDS];
-    let Ok(mut engine) = Engine::<FIXED_CHUNK, Q8>::new(&model, &mut workspace) else {
+    let mut workspace = [0u64; WORDS];
+    let Ok(mut engine) = Engine::<CHUNK, Q8>::new(&model, &mut workspace) else {
+        defmt::error!("the q8 model's workspace does not fit");
         platform::exit(false)
     };
     digests(|image, mode, rng| engine.predict_u8::<10>(image, mode, rng))
@@ -107,13 +125,11 @@ fn main() -> ! {
     let start = board.clock.now();
     let device = run();
     let cost = board.clock.now() - start;
-    for (name, d, h) in [
-        ("mean weights", device[0], PARITY_EXPECTED_CRC32[0]),
-        ("M = 32", device[1], PARITY_EXPECTED_CRC32[1]),
-    ] {
+    for (m, name) in ["mean weights", "M = 32"].into_iter().enumerate() {
+        let (d, h) = (device[m], PARITY_EXPECTED_CRC32[m]);
         defmt::info!(
             "{=usize} images, {=str}: device outputs CRC-32 {=u32:#010x}, host {=u32:#010x}",
-            PARITY_IMAGE_COUNT,
+            PARITY_IMAGE_COUNTS[m],
             name,
             d,
             h
