@@ -677,15 +677,8 @@ fn parse_layer<'a>(
         }
         LayerKind::Conv2d => {
             reserved(record::CONV_RESERVED)?;
-            let out_channels = u16_at(rec, record::CONV_OUT_CHANNELS) as usize;
-            let window = [
-                rec[record::CONV_KERNEL_H] as usize,
-                rec[record::CONV_KERNEL_W] as usize,
-            ];
-            let stride = rec[record::CONV_STRIDE] as usize;
-            let padding = rec[record::CONV_PADDING] as usize;
-            let geometry = window_geometry(cx.shape, out_channels, window, stride, padding)
-                .ok_or(ModelError::BadGeometry { layer })?;
+            let geometry = conv_geometry(rec, cx.shape, layer)?;
+            let (out_channels, window) = (geometry.output[0], geometry.window);
             let dense = out_channels * cx.shape[0] * window[0] * window[1];
             let len = conv_payload_len(posterior, out_channels, nnz);
             (Operation::Conv2d(geometry), geometry.output, dense, len)
@@ -880,6 +873,24 @@ fn compressed(
 
 /// Geometry of a window operation over an input shape; `None` if the window does not fit,
 /// has a zero dimension or stride, or pads by a whole window or more.
+/// The geometry a convolution's record gives (output channels, kernel, stride, padding in
+/// bytes 24..30) over an input of `shape`; `BadGeometry` if the kernel does not fit.
+pub(crate) fn conv_geometry(
+    rec: &[u8],
+    shape: [usize; 3],
+    layer: usize,
+) -> Result<Geometry, ModelError> {
+    let out_channels = u16_at(rec, record::CONV_OUT_CHANNELS) as usize;
+    let window = [
+        rec[record::CONV_KERNEL_H] as usize,
+        rec[record::CONV_KERNEL_W] as usize,
+    ];
+    let stride = rec[record::CONV_STRIDE] as usize;
+    let padding = rec[record::CONV_PADDING] as usize;
+    window_geometry(shape, out_channels, window, stride, padding)
+        .ok_or(ModelError::BadGeometry { layer })
+}
+
 pub(crate) fn window_geometry(
     input: [usize; 3],
     out_channels: usize,

@@ -266,19 +266,9 @@ impl ModelSpec {
                         )
                     }
                 },
-                LayerOp::Conv2d {
-                    out_channels,
-                    kernel,
-                    stride,
-                    padding,
-                } => {
+                LayerOp::Conv2d { kernel, .. } => {
                     version = version.max(format::CONV_FORMAT_VERSION);
-                    rec[record::CONV_OUT_CHANNELS..record::CONV_OUT_CHANNELS + 2]
-                        .copy_from_slice(&to_u16(out_channels, "output channels")?.to_le_bytes());
-                    rec[record::CONV_KERNEL_H] = to_u8(kernel[0], "kernel height")?;
-                    rec[record::CONV_KERNEL_W] = to_u8(kernel[1], "kernel width")?;
-                    rec[record::CONV_STRIDE] = to_u8(stride, "stride")?;
-                    rec[record::CONV_PADDING] = to_u8(padding, "padding")?;
+                    write_conv_record(&mut rec, l.op)?;
                     (
                         LayerKind::Conv2d,
                         write_taps(&mut payloads, l, geometry[0], kernel)?,
@@ -604,6 +594,29 @@ impl ModelSpec {
     }
 }
 
+/// Writes a convolution's geometry into its record (bytes 24..30): output channels, kernel,
+/// stride, padding. Other layers are left as they are.
+pub(crate) fn write_conv_record(
+    rec: &mut [u8; LAYER_RECORD_LEN],
+    op: LayerOp,
+) -> Result<(), WriteError> {
+    if let LayerOp::Conv2d {
+        out_channels,
+        kernel,
+        stride,
+        padding,
+    } = op
+    {
+        rec[record::CONV_OUT_CHANNELS..record::CONV_OUT_CHANNELS + 2]
+            .copy_from_slice(&to_u16(out_channels, "output channels")?.to_le_bytes());
+        rec[record::CONV_KERNEL_H] = to_u8(kernel[0], "kernel height")?;
+        rec[record::CONV_KERNEL_W] = to_u8(kernel[1], "kernel width")?;
+        rec[record::CONV_STRIDE] = to_u8(stride, "stride")?;
+        rec[record::CONV_PADDING] = to_u8(padding, "padding")?;
+    }
+    Ok(())
+}
+
 /// Appends row pointers, packed taps and weight records of a convolution; returns nnz.
 fn write_taps(
     out: &mut Vec<u8>,
@@ -714,6 +727,15 @@ impl ModelBuffer {
     /// Parses and validates the model.
     pub fn model(&self) -> Result<Model<'_>, ModelError> {
         Model::from_bytes(self.as_bytes())
+    }
+
+    /// The bytes, aligned, for the rest of the program: for a program that keeps its model
+    /// until it exits (a command-line tool) and holds the validated view beside them. The
+    /// memory is never freed.
+    pub fn leak(self) -> &'static [u8] {
+        let len = self.len;
+        let words: &'static [u32] = alloc::boxed::Box::leak(self.words.into_boxed_slice());
+        &bytemuck::cast_slice::<u32, u8>(words)[..len]
     }
 }
 

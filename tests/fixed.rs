@@ -10,7 +10,9 @@
 //! - Bad input: precision mix-ups, corrupt files, out-of-range values give typed errors;
 //!   mutated files never panic.
 
-use core::num::NonZeroU16;
+mod common;
+
+use common::{mc, parse_fixed, reseal, run_f32, run_fixed};
 
 use proptest::prelude::*;
 use rand_core::{RngCore, SeedableRng};
@@ -18,19 +20,12 @@ use rand_xoshiro::Xoshiro128PlusPlus;
 use tinybayes::fixed::quantize::{quantize, Calibration};
 use tinybayes::fixed::writer::{QLayerSpec, QModelSpec};
 use tinybayes::fixed::{softmax_q16, QModel, QPrediction};
-use tinybayes::format::{Activation, Precision, CRC32, TRAILER_LEN};
-use tinybayes::numeric::FixedPoint;
+use tinybayes::format::{Activation, Precision, TRAILER_LEN};
 use tinybayes::writer::{synthetic, LayerOp, ModelSpec, StorageChoice};
+use tinybayes::Q8;
 use tinybayes::{Engine, InferenceError, Mode, Model, ModelError, Prediction};
-use tinybayes::{Q16, Q8};
 
 const WIDTHS: [usize; 4] = [64, 32, 16, 5];
-
-fn mc(samples: u16) -> Mode {
-    Mode::MonteCarlo {
-        samples: NonZeroU16::new(samples).unwrap(),
-    }
-}
 
 /// A synthetic f32 model whose first layer is stored by input, and raw inputs for it with
 /// some zero pixels.
@@ -62,30 +57,6 @@ fn quantized(seed: u64, precision: Precision) -> QModelSpec {
     let imgs = images(seed ^ 0xca1, 64);
     let refs: Vec<&[u8]> = imgs.iter().map(|v| v.as_slice()).collect();
     quantize(&f32_model(seed), precision, &refs, Calibration::default()).unwrap()
-}
-
-fn run<const CHUNK: usize>(
-    model: &QModel<'_>,
-    raw: &[u8],
-    mode: Mode,
-    seed: u64,
-) -> QPrediction<8> {
-    match model.precision() {
-        Precision::Q16 => run_in::<CHUNK, Q16>(model, raw, mode, seed),
-        _ => run_in::<CHUNK, Q8>(model, raw, mode, seed),
-    }
-}
-
-fn run_in<const CHUNK: usize, N: FixedPoint>(
-    model: &QModel<'_>,
-    raw: &[u8],
-    mode: Mode,
-    seed: u64,
-) -> QPrediction<8> {
-    let mut ws = vec![0u64; model.workspace_len(CHUNK)];
-    let mut engine = Engine::<CHUNK, N>::new(model, &mut ws).unwrap();
-    let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed);
-    engine.predict_u8(raw, mode, &mut rng).unwrap()
 }
 
 /// Reference mean-weights logits: the documented formulas over the dense arrays, in i128.
@@ -123,7 +94,7 @@ fn mean_weights_match_an_independent_integer_reference() {
             let buffer = spec.to_buffer().unwrap();
             let model = QModel::from_bytes(buffer.as_bytes()).unwrap();
             for raw in images(seed + 100, 20) {
-                let got = run::<4>(&model, &raw, Mode::MeanWeights, 0);
+                let got = run_fixed::<4>(&model, &raw, Mode::MeanWeights, 0);
                 let logits = reference_logits(&spec, &raw);
                 let mut p = vec![0u32; logits.len()];
                 let h = softmax_q16(&logits, &mut p);
@@ -160,11 +131,11 @@ fn storage_layouts_and_chunk_sizes_give_identical_bits() {
             .collect();
         for (n, raw) in images(3, 12).iter().enumerate() {
             for mode in [Mode::MeanWeights, mc(1), mc(7), mc(32)] {
-                let want = run::<4>(&models[0], raw, mode, n as u64);
+                let want = run_fixed::<4>(&models[0], raw, mode, n as u64);
                 for m in &models {
-                    assert_eq!(run::<4>(m, raw, mode, n as u64), want);
-                    assert_eq!(run::<1>(m, raw, mode, n as u64), want);
-                    assert_eq!(run::<8>(m, raw, mode, n as u64), want);
+                    assert_eq!(run_fixed::<4>(m, raw, mode, n as u64), want);
+                    assert_eq!(run_fixed::<1>(m, raw, mode, n as u64), want);
+                    assert_eq!(run_fixed::<8>(m, raw, mode, n as u64), want);
                 }
             }
         }
@@ -183,26 +154,17 @@ fn a_deterministic_hidden_layer_matches_the_reference_and_ignores_chunking() {
         let buffer = spec.to_buffer().unwrap();
         let model = QModel::from_bytes(buffer.as_bytes()).unwrap();
         for (n, raw) in images(5, 8).iter().enumerate() {
-            let got = run::<4>(&model, raw, Mode::MeanWeights, 0);
+            let got = run_fixed::<4>(&model, raw, Mode::MeanWeights, 0);
             let logits = reference_logits(&spec, raw);
             let mut p = vec![0u32; logits.len()];
             softmax_q16(&logits, &mut p);
             let got_p: Vec<u32> = got.probabilities.iter().map(|v| v.to_bits()).collect();
             assert_eq!(got_p, p);
-            let want = run::<8>(&model, raw, mc(13), n as u64);
-            assert_eq!(run::<1>(&model, raw, mc(13), n as u64), want);
-            assert_eq!(run::<4>(&model, raw, mc(13), n as u64), want);
+            let want = run_fixed::<8>(&model, raw, mc(13), n as u64);
+            assert_eq!(run_fixed::<1>(&model, raw, mc(13), n as u64), want);
+            assert_eq!(run_fixed::<4>(&model, raw, mc(13), n as u64), want);
         }
     }
-}
-
-fn f32_run(spec: &ModelSpec, raw: &[u8], mode: Mode, seed: u64) -> Prediction<8> {
-    let buffer = spec.to_buffer().unwrap();
-    let model = Model::from_bytes(buffer.as_bytes()).unwrap();
-    let mut ws = vec![0.0f32; tinybayes::Plan::new(&model, 8).workspace_len()];
-    let mut engine = Engine::<8>::new(&model, &mut ws).unwrap();
-    let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed);
-    engine.predict_u8(raw, mode, &mut rng).unwrap()
 }
 
 fn max_prob_gap(q: &QPrediction<8>, f: &Prediction<8>) -> f32 {
@@ -225,12 +187,12 @@ fn fixed_point_predictions_are_close_to_f32() {
         let mut worst_mean = 0.0f32;
         let mut worst_mc = 0.0f32;
         for (n, raw) in images(21, 10).iter().enumerate() {
-            let q = run::<8>(&model, raw, Mode::MeanWeights, 0);
-            let f = f32_run(&f32_spec, raw, Mode::MeanWeights, 0);
+            let q = run_fixed::<8>(&model, raw, Mode::MeanWeights, 0);
+            let f = run_f32(&f32_spec, raw, Mode::MeanWeights, 0);
             worst_mean = worst_mean.max(max_prob_gap(&q, &f));
             // Many samples: both estimate the same posterior predictive.
-            let q = run::<8>(&model, raw, mc(4000), n as u64);
-            let f = f32_run(&f32_spec, raw, mc(4000), n as u64 + 99);
+            let q = run_fixed::<8>(&model, raw, mc(4000), n as u64);
+            let f = run_f32(&f32_spec, raw, mc(4000), n as u64 + 99);
             worst_mc = worst_mc.max(max_prob_gap(&q, &f));
             let mi_gap = (q.mutual_information.to_f32() - f.mutual_information).abs();
             assert!(
@@ -295,43 +257,34 @@ fn bad_inputs_and_workspaces_are_typed_errors() {
     assert!(matches!(r, Err(InferenceError::ClassCapacity { .. })));
 }
 
-/// Rewrites the CRC (and nothing else) so that structural checks are what gets exercised.
-fn reseal(bytes: &mut [u8]) {
-    let end = bytes.len() - TRAILER_LEN;
-    let crc = CRC32.checksum(&bytes[..end]);
-    bytes[end..].copy_from_slice(&crc.to_le_bytes());
-}
-
-fn parse(bytes: &[u8]) -> Result<(), ModelError> {
-    let buffer = tinybayes::writer::ModelBuffer::from_bytes(bytes);
-    QModel::from_bytes(buffer.as_bytes()).map(|_| ())
-}
-
 #[test]
 fn corrupt_fixed_point_files_are_refused() {
     let good = quantized(3, Precision::Q8).to_bytes().unwrap();
-    assert_eq!(parse(&good), Ok(()));
+    assert_eq!(parse_fixed(&good), Ok(()));
     assert!(matches!(
-        parse(&good[..good.len() - 1]),
+        parse_fixed(&good[..good.len() - 1]),
         Err(ModelError::LengthMismatch { .. })
     ));
     let mut b = good.clone();
     b[200] ^= 0x40;
-    assert!(matches!(parse(&b), Err(ModelError::CrcMismatch { .. })));
+    assert!(matches!(
+        parse_fixed(&b),
+        Err(ModelError::CrcMismatch { .. })
+    ));
     // Unknown precision code, and a q8 code in a version-2 file.
     let mut b = good.clone();
     b[22] = 9;
     reseal(&mut b);
-    assert_eq!(parse(&b), Err(ModelError::BadPrecision { code: 9 }));
+    assert_eq!(parse_fixed(&b), Err(ModelError::BadPrecision { code: 9 }));
     let mut b = good.clone();
     b[4] = 2;
     reseal(&mut b);
-    assert_eq!(parse(&b), Err(ModelError::BadPrecision { code: 1 }));
+    assert_eq!(parse_fixed(&b), Err(ModelError::BadPrecision { code: 1 }));
     // Shift 0 on the first layer (record byte 24).
     let mut b = good.clone();
     b[48 + 24] = 0;
     reseal(&mut b);
-    assert_eq!(parse(&b), Err(ModelError::QuantLayout { layer: 0 }));
+    assert_eq!(parse_fixed(&b), Err(ModelError::QuantLayout { layer: 0 }));
 }
 
 #[test]
@@ -393,7 +346,7 @@ proptest! {
             let raw = images(seed, 1).pop().unwrap();
             if raw.len() == model.input_len() && model.num_classes() <= 8 {
                 for mode in [Mode::MeanWeights, mc(5)] {
-                    let p = run::<4>(model, &raw, mode, seed);
+                    let p = run_fixed::<4>(model, &raw, mode, seed);
                     prop_assert!(p.class < model.num_classes());
                 }
             }

@@ -2,27 +2,22 @@
 //! against an independent integer reference (padding, stride, pooling), chunk independence,
 //! closeness to f32, and the reader's checks on corrupt files.
 
-use core::num::NonZeroU16;
+mod common;
+
+use common::{mc, parse_fixed, reseal, run_f32, run_fixed};
 
 use proptest::prelude::*;
 use rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro128PlusPlus;
 use tinybayes::fixed::quantize::{quantize, Calibration};
 use tinybayes::fixed::writer::QModelSpec;
-use tinybayes::fixed::{softmax_q16, QModel, QPrediction};
-use tinybayes::format::{self, Activation, Precision, CRC32, TRAILER_LEN};
-use tinybayes::numeric::FixedPoint;
+use tinybayes::fixed::{softmax_q16, QModel};
+use tinybayes::format::{self, Activation, Precision, TRAILER_LEN};
 use tinybayes::writer::{LayerOp, LayerSpec, ModelBuffer, ModelSpec, StorageChoice, WriteError};
-use tinybayes::{Engine, Mode, Model, ModelError, Prediction, Q16, Q8};
+use tinybayes::{Mode, Model, ModelError};
 
 const SIDE: usize = 10;
 const CLASSES: usize = 5;
-
-fn mc(samples: u16) -> Mode {
-    Mode::MonteCarlo {
-        samples: NonZeroU16::new(samples).unwrap(),
-    }
-}
 
 fn uniform(rng: &mut Xoshiro128PlusPlus) -> f32 {
     (rng.next_u32() >> 8) as f32 / 16_777_216.0
@@ -122,29 +117,6 @@ fn quantized(seed: u64, precision: Precision) -> QModelSpec {
     let imgs = images(seed ^ 0xca1, 48);
     let refs: Vec<&[u8]> = imgs.iter().map(|v| v.as_slice()).collect();
     quantize(&conv_net(seed), precision, &refs, Calibration::default()).unwrap()
-}
-
-fn run<const CHUNK: usize>(
-    model: &QModel<'_>,
-    raw: &[u8],
-    mode: Mode,
-    seed: u64,
-) -> QPrediction<8> {
-    fn typed<const CHUNK: usize, N: FixedPoint>(
-        model: &QModel<'_>,
-        raw: &[u8],
-        mode: Mode,
-        seed: u64,
-    ) -> QPrediction<8> {
-        let mut ws = vec![0u64; model.workspace_len(CHUNK)];
-        let mut engine = Engine::<CHUNK, N>::new(model, &mut ws).unwrap();
-        let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed);
-        engine.predict_u8(raw, mode, &mut rng).unwrap()
-    }
-    match model.precision() {
-        Precision::Q16 => typed::<CHUNK, Q16>(model, raw, mode, seed),
-        _ => typed::<CHUNK, Q8>(model, raw, mode, seed),
-    }
 }
 
 /// Mean-weights logits by the documented formulas over the dense arrays, in i128, written
@@ -266,7 +238,7 @@ fn mean_weights_match_an_independent_integer_reference() {
             let buffer = spec.to_buffer().unwrap();
             let model = QModel::from_bytes(buffer.as_bytes()).unwrap();
             for raw in images(seed + 100, 16) {
-                let got = run::<4>(&model, &raw, Mode::MeanWeights, 0);
+                let got = run_fixed::<4>(&model, &raw, Mode::MeanWeights, 0);
                 let logits = reference_logits(&spec, &raw);
                 let mut p = vec![0u32; logits.len()];
                 let h = softmax_q16(&logits, &mut p);
@@ -285,22 +257,13 @@ fn chunk_sizes_give_identical_bits() {
         let model = QModel::from_bytes(buffer.as_bytes()).unwrap();
         for (n, raw) in images(9, 6).iter().enumerate() {
             for mode in [mc(1), mc(7), mc(20)] {
-                let want = run::<8>(&model, raw, mode, n as u64);
-                assert_eq!(run::<1>(&model, raw, mode, n as u64), want);
-                assert_eq!(run::<3>(&model, raw, mode, n as u64), want);
-                assert_eq!(run::<32>(&model, raw, mode, n as u64), want);
+                let want = run_fixed::<8>(&model, raw, mode, n as u64);
+                assert_eq!(run_fixed::<1>(&model, raw, mode, n as u64), want);
+                assert_eq!(run_fixed::<3>(&model, raw, mode, n as u64), want);
+                assert_eq!(run_fixed::<32>(&model, raw, mode, n as u64), want);
             }
         }
     }
-}
-
-fn f32_run(spec: &ModelSpec, raw: &[u8], mode: Mode, seed: u64) -> Prediction<8> {
-    let buffer = spec.to_buffer().unwrap();
-    let model = Model::from_bytes(buffer.as_bytes()).unwrap();
-    let mut ws = vec![0.0f32; tinybayes::Plan::new(&model, 8).workspace_len()];
-    let mut engine = Engine::<8>::new(&model, &mut ws).unwrap();
-    let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed);
-    engine.predict_u8(raw, mode, &mut rng).unwrap()
 }
 
 /// q16 follows the f32 network closely with mean weights (the largest activations, above the
@@ -316,8 +279,8 @@ fn fixed_point_predictions_are_close_to_f32() {
         let mut worst = (0.0f32, 0.0f32);
         for (n, raw) in images(33, 12).iter().enumerate() {
             for (mode, slot) in [(Mode::MeanWeights, 0), (mc(400), 1)] {
-                let q = run::<8>(&model, raw, mode, n as u64);
-                let r = f32_run(&f, raw, mode, n as u64);
+                let q = run_fixed::<8>(&model, raw, mode, n as u64);
+                let r = run_f32(&f, raw, mode, n as u64);
                 let gap = q
                     .probabilities
                     .iter()
@@ -340,17 +303,6 @@ fn fixed_point_predictions_are_close_to_f32() {
     }
 }
 
-fn reseal(bytes: &mut [u8]) {
-    let end = bytes.len() - TRAILER_LEN;
-    let crc = CRC32.checksum(&bytes[..end]);
-    bytes[end..].copy_from_slice(&crc.to_le_bytes());
-}
-
-fn parse(bytes: &[u8]) -> Result<(), ModelError> {
-    let buffer = ModelBuffer::from_bytes(bytes);
-    QModel::from_bytes(buffer.as_bytes()).map(|_| ())
-}
-
 /// Byte offset of layer `i`'s record.
 const fn record(i: usize) -> usize {
     48 + 32 * i
@@ -360,7 +312,7 @@ const fn record(i: usize) -> usize {
 fn corrupt_convolutions_and_pooling_are_refused() {
     let spec = quantized(3, Precision::Q8);
     let good = spec.to_bytes().unwrap();
-    assert_eq!(parse(&good), Ok(()));
+    assert_eq!(parse_fixed(&good), Ok(()));
     let payload = |i: usize| {
         let at = record(i) + 16;
         u32::from_le_bytes(good[at..at + 4].try_into().unwrap()) as usize
@@ -370,27 +322,30 @@ fn corrupt_convolutions_and_pooling_are_refused() {
     b[4] = 3;
     reseal(&mut b);
     assert!(matches!(
-        parse(&b),
+        parse_fixed(&b),
         Err(ModelError::UnknownCode { layer: 0, .. })
     ));
     // Shift 0 (byte 30 of a convolution's record), a reserved byte set.
     let mut b = good.clone();
     b[record(0) + 30] = 0;
     reseal(&mut b);
-    assert_eq!(parse(&b), Err(ModelError::QuantLayout { layer: 0 }));
+    assert_eq!(parse_fixed(&b), Err(ModelError::QuantLayout { layer: 0 }));
     let mut b = good.clone();
     b[record(2) + 31] = 1;
     reseal(&mut b);
-    assert!(matches!(parse(&b), Err(ModelError::ReservedNotZero { .. })));
+    assert!(matches!(
+        parse_fixed(&b),
+        Err(ModelError::ReservedNotZero { .. })
+    ));
     // A kernel that no longer fits the padding, a stride of 0.
     let mut b = good.clone();
     b[record(0) + 29] = 3;
     reseal(&mut b);
-    assert_eq!(parse(&b), Err(ModelError::BadGeometry { layer: 0 }));
+    assert_eq!(parse_fixed(&b), Err(ModelError::BadGeometry { layer: 0 }));
     let mut b = good.clone();
     b[record(2) + 28] = 0;
     reseal(&mut b);
-    assert_eq!(parse(&b), Err(ModelError::BadGeometry { layer: 2 }));
+    assert_eq!(parse_fixed(&b), Err(ModelError::BadGeometry { layer: 2 }));
     // The first tap of the first channel outside the kernel (kx = 3), or in an input channel
     // that does not exist (the image has one).
     let taps = payload(0) + 12 * 4 + 8; // params of 4 channels, 4 u16 counts
@@ -399,9 +354,12 @@ fn corrupt_convolutions_and_pooling_are_refused() {
         b[taps + byte] = value;
         reseal(&mut b);
         assert!(
-            matches!(parse(&b), Err(ModelError::BadColumnIndex { layer: 0, .. })),
+            matches!(
+                parse_fixed(&b),
+                Err(ModelError::BadColumnIndex { layer: 0, .. })
+            ),
             "{:?}",
-            parse(&b)
+            parse_fixed(&b)
         );
     }
     // Counts that do not add up to the stored taps.
@@ -409,14 +367,14 @@ fn corrupt_convolutions_and_pooling_are_refused() {
     b[payload(0) + 12 * 4] ^= 1;
     reseal(&mut b);
     assert!(matches!(
-        parse(&b),
+        parse_fixed(&b),
         Err(ModelError::BadRowPointers { layer: 0 } | ModelError::BadColumnIndex { layer: 0, .. })
     ));
     // Pooling with a payload, a window that does not fit, or as the last layer.
     let mut b = good.clone();
     b[record(1) + 24] = 11;
     reseal(&mut b);
-    assert_eq!(parse(&b), Err(ModelError::BadGeometry { layer: 1 }));
+    assert_eq!(parse_fixed(&b), Err(ModelError::BadGeometry { layer: 1 }));
     let mut last = spec.clone();
     last.layers.truncate(2);
     assert!(matches!(
@@ -455,7 +413,7 @@ proptest! {
             let raw = images(seed, 1).pop().unwrap();
             if raw.len() == model.input_len() && model.num_classes() <= 8 {
                 for mode in [Mode::MeanWeights, mc(5)] {
-                    let p = run::<4>(model, &raw, mode, seed);
+                    let p = run_fixed::<4>(model, &raw, mode, seed);
                     prop_assert!(p.class < model.num_classes());
                 }
             }

@@ -62,13 +62,14 @@ impl PrecisionArgs {
     }
 }
 
-/// A loaded model of either precision, in an aligned buffer.
+/// A loaded model of either precision, validated once when loaded (its bytes stay in memory
+/// until the command exits).
 #[derive(Debug, Clone)]
 pub enum Runner {
-    /// An f32 model.
-    F32(ModelBuffer),
+    /// An f32 model (boxed: the validated view holds its layer table).
+    F32(Box<Model<'static>>),
     /// A q8 or q16 model.
-    Fixed(ModelBuffer),
+    Fixed(Box<QModel<'static>>),
 }
 
 /// What a simulation returns.
@@ -134,17 +135,8 @@ pub fn macs_through_exits(model: &Model<'_>) -> Vec<usize> {
 pub fn read_any_model(path: &Path) -> Result<Runner> {
     let bytes =
         std::fs::read(path).with_context(|| format!("cannot read model {}", path.display()))?;
-    let buffer = ModelBuffer::from_bytes(&bytes);
-    let invalid = || format!("{} is not a valid model", path.display());
-    let parsed = Model::from_bytes(buffer.as_bytes()).map(|_| ());
-    match parsed {
-        Ok(()) => Ok(Runner::F32(buffer)),
-        Err(ModelError::WrongPrecision { .. }) => {
-            QModel::from_bytes(buffer.as_bytes()).with_context(invalid)?;
-            Ok(Runner::Fixed(buffer))
-        }
-        Err(e) => Err(anyhow!(e).context(invalid())),
-    }
+    Runner::from_buffer(ModelBuffer::from_bytes(&bytes))
+        .with_context(|| format!("{} is not a valid model", path.display()))
 }
 
 /// Reads the first `count` images of an IDX file for calibration, checking they fit a model
@@ -227,63 +219,66 @@ pub fn load_runner(path: &Path, args: &PrecisionArgs) -> Result<Runner> {
             p.name(),
             p.name()
         ),
-        (Runner::F32(buffer), Some(p)) => {
-            let spec = ModelSpec::from_model(&buffer.model()?);
-            Ok(Runner::Fixed(quantize_spec(&spec, p, args)?))
+        (Runner::F32(model), Some(p)) => {
+            let spec = ModelSpec::from_model(model);
+            Runner::from_buffer(quantize_spec(&spec, p, args)?)
         }
     }
 }
 
 impl Runner {
+    /// Validates a model of either precision, once.
+    pub fn from_buffer(buffer: ModelBuffer) -> Result<Self> {
+        let bytes = buffer.leak();
+        match Model::from_bytes(bytes) {
+            Ok(m) => Ok(Runner::F32(Box::new(m))),
+            Err(ModelError::WrongPrecision { .. }) => {
+                Ok(Runner::Fixed(Box::new(QModel::from_bytes(bytes)?)))
+            }
+            Err(e) => Err(anyhow!(e)),
+        }
+    }
     /// The bytes of the model.
-    pub fn buffer(&self) -> &ModelBuffer {
+    pub fn bytes(&self) -> &'static [u8] {
         match self {
-            Runner::F32(b) | Runner::Fixed(b) => b,
-        }
-    }
-    fn fixed(&self) -> Option<QModel<'_>> {
-        match self {
-            Runner::Fixed(b) => QModel::from_bytes(b.as_bytes()).ok(),
-            Runner::F32(_) => None,
-        }
-    }
-    fn float(&self) -> Option<Model<'_>> {
-        match self {
-            Runner::F32(b) => b.model().ok(),
-            Runner::Fixed(_) => None,
+            Runner::F32(m) => m.as_bytes(),
+            Runner::Fixed(m) => m.as_bytes(),
         }
     }
     /// The model's number format.
     pub fn precision(&self) -> Precision {
-        self.fixed().map_or(Precision::F32, |m| m.precision())
+        match self {
+            Runner::F32(_) => Precision::F32,
+            Runner::Fixed(m) => m.precision(),
+        }
     }
     /// Classes predicted.
     pub fn num_classes(&self) -> usize {
-        match (self.float(), self.fixed()) {
-            (Some(m), _) => m.num_classes(),
-            (_, Some(m)) => m.num_classes(),
-            _ => 0,
+        match self {
+            Runner::F32(m) => m.num_classes(),
+            Runner::Fixed(m) => m.num_classes(),
         }
     }
     /// Input shape, channels x height x width.
     pub fn input_shape(&self) -> [usize; 3] {
-        match (self.float(), self.fixed()) {
-            (Some(m), _) => m.input_shape(),
-            (_, Some(m)) => m.input_shape(),
-            _ => [0; 3],
+        match self {
+            Runner::F32(m) => m.input_shape(),
+            Runner::Fixed(m) => m.input_shape(),
         }
     }
     /// Number of raw input values.
     pub fn input_len(&self) -> usize {
-        match (self.float(), self.fixed()) {
-            (Some(m), _) => m.input_len(),
-            (_, Some(m)) => m.input_len(),
-            _ => 0,
+        match self {
+            Runner::F32(m) => m.input_len(),
+            Runner::Fixed(m) => m.input_len(),
         }
     }
     /// Exits of an early-exit model (0 otherwise).
     pub fn exit_count(&self) -> usize {
-        self.float().map_or(0, |m| m.exit_count())
+        match self {
+            Runner::F32(m) => m.exit_count(),
+            Runner::Fixed(_) => 0,
+        }
     }
 
     /// Runs every image as the device would; early-exit models stop as `halting` says.
@@ -301,11 +296,11 @@ impl Runner {
         if exits == 0 && asked {
             bail!("--halting, --prior-lambda and --threshold apply to early-exit models only");
         }
-        match (self.float(), self.fixed()) {
-            (Some(m), _) if exits > 0 => {
+        match self {
+            Runner::F32(m) if exits > 0 => {
                 let spec = halting.resolve(exits)?;
-                let (results, outputs_crc32) = simulate_early_exit(&m, images, mode, seed, &spec)?;
-                let full_macs = macs_through_exits(&m).last().copied().unwrap_or(0);
+                let (results, outputs_crc32) = simulate_early_exit(m, images, mode, seed, &spec)?;
+                let full_macs = macs_through_exits(m).last().copied().unwrap_or(0);
                 let run = EarlyExitRun {
                     spec,
                     exits,
@@ -320,40 +315,42 @@ impl Runner {
                     early_exit: Some(run),
                 })
             }
-            (Some(m), _) => {
-                let s = simulate(&m, images, mode, seed)?;
+            Runner::F32(m) => {
+                let s = simulate(m, images, mode, seed)?;
                 Ok(Simulation {
                     predictions: s.predictions,
                     outputs_crc32: s.outputs_crc32,
                     early_exit: None,
                 })
             }
-            (_, Some(m)) => {
-                let s = simulate_fixed(&m, images, mode, seed)?;
+            Runner::Fixed(m) => {
+                let s = simulate_fixed(m, images, mode, seed)?;
                 Ok(Simulation {
                     predictions: s.predictions,
                     outputs_crc32: s.outputs_crc32,
                     early_exit: None,
                 })
             }
-            _ => bail!("model buffer no longer validates"),
         }
     }
 
     /// The f32 model, if this is one.
-    pub fn float_model(&self) -> Option<Model<'_>> {
-        self.float()
+    pub fn float_model(&self) -> Option<&Model<'static>> {
+        match self {
+            Runner::F32(m) => Some(m),
+            Runner::Fixed(_) => None,
+        }
     }
     /// Per-layer sparsity.
     pub fn sparsity(&self) -> Vec<LayerSparsity> {
-        match (self.float(), self.fixed()) {
-            (Some(m), _) => crate::metrics::layer_sparsity(&m),
-            (_, Some(m)) => m
+        match self {
+            Runner::F32(m) => crate::metrics::layer_sparsity(m),
+            Runner::Fixed(m) => m
                 .layers()
                 .iter()
                 .enumerate()
                 .map(|(layer, l)| {
-                    let dense_weights = l.inputs() * l.outputs();
+                    let dense_weights = l.dense_weights();
                     LayerSparsity {
                         layer,
                         kind: l.kind().name(),
@@ -361,19 +358,18 @@ impl Runner {
                         outputs: l.outputs(),
                         nnz: l.nnz(),
                         dense_weights,
-                        sparsity: Some(1.0 - l.nnz() as f64 / dense_weights as f64),
+                        sparsity: (dense_weights > 0)
+                            .then(|| 1.0 - l.nnz() as f64 / dense_weights as f64),
                     }
                 })
                 .collect(),
-            _ => Vec::new(),
         }
     }
     /// The per-layer report.
-    pub fn report(&self, samples: usize, chunk: Option<usize>) -> Option<ModelReport> {
-        match (self.float(), self.fixed()) {
-            (Some(m), _) => Some(ModelReport::new(&m, samples, chunk)),
-            (_, Some(m)) => Some(ModelReport::new_fixed(&m, samples, chunk)),
-            _ => None,
+    pub fn report(&self, samples: usize, chunk: Option<usize>) -> ModelReport {
+        match self {
+            Runner::F32(m) => ModelReport::new(m, samples, chunk),
+            Runner::Fixed(m) => ModelReport::new_fixed(m, samples, chunk),
         }
     }
 }

@@ -93,6 +93,27 @@ fn unit_sums<F: Format, const GAUSS: bool, X: Words + ?Sized>(
     (F::acc_i64(a), F::var_u64(v))
 }
 
+/// Calls `f(channel, unit, A, V)` for every output unit of one input, in unit order (`V = 0`
+/// unless `with_var`).
+#[inline(always)]
+fn for_each_unit<F: Format, const GAUSS: bool, X: Words + ?Sized>(
+    layer: &QLayer<'_>,
+    g: &Geometry,
+    x: &X,
+    with_var: bool,
+    mut f: impl FnMut(usize, usize, i64, u64),
+) {
+    let [_, out_h, out_w] = g.output;
+    for_each_channel(layer, |co, taps, records| {
+        for oy in 0..out_h {
+            for ox in 0..out_w {
+                let (a, v) = unit_sums::<F, GAUSS, X>(g, taps, records, x, (oy, ox), with_var);
+                f(co, (co * out_h + oy) * out_w + ox, a, v);
+            }
+        }
+    });
+}
+
 /// Mean weights, one input: `out[(co, oy, ox)]` is the output word of that unit.
 #[inline(never)]
 pub(crate) fn mean<X: Words + ?Sized>(layer: &QLayer<'_>, g: &Geometry, x: &X, out: &mut [i32]) {
@@ -106,17 +127,11 @@ fn mean_typed<F: Format, const GAUSS: bool, X: Words + ?Sized>(
     x: &X,
     out: &mut [i32],
 ) {
-    let [_, out_h, out_w] = g.output;
-    for_each_channel(layer, |co, taps, records| {
+    for_each_unit::<F, GAUSS, X>(layer, g, x, false, |co, u, a, _| {
         let (m_theta, _, bias) = params(layer, co);
-        for oy in 0..out_h {
-            for ox in 0..out_w {
-                let (a, _) = unit_sums::<F, GAUSS, X>(g, taps, records, x, (oy, ox), false);
-                let z = a.wrapping_mul(m_theta).wrapping_add(bias);
-                if let Some(o) = out.get_mut((co * out_h + oy) * out_w + ox) {
-                    *o = finish::<F>(z, layer.shift, layer.activation);
-                }
-            }
+        let z = a.wrapping_mul(m_theta).wrapping_add(bias);
+        if let Some(o) = out.get_mut(u) {
+            *o = finish::<F>(z, layer.shift, layer.activation);
         }
     });
 }
@@ -142,16 +157,9 @@ fn moments_typed<F: Format, const GAUSS: bool, X: Words + ?Sized>(
     base: &mut [i64],
     scale: &mut [i64],
 ) {
-    let [_, out_h, out_w] = g.output;
-    for_each_channel(layer, |co, taps, records| {
-        for oy in 0..out_h {
-            for ox in 0..out_w {
-                let (a, v) = unit_sums::<F, GAUSS, X>(g, taps, records, x, (oy, ox), true);
-                let u = (co * out_h + oy) * out_w + ox;
-                if let (Some(b), Some(sc)) = (base.get_mut(u), scale.get_mut(u)) {
-                    (*b, *sc) = unit_moments(layer, co, a, v);
-                }
-            }
+    for_each_unit::<F, GAUSS, X>(layer, g, x, true, |co, u, a, v| {
+        if let (Some(b), Some(sc)) = (base.get_mut(u), scale.get_mut(u)) {
+            (*b, *sc) = unit_moments(layer, co, a, v);
         }
     });
 }
@@ -240,29 +248,7 @@ pub(crate) fn max_pool<X: Words + ?Sized>(
 
 #[inline(never)]
 fn pool_typed<F: Format, X: Words + ?Sized>(g: &Geometry, x: &X, s: usize, out: &mut [i32]) {
-    let [channels, in_h, in_w] = g.input;
-    let [_, out_h, out_w] = g.output;
-    let mut o = 0;
-    for c in 0..channels {
-        for oy in 0..out_h {
-            for ox in 0..out_w {
-                for m in 0..s {
-                    let mut best = i32::MIN;
-                    for ky in 0..g.window[0] {
-                        let row = (c * in_h + oy * g.stride + ky) * in_w + ox * g.stride;
-                        for kx in 0..g.window[1] {
-                            let i = (row + kx) * s + m;
-                            if i < x.len() {
-                                best = best.max(x.word::<F>(i));
-                            }
-                        }
-                    }
-                    if let Some(v) = out.get_mut(o * s + m) {
-                        *v = best;
-                    }
-                }
-                o += 1;
-            }
-        }
-    }
+    let n = x.len();
+    let word = |i: usize| if i < n { x.word::<F>(i) } else { i32::MIN };
+    crate::kernels::max_pool_by(g, s, i32::MIN, i32::max, word, out);
 }

@@ -7,7 +7,9 @@ use crate::format::{
     quant_conv_payload_len, quant_payload_len, quant_record_layout, record, unpack_tap, Activation,
     LayerKind, Posterior, Precision, Storage, ALIGNMENT, HEADER_LEN, LAYER_RECORD_LEN, MAX_LAYERS,
 };
-use crate::model::{cast, is_zero, rec_payload_len, u32_at, window_geometry, Envelope, Operation};
+use crate::model::{
+    cast, conv_geometry, is_zero, rec_payload_len, u32_at, window_geometry, Envelope, Operation,
+};
 
 /// Largest q8 activation-square term: `255^2 >> 1` (see [`QModel`]).
 pub(crate) const Q8_MAX_SQUARE: i64 = (255 * 255) >> 1;
@@ -649,15 +651,8 @@ fn parse_conv<'a>(
         posterior,
         activation,
     } = *head;
-    let out_channels = crate::model::u16_at(rec, record::CONV_OUT_CHANNELS) as usize;
-    let window = [
-        rec[record::CONV_KERNEL_H] as usize,
-        rec[record::CONV_KERNEL_W] as usize,
-    ];
-    let stride = rec[record::CONV_STRIDE] as usize;
-    let padding = rec[record::CONV_PADDING] as usize;
-    let g = window_geometry(cx.shape, out_channels, window, stride, padding)
-        .ok_or(ModelError::BadGeometry { layer })?;
+    let g = conv_geometry(rec, cx.shape, layer)?;
+    let (out_channels, window) = (g.output[0], g.window);
     check_outputs(head, g.output)?;
     let shift = check_shift(rec[record::QUANT_CONV_SHIFT] as u32, layer)?;
     let nnz = u32_at(rec, record::NNZ) as usize;

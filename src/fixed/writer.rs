@@ -12,8 +12,8 @@ use crate::format::{
     LAYER_RECORD_LEN, TRAILER_LEN,
 };
 use crate::writer::{
-    header_bytes, to_u16, to_u8, write_sizes, Header, LayerOp, ModelBuffer, StorageChoice,
-    WriteError,
+    header_bytes, to_u8, write_conv_record, write_sizes, Header, LayerOp, ModelBuffer,
+    StorageChoice, WriteError,
 };
 
 /// One fixed-point layer to write, with dense integer arrays (pruned weights are 0).
@@ -172,12 +172,7 @@ impl QModelSpec {
                     if !shapes_ok {
                         return Err(bad);
                     }
-                    rec[record::CONV_OUT_CHANNELS..record::CONV_OUT_CHANNELS + 2]
-                        .copy_from_slice(&to_u16(out_channels, "output channels")?.to_le_bytes());
-                    rec[record::CONV_KERNEL_H] = to_u8(kernel[0], "kernel height")?;
-                    rec[record::CONV_KERNEL_W] = to_u8(kernel[1], "kernel width")?;
-                    rec[record::CONV_STRIDE] = to_u8(stride, "stride")?;
-                    rec[record::CONV_PADDING] = to_u8(padding, "padding")?;
+                    write_conv_record(&mut rec, l.op)?;
                     rec[record::KIND] = LayerKind::QuantConv2d as u8;
                     rec[record::QUANT_CONV_SHIFT] = to_u8(l.shift as usize, "shift")?;
                     let nnz = self.write_conv(l, shape[0], kernel, &mut payloads)?;

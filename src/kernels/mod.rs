@@ -8,6 +8,7 @@ mod conv;
 pub(crate) mod graph;
 mod linear;
 mod pool;
+pub(crate) use pool::max_pool_by;
 
 use rand_xoshiro::Xoshiro128PlusPlus;
 

@@ -631,7 +631,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 histogram[d - 1] += 1;
             }
             let mean_macs = run.macs.iter().sum::<usize>() as f64 / n;
-            let dense = dense_macs_through_exits(&model);
+            let dense = dense_macs_through_exits(model);
             let dense_full = dense.last().copied().unwrap_or(1).max(1) as f64;
             let dense_macs_fraction =
                 run.depth.iter().map(|&d| dense[d - 1] as f64).sum::<f64>() / n / dense_full;
@@ -644,8 +644,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                     threshold: None,
                 };
                 crate::ui::set_task("eval --sweep: every exit");
-                let all = all_exit_summaries(&model, &images, mode, args.sampling.seed, &spec)?;
-                let macs_through = macs_through_exits(&model);
+                let all = all_exit_summaries(model, &images, mode, args.sampling.seed, &spec)?;
+                let macs_through = macs_through_exits(model);
                 let points = sweep(&all, &labels, &macs_through, &dense)?;
                 let exit_accuracy: Vec<f64> = (0..run.exits)
                     .map(|e| {

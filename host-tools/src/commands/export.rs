@@ -58,17 +58,16 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         (None, Some(model)) => from_model(args, model)?,
         (None, None) => bail!("give --run DIR or --model FILE"),
     };
-    let runner = match args.precision.precision {
+    let buffer = match args.precision.precision {
         None | Some(Precision::F32) => {
             args.precision.warn_if_unused();
-            Runner::F32(spec.to_buffer()?)
+            spec.to_buffer()?
         }
-        Some(p) => Runner::Fixed(quantize_spec(&spec, p, &args.precision)?),
+        Some(p) => quantize_spec(&spec, p, &args.precision)?,
     };
-    let report = runner
-        .report(args.samples, None)
-        .ok_or_else(|| anyhow::anyhow!("the exported model did not validate"))?;
-    write_new(&args.out, runner.buffer().as_bytes(), args.force)?;
+    let runner = Runner::from_buffer(buffer)?;
+    let report = runner.report(args.samples, None);
+    write_new(&args.out, runner.bytes(), args.force)?;
     text += &report.to_table();
     text += &format!("wrote {}", args.out.display());
     crate::ui::status(text);
@@ -124,13 +123,13 @@ fn from_model(args: &ExportArgs, path: &Path) -> Result<(ModelSpec, String)> {
         _ => bail!("--model re-exports an f32 model in fixed point: give --precision q8 or q16"),
     }
     let runner = read_any_model(path)?;
-    let Runner::F32(buffer) = &runner else {
+    let Runner::F32(model) = &runner else {
         bail!(
             "{} is already a {} model: re-export the f32 model it came from",
             path.display(),
             runner.precision().name()
         );
     };
-    let spec = ModelSpec::from_model(&buffer.model()?);
+    let spec = ModelSpec::from_model(model);
     Ok((spec, format!("{} in fixed point:\n", path.display())))
 }
