@@ -74,8 +74,7 @@ fn checked_in_thresholds_are_what_the_command_writes_now() {
         ]);
         assert!(run.status.success(), "eval failed: {}", stderr(&run));
         let now = fs::read_to_string(&out).unwrap();
-        let checked_in =
-            fs::read_to_string(root().join("firmware/src/unsure").join(file)).unwrap();
+        let checked_in = fs::read_to_string(root().join("firmware/src/unsure").join(file)).unwrap();
         assert_eq!(
             checked_in, now,
             "firmware/src/unsure/{file} differs from what the command writes now: regenerate it (README, Firmware)"
@@ -103,7 +102,11 @@ fn emit_rust_needs_suggest_thresholds_and_refuses_to_overwrite() {
     ];
     let run = tinybayes(&base);
     assert!(!run.status.success());
-    assert!(stderr(&run).contains("--suggest-thresholds"), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("--suggest-thresholds"),
+        "{}",
+        stderr(&run)
+    );
 
     fs::write(&out, "existing").unwrap();
     let mut args = base.to_vec();
