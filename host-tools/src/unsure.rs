@@ -163,7 +163,15 @@ mod tests {
 
     #[test]
     fn f32_thresholds_flag_exactly_what_the_f64_rule_flags() {
-        for &t in &[0.0, 0.1, 0.25731, 1.0 / 3.0, 0.5, 0.7211, 2.302585] {
+        for &t in &[
+            0.0,
+            0.1,
+            0.25731,
+            1.0 / 3.0,
+            0.5,
+            0.7211,
+            std::f64::consts::LN_10,
+        ] {
             for d in [0.0, 1e-9, -1e-9, 1e-12] {
                 let t = f64::max(t + d, 0.0);
                 let (lo, hi) = (f32_at_most(t), f32_at_least(t));
