@@ -39,7 +39,7 @@ cargo build-nrf52840dk
 step "real-board flash command from the README, exactly as written, with a stand-in probe-rs"
 fake=$(mktemp -d)
 ln -s "$PWD/scripts/fake-probe-rs.sh" "$fake/probe-rs"
-PATH="$fake:$PATH" cargo --config firmware/boards/nrf52840dk.toml run -p tinybayes-firmware --release \
+PATH="$fake:$PATH" cargo --config firmware/boards/nrf52840dk.toml run -p tinybayes-firmware --profile nrf52840dk \
     --target thumbv7em-none-eabihf --no-default-features --features nrf52840dk --bin demo
 rm -rf "$fake"
 

@@ -17,10 +17,13 @@ use crate::generated::{
     DEMO_WORKSPACE_WORDS,
 };
 
-/// The model is "unsure" when its epistemic uncertainty exceeds this many nats...
-pub const UNSURE_MUTUAL_INFORMATION: f32 = 0.1;
-/// ...or when the predicted class has less than this probability.
-pub const UNSURE_CONFIDENCE: f32 = 0.5;
+/// The demo model's "unsure" thresholds (mutual information in nats, top probability), from
+/// validation data: generated, see [`crate::unsure`].
+pub use crate::unsure::lenet300::{UNSURE_CONFIDENCE, UNSURE_MUTUAL_INFORMATION};
+
+/// Where the demo model's thresholds come from, as the demo prints it.
+const THRESHOLDS_SOURCE: &str =
+    "thresholds from MNIST test images 5000-9999, firmware/src/unsure/lenet300.rs";
 
 /// Why the demo stopped.
 #[derive(Debug, defmt::Format)]
@@ -55,8 +58,37 @@ pub struct DemoSummary {
     pub correct: usize,
     /// Images flagged unsure.
     pub unsure: usize,
+    /// Images answered wrong.
+    pub wrong: usize,
+    /// Images answered wrong and flagged unsure.
+    pub wrong_flagged: usize,
     /// Images classified.
     pub total: usize,
+}
+
+impl DemoSummary {
+    /// Counts image `i`'s answer, and says whether a wrong one was flagged.
+    pub fn record(&mut self, i: usize, label: u8, predicted: usize, unsure: bool) {
+        self.total += 1;
+        self.unsure += usize::from(unsure);
+        if predicted == usize::from(label) {
+            self.correct += 1;
+        } else {
+            self.wrong += 1;
+            self.wrong_flagged += usize::from(unsure);
+            defmt::info!(
+                "image {=usize} is answered wrong (label {=u8}, predicted {=usize}) and {=str}",
+                i,
+                label,
+                predicted,
+                if unsure {
+                    "flagged UNSURE"
+                } else {
+                    "NOT flagged: the thresholds miss it"
+                }
+            );
+        }
+    }
 }
 
 /// Runs the demo on the embedded images.
@@ -83,14 +115,17 @@ pub fn run_demo<L: OutputPin, D: DelayNs, C: Clock>(
         samples.get()
     );
     defmt::info!(
-        "UNSURE (LED on) when the mutual information exceeds {=f32} nats or the top probability is below {=f32}",
+        "UNSURE (LED on) when the mutual information exceeds {=f32} nats or the top probability is below {=f32} ({=str})",
         UNSURE_MUTUAL_INFORMATION,
-        UNSURE_CONFIDENCE
+        UNSURE_CONFIDENCE,
+        THRESHOLDS_SOURCE
     );
 
     let mut summary = DemoSummary {
         correct: 0,
         unsure: 0,
+        wrong: 0,
+        wrong_flagged: 0,
         total: 0,
     };
     for i in 0..assets::IMAGE_COUNT {
@@ -120,9 +155,7 @@ pub fn run_demo<L: OutputPin, D: DelayNs, C: Clock>(
             cost,
             C::UNIT
         );
-        summary.total += 1;
-        summary.correct += usize::from(p.class == label as usize);
-        summary.unsure += usize::from(unsure);
+        summary.record(i, label, p.class, unsure);
         delay.delay_ms(1);
     }
     let _ = led.set_low();

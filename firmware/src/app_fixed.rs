@@ -8,7 +8,7 @@ use embedded_hal::delay::DelayNs;
 use embedded_hal::digital::OutputPin;
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro128PlusPlus;
-use tinybayes::fixed::{QModel, QPrediction, UQ16};
+use tinybayes::fixed::{QModel, QPrediction};
 use tinybayes::{Engine, Q8};
 use tinybayes::{InferenceError, Mode, ModelError};
 
@@ -18,10 +18,13 @@ use crate::generated::{
     FIXED_CHUNK, FIXED_Q8_MODEL, FIXED_SAMPLES, FIXED_SEED_BASE, FIXED_WORKSPACE_WORDS,
 };
 
-/// Unsure when the mutual information exceeds 0.1 nats (Q16)...
-pub const UNSURE_MUTUAL_INFORMATION: UQ16 = UQ16(6554);
-/// ...or the predicted class has probability below 0.5 (Q16).
-pub const UNSURE_CONFIDENCE: UQ16 = UQ16(32768);
+/// The q8 model's "unsure" thresholds (UQ16: mutual information in nats, top probability),
+/// from validation data and compared in integers: generated, see [`crate::unsure`].
+pub use crate::unsure::lenet300_q8::{UNSURE_CONFIDENCE, UNSURE_MUTUAL_INFORMATION};
+
+/// Where the q8 model's thresholds come from, as the demo prints it.
+const THRESHOLDS_SOURCE: &str =
+    "thresholds from MNIST test images 5000-9999, firmware/src/unsure/lenet300_q8.rs";
 
 /// Whether a fixed-point prediction should be flagged as "I don't know".
 pub fn is_unsure<const K: usize>(p: &QPrediction<K>) -> bool {
@@ -74,15 +77,20 @@ pub fn run_fixed_demo<L: OutputPin, D: DelayNs, C: Clock>(
         samples.get()
     );
     defmt::info!(
-        "UNSURE (LED on) when the mutual information exceeds {=u32}.{=u32:03} nats or the top probability is below {=u32}.{=u32:03}",
+        "UNSURE (LED on) when the mutual information exceeds {=u32}.{=u32:03} nats (UQ16 {=u32}) or the top probability is below {=u32}.{=u32:03} (UQ16 {=u32}) ({=str})",
         UNSURE_MUTUAL_INFORMATION.to_milli() / 1000,
         UNSURE_MUTUAL_INFORMATION.to_milli() % 1000,
+        UNSURE_MUTUAL_INFORMATION.to_bits(),
         UNSURE_CONFIDENCE.to_milli() / 1000,
-        UNSURE_CONFIDENCE.to_milli() % 1000
+        UNSURE_CONFIDENCE.to_milli() % 1000,
+        UNSURE_CONFIDENCE.to_bits(),
+        THRESHOLDS_SOURCE
     );
     let mut summary = crate::app::DemoSummary {
         correct: 0,
         unsure: 0,
+        wrong: 0,
+        wrong_flagged: 0,
         total: 0,
     };
     for i in 0..assets::IMAGE_COUNT {
@@ -115,9 +123,7 @@ pub fn run_fixed_demo<L: OutputPin, D: DelayNs, C: Clock>(
             cost,
             C::UNIT
         );
-        summary.total += 1;
-        summary.correct += usize::from(p.class == label as usize);
-        summary.unsure += usize::from(unsure);
+        summary.record(i, label, p.class, unsure);
         delay.delay_ms(1);
     }
     let _ = led.set_low();

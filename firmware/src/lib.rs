@@ -16,6 +16,7 @@ pub mod assets;
 pub mod clock;
 pub mod platform;
 pub mod stack;
+pub mod unsure;
 
 /// Build-time artefacts: the embedded models, workspace sizes and host-computed parity data.
 pub mod generated {

@@ -13,3 +13,4 @@ pub mod runner;
 pub mod simulate;
 pub mod train;
 pub mod ui;
+pub mod unsure;

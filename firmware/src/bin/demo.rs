@@ -12,10 +12,12 @@ fn main() -> ! {
     match app::run_demo(&mut board.led, &mut board.delay, &mut board.clock) {
         Ok(summary) => {
             defmt::info!(
-                "done: {=usize}/{=usize} correct, {=usize} flagged unsure",
+                "done: {=usize}/{=usize} correct, {=usize} flagged unsure; {=usize} of the {=usize} wrong answers flagged",
                 summary.correct,
                 summary.total,
-                summary.unsure
+                summary.unsure,
+                summary.wrong_flagged,
+                summary.wrong
             );
             platform::exit(true)
         }

@@ -80,6 +80,12 @@ pub struct EvalArgs {
     /// Use with --validation-of, not on the test set.
     #[arg(long, value_name = "SHARE")]
     pub suggest_thresholds: Option<f64>,
+    /// With --suggest-thresholds: also write the thresholds as Rust constants
+    /// (`UNSURE_MUTUAL_INFORMATION`, `UNSURE_CONFIDENCE`) to FILE, as the firmware's demos
+    /// read them (firmware/src/unsure/): f32 for an f32 model, UQ16 raw bits for q8 and q16,
+    /// each flagging on the device exactly the answers it flags here.
+    #[arg(long, value_name = "FILE", requires = "suggest_thresholds")]
+    pub emit_rust: Option<PathBuf>,
     /// Evaluate on the validation split that the training run in DIR held out of these images
     /// (give the training images and labels): the same seeded split as the trainer's. For
     /// choosing a halting prior or threshold without touching the test set.
@@ -554,6 +560,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         }
     }
     let mode = args.sampling.mode()?;
+    if let Some(file) = &args.emit_rust {
+        check_writable(file, args.force)?;
+    }
     let runner = load_runner(&args.model, &args.precision)?;
     let classes = runner.num_classes();
     crate::ui::detail(format!(
@@ -741,6 +750,38 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             propose_thresholds(&predictions, &hits, share)
         }),
     };
+    let emitted = match (&args.emit_rust, &report.thresholds) {
+        (Some(file), Some(thresholds)) => {
+            let name = |p: &Path| {
+                p.file_name()
+                    .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into())
+            };
+            let images = match &args.validation_of {
+                Some(run) => format!(
+                    "the validation split of run {} in {}",
+                    name(run),
+                    name(&args.images)
+                ),
+                None => format!(
+                    "images {}..={} of {}",
+                    args.skip,
+                    args.skip + dataset.len() - 1,
+                    name(&args.images)
+                ),
+            };
+            let from = crate::unsure::Provenance {
+                model: name(&args.model),
+                images,
+                count: report.metrics.count,
+                wrong: report.metrics.count - report.metrics.correct,
+                mode: describe_mode(mode),
+                seed: args.sampling.seed,
+            };
+            let source = crate::unsure::rust_constants(thresholds, runner.precision(), &from)?;
+            Some((file, source))
+        }
+        _ => None,
+    };
     let mut report = report;
     if let (Some(set), Some(path)) = (&ood_images, &args.ood_images) {
         let all = Images::from_idx(set);
@@ -791,12 +832,16 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     write_new(&args.report.join(REPORT_FILE), json.as_bytes(), args.force)?;
     let mut written: Vec<&str> = pngs.iter().map(|(name, _)| *name).collect();
     written.push(REPORT_FILE);
-    let files = format!(
+    let mut files = format!(
         "wrote {} files in {}: {}",
         written.len(),
         args.report.display(),
         written.join(", ")
     );
+    if let Some((file, source)) = &emitted {
+        write_new(file, source.as_bytes(), args.force)?;
+        files += &format!("; the thresholds as Rust constants in {}", file.display());
+    }
     if args.json {
         // A closed stdout (e.g. piped into `head`) is not an error once the files are written.
         let _ = std::io::Write::write_all(&mut std::io::stdout(), json.as_bytes());
