@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{mc, parse_fixed, reseal, run_f32, run_fixed};
+use common::{mc, parse_fixed, reference_logits, reseal, run_f32, run_fixed};
 
 use proptest::prelude::*;
 use rand_core::{RngCore, SeedableRng};
@@ -57,33 +57,6 @@ fn quantized(seed: u64, precision: Precision) -> QModelSpec {
     let imgs = images(seed ^ 0xca1, 64);
     let refs: Vec<&[u8]> = imgs.iter().map(|v| v.as_slice()).collect();
     quantize(&f32_model(seed), precision, &refs, Calibration::default()).unwrap()
-}
-
-/// Reference mean-weights logits: the documented formulas over the dense arrays, in i128.
-fn reference_logits(spec: &QModelSpec, raw: &[u8]) -> Vec<i32> {
-    let act_max: i128 = if spec.precision == Precision::Q8 {
-        255
-    } else {
-        32767
-    };
-    let mut x: Vec<i128> = raw.iter().map(|&p| p as i128).collect();
-    for l in &spec.layers {
-        let mut y = vec![0i128; l.outputs];
-        for (j, out) in y.iter_mut().enumerate() {
-            let a: i128 = (0..l.inputs)
-                .map(|i| x[i] * l.theta[j * l.inputs + i] as i128)
-                .sum();
-            let [m_theta, _, bias] = l.params[j];
-            let z = a * m_theta as i128 + bias as i128;
-            let v = (z + (1i128 << (l.shift - 1))) >> l.shift;
-            *out = match l.activation {
-                Activation::Relu => v.clamp(0, act_max),
-                Activation::Identity => v.clamp(i32::MIN as i128, i32::MAX as i128),
-            };
-        }
-        x = y;
-    }
-    x.into_iter().map(|v| v as i32).collect()
 }
 
 #[test]

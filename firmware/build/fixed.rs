@@ -272,7 +272,7 @@ fn write_full_parity(src: &mut String, manifest: &Path, out: &Path, lenet5_fits:
         .expect("parity model exists");
     let buffer = ModelBuffer::from_bytes(&fs::read(&path).expect("read model"));
     let count = pixels.len() / 784;
-    // The q8 LeNet-5 costs 6.4 M instructions per image with mean weights and 61 M with
+    // The q8 LeNet-5 costs 4.6 M instructions per image with mean weights and 59 M with
     // M = 32 on the M3: every image in the first mode, the first 1,000 in the second.
     let counts = [
         count,

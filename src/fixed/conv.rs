@@ -67,6 +67,39 @@ fn tap_input(g: &Geometry, tap: u32, oy: usize, ox: usize) -> Option<usize> {
     Some((c * g.input[1] + iy) * g.input[2] + ix)
 }
 
+/// The input index of the window's first element at output position `(oy, ox)` when the
+/// whole kernel lies inside the input (every position but a border of width `padding`); then
+/// a tap reads `origin + (c * in_h + ky) * in_w + kx` without a bounds check.
+#[inline(always)]
+fn window_origin(g: &Geometry, oy: usize, ox: usize) -> Option<usize> {
+    let [_, in_h, in_w] = g.input;
+    let (y0, x0) = (oy * g.stride, ox * g.stride);
+    let inside = y0 >= g.padding
+        && x0 >= g.padding
+        && y0 + g.window[0] <= in_h + g.padding
+        && x0 + g.window[1] <= in_w + g.padding;
+    inside.then(|| (y0 - g.padding) * in_w + (x0 - g.padding))
+}
+
+/// The input a tap reads at `(oy, ox)`, the window's origin there given (interior) or not
+/// (border: checked); `None` in the zero padding.
+#[inline(always)]
+fn tap_input_at(
+    g: &Geometry,
+    origin: Option<usize>,
+    tap: u32,
+    oy: usize,
+    ox: usize,
+) -> Option<usize> {
+    match origin {
+        Some(o) => {
+            let (c, ky, kx) = unpack_tap(tap);
+            Some(o + (c * g.input[1] + ky) * g.input[2] + kx)
+        }
+        None => tap_input(g, tap, oy, ox),
+    }
+}
+
 /// The sums `(A, V)` of one output unit at `(oy, ox)` for one input (`V = 0` unless
 /// `with_var` on a Gaussian layer).
 #[inline(always)]
@@ -80,8 +113,9 @@ fn unit_sums<F: Format, const GAUSS: bool, X: Words + ?Sized>(
 ) -> (i64, u64) {
     let (len, at_theta, at_sigma) = layout::<F, NoIndex, GAUSS>();
     let (mut a, mut v) = (F::Acc::default(), F::Var::default());
+    let origin = window_origin(g, oy, ox);
     for (&tap, r) in taps.iter().zip(records.chunks_exact(len)) {
-        let Some(i) = tap_input(g, tap, oy, ox) else {
+        let Some(i) = tap_input_at(g, origin, tap, oy, ox) else {
             continue;
         };
         let w = x.word::<F>(i);
@@ -193,13 +227,14 @@ fn sampled_typed<F: Format, const GAUSS: bool>(
         for oy in 0..out_h {
             for ox in 0..out_w {
                 let u = (co * out_h + oy) * out_w + ox;
+                let origin = window_origin(g, oy, ox);
                 let mut g0 = 0;
                 while g0 < s {
                     let n = GROUP.min(s - g0);
                     let mut acc = [F::Acc::default(); GROUP];
                     let mut var = [F::Var::default(); GROUP];
                     for (&tap, r) in taps.iter().zip(records.chunks_exact(len)) {
-                        let Some(i) = tap_input(g, tap, oy, ox) else {
+                        let Some(i) = tap_input_at(g, origin, tap, oy, ox) else {
                             continue;
                         };
                         let Some(xs) = x.get(i * s + g0..i * s + g0 + n) else {

@@ -6,9 +6,11 @@ use core::num::NonZeroU16;
 
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro128PlusPlus;
+use tinybayes::fixed::writer::QModelSpec;
 use tinybayes::fixed::{QModel, QPrediction};
-use tinybayes::format::{Precision, CRC32, TRAILER_LEN};
+use tinybayes::format::{self, Activation, Precision, CRC32, TRAILER_LEN};
 use tinybayes::numeric::FixedPoint;
+use tinybayes::writer::LayerOp;
 use tinybayes::writer::{ModelBuffer, ModelSpec};
 use tinybayes::{Engine, Mode, Model, ModelError, Prediction, Q16, Q8};
 
@@ -65,4 +67,95 @@ pub fn reseal(bytes: &mut [u8]) {
 pub fn parse_fixed(bytes: &[u8]) -> Result<(), ModelError> {
     let buffer = ModelBuffer::from_bytes(bytes);
     QModel::from_bytes(buffer.as_bytes()).map(|_| ())
+}
+
+/// Mean-weights logits by the documented formulas over the dense arrays, in i128, written
+/// independently of the kernels: per output unit the sum over every kernel position inside
+/// the input, pooling as the window maximum.
+pub fn reference_logits(spec: &QModelSpec, raw: &[u8]) -> Vec<i32> {
+    let act_max: i128 = if spec.precision == Precision::Q8 {
+        255
+    } else {
+        32767
+    };
+    let mut x: Vec<i128> = raw.iter().map(|&p| p as i128).collect();
+    let mut shape = spec.input_shape;
+    let finish = |a: i128, p: [i32; 3], shift: u32, act: Activation| {
+        let z = a * p[0] as i128 + p[2] as i128;
+        let v = (z + (1i128 << (shift - 1))) >> shift;
+        match act {
+            Activation::Relu => v.clamp(0, act_max),
+            Activation::Identity => v.clamp(i32::MIN as i128, i32::MAX as i128),
+        }
+    };
+    for l in &spec.layers {
+        let [c, h, w] = shape;
+        let mut y = vec![0i128; l.outputs];
+        match l.op {
+            LayerOp::Linear => {
+                for (j, out) in y.iter_mut().enumerate() {
+                    let a: i128 = (0..l.inputs)
+                        .map(|i| x[i] * l.theta[j * l.inputs + i] as i128)
+                        .sum();
+                    *out = finish(a, l.params[j], l.shift, l.activation);
+                }
+                shape = [l.outputs, 1, 1];
+            }
+            LayerOp::Conv2d {
+                out_channels,
+                kernel: [kh, kw],
+                stride,
+                padding,
+            } => {
+                let oh = format::window_output(h, kh, stride, padding).unwrap();
+                let ow = format::window_output(w, kw, stride, padding).unwrap();
+                for co in 0..out_channels {
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let mut a = 0i128;
+                            for ci in 0..c {
+                                for ky in 0..kh {
+                                    for kx in 0..kw {
+                                        let iy = (oy * stride + ky) as i64 - padding as i64;
+                                        let ix = (ox * stride + kx) as i64 - padding as i64;
+                                        if iy < 0 || ix < 0 || iy >= h as i64 || ix >= w as i64 {
+                                            continue;
+                                        }
+                                        let xi = x[(ci * h + iy as usize) * w + ix as usize];
+                                        let t = l.theta[((co * c + ci) * kh + ky) * kw + kx];
+                                        a += xi * t as i128;
+                                    }
+                                }
+                            }
+                            y[(co * oh + oy) * ow + ox] =
+                                finish(a, l.params[co], l.shift, l.activation);
+                        }
+                    }
+                }
+                shape = [out_channels, oh, ow];
+            }
+            LayerOp::MaxPool { size, stride } => {
+                let oh = format::window_output(h, size, stride, 0).unwrap();
+                let ow = format::window_output(w, size, stride, 0).unwrap();
+                for ch in 0..c {
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let mut best = i128::MIN;
+                            for ky in 0..size {
+                                for kx in 0..size {
+                                    let i = (ch * h + oy * stride + ky) * w + ox * stride + kx;
+                                    best = best.max(x[i]);
+                                }
+                            }
+                            y[(ch * oh + oy) * ow + ox] = best;
+                        }
+                    }
+                }
+                shape = [c, oh, ow];
+            }
+            _ => unreachable!("no other kind quantizes"),
+        }
+        x = y;
+    }
+    x.into_iter().map(|v| v as i32).collect()
 }

@@ -2,7 +2,7 @@
 //! host over semihosting and runs a model on each, mean weights and then 32 Monte Carlo
 //! samples (image i seeded with the seed base + i): the f32 LeNet-300-100 on hard-float cores
 //! (the Cortex-M4F), the q8 LeNet-5 on the Cortex-M3 (its Monte Carlo mode on the first 1,000
-//! images: 61 M instructions each), the q8 LeNet-300-100 on the M0. Each mode's outputs go into one
+//! images: 59 M instructions each), the q8 LeNet-300-100 on the M0. Each mode's outputs go into one
 //! `tinybayes::digest::OutputsDigest`, compared with the digest the host computed at build time
 //! with the same core code; it is also what `tinybayes eval --seed 31488` prints as its
 //! outputs CRC-32 for the same model and mode. Exits 0 on equality.
