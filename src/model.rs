@@ -689,13 +689,7 @@ fn parse_layer<'a>(
         | LayerKind::QuantConv2d => return Err(code(record::KIND)),
         LayerKind::MaxPool => {
             reserved(record::POOL_RESERVED)?;
-            let size = rec[record::POOL_SIZE] as usize;
-            let stride = rec[record::POOL_STRIDE] as usize;
-            let geometry = window_geometry(cx.shape, cx.shape[0], [size, size], stride, 0)
-                .ok_or(ModelError::BadGeometry { layer })?;
-            if posterior != Posterior::Deterministic || activation != Activation::Identity {
-                return Err(ModelError::BadGeometry { layer });
-            }
+            let geometry = pool_geometry(rec, cx.shape, posterior, activation, layer)?;
             (Operation::MaxPool(geometry), geometry.output, 0, Some(0))
         }
         LayerKind::ResidualAdd => {
@@ -891,7 +885,27 @@ pub(crate) fn conv_geometry(
         .ok_or(ModelError::BadGeometry { layer })
 }
 
-pub(crate) fn window_geometry(
+/// The geometry a max-pooling record gives (window size and stride in bytes 24..26) over an
+/// input of `shape`; `BadGeometry` if the window does not fit or the layer is not
+/// deterministic with an identity activation (pooling has neither weights nor activation).
+pub(crate) fn pool_geometry(
+    rec: &[u8],
+    shape: [usize; 3],
+    posterior: Posterior,
+    activation: Activation,
+    layer: usize,
+) -> Result<Geometry, ModelError> {
+    let size = rec[record::POOL_SIZE] as usize;
+    let stride = rec[record::POOL_STRIDE] as usize;
+    let geometry = window_geometry(shape, shape[0], [size, size], stride, 0)
+        .ok_or(ModelError::BadGeometry { layer })?;
+    if posterior != Posterior::Deterministic || activation != Activation::Identity {
+        return Err(ModelError::BadGeometry { layer });
+    }
+    Ok(geometry)
+}
+
+fn window_geometry(
     input: [usize; 3],
     out_channels: usize,
     window: [usize; 2],

@@ -12,14 +12,14 @@
 
 mod common;
 
-use common::{mc, parse_fixed, reference_logits, reseal, run_f32, run_fixed};
+use common::{assert_mean_weights_match_reference, mc, parse_fixed, reseal, run_f32, run_fixed};
 
 use proptest::prelude::*;
 use rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro128PlusPlus;
 use tinybayes::fixed::quantize::{quantize, Calibration};
 use tinybayes::fixed::writer::{QLayerSpec, QModelSpec};
-use tinybayes::fixed::{softmax_q16, QModel, QPrediction};
+use tinybayes::fixed::{QModel, QPrediction};
 use tinybayes::format::{Activation, Precision, TRAILER_LEN};
 use tinybayes::writer::{synthetic, LayerOp, ModelSpec, StorageChoice};
 use tinybayes::Q8;
@@ -67,13 +67,12 @@ fn mean_weights_match_an_independent_integer_reference() {
             let buffer = spec.to_buffer().unwrap();
             let model = QModel::from_bytes(buffer.as_bytes()).unwrap();
             for raw in images(seed + 100, 20) {
-                let got = run_fixed::<4>(&model, &raw, Mode::MeanWeights, 0);
-                let logits = reference_logits(&spec, &raw);
-                let mut p = vec![0u32; logits.len()];
-                let h = softmax_q16(&logits, &mut p);
-                let got_p: Vec<u32> = got.probabilities.iter().map(|v| v.to_bits()).collect();
-                assert_eq!(got_p, p, "{precision:?} seed {seed}");
-                assert_eq!(got.expected_entropy.to_bits(), h);
+                assert_mean_weights_match_reference(
+                    &spec,
+                    &model,
+                    &raw,
+                    &format!("{precision:?} seed {seed}"),
+                );
             }
         }
     }
@@ -127,12 +126,7 @@ fn a_deterministic_hidden_layer_matches_the_reference_and_ignores_chunking() {
         let buffer = spec.to_buffer().unwrap();
         let model = QModel::from_bytes(buffer.as_bytes()).unwrap();
         for (n, raw) in images(5, 8).iter().enumerate() {
-            let got = run_fixed::<4>(&model, raw, Mode::MeanWeights, 0);
-            let logits = reference_logits(&spec, raw);
-            let mut p = vec![0u32; logits.len()];
-            softmax_q16(&logits, &mut p);
-            let got_p: Vec<u32> = got.probabilities.iter().map(|v| v.to_bits()).collect();
-            assert_eq!(got_p, p);
+            assert_mean_weights_match_reference(&spec, &model, raw, &format!("{precision:?}"));
             let want = run_fixed::<8>(&model, raw, mc(13), n as u64);
             assert_eq!(run_fixed::<1>(&model, raw, mc(13), n as u64), want);
             assert_eq!(run_fixed::<4>(&model, raw, mc(13), n as u64), want);

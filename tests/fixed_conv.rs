@@ -4,14 +4,14 @@
 
 mod common;
 
-use common::{mc, parse_fixed, reference_logits, reseal, run_f32, run_fixed};
+use common::{assert_mean_weights_match_reference, mc, parse_fixed, reseal, run_f32, run_fixed};
 
 use proptest::prelude::*;
 use rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro128PlusPlus;
 use tinybayes::fixed::quantize::{quantize, Calibration};
 use tinybayes::fixed::writer::QModelSpec;
-use tinybayes::fixed::{softmax_q16, QModel};
+use tinybayes::fixed::QModel;
 use tinybayes::format::{self, Activation, Precision, TRAILER_LEN};
 use tinybayes::writer::{LayerOp, LayerSpec, ModelBuffer, ModelSpec, StorageChoice, WriteError};
 use tinybayes::{Mode, Model, ModelError};
@@ -147,13 +147,12 @@ fn mean_weights_match_an_independent_integer_reference() {
             let buffer = spec.to_buffer().unwrap();
             let model = QModel::from_bytes(buffer.as_bytes()).unwrap();
             for raw in images(seed + 100, 16) {
-                let got = run_fixed::<4>(&model, &raw, Mode::MeanWeights, 0);
-                let logits = reference_logits(&spec, &raw);
-                let mut p = vec![0u32; logits.len()];
-                let h = softmax_q16(&logits, &mut p);
-                let got_p: Vec<u32> = got.probabilities.iter().map(|v| v.to_bits()).collect();
-                assert_eq!(got_p, p, "{precision:?} seed {seed}");
-                assert_eq!(got.expected_entropy.to_bits(), h);
+                assert_mean_weights_match_reference(
+                    &spec,
+                    &model,
+                    &raw,
+                    &format!("{precision:?} seed {seed}"),
+                );
             }
         }
     }

@@ -79,6 +79,17 @@ fn embedded_digests<N: FixedPoint>(model: &QModel<'_>, images: &[u8], count: usi
         .collect()
 }
 
+/// Reads a fixed-point model file (relative to the firmware crate), rebuilding when it changes.
+fn read_fixed(manifest: &Path, rel: &str) -> (PathBuf, ModelBuffer) {
+    let path = manifest
+        .join(rel)
+        .canonicalize()
+        .expect("fixed-point model exists");
+    println!("cargo::rerun-if-changed={}", path.display());
+    let buffer = ModelBuffer::from_bytes(&fs::read(&path).expect("read model"));
+    (path, buffer)
+}
+
 /// Embeds a fixed-point model as `name` with the digests of its outputs on the embedded
 /// images (`{name}_EXPECTED`); returns its bytes.
 fn embed_fixed(
@@ -88,12 +99,7 @@ fn embed_fixed(
     rel: &str,
     images: &[u8],
 ) -> ModelBuffer {
-    let path = manifest
-        .join(rel)
-        .canonicalize()
-        .expect("fixed-point model exists");
-    println!("cargo::rerun-if-changed={}", path.display());
-    let buffer = ModelBuffer::from_bytes(&fs::read(&path).expect("read model"));
+    let (path, buffer) = read_fixed(manifest, rel);
     {
         let model = QModel::from_bytes(buffer.as_bytes()).expect("valid fixed-point model");
         writeln!(src, "/// {rel}, in flash.").unwrap();
@@ -145,12 +151,14 @@ pub fn write_fixed(
     // embedded and the code that runs it is compiled out (cfg `tb_lenet5`).
     let fits = board.starts_with("mps2");
     println!("cargo::rustc-check-cfg=cfg(tb_lenet5)");
-    let path = manifest.join(LENET5_Q8_MODEL);
-    let bytes = ModelBuffer::from_bytes(&fs::read(&path).expect("read the q8 LeNet-5"));
+    let bytes = if fits {
+        println!("cargo::rustc-cfg=tb_lenet5");
+        embed_fixed(src, manifest, "LENET5_Q8_MODEL", LENET5_Q8_MODEL, images)
+    } else {
+        read_fixed(manifest, LENET5_Q8_MODEL).1
+    };
     let lenet5 = QModel::from_bytes(bytes.as_bytes()).expect("valid fixed-point model");
     if fits {
-        println!("cargo::rustc-cfg=tb_lenet5");
-        embed_fixed(src, manifest, "LENET5_Q8_MODEL", LENET5_Q8_MODEL, images);
         writeln!(src, "/// Samples sharing a pass for the q8 LeNet-5.").unwrap();
         writeln!(src, "pub const LENET5_CHUNK: usize = {LENET5_CHUNK};").unwrap();
         writeln!(

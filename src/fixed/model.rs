@@ -8,7 +8,7 @@ use crate::format::{
     LayerKind, Posterior, Precision, Storage, ALIGNMENT, HEADER_LEN, LAYER_RECORD_LEN, MAX_LAYERS,
 };
 use crate::model::{
-    cast, conv_geometry, is_zero, rec_payload_len, u32_at, window_geometry, Envelope, Operation,
+    cast, conv_geometry, is_zero, pool_geometry, rec_payload_len, u32_at, Envelope, Operation,
 };
 
 /// Largest q8 activation-square term: `255^2 >> 1` (see [`QModel`]).
@@ -383,25 +383,12 @@ fn parse_qlayer<'a>(bytes: &'a [u8], rec: &[u8], cx: &QContext) -> Result<QLayer
         }
         LayerKind::MaxPool if cx.version >= crate::format::FIXED_CONV_FORMAT_VERSION => {
             reserved(record::POOL_RESERVED)?;
-            let size = rec[record::POOL_SIZE] as usize;
-            let stride = rec[record::POOL_STRIDE] as usize;
-            let geometry = window_geometry(cx.shape, cx.shape[0], [size, size], stride, 0)
-                .ok_or(ModelError::BadGeometry { layer })?;
-            if posterior != Posterior::Deterministic || activation != Activation::Identity {
-                return Err(ModelError::BadGeometry { layer });
-            }
+            let geometry = pool_geometry(rec, cx.shape, posterior, activation, layer)?;
             if cx.last {
                 return Err(ModelError::QuantLayout { layer });
             }
             check_outputs(&head, geometry.output)?;
-            let found = rec_payload_len(rec);
-            if found != 0 {
-                return Err(ModelError::PayloadLength {
-                    layer,
-                    expected: 0,
-                    found,
-                });
-            }
+            check_payload_len(rec, layer, Some(0))?;
             if u32_at(rec, record::NNZ) != 0 {
                 return Err(ModelError::BadWeightCount { layer });
             }

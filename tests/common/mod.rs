@@ -56,6 +56,23 @@ pub fn run_f32(spec: &ModelSpec, raw: &[u8], mode: Mode, seed: u64) -> Predictio
     engine.predict_u8(raw, mode, &mut rng).unwrap()
 }
 
+/// The mean-weights prediction of `model` (written from `spec`) on `raw` has exactly the
+/// probabilities and entropy of [`reference_logits`] through the Q16 softmax.
+pub fn assert_mean_weights_match_reference(
+    spec: &QModelSpec,
+    model: &QModel<'_>,
+    raw: &[u8],
+    what: &str,
+) {
+    let got = run_fixed::<4>(model, raw, Mode::MeanWeights, 0);
+    let logits = reference_logits(spec, raw);
+    let mut p = vec![0u32; logits.len()];
+    let h = tinybayes::fixed::softmax_q16(&logits, &mut p);
+    let got_p: Vec<u32> = got.probabilities.iter().map(|v| v.to_bits()).collect();
+    assert_eq!(got_p, p, "{what}");
+    assert_eq!(got.expected_entropy.to_bits(), h, "{what}");
+}
+
 /// Rewrites the CRC (and nothing else) so that structural checks are what gets exercised.
 pub fn reseal(bytes: &mut [u8]) {
     let end = bytes.len() - TRAILER_LEN;
