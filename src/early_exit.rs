@@ -5,6 +5,7 @@
 //! policy allows: blocks not run cost nothing.
 
 use crate::error::InferenceError;
+use crate::fixed::UQ16;
 use crate::format::MAX_LAYERS;
 use crate::predictive::Prediction;
 
@@ -59,25 +60,94 @@ pub enum Halting<'p> {
     },
 }
 
-/// What one exit said.
+/// The number type a halting policy decides in: `f32` for f32 models, [`UQ16`] for
+/// fixed-point ones (whose policies run on integers only). Sealed.
+pub trait HaltValue: Copy + PartialOrd + core::fmt::Debug + seal::Sealed {
+    /// Zero.
+    const ZERO: Self;
+    /// The value of a caller-given `f32` (a prior mass, a threshold in nats): exact for
+    /// `f32`; for [`UQ16`] rounded to the nearest 2^-16 and saturated to its range (the one
+    /// conversion a fixed-point policy makes, once per prediction, and only for a prior or
+    /// threshold given as `f32`).
+    fn from_f32(x: f32) -> Self;
+    /// `a + b` (saturating for [`UQ16`]).
+    fn add(a: Self, b: Self) -> Self;
+    /// `a * b`, the joint `p(y | x, z) p(z)` of a confidence and a prior mass.
+    fn mul(a: Self, b: Self) -> Self;
+    /// Whether a prior's masses sum to 1 within 1e-3 (66 units of 2^-16 for [`UQ16`]).
+    fn sums_to_one(prior: &[Self]) -> bool;
+    /// A uniform number in [0, 1) from 32 random bits (the depth draw of
+    /// [`Halting::SampleDepth`]).
+    fn uniform(bits: u32) -> Self;
+}
+
+mod seal {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for super::UQ16 {}
+}
+
+impl HaltValue for f32 {
+    const ZERO: f32 = 0.0;
+    fn from_f32(x: f32) -> f32 {
+        x
+    }
+    fn add(a: f32, b: f32) -> f32 {
+        a + b
+    }
+    fn mul(a: f32, b: f32) -> f32 {
+        a * b
+    }
+    fn sums_to_one(prior: &[f32]) -> bool {
+        (prior.iter().sum::<f32>() - 1.0).abs() <= 1e-3
+    }
+    fn uniform(bits: u32) -> f32 {
+        (bits >> 8) as f32 / (1u32 << 24) as f32
+    }
+}
+
+impl HaltValue for UQ16 {
+    const ZERO: UQ16 = UQ16(0);
+    fn from_f32(x: f32) -> UQ16 {
+        // NaN and negative values give 0, values of 65536 and more saturate.
+        UQ16(libm::roundf(x * 65536.0) as u32)
+    }
+    fn add(a: UQ16, b: UQ16) -> UQ16 {
+        UQ16(a.0.saturating_add(b.0))
+    }
+    fn mul(a: UQ16, b: UQ16) -> UQ16 {
+        UQ16(((a.0 as u64 * b.0 as u64 + (1 << 15)) >> 16).min(u32::MAX as u64) as u32)
+    }
+    fn sums_to_one(prior: &[UQ16]) -> bool {
+        let sum: u64 = prior.iter().map(|p| p.0 as u64).sum();
+        sum.abs_diff(1 << 16) <= 66
+    }
+    fn uniform(bits: u32) -> UQ16 {
+        UQ16(bits >> 16)
+    }
+}
+
+/// What one exit said, in the policy's number type `V` (`f32`, or [`UQ16`] for fixed point).
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct ExitSummary {
+pub struct ExitSummary<V = f32> {
     /// Most probable class at this exit.
     pub class: usize,
     /// Its predictive probability `max_y p(y | x, z)`.
-    pub confidence: f32,
+    pub confidence: V,
     /// Predictive entropy, nats.
-    pub predictive_entropy: f32,
+    pub predictive_entropy: V,
     /// Mutual information, nats.
-    pub mutual_information: f32,
+    pub mutual_information: V,
 }
 
-/// The answer of an early-exit model.
+/// The answer of an early-exit model: `P` is the prediction type ([`Prediction`], or
+/// [`crate::QPrediction`] for fixed point, see [`QExitPrediction`]) and `V` the number type
+/// of the exits' summaries.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ExitPrediction<const K: usize> {
+pub struct ExitPrediction<const K: usize, P = Prediction<K>, V = f32> {
     /// The posterior predictive at the answering exit, with its uncertainty.
-    pub prediction: Prediction<K>,
+    pub prediction: P,
     /// Index of the answering exit (0 = after the first block).
     pub exit: usize,
     /// Exits computed: the depth used (blocks run).
@@ -86,31 +156,40 @@ pub struct ExitPrediction<const K: usize> {
     /// a Monte Carlo run with M samples spends M times this.
     pub macs: usize,
     /// What every computed exit said, in order.
-    pub exits: heapless::Vec<ExitSummary, MAX_EXITS>,
+    pub exits: heapless::Vec<ExitSummary<V>, MAX_EXITS>,
 }
+
+/// The answer of a fixed-point early-exit model: integer predictive and summaries.
+pub type QExitPrediction<const K: usize> = ExitPrediction<K, crate::QPrediction<K>, UQ16>;
 
 /// A policy in progress: told each exit's summary in order, decides whether to stop and which
 /// exit answers. The engine drives it; it can also replay a policy on recorded summaries (the
 /// decisions depend on nothing else), as the host's parameter sweeps do.
+///
+/// `V` is the number type it decides in (`f32`, or [`UQ16`] for fixed point: then every
+/// decision is integer).
 #[derive(Clone, Debug)]
-pub struct HaltingState<'p> {
+pub struct HaltingState<'p, V: HaltValue = f32> {
     halting: Halting<'p>,
-    prior: Option<&'p [f32]>,
+    /// The prior in use (the policy's own or the model's), `prior_len` masses.
+    prior: [V; MAX_EXITS],
+    prior_len: usize,
+    at_most: V,
     target: usize,
-    best: Option<(f32, usize)>,
+    best: Option<(V, usize)>,
 }
 
 /// Checks a prior: one finite positive mass per exit, summing to 1 (within 1e-3), and
 /// non-increasing when `monotone`.
-pub(crate) fn check_prior(
-    prior: &[f32],
+pub(crate) fn check_prior<V: HaltValue>(
+    prior: &[V],
     exits: usize,
     monotone: bool,
 ) -> Result<(), InferenceError> {
-    let sum: f32 = prior.iter().sum();
+    // `p > 0` is false for NaN; infinities fail the sum.
     let ok = prior.len() == exits
-        && prior.iter().all(|p| p.is_finite() && *p > 0.0)
-        && (sum - 1.0).abs() <= 1e-3
+        && prior.iter().all(|p| *p > V::ZERO)
+        && V::sums_to_one(prior)
         && (!monotone || prior.windows(2).all(|w| w[1] <= w[0]));
     if ok {
         Ok(())
@@ -119,29 +198,55 @@ pub(crate) fn check_prior(
     }
 }
 
-impl<'p> HaltingState<'p> {
+impl<'p, V: HaltValue> HaltingState<'p, V> {
     /// Prepares a policy for a model with `exits` exits whose stored priors are
     /// `model_prior` (used when the policy does not give its own); `draw` gives a uniform
     /// number in [0, 1) (read only by [`Halting::SampleDepth`]). Fails with
     /// [`InferenceError::BadPrior`] on an invalid prior or a NaN threshold.
     pub fn new(
         halting: Halting<'p>,
-        model_prior: &'p [f32],
+        model_prior: &[V],
         exits: usize,
-        draw: impl FnOnce() -> f32,
+        draw: impl FnOnce() -> V,
     ) -> Result<Self, InferenceError> {
-        let (prior, monotone) = match halting {
-            Halting::JointMode { prior } => (Some(prior.unwrap_or(model_prior)), true),
-            Halting::SampleDepth { prior } => (Some(prior.unwrap_or(model_prior)), false),
-            Halting::All | Halting::Threshold { .. } | Halting::Depth { .. } => (None, false),
+        let (given, uses_prior, monotone) = match halting {
+            Halting::JointMode { prior } => (prior, true, true),
+            Halting::SampleDepth { prior } => (prior, true, false),
+            Halting::All | Halting::Threshold { .. } | Halting::Depth { .. } => {
+                (None, false, false)
+            }
         };
-        if let Some(p) = prior {
-            check_prior(p, exits, monotone)?;
-        }
-        if let Halting::Threshold { at_most, .. } = halting {
-            if at_most.is_nan() {
+        let mut prior = [V::ZERO; MAX_EXITS];
+        let mut prior_len = 0;
+        if uses_prior {
+            let n = match given {
+                Some(p) => {
+                    if p.len() > MAX_EXITS || p.iter().any(|m| !m.is_finite()) {
+                        return Err(InferenceError::BadPrior);
+                    }
+                    for (q, &m) in prior.iter_mut().zip(p) {
+                        *q = V::from_f32(m);
+                    }
+                    p.len()
+                }
+                None => {
+                    let n = model_prior.len().min(MAX_EXITS);
+                    prior[..n].copy_from_slice(&model_prior[..n]);
+                    model_prior.len()
+                }
+            };
+            if n > MAX_EXITS {
                 return Err(InferenceError::BadPrior);
             }
+            check_prior(&prior[..n], exits, monotone)?;
+            prior_len = n;
+        }
+        let mut at_most = V::ZERO;
+        if let Halting::Threshold { at_most: t, .. } = halting {
+            if t.is_nan() {
+                return Err(InferenceError::BadPrior);
+            }
+            at_most = V::from_f32(t);
         }
         let mut target = exits.saturating_sub(1);
         if let Halting::Depth { exits: d } = halting {
@@ -150,11 +255,11 @@ impl<'p> HaltingState<'p> {
             }
             target = target.min(d - 1);
         }
-        if let (Halting::SampleDepth { .. }, Some(p)) = (halting, prior) {
+        if let Halting::SampleDepth { .. } = halting {
             let u = draw();
-            let mut cumulative = 0.0;
-            for (l, &mass) in p.iter().enumerate() {
-                cumulative += mass;
+            let mut cumulative = V::ZERO;
+            for (l, &mass) in prior[..prior_len].iter().enumerate() {
+                cumulative = V::add(cumulative, mass);
                 if u < cumulative {
                     target = l;
                     break;
@@ -164,6 +269,8 @@ impl<'p> HaltingState<'p> {
         Ok(Self {
             halting,
             prior,
+            prior_len,
+            at_most,
             target,
             best: None,
         })
@@ -185,26 +292,27 @@ impl<'p> HaltingState<'p> {
     }
 
     /// Told exit `l` (of `exits`); returns true to stop here.
-    pub fn observe(&mut self, l: usize, exits: usize, summary: &ExitSummary) -> bool {
+    pub fn observe(&mut self, l: usize, exits: usize, summary: &ExitSummary<V>) -> bool {
         let last = l + 1 >= exits;
         match self.halting {
             Halting::All => last,
             Halting::JointMode { .. } => {
-                let prior = self.prior.unwrap_or(&[]);
-                let joint = summary.confidence * prior.get(l).copied().unwrap_or(0.0);
+                let prior = &self.prior[..self.prior_len];
+                let mass = |e: usize| prior.get(e).copied().unwrap_or(V::ZERO);
+                let joint = V::mul(summary.confidence, mass(l));
                 if self.best.is_none_or(|(b, _)| joint > b) {
                     self.best = Some((joint, l));
                 }
-                let best = self.best.map_or(0.0, |(b, _)| b);
-                last || best >= prior.get(l + 1).copied().unwrap_or(0.0)
+                let best = self.best.map_or(V::ZERO, |(b, _)| b);
+                last || best >= mass(l + 1)
             }
             Halting::SampleDepth { .. } | Halting::Depth { .. } => last || l >= self.target,
-            Halting::Threshold { measure, at_most } => {
+            Halting::Threshold { measure, .. } => {
                 let u = match measure {
                     Uncertainty::MutualInformation => summary.mutual_information,
                     Uncertainty::PredictiveEntropy => summary.predictive_entropy,
                 };
-                last || u <= at_most
+                last || u <= self.at_most
             }
         }
     }

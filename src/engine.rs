@@ -5,7 +5,7 @@ use core::num::NonZeroU16;
 
 use rand_core::RngCore;
 
-use crate::early_exit::{ExitPrediction, Halting};
+use crate::early_exit::{ExitPrediction, Halting, QExitPrediction};
 use crate::error::InferenceError;
 use crate::fixed::QPrediction;
 use crate::input::NormalizedU8;
@@ -136,7 +136,7 @@ impl<N: Numeric> Job<'_, '_, N> {
         N: Reads<X>,
         X: ?Sized,
     {
-        if N::EXITS && N::exit_count(self.model) > 0 {
+        if N::exit_count(self.model) > 0 {
             self.exits_prediction::<X, K, CHUNK>(x, mode, halting, rng)
         } else if matches!(halting, Halting::All) {
             run_plain::<N, X, _, K, CHUNK>(self.model, self.plan, self.workspace, x, mode, rng)
@@ -239,7 +239,9 @@ impl<const CHUNK: usize> Engine<'_, '_, CHUNK, F32> {
     }
 }
 
-fn exit_prediction<const K: usize>(o: Outcome<F32, K>) -> ExitPrediction<K> {
+fn exit_prediction<N: Numeric, const K: usize>(
+    o: Outcome<N, K>,
+) -> ExitPrediction<K, N::Prediction<K>, N::Value> {
     ExitPrediction {
         prediction: o.prediction,
         exit: o.exit,
@@ -262,5 +264,29 @@ impl<const CHUNK: usize, N: Numeric + FixedPoint> Engine<'_, '_, CHUNK, N> {
         let (job, _) = self.parts();
         job.predict::<_, K, CHUNK>(raw, mode, Halting::All, rng)
             .map(N::into_q)
+    }
+
+    /// Runs a fixed-point early-exit model block by block from raw 8-bit inputs and stops as
+    /// `halting` allows, as [`Engine::predict_early_exit`] does for f32 models; the policy
+    /// decides in [`crate::UQ16`] (integer only: a prior or threshold given as `f32` in
+    /// `halting` is converted once per prediction, the model's stored prior not at all).
+    pub fn predict_u8_early_exit<const K: usize>(
+        &mut self,
+        raw: &[u8],
+        mode: Mode,
+        halting: Halting<'_>,
+        rng: &mut (impl RngCore + Clone),
+    ) -> Result<QExitPrediction<K>, InferenceError> {
+        let (job, _) = self.parts();
+        job.exits::<_, K, CHUNK>(raw, mode, halting, rng).map(|o| {
+            let e = exit_prediction::<N, K>(o);
+            ExitPrediction {
+                prediction: N::into_q(e.prediction),
+                exit: e.exit,
+                depth: e.depth,
+                macs: e.macs,
+                exits: e.exits,
+            }
+        })
     }
 }

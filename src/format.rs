@@ -1,4 +1,4 @@
-//! Layout of the flash table, format versions 1 to 6 (`docs/FORMAT.md` is the specification).
+//! Layout of the flash table, format versions 1 to 7 (`docs/FORMAT.md` is the specification).
 //!
 //! Everything is little-endian. The file starts with a [`HEADER_LEN`]-byte header, then
 //! `layer_count` layer records of [`LAYER_RECORD_LEN`] bytes, then the layer payloads (each at
@@ -9,8 +9,11 @@ pub const MAGIC: [u8; 4] = *b"TBYS";
 /// The newest format version this crate reads and writes (2 adds convolutions and pooling,
 /// 3 adds fixed-point models: header byte 22 and the quantized kinds, 4
 /// adds residual additions and exit heads for early-exit networks, 5 records the size of the
-/// network as trained: [`TrainedSize`], 6 adds fixed-point convolutions and pooling).
-pub const FORMAT_VERSION: u16 = 6;
+/// network as trained: [`TrainedSize`], 6 adds fixed-point convolutions and pooling, 7
+/// fixed-point residual additions and exit heads).
+pub const FORMAT_VERSION: u16 = 7;
+/// The version of fixed-point files with residual additions or exit heads.
+pub const FIXED_EXIT_FORMAT_VERSION: u16 = 7;
 /// The version of fixed-point files with convolutions or pooling.
 pub const FIXED_CONV_FORMAT_VERSION: u16 = 6;
 /// The version of files that record the trained network's size ([`TrainedSize`], header bytes
@@ -133,6 +136,20 @@ pub(crate) mod record {
     pub const QUANT_CONV_SHIFT: usize = 30;
     /// Quantized convolution: reserved.
     pub const QUANT_CONV_RESERVED: core::ops::Range<usize> = 31..32;
+    /// Fixed-point residual addition (version 7): shift `S` of the skip's rescale (u8, 1 to
+    /// 30); byte 24 is the source as in f32 files.
+    pub const QUANT_RESIDUAL_SHIFT: usize = 26;
+    /// Fixed-point residual addition: reserved.
+    pub const QUANT_RESIDUAL_RESERVED: core::ops::Range<usize> = 27..28;
+    /// Fixed-point residual addition: multiplier `m` of the skip's rescale (i32, positive),
+    /// `skip term = (a m + 2^(S-1)) >> S`.
+    pub const QUANT_RESIDUAL_MULTIPLIER: usize = 28;
+    /// Fixed-point exit head (version 7): bytes 24 and 25 as a quantized linear layer
+    /// (shift, index bytes 0: dense), then reserved.
+    pub const QUANT_EXIT_RESERVED: core::ops::Range<usize> = 26..28;
+    /// Fixed-point exit head: prior probability of exiting here, unsigned Q16 (u32, 1 to
+    /// 65536).
+    pub const QUANT_EXIT_PRIOR: usize = 28;
 }
 
 /// Number format of a model's parameters and activations (header byte 22; format version 3).

@@ -57,7 +57,7 @@ mod runner;
 #[cfg(feature = "alloc")]
 pub mod writer;
 
-pub use early_exit::{ExitPrediction, Halting, Uncertainty};
+pub use early_exit::{ExitPrediction, HaltValue, Halting, QExitPrediction, Uncertainty};
 pub use engine::{Engine, Mode};
 pub use error::{InferenceError, ModelError};
 pub use fixed::{QModel, QPrediction, UQ16};

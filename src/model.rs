@@ -82,12 +82,11 @@ pub enum Operation {
         source: usize,
     },
     /// An exit: `logits = W gap(x) + b` over the current map of shape `map` (channels,
-    /// height, width); the main path continues with `x` unchanged.
+    /// height, width); the main path continues with `x` unchanged. Its prior probability
+    /// `p(z)` is a parameter of the layer ([`Layer::exit_prior`]).
     ExitHead {
         /// Shape of the map the head pools.
         map: [usize; 3],
-        /// Prior probability of stopping at this exit, `p(z)`.
-        prior: f32,
     },
 }
 
@@ -103,6 +102,8 @@ pub struct Layer<'a> {
     weights: Weights<'a>,
     /// A later residual addition reads this layer's output.
     residual_source: bool,
+    /// An exit head's prior probability of stopping there (0 for other layers).
+    exit_prior: f32,
 }
 
 impl<'a> Layer<'a> {
@@ -178,6 +179,10 @@ impl<'a> Layer<'a> {
     /// Whether a later residual addition reads this layer's output.
     pub fn is_residual_source(&self) -> bool {
         self.residual_source
+    }
+    /// An exit head's prior probability `p(z)` of stopping there; `None` for other layers.
+    pub fn exit_prior(&self) -> Option<f32> {
+        matches!(self.operation, Operation::ExitHead { .. }).then_some(self.exit_prior)
     }
     /// Bytes of the layer's payload in the model file (as `format` defines it per kind).
     pub fn payload_bytes(&self) -> usize {
@@ -492,13 +497,7 @@ impl<'a> Model<'a> {
         }
         if has_exits {
             // The exits' priors form a distribution over depth.
-            let total: f32 = layers
-                .iter()
-                .filter_map(|l| match l.operation {
-                    Operation::ExitHead { prior, .. } => Some(prior),
-                    _ => None,
-                })
-                .sum();
+            let total: f32 = layers.iter().filter_map(Layer::exit_prior).sum();
             if !(0.999..=1.001).contains(&total) {
                 return Err(ModelError::BadEarlyExit {
                     layer: layer_count as usize - 1,
@@ -555,10 +554,7 @@ impl<'a> Model<'a> {
     }
     /// The prior probability of each exit, in order (empty for a plain network).
     pub fn exit_priors(&self) -> impl Iterator<Item = f32> + '_ {
-        self.layers.iter().filter_map(|l| match l.operation {
-            Operation::ExitHead { prior, .. } => Some(prior),
-            _ => None,
-        })
+        self.layers.iter().filter_map(Layer::exit_prior)
     }
     /// Whether the model has residual additions or exit heads (it then runs through the
     /// early-exit runner).
@@ -662,6 +658,7 @@ fn parse_layer<'a>(
     }
     let nnz = u32_at(rec, record::NNZ) as usize;
 
+    let mut exit_prior = 0.0;
     // Geometry, output shape, dense weight count and payload length, per kind.
     let (operation, out_shape, dense, expected_len) = match kind {
         LayerKind::DenseLinear | LayerKind::SparseLinear | LayerKind::SparseLinearByInput => {
@@ -716,10 +713,8 @@ fn parse_layer<'a>(
             }
             let dense = inputs * outputs;
             let len = payload_len(Storage::Dense, posterior, inputs, outputs, dense);
-            let op = Operation::ExitHead {
-                map: cx.shape,
-                prior,
-            };
+            exit_prior = prior;
+            let op = Operation::ExitHead { map: cx.shape };
             // The main path continues with the same map.
             (op, cx.shape, dense, len)
         }
@@ -830,6 +825,7 @@ fn parse_layer<'a>(
         bias,
         weights,
         residual_source: false,
+        exit_prior,
     };
     Ok((layer, out_shape))
 }

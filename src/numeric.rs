@@ -24,14 +24,15 @@
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro128PlusPlus;
 
-use crate::early_exit::ExitSummary;
+use crate::early_exit::{ExitSummary, HaltValue};
 use crate::error::InferenceError;
+use crate::fixed::graph;
 use crate::fixed::kernels::{
     draw_from_moments, draw_noise, mean_layer, moments_layer, narrow_moments, sampled_layer, Words,
 };
 use crate::fixed::noise::NormalQ8;
 use crate::fixed::predictive::QAccumulator;
-use crate::fixed::{QLayer, QModel, QPrediction};
+use crate::fixed::{QLayer, QModel, QPrediction, UQ16};
 use crate::format::{Activation, Posterior, Precision, Storage};
 use crate::input::Input;
 use crate::kernels::graph::{global_average_pool, residual_add};
@@ -55,6 +56,8 @@ pub trait LayerView {
     fn posterior(&self) -> Posterior;
     /// Multiply-accumulates of one mean-weights pass.
     fn macs(&self) -> usize;
+    /// Weights of the unpruned layer.
+    fn dense_weights(&self) -> usize;
     /// Whether a later residual addition reads this layer's output.
     fn is_residual_source(&self) -> bool;
 }
@@ -77,6 +80,9 @@ impl LayerView for Layer<'_> {
     }
     fn macs(&self) -> usize {
         Layer::macs(self)
+    }
+    fn dense_weights(&self) -> usize {
+        Layer::dense_weights(self)
     }
     fn is_residual_source(&self) -> bool {
         Layer::is_residual_source(self)
@@ -102,8 +108,11 @@ impl LayerView for QLayer<'_> {
     fn macs(&self) -> usize {
         QLayer::macs(self)
     }
+    fn dense_weights(&self) -> usize {
+        QLayer::dense_weights(self)
+    }
     fn is_residual_source(&self) -> bool {
-        false
+        QLayer::is_residual_source(self)
     }
 }
 
@@ -129,7 +138,9 @@ impl Numeric for Q16 {}
 /// The fixed-point formats, [`Q8`] and [`Q16`] (sealed): integer only, raw 8-bit inputs,
 /// [`QModel`] files, u64 workspace words, [`QPrediction`] answers.
 pub trait FixedPoint:
-    Numeric + seal::Reads<[u8]> + for<'a> seal::Kernels<Model<'a> = QModel<'a>, Word = u64>
+    Numeric
+    + seal::Reads<[u8]>
+    + for<'a> seal::Kernels<Model<'a> = QModel<'a>, Word = u64, Value = UQ16>
 {
     /// The prediction as [`QPrediction`] (it is one; this names it in generic code).
     #[doc(hidden)]
@@ -177,8 +188,8 @@ pub(crate) mod seal {
         type Predictive<const K: usize>;
         /// The answer for one input.
         type Prediction<const K: usize>;
-        /// Whether models of this format can have exit heads.
-        const EXITS: bool;
+        /// The number type halting policies decide in (f32, or [`UQ16`] for fixed point).
+        type Value: HaltValue;
 
         /// The model's layers.
         fn layers<'a>(model: &'a Self::Model<'_>) -> &'a [Self::Layer<'a>];
@@ -187,7 +198,7 @@ pub(crate) mod seal {
         /// Exit heads (0 for a plain network).
         fn exit_count(model: &Self::Model<'_>) -> usize;
         /// The depth prior stored with the exits, into `out`.
-        fn exit_priors(model: &Self::Model<'_>, out: &mut [f32]);
+        fn exit_priors(model: &Self::Model<'_>, out: &mut [Self::Value]);
         /// Raw input values.
         fn input_len(model: &Self::Model<'_>) -> usize;
         /// Whether a model given to the engine is of this format.
@@ -218,8 +229,8 @@ pub(crate) mod seal {
             scratch: &mut [Self::Scratch],
             after_first: Option<&Self::MomentsState>,
         );
-        /// `cur += skip`, then the activation.
-        fn residual_add(activation: Activation, cur: &mut [Self::Act], skip: &[Self::Act]);
+        /// `cur += skip` (rescaled as the layer says), then the activation.
+        fn residual_add(layer: &Self::Layer<'_>, cur: &mut [Self::Act], skip: &[Self::Act]);
         /// Global average pool of a chunk's `map` for an exit head.
         fn pool_exit(map: [usize; 3], x: &[Self::Act], s: usize, out: &mut [Self::Act]);
 
@@ -230,7 +241,7 @@ pub(crate) mod seal {
         /// The predictive of the samples added.
         fn finish<const K: usize>(acc: Self::Predictive<K>) -> Self::Prediction<K>;
         /// What a halting policy reads of an exit's prediction.
-        fn summary<const K: usize>(p: &Self::Prediction<K>) -> ExitSummary;
+        fn summary<const K: usize>(p: &Self::Prediction<K>) -> ExitSummary<Self::Value>;
     }
 
     /// The first layer's kernels for an input of type `X`.
@@ -295,7 +306,7 @@ impl Kernels for F32 {
     type ByteTable = crate::input::ByteTable;
     type Predictive<const K: usize> = PredictiveAccumulator<K>;
     type Prediction<const K: usize> = Prediction<K>;
-    const EXITS: bool = true;
+    type Value = f32;
 
     fn layers<'a>(model: &'a Model<'_>) -> &'a [Layer<'a>] {
         model.layers()
@@ -346,8 +357,8 @@ impl Kernels for F32 {
     ) {
         forward_samples::<CHUNK>(layer, x, streams, out, scratch);
     }
-    fn residual_add(activation: Activation, cur: &mut [f32], skip: &[f32]) {
-        residual_add(activation, cur, skip);
+    fn residual_add(layer: &Layer<'_>, cur: &mut [f32], skip: &[f32]) {
+        residual_add(layer.activation(), cur, skip);
     }
     fn pool_exit(map: [usize; 3], x: &[f32], s: usize, out: &mut [f32]) {
         global_average_pool(map, x, s, out);
@@ -442,7 +453,7 @@ macro_rules! fixed_format {
             type ByteTable = ();
             type Predictive<const K: usize> = QAccumulator<K>;
             type Prediction<const K: usize> = QPrediction<K>;
-            const EXITS: bool = false;
+            type Value = UQ16;
 
             fn layers<'a>(model: &'a QModel<'_>) -> &'a [QLayer<'a>] {
                 model.layers()
@@ -450,10 +461,14 @@ macro_rules! fixed_format {
             fn classes(model: &QModel<'_>) -> usize {
                 model.num_classes()
             }
-            fn exit_count(_: &QModel<'_>) -> usize {
-                0
+            fn exit_count(model: &QModel<'_>) -> usize {
+                model.exit_count()
             }
-            fn exit_priors(_: &QModel<'_>, _: &mut [f32]) {}
+            fn exit_priors(model: &QModel<'_>, out: &mut [UQ16]) {
+                for (p, prior) in out.iter_mut().zip(model.exit_priors()) {
+                    *p = prior;
+                }
+            }
             fn input_len(model: &QModel<'_>) -> usize {
                 model.input_len()
             }
@@ -505,8 +520,12 @@ macro_rules! fixed_format {
                 };
                 sampled_layer(layer, x, s, eps, dead, out);
             }
-            fn residual_add(_: Activation, _: &mut [i32], _: &[i32]) {}
-            fn pool_exit(_: [usize; 3], _: &[i32], _: usize, _: &mut [i32]) {}
+            fn residual_add(layer: &QLayer<'_>, cur: &mut [i32], skip: &[i32]) {
+                graph::residual_add(layer, cur, skip);
+            }
+            fn pool_exit(map: [usize; 3], x: &[i32], s: usize, out: &mut [i32]) {
+                graph::global_average_pool($precision, map, x, s, out);
+            }
             fn predictive<const K: usize>(classes: usize) -> QAccumulator<K> {
                 QAccumulator::new(classes)
             }
@@ -517,14 +536,12 @@ macro_rules! fixed_format {
             fn finish<const K: usize>(acc: QAccumulator<K>) -> QPrediction<K> {
                 acc.finish()
             }
-            fn summary<const K: usize>(p: &QPrediction<K>) -> ExitSummary {
-                // Never called: fixed-point models have no exits (`EXITS` is false), and the
-                // integer path must not convert to floating point.
+            fn summary<const K: usize>(p: &QPrediction<K>) -> ExitSummary<UQ16> {
                 ExitSummary {
                     class: p.class,
-                    confidence: 0.0,
-                    predictive_entropy: 0.0,
-                    mutual_information: 0.0,
+                    confidence: p.confidence(),
+                    predictive_entropy: p.predictive_entropy,
+                    mutual_information: p.mutual_information,
                 }
             }
         }
@@ -562,7 +579,9 @@ macro_rules! fixed_format {
                 }
                 FixedMoments { frac_bits, dead }
             }
-            fn pool_input(_: [usize; 3], _: &X, _: &mut [i32]) {}
+            fn pool_input(map: [usize; 3], x: &X, out: &mut [i32]) {
+                graph::global_average_pool($precision, map, x, 1, out);
+            }
         }
     };
 }

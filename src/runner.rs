@@ -24,7 +24,7 @@ use core::ops::Range;
 
 use rand_core::RngCore;
 
-use crate::early_exit::{ExitSummary, Halting, HaltingState, MAX_EXITS};
+use crate::early_exit::{ExitSummary, HaltValue, Halting, HaltingState, MAX_EXITS};
 use crate::error::InferenceError;
 use crate::model::Operation;
 use crate::numeric::seal::{Kernels, Reads};
@@ -34,9 +34,9 @@ use crate::Mode;
 
 /// The halting policy and what it has been told.
 struct Exits<'p, N: Kernels, const K: usize> {
-    state: HaltingState<'p>,
+    state: HaltingState<'p, N::Value>,
     count: usize,
-    summaries: heapless::Vec<ExitSummary, MAX_EXITS>,
+    summaries: heapless::Vec<ExitSummary<N::Value>, MAX_EXITS>,
     /// The exit that answers so far, with its predictive.
     candidate: Option<(usize, N::Prediction<K>)>,
 }
@@ -48,7 +48,7 @@ pub(crate) struct Outcome<N: Kernels, const K: usize> {
     pub(crate) exit: usize,
     pub(crate) depth: usize,
     pub(crate) macs: usize,
-    pub(crate) exits: heapless::Vec<ExitSummary, MAX_EXITS>,
+    pub(crate) exits: heapless::Vec<ExitSummary<N::Value>, MAX_EXITS>,
 }
 
 impl<N: Kernels, const K: usize> Exits<'_, N, K> {
@@ -245,7 +245,7 @@ fn advance_chunk<N: Kernels, const CHUNK: usize>(
             }
             Operation::ResidualAdd { .. } => {
                 let n = layer.outputs() * s;
-                N::residual_add(layer.activation(), &mut buf.cur[..n], &buf.skip[..n]);
+                N::residual_add(layer, &mut buf.cur[..n], &buf.skip[..n]);
             }
             _ => {
                 N::sampled::<CHUNK>(
@@ -384,14 +384,15 @@ where
     R: RngCore + Clone,
 {
     let count = N::exit_count(model);
-    if !N::EXITS || count == 0 {
+    if count == 0 {
         return Err(InferenceError::NotEarlyExit);
     }
     N::check_input(model, x, K)?;
-    let mut priors = [0.0f32; MAX_EXITS];
-    N::exit_priors(model, &mut priors[..count]);
-    let state = HaltingState::new(halting, &priors[..count], count, || {
-        (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32
+    let mut priors = [N::Value::ZERO; MAX_EXITS];
+    let count_priors = count.min(MAX_EXITS);
+    N::exit_priors(model, &mut priors[..count_priors]);
+    let state = HaltingState::new(halting, &priors[..count_priors], count, || {
+        N::Value::uniform(rng.next_u32())
     })?;
     let sink = Policy::<N, K> {
         classes: N::classes(model),
@@ -474,7 +475,7 @@ where
             }
             Operation::ResidualAdd { .. } => {
                 let n = layer.outputs();
-                N::residual_add(layer.activation(), &mut buf.cur[..n], &buf.skip[..n]);
+                N::residual_add(layer, &mut buf.cur[..n], &buf.skip[..n]);
             }
             _ => {
                 if i == 0 {

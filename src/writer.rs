@@ -435,7 +435,9 @@ impl LayerSpec {
                 stride: g.stride,
             },
             Operation::ResidualAdd { source } => LayerOp::ResidualAdd { source },
-            Operation::ExitHead { prior, .. } => LayerOp::ExitHead { prior },
+            Operation::ExitHead { .. } => LayerOp::ExitHead {
+                prior: layer.exit_prior().unwrap_or(0.0),
+            },
         };
         LayerSpec {
             op,

@@ -1494,7 +1494,7 @@ fn model_error_messages_are_specific() {
         (BadMagic, vec!["magic"]),
         (
             UnsupportedVersion { found: 9 },
-            vec!["version 9", "versions 1 to 6"],
+            vec!["version 9", "versions 1 to 7"],
         ),
         (BadHeaderLength { found: 4711 }, vec!["4711", "header"]),
         (

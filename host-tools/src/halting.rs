@@ -4,9 +4,13 @@
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
-use tinybayes::early_exit::{ExitPrediction, ExitSummary, Halting, Uncertainty};
-use tinybayes::{Engine, Mode, Model};
+use tinybayes::early_exit::{ExitSummary, Halting, QExitPrediction, Uncertainty};
+use tinybayes::fixed::QModel;
+use tinybayes::format::Precision;
+use tinybayes::numeric::FixedPoint;
+use tinybayes::{Engine, ExitPrediction, Mode, Model, Q16, Q8, UQ16};
 
+use crate::runner::Runner;
 use crate::simulate::{for_each_image, outputs_crc32, ImagePrediction, Images};
 
 /// Samples per pass when simulating early exit on the host: up to this many samples advance
@@ -142,61 +146,142 @@ pub struct ExitResult {
     pub macs: usize,
 }
 
+/// Every exit's summary for every image, in the number type its policy decides in.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExitSummaries {
+    /// An f32 model's.
+    F32(Vec<Vec<ExitSummary>>),
+    /// A fixed-point model's (its policies decide on these integers).
+    Fixed(Vec<Vec<ExitSummary<UQ16>>>),
+}
+
+impl ExitSummaries {
+    /// The class each image's exit `e` predicts.
+    pub fn classes_at(&self, e: usize) -> Vec<usize> {
+        match self {
+            ExitSummaries::F32(all) => all.iter().map(|s| s[e].class).collect(),
+            ExitSummaries::Fixed(all) => all.iter().map(|s| s[e].class).collect(),
+        }
+    }
+}
+
+/// One run of the early-exit engine over every image, in the model's format.
+enum Outputs {
+    F32(Vec<ExitPrediction<16>>),
+    Fixed(Vec<QExitPrediction<16>>),
+}
+
 /// Runs every image through the early-exit engine with `halting` ([`for_each_image`]: in
-/// parallel, image `i` with the generator `seed + i`). Returns the results and the digest of
-/// the answering exits' outputs.
+/// parallel, image `i` with the generator `seed + i`), f32 or fixed point. Returns the
+/// results and the digest of the answering exits' outputs.
 pub fn simulate_early_exit(
-    model: &Model<'_>,
+    runner: &Runner,
     images: &Images<'_>,
     mode: Mode,
     seed: u64,
     spec: &HaltingSpec,
 ) -> Result<(Vec<ExitResult>, u32)> {
-    let outputs = run_early_exit(model, images, mode, seed, spec)?;
-    let crc = outputs_crc32(outputs.iter().map(|p| &p.prediction));
-    let results = outputs
-        .into_iter()
-        .map(|p| ExitResult {
-            prediction: ImagePrediction::from(p.prediction),
-            exit: p.exit,
-            depth: p.depth,
-            macs: p.macs,
-        })
-        .collect();
-    Ok((results, crc))
+    Ok(match run_early_exit(runner, images, mode, seed, spec)? {
+        Outputs::F32(outputs) => {
+            let crc = outputs_crc32(outputs.iter().map(|p| &p.prediction));
+            let results = outputs
+                .into_iter()
+                .map(|p| ExitResult {
+                    prediction: ImagePrediction::from(p.prediction),
+                    exit: p.exit,
+                    depth: p.depth,
+                    macs: p.macs,
+                })
+                .collect();
+            (results, crc)
+        }
+        Outputs::Fixed(outputs) => {
+            let crc = outputs_crc32(outputs.iter().map(|p| &p.prediction));
+            let results = outputs
+                .iter()
+                .map(|p| ExitResult {
+                    prediction: ImagePrediction::from(&p.prediction),
+                    exit: p.exit,
+                    depth: p.depth,
+                    macs: p.macs,
+                })
+                .collect();
+            (results, crc)
+        }
+    })
 }
 
-/// Every exit's summary for every image, running every block (for replaying policies).
+/// Every exit's summary for every image, running as `spec` says (every block, for
+/// replaying policies).
 pub fn all_exit_summaries(
-    model: &Model<'_>,
+    runner: &Runner,
     images: &Images<'_>,
     mode: Mode,
     seed: u64,
     spec: &HaltingSpec,
-) -> Result<Vec<Vec<ExitSummary>>> {
-    let outputs = run_early_exit(model, images, mode, seed, spec)?;
-    Ok(outputs.into_iter().map(|p| p.exits.to_vec()).collect())
+) -> Result<ExitSummaries> {
+    Ok(match run_early_exit(runner, images, mode, seed, spec)? {
+        Outputs::F32(o) => ExitSummaries::F32(o.into_iter().map(|p| p.exits.to_vec()).collect()),
+        Outputs::Fixed(o) => {
+            ExitSummaries::Fixed(o.into_iter().map(|p| p.exits.to_vec()).collect())
+        }
+    })
 }
 
 fn run_early_exit(
-    model: &Model<'_>,
+    runner: &Runner,
     images: &Images<'_>,
     mode: Mode,
     seed: u64,
     spec: &HaltingSpec,
-) -> Result<Vec<ExitPrediction<16>>> {
-    crate::simulate::check_images(model, images)?;
-    if model.num_classes() > 16 {
+) -> Result<Outputs> {
+    crate::simulate::check_image_set(runner.input_shape(), images)?;
+    if runner.num_classes() > 16 {
         bail!("early-exit simulation supports up to 16 classes");
     }
-    let workspace_len = tinybayes::Plan::new(model, EARLY_EXIT_CHUNK).workspace_len();
     let halting = spec.halting();
+    Ok(match runner {
+        Runner::F32(model) => Outputs::F32(run_f32(model, images, mode, seed, halting)?),
+        Runner::Fixed(model) => Outputs::Fixed(match model.precision() {
+            Precision::Q16 => run_fixed::<Q16>(model, images, mode, seed, halting)?,
+            _ => run_fixed::<Q8>(model, images, mode, seed, halting)?,
+        }),
+    })
+}
+
+fn run_f32(
+    model: &Model<'_>,
+    images: &Images<'_>,
+    mode: Mode,
+    seed: u64,
+    halting: Halting<'_>,
+) -> Result<Vec<ExitPrediction<16>>> {
+    let workspace_len = tinybayes::Plan::new(model, EARLY_EXIT_CHUNK).workspace_len();
     Ok(for_each_image(
         images,
         seed,
         || vec![0.0f32; workspace_len],
         |workspace, pixels, rng| {
             Engine::<EARLY_EXIT_CHUNK>::new(model, workspace)?
+                .predict_u8_early_exit(pixels, mode, halting, rng)
+        },
+    )?)
+}
+
+fn run_fixed<N: FixedPoint>(
+    model: &QModel<'_>,
+    images: &Images<'_>,
+    mode: Mode,
+    seed: u64,
+    halting: Halting<'_>,
+) -> Result<Vec<QExitPrediction<16>>> {
+    let workspace_len = model.workspace_len(EARLY_EXIT_CHUNK);
+    Ok(for_each_image(
+        images,
+        seed,
+        || vec![0u64; workspace_len],
+        |workspace, pixels, rng| {
+            Engine::<EARLY_EXIT_CHUNK, N>::new(model, workspace)?
                 .predict_u8_early_exit(pixels, mode, halting, rng)
         },
     )?)
@@ -257,7 +342,8 @@ mod tests {
         let mode = Mode::MonteCarlo {
             samples: core::num::NonZeroU16::new(8).unwrap(),
         };
-        let (got, _) = simulate_early_exit(&model, &images, mode, 3, &halting).unwrap();
+        let runner = Runner::from_buffer(buffer.clone()).unwrap();
+        let (got, _) = simulate_early_exit(&runner, &images, mode, 3, &halting).unwrap();
         assert_eq!(got.len(), 10);
         let mut ws = vec![0.0f32; tinybayes::Plan::new(&model, 8).workspace_len()];
         for (i, g) in got.iter().enumerate() {

@@ -10,6 +10,7 @@ use tinybayes::fixed::quantize::{quantize, Calibration};
 use tinybayes::fixed::QModel;
 use tinybayes::format::Precision;
 use tinybayes::model::Operation;
+use tinybayes::numeric::LayerView;
 use tinybayes::writer::{ModelBuffer, ModelSpec};
 use tinybayes::{Mode, Model, ModelError};
 
@@ -103,27 +104,24 @@ pub struct EarlyExitRun {
 
 /// Cumulative MACs of the *unpruned* architecture through each exit (every kernel tap, as the
 /// early-exit literature counts them), for comparison with [`macs_through_exits`].
-pub fn dense_macs_through_exits(model: &Model<'_>) -> Vec<usize> {
-    let mut total = 0;
-    let mut out = Vec::new();
-    for l in model.layers() {
-        total += match l.operation() {
-            Operation::Conv2d(g) => l.dense_weights() * g.output[1] * g.output[2],
-            _ => l.dense_weights(),
-        };
-        if matches!(l.operation(), Operation::ExitHead { .. }) {
-            out.push(total);
-        }
-    }
-    out
+pub fn dense_macs_through_exits<L: LayerView>(layers: &[L]) -> Vec<usize> {
+    through_exits(layers, |l| match l.operation() {
+        Operation::Conv2d(g) => l.dense_weights() * g.output[1] * g.output[2],
+        _ => l.dense_weights(),
+    })
 }
 
 /// Cumulative MACs (per weight sample) of a graph model through each exit.
-pub fn macs_through_exits(model: &Model<'_>) -> Vec<usize> {
+pub fn macs_through_exits<L: LayerView>(layers: &[L]) -> Vec<usize> {
+    through_exits(layers, L::macs)
+}
+
+/// The running sum of `cost` over the layers, at each exit head.
+fn through_exits<L: LayerView>(layers: &[L], cost: impl Fn(&L) -> usize) -> Vec<usize> {
     let mut total = 0;
     let mut out = Vec::new();
-    for l in model.layers() {
-        total += l.macs();
+    for l in layers {
+        total += cost(l);
         if matches!(l.operation(), Operation::ExitHead { .. }) {
             out.push(total);
         }
@@ -277,7 +275,23 @@ impl Runner {
     pub fn exit_count(&self) -> usize {
         match self {
             Runner::F32(m) => m.exit_count(),
-            Runner::Fixed(_) => 0,
+            Runner::Fixed(m) => m.exit_count(),
+        }
+    }
+
+    /// [`macs_through_exits`] of the model.
+    pub fn macs_through_exits(&self) -> Vec<usize> {
+        match self {
+            Runner::F32(m) => macs_through_exits(m.layers()),
+            Runner::Fixed(m) => macs_through_exits(m.layers()),
+        }
+    }
+
+    /// [`dense_macs_through_exits`] of the model.
+    pub fn dense_macs_through_exits(&self) -> Vec<usize> {
+        match self {
+            Runner::F32(m) => dense_macs_through_exits(m.layers()),
+            Runner::Fixed(m) => dense_macs_through_exits(m.layers()),
         }
     }
 
@@ -296,42 +310,33 @@ impl Runner {
         if exits == 0 && asked {
             bail!("--halting, --prior-lambda and --threshold apply to early-exit models only");
         }
-        match self {
-            Runner::F32(m) if exits > 0 => {
-                let spec = halting.resolve(exits)?;
-                let (results, outputs_crc32) = simulate_early_exit(m, images, mode, seed, &spec)?;
-                let full_macs = macs_through_exits(m).last().copied().unwrap_or(0);
-                let run = EarlyExitRun {
-                    spec,
-                    exits,
-                    answer: results.iter().map(|r| r.exit).collect(),
-                    depth: results.iter().map(|r| r.depth).collect(),
-                    macs: results.iter().map(|r| r.macs).collect(),
-                    full_macs,
-                };
-                Ok(Simulation {
-                    predictions: results.into_iter().map(|r| r.prediction).collect(),
-                    outputs_crc32,
-                    early_exit: Some(run),
-                })
-            }
-            Runner::F32(m) => {
-                let s = simulate(m, images, mode, seed)?;
-                Ok(Simulation {
-                    predictions: s.predictions,
-                    outputs_crc32: s.outputs_crc32,
-                    early_exit: None,
-                })
-            }
-            Runner::Fixed(m) => {
-                let s = simulate_fixed(m, images, mode, seed)?;
-                Ok(Simulation {
-                    predictions: s.predictions,
-                    outputs_crc32: s.outputs_crc32,
-                    early_exit: None,
-                })
-            }
+        if exits > 0 {
+            let spec = halting.resolve(exits)?;
+            let (results, outputs_crc32) = simulate_early_exit(self, images, mode, seed, &spec)?;
+            let full_macs = self.macs_through_exits().last().copied().unwrap_or(0);
+            let run = EarlyExitRun {
+                spec,
+                exits,
+                answer: results.iter().map(|r| r.exit).collect(),
+                depth: results.iter().map(|r| r.depth).collect(),
+                macs: results.iter().map(|r| r.macs).collect(),
+                full_macs,
+            };
+            return Ok(Simulation {
+                predictions: results.into_iter().map(|r| r.prediction).collect(),
+                outputs_crc32,
+                early_exit: Some(run),
+            });
         }
+        let s = match self {
+            Runner::F32(m) => simulate(m, images, mode, seed)?,
+            Runner::Fixed(m) => simulate_fixed(m, images, mode, seed)?,
+        };
+        Ok(Simulation {
+            predictions: s.predictions,
+            outputs_crc32: s.outputs_crc32,
+            early_exit: None,
+        })
     }
 
     /// The f32 model, if this is one.

@@ -46,6 +46,8 @@ pub trait Format {
     fn sigma2(r: &[u8], at: usize) -> Self::Sigma2;
     /// The activation word of a value `0 <= a <= ACT_MAX`.
     fn pack(a: i32) -> i32;
+    /// The value `a` of an activation word.
+    fn value(w: i32) -> i32;
     /// `acc + a θ` for the activation word `w`.
     fn mac(acc: Self::Acc, w: i32, theta: Self::Theta) -> Self::Acc;
     /// `var + sq(a) σ²` for the activation word `w`.
@@ -81,6 +83,10 @@ impl Format for Q8 {
     #[inline(always)]
     fn pack(a: i32) -> i32 {
         ((a * a) >> 1) << 16 | a
+    }
+    #[inline(always)]
+    fn value(w: i32) -> i32 {
+        w & 0xffff
     }
     #[inline(always)]
     fn mac(acc: i32, w: i32, theta: i8) -> i32 {
@@ -126,6 +132,10 @@ impl Format for Q16 {
     #[inline(always)]
     fn pack(a: i32) -> i32 {
         a
+    }
+    #[inline(always)]
+    fn value(w: i32) -> i32 {
+        w
     }
     #[inline(always)]
     fn mac(acc: i64, w: i32, theta: i16) -> i64 {
@@ -387,7 +397,11 @@ pub(crate) fn mean_layer<X: Words + ?Sized>(
     match layer.operation {
         Operation::Conv2d(g) => super::conv::mean(layer, &g, x, out),
         Operation::MaxPool(g) => super::conv::max_pool(layer.precision, &g, x, 1, out),
-        _ => dispatch!(layer, mean_typed::<X>(layer, x, out, scratch)),
+        // The runner adds residuals itself (it holds the skip).
+        Operation::ResidualAdd { .. } => {}
+        Operation::Linear | Operation::ExitHead { .. } => {
+            dispatch!(layer, mean_typed::<X>(layer, x, out, scratch))
+        }
     }
 }
 
@@ -420,9 +434,11 @@ pub(crate) fn moments_layer<X: Words + ?Sized>(
 ) {
     match layer.operation {
         Operation::Conv2d(g) => super::conv::moments(layer, &g, x, base, scale),
-        // Pooling has no weights: never a stochastic layer.
-        Operation::MaxPool(_) => {}
-        _ => dispatch!(layer, moments_typed::<X>(layer, x, base, scale)),
+        // Pooling and residual additions have no weights: never a stochastic layer.
+        Operation::MaxPool(_) | Operation::ResidualAdd { .. } => {}
+        Operation::Linear | Operation::ExitHead { .. } => {
+            dispatch!(layer, moments_typed::<X>(layer, x, base, scale))
+        }
     }
 }
 
@@ -599,7 +615,10 @@ pub(crate) fn sampled_layer(
     match layer.operation {
         Operation::Conv2d(g) => super::conv::sampled(layer, &g, x, s, eps, out),
         Operation::MaxPool(g) => super::conv::max_pool(layer.precision, &g, x, s, out),
-        _ => dispatch!(layer, sampled_typed(layer, x, s, eps, dead, out)),
+        Operation::ResidualAdd { .. } => {}
+        Operation::Linear | Operation::ExitHead { .. } => {
+            dispatch!(layer, sampled_typed(layer, x, s, eps, dead, out))
+        }
     }
 }
 

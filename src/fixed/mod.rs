@@ -12,6 +12,7 @@
 //! The number formats are specified in `docs/FORMAT.md` ("Fixed-point layers").
 
 mod conv;
+pub(crate) mod graph;
 pub(crate) mod kernels;
 pub mod math;
 mod model;

@@ -1,14 +1,17 @@
 //! The fixed-point model reader: [`QModel::from_bytes`] validates a q8 or q16 flash table
-//! (format version 3) once, without a single floating-point operation, so that the
-//! integer-only engine needs no further checks.
+//! (format version 3; convolutions and pooling 6; residual additions and exit heads 7)
+//! once, without a single floating-point operation, so that the integer-only engine needs no
+//! further checks.
 
+use super::UQ16;
 use crate::error::ModelError;
 use crate::format::{
     quant_conv_payload_len, quant_payload_len, quant_record_layout, record, unpack_tap, Activation,
     LayerKind, Posterior, Precision, Storage, ALIGNMENT, HEADER_LEN, LAYER_RECORD_LEN, MAX_LAYERS,
 };
 use crate::model::{
-    cast, conv_geometry, is_zero, pool_geometry, rec_payload_len, u32_at, Envelope, Operation,
+    cast, conv_geometry, is_zero, pool_geometry, rec_payload_len, u16_at, u32_at, Envelope,
+    Operation,
 };
 
 /// Largest q8 activation-square term: `255^2 >> 1` (see [`QModel`]).
@@ -26,8 +29,8 @@ pub enum QCounts<'a> {
     U16(&'a [u16]),
 }
 
-/// One validated fixed-point layer: linear, convolution (version 6) or max pooling
-/// (version 6).
+/// One validated fixed-point layer: linear, convolution (version 6), max pooling
+/// (version 6), residual addition or exit head (version 7).
 ///
 /// Per output row `j` (per output channel of a convolution) three i32 parameters `[mθ_j, mσ_j, b_j]` turn the integer sums into the
 /// next activation: with `A = Σ a_i θ_i`, `V = Σ sq(a_i) σ²_i` (see [`QModel`]),
@@ -50,6 +53,12 @@ pub struct QLayer<'a> {
     pub(crate) taps: &'a [u32],
     pub(crate) records: &'a [u8],
     pub(crate) record_len: usize,
+    /// A later residual addition reads this layer's output.
+    pub(crate) residual_source: bool,
+    /// A residual addition's skip multiplier `m` (its shift is `shift`); 0 otherwise.
+    pub(crate) skip_multiplier: i32,
+    /// An exit head's prior probability of stopping there; 0 otherwise.
+    pub(crate) exit_prior: UQ16,
 }
 
 impl<'a> QLayer<'a> {
@@ -82,11 +91,27 @@ impl<'a> QLayer<'a> {
     pub fn storage(&self) -> Storage {
         self.storage
     }
+    /// Whether a later residual addition reads this layer's output.
+    pub fn is_residual_source(&self) -> bool {
+        self.residual_source
+    }
+    /// A residual addition's rescale of its skip input `(m, S)`: the term added is
+    /// `(a m + 2^(S-1)) >> S` for a skip activation `a`; `None` for other layers.
+    pub fn skip_rescale(&self) -> Option<(i32, u32)> {
+        matches!(self.operation, Operation::ResidualAdd { .. })
+            .then_some((self.skip_multiplier, self.shift))
+    }
+    /// An exit head's prior probability `p(z)` of stopping there; `None` for other layers.
+    pub fn exit_prior(&self) -> Option<UQ16> {
+        matches!(self.operation, Operation::ExitHead { .. }).then_some(self.exit_prior)
+    }
     /// The layer's kind as stored in the file.
     pub fn kind(&self) -> LayerKind {
         match self.operation {
             Operation::Conv2d(_) => return LayerKind::QuantConv2d,
             Operation::MaxPool(_) => return LayerKind::MaxPool,
+            Operation::ResidualAdd { .. } => return LayerKind::ResidualAdd,
+            Operation::ExitHead { .. } => return LayerKind::ExitHead,
             _ => {}
         }
         match self.storage {
@@ -123,7 +148,7 @@ impl<'a> QLayer<'a> {
     pub fn macs(&self) -> usize {
         match self.operation {
             Operation::Conv2d(g) => self.nnz() * g.output[1] * g.output[2],
-            Operation::MaxPool(_) => 0,
+            Operation::MaxPool(_) | Operation::ResidualAdd { .. } => 0,
             _ => self.nnz(),
         }
     }
@@ -132,7 +157,7 @@ impl<'a> QLayer<'a> {
     pub fn dense_weights(&self) -> usize {
         match self.operation {
             Operation::Conv2d(g) => g.output[0] * g.input[0] * g.window[0] * g.window[1],
-            Operation::MaxPool(_) => 0,
+            Operation::MaxPool(_) | Operation::ResidualAdd { .. } => 0,
             _ => self.inputs * self.outputs,
         }
     }
@@ -148,7 +173,7 @@ impl<'a> QLayer<'a> {
                 )
                 .unwrap_or(0)
             }
-            Operation::MaxPool(_) => return 0,
+            Operation::MaxPool(_) | Operation::ResidualAdd { .. } => return 0,
             _ => {}
         }
         quant_payload_len(
@@ -203,37 +228,56 @@ impl<'a> QModel<'a> {
             });
         }
         let count = envelope.layer_count as usize;
-        let mut layers = heapless::Vec::new();
+        let mut layers: heapless::Vec<QLayer<'a>, MAX_LAYERS> = heapless::Vec::new();
+        // The shape of every layer's output map (an exit head passes its input through).
+        let mut shapes: heapless::Vec<[usize; 3], MAX_LAYERS> = heapless::Vec::new();
         let mut shape = envelope.input_shape;
         let mut cursor = envelope.table_end;
+        let mut last_residual = None;
+        let kind_at = |index: usize| bytes[HEADER_LEN + index * LAYER_RECORD_LEN + record::KIND];
         for index in 0..count {
             let at = HEADER_LEN + index * LAYER_RECORD_LEN;
             let rec = &bytes[at..at + LAYER_RECORD_LEN];
             let cx = QContext {
                 index,
                 last: index + 1 == count,
+                next_is_residual: index + 1 < count
+                    && kind_at(index + 1) == LayerKind::ResidualAdd as u8,
                 version: envelope.version,
                 precision,
                 shape,
+                classes: envelope.classes as usize,
                 payload_start: cursor,
                 body_end: envelope.body_end,
+                earlier: &layers,
+                earlier_shapes: &shapes,
+                last_residual,
             };
             let layer = parse_qlayer(bytes, rec, &cx)?;
             shape = match layer.operation {
                 Operation::Conv2d(g) | Operation::MaxPool(g) => g.output,
-                _ => [layer.outputs, 1, 1],
+                Operation::ResidualAdd { .. } | Operation::ExitHead { .. } => shape,
+                Operation::Linear => [layer.outputs, 1, 1],
             };
+            if let Operation::ResidualAdd { source } = layer.operation {
+                last_residual = Some(index);
+                if let Some(src) = layers.get_mut(source) {
+                    src.residual_source = true;
+                }
+            }
             cursor += rec_payload_len(rec);
-            layers.push(layer).map_err(|_| ModelError::BadLayerCount {
-                count: envelope.layer_count,
-            })?;
+            // Capacity is MAX_LAYERS and the envelope bounds the count by it.
+            let pushed = layers.push(layer).is_ok() && shapes.push(shape).is_ok();
+            if !pushed {
+                return Err(ModelError::BadLayerCount {
+                    count: envelope.layer_count,
+                });
+            }
         }
         if cursor != envelope.body_end {
             return Err(ModelError::PayloadOutOfBounds { layer: count - 1 });
         }
-        if shape.iter().product::<usize>() != envelope.classes as usize {
-            return Err(ModelError::BadOutputLayer);
-        }
+        check_exits(&layers, shape, envelope.classes as usize)?;
         let trained = envelope.trained_covering(layers.iter().map(|l| l.nnz()).sum())?;
         Ok(QModel {
             bytes,
@@ -278,6 +322,14 @@ impl<'a> QModel<'a> {
     pub fn max_width(&self) -> usize {
         self.layers.iter().map(|l| l.outputs).max().unwrap_or(0)
     }
+    /// Number of exit heads (0 for a plain network).
+    pub fn exit_count(&self) -> usize {
+        self.exit_priors().count()
+    }
+    /// The prior probability of each exit, in order (empty for a plain network).
+    pub fn exit_priors(&self) -> impl Iterator<Item = UQ16> + '_ {
+        self.layers.iter().filter_map(QLayer::exit_prior)
+    }
     /// Parameters of the stored layers with every weight present: weights and biases (one
     /// per output row, per output channel of a convolution).
     pub fn dense_params(&self) -> usize {
@@ -296,20 +348,66 @@ impl<'a> QModel<'a> {
     }
 }
 
-struct QContext {
+struct QContext<'l, 'a> {
     index: usize,
     last: bool,
+    /// The next layer is a residual addition (this one then gives its raw, signed sums).
+    next_is_residual: bool,
     version: u16,
     precision: Precision,
     /// The shape of the map this layer reads (channels, height, width).
     shape: [usize; 3],
+    classes: usize,
     payload_start: usize,
     body_end: usize,
+    /// The layers before this one, and the shape of each one's output.
+    earlier: &'l [QLayer<'a>],
+    earlier_shapes: &'l [[usize; 3]],
+    /// The last residual addition before this layer.
+    last_residual: Option<usize>,
+}
+
+/// After every layer: a network with exit heads ends with one and its priors form a
+/// distribution over depth (within 66 units of 2^-16); one without ends with the logits and has no
+/// residual addition.
+fn check_exits(layers: &[QLayer<'_>], shape: [usize; 3], classes: usize) -> Result<(), ModelError> {
+    let last = layers.len().saturating_sub(1);
+    let has_exits = layers
+        .iter()
+        .any(|l| matches!(l.operation, Operation::ExitHead { .. }));
+    let has_residuals = layers
+        .iter()
+        .any(|l| matches!(l.operation, Operation::ResidualAdd { .. }));
+    if !has_exits {
+        if has_residuals {
+            return Err(ModelError::BadEarlyExit { layer: last });
+        }
+        if shape.iter().product::<usize>() != classes {
+            return Err(ModelError::BadOutputLayer);
+        }
+        return Ok(());
+    }
+    if !matches!(
+        layers.last().map(|l| l.operation),
+        Some(Operation::ExitHead { .. })
+    ) {
+        return Err(ModelError::BadOutputLayer);
+    }
+    let priors: heapless::Vec<UQ16, MAX_LAYERS> =
+        layers.iter().filter_map(QLayer::exit_prior).collect();
+    if !<UQ16 as crate::early_exit::HaltValue>::sums_to_one(&priors) {
+        return Err(ModelError::BadEarlyExit { layer: last });
+    }
+    Ok(())
 }
 
 /// Parses one layer record of a fixed-point file: a quantized linear layer or convolution,
-/// or a max-pooling layer (version 6).
-fn parse_qlayer<'a>(bytes: &'a [u8], rec: &[u8], cx: &QContext) -> Result<QLayer<'a>, ModelError> {
+/// a max-pooling layer (version 6), a residual addition or an exit head (version 7).
+fn parse_qlayer<'a>(
+    bytes: &'a [u8],
+    rec: &[u8],
+    cx: &QContext<'_, 'a>,
+) -> Result<QLayer<'a>, ModelError> {
     let layer = cx.index;
     let code = |field: usize| ModelError::UnknownCode {
         layer,
@@ -342,7 +440,12 @@ fn parse_qlayer<'a>(bytes: &'a [u8], rec: &[u8], cx: &QContext) -> Result<QLayer
     {
         return Err(ModelError::BadLayerSize { layer });
     }
-    let expected_inputs = cx.shape.iter().product::<usize>();
+    // An exit head reads the channels of its globally pooled map.
+    let expected_inputs = if kind == LayerKind::ExitHead {
+        cx.shape[0]
+    } else {
+        cx.shape.iter().product::<usize>()
+    };
     if inputs != expected_inputs {
         return Err(ModelError::ShapeMismatch {
             layer,
@@ -351,8 +454,10 @@ fn parse_qlayer<'a>(bytes: &'a [u8], rec: &[u8], cx: &QContext) -> Result<QLayer
         });
     }
     // Every weight layer but the last is ReLU (activations are unsigned), the last gives
-    // the logits; pooling keeps the scale and has no activation of its own.
-    let wanted_activation = if cx.last {
+    // the logits, and one before a residual addition gives its signed sums to it (the
+    // addition applies the ReLU); pooling keeps the scale and has no activation of its own.
+    let exits_allowed = cx.version >= crate::format::FIXED_EXIT_FORMAT_VERSION;
+    let wanted_activation = if cx.last || (cx.next_is_residual && exits_allowed) {
         Activation::Identity
     } else {
         Activation::Relu
@@ -407,10 +512,99 @@ fn parse_qlayer<'a>(bytes: &'a [u8], rec: &[u8], cx: &QContext) -> Result<QLayer
                 taps: &[],
                 records: &[],
                 record_len: 1,
+                residual_source: false,
+                skip_multiplier: 0,
+                exit_prior: UQ16(0),
+            })
+        }
+        LayerKind::ResidualAdd if exits_allowed => parse_residual(rec, cx, &head),
+        LayerKind::ExitHead if exits_allowed => {
+            reserved(record::QUANT_EXIT_RESERVED)?;
+            let prior = u32_at(rec, record::QUANT_EXIT_PRIOR);
+            let prior_ok = (1..=1 << 16).contains(&prior);
+            if !prior_ok || outputs != cx.classes || activation != Activation::Identity {
+                return Err(ModelError::BadEarlyExit { layer });
+            }
+            let linear = parse_linear(bytes, rec, cx, &head, LayerKind::QuantDenseLinear)?;
+            Ok(QLayer {
+                operation: Operation::ExitHead { map: cx.shape },
+                exit_prior: UQ16(prior),
+                ..linear
             })
         }
         _ => Err(code(record::KIND)),
     }
+}
+
+/// A residual addition (version 7): `y = relu(cur + rescaled skip)`, where `cur` holds the
+/// signed sums of the layer before (an identity convolution or linear layer) and the skip is
+/// the packed output of an earlier layer of the same shape, not before the previous addition.
+fn parse_residual<'a>(
+    rec: &[u8],
+    cx: &QContext<'_, 'a>,
+    head: &Head,
+) -> Result<QLayer<'a>, ModelError> {
+    let layer = head.layer;
+    let bad = ModelError::BadEarlyExit { layer };
+    let offset = HEADER_LEN + layer * LAYER_RECORD_LEN + record::QUANT_RESIDUAL_RESERVED.start;
+    if !is_zero(&rec[record::QUANT_RESIDUAL_RESERVED]) {
+        return Err(ModelError::ReservedNotZero { offset });
+    }
+    let source = u16_at(rec, record::RESIDUAL_SOURCE) as usize;
+    let shift = rec[record::QUANT_RESIDUAL_SHIFT] as u32;
+    let multiplier = u32_at(rec, record::QUANT_RESIDUAL_MULTIPLIER) as i32;
+    // `a m + 2^(S-1)` stays in an i32 for every activation `a`.
+    let rescale_ok = (1..=30).contains(&shift)
+        && multiplier > 0
+        && multiplier as i64 * cx.precision.activation_max() as i64 + (1i64 << (shift - 1))
+            <= i32::MAX as i64;
+    if !rescale_ok {
+        return Err(ModelError::QuantLayout { layer });
+    }
+    // The layer before gives signed sums; the source gives packed activations.
+    let before_ok = layer
+        .checked_sub(1)
+        .and_then(|p| cx.earlier.get(p))
+        .is_some_and(|p| {
+            matches!(p.operation, Operation::Linear | Operation::Conv2d(_))
+                && p.activation == Activation::Identity
+        });
+    let source_ok = cx.earlier.get(source).is_some_and(|s| match s.operation {
+        Operation::Linear | Operation::Conv2d(_) => s.activation == Activation::Relu,
+        Operation::MaxPool(_) | Operation::ResidualAdd { .. } => true,
+        Operation::ExitHead { .. } => false,
+    });
+    let after_previous = cx.last_residual.is_none_or(|r| source >= r);
+    let same_shape = cx.earlier_shapes.get(source) == Some(&cx.shape);
+    let kind_ok = head.posterior == Posterior::Deterministic
+        && head.activation == Activation::Relu
+        && head.outputs == head.inputs;
+    if !(before_ok && source_ok && after_previous && same_shape && kind_ok) {
+        return Err(bad);
+    }
+    check_payload_len(rec, layer, Some(0))?;
+    if u32_at(rec, record::NNZ) != 0 {
+        return Err(ModelError::BadWeightCount { layer });
+    }
+    check_offset(rec, cx, 0)?;
+    Ok(QLayer {
+        inputs: head.inputs,
+        outputs: head.outputs,
+        activation: head.activation,
+        posterior: head.posterior,
+        storage: Storage::Dense,
+        shift,
+        precision: cx.precision,
+        operation: Operation::ResidualAdd { source },
+        params: &[],
+        counts: QCounts::Dense,
+        taps: &[],
+        records: &[],
+        record_len: 1,
+        residual_source: false,
+        skip_multiplier: multiplier,
+        exit_prior: UQ16(0),
+    })
 }
 
 /// The fields every fixed-point layer record has.
@@ -436,7 +630,7 @@ fn check_outputs(head: &Head, shape: [usize; 3]) -> Result<(), ModelError> {
 }
 
 /// The payload must start where the previous one ended, aligned, and end inside the body.
-fn check_offset(rec: &[u8], cx: &QContext, len: usize) -> Result<usize, ModelError> {
+fn check_offset(rec: &[u8], cx: &QContext<'_, '_>, len: usize) -> Result<usize, ModelError> {
     let offset = u32_at(rec, record::PAYLOAD_OFFSET) as usize;
     if offset != cx.payload_start
         || offset % ALIGNMENT != 0
@@ -501,7 +695,7 @@ fn check_q8_variance(
 fn parse_linear<'a>(
     bytes: &'a [u8],
     rec: &[u8],
-    cx: &QContext,
+    cx: &QContext<'_, 'a>,
     head: &Head,
     kind: LayerKind,
 ) -> Result<QLayer<'a>, ModelError> {
@@ -621,6 +815,9 @@ fn parse_linear<'a>(
         taps: &[],
         records,
         record_len,
+        residual_source: false,
+        skip_multiplier: 0,
+        exit_prior: UQ16(0),
     })
 }
 
@@ -628,7 +825,7 @@ fn parse_linear<'a>(
 fn parse_conv<'a>(
     bytes: &'a [u8],
     rec: &[u8],
-    cx: &QContext,
+    cx: &QContext<'_, 'a>,
     head: &Head,
 ) -> Result<QLayer<'a>, ModelError> {
     let Head {
@@ -694,6 +891,9 @@ fn parse_conv<'a>(
         taps,
         records,
         record_len,
+        residual_source: false,
+        skip_multiplier: 0,
+        exit_prior: UQ16(0),
     })
 }
 

@@ -95,14 +95,20 @@ impl fmt::Display for QuantizeError {
 impl core::error::Error for QuantizeError {}
 
 /// The shape each layer of `spec` reads, or the first layer without a fixed-point form:
-/// linear layers and convolutions (ReLU hidden, identity last) and max pooling (not last).
+/// linear layers and convolutions (ReLU hidden; identity last, or before a residual
+/// addition), max pooling (not last), residual additions (ReLU, after an identity layer) and
+/// exit heads.
 fn layer_shapes(spec: &ModelSpec) -> Result<Vec<[usize; 3]>, QuantizeError> {
     let n_layers = spec.layers.len();
     let mut shape = spec.input_shape;
     let mut shapes = Vec::with_capacity(n_layers);
     for (i, l) in spec.layers.iter().enumerate() {
         let last = i + 1 == n_layers;
-        let weighted_activation = if last {
+        let next_is_residual = matches!(
+            spec.layers.get(i + 1).map(|n| n.op),
+            Some(LayerOp::ResidualAdd { .. })
+        );
+        let weighted_activation = if last || next_is_residual {
             Activation::Identity
         } else {
             Activation::Relu
@@ -128,6 +134,15 @@ fn layer_shapes(spec: &ModelSpec) -> Result<Vec<[usize; 3]>, QuantizeError> {
                 let w = window_output(shape[2], size, stride, 0).ok_or_else(unsupported)?;
                 [shape[0], h, w]
             }
+            LayerOp::ResidualAdd { .. } if l.activation == Activation::Relu && i > 0 => {
+                let before = &spec.layers[i - 1];
+                let weighted = matches!(before.op, LayerOp::Linear | LayerOp::Conv2d { .. });
+                if !weighted || before.activation != Activation::Identity {
+                    return Err(unsupported());
+                }
+                shape
+            }
+            LayerOp::ExitHead { .. } if l.activation == Activation::Identity => shape,
             _ => return Err(unsupported()),
         };
     }
@@ -173,12 +188,21 @@ pub fn quantize(
         return Err(QuantizeError::Calibration);
     }
     let clips = calibrate(spec, &shapes, inputs, calibration);
+    let format = Format {
+        precision,
+        theta_max,
+        sq_shift,
+    };
 
+    let logit_scale = 1.0 / (1u64 << LOGIT_FRAC_BITS) as f64;
     let mut layers = Vec::with_capacity(n_layers);
+    // The scale of each layer's output map (an exit head passes its input's through).
+    let mut scales = Vec::with_capacity(n_layers);
     let mut s_in = spec.input_scale as f64;
     for (index, l) in spec.layers.iter().enumerate() {
-        if let LayerOp::MaxPool { .. } = l.op {
-            layers.push(QLayerSpec {
+        let last = index + 1 == n_layers;
+        let q = match l.op {
+            LayerOp::MaxPool { .. } => QLayerSpec {
                 op: l.op,
                 inputs: l.inputs,
                 outputs: l.outputs,
@@ -188,17 +212,84 @@ pub fn quantize(
                 theta: Vec::new(),
                 sigma2: None,
                 storage: StorageChoice::Dense,
-            });
-            continue;
-        }
-        let last = index + 1 == n_layers;
-        let s_out = if last {
-            1.0 / (1u64 << LOGIT_FRAC_BITS) as f64
-        } else {
-            clips[index].max(1e-6) / act_max
+            },
+            LayerOp::ResidualAdd { source } => {
+                let s_out = output_scale(clips[index], act_max, s_in);
+                let (multiplier, shift) = skip_rescale(scales[source] / s_out, act_max)
+                    .ok_or(QuantizeError::Range { layer: index })?;
+                s_in = s_out;
+                QLayerSpec {
+                    op: l.op,
+                    inputs: l.inputs,
+                    outputs: l.outputs,
+                    activation: Activation::Relu,
+                    shift,
+                    params: vec![[multiplier, 0, 0]],
+                    theta: Vec::new(),
+                    sigma2: None,
+                    storage: StorageChoice::Dense,
+                }
+            }
+            LayerOp::ExitHead { .. } => {
+                let mut q = format.weights(l, index, shapes[index], s_in, logit_scale)?;
+                q.storage = StorageChoice::Dense;
+                q
+            }
+            LayerOp::Linear | LayerOp::Conv2d { .. } => {
+                // An identity layer before a residual addition gives its sums in the
+                // addition's scale.
+                let s_out = match spec.layers.get(index + 1).map(|n| n.op) {
+                    _ if last => logit_scale,
+                    Some(LayerOp::ResidualAdd { .. }) => {
+                        output_scale(clips[index + 1], act_max, s_in)
+                    }
+                    _ => output_scale(clips[index], act_max, s_in),
+                };
+                let mut q = format.weights(l, index, shapes[index], s_in, s_out)?;
+                q.storage = match l.storage {
+                    StorageChoice::SparseByInput if index == 0 => StorageChoice::SparseByInput,
+                    StorageChoice::Dense => StorageChoice::Dense,
+                    _ => StorageChoice::Smallest,
+                };
+                s_in = s_out;
+                q
+            }
         };
-        let (n_lines, fan_in) = lines(l, shapes[index]);
-        let s2_cap = match precision {
+        layers.push(q);
+        scales.push(s_in);
+    }
+    Ok(QModelSpec {
+        precision,
+        input_shape: spec.input_shape,
+        num_classes: spec.num_classes,
+        input_scale: spec.input_scale,
+        input_offset: spec.input_offset,
+        layers,
+        trained: spec.trained,
+    })
+}
+
+/// The ranges of a fixed-point format.
+struct Format {
+    precision: Precision,
+    theta_max: f64,
+    /// Bits the variance sums drop from the squared activations (1 for q8).
+    sq_shift: u32,
+}
+
+impl Format {
+    /// A weight layer (linear, convolution or exit head) quantized between the scales
+    /// `s_in` and `s_out` (see the module documentation); its storage is left for the caller.
+    fn weights(
+        &self,
+        l: &LayerSpec,
+        index: usize,
+        shape: [usize; 3],
+        s_in: f64,
+        s_out: f64,
+    ) -> Result<QLayerSpec, QuantizeError> {
+        let (n_lines, fan_in) = lines(l, shape);
+        let s2_cap = match self.precision {
             Precision::Q8 => {
                 let bound = i32::MAX as f64 / (super::model::Q8_MAX_SQUARE as f64 * fan_in as f64);
                 bound.floor().min(255.0)
@@ -213,7 +304,11 @@ pub fn quantize(
             let t_max = l.theta[row.clone()]
                 .iter()
                 .fold(0.0f64, |m, &t| m.max((t as f64).abs()));
-            let s_theta = if t_max > 0.0 { t_max / theta_max } else { 1.0 };
+            let s_theta = if t_max > 0.0 {
+                t_max / self.theta_max
+            } else {
+                1.0
+            };
             for k in row.clone() {
                 theta[k] = libm::round(l.theta[k] as f64 / s_theta) as i32;
             }
@@ -224,7 +319,7 @@ pub fn quantize(
                 for k in row.clone() {
                     q[k] = libm::round(v[k] as f64 / s2) as u32;
                 }
-                m_sigma = s_in * libm::sqrt(s2 * (1u64 << sq_shift) as f64) / s_out;
+                m_sigma = s_in * libm::sqrt(s2 * (1u64 << self.sq_shift) as f64) / s_out;
             }
             real.push([s_theta * s_in / s_out, m_sigma, l.bias[j] as f64 / s_out]);
         }
@@ -242,7 +337,7 @@ pub fn quantize(
             .iter()
             .map(|r| r.map(|v| libm::round(v * scale) as i32))
             .collect();
-        layers.push(QLayerSpec {
+        Ok(QLayerSpec {
             op: l.op,
             inputs: l.inputs,
             outputs: l.outputs,
@@ -251,26 +346,39 @@ pub fn quantize(
             params,
             theta,
             sigma2,
-            storage: match l.storage {
-                StorageChoice::SparseByInput if index == 0 => StorageChoice::SparseByInput,
-                StorageChoice::Dense => StorageChoice::Dense,
-                _ => StorageChoice::Smallest,
-            },
-        });
-        s_in = s_out;
+            storage: l.storage,
+        })
     }
-    Ok(QModelSpec {
-        precision,
-        input_shape: spec.input_shape,
-        num_classes: spec.num_classes,
-        input_scale: spec.input_scale,
-        input_offset: spec.input_offset,
-        layers,
-        trained: spec.trained,
+}
+
+/// The activation scale of a layer whose calibrated outputs reach `clip`: `clip / act_max`,
+/// or `fallback` (its input's scale) for a layer that is zero on every calibration input
+/// (pruned so far that nothing survives the ReLU), whose scale then only has to keep its
+/// parameters in range.
+fn output_scale(clip: f64, act_max: f64, fallback: f64) -> f64 {
+    if clip > 1e-6 {
+        clip / act_max
+    } else {
+        fallback
+    }
+}
+
+/// The integer rescale `(m, S)` of a residual addition's skip, `m / 2^S ≈ ratio` (the skip's
+/// scale over the addition's), with the largest shift (1 to 30) that keeps
+/// `act_max m + 2^(S-1)` in an i32; `None` if none does (or the ratio is not finite and
+/// positive).
+fn skip_rescale(ratio: f64, act_max: f64) -> Option<(i32, u32)> {
+    if !(ratio.is_finite() && ratio > 0.0) {
+        return None;
+    }
+    (1..=30u32).rev().find_map(|shift| {
+        let m = libm::round(ratio * (1u64 << shift) as f64);
+        let fits = m >= 1.0 && act_max * m + (1u64 << (shift - 1)) as f64 <= i32::MAX as f64;
+        fits.then_some((m as i32, shift))
     })
 }
 
-/// One hidden layer in f32 for calibration, on the dense spec: `y = relu(mean + sqrt(var) ε)`
+/// One hidden layer in f32 for calibration, on the dense spec: `y = act(mean + sqrt(var) ε)`
 /// per output unit in order, one `ε` drawn per unit when `noise` is given (local
 /// reparameterization, as the engine samples); max pooling takes the window maximum.
 fn calibration_layer(
@@ -280,12 +388,13 @@ fn calibration_layer(
     mut noise: Option<&mut Xoshiro128PlusPlus>,
 ) -> Vec<f32> {
     let mut y = vec![0.0f32; l.outputs];
+    let relu = l.activation == Activation::Relu;
     let mut unit = |out: &mut f32, mean: f32, var: f32| {
         let z = match noise.as_deref_mut() {
             Some(rng) => mean + libm::sqrtf(var) * standard_normal(rng),
             None => mean,
         };
-        *out = z.max(0.0);
+        *out = if relu { z.max(0.0) } else { z };
     };
     match l.op {
         LayerOp::Linear => {
@@ -311,26 +420,29 @@ fn calibration_layer(
             let [ci, ih, iw] = shape;
             let oh = window_output(ih, kh, stride, padding).unwrap_or(0);
             let ow = window_output(iw, kw, stride, padding).unwrap_or(0);
+            let per_channel = ci * kh * kw;
             for co in 0..out_channels {
+                // The channel's stored taps (pruned ones are zero in θ and σ²).
+                let taps: Vec<(usize, usize, usize, f32, f32)> = (0..per_channel)
+                    .filter_map(|t| {
+                        let k = co * per_channel + t;
+                        let v = l.variance.as_ref().map_or(0.0, |v| v[k]);
+                        let (c, ky, kx) = (t / (kh * kw), t / kw % kh, t % kw);
+                        (l.theta[k] != 0.0 || v != 0.0).then_some((c, ky, kx, l.theta[k], v))
+                    })
+                    .collect();
                 for oy in 0..oh {
                     for ox in 0..ow {
                         let (mut mean, mut var) = (l.bias[co], 0.0f32);
-                        for c in 0..ci {
-                            for ky in 0..kh {
-                                for kx in 0..kw {
-                                    let iy = (oy * stride + ky) as isize - padding as isize;
-                                    let ix = (ox * stride + kx) as isize - padding as isize;
-                                    if iy < 0 || ix < 0 || iy >= ih as isize || ix >= iw as isize {
-                                        continue;
-                                    }
-                                    let xi = x[(c * ih + iy as usize) * iw + ix as usize];
-                                    let k = ((co * ci + c) * kh + ky) * kw + kx;
-                                    mean += l.theta[k] * xi;
-                                    if let Some(v) = &l.variance {
-                                        var += v[k] * xi * xi;
-                                    }
-                                }
+                        for &(c, ky, kx, theta, v) in &taps {
+                            let iy = (oy * stride + ky) as isize - padding as isize;
+                            let ix = (ox * stride + kx) as isize - padding as isize;
+                            if iy < 0 || ix < 0 || iy >= ih as isize || ix >= iw as isize {
+                                continue;
                             }
+                            let xi = x[(c * ih + iy as usize) * iw + ix as usize];
+                            mean += theta * xi;
+                            var += v * xi * xi;
                         }
                         unit(&mut y[(co * oh + oy) * ow + ox], mean, var);
                     }
@@ -361,30 +473,54 @@ fn calibration_layer(
     y
 }
 
-/// Per hidden layer, the `clip_quantile` quantile of its (post-ReLU) f32 outputs over the
-/// calibration inputs, with mean weights and with sampled weights (local reparameterization);
-/// 0 for pooling layers (they keep their input's scale).
+/// Per layer, the `clip_quantile` quantile of its (post-ReLU) f32 outputs over the
+/// calibration inputs, with mean weights and with sampled weights (local reparameterization),
+/// for the layers whose output scale it sets: ReLU layers and residual additions. 0 for the
+/// others (pooling and exit heads keep their input's scale, an identity layer before a
+/// residual addition takes the addition's, the logits are Q16).
 fn calibrate(
     spec: &ModelSpec,
     shapes: &[[usize; 3]],
     inputs: &[&[u8]],
     c: Calibration,
 ) -> Vec<f64> {
-    let hidden = spec.layers.len().saturating_sub(1);
-    let mut values: Vec<Vec<f32>> = vec![Vec::new(); hidden];
+    let n = spec.layers.len();
+    let plain_logits = matches!(
+        spec.layers.last().map(|l| l.op),
+        Some(LayerOp::Linear | LayerOp::Conv2d { .. })
+    );
+    let run = if plain_logits { n - 1 } else { n };
+    let mut values: Vec<Vec<f32>> = vec![Vec::new(); n];
     let mut rng = Xoshiro128PlusPlus::seed_from_u64(c.seed);
     for raw in inputs {
-        let x0: Vec<f32> = raw.iter().map(|&p| p as f32 * spec.input_scale).collect();
         for pass in 0..=c.mc_samples {
-            let mut x = x0.clone();
-            for (index, l) in spec.layers[..hidden].iter().enumerate() {
-                let pooling = matches!(l.op, LayerOp::MaxPool { .. });
-                let noise = (pass > 0 && !pooling).then_some(&mut rng);
-                let y = calibration_layer(l, shapes[index], &x, noise);
-                if !pooling {
+            let mut x: Vec<f32> = raw.iter().map(|&p| p as f32 * spec.input_scale).collect();
+            // Every layer's output, for the residual additions that read them.
+            let mut outputs: Vec<Vec<f32>> = Vec::with_capacity(run);
+            for (index, l) in spec.layers[..run].iter().enumerate() {
+                let y = match l.op {
+                    LayerOp::ResidualAdd { source } => {
+                        let skip = &outputs[source];
+                        x.iter().zip(skip).map(|(a, b)| (a + b).max(0.0)).collect()
+                    }
+                    // The main path continues with the map the head read.
+                    LayerOp::ExitHead { .. } => x.clone(),
+                    LayerOp::MaxPool { .. } => calibration_layer(l, shapes[index], &x, None),
+                    _ => {
+                        let noise = (pass > 0).then_some(&mut rng);
+                        calibration_layer(l, shapes[index], &x, noise)
+                    }
+                };
+                let sets_scale = match l.op {
+                    LayerOp::ResidualAdd { .. } => true,
+                    LayerOp::Linear | LayerOp::Conv2d { .. } => l.activation == Activation::Relu,
+                    _ => false,
+                };
+                if sets_scale {
                     values[index].extend_from_slice(&y);
                 }
-                x = y;
+                x = y.clone();
+                outputs.push(y);
             }
         }
     }

@@ -192,11 +192,42 @@ impl QModelSpec {
                     shape = [shape[0], h, w];
                     0
                 }
-                LayerOp::ResidualAdd { .. } | LayerOp::ExitHead { .. } => {
-                    return Err(WriteError::Unsupported {
-                        layer: index,
-                        what: "residual additions and exit heads in fixed point",
-                    })
+                LayerOp::ResidualAdd { source } => {
+                    version = version.max(format::FIXED_EXIT_FORMAT_VERSION);
+                    let [[multiplier, 0, 0]] = l.params[..] else {
+                        return Err(bad);
+                    };
+                    if !l.theta.is_empty() || l.sigma2.is_some() {
+                        return Err(bad);
+                    }
+                    rec[record::KIND] = LayerKind::ResidualAdd as u8;
+                    let source = u16::try_from(source)
+                        .map_err(|_| WriteError::TooLarge("a residual source"))?;
+                    rec[record::RESIDUAL_SOURCE..record::RESIDUAL_SOURCE + 2]
+                        .copy_from_slice(&source.to_le_bytes());
+                    rec[record::QUANT_RESIDUAL_SHIFT] = to_u8(l.shift as usize, "shift")?;
+                    rec[record::QUANT_RESIDUAL_MULTIPLIER..record::QUANT_RESIDUAL_MULTIPLIER + 4]
+                        .copy_from_slice(&multiplier.to_le_bytes());
+                    0
+                }
+                LayerOp::ExitHead { prior } => {
+                    version = version.max(format::FIXED_EXIT_FORMAT_VERSION);
+                    let n = l.inputs * l.outputs;
+                    let shapes_ok = l.params.len() == l.outputs
+                        && l.theta.len() == n
+                        && l.sigma2.as_ref().is_none_or(|s| s.len() == n)
+                        && l.storage == StorageChoice::Dense
+                        && l.inputs == shape[0];
+                    if !shapes_ok {
+                        return Err(bad);
+                    }
+                    let nnz = self.write_linear(l, &mut rec, &mut payloads)?;
+                    rec[record::KIND] = LayerKind::ExitHead as u8;
+                    // Q16, rounded: the reader checks 1..=65536 and the sum over exits.
+                    let q = libm::round(prior as f64 * 65536.0).clamp(0.0, 65536.0) as u32;
+                    rec[record::QUANT_EXIT_PRIOR..record::QUANT_EXIT_PRIOR + 4]
+                        .copy_from_slice(&q.to_le_bytes());
+                    nnz
                 }
             };
             rec[record::POSTERIOR] = l.posterior() as u8;

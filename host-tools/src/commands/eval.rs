@@ -16,16 +16,18 @@ use tinybayes::Mode;
 
 use crate::commands::predict::{check_output_dir, SamplingArgs};
 use crate::files::{check_writable, write_new};
-use crate::halting::{all_exit_summaries, geometric_prior, HaltingArgs, HaltingSpec, Policy};
+use crate::halting::{
+    all_exit_summaries, geometric_prior, ExitSummaries, HaltingArgs, HaltingSpec, Policy,
+};
 use crate::idx::{load_images, load_labelled};
 use crate::metrics::{
     evaluate, out_of_distribution, propose_thresholds, LayerSparsity, Metrics, OutOfDistribution,
     Thresholds, ECE_BINS, PROBABILITY_FLOOR,
 };
 use crate::plots;
-use crate::runner::{dense_macs_through_exits, load_runner, macs_through_exits, PrecisionArgs};
+use crate::runner::{load_runner, PrecisionArgs};
 use crate::simulate::{describe_mode, ImagePrediction, Images};
-use tinybayes::early_exit::{ExitSummary, Halting, HaltingState, Uncertainty};
+use tinybayes::early_exit::{ExitSummary, HaltValue, Halting, HaltingState, Uncertainty};
 
 /// Name of the JSON report inside the report directory.
 pub const REPORT_FILE: &str = "report.json";
@@ -256,7 +258,20 @@ const SWEEP_ENTROPY: [f64; 9] = [0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2, 0.4, 
 /// decisions depend on nothing else (tested against the engine in the core's early-exit
 /// tests), so one run of every block prices every parameter.
 fn sweep(
-    exits: &[Vec<ExitSummary>],
+    exits: &ExitSummaries,
+    labels: &[usize],
+    macs_through: &[usize],
+    dense_through: &[usize],
+) -> Result<Vec<SweepPoint>> {
+    match exits {
+        ExitSummaries::F32(e) => sweep_in(e, labels, macs_through, dense_through),
+        ExitSummaries::Fixed(e) => sweep_in(e, labels, macs_through, dense_through),
+    }
+}
+
+/// [`sweep`] on summaries in the policy's number type `V`.
+fn sweep_in<V: HaltValue>(
+    exits: &[Vec<ExitSummary<V>>],
     labels: &[usize],
     macs_through: &[usize],
     dense_through: &[usize],
@@ -313,10 +328,13 @@ fn sweep(
 }
 
 /// The decision of a policy on one image's per-exit summaries: (answering exit, depth).
-fn replay(halting: Halting<'_>, summaries: &[ExitSummary]) -> Result<(usize, usize)> {
+fn replay<V: HaltValue>(
+    halting: Halting<'_>,
+    summaries: &[ExitSummary<V>],
+) -> Result<(usize, usize)> {
     let count = summaries.len();
-    let mut state =
-        HaltingState::new(halting, &[], count, || 0.0).map_err(|e| anyhow!("policy: {e}"))?;
+    let mut state = HaltingState::<V>::new(halting, &[], count, || V::ZERO)
+        .map_err(|e| anyhow!("policy: {e}"))?;
     for (l, s) in summaries.iter().enumerate() {
         if state.observe(l, count, s) {
             return Ok((state.answer(l), l + 1));
@@ -632,15 +650,15 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let metrics = evaluate(&predictions, &labels)?;
     let sparsity = runner.sparsity();
     let mut pngs = draw_plots(&predictions, &labels, &metrics, &sparsity, classes, mode)?;
-    let early_exit = match (&sim.early_exit, runner.float_model()) {
-        (Some(run), Some(model)) => {
+    let early_exit = match &sim.early_exit {
+        Some(run) => {
             let n = run.depth.len().max(1) as f64;
             let mut histogram = vec![0usize; run.exits];
             for &d in &run.depth {
                 histogram[d - 1] += 1;
             }
             let mean_macs = run.macs.iter().sum::<usize>() as f64 / n;
-            let dense = dense_macs_through_exits(model);
+            let dense = runner.dense_macs_through_exits();
             let dense_full = dense.last().copied().unwrap_or(1).max(1) as f64;
             let dense_macs_fraction =
                 run.depth.iter().map(|&d| dense[d - 1] as f64).sum::<f64>() / n / dense_full;
@@ -653,12 +671,13 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                     threshold: None,
                 };
                 crate::ui::set_task("eval --sweep: every exit");
-                let all = all_exit_summaries(model, &images, mode, args.sampling.seed, &spec)?;
-                let macs_through = macs_through_exits(model);
+                let all = all_exit_summaries(&runner, &images, mode, args.sampling.seed, &spec)?;
+                let macs_through = runner.macs_through_exits();
                 let points = sweep(&all, &labels, &macs_through, &dense)?;
                 let exit_accuracy: Vec<f64> = (0..run.exits)
                     .map(|e| {
-                        let hits = all.iter().zip(&labels).filter(|(s, &y)| s[e].class == y);
+                        let classes = all.classes_at(e);
+                        let hits = classes.iter().zip(&labels).filter(|(c, y)| c == y);
                         hits.count() as f64 / n
                     })
                     .collect();
@@ -710,7 +729,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 sweep_plot,
             })
         }
-        _ => None,
+        None => None,
     };
     let report = EvalReport {
         model: args.model.display().to_string(),
