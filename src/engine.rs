@@ -222,7 +222,7 @@ impl<const CHUNK: usize> Engine<'_, '_, CHUNK, F32> {
     ) -> Result<ExitPrediction<K>, InferenceError> {
         let (job, _) = self.parts();
         job.exits::<_, K, CHUNK>(input, mode, halting, rng)
-            .map(exit_prediction)
+            .map(|o| exit_prediction(o, |p| p))
     }
 
     /// [`Self::predict_early_exit`] from raw 8-bit inputs.
@@ -235,15 +235,17 @@ impl<const CHUNK: usize> Engine<'_, '_, CHUNK, F32> {
     ) -> Result<ExitPrediction<K>, InferenceError> {
         let (job, bytes) = self.parts();
         job.exits::<_, K, CHUNK>(&NormalizedU8::new(raw, bytes), mode, halting, rng)
-            .map(exit_prediction)
+            .map(|o| exit_prediction(o, |p| p))
     }
 }
 
-fn exit_prediction<N: Numeric, const K: usize>(
+/// The public answer of a run, its prediction converted by `into`.
+fn exit_prediction<N: Numeric, P, const K: usize>(
     o: Outcome<N, K>,
-) -> ExitPrediction<K, N::Prediction<K>, N::Value> {
+    into: impl FnOnce(N::Prediction<K>) -> P,
+) -> ExitPrediction<K, P, N::Value> {
     ExitPrediction {
-        prediction: o.prediction,
+        prediction: into(o.prediction),
         exit: o.exit,
         depth: o.depth,
         macs: o.macs,
@@ -278,15 +280,7 @@ impl<const CHUNK: usize, N: Numeric + FixedPoint> Engine<'_, '_, CHUNK, N> {
         rng: &mut (impl RngCore + Clone),
     ) -> Result<QExitPrediction<K>, InferenceError> {
         let (job, _) = self.parts();
-        job.exits::<_, K, CHUNK>(raw, mode, halting, rng).map(|o| {
-            let e = exit_prediction::<N, K>(o);
-            ExitPrediction {
-                prediction: N::into_q(e.prediction),
-                exit: e.exit,
-                depth: e.depth,
-                macs: e.macs,
-                exits: e.exits,
-            }
-        })
+        job.exits::<_, K, CHUNK>(raw, mode, halting, rng)
+            .map(|o| exit_prediction(o, N::into_q))
     }
 }

@@ -10,9 +10,10 @@ pub const MAGIC: [u8; 4] = *b"TBYS";
 /// 3 adds fixed-point models: header byte 22 and the quantized kinds, 4
 /// adds residual additions and exit heads for early-exit networks, 5 records the size of the
 /// network as trained: [`TrainedSize`], 6 adds fixed-point convolutions and pooling, 7
-/// fixed-point residual additions and exit heads).
+/// fixed-point residual additions, exit heads and bias shifts).
 pub const FORMAT_VERSION: u16 = 7;
-/// The version of fixed-point files with residual additions or exit heads.
+/// The version of fixed-point files with residual additions, exit heads or a non-zero bias
+/// shift.
 pub const FIXED_EXIT_FORMAT_VERSION: u16 = 7;
 /// The version of fixed-point files with convolutions or pooling.
 pub const FIXED_CONV_FORMAT_VERSION: u16 = 6;
@@ -130,12 +131,19 @@ pub(crate) mod record {
     pub const QUANT_SHIFT: usize = 24;
     /// Quantized linear: bytes per sparse count and index (u8: 1 or 2; 0 when dense).
     pub const QUANT_INDEX_BYTES: usize = 25;
-    /// Quantized linear: reserved.
+    /// Quantized linear: reserved (versions 3 to 6).
     pub const QUANT_RESERVED: core::ops::Range<usize> = 26..32;
+    /// Quantized linear and exit head (version 7): bias shift `B` (u8, 0 to 31): the row's
+    /// bias enters the sum as `b << B`.
+    pub const QUANT_BIAS_SHIFT: usize = 26;
+    /// Quantized linear: reserved (version 7).
+    pub const QUANT_RESERVED_V7: core::ops::Range<usize> = 27..32;
     /// Quantized convolution: output shift `S` (u8, 1 to 62); bytes 24..30 as a convolution.
     pub const QUANT_CONV_SHIFT: usize = 30;
-    /// Quantized convolution: reserved.
+    /// Quantized convolution: reserved (versions 6; version 7: the bias shift).
     pub const QUANT_CONV_RESERVED: core::ops::Range<usize> = 31..32;
+    /// Quantized convolution (version 7): bias shift `B` (u8, 0 to 31).
+    pub const QUANT_CONV_BIAS_SHIFT: usize = 31;
     /// Fixed-point residual addition (version 7): shift `S` of the skip's rescale (u8, 1 to
     /// 30); byte 24 is the source as in f32 files.
     pub const QUANT_RESIDUAL_SHIFT: usize = 26;
@@ -144,9 +152,9 @@ pub(crate) mod record {
     /// Fixed-point residual addition: multiplier `m` of the skip's rescale (i32, positive),
     /// `skip term = (a m + 2^(S-1)) >> S`.
     pub const QUANT_RESIDUAL_MULTIPLIER: usize = 28;
-    /// Fixed-point exit head (version 7): bytes 24 and 25 as a quantized linear layer
-    /// (shift, index bytes 0: dense), then reserved.
-    pub const QUANT_EXIT_RESERVED: core::ops::Range<usize> = 26..28;
+    /// Fixed-point exit head (version 7): bytes 24 to 26 as a quantized linear layer
+    /// (shift, index bytes 0: dense, bias shift), then reserved.
+    pub const QUANT_EXIT_RESERVED: core::ops::Range<usize> = 27..28;
     /// Fixed-point exit head: prior probability of exiting here, unsigned Q16 (u32, 1 to
     /// 65536).
     pub const QUANT_EXIT_PRIOR: usize = 28;

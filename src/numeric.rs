@@ -17,7 +17,8 @@
 //! | workspace word | f32 | u64 | u64 |
 //! | prediction | [`crate::Prediction`] | [`crate::QPrediction`] | [`crate::QPrediction`] |
 //! | per-sample noise stream | Xoshiro128++ + ziggurat | Xoshiro128++ + Q8 table | Xoshiro128++ + Q8 table |
-//! | layers | every kind, early exit | linear, sparse conv2d, max pool | linear, sparse conv2d, max pool |
+//! | layers | every kind, early exit | every kind, early exit | every kind, early exit |
+//! | halting decides in | f32 | [`UQ16`] (integers) | [`UQ16`] (integers) |
 //!
 //! The trait is sealed: its kernels are the crate's, and a new format is added here.
 
@@ -123,11 +124,12 @@ pub trait Numeric: seal::Kernels + seal::Reads<[<Self as seal::Kernels>::Act]> {
 /// 32-bit floating point: every layer kind, early exit, every halting policy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct F32;
-/// 8-bit fixed point (q8 model files), integer only: linear layers, convolutions, max pooling.
+/// 8-bit fixed point (q8 model files), integer only: every layer kind, early exit, every
+/// halting policy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Q8;
-/// 16-bit fixed point (q16 model files), integer only: linear layers, convolutions, max
-/// pooling.
+/// 16-bit fixed point (q16 model files), integer only: every layer kind, early exit, every
+/// halting policy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Q16;
 

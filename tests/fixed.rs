@@ -268,6 +268,7 @@ fn oversized_variances_are_refused_for_q8() {
             outputs: 2,
             activation: Activation::Identity,
             shift: 8,
+            bias_shift: 0,
             params: vec![[1, 1, 0]; 2],
             theta: vec![1; 600],
             sigma2: Some(vec![255; 600]),

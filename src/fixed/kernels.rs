@@ -239,11 +239,11 @@ pub(super) const fn layout<F: Format, I: Index, const GAUSS: bool>() -> (usize, 
     (if GAUSS { sigma + F::WIDTH } else { sigma }, theta, sigma)
 }
 
-/// The row parameters of unit `j`: (mθ, mσ, bias).
+/// The row parameters of unit `j`: (mθ, mσ, bias `b << B`).
 #[inline(always)]
 pub(super) fn params(layer: &QLayer<'_>, j: usize) -> (i64, i32, i64) {
     let p = &layer.params[3 * j..3 * j + 3];
-    (p[0] as i64, p[1], p[2] as i64)
+    (p[0] as i64, p[1], (p[2] as i64) << layer.bias_shift)
 }
 
 /// The output word of a pre-activation `z` (scaled by 2^S): ReLU-clamped and packed for

@@ -34,7 +34,8 @@ pub enum QCounts<'a> {
 ///
 /// Per output row `j` (per output channel of a convolution) three i32 parameters `[mθ_j, mσ_j, b_j]` turn the integer sums into the
 /// next activation: with `A = Σ a_i θ_i`, `V = Σ sq(a_i) σ²_i` (see [`QModel`]),
-/// `z = A mθ_j + b_j + ((sqrt_q4(V) ε) mσ_j >> 12)` (`ε` a Q8 standard normal draw) and the
+/// `z = A mθ_j + (b_j << B) + ((sqrt_q4(V) ε) mσ_j >> 12)` (`ε` a Q8 standard normal draw,
+/// `B` the [`QLayer::bias_shift`]) and the
 /// output is
 /// `(z + 2^(S-1)) >> S`, clamped by the activation.
 #[derive(Clone, Copy, Debug)]
@@ -59,6 +60,9 @@ pub struct QLayer<'a> {
     pub(crate) skip_multiplier: i32,
     /// An exit head's prior probability of stopping there; 0 otherwise.
     pub(crate) exit_prior: UQ16,
+    /// A weight layer's bias shift `B`: the bias enters the sums as `b << B` (version 7;
+    /// 0 before).
+    pub(crate) bias_shift: u32,
 }
 
 impl<'a> QLayer<'a> {
@@ -123,6 +127,10 @@ impl<'a> QLayer<'a> {
     /// Output shift `S` of the row multipliers.
     pub fn shift(&self) -> u32 {
         self.shift
+    }
+    /// Bias shift `B`: the row bias `b` enters the sums as `b << B` (0 before version 7).
+    pub fn bias_shift(&self) -> u32 {
+        self.bias_shift
     }
     /// Per row `[mθ, mσ, bias]`, `3 * outputs` values.
     pub fn row_params(&self) -> &'a [i32] {
@@ -473,18 +481,34 @@ fn parse_qlayer<'a>(
         LayerKind::QuantDenseLinear
         | LayerKind::QuantSparseLinear
         | LayerKind::QuantSparseLinearByInput => {
-            reserved(record::QUANT_RESERVED)?;
+            let bias_shift = if exits_allowed {
+                reserved(record::QUANT_RESERVED_V7)?;
+                check_bias_shift(rec[record::QUANT_BIAS_SHIFT], layer)?
+            } else {
+                reserved(record::QUANT_RESERVED)?;
+                0
+            };
             if activation != wanted_activation {
                 return Err(ModelError::QuantLayout { layer });
             }
-            parse_linear(bytes, rec, cx, &head, kind)
+            let linear = parse_linear(bytes, rec, cx, &head, kind)?;
+            Ok(QLayer {
+                bias_shift,
+                ..linear
+            })
         }
         LayerKind::QuantConv2d => {
-            reserved(record::QUANT_CONV_RESERVED)?;
+            let bias_shift = if exits_allowed {
+                check_bias_shift(rec[record::QUANT_CONV_BIAS_SHIFT], layer)?
+            } else {
+                reserved(record::QUANT_CONV_RESERVED)?;
+                0
+            };
             if activation != wanted_activation {
                 return Err(ModelError::QuantLayout { layer });
             }
-            parse_conv(bytes, rec, cx, &head)
+            let conv = parse_conv(bytes, rec, cx, &head)?;
+            Ok(QLayer { bias_shift, ..conv })
         }
         LayerKind::MaxPool if cx.version >= crate::format::FIXED_CONV_FORMAT_VERSION => {
             reserved(record::POOL_RESERVED)?;
@@ -498,28 +522,12 @@ fn parse_qlayer<'a>(
                 return Err(ModelError::BadWeightCount { layer });
             }
             check_offset(rec, cx, 0)?;
-            Ok(QLayer {
-                inputs,
-                outputs,
-                activation,
-                posterior,
-                storage: Storage::Dense,
-                shift: 0,
-                precision: cx.precision,
-                operation: Operation::MaxPool(geometry),
-                params: &[],
-                counts: QCounts::Dense,
-                taps: &[],
-                records: &[],
-                record_len: 1,
-                residual_source: false,
-                skip_multiplier: 0,
-                exit_prior: UQ16(0),
-            })
+            Ok(head.weightless(cx.precision, Operation::MaxPool(geometry)))
         }
         LayerKind::ResidualAdd if exits_allowed => parse_residual(rec, cx, &head),
         LayerKind::ExitHead if exits_allowed => {
             reserved(record::QUANT_EXIT_RESERVED)?;
+            let bias_shift = check_bias_shift(rec[record::QUANT_BIAS_SHIFT], layer)?;
             let prior = u32_at(rec, record::QUANT_EXIT_PRIOR);
             let prior_ok = (1..=1 << 16).contains(&prior);
             if !prior_ok || outputs != cx.classes || activation != Activation::Identity {
@@ -529,6 +537,7 @@ fn parse_qlayer<'a>(
             Ok(QLayer {
                 operation: Operation::ExitHead { map: cx.shape },
                 exit_prior: UQ16(prior),
+                bias_shift,
                 ..linear
             })
         }
@@ -588,22 +597,9 @@ fn parse_residual<'a>(
     }
     check_offset(rec, cx, 0)?;
     Ok(QLayer {
-        inputs: head.inputs,
-        outputs: head.outputs,
-        activation: head.activation,
-        posterior: head.posterior,
-        storage: Storage::Dense,
         shift,
-        precision: cx.precision,
-        operation: Operation::ResidualAdd { source },
-        params: &[],
-        counts: QCounts::Dense,
-        taps: &[],
-        records: &[],
-        record_len: 1,
-        residual_source: false,
         skip_multiplier: multiplier,
-        exit_prior: UQ16(0),
+        ..head.weightless(cx.precision, Operation::ResidualAdd { source })
     })
 }
 
@@ -614,6 +610,31 @@ struct Head {
     outputs: usize,
     posterior: Posterior,
     activation: Activation,
+}
+
+impl Head {
+    /// A layer without weights (pooling, residual addition) with these fields.
+    fn weightless<'a>(&self, precision: Precision, operation: Operation) -> QLayer<'a> {
+        QLayer {
+            inputs: self.inputs,
+            outputs: self.outputs,
+            activation: self.activation,
+            posterior: self.posterior,
+            storage: Storage::Dense,
+            shift: 0,
+            precision,
+            operation,
+            params: &[],
+            counts: QCounts::Dense,
+            taps: &[],
+            records: &[],
+            record_len: 1,
+            residual_source: false,
+            skip_multiplier: 0,
+            exit_prior: UQ16(0),
+            bias_shift: 0,
+        }
+    }
 }
 
 /// The output count must be the size of the map the layer produces.
@@ -639,6 +660,15 @@ fn check_offset(rec: &[u8], cx: &QContext<'_, '_>, len: usize) -> Result<usize, 
         return Err(ModelError::PayloadOutOfBounds { layer: cx.index });
     }
     Ok(offset)
+}
+
+/// The bias shift of a quantized layer (version 7): 0 to 31.
+fn check_bias_shift(shift: u8, layer: usize) -> Result<u32, ModelError> {
+    if shift <= 31 {
+        Ok(shift as u32)
+    } else {
+        Err(ModelError::QuantLayout { layer })
+    }
 }
 
 /// The output shift of a quantized layer: 1 to 62.
@@ -818,6 +848,7 @@ fn parse_linear<'a>(
         residual_source: false,
         skip_multiplier: 0,
         exit_prior: UQ16(0),
+        bias_shift: 0,
     })
 }
 
@@ -894,6 +925,7 @@ fn parse_conv<'a>(
         residual_source: false,
         skip_multiplier: 0,
         exit_prior: UQ16(0),
+        bias_shift: 0,
     })
 }
 

@@ -1,19 +1,26 @@
-//! The quantizer (feature `alloc`): turns an f32 [`ModelSpec`] of linear layers,
-//! convolutions and max pooling into a fixed-point [`QModelSpec`], with activation scales
-//! calibrated on raw inputs.
+//! The quantizer (feature `alloc`): turns an f32 [`ModelSpec`] of any layer kind (linear
+//! layers, convolutions, max pooling, residual additions, exit heads) into a fixed-point
+//! [`QModelSpec`], with activation scales calibrated on raw inputs.
 //!
-//! Per output row `j` (per output channel of a convolution, over its taps) of a layer with input scale `s_in` (the model's input scale for the
-//! first layer, the previous layer's activation scale after) and output scale `s_out`:
+//! Per output row `j` (per output channel of a convolution, over its taps) of a layer with
+//! input scale `s_in` (the model's input scale for the first layer, the previous layer's
+//! activation scale after) and output scale `s_out`:
 //! - `sθ_j = max_i |θ_ij| / θ_max` and `θq = round(θ / sθ_j)` (θ_max = 127 or 32767);
 //! - `s2_j = max_i σ²_ij / σ²_max` and `σ²q = round(σ² / s2_j)` (σ²_max = 255, or less when
 //!   the layer's fan-in needs it to keep the q8 variance sum in an int32; 65535 for q16);
-//! - `mθ = round(sθ_j s_in / s_out 2^S)`, `b = round(bias / s_out 2^S)`,
+//! - `mθ = round(sθ_j s_in / s_out 2^S)`, `b = round(bias / s_out 2^(S-B))`,
 //!   `mσ = round(s_in sqrt(s2_j 2^SQ) / s_out 2^S)` with SQ = 1 for q8 (whose variance sums
-//!   use `a^2 >> 1`) and 0 for q16; `S` is the largest shift that keeps all three in an i32.
+//!   use `a^2 >> 1`) and 0 for q16; `S` is the largest shift that keeps all three in an i32,
+//!   unless the bias bounds it and leaves the multipliers under 2^16 bits of precision: then
+//!   `S` grows and the bias shift `B` keeps the bias in an i32 (see `row_shifts`).
 //!
 //! Activation scales: `s_out = c / act_max`, where `c` is the `clip_quantile` quantile of
 //! the layer's f32 outputs over the calibration inputs, with the posterior mean and with
-//! `mc_samples` Monte Carlo samples each (larger outputs saturate). The logits use Q16.
+//! `mc_samples` Monte Carlo samples each (larger outputs saturate); a layer that is zero on
+//! every calibration input keeps its input's scale. The logits use Q16. In a residual graph
+//! the identity layer before an addition gives its sums in the addition's scale, the skip is
+//! rescaled by an integer `m / 2^S` from its source's scale, and exit heads read the map's
+//! scale.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -52,8 +59,9 @@ impl Default for Calibration {
 /// Why a model cannot be quantized.
 #[derive(Clone, Debug, PartialEq)]
 pub enum QuantizeError {
-    /// Only linear layers and convolutions (ReLU hidden, identity last) and max pooling (not
-    /// last) have a fixed-point form so far.
+    /// Linear layers and convolutions (ReLU hidden; identity last or before a residual
+    /// addition), max pooling (not last), residual additions (ReLU, after an identity layer)
+    /// and exit heads have a fixed-point form; other arrangements do not.
     UnsupportedLayer {
         /// Index of the layer.
         layer: usize,
@@ -76,7 +84,7 @@ impl fmt::Display for QuantizeError {
         match self {
             QuantizeError::UnsupportedLayer { layer } => write!(
                 f,
-                "layer {layer} has no fixed-point form (only linear and convolution layers, ReLU hidden and identity last, and max pooling)"
+                "layer {layer} has no fixed-point form (linear and convolution layers are ReLU, or identity when last or before a residual addition; max pooling is not last; a residual addition is ReLU after an identity layer)"
             ),
             QuantizeError::InputNormalization => {
                 f.write_str("fixed point needs an input offset of 0 and a positive input scale")
@@ -201,6 +209,8 @@ pub fn quantize(
     let mut s_in = spec.input_scale as f64;
     for (index, l) in spec.layers.iter().enumerate() {
         let last = index + 1 == n_layers;
+        // The largest input value: a raw byte for the first layer, else an activation.
+        let a_max = if index == 0 { 255.0 } else { act_max };
         let q = match l.op {
             LayerOp::MaxPool { .. } => QLayerSpec {
                 op: l.op,
@@ -208,6 +218,7 @@ pub fn quantize(
                 outputs: l.outputs,
                 activation: Activation::Identity,
                 shift: 0,
+                bias_shift: 0,
                 params: Vec::new(),
                 theta: Vec::new(),
                 sigma2: None,
@@ -224,6 +235,7 @@ pub fn quantize(
                     outputs: l.outputs,
                     activation: Activation::Relu,
                     shift,
+                    bias_shift: 0,
                     params: vec![[multiplier, 0, 0]],
                     theta: Vec::new(),
                     sigma2: None,
@@ -231,7 +243,7 @@ pub fn quantize(
                 }
             }
             LayerOp::ExitHead { .. } => {
-                let mut q = format.weights(l, index, shapes[index], s_in, logit_scale)?;
+                let mut q = format.weights(l, index, shapes[index], (s_in, a_max), logit_scale)?;
                 q.storage = StorageChoice::Dense;
                 q
             }
@@ -245,7 +257,7 @@ pub fn quantize(
                     }
                     _ => output_scale(clips[index], act_max, s_in),
                 };
-                let mut q = format.weights(l, index, shapes[index], s_in, s_out)?;
+                let mut q = format.weights(l, index, shapes[index], (s_in, a_max), s_out)?;
                 q.storage = match l.storage {
                     StorageChoice::SparseByInput if index == 0 => StorageChoice::SparseByInput,
                     StorageChoice::Dense => StorageChoice::Dense,
@@ -285,7 +297,7 @@ impl Format {
         l: &LayerSpec,
         index: usize,
         shape: [usize; 3],
-        s_in: f64,
+        (s_in, a_in_max): (f64, f64),
         s_out: f64,
     ) -> Result<QLayerSpec, QuantizeError> {
         let (n_lines, fan_in) = lines(l, shape);
@@ -323,19 +335,19 @@ impl Format {
             }
             real.push([s_theta * s_in / s_out, m_sigma, l.bias[j] as f64 / s_out]);
         }
-        let largest = real.iter().flatten().fold(0.0f64, |m, &v| m.max(v.abs()));
-        if !largest.is_finite() {
-            return Err(QuantizeError::Range { layer: index });
-        }
-        let limit = i32::MAX as f64;
-        let shift = (1..=62u32)
-            .rev()
-            .find(|&s| largest * (1u64 << s) as f64 <= limit)
+        let (shift, bias_shift) = row_shifts(&real, &theta, sigma2.as_deref(), fan_in, a_in_max)
             .ok_or(QuantizeError::Range { layer: index })?;
         let scale = (1u64 << shift) as f64;
+        let bias_scale = scale / (1u64 << bias_shift) as f64;
         let params = real
             .iter()
-            .map(|r| r.map(|v| libm::round(v * scale) as i32))
+            .map(|&[m_theta, m_sigma, b]| {
+                [
+                    libm::round(m_theta * scale) as i32,
+                    libm::round(m_sigma * scale) as i32,
+                    libm::round(b * bias_scale) as i32,
+                ]
+            })
             .collect();
         Ok(QLayerSpec {
             op: l.op,
@@ -343,12 +355,66 @@ impl Format {
             outputs: l.outputs,
             activation: l.activation,
             shift,
+            bias_shift,
             params,
             theta,
             sigma2,
             storage: l.storage,
         })
     }
+}
+
+/// The output shift `S` and bias shift `B` of a layer from its rows' real `[mθ, mσ, b]`
+/// (before the shift) and integer weights, `None` if no shift fits.
+///
+/// `S` is the largest shift that keeps `mθ 2^S`, `mσ 2^S` and `b 2^S` in an i32 (the rule of
+/// every file before version 7). Where the bias is what bounds it and leaves the largest
+/// multiplier under 2^16 (q16: a bias of thousands of units of the 15-bit output scale, or of
+/// Q16 logits, against a θ multiplier far below 1), `S` grows
+/// until the multipliers fill their i32 or the largest pre-activation any input can give
+/// (`|b| + mθ Σ|θ| a_max + 6 mσ a_max sqrt(Σσ²)`, times 2^S) reaches 2^61, and the bias is
+/// stored as `b 2^(S-B)` with the smallest `B` that keeps it in an i32.
+fn row_shifts(
+    real: &[[f64; 3]],
+    theta: &[i32],
+    sigma2: Option<&[u32]>,
+    fan_in: usize,
+    a_max: f64,
+) -> Option<(u32, u32)> {
+    let limit = i32::MAX as f64;
+    let largest_of = |f: &dyn Fn(&[f64; 3]) -> f64| real.iter().map(f).fold(0.0f64, f64::max);
+    let all = largest_of(&|r| r[0].abs().max(r[1].abs()).max(r[2].abs()));
+    let multipliers = largest_of(&|r| r[0].abs().max(r[1].abs()));
+    if !all.is_finite() {
+        return None;
+    }
+    let fits = |v: f64| (1..=62u32).rev().find(|&s| v * (1u64 << s) as f64 <= limit);
+    let shift = fits(all)?;
+    let weights_shift = fits(multipliers).unwrap_or(shift);
+    // Multipliers of 16 bits or more add no error beyond the θ's own rounding (2^-16 or
+    // finer): the version-6 rule stands, and so do the files it wrote.
+    let significant = multipliers * (1u64 << shift) as f64 >= (1u64 << 16) as f64;
+    if weights_shift <= shift || significant {
+        return Some((shift, 0));
+    }
+    let z_max = real
+        .iter()
+        .enumerate()
+        .map(|(j, &[m_theta, m_sigma, b])| {
+            let row = j * fan_in..(j + 1) * fan_in;
+            let theta_sum: f64 = theta[row.clone()].iter().map(|&t| t.abs() as f64).sum();
+            let sigma_sum: f64 = sigma2.map_or(0.0, |s| s[row].iter().map(|&v| v as f64).sum());
+            b.abs() + m_theta.abs() * theta_sum * a_max + 6.0 * m_sigma * a_max * sigma_sum.sqrt()
+        })
+        .fold(0.0f64, f64::max);
+    let z_shift = (1..=62u32)
+        .rev()
+        .find(|&s| z_max * (1u64 << s) as f64 <= (1u64 << 61) as f64)
+        .unwrap_or(1);
+    let shift = shift.max(weights_shift.min(z_shift));
+    let biases = largest_of(&|r| r[2].abs()) * (1u64 << shift) as f64;
+    let bias_shift = (0..=31u32).find(|&b| libm::round(biases / (1u64 << b) as f64) <= limit)?;
+    Some((shift, bias_shift))
 }
 
 /// The activation scale of a layer whose calibrated outputs reach `clip`: `clip / act_max`,

@@ -28,9 +28,14 @@ pub struct QLayerSpec {
     pub outputs: usize,
     /// ReLU on hidden layers, identity on the last (logits).
     pub activation: Activation,
-    /// Output shift `S` (1 to 62).
+    /// Output shift `S` (1 to 62); for a residual addition the shift of its skip's rescale
+    /// (1 to 30).
     pub shift: u32,
-    /// Per output row (per output channel of a convolution) `[mθ, mσ, bias]`.
+    /// Bias shift `B` (0 to 31): the bias enters the sums as `b << B` (format version 7 when
+    /// not 0); 0 for layers without weights.
+    pub bias_shift: u32,
+    /// Per output row (per output channel of a convolution) `[mθ, mσ, bias]`; a residual
+    /// addition has one `[m, 0, 0]`, the multiplier of its skip's rescale.
     pub params: Vec<[i32; 3]>,
     /// θ, row-major `outputs x inputs` (a convolution:
     /// `[out_channels][in_channels][kernel_h][kernel_w]`), each within the precision's range
@@ -140,6 +145,9 @@ impl QModelSpec {
         for (index, l) in self.layers.iter().enumerate() {
             let bad = WriteError::BadParameterLength { layer: index };
             self.check_ranges(l)?;
+            if l.bias_shift > 0 {
+                version = version.max(format::FIXED_EXIT_FORMAT_VERSION);
+            }
             let start = payloads.len();
             let mut rec = [0u8; LAYER_RECORD_LEN];
             let nnz = match l.op {
@@ -175,6 +183,8 @@ impl QModelSpec {
                     write_conv_record(&mut rec, l.op)?;
                     rec[record::KIND] = LayerKind::QuantConv2d as u8;
                     rec[record::QUANT_CONV_SHIFT] = to_u8(l.shift as usize, "shift")?;
+                    rec[record::QUANT_CONV_BIAS_SHIFT] =
+                        to_u8(l.bias_shift as usize, "bias shift")?;
                     let nnz = self.write_conv(l, shape[0], kernel, &mut payloads)?;
                     shape = [out_channels, h, w];
                     nnz
@@ -370,6 +380,7 @@ impl QModelSpec {
         } as u8;
         rec[record::QUANT_SHIFT] = to_u8(l.shift as usize, "shift")?;
         rec[record::QUANT_INDEX_BYTES] = index_bytes as u8;
+        rec[record::QUANT_BIAS_SHIFT] = to_u8(l.bias_shift as usize, "bias shift")?;
         Ok(nnz)
     }
 

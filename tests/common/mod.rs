@@ -6,7 +6,7 @@ use core::num::NonZeroU16;
 
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro128PlusPlus;
-use tinybayes::fixed::writer::QModelSpec;
+use tinybayes::fixed::writer::{QLayerSpec, QModelSpec};
 use tinybayes::fixed::{QModel, QPrediction};
 use tinybayes::format::{self, Activation, Precision, CRC32, TRAILER_LEN};
 use tinybayes::numeric::FixedPoint;
@@ -90,6 +90,15 @@ pub fn parse_fixed(bytes: &[u8]) -> Result<(), ModelError> {
 /// independently of the kernels: per output unit the sum over every kernel position inside
 /// the input, pooling as the window maximum.
 pub fn reference_logits(spec: &QModelSpec, raw: &[u8]) -> Vec<i32> {
+    reference_exit_logits(spec, raw).pop().unwrap()
+}
+
+/// [`reference_logits`] of every exit, in order (a plain network's one exit is its last
+/// layer): residual additions as `clamp(cur + (a m + 2^(S-1)) >> S, 0, act_max)`, an exit head
+/// over the rounded integer mean of each channel.
+pub fn reference_exit_logits(spec: &QModelSpec, raw: &[u8]) -> Vec<Vec<i32>> {
+    let mut exits = Vec::new();
+    let mut outputs: Vec<Vec<i128>> = Vec::new();
     let act_max: i128 = if spec.precision == Precision::Q8 {
         255
     } else {
@@ -97,8 +106,9 @@ pub fn reference_logits(spec: &QModelSpec, raw: &[u8]) -> Vec<i32> {
     };
     let mut x: Vec<i128> = raw.iter().map(|&p| p as i128).collect();
     let mut shape = spec.input_shape;
-    let finish = |a: i128, p: [i32; 3], shift: u32, act: Activation| {
-        let z = a * p[0] as i128 + p[2] as i128;
+    let finish = |a: i128, p: [i32; 3], l: &QLayerSpec| {
+        let (shift, act) = (l.shift, l.activation);
+        let z = a * p[0] as i128 + ((p[2] as i128) << l.bias_shift);
         let v = (z + (1i128 << (shift - 1))) >> shift;
         match act {
             Activation::Relu => v.clamp(0, act_max),
@@ -114,7 +124,7 @@ pub fn reference_logits(spec: &QModelSpec, raw: &[u8]) -> Vec<i32> {
                     let a: i128 = (0..l.inputs)
                         .map(|i| x[i] * l.theta[j * l.inputs + i] as i128)
                         .sum();
-                    *out = finish(a, l.params[j], l.shift, l.activation);
+                    *out = finish(a, l.params[j], l);
                 }
                 shape = [l.outputs, 1, 1];
             }
@@ -144,8 +154,7 @@ pub fn reference_logits(spec: &QModelSpec, raw: &[u8]) -> Vec<i32> {
                                     }
                                 }
                             }
-                            y[(co * oh + oy) * ow + ox] =
-                                finish(a, l.params[co], l.shift, l.activation);
+                            y[(co * oh + oy) * ow + ox] = finish(a, l.params[co], l);
                         }
                     }
                 }
@@ -170,9 +179,41 @@ pub fn reference_logits(spec: &QModelSpec, raw: &[u8]) -> Vec<i32> {
                 }
                 shape = [c, oh, ow];
             }
-            _ => unreachable!("no other kind quantizes"),
+            LayerOp::ResidualAdd { source } => {
+                let m = l.params[0][0] as i128;
+                let half = 1i128 << (l.shift - 1);
+                for (i, out) in y.iter_mut().enumerate() {
+                    let skip = (outputs[source][i] * m + half) >> l.shift;
+                    *out = (x[i] + skip).clamp(0, act_max);
+                }
+            }
+            LayerOp::ExitHead { .. } => {
+                let area = (h * w) as i128;
+                let pooled: Vec<i128> = (0..c)
+                    .map(|ch| {
+                        let sum: i128 = x[ch * h * w..(ch + 1) * h * w].iter().sum();
+                        (sum + area / 2) / area
+                    })
+                    .collect();
+                let logits = (0..l.outputs)
+                    .map(|j| {
+                        let a: i128 = (0..l.inputs)
+                            .map(|i| pooled[i] * l.theta[j * l.inputs + i] as i128)
+                            .sum();
+                        finish(a, l.params[j], l) as i32
+                    })
+                    .collect();
+                exits.push(logits);
+                // The main path continues with the map the head read.
+                outputs.push(x.clone());
+                continue;
+            }
         }
+        outputs.push(y.clone());
         x = y;
     }
-    x.into_iter().map(|v| v as i32).collect()
+    if exits.is_empty() {
+        exits.push(x.into_iter().map(|v| v as i32).collect());
+    }
+    exits
 }
