@@ -42,9 +42,19 @@ fn main() {
 
     // The board: the nRF52840-DK feature, or under QEMU the board that emulates the target's
     // core: mps2-an386 for the M4F, mps2-an385 for the M3, micro:bit for the M0.
+    // `TINYBAYES_QEMU_BOARD` overrides the emulated board (firmware/boards/m0-on-mps2-an385.toml
+    // runs the Cortex-M0's ARMv6-M code on the mps2-an385, whose 4 MB of RAM hold the larger
+    // models: ARMv6-M is a subset of ARMv7-M, so the instructions counted are the M0's).
+    println!("cargo::rerun-if-env-changed=TINYBAYES_QEMU_BOARD");
     let target = env::var("TARGET").unwrap_or_default();
+    let qemu_board = env::var("TINYBAYES_QEMU_BOARD").ok();
     let board = if env::var_os("CARGO_FEATURE_NRF52840DK").is_some() {
         "nrf52840dk"
+    } else if let Some(board) = qemu_board.as_deref() {
+        match board {
+            "mps2-an385" | "mps2-an386" | "microbit" => board,
+            _ => panic!("TINYBAYES_QEMU_BOARD={board}: not mps2-an385, mps2-an386 or microbit"),
+        }
     } else if target.starts_with("thumbv6m") {
         "microbit"
     } else if target.starts_with("thumbv7m") {
@@ -63,6 +73,11 @@ fn main() {
         "cargo::rustc-check-cfg=cfg(tb_board, values(\"nrf52840dk\", \"microbit\", \"mps2-an385\", \"mps2-an386\"))"
     );
     println!("cargo::rustc-cfg=tb_board=\"{board}\"");
+    // ARMv6-M code (the Cortex-M0's instruction set) on an MPS2 board.
+    println!("cargo::rustc-check-cfg=cfg(tb_armv6m_on_mps2)");
+    if target.starts_with("thumbv6m") && board.starts_with("mps2") {
+        println!("cargo::rustc-cfg=tb_armv6m_on_mps2");
+    }
     // The full-test-set parity run checks the f32 model on hard-float cores, q8 elsewhere.
     println!("cargo::rustc-check-cfg=cfg(tb_parity_f32)");
     if target.ends_with("eabihf") {

@@ -71,6 +71,7 @@ cargo bench-fixed-m0
 cargo bench-fixed-m3
 cargo bench-fixed-m4
 cargo early-exit-m4
+cargo early-exit-fixed-m3
 
 step "all checks passed"
 # One closing line over every test run above: cargo's "N passed; M failed" lines and

@@ -1,6 +1,7 @@
 //! Build-time data of the fixed-point firmware: the q8 and q16 LeNet-300-100 models and the
 //! q8 LeNet-5, their workspace, host-computed digests of their outputs on the ten embedded
-//! images, and the expected digest of the full 10,000-image MNIST test set, which the
+//! images, the q8 early-exit ResNet with the bits of its outputs on those images, and the
+//! expected digest of the full 10,000-image MNIST test set, which the
 //! `parity` binary streams over semihosting and checks on the device.
 
 use std::env;
@@ -13,11 +14,13 @@ use std::path::{Path, PathBuf};
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro128PlusPlus;
 use tinybayes::digest::OutputsDigest;
+use tinybayes::early_exit::Halting;
 use tinybayes::fixed::{QModel, QPrediction};
 use tinybayes::format::Precision;
 use tinybayes::numeric::FixedPoint;
 use tinybayes::writer::ModelBuffer;
 use tinybayes::Engine;
+use tinybayes::QExitPrediction;
 use tinybayes::{Mode, Prediction};
 use tinybayes::{Q16, Q8};
 
@@ -30,6 +33,13 @@ const LENET5_Q8_MODEL: &str = "../models/lenet5-q8.tbm";
 const LENET5_MC_IMAGES: usize = 1000;
 /// Samples sharing a pass for the q8 LeNet-5 on the emulated boards with megabytes of RAM.
 const LENET5_CHUNK: usize = 8;
+/// The q8 early-exit ResNet, on the boards whose RAM holds its workspace (cfg `tb_resnet_q8`).
+const RESNET_Q8_MODEL: &str = "../models/resnet-ee-q8.tbm";
+/// Samples sharing a pass for the q8 early-exit ResNet on the MPS2 boards (4 MB of RAM): all
+/// eight of a Monte Carlo prediction.
+const RESNET_CHUNK: usize = 8;
+/// Monte Carlo samples of the q8 early-exit ResNet's parity test and benchmark.
+const RESNET_SAMPLES: u16 = 8;
 /// The f32 model of the full-test-set parity run on hard-float targets.
 const F32_MODEL: &str = "../models/lenet300.tbm";
 /// Monte Carlo samples of the parity runs and the demo.
@@ -212,7 +222,122 @@ pub fn write_fixed(
     )
     .unwrap();
     writeln!(src, "pub const FIXED_SEED_BASE: u64 = {SEED_BASE};").unwrap();
+    write_resnet_q8(src, manifest, images, fits);
     write_full_parity(src, manifest, out, fits);
+}
+
+/// The three runs of the q8 early-exit ResNet the device checks, in the order of the rows of
+/// `RESNET_Q8_EXPECTED`: mean weights with every block, then `RESNET_SAMPLES` Monte Carlo
+/// samples with the joint-mode policy (the model's prior), then with every block.
+const RESNET_RUNS: [&str; 3] = [
+    "mean weights, Halting::All",
+    "M = 8, Halting::JointMode",
+    "M = 8, Halting::All",
+];
+
+/// Embeds the q8 early-exit ResNet where it fits (cfg `tb_resnet_q8`) with, per run and per
+/// embedded image (seeded `SEED_BASE + i`), the bits of every output of the host's prediction:
+/// class, answering exit, depth, MACs, samples, predictive entropy, expected entropy, mutual
+/// information, then the ten probabilities (all UQ16 bits).
+fn write_resnet_q8(src: &mut String, manifest: &Path, images: &[u8], fits: bool) {
+    println!("cargo::rustc-check-cfg=cfg(tb_resnet_q8)");
+    let (path, buffer) = read_fixed(manifest, RESNET_Q8_MODEL);
+    let model = QModel::from_bytes(buffer.as_bytes()).expect("valid q8 early-exit model");
+    writeln!(
+        src,
+        "/// Bytes of workspace the q8 early-exit ResNet needs with one sample per pass."
+    )
+    .unwrap();
+    writeln!(
+        src,
+        "pub const RESNET_Q8_WORKSPACE_BYTES_ONE_SAMPLE: usize = {};",
+        model.workspace_bytes(1)
+    )
+    .unwrap();
+    if !fits {
+        return;
+    }
+    println!("cargo::rustc-cfg=tb_resnet_q8");
+    writeln!(src, "/// models/resnet-ee-q8.tbm, in flash.").unwrap();
+    writeln!(
+        src,
+        "pub static RESNET_Q8_MODEL: &[u8] = tinybayes::include_model!({:?});",
+        path.display().to_string()
+    )
+    .unwrap();
+    writeln!(
+        src,
+        "/// Samples sharing a pass for the q8 early-exit ResNet."
+    )
+    .unwrap();
+    writeln!(src, "pub const RESNET_CHUNK: usize = {RESNET_CHUNK};").unwrap();
+    writeln!(
+        src,
+        "/// 64-bit workspace words of the q8 early-exit ResNet at `RESNET_CHUNK`."
+    )
+    .unwrap();
+    writeln!(
+        src,
+        "pub const RESNET_WORKSPACE_WORDS: usize = {};",
+        model.workspace_len(RESNET_CHUNK)
+    )
+    .unwrap();
+    writeln!(
+        src,
+        "/// Monte Carlo samples of the q8 early-exit ResNet's parity test and benchmark."
+    )
+    .unwrap();
+    writeln!(src, "pub const RESNET_SAMPLES: u16 = {RESNET_SAMPLES};").unwrap();
+    writeln!(src, "/// The runs of `RESNET_Q8_EXPECTED`, in order.").unwrap();
+    writeln!(src, "pub const RESNET_RUNS: [&str; 3] = {RESNET_RUNS:?};").unwrap();
+    let samples = NonZeroU16::new(RESNET_SAMPLES).expect("non-zero");
+    let runs = [
+        (Mode::MeanWeights, Halting::All),
+        (
+            Mode::MonteCarlo { samples },
+            Halting::JointMode { prior: None },
+        ),
+        (Mode::MonteCarlo { samples }, Halting::All),
+    ];
+    let count = images.len() / 785;
+    let mut ws = vec![0u64; model.workspace_len(RESNET_CHUNK)];
+    let mut engine = Engine::<RESNET_CHUNK, Q8>::new(&model, &mut ws).expect("workspace");
+    writeln!(
+        src,
+        "/// Host-computed output bits of the q8 early-exit ResNet per run (`RESNET_RUNS`) and embedded image (seeded `FIXED_SEED_BASE + i`): class, exit, depth, MACs, samples, predictive entropy, expected entropy, mutual information, p_0..p_9."
+    )
+    .unwrap();
+    writeln!(
+        src,
+        "pub static RESNET_Q8_EXPECTED: [[[u32; 18]; {count}]; 3] = ["
+    )
+    .unwrap();
+    for (mode, halting) in runs {
+        writeln!(src, "    [").unwrap();
+        for i in 0..count {
+            let pixels = &images[count + i * 784..count + (i + 1) * 784];
+            let mut rng = Xoshiro128PlusPlus::seed_from_u64(SEED_BASE + i as u64);
+            let e: QExitPrediction<10> = engine
+                .predict_u8_early_exit(pixels, mode, halting, &mut rng)
+                .expect("predict");
+            let p = &e.prediction;
+            let mut row = vec![
+                p.class as u32,
+                e.exit as u32,
+                e.depth as u32,
+                e.macs as u32,
+                p.samples as u32,
+                p.predictive_entropy.to_bits(),
+                p.expected_entropy.to_bits(),
+                p.mutual_information.to_bits(),
+            ];
+            row.extend(p.probabilities.iter().map(|v| v.to_bits()));
+            assert_eq!(row.len(), 18, "ten classes");
+            writeln!(src, "        {row:?},").unwrap();
+        }
+        writeln!(src, "    ],").unwrap();
+    }
+    writeln!(src, "];").unwrap();
 }
 
 /// Decodes the MNIST test images to a raw file in OUT_DIR (10,000 x 784 bytes) and computes

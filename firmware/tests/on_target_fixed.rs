@@ -1,6 +1,7 @@
 //! On-target tests of the fixed-point path, run in QEMU on the Cortex-M0, M3 and M4F
 //! (`cargo test-m0`, `cargo test-m3`, `cargo test-m4 --test on_target_fixed`): the q8 and q16
-//! LeNet-300-100 and the q8 LeNet-5 (not on the M0: it needs more RAM) validate on the device, every output on the embedded images is bit-identical to the
+//! LeNet-300-100, the q8 LeNet-5 and the q8 early-exit ResNet (these two not on the M0's
+//! micro:bit: they need more RAM) validate on the device, every output on the embedded images is bit-identical to the
 //! host's (digests computed at build time with the same core code), results do not depend on
 //! the samples per pass, and bad inputs give errors rather than faults.
 #![no_std]
@@ -15,7 +16,6 @@ use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro128PlusPlus;
 use tinybayes::digest::OutputsDigest;
 use tinybayes::fixed::{QModel, QPrediction};
-use tinybayes::format::Precision;
 use tinybayes::numeric::FixedPoint;
 use tinybayes::Mode;
 use tinybayes::{Engine, Q16, Q8};
@@ -34,14 +34,17 @@ fn modes() -> [Mode; 2] {
     ]
 }
 
-/// The digest of image `i`'s outputs in both modes, computed with `CHUNK` samples per pass.
-fn digest<const CHUNK: usize>(model: &QModel<'_>, workspace: &mut [u64], i: usize) -> u32 {
-    match model.precision() {
-        Precision::Q16 => digest_in::<CHUNK, Q16>(model, workspace, i),
-        _ => digest_in::<CHUNK, Q8>(model, workspace, i),
-    }
-}
+/// Samples per pass of the q16 parity check: one on the micro:bit, whose 256 KB of flash cannot
+/// hold a third instantiation of the engine (q8 at `FIXED_CHUNK` and at one sample per pass,
+/// q16 at `FIXED_CHUNK`) next to the models; there the q16 check at one sample per pass is also
+/// the chunk-independence check. `FIXED_CHUNK` elsewhere.
+#[cfg(tb_board = "microbit")]
+const Q16_CHUNK: usize = 1;
+#[cfg(not(tb_board = "microbit"))]
+const Q16_CHUNK: usize = FIXED_CHUNK;
 
+/// The digest of image `i`'s outputs in both modes, computed with `CHUNK` samples per pass in
+/// format `N`.
 fn digest_in<const CHUNK: usize, N: FixedPoint>(
     model: &QModel<'_>,
     workspace: &mut [u64],
@@ -60,11 +63,14 @@ fn digest_in<const CHUNK: usize, N: FixedPoint>(
 
 /// Every embedded image's digest with `CHUNK` samples per pass in `WORDS` words of workspace
 /// against the host's.
-fn check_parity<const CHUNK: usize, const WORDS: usize>(bytes: &[u8], expected: &[u32]) {
+fn check_parity<const CHUNK: usize, const WORDS: usize, N: FixedPoint>(
+    bytes: &[u8],
+    expected: &[u32],
+) {
     let model = QModel::from_bytes(bytes).unwrap();
     let mut workspace = [0u64; WORDS];
     for (i, &host) in expected.iter().enumerate() {
-        let device = digest::<CHUNK>(&model, &mut workspace, i);
+        let device = digest_in::<CHUNK, N>(&model, &mut workspace, i);
         if device != host {
             defmt::error!(
                 "image {=usize}: device {=u32:#x} host {=u32:#x}",
@@ -77,6 +83,76 @@ fn check_parity<const CHUNK: usize, const WORDS: usize>(bytes: &[u8], expected: 
     }
 }
 
+/// The q8 early-exit ResNet's parity check (MPS2 boards only).
+#[cfg(tb_resnet_q8)]
+mod resnet {
+    use super::*;
+    use tinybayes::early_exit::Halting;
+    use tinybayes::QExitPrediction;
+    use tinybayes_firmware::generated::{
+        RESNET_CHUNK, RESNET_Q8_EXPECTED, RESNET_Q8_MODEL, RESNET_RUNS, RESNET_SAMPLES,
+        RESNET_WORKSPACE_WORDS,
+    };
+
+    /// The bits the host wrote for one prediction (the row layout of `RESNET_Q8_EXPECTED`).
+    fn row(e: &QExitPrediction<10>) -> [u32; 18] {
+        let p = &e.prediction;
+        let mut row = [0u32; 18];
+        row[..8].copy_from_slice(&[
+            p.class as u32,
+            e.exit as u32,
+            e.depth as u32,
+            e.macs as u32,
+            p.samples as u32,
+            p.predictive_entropy.to_bits(),
+            p.expected_entropy.to_bits(),
+            p.mutual_information.to_bits(),
+        ]);
+        defmt::assert_eq!(p.probabilities.len(), 10);
+        for (slot, v) in row[8..].iter_mut().zip(&p.probabilities) {
+            *slot = v.to_bits();
+        }
+        row
+    }
+
+    pub fn check_parity() {
+        let model = QModel::from_bytes(RESNET_Q8_MODEL).unwrap();
+        let mut workspace = [0u64; RESNET_WORKSPACE_WORDS];
+        let mut engine = Engine::<RESNET_CHUNK, Q8>::new(&model, &mut workspace).unwrap();
+        let mc = Mode::MonteCarlo {
+            samples: NonZeroU16::new(RESNET_SAMPLES).unwrap(),
+        };
+        let runs = [
+            (Mode::MeanWeights, Halting::All),
+            (mc, Halting::JointMode { prior: None }),
+            (mc, Halting::All),
+        ];
+        for ((mode, halting), (expected, name)) in runs
+            .into_iter()
+            .zip(RESNET_Q8_EXPECTED.iter().zip(RESNET_RUNS))
+        {
+            for (i, host) in expected.iter().enumerate() {
+                let (pixels, _) = assets::image(i);
+                let mut rng = Xoshiro128PlusPlus::seed_from_u64(FIXED_SEED_BASE + i as u64);
+                let e: QExitPrediction<10> = engine
+                    .predict_u8_early_exit(pixels, mode, halting, &mut rng)
+                    .unwrap();
+                let device = row(&e);
+                if &device != host {
+                    defmt::error!(
+                        "{=str}, image {=usize}: device {=[?]} host {=[?]}",
+                        name,
+                        i,
+                        device[..],
+                        host[..]
+                    );
+                }
+                defmt::assert_eq!(&device, host);
+            }
+        }
+    }
+}
+
 #[defmt_test::tests]
 mod tests {
     use super::*;
@@ -84,7 +160,7 @@ mod tests {
 
     #[test]
     fn q8_outputs_are_bit_identical_to_the_host() {
-        check_parity::<FIXED_CHUNK, FIXED_WORKSPACE_WORDS>(
+        check_parity::<FIXED_CHUNK, FIXED_WORKSPACE_WORDS, Q8>(
             FIXED_Q8_MODEL,
             &FIXED_Q8_MODEL_EXPECTED,
         );
@@ -99,7 +175,7 @@ mod tests {
             use tinybayes_firmware::generated::{
                 LENET5_CHUNK, LENET5_Q8_MODEL, LENET5_Q8_MODEL_EXPECTED, LENET5_WORKSPACE_WORDS,
             };
-            check_parity::<LENET5_CHUNK, LENET5_WORKSPACE_WORDS>(
+            check_parity::<LENET5_CHUNK, LENET5_WORKSPACE_WORDS, Q8>(
                 LENET5_Q8_MODEL,
                 &LENET5_Q8_MODEL_EXPECTED,
             );
@@ -108,9 +184,23 @@ mod tests {
         defmt::info!("the q8 LeNet-5 does not fit this board: not run");
     }
 
+    /// The q8 early-exit ResNet (integer residual additions, exit heads and halting), where
+    /// the board's RAM holds it (the MPS2 boards): every output bit of the three runs of
+    /// `RESNET_RUNS` on every embedded image, including the answering exit, depth and MACs.
+    #[test]
+    fn resnet_q8_early_exit_outputs_are_bit_identical_to_the_host() {
+        #[cfg(tb_resnet_q8)]
+        resnet::check_parity();
+        #[cfg(not(tb_resnet_q8))]
+        defmt::info!(
+            "the q8 early-exit ResNet does not fit this board (needs {=usize} B of workspace with one sample per pass): not run",
+            tinybayes_firmware::generated::RESNET_Q8_WORKSPACE_BYTES_ONE_SAMPLE
+        );
+    }
+
     #[test]
     fn q16_outputs_are_bit_identical_to_the_host() {
-        check_parity::<FIXED_CHUNK, FIXED_WORKSPACE_WORDS>(
+        check_parity::<Q16_CHUNK, FIXED_WORKSPACE_WORDS, Q16>(
             FIXED_Q16_MODEL,
             &FIXED_Q16_MODEL_EXPECTED,
         );
@@ -118,12 +208,18 @@ mod tests {
 
     #[test]
     fn one_sample_per_pass_gives_the_same_bits() {
-        let model = QModel::from_bytes(FIXED_Q8_MODEL).unwrap();
+        // The q8 engine at one sample per pass; on the micro:bit the q16 one (see `Q16_CHUNK`).
+        #[cfg(not(tb_board = "microbit"))]
+        let (bytes, expected) = (FIXED_Q8_MODEL, FIXED_Q8_MODEL_EXPECTED[3]);
+        #[cfg(tb_board = "microbit")]
+        let (bytes, expected) = (FIXED_Q16_MODEL, FIXED_Q16_MODEL_EXPECTED[3]);
+        let model = QModel::from_bytes(bytes).unwrap();
         let mut workspace = [0u64; FIXED_WORKSPACE_WORDS];
-        defmt::assert_eq!(
-            digest::<1>(&model, &mut workspace, 3),
-            FIXED_Q8_MODEL_EXPECTED[3]
-        );
+        #[cfg(not(tb_board = "microbit"))]
+        let device = digest_in::<1, Q8>(&model, &mut workspace, 3);
+        #[cfg(tb_board = "microbit")]
+        let device = digest_in::<1, Q16>(&model, &mut workspace, 3);
+        defmt::assert_eq!(device, expected);
     }
 
     #[test]

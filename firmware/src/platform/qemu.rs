@@ -20,8 +20,12 @@ use crate::clock::Clock;
 #[cfg(tb_board = "mps2-an386")]
 pub const BOARD_NAME: &str = "QEMU mps2-an386 (Cortex-M4F)";
 /// Name of the board, for logs.
-#[cfg(tb_board = "mps2-an385")]
+#[cfg(all(tb_board = "mps2-an385", not(tb_armv6m_on_mps2)))]
 pub const BOARD_NAME: &str = "QEMU mps2-an385 (Cortex-M3, no FPU)";
+/// Name of the board, for logs.
+#[cfg(all(tb_board = "mps2-an385", tb_armv6m_on_mps2))]
+pub const BOARD_NAME: &str =
+    "QEMU mps2-an385 running ARMv6-M code (Cortex-M0 instruction set, no FPU, 4 MB RAM)";
 /// Name of the board, for logs.
 #[cfg(tb_board = "microbit")]
 pub const BOARD_NAME: &str = "QEMU micro:bit (Cortex-M0, no FPU, 16 KB RAM)";
