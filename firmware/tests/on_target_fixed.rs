@@ -16,6 +16,7 @@ use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro128PlusPlus;
 use tinybayes::digest::OutputsDigest;
 use tinybayes::fixed::{QModel, QPrediction};
+use tinybayes::format::Precision;
 use tinybayes::numeric::FixedPoint;
 use tinybayes::Mode;
 use tinybayes::{Engine, Q16, Q8};
@@ -34,17 +35,14 @@ fn modes() -> [Mode; 2] {
     ]
 }
 
-/// Samples per pass of the q16 parity check: one on the micro:bit, whose 256 KB of flash cannot
-/// hold a third instantiation of the engine (q8 at `FIXED_CHUNK` and at one sample per pass,
-/// q16 at `FIXED_CHUNK`) next to the models; there the q16 check at one sample per pass is also
-/// the chunk-independence check. `FIXED_CHUNK` elsewhere.
-#[cfg(tb_board = "microbit")]
-const Q16_CHUNK: usize = 1;
-#[cfg(not(tb_board = "microbit"))]
-const Q16_CHUNK: usize = FIXED_CHUNK;
+/// The digest of image `i`'s outputs in both modes, computed with `CHUNK` samples per pass.
+fn digest<const CHUNK: usize>(model: &QModel<'_>, workspace: &mut [u64], i: usize) -> u32 {
+    match model.precision() {
+        Precision::Q16 => digest_in::<CHUNK, Q16>(model, workspace, i),
+        _ => digest_in::<CHUNK, Q8>(model, workspace, i),
+    }
+}
 
-/// The digest of image `i`'s outputs in both modes, computed with `CHUNK` samples per pass in
-/// format `N`.
 fn digest_in<const CHUNK: usize, N: FixedPoint>(
     model: &QModel<'_>,
     workspace: &mut [u64],
@@ -63,14 +61,11 @@ fn digest_in<const CHUNK: usize, N: FixedPoint>(
 
 /// Every embedded image's digest with `CHUNK` samples per pass in `WORDS` words of workspace
 /// against the host's.
-fn check_parity<const CHUNK: usize, const WORDS: usize, N: FixedPoint>(
-    bytes: &[u8],
-    expected: &[u32],
-) {
+fn check_parity<const CHUNK: usize, const WORDS: usize>(bytes: &[u8], expected: &[u32]) {
     let model = QModel::from_bytes(bytes).unwrap();
     let mut workspace = [0u64; WORDS];
     for (i, &host) in expected.iter().enumerate() {
-        let device = digest_in::<CHUNK, N>(&model, &mut workspace, i);
+        let device = digest::<CHUNK>(&model, &mut workspace, i);
         if device != host {
             defmt::error!(
                 "image {=usize}: device {=u32:#x} host {=u32:#x}",
@@ -160,7 +155,7 @@ mod tests {
 
     #[test]
     fn q8_outputs_are_bit_identical_to_the_host() {
-        check_parity::<FIXED_CHUNK, FIXED_WORKSPACE_WORDS, Q8>(
+        check_parity::<FIXED_CHUNK, FIXED_WORKSPACE_WORDS>(
             FIXED_Q8_MODEL,
             &FIXED_Q8_MODEL_EXPECTED,
         );
@@ -175,7 +170,7 @@ mod tests {
             use tinybayes_firmware::generated::{
                 LENET5_CHUNK, LENET5_Q8_MODEL, LENET5_Q8_MODEL_EXPECTED, LENET5_WORKSPACE_WORDS,
             };
-            check_parity::<LENET5_CHUNK, LENET5_WORKSPACE_WORDS, Q8>(
+            check_parity::<LENET5_CHUNK, LENET5_WORKSPACE_WORDS>(
                 LENET5_Q8_MODEL,
                 &LENET5_Q8_MODEL_EXPECTED,
             );
@@ -200,7 +195,7 @@ mod tests {
 
     #[test]
     fn q16_outputs_are_bit_identical_to_the_host() {
-        check_parity::<Q16_CHUNK, FIXED_WORKSPACE_WORDS, Q16>(
+        check_parity::<FIXED_CHUNK, FIXED_WORKSPACE_WORDS>(
             FIXED_Q16_MODEL,
             &FIXED_Q16_MODEL_EXPECTED,
         );
@@ -208,18 +203,12 @@ mod tests {
 
     #[test]
     fn one_sample_per_pass_gives_the_same_bits() {
-        // The q8 engine at one sample per pass; on the micro:bit the q16 one (see `Q16_CHUNK`).
-        #[cfg(not(tb_board = "microbit"))]
-        let (bytes, expected) = (FIXED_Q8_MODEL, FIXED_Q8_MODEL_EXPECTED[3]);
-        #[cfg(tb_board = "microbit")]
-        let (bytes, expected) = (FIXED_Q16_MODEL, FIXED_Q16_MODEL_EXPECTED[3]);
-        let model = QModel::from_bytes(bytes).unwrap();
+        let model = QModel::from_bytes(FIXED_Q8_MODEL).unwrap();
         let mut workspace = [0u64; FIXED_WORKSPACE_WORDS];
-        #[cfg(not(tb_board = "microbit"))]
-        let device = digest_in::<1, Q8>(&model, &mut workspace, 3);
-        #[cfg(tb_board = "microbit")]
-        let device = digest_in::<1, Q16>(&model, &mut workspace, 3);
-        defmt::assert_eq!(device, expected);
+        defmt::assert_eq!(
+            digest::<1>(&model, &mut workspace, 3),
+            FIXED_Q8_MODEL_EXPECTED[3]
+        );
     }
 
     #[test]
