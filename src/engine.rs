@@ -123,44 +123,19 @@ struct Job<'a, 'm, N: Numeric> {
 }
 
 impl<N: Numeric> Job<'_, '_, N> {
-    /// One prediction: a plain network through its one exit; an early-exit network (f32)
-    /// through its exits as `halting` decides.
+    /// One prediction: a plain network through its one exit, an early-exit network through
+    /// every block to its last exit (the policy's code is not needed for that).
     fn predict<X, const K: usize, const CHUNK: usize>(
         self,
         x: &X,
         mode: Mode,
-        halting: Halting<'_>,
         rng: &mut (impl RngCore + Clone),
     ) -> Result<N::Prediction<K>, InferenceError>
     where
         N: Reads<X>,
         X: ?Sized,
     {
-        if N::exit_count(self.model) > 0 {
-            self.exits_prediction::<X, K, CHUNK>(x, mode, halting, rng)
-        } else if matches!(halting, Halting::All) {
-            run_plain::<N, X, _, K, CHUNK>(self.model, self.plan, self.workspace, x, mode, rng)
-        } else {
-            Err(InferenceError::NotEarlyExit)
-        }
-    }
-
-    /// An early-exit network's prediction alone, out of line: the policy's state and the
-    /// exits' summaries live in this frame only, not in every plain run's.
-    #[inline(never)]
-    fn exits_prediction<X, const K: usize, const CHUNK: usize>(
-        self,
-        x: &X,
-        mode: Mode,
-        halting: Halting<'_>,
-        rng: &mut (impl RngCore + Clone),
-    ) -> Result<N::Prediction<K>, InferenceError>
-    where
-        N: Reads<X>,
-        X: ?Sized,
-    {
-        self.exits::<X, K, CHUNK>(x, mode, halting, rng)
-            .map(|o| o.prediction)
+        run_plain::<N, X, _, K, CHUNK>(self.model, self.plan, self.workspace, x, mode, rng)
     }
 
     /// An early-exit network's answer with its depth, MACs and every exit's summary
@@ -191,7 +166,7 @@ impl<const CHUNK: usize> Engine<'_, '_, CHUNK, F32> {
         rng: &mut (impl RngCore + Clone),
     ) -> Result<Prediction<K>, InferenceError> {
         let (job, _) = self.parts();
-        job.predict::<_, K, CHUNK>(input, mode, Halting::All, rng)
+        job.predict::<_, K, CHUNK>(input, mode, rng)
     }
 
     /// Predicts from raw 8-bit inputs (e.g. pixels), normalised on the fly with the model's
@@ -203,7 +178,7 @@ impl<const CHUNK: usize> Engine<'_, '_, CHUNK, F32> {
         rng: &mut (impl RngCore + Clone),
     ) -> Result<Prediction<K>, InferenceError> {
         let (job, bytes) = self.parts();
-        job.predict::<_, K, CHUNK>(&NormalizedU8::new(raw, bytes), mode, Halting::All, rng)
+        job.predict::<_, K, CHUNK>(&NormalizedU8::new(raw, bytes), mode, rng)
     }
 
     /// Runs an early-exit model block by block from f32 inputs and stops as `halting` allows
@@ -264,7 +239,7 @@ impl<const CHUNK: usize, N: Numeric + FixedPoint> Engine<'_, '_, CHUNK, N> {
         rng: &mut (impl RngCore + Clone),
     ) -> Result<QPrediction<K>, InferenceError> {
         let (job, _) = self.parts();
-        job.predict::<_, K, CHUNK>(raw, mode, Halting::All, rng)
+        job.predict::<_, K, CHUNK>(raw, mode, rng)
             .map(N::into_q)
     }
 

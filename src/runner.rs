@@ -81,8 +81,6 @@ impl<N: Kernels, const K: usize> Exits<'_, N, K> {
 trait Sink<N: Kernels, const K: usize> {
     /// What the run returns.
     type Output;
-    /// Whether this is a plain network's one implicit exit.
-    const PLAIN: bool;
     /// The deepest exit known to be reached before anything runs.
     fn known_target(&self) -> Option<usize>;
     /// Hands exit `e`'s finished predictive over; returns true to stop.
@@ -95,24 +93,33 @@ trait Sink<N: Kernels, const K: usize> {
     fn finish(self, macs: usize) -> Result<Self::Output, InferenceError>;
 }
 
-/// A plain network: one predictive, its last layer's.
+/// One predictive, of one exit known before the run: a plain network's last layer, or an
+/// early-exit network's last exit when every block runs ([`Halting::All`] through
+/// `predict`, without the policy's state and code).
 struct Plain<N: Kernels, const K: usize> {
     classes: usize,
+    /// The exit that answers (0 for a plain network).
+    target: usize,
     acc: Option<N::Predictive<K>>,
     prediction: Option<N::Prediction<K>>,
 }
 
 impl<N: Kernels, const K: usize> Sink<N, K> for Plain<N, K> {
     type Output = N::Prediction<K>;
-    const PLAIN: bool = true;
     fn known_target(&self) -> Option<usize> {
-        Some(0)
+        Some(self.target)
     }
-    fn conclude(&mut self, _: usize, p: N::Prediction<K>) -> bool {
+    fn conclude(&mut self, e: usize, p: N::Prediction<K>) -> bool {
+        if e != self.target {
+            return false;
+        }
         self.prediction = Some(p);
         true
     }
-    fn add(&mut self, _: usize, out: &[N::Act], s: usize) -> Result<(), InferenceError> {
+    fn add(&mut self, e: usize, out: &[N::Act], s: usize) -> Result<(), InferenceError> {
+        if e != self.target {
+            return Ok(());
+        }
         let classes = self.classes;
         let acc = self.acc.get_or_insert_with(|| N::predictive::<K>(classes));
         add_chunk::<N, K>(acc, out, classes, s)
@@ -137,7 +144,6 @@ struct Policy<'p, N: Kernels, const K: usize> {
 
 impl<N: Kernels, const K: usize> Sink<N, K> for Policy<'_, N, K> {
     type Output = Outcome<N, K>;
-    const PLAIN: bool = false;
     fn known_target(&self) -> Option<usize> {
         self.exits.state.known_target()
     }
@@ -341,8 +347,9 @@ fn sweep<N: Kernels, const CHUNK: usize>(
     Ok(last_run)
 }
 
-/// One prediction of a plain network (no exit heads), in any format: its last layer is its
-/// one exit. The caller has checked that the workspace fits `plan`.
+/// One prediction through one exit, in any format: a plain network's last layer (its one
+/// exit), or the last exit of an early-exit network with every block run. The caller has
+/// checked that the workspace fits `plan`.
 pub(crate) fn run_plain<N, X, R, const K: usize, const CHUNK: usize>(
     model: &N::Model<'_>,
     plan: &Plan,
@@ -359,6 +366,7 @@ where
     N::check_input(model, x, K)?;
     let sink = Plain::<N, K> {
         classes: N::classes(model),
+        target: N::exit_count(model).saturating_sub(1),
         acc: None,
         prediction: None,
     };
@@ -426,8 +434,9 @@ where
 {
     let classes = N::classes(model);
     let layers = N::layers(model);
-    let plain = S::PLAIN;
-    let count = if plain { 1 } else { N::exit_count(model) };
+    // A network without exit heads has one implicit exit: its last layer.
+    let plain = N::exit_count(model) == 0;
+    let count = N::exit_count(model).max(1);
     let known_target = sink.known_target();
     let Some(mut buf) = plan.split::<N>(workspace) else {
         return Err(InferenceError::WorkspaceTooSmall {
