@@ -239,8 +239,7 @@ impl<const CHUNK: usize, N: Numeric + FixedPoint> Engine<'_, '_, CHUNK, N> {
         rng: &mut (impl RngCore + Clone),
     ) -> Result<QPrediction<K>, InferenceError> {
         let (job, _) = self.parts();
-        job.predict::<_, K, CHUNK>(raw, mode, rng)
-            .map(N::into_q)
+        job.predict::<_, K, CHUNK>(raw, mode, rng).map(N::into_q)
     }
 
     /// Runs a fixed-point early-exit model block by block from raw 8-bit inputs and stops as

@@ -48,16 +48,33 @@ pub struct PrecisionArgs {
     /// image of a smaller file, with a warning].
     #[arg(long, allow_negative_numbers = true)]
     pub calibration_count: Option<usize>,
+    /// Quantile of each layer's calibration activations mapped to the largest integer, in
+    /// (0, 1]; 1 keeps the largest value seen (more headroom, coarser steps) [default: 0.9999].
+    #[arg(long, value_parser = parse_clip_quantile, value_name = "Q")]
+    pub clip_quantile: Option<f64>,
+}
+
+/// Parses `--clip-quantile`: a number in (0, 1].
+fn parse_clip_quantile(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(q) if q > 0.0 && q <= 1.0 => Ok(q),
+        _ => Err(format!(
+            "--clip-quantile must be a number in (0, 1], got {text:?}"
+        )),
+    }
 }
 
 impl PrecisionArgs {
     /// Warns (one line on stderr) when calibration options were given but nothing is
     /// quantized, so they would otherwise be ignored without a word.
     pub fn warn_if_unused(&self) {
-        if self.calibration_images.is_some() || self.calibration_count.is_some() {
+        let given = self.calibration_images.is_some()
+            || self.calibration_count.is_some()
+            || self.clip_quantile.is_some();
+        if given {
             crate::ui::warn(
-                "--calibration-images and --calibration-count are ignored: they calibrate \
-                 quantizing an f32 model to --precision q8 or q16 only",
+                "--calibration-images, --calibration-count and --clip-quantile are ignored: \
+                 they calibrate quantizing an f32 model to --precision q8 or q16 only",
             );
         }
     }
@@ -192,7 +209,11 @@ pub fn quantize_spec(
     })?;
     let images = calibration_images(path, args.calibration_count, spec.input_shape)?;
     let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
-    let q = quantize(spec, precision, &refs, Calibration::default())
+    let mut calibration = Calibration::default();
+    if let Some(q) = args.clip_quantile {
+        calibration.clip_quantile = q;
+    }
+    let q = quantize(spec, precision, &refs, calibration)
         .map_err(|e| anyhow!("cannot quantize to {}: {e}", precision.name()))?;
     Ok(q.to_buffer()?)
 }

@@ -145,6 +145,26 @@ fn bad_precision_values_fail_with_one_line() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("f32, q8 or q16"));
+    for bad in ["0", "1.5", "-0.1", "nan", "x"] {
+        let out = tinybayes(&[
+            "export",
+            "--model",
+            "m.tbm",
+            "--precision",
+            "q8",
+            "--clip-quantile",
+            bad,
+            "--out",
+            "o.tbm",
+        ]);
+        assert!(!out.status.success(), "{bad}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr)
+                .contains("--clip-quantile must be a number in (0, 1]"),
+            "{bad}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// Fixed point keeps the uncertainty of f32 on inputs unlike the training data: the shipped
