@@ -50,7 +50,7 @@ pub struct PrecisionArgs {
     pub calibration_count: Option<usize>,
     /// Quantile of each layer's calibration activations mapped to the largest integer, in
     /// (0, 1]; 1 keeps the largest value seen (more headroom, coarser steps) [default: 0.9999].
-    #[arg(long, value_parser = parse_clip_quantile, value_name = "Q")]
+    #[arg(long, value_parser = parse_clip_quantile, value_name = "Q", allow_negative_numbers = true)]
     pub clip_quantile: Option<f64>,
 }
 

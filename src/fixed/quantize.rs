@@ -11,8 +11,8 @@
 //! - `mθ = round(sθ_j s_in / s_out 2^S)`, `b = round(bias / s_out 2^(S-B))`,
 //!   `mσ = round(s_in sqrt(s2_j 2^SQ) / s_out 2^S)` with SQ = 1 for q8 (whose variance sums
 //!   use `a^2 >> 1`) and 0 for q16; `S` is the largest shift that keeps all three in an i32,
-//!   unless the bias bounds it and leaves the multipliers under 2^16 bits of precision: then
-//!   `S` grows and the bias shift `B` keeps the bias in an i32 (see `row_shifts`).
+//!   unless the bias is what bounds it: then `S` grows until the multipliers fill their i32
+//!   and the bias shift `B` keeps the bias in an i32 (see `row_shifts`).
 //!
 //! Activation scales: `s_out = c / act_max`, where `c` is the `clip_quantile` quantile of
 //! the layer's f32 outputs over the calibration inputs, with the posterior mean and with
@@ -368,9 +368,9 @@ impl Format {
 /// (before the shift) and integer weights, `None` if no shift fits.
 ///
 /// `S` is the largest shift that keeps `mθ 2^S`, `mσ 2^S` and `b 2^S` in an i32 (the rule of
-/// every file before version 7). Where the bias is what bounds it and leaves the largest
-/// multiplier under 2^16 (q16: a bias of thousands of units of the 15-bit output scale, or of
-/// Q16 logits, against a θ multiplier far below 1), `S` grows
+/// every file before version 7). Where the bias is what bounds it (q16: a bias of thousands
+/// of units of the 15-bit output scale, or of Q16 logits, against a θ multiplier far below 1;
+/// q8 first layers), `S` grows
 /// until the multipliers fill their i32 or the largest pre-activation any input can give
 /// (`|b| + mθ Σ|θ| a_max + 6 mσ a_max sqrt(Σσ²)`, times 2^S) reaches 2^61, and the bias is
 /// stored as `b 2^(S-B)` with the smallest `B` that keeps it in an i32.
@@ -391,10 +391,7 @@ fn row_shifts(
     let fits = |v: f64| (1..=62u32).rev().find(|&s| v * (1u64 << s) as f64 <= limit);
     let shift = fits(all)?;
     let weights_shift = fits(multipliers).unwrap_or(shift);
-    // Multipliers of 16 bits or more add no error beyond the θ's own rounding (2^-16 or
-    // finer): the version-6 rule stands, and so do the files it wrote.
-    let significant = multipliers * (1u64 << shift) as f64 >= (1u64 << 16) as f64;
-    if weights_shift <= shift || significant {
+    if weights_shift <= shift {
         return Some((shift, 0));
     }
     let z_max = real
