@@ -242,7 +242,13 @@ fn corrupt_convolutions_and_pooling_are_refused() {
     b[record(0) + 30] = 0;
     reseal(&mut b);
     assert_eq!(parse_fixed(&b), Err(ModelError::QuantLayout { layer: 0 }));
+    // Byte 31 is the bias shift in version 7 (0 to 31), reserved before.
     let mut b = good.clone();
+    b[record(2) + 31] = 32;
+    reseal(&mut b);
+    assert_eq!(parse_fixed(&b), Err(ModelError::QuantLayout { layer: 2 }));
+    let mut b = good.clone();
+    b[4..6].copy_from_slice(&6u16.to_le_bytes());
     b[record(2) + 31] = 1;
     reseal(&mut b);
     assert!(matches!(
