@@ -219,24 +219,20 @@ impl<'p, V: HaltValue> HaltingState<'p, V> {
         let mut prior = [V::ZERO; MAX_EXITS];
         let mut prior_len = 0;
         if uses_prior {
-            let n = match given {
+            let n = given.map_or(model_prior.len(), <[f32]>::len);
+            if n > MAX_EXITS {
+                return Err(InferenceError::BadPrior);
+            }
+            match given {
                 Some(p) => {
-                    if p.len() > MAX_EXITS || p.iter().any(|m| !m.is_finite()) {
+                    if p.iter().any(|m| !m.is_finite()) {
                         return Err(InferenceError::BadPrior);
                     }
                     for (q, &m) in prior.iter_mut().zip(p) {
                         *q = V::from_f32(m);
                     }
-                    p.len()
                 }
-                None => {
-                    let n = model_prior.len().min(MAX_EXITS);
-                    prior[..n].copy_from_slice(&model_prior[..n]);
-                    model_prior.len()
-                }
-            };
-            if n > MAX_EXITS {
-                return Err(InferenceError::BadPrior);
+                None => prior[..n].copy_from_slice(model_prior),
             }
             check_prior(&prior[..n], exits, monotone)?;
             prior_len = n;
