@@ -13,15 +13,24 @@ pub struct StackProbe {
 }
 
 impl StackProbe {
-    /// Paints `window` bytes of stack below the current stack pointer (minus a small guard).
+    /// Paints `window` bytes of stack below the current stack pointer (minus a small guard),
+    /// or down to the end of the static data if less stack is left (`cortex-m-rt`'s
+    /// `_stack_end`): the window never leaves the stack region.
     #[allow(unsafe_code)]
     #[inline(never)]
     pub fn paint(window: usize) -> Self {
+        extern "C" {
+            /// The lowest address of the stack region (the end of `.bss`/`.uninit`), from
+            /// `cortex-m-rt`'s linker script.
+            static _stack_end: u32;
+        }
+        // Only the symbol's address is taken (the linker script defines it).
+        let limit = core::ptr::addr_of!(_stack_end) as usize;
         let top = cortex_m::register::msp::read() as usize - GUARD;
-        let bottom = top - window;
+        let bottom = top.saturating_sub(window).max(limit).min(top);
         for addr in (bottom..top).step_by(4) {
-            // SAFETY: the window lies in the stack region below the live frames (the RAM is
-            // far larger than the window on every supported board) and is not in use yet.
+            // SAFETY: `limit <= bottom <= addr < top`: the word lies in the stack region
+            // below the live frames (and the guard), which holds nothing yet.
             unsafe { core::ptr::write_volatile(addr as *mut u32, PATTERN) };
         }
         Self { top, bottom }
