@@ -73,6 +73,16 @@ fn main() {
         "cargo::rustc-check-cfg=cfg(tb_board, values(\"nrf52840dk\", \"microbit\", \"mps2-an385\", \"mps2-an386\"))"
     );
     println!("cargo::rustc-cfg=tb_board=\"{board}\"");
+    // The core whose instruction set the image holds: the `core=` field of the bench lines.
+    let core = match (target.split('-').next().unwrap_or_default(), board) {
+        ("thumbv6m", _) => "cortex-m0",
+        ("thumbv7m", _) => "cortex-m3",
+        (arch, _) if arch.starts_with("thumbv8m") => "cortex-m33",
+        (_, "mps2-an500") => "cortex-m7",
+        _ => "cortex-m4f",
+    };
+    println!("cargo::rustc-env=TINYBAYES_CORE={core}");
+    println!("cargo::rustc-env=TINYBAYES_BOARD={board}");
     // ARMv6-M code (the Cortex-M0's instruction set) on an MPS2 board.
     println!("cargo::rustc-check-cfg=cfg(tb_armv6m_on_mps2)");
     if target.starts_with("thumbv6m") && board.starts_with("mps2") {

@@ -1,7 +1,8 @@
 //! Fixed-point benchmark harness: instructions per inference of the q8 and q16 LeNet-300-100
 //! (SysTick under QEMU `-icount shift=0`: instruction counts, not cycles), in
 //! the mean-weights mode and with M = 8 and M = 32 Monte Carlo samples, with flash and RAM.
-//! Runs on every board: Cortex-M0 (micro:bit), M3 (mps2-an385), M4F (mps2-an386).
+//! Runs on every board: Cortex-M0 (micro:bit), M3 (mps2-an385), M4F (mps2-an386). One `bench:`
+//! line per case (`tinybayes_firmware::bench`), read by `scripts/bench-tables.py`.
 #![no_std]
 #![no_main]
 
@@ -10,86 +11,106 @@ use core::num::NonZeroU16;
 use cortex_m_rt::entry;
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro128PlusPlus;
-use tinybayes::fixed::{QModel, QPrediction};
+use tinybayes::fixed::QModel;
 use tinybayes::format::Precision;
 use tinybayes::numeric::FixedPoint;
 use tinybayes::{Engine, Q16, Q8};
 use tinybayes::{InferenceError, Mode};
 use tinybayes_firmware::assets;
-use tinybayes_firmware::clock::Clock;
+use tinybayes_firmware::bench::{measure, Case, Depth, Line};
 use tinybayes_firmware::generated::{
     FIXED_CHUNK, FIXED_Q16_MODEL, FIXED_Q8_MODEL, FIXED_WORKSPACE_WORDS,
 };
 use tinybayes_firmware::platform::{self, Board};
-use tinybayes_firmware::stack::StackProbe;
 
 /// Stack window painted to measure the inference's own stack use (the micro:bit has 16 KB).
 const STACK_WINDOW: usize = 4 * 1024;
 
-/// The measured call, kept out of line so the stack probe sees all of its frames.
-#[inline(never)]
-fn predict_once<const CHUNK: usize, N: FixedPoint>(
-    engine: &mut Engine<'_, '_, CHUNK, N>,
-    pixels: &[u8],
-    mode: Mode,
-    rng: &mut Xoshiro128PlusPlus,
-) -> Result<QPrediction<10>, InferenceError> {
-    engine.predict_u8(pixels, mode, rng)
-}
-
-/// Benchmarks a model with `CHUNK` samples per pass in `WORDS` words of workspace.
+/// Benchmarks a model with `CHUNK` samples per pass in `WORDS` words of workspace: its
+/// validation, then each mode. Validation and inference run in separate frames called from
+/// here one after the other, so the 16 KB micro:bit never holds both stacks at once.
 fn bench_model<const CHUNK: usize, const WORDS: usize>(
     board: &mut Board,
     name: &str,
     bytes: &'static [u8],
 ) -> Result<(), InferenceError> {
-    match QModel::from_bytes(bytes).map(|m| m.precision()) {
-        Ok(Precision::Q16) => bench_in::<CHUNK, WORDS, Q16>(board, name, bytes),
-        _ => bench_in::<CHUNK, WORDS, Q8>(board, name, bytes),
-    }
+    let line = validation_line(board, name, bytes);
+    line.print();
+    bench_parsed::<CHUNK, WORDS>(board, bytes, line)
 }
 
-fn bench_in<const CHUNK: usize, const WORDS: usize, N: FixedPoint>(
+/// Parses the model (validated already) and runs its modes.
+#[inline(never)]
+fn bench_parsed<const CHUNK: usize, const WORDS: usize>(
     board: &mut Board,
-    name: &str,
     bytes: &'static [u8],
+    line: Line<'_>,
 ) -> Result<(), InferenceError> {
-    let start = board.clock.now();
+    let name = line.model;
     let Ok(model) = QModel::from_bytes(bytes) else {
         defmt::error!("{=str} model does not validate", name);
         platform::exit(false)
     };
-    let validate = board.clock.now() - start;
-    defmt::info!(
-        "{=str}: {=usize} weights stored, {=usize} bytes of flash, validation (with CRC) {=u64} instructions",
-        name,
-        model.nnz(),
-        bytes.len(),
-        validate
-    );
+    match model.precision() {
+        Precision::Q16 => bench_modes::<CHUNK, WORDS, Q16>(board, &model, line),
+        _ => bench_modes::<CHUNK, WORDS, Q8>(board, &model, line),
+    }
+}
+
+/// Measures the start-up validation of a model (out of line, and without keeping the parsed
+/// model: only one model value lives on the caller's stack at a time on the 16 KB micro:bit).
+#[inline(never)]
+fn validation_line<'a>(board: &mut Board, name: &'a str, bytes: &'static [u8]) -> Line<'a> {
+    let validation = measure(&mut board.clock, STACK_WINDOW, || {
+        QModel::from_bytes(bytes).map(|model| model.precision())
+    });
+    let Ok(precision) = validation.value else {
+        defmt::error!("{=str} model does not validate", name);
+        platform::exit(false)
+    };
+    Line {
+        model: name,
+        precision,
+        case: Case::Validate,
+        chunk: 0,
+        depth: Depth::All,
+        instructions: validation.instructions,
+        ram_bytes: validation.stack_bytes,
+        flash_bytes: bytes.len(),
+        macs: 0,
+    }
+}
+
+/// Runs one model in the mean-weights mode and with M = 8 and 32 samples (out of line: each
+/// instantiation's workspace lives only in its own frame, not all of them at once in `main`'s).
+#[inline(never)]
+fn bench_modes<const CHUNK: usize, const WORDS: usize, N: FixedPoint>(
+    board: &mut Board,
+    model: &QModel<'_>,
+    line: Line<'_>,
+) -> Result<(), InferenceError> {
     let mut workspace = [0u64; WORDS];
-    let mut engine = Engine::<CHUNK, N>::new(&model, &mut workspace)?;
+    let mut engine = Engine::<CHUNK, N>::new(model, &mut workspace)?;
     let (pixels, _) = assets::image(0);
     for samples in [0u16, 8, 32] {
         let mode = NonZeroU16::new(samples)
             .map_or(Mode::MeanWeights, |samples| Mode::MonteCarlo { samples });
         let mut rng = Xoshiro128PlusPlus::seed_from_u64(1);
-        let probe = StackProbe::paint(STACK_WINDOW);
-        let start = board.clock.now();
-        let p = predict_once(&mut engine, pixels, mode, &mut rng)?;
-        let cost = board.clock.now() - start;
-        let stack = probe.used();
-        defmt::info!(
-            "{=str}, {=str}, M = {=u16}, {=usize} samples per pass: {=u64} instructions; RAM {=usize} B workspace + {=usize} B stack (class {=usize})",
-            name,
-            if samples == 0 { "mean weights" } else { "Monte Carlo" },
-            samples.max(1),
-            CHUNK,
-            cost,
-            model.workspace_bytes(CHUNK),
-            stack,
-            p.class
-        );
+        let run = measure(&mut board.clock, STACK_WINDOW, || {
+            engine.predict_u8::<10>(pixels, mode, &mut rng)
+        });
+        run.value?;
+        Line {
+            case: mode.into(),
+            chunk: CHUNK,
+            instructions: run.instructions,
+            ram_bytes: model.workspace_bytes(CHUNK)
+                + core::mem::size_of::<Engine<'_, '_, CHUNK, N>>()
+                + core::mem::size_of_val(model)
+                + run.stack_bytes,
+            ..line
+        }
+        .print();
     }
     Ok(())
 }
@@ -98,22 +119,19 @@ fn bench_in<const CHUNK: usize, const WORDS: usize, N: FixedPoint>(
 fn main() -> ! {
     let mut board = platform::init();
     defmt::info!(
-        "tinybayes fixed-point bench on {=str}; counts are guest instructions (QEMU -icount), not cycles",
+        "tinybayes fixed-point bench on {=str}; counts are guest instructions (QEMU -icount), not cycles; models/<model>.tbm, MNIST test image 0",
         platform::BOARD_NAME
     );
     for (name, bytes) in [
-        ("LeNet-300-100 q8 (models/lenet300-q8.tbm)", FIXED_Q8_MODEL),
-        (
-            "LeNet-300-100 q16 (models/lenet300-q16.tbm)",
-            FIXED_Q16_MODEL,
-        ),
+        ("lenet300-q8", FIXED_Q8_MODEL),
+        ("lenet300-q16", FIXED_Q16_MODEL),
     ] {
         if let Err(e) = bench_model::<FIXED_CHUNK, FIXED_WORKSPACE_WORDS>(&mut board, name, bytes) {
             defmt::error!("{=str}: {}", name, e);
             platform::exit(false);
         }
     }
-    let lenet5 = "LeNet-5 q8 (models/lenet5-q8.tbm)";
+    let lenet5 = "lenet5-q8";
     #[cfg(tb_lenet5)]
     {
         use tinybayes_firmware::generated::{

@@ -1,7 +1,8 @@
 //! Benchmark harness: instructions per inference (SysTick under QEMU `-icount shift=0`;
 //! these are instruction counts, not cycles), flash and RAM, for the shipped trained
 //! LeNet-300-100 and for seeded synthetic models of the same 784-300-100-10 shape stored sparse
-//! (3% of weights) and dense.
+//! (3% of weights) and dense. One `bench:` line per case (`tinybayes_firmware::bench`), read by
+//! `scripts/bench-tables.py`.
 #![no_std]
 #![no_main]
 
@@ -10,22 +11,22 @@ use core::num::NonZeroU16;
 use cortex_m_rt::entry;
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro128PlusPlus;
-use tinybayes::{Engine, InferenceError, Mode, Model, Prediction};
+use tinybayes::format::Precision;
+use tinybayes::{Engine, InferenceError, Mode, Model};
 use tinybayes_firmware::assets;
-use tinybayes_firmware::clock::Clock;
+use tinybayes_firmware::bench::{measure, Case, Depth, Line};
 #[cfg(tb_board = "mps2-an386")]
 use tinybayes_firmware::generated::BENCH_DENSE;
 #[cfg(not(tb_board = "microbit"))]
 use tinybayes_firmware::generated::BENCH_SPARSE;
 use tinybayes_firmware::generated::{BENCH_DENSE_WORKSPACE_WORDS, DEMO_MODEL};
 use tinybayes_firmware::platform::{self, Board};
-use tinybayes_firmware::stack::StackProbe;
 
 /// Stack window painted to measure the inference's own stack use.
 const STACK_WINDOW: usize = 16 * 1024;
 
 /// Runs one configuration and prints its line. `CHUNK` samples share a pass over the weights.
-fn measure<const CHUNK: usize>(
+fn bench_case<const CHUNK: usize>(
     board: &mut Board,
     name: &str,
     model: &Model<'_>,
@@ -35,63 +36,56 @@ fn measure<const CHUNK: usize>(
     let (pixels, _) = assets::image(0);
     let mut rng = Xoshiro128PlusPlus::seed_from_u64(1);
     let mut engine = Engine::<CHUNK>::new(model, workspace)?;
-    let probe = StackProbe::paint(STACK_WINDOW);
-    let start = board.clock.now();
-    let p = predict_once(&mut engine, pixels, mode, &mut rng)?;
-    let cost = board.clock.now() - start;
-    let stack = probe.used();
-    let (label, samples) = match mode {
-        Mode::MeanWeights => ("mean weights", 1),
-        Mode::MonteCarlo { samples } => ("Monte Carlo", samples.get()),
-    };
-    defmt::info!(
-        "{=str} model, {=str}, M = {=u16}, {=usize} samples per pass: {=u64} {=str}; RAM {=usize} B workspace + {=usize} B engine + {=usize} B stack (class {=usize})",
-        name,
-        label,
-        samples,
-        CHUNK,
-        cost,
-        unit(&board.clock),
-        tinybayes::Plan::new(model, CHUNK).workspace_bytes(),
-        core::mem::size_of::<Engine<'_, '_, CHUNK>>(),
-        stack,
-        p.class
-    );
+    let run = measure(&mut board.clock, STACK_WINDOW, || {
+        engine.predict_u8::<10>(pixels, mode, &mut rng)
+    });
+    run.value?;
+    Line {
+        model: name,
+        precision: Precision::F32,
+        case: mode.into(),
+        chunk: CHUNK,
+        depth: Depth::All,
+        instructions: run.instructions,
+        ram_bytes: tinybayes::Plan::new(model, CHUNK).workspace_bytes()
+            + core::mem::size_of::<Engine<'_, '_, CHUNK>>()
+            + core::mem::size_of_val(model)
+            + run.stack_bytes,
+        flash_bytes: model.as_bytes().len(),
+        macs: 0,
+    }
+    .print();
     Ok(())
 }
 
-/// The measured call, kept out of line so the stack probe sees all of its frames.
-#[inline(never)]
-fn predict_once<const CHUNK: usize>(
-    engine: &mut Engine<'_, '_, CHUNK>,
-    pixels: &[u8],
-    mode: Mode,
-    rng: &mut Xoshiro128PlusPlus,
-) -> Result<Prediction<10>, InferenceError> {
-    engine.predict_u8(pixels, mode, rng)
-}
-
-/// Name of a clock's unit, for the report lines.
-fn unit<C: Clock>(_: &C) -> &'static str {
-    C::UNIT
-}
-
 fn bench_model(board: &mut Board, name: &str, bytes: &'static [u8]) -> Result<(), InferenceError> {
-    let start = board.clock.now();
-    let Ok(model) = Model::from_bytes(bytes) else {
+    let validation = measure(&mut board.clock, STACK_WINDOW, || {
+        Model::from_bytes(bytes).is_ok()
+    });
+    // Measured above without returning the model (its value would sit in the caller's frame).
+    let model = Model::from_bytes(bytes);
+    let (true, Ok(model)) = (validation.value, model) else {
         defmt::error!("{=str} benchmark model does not validate", name);
         platform::exit(false)
     };
-    let validate = board.clock.now() - start;
     defmt::info!(
-        "{=str} model: {=usize} of {=usize} weights stored, {=usize} bytes of flash, validation (with CRC) {=u64} {=str}",
+        "{=str}: {=usize} of {=usize} weights stored",
         name,
         model.nnz(),
-        model.dense_params(),
-        bytes.len(),
-        validate,
-        unit(&board.clock)
+        model.dense_params()
     );
+    Line {
+        model: name,
+        precision: Precision::F32,
+        case: Case::Validate,
+        chunk: 0,
+        depth: Depth::All,
+        instructions: validation.instructions,
+        ram_bytes: validation.stack_bytes,
+        flash_bytes: bytes.len(),
+        macs: 0,
+    }
+    .print();
     let mut workspace = [0.0f32; BENCH_DENSE_WORKSPACE_WORDS];
     let m8 = Mode::MonteCarlo {
         samples: NonZeroU16::new(8).unwrap_or(NonZeroU16::MIN),
@@ -99,11 +93,11 @@ fn bench_model(board: &mut Board, name: &str, bytes: &'static [u8]) -> Result<()
     let m32 = Mode::MonteCarlo {
         samples: NonZeroU16::new(32).unwrap_or(NonZeroU16::MIN),
     };
-    measure::<1>(board, name, &model, Mode::MeanWeights, &mut workspace)?;
-    measure::<8>(board, name, &model, m8, &mut workspace)?;
-    measure::<4>(board, name, &model, m32, &mut workspace)?;
-    measure::<8>(board, name, &model, m32, &mut workspace)?;
-    measure::<32>(board, name, &model, m32, &mut workspace)?;
+    bench_case::<1>(board, name, &model, Mode::MeanWeights, &mut workspace)?;
+    bench_case::<8>(board, name, &model, m8, &mut workspace)?;
+    bench_case::<4>(board, name, &model, m32, &mut workspace)?;
+    bench_case::<8>(board, name, &model, m32, &mut workspace)?;
+    bench_case::<32>(board, name, &model, m32, &mut workspace)?;
     Ok(())
 }
 
@@ -111,26 +105,23 @@ fn bench_model(board: &mut Board, name: &str, bytes: &'static [u8]) -> Result<()
 fn main() -> ! {
     let mut board = platform::init();
     defmt::info!(
-        "tinybayes bench on {=str}; counts are guest instructions (QEMU -icount), not cycles",
+        "tinybayes bench on {=str}; counts are guest instructions (QEMU -icount), not cycles; lenet300 is models/lenet300.tbm, synthetic-sparse/-dense seeded 784-300-100-10 networks (3% / all weights stored); MNIST test image 0",
         platform::BOARD_NAME
     );
     // The dense Gaussian model takes 2.1 MB: it fits the 4 MB of mps2-an386 only.
     #[cfg(tb_board = "mps2-an386")]
     let models = [
-        ("LeNet-300-100 (trained, models/lenet300.tbm)", DEMO_MODEL),
-        ("synthetic sparse", BENCH_SPARSE),
-        ("synthetic dense", BENCH_DENSE),
+        ("lenet300", DEMO_MODEL),
+        ("synthetic-sparse", BENCH_SPARSE),
+        ("synthetic-dense", BENCH_DENSE),
     ];
     #[cfg(not(any(tb_board = "mps2-an386", tb_board = "microbit")))]
-    let models = [
-        ("LeNet-300-100 (trained, models/lenet300.tbm)", DEMO_MODEL),
-        ("synthetic sparse", BENCH_SPARSE),
-    ];
+    let models = [("lenet300", DEMO_MODEL), ("synthetic-sparse", BENCH_SPARSE)];
     // The micro:bit's 256 KB of flash hold the trained model with the soft-float engine; the
     // 83 KB synthetic one does not fit beside them (f32 on the M0 is for comparison only: its
     // product path is fixed point, `bench-fixed`).
     #[cfg(tb_board = "microbit")]
-    let models = [("LeNet-300-100 (trained, models/lenet300.tbm)", DEMO_MODEL)];
+    let models = [("lenet300", DEMO_MODEL)];
     for (name, bytes) in models {
         if let Err(e) = bench_model(&mut board, name, bytes) {
             defmt::error!("{=str}: {}", name, e);

@@ -3,7 +3,8 @@
 //! embedded digits with the exact joint-mode halting policy (decided in UQ16), each with the
 //! depth it used. Counts are guest instructions under QEMU `-icount shift=0` (BENCHMARKS.md),
 //! not cycles. Runs on the MPS2 boards, whose RAM holds the workspace (cfg `tb_resnet_q8`);
-//! elsewhere it says how much it would need.
+//! elsewhere it says how much it would need. One `bench:` line per measured case
+//! (`tinybayes_firmware::bench`), read by `scripts/bench-tables.py`.
 #![no_std]
 #![no_main]
 
@@ -17,29 +18,18 @@ mod run {
     use rand_core::SeedableRng;
     use rand_xoshiro::Xoshiro128PlusPlus;
     use tinybayes::early_exit::Halting;
+    use tinybayes::format::Precision;
     use tinybayes::{Engine, InferenceError, Mode, QExitPrediction, QModel, Q8};
     use tinybayes_firmware::assets;
+    use tinybayes_firmware::bench::{measure, Case, Depth, Line};
     use tinybayes_firmware::clock::Clock;
     use tinybayes_firmware::generated::{
         FIXED_SEED_BASE, RESNET_CHUNK, RESNET_Q8_MODEL, RESNET_SAMPLES, RESNET_WORKSPACE_WORDS,
     };
     use tinybayes_firmware::platform::{self, Board};
-    use tinybayes_firmware::stack::StackProbe;
 
     /// Stack window painted to measure the inference's own stack use.
     const STACK_WINDOW: usize = 16 * 1024;
-
-    /// The measured call, kept out of line so the stack probe sees all of its frames.
-    #[inline(never)]
-    fn predict_once(
-        engine: &mut Engine<'_, '_, RESNET_CHUNK, Q8>,
-        pixels: &[u8],
-        mode: Mode,
-        halting: Halting<'_>,
-        rng: &mut Xoshiro128PlusPlus,
-    ) -> Result<QExitPrediction<10>, InferenceError> {
-        engine.predict_u8_early_exit(pixels, mode, halting, rng)
-    }
 
     fn bench(board: &mut Board, model: &QModel<'_>) -> Result<(), InferenceError> {
         let mc = Mode::MonteCarlo {
@@ -48,45 +38,38 @@ mod run {
         let mut workspace = [0u64; RESNET_WORKSPACE_WORDS];
         let mut engine = Engine::<RESNET_CHUNK, Q8>::new(model, &mut workspace)?;
         let (pixels, _) = assets::image(0);
-        let mut stack = 0;
         for depth in 1..=model.exit_count() {
-            for (label, mode) in [("mean weights", Mode::MeanWeights), ("M = 8", mc)] {
+            for mode in [Mode::MeanWeights, mc] {
                 let mut rng = Xoshiro128PlusPlus::seed_from_u64(1);
-                let probe = StackProbe::paint(STACK_WINDOW);
-                let start = board.clock.now();
-                let p = predict_once(
-                    &mut engine,
-                    pixels,
-                    mode,
-                    Halting::Depth { exits: depth },
-                    &mut rng,
-                )?;
-                let cost = board.clock.now() - start;
-                stack = stack.max(probe.used());
-                defmt::info!(
-                    "depth {=usize} ({=str}): {=u64} instructions, {=usize} MACs per sample (class {=usize})",
-                    depth,
-                    label,
-                    cost,
-                    p.macs,
-                    p.prediction.class
-                );
+                let halting = Halting::Depth { exits: depth };
+                let run = measure(&mut board.clock, STACK_WINDOW, || {
+                    engine.predict_u8_early_exit::<10>(pixels, mode, halting, &mut rng)
+                });
+                let p = run.value?;
+                Line {
+                    model: "resnet-ee-q8",
+                    precision: Precision::Q8,
+                    case: mode.into(),
+                    chunk: RESNET_CHUNK,
+                    depth: Depth::Exits(depth),
+                    instructions: run.instructions,
+                    ram_bytes: model.workspace_bytes(RESNET_CHUNK)
+                        + core::mem::size_of::<Engine<'_, '_, RESNET_CHUNK, Q8>>()
+                        + core::mem::size_of_val(model)
+                        + run.stack_bytes,
+                    flash_bytes: RESNET_Q8_MODEL.len(),
+                    macs: p.macs,
+                }
+                .print();
             }
         }
-        defmt::info!(
-            "RAM: {=usize} B workspace ({=usize} samples per pass) + {=usize} B stack",
-            model.workspace_bytes(RESNET_CHUNK),
-            RESNET_CHUNK,
-            stack
-        );
         let mut depths = 0;
         let mut correct = 0;
         for i in 0..assets::IMAGE_COUNT {
             let (pixels, label) = assets::image(i);
             let mut rng = Xoshiro128PlusPlus::seed_from_u64(FIXED_SEED_BASE + i as u64);
             let start = board.clock.now();
-            let p = predict_once(
-                &mut engine,
+            let p: QExitPrediction<10> = engine.predict_u8_early_exit(
                 pixels,
                 mc,
                 Halting::JointMode { prior: None },
@@ -119,18 +102,30 @@ mod run {
     }
 
     pub fn main(board: &mut Board) -> bool {
-        let start = board.clock.now();
-        let Ok(model) = QModel::from_bytes(RESNET_Q8_MODEL) else {
+        let validation = measure(&mut board.clock, STACK_WINDOW, || {
+            QModel::from_bytes(RESNET_Q8_MODEL).is_ok()
+        });
+        // Measured above without returning the model (its value would sit in the caller's frame).
+        let (true, Ok(model)) = (validation.value, QModel::from_bytes(RESNET_Q8_MODEL)) else {
             defmt::error!("the q8 early-exit model does not validate");
             return false;
         };
-        let validate = board.clock.now() - start;
+        Line {
+            model: "resnet-ee-q8",
+            precision: Precision::Q8,
+            case: Case::Validate,
+            chunk: 0,
+            depth: Depth::All,
+            instructions: validation.instructions,
+            ram_bytes: validation.stack_bytes,
+            flash_bytes: RESNET_Q8_MODEL.len(),
+            macs: 0,
+        }
+        .print();
         defmt::info!(
-            "{=usize} exits, {=usize} weights stored, {=usize} bytes of flash, validation (with CRC) {=u64} instructions",
+            "{=usize} exits, {=usize} weights stored",
             model.exit_count(),
-            model.nnz(),
-            RESNET_Q8_MODEL.len(),
-            validate
+            model.nnz()
         );
         match bench(board, &model) {
             Ok(()) => true,

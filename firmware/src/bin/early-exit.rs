@@ -1,7 +1,8 @@
 //! The early-exit ResNet on the device: instructions per exit depth (a fixed depth budget of
 //! 1, 2, ... blocks, mean weights and 8 Monte Carlo samples), then the ten embedded digits
 //! with the exact joint-mode halting policy, each with the depth it used. Counts are guest
-//! instructions under QEMU `-icount shift=0` (BENCHMARKS.md), not cycles.
+//! instructions under QEMU `-icount shift=0` (BENCHMARKS.md), not cycles. One `bench:` line per
+//! measured case (`tinybayes_firmware::bench`), read by `scripts/bench-tables.py`.
 #![no_std]
 #![no_main]
 
@@ -11,8 +12,10 @@ use cortex_m_rt::entry;
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro128PlusPlus;
 use tinybayes::early_exit::{ExitPrediction, Halting};
+use tinybayes::format::Precision;
 use tinybayes::{Engine, InferenceError, Mode, Model};
 use tinybayes_firmware::assets;
+use tinybayes_firmware::bench::{measure, Case, Depth, Line};
 use tinybayes_firmware::clock::Clock;
 use tinybayes_firmware::generated::{EE_CHUNK, EE_MODEL, EE_MODEL_DESCRIPTION, EE_WORKSPACE_WORDS};
 use tinybayes_firmware::platform::{self, Board};
@@ -27,28 +30,35 @@ const MC: Mode = Mode::MonteCarlo {
     },
 };
 
+/// Stack window painted to measure the inference's own stack use.
+const STACK_WINDOW: usize = 16 * 1024;
+
 fn run(board: &mut Board, model: &Model<'_>, workspace: &mut [f32]) -> Result<(), InferenceError> {
     let mut engine = Engine::<EE_CHUNK>::new(model, workspace)?;
     let (pixels, _) = assets::image(0);
     for depth in 1..=model.exit_count() {
-        for (label, mode) in [("mean weights", Mode::MeanWeights), ("M = 8", MC)] {
+        for mode in [Mode::MeanWeights, MC] {
             let mut rng = Xoshiro128PlusPlus::seed_from_u64(1);
-            let start = board.clock.now();
-            let p: ExitPrediction<10> = engine.predict_u8_early_exit(
-                pixels,
-                mode,
-                Halting::Depth { exits: depth },
-                &mut rng,
-            )?;
-            let cost = board.clock.now() - start;
-            defmt::info!(
-                "depth {=usize} ({=str}): {=u64} instructions, {=usize} MACs per sample (class {=usize})",
-                depth,
-                label,
-                cost,
-                p.macs,
-                p.prediction.class
-            );
+            let halting = Halting::Depth { exits: depth };
+            let run = measure(&mut board.clock, STACK_WINDOW, || {
+                engine.predict_u8_early_exit::<10>(pixels, mode, halting, &mut rng)
+            });
+            let p = run.value?;
+            Line {
+                model: "resnet-ee",
+                precision: Precision::F32,
+                case: mode.into(),
+                chunk: EE_CHUNK,
+                depth: Depth::Exits(depth),
+                instructions: run.instructions,
+                ram_bytes: tinybayes::Plan::new(model, EE_CHUNK).workspace_bytes()
+                    + core::mem::size_of::<Engine<'_, '_, EE_CHUNK>>()
+                    + core::mem::size_of_val(model)
+                    + run.stack_bytes,
+                flash_bytes: EE_MODEL.len(),
+                macs: p.macs,
+            }
+            .print();
         }
     }
     let mut depths = 0;
@@ -97,10 +107,26 @@ fn main() -> ! {
         platform::BOARD_NAME,
         EE_MODEL_DESCRIPTION
     );
-    let Ok(model) = Model::from_bytes(EE_MODEL) else {
+    let validation = measure(&mut board.clock, STACK_WINDOW, || {
+        Model::from_bytes(EE_MODEL).is_ok()
+    });
+    // Measured above without returning the model (its value would sit in the caller's frame).
+    let (true, Ok(model)) = (validation.value, Model::from_bytes(EE_MODEL)) else {
         defmt::error!("the early-exit model does not validate");
         platform::exit(false)
     };
+    Line {
+        model: "resnet-ee",
+        precision: Precision::F32,
+        case: Case::Validate,
+        chunk: 0,
+        depth: Depth::All,
+        instructions: validation.instructions,
+        ram_bytes: validation.stack_bytes,
+        flash_bytes: EE_MODEL.len(),
+        macs: 0,
+    }
+    .print();
     defmt::info!(
         "{=usize} exits, {=usize} weights stored, {=usize} bytes of flash, {=usize} bytes of workspace for M = {=u16}, {=usize} sample per pass",
         model.exit_count(),
