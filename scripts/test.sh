@@ -2,7 +2,8 @@
 # Every check: formatting, lints, host tests, no_std builds for four Cortex-M targets, the
 # real-board build, on-target tests in QEMU on the Cortex-M4F, M3 and M0 (host/device
 # parity, including all 10,000 MNIST test images in fixed point), the no-float check of the
-# fixed-point firmware, and the demos and benchmarks in QEMU. Installs what it needs first. Exits non-zero on the first failure.
+# fixed-point firmware, the demos and benchmarks in QEMU (bench lines checked against
+# BENCHMARKS.md's generated tables). Installs what it needs first. Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -65,13 +66,16 @@ cargo demo
 cargo demo-m0
 cargo demo-m3
 
-step "benchmark harnesses in QEMU"
-cargo bench-m4
-cargo bench-fixed-m0
-cargo bench-fixed-m3
-cargo bench-fixed-m4
-cargo early-exit-m4
-cargo early-exit-fixed-m3
+step "benchmark harnesses in QEMU; their bench lines against benches/device.txt and BENCHMARKS.md"
+benchlog=$(mktemp)
+trap 'rm -f "$log" "$benchlog"' EXIT
+cargo bench-m4 2>&1 | tee "$benchlog"
+cargo bench-fixed-m0 2>&1 | tee -a "$benchlog"
+cargo bench-fixed-m3 2>&1 | tee -a "$benchlog"
+cargo bench-fixed-m4 2>&1 | tee -a "$benchlog"
+cargo early-exit-m4 2>&1 | tee -a "$benchlog"
+cargo early-exit-fixed-m3 2>&1 | tee -a "$benchlog"
+python3 scripts/bench-tables.py --check "$benchlog"
 
 step "all checks passed"
 # One closing line over every test run above: cargo's "N passed; M failed" lines and
