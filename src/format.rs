@@ -47,6 +47,10 @@ pub const MAX_CLASSES: usize = 1024;
 /// The CRC used over the file: CRC-32/ISO-HDLC (the zlib / PNG / Ethernet CRC).
 pub const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 
+/// [`CRC32`] of `bytes`, computed four bytes at a time (what validation and the writers use;
+/// the same value as `CRC32.checksum(bytes)`).
+pub use crate::checksum::crc32;
+
 /// Byte offsets of the header fields.
 pub(crate) mod header {
     pub const MAGIC: usize = 0;

@@ -39,6 +39,7 @@ extern crate alloc;
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
+mod checksum;
 pub mod digest;
 pub mod early_exit;
 mod engine;

@@ -306,7 +306,7 @@ impl Envelope {
         }
         let body_end = len - TRAILER_LEN;
         let stored = u32_at(bytes, body_end);
-        let computed = format::CRC32.checksum(&bytes[..body_end]);
+        let computed = format::crc32(&bytes[..body_end]);
         if stored != computed {
             return Err(ModelError::CrcMismatch { stored, computed });
         }
@@ -810,10 +810,16 @@ fn parse_layer<'a>(
         | Weights::Conv { values, .. } => values,
         Weights::None => &[],
     };
-    if !bias.iter().chain(values).all(|v| v.is_finite()) {
+    let gaussian = posterior == Posterior::Gaussian;
+    let (finite, negative_variance) = if gaussian {
+        check_gaussian_records(values)
+    } else {
+        (all_finite(values), false)
+    };
+    if !all_finite(bias) || !finite {
         return Err(ModelError::NonFinite { layer });
     }
-    if posterior == Posterior::Gaussian && values.chunks_exact(2).any(|w| w[1] < 0.0) {
+    if negative_variance {
         return Err(ModelError::NegativeVariance { layer });
     }
     let layer = Layer {
@@ -828,6 +834,41 @@ fn parse_layer<'a>(
         exit_prior,
     };
     Ok((layer, out_shape))
+}
+
+/// An f32's exponent field.
+const EXPONENT: u32 = 0x7F80_0000;
+/// One in the exponent field's lowest bit.
+const EXPONENT_ONE: u32 = 0x0080_0000;
+
+/// A value's exponent field plus one: its sign bit is set exactly when the value is infinite
+/// or NaN (then the field is all ones and the carry reaches the sign bit); the other bits
+/// are below it, so an OR over many values keeps the answer in its sign bit.
+fn exponent_carry(v: f32) -> u32 {
+    (v.to_bits() & EXPONENT) + EXPONENT_ONE
+}
+
+/// Whether every value is finite, by its bits. No early exit: validation reads every weight
+/// of a model that passes (three integer instructions per value instead of a float
+/// comparison and a branch each). Out of line, so the loop gets the registers.
+#[inline(never)]
+fn all_finite(values: &[f32]) -> bool {
+    values.iter().fold(0, |acc, &v| acc | exponent_carry(v)) & 0x8000_0000 == 0
+}
+
+/// One pass over a Gaussian layer's `[mean, variance]` records: (every value finite, some
+/// variance below zero). As unsigned bits, `-0.0` (`0x8000_0000`) and the non-negative
+/// values are at most `0x8000_0000`; a negative finite number is above it (a NaN is
+/// reported as not finite first).
+#[inline(never)]
+fn check_gaussian_records(records: &[f32]) -> (bool, bool) {
+    let (carries, largest) = records
+        .chunks_exact(2)
+        .fold((0, 0), |(carries, largest), w| {
+            let carries = carries | exponent_carry(w[0]) | exponent_carry(w[1]);
+            (carries, largest.max(w[1].to_bits()))
+        });
+    (carries & 0x8000_0000 == 0, largest > 0x8000_0000)
 }
 
 /// Pointers, indices and weight records of a compressed sparse payload.
@@ -857,7 +898,7 @@ fn compressed(
     at += padded;
     let values: &[f32] = cast(bytes, at, nnz * words * 4, layer)?;
     check_rows(pointers, nnz, layer)?;
-    check_sparse_columns(pointers, indices, |c| (c as usize) < index_limit, layer)?;
+    check_sparse_indices(pointers, indices, index_limit, layer)?;
     Ok((pointers, indices, values))
 }
 
@@ -932,6 +973,33 @@ pub(crate) fn check_rows(row_ptr: &[u32], nnz: usize, layer: usize) -> Result<()
     Ok(())
 }
 
+/// Within every line of a compressed payload (`pointers` checked by [`check_rows`]),
+/// indices are strictly increasing and below `limit`. A line that increases needs only its
+/// last index compared with the limit, and the order is tested without an early exit (a
+/// compare and a flag per index); a failure is located by [`check_sparse_columns`], so the
+/// error is the same.
+fn check_sparse_indices(
+    pointers: &[u32],
+    indices: &[u16],
+    limit: usize,
+    layer: usize,
+) -> Result<(), ModelError> {
+    let mut bad = false;
+    for pair in pointers.windows(2) {
+        let Some(line) = indices.get(pair[0] as usize..pair[1] as usize) else {
+            return Err(ModelError::BadRowPointers { layer });
+        };
+        if let Some((&last, _)) = line.split_last() {
+            let unordered = line.windows(2).fold(false, |u, w| u | (w[0] >= w[1]));
+            bad |= unordered | (usize::from(last) >= limit);
+        }
+    }
+    if bad {
+        check_sparse_columns(pointers, indices, |c| usize::from(c) < limit, layer)?;
+    }
+    Ok(())
+}
+
 /// Within every row, indices are strictly increasing and each passes `in_range`.
 pub(crate) fn check_sparse_columns<T: Copy + PartialOrd>(
     row_ptr: &[u32],
@@ -952,4 +1020,69 @@ pub(crate) fn check_sparse_columns<T: Copy + PartialOrd>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{all_finite, check_gaussian_records, check_sparse_columns, check_sparse_indices};
+
+    /// Special and ordinary values, including both zeros, subnormals and every class of
+    /// non-finite value.
+    const SPECIAL: [f32; 14] = [
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        f32::MIN_POSITIVE,
+        -f32::MIN_POSITIVE,
+        1.0e-45,
+        -1.0e-45,
+        f32::MAX,
+        f32::MIN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        -f32::NAN,
+    ];
+
+    #[test]
+    fn bit_checks_agree_with_float_comparisons() {
+        for &a in &SPECIAL {
+            for &b in &SPECIAL {
+                let pair = [a, b];
+                assert_eq!(all_finite(&pair), a.is_finite() && b.is_finite(), "{a} {b}");
+                let (finite, negative) = check_gaussian_records(&pair);
+                assert_eq!(finite, a.is_finite() && b.is_finite(), "{a} {b}");
+                if finite {
+                    assert_eq!(negative, b < 0.0, "{a} {b}");
+                }
+            }
+        }
+        // Many records: a single bad one anywhere is seen.
+        let mut records = [0.5f32; 64];
+        assert_eq!(check_gaussian_records(&records), (true, false));
+        records[37] = -2.0;
+        assert_eq!(check_gaussian_records(&records), (true, true));
+        records[36] = f32::NAN;
+        assert!(!check_gaussian_records(&records).0);
+    }
+
+    #[test]
+    fn sparse_index_check_agrees_with_the_exact_scan() {
+        let pointers = [0u32, 3, 3, 5];
+        let cases: [[u16; 5]; 5] = [
+            [0, 2, 9, 1, 4],
+            [0, 2, 10, 1, 4],
+            [0, 2, 2, 1, 4],
+            [3, 2, 9, 1, 4],
+            [0, 2, 9, 4, 4],
+        ];
+        for indices in &cases {
+            let fast = check_sparse_indices(&pointers, indices, 10, 1);
+            let exact = check_sparse_columns(&pointers, indices, |c| c < 10, 1);
+            assert_eq!(fast, exact, "{indices:?}");
+        }
+        assert!(check_sparse_indices(&pointers, &cases[0], 10, 1).is_ok());
+        assert!(check_sparse_indices(&pointers, &cases[1], 10, 1).is_err());
+    }
 }

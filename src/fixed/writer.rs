@@ -260,7 +260,7 @@ impl QModelSpec {
         })?;
         out.extend_from_slice(&records);
         out.extend_from_slice(&payloads);
-        let crc = format::CRC32.checksum(&out);
+        let crc = format::crc32(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         let buffer = ModelBuffer::from_bytes(&out);
         QModel::from_bytes(buffer.as_bytes())?;
