@@ -41,24 +41,41 @@ fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("manifest dir"));
 
     // The board: the nRF52840-DK feature, or under QEMU the board that emulates the target's
-    // core: mps2-an386 for the M4F, mps2-an385 for the M3, micro:bit for the M0.
-    // `TINYBAYES_QEMU_BOARD` overrides the emulated board (firmware/boards/m0-on-mps2-an385.toml
-    // runs the Cortex-M0's ARMv6-M code on the mps2-an385, whose 4 MB of RAM hold the larger
-    // models: ARMv6-M is a subset of ARMv7-M, so the instructions counted are the M0's).
+    // core: mps2-an386 for the M4F, mps2-an385 for the M3, micro:bit for the M0, mps2-an505
+    // for the M33. `TINYBAYES_QEMU_BOARD` overrides the emulated board: the Cortex-M7
+    // (mps2-an500, firmware/boards/m7-mps2-an500.toml) runs the M4F's thumbv7em code, and
+    // firmware/boards/m0-on-mps2-an385.toml runs the Cortex-M0's ARMv6-M code on the
+    // mps2-an385, whose 4 MB of RAM hold the larger models (ARMv6-M is a subset of ARMv7-M, so
+    // the instructions counted are the M0's).
     println!("cargo::rerun-if-env-changed=TINYBAYES_QEMU_BOARD");
     let target = env::var("TARGET").unwrap_or_default();
     let qemu_board = env::var("TINYBAYES_QEMU_BOARD").ok();
     let board = if env::var_os("CARGO_FEATURE_NRF52840DK").is_some() {
         "nrf52840dk"
     } else if let Some(board) = qemu_board.as_deref() {
+        // The M7 and M33 boards run only their core's code (the others: see above).
         match board {
             "mps2-an385" | "mps2-an386" | "microbit" => board,
-            _ => panic!("TINYBAYES_QEMU_BOARD={board}: not mps2-an385, mps2-an386 or microbit"),
+            "mps2-an500" if target.starts_with("thumbv7em") => board,
+            "mps2-an505" if target.starts_with("thumbv8m.main") => board,
+            "mps2-an500" | "mps2-an505" => {
+                let code = match board {
+                    "mps2-an500" => "thumbv7em",
+                    _ => "thumbv8m.main",
+                };
+                panic!("TINYBAYES_QEMU_BOARD={board} runs {code} code, not {target}")
+            }
+            _ => panic!(
+                "TINYBAYES_QEMU_BOARD={board}: not mps2-an385, mps2-an386, mps2-an500, \
+                 mps2-an505 or microbit"
+            ),
         }
     } else if target.starts_with("thumbv6m") {
         "microbit"
     } else if target.starts_with("thumbv7m") {
         "mps2-an385"
+    } else if target.starts_with("thumbv8m.main") {
+        "mps2-an505"
     } else {
         "mps2-an386"
     };
@@ -70,7 +87,7 @@ fn main() {
     println!("cargo::rustc-link-search={}", out.display());
     println!("cargo::rerun-if-changed=memory");
     println!(
-        "cargo::rustc-check-cfg=cfg(tb_board, values(\"nrf52840dk\", \"microbit\", \"mps2-an385\", \"mps2-an386\"))"
+        "cargo::rustc-check-cfg=cfg(tb_board, values(\"nrf52840dk\", \"microbit\", \"mps2-an385\", \"mps2-an386\", \"mps2-an500\", \"mps2-an505\"))"
     );
     println!("cargo::rustc-cfg=tb_board=\"{board}\"");
     // The core whose instruction set the image holds: the `core=` field of the bench lines.

@@ -1,9 +1,10 @@
-//! QEMU boards: mps2-an386 (Cortex-M4F), mps2-an385 (Cortex-M3) and the BBC micro:bit
-//! (Cortex-M0), chosen by the build target. SysTick counts instructions under
-//! `-icount shift=0` (one instruction per nanosecond against the board's core clock: 40 per tick
-//! at the MPS2's 25 MHz, 62.5 at the micro:bit's 16 MHz), a memory-mapped output bit stands in
-//! for an LED (the MPS2 FPGA I/O LED register, the nRF51 GPIO OUT register), and semihosting
-//! carries defmt and the exit code.
+//! QEMU boards: mps2-an386 (Cortex-M4F), mps2-an385 (Cortex-M3), mps2-an500 (Cortex-M7),
+//! mps2-an505 (Cortex-M33, run in Secure state) and the BBC micro:bit (Cortex-M0), chosen by the
+//! build target or by `TINYBAYES_QEMU_BOARD` (firmware/build.rs). SysTick counts instructions
+//! under `-icount shift=0` (one instruction per nanosecond against the board's core clock: 40
+//! per tick at the MPS2's 25 MHz, 50 at the AN505's 20 MHz, 62.5 at the micro:bit's 16 MHz), a
+//! memory-mapped output bit stands in for an LED (the MPS2 FPGA I/O LED register, the nRF51
+//! GPIO OUT register), and semihosting carries defmt and the exit code.
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -29,17 +30,31 @@ pub const BOARD_NAME: &str =
 /// Name of the board, for logs.
 #[cfg(tb_board = "microbit")]
 pub const BOARD_NAME: &str = "QEMU micro:bit (Cortex-M0, no FPU, 16 KB RAM)";
+/// Name of the board, for logs.
+#[cfg(tb_board = "mps2-an500")]
+pub const BOARD_NAME: &str = "QEMU mps2-an500 (Cortex-M7, running the M4F's thumbv7em code)";
+/// Name of the board, for logs.
+#[cfg(tb_board = "mps2-an505")]
+pub const BOARD_NAME: &str = "QEMU mps2-an505 (Cortex-M33, Secure state)";
 
+/// The core clock in MHz: SysTick counts it, and under `-icount shift=0` an instruction takes
+/// one nanosecond, so a tick is 1000 / MHz instructions.
+#[cfg(not(any(tb_board = "microbit", tb_board = "mps2-an505")))]
+const CORE_CLOCK_MHZ: u32 = 25;
+#[cfg(tb_board = "mps2-an505")]
+const CORE_CLOCK_MHZ: u32 = 20;
+#[cfg(tb_board = "microbit")]
+const CORE_CLOCK_MHZ: u32 = 16;
 /// Instructions per SysTick tick under `-icount shift=0`, times two (the micro:bit's 62.5 is
 /// not an integer).
-#[cfg(not(tb_board = "microbit"))]
-const TWICE_INSTRUCTIONS_PER_TICK: u64 = 80;
-#[cfg(tb_board = "microbit")]
-const TWICE_INSTRUCTIONS_PER_TICK: u64 = 125;
+const TWICE_INSTRUCTIONS_PER_TICK: u64 = 2000 / CORE_CLOCK_MHZ as u64;
 const SYSTICK_RELOAD: u32 = 0x00ff_ffff;
-/// The LED: FPGA I/O LED0 on the MPS2 boards, the nRF51 GPIO OUT register on the micro:bit.
-#[cfg(not(tb_board = "microbit"))]
+/// The LED: FPGA I/O LED0 on the MPS2 boards (on the AN505 at 0x50302000, the Secure alias of
+/// its FPGA I/O block at 0x40302000), the nRF51 GPIO OUT register on the micro:bit.
+#[cfg(not(any(tb_board = "microbit", tb_board = "mps2-an505")))]
 const LED_REGISTER: usize = 0x4002_8000;
+#[cfg(tb_board = "mps2-an505")]
+const LED_REGISTER: usize = 0x5030_2000;
 #[cfg(tb_board = "microbit")]
 const LED_REGISTER: usize = 0x5000_0504;
 
@@ -121,12 +136,12 @@ impl OutputPin for FpgaLed {
     }
 }
 
-/// Busy-wait delay at the emulated 25 MHz core clock.
+/// Busy-wait delay at the emulated core clock.
 pub struct SpinDelay;
 
 impl DelayNs for SpinDelay {
     fn delay_ns(&mut self, ns: u32) {
-        cortex_m::asm::delay(ns / 40 + 1);
+        cortex_m::asm::delay(ns / (1000 / CORE_CLOCK_MHZ) + 1);
     }
 }
 
