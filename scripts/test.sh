@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every check: formatting, lints, host tests, no_std builds for four Cortex-M targets, the
 # real-board build, on-target tests in QEMU on the Cortex-M4F, M3 and M0 (host/device
-# parity, including all 10,000 MNIST test images in fixed point), the no-float check of the
-# fixed-point firmware, the demos and benchmarks in QEMU (bench lines checked against
-# BENCHMARKS.md's generated tables). Installs what it needs first. Exits non-zero on the first failure.
+# parity, including all 10,000 MNIST test images in fixed point) and on the Cortex-M7
+# (mps2-an500) and M33 (mps2-an505), f32 and fixed point, the no-float check of the
+# fixed-point firmware, and the demos and benchmarks in QEMU (benchmarks on the M7 and M33
+# too; bench lines checked against BENCHMARKS.md's generated tables). Installs what it needs first. Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -20,6 +21,12 @@ cargo clippy -p tinybayes -p tinybayes-host-tools --all-targets -- -D warnings
 cargo clippy -p tinybayes-firmware --target thumbv7em-none-eabihf --all-targets -- -D warnings
 cargo clippy -p tinybayes-firmware --target thumbv7m-none-eabi --all-targets -- -D warnings
 cargo clippy -p tinybayes-firmware --target thumbv6m-none-eabi --all-targets -- -D warnings
+# The M7 and M33 lints in the profiles their on-target tests build in, so that both share one
+# run of the firmware's build script.
+cargo clippy --config firmware/boards/m7-mps2-an500.toml -p tinybayes-firmware --profile m7 \
+    --target thumbv7em-none-eabihf --all-targets -- -D warnings
+cargo clippy -p tinybayes-firmware --release --target thumbv8m.main-none-eabihf --all-targets \
+    -- -D warnings
 cargo clippy -p tinybayes-firmware --target thumbv7em-none-eabihf --no-default-features \
     --features nrf52840dk --bins -- -D warnings
 
@@ -52,6 +59,12 @@ cargo test-m0 2>&1 | tee -a "$log"
 cargo test-m3 2>&1 | tee -a "$log"
 cargo test-fixed-m4 2>&1 | tee -a "$log"
 
+step "on-target tests in QEMU on the Cortex-M7 (mps2-an500) and M33 (mps2-an505): f32 and fixed point"
+cargo test-m7 2>&1 | tee -a "$log"
+cargo test-fixed-m7 2>&1 | tee -a "$log"
+cargo test-m33 2>&1 | tee -a "$log"
+cargo test-fixed-m33 2>&1 | tee -a "$log"
+
 step "no floating point in the fixed-point firmware for the Cortex-M0"
 cargo build -p tinybayes-firmware --release --target thumbv6m-none-eabi --bin demo-fixed
 bash scripts/check-no-float.sh target/thumbv6m-none-eabi/release/demo-fixed
@@ -73,6 +86,10 @@ cargo bench-m4 2>&1 | tee "$benchlog"
 cargo bench-fixed-m0 2>&1 | tee -a "$benchlog"
 cargo bench-fixed-m3 2>&1 | tee -a "$benchlog"
 cargo bench-fixed-m4 2>&1 | tee -a "$benchlog"
+cargo bench-m7 2>&1 | tee -a "$benchlog"
+cargo bench-fixed-m7 2>&1 | tee -a "$benchlog"
+cargo bench-m33 2>&1 | tee -a "$benchlog"
+cargo bench-fixed-m33 2>&1 | tee -a "$benchlog"
 cargo early-exit-m4 2>&1 | tee -a "$benchlog"
 cargo early-exit-fixed-m3 2>&1 | tee -a "$benchlog"
 python3 scripts/bench-tables.py --check "$benchlog"
