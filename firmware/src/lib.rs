@@ -1,8 +1,9 @@
 //! Cortex-M side of tinybayes: board support, the demo application and the benchmark
 //! harness, shared by the binaries in `src/bin` and the on-target tests.
 //!
-//! Exactly one board feature is enabled: `qemu` (mps2-an386 under QEMU, the default) or
-//! `nrf52840dk` (Nordic nRF52840-DK, flashed with probe-rs).
+//! Exactly one board feature is enabled: `qemu` (the default: the emulated board of the
+//! target's core, mps2-an386, mps2-an385, micro:bit, mps2-an500 or mps2-an505, see `build.rs`)
+//! or `nrf52840dk` (Nordic nRF52840-DK, flashed with probe-rs).
 #![no_std]
 
 #[cfg(all(feature = "qemu", feature = "nrf52840dk"))]
