@@ -38,6 +38,10 @@ COMMANDS = [
     ["bench-fixed-m0"],
     ["bench-fixed-m3"],
     ["bench-fixed-m4"],
+    ["bench-m7"],
+    ["bench-fixed-m7"],
+    ["bench-m33"],
+    ["bench-fixed-m33"],
     ["early-exit-m4"],
     ["early-exit-fixed-m3"],
     ["early-exit-fixed-m4"],
@@ -130,6 +134,8 @@ M4 = dict(core="cortex-m4f", board="mps2-an386")
 M3 = dict(core="cortex-m3", board="mps2-an385")
 M0 = dict(core="cortex-m0", board="microbit")
 M0_MPS2 = dict(core="cortex-m0", board="mps2-an385")
+M7 = dict(core="cortex-m7", board="mps2-an500")
+M33 = dict(core="cortex-m33", board="mps2-an505")
 
 
 def lenet300_f32(s):
@@ -181,6 +187,26 @@ def fixed_lenet(s):
                   ("M = 32", True), ("M = 32 ÷ CMSIS-NN dense int8", True),
                   ("samples per pass", True), ("RAM at M = 32: workspace + engine + model + stack (B)", True),
                   ("flash (model, B)", True)], rows)
+
+
+def cores(s):
+    """LeNet-300-100 in f32 and q8 on every core with an FPU or DSP that QEMU emulates."""
+    rows = []
+    for label, where in [("Cortex-M4F (mps2-an386)", M4), ("Cortex-M7 (mps2-an500)", M7),
+                         ("Cortex-M33 (mps2-an505)", M33)]:
+        for model in ["lenet300", "lenet300-q8", "lenet300-q16"]:
+            chunk = {"chunk": 8}
+            mean = s.get(model=model, mode="mean", **({} if model != "lenet300" else
+                                                      {"chunk": 1}), **where)
+            m8 = s.get(model=model, mode="mc", samples=8, **chunk, **where)
+            m32 = s.get(model=model, mode="mc", samples=32, **chunk, **where)
+            val = s.get(model=model, mode="validate", **where)
+            rows.append([label, model, n(val["instructions"]), n(mean["instructions"]),
+                         n(m8["instructions"]), n(m32["instructions"]),
+                         ratio(m32["instructions"])])
+    return table([("core", False), ("model", False), ("validation", True),
+                  ("mean weights", True), ("M = 8", True), ("M = 32 (8 per pass)", True),
+                  ("M = 32 ÷ CMSIS-NN dense int8", True)], rows)
 
 
 def validation(s):
@@ -277,6 +303,7 @@ TABLES = {
     "synthetic-f32": synthetic_f32,
     "fixed-lenet": fixed_lenet,
     "validation": validation,
+    "cores": cores,
     "resnet-f32": resnet_f32,
     "resnet-q8": resnet_q8,
     "targets": targets,

@@ -111,7 +111,28 @@ impl Depth {
     }
 }
 
-impl Line<'_> {
+impl<'a> Line<'a> {
+    /// The line of a model's start-up validation, measured by [`measure`] (its RAM: the
+    /// validation's stack, which holds the parsed model).
+    pub fn validation<T>(
+        model: &'a str,
+        precision: Precision,
+        flash_bytes: usize,
+        measured: &Measured<T>,
+    ) -> Self {
+        Line {
+            model,
+            precision,
+            case: Case::Validate,
+            chunk: 0,
+            depth: Depth::All,
+            instructions: measured.instructions,
+            ram_bytes: measured.stack_bytes,
+            flash_bytes,
+            macs: 0,
+        }
+    }
+
     /// Prints the line through defmt (`instructions=` under QEMU, where SysTick counts
     /// instructions; `cycles=` on a real board, where it counts cycles).
     pub fn print(&self) {

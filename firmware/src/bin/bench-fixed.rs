@@ -17,7 +17,7 @@ use tinybayes::numeric::FixedPoint;
 use tinybayes::{Engine, Q16, Q8};
 use tinybayes::{InferenceError, Mode};
 use tinybayes_firmware::assets;
-use tinybayes_firmware::bench::{measure, Case, Depth, Line};
+use tinybayes_firmware::bench::{measure, Line};
 use tinybayes_firmware::generated::{
     FIXED_CHUNK, FIXED_Q16_MODEL, FIXED_Q8_MODEL, FIXED_WORKSPACE_WORDS,
 };
@@ -68,17 +68,7 @@ fn validation_line<'a>(board: &mut Board, name: &'a str, bytes: &'static [u8]) -
         defmt::error!("{=str} model does not validate", name);
         platform::exit(false)
     };
-    Line {
-        model: name,
-        precision,
-        case: Case::Validate,
-        chunk: 0,
-        depth: Depth::All,
-        instructions: validation.instructions,
-        ram_bytes: validation.stack_bytes,
-        flash_bytes: bytes.len(),
-        macs: 0,
-    }
+    Line::validation(name, precision, bytes.len(), &validation)
 }
 
 /// Runs one model in the mean-weights mode and with M = 8 and 32 samples (out of line: each

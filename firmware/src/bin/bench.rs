@@ -14,7 +14,7 @@ use rand_xoshiro::Xoshiro128PlusPlus;
 use tinybayes::format::Precision;
 use tinybayes::{Engine, InferenceError, Mode, Model};
 use tinybayes_firmware::assets;
-use tinybayes_firmware::bench::{measure, Case, Depth, Line};
+use tinybayes_firmware::bench::{measure, Depth, Line};
 #[cfg(tb_board = "mps2-an386")]
 use tinybayes_firmware::generated::BENCH_DENSE;
 #[cfg(not(tb_board = "microbit"))]
@@ -74,18 +74,7 @@ fn bench_model(board: &mut Board, name: &str, bytes: &'static [u8]) -> Result<()
         model.nnz(),
         model.dense_params()
     );
-    Line {
-        model: name,
-        precision: Precision::F32,
-        case: Case::Validate,
-        chunk: 0,
-        depth: Depth::All,
-        instructions: validation.instructions,
-        ram_bytes: validation.stack_bytes,
-        flash_bytes: bytes.len(),
-        macs: 0,
-    }
-    .print();
+    Line::validation(name, Precision::F32, bytes.len(), &validation).print();
     let mut workspace = [0.0f32; BENCH_DENSE_WORKSPACE_WORDS];
     let m8 = Mode::MonteCarlo {
         samples: NonZeroU16::new(8).unwrap_or(NonZeroU16::MIN),

@@ -21,7 +21,7 @@ mod run {
     use tinybayes::format::Precision;
     use tinybayes::{Engine, InferenceError, Mode, QExitPrediction, QModel, Q8};
     use tinybayes_firmware::assets;
-    use tinybayes_firmware::bench::{measure, Case, Depth, Line};
+    use tinybayes_firmware::bench::{measure, Depth, Line};
     use tinybayes_firmware::clock::Clock;
     use tinybayes_firmware::generated::{
         FIXED_SEED_BASE, RESNET_CHUNK, RESNET_Q8_MODEL, RESNET_SAMPLES, RESNET_WORKSPACE_WORDS,
@@ -110,17 +110,12 @@ mod run {
             defmt::error!("the q8 early-exit model does not validate");
             return false;
         };
-        Line {
-            model: "resnet-ee-q8",
-            precision: Precision::Q8,
-            case: Case::Validate,
-            chunk: 0,
-            depth: Depth::All,
-            instructions: validation.instructions,
-            ram_bytes: validation.stack_bytes,
-            flash_bytes: RESNET_Q8_MODEL.len(),
-            macs: 0,
-        }
+        Line::validation(
+            "resnet-ee-q8",
+            Precision::Q8,
+            RESNET_Q8_MODEL.len(),
+            &validation,
+        )
         .print();
         defmt::info!(
             "{=usize} exits, {=usize} weights stored",

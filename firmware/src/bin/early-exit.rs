@@ -15,7 +15,7 @@ use tinybayes::early_exit::{ExitPrediction, Halting};
 use tinybayes::format::Precision;
 use tinybayes::{Engine, InferenceError, Mode, Model};
 use tinybayes_firmware::assets;
-use tinybayes_firmware::bench::{measure, Case, Depth, Line};
+use tinybayes_firmware::bench::{measure, Depth, Line};
 use tinybayes_firmware::clock::Clock;
 use tinybayes_firmware::generated::{EE_CHUNK, EE_MODEL, EE_MODEL_DESCRIPTION, EE_WORKSPACE_WORDS};
 use tinybayes_firmware::platform::{self, Board};
@@ -115,18 +115,7 @@ fn main() -> ! {
         defmt::error!("the early-exit model does not validate");
         platform::exit(false)
     };
-    Line {
-        model: "resnet-ee",
-        precision: Precision::F32,
-        case: Case::Validate,
-        chunk: 0,
-        depth: Depth::All,
-        instructions: validation.instructions,
-        ram_bytes: validation.stack_bytes,
-        flash_bytes: EE_MODEL.len(),
-        macs: 0,
-    }
-    .print();
+    Line::validation("resnet-ee", Precision::F32, EE_MODEL.len(), &validation).print();
     defmt::info!(
         "{=usize} exits, {=usize} weights stored, {=usize} bytes of flash, {=usize} bytes of workspace for M = {=u16}, {=usize} sample per pass",
         model.exit_count(),
