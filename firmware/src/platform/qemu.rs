@@ -78,6 +78,10 @@ impl InstructionClock {
         syst.clear_current();
         syst.enable_interrupt();
         syst.enable_counter();
+        // Clearing the current value makes it read 0 until the first tick reloads it, which
+        // `now` would take for a full period already elapsed (and the next reading would go
+        // backwards): wait for the reload (one tick, tens of instructions).
+        while SYST::get_current() == 0 {}
         Self { syst }
     }
 }
