@@ -709,11 +709,16 @@ fn check_q8_variance(
     layer: usize,
 ) -> Result<(), ModelError> {
     if precision == Precision::Q8 && posterior == Posterior::Gaussian {
-        let max = records
-            .chunks_exact(record_len)
-            .map(|r| r[sigma_at])
-            .max()
-            .unwrap_or(0) as i64;
+        let max = match record_len {
+            2 => max_byte_at::<2>(records, sigma_at),
+            3 => max_byte_at::<3>(records, sigma_at),
+            4 => max_byte_at::<4>(records, sigma_at),
+            _ => records
+                .chunks_exact(record_len)
+                .map(|r| r[sigma_at])
+                .max()
+                .unwrap_or(0),
+        } as i64;
         if max * Q8_MAX_SQUARE * fan_in as i64 > i32::MAX as i64 {
             return Err(ModelError::QuantRange { layer });
         }
@@ -956,6 +961,9 @@ impl<'r> LineCheck<'r> {
         valid: impl Fn(usize) -> bool,
         key: impl Fn(&[u8]) -> usize,
     ) -> Result<(), ModelError> {
+        if count == 0 {
+            return Ok(());
+        }
         let layer = self.layer;
         let end = self.start + count;
         let line = self
@@ -985,6 +993,13 @@ impl<'r> LineCheck<'r> {
             Err(ModelError::BadRowPointers { layer: self.layer })
         }
     }
+}
+
+/// The largest byte at offset `at` of `L`-byte records.
+fn max_byte_at<const L: usize>(records: &[u8], at: usize) -> u8 {
+    // `at < L` (the caller's layout), stated for the bounds check to fold away.
+    let at = at.min(L - 1);
+    records.chunks_exact(L).fold(0, |m, r| m.max(r[at]))
 }
 
 /// Consecutive 4-byte-aligned sections of a payload, each followed by zero padding.
