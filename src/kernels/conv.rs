@@ -1,7 +1,8 @@
 //! Sparse 2-D convolution kernels, weight-stationary: each surviving tap `(c, ky, kx, θ, σ²)`
 //! is loaded once and applied to every output position of its channel (and, in the sampled
 //! form, to every sample of the chunk). Zero padding is handled by clipping each tap's range
-//! of output positions, so no padded copy of the input is made.
+//! of output positions, so no padded copy of the input is made; a tap's reach is walked one
+//! output row at a time (a slice of outputs against a strided slice of inputs).
 //!
 //! Summation order per output unit: bias, then taps in stored order, in all three forms.
 
@@ -34,20 +35,23 @@ fn valid_range(
     (lo.min(hi), hi)
 }
 
-/// Calls `f(out_index, in_index)` for every output position a tap at `(ky, kx)` reaches,
-/// with map-local indices (`oy * out_w + ox`, `iy * in_w + ix`).
+/// Calls `f(out_start, in_start, len)` for every output row a tap at `(ky, kx)` reaches:
+/// outputs `out_start..out_start + len` (map-local, `oy * out_w + ox`) read inputs
+/// `in_start`, `in_start + stride`, ... (`iy * in_w + ix`). Each output still receives the
+/// taps in stored order, so the sums are the same bits as position by position.
 #[inline(always)]
-fn for_each_position(g: &Geometry, ky: usize, kx: usize, mut f: impl FnMut(usize, usize)) {
+fn for_each_row(g: &Geometry, ky: usize, kx: usize, mut f: impl FnMut(usize, usize, usize)) {
     let [_, in_h, in_w] = g.input;
     let [_, out_h, out_w] = g.output;
     let (y0, y1) = valid_range(out_h, in_h, ky, g.stride, g.padding);
     let (x0, x1) = valid_range(out_w, in_w, kx, g.stride, g.padding);
+    if x0 == x1 {
+        return;
+    }
+    let ix0 = x0 * g.stride + kx - g.padding;
     for oy in y0..y1 {
         let iy = oy * g.stride + ky - g.padding;
-        for ox in x0..x1 {
-            let ix = ox * g.stride + kx - g.padding;
-            f(oy * out_w + ox, iy * in_w + ix);
-        }
+        f(oy * out_w + x0, iy * in_w + ix0, x1 - x0);
     }
 }
 
@@ -87,7 +91,10 @@ pub(super) fn forward_mean<X: Input + ?Sized>(layer: &Layer<'_>, x: &X, out: &mu
         {
             let (ci, ky, kx) = unpack_tap(tap);
             let base = ci * plane;
-            for_each_position(&g, ky, kx, |o, i| out_map[o] += x.value(base + i) * w[0]);
+            let w0 = w[0];
+            for_each_row(&g, ky, kx, |o, i, len| {
+                x.accumulate_scaled(base + i, g.stride, w0, &mut out_map[o..o + len]);
+            });
         }
         for v in out_map.iter_mut() {
             *v = activate(layer.activation(), *v);
@@ -121,11 +128,16 @@ pub(super) fn forward_moments<X: Input + ?Sized>(
         {
             let (ci, ky, kx) = unpack_tap(tap);
             let base = ci * plane;
-            for_each_position(&g, ky, kx, |o, i| {
-                let xv = x.value(base + i);
-                m_map[o] += xv * w[0];
-                if gaussian {
-                    v_map[o] += xv * xv * w[1];
+            let (w0, w1) = (w[0], w.get(1).copied().unwrap_or(0.0));
+            for_each_row(&g, ky, kx, |o, i, len| {
+                let ms = &mut m_map[o..o + len];
+                let vs = &mut v_map[o..o + len];
+                for (k, (m, v)) in ms.iter_mut().zip(vs.iter_mut()).enumerate() {
+                    let xv = x.value(base + i + k * g.stride);
+                    *m += xv * w0;
+                    if gaussian {
+                        *v += xv * xv * w1;
+                    }
                 }
             });
         }
@@ -164,20 +176,49 @@ pub(super) fn forward_samples(
         {
             let (ci, ky, kx) = unpack_tap(tap);
             let base = ci * plane;
-            for_each_position(&g, ky, kx, |o, i| {
-                let xs = &x[(base + i) * s..(base + i + 1) * s];
-                let ms = &mut mean[o * s..(o + 1) * s];
-                for (m, &xv) in ms.iter_mut().zip(xs) {
-                    *m += xv * w[0];
-                }
-                if gaussian {
-                    for (v, &xv) in var[o * s..(o + 1) * s].iter_mut().zip(xs) {
-                        *v += xv * xv * w[1];
+            let (w0, w1) = (w[0], w.get(1).copied().unwrap_or(0.0));
+            for_each_row(&g, ky, kx, |o, i, len| {
+                // Samples of consecutive outputs are consecutive; inputs step by `stride`
+                // positions of `s` samples each.
+                let ms = &mut mean[o * s..(o + len) * s];
+                let vs = &mut var[o * s..(o + len) * s];
+                let xs = &x[(base + i) * s..(base + i + (len - 1) * g.stride + 1) * s];
+                if g.stride == 1 {
+                    multiply_accumulate(ms, vs, xs, w0, w1, gaussian);
+                } else {
+                    for ((ms, vs), xs) in ms
+                        .chunks_exact_mut(s)
+                        .zip(vs.chunks_exact_mut(s))
+                        .zip(xs.chunks(s).step_by(g.stride))
+                    {
+                        multiply_accumulate(ms, vs, xs, w0, w1, gaussian);
                     }
                 }
             });
         }
         super::finish_chunk(layer, mean, var, rngs);
+    }
+}
+
+/// `m += x θ` and, for a Gaussian layer, `v += x² σ²` element by element.
+#[inline(always)]
+fn multiply_accumulate(
+    ms: &mut [f32],
+    vs: &mut [f32],
+    xs: &[f32],
+    w0: f32,
+    w1: f32,
+    gaussian: bool,
+) {
+    if gaussian {
+        for ((m, v), &xv) in ms.iter_mut().zip(vs.iter_mut()).zip(xs) {
+            *m += xv * w0;
+            *v += xv * xv * w1;
+        }
+    } else {
+        for (m, &xv) in ms.iter_mut().zip(xs) {
+            *m += xv * w0;
+        }
     }
 }
 
