@@ -98,6 +98,13 @@ pub const CORE: &str = env!("TINYBAYES_CORE");
 /// The board this image is built for, as `board=` names it (`mps2-an386`, `microbit`, ...).
 pub const BOARD: &str = env!("TINYBAYES_BOARD");
 
+/// The count's key: SysTick counts instructions under QEMU, the DWT counts cycles on a board.
+const COUNT_KEY: &str = if cfg!(feature = "nrf52840dk") {
+    "cycles"
+} else {
+    "instructions"
+};
+
 /// `depth=` tokens for the depth budgets an early-exit model can have.
 const DEPTHS: [&str; 9] = ["all", "1", "2", "3", "4", "5", "6", "7", "8"];
 
@@ -136,31 +143,15 @@ impl<'a> Line<'a> {
     /// Prints the line through defmt (`instructions=` under QEMU, where SysTick counts
     /// instructions; `cycles=` on a real board, where it counts cycles).
     pub fn print(&self) {
-        #[cfg(not(feature = "nrf52840dk"))]
         defmt::info!(
-            "bench: model={=str} precision={=str} mode={=str} samples={=u16} chunk={=usize} depth={=str} instructions={=u64} ram_bytes={=usize} flash_bytes={=usize} macs={=usize} core={=str} board={=str}",
+            "bench: model={=str} precision={=str} mode={=str} samples={=u16} chunk={=usize} depth={=str} {=str}={=u64} ram_bytes={=usize} flash_bytes={=usize} macs={=usize} core={=str} board={=str}",
             self.model,
             self.precision.name(),
             self.case.mode(),
             self.case.samples(),
             self.chunk,
             self.depth.token(),
-            self.instructions,
-            self.ram_bytes,
-            self.flash_bytes,
-            self.macs,
-            CORE,
-            BOARD
-        );
-        #[cfg(feature = "nrf52840dk")]
-        defmt::info!(
-            "bench: model={=str} precision={=str} mode={=str} samples={=u16} chunk={=usize} depth={=str} cycles={=u64} ram_bytes={=usize} flash_bytes={=usize} macs={=usize} core={=str} board={=str}",
-            self.model,
-            self.precision.name(),
-            self.case.mode(),
-            self.case.samples(),
-            self.chunk,
-            self.depth.token(),
+            COUNT_KEY,
             self.instructions,
             self.ram_bytes,
             self.flash_bytes,
