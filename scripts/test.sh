@@ -29,6 +29,9 @@ cargo clippy -p tinybayes-firmware --target thumbv7em-none-eabihf --no-default-f
     --features nrf52840dk --bins -- -D warnings
 
 step "rustdoc of the core and the host tools, warnings are errors (broken links included)"
+# The core alone too, with its default features (as docs.rs builds it), then with the host
+# tools' features.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p tinybayes
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p tinybayes -p tinybayes-host-tools
 
 step "host tests (core, format, fuzzing, host tools; doctests, the README's API snippet among them)"

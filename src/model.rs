@@ -400,7 +400,7 @@ impl Envelope {
 
 impl<'a> Model<'a> {
     /// Parses and validates a model in place. The slice must start at a 4-byte-aligned
-    /// address (`include_model!` and [`crate::writer::ModelBuffer`] ensure it).
+    /// address (`include_model!` and `writer::ModelBuffer` (feature `alloc`) ensure it).
     ///
     /// Checks, in order: length, alignment, magic, version, declared length, CRC-32, reserved
     /// fields, header values, then every layer: codes, sizes, shapes chaining from the input to
