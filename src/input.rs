@@ -21,6 +21,11 @@ pub trait Input {
     fn zero_skippable_bytes(&self) -> Option<&[u8]> {
         None
     }
+    /// The values as one f32 slice, when they are stored as one (the kernels' fast paths).
+    #[inline(always)]
+    fn as_slice(&self) -> Option<&[f32]> {
+        None
+    }
     /// `out[k] += value(start + k * stride) * w` for every `k < out.len()` (indices in range:
     /// the caller's geometry). A convolution tap's reach along one output row.
     #[inline(always)]
@@ -41,6 +46,10 @@ impl Input for [f32] {
     }
     fn all_finite(&self) -> bool {
         self.iter().all(|v| v.is_finite())
+    }
+    #[inline(always)]
+    fn as_slice(&self) -> Option<&[f32]> {
+        Some(self)
     }
     /// The same sums as the default, over a slice: no index arithmetic or bounds check per
     /// value (the ResNet's 7x7 maps: 4.45 million instructions for every block with mean

@@ -39,6 +39,7 @@ extern crate alloc;
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
+mod arch;
 mod checksum;
 pub mod digest;
 pub mod early_exit;
@@ -46,7 +47,6 @@ mod engine;
 pub mod error;
 pub mod fixed;
 pub mod format;
-pub(crate) mod fpu;
 mod input;
 mod kernels;
 pub mod model;

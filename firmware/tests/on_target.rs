@@ -48,10 +48,17 @@ impl RngCore for OneSeed {
     }
 }
 
-fn check_parity(mode: Mode, first_row: usize) {
+/// Workspace words for the largest chunk a parity test runs (32 samples per pass).
+const LARGEST_WORKSPACE_WORDS: usize = 4 * DEMO_WORKSPACE_WORDS;
+
+/// Every image's prediction with `CHUNK` samples per pass against the host's rows from
+/// `first_row` on. Each sample draws from its own seeded stream, so the host's results hold
+/// for every chunk size; different chunks run different kernel blocks (of 8 and 4 samples on
+/// hard-float cores).
+fn check_parity<const CHUNK: usize>(mode: Mode, first_row: usize) {
     let model = Model::from_bytes(DEMO_MODEL).unwrap();
-    let mut workspace = [0.0f32; DEMO_WORKSPACE_WORDS];
-    let mut engine = Engine::<DEMO_CHUNK>::new(&model, &mut workspace).unwrap();
+    let mut workspace = [0.0f32; LARGEST_WORKSPACE_WORDS];
+    let mut engine = Engine::<CHUNK>::new(&model, &mut workspace).unwrap();
     for i in 0..assets::IMAGE_COUNT {
         let (pixels, _) = assets::image(i);
         let mut rng = Xoshiro128PlusPlus::seed_from_u64(DEMO_SEED_BASE + i as u64);
@@ -73,13 +80,22 @@ mod tests {
 
     #[test]
     fn parity_with_host_mean_weights() {
-        check_parity(Mode::MeanWeights, 0);
+        check_parity::<DEMO_CHUNK>(Mode::MeanWeights, 0);
     }
 
     #[test]
     fn parity_with_host_monte_carlo() {
         let samples = NonZeroU16::new(DEMO_SAMPLES).unwrap();
-        check_parity(Mode::MonteCarlo { samples }, assets::IMAGE_COUNT);
+        check_parity::<DEMO_CHUNK>(Mode::MonteCarlo { samples }, assets::IMAGE_COUNT);
+    }
+
+    #[test]
+    fn parity_with_host_monte_carlo_in_other_chunks() {
+        let samples = NonZeroU16::new(DEMO_SAMPLES).unwrap();
+        let mode = Mode::MonteCarlo { samples };
+        check_parity::<4>(mode, assets::IMAGE_COUNT);
+        check_parity::<6>(mode, assets::IMAGE_COUNT);
+        check_parity::<32>(mode, assets::IMAGE_COUNT);
     }
 
     #[test]

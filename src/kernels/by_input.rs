@@ -3,6 +3,7 @@
 //! costs one test, not one per weight. Every output still sums its bias first, then its
 //! inputs in ascending order: the same order, hence the same bits, as row-major storage.
 
+use crate::arch::{self, Line};
 use crate::format::Posterior;
 use crate::input::Input;
 use crate::model::{Layer, Weights};
@@ -22,17 +23,25 @@ fn columns<'a>(layer: &Layer<'a>) -> Option<(&'a [u32], &'a [u16], &'a [f32])> {
     }
 }
 
-/// Calls `f(i, rows, records)` for every input `i` that is not known to be zero.
+/// Calls `f(xv, column)` for every input that is not known to be zero, with its value and its
+/// stored column (`W` must be the layer's record width).
 #[inline(always)]
-fn for_each_input<'a, X: Input + ?Sized>(
+fn for_each_input<'a, X: Input + ?Sized, const W: usize>(
     layer: &Layer<'a>,
     x: &X,
-    mut f: impl FnMut(f32, &'a [u16], &'a [f32]),
+    mut f: impl FnMut(f32, Line<'a, W>),
 ) {
     let Some((col_ptr, rows, values)) = columns(layer) else {
         return;
     };
-    let words = layer.posterior().words_per_weight();
+    let outputs = layer.outputs();
+    let mut visit = |i: usize, start: usize, end: usize| {
+        if let Some(line) =
+            Line::from_validated(&rows[start..end], &values[start * W..end * W], outputs)
+        {
+            f(x.value(i), line);
+        }
+    };
     if let Some(raw) = x.zero_skippable_bytes() {
         // Walk the bytes four at a time with the column pointers: four blank pixels (most of an
         // image) cost one word load and one test.
@@ -48,11 +57,7 @@ fn for_each_input<'a, X: Input + ?Sized>(
             for (&byte, &end) in bytes.iter().zip(ends) {
                 let end = end as usize;
                 if byte != 0 && start != end {
-                    f(
-                        x.value(i),
-                        &rows[start..end],
-                        &values[start * words..end * words],
-                    );
+                    visit(i, start, end);
                 }
                 start = end;
                 i += 1;
@@ -62,11 +67,7 @@ fn for_each_input<'a, X: Input + ?Sized>(
         for (&byte, &end) in raw[tail..].iter().zip(&col_ptr[tail + 1..]) {
             let end = end as usize;
             if byte != 0 && start != end {
-                f(
-                    x.value(i),
-                    &rows[start..end],
-                    &values[start * words..end * words],
-                );
+                visit(i, start, end);
             }
             start = end;
             i += 1;
@@ -78,11 +79,7 @@ fn for_each_input<'a, X: Input + ?Sized>(
         if start == end || x.is_zero(i) {
             continue;
         }
-        f(
-            x.value(i),
-            &rows[start..end],
-            &values[start * words..end * words],
-        );
+        visit(i, start, end);
     }
 }
 
@@ -90,14 +87,14 @@ fn for_each_input<'a, X: Input + ?Sized>(
 pub(super) fn forward_mean<X: Input + ?Sized>(layer: &Layer<'_>, x: &X, out: &mut [f32]) {
     let out = &mut out[..layer.outputs()];
     out.copy_from_slice(layer.bias());
-    let words = layer.posterior().words_per_weight();
-    for_each_input(layer, x, |xv, rows, values| {
-        for (&r, w) in rows.iter().zip(values.chunks_exact(words)) {
-            if let Some(o) = out.get_mut(r as usize) {
-                *o += xv * w[0];
-            }
+    match layer.posterior() {
+        Posterior::Deterministic => {
+            for_each_input::<X, 1>(layer, x, |xv, column| arch::scatter(column, xv, out))
         }
-    });
+        Posterior::Gaussian => {
+            for_each_input::<X, 2>(layer, x, |xv, column| arch::scatter(column, xv, out))
+        }
+    }
     for o in out.iter_mut() {
         *o = activate(layer.activation(), *o);
     }
@@ -113,22 +110,23 @@ pub(super) fn forward_moments<X: Input + ?Sized>(
     let (mean, var) = (&mut mean[..layer.outputs()], &mut std[..layer.outputs()]);
     mean.copy_from_slice(layer.bias());
     var.fill(0.0);
-    let gaussian = layer.posterior() == Posterior::Gaussian;
-    let words = layer.posterior().words_per_weight();
-    for_each_input(layer, x, |xv, rows, values| {
-        let x2 = xv * xv;
-        for (&r, w) in rows.iter().zip(values.chunks_exact(words)) {
-            let r = r as usize;
-            if let (Some(m), Some(v)) = (mean.get_mut(r), var.get_mut(r)) {
-                *m += xv * w[0];
-                if gaussian {
+    match layer.posterior() {
+        Posterior::Deterministic => {
+            for_each_input::<X, 1>(layer, x, |xv, column| arch::scatter(column, xv, mean))
+        }
+        Posterior::Gaussian => for_each_input::<X, 2>(layer, x, |xv, column| {
+            let x2 = xv * xv;
+            for (&r, w) in column.indices().iter().zip(column.values().chunks_exact(2)) {
+                let r = r as usize;
+                if let (Some(m), Some(v)) = (mean.get_mut(r), var.get_mut(r)) {
+                    *m += xv * w[0];
                     *v += x2 * w[1];
                 }
             }
-        }
-    });
+        }),
+    }
     for v in var.iter_mut() {
-        *v = crate::fpu::sqrtf(*v);
+        *v = crate::arch::sqrtf(*v);
     }
 }
 

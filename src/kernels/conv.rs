@@ -142,7 +142,7 @@ pub(super) fn forward_moments<X: Input + ?Sized>(
             });
         }
         for v in v_map.iter_mut() {
-            *v = crate::fpu::sqrtf(*v);
+            *v = crate::arch::sqrtf(*v);
         }
     }
 }

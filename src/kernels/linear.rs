@@ -12,25 +12,26 @@
 //! host and the device produce the same bits.
 
 use super::activate;
+use crate::arch::{self, Line};
 use crate::format::Posterior;
 use crate::input::Input;
 use crate::model::{Layer, Weights};
 use rand_xoshiro::Xoshiro128PlusPlus;
 
-/// The stored weights of one output unit.
+/// The stored weights of one output unit, `W` words per weight.
 #[derive(Clone, Copy)]
-enum Row<'a> {
+enum Row<'a, const W: usize> {
     Dense(&'a [f32]),
-    Sparse(&'a [u16], &'a [f32]),
+    Sparse(Line<'a, W>),
 }
 
-/// Calls `f(j, row)` for every output unit `j` in order.
+/// Calls `f(j, row)` for every output unit `j` in order (`W` must be the layer's record
+/// width: `Posterior::words_per_weight`).
 #[inline(always)]
-fn for_each_row<'a>(layer: &Layer<'a>, mut f: impl FnMut(usize, Row<'a>)) {
-    let words = layer.posterior().words_per_weight();
+fn for_each_row<'a, const W: usize>(layer: &Layer<'a>, mut f: impl FnMut(usize, Row<'a, W>)) {
     match layer.weights() {
         Weights::Dense { values } => {
-            for (j, row) in values.chunks_exact(layer.inputs() * words).enumerate() {
+            for (j, row) in values.chunks_exact(layer.inputs() * W).enumerate() {
                 f(j, Row::Dense(row));
             }
         }
@@ -41,13 +42,16 @@ fn for_each_row<'a>(layer: &Layer<'a>, mut f: impl FnMut(usize, Row<'a>)) {
         } => {
             for (j, bounds) in row_ptr.windows(2).enumerate() {
                 let (start, end) = (bounds[0] as usize, bounds[1] as usize);
-                f(
-                    j,
-                    Row::Sparse(&cols[start..end], &values[start * words..end * words]),
+                let line = Line::from_validated(
+                    &cols[start..end],
+                    &values[start * W..end * W],
+                    layer.inputs(),
                 );
+                if let Some(line) = line {
+                    f(j, Row::Sparse(line));
+                }
             }
         }
-        // Not a linear layer: the dispatcher never sends one here.
         // Not row-major: the by-input kernels handle those, the dispatcher the rest.
         Weights::SparseByInput { .. } | Weights::Conv { .. } | Weights::None => {}
     }
@@ -55,7 +59,7 @@ fn for_each_row<'a>(layer: &Layer<'a>, mut f: impl FnMut(usize, Row<'a>)) {
 
 /// `bias + sum_i theta_i x_i` over one row; `W` words per stored weight, theta first.
 #[inline(always)]
-fn dot_theta<X: Input + ?Sized, const W: usize>(row: Row<'_>, x: &X, bias: f32) -> f32 {
+fn dot_theta<X: Input + ?Sized, const W: usize>(row: Row<'_, W>, x: &X, bias: f32) -> f32 {
     let mut acc = bias;
     match row {
         Row::Dense(values) => {
@@ -63,8 +67,11 @@ fn dot_theta<X: Input + ?Sized, const W: usize>(row: Row<'_>, x: &X, bias: f32) 
                 acc += x.value(i) * w[0];
             }
         }
-        Row::Sparse(cols, values) => {
-            for (&c, w) in cols.iter().zip(values.chunks_exact(W)) {
+        Row::Sparse(line) => {
+            if let Some(xs) = x.as_slice() {
+                return arch::dot(line, xs, bias);
+            }
+            for (&c, w) in line.indices().iter().zip(line.values().chunks_exact(W)) {
                 acc += x.value(c as usize) * w[0];
             }
         }
@@ -74,7 +81,7 @@ fn dot_theta<X: Input + ?Sized, const W: usize>(row: Row<'_>, x: &X, bias: f32) 
 
 /// Mean and variance of one Gaussian row's pre-activation given a fixed input.
 #[inline(always)]
-fn dot_moments<X: Input + ?Sized>(row: Row<'_>, x: &X, bias: f32) -> (f32, f32) {
+fn dot_moments<X: Input + ?Sized>(row: Row<'_, 2>, x: &X, bias: f32) -> (f32, f32) {
     let (mut mean, mut var) = (bias, 0.0f32);
     let mut add = |xv: f32, w: &[f32]| {
         mean += xv * w[0];
@@ -86,8 +93,8 @@ fn dot_moments<X: Input + ?Sized>(row: Row<'_>, x: &X, bias: f32) -> (f32, f32) 
                 add(x.value(i), w);
             }
         }
-        Row::Sparse(cols, values) => {
-            for (&c, w) in cols.iter().zip(values.chunks_exact(2)) {
+        Row::Sparse(line) => {
+            for (&c, w) in line.indices().iter().zip(line.values().chunks_exact(2)) {
                 add(x.value(c as usize), w);
             }
         }
@@ -104,11 +111,11 @@ pub(super) fn forward_mean<X: Input + ?Sized>(layer: &Layer<'_>, x: &X, out: &mu
     let act = layer.activation();
     let out = &mut out[..layer.outputs()];
     match layer.posterior() {
-        Posterior::Deterministic => for_each_row(layer, |j, row| {
-            out[j] = activate(act, dot_theta::<X, 1>(row, x, bias[j]));
+        Posterior::Deterministic => for_each_row::<1>(layer, |j, row| {
+            out[j] = activate(act, dot_theta(row, x, bias[j]));
         }),
-        Posterior::Gaussian => for_each_row(layer, |j, row| {
-            out[j] = activate(act, dot_theta::<X, 2>(row, x, bias[j]));
+        Posterior::Gaussian => for_each_row::<2>(layer, |j, row| {
+            out[j] = activate(act, dot_theta(row, x, bias[j]));
         }),
     }
 }
@@ -127,14 +134,14 @@ pub(super) fn forward_moments<X: Input + ?Sized>(
     let bias = layer.bias();
     let (mean, std) = (&mut mean[..layer.outputs()], &mut std[..layer.outputs()]);
     match layer.posterior() {
-        Posterior::Deterministic => for_each_row(layer, |j, row| {
-            mean[j] = dot_theta::<X, 1>(row, x, bias[j]);
+        Posterior::Deterministic => for_each_row::<1>(layer, |j, row| {
+            mean[j] = dot_theta(row, x, bias[j]);
             std[j] = 0.0;
         }),
-        Posterior::Gaussian => for_each_row(layer, |j, row| {
+        Posterior::Gaussian => for_each_row::<2>(layer, |j, row| {
             let (m, v) = dot_moments(row, x, bias[j]);
             mean[j] = m;
-            std[j] = crate::fpu::sqrtf(v);
+            std[j] = crate::arch::sqrtf(v);
         }),
     }
 }
@@ -159,7 +166,7 @@ pub(super) fn forward_samples<const CHUNK: usize>(
     let act = layer.activation();
     let out = &mut out[..layer.outputs() * s];
     match layer.posterior() {
-        Posterior::Deterministic => for_each_row(layer, |j, row| {
+        Posterior::Deterministic => for_each_row::<1>(layer, |j, row| {
             let mut mean = [0.0f32; CHUNK];
             accumulate::<CHUNK, 1>(row, x, s, bias[j], &mut mean, &mut [0.0; CHUNK]);
             for (o, &m) in out[j * s..(j + 1) * s].iter_mut().zip(&mean) {
@@ -168,12 +175,19 @@ pub(super) fn forward_samples<const CHUNK: usize>(
         }),
         Posterior::Gaussian => {
             let var_out = &mut scratch[..layer.outputs() * s];
-            for_each_row(layer, |j, row| {
+            for_each_row::<2>(layer, |j, row| {
+                let (mean_out, var_out) = (
+                    &mut out[j * s..(j + 1) * s],
+                    &mut var_out[j * s..(j + 1) * s],
+                );
+                if let Row::Sparse(line) = row {
+                    return accumulate_blocks(line, x, s, bias[j], mean_out, var_out);
+                }
                 let mut mean = [0.0f32; CHUNK];
                 let mut var = [0.0f32; CHUNK];
                 accumulate::<CHUNK, 2>(row, x, s, bias[j], &mut mean, &mut var);
-                store(&mut out[j * s..(j + 1) * s], &mean);
-                store(&mut var_out[j * s..(j + 1) * s], &var);
+                store(mean_out, &mean);
+                store(var_out, &var);
             });
             super::add_noise_and_activate(act, out, var_out, rngs);
         }
@@ -196,7 +210,7 @@ fn store<const CHUNK: usize>(dst: &mut [f32], sums: &[f32; CHUNK]) {
 /// chunk (`s == CHUNK`) runs with a constant trip count, which the compiler unrolls.
 #[inline(always)]
 fn accumulate<const CHUNK: usize, const W: usize>(
-    row: Row<'_>,
+    row: Row<'_, W>,
     x: &[f32],
     s: usize,
     bias: f32,
@@ -212,7 +226,7 @@ fn accumulate<const CHUNK: usize, const W: usize>(
 
 #[inline(always)]
 fn accumulate_n<const CHUNK: usize, const W: usize>(
-    row: Row<'_>,
+    row: Row<'_, W>,
     x: &[f32],
     s: usize,
     bias: f32,
@@ -236,10 +250,44 @@ fn accumulate_n<const CHUNK: usize, const W: usize>(
                 add(i, w);
             }
         }
-        Row::Sparse(cols, values) => {
-            for (&c, w) in cols.iter().zip(values.chunks_exact(W)) {
+        Row::Sparse(line) => {
+            for (&c, w) in line.indices().iter().zip(line.values().chunks_exact(W)) {
                 add(c as usize, w);
             }
         }
+    }
+}
+
+/// One sparse Gaussian row's sums for all `s` samples, straight into the chunk's mean and
+/// variance slices, in blocks of 8 samples, then 4, then the rest: the block sizes whose sums
+/// the hard-float kernels hold in registers (`arch::accumulate`). Every sample's sums are
+/// independent of the blocking, so the bits are those of one pass over all samples.
+#[inline(always)]
+fn accumulate_blocks(
+    line: Line<'_, 2>,
+    x: &[f32],
+    s: usize,
+    bias: f32,
+    mean: &mut [f32],
+    var: &mut [f32],
+) {
+    let mut first = 0;
+    while first < s {
+        let block = match s - first {
+            8.. => 8,
+            4..=7 => 4,
+            rest => rest,
+        };
+        let range = first..first + block;
+        arch::accumulate(
+            line,
+            x,
+            s,
+            first,
+            bias,
+            &mut mean[range.clone()],
+            &mut var[range],
+        );
+        first += block;
     }
 }

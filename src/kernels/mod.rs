@@ -209,7 +209,7 @@ fn add_noise<const RELU: bool>(pre: &mut [f32], var: &[f32], rngs: &mut [Xoshiro
                 *p = if certainly_inactive::<RELU>(*p, v) {
                     0.0
                 } else {
-                    relu_if::<RELU>(*p + crate::fpu::sqrtf(v) * standard_normal(&mut local))
+                    relu_if::<RELU>(*p + crate::arch::sqrtf(v) * standard_normal(&mut local))
                 };
             }
         }

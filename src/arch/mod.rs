@@ -1,0 +1,229 @@
+//! The hottest f32 inner loops, each with one portable definition and, where measured to pay,
+//! a hand-scheduled version per architecture that computes the same bits.
+//!
+//! - [`portable`]: safe Rust, run by the host and by cores without a hand-scheduled version.
+//! - `arm_fpu` (hard-float Cortex-M: M4F, M7, M33): inline `asm!` loops that keep sums in
+//!   FPU registers, load weight records in blocks and step pointers without per-weight index
+//!   arithmetic or bounds checks. This module and its sub-modules hold the crate's only
+//!   `unsafe` code; every block states its invariant and its measured gain.
+//!
+//! The loops read one [`Line`]: the indices and weight records of one row (or one column) of
+//! a validated sparse layer. A `Line` is only made from the arrays of a
+//! [`Layer`](crate::model::Layer), whose indices the model's validation proved to lie below the line's bound (`inputs` for a row, `outputs` for a
+//! column), so a kernel checks its buffer against the bound once per line, not per weight.
+//! Every kernel sums in the stored order with separate multiply and add roundings (the FPU's
+//! `vmla.f32` is the unfused multiply-accumulate), so the host and the device agree bit for bit.
+
+mod portable;
+
+#[cfg(all(target_arch = "arm", target_abi = "eabihf"))]
+mod arm_fpu;
+
+#[cfg(all(target_arch = "arm", target_abi = "eabihf"))]
+use arm_fpu as native;
+#[cfg(not(all(target_arch = "arm", target_abi = "eabihf")))]
+use portable as native;
+
+/// The stored weights of one row (or column) of a validated sparse layer: `indices[k]` and its
+/// record `values[k * W..(k + 1) * W]` (θ first, then σ² for Gaussian records), every index
+/// below `bound`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Line<'a, const W: usize> {
+    indices: &'a [u16],
+    values: &'a [f32],
+    bound: usize,
+}
+
+impl<'a, const W: usize> Line<'a, W> {
+    /// A line of a validated layer's arrays (the layer's own slices, with its bound).
+    #[inline(always)]
+    pub(crate) fn from_validated(
+        indices: &'a [u16],
+        values: &'a [f32],
+        bound: usize,
+    ) -> Option<Self> {
+        (values.len() == indices.len() * W).then_some(Self {
+            indices,
+            values,
+            bound,
+        })
+    }
+
+    /// The stored indices.
+    pub(crate) fn indices(&self) -> &'a [u16] {
+        self.indices
+    }
+    /// The weight records, `W` words each.
+    pub(crate) fn values(&self) -> &'a [f32] {
+        self.values
+    }
+    /// Every index is below this.
+    pub(crate) fn bound(&self) -> usize {
+        self.bound
+    }
+}
+
+/// `bias + Σ_k x[indices[k]] · θ_k`, in stored order. `x` must hold at least `line.bound()`
+/// values (else the portable kernel runs and panics on the first index beyond `x`).
+#[inline(always)]
+pub(crate) fn dot<const W: usize>(line: Line<'_, W>, x: &[f32], bias: f32) -> f32 {
+    native::dot(line, x, bias)
+}
+
+/// `out[indices[k]] += xv · θ_k` for every stored weight, in stored order.
+#[inline(always)]
+pub(crate) fn scatter<const W: usize>(line: Line<'_, W>, xv: f32, out: &mut [f32]) {
+    native::scatter(line, xv, out)
+}
+
+/// One row's sums over a block of samples of a unit-major chunk: with `s` samples per input
+/// (`x[i * s + m]`), for the samples `first..first + mean.len()`,
+/// `mean[m] = bias + Σ_k θ_k x[c_k s + first + m]` and `var[m] = Σ_k σ²_k (x[c_k s + first + m])²`.
+/// Gaussian records only (`W = 2`).
+#[inline(always)]
+pub(crate) fn accumulate(
+    line: Line<'_, 2>,
+    x: &[f32],
+    s: usize,
+    first: usize,
+    bias: f32,
+    mean: &mut [f32],
+    var: &mut [f32],
+) {
+    native::accumulate(line, x, s, first, bias, mean, var)
+}
+
+/// Correctly rounded square root (the FPU's `vsqrt.f32` on hard-float cores, `libm` elsewhere:
+/// IEEE 754 requires both to round correctly, so they agree bit for bit).
+#[inline(always)]
+pub(crate) fn sqrtf(x: f32) -> f32 {
+    native::sqrtf(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_core::{RngCore, SeedableRng};
+    use rand_xoshiro::Xoshiro128PlusPlus;
+    use std::vec::Vec;
+
+    /// A random sparse matrix of `rows x cols`, compressed by rows: pointers, indices and
+    /// Gaussian records (θ, σ²), about a third of the weights present.
+    fn random_rows(
+        rng: &mut Xoshiro128PlusPlus,
+        rows: usize,
+        cols: usize,
+    ) -> (Vec<u32>, Vec<u16>, Vec<f32>) {
+        let (mut pointers, mut indices, mut values) = (std::vec![0u32], Vec::new(), Vec::new());
+        for _ in 0..rows {
+            for c in 0..cols {
+                if rng.next_u32() % 3 == 0 {
+                    indices.push(c as u16);
+                    values.push(uniform(rng) - 0.5);
+                    values.push(uniform(rng) * 0.1);
+                }
+            }
+            pointers.push(indices.len() as u32);
+        }
+        (pointers, indices, values)
+    }
+
+    fn uniform(rng: &mut Xoshiro128PlusPlus) -> f32 {
+        (rng.next_u32() >> 8) as f32 / 16_777_216.0
+    }
+
+    fn line<'a>(
+        (pointers, indices, values): &'a (Vec<u32>, Vec<u16>, Vec<f32>),
+        j: usize,
+        bound: usize,
+    ) -> Line<'a, 2> {
+        let (start, end) = (pointers[j] as usize, pointers[j + 1] as usize);
+        Line::from_validated(&indices[start..end], &values[2 * start..2 * end], bound).unwrap()
+    }
+
+    #[test]
+    fn dot_matches_an_f64_reference() {
+        let mut rng = Xoshiro128PlusPlus::seed_from_u64(3);
+        let (rows, cols) = (17, 40);
+        let m = random_rows(&mut rng, rows, cols);
+        let x: Vec<f32> = (0..cols).map(|_| uniform(&mut rng) * 2.0 - 1.0).collect();
+        for j in 0..rows {
+            let l = line(&m, j, cols);
+            let exact: f64 = 0.25
+                + l.indices()
+                    .iter()
+                    .zip(l.values().chunks_exact(2))
+                    .map(|(&c, w)| f64::from(x[c as usize]) * f64::from(w[0]))
+                    .sum::<f64>();
+            let got = f64::from(dot(l, &x, 0.25));
+            assert!((got - exact).abs() < 1e-5, "row {j}: {got} against {exact}");
+        }
+    }
+
+    #[test]
+    fn scatter_by_columns_gives_the_row_dots_bits() {
+        // The same matrix compressed by columns: each output then receives its terms in
+        // ascending input order, the order of its row's dot product.
+        let mut rng = Xoshiro128PlusPlus::seed_from_u64(5);
+        let (rows, cols) = (23, 31);
+        let m = random_rows(&mut rng, rows, cols);
+        let x: Vec<f32> = (0..cols).map(|_| uniform(&mut rng) - 0.5).collect();
+        let bias: Vec<f32> = (0..rows).map(|_| uniform(&mut rng) - 0.5).collect();
+        let mut by_column: Vec<(Vec<u16>, Vec<f32>)> = std::vec![(Vec::new(), Vec::new()); cols];
+        for j in 0..rows {
+            let l = line(&m, j, cols);
+            for (&c, w) in l.indices().iter().zip(l.values().chunks_exact(2)) {
+                by_column[c as usize].0.push(j as u16);
+                by_column[c as usize].1.extend_from_slice(w);
+            }
+        }
+        let mut out = bias.clone();
+        for (i, (r, v)) in by_column.iter().enumerate() {
+            scatter(
+                Line::<2>::from_validated(r, v, rows).unwrap(),
+                x[i],
+                &mut out,
+            );
+        }
+        for j in 0..rows {
+            assert_eq!(
+                out[j].to_bits(),
+                dot(line(&m, j, cols), &x, bias[j]).to_bits()
+            );
+        }
+    }
+
+    #[test]
+    fn accumulate_in_any_block_gives_each_samples_own_sums() {
+        let mut rng = Xoshiro128PlusPlus::seed_from_u64(7);
+        let (rows, cols, s) = (9, 50, 13);
+        let m = random_rows(&mut rng, rows, cols);
+        // Unit-major chunk: x[i * s + k] is input i of sample k.
+        let x: Vec<f32> = (0..cols * s)
+            .map(|_| uniform(&mut rng) * 2.0 - 1.0)
+            .collect();
+        for j in 0..rows {
+            let l = line(&m, j, cols);
+            for (first, block) in [(0, 8), (8, 4), (12, 1), (0, 13), (3, 7)] {
+                let (mut mean, mut var) = (std::vec![0.0f32; block], std::vec![0.0f32; block]);
+                accumulate(l, &x, s, first, -0.5, &mut mean, &mut var);
+                for k in 0..block {
+                    let sample: Vec<f32> = (0..cols).map(|i| x[i * s + first + k]).collect();
+                    assert_eq!(mean[k].to_bits(), dot(l, &sample, -0.5).to_bits());
+                    let mut v = 0.0f32;
+                    for (&c, w) in l.indices().iter().zip(l.values().chunks_exact(2)) {
+                        let xv = sample[c as usize];
+                        v += xv * xv * w[1];
+                    }
+                    assert_eq!(var[k].to_bits(), v.to_bits());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_line_needs_one_record_per_index() {
+        assert!(Line::<2>::from_validated(&[0, 1], &[0.0; 3], 2).is_none());
+        assert!(Line::<1>::from_validated(&[0, 1], &[0.0; 2], 2).is_some());
+    }
+}

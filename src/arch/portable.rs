@@ -1,0 +1,59 @@
+//! The portable kernels: safe Rust, the definition every architecture's version must match
+//! bit for bit.
+
+use super::Line;
+
+/// See [`super::dot`].
+#[inline(always)]
+pub(crate) fn dot<const W: usize>(line: Line<'_, W>, x: &[f32], bias: f32) -> f32 {
+    debug_assert!(x.len() >= line.bound());
+    let mut acc = bias;
+    for (&c, w) in line.indices().iter().zip(line.values().chunks_exact(W)) {
+        acc += x[c as usize] * w[0];
+    }
+    acc
+}
+
+/// See [`super::scatter`].
+#[inline(always)]
+pub(crate) fn scatter<const W: usize>(line: Line<'_, W>, xv: f32, out: &mut [f32]) {
+    debug_assert!(out.len() >= line.bound());
+    for (&r, w) in line.indices().iter().zip(line.values().chunks_exact(W)) {
+        out[r as usize] += xv * w[0];
+    }
+}
+
+/// See [`super::accumulate`].
+#[inline(always)]
+pub(crate) fn accumulate(
+    line: Line<'_, 2>,
+    x: &[f32],
+    s: usize,
+    first: usize,
+    bias: f32,
+    mean: &mut [f32],
+    var: &mut [f32],
+) {
+    let n = mean.len().min(var.len());
+    let (mean, var) = (&mut mean[..n], &mut var[..n]);
+    mean.fill(bias);
+    var.fill(0.0);
+    for (&c, w) in line.indices().iter().zip(line.values().chunks_exact(2)) {
+        let start = c as usize * s + first;
+        for ((m, v), &xv) in mean
+            .iter_mut()
+            .zip(var.iter_mut())
+            .zip(&x[start..start + n])
+        {
+            *m += xv * w[0];
+            *v += xv * xv * w[1];
+        }
+    }
+}
+
+/// See [`super::sqrtf`]. (Hard-float cores use `vsqrt.f32` instead.)
+#[cfg_attr(all(target_arch = "arm", target_abi = "eabihf"), allow(dead_code))]
+#[inline(always)]
+pub(crate) fn sqrtf(x: f32) -> f32 {
+    libm::sqrtf(x)
+}
