@@ -27,9 +27,11 @@
 //!
 //! The README's API snippet is compiled and run as a doctest too.
 //!
-//! The crate denies `unsafe` code with one documented exception: the `vsqrt.f32` instruction
-//! on hard-float Cortex-M targets (module `fpu`), measured to save about 50 instructions per
-//! unit and sample against the software square root, with bit-identical results.
+//! The crate denies `unsafe` code with one documented exception: the hand-scheduled f32
+//! kernels for hard-float Cortex-M cores (module `arch`, inline `asm!`: sparse dot products,
+//! by-input scatters, register-blocked accumulation over 8 or 4 samples, `vsqrt.f32`), each
+//! beside a portable Rust kernel that gives the same bits, each block with its invariant and
+//! its measured gain (BENCHMARKS.md).
 #![no_std]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

@@ -93,6 +93,12 @@ pub(crate) fn accumulate(
     native::accumulate(line, x, s, first, bias, mean, var)
 }
 
+/// `v = sqrt(v)` for every value, correctly rounded (see [`sqrtf`]).
+#[inline(always)]
+pub(crate) fn sqrt_in_place(values: &mut [f32]) {
+    native::sqrt_in_place(values)
+}
+
 /// Correctly rounded square root (the FPU's `vsqrt.f32` on hard-float cores, `libm` elsewhere:
 /// IEEE 754 requires both to round correctly, so they agree bit for bit).
 #[inline(always)]

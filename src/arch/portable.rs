@@ -51,6 +51,15 @@ pub(crate) fn accumulate(
     }
 }
 
+/// See [`super::sqrt_in_place`].
+#[cfg_attr(all(target_arch = "arm", target_abi = "eabihf"), allow(dead_code))]
+#[inline(always)]
+pub(crate) fn sqrt_in_place(values: &mut [f32]) {
+    for v in values {
+        *v = sqrtf(*v);
+    }
+}
+
 /// See [`super::sqrtf`]. (Hard-float cores use `vsqrt.f32` instead.)
 #[cfg_attr(all(target_arch = "arm", target_abi = "eabihf"), allow(dead_code))]
 #[inline(always)]

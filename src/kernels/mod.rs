@@ -132,15 +132,15 @@ fn draw_from_moments<const RELU: bool>(
     let s = rngs.len();
     for (m, rng) in rngs.iter_mut().enumerate() {
         let mut local = rng.clone();
-        for (unit, (&mu, &sd)) in out.chunks_exact_mut(s).zip(mean.iter().zip(std)) {
-            // `m < s` and every chunk has `s` values: the index check folds away.
-            if let Some(o) = unit.get_mut(m) {
-                *o = if certainly_inactive::<RELU>(mu, sd * sd) {
-                    0.0
-                } else {
-                    relu_if::<RELU>(mu + sd * standard_normal(&mut local))
-                };
+        // A plain index stepped by `s`: the loop test is the bounds check, and the generator
+        // keeps its registers (an iterator adaptor here spilled it to the stack).
+        let mut k = m;
+        for (&mu, &sd) in mean.iter().zip(std) {
+            if k >= out.len() {
+                break;
             }
+            out[k] = draw::<RELU>(mu, sd, &mut local);
+            k += s;
         }
         *rng = local;
     }
@@ -150,16 +150,15 @@ fn draw_from_moments<const RELU: bool>(
 /// N(0, 1) exceeds 9 with probability 1.1e-19, far below what f32 probabilities resolve.
 const INACTIVE_SIGMAS: f32 = 9.0;
 
-/// Whether a ReLU unit with pre-activation mean `mean` and variance `var` is zero in this
-/// sample with probability above 1 - 1e-19 (`mean < -9 sd`); such a unit draws no noise.
-/// Results stay deterministic: the host and the device skip the same draws.
+/// `act(mean + sd * eps)` with `eps ~ N(0, 1)` from `rng`; a ReLU unit whose mean lies more
+/// than 9 standard deviations below zero (probability of being on below 1.1e-19) is 0 without
+/// a draw. Results stay deterministic: the host and the device skip the same draws.
 #[inline(always)]
-fn certainly_inactive<const RELU: bool>(mean: f32, var: f32) -> bool {
-    RELU && mean < 0.0 && mean * mean > INACTIVE_SIGMAS * INACTIVE_SIGMAS * var
-}
-
-#[inline(always)]
-fn relu_if<const RELU: bool>(v: f32) -> f32 {
+fn draw<const RELU: bool>(mean: f32, sd: f32, rng: &mut Xoshiro128PlusPlus) -> f32 {
+    if RELU && mean < -INACTIVE_SIGMAS * sd {
+        return 0.0;
+    }
+    let v = mean + sd * standard_normal(rng);
     if RELU && v <= 0.0 {
         0.0
     } else {
@@ -172,7 +171,7 @@ fn relu_if<const RELU: bool>(v: f32) -> f32 {
 pub(crate) fn finish_chunk(
     layer: &Layer<'_>,
     pre: &mut [f32],
-    var: &[f32],
+    var: &mut [f32],
     rngs: &mut [Xoshiro128PlusPlus],
 ) {
     if layer.posterior() == Posterior::Gaussian {
@@ -186,13 +185,15 @@ pub(crate) fn finish_chunk(
 
 /// Adds `sqrt(var) * eps` to every pre-activation of a chunk and applies the activation:
 /// `pre[j * s + m] = act(pre[j * s + m] + sqrt(var[j * s + m]) * eps)`, sample-major (each
-/// sample's generator stays in registers; its units draw in ascending order).
+/// sample's generator stays in registers; its units draw in ascending order). The square roots
+/// are taken first, in place, over the whole chunk (`var` then holds standard deviations).
 pub(crate) fn add_noise_and_activate(
     activation: Activation,
     pre: &mut [f32],
-    var: &[f32],
+    var: &mut [f32],
     rngs: &mut [Xoshiro128PlusPlus],
 ) {
+    crate::arch::sqrt_in_place(var);
     match activation {
         Activation::Relu => add_noise::<true>(pre, var, rngs),
         Activation::Identity => add_noise::<false>(pre, var, rngs),
@@ -200,18 +201,17 @@ pub(crate) fn add_noise_and_activate(
 }
 
 #[inline(always)]
-fn add_noise<const RELU: bool>(pre: &mut [f32], var: &[f32], rngs: &mut [Xoshiro128PlusPlus]) {
+fn add_noise<const RELU: bool>(pre: &mut [f32], std: &[f32], rngs: &mut [Xoshiro128PlusPlus]) {
     let s = rngs.len();
     for (m, rng) in rngs.iter_mut().enumerate() {
         let mut local = rng.clone();
-        for (p_unit, v_unit) in pre.chunks_exact_mut(s).zip(var.chunks_exact(s)) {
-            if let (Some(p), Some(&v)) = (p_unit.get_mut(m), v_unit.get(m)) {
-                *p = if certainly_inactive::<RELU>(*p, v) {
-                    0.0
-                } else {
-                    relu_if::<RELU>(*p + crate::arch::sqrtf(v) * standard_normal(&mut local))
-                };
-            }
+        let n = pre.len().min(std.len());
+        let (pre, std) = (&mut pre[..n], &std[..n]);
+        // A plain index stepped by `s` (see `draw_from_moments`).
+        let mut k = m;
+        while k < n {
+            pre[k] = draw::<RELU>(pre[k], std[k], &mut local);
+            k += s;
         }
         *rng = local;
     }
