@@ -47,6 +47,7 @@ pub mod digest;
 pub mod early_exit;
 mod engine;
 pub mod error;
+mod exp;
 pub mod fixed;
 pub mod format;
 mod input;

@@ -3,7 +3,7 @@
 //! One 32-bit random word usually makes one draw: 7 bits choose the strip, 1 bit the sign and
 //! 24 bits the position, so index and value never share bits. About 98.8% of draws take the
 //! fast path (one entry of a 256-entry table of thresholds and signed widths, one compare, one
-//! multiply); the rest test a wedge against `exp` or sample
+//! multiply); the rest test a wedge against `exp` (the crate's `e^x` for `x <= 0`, within 4 units in the last place) or sample
 //! the tail beyond `ZIG_R` (r ≈ 3.4426) with Marsaglia's exponential method. The tables are computed at
 //! build time by `build.rs` in f64 and stored as f32 (1.5 KiB of flash, and the fast path's interleaved copy: 2 KiB).
 
@@ -111,7 +111,8 @@ fn slow_path<R: RngCore>(mut rng: R, strip: usize, magnitude: f32) -> (Option<f3
     let lower = ZIG_F[strip];
     let upper = ZIG_F[strip + 1];
     let height = lower + half_open_unit(&mut rng) * (upper - lower);
-    let value = (height < libm::expf(-0.5 * magnitude * magnitude)).then_some(magnitude);
+    let value =
+        (height < crate::exp::exp_nonpositive(-0.5 * magnitude * magnitude)).then_some(magnitude);
     (value, rng)
 }
 

@@ -48,7 +48,7 @@ pub(crate) fn softmax_with_entropy(logits: &[f32], probs: &mut [f32]) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0f32;
     for (p, &z) in probs.iter_mut().zip(logits) {
-        *p = libm::expf(z - max);
+        *p = crate::exp::exp_nonpositive(z - max);
         sum += *p;
     }
     let mut weighted = 0.0f32;

@@ -15,23 +15,78 @@
 
 use core::arch::asm;
 
-use super::{portable, Line};
+use super::{portable, Line, Lines};
 
-/// See [`super::dot`]. Two weights per iteration: 5 instructions per weight instead of the
-/// portable loop's 10 (index bounds check, index arithmetic, separate pointer steps); measured
-/// on LeNet-300-100's mean-weights pass (layers 2 and 3, 1,030 weights), see BENCHMARKS.md.
+/// See [`super::dot`].
 #[inline(always)]
 pub(crate) fn dot<const W: usize>(line: Line<'_, W>, x: &[f32], bias: f32) -> f32 {
     if x.len() < line.bound() {
         return portable::dot(line, x, bias);
     }
-    let n = line.indices().len();
+    // SAFETY: every index of a `Line` is below `line.bound() <= x.len()` (model validation,
+    // see `super::Line`; checked above), and `values` holds `W` words per index.
+    unsafe {
+        dot_raw::<W>(
+            line.indices().as_ptr(),
+            line.values().as_ptr(),
+            line.indices().len(),
+            x.as_ptr(),
+            bias,
+        )
+    }
+}
+
+/// See [`super::dot_rows`]: the row loop steps the row pointers without slicing (about 12
+/// instructions per row instead of 60 through [`dot`] and the generic row walk).
+#[inline(always)]
+pub(crate) fn dot_rows<const W: usize>(
+    rows: Lines<'_, W>,
+    x: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+) {
+    if x.len() < rows.bound {
+        return portable::dot_rows(rows, x, bias, out);
+    }
+    for ((o, &b), bounds) in out.iter_mut().zip(bias).zip(rows.pointers.windows(2)) {
+        let (start, end) = (bounds[0] as usize, bounds[1] as usize);
+        let Some(n) = end.checked_sub(start) else {
+            continue;
+        };
+        // SAFETY: validation made the pointers non-decreasing and `Lines::of` checked the last
+        // one against `indices.len()` (and `values.len() == W * indices.len()`), so the row's
+        // `n` indices and records lie inside the arrays; every index is below
+        // `rows.bound <= x.len()`.
+        *o = unsafe {
+            dot_raw::<W>(
+                rows.indices.as_ptr().add(start),
+                rows.values.as_ptr().add(start * W),
+                n,
+                x.as_ptr(),
+                b,
+            )
+        };
+    }
+}
+
+/// `bias + Σ_k x[idx[k]] · vals[k W]` for `k < n`. Two weights per iteration: 5 instructions
+/// per weight instead of the portable loop's 10 (index bounds check, index arithmetic, separate
+/// pointer steps), measured on LeNet-300-100's mean-weights pass (layers 2 and 3, 1,030 weights).
+///
+/// # Safety
+/// `idx` points to `n` readable indices, `vals` to `n W` readable words, and `x + idx[k]` is a
+/// readable f32 for every `k`.
+#[inline(always)]
+unsafe fn dot_raw<const W: usize>(
+    idx: *const u16,
+    vals: *const f32,
+    n: usize,
+    x: *const f32,
+    bias: f32,
+) -> f32 {
     let mut acc = bias.to_bits();
-    // SAFETY: every index of a `Line` is below `line.bound()` (model validation, see
-    // `super::Line`), and `x.len() >= line.bound()` was checked above, so each `x` address
-    // read is in bounds; `values` holds `n * W` words (checked when the line was made), and
-    // the loop reads exactly `n` indices and `n` records. The block writes only the named
-    // registers (and the flags).
+    // SAFETY: the caller's contract: the loop reads exactly `n` indices, `n` records and the
+    // `x` value of each index. The block writes only the named registers (and the flags).
     unsafe {
         // One weight: its record is the first `W` words of the registers from `s2`.
         macro_rules! dot_loop {
@@ -64,9 +119,9 @@ pub(crate) fn dot<const W: usize>(line: Line<'_, W>, x: &[f32], bias: f32) -> f3
                     "vmov {acc}, s0",
                     acc = inout(reg) acc,
                     n = inout(reg) n => _,
-                    idx = inout(reg) line.indices().as_ptr() => _,
-                    vals = inout(reg) line.values().as_ptr() => _,
-                    x = in(reg) x.as_ptr(),
+                    idx = inout(reg) idx => _,
+                    vals = inout(reg) vals => _,
+                    x = in(reg) x,
                     c0 = out(reg) _,
                     c1 = out(reg) _,
                     out("s0") _, out("s1") _, out("s2") _, out("s3") _, out("s4") _,
@@ -151,42 +206,121 @@ pub(crate) fn scatter<const W: usize>(line: Line<'_, W>, xv: f32, out: &mut [f32
     }
 }
 
-/// See [`super::accumulate`]. Blocks of 8 samples (sums in `s0`-`s15`, the inputs' block in
-/// `s16`-`s23`) and of 4; any other block size runs the portable kernel. Per weight and block
-/// of 8: one index load, one address `mla`, two `vldmia`, 24 arithmetic instructions and the
-/// loop step, 3.75 instructions per weight and sample instead of the portable 6.25.
+/// See [`super::accumulate_rows`]: each row in blocks of 8 samples, then 4, then the portable
+/// kernel for the rest, with the bounds checked once for the layer instead of once per row
+/// and block.
 #[inline(always)]
-pub(crate) fn accumulate(
-    line: Line<'_, 2>,
+pub(crate) fn accumulate_rows(
+    rows: Lines<'_, 2>,
     x: &[f32],
     s: usize,
-    first: usize,
-    bias: f32,
+    bias: &[f32],
     mean: &mut [f32],
     var: &mut [f32],
 ) {
-    let block = mean.len();
-    let fits = var.len() == block
-        && (block == 8 || block == 4)
-        && first + block <= s
-        && line
-            .bound()
-            .checked_mul(s)
-            .is_some_and(|len| len <= x.len());
+    let units = rows.count();
+    let fits = units
+        .checked_mul(s)
+        .is_some_and(|len| len <= mean.len() && len <= var.len())
+        && bias.len() >= units
+        && rows.bound.checked_mul(s).is_some_and(|len| len <= x.len());
     if !fits {
-        return portable::accumulate(line, x, s, first, bias, mean, var);
+        return portable::accumulate_rows(rows, x, s, bias, mean, var);
     }
-    let n = line.indices().len();
     let stride = s * 4;
-    // `first + block <= s <= x.len()`: in bounds (an empty line reads nothing from it).
-    let x = x[first..].as_ptr();
-    // SAFETY: every index `c` of a `Line` is below `line.bound()`, and
-    // `line.bound() * s <= x.len()` with `first + block <= s` (checked above), so the block of
-    // `block` words at `x + (c * s + first) * 4` lies inside `x`; `values` holds `2 n` words and
-    // the loop reads `n` indices and records; `mean` and `var` hold `block` words each and are
-    // borrowed mutably. Only the named registers and the flags are written.
+    for (j, (bounds, &b)) in rows.pointers.windows(2).zip(bias).enumerate() {
+        let (start, end) = (bounds[0] as usize, bounds[1] as usize);
+        let Some(n) = end.checked_sub(start) else {
+            continue;
+        };
+        let mut first = 0;
+        // SAFETY: the row's `n` indices and `2 n` record words lie inside the arrays (pointers
+        // non-decreasing by validation, the last checked by `Lines::of`); each index `c` is
+        // below `rows.bound`, and `rows.bound * s <= x.len()`, so a block of 8 (or 4) words
+        // from `x + c * s + first` with `first + 8 <= s` (or 4) lies inside `x`; `j * s + first`
+        // plus the block is below `units * s <= mean.len(), var.len()` (checked above), and
+        // both are borrowed mutably.
+        unsafe {
+            let (idx, vals) = (
+                rows.indices.as_ptr().add(start),
+                rows.values.as_ptr().add(2 * start),
+            );
+            let (x, mean, var) = (
+                x.as_ptr(),
+                mean.as_mut_ptr().add(j * s),
+                var.as_mut_ptr().add(j * s),
+            );
+            while first + 8 <= s {
+                block::<8>(
+                    idx,
+                    vals,
+                    n,
+                    x.add(first),
+                    stride,
+                    b,
+                    mean.add(first),
+                    var.add(first),
+                );
+                first += 8;
+            }
+            if first + 4 <= s {
+                block::<4>(
+                    idx,
+                    vals,
+                    n,
+                    x.add(first),
+                    stride,
+                    b,
+                    mean.add(first),
+                    var.add(first),
+                );
+                first += 4;
+            }
+        }
+        if first < s {
+            if let Some(line) = rows.line(j) {
+                let range = j * s + first..(j + 1) * s;
+                portable::accumulate(
+                    line,
+                    x,
+                    s,
+                    first,
+                    b,
+                    &mut mean[range.clone()],
+                    &mut var[range],
+                );
+            }
+        }
+    }
+}
+
+/// One row's sums over a block of `B` (8 or 4) samples: `mean[m] = bias + Σ_k θ_k x_m` and
+/// `var[m] = Σ_k σ²_k x_m²` where `x_m` is the word `m` from `x + idx[k] * stride` bytes. The
+/// block of 8 holds its sums in `s0`-`s15` and the inputs' block in `s16`-`s23`. Per weight and
+/// block of 8: one index load, one address `mla`, two `vldmia`, 24 arithmetic instructions and
+/// the loop step, 3.75 instructions per weight and sample instead of the portable 6.25.
+///
+/// # Safety
+/// `idx` points to `n` readable indices and `vals` to `2 n` readable words; for every index `c`,
+/// `B` words from `x + c * stride` bytes are readable; `mean` and `var` point to `B` writable
+/// words each that nothing else accesses during the call.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn block<const B: usize>(
+    idx: *const u16,
+    vals: *const f32,
+    n: usize,
+    x: *const f32,
+    stride: usize,
+    bias: f32,
+    mean: *mut f32,
+    var: *mut f32,
+) {
+    // SAFETY: the caller's contract: the loop reads `n` indices, `n` records and a block of `B`
+    // words per index, and writes `B` words to each of `mean` and `var`. Only the named
+    // registers and the flags are written.
     unsafe {
-        if block == 8 {
+        if B == 8 {
             asm!(
                 "vmov s0, {bias}",
             "vmov.f32 s1, s0",
@@ -243,12 +377,12 @@ pub(crate) fn accumulate(
                 bias = in(reg) bias.to_bits(),
                 zero = in(reg) 0u32,
                 n = inout(reg) n => _,
-                idx = inout(reg) line.indices().as_ptr() => _,
-                vals = inout(reg) line.values().as_ptr() => _,
+                idx = inout(reg) idx => _,
+                vals = inout(reg) vals => _,
                 x = in(reg) x,
                 stride = in(reg) stride,
-                mean = in(reg) mean.as_mut_ptr(),
-                var = in(reg) var.as_mut_ptr(),
+                mean = in(reg) mean,
+                var = in(reg) var,
                 c = out(reg) _,
                 out("s0") _, out("s1") _, out("s2") _, out("s3") _, out("s4") _, out("s5") _, out("s6") _, out("s7") _, out("s8") _, out("s9") _, out("s10") _, out("s11") _, out("s12") _, out("s13") _, out("s14") _, out("s15") _, out("s16") _, out("s17") _, out("s18") _, out("s19") _, out("s20") _, out("s21") _, out("s22") _, out("s23") _, out("s24") _, out("s25") _,
                 options(nostack),
@@ -290,12 +424,12 @@ pub(crate) fn accumulate(
                 bias = in(reg) bias.to_bits(),
                 zero = in(reg) 0u32,
                 n = inout(reg) n => _,
-                idx = inout(reg) line.indices().as_ptr() => _,
-                vals = inout(reg) line.values().as_ptr() => _,
+                idx = inout(reg) idx => _,
+                vals = inout(reg) vals => _,
                 x = in(reg) x,
                 stride = in(reg) stride,
-                mean = in(reg) mean.as_mut_ptr(),
-                var = in(reg) var.as_mut_ptr(),
+                mean = in(reg) mean,
+                var = in(reg) var,
                 c = out(reg) _,
                 out("s0") _, out("s1") _, out("s2") _, out("s3") _, out("s4") _, out("s5") _, out("s6") _, out("s7") _, out("s8") _, out("s9") _, out("s10") _, out("s11") _, out("s12") _, out("s13") _,
                 options(nostack),

@@ -24,6 +24,8 @@ use arm_fpu as native;
 #[cfg(not(all(target_arch = "arm", target_abi = "eabihf")))]
 use portable as native;
 
+use crate::model::{Layer, Weights};
+
 /// The stored weights of one row (or column) of a validated sparse layer: `indices[k]` and its
 /// record `values[k * W..(k + 1) * W]` (θ first, then σ² for Gaussian records), every index
 /// below `bound`.
@@ -63,6 +65,96 @@ impl<'a, const W: usize> Line<'a, W> {
     }
 }
 
+/// All lines of a validated sparse layer: its rows (compressed sparse rows, indices below
+/// `inputs`) or its columns (compressed sparse columns, indices below `outputs`). Validation
+/// proved the pointers non-decreasing and every index below the bound; [`Lines::of`] checks
+/// the array lengths, so line `k` is `indices[pointers[k]..pointers[k + 1]]` with its records.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Lines<'a, const W: usize> {
+    pointers: &'a [u32],
+    indices: &'a [u16],
+    values: &'a [f32],
+    bound: usize,
+}
+
+impl<'a, const W: usize> Lines<'a, W> {
+    /// The rows or columns of a sparse layer whose records are `W` words; `None` for other
+    /// storage or record widths.
+    #[inline(always)]
+    pub(crate) fn of(layer: &Layer<'a>) -> Option<Self> {
+        let (pointers, indices, values, bound) = match layer.weights() {
+            Weights::Sparse {
+                row_ptr,
+                cols,
+                values,
+            } => (row_ptr, cols, values, layer.inputs()),
+            Weights::SparseByInput {
+                col_ptr,
+                rows,
+                values,
+            } => (col_ptr, rows, values, layer.outputs()),
+            Weights::Dense { .. } | Weights::Conv { .. } | Weights::None => return None,
+        };
+        let last = *pointers.last()? as usize;
+        let fits = layer.posterior().words_per_weight() == W
+            && last <= indices.len()
+            && values.len() == indices.len() * W;
+        fits.then_some(Self {
+            pointers,
+            indices,
+            values,
+            bound,
+        })
+    }
+
+    /// Number of lines.
+    #[inline(always)]
+    pub(crate) fn count(&self) -> usize {
+        self.pointers.len() - 1
+    }
+
+    /// Line `k` (`None` beyond the last).
+    #[inline(always)]
+    pub(crate) fn line(&self, k: usize) -> Option<Line<'a, W>> {
+        let (start, end) = (
+            *self.pointers.get(k)? as usize,
+            *self.pointers.get(k + 1)? as usize,
+        );
+        Line::from_validated(
+            self.indices.get(start..end)?,
+            self.values.get(start * W..end * W)?,
+            self.bound,
+        )
+    }
+}
+
+/// `out[j] = bias[j] + Σ_k x[c_k] · θ_k` over row `j`, for every row of `rows` (the
+/// pre-activations of a sparse layer with mean weights).
+#[inline(always)]
+pub(crate) fn dot_rows<const W: usize>(
+    rows: Lines<'_, W>,
+    x: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+) {
+    native::dot_rows(rows, x, bias, out)
+}
+
+/// Every row's sums over all `s` samples of a unit-major chunk (`x[i * s + m]` is input `i` of
+/// sample `m`): `mean[j * s + m] = bias[j] + Σ_k θ_k x[c_k s + m]` and
+/// `var[j * s + m] = Σ_k σ²_k x[c_k s + m]²` (Gaussian records, `W = 2`).
+#[inline(always)]
+pub(crate) fn accumulate_rows(
+    rows: Lines<'_, 2>,
+    x: &[f32],
+    s: usize,
+    bias: &[f32],
+    mean: &mut [f32],
+    var: &mut [f32],
+) {
+    native::accumulate_rows(rows, x, s, bias, mean, var)
+}
+
 /// `bias + Σ_k x[indices[k]] · θ_k`, in stored order. `x` must hold at least `line.bound()`
 /// values (else the portable kernel runs and panics on the first index beyond `x`).
 #[inline(always)]
@@ -74,23 +166,6 @@ pub(crate) fn dot<const W: usize>(line: Line<'_, W>, x: &[f32], bias: f32) -> f3
 #[inline(always)]
 pub(crate) fn scatter<const W: usize>(line: Line<'_, W>, xv: f32, out: &mut [f32]) {
     native::scatter(line, xv, out)
-}
-
-/// One row's sums over a block of samples of a unit-major chunk: with `s` samples per input
-/// (`x[i * s + m]`), for the samples `first..first + mean.len()`,
-/// `mean[m] = bias + Σ_k θ_k x[c_k s + first + m]` and `var[m] = Σ_k σ²_k (x[c_k s + first + m])²`.
-/// Gaussian records only (`W = 2`).
-#[inline(always)]
-pub(crate) fn accumulate(
-    line: Line<'_, 2>,
-    x: &[f32],
-    s: usize,
-    first: usize,
-    bias: f32,
-    mean: &mut [f32],
-    var: &mut [f32],
-) {
-    native::accumulate(line, x, s, first, bias, mean, var)
 }
 
 /// `v = sqrt(v)` for every value, correctly rounded (see [`sqrtf`]).
@@ -200,30 +275,68 @@ mod tests {
     }
 
     #[test]
-    fn accumulate_in_any_block_gives_each_samples_own_sums() {
+    fn accumulated_rows_give_each_samples_own_sums_for_any_chunk() {
         let mut rng = Xoshiro128PlusPlus::seed_from_u64(7);
-        let (rows, cols, s) = (9, 50, 13);
+        let (rows, cols) = (9, 50);
         let m = random_rows(&mut rng, rows, cols);
-        // Unit-major chunk: x[i * s + k] is input i of sample k.
-        let x: Vec<f32> = (0..cols * s)
-            .map(|_| uniform(&mut rng) * 2.0 - 1.0)
-            .collect();
-        for j in 0..rows {
-            let l = line(&m, j, cols);
-            for (first, block) in [(0, 8), (8, 4), (12, 1), (0, 13), (3, 7)] {
-                let (mut mean, mut var) = (std::vec![0.0f32; block], std::vec![0.0f32; block]);
-                accumulate(l, &x, s, first, -0.5, &mut mean, &mut var);
-                for k in 0..block {
-                    let sample: Vec<f32> = (0..cols).map(|i| x[i * s + first + k]).collect();
-                    assert_eq!(mean[k].to_bits(), dot(l, &sample, -0.5).to_bits());
+        let lines = Lines::<2> {
+            pointers: &m.0,
+            indices: &m.1,
+            values: &m.2,
+            bound: cols,
+        };
+        let bias: Vec<f32> = (0..rows).map(|_| uniform(&mut rng) - 0.5).collect();
+        // Blocks of 8 and 4 and the rest, as the hard-float kernels split them.
+        for s in [1, 4, 6, 8, 13, 32] {
+            // Unit-major chunk: x[i * s + k] is input i of sample k.
+            let x: Vec<f32> = (0..cols * s)
+                .map(|_| uniform(&mut rng) * 2.0 - 1.0)
+                .collect();
+            let (mut mean, mut var) = (std::vec![0.0f32; rows * s], std::vec![0.0f32; rows * s]);
+            accumulate_rows(lines, &x, s, &bias, &mut mean, &mut var);
+            for j in 0..rows {
+                let l = line(&m, j, cols);
+                for k in 0..s {
+                    let sample: Vec<f32> = (0..cols).map(|i| x[i * s + k]).collect();
+                    assert_eq!(
+                        mean[j * s + k].to_bits(),
+                        dot(l, &sample, bias[j]).to_bits()
+                    );
                     let mut v = 0.0f32;
                     for (&c, w) in l.indices().iter().zip(l.values().chunks_exact(2)) {
                         let xv = sample[c as usize];
                         v += xv * xv * w[1];
                     }
-                    assert_eq!(var[k].to_bits(), v.to_bits());
+                    assert_eq!(
+                        var[j * s + k].to_bits(),
+                        v.to_bits(),
+                        "row {j}, sample {k} of {s}"
+                    );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn row_dots_are_each_rows_dot() {
+        let mut rng = Xoshiro128PlusPlus::seed_from_u64(11);
+        let (rows, cols) = (12, 30);
+        let m = random_rows(&mut rng, rows, cols);
+        let lines = Lines::<2> {
+            pointers: &m.0,
+            indices: &m.1,
+            values: &m.2,
+            bound: cols,
+        };
+        let x: Vec<f32> = (0..cols).map(|_| uniform(&mut rng) - 0.5).collect();
+        let bias: Vec<f32> = (0..rows).map(|_| uniform(&mut rng) - 0.5).collect();
+        let mut out = std::vec![0.0f32; rows];
+        dot_rows(lines, &x, &bias, &mut out);
+        for j in 0..rows {
+            assert_eq!(
+                out[j].to_bits(),
+                dot(line(&m, j, cols), &x, bias[j]).to_bits()
+            );
         }
     }
 

@@ -1,7 +1,7 @@
 //! The portable kernels: safe Rust, the definition every architecture's version must match
 //! bit for bit.
 
-use super::Line;
+use super::{Line, Lines};
 
 /// See [`super::dot`].
 #[inline(always)]
@@ -14,6 +14,41 @@ pub(crate) fn dot<const W: usize>(line: Line<'_, W>, x: &[f32], bias: f32) -> f3
     acc
 }
 
+/// See [`super::dot_rows`].
+#[cfg_attr(all(target_arch = "arm", target_abi = "eabihf"), allow(dead_code))]
+#[inline(always)]
+pub(crate) fn dot_rows<const W: usize>(
+    rows: Lines<'_, W>,
+    x: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+) {
+    for (j, (o, &b)) in out.iter_mut().zip(bias).take(rows.count()).enumerate() {
+        if let Some(line) = rows.line(j) {
+            *o = dot(line, x, b);
+        }
+    }
+}
+
+/// See [`super::accumulate_rows`]: each row over all samples in one pass.
+#[cfg_attr(all(target_arch = "arm", target_abi = "eabihf"), allow(dead_code))]
+#[inline(always)]
+pub(crate) fn accumulate_rows(
+    rows: Lines<'_, 2>,
+    x: &[f32],
+    s: usize,
+    bias: &[f32],
+    mean: &mut [f32],
+    var: &mut [f32],
+) {
+    let units = mean.chunks_exact_mut(s).zip(var.chunks_exact_mut(s));
+    for (j, ((m, v), &b)) in units.zip(bias).take(rows.count()).enumerate() {
+        if let Some(line) = rows.line(j) {
+            accumulate(line, x, s, 0, b, m, v);
+        }
+    }
+}
+
 /// See [`super::scatter`].
 #[inline(always)]
 pub(crate) fn scatter<const W: usize>(line: Line<'_, W>, xv: f32, out: &mut [f32]) {
@@ -23,7 +58,8 @@ pub(crate) fn scatter<const W: usize>(line: Line<'_, W>, xv: f32, out: &mut [f32
     }
 }
 
-/// See [`super::accumulate`].
+/// One row's sums for the samples `first..first + mean.len()` of a unit-major chunk of `s`
+/// (see [`super::accumulate_rows`]).
 #[inline(always)]
 pub(crate) fn accumulate(
     line: Line<'_, 2>,

@@ -12,7 +12,7 @@
 //! host and the device produce the same bits.
 
 use super::activate;
-use crate::arch::{self, Line};
+use crate::arch::{self, Line, Lines};
 use crate::format::Posterior;
 use crate::input::Input;
 use crate::model::{Layer, Weights};
@@ -110,6 +110,22 @@ pub(super) fn forward_mean<X: Input + ?Sized>(layer: &Layer<'_>, x: &X, out: &mu
     let bias = layer.bias();
     let act = layer.activation();
     let out = &mut out[..layer.outputs()];
+    if let Some(xs) = x.as_slice() {
+        let done = match layer.posterior() {
+            Posterior::Deterministic => {
+                Lines::<1>::of(layer).map(|rows| arch::dot_rows(rows, xs, bias, out))
+            }
+            Posterior::Gaussian => {
+                Lines::<2>::of(layer).map(|rows| arch::dot_rows(rows, xs, bias, out))
+            }
+        };
+        if done.is_some() {
+            for o in out.iter_mut() {
+                *o = activate(act, *o);
+            }
+            return;
+        }
+    }
     match layer.posterior() {
         Posterior::Deterministic => for_each_row::<1>(layer, |j, row| {
             out[j] = activate(act, dot_theta(row, x, bias[j]));
@@ -175,14 +191,15 @@ pub(super) fn forward_samples<const CHUNK: usize>(
         }),
         Posterior::Gaussian => {
             let var_out = &mut scratch[..layer.outputs() * s];
+            if let Some(rows) = Lines::<2>::of(layer) {
+                arch::accumulate_rows(rows, x, s, bias, out, var_out);
+                return super::add_noise_and_activate(act, out, var_out, rngs);
+            }
             for_each_row::<2>(layer, |j, row| {
                 let (mean_out, var_out) = (
                     &mut out[j * s..(j + 1) * s],
                     &mut var_out[j * s..(j + 1) * s],
                 );
-                if let Row::Sparse(line) = row {
-                    return accumulate_blocks(line, x, s, bias[j], mean_out, var_out);
-                }
                 let mut mean = [0.0f32; CHUNK];
                 let mut var = [0.0f32; CHUNK];
                 accumulate::<CHUNK, 2>(row, x, s, bias[j], &mut mean, &mut var);
@@ -255,39 +272,5 @@ fn accumulate_n<const CHUNK: usize, const W: usize>(
                 add(c as usize, w);
             }
         }
-    }
-}
-
-/// One sparse Gaussian row's sums for all `s` samples, straight into the chunk's mean and
-/// variance slices, in blocks of 8 samples, then 4, then the rest: the block sizes whose sums
-/// the hard-float kernels hold in registers (`arch::accumulate`). Every sample's sums are
-/// independent of the blocking, so the bits are those of one pass over all samples.
-#[inline(always)]
-fn accumulate_blocks(
-    line: Line<'_, 2>,
-    x: &[f32],
-    s: usize,
-    bias: f32,
-    mean: &mut [f32],
-    var: &mut [f32],
-) {
-    let mut first = 0;
-    while first < s {
-        let block = match s - first {
-            8.. => 8,
-            4..=7 => 4,
-            rest => rest,
-        };
-        let range = first..first + block;
-        arch::accumulate(
-            line,
-            x,
-            s,
-            first,
-            bias,
-            &mut mean[range.clone()],
-            &mut var[range],
-        );
-        first += block;
     }
 }
