@@ -120,9 +120,16 @@ impl<'a, const W: usize> Lines<'a, W> {
             *self.pointers.get(k)? as usize,
             *self.pointers.get(k + 1)? as usize,
         );
+        self.span(start..end)
+    }
+
+    /// The stored weights `span` of the arrays, as a line (one line's span, from its pointers,
+    /// for the sums to keep the sequential result); `None` if out of range.
+    #[inline(always)]
+    pub(crate) fn span(&self, span: core::ops::Range<usize>) -> Option<Line<'a, W>> {
         Line::from_validated(
-            self.indices.get(start..end)?,
-            self.values.get(start * W..end * W)?,
+            self.indices.get(span.clone())?,
+            self.values.get(span.start * W..span.end * W)?,
             self.bound,
         )
     }
@@ -140,13 +147,26 @@ pub(crate) fn dot_rows<const W: usize>(
     native::dot_rows(rows, x, bias, out)
 }
 
+/// [`scatter_span`] of a Gaussian column into the pre-activation moments:
+/// `mean[r_k] += xv · θ_k` and `var[r_k] += xv² · σ²_k`.
+#[inline(always)]
+pub(crate) fn scatter_moments_span(
+    lines: Lines<'_, 2>,
+    span: core::ops::Range<usize>,
+    xv: f32,
+    moments: (&mut [f32], &mut [f32]),
+) {
+    native::scatter_moments_span(lines, span, xv, moments)
+}
+
 /// Every row's sums over all `s` samples of a unit-major chunk (`x[i * s + m]` is input `i` of
-/// sample `m`): `mean[j * s + m] = bias[j] + Σ_k θ_k x[c_k s + m]` and
-/// `var[j * s + m] = Σ_k σ²_k x[c_k s + m]²` (Gaussian records, `W = 2`).
+/// sample `m`, `squares[i * s + m]` its square from [`square_into`]):
+/// `mean[j * s + m] = bias[j] + Σ_k θ_k x[c_k s + m]` and
+/// `var[j * s + m] = Σ_k σ²_k squares[c_k s + m]` (Gaussian records, `W = 2`).
 #[inline(always)]
 pub(crate) fn accumulate_rows(
     rows: Lines<'_, 2>,
-    x: &[f32],
+    x: (&[f32], &[f32]),
     s: usize,
     bias: &[f32],
     mean: &mut [f32],
@@ -162,10 +182,22 @@ pub(crate) fn dot<const W: usize>(line: Line<'_, W>, x: &[f32], bias: f32) -> f3
     native::dot(line, x, bias)
 }
 
-/// `out[indices[k]] += xv · θ_k` for every stored weight, in stored order.
+/// `out[indices[k]] += xv · θ_k` for the stored weights `span` of `lines` (one column, from its
+/// pointers), in stored order; nothing if the span is out of range.
 #[inline(always)]
-pub(crate) fn scatter<const W: usize>(line: Line<'_, W>, xv: f32, out: &mut [f32]) {
-    native::scatter(line, xv, out)
+pub(crate) fn scatter_span<const W: usize>(
+    lines: Lines<'_, W>,
+    span: core::ops::Range<usize>,
+    xv: f32,
+    out: &mut [f32],
+) {
+    native::scatter_span(lines, span, xv, out)
+}
+
+/// `squares[i] = x[i] * x[i]` (a chunk's inputs squared once, not once per weight).
+#[inline(always)]
+pub(crate) fn square_into(x: &[f32], squares: &mut [f32]) {
+    native::square_into(x, squares)
 }
 
 /// `v = sqrt(v)` for every value, correctly rounded (see [`sqrtf`]).
@@ -258,13 +290,34 @@ mod tests {
                 by_column[c as usize].1.extend_from_slice(w);
             }
         }
+        let (mut pointers, mut indices, mut values) = (std::vec![0u32], Vec::new(), Vec::new());
+        for (r, v) in &by_column {
+            indices.extend_from_slice(r);
+            values.extend_from_slice(v);
+            pointers.push(indices.len() as u32);
+        }
+        let columns = Lines::<2> {
+            pointers: &pointers,
+            indices: &indices,
+            values: &values,
+            bound: rows,
+        };
         let mut out = bias.clone();
-        for (i, (r, v)) in by_column.iter().enumerate() {
-            scatter(
-                Line::<2>::from_validated(r, v, rows).unwrap(),
-                x[i],
-                &mut out,
-            );
+        let (mut mean, mut var) = (bias.clone(), std::vec![0.0f32; rows]);
+        for (i, pair) in pointers.windows(2).enumerate() {
+            let span = pair[0] as usize..pair[1] as usize;
+            scatter_span(columns, span.clone(), x[i], &mut out);
+            scatter_moments_span(columns, span, x[i], (&mut mean, &mut var));
+        }
+        for j in 0..rows {
+            // The variance sums x² σ² in the same order.
+            let l = line(&m, j, cols);
+            let mut v = 0.0f32;
+            for (&c, w) in l.indices().iter().zip(l.values().chunks_exact(2)) {
+                v += x[c as usize] * x[c as usize] * w[1];
+            }
+            assert_eq!(var[j].to_bits(), v.to_bits());
+            assert_eq!(mean[j].to_bits(), out[j].to_bits());
         }
         for j in 0..rows {
             assert_eq!(
@@ -293,7 +346,9 @@ mod tests {
                 .map(|_| uniform(&mut rng) * 2.0 - 1.0)
                 .collect();
             let (mut mean, mut var) = (std::vec![0.0f32; rows * s], std::vec![0.0f32; rows * s]);
-            accumulate_rows(lines, &x, s, &bias, &mut mean, &mut var);
+            let mut squares = std::vec![0.0f32; x.len()];
+            square_into(&x, &mut squares);
+            accumulate_rows(lines, (&x, &squares), s, &bias, &mut mean, &mut var);
             for j in 0..rows {
                 let l = line(&m, j, cols);
                 for k in 0..s {

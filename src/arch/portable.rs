@@ -35,7 +35,7 @@ pub(crate) fn dot_rows<const W: usize>(
 #[inline(always)]
 pub(crate) fn accumulate_rows(
     rows: Lines<'_, 2>,
-    x: &[f32],
+    x: (&[f32], &[f32]),
     s: usize,
     bias: &[f32],
     mean: &mut [f32],
@@ -49,12 +49,48 @@ pub(crate) fn accumulate_rows(
     }
 }
 
-/// See [`super::scatter`].
+/// See [`super::square_into`].
+#[cfg_attr(all(target_arch = "arm", target_abi = "eabihf"), allow(dead_code))]
 #[inline(always)]
-pub(crate) fn scatter<const W: usize>(line: Line<'_, W>, xv: f32, out: &mut [f32]) {
+pub(crate) fn square_into(x: &[f32], squares: &mut [f32]) {
+    for (q, &v) in squares.iter_mut().zip(x) {
+        *q = v * v;
+    }
+}
+
+/// See [`super::scatter_span`].
+#[inline(always)]
+pub(crate) fn scatter_span<const W: usize>(
+    lines: Lines<'_, W>,
+    span: core::ops::Range<usize>,
+    xv: f32,
+    out: &mut [f32],
+) {
+    let Some(line) = lines.span(span) else {
+        return;
+    };
     debug_assert!(out.len() >= line.bound());
     for (&r, w) in line.indices().iter().zip(line.values().chunks_exact(W)) {
         out[r as usize] += xv * w[0];
+    }
+}
+
+/// See [`super::scatter_moments_span`].
+#[inline(always)]
+pub(crate) fn scatter_moments_span(
+    lines: Lines<'_, 2>,
+    span: core::ops::Range<usize>,
+    xv: f32,
+    (mean, var): (&mut [f32], &mut [f32]),
+) {
+    let Some(line) = lines.span(span) else {
+        return;
+    };
+    let x2 = xv * xv;
+    for (&r, w) in line.indices().iter().zip(line.values().chunks_exact(2)) {
+        let r = r as usize;
+        mean[r] += xv * w[0];
+        var[r] += x2 * w[1];
     }
 }
 
@@ -63,7 +99,7 @@ pub(crate) fn scatter<const W: usize>(line: Line<'_, W>, xv: f32, out: &mut [f32
 #[inline(always)]
 pub(crate) fn accumulate(
     line: Line<'_, 2>,
-    x: &[f32],
+    (x, squares): (&[f32], &[f32]),
     s: usize,
     first: usize,
     bias: f32,
@@ -76,13 +112,10 @@ pub(crate) fn accumulate(
     var.fill(0.0);
     for (&c, w) in line.indices().iter().zip(line.values().chunks_exact(2)) {
         let start = c as usize * s + first;
-        for ((m, v), &xv) in mean
-            .iter_mut()
-            .zip(var.iter_mut())
-            .zip(&x[start..start + n])
-        {
+        let inputs = x[start..start + n].iter().zip(&squares[start..start + n]);
+        for ((m, v), (&xv, &q)) in mean.iter_mut().zip(var.iter_mut()).zip(inputs) {
             *m += xv * w[0];
-            *v += xv * xv * w[1];
+            *v += q * w[1];
         }
     }
 }

@@ -3,7 +3,7 @@
 //! costs one test, not one per weight. Every output still sums its bias first, then its
 //! inputs in ascending order: the same order, hence the same bits, as row-major storage.
 
-use crate::arch::{self, Line};
+use crate::arch::{self, Lines};
 use crate::format::Posterior;
 use crate::input::Input;
 use crate::model::{Layer, Weights};
@@ -23,25 +23,18 @@ fn columns<'a>(layer: &Layer<'a>) -> Option<(&'a [u32], &'a [u16], &'a [f32])> {
     }
 }
 
-/// Calls `f(xv, column)` for every input that is not known to be zero, with its value and its
-/// stored column (`W` must be the layer's record width).
+/// Calls `f(xv, start, end)` for every input that is not known to be zero, with its value and
+/// the span of its stored column in the layer's arrays.
 #[inline(always)]
-fn for_each_input<'a, X: Input + ?Sized, const W: usize>(
-    layer: &Layer<'a>,
+fn for_each_input<X: Input + ?Sized>(
+    layer: &Layer<'_>,
     x: &X,
-    mut f: impl FnMut(f32, Line<'a, W>),
+    mut f: impl FnMut(f32, usize, usize),
 ) {
-    let Some((col_ptr, rows, values)) = columns(layer) else {
+    let Some((col_ptr, _, _)) = columns(layer) else {
         return;
     };
-    let outputs = layer.outputs();
-    let mut visit = |i: usize, start: usize, end: usize| {
-        if let Some(line) =
-            Line::from_validated(&rows[start..end], &values[start * W..end * W], outputs)
-        {
-            f(x.value(i), line);
-        }
-    };
+    let mut visit = |i: usize, start: usize, end: usize| f(x.value(i), start, end);
     if let Some(raw) = x.zero_skippable_bytes() {
         // Walk the bytes four at a time with the column pointers: four blank pixels (most of an
         // image) cost one word load and one test.
@@ -89,10 +82,18 @@ pub(super) fn forward_mean<X: Input + ?Sized>(layer: &Layer<'_>, x: &X, out: &mu
     out.copy_from_slice(layer.bias());
     match layer.posterior() {
         Posterior::Deterministic => {
-            for_each_input::<X, 1>(layer, x, |xv, column| arch::scatter(column, xv, out))
+            if let Some(columns) = Lines::<1>::of(layer) {
+                for_each_input(layer, x, |xv, start, end| {
+                    arch::scatter_span(columns, start..end, xv, out)
+                });
+            }
         }
         Posterior::Gaussian => {
-            for_each_input::<X, 2>(layer, x, |xv, column| arch::scatter(column, xv, out))
+            if let Some(columns) = Lines::<2>::of(layer) {
+                for_each_input(layer, x, |xv, start, end| {
+                    arch::scatter_span(columns, start..end, xv, out)
+                });
+            }
         }
     }
     for o in out.iter_mut() {
@@ -112,22 +113,21 @@ pub(super) fn forward_moments<X: Input + ?Sized>(
     var.fill(0.0);
     match layer.posterior() {
         Posterior::Deterministic => {
-            for_each_input::<X, 1>(layer, x, |xv, column| arch::scatter(column, xv, mean))
-        }
-        Posterior::Gaussian => for_each_input::<X, 2>(layer, x, |xv, column| {
-            let x2 = xv * xv;
-            for (&r, w) in column.indices().iter().zip(column.values().chunks_exact(2)) {
-                let r = r as usize;
-                if let (Some(m), Some(v)) = (mean.get_mut(r), var.get_mut(r)) {
-                    *m += xv * w[0];
-                    *v += x2 * w[1];
-                }
+            if let Some(columns) = Lines::<1>::of(layer) {
+                for_each_input(layer, x, |xv, start, end| {
+                    arch::scatter_span(columns, start..end, xv, mean)
+                });
             }
-        }),
+        }
+        Posterior::Gaussian => {
+            if let Some(columns) = Lines::<2>::of(layer) {
+                for_each_input(layer, x, |xv, start, end| {
+                    arch::scatter_moments_span(columns, start..end, xv, (mean, var))
+                });
+            }
+        }
     }
-    for v in var.iter_mut() {
-        *v = crate::arch::sqrtf(*v);
-    }
+    arch::sqrt_in_place(var);
 }
 
 /// A chunk of `s = rngs.len()` samples, unit-major. Pre-activations accumulate in `out`,

@@ -190,9 +190,11 @@ pub(super) fn forward_samples<const CHUNK: usize>(
             }
         }),
         Posterior::Gaussian => {
-            let var_out = &mut scratch[..layer.outputs() * s];
+            let (var_out, squares) = scratch.split_at_mut(layer.outputs() * s);
             if let Some(rows) = Lines::<2>::of(layer) {
-                arch::accumulate_rows(rows, x, s, bias, out, var_out);
+                let (x, squares) = (&x[..layer.inputs() * s], &mut squares[..layer.inputs() * s]);
+                arch::square_into(x, squares);
+                arch::accumulate_rows(rows, (x, squares), s, bias, out, var_out);
                 return super::add_noise_and_activate(act, out, var_out, rngs);
             }
             for_each_row::<2>(layer, |j, row| {
