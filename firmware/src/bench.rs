@@ -173,6 +173,12 @@ pub struct Measured<T> {
     pub stack_bytes: usize,
 }
 
+/// The RAM an inference needs: the engine's workspace (`workspace_bytes`), the `Engine` value
+/// `E`, the parsed `model` value and the stack the call used (`stack_bytes`, from [`measure`]).
+pub fn ram_bytes<E, M: ?Sized>(workspace_bytes: usize, model: &M, stack_bytes: usize) -> usize {
+    workspace_bytes + core::mem::size_of::<E>() + core::mem::size_of_val(model) + stack_bytes
+}
+
 /// Runs `work` once with `window` bytes of stack painted below the caller, timed by `clock`.
 pub fn measure<C: Clock, T>(clock: &mut C, window: usize, work: impl FnOnce() -> T) -> Measured<T> {
     let probe = StackProbe::paint(window);

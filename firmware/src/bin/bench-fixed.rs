@@ -17,7 +17,7 @@ use tinybayes::numeric::FixedPoint;
 use tinybayes::{Engine, Q16, Q8};
 use tinybayes::{InferenceError, Mode};
 use tinybayes_firmware::assets;
-use tinybayes_firmware::bench::{measure, Line};
+use tinybayes_firmware::bench::{measure, ram_bytes, Line};
 use tinybayes_firmware::generated::{
     FIXED_CHUNK, FIXED_Q16_MODEL, FIXED_Q8_MODEL, FIXED_WORKSPACE_WORDS,
 };
@@ -94,10 +94,11 @@ fn bench_modes<const CHUNK: usize, const WORDS: usize, N: FixedPoint>(
             case: mode.into(),
             chunk: CHUNK,
             instructions: run.instructions,
-            ram_bytes: model.workspace_bytes(CHUNK)
-                + core::mem::size_of::<Engine<'_, '_, CHUNK, N>>()
-                + core::mem::size_of_val(model)
-                + run.stack_bytes,
+            ram_bytes: ram_bytes::<Engine<'_, '_, CHUNK, N>, _>(
+                model.workspace_bytes(CHUNK),
+                model,
+                run.stack_bytes,
+            ),
             ..line
         }
         .print();

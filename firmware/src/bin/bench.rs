@@ -14,7 +14,7 @@ use rand_xoshiro::Xoshiro128PlusPlus;
 use tinybayes::format::Precision;
 use tinybayes::{Engine, InferenceError, Mode, Model};
 use tinybayes_firmware::assets;
-use tinybayes_firmware::bench::{measure, Depth, Line};
+use tinybayes_firmware::bench::{measure, ram_bytes, Depth, Line};
 #[cfg(tb_board = "mps2-an386")]
 use tinybayes_firmware::generated::BENCH_DENSE;
 #[cfg(not(tb_board = "microbit"))]
@@ -47,10 +47,11 @@ fn bench_case<const CHUNK: usize>(
         chunk: CHUNK,
         depth: Depth::All,
         instructions: run.instructions,
-        ram_bytes: tinybayes::Plan::new(model, CHUNK).workspace_bytes()
-            + core::mem::size_of::<Engine<'_, '_, CHUNK>>()
-            + core::mem::size_of_val(model)
-            + run.stack_bytes,
+        ram_bytes: ram_bytes::<Engine<'_, '_, CHUNK>, _>(
+            tinybayes::Plan::new(model, CHUNK).workspace_bytes(),
+            model,
+            run.stack_bytes,
+        ),
         flash_bytes: model.as_bytes().len(),
         macs: 0,
     }

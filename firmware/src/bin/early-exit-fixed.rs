@@ -21,7 +21,7 @@ mod run {
     use tinybayes::format::Precision;
     use tinybayes::{Engine, InferenceError, Mode, QExitPrediction, QModel, Q8};
     use tinybayes_firmware::assets;
-    use tinybayes_firmware::bench::{measure, Depth, Line};
+    use tinybayes_firmware::bench::{measure, ram_bytes, Depth, Line};
     use tinybayes_firmware::clock::Clock;
     use tinybayes_firmware::generated::{
         FIXED_SEED_BASE, RESNET_CHUNK, RESNET_Q8_MODEL, RESNET_SAMPLES, RESNET_WORKSPACE_WORDS,
@@ -53,10 +53,11 @@ mod run {
                     chunk: RESNET_CHUNK,
                     depth: Depth::Exits(depth),
                     instructions: run.instructions,
-                    ram_bytes: model.workspace_bytes(RESNET_CHUNK)
-                        + core::mem::size_of::<Engine<'_, '_, RESNET_CHUNK, Q8>>()
-                        + core::mem::size_of_val(model)
-                        + run.stack_bytes,
+                    ram_bytes: ram_bytes::<Engine<'_, '_, RESNET_CHUNK, Q8>, _>(
+                        model.workspace_bytes(RESNET_CHUNK),
+                        model,
+                        run.stack_bytes,
+                    ),
                     flash_bytes: RESNET_Q8_MODEL.len(),
                     macs: p.macs,
                 }

@@ -15,7 +15,7 @@ use tinybayes::early_exit::{ExitPrediction, Halting};
 use tinybayes::format::Precision;
 use tinybayes::{Engine, InferenceError, Mode, Model};
 use tinybayes_firmware::assets;
-use tinybayes_firmware::bench::{measure, Depth, Line};
+use tinybayes_firmware::bench::{measure, ram_bytes, Depth, Line};
 use tinybayes_firmware::clock::Clock;
 use tinybayes_firmware::generated::{EE_CHUNK, EE_MODEL, EE_MODEL_DESCRIPTION, EE_WORKSPACE_WORDS};
 use tinybayes_firmware::platform::{self, Board};
@@ -51,10 +51,11 @@ fn run(board: &mut Board, model: &Model<'_>, workspace: &mut [f32]) -> Result<()
                 chunk: EE_CHUNK,
                 depth: Depth::Exits(depth),
                 instructions: run.instructions,
-                ram_bytes: tinybayes::Plan::new(model, EE_CHUNK).workspace_bytes()
-                    + core::mem::size_of::<Engine<'_, '_, EE_CHUNK>>()
-                    + core::mem::size_of_val(model)
-                    + run.stack_bytes,
+                ram_bytes: ram_bytes::<Engine<'_, '_, EE_CHUNK>, _>(
+                    tinybayes::Plan::new(model, EE_CHUNK).workspace_bytes(),
+                    model,
+                    run.stack_bytes,
+                ),
                 flash_bytes: EE_MODEL.len(),
                 macs: p.macs,
             }
