@@ -45,7 +45,7 @@ impl Input for [f32] {
         self[index]
     }
     fn all_finite(&self) -> bool {
-        self.iter().all(|v| v.is_finite())
+        crate::model::all_finite(self)
     }
     #[inline(always)]
     fn as_slice(&self) -> Option<&[f32]> {

@@ -852,7 +852,7 @@ fn exponent_carry(v: f32) -> u32 {
 /// of a model that passes (three integer instructions per value instead of a float
 /// comparison and a branch each). Out of line, so the loop gets the registers.
 #[inline(never)]
-fn all_finite(values: &[f32]) -> bool {
+pub(crate) fn all_finite(values: &[f32]) -> bool {
     values.iter().fold(0, |acc, &v| acc | exponent_carry(v)) & 0x8000_0000 == 0
 }
 

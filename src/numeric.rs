@@ -334,8 +334,8 @@ impl Kernels for F32 {
         let (scale, offset) = model.input_normalization();
         crate::input::ByteTable::new(scale, offset)
     }
-    fn scratch_len(layer: &Layer<'_>, chunk: usize, _: bool) -> usize {
-        scratch_len(layer, chunk)
+    fn scratch_len(layer: &Layer<'_>, chunk: usize, first_gaussian: bool) -> usize {
+        scratch_len(layer, chunk, first_gaussian)
     }
     fn stream(seed: u64) -> Xoshiro128PlusPlus {
         Xoshiro128PlusPlus::seed_from_u64(seed)

@@ -21,8 +21,8 @@ use crate::numeric::{LayerView, F32, Q16, Q8};
 ///   (kept across chunks; usually empty);
 /// - **pooled**: an exit head's pooled map, widest head input x chunk;
 /// - **scratch**: kernel scratch, the largest any layer needs (f32: a Gaussian layer's
-///   pre-activation variances; fixed point: a layer's noise draws, or a first layer's
-///   by-input sums).
+///   pre-activation variances, and for one stored by rows its inputs squared, inputs x
+///   chunk; fixed point: a layer's noise draws, or a first layer's by-input sums).
 ///
 /// An early-exit model's feature maps are kept for one chunk only: a halting policy that
 /// needs every sample at an exit regenerates each chunk's path from the input and the

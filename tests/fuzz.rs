@@ -369,15 +369,27 @@ fn check_model_invariants(model: &Model<'_>) -> Result<(), TestCaseError> {
     prop_assert_eq!(model.max_width(), width);
     // Documented layout (`Plan`): moments (2 x the first Gaussian layer's outputs), two
     // activation buffers (widest x chunk) and a scratch for the variances of a Gaussian
-    // linear layer or of one convolution channel (these models have no residual or exit).
+    // linear layer (with its inputs squared if stored by rows and not the first Gaussian
+    // layer, whose moments are computed once) or of one convolution channel
+    // (these models have no residual or exit).
     let moments = layers
         .iter()
         .find(|l| l.posterior() == Posterior::Gaussian)
         .map_or(0, |l| 2 * l.outputs());
+    let first_gaussian = layers
+        .iter()
+        .position(|l| l.posterior() == Posterior::Gaussian);
     let scratch = layers
         .iter()
-        .map(|l| match l.operation() {
-            Operation::Linear if l.posterior() == Posterior::Gaussian => l.outputs() * CHUNK,
+        .enumerate()
+        .map(|(i, l)| match l.operation() {
+            Operation::Linear if l.posterior() == Posterior::Gaussian => {
+                let squares = match l.weights() {
+                    Weights::Sparse { .. } if Some(i) != first_gaussian => l.inputs(),
+                    _ => 0,
+                };
+                (l.outputs() + squares) * CHUNK
+            }
             Operation::Conv2d(g) => g.output[1] * g.output[2] * CHUNK,
             _ => 0,
         })

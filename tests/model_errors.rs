@@ -1672,9 +1672,10 @@ fn workspace_too_small_reports_exact_sizes() {
     let buffer = ModelBuffer::from_bytes(&mlp());
     let model = buffer.model().unwrap();
     let needed = tinybayes::Plan::new(&model, CHUNK).workspace_len();
-    // 16 -> 8 -> 3 (Gaussian): widest layer 8, two stat vectors, two sample buffers of CHUNK
-    // rows, and a variance scratch for the widest Gaussian linear layer (8 x CHUNK).
-    assert_eq!(needed, 2 * 8 + 2 * 8 * CHUNK + 8 * CHUNK);
+    // 16 -> 8 -> 3 (Gaussian, sparse rows): widest layer 8, two stat vectors, two sample
+    // buffers of CHUNK rows, and a scratch for the largest of the first layer's variances
+    // (8 x CHUNK) and the second's variances and squared inputs ((3 + 8) x CHUNK).
+    assert_eq!(needed, 2 * 8 + 2 * 8 * CHUNK + (3 + 8) * CHUNK);
     for provided in [
         0,
         1,

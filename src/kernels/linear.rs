@@ -191,8 +191,12 @@ pub(super) fn forward_samples<const CHUNK: usize>(
         }),
         Posterior::Gaussian => {
             let (var_out, squares) = scratch.split_at_mut(layer.outputs() * s);
-            if let Some(rows) = Lines::<2>::of(layer) {
-                let (x, squares) = (&x[..layer.inputs() * s], &mut squares[..layer.inputs() * s]);
+            let n = layer.inputs() * s;
+            // The plan leaves room for the squares except for a first Gaussian layer, whose
+            // moments are computed once (`forward_moments`), not per sample.
+            if let (Some(rows), Some(x), Some(squares)) =
+                (Lines::<2>::of(layer), x.get(..n), squares.get_mut(..n))
+            {
                 arch::square_into(x, squares);
                 arch::accumulate_rows(rows, (x, squares), s, bias, out, var_out);
                 return super::add_noise_and_activate(act, out, var_out, rngs);

@@ -80,16 +80,16 @@ pub(crate) fn forward_samples<const CHUNK: usize>(
 }
 
 /// Scratch words a layer needs for a chunk of `chunk` samples: the pre-activation variances
-/// of a Gaussian linear layer (and, stored by rows, its inputs squared), or of one output
-/// channel of a convolution.
-pub(crate) fn scratch_len(layer: &Layer<'_>, chunk: usize) -> usize {
+/// of a Gaussian linear layer (and, stored by rows and run per sample, not as the first
+/// Gaussian layer, its inputs squared), or of one output channel of a convolution.
+pub(crate) fn scratch_len(layer: &Layer<'_>, chunk: usize, first_gaussian: bool) -> usize {
     match layer.operation() {
         Operation::Conv2d(g) => g.output[1] * g.output[2] * chunk,
         Operation::Linear | Operation::ExitHead { .. }
             if layer.posterior() == Posterior::Gaussian =>
         {
             let squares = match layer.weights() {
-                crate::model::Weights::Sparse { .. } => layer.inputs() * chunk,
+                crate::model::Weights::Sparse { .. } if !first_gaussian => layer.inputs() * chunk,
                 _ => 0,
             };
             layer.outputs() * chunk + squares
