@@ -254,6 +254,18 @@ mod tests {
         Line::from_validated(&indices[start..end], &values[2 * start..2 * end], bound).unwrap()
     }
 
+    fn all_rows<'a>(
+        (pointers, indices, values): &'a (Vec<u32>, Vec<u16>, Vec<f32>),
+        bound: usize,
+    ) -> Lines<'a, 2> {
+        Lines {
+            pointers,
+            indices,
+            values,
+            bound,
+        }
+    }
+
     #[test]
     fn dot_matches_an_f64_reference() {
         let mut rng = Xoshiro128PlusPlus::seed_from_u64(3);
@@ -332,12 +344,7 @@ mod tests {
         let mut rng = Xoshiro128PlusPlus::seed_from_u64(7);
         let (rows, cols) = (9, 50);
         let m = random_rows(&mut rng, rows, cols);
-        let lines = Lines::<2> {
-            pointers: &m.0,
-            indices: &m.1,
-            values: &m.2,
-            bound: cols,
-        };
+        let lines = all_rows(&m, cols);
         let bias: Vec<f32> = (0..rows).map(|_| uniform(&mut rng) - 0.5).collect();
         // Blocks of 8 and 4 and the rest, as the hard-float kernels split them.
         for s in [1, 4, 6, 8, 13, 32] {
@@ -377,12 +384,7 @@ mod tests {
         let mut rng = Xoshiro128PlusPlus::seed_from_u64(11);
         let (rows, cols) = (12, 30);
         let m = random_rows(&mut rng, rows, cols);
-        let lines = Lines::<2> {
-            pointers: &m.0,
-            indices: &m.1,
-            values: &m.2,
-            bound: cols,
-        };
+        let lines = all_rows(&m, cols);
         let x: Vec<f32> = (0..cols).map(|_| uniform(&mut rng) - 0.5).collect();
         let bias: Vec<f32> = (0..rows).map(|_| uniform(&mut rng) - 0.5).collect();
         let mut out = std::vec![0.0f32; rows];
