@@ -164,7 +164,7 @@ fn main() {
     )
     .unwrap();
     write_parity(&mut src, &model, &images);
-    write_bench_models(&mut src, &out);
+    write_bench_models(&mut src, &out, &model);
     fixed::write_fixed(&mut src, &manifest, &out, &images, fixed_chunk, board);
     write_early_exit_model(&mut src, &manifest, &out);
     fs::write(out.join("generated.rs"), src).expect("write generated.rs");
@@ -211,8 +211,11 @@ fn write_parity(src: &mut String, model: &Model<'_>, images: &[u8]) {
     writeln!(src, "];").unwrap();
 }
 
-/// Seeded synthetic benchmark models of the LeNet-300-100 shape: sparse (3% density) and dense.
-fn write_bench_models(src: &mut String, out: &Path) {
+/// Seeded synthetic benchmark models of the LeNet-300-100 shape: sparse (3% density) and dense,
+/// and the one workspace size that serves every bench model (`demo` included) at 32 samples per
+/// pass.
+fn write_bench_models(src: &mut String, out: &Path, demo: &Model<'_>) {
+    let mut workspace_words = tinybayes::Plan::new(demo, 32).workspace_len();
     let widths = [784, 300, 100, 10];
     let mut sparse = synthetic::mlp(11, &widths, 0.03);
     sparse.input_shape = [1, 28, 28];
@@ -238,18 +241,18 @@ fn write_bench_models(src: &mut String, out: &Path) {
             file.display().to_string()
         )
         .unwrap();
-        writeln!(
-            src,
-            "/// Workspace words of `{name}` for 32 samples per pass."
-        )
-        .unwrap();
-        writeln!(
-            src,
-            "pub const {name}_WORKSPACE_WORDS: usize = {};",
-            tinybayes::Plan::new(&model, 32).workspace_len()
-        )
-        .unwrap();
+        workspace_words = workspace_words.max(tinybayes::Plan::new(&model, 32).workspace_len());
     }
+    writeln!(
+        src,
+        "/// Workspace words of the largest bench model (the demo model's and both synthetic ones) at 32 samples per pass."
+    )
+    .unwrap();
+    writeln!(
+        src,
+        "pub const BENCH_WORKSPACE_WORDS: usize = {workspace_words};"
+    )
+    .unwrap();
 }
 
 /// The early-exit model: `models/resnet-ee.tbm` (the trained one, see models/README.md), or,

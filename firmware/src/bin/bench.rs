@@ -19,7 +19,7 @@ use tinybayes_firmware::bench::{measure, ram_bytes, Depth, Line};
 use tinybayes_firmware::generated::BENCH_DENSE;
 #[cfg(not(tb_board = "microbit"))]
 use tinybayes_firmware::generated::BENCH_SPARSE;
-use tinybayes_firmware::generated::{BENCH_DENSE_WORKSPACE_WORDS, DEMO_MODEL};
+use tinybayes_firmware::generated::{BENCH_WORKSPACE_WORDS, DEMO_MODEL};
 use tinybayes_firmware::platform::{self, Board};
 
 /// Stack window painted to measure the inference's own stack use.
@@ -76,7 +76,7 @@ fn bench_model(board: &mut Board, name: &str, bytes: &'static [u8]) -> Result<()
         model.dense_params()
     );
     Line::validation(name, Precision::F32, bytes.len(), &validation).print();
-    let mut workspace = [0.0f32; BENCH_DENSE_WORKSPACE_WORDS];
+    let mut workspace = [0.0f32; BENCH_WORKSPACE_WORDS];
     let m8 = Mode::MonteCarlo {
         samples: NonZeroU16::new(8).unwrap_or(NonZeroU16::MIN),
     };
