@@ -50,6 +50,12 @@ fn edges(r: f64) -> ([f64; STRIPS + 1], f64) {
 }
 
 fn main() {
+    // ARMv7E-M cores (M4, M4F, M7) have the DSP extension: `tb_arm_dsp` selects the
+    // hand-scheduled fixed-point kernels of `src/arch/arm_dsp.rs`.
+    println!("cargo::rustc-check-cfg=cfg(tb_arm_dsp)");
+    if env::var("TARGET").is_ok_and(|t| t.starts_with("thumbv7em")) {
+        println!("cargo::rustc-cfg=tb_arm_dsp");
+    }
     // Bisection on r: a larger r makes every strip thinner, so the top strip overshoots.
     let (mut lo, mut hi) = (3.0f64, 4.0f64);
     for _ in 0..200 {

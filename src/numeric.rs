@@ -221,15 +221,13 @@ pub(crate) mod seal {
             streams: &mut [Self::Stream],
             out: &mut [Self::Act],
         );
-        /// A later layer for a chunk of samples; `after_first` is the first Gaussian layer's
-        /// state when this layer comes right after it.
+        /// A later layer for a chunk of samples.
         fn sampled<const CHUNK: usize>(
             layer: &Self::Layer<'_>,
             x: &[Self::Act],
             streams: &mut [Self::Stream],
             out: &mut [Self::Act],
             scratch: &mut [Self::Scratch],
-            after_first: Option<&Self::MomentsState>,
         );
         /// `cur += skip` (rescaled as the layer says), then the activation.
         fn residual_add(layer: &Self::Layer<'_>, cur: &mut [Self::Act], skip: &[Self::Act]);
@@ -355,7 +353,6 @@ impl Kernels for F32 {
         streams: &mut [Xoshiro128PlusPlus],
         out: &mut [f32],
         scratch: &mut [f32],
-        _: Option<&()>,
     ) {
         forward_samples::<CHUNK>(layer, x, streams, out, scratch);
     }
@@ -403,16 +400,11 @@ impl<X: Input + ?Sized> Reads<X> for F32 {
     }
 }
 
-/// Units of the first stochastic layer whose "zero in every sample" flags are kept so that the
-/// next layer skips their weights; wider layers track their first 256.
-pub const MAX_DEAD_TRACKED: usize = 256;
-
 /// What the fixed-point first Gaussian layer's moments leave: the fractional bits of the
-/// narrowed moments, and which units are zero in every sample (one bit per unit).
+/// narrowed moments.
 #[derive(Clone, Copy, Debug)]
 pub struct FixedMoments {
     frac_bits: u32,
-    dead: [u32; MAX_DEAD_TRACKED / 32],
 }
 
 /// The scratch of a fixed-point layer (u64 words): the noise draws of a chunk (i16), and the
@@ -506,7 +498,6 @@ macro_rules! fixed_format {
                 streams: &mut [NormalQ8],
                 out: &mut [i32],
                 scratch: &mut [u64],
-                after_first: Option<&FixedMoments>,
             ) {
                 let s = streams.len();
                 let eps: &mut [i16] = bytemuck::cast_slice_mut(scratch);
@@ -514,13 +505,7 @@ macro_rules! fixed_format {
                 if layer.posterior() == Posterior::Gaussian {
                     draw_noise(units, streams, &mut eps[..units * s]);
                 }
-                // The layer after the first stochastic one skips the inputs that are zero in
-                // every sample.
-                let dead: &[u32] = match after_first {
-                    Some(m) => &m.dead,
-                    None => &[],
-                };
-                sampled_layer(layer, x, s, eps, dead, out);
+                sampled_layer(layer, x, s, eps, out);
             }
             fn residual_add(layer: &QLayer<'_>, cur: &mut [i32], skip: &[i32]) {
                 graph::residual_add(layer, cur, skip);
@@ -574,12 +559,7 @@ macro_rules! fixed_format {
                 moments_layer(layer, x, base, scale);
                 let units = layer.outputs();
                 let frac_bits = narrow_moments(layer, &mut base[..units], &mut scale[..units]);
-                // Units that no draw can switch on (scale -1): zero in every sample.
-                let mut dead = [0u32; MAX_DEAD_TRACKED / 32];
-                for (i, &sc) in scale[..units.min(MAX_DEAD_TRACKED)].iter().enumerate() {
-                    dead[i / 32] |= u32::from(sc < 0) << (i % 32);
-                }
-                FixedMoments { frac_bits, dead }
+                FixedMoments { frac_bits }
             }
             fn pool_input(map: [usize; 3], x: &X, out: &mut [i32]) {
                 graph::global_average_pool($precision, map, x, 1, out);

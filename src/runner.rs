@@ -212,8 +212,6 @@ fn single<N: Kernels, const K: usize>(
 fn advance_chunk<N: Kernels, const CHUNK: usize>(
     layers: &[N::Layer<'_>],
     range: Range<usize>,
-    first: usize,
-    moments: &N::MomentsState,
     first_exit: usize,
     rngs: &mut [N::Stream],
     buf: &mut Buffers<'_, N>,
@@ -239,7 +237,6 @@ fn advance_chunk<N: Kernels, const CHUNK: usize>(
                     rngs,
                     buf.next,
                     buf.scratch,
-                    None,
                 );
                 let stop = sink(e, &buf.next[..layer.outputs() * s])?;
                 e += 1;
@@ -260,7 +257,6 @@ fn advance_chunk<N: Kernels, const CHUNK: usize>(
                     rngs,
                     buf.next,
                     buf.scratch,
-                    (i == first + 1).then_some(moments),
                 );
                 buf.advance();
             }
@@ -279,7 +275,6 @@ fn advance_chunk<N: Kernels, const CHUNK: usize>(
 /// Everything a chunk needs to start: the first Gaussian layer and its moments, the held skip.
 struct Start<'l, 'a, N: Kernels> {
     layer: &'l N::Layer<'a>,
-    index: usize,
     moments: N::MomentsState,
     held_units: Option<usize>,
 }
@@ -332,16 +327,10 @@ fn sweep<N: Kernels, const CHUNK: usize>(
         let s = CHUNK.min(total - done);
         let rngs = &mut rngs[..s];
         start.begin(seeds, rngs, buf);
-        last_run = advance_chunk::<N, CHUNK>(
-            layers,
-            range.clone(),
-            start.index,
-            &start.moments,
-            first_exit,
-            rngs,
-            buf,
-            |e, out| sink(e, out, s).map(|()| false),
-        )?;
+        last_run =
+            advance_chunk::<N, CHUNK>(layers, range.clone(), first_exit, rngs, buf, |e, out| {
+                sink(e, out, s).map(|()| false)
+            })?;
         done += s;
     }
     Ok(last_run)
@@ -538,7 +527,6 @@ where
     };
     let start = Start::<N> {
         layer: stochastic,
-        index: first,
         moments,
         held_units: held,
     };
@@ -572,8 +560,6 @@ where
         advance_chunk::<N, CHUNK>(
             layers,
             rest..layers.len(),
-            first,
-            &start.moments,
             first_exit,
             rngs,
             &mut buf,

@@ -19,6 +19,13 @@ mod portable;
 #[cfg(all(target_arch = "arm", target_abi = "eabihf"))]
 mod arm_fpu;
 
+#[cfg(all(target_arch = "arm", tb_arm_dsp))]
+mod arm_dsp;
+#[cfg(all(target_arch = "arm", tb_arm_dsp))]
+use arm_dsp as native_dsp;
+#[cfg(not(all(target_arch = "arm", tb_arm_dsp)))]
+use portable as native_dsp;
+
 #[cfg(all(target_arch = "arm", target_abi = "eabihf"))]
 use arm_fpu as native;
 #[cfg(not(all(target_arch = "arm", target_abi = "eabihf")))]
@@ -204,6 +211,41 @@ pub(crate) fn square_into(x: &[f32], squares: &mut [f32]) {
 #[inline(always)]
 pub(crate) fn sqrt_in_place(values: &mut [f32]) {
     native::sqrt_in_place(values)
+}
+
+/// The records of one row of a validated q8 layer with Gaussian weights and one-byte indices:
+/// `[index, θ, σ²]` per weight (`θ` an i8, `σ²` a u8), every index below `bound`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Q8Row<'a> {
+    records: &'a [u8],
+    #[cfg_attr(not(all(target_arch = "arm", tb_arm_dsp)), allow(dead_code))]
+    bound: usize,
+}
+
+impl<'a> Q8Row<'a> {
+    /// A row of a validated layer's records (the layer's own bytes, with its input count as
+    /// the bound); `None` unless the bytes are whole records.
+    #[inline(always)]
+    pub(crate) fn from_validated(records: &'a [u8], bound: usize) -> Option<Self> {
+        (records.len() % 3 == 0).then_some(Self { records, bound })
+    }
+    /// The records, three bytes each.
+    pub(crate) fn records(&self) -> &'a [u8] {
+        self.records
+    }
+    /// Every index is below this.
+    #[cfg_attr(not(all(target_arch = "arm", tb_arm_dsp)), allow(dead_code))]
+    pub(crate) fn bound(&self) -> usize {
+        self.bound
+    }
+}
+
+/// The sums of four samples of one q8 row: `x[i * stride + m]` is the activation word of
+/// input `i` in sample `m < 4` (`a` in its low half-word, `a² >> 1` in its high one);
+/// `acc[m] = Σ a θ` and `var[m] = Σ (a² >> 1) σ²` over the row's records, wrapping.
+#[inline(always)]
+pub(crate) fn q8_row_sums4(row: Q8Row<'_>, x: &[i32], stride: usize) -> ([i32; 4], [i32; 4]) {
+    native_dsp::q8_row_sums4(row, x, stride)
 }
 
 /// Correctly rounded square root (the FPU's `vsqrt.f32` on hard-float cores, `libm` elsewhere:
@@ -401,5 +443,47 @@ mod tests {
     fn a_line_needs_one_record_per_index() {
         assert!(Line::<2>::from_validated(&[0, 1], &[0.0; 3], 2).is_none());
         assert!(Line::<1>::from_validated(&[0, 1], &[0.0; 2], 2).is_some());
+    }
+
+    /// The q8 row sums against an i64 computation from the activations themselves (not their
+    /// packed words), for every group of four samples of chunks of 4, 8, 12 and 32.
+    #[test]
+    fn q8_row_sums_match_an_i64_reference() {
+        let mut rng = Xoshiro128PlusPlus::seed_from_u64(9);
+        let inputs = 37;
+        for stride in [4usize, 8, 12, 32] {
+            let activations: Vec<i32> = (0..inputs * stride)
+                .map(|_| (rng.next_u32() % 256) as i32)
+                .collect();
+            let words: Vec<i32> = activations
+                .iter()
+                .map(|&a| ((a * a) >> 1) << 16 | a)
+                .collect();
+            let mut records = Vec::new();
+            for i in 0..inputs {
+                if rng.next_u32() % 2 == 0 {
+                    records.extend_from_slice(&[
+                        i as u8,
+                        rng.next_u32() as u8,
+                        rng.next_u32() as u8,
+                    ]);
+                }
+            }
+            let row = Q8Row::from_validated(&records, inputs).unwrap();
+            for g0 in (0..stride).step_by(4) {
+                let (acc, var) = q8_row_sums4(row, &words[g0..], stride);
+                for m in 0..4 {
+                    let (mut a_ref, mut v_ref) = (0i64, 0i64);
+                    for r in records.chunks_exact(3) {
+                        let a = activations[r[0] as usize * stride + g0 + m] as i64;
+                        a_ref += a * (r[1] as i8 as i64);
+                        v_ref += ((a * a) >> 1) * r[2] as i64;
+                    }
+                    assert_eq!(acc[m] as i64, a_ref, "stride {stride} sample {}", g0 + m);
+                    assert_eq!(var[m] as i64, v_ref, "stride {stride} sample {}", g0 + m);
+                }
+            }
+        }
+        assert!(Q8Row::from_validated(&[0, 1], 2).is_none());
     }
 }

@@ -1,7 +1,7 @@
 //! The portable kernels: safe Rust, the definition every architecture's version must match
 //! bit for bit.
 
-use super::{Line, Lines};
+use super::{Line, Lines, Q8Row};
 
 /// See [`super::dot`].
 #[inline(always)]
@@ -134,4 +134,22 @@ pub(crate) fn sqrt_in_place(values: &mut [f32]) {
 #[inline(always)]
 pub(crate) fn sqrtf(x: f32) -> f32 {
     libm::sqrtf(x)
+}
+
+/// See [`super::q8_row_sums4`].
+#[inline(always)]
+pub(crate) fn q8_row_sums4(row: Q8Row<'_>, x: &[i32], stride: usize) -> ([i32; 4], [i32; 4]) {
+    let (mut acc, mut var) = ([0i32; 4], [0i32; 4]);
+    for r in row.records().chunks_exact(3) {
+        let at = r[0] as usize * stride;
+        let Some(xs) = x.get(at..at + 4) else {
+            continue;
+        };
+        let (theta, sigma2) = (r[1] as i8 as i32, r[2] as i32);
+        for m in 0..4 {
+            acc[m] = acc[m].wrapping_add((xs[m] as i16 as i32) * theta);
+            var[m] = var[m].wrapping_add((xs[m] >> 16) * sigma2);
+        }
+    }
+    (acc, var)
 }

@@ -7,7 +7,7 @@
 //! A convolution is a linear layer whose rows are (output channel, position) pairs sharing
 //! their channel's taps and row parameters: per output unit, `A = Σ a θ` and `V = Σ sq(a) σ²`
 //! over the channel's taps that fall inside the input (zero padding contributes nothing),
-//! in stored tap order, then the same output step as a linear row (`kernels::finish_group`,
+//! in stored tap order, then the same output step as a linear row (`kernels::LineFinish`,
 //! `kernels::unit_moments`). Output-stationary: a unit's sums stay in registers while its
 //! channel's taps stream past, so no scratch is needed beyond the noise draws.
 //!
@@ -15,7 +15,7 @@
 //! host and every core compute the same bits.
 
 use super::kernels::{
-    finish, finish_group, layout, params, unit_moments, Format, NoIndex, Words, GROUP, Q16, Q8,
+    finish, layout, params, unit_moments, Format, LineFinish, NoIndex, Words, GROUP, Q16, Q8,
 };
 use super::model::{QCounts, QLayer};
 use crate::format::{unpack_tap, Posterior, Precision};
@@ -224,6 +224,7 @@ fn sampled_typed<F: Format, const GAUSS: bool>(
     let (len, at_theta, at_sigma) = layout::<F, NoIndex, GAUSS>();
     let [_, out_h, out_w] = g.output;
     for_each_channel(layer, |co, taps, records| {
+        let finish = LineFinish::new(layer, co);
         for oy in 0..out_h {
             for ox in 0..out_w {
                 let u = (co * out_h + oy) * out_w + ox;
@@ -249,13 +250,10 @@ fn sampled_typed<F: Format, const GAUSS: bool>(
                         }
                     }
                     let at = u * s + g0;
-                    finish_group::<F, GAUSS>(
-                        layer,
-                        co,
-                        (&acc, &var),
-                        eps.get(at..at + n),
-                        out.get_mut(at..at + n),
-                    );
+                    if let Some(outs) = out.get_mut(at..at + n) {
+                        let eps = eps.get(at..at + n).unwrap_or(&[]);
+                        finish.group::<F, GAUSS, GROUP>((&acc, &var), eps, outs);
+                    }
                     g0 += n;
                 }
             }

@@ -19,7 +19,7 @@ use super::noise::{NormalQ8, NORMAL_Q8_MAX};
 use crate::format::{Activation, Posterior, Precision, Storage};
 use crate::model::Operation;
 
-/// Sub-chunk of samples whose sums stay in registers while a row's weights stream past.
+/// Samples of a convolution's output position accumulated together.
 pub(super) const GROUP: usize = 8;
 
 /// Fractional bits shared by the noise product `sqrt_q4(V) ε_q8` (4 + 8).
@@ -58,7 +58,25 @@ pub trait Format {
     fn var_u64(var: Self::Var) -> u64;
     /// The noise term of one unit and sample: `(sqrt_q4(V) ε) mσ >> 12`.
     fn noise(var: Self::Var, eps: i16, m_sigma: i32) -> i64;
+    /// The sums of samples `0..ROW_GROUP` of one row from the architecture's kernel, where it
+    /// has one for this record layout (`x` starts at the group's first sample, inputs `stride`
+    /// words apart; every record's index is below `bound`); `None`: the generic loop.
+    #[inline(always)]
+    fn row_sums<I: Index, const GAUSS: bool>(
+        _records: &[u8],
+        _bound: usize,
+        _x: &[i32],
+        _stride: usize,
+    ) -> Option<RowSums<Self>> {
+        None
+    }
 }
+
+/// The mean and variance sums of a group of samples of one row.
+pub type RowSums<F> = (
+    [<F as Format>::Acc; ROW_GROUP],
+    [<F as Format>::Var; ROW_GROUP],
+);
 
 /// q8: activation word `(a^2 >> 1) << 16 | a`; int32 sums.
 pub struct Q8;
@@ -111,6 +129,20 @@ impl Format for Q8 {
         // sqrt_q4(V) < 2^20 and |ε| < 2^10: the product fits an i32.
         let t = (sqrt_q4_u32(var as u32) as i32).wrapping_mul(eps as i32);
         (t as i64 * m_sigma as i64) >> NOISE_FRAC_BITS
+    }
+    #[inline(always)]
+    fn row_sums<I: Index, const GAUSS: bool>(
+        records: &[u8],
+        bound: usize,
+        x: &[i32],
+        stride: usize,
+    ) -> Option<RowSums<Self>> {
+        // Gaussian records with a one-byte index: `[i, θ, σ²]` (`layout::<Q8, u8, true>`).
+        if I::BYTES != 1 || !GAUSS {
+            return None;
+        }
+        let row = crate::arch::Q8Row::from_validated(records, bound)?;
+        Some(crate::arch::q8_row_sums4(row, x, stride))
     }
 }
 
@@ -600,27 +632,24 @@ pub(crate) fn draw_noise(units: usize, streams: &mut [NormalQ8], eps: &mut [i16]
 /// One layer for a chunk of `s` samples: `x[i * s + m]` is input `i` of sample `m`,
 /// `eps[j * s + m]` the noise of unit `j` (Gaussian layers); writes `out[j * s + m]`. Row
 /// storage only (the reader allows by-input storage on the first layer alone, which never
-/// runs here).
-///
-/// Bit `i` of `dead` (bit `i % 32` of word `i / 32`) marks inputs that are zero in every sample (ReLU units of the first stochastic
-/// layer that no draw can switch on); their weights are skipped. It may be empty.
-pub(crate) fn sampled_layer(
-    layer: &QLayer<'_>,
-    x: &[i32],
-    s: usize,
-    eps: &[i16],
-    dead: &[u32],
-    out: &mut [i32],
-) {
+/// runs here). Inputs that are zero in every sample (ReLU units of the first stochastic layer
+/// that no draw can switch on) have the word 0 and add nothing: their weights are not skipped,
+/// which costs less than a per-weight test.
+pub(crate) fn sampled_layer(layer: &QLayer<'_>, x: &[i32], s: usize, eps: &[i16], out: &mut [i32]) {
     match layer.operation {
         Operation::Conv2d(g) => super::conv::sampled(layer, &g, x, s, eps, out),
         Operation::MaxPool(g) => super::conv::max_pool(layer.precision, &g, x, s, out),
         Operation::ResidualAdd { .. } => {}
         Operation::Linear | Operation::ExitHead { .. } => {
-            dispatch!(layer, sampled_typed(layer, x, s, eps, dead, out))
+            dispatch!(layer, sampled_typed(layer, x, s, eps, out))
         }
     }
 }
+
+/// Samples of a row accumulated together: four (mean, variance) pairs of 32-bit sums, the
+/// record pointer and the inputs' base fill the core registers of an ARMv7-M (eight samples
+/// spill their sums to the stack on every weight: measured).
+pub(super) const ROW_GROUP: usize = 4;
 
 #[inline(never)]
 fn sampled_typed<F: Format, I: Index, const GAUSS: bool>(
@@ -628,87 +657,124 @@ fn sampled_typed<F: Format, I: Index, const GAUSS: bool>(
     x: &[i32],
     s: usize,
     eps: &[i16],
-    dead: &[u32],
     out: &mut [i32],
 ) {
+    // Every input `i < inputs` of every sample is in `x` (checked once here, so the row
+    // kernels index within bounds by the model's validation of every stored index).
+    if x.len() < layer.inputs * s {
+        return;
+    }
+    let full = s / ROW_GROUP * ROW_GROUP;
     for_each_line(layer, |j, records| {
+        let finish = LineFinish::new(layer, j);
+        let unit = j * s;
+        let eps = eps.get(unit..unit + s).unwrap_or(&[]);
+        let Some(out) = out.get_mut(unit..unit + s) else {
+            return;
+        };
         let mut g0 = 0;
-        while g0 < s {
-            let g = GROUP.min(s - g0);
-            let (acc, var) = if g == GROUP && s % GROUP == 0 {
-                accumulate_full::<F, I, GAUSS, GROUP>(records, x, s, g0, dead)
-            } else {
-                accumulate_part::<F, I, GAUSS, GROUP>(records, x, s, g0, g)
-            };
-            let at = j * s + g0;
-            finish_group::<F, GAUSS>(
-                layer,
-                j,
-                (&acc, &var),
-                eps.get(at..at + g),
-                out.get_mut(at..at + g),
+        while g0 < full {
+            let group = x.get(g0..).unwrap_or(&[]);
+            let sums = F::row_sums::<I, GAUSS>(records, layer.inputs, group, s)
+                .unwrap_or_else(|| accumulate_full::<F, I, GAUSS>(records, group, s));
+            let at = g0..g0 + ROW_GROUP;
+            finish.group::<F, GAUSS, ROW_GROUP>(
+                (&sums.0, &sums.1),
+                eps.get(at.clone()).unwrap_or(&[]),
+                &mut out[at],
             );
-            g0 += g;
+            g0 += ROW_GROUP;
+        }
+        if g0 < s {
+            let (acc, var) = accumulate_part::<F, I, GAUSS, ROW_GROUP>(records, x, s, g0, s - g0);
+            finish.group::<F, GAUSS, ROW_GROUP>(
+                (&acc, &var),
+                eps.get(g0..).unwrap_or(&[]),
+                &mut out[g0..],
+            );
         }
     });
 }
 
-/// The outputs of a group of samples of one unit from their sums: `acc[m] mθ + b`, plus
-/// the noise `eps[m]` scaled by `sqrt_q4(var[m]) mσ` (Gaussian layers), through the
-/// activation; `line` names the row parameters (the output row, or the channel of a
-/// convolution). Nothing is written when a slice is missing.
-#[inline(always)]
-pub(super) fn finish_group<F: Format, const GAUSS: bool>(
-    layer: &QLayer<'_>,
-    line: usize,
-    (acc, var): (&[F::Acc; GROUP], &[F::Var; GROUP]),
-    eps: Option<&[i16]>,
-    outs: Option<&mut [i32]>,
-) {
-    let (m_theta, m_sigma, bias) = params(layer, line);
-    let (shift, act) = (layer.shift, layer.activation);
-    let Some(outs) = outs else {
-        return;
-    };
-    let mean = |m: usize| F::acc_i64(acc[m]).wrapping_mul(m_theta).wrapping_add(bias);
-    if GAUSS {
-        let Some(eps) = eps else {
-            return;
-        };
-        for (m, (o, &e)) in outs.iter_mut().zip(eps).enumerate().take(GROUP) {
-            let z = mean(m).wrapping_add(F::noise(var[m], e, m_sigma));
-            *o = finish::<F>(z, shift, act);
+/// What turns a unit's integer sums into its output word, read once per output line (row,
+/// or channel of a convolution): `z = acc mθ + (b + 2^(S-1)) + noise`, then `z >> S` through
+/// the activation (the same bits as [`finish`], whose rounding half is added to the bias
+/// here once).
+#[derive(Clone, Copy)]
+pub(super) struct LineFinish {
+    m_theta: i64,
+    m_sigma: i32,
+    base: i64,
+    shift: u32,
+    activation: Activation,
+}
+
+impl LineFinish {
+    /// The finishing step of output line `line` of `layer`.
+    #[inline(always)]
+    pub(super) fn new(layer: &QLayer<'_>, line: usize) -> Self {
+        let (m_theta, m_sigma, bias) = params(layer, line);
+        Self {
+            m_theta,
+            m_sigma,
+            base: bias.wrapping_add(1 << (layer.shift - 1)),
+            shift: layer.shift,
+            activation: layer.activation,
         }
-    } else {
-        for (m, o) in outs.iter_mut().enumerate().take(GROUP) {
-            *o = finish::<F>(mean(m), shift, act);
+    }
+
+    /// The output words of a group of samples from their sums: `acc[m] mθ + b`, plus the
+    /// noise `eps[m]` scaled by `sqrt_q4(var[m]) mσ` (Gaussian layers), through the
+    /// activation. Writes `min(outs.len(), eps.len(), N)` words (`eps` unused unless
+    /// `GAUSS`).
+    #[inline(always)]
+    pub(super) fn group<F: Format, const GAUSS: bool, const N: usize>(
+        &self,
+        (acc, var): (&[F::Acc; N], &[F::Var; N]),
+        eps: &[i16],
+        outs: &mut [i32],
+    ) {
+        let word = |z: i64| -> i32 {
+            let y = z >> self.shift;
+            match self.activation {
+                Activation::Relu => F::pack(y.clamp(0, F::ACT_MAX as i64) as i32),
+                Activation::Identity => y.clamp(i32::MIN as i64, i32::MAX as i64) as i32,
+            }
+        };
+        let mean = |m: usize| {
+            F::acc_i64(acc[m])
+                .wrapping_mul(self.m_theta)
+                .wrapping_add(self.base)
+        };
+        if GAUSS {
+            for (m, (o, &e)) in outs.iter_mut().zip(eps).take(N).enumerate() {
+                *o = word(mean(m).wrapping_add(F::noise(var[m], e, self.m_sigma)));
+            }
+        } else {
+            for (m, o) in outs.iter_mut().take(N).enumerate() {
+                *o = word(mean(m));
+            }
         }
     }
 }
 
-/// The sums of samples `g0..g0 + N` of one row, `s` a multiple of `N`: the inputs of a
-/// group are one aligned `[i32; N]`, loaded whole, while one pointer streams the row's
-/// records. Records whose input is `dead` (a unit that is zero in every sample) are skipped.
-/// Kept out of line: inlined into the engine, its sums spill to the stack (measured).
+/// The sums of the `ROW_GROUP` samples of one row whose first sample `x` starts at (inputs
+/// `s` words apart), where the format has no architecture kernel for the row's records: one
+/// pointer streams the records, and each record's inputs are one contiguous run of `x`. Kept
+/// out of line: inlined into the engine, its sums spill to the stack (measured).
 #[inline(never)]
-fn accumulate_full<F: Format, I: Index, const GAUSS: bool, const N: usize>(
+fn accumulate_full<F: Format, I: Index, const GAUSS: bool>(
     records: &[u8],
     x: &[i32],
     s: usize,
-    g0: usize,
-    dead: &[u32],
-) -> ([F::Acc; N], [F::Var; N]) {
+) -> RowSums<F> {
+    const N: usize = ROW_GROUP;
     let (len, at_theta, at_sigma) = layout::<F, I, GAUSS>();
-    let groups: &[[i32; N]] = bytemuck::cast_slice(&x[..x.len() / N * N]);
-    let (per_input, first) = (s / N, g0 / N);
     let mut acc = [F::Acc::default(); N];
     let mut var = [F::Var::default(); N];
     for (k, r) in records.chunks_exact(len).enumerate() {
         let i = if I::BYTES == 0 { k } else { I::read(r) };
-        if dead.get(i / 32).is_some_and(|w| (w >> (i % 32)) & 1 != 0) {
-            continue;
-        }
-        let Some(xs) = groups.get(i * per_input + first) else {
+        let Some(xs) = x.get(i * s..i * s + N) else {
             continue;
         };
         let t = F::theta(r, at_theta);

@@ -78,23 +78,15 @@ pub fn sqrt_q4(v: u64) -> u64 {
     }
 }
 
-/// [`sqrt_q4`] for 32-bit values with 32-bit operations only (the q8 hot path); equal to
-/// `sqrt_q4(v as u64)` for every `v` (tested).
+/// [`sqrt_q4`] for 32-bit values with 32-bit operations only and no branch (the q8 hot
+/// path); equal to `sqrt_q4(v as u64)` for every `v` (tested). An even number `e` of leading
+/// zeros is shifted out, so that the mantissa `m = (v << e) >> 16` lies in `[2^14, 2^16)` and
+/// `16 sqrt(v) = 256 sqrt(m) 2^(4 - e/2)`; `v = 0` gives `m = 0`, whose table root is 0.
 #[inline(always)]
 pub fn sqrt_q4_u32(v: u32) -> u32 {
-    if v == 0 {
-        return 0;
-    }
-    let msb = 31 - v.leading_zeros() as i32;
-    let two_t = (msb - 14) & !1;
-    let m = if two_t >= 0 { v >> two_t } else { v << -two_t };
-    let root = table_root(m);
-    let shift = two_t / 2 - 4;
-    if shift >= 0 {
-        root << shift
-    } else {
-        root >> -shift
-    }
+    let e = v.leading_zeros() & 30;
+    let m = (v << e) >> 16;
+    (table_root(m) << 4) >> (e / 2)
 }
 
 /// `256 sqrt(m)` for `m` in `[2^14, 2^16)`: `4096 sqrt(m / 256)` interpolated in the table.

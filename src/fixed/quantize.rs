@@ -759,7 +759,7 @@ mod tests {
                 );
             } else {
                 draw_noise(units, &mut streams, &mut eps);
-                sampled_layer(&layer, &x, S, &eps, &[], &mut out);
+                sampled_layer(&layer, &x, S, &eps, &mut out);
             }
             for j in 0..units {
                 for &y in &out[j * S..(j + 1) * S] {

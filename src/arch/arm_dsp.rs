@@ -1,0 +1,91 @@
+//! ARMv7E-M (Cortex-M4, M4F, M7) versions of the fixed-point [`super::portable`] kernels:
+//! inline `asm!` loops that keep a row's integer sums in core registers and use the DSP
+//! extension's 16 x 16 multiply-accumulates on the halves of an activation word.
+//!
+//! Integer sums wrap in both versions and are added in the same order, so they agree bit for
+//! bit; the host tests of the portable kernels and the on-target fixed-point parity tests
+//! (device outputs against host-computed ones) check it.
+#![allow(unsafe_code)]
+
+use core::arch::asm;
+
+use super::{portable, Q8Row};
+
+/// The group loop for one power-of-two sample stride: `$shift` is `log2(4 * stride)`, the
+/// byte offset of input `i`'s first sample being `i << $shift`.
+macro_rules! q8_row_loop {
+    ($shift:literal, $records:expr, $end:expr, $x:expr) => {{
+        let (mut a0, mut a1, mut a2, mut a3) = (0i32, 0i32, 0i32, 0i32);
+        let (mut v0, mut v1, mut v2, mut v3) = (0i32, 0i32, 0i32, 0i32);
+        // SAFETY: `records..end` is the row's records, three bytes each (`Q8Row`); every index
+        // is below the row's bound (model validation), and the caller checked that `x` holds
+        // `(bound - 1) * stride + 4` words, so the four words read at `x + (i << shift)` are
+        // inside `x`. r7 (the frame pointer, not available as an operand) is saved and
+        // restored on the stack around the loop, which needs every other core register. Gain: 4.75 instructions per weight and sample instead of 8.8
+        // (LeNet-300-100 q8, M = 32, Cortex-M4F: the compiler's loop spills its sums).
+        unsafe {
+            asm!(
+                "push {{r7}}",
+                "cmp {p}, {end}",
+                "beq 3f",
+                "2:",
+                "ldrb {a}, [{p}], #3",
+                "ldrsb lr, [{p}, #-2]",
+                "ldrb r7, [{p}, #-1]",
+                "pkhbt lr, lr, r7, lsl #16",
+                concat!("add {a}, {x}, {a}, lsl #", $shift),
+                "ldr r7, [{a}]",
+                "smlabb {a0}, r7, lr, {a0}",
+                "smlatt {v0}, r7, lr, {v0}",
+                "ldr r7, [{a}, #4]",
+                "smlabb {a1}, r7, lr, {a1}",
+                "smlatt {v1}, r7, lr, {v1}",
+                "ldr r7, [{a}, #8]",
+                "smlabb {a2}, r7, lr, {a2}",
+                "smlatt {v2}, r7, lr, {v2}",
+                "ldr r7, [{a}, #12]",
+                "smlabb {a3}, r7, lr, {a3}",
+                "smlatt {v3}, r7, lr, {v3}",
+                "cmp {p}, {end}",
+                "bne 2b",
+                "3:",
+                "pop {{r7}}",
+                p = inout(reg) $records => _,
+                end = in(reg) $end,
+                x = in(reg) $x,
+                a0 = inout(reg) a0,
+                a1 = inout(reg) a1,
+                a2 = inout(reg) a2,
+                a3 = inout(reg) a3,
+                v0 = inout(reg) v0,
+                v1 = inout(reg) v1,
+                v2 = inout(reg) v2,
+                v3 = inout(reg) v3,
+                a = out(reg) _,
+                out("lr") _,
+                options(readonly),
+            );
+        }
+        ([a0, a1, a2, a3], [v0, v1, v2, v3])
+    }};
+}
+
+/// See [`super::q8_row_sums4`].
+#[inline(always)]
+pub(crate) fn q8_row_sums4(row: Q8Row<'_>, x: &[i32], stride: usize) -> ([i32; 4], [i32; 4]) {
+    let records = row.records();
+    let needed = row.bound().saturating_sub(1) * stride + 4;
+    if x.len() < needed || records.len() % 3 != 0 {
+        return portable::q8_row_sums4(row, x, stride);
+    }
+    let start = records.as_ptr();
+    let end = start.wrapping_add(records.len());
+    let base = x.as_ptr();
+    match stride {
+        4 => q8_row_loop!("4", start, end, base),
+        8 => q8_row_loop!("5", start, end, base),
+        16 => q8_row_loop!("6", start, end, base),
+        32 => q8_row_loop!("7", start, end, base),
+        _ => portable::q8_row_sums4(row, x, stride),
+    }
+}
