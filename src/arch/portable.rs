@@ -2,6 +2,7 @@
 //! bit for bit.
 
 use super::{Line, Lines};
+use crate::model::Geometry;
 
 /// See [`super::dot`].
 #[inline(always)]
@@ -134,4 +135,21 @@ pub(crate) fn sqrt_in_place(values: &mut [f32]) {
 #[inline(always)]
 pub(crate) fn sqrtf(x: f32) -> f32 {
     libm::sqrtf(x)
+}
+
+/// See [`super::conv3_mean`]: the caller's weight-stationary loop is the portable version.
+#[cfg_attr(all(target_arch = "arm", target_abi = "eabihf"), allow(dead_code))]
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn conv3_mean(
+    _g: &Geometry,
+    _row_ptr: &[u32],
+    _taps: &[u32],
+    _values: &[f32],
+    _words: usize,
+    _x: &[f32],
+    _bias: &[f32],
+    _out: &mut [f32],
+) -> bool {
+    false
 }
