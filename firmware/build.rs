@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro128PlusPlus;
+use tinybayes::early_exit::{ExitPrediction, Halting};
 use tinybayes::writer::{synthetic, ModelBuffer, StorageChoice};
 use tinybayes::{Engine, Mode, Model, Prediction};
 
@@ -166,7 +167,7 @@ fn main() {
     write_parity(&mut src, &model, &images);
     write_bench_models(&mut src, &out, &model);
     fixed::write_fixed(&mut src, &manifest, &out, &images, fixed_chunk, board);
-    write_early_exit_model(&mut src, &manifest, &out);
+    write_early_exit_model(&mut src, &manifest, &out, &images);
     fs::write(out.join("generated.rs"), src).expect("write generated.rs");
 }
 
@@ -261,7 +262,7 @@ fn write_bench_models(src: &mut String, out: &Path, demo: &Model<'_>) {
 /// Samples per pass of the early-exit binary.
 const EE_CHUNK: usize = 1;
 
-fn write_early_exit_model(src: &mut String, manifest: &Path, out: &Path) {
+fn write_early_exit_model(src: &mut String, manifest: &Path, out: &Path, images: &[u8]) {
     let trained = manifest.join("../models/resnet-ee.tbm");
     println!("cargo::rerun-if-changed={}", trained.display());
     let (path, description) = match trained.canonicalize() {
@@ -311,4 +312,69 @@ fn write_early_exit_model(src: &mut String, manifest: &Path, out: &Path) {
         tinybayes::Plan::new(&model, EE_CHUNK).workspace_len()
     )
     .unwrap();
+    write_early_exit_parity(src, &model, images);
+}
+
+/// Images of the early-exit parity rows (every block run: each convolution kernel runs).
+const EE_PARITY_IMAGES: usize = 3;
+/// Monte Carlo samples of the early-exit parity rows.
+const EE_PARITY_SAMPLES: u16 = 8;
+
+/// Host-side expectations for the early-exit model with every block run (a depth budget of
+/// all exits): per image, the bits of (class, predictive entropy, expected entropy, mutual
+/// information, p_0..p_9), mean-weights rows then Monte Carlo rows, image `i` seeded with
+/// `EE_SEED_BASE + i`.
+fn write_early_exit_parity(src: &mut String, model: &Model<'_>, images: &[u8]) {
+    let count = images.len() / 785;
+    let mut workspace = vec![0.0f32; tinybayes::Plan::new(model, EE_CHUNK).workspace_len()];
+    let mut engine = Engine::<EE_CHUNK>::new(model, &mut workspace).expect("workspace");
+    let samples = NonZeroU16::new(EE_PARITY_SAMPLES).expect("non-zero");
+    let halting = Halting::Depth {
+        exits: model.exit_count(),
+    };
+    let mut rows = Vec::new();
+    for mode in [Mode::MeanWeights, Mode::MonteCarlo { samples }] {
+        for i in 0..EE_PARITY_IMAGES.min(count) {
+            let pixels = &images[count + i * 784..count + (i + 1) * 784];
+            let mut rng = Xoshiro128PlusPlus::seed_from_u64(PARITY_SEED_BASE + i as u64);
+            let p: ExitPrediction<10> = engine
+                .predict_u8_early_exit(pixels, mode, halting, &mut rng)
+                .expect("predict");
+            let p = p.prediction;
+            let mut row = vec![
+                p.class as u32,
+                p.predictive_entropy.to_bits(),
+                p.expected_entropy.to_bits(),
+                p.mutual_information.to_bits(),
+            ];
+            row.extend(p.probabilities.iter().map(|v| v.to_bits()));
+            rows.push(row);
+        }
+    }
+    writeln!(
+        src,
+        "/// Monte Carlo samples of the early-exit parity rows."
+    )
+    .unwrap();
+    writeln!(
+        src,
+        "pub const EE_PARITY_SAMPLES: u16 = {EE_PARITY_SAMPLES};"
+    )
+    .unwrap();
+    writeln!(
+        src,
+        "/// Host-computed output bits of the early-exit model, every block run, per image \
+         (seeded with `DEMO_SEED_BASE + i`): mean-weights rows, then Monte Carlo rows."
+    )
+    .unwrap();
+    writeln!(
+        src,
+        "pub static EE_HOST_EXPECTED: [[u32; 14]; {}] = [",
+        rows.len()
+    )
+    .unwrap();
+    for row in rows {
+        writeln!(src, "    {row:?},").unwrap();
+    }
+    writeln!(src, "];").unwrap();
 }

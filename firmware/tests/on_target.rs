@@ -14,7 +14,8 @@ use rand_xoshiro::Xoshiro128PlusPlus;
 use tinybayes::{Engine, Mode, Model, Prediction};
 use tinybayes_firmware::assets;
 use tinybayes_firmware::generated::{
-    DEMO_CHUNK, DEMO_MODEL, DEMO_SEED_BASE, DEMO_WORKSPACE_WORDS, HOST_EXPECTED,
+    DEMO_CHUNK, DEMO_MODEL, DEMO_SEED_BASE, DEMO_WORKSPACE_WORDS, EE_CHUNK, EE_HOST_EXPECTED,
+    EE_MODEL, EE_PARITY_SAMPLES, EE_WORKSPACE_WORDS, HOST_EXPECTED,
 };
 
 fn bits(p: &Prediction<10>) -> [u32; 14] {
@@ -96,6 +97,38 @@ mod tests {
         check_parity::<4>(mode, assets::IMAGE_COUNT);
         check_parity::<6>(mode, assets::IMAGE_COUNT);
         check_parity::<32>(mode, assets::IMAGE_COUNT);
+    }
+
+    #[test]
+    fn early_exit_parity_with_host() {
+        // Every block run, so every convolution of the ResNet (and its hand-scheduled
+        // kernels) computes on the device what the host computed at build time.
+        let model = Model::from_bytes(EE_MODEL).unwrap();
+        let mut workspace = [0.0f32; EE_WORKSPACE_WORDS];
+        let mut engine = Engine::<EE_CHUNK>::new(&model, &mut workspace).unwrap();
+        let halting = tinybayes::early_exit::Halting::Depth {
+            exits: model.exit_count(),
+        };
+        let samples = NonZeroU16::new(EE_PARITY_SAMPLES).unwrap();
+        let images = EE_HOST_EXPECTED.len() / 2;
+        for (m, mode) in [Mode::MeanWeights, Mode::MonteCarlo { samples }]
+            .into_iter()
+            .enumerate()
+        {
+            for i in 0..images {
+                let (pixels, _) = assets::image(i);
+                let mut rng = Xoshiro128PlusPlus::seed_from_u64(DEMO_SEED_BASE + i as u64);
+                let p = engine
+                    .predict_u8_early_exit::<10>(pixels, mode, halting, &mut rng)
+                    .unwrap();
+                let device = bits(&p.prediction);
+                let host = EE_HOST_EXPECTED[m * images + i];
+                if device != host {
+                    defmt::error!("image {=usize}: device {:x} host {:x}", i, device, host);
+                }
+                defmt::assert_eq!(device, host);
+            }
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@
 use core::arch::asm;
 
 use super::{portable, Line, Lines};
+use crate::model::Geometry;
 
 /// See [`super::dot`].
 #[inline(always)]
@@ -617,4 +618,601 @@ pub(crate) fn sqrtf(x: f32) -> f32 {
         );
     }
     f32::from_bits(bits)
+}
+
+/// See [`super::conv3_mean`]: output-stationary. For each output channel, blocks of up to three
+/// output rows hold their 21 sums in `s0`-`s20` across all of the channel's taps; a tap loads
+/// each input row it reaches with one `vldmia` (`s21`-`s27`) and multiply-adds it into the
+/// row's sums, shifted by its column (`kx`), so clipping at the left and right edges costs
+/// nothing. The top block enters a tap of the kernel's first row at its second row, and the
+/// last output row is a block of its own that skips the kernel's last row: no tap ever reads
+/// outside its channel. Each output still receives the bias, then its taps in stored order
+/// (the portable weight-stationary loop's order), so the bits are the same.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv3_mean(
+    g: &Geometry,
+    row_ptr: &[u32],
+    taps: &[u32],
+    values: &[f32],
+    words: usize,
+    x: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+) -> bool {
+    let [channels, h, w] = g.input;
+    let outputs = g.output[0];
+    let fits = g.window == [3, 3]
+        && g.stride == 1
+        && g.padding == 1
+        && w == CONV3_WIDTH
+        && h >= 4
+        && g.output[1] == h
+        && g.output[2] == w
+        && (words == 1 || words == 2)
+        && row_ptr.len() == outputs + 1
+        && bias.len() >= outputs
+        && x.len() >= channels * h * w
+        && out.len() >= outputs * h * w
+        && row_ptr
+            .last()
+            .is_some_and(|&last| last as usize <= taps.len())
+        && values.len() >= taps.len() * words;
+    if !fits {
+        return false;
+    }
+    let map = h * w;
+    for (co, bounds) in row_ptr.windows(2).enumerate() {
+        let (start, end) = (bounds[0] as usize, bounds[1] as usize);
+        let Some(n) = end.checked_sub(start) else {
+            return false;
+        };
+        let b = bias[co];
+        // Blocks: rows 0..3 (top), then up to three rows at a time before the last row,
+        // then the last row.
+        let mut oy = 0;
+        while oy < h {
+            let (rows, mode) = if oy == 0 {
+                (3, 0)
+            } else if oy == h - 1 {
+                (1, 2)
+            } else {
+                ((h - 1 - oy).min(3), 1)
+            };
+            // SAFETY: the channel's `n` taps and `n * words` record words lie inside the arrays
+            // (pointers non-decreasing by validation, the last checked above). Validation
+            // proved every tap's channel `ci < channels`, `ky < 3` and `kx < 3`. A tap reads
+            // input rows `oy + r + ky - 1` of channel `ci` for the block's rows `r`, 7 words
+            // each: the top block (`oy = 0`) skips `r = 0` when `ky = 0`, every other block
+            // has `oy >= 1`; every block but the last ends at or before row `h - 1`, so
+            // `oy + r + ky - 1 <= h - 1`, and the last block (`oy = h - 1`, one row) skips
+            // `ky = 2`. So every row read lies in `x[..channels * h * 7]`. The block writes
+            // `rows * 7` words at `out[co * map + oy * 7..]`, inside `out` (checked above,
+            // borrowed mutably). The base pointer `x + (oy - 1) * 7` is only formed as an
+            // integer (wrapping), never read below `x`.
+            unsafe {
+                conv3_block(
+                    taps.as_ptr().add(start),
+                    values.as_ptr().add(start * words),
+                    n,
+                    (x.as_ptr() as usize).wrapping_add(oy.wrapping_sub(1).wrapping_mul(4 * w)),
+                    4 * map,
+                    b,
+                    out.as_mut_ptr().add(co * map + oy * w),
+                    (rows, mode, words),
+                );
+            }
+            oy += rows;
+        }
+    }
+    true
+}
+
+/// The only row width [`conv3_mean`] runs (the early-exit ResNet's 7x7 maps): three rows of
+/// sums and one row of inputs fill 28 of the 32 FPU registers.
+const CONV3_WIDTH: usize = 7;
+
+/// One block of `rows` output rows of one channel (see [`conv3_mean`]): `mode` 0 is the top
+/// block, 1 a middle block, 2 the last row; `words` is the record width.
+///
+/// # Safety
+/// `taps` points to `n` readable taps and `vals` to `n * words` readable words; for every tap
+/// `(ci, ky, kx)` and every row `r` the block runs for it (see [`conv3_mean`]), the 7 words at
+/// `base + ci * plane + (ky + r) * 28` bytes are readable; `out` points to `7 * rows` writable
+/// words that nothing else accesses during the call.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn conv3_block(
+    taps: *const u32,
+    vals: *const f32,
+    n: usize,
+    base: usize,
+    plane: usize,
+    bias: f32,
+    out: *mut f32,
+    (rows, mode, words): (usize, u8, usize),
+) {
+    let row = 4 * CONV3_WIDTH;
+    // SAFETY: the caller's contract: per tap the block reads its record and, for each row it
+    // runs, one input row of 7 words; it writes `7 * rows` words at `out`. Only the named
+    // registers and the flags are written.
+    unsafe {
+        macro_rules! conv_asm {
+            ($($line:expr),* $(,)?) => {
+                asm!(
+                    $($line),*,
+                    t = inout(reg) bias.to_bits() => _,
+                    n = inout(reg) n => _,
+                    taps = inout(reg) taps => _,
+                    vals = inout(reg) vals => _,
+                    base = in(reg) base,
+                    plane = in(reg) plane,
+                    row = in(reg) row,
+                    dst = in(reg) out,
+                    a = out(reg) _,
+                    c = out(reg) _,
+                    out("s0") _, out("s1") _, out("s2") _, out("s3") _, out("s4") _,
+                    out("s5") _, out("s6") _, out("s7") _, out("s8") _, out("s9") _,
+                    out("s10") _, out("s11") _, out("s12") _, out("s13") _, out("s14") _,
+                    out("s15") _, out("s16") _, out("s17") _, out("s18") _, out("s19") _,
+                    out("s20") _, out("s21") _, out("s22") _, out("s23") _, out("s24") _,
+                    out("s25") _, out("s26") _, out("s27") _, out("s28") _, out("s29") _,
+                    options(nostack),
+                )
+            };
+        }
+        macro_rules! blocks {
+            ($wload:literal) => {
+                match (rows, mode) {
+                    (3, 0) => conv_asm!(
+                        "vmov s0, {t}",
+                        "vmov.f32 s1, s0",
+                        "vmov.f32 s2, s0",
+                        "vmov.f32 s3, s0",
+                        "vmov.f32 s4, s0",
+                        "vmov.f32 s5, s0",
+                        "vmov.f32 s6, s0",
+                        "vmov.f32 s7, s0",
+                        "vmov.f32 s8, s0",
+                        "vmov.f32 s9, s0",
+                        "vmov.f32 s10, s0",
+                        "vmov.f32 s11, s0",
+                        "vmov.f32 s12, s0",
+                        "vmov.f32 s13, s0",
+                        "vmov.f32 s14, s0",
+                        "vmov.f32 s15, s0",
+                        "vmov.f32 s16, s0",
+                        "vmov.f32 s17, s0",
+                        "vmov.f32 s18, s0",
+                        "vmov.f32 s19, s0",
+                        "vmov.f32 s20, s0",
+                        "cmp {n}, #0",
+                        "beq 8f",
+                        "2:",
+                        "ldr {t}, [{taps}], #4",
+                        $wload,
+                        "lsrs {c}, {t}, #16",
+                        "mla {a}, {c}, {plane}, {base}",
+                        "ubfx {c}, {t}, #8, #8",
+                        "mla {a}, {c}, {row}, {a}",
+                        "cmp {c}, #0",
+                        "beq 5f",
+                        "uxtb {c}, {t}",
+                        "cmp {c}, #1",
+                        "beq 40f",
+                        "bhi 50f",
+                        "30:",
+                        "vldmia {a}!, {{s21-s27}}",
+                        "vmla.f32 s1, s21, s28",
+                        "vmla.f32 s2, s22, s28",
+                        "vmla.f32 s3, s23, s28",
+                        "vmla.f32 s4, s24, s28",
+                        "vmla.f32 s5, s25, s28",
+                        "vmla.f32 s6, s26, s28",
+                        "31:",
+                        "vldmia {a}!, {{s21-s27}}",
+                        "vmla.f32 s8, s21, s28",
+                        "vmla.f32 s9, s22, s28",
+                        "vmla.f32 s10, s23, s28",
+                        "vmla.f32 s11, s24, s28",
+                        "vmla.f32 s12, s25, s28",
+                        "vmla.f32 s13, s26, s28",
+                        "32:",
+                        "vldmia {a}, {{s21-s27}}",
+                        "vmla.f32 s15, s21, s28",
+                        "vmla.f32 s16, s22, s28",
+                        "vmla.f32 s17, s23, s28",
+                        "vmla.f32 s18, s24, s28",
+                        "vmla.f32 s19, s25, s28",
+                        "vmla.f32 s20, s26, s28",
+                        "b 7f",
+                        "40:",
+                        "vldmia {a}!, {{s21-s27}}",
+                        "vmla.f32 s0, s21, s28",
+                        "vmla.f32 s1, s22, s28",
+                        "vmla.f32 s2, s23, s28",
+                        "vmla.f32 s3, s24, s28",
+                        "vmla.f32 s4, s25, s28",
+                        "vmla.f32 s5, s26, s28",
+                        "vmla.f32 s6, s27, s28",
+                        "41:",
+                        "vldmia {a}!, {{s21-s27}}",
+                        "vmla.f32 s7, s21, s28",
+                        "vmla.f32 s8, s22, s28",
+                        "vmla.f32 s9, s23, s28",
+                        "vmla.f32 s10, s24, s28",
+                        "vmla.f32 s11, s25, s28",
+                        "vmla.f32 s12, s26, s28",
+                        "vmla.f32 s13, s27, s28",
+                        "42:",
+                        "vldmia {a}, {{s21-s27}}",
+                        "vmla.f32 s14, s21, s28",
+                        "vmla.f32 s15, s22, s28",
+                        "vmla.f32 s16, s23, s28",
+                        "vmla.f32 s17, s24, s28",
+                        "vmla.f32 s18, s25, s28",
+                        "vmla.f32 s19, s26, s28",
+                        "vmla.f32 s20, s27, s28",
+                        "b 7f",
+                        "50:",
+                        "vldmia {a}!, {{s21-s27}}",
+                        "vmla.f32 s0, s22, s28",
+                        "vmla.f32 s1, s23, s28",
+                        "vmla.f32 s2, s24, s28",
+                        "vmla.f32 s3, s25, s28",
+                        "vmla.f32 s4, s26, s28",
+                        "vmla.f32 s5, s27, s28",
+                        "51:",
+                        "vldmia {a}!, {{s21-s27}}",
+                        "vmla.f32 s7, s22, s28",
+                        "vmla.f32 s8, s23, s28",
+                        "vmla.f32 s9, s24, s28",
+                        "vmla.f32 s10, s25, s28",
+                        "vmla.f32 s11, s26, s28",
+                        "vmla.f32 s12, s27, s28",
+                        "52:",
+                        "vldmia {a}, {{s21-s27}}",
+                        "vmla.f32 s14, s22, s28",
+                        "vmla.f32 s15, s23, s28",
+                        "vmla.f32 s16, s24, s28",
+                        "vmla.f32 s17, s25, s28",
+                        "vmla.f32 s18, s26, s28",
+                        "vmla.f32 s19, s27, s28",
+                        "b 7f",
+                        "5:",
+                        "add {a}, {a}, #28",
+                        "uxtb {c}, {t}",
+                        "cmp {c}, #1",
+                        "beq 41b",
+                        "bhi 51b",
+                        "b 31b",
+                        "7:",
+                        "subs {n}, {n}, #1",
+                        "bne 2b",
+                        "8:",
+                        "vstmia {dst}, {{s0-s20}}",
+                    ),
+                    (3, 1) => conv_asm!(
+                        "vmov s0, {t}",
+                        "vmov.f32 s1, s0",
+                        "vmov.f32 s2, s0",
+                        "vmov.f32 s3, s0",
+                        "vmov.f32 s4, s0",
+                        "vmov.f32 s5, s0",
+                        "vmov.f32 s6, s0",
+                        "vmov.f32 s7, s0",
+                        "vmov.f32 s8, s0",
+                        "vmov.f32 s9, s0",
+                        "vmov.f32 s10, s0",
+                        "vmov.f32 s11, s0",
+                        "vmov.f32 s12, s0",
+                        "vmov.f32 s13, s0",
+                        "vmov.f32 s14, s0",
+                        "vmov.f32 s15, s0",
+                        "vmov.f32 s16, s0",
+                        "vmov.f32 s17, s0",
+                        "vmov.f32 s18, s0",
+                        "vmov.f32 s19, s0",
+                        "vmov.f32 s20, s0",
+                        "cmp {n}, #0",
+                        "beq 8f",
+                        "2:",
+                        "ldr {t}, [{taps}], #4",
+                        $wload,
+                        "lsrs {c}, {t}, #16",
+                        "mla {a}, {c}, {plane}, {base}",
+                        "ubfx {c}, {t}, #8, #8",
+                        "mla {a}, {c}, {row}, {a}",
+                        "uxtb {c}, {t}",
+                        "cmp {c}, #1",
+                        "beq 40f",
+                        "bhi 50f",
+                        "30:",
+                        "vldmia {a}!, {{s21-s27}}",
+                        "vmla.f32 s1, s21, s28",
+                        "vmla.f32 s2, s22, s28",
+                        "vmla.f32 s3, s23, s28",
+                        "vmla.f32 s4, s24, s28",
+                        "vmla.f32 s5, s25, s28",
+                        "vmla.f32 s6, s26, s28",
+                        "31:",
+                        "vldmia {a}!, {{s21-s27}}",
+                        "vmla.f32 s8, s21, s28",
+                        "vmla.f32 s9, s22, s28",
+                        "vmla.f32 s10, s23, s28",
+                        "vmla.f32 s11, s24, s28",
+                        "vmla.f32 s12, s25, s28",
+                        "vmla.f32 s13, s26, s28",
+                        "32:",
+                        "vldmia {a}, {{s21-s27}}",
+                        "vmla.f32 s15, s21, s28",
+                        "vmla.f32 s16, s22, s28",
+                        "vmla.f32 s17, s23, s28",
+                        "vmla.f32 s18, s24, s28",
+                        "vmla.f32 s19, s25, s28",
+                        "vmla.f32 s20, s26, s28",
+                        "b 7f",
+                        "40:",
+                        "vldmia {a}!, {{s21-s27}}",
+                        "vmla.f32 s0, s21, s28",
+                        "vmla.f32 s1, s22, s28",
+                        "vmla.f32 s2, s23, s28",
+                        "vmla.f32 s3, s24, s28",
+                        "vmla.f32 s4, s25, s28",
+                        "vmla.f32 s5, s26, s28",
+                        "vmla.f32 s6, s27, s28",
+                        "41:",
+                        "vldmia {a}!, {{s21-s27}}",
+                        "vmla.f32 s7, s21, s28",
+                        "vmla.f32 s8, s22, s28",
+                        "vmla.f32 s9, s23, s28",
+                        "vmla.f32 s10, s24, s28",
+                        "vmla.f32 s11, s25, s28",
+                        "vmla.f32 s12, s26, s28",
+                        "vmla.f32 s13, s27, s28",
+                        "42:",
+                        "vldmia {a}, {{s21-s27}}",
+                        "vmla.f32 s14, s21, s28",
+                        "vmla.f32 s15, s22, s28",
+                        "vmla.f32 s16, s23, s28",
+                        "vmla.f32 s17, s24, s28",
+                        "vmla.f32 s18, s25, s28",
+                        "vmla.f32 s19, s26, s28",
+                        "vmla.f32 s20, s27, s28",
+                        "b 7f",
+                        "50:",
+                        "vldmia {a}!, {{s21-s27}}",
+                        "vmla.f32 s0, s22, s28",
+                        "vmla.f32 s1, s23, s28",
+                        "vmla.f32 s2, s24, s28",
+                        "vmla.f32 s3, s25, s28",
+                        "vmla.f32 s4, s26, s28",
+                        "vmla.f32 s5, s27, s28",
+                        "51:",
+                        "vldmia {a}!, {{s21-s27}}",
+                        "vmla.f32 s7, s22, s28",
+                        "vmla.f32 s8, s23, s28",
+                        "vmla.f32 s9, s24, s28",
+                        "vmla.f32 s10, s25, s28",
+                        "vmla.f32 s11, s26, s28",
+                        "vmla.f32 s12, s27, s28",
+                        "52:",
+                        "vldmia {a}, {{s21-s27}}",
+                        "vmla.f32 s14, s22, s28",
+                        "vmla.f32 s15, s23, s28",
+                        "vmla.f32 s16, s24, s28",
+                        "vmla.f32 s17, s25, s28",
+                        "vmla.f32 s18, s26, s28",
+                        "vmla.f32 s19, s27, s28",
+                        "7:",
+                        "subs {n}, {n}, #1",
+                        "bne 2b",
+                        "8:",
+                        "vstmia {dst}, {{s0-s20}}",
+                    ),
+                    (2, 1) => conv_asm!(
+                        "vmov s0, {t}",
+                        "vmov.f32 s1, s0",
+                        "vmov.f32 s2, s0",
+                        "vmov.f32 s3, s0",
+                        "vmov.f32 s4, s0",
+                        "vmov.f32 s5, s0",
+                        "vmov.f32 s6, s0",
+                        "vmov.f32 s7, s0",
+                        "vmov.f32 s8, s0",
+                        "vmov.f32 s9, s0",
+                        "vmov.f32 s10, s0",
+                        "vmov.f32 s11, s0",
+                        "vmov.f32 s12, s0",
+                        "vmov.f32 s13, s0",
+                        "cmp {n}, #0",
+                        "beq 8f",
+                        "2:",
+                        "ldr {t}, [{taps}], #4",
+                        $wload,
+                        "lsrs {c}, {t}, #16",
+                        "mla {a}, {c}, {plane}, {base}",
+                        "ubfx {c}, {t}, #8, #8",
+                        "mla {a}, {c}, {row}, {a}",
+                        "uxtb {c}, {t}",
+                        "cmp {c}, #1",
+                        "beq 40f",
+                        "bhi 50f",
+                        "30:",
+                        "vldmia {a}!, {{s21-s27}}",
+                        "vmla.f32 s1, s21, s28",
+                        "vmla.f32 s2, s22, s28",
+                        "vmla.f32 s3, s23, s28",
+                        "vmla.f32 s4, s24, s28",
+                        "vmla.f32 s5, s25, s28",
+                        "vmla.f32 s6, s26, s28",
+                        "31:",
+                        "vldmia {a}, {{s21-s27}}",
+                        "vmla.f32 s8, s21, s28",
+                        "vmla.f32 s9, s22, s28",
+                        "vmla.f32 s10, s23, s28",
+                        "vmla.f32 s11, s24, s28",
+                        "vmla.f32 s12, s25, s28",
+                        "vmla.f32 s13, s26, s28",
+                        "b 7f",
+                        "40:",
+                        "vldmia {a}!, {{s21-s27}}",
+                        "vmla.f32 s0, s21, s28",
+                        "vmla.f32 s1, s22, s28",
+                        "vmla.f32 s2, s23, s28",
+                        "vmla.f32 s3, s24, s28",
+                        "vmla.f32 s4, s25, s28",
+                        "vmla.f32 s5, s26, s28",
+                        "vmla.f32 s6, s27, s28",
+                        "41:",
+                        "vldmia {a}, {{s21-s27}}",
+                        "vmla.f32 s7, s21, s28",
+                        "vmla.f32 s8, s22, s28",
+                        "vmla.f32 s9, s23, s28",
+                        "vmla.f32 s10, s24, s28",
+                        "vmla.f32 s11, s25, s28",
+                        "vmla.f32 s12, s26, s28",
+                        "vmla.f32 s13, s27, s28",
+                        "b 7f",
+                        "50:",
+                        "vldmia {a}!, {{s21-s27}}",
+                        "vmla.f32 s0, s22, s28",
+                        "vmla.f32 s1, s23, s28",
+                        "vmla.f32 s2, s24, s28",
+                        "vmla.f32 s3, s25, s28",
+                        "vmla.f32 s4, s26, s28",
+                        "vmla.f32 s5, s27, s28",
+                        "51:",
+                        "vldmia {a}, {{s21-s27}}",
+                        "vmla.f32 s7, s22, s28",
+                        "vmla.f32 s8, s23, s28",
+                        "vmla.f32 s9, s24, s28",
+                        "vmla.f32 s10, s25, s28",
+                        "vmla.f32 s11, s26, s28",
+                        "vmla.f32 s12, s27, s28",
+                        "7:",
+                        "subs {n}, {n}, #1",
+                        "bne 2b",
+                        "8:",
+                        "vstmia {dst}, {{s0-s13}}",
+                    ),
+                    (1, 1) => conv_asm!(
+                        "vmov s0, {t}",
+                        "vmov.f32 s1, s0",
+                        "vmov.f32 s2, s0",
+                        "vmov.f32 s3, s0",
+                        "vmov.f32 s4, s0",
+                        "vmov.f32 s5, s0",
+                        "vmov.f32 s6, s0",
+                        "cmp {n}, #0",
+                        "beq 8f",
+                        "2:",
+                        "ldr {t}, [{taps}], #4",
+                        $wload,
+                        "lsrs {c}, {t}, #16",
+                        "mla {a}, {c}, {plane}, {base}",
+                        "ubfx {c}, {t}, #8, #8",
+                        "mla {a}, {c}, {row}, {a}",
+                        "uxtb {c}, {t}",
+                        "cmp {c}, #1",
+                        "beq 40f",
+                        "bhi 50f",
+                        "30:",
+                        "vldmia {a}, {{s21-s27}}",
+                        "vmla.f32 s1, s21, s28",
+                        "vmla.f32 s2, s22, s28",
+                        "vmla.f32 s3, s23, s28",
+                        "vmla.f32 s4, s24, s28",
+                        "vmla.f32 s5, s25, s28",
+                        "vmla.f32 s6, s26, s28",
+                        "b 7f",
+                        "40:",
+                        "vldmia {a}, {{s21-s27}}",
+                        "vmla.f32 s0, s21, s28",
+                        "vmla.f32 s1, s22, s28",
+                        "vmla.f32 s2, s23, s28",
+                        "vmla.f32 s3, s24, s28",
+                        "vmla.f32 s4, s25, s28",
+                        "vmla.f32 s5, s26, s28",
+                        "vmla.f32 s6, s27, s28",
+                        "b 7f",
+                        "50:",
+                        "vldmia {a}, {{s21-s27}}",
+                        "vmla.f32 s0, s22, s28",
+                        "vmla.f32 s1, s23, s28",
+                        "vmla.f32 s2, s24, s28",
+                        "vmla.f32 s3, s25, s28",
+                        "vmla.f32 s4, s26, s28",
+                        "vmla.f32 s5, s27, s28",
+                        "7:",
+                        "subs {n}, {n}, #1",
+                        "bne 2b",
+                        "8:",
+                        "vstmia {dst}, {{s0-s6}}",
+                    ),
+                    (1, 2) => conv_asm!(
+                        "vmov s0, {t}",
+                        "vmov.f32 s1, s0",
+                        "vmov.f32 s2, s0",
+                        "vmov.f32 s3, s0",
+                        "vmov.f32 s4, s0",
+                        "vmov.f32 s5, s0",
+                        "vmov.f32 s6, s0",
+                        "cmp {n}, #0",
+                        "beq 8f",
+                        "2:",
+                        "ldr {t}, [{taps}], #4",
+                        $wload,
+                        "lsrs {c}, {t}, #16",
+                        "mla {a}, {c}, {plane}, {base}",
+                        "ubfx {c}, {t}, #8, #8",
+                        "mla {a}, {c}, {row}, {a}",
+                        "cmp {c}, #2",
+                        "beq 7f",
+                        "uxtb {c}, {t}",
+                        "cmp {c}, #1",
+                        "beq 40f",
+                        "bhi 50f",
+                        "30:",
+                        "vldmia {a}, {{s21-s27}}",
+                        "vmla.f32 s1, s21, s28",
+                        "vmla.f32 s2, s22, s28",
+                        "vmla.f32 s3, s23, s28",
+                        "vmla.f32 s4, s24, s28",
+                        "vmla.f32 s5, s25, s28",
+                        "vmla.f32 s6, s26, s28",
+                        "b 7f",
+                        "40:",
+                        "vldmia {a}, {{s21-s27}}",
+                        "vmla.f32 s0, s21, s28",
+                        "vmla.f32 s1, s22, s28",
+                        "vmla.f32 s2, s23, s28",
+                        "vmla.f32 s3, s24, s28",
+                        "vmla.f32 s4, s25, s28",
+                        "vmla.f32 s5, s26, s28",
+                        "vmla.f32 s6, s27, s28",
+                        "b 7f",
+                        "50:",
+                        "vldmia {a}, {{s21-s27}}",
+                        "vmla.f32 s0, s22, s28",
+                        "vmla.f32 s1, s23, s28",
+                        "vmla.f32 s2, s24, s28",
+                        "vmla.f32 s3, s25, s28",
+                        "vmla.f32 s4, s26, s28",
+                        "vmla.f32 s5, s27, s28",
+                        "7:",
+                        "subs {n}, {n}, #1",
+                        "bne 2b",
+                        "8:",
+                        "vstmia {dst}, {{s0-s6}}",
+                    ),
+                    _ => {}
+                }
+            };
+        }
+        if words == 1 {
+            blocks!("vldmia {vals}!, {{s28}}");
+        } else {
+            blocks!("vldmia {vals}!, {{s28-s29}}");
+        }
+    }
 }

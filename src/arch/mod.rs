@@ -31,7 +31,7 @@ use arm_fpu as native;
 #[cfg(not(all(target_arch = "arm", target_abi = "eabihf")))]
 use portable as native;
 
-use crate::model::{Layer, Weights};
+use crate::model::{Geometry, Layer, Weights};
 
 /// The stored weights of one row (or column) of a validated sparse layer: `indices[k]` and its
 /// record `values[k * W..(k + 1) * W]` (θ first, then σ² for Gaussian records), every index
@@ -180,6 +180,28 @@ pub(crate) fn accumulate_rows(
     var: &mut [f32],
 ) {
     native::accumulate_rows(rows, x, s, bias, mean, var)
+}
+
+/// A 3x3 convolution with stride 1 and padding 1 on maps 7 wide and at least 4 high, mean
+/// weights (θ, the first of each record of `words`), all output channels:
+/// `out[co, oy, ox] = bias[co] + Σ θ x[ci, oy + ky - 1, ox + kx - 1]` over the channel's taps in
+/// stored order (the order of the weight-stationary loop in `kernels::conv`), before the
+/// activation. Returns `false`, having written nothing, where no hand-scheduled version runs
+/// (every other geometry, and the portable build): the caller then runs its own loop, which
+/// gives the same bits.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn conv3_mean(
+    g: &Geometry,
+    row_ptr: &[u32],
+    taps: &[u32],
+    values: &[f32],
+    words: usize,
+    x: &[f32],
+    bias: &[f32],
+    out: &mut [f32],
+) -> bool {
+    native::conv3_mean(g, row_ptr, taps, values, words, x, bias, out)
 }
 
 /// `bias + Σ_k x[indices[k]] · θ_k`, in stored order. `x` must hold at least `line.bound()`

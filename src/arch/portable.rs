@@ -2,6 +2,7 @@
 //! bit for bit.
 
 use super::{Line, Lines, Q8Row};
+use crate::model::Geometry;
 
 /// See [`super::dot`].
 #[inline(always)]
@@ -152,4 +153,21 @@ pub(crate) fn q8_row_sums4(row: Q8Row<'_>, x: &[i32], stride: usize) -> ([i32; 4
         }
     }
     (acc, var)
+}
+
+/// See [`super::conv3_mean`]: the caller's weight-stationary loop is the portable version.
+#[cfg_attr(all(target_arch = "arm", target_abi = "eabihf"), allow(dead_code))]
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn conv3_mean(
+    _g: &Geometry,
+    _row_ptr: &[u32],
+    _taps: &[u32],
+    _values: &[f32],
+    _words: usize,
+    _x: &[f32],
+    _bias: &[f32],
+    _out: &mut [f32],
+) -> bool {
+    false
 }

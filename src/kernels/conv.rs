@@ -81,6 +81,15 @@ pub(super) fn forward_mean<X: Input + ?Sized>(layer: &Layer<'_>, x: &X, out: &mu
     let words = layer.posterior().words_per_weight();
     let map = g.output[1] * g.output[2];
     let plane = g.input[1] * g.input[2];
+    if let Some(xs) = x.as_slice() {
+        let (bias, maps) = (layer.bias(), g.output[0] * map);
+        if crate::arch::conv3_mean(&g, row_ptr, taps, values, words, xs, bias, out) {
+            for v in out[..maps].iter_mut() {
+                *v = activate(layer.activation(), *v);
+            }
+            return;
+        }
+    }
     for (co, bounds) in row_ptr.windows(2).enumerate() {
         let (start, end) = (bounds[0] as usize, bounds[1] as usize);
         let out_map = &mut out[co * map..(co + 1) * map];
