@@ -9,7 +9,7 @@
 
 use core::arch::asm;
 
-use super::{portable, Q8Row};
+use super::{portable, Q8Columns, Q8Row};
 
 /// The group loop for one power-of-two sample stride: `$shift` is `log2(4 * stride)`, the
 /// byte offset of input `i`'s first sample being `i << $shift`.
@@ -87,5 +87,97 @@ pub(crate) fn q8_row_sums4(row: Q8Row<'_>, x: &[i32], stride: usize) -> ([i32; 4
         16 => q8_row_loop!("6", start, end, base),
         32 => q8_row_loop!("7", start, end, base),
         _ => portable::q8_row_sums4(row, x, stride),
+    }
+}
+
+/// See [`super::q8_row_dot`].
+#[inline(always)]
+pub(crate) fn q8_row_dot(row: Q8Row<'_>, x: &[i32]) -> i32 {
+    let records = row.records();
+    if x.len() < row.bound() || records.len() % 3 != 0 {
+        return portable::q8_row_dot(row, x);
+    }
+    let mut acc = 0i32;
+    // SAFETY: `records..end` is the row's records, three bytes each (`Q8Row`); every index
+    // is below the row's bound (model validation) and `x` holds at least `bound` words
+    // (checked above), so every word read is inside `x`. Gain: 6 instructions per weight
+    // instead of 7 and a bounds check in the compiler's loop (LeNet-300-100 q8 mean weights,
+    // layers 2 and 3).
+    unsafe {
+        asm!(
+            "cmp {p}, {end}",
+            "beq 3f",
+            "2:",
+            "ldrb {i}, [{p}], #3",
+            "ldrsb {t}, [{p}, #-2]",
+            "ldr {i}, [{x}, {i}, lsl #2]",
+            "smlabb {acc}, {i}, {t}, {acc}",
+            "cmp {p}, {end}",
+            "bne 2b",
+            "3:",
+            p = inout(reg) records.as_ptr() => _,
+            end = in(reg) records.as_ptr().wrapping_add(records.len()),
+            x = in(reg) x.as_ptr(),
+            acc = inout(reg) acc,
+            i = out(reg) _,
+            t = out(reg) _,
+            options(readonly, nostack),
+        );
+    }
+    acc
+}
+
+/// See [`super::q8_scatter_bytes`].
+#[inline(always)]
+pub(crate) fn q8_scatter_bytes(columns: Q8Columns<'_>, x: &[u8], acc: &mut [i32]) {
+    let (counts, records) = (columns.counts(), columns.records());
+    let n = counts.len().min(x.len());
+    if acc.len() < columns.bound() || n == 0 {
+        return portable::q8_scatter_bytes(columns, x, acc);
+    }
+    // SAFETY: input `i < n` reads `counts[i]` and `x[i]`, both inside their slices. A column's
+    // records `p..p + 3 count` are read only when they end at or before the records' end
+    // (checked per column); every record's output index is below the columns' bound (model
+    // validation, see `Q8Columns`), and `acc` holds at least `bound` words (checked above),
+    // so every sum read and written is inside `acc`. Gain: 7 instructions per weight and 8
+    // per blank input instead of 13 and 14 (LeNet-300-100 q8 mean weights, first layer).
+    unsafe {
+        asm!(
+            "2:",
+            "ldrb {c}, [{cnt}], #1",
+            "ldrb {a}, [{px}], #1",
+            "add {c}, {c}, {c}, lsl #1",
+            "add {c}, {p}, {c}",
+            "cmp {a}, #0",
+            "beq 4f",
+            "cmp {c}, {rend}",
+            "bhi 4f",
+            "cmp {p}, {c}",
+            "beq 4f",
+            "3:",
+            "ldrb {j}, [{p}], #3",
+            "ldrsb {t}, [{p}, #-2]",
+            "ldr {s}, [{acc}, {j}, lsl #2]",
+            "smlabb {s}, {a}, {t}, {s}",
+            "str {s}, [{acc}, {j}, lsl #2]",
+            "cmp {p}, {c}",
+            "bne 3b",
+            "4:",
+            "mov {p}, {c}",
+            "cmp {px}, {pend}",
+            "bne 2b",
+            cnt = inout(reg) counts.as_ptr() => _,
+            px = inout(reg) x.as_ptr() => _,
+            pend = in(reg) x.as_ptr().wrapping_add(n),
+            p = inout(reg) records.as_ptr() => _,
+            rend = in(reg) records.as_ptr().wrapping_add(records.len()),
+            acc = in(reg) acc.as_mut_ptr(),
+            c = out(reg) _,
+            a = out(reg) _,
+            j = out(reg) _,
+            t = out(reg) _,
+            s = out(reg) _,
+            options(nostack),
+        );
     }
 }

@@ -270,6 +270,63 @@ pub(crate) fn q8_row_sums4(row: Q8Row<'_>, x: &[i32], stride: usize) -> ([i32; 4
     native_dsp::q8_row_sums4(row, x, stride)
 }
 
+/// The columns of a validated q8 layer stored by input, with Gaussian weights and one-byte
+/// output indices: `counts[i]` records `[j, θ, σ²]` for input `i`, one column after the other,
+/// every output index `j` below `bound`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Q8Columns<'a> {
+    counts: &'a [u8],
+    records: &'a [u8],
+    #[cfg_attr(not(all(target_arch = "arm", tb_arm_dsp)), allow(dead_code))]
+    bound: usize,
+}
+
+impl<'a> Q8Columns<'a> {
+    /// The columns of a validated layer (its own counts and records, with its output count
+    /// as the bound); `None` unless the records are whole.
+    #[inline(always)]
+    pub(crate) fn from_validated(
+        counts: &'a [u8],
+        records: &'a [u8],
+        bound: usize,
+    ) -> Option<Self> {
+        (records.len() % 3 == 0).then_some(Self {
+            counts,
+            records,
+            bound,
+        })
+    }
+    /// Records per input.
+    pub(crate) fn counts(&self) -> &'a [u8] {
+        self.counts
+    }
+    /// The records, three bytes each, column after column.
+    pub(crate) fn records(&self) -> &'a [u8] {
+        self.records
+    }
+    /// Every output index is below this.
+    #[cfg_attr(not(all(target_arch = "arm", tb_arm_dsp)), allow(dead_code))]
+    pub(crate) fn bound(&self) -> usize {
+        self.bound
+    }
+}
+
+/// The mean sums of a q8 layer stored by input columns, for raw input bytes: for every input
+/// `i` with `x[i] != 0`, `acc[j] += x[i] θ` over the column's records (a byte `a` is the low
+/// half-word of its activation word), wrapping; a column whose records run past the end is
+/// skipped. `acc` is not cleared.
+#[inline(always)]
+pub(crate) fn q8_scatter_bytes(columns: Q8Columns<'_>, x: &[u8], acc: &mut [i32]) {
+    native_dsp::q8_scatter_bytes(columns, x, acc)
+}
+
+/// The mean sum of one q8 row for one input: `Σ a θ` over the row's records, `x[i]` the
+/// activation word of input `i` (`a` in its low half-word), wrapping.
+#[inline(always)]
+pub(crate) fn q8_row_dot(row: Q8Row<'_>, x: &[i32]) -> i32 {
+    native_dsp::q8_row_dot(row, x)
+}
+
 /// Correctly rounded square root (the FPU's `vsqrt.f32` on hard-float cores, `libm` elsewhere:
 /// IEEE 754 requires both to round correctly, so they agree bit for bit).
 #[inline(always)]
@@ -507,5 +564,56 @@ mod tests {
             }
         }
         assert!(Q8Row::from_validated(&[0, 1], 2).is_none());
+    }
+
+    /// The q8 mean kernels (a row's dot product over words, a by-input scatter over raw
+    /// bytes) against i64 sums computed from the activations themselves.
+    #[test]
+    fn q8_mean_kernels_match_an_i64_reference() {
+        let mut rng = Xoshiro128PlusPlus::seed_from_u64(10);
+        let (inputs, outputs) = (300usize, 81usize);
+        // Raw bytes with blank runs, as an image has.
+        let bytes: Vec<u8> = (0..inputs)
+            .map(|i| {
+                if (i / 7) % 3 == 0 {
+                    0
+                } else {
+                    rng.next_u32() as u8
+                }
+            })
+            .collect();
+        let words: Vec<i32> = bytes
+            .iter()
+            .map(|&a| ((a as i32 * a as i32) >> 1) << 16 | a as i32)
+            .collect();
+        let mut counts = Vec::new();
+        let mut records = Vec::new();
+        let mut reference = std::vec![0i64; outputs];
+        for &a in &bytes {
+            let count = rng.next_u32() % 5;
+            counts.push(count as u8);
+            for _ in 0..count {
+                let (j, theta) = (rng.next_u32() as usize % outputs, rng.next_u32() as u8);
+                records.extend_from_slice(&[j as u8, theta, rng.next_u32() as u8]);
+                reference[j] += a as i64 * (theta as i8 as i64);
+            }
+        }
+        let columns = Q8Columns::from_validated(&counts, &records, outputs).unwrap();
+        let mut acc = std::vec![0i32; outputs];
+        q8_scatter_bytes(columns, &bytes, &mut acc);
+        let got: Vec<i64> = acc.iter().map(|&a| a as i64).collect();
+        assert_eq!(got, reference);
+        // One row over the words: every third input, in order.
+        let row_records: Vec<u8> = (0..inputs)
+            .step_by(3)
+            .flat_map(|i| [i as u8, rng.next_u32() as u8, 0])
+            .collect();
+        let row = Q8Row::from_validated(&row_records, inputs).unwrap();
+        let expected: i64 = row_records
+            .chunks_exact(3)
+            .map(|r| bytes[r[0] as usize] as i64 * (r[1] as i8 as i64))
+            .sum();
+        assert_eq!(q8_row_dot(row, &words) as i64, expected);
+        assert!(Q8Columns::from_validated(&counts, &records[1..], outputs).is_none());
     }
 }

@@ -1,7 +1,7 @@
 //! The portable kernels: safe Rust, the definition every architecture's version must match
 //! bit for bit.
 
-use super::{Line, Lines, Q8Row};
+use super::{Line, Lines, Q8Columns, Q8Row};
 use crate::model::Geometry;
 
 /// See [`super::dot`].
@@ -135,6 +135,38 @@ pub(crate) fn sqrt_in_place(values: &mut [f32]) {
 #[inline(always)]
 pub(crate) fn sqrtf(x: f32) -> f32 {
     libm::sqrtf(x)
+}
+
+/// See [`super::q8_scatter_bytes`].
+#[inline(always)]
+pub(crate) fn q8_scatter_bytes(columns: Q8Columns<'_>, x: &[u8], acc: &mut [i32]) {
+    let records = columns.records();
+    let mut start = 0usize;
+    for (&count, &a) in columns.counts().iter().zip(x) {
+        let end = start + 3 * count as usize;
+        if a != 0 {
+            if let Some(column) = records.get(start..end) {
+                for r in column.chunks_exact(3) {
+                    if let Some(s) = acc.get_mut(r[0] as usize) {
+                        *s = s.wrapping_add(a as i32 * (r[1] as i8 as i32));
+                    }
+                }
+            }
+        }
+        start = end;
+    }
+}
+
+/// See [`super::q8_row_dot`].
+#[inline(always)]
+pub(crate) fn q8_row_dot(row: Q8Row<'_>, x: &[i32]) -> i32 {
+    let mut acc = 0i32;
+    for r in row.records().chunks_exact(3) {
+        if let Some(&w) = x.get(r[0] as usize) {
+            acc = acc.wrapping_add((w as i16 as i32) * (r[1] as i8 as i32));
+        }
+    }
+    acc
 }
 
 /// See [`super::q8_row_sums4`].

@@ -33,11 +33,13 @@ pub trait Format {
     /// Stored σ².
     type Sigma2: Copy + bytemuck::Pod;
     /// Mean accumulator.
-    type Acc: Copy + Default;
+    type Acc: Copy + Default + bytemuck::Pod;
     /// Variance accumulator.
     type Var: Copy + Default;
     /// Largest activation.
     const ACT_MAX: i32;
+    /// Most products `a θ` whose sum an [`Format::Acc`] holds exactly (no wrap).
+    const ACC_EXACT_TERMS: usize;
     /// Bytes of a stored θ or σ².
     const WIDTH: usize;
     /// The θ stored at `r[at..]`.
@@ -70,6 +72,30 @@ pub trait Format {
     ) -> Option<RowSums<Self>> {
         None
     }
+    /// The mean sum of one row for one input from the architecture's kernel, where it has one
+    /// for this record layout (`x[i]` the word of input `i`, every index below `bound`);
+    /// `None`: the generic loop.
+    #[inline(always)]
+    fn row_dot<I: Index, const GAUSS: bool>(
+        _records: &[u8],
+        _bound: usize,
+        _x: &[i32],
+    ) -> Option<Self::Acc> {
+        None
+    }
+    /// Adds the mean sums of a layer stored by input columns (`counts[i]` records for input
+    /// `i`, every output index below `bound`) for raw input bytes `x` into `acc`, by the
+    /// architecture's kernel where it has one for this record layout; false: not done.
+    #[inline(always)]
+    fn scatter_bytes<I: Index, const GAUSS: bool>(
+        _counts: &[u8],
+        _records: &[u8],
+        _bound: usize,
+        _x: &[u8],
+        _acc: &mut [Self::Acc],
+    ) -> bool {
+        false
+    }
 }
 
 /// The mean and variance sums of a group of samples of one row.
@@ -89,6 +115,8 @@ impl Format for Q8 {
     type Acc = i32;
     type Var = i32;
     const ACT_MAX: i32 = 255;
+    // |a θ| <= 255 * 128 = 32,640, and 65,793 * 32,640 < 2^31.
+    const ACC_EXACT_TERMS: usize = 65_793;
     const WIDTH: usize = 1;
     #[inline(always)]
     fn theta(r: &[u8], at: usize) -> i8 {
@@ -144,6 +172,35 @@ impl Format for Q8 {
         let row = crate::arch::Q8Row::from_validated(records, bound)?;
         Some(crate::arch::q8_row_sums4(row, x, stride))
     }
+    #[inline(always)]
+    fn row_dot<I: Index, const GAUSS: bool>(
+        records: &[u8],
+        bound: usize,
+        x: &[i32],
+    ) -> Option<i32> {
+        if I::BYTES != 1 || !GAUSS {
+            return None;
+        }
+        let row = crate::arch::Q8Row::from_validated(records, bound)?;
+        Some(crate::arch::q8_row_dot(row, x))
+    }
+    #[inline(always)]
+    fn scatter_bytes<I: Index, const GAUSS: bool>(
+        counts: &[u8],
+        records: &[u8],
+        bound: usize,
+        x: &[u8],
+        acc: &mut [i32],
+    ) -> bool {
+        let columns = crate::arch::Q8Columns::from_validated(counts, records, bound);
+        match columns {
+            Some(columns) if I::BYTES == 1 && GAUSS => {
+                crate::arch::q8_scatter_bytes(columns, x, acc);
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Format for Q16 {
@@ -152,6 +209,7 @@ impl Format for Q16 {
     type Acc = i64;
     type Var = u64;
     const ACT_MAX: i32 = 32767;
+    const ACC_EXACT_TERMS: usize = usize::MAX;
     const WIDTH: usize = 2;
     #[inline(always)]
     fn theta(r: &[u8], at: usize) -> i16 {
@@ -201,6 +259,14 @@ pub trait Words {
     fn len(&self) -> usize;
     /// Whether input `i` is zero (its word is then 0 in every format).
     fn is_zero(&self, i: usize) -> bool;
+    /// The activation words themselves, when the input is stored as words.
+    fn words(&self) -> Option<&[i32]> {
+        None
+    }
+    /// The raw input bytes, when the input is the model's byte input.
+    fn bytes(&self) -> Option<&[u8]> {
+        None
+    }
 }
 
 impl Words for [u8] {
@@ -215,6 +281,10 @@ impl Words for [u8] {
     fn word<F: Format>(&self, i: usize) -> i32 {
         F::pack(self[i] as i32)
     }
+    #[inline(always)]
+    fn bytes(&self) -> Option<&[u8]> {
+        Some(self)
+    }
 }
 
 impl Words for [i32] {
@@ -228,6 +298,10 @@ impl Words for [i32] {
     #[inline(always)]
     fn word<F: Format>(&self, i: usize) -> i32 {
         self[i]
+    }
+    #[inline(always)]
+    fn words(&self) -> Option<&[i32]> {
+        Some(self)
     }
 }
 
@@ -371,6 +445,16 @@ fn sums<F: Format, I: Index, const GAUSS: bool, X: Words + ?Sized>(
 ) {
     let (len, at_theta, at_sigma) = layout::<F, I, GAUSS>();
     let with_var = with_var && GAUSS;
+    if layer.storage == Storage::SparseByInput && !with_var && layer.inputs <= F::ACC_EXACT_TERMS {
+        let n_out = layer.outputs;
+        let sums: &mut [F::Acc] = bytemuck::cast_slice_mut(&mut acc[..n_out]);
+        let sums = &mut sums[..n_out];
+        mean_sums_by_input::<F, I, GAUSS, X>(layer, x, sums);
+        for (j, &a) in sums.iter().enumerate() {
+            f(j, F::acc_i64(a), 0);
+        }
+        return;
+    }
     if layer.storage == Storage::SparseByInput {
         let n_out = layer.outputs;
         let (acc, var) = (&mut acc[..n_out], &mut var[..n_out]);
@@ -378,8 +462,58 @@ fn sums<F: Format, I: Index, const GAUSS: bool, X: Words + ?Sized>(
         var.fill(0);
         // Column by column; a zero input (blank pixel) contributes nothing and is skipped
         // before anything else is done for it.
-        let mut column = |w: i32, records: &[u8]| {
-            for r in records.chunks_exact(len) {
+        match layer.counts {
+            QCounts::U8(c) => {
+                sums_by_input::<F, I, GAUSS, X, u8>(c, layer.records, x, with_var, (acc, var))
+            }
+            QCounts::U16(c) => {
+                sums_by_input::<F, I, GAUSS, X, u16>(c, layer.records, x, with_var, (acc, var))
+            }
+            QCounts::Dense => {}
+        }
+        for j in 0..n_out {
+            f(j, acc[j], var[j] as u64);
+        }
+        return;
+    }
+    let words = x.words().filter(|_| !with_var);
+    for_each_line(layer, |j, records| {
+        if let Some(a) = words.and_then(|w| F::row_dot::<I, GAUSS>(records, layer.inputs, w)) {
+            f(j, F::acc_i64(a), 0);
+            return;
+        }
+        let (mut a, mut v) = (F::Acc::default(), F::Var::default());
+        for (k, r) in records.chunks_exact(len).enumerate() {
+            let i = if I::BYTES == 0 { k } else { I::read(r) };
+            let w = x.word::<F>(i);
+            a = F::mac(a, w, F::theta(r, at_theta));
+            if with_var {
+                v = F::var_mac(v, w, F::sigma2(r, at_sigma));
+            }
+        }
+        f(j, F::acc_i64(a), F::var_u64(v));
+    });
+}
+
+/// The i64 sums `(A, V)` of a layer stored by input columns (`counts[i]` records for input
+/// `i`), scattered into `acc` and `var` (cleared by the caller); `V` only `with_var`.
+#[inline(always)]
+fn sums_by_input<F: Format, I: Index, const GAUSS: bool, X: Words + ?Sized, C>(
+    counts: &[C],
+    records: &[u8],
+    x: &X,
+    with_var: bool,
+    (acc, var): (&mut [i64], &mut [i64]),
+) where
+    C: Copy + Into<u32>,
+{
+    let (len, at_theta, at_sigma) = layout::<F, I, GAUSS>();
+    let mut start = 0usize;
+    for (i, &count) in counts.iter().enumerate() {
+        let end = start + count.into() as usize * len;
+        if !x.is_zero(i) {
+            let w = x.word::<F>(i);
+            for r in records.get(start..end).unwrap_or(&[]).chunks_exact(len) {
                 let j = I::read(r);
                 let a = F::mac(F::Acc::default(), w, F::theta(r, at_theta));
                 if let Some(s) = acc.get_mut(j) {
@@ -392,29 +526,40 @@ fn sums<F: Format, I: Index, const GAUSS: bool, X: Words + ?Sized>(
                     }
                 }
             }
-        };
-        match layer.counts {
-            QCounts::U8(c) => by_columns::<F, X, u8>(c, layer.records, len, x, &mut column),
-            QCounts::U16(c) => by_columns::<F, X, u16>(c, layer.records, len, x, &mut column),
-            QCounts::Dense => {}
         }
-        for j in 0..n_out {
-            f(j, acc[j], var[j] as u64);
-        }
-        return;
+        start = end;
     }
-    for_each_line(layer, |j, records| {
-        let (mut a, mut v) = (F::Acc::default(), F::Var::default());
-        for (k, r) in records.chunks_exact(len).enumerate() {
-            let i = if I::BYTES == 0 { k } else { I::read(r) };
-            let w = x.word::<F>(i);
-            a = F::mac(a, w, F::theta(r, at_theta));
-            if with_var {
-                v = F::var_mac(v, w, F::sigma2(r, at_sigma));
+}
+
+/// The mean sums of a layer stored by input columns, in the format's accumulator (i32 for q8:
+/// exact for `layer.inputs <= ACC_EXACT_TERMS`, so the same values as in i64), scattered
+/// column by column (the architecture's kernel for raw bytes where it has one). Out of line:
+/// inlined, it made the compiler keep the moments' column loop out of line (measured).
+#[inline(never)]
+fn mean_sums_by_input<F: Format, I: Index, const GAUSS: bool, X: Words + ?Sized>(
+    layer: &QLayer<'_>,
+    x: &X,
+    sums: &mut [F::Acc],
+) {
+    let (len, at_theta, _) = layout::<F, I, GAUSS>();
+    sums.fill(F::Acc::default());
+    if let (QCounts::U8(c), Some(bytes)) = (layer.counts, x.bytes()) {
+        if F::scatter_bytes::<I, GAUSS>(c, layer.records, sums.len(), bytes, sums) {
+            return;
+        }
+    }
+    let mut column = |w: i32, records: &[u8]| {
+        for r in records.chunks_exact(len) {
+            if let Some(s) = sums.get_mut(I::read(r)) {
+                *s = F::mac(*s, w, F::theta(r, at_theta));
             }
         }
-        f(j, F::acc_i64(a), F::var_u64(v));
-    });
+    };
+    match layer.counts {
+        QCounts::U8(c) => by_columns::<F, X, u8>(c, layer.records, len, x, &mut column),
+        QCounts::U16(c) => by_columns::<F, X, u16>(c, layer.records, len, x, &mut column),
+        QCounts::Dense => {}
+    }
 }
 
 /// Mean weights: `out[j]` is the output word of unit `j`. `scratch` holds `2 * outputs` i64
