@@ -742,8 +742,10 @@ fn draw_typed<F: Format>(
                 F::pack(0)
             } else {
                 let noise = if gaussian {
-                    // (scale ε) >> 12 as the high word of scale * (ε << 20).
-                    ((sc as i64 * ((local.draw() as i64) << 20)) >> 32) as i32
+                    // (scale ε) >> 12 as the high word of scale * (ε << 20); |ε| < 2^11, so
+                    // ε << 20 fits an i32 and the product is one 32 x 32 -> high-word
+                    // multiply (SMMUL on DSP cores).
+                    ((sc as i64 * (((local.draw() as i32) << 20) as i64)) >> 32) as i32
                 } else {
                     0
                 };
@@ -791,13 +793,30 @@ pub(crate) fn sampled_layer(layer: &QLayer<'_>, x: &[i32], s: usize, eps: &[i16]
     }
 }
 
-/// Samples of a row accumulated together: four (mean, variance) pairs of 32-bit sums, the
+/// Samples of a q8 row accumulated together: four (mean, variance) pairs of 32-bit sums, the
 /// record pointer and the inputs' base fill the core registers of an ARMv7-M (eight samples
-/// spill their sums to the stack on every weight: measured).
+/// spill their sums to the stack on every weight: measured). q16's 64-bit sums spill either
+/// way, and groups of [`GROUP`] read its records half as often (measured).
 pub(super) const ROW_GROUP: usize = 4;
 
 #[inline(never)]
 fn sampled_typed<F: Format, I: Index, const GAUSS: bool>(
+    layer: &QLayer<'_>,
+    x: &[i32],
+    s: usize,
+    eps: &[i16],
+    out: &mut [i32],
+) {
+    if F::WIDTH == 1 {
+        sampled_rows::<F, I, GAUSS, ROW_GROUP>(layer, x, s, eps, out)
+    } else {
+        sampled_rows::<F, I, GAUSS, GROUP>(layer, x, s, eps, out)
+    }
+}
+
+/// [`sampled_layer`] for row storage, `N` samples of a row at a time.
+#[inline(always)]
+fn sampled_rows<F: Format, I: Index, const GAUSS: bool, const N: usize>(
     layer: &QLayer<'_>,
     x: &[i32],
     s: usize,
@@ -809,7 +828,7 @@ fn sampled_typed<F: Format, I: Index, const GAUSS: bool>(
     if x.len() < layer.inputs * s {
         return;
     }
-    let full = s / ROW_GROUP * ROW_GROUP;
+    let full = s / N * N;
     for_each_line(layer, |j, records| {
         let finish = LineFinish::new(layer, j);
         let unit = j * s;
@@ -820,23 +839,18 @@ fn sampled_typed<F: Format, I: Index, const GAUSS: bool>(
         let mut g0 = 0;
         while g0 < full {
             let group = x.get(g0..).unwrap_or(&[]);
-            let sums = F::row_sums::<I, GAUSS>(records, layer.inputs, group, s)
-                .unwrap_or_else(|| accumulate_full::<F, I, GAUSS>(records, group, s));
-            let at = g0..g0 + ROW_GROUP;
-            finish.group::<F, GAUSS, ROW_GROUP>(
-                (&sums.0, &sums.1),
+            let (acc, var) = accumulate_full::<F, I, GAUSS, N>(records, layer.inputs, group, s);
+            let at = g0..g0 + N;
+            finish.group::<F, GAUSS, N>(
+                (&acc, &var),
                 eps.get(at.clone()).unwrap_or(&[]),
                 &mut out[at],
             );
-            g0 += ROW_GROUP;
+            g0 += N;
         }
         if g0 < s {
-            let (acc, var) = accumulate_part::<F, I, GAUSS, ROW_GROUP>(records, x, s, g0, s - g0);
-            finish.group::<F, GAUSS, ROW_GROUP>(
-                (&acc, &var),
-                eps.get(g0..).unwrap_or(&[]),
-                &mut out[g0..],
-            );
+            let (acc, var) = accumulate_part::<F, I, GAUSS, N>(records, x, s, g0, s - g0);
+            finish.group::<F, GAUSS, N>((&acc, &var), eps.get(g0..).unwrap_or(&[]), &mut out[g0..]);
         }
     });
 }
@@ -903,17 +917,38 @@ impl LineFinish {
     }
 }
 
-/// The sums of the `ROW_GROUP` samples of one row whose first sample `x` starts at (inputs
-/// `s` words apart), where the format has no architecture kernel for the row's records: one
-/// pointer streams the records, and each record's inputs are one contiguous run of `x`. Kept
-/// out of line: inlined into the engine, its sums spill to the stack (measured).
+/// The sums of the `N` samples of one row whose first sample `x` starts at (inputs `s` words
+/// apart): the architecture's kernel where it has one for the row's records and `N` samples,
+/// else one pointer streams the records, each record's inputs one contiguous run of `x`.
+#[inline(always)]
+fn accumulate_full<F: Format, I: Index, const GAUSS: bool, const N: usize>(
+    records: &[u8],
+    inputs: usize,
+    x: &[i32],
+    s: usize,
+) -> ([F::Acc; N], [F::Var; N]) {
+    let mut acc = [F::Acc::default(); N];
+    let mut var = [F::Var::default(); N];
+    if N == ROW_GROUP {
+        if let Some((a, v)) = F::row_sums::<I, GAUSS>(records, inputs, x, s) {
+            for m in 0..ROW_GROUP.min(N) {
+                acc[m] = a[m];
+                var[m] = v[m];
+            }
+            return (acc, var);
+        }
+    }
+    accumulate_loop::<F, I, GAUSS, N>(records, x, s)
+}
+
+/// The generic loop of [`accumulate_full`]. Kept out of line: inlined into the engine, its
+/// sums spill to the stack (measured).
 #[inline(never)]
-fn accumulate_full<F: Format, I: Index, const GAUSS: bool>(
+fn accumulate_loop<F: Format, I: Index, const GAUSS: bool, const N: usize>(
     records: &[u8],
     x: &[i32],
     s: usize,
-) -> RowSums<F> {
-    const N: usize = ROW_GROUP;
+) -> ([F::Acc; N], [F::Var; N]) {
     let (len, at_theta, at_sigma) = layout::<F, I, GAUSS>();
     let mut acc = [F::Acc::default(); N];
     let mut var = [F::Var::default(); N];
