@@ -931,10 +931,9 @@ fn accumulate_full<F: Format, I: Index, const GAUSS: bool, const N: usize>(
     let mut var = [F::Var::default(); N];
     if N == ROW_GROUP {
         if let Some((a, v)) = F::row_sums::<I, GAUSS>(records, inputs, x, s) {
-            for m in 0..ROW_GROUP.min(N) {
-                acc[m] = a[m];
-                var[m] = v[m];
-            }
+            let n = ROW_GROUP.min(N);
+            acc[..n].copy_from_slice(&a[..n]);
+            var[..n].copy_from_slice(&v[..n]);
             return (acc, var);
         }
     }
