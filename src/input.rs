@@ -26,6 +26,12 @@ pub trait Input {
     fn as_slice(&self) -> Option<&[f32]> {
         None
     }
+    /// `[value(start), value(start + stride), ...]`, `W` values (indices in range: the
+    /// caller's geometry). One output row's inputs for a convolution tap.
+    #[inline(always)]
+    fn gather<const W: usize>(&self, start: usize, stride: usize) -> [f32; W] {
+        core::array::from_fn(|k| self.value(start + k * stride))
+    }
     /// `out[k] += value(start + k * stride) * w` for every `k < out.len()` (indices in range:
     /// the caller's geometry). A convolution tap's reach along one output row.
     #[inline(always)]
@@ -132,5 +138,18 @@ impl Input for NormalizedU8<'_> {
     #[inline(always)]
     fn zero_skippable_bytes(&self) -> Option<&[u8]> {
         self.table.zero_is_zero.then_some(self.raw)
+    }
+    /// The same values as the default, with one bounds check for the row instead of one per
+    /// value.
+    #[inline(always)]
+    fn gather<const W: usize>(&self, start: usize, stride: usize) -> [f32; W] {
+        let span = W.saturating_sub(1) * stride + 1;
+        let raw = &self.raw[start..start + span];
+        let mut bytes = raw.iter().step_by(stride);
+        core::array::from_fn(|_| {
+            bytes
+                .next()
+                .map_or(0.0, |&b| self.table.values[usize::from(b)])
+        })
     }
 }

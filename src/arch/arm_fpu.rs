@@ -639,9 +639,53 @@ pub(crate) fn conv3_mean(
     bias: &[f32],
     out: &mut [f32],
 ) -> bool {
-    let [channels, h, w] = g.input;
     let outputs = g.output[0];
-    let fits = g.window == [3, 3]
+    let map = g.output[1] * g.output[2];
+    if !conv3_fits(g, row_ptr, taps, values, words, x)
+        || bias.len() < outputs
+        || out.len() < outputs * map
+    {
+        return false;
+    }
+    for (co, &b) in bias[..outputs].iter().enumerate() {
+        let out_map = &mut out[co * map..(co + 1) * map];
+        if !conv3_channel(g, row_ptr, taps, values, words, x, co, b, false, out_map) {
+            return false;
+        }
+    }
+    true
+}
+
+/// See [`super::conv3_moments`]: the mean map as in [`conv3_mean`], then the variance map by
+/// the same blocks with σ² as the weight and each input row squared in its registers.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv3_moments(
+    g: &Geometry,
+    row_ptr: &[u32],
+    taps: &[u32],
+    values: &[f32],
+    x: &[f32],
+    co: usize,
+    bias: f32,
+    (mean, var): (&mut [f32], &mut [f32]),
+) -> bool {
+    conv3_fits(g, row_ptr, taps, values, 2, x)
+        && conv3_channel(g, row_ptr, taps, values, 2, x, co, bias, false, mean)
+        && conv3_channel(g, row_ptr, taps, values, 2, x, co, 0.0, true, var)
+}
+
+/// Whether [`conv3_channel`] runs this layer: the geometry, the record width and the lengths
+/// of the tap arrays and of the input.
+fn conv3_fits(
+    g: &Geometry,
+    row_ptr: &[u32],
+    taps: &[u32],
+    values: &[f32],
+    words: usize,
+    x: &[f32],
+) -> bool {
+    let [channels, h, w] = g.input;
+    g.window == [3, 3]
         && g.stride == 1
         && g.padding == 1
         && w == CONV3_WIDTH
@@ -649,60 +693,78 @@ pub(crate) fn conv3_mean(
         && g.output[1] == h
         && g.output[2] == w
         && (words == 1 || words == 2)
-        && row_ptr.len() == outputs + 1
-        && bias.len() >= outputs
+        && row_ptr.len() == g.output[0] + 1
         && x.len() >= channels * h * w
-        && out.len() >= outputs * h * w
         && row_ptr
             .last()
             .is_some_and(|&last| last as usize <= taps.len())
-        && values.len() >= taps.len() * words;
-    if !fits {
+        && values.len() >= taps.len() * words
+}
+
+/// One output channel `co` of a layer that [`conv3_fits`]: `out[oy, ox] = init + Σ w x` over
+/// the channel's taps in stored order, where `w` is θ and `x` the input (`variance` false), or
+/// `w` is σ² and `x` the input squared (`variance` true, `words` 2). `false`, having written
+/// nothing, if `out` is shorter than the map or `co` has no taps entry.
+#[allow(clippy::too_many_arguments)]
+fn conv3_channel(
+    g: &Geometry,
+    row_ptr: &[u32],
+    taps: &[u32],
+    values: &[f32],
+    words: usize,
+    x: &[f32],
+    co: usize,
+    init: f32,
+    variance: bool,
+    out: &mut [f32],
+) -> bool {
+    let [_, h, w] = g.input;
+    let map = h * w;
+    let (Some(&start), Some(&end)) = (row_ptr.get(co), row_ptr.get(co + 1)) else {
+        return false;
+    };
+    let (start, end) = (start as usize, end as usize);
+    let Some(n) = end.checked_sub(start) else {
+        return false;
+    };
+    if out.len() < map || (variance && words != 2) {
         return false;
     }
-    let map = h * w;
-    for (co, bounds) in row_ptr.windows(2).enumerate() {
-        let (start, end) = (bounds[0] as usize, bounds[1] as usize);
-        let Some(n) = end.checked_sub(start) else {
-            return false;
+    // Blocks: rows 0..3 (top), then up to three rows at a time before the last row, then
+    // the last row.
+    let mut oy = 0;
+    while oy < h {
+        let (rows, mode) = if oy == 0 {
+            (3, 0)
+        } else if oy == h - 1 {
+            (1, 2)
+        } else {
+            ((h - 1 - oy).min(3), 1)
         };
-        let b = bias[co];
-        // Blocks: rows 0..3 (top), then up to three rows at a time before the last row,
-        // then the last row.
-        let mut oy = 0;
-        while oy < h {
-            let (rows, mode) = if oy == 0 {
-                (3, 0)
-            } else if oy == h - 1 {
-                (1, 2)
-            } else {
-                ((h - 1 - oy).min(3), 1)
-            };
-            // SAFETY: the channel's `n` taps and `n * words` record words lie inside the arrays
-            // (pointers non-decreasing by validation, the last checked above). Validation
-            // proved every tap's channel `ci < channels`, `ky < 3` and `kx < 3`. A tap reads
-            // input rows `oy + r + ky - 1` of channel `ci` for the block's rows `r`, 7 words
-            // each: the top block (`oy = 0`) skips `r = 0` when `ky = 0`, every other block
-            // has `oy >= 1`; every block but the last ends at or before row `h - 1`, so
-            // `oy + r + ky - 1 <= h - 1`, and the last block (`oy = h - 1`, one row) skips
-            // `ky = 2`. So every row read lies in `x[..channels * h * 7]`. The block writes
-            // `rows * 7` words at `out[co * map + oy * 7..]`, inside `out` (checked above,
-            // borrowed mutably). The base pointer `x + (oy - 1) * 7` is only formed as an
-            // integer (wrapping), never read below `x`.
-            unsafe {
-                conv3_block(
-                    taps.as_ptr().add(start),
-                    values.as_ptr().add(start * words),
-                    n,
-                    (x.as_ptr() as usize).wrapping_add(oy.wrapping_sub(1).wrapping_mul(4 * w)),
-                    4 * map,
-                    b,
-                    out.as_mut_ptr().add(co * map + oy * w),
-                    (rows, mode, words),
-                );
-            }
-            oy += rows;
+        // SAFETY: the channel's `n` taps and `n * words` record words lie inside the arrays
+        // (pointers non-decreasing by validation, the last checked by `conv3_fits`).
+        // Validation proved every tap's channel `ci < channels`, `ky < 3` and `kx < 3`. A tap
+        // reads input rows `oy + r + ky - 1` of channel `ci` for the block's rows `r`, 7 words
+        // each: the top block (`oy = 0`) skips `r = 0` when `ky = 0`, every other block has
+        // `oy >= 1`; every block but the last ends at or before row `h - 1`, so
+        // `oy + r + ky - 1 <= h - 1`, and the last block (`oy = h - 1`, one row) skips
+        // `ky = 2`. So every row read lies in `x[..channels * h * 7]` (checked by
+        // `conv3_fits`). The block writes `rows * 7` words at `out[oy * 7..]`, inside `out`
+        // (checked above, borrowed mutably). The base pointer `x + (oy - 1) * 7` is only
+        // formed as an integer (wrapping), never read below `x`.
+        unsafe {
+            conv3_block(
+                taps.as_ptr().add(start),
+                values.as_ptr().add(start * words),
+                n,
+                (x.as_ptr() as usize).wrapping_add(oy.wrapping_sub(1).wrapping_mul(4 * w)),
+                4 * map,
+                init,
+                out.as_mut_ptr().add(oy * w),
+                (rows, mode, words, variance),
+            );
         }
+        oy += rows;
     }
     true
 }
@@ -729,7 +791,7 @@ unsafe fn conv3_block(
     plane: usize,
     bias: f32,
     out: *mut f32,
-    (rows, mode, words): (usize, u8, usize),
+    (rows, mode, words, variance): (usize, u8, usize, bool),
 ) {
     let row = 4 * CONV3_WIDTH;
     // SAFETY: the caller's contract: per tap the block reads its record and, for each row it
@@ -761,7 +823,17 @@ unsafe fn conv3_block(
             };
         }
         macro_rules! blocks {
-            ($wload:literal) => {
+            ($wload:expr, $sq:literal) => {{
+                macro_rules! ld_next {
+                    () => {
+                        concat!("vldmia {a}!, {{s21-s27}}", $sq)
+                    };
+                }
+                macro_rules! ld_last {
+                    () => {
+                        concat!("vldmia {a}, {{s21-s27}}", $sq)
+                    };
+                }
                 match (rows, mode) {
                     (3, 0) => conv_asm!(
                         "vmov s0, {t}",
@@ -801,7 +873,7 @@ unsafe fn conv3_block(
                         "beq 40f",
                         "bhi 50f",
                         "30:",
-                        "vldmia {a}!, {{s21-s27}}",
+                        ld_next!(),
                         "vmla.f32 s1, s21, s28",
                         "vmla.f32 s2, s22, s28",
                         "vmla.f32 s3, s23, s28",
@@ -809,7 +881,7 @@ unsafe fn conv3_block(
                         "vmla.f32 s5, s25, s28",
                         "vmla.f32 s6, s26, s28",
                         "31:",
-                        "vldmia {a}!, {{s21-s27}}",
+                        ld_next!(),
                         "vmla.f32 s8, s21, s28",
                         "vmla.f32 s9, s22, s28",
                         "vmla.f32 s10, s23, s28",
@@ -817,7 +889,7 @@ unsafe fn conv3_block(
                         "vmla.f32 s12, s25, s28",
                         "vmla.f32 s13, s26, s28",
                         "32:",
-                        "vldmia {a}, {{s21-s27}}",
+                        ld_last!(),
                         "vmla.f32 s15, s21, s28",
                         "vmla.f32 s16, s22, s28",
                         "vmla.f32 s17, s23, s28",
@@ -826,7 +898,7 @@ unsafe fn conv3_block(
                         "vmla.f32 s20, s26, s28",
                         "b 7f",
                         "40:",
-                        "vldmia {a}!, {{s21-s27}}",
+                        ld_next!(),
                         "vmla.f32 s0, s21, s28",
                         "vmla.f32 s1, s22, s28",
                         "vmla.f32 s2, s23, s28",
@@ -835,7 +907,7 @@ unsafe fn conv3_block(
                         "vmla.f32 s5, s26, s28",
                         "vmla.f32 s6, s27, s28",
                         "41:",
-                        "vldmia {a}!, {{s21-s27}}",
+                        ld_next!(),
                         "vmla.f32 s7, s21, s28",
                         "vmla.f32 s8, s22, s28",
                         "vmla.f32 s9, s23, s28",
@@ -844,7 +916,7 @@ unsafe fn conv3_block(
                         "vmla.f32 s12, s26, s28",
                         "vmla.f32 s13, s27, s28",
                         "42:",
-                        "vldmia {a}, {{s21-s27}}",
+                        ld_last!(),
                         "vmla.f32 s14, s21, s28",
                         "vmla.f32 s15, s22, s28",
                         "vmla.f32 s16, s23, s28",
@@ -854,7 +926,7 @@ unsafe fn conv3_block(
                         "vmla.f32 s20, s27, s28",
                         "b 7f",
                         "50:",
-                        "vldmia {a}!, {{s21-s27}}",
+                        ld_next!(),
                         "vmla.f32 s0, s22, s28",
                         "vmla.f32 s1, s23, s28",
                         "vmla.f32 s2, s24, s28",
@@ -862,7 +934,7 @@ unsafe fn conv3_block(
                         "vmla.f32 s4, s26, s28",
                         "vmla.f32 s5, s27, s28",
                         "51:",
-                        "vldmia {a}!, {{s21-s27}}",
+                        ld_next!(),
                         "vmla.f32 s7, s22, s28",
                         "vmla.f32 s8, s23, s28",
                         "vmla.f32 s9, s24, s28",
@@ -870,7 +942,7 @@ unsafe fn conv3_block(
                         "vmla.f32 s11, s26, s28",
                         "vmla.f32 s12, s27, s28",
                         "52:",
-                        "vldmia {a}, {{s21-s27}}",
+                        ld_last!(),
                         "vmla.f32 s14, s22, s28",
                         "vmla.f32 s15, s23, s28",
                         "vmla.f32 s16, s24, s28",
@@ -927,7 +999,7 @@ unsafe fn conv3_block(
                         "beq 40f",
                         "bhi 50f",
                         "30:",
-                        "vldmia {a}!, {{s21-s27}}",
+                        ld_next!(),
                         "vmla.f32 s1, s21, s28",
                         "vmla.f32 s2, s22, s28",
                         "vmla.f32 s3, s23, s28",
@@ -935,7 +1007,7 @@ unsafe fn conv3_block(
                         "vmla.f32 s5, s25, s28",
                         "vmla.f32 s6, s26, s28",
                         "31:",
-                        "vldmia {a}!, {{s21-s27}}",
+                        ld_next!(),
                         "vmla.f32 s8, s21, s28",
                         "vmla.f32 s9, s22, s28",
                         "vmla.f32 s10, s23, s28",
@@ -943,7 +1015,7 @@ unsafe fn conv3_block(
                         "vmla.f32 s12, s25, s28",
                         "vmla.f32 s13, s26, s28",
                         "32:",
-                        "vldmia {a}, {{s21-s27}}",
+                        ld_last!(),
                         "vmla.f32 s15, s21, s28",
                         "vmla.f32 s16, s22, s28",
                         "vmla.f32 s17, s23, s28",
@@ -952,7 +1024,7 @@ unsafe fn conv3_block(
                         "vmla.f32 s20, s26, s28",
                         "b 7f",
                         "40:",
-                        "vldmia {a}!, {{s21-s27}}",
+                        ld_next!(),
                         "vmla.f32 s0, s21, s28",
                         "vmla.f32 s1, s22, s28",
                         "vmla.f32 s2, s23, s28",
@@ -961,7 +1033,7 @@ unsafe fn conv3_block(
                         "vmla.f32 s5, s26, s28",
                         "vmla.f32 s6, s27, s28",
                         "41:",
-                        "vldmia {a}!, {{s21-s27}}",
+                        ld_next!(),
                         "vmla.f32 s7, s21, s28",
                         "vmla.f32 s8, s22, s28",
                         "vmla.f32 s9, s23, s28",
@@ -970,7 +1042,7 @@ unsafe fn conv3_block(
                         "vmla.f32 s12, s26, s28",
                         "vmla.f32 s13, s27, s28",
                         "42:",
-                        "vldmia {a}, {{s21-s27}}",
+                        ld_last!(),
                         "vmla.f32 s14, s21, s28",
                         "vmla.f32 s15, s22, s28",
                         "vmla.f32 s16, s23, s28",
@@ -980,7 +1052,7 @@ unsafe fn conv3_block(
                         "vmla.f32 s20, s27, s28",
                         "b 7f",
                         "50:",
-                        "vldmia {a}!, {{s21-s27}}",
+                        ld_next!(),
                         "vmla.f32 s0, s22, s28",
                         "vmla.f32 s1, s23, s28",
                         "vmla.f32 s2, s24, s28",
@@ -988,7 +1060,7 @@ unsafe fn conv3_block(
                         "vmla.f32 s4, s26, s28",
                         "vmla.f32 s5, s27, s28",
                         "51:",
-                        "vldmia {a}!, {{s21-s27}}",
+                        ld_next!(),
                         "vmla.f32 s7, s22, s28",
                         "vmla.f32 s8, s23, s28",
                         "vmla.f32 s9, s24, s28",
@@ -996,7 +1068,7 @@ unsafe fn conv3_block(
                         "vmla.f32 s11, s26, s28",
                         "vmla.f32 s12, s27, s28",
                         "52:",
-                        "vldmia {a}, {{s21-s27}}",
+                        ld_last!(),
                         "vmla.f32 s14, s22, s28",
                         "vmla.f32 s15, s23, s28",
                         "vmla.f32 s16, s24, s28",
@@ -1038,7 +1110,7 @@ unsafe fn conv3_block(
                         "beq 40f",
                         "bhi 50f",
                         "30:",
-                        "vldmia {a}!, {{s21-s27}}",
+                        ld_next!(),
                         "vmla.f32 s1, s21, s28",
                         "vmla.f32 s2, s22, s28",
                         "vmla.f32 s3, s23, s28",
@@ -1046,7 +1118,7 @@ unsafe fn conv3_block(
                         "vmla.f32 s5, s25, s28",
                         "vmla.f32 s6, s26, s28",
                         "31:",
-                        "vldmia {a}, {{s21-s27}}",
+                        ld_last!(),
                         "vmla.f32 s8, s21, s28",
                         "vmla.f32 s9, s22, s28",
                         "vmla.f32 s10, s23, s28",
@@ -1055,7 +1127,7 @@ unsafe fn conv3_block(
                         "vmla.f32 s13, s26, s28",
                         "b 7f",
                         "40:",
-                        "vldmia {a}!, {{s21-s27}}",
+                        ld_next!(),
                         "vmla.f32 s0, s21, s28",
                         "vmla.f32 s1, s22, s28",
                         "vmla.f32 s2, s23, s28",
@@ -1064,7 +1136,7 @@ unsafe fn conv3_block(
                         "vmla.f32 s5, s26, s28",
                         "vmla.f32 s6, s27, s28",
                         "41:",
-                        "vldmia {a}, {{s21-s27}}",
+                        ld_last!(),
                         "vmla.f32 s7, s21, s28",
                         "vmla.f32 s8, s22, s28",
                         "vmla.f32 s9, s23, s28",
@@ -1074,7 +1146,7 @@ unsafe fn conv3_block(
                         "vmla.f32 s13, s27, s28",
                         "b 7f",
                         "50:",
-                        "vldmia {a}!, {{s21-s27}}",
+                        ld_next!(),
                         "vmla.f32 s0, s22, s28",
                         "vmla.f32 s1, s23, s28",
                         "vmla.f32 s2, s24, s28",
@@ -1082,7 +1154,7 @@ unsafe fn conv3_block(
                         "vmla.f32 s4, s26, s28",
                         "vmla.f32 s5, s27, s28",
                         "51:",
-                        "vldmia {a}, {{s21-s27}}",
+                        ld_last!(),
                         "vmla.f32 s7, s22, s28",
                         "vmla.f32 s8, s23, s28",
                         "vmla.f32 s9, s24, s28",
@@ -1117,7 +1189,7 @@ unsafe fn conv3_block(
                         "beq 40f",
                         "bhi 50f",
                         "30:",
-                        "vldmia {a}, {{s21-s27}}",
+                        ld_last!(),
                         "vmla.f32 s1, s21, s28",
                         "vmla.f32 s2, s22, s28",
                         "vmla.f32 s3, s23, s28",
@@ -1126,7 +1198,7 @@ unsafe fn conv3_block(
                         "vmla.f32 s6, s26, s28",
                         "b 7f",
                         "40:",
-                        "vldmia {a}, {{s21-s27}}",
+                        ld_last!(),
                         "vmla.f32 s0, s21, s28",
                         "vmla.f32 s1, s22, s28",
                         "vmla.f32 s2, s23, s28",
@@ -1136,7 +1208,7 @@ unsafe fn conv3_block(
                         "vmla.f32 s6, s27, s28",
                         "b 7f",
                         "50:",
-                        "vldmia {a}, {{s21-s27}}",
+                        ld_last!(),
                         "vmla.f32 s0, s22, s28",
                         "vmla.f32 s1, s23, s28",
                         "vmla.f32 s2, s24, s28",
@@ -1173,7 +1245,7 @@ unsafe fn conv3_block(
                         "beq 40f",
                         "bhi 50f",
                         "30:",
-                        "vldmia {a}, {{s21-s27}}",
+                        ld_last!(),
                         "vmla.f32 s1, s21, s28",
                         "vmla.f32 s2, s22, s28",
                         "vmla.f32 s3, s23, s28",
@@ -1182,7 +1254,7 @@ unsafe fn conv3_block(
                         "vmla.f32 s6, s26, s28",
                         "b 7f",
                         "40:",
-                        "vldmia {a}, {{s21-s27}}",
+                        ld_last!(),
                         "vmla.f32 s0, s21, s28",
                         "vmla.f32 s1, s22, s28",
                         "vmla.f32 s2, s23, s28",
@@ -1192,7 +1264,7 @@ unsafe fn conv3_block(
                         "vmla.f32 s6, s27, s28",
                         "b 7f",
                         "50:",
-                        "vldmia {a}, {{s21-s27}}",
+                        ld_last!(),
                         "vmla.f32 s0, s22, s28",
                         "vmla.f32 s1, s23, s28",
                         "vmla.f32 s2, s24, s28",
@@ -1207,12 +1279,18 @@ unsafe fn conv3_block(
                     ),
                     _ => {}
                 }
-            };
+            }};
         }
-        if words == 1 {
-            blocks!("vldmia {vals}!, {{s28}}");
-        } else {
-            blocks!("vldmia {vals}!, {{s28-s29}}");
+        match (words, variance) {
+            (1, false) => blocks!("vldmia {vals}!, {{s28}}", ""),
+            (_, false) => blocks!("vldmia {vals}!, {{s28-s29}}", ""),
+            // The variance form: σ² (the record's second word) as the weight, each input row
+            // squared in its registers after its load (`x * x` rounded, as the portable
+            // `xv * xv * σ²`).
+            (_, true) => blocks!(
+                "vldr s28, [{vals}, #4]\nadd {vals}, {vals}, #8",
+                "\nvmul.f32 s21, s21, s21\nvmul.f32 s22, s22, s22\nvmul.f32 s23, s23, s23\nvmul.f32 s24, s24, s24\nvmul.f32 s25, s25, s25\nvmul.f32 s26, s26, s26\nvmul.f32 s27, s27, s27"
+            ),
         }
     }
 }

@@ -204,6 +204,26 @@ pub(crate) fn conv3_mean(
     native::conv3_mean(g, row_ptr, taps, values, words, x, bias, out)
 }
 
+/// One output channel `co` of the convolution [`conv3_mean`] runs, Gaussian records
+/// (θ, σ²), one sample: `mean[oy, ox] = bias + Σ θ x` and `var[oy, ox] = Σ σ² x²` (with
+/// `x²` rounded before the multiply, `0.0` first) over the channel's taps in stored order, the
+/// sums of the weight-stationary loop in `kernels::conv` (`forward_samples` with one sample per
+/// pass). Returns `false`, having written nothing, where no hand-scheduled version runs.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn conv3_moments(
+    g: &Geometry,
+    row_ptr: &[u32],
+    taps: &[u32],
+    values: &[f32],
+    x: &[f32],
+    co: usize,
+    bias: f32,
+    moments: (&mut [f32], &mut [f32]),
+) -> bool {
+    native::conv3_moments(g, row_ptr, taps, values, x, co, bias, moments)
+}
+
 /// `bias + Σ_k x[indices[k]] · θ_k`, in stored order. `x` must hold at least `line.bound()`
 /// values (else the portable kernel runs and panics on the first index beyond `x`).
 #[inline(always)]

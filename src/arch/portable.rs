@@ -203,3 +203,20 @@ pub(crate) fn conv3_mean(
 ) -> bool {
     false
 }
+
+/// See [`super::conv3_moments`]: the caller's weight-stationary loop is the portable version.
+#[cfg_attr(all(target_arch = "arm", target_abi = "eabihf"), allow(dead_code))]
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn conv3_moments(
+    _g: &Geometry,
+    _row_ptr: &[u32],
+    _taps: &[u32],
+    _values: &[f32],
+    _x: &[f32],
+    _co: usize,
+    _bias: f32,
+    _moments: (&mut [f32], &mut [f32]),
+) -> bool {
+    false
+}
