@@ -201,6 +201,11 @@ pub trait Words {
     fn len(&self) -> usize;
     /// Whether input `i` is zero (its word is then 0 in every format).
     fn is_zero(&self, i: usize) -> bool;
+    /// The words themselves, when the input is stored as words.
+    #[inline(always)]
+    fn as_words(&self) -> Option<&[i32]> {
+        None
+    }
 }
 
 impl Words for [u8] {
@@ -228,6 +233,10 @@ impl Words for [i32] {
     #[inline(always)]
     fn word<F: Format>(&self, i: usize) -> i32 {
         self[i]
+    }
+    #[inline(always)]
+    fn as_words(&self) -> Option<&[i32]> {
+        Some(self)
     }
 }
 
