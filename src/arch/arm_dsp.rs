@@ -9,7 +9,7 @@
 
 use core::arch::asm;
 
-use super::{portable, Q8Columns, Q8Row};
+use super::{portable, Q8Columns, Q8Row, Q8Taps};
 
 /// The group loop for one power-of-two sample stride: `$shift` is `log2(4 * stride)`, the
 /// byte offset of input `i`'s first sample being `i << $shift`.
@@ -180,4 +180,135 @@ pub(crate) fn q8_scatter_bytes(columns: Q8Columns<'_>, x: &[u8], acc: &mut [i32]
             options(nostack),
         );
     }
+}
+/// The mean-weights tap loop for four output positions: `$load` reads their four words from
+/// the address in r12 into r0-r3.
+macro_rules! q8_means_loop {
+    ($pairs:expr, $end:expr, $x:expr, $($load:literal),+) => {{
+        let (mut a0, mut a1, mut a2, mut a3) = (0i32, 0i32, 0i32, 0i32);
+        // SAFETY: `pairs..end` is the channel's `[offset, weight]` pairs (8 bytes each, read
+        // in ascending order into r12 and lr by one LDMIA); every offset is a non-negative
+        // multiple of 4 below `4 * reach` (`Q8Taps::new`), and the caller checked that `x`
+        // holds `reach + 3 * step` words from the first position's window, so the four words
+        // read at `x + offset` (`$load`) are inside the input. Gain: the ResNet's depth-1
+        // mean weights 4,307,560 -> see BENCHMARKS.md (the compiler's loop re-derived each
+        // tap's index per position and kept its sums in memory).
+        unsafe {
+            asm!(
+                "cmp {p}, {end}",
+                "beq 3f",
+                "2:",
+                "ldmia {p}!, {{r12, lr}}",
+                "add r12, {x}, r12",
+                $($load,)+
+                "smlabb {a0}, r0, lr, {a0}",
+                "smlabb {a1}, r1, lr, {a1}",
+                "smlabb {a2}, r2, lr, {a2}",
+                "smlabb {a3}, r3, lr, {a3}",
+                "cmp {p}, {end}",
+                "bne 2b",
+                "3:",
+                p = inout(reg) $pairs => _,
+                end = in(reg) $end,
+                x = in(reg) $x,
+                a0 = inout(reg) a0,
+                a1 = inout(reg) a1,
+                a2 = inout(reg) a2,
+                a3 = inout(reg) a3,
+                out("r0") _,
+                out("r1") _,
+                out("r2") _,
+                out("r3") _,
+                out("r12") _,
+                out("lr") _,
+                options(readonly, nostack),
+            );
+        }
+        [a0, a1, a2, a3]
+    }};
+}
+
+/// See [`super::q8_tap_means4`].
+#[inline(always)]
+pub(crate) fn q8_tap_means4(taps: Q8Taps<'_>, x: &[i32], at: usize, step: usize) -> [i32; 4] {
+    let needed = at + taps.reach() + 3 * step;
+    if x.len() < needed || taps.pairs().is_empty() {
+        return portable::q8_tap_means4(taps, x, at, step);
+    }
+    let start = taps.pairs().as_ptr();
+    let end = start.wrapping_add(taps.pairs().len());
+    let base = x.as_ptr().wrapping_add(at);
+    match step {
+        1 => q8_means_loop!(start, end, base, "ldm r12, {{r0-r3}}"),
+        2 => q8_means_loop!(
+            start,
+            end,
+            base,
+            "ldr r0, [r12]",
+            "ldr r1, [r12, #8]",
+            "ldr r2, [r12, #16]",
+            "ldr r3, [r12, #24]"
+        ),
+        _ => portable::q8_tap_means4(taps, x, at, step),
+    }
+}
+
+/// See [`super::q8_tap_sums4`].
+#[inline(always)]
+pub(crate) fn q8_tap_sums4(taps: Q8Taps<'_>, x: &[i32], at: usize) -> ([i32; 4], [i32; 4]) {
+    let needed = at + taps.reach() + 3;
+    if x.len() < needed || taps.pairs().is_empty() {
+        return portable::q8_tap_sums4(taps, x, at);
+    }
+    let start = taps.pairs().as_ptr();
+    let end = start.wrapping_add(taps.pairs().len());
+    let base = x.as_ptr().wrapping_add(at);
+    let (mut a0, mut a1, mut a2, mut a3) = (0i32, 0i32, 0i32, 0i32);
+    let (mut v0, mut v1, mut v2, mut v3) = (0i32, 0i32, 0i32, 0i32);
+    // SAFETY: `start..end` is the channel's `[offset, weight]` pairs (8 bytes each, read in
+    // ascending order into r12 and lr by one LDMIA); every offset is a non-negative multiple
+    // of 4 below `4 * reach` (`Q8Taps::new`), and `x` holds `reach + 3` words from `at`
+    // (checked above), so the four samples' words read at `x + offset` are
+    // inside the input. r7 (the frame pointer, not available as an operand) is saved on the
+    // stack and holds each sample's word in turn. Gain: see BENCHMARKS.md (the ResNet at M = 8;
+    // the compiler's loop over eight samples kept its sums in memory and re-derived each
+    // tap's index per position).
+    unsafe {
+        asm!(
+            "push {{r7}}",
+            "2:",
+            "ldmia {p}!, {{r12, lr}}",
+            "add r12, {x}, r12",
+            "ldr r7, [r12]",
+            "smlabb {a0}, r7, lr, {a0}",
+            "smlatt {v0}, r7, lr, {v0}",
+            "ldr r7, [r12, #4]",
+            "smlabb {a1}, r7, lr, {a1}",
+            "smlatt {v1}, r7, lr, {v1}",
+            "ldr r7, [r12, #8]",
+            "smlabb {a2}, r7, lr, {a2}",
+            "smlatt {v2}, r7, lr, {v2}",
+            "ldr r7, [r12, #12]",
+            "smlabb {a3}, r7, lr, {a3}",
+            "smlatt {v3}, r7, lr, {v3}",
+            "cmp {p}, {end}",
+            "bne 2b",
+            "pop {{r7}}",
+            p = inout(reg) start => _,
+            end = in(reg) end,
+            x = in(reg) base,
+            a0 = inout(reg) a0,
+            a1 = inout(reg) a1,
+            a2 = inout(reg) a2,
+            a3 = inout(reg) a3,
+            v0 = inout(reg) v0,
+            v1 = inout(reg) v1,
+            v2 = inout(reg) v2,
+            v3 = inout(reg) v3,
+            out("r12") _,
+            out("lr") _,
+            options(readonly),
+        );
+    }
+    ([a0, a1, a2, a3], [v0, v1, v2, v3])
 }

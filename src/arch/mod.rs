@@ -347,6 +347,58 @@ pub(crate) fn q8_row_dot(row: Q8Row<'_>, x: &[i32]) -> i32 {
     native_dsp::q8_row_dot(row, x)
 }
 
+/// The precomputed taps of one output channel of a q8 convolution: per tap `[offset, weight]`,
+/// the byte offset `4 k` of the tap's input word from the first word a window (or sample
+/// group) reads, and its weight word: θ sign-extended for mean weights, or θ in the low
+/// half-word and σ² in the high one. Every offset is a non-negative multiple of 4 below
+/// `4 * reach`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Q8Taps<'a> {
+    pairs: &'a [[i32; 2]],
+    #[cfg_attr(not(all(target_arch = "arm", tb_arm_dsp)), allow(dead_code))]
+    reach: usize,
+}
+
+impl<'a> Q8Taps<'a> {
+    /// The taps `pairs`; `None` if an offset is negative or not a multiple of 4.
+    #[inline(always)]
+    pub(crate) fn new(pairs: &'a [[i32; 2]]) -> Option<Self> {
+        let mut reach = 0usize;
+        for &[off, _] in pairs {
+            if off < 0 || off % 4 != 0 {
+                return None;
+            }
+            reach = reach.max(off as usize / 4 + 1);
+        }
+        Some(Self { pairs, reach })
+    }
+    /// `[byte offset, weight word]` per tap.
+    pub(crate) fn pairs(&self) -> &'a [[i32; 2]] {
+        self.pairs
+    }
+    /// Every tap reads a word below `first + reach`.
+    #[cfg_attr(not(all(target_arch = "arm", tb_arm_dsp)), allow(dead_code))]
+    pub(crate) fn reach(&self) -> usize {
+        self.reach
+    }
+}
+
+/// Mean weights at four output positions `step` words apart: `acc[k] = Σ a θ` over the taps,
+/// `a` the low half-word of `x[at + k step + offset / 4]`, wrapping. Taps reading outside `x`
+/// add nothing (the caller passes interior windows only).
+#[inline(always)]
+pub(crate) fn q8_tap_means4(taps: Q8Taps<'_>, x: &[i32], at: usize, step: usize) -> [i32; 4] {
+    native_dsp::q8_tap_means4(taps, x, at, step)
+}
+
+/// Four samples of one output position: `acc[m] = Σ a θ` and `var[m] = Σ (a² >> 1) σ²` over
+/// the taps, the word of sample `m` being `x[at + offset / 4 + m]` (`a` in its low half-word,
+/// `a² >> 1` in its high one), wrapping. Taps reading outside `x` add nothing.
+#[inline(always)]
+pub(crate) fn q8_tap_sums4(taps: Q8Taps<'_>, x: &[i32], at: usize) -> ([i32; 4], [i32; 4]) {
+    native_dsp::q8_tap_sums4(taps, x, at)
+}
+
 /// Correctly rounded square root (the FPU's `vsqrt.f32` on hard-float cores, `libm` elsewhere:
 /// IEEE 754 requires both to round correctly, so they agree bit for bit).
 #[inline(always)]
@@ -635,5 +687,64 @@ mod tests {
             .sum();
         assert_eq!(q8_row_dot(row, &words) as i64, expected);
         assert!(Q8Columns::from_validated(&counts, &records[1..], outputs).is_none());
+    }
+
+    /// The q8 tap sums (mean weights at four positions, and four samples of one position)
+    /// against i64 sums of the activations themselves, reading past the end of `x` included.
+    #[test]
+    fn q8_tap_sums_match_an_i64_reference() {
+        let mut rng = Xoshiro128PlusPlus::seed_from_u64(11);
+        let n = 300;
+        let activations: Vec<i64> = (0..n).map(|_| (rng.next_u32() % 256) as i64).collect();
+        let words: Vec<i32> = activations
+            .iter()
+            .map(|&a| (((a * a) >> 1) << 16 | a) as i32)
+            .collect();
+        let taps: Vec<(usize, i64, i64)> = (0..40)
+            .map(|_| {
+                let r = rng.next_u32();
+                (
+                    (r % 97) as usize,
+                    (r >> 8) as i8 as i64,
+                    (r >> 16) as u8 as i64,
+                )
+            })
+            .collect();
+        let means: Vec<[i32; 2]> = taps
+            .iter()
+            .map(|&(k, t, _)| [4 * k as i32, t as i32])
+            .collect();
+        let sampled: Vec<[i32; 2]> = taps
+            .iter()
+            .map(|&(k, t, v)| [4 * k as i32, (t as i32) & 0xffff | (v as i32) << 16])
+            .collect();
+        let (means, sampled) = (Q8Taps::new(&means).unwrap(), Q8Taps::new(&sampled).unwrap());
+        let word = |i: usize| activations.get(i).copied();
+        for at in [0usize, 1, 17, 150, 200, 260] {
+            for step in [1usize, 2, 3] {
+                let acc = q8_tap_means4(means, &words, at, step);
+                for (k, &a) in acc.iter().enumerate() {
+                    let expected: i64 = taps
+                        .iter()
+                        .filter_map(|&(o, t, _)| Some(word(at + o + k * step)? * t))
+                        .sum();
+                    assert_eq!(a as i64, expected, "at {at} step {step} position {k}");
+                }
+            }
+            let (acc, var) = q8_tap_sums4(sampled, &words, at);
+            for m in 0..4 {
+                let (mut a_ref, mut v_ref) = (0i64, 0i64);
+                for &(o, t, v) in &taps {
+                    if at + o + 3 < n {
+                        let a = activations[at + o + m];
+                        a_ref += a * t;
+                        v_ref += ((a * a) >> 1) * v;
+                    }
+                }
+                assert_eq!((acc[m] as i64, var[m] as i64), (a_ref, v_ref), "at {at}");
+            }
+        }
+        assert!(Q8Taps::new(&[[-4, 1]]).is_none());
+        assert!(Q8Taps::new(&[[6, 1]]).is_none());
     }
 }

@@ -1,7 +1,7 @@
 //! The portable kernels: safe Rust, the definition every architecture's version must match
 //! bit for bit.
 
-use super::{Line, Lines, Q8Columns, Q8Row};
+use super::{Line, Lines, Q8Columns, Q8Row, Q8Taps};
 use crate::model::Geometry;
 
 /// See [`super::dot`].
@@ -179,6 +179,39 @@ pub(crate) fn q8_row_sums4(row: Q8Row<'_>, x: &[i32], stride: usize) -> ([i32; 4
             continue;
         };
         let (theta, sigma2) = (r[1] as i8 as i32, r[2] as i32);
+        for m in 0..4 {
+            acc[m] = acc[m].wrapping_add((xs[m] as i16 as i32) * theta);
+            var[m] = var[m].wrapping_add((xs[m] >> 16) * sigma2);
+        }
+    }
+    (acc, var)
+}
+
+/// See [`super::q8_tap_means4`].
+#[inline(always)]
+pub(crate) fn q8_tap_means4(taps: Q8Taps<'_>, x: &[i32], at: usize, step: usize) -> [i32; 4] {
+    let mut acc = [0i32; 4];
+    for &[off, theta] in taps.pairs() {
+        let first = at + (off as usize >> 2);
+        for (k, a) in acc.iter_mut().enumerate() {
+            if let Some(&w) = x.get(first + k * step) {
+                *a = a.wrapping_add((w as i16 as i32) * (theta as i16 as i32));
+            }
+        }
+    }
+    acc
+}
+
+/// See [`super::q8_tap_sums4`].
+#[inline(always)]
+pub(crate) fn q8_tap_sums4(taps: Q8Taps<'_>, x: &[i32], at: usize) -> ([i32; 4], [i32; 4]) {
+    let (mut acc, mut var) = ([0i32; 4], [0i32; 4]);
+    for &[off, weight] in taps.pairs() {
+        let first = at + (off as usize >> 2);
+        let Some(xs) = x.get(first..first + 4) else {
+            continue;
+        };
+        let (theta, sigma2) = (weight as i16 as i32, weight >> 16);
         for m in 0..4 {
             acc[m] = acc[m].wrapping_add((xs[m] as i16 as i32) * theta);
             var[m] = var[m].wrapping_add((xs[m] >> 16) * sigma2);

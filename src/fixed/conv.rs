@@ -18,6 +18,7 @@ use super::kernels::{
     finish, layout, params, unit_moments, Format, LineFinish, NoIndex, Words, GROUP, Q16, Q8,
 };
 use super::model::{QCounts, QLayer};
+use crate::arch::{q8_tap_means4, q8_tap_sums4, Q8Taps};
 use crate::format::{unpack_tap, Posterior, Precision};
 use crate::model::Geometry;
 
@@ -151,7 +152,111 @@ fn for_each_unit<F: Format, const GAUSS: bool, X: Words + ?Sized>(
 /// Mean weights, one input: `out[(co, oy, ox)]` is the output word of that unit.
 #[inline(never)]
 pub(crate) fn mean<X: Words + ?Sized>(layer: &QLayer<'_>, g: &Geometry, x: &X, out: &mut [i32]) {
+    if let (Precision::Q8, Some(words)) = (layer.precision, x.words()) {
+        match layer.posterior {
+            Posterior::Gaussian => mean_q8::<true>(layer, g, words, out),
+            _ => mean_q8::<false>(layer, g, words, out),
+        }
+        return;
+    }
     dispatch_conv!(layer, mean_typed::<X>(layer, g, x, out))
+}
+
+/// Largest tap count of a channel given to the precomputed tap walks (larger channels take
+/// the generic loop); the table lives on the stack, 8 bytes per tap.
+const MAX_TAPS: usize = 128;
+
+/// The output columns `lo..hi` whose windows lie inside the input along x (for a row inside
+/// along y, `window_origin` is `Some` exactly there).
+fn interior_columns(g: &Geometry) -> (usize, usize) {
+    let [_, _, in_w] = g.input;
+    let out_w = g.output[2];
+    let stride = g.stride.max(1);
+    let hi = match (in_w + g.padding).checked_sub(g.window[1]) {
+        Some(d) => (d / stride + 1).min(out_w),
+        None => 0,
+    };
+    (g.padding.div_ceil(stride).min(hi), hi)
+}
+
+/// The q8 taps of one channel as `Q8Taps` pairs in `buf`: the byte offset of the tap's input
+/// from the window's first input, times `scale` (the words per input), and its weight word
+/// (`SAMPLED`: θ in the low half-word, σ² in the high one; else θ sign-extended). `None` if
+/// the channel has more than `MAX_TAPS` taps.
+fn channel_taps<'b, const GAUSS: bool, const SAMPLED: bool>(
+    g: &Geometry,
+    taps: &[u32],
+    records: &[u8],
+    scale: usize,
+    buf: &'b mut [[i32; 2]; MAX_TAPS],
+) -> Option<Q8Taps<'b>> {
+    let (len, at_theta, at_sigma) = layout::<Q8, NoIndex, GAUSS>();
+    if taps.len() > MAX_TAPS {
+        return None;
+    }
+    let [_, in_h, in_w] = g.input;
+    for ((pair, &tap), r) in buf.iter_mut().zip(taps).zip(records.chunks_exact(len)) {
+        let (c, ky, kx) = unpack_tap(tap);
+        let offset = ((c * in_h + ky) * in_w + kx) * scale * 4;
+        let theta = Q8::theta(r, at_theta) as i32;
+        let weight = match (SAMPLED, GAUSS) {
+            (false, _) => theta,
+            (true, false) => theta & 0xffff,
+            (true, true) => theta & 0xffff | (Q8::sigma2(r, at_sigma) as i32) << 16,
+        };
+        *pair = [i32::try_from(offset).ok()?, weight];
+    }
+    Q8Taps::new(buf.get(..taps.len())?)
+}
+
+/// Mean weights in q8 on an input of words: interior windows four positions at a time through
+/// the precomputed taps (`arch::q8_tap_means4`), the rest as [`mean_typed`]; the same sums.
+fn mean_q8<const GAUSS: bool>(layer: &QLayer<'_>, g: &Geometry, x: &[i32], out: &mut [i32]) {
+    let [_, out_h, out_w] = g.output;
+    let (_, hi) = interior_columns(g);
+    let mut buf = [[0i32; 2]; MAX_TAPS];
+    for_each_channel(layer, |co, taps, records| {
+        let (m_theta, _, bias) = params(layer, co);
+        let word = |a: i32| {
+            let z = (a as i64).wrapping_mul(m_theta).wrapping_add(bias);
+            finish::<Q8>(z, layer.shift, layer.activation)
+        };
+        let fast = channel_taps::<GAUSS, false>(g, taps, records, 1, &mut buf);
+        for oy in 0..out_h {
+            let row = (co * out_h + oy) * out_w;
+            let mut ox = 0;
+            while ox < out_w {
+                if let (Some(t), Some(o)) = (fast, window_origin(g, oy, ox)) {
+                    if ox + 4 <= hi {
+                        let sums = q8_tap_means4(t, x, o, g.stride);
+                        if let Some(outs) = out.get_mut(row + ox..row + ox + 4) {
+                            for (w, &a) in outs.iter_mut().zip(&sums) {
+                                *w = word(a);
+                            }
+                        }
+                        ox += 4;
+                        continue;
+                    }
+                    let mut a = 0i32;
+                    for &[off, theta] in t.pairs() {
+                        if let Some(&w) = x.get(o + (off as usize >> 2)) {
+                            a = Q8::mac(a, w, theta as i8);
+                        }
+                    }
+                    if let Some(w) = out.get_mut(row + ox) {
+                        *w = word(a);
+                    }
+                } else {
+                    let (a, _) =
+                        unit_sums::<Q8, GAUSS, [i32]>(g, taps, records, x, (oy, ox), false);
+                    if let Some(w) = out.get_mut(row + ox) {
+                        *w = word(a as i32);
+                    }
+                }
+                ox += 1;
+            }
+        }
+    });
 }
 
 #[inline(never)]
@@ -209,7 +314,74 @@ pub(crate) fn sampled(
     eps: &[i16],
     out: &mut [i32],
 ) {
+    if layer.precision == Precision::Q8 {
+        match layer.posterior {
+            Posterior::Gaussian => sampled_q8::<true>(layer, g, x, s, eps, out),
+            _ => sampled_q8::<false>(layer, g, x, s, eps, out),
+        }
+        return;
+    }
     dispatch_conv!(layer, sampled_typed(layer, g, x, s, eps, out))
+}
+
+/// Sample groups of q8 layers: four samples of an interior window at a time through the
+/// precomputed taps (`arch::q8_tap_sums4`), the rest (border windows, a chunk's last
+/// samples) tap by tap as [`sampled_typed`]; the same sums.
+#[inline(never)]
+fn sampled_q8<const GAUSS: bool>(
+    layer: &QLayer<'_>,
+    g: &Geometry,
+    x: &[i32],
+    s: usize,
+    eps: &[i16],
+    out: &mut [i32],
+) {
+    const N: usize = 4;
+    let (len, at_theta, at_sigma) = layout::<Q8, NoIndex, GAUSS>();
+    let [_, out_h, out_w] = g.output;
+    let mut buf = [[0i32; 2]; MAX_TAPS];
+    for_each_channel(layer, |co, taps, records| {
+        let finish = LineFinish::new(layer, co);
+        let fast = channel_taps::<GAUSS, true>(g, taps, records, s, &mut buf);
+        for oy in 0..out_h {
+            for ox in 0..out_w {
+                let u = (co * out_h + oy) * out_w + ox;
+                let origin = window_origin(g, oy, ox);
+                let mut g0 = 0;
+                while g0 < s {
+                    let n = N.min(s - g0);
+                    let (acc, var) = match (fast, origin) {
+                        (Some(t), Some(o)) if n == N => q8_tap_sums4(t, x, o * s + g0),
+                        _ => {
+                            let (mut acc, mut var) = ([0i32; N], [0i32; N]);
+                            for (&tap, r) in taps.iter().zip(records.chunks_exact(len)) {
+                                let Some(i) = tap_input_at(g, origin, tap, oy, ox) else {
+                                    continue;
+                                };
+                                let Some(xs) = x.get(i * s + g0..i * s + g0 + n) else {
+                                    continue;
+                                };
+                                let t = Q8::theta(r, at_theta);
+                                for (m, &w) in xs.iter().enumerate().take(N) {
+                                    acc[m] = Q8::mac(acc[m], w, t);
+                                    if GAUSS {
+                                        var[m] = Q8::var_mac(var[m], w, Q8::sigma2(r, at_sigma));
+                                    }
+                                }
+                            }
+                            (acc, var)
+                        }
+                    };
+                    let at = u * s + g0;
+                    if let Some(outs) = out.get_mut(at..at + n) {
+                        let eps = eps.get(at..at + n).unwrap_or(&[]);
+                        finish.group::<Q8, GAUSS, N>((&acc, &var), eps, outs);
+                    }
+                    g0 += n;
+                }
+            }
+        }
+    });
 }
 
 #[inline(never)]
