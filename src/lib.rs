@@ -27,11 +27,14 @@
 //!
 //! The README's API snippet is compiled and run as a doctest too.
 //!
-//! The crate denies `unsafe` code with one documented exception: the hand-scheduled f32
-//! kernels for hard-float Cortex-M cores (module `arch`, inline `asm!`: sparse dot products,
-//! by-input scatters, register-blocked accumulation over 8 or 4 samples, `vsqrt.f32`), each
-//! beside a portable Rust kernel that gives the same bits, each block with its invariant and
-//! its measured gain (BENCHMARKS.md).
+//! The crate denies `unsafe` code with one documented exception: the hand-scheduled kernels
+//! of module `arch`, one file per architecture, in inline `asm!`: f32 for hard-float
+//! Cortex-M cores (`arch/arm_fpu.rs`: sparse dot products, by-input scatters,
+//! register-blocked accumulation over 8 or 4 samples, output-stationary 3x3 convolutions,
+//! `vsqrt.f32`) and q8 for ARMv7E-M cores with the DSP extension (`arch/arm_dsp.rs`: row sums
+//! of four samples, row dot products, the first layer's by-input scatter, convolution tap
+//! walks), each beside a portable Rust kernel that gives the same bits, each block with its
+//! invariant and its measured gain (BENCHMARKS.md).
 #![no_std]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
