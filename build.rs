@@ -56,6 +56,12 @@ fn main() {
     if env::var("TARGET").is_ok_and(|t| t.starts_with("thumbv7em")) {
         println!("cargo::rustc-cfg=tb_arm_dsp");
     }
+    // ARMv6-M parts (Cortex-M0/M0+) have little flash: `tb_flash_lean` keeps the fixed-point
+    // kernels' size-costly fast paths out of their builds (the same bits either way).
+    println!("cargo::rustc-check-cfg=cfg(tb_flash_lean)");
+    if env::var("TARGET").is_ok_and(|t| t.starts_with("thumbv6m")) {
+        println!("cargo::rustc-cfg=tb_flash_lean");
+    }
     // Bisection on r: a larger r makes every strip thinner, so the top strip overshoots.
     let (mut lo, mut hi) = (3.0f64, 4.0f64);
     for _ in 0..200 {

@@ -152,7 +152,9 @@ fn for_each_unit<F: Format, const GAUSS: bool, X: Words + ?Sized>(
 /// Mean weights, one input: `out[(co, oy, ox)]` is the output word of that unit.
 #[inline(never)]
 pub(crate) fn mean<X: Words + ?Sized>(layer: &QLayer<'_>, g: &Geometry, x: &X, out: &mut [i32]) {
-    if let (Precision::Q8, Some(words)) = (layer.precision, x.words()) {
+    // The precomputed tap walks, except on ARMv6-M, whose flash they would not fit beside
+    // the rest (`tb_flash_lean`: the generic loop gives the same sums).
+    if let (Precision::Q8, Some(words), false) = (layer.precision, x.words(), cfg!(tb_flash_lean)) {
         match layer.posterior {
             Posterior::Gaussian => mean_q8::<true>(layer, g, words, out),
             _ => mean_q8::<false>(layer, g, words, out),
@@ -314,7 +316,7 @@ pub(crate) fn sampled(
     eps: &[i16],
     out: &mut [i32],
 ) {
-    if layer.precision == Precision::Q8 {
+    if layer.precision == Precision::Q8 && !cfg!(tb_flash_lean) {
         match layer.posterior {
             Posterior::Gaussian => sampled_q8::<true>(layer, g, x, s, eps, out),
             _ => sampled_q8::<false>(layer, g, x, s, eps, out),

@@ -166,7 +166,9 @@ impl Format for Q8 {
         stride: usize,
     ) -> Option<RowSums<Self>> {
         // Gaussian records with a one-byte index: `[i, θ, σ²]` (`layout::<Q8, u8, true>`).
-        if I::BYTES != 1 || !GAUSS {
+        // ARMv6-M (`tb_flash_lean`) keeps the generic loops of every q8 kernel: the same
+        // sums in less flash.
+        if I::BYTES != 1 || !GAUSS || cfg!(tb_flash_lean) {
             return None;
         }
         let row = crate::arch::Q8Row::from_validated(records, bound)?;
@@ -178,7 +180,7 @@ impl Format for Q8 {
         bound: usize,
         x: &[i32],
     ) -> Option<i32> {
-        if I::BYTES != 1 || !GAUSS {
+        if I::BYTES != 1 || !GAUSS || cfg!(tb_flash_lean) {
             return None;
         }
         let row = crate::arch::Q8Row::from_validated(records, bound)?;
@@ -194,7 +196,7 @@ impl Format for Q8 {
     ) -> bool {
         let columns = crate::arch::Q8Columns::from_validated(counts, records, bound);
         match columns {
-            Some(columns) if I::BYTES == 1 && GAUSS => {
+            Some(columns) if I::BYTES == 1 && GAUSS && !cfg!(tb_flash_lean) => {
                 crate::arch::q8_scatter_bytes(columns, x, acc);
                 true
             }
@@ -409,28 +411,6 @@ macro_rules! dispatch {
     }};
 }
 
-/// Walks a by-input layer's columns: `column(word, records)` for every input that is not
-/// zero, with that input's records. Zero inputs cost a load and a compare.
-#[inline(always)]
-fn by_columns<F: Format, X: Words + ?Sized, C: Copy + Into<u32>>(
-    counts: &[C],
-    records: &[u8],
-    len: usize,
-    x: &X,
-    column: &mut impl FnMut(i32, &[u8]),
-) {
-    let mut start = 0usize;
-    for (i, &count) in counts.iter().enumerate() {
-        let end = start + count.into() as usize * len;
-        if !x.is_zero(i) {
-            if let Some(r) = records.get(start..end) {
-                column(x.word::<F>(i), r);
-            }
-        }
-        start = end;
-    }
-}
-
 /// Integer sums `(A_j, V_j)` of every output unit for one input, handed to `f(j, A, V)` in
 /// unit order (`V = 0` unless `WITH_VAR`). By-input layers scatter into `acc` / `var` first
 /// (`outputs` entries each).
@@ -445,15 +425,24 @@ fn sums<F: Format, I: Index, const GAUSS: bool, X: Words + ?Sized>(
 ) {
     let (len, at_theta, at_sigma) = layout::<F, I, GAUSS>();
     let with_var = with_var && GAUSS;
-    if layer.storage == Storage::SparseByInput && !with_var && layer.inputs <= F::ACC_EXACT_TERMS {
+    // Mean sums of a first layer stored by input, over raw bytes: the format's scatter kernel
+    // where it has one (q8: into i32 sums, exact for `inputs <= ACC_EXACT_TERMS`, so the
+    // same values as the i64 path below).
+    if let (Storage::SparseByInput, false, QCounts::U8(counts), Some(bytes)) =
+        (layer.storage, with_var, layer.counts, x.bytes())
+    {
         let n_out = layer.outputs;
         let sums: &mut [F::Acc] = bytemuck::cast_slice_mut(&mut acc[..n_out]);
         let sums = &mut sums[..n_out];
-        mean_sums_by_input::<F, I, GAUSS, X>(layer, x, sums);
-        for (j, &a) in sums.iter().enumerate() {
-            f(j, F::acc_i64(a), 0);
+        sums.fill(F::Acc::default());
+        if layer.inputs <= F::ACC_EXACT_TERMS
+            && F::scatter_bytes::<I, GAUSS>(counts, layer.records, n_out, bytes, sums)
+        {
+            for (j, &a) in sums.iter().enumerate() {
+                f(j, F::acc_i64(a), 0);
+            }
+            return;
         }
-        return;
     }
     if layer.storage == Storage::SparseByInput {
         let n_out = layer.outputs;
@@ -528,37 +517,6 @@ fn sums_by_input<F: Format, I: Index, const GAUSS: bool, X: Words + ?Sized, C>(
             }
         }
         start = end;
-    }
-}
-
-/// The mean sums of a layer stored by input columns, in the format's accumulator (i32 for q8:
-/// exact for `layer.inputs <= ACC_EXACT_TERMS`, so the same values as in i64), scattered
-/// column by column (the architecture's kernel for raw bytes where it has one). Out of line:
-/// inlined, it made the compiler keep the moments' column loop out of line (measured).
-#[inline(never)]
-fn mean_sums_by_input<F: Format, I: Index, const GAUSS: bool, X: Words + ?Sized>(
-    layer: &QLayer<'_>,
-    x: &X,
-    sums: &mut [F::Acc],
-) {
-    let (len, at_theta, _) = layout::<F, I, GAUSS>();
-    sums.fill(F::Acc::default());
-    if let (QCounts::U8(c), Some(bytes)) = (layer.counts, x.bytes()) {
-        if F::scatter_bytes::<I, GAUSS>(c, layer.records, sums.len(), bytes, sums) {
-            return;
-        }
-    }
-    let mut column = |w: i32, records: &[u8]| {
-        for r in records.chunks_exact(len) {
-            if let Some(s) = sums.get_mut(I::read(r)) {
-                *s = F::mac(*s, w, F::theta(r, at_theta));
-            }
-        }
-    };
-    match layer.counts {
-        QCounts::U8(c) => by_columns::<F, X, u8>(c, layer.records, len, x, &mut column),
-        QCounts::U16(c) => by_columns::<F, X, u16>(c, layer.records, len, x, &mut column),
-        QCounts::Dense => {}
     }
 }
 
@@ -885,8 +843,10 @@ impl LineFinish {
     /// The output words of a group of samples from their sums: `acc[m] mθ + b`, plus the
     /// noise `eps[m]` scaled by `sqrt_q4(var[m]) mσ` (Gaussian layers), through the
     /// activation. Writes `min(outs.len(), eps.len(), N)` words (`eps` unused unless
-    /// `GAUSS`).
-    #[inline(always)]
+    /// `GAUSS`). Out of line on ARMv6-M (one copy per format and group size instead of one
+    /// per row kernel: the Cortex-M0's flash), inlined elsewhere.
+    #[cfg_attr(not(tb_flash_lean), inline(always))]
+    #[cfg_attr(tb_flash_lean, inline(never))]
     pub(super) fn group<F: Format, const GAUSS: bool, const N: usize>(
         &self,
         (acc, var): (&[F::Acc; N], &[F::Var; N]),
