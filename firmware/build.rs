@@ -171,6 +171,19 @@ fn main() {
     fs::write(out.join("generated.rs"), src).expect("write generated.rs");
 }
 
+/// The bits a parity row holds for one prediction: class, predictive entropy, expected
+/// entropy, mutual information, then every class probability.
+fn prediction_bits(p: &Prediction<10>) -> Vec<u32> {
+    let mut row = vec![
+        p.class as u32,
+        p.predictive_entropy.to_bits(),
+        p.expected_entropy.to_bits(),
+        p.mutual_information.to_bits(),
+    ];
+    row.extend(p.probabilities.iter().map(|v| v.to_bits()));
+    row
+}
+
 /// Host-side expectations: for each image, the bits of (class, predictive entropy, expected
 /// entropy, mutual information, p_0..p_9), in mean-weights mode then Monte Carlo mode.
 fn write_parity(src: &mut String, model: &Model<'_>, images: &[u8]) {
@@ -185,14 +198,7 @@ fn write_parity(src: &mut String, model: &Model<'_>, images: &[u8]) {
             let pixels = &images[count + i * 784..count + (i + 1) * 784];
             let mut rng = Xoshiro128PlusPlus::seed_from_u64(PARITY_SEED_BASE + i as u64);
             let p: Prediction<10> = engine.predict_u8(pixels, mode, &mut rng).expect("predict");
-            let mut row = vec![
-                p.class as u32,
-                p.predictive_entropy.to_bits(),
-                p.expected_entropy.to_bits(),
-                p.mutual_information.to_bits(),
-            ];
-            row.extend(p.probabilities.iter().map(|v| v.to_bits()));
-            rows.push(row);
+            rows.push(prediction_bits(&p));
         }
     }
     writeln!(
@@ -340,15 +346,7 @@ fn write_early_exit_parity(src: &mut String, model: &Model<'_>, images: &[u8]) {
             let p: ExitPrediction<10> = engine
                 .predict_u8_early_exit(pixels, mode, halting, &mut rng)
                 .expect("predict");
-            let p = p.prediction;
-            let mut row = vec![
-                p.class as u32,
-                p.predictive_entropy.to_bits(),
-                p.expected_entropy.to_bits(),
-                p.mutual_information.to_bits(),
-            ];
-            row.extend(p.probabilities.iter().map(|v| v.to_bits()));
-            rows.push(row);
+            rows.push(prediction_bits(&p.prediction));
         }
     }
     writeln!(
