@@ -268,12 +268,23 @@ impl Clipped {
     /// input (maybe in the padding) is `origin` (signed); `None` if not prepared, or if it
     /// is empty (every tap in the padding: sums 0).
     fn view(&self, origin: isize) -> Option<(Q8Taps<'_>, usize)> {
+        placed(self.table(), origin)
+    }
+
+    /// The held table and `base`; `None` if not prepared or empty.
+    fn table(&self) -> Option<(Q8Taps<'_>, usize)> {
         if !self.reach_ok || self.len == 0 {
             return None;
         }
-        let at = usize::try_from(origin + self.base as isize).ok()?;
-        Some((Q8Taps::new(self.buf.get(..self.len)?)?, at))
+        Some((Q8Taps::new(self.buf.get(..self.len)?)?, self.base))
     }
+}
+
+/// A table and its `base` placed at the window whose first input is `origin` (see
+/// [`Clipped::view`]).
+fn placed(table: Option<(Q8Taps<'_>, usize)>, origin: isize) -> Option<(Q8Taps<'_>, usize)> {
+    let (t, base) = table?;
+    Some((t, usize::try_from(origin + base as isize).ok()?))
 }
 
 /// The kept `ky` (`y`) or `kx` range of the windows starting at `start` along an axis of
@@ -319,6 +330,8 @@ fn mean_q8<const GAUSS: bool>(layer: &QLayer<'_>, g: &Geometry, x: &[i32], out: 
     let [_, out_h, out_w] = g.output;
     let (lo, hi) = interior_columns(g);
     let mut slots = [Clipped::new(), Clipped::new(), Clipped::new()];
+    let mut full = Clipped::new();
+    let full_key = [0, g.window[0], 0, g.window[1]];
     for_each_channel(layer, |co, taps, records| {
         let (m_theta, _, bias) = params(layer, co);
         let word = |a: i32| {
@@ -328,26 +341,36 @@ fn mean_q8<const GAUSS: bool>(layer: &QLayer<'_>, g: &Geometry, x: &[i32], out: 
         for slot in slots.iter_mut() {
             slot.key = None;
         }
+        // The interior windows' table, its `Q8Taps` made once per channel.
+        full.key = None;
+        let full_ok = full.prepare::<GAUSS, false>(g, taps, records, 1, full_key);
+        let full_table = full.table();
         for oy in 0..out_h {
             let row = (co * out_h + oy) * out_w;
             let mut ox = 0;
             while ox < out_w {
-                let (slot, end) = match ox {
-                    _ if ox < lo => (&mut slots[0], ox + 1),
-                    _ if ox < hi => (&mut slots[1], hi),
-                    _ => (&mut slots[2], ox + 1),
-                };
-                if !slot.prepare::<GAUSS, false>(g, taps, records, 1, clip_key(g, oy, ox)) {
-                    let (a, _) =
-                        unit_sums::<Q8, GAUSS, [i32]>(g, taps, records, x, (oy, ox), false);
-                    if let Some(w) = out.get_mut(row + ox) {
-                        *w = word(a as i32);
+                let (key, origin) = (clip_key(g, oy, ox), signed_origin(g, oy, ox));
+                let (end, view) = if full_ok && ox >= lo && ox < hi && key == full_key {
+                    (hi, placed(full_table, origin))
+                } else {
+                    let (slot, end) = match ox {
+                        _ if ox < lo => (&mut slots[0], ox + 1),
+                        _ if ox < hi => (&mut slots[1], hi),
+                        _ => (&mut slots[2], ox + 1),
+                    };
+                    if !slot.prepare::<GAUSS, false>(g, taps, records, 1, key) {
+                        let (a, _) =
+                            unit_sums::<Q8, GAUSS, [i32]>(g, taps, records, x, (oy, ox), false);
+                        if let Some(w) = out.get_mut(row + ox) {
+                            *w = word(a as i32);
+                        }
+                        ox += 1;
+                        continue;
                     }
-                    ox += 1;
-                    continue;
-                }
+                    (end, slot.view(origin))
+                };
                 // The positions `ox..end` share the table, `stride` words apart.
-                let (start, view) = (ox, slot.view(signed_origin(g, oy, ox)));
+                let start = ox;
                 while ox < end {
                     let at = |p: usize| view.map(|(t, at)| (t, at + (p - start) * g.stride));
                     if ox + 4 <= end {
@@ -456,22 +479,34 @@ fn sampled_q8<const GAUSS: bool>(
     let [_, out_h, out_w] = g.output;
     let (lo, hi) = interior_columns(g);
     let mut slots = [Clipped::new(), Clipped::new(), Clipped::new()];
+    let mut full = Clipped::new();
+    let full_key = [0, g.window[0], 0, g.window[1]];
     for_each_channel(layer, |co, taps, records| {
         let finish = LineFinish::new(layer, co);
         for slot in slots.iter_mut() {
             slot.key = None;
         }
+        // The interior windows' table, its `Q8Taps` made once per channel.
+        full.key = None;
+        let full_ok = full.prepare::<GAUSS, true>(g, taps, records, s, full_key);
+        let full_table = full.table();
         for oy in 0..out_h {
             let mut ox = 0;
             while ox < out_w {
-                let (slot, end) = match ox {
-                    _ if ox < lo => (&mut slots[0], ox + 1),
-                    _ if ox < hi => (&mut slots[1], hi),
-                    _ => (&mut slots[2], ox + 1),
+                let (key, origin) = (clip_key(g, oy, ox), signed_origin(g, oy, ox));
+                let (end, fast, view) = if full_ok && ox >= lo && ox < hi && key == full_key {
+                    (hi, true, placed(full_table, origin))
+                } else {
+                    let (slot, end) = match ox {
+                        _ if ox < lo => (&mut slots[0], ox + 1),
+                        _ if ox < hi => (&mut slots[1], hi),
+                        _ => (&mut slots[2], ox + 1),
+                    };
+                    let fast = slot.prepare::<GAUSS, true>(g, taps, records, s, key);
+                    (end, fast, slot.view(origin))
                 };
-                let fast = slot.prepare::<GAUSS, true>(g, taps, records, s, clip_key(g, oy, ox));
                 // The positions `ox..end` share the table, `stride` input words apart.
-                let (start, view) = (ox, slot.view(signed_origin(g, oy, ox)));
+                let start = ox;
                 for ox in start..end {
                     let u = (co * out_h + oy) * out_w + ox;
                     let view = view.map(|(t, at)| (t, at + (ox - start) * g.stride));
