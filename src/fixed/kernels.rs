@@ -38,8 +38,6 @@ pub trait Format {
     type Var: Copy + Default;
     /// Largest activation.
     const ACT_MAX: i32;
-    /// Most products `a θ` whose sum an [`Format::Acc`] holds exactly (no wrap).
-    const ACC_EXACT_TERMS: usize;
     /// Bytes of a stored θ or σ².
     const WIDTH: usize;
     /// The θ stored at `r[at..]`.
@@ -115,8 +113,6 @@ impl Format for Q8 {
     type Acc = i32;
     type Var = i32;
     const ACT_MAX: i32 = 255;
-    // |a θ| <= 255 * 128 = 32,640, and 65,793 * 32,640 < 2^31.
-    const ACC_EXACT_TERMS: usize = 65_793;
     const WIDTH: usize = 1;
     #[inline(always)]
     fn theta(r: &[u8], at: usize) -> i8 {
@@ -165,10 +161,7 @@ impl Format for Q8 {
         x: &[i32],
         stride: usize,
     ) -> Option<RowSums<Self>> {
-        // Gaussian records with a one-byte index: `[i, θ, σ²]` (`layout::<Q8, u8, true>`).
-        // ARMv6-M (`tb_flash_lean`) keeps the generic loops of every q8 kernel: the same
-        // sums in less flash.
-        if I::BYTES != 1 || !GAUSS || cfg!(tb_flash_lean) {
+        if !q8_kernels_read::<I, GAUSS>() {
             return None;
         }
         let row = crate::arch::Q8Row::from_validated(records, bound)?;
@@ -180,7 +173,7 @@ impl Format for Q8 {
         bound: usize,
         x: &[i32],
     ) -> Option<i32> {
-        if I::BYTES != 1 || !GAUSS || cfg!(tb_flash_lean) {
+        if !q8_kernels_read::<I, GAUSS>() {
             return None;
         }
         let row = crate::arch::Q8Row::from_validated(records, bound)?;
@@ -194,9 +187,12 @@ impl Format for Q8 {
         x: &[u8],
         acc: &mut [i32],
     ) -> bool {
+        // i32 sums are exact (the same values as the generic i64 path) while at most 65,793
+        // products `a θ` (|a θ| <= 255 * 128 = 32,640) meet in one output: 65,793 * 32,640 < 2^31.
+        let exact = counts.len() <= 65_793;
         let columns = crate::arch::Q8Columns::from_validated(counts, records, bound);
         match columns {
-            Some(columns) if I::BYTES == 1 && GAUSS && !cfg!(tb_flash_lean) => {
+            Some(columns) if exact && q8_kernels_read::<I, GAUSS>() => {
                 crate::arch::q8_scatter_bytes(columns, x, acc);
                 true
             }
@@ -211,7 +207,6 @@ impl Format for Q16 {
     type Acc = i64;
     type Var = u64;
     const ACT_MAX: i32 = 32767;
-    const ACC_EXACT_TERMS: usize = usize::MAX;
     const WIDTH: usize = 2;
     #[inline(always)]
     fn theta(r: &[u8], at: usize) -> i16 {
@@ -251,6 +246,14 @@ impl Format for Q16 {
         let t = sqrt_q4(var) as i128 * eps as i128;
         ((t * m_sigma as i128) >> NOISE_FRAC_BITS) as i64
     }
+}
+
+/// Whether the q8 architecture kernels (`crate::arch::q8_*`) read a layer's records: Gaussian
+/// records with a one-byte index, `[i, θ, σ²]` (`layout::<Q8, u8, true>`). ARMv6-M
+/// (`tb_flash_lean`) keeps the generic loops of every q8 kernel: the same sums in less flash.
+#[inline(always)]
+const fn q8_kernels_read<I: Index, const GAUSS: bool>() -> bool {
+    I::BYTES == 1 && GAUSS && !cfg!(tb_flash_lean)
 }
 
 /// An input vector read as activation words: raw bytes (the model input) or words.
@@ -426,8 +429,7 @@ fn sums<F: Format, I: Index, const GAUSS: bool, X: Words + ?Sized>(
     let (len, at_theta, at_sigma) = layout::<F, I, GAUSS>();
     let with_var = with_var && GAUSS;
     // Mean sums of a first layer stored by input, over raw bytes: the format's scatter kernel
-    // where it has one (q8: into i32 sums, exact for `inputs <= ACC_EXACT_TERMS`, so the
-    // same values as the i64 path below).
+    // where it has one (q8: into exact i32 sums, the same values as the i64 path below).
     if let (Storage::SparseByInput, false, QCounts::U8(counts), Some(bytes)) =
         (layer.storage, with_var, layer.counts, x.bytes())
     {
@@ -435,9 +437,7 @@ fn sums<F: Format, I: Index, const GAUSS: bool, X: Words + ?Sized>(
         let sums: &mut [F::Acc] = bytemuck::cast_slice_mut(&mut acc[..n_out]);
         let sums = &mut sums[..n_out];
         sums.fill(F::Acc::default());
-        if layer.inputs <= F::ACC_EXACT_TERMS
-            && F::scatter_bytes::<I, GAUSS>(counts, layer.records, n_out, bytes, sums)
-        {
+        if F::scatter_bytes::<I, GAUSS>(counts, layer.records, n_out, bytes, sums) {
             for (j, &a) in sums.iter().enumerate() {
                 f(j, F::acc_i64(a), 0);
             }
