@@ -27,6 +27,23 @@ pub enum Mode {
         /// Number of samples M.
         samples: NonZeroU16,
     },
+    /// Moment propagation: one deterministic pass that carries every unit's mean and
+    /// variance (GUIDE section 2; the approximations are listed in the `kernels::moments`
+    /// module's documentation), then the probit approximation of the expected softmax of the
+    /// Gaussian logits, `softmax(m / sqrt(1 + π v / 8))`. One pass, no noise draws; the
+    /// result counts as one sample, so its mutual information is 0 (use
+    /// [`Mode::MomentsThenSample`] for it). Needs a `CHUNK` of at least 2 (a unit's mean and
+    /// variance take the place of two samples); f32 models only so far.
+    Moments,
+    /// Moment propagation to the logits, then `samples` draws of the logits alone from their
+    /// Gaussians (independent per class): the predictive, expected entropy and mutual
+    /// information of those draws, for a few normal draws per class and sample instead of a
+    /// network pass. The draws come from one stream seeded by one `u64` of the caller's
+    /// generator.
+    MomentsThenSample {
+        /// Logit draws M.
+        samples: NonZeroU16,
+    },
 }
 
 /// Runs a model in a borrowed workspace, in any number format `N` ([`F32`] by default,

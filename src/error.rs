@@ -302,6 +302,17 @@ pub enum InferenceError {
     /// The first Gaussian layer of an early-exit model is an exit head (a deterministic trunk
     /// with Bayesian heads), which the early-exit runner does not support.
     UnsupportedLayout,
+    /// The engine's chunk holds fewer samples than the mode needs ([`crate::Mode::Moments`]
+    /// keeps a mean and a variance per unit where a chunk of two keeps two samples).
+    ChunkTooSmall {
+        /// Samples per pass the mode needs.
+        needed: usize,
+        /// The engine's `CHUNK`.
+        chunk: usize,
+    },
+    /// The mode is not available in this number format (moment propagation runs on f32
+    /// models only so far).
+    UnsupportedMode,
     /// The model's number format is not the engine's (e.g. a q16 file given to an
     /// `Engine<_, Q8>`).
     WrongFormat {
@@ -334,6 +345,13 @@ impl fmt::Display for InferenceError {
                 "the depth prior must have one positive mass per exit, sum to 1, and not increase (for the exact mode)",
             ),
             NotEarlyExit => f.write_str("the model has no exit heads"),
+            ChunkTooSmall { needed, chunk } => write!(
+                f,
+                "this mode needs at least {needed} samples per pass, the engine has {chunk}"
+            ),
+            UnsupportedMode => {
+                f.write_str("moment propagation is not available for fixed-point models yet")
+            }
             WrongFormat { model, engine } => write!(
                 f,
                 "the model is {} but the engine runs {}",

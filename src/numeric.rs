@@ -38,7 +38,7 @@ use crate::format::{Activation, Posterior, Precision, Storage};
 use crate::input::Input;
 use crate::kernels::graph::{global_average_pool, residual_add};
 use crate::kernels::{
-    forward_mean, forward_moments, forward_samples, sample_from_moments, scratch_len,
+    forward_mean, forward_moments, forward_samples, moments, sample_from_moments, scratch_len,
 };
 use crate::model::{Layer, Model, Operation};
 use crate::predictive::{Prediction, PredictiveAccumulator};
@@ -242,6 +242,32 @@ pub(crate) mod seal {
         fn finish<const K: usize>(acc: Self::Predictive<K>) -> Self::Prediction<K>;
         /// What a halting policy reads of an exit's prediction.
         fn summary<const K: usize>(p: &Self::Prediction<K>) -> ExitSummary<Self::Value>;
+
+        /// Whether the format runs moment propagation ([`crate::Mode::Moments`]); the
+        /// `moments_*` kernels below do nothing where it does not.
+        const PROPAGATES_MOMENTS: bool = false;
+        /// The first Gaussian layer's output moments (`[mean, variance]` per unit, after
+        /// its activation) from its pre-activation moments.
+        fn moments_first(
+            _layer: &Self::Layer<'_>,
+            _moments: (&[Self::Moment], &[Self::Moment]),
+            _state: &Self::MomentsState,
+            _out: &mut [Self::Act],
+        ) {
+        }
+        /// A deterministic input value as a moment pair (variance 0).
+        fn moments_certain(_value: Self::Act, _out: &mut [Self::Act]) {}
+        /// A later layer (weights, pooling) on moment pairs.
+        fn moments_layer(_layer: &Self::Layer<'_>, _x: &[Self::Act], _out: &mut [Self::Act]) {}
+        /// A residual addition on moment pairs.
+        fn moments_residual(_layer: &Self::Layer<'_>, _cur: &mut [Self::Act], _skip: &[Self::Act]) {
+        }
+        /// The global average pool of a map of moment pairs.
+        fn moments_pool_exit(_map: [usize; 3], _x: &[Self::Act], _out: &mut [Self::Act]) {}
+        /// The probit logits of logit moment pairs, into `out` (one per class).
+        fn moments_probit(_x: &[Self::Act], _out: &mut [Self::Act]) {}
+        /// One draw of the logits from their moment pairs, into `out` (one per class).
+        fn moments_draw(_x: &[Self::Act], _stream: &mut Self::Stream, _out: &mut [Self::Act]) {}
     }
 
     /// The first layer's kernels for an input of type `X`.
@@ -377,6 +403,34 @@ impl Kernels for F32 {
             confidence: p.confidence(),
             predictive_entropy: p.predictive_entropy,
             mutual_information: p.mutual_information,
+        }
+    }
+
+    const PROPAGATES_MOMENTS: bool = true;
+    fn moments_first(layer: &Layer<'_>, (mean, std): (&[f32], &[f32]), _: &(), out: &mut [f32]) {
+        moments::from_first(layer.activation(), mean, std, out);
+    }
+    fn moments_certain(value: f32, out: &mut [f32]) {
+        if let Some([m, v]) = out.get_mut(..2) {
+            *m = value;
+            *v = 0.0;
+        }
+    }
+    fn moments_layer(layer: &Layer<'_>, x: &[f32], out: &mut [f32]) {
+        moments::propagate(layer, x, out);
+    }
+    fn moments_residual(layer: &Layer<'_>, cur: &mut [f32], skip: &[f32]) {
+        moments::residual_add(layer.activation(), cur, skip);
+    }
+    fn moments_pool_exit(map: [usize; 3], x: &[f32], out: &mut [f32]) {
+        moments::global_average_pool(map, x, out);
+    }
+    fn moments_probit(x: &[f32], out: &mut [f32]) {
+        moments::probit_logits(x, out);
+    }
+    fn moments_draw(x: &[f32], stream: &mut Xoshiro128PlusPlus, out: &mut [f32]) {
+        for (o, unit) in out.iter_mut().zip(x.chunks_exact(2)) {
+            *o = unit[0] + libm::sqrtf(unit[1].max(0.0)) * crate::normal::standard_normal(stream);
         }
     }
 }

@@ -433,13 +433,26 @@ where
             provided: workspace.len(),
         });
     };
+    // Samples (Monte Carlo), or logit draws after moment propagation (0: the probit).
     let total = match mode {
-        Mode::MeanWeights => 1,
-        Mode::MonteCarlo { samples } => samples.get() as usize,
+        Mode::MeanWeights | Mode::Moments => 1,
+        Mode::MonteCarlo { samples } | Mode::MomentsThenSample { samples } => {
+            samples.get() as usize
+        }
     };
+    let propagates = matches!(mode, Mode::Moments | Mode::MomentsThenSample { .. });
+    if propagates && !N::PROPAGATES_MOMENTS {
+        return Err(InferenceError::UnsupportedMode);
+    }
+    if propagates && plan.chunk() < 2 {
+        return Err(InferenceError::ChunkTooSmall {
+            needed: 2,
+            chunk: plan.chunk(),
+        });
+    }
     let stochastic_from = match mode {
         Mode::MeanWeights => None,
-        Mode::MonteCarlo { .. } => first_gaussian(layers),
+        _ => first_gaussian(layers),
     };
     let prefix_end = stochastic_from.unwrap_or(layers.len());
     let mut macs = 0usize;
@@ -531,6 +544,24 @@ where
         held_units: held,
     };
     let first_exit = e;
+    if propagates {
+        let draws = match mode {
+            Mode::MomentsThenSample { .. } => total,
+            _ => 0,
+        };
+        let run = Propagation {
+            first,
+            first_exit,
+            draws,
+            classes,
+        };
+        let last_run = run.rest::<N, R, S, K>(&start, layers, rng, &mut buf, &mut sink)?;
+        macs += layers[first..=last_run]
+            .iter()
+            .map(LayerView::macs)
+            .sum::<usize>();
+        return sink.finish(macs);
+    }
     let exit_layers = ExitLayers::new(layers);
     let mut rngs: [N::Stream; CHUNK] = core::array::from_fn(|_| N::stream(0x5a5a_5a5a));
     let rest = first + 1;
@@ -607,6 +638,117 @@ where
         .map(LayerView::macs)
         .sum::<usize>();
     sink.finish(macs)
+}
+
+/// A moment-propagation run after its first Gaussian layer ([`Mode::Moments`] and
+/// [`Mode::MomentsThenSample`]): every later layer once, on `[mean, variance]` pairs in the
+/// activation buffers (the unit-major layout of a two-sample chunk).
+struct Propagation {
+    /// The first Gaussian layer.
+    first: usize,
+    /// Exits answered before it (deterministic heads).
+    first_exit: usize,
+    /// Logit draws per exit (0: the probit approximation).
+    draws: usize,
+    classes: usize,
+}
+
+impl Propagation {
+    /// Runs the layers after the first Gaussian one and hands every exit's predictive to
+    /// `sink` until it says stop; returns the index of the last layer run.
+    fn rest<N: Kernels, R: RngCore, S: Sink<N, K>, const K: usize>(
+        &self,
+        start: &Start<'_, '_, N>,
+        layers: &[N::Layer<'_>],
+        rng: &mut R,
+        buf: &mut Buffers<'_, N>,
+        sink: &mut S,
+    ) -> Result<usize, InferenceError> {
+        let units = start.layer.outputs();
+        if let Some(n) = start.held_units {
+            for (i, &v) in buf.held_skip[..n].iter().enumerate() {
+                N::moments_certain(v, &mut buf.skip[2 * i..2 * i + 2]);
+            }
+        }
+        let moments = (&buf.stat_mean[..units], &buf.stat_std[..units]);
+        N::moments_first(
+            start.layer,
+            moments,
+            &start.moments,
+            &mut buf.cur[..2 * units],
+        );
+        if start.layer.is_residual_source() {
+            buf.skip[..2 * units].copy_from_slice(&buf.cur[..2 * units]);
+        }
+        let implicit_exit = !layers
+            .iter()
+            .any(|l| matches!(l.operation(), Operation::ExitHead { .. }));
+        let mut e = self.first_exit;
+        let mut last = self.first;
+        for (i, layer) in layers.iter().enumerate().skip(self.first + 1) {
+            last = i;
+            match layer.operation() {
+                Operation::ExitHead { map, .. } => {
+                    let n = map.iter().product::<usize>();
+                    N::moments_pool_exit(map, &buf.cur[..2 * n], buf.pooled);
+                    N::moments_layer(layer, &buf.pooled[..2 * layer.inputs()], buf.next);
+                    let p = self.predictive::<N, K>(&buf.next[..2 * layer.outputs()], rng)?;
+                    if sink.conclude(e, p) {
+                        return Ok(i);
+                    }
+                    e += 1;
+                    // The main path continues from the unchanged map.
+                    continue;
+                }
+                Operation::ResidualAdd { .. } => {
+                    let n = 2 * layer.outputs();
+                    N::moments_residual(layer, &mut buf.cur[..n], &buf.skip[..n]);
+                }
+                _ => {
+                    N::moments_layer(layer, &buf.cur[..2 * layer.inputs()], buf.next);
+                    buf.advance();
+                }
+            }
+            if layer.is_residual_source() {
+                let n = 2 * layer.outputs();
+                buf.skip[..n].copy_from_slice(&buf.cur[..n]);
+            }
+        }
+        if implicit_exit {
+            let p = self.predictive::<N, K>(&buf.cur[..2 * self.classes], rng)?;
+            sink.conclude(e, p);
+        }
+        Ok(last)
+    }
+
+    /// The predictive of Gaussian logits given as `[mean, variance]` pairs: the probit
+    /// approximation, or the softmax averaged over `draws` draws of the logits from one
+    /// stream seeded by one `u64` of `rng`.
+    fn predictive<N: Kernels, const K: usize>(
+        &self,
+        logits: &[N::Act],
+        rng: &mut impl RngCore,
+    ) -> Result<N::Prediction<K>, InferenceError> {
+        let classes = self.classes;
+        let mut z = [N::Act::default(); K];
+        let z = &mut z[..classes];
+        let mut acc = N::predictive::<K>(classes);
+        if self.draws == 0 {
+            N::moments_probit(logits, z);
+            if !N::add_logits(&mut acc, z) {
+                return Err(InferenceError::NonFiniteLogits);
+            }
+        } else {
+            let mut stream = N::stream(rng.next_u64());
+            for _ in 0..self.draws {
+                N::moments_draw(logits, &mut stream, z);
+                if !N::add_logits(&mut acc, z) {
+                    return Err(InferenceError::NonFiniteLogits);
+                }
+            }
+        }
+        Ok(N::finish(acc))
+    }
 }
 
 /// The layer index of every exit head, in order.

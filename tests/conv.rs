@@ -512,3 +512,49 @@ fn writer_refuses_inconsistent_convolutions() {
         WriteError::Invalid(ModelError::BadOutputLayer)
     );
 }
+
+/// Moment propagation through convolutions and max pooling (Clark's approximation) against
+/// Monte Carlo with M = 1,000 (the plain and early-exit cases are in `moments.rs`).
+#[test]
+fn lenet_shaped_moments_predictive_matches_monte_carlo() {
+    let samples = NonZeroU16::new(1000).unwrap();
+    let mut worst = (0.0f32, 0.0f32);
+    let (mut mi_drawn, mut mi_mc) = (0.0f32, 0.0f32);
+    for seed in 0..4 {
+        let (spec, _) = lenet_like(seed);
+        let buffer = spec.to_buffer().unwrap();
+        let model = buffer.model().unwrap();
+        let raw: Vec<u8> = (0..144)
+            .map(|i| ((i * 37 + seed * 11) % 256) as u8)
+            .collect();
+        let mut ws = vec![0.0; tinybayes::Plan::new(&model, 8).workspace_len()];
+        let mut engine = Engine::<8>::new(&model, &mut ws).unwrap();
+        let mut run = |mode| -> Prediction<3> {
+            let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed);
+            engine.predict_u8(&raw, mode, &mut rng).unwrap()
+        };
+        let mc = run(Mode::MonteCarlo { samples });
+        let probit = run(Mode::Moments);
+        let drawn = run(Mode::MomentsThenSample { samples });
+        let gap = |p: &Prediction<3>| {
+            p.probabilities
+                .iter()
+                .zip(&mc.probabilities)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max)
+        };
+        worst = (worst.0.max(gap(&probit)), worst.1.max(gap(&drawn)));
+        mi_drawn += drawn.mutual_information;
+        mi_mc += mc.mutual_information;
+    }
+    println!(
+        "lenet-like: probit {}, drawn {}, MI {mi_drawn} vs {mi_mc}",
+        worst.0, worst.1
+    );
+    assert!(worst.0 < 0.04 && worst.1 < 0.04, "{worst:?}");
+    assert!(mi_mc > 0.02, "the test models must be uncertain ({mi_mc})");
+    assert!(
+        (mi_drawn / mi_mc - 1.0).abs() < 0.3,
+        "MI {mi_drawn} vs {mi_mc}"
+    );
+}

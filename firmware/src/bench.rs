@@ -1,7 +1,7 @@
 //! Machine-readable benchmark lines: every bench binary prints one per measured case,
 //!
 //! ```text
-//! bench: model=<name> precision=<f32|q8|q16> mode=<mean|mc|validate> samples=<M> chunk=<C> depth=<d|all> instructions=<N> ram_bytes=<N> flash_bytes=<N> macs=<N> core=<core> board=<board>
+//! bench: model=<name> precision=<f32|q8|q16> mode=<mean|mc|moments|moments-mc|validate> samples=<M> chunk=<C> depth=<d|all> instructions=<N> ram_bytes=<N> flash_bytes=<N> macs=<N> core=<core> board=<board>
 //! ```
 //!
 //! and `scripts/bench-tables.py` regenerates BENCHMARKS.md's device tables from them, so the
@@ -28,6 +28,10 @@ pub enum Case {
     MeanWeights,
     /// The Monte Carlo posterior predictive with this many samples.
     MonteCarlo(u16),
+    /// Moment propagation with the probit approximation at the logits.
+    Moments,
+    /// Moment propagation, then this many draws of the logits.
+    MomentsThenSample(u16),
 }
 
 impl Case {
@@ -37,15 +41,17 @@ impl Case {
             Case::Validate => "validate",
             Case::MeanWeights => "mean",
             Case::MonteCarlo(_) => "mc",
+            Case::Moments => "moments",
+            Case::MomentsThenSample(_) => "moments-mc",
         }
     }
 
-    /// The `samples=` value: 0 for validation, 1 for the mean network.
+    /// The `samples=` value: 0 for validation, 1 for one pass (mean weights, moments).
     const fn samples(self) -> u16 {
         match self {
             Case::Validate => 0,
-            Case::MeanWeights => 1,
-            Case::MonteCarlo(m) => m,
+            Case::MeanWeights | Case::Moments => 1,
+            Case::MonteCarlo(m) | Case::MomentsThenSample(m) => m,
         }
     }
 }
@@ -55,6 +61,10 @@ impl From<tinybayes::Mode> for Case {
         match mode {
             tinybayes::Mode::MeanWeights => Case::MeanWeights,
             tinybayes::Mode::MonteCarlo { samples } => Case::MonteCarlo(samples.get()),
+            tinybayes::Mode::Moments => Case::Moments,
+            tinybayes::Mode::MomentsThenSample { samples } => {
+                Case::MomentsThenSample(samples.get())
+            }
         }
     }
 }

@@ -178,11 +178,16 @@ pub fn parse_samples(text: &str) -> Result<Mode, String> {
     mode_from_samples(value)
 }
 
-/// A short description of a mode for reports: `"mean weights"` or `"Monte Carlo, 32 samples"`.
+/// A short description of a mode for reports: `"mean weights"`, `"Monte Carlo, 32 samples"`,
+/// `"moment propagation (probit)"` or `"moment propagation, 32 logit draws"`.
 pub fn describe_mode(mode: Mode) -> String {
     match mode {
         Mode::MeanWeights => "mean weights".to_string(),
         Mode::MonteCarlo { samples } => format!("Monte Carlo, {samples} samples"),
+        Mode::Moments => "moment propagation (probit)".to_string(),
+        Mode::MomentsThenSample { samples } => {
+            format!("moment propagation, {samples} logit draws")
+        }
     }
 }
 

@@ -177,3 +177,40 @@ pub(super) fn forward_samples(
     }
     super::finish_chunk(layer, mean, var, rngs);
 }
+
+/// Moment propagation from input means and variances (`x[2 i]`, `x[2 i + 1]`) to output
+/// pre-activation moments (`out[2 j]`, `out[2 j + 1]`), as the row-major form
+/// (`linear::propagate`) computes them; inputs with mean and variance 0 are skipped.
+pub(super) fn propagate(layer: &Layer<'_>, x: &[f32], out: &mut [f32]) {
+    let Some((col_ptr, rows, values)) = columns(layer) else {
+        return;
+    };
+    let words = layer.posterior().words_per_weight();
+    let out = &mut out[..2 * layer.outputs()];
+    for (unit, &b) in out.chunks_exact_mut(2).zip(layer.bias()) {
+        unit.copy_from_slice(&[b, 0.0]);
+    }
+    for ((bounds, &m), &v) in col_ptr
+        .windows(2)
+        .zip(x.iter().step_by(2))
+        .zip(x.iter().skip(1).step_by(2))
+    {
+        let (start, end) = (bounds[0] as usize, bounds[1] as usize);
+        if m == 0.0 && v == 0.0 {
+            continue;
+        }
+        for (&r, w) in rows[start..end]
+            .iter()
+            .zip(values[start * words..].chunks_exact(words))
+        {
+            let (dm, dv) = match words {
+                1 => super::moments::weight_terms::<1>(w, m, v),
+                _ => super::moments::weight_terms::<2>(w, m, v),
+            };
+            if let Some([mean, var]) = out.get_mut(2 * r as usize..2 * r as usize + 2) {
+                *mean += dm;
+                *var += dv;
+            }
+        }
+    }
+}

@@ -338,6 +338,52 @@ fn multiply_accumulate(
     }
 }
 
+/// Moment propagation from input means and variances (`x[2 i]`, `x[2 i + 1]`) to output
+/// pre-activation moments (`out[2 o]`, `out[2 o + 1]`): per output, the bias then every tap
+/// in stored order adds `θ m_i` to the mean and `θ² v_i + σ² (m_i² + v_i)` to the variance.
+pub(super) fn propagate(layer: &Layer<'_>, x: &[f32], out: &mut [f32]) {
+    let Some((g, row_ptr, taps, values)) = parts(layer) else {
+        return;
+    };
+    let words = layer.posterior().words_per_weight();
+    let map = g.output[1] * g.output[2];
+    let plane = g.input[1] * g.input[2];
+    for (co, bounds) in row_ptr.windows(2).enumerate() {
+        let (start, end) = (bounds[0] as usize, bounds[1] as usize);
+        let Some(out_map) = out.get_mut(2 * co * map..2 * (co + 1) * map) else {
+            return;
+        };
+        let b = layer.bias()[co];
+        for unit in out_map.chunks_exact_mut(2) {
+            unit.copy_from_slice(&[b, 0.0]);
+        }
+        for (&tap, w) in taps[start..end]
+            .iter()
+            .zip(values[start * words..].chunks_exact(words))
+        {
+            let (ci, ky, kx) = unpack_tap(tap);
+            let base = ci * plane;
+            for_each_row(&g, ky, kx, |o, i, len| {
+                for k in 0..len {
+                    let at = 2 * (base + i + k * g.stride);
+                    let (Some(&[m, v]), Some([mean, var])) = (
+                        x.get(at..at + 2),
+                        out_map.get_mut(2 * (o + k)..2 * (o + k) + 2),
+                    ) else {
+                        continue;
+                    };
+                    let (dm, dv) = match words {
+                        1 => super::moments::weight_terms::<1>(w, m, v),
+                        _ => super::moments::weight_terms::<2>(w, m, v),
+                    };
+                    *mean += dm;
+                    *var += dv;
+                }
+            });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{parts, rows_fit, valid_range};

@@ -280,3 +280,49 @@ fn accumulate_n<const CHUNK: usize, const W: usize>(
         }
     }
 }
+
+/// Moment propagation ([`crate::Mode::Moments`]): given every input's mean and variance
+/// (`x[2 i]`, `x[2 i + 1]`, independent inputs), the pre-activation mean and variance of every
+/// output, `out[2 j]` and `out[2 j + 1]`: `m = b + Σ θ m_i` and
+/// `v = Σ θ² v_i + σ² (m_i² + v_i)` (GUIDE section 2; σ² = 0 for a deterministic layer).
+pub(super) fn propagate(layer: &Layer<'_>, x: &[f32], out: &mut [f32]) {
+    if let Weights::SparseByInput { .. } = layer.weights() {
+        return super::by_input::propagate(layer, x, out);
+    }
+    let bias = layer.bias();
+    let out = &mut out[..2 * layer.outputs()];
+    match layer.posterior() {
+        Posterior::Deterministic => for_each_row::<1>(layer, |j, row| {
+            out[2 * j..2 * j + 2].copy_from_slice(&propagate_row(row, x, bias[j]));
+        }),
+        Posterior::Gaussian => for_each_row::<2>(layer, |j, row| {
+            out[2 * j..2 * j + 2].copy_from_slice(&propagate_row(row, x, bias[j]));
+        }),
+    }
+}
+
+/// `[mean, variance]` of one row's pre-activation from input moments (see [`propagate`]).
+#[inline(always)]
+fn propagate_row<const W: usize>(row: Row<'_, W>, x: &[f32], bias: f32) -> [f32; 2] {
+    let mut acc = [bias, 0.0];
+    let mut add = |i: usize, w: &[f32]| {
+        if let Some(&[m, v]) = x.get(2 * i..2 * i + 2) {
+            let (dm, dv) = super::moments::weight_terms::<W>(w, m, v);
+            acc[0] += dm;
+            acc[1] += dv;
+        }
+    };
+    match row {
+        Row::Dense(values) => {
+            for (i, w) in values.chunks_exact(W).enumerate() {
+                add(i, w);
+            }
+        }
+        Row::Sparse(line) => {
+            for (&c, w) in line.indices().iter().zip(line.values().chunks_exact(W)) {
+                add(c as usize, w);
+            }
+        }
+    }
+    acc
+}

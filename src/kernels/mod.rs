@@ -7,6 +7,7 @@ mod by_input;
 mod conv;
 pub(crate) mod graph;
 mod linear;
+pub(crate) mod moments;
 mod pool;
 pub(crate) use pool::max_pool_by;
 

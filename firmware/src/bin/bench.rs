@@ -88,6 +88,16 @@ fn bench_model(board: &mut Board, name: &str, bytes: &'static [u8]) -> Result<()
     bench_case::<4>(board, name, &model, m32, &mut workspace)?;
     bench_case::<8>(board, name, &model, m32, &mut workspace)?;
     bench_case::<32>(board, name, &model, m32, &mut workspace)?;
+    // Moment propagation keeps a mean and a variance per unit: a chunk of 2. Not on the
+    // micro:bit, whose flash holds the f32 engine for comparison only.
+    #[cfg(not(tb_board = "microbit"))]
+    {
+        let logit_draws = Mode::MomentsThenSample {
+            samples: NonZeroU16::new(32).unwrap_or(NonZeroU16::MIN),
+        };
+        bench_case::<2>(board, name, &model, Mode::Moments, &mut workspace)?;
+        bench_case::<2>(board, name, &model, logit_draws, &mut workspace)?;
+    }
     Ok(())
 }
 

@@ -416,7 +416,11 @@ fn draw_plots(
                     Mode::MeanWeights => {
                         "Mutual information: correct vs wrong (mean weights: always 0)".to_string()
                     }
-                    Mode::MonteCarlo { .. } => {
+                    Mode::Moments => {
+                        "Mutual information: correct vs wrong (probit moments: always 0)"
+                            .to_string()
+                    }
+                    Mode::MonteCarlo { .. } | Mode::MomentsThenSample { .. } => {
                         format!("Mutual information: correct vs wrong{note}")
                     }
                 },
@@ -740,10 +744,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         mode: match mode {
             Mode::MeanWeights => "mean_weights",
             Mode::MonteCarlo { .. } => "monte_carlo",
+            Mode::Moments => "moments",
+            Mode::MomentsThenSample { .. } => "moments_then_sample",
         },
         samples: match mode {
-            Mode::MeanWeights => 0,
-            Mode::MonteCarlo { samples } => u32::from(samples.get()),
+            Mode::MeanWeights | Mode::Moments => 0,
+            Mode::MonteCarlo { samples } | Mode::MomentsThenSample { samples } => {
+                u32::from(samples.get())
+            }
         },
         seed: args.sampling.seed,
         classes,

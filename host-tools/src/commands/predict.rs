@@ -27,15 +27,33 @@ use crate::simulate::{describe_mode, parse_samples, ImagePrediction, Images};
 /// Samples used when neither `--samples` nor `--mean-weights` is given.
 pub const DEFAULT_SAMPLES: &str = "32";
 
+/// How the posterior becomes a prediction (`--mode`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModeKind {
+    /// The posterior-mean network, one pass (no uncertainty about the weights).
+    Mean,
+    /// Monte Carlo: the average over --samples draws of the weights [default: 32].
+    Mc,
+    /// Moment propagation: one pass carrying each unit's mean and variance, then the probit
+    /// approximation of the expected softmax (mutual information 0).
+    Moments,
+    /// Moment propagation, then --samples draws of the logits only [default: 32].
+    MomentsMc,
+}
+
 /// How to sample the posterior: shared by `predict` and `eval`.
 #[derive(Args, Debug, Clone)]
 pub struct SamplingArgs {
-    /// Monte Carlo samples per image, 1..=65535, or 0 for the posterior-mean network
-    /// [default: 32].
+    /// How the posterior becomes a prediction; without it, --samples decides (0: mean
+    /// weights, else Monte Carlo).
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeKind>,
+    /// Samples per image, 1..=65535 (Monte Carlo; logit draws for moments-mc), or 0 for the
+    /// posterior-mean network [default: 32].
     #[arg(long, value_name = "M", allow_hyphen_values = true)]
     pub samples: Option<String>,
     /// Run the posterior-mean network once per image (same as --samples 0).
-    #[arg(long, conflicts_with = "samples")]
+    #[arg(long, conflicts_with_all = ["samples", "mode"])]
     pub mean_weights: bool,
     /// Seed: image i draws its noise from Xoshiro128++ seeded with seed + i (as on the device).
     #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
@@ -48,7 +66,29 @@ impl SamplingArgs {
         if self.mean_weights {
             return Ok(Mode::MeanWeights);
         }
-        parse_samples(self.samples.as_deref().unwrap_or(DEFAULT_SAMPLES)).map_err(|e| anyhow!(e))
+        let counted = parse_samples(self.samples.as_deref().unwrap_or(DEFAULT_SAMPLES))
+            .map_err(|e| anyhow!(e))?;
+        let samples = match counted {
+            Mode::MonteCarlo { samples } => Some(samples),
+            _ => None,
+        };
+        let given = self.samples.is_some();
+        Ok(match (self.mode, samples) {
+            (None, _) => counted,
+            (Some(ModeKind::Mean), _) if given && samples.is_some() => {
+                bail!("--mode mean runs one pass: drop --samples (or give --samples 0)")
+            }
+            (Some(ModeKind::Mean), _) => Mode::MeanWeights,
+            (Some(ModeKind::Moments), _) if given => {
+                bail!("--mode moments takes no --samples (--mode moments-mc draws the logits)")
+            }
+            (Some(ModeKind::Moments), _) => Mode::Moments,
+            (Some(ModeKind::Mc | ModeKind::MomentsMc), None) => {
+                bail!("--mode mc and moments-mc need --samples of at least 1")
+            }
+            (Some(ModeKind::Mc), Some(samples)) => Mode::MonteCarlo { samples },
+            (Some(ModeKind::MomentsMc), Some(samples)) => Mode::MomentsThenSample { samples },
+        })
     }
 }
 
@@ -294,6 +334,7 @@ mod tests {
     #[test]
     fn sampling_arguments() {
         let args = |samples: Option<&str>, mean_weights| SamplingArgs {
+            mode: None,
             samples: samples.map(String::from),
             mean_weights,
             seed: 0,
@@ -305,5 +346,41 @@ mod tests {
         assert_eq!(args(None, true).mode().unwrap(), Mode::MeanWeights);
         assert_eq!(args(Some("0"), false).mode().unwrap(), Mode::MeanWeights);
         assert!(args(Some("70000"), false).mode().is_err());
+    }
+
+    #[test]
+    fn mode_arguments() {
+        let args = |mode, samples: Option<&str>| SamplingArgs {
+            mode: Some(mode),
+            samples: samples.map(String::from),
+            mean_weights: false,
+            seed: 0,
+        };
+        let m = |n: u16| std::num::NonZeroU16::new(n).unwrap();
+        let ok = |mode, samples| args(mode, samples).mode().unwrap();
+        assert_eq!(ok(ModeKind::Mean, None), Mode::MeanWeights);
+        assert_eq!(ok(ModeKind::Mean, Some("0")), Mode::MeanWeights);
+        assert_eq!(ok(ModeKind::Mc, None), Mode::MonteCarlo { samples: m(32) });
+        assert_eq!(
+            ok(ModeKind::Mc, Some("8")),
+            Mode::MonteCarlo { samples: m(8) }
+        );
+        assert_eq!(ok(ModeKind::Moments, None), Mode::Moments);
+        assert_eq!(
+            ok(ModeKind::MomentsMc, Some("16")),
+            Mode::MomentsThenSample { samples: m(16) }
+        );
+        for (mode, samples) in [
+            (ModeKind::Mean, "8"),
+            (ModeKind::Mc, "0"),
+            (ModeKind::Moments, "8"),
+            (ModeKind::Moments, "0"),
+            (ModeKind::MomentsMc, "0"),
+            (ModeKind::MomentsMc, "-1"),
+        ] {
+            let err = args(mode, Some(samples)).mode().unwrap_err().to_string();
+            assert!(err.starts_with("--"), "{mode:?} {samples}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
     }
 }
