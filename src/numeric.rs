@@ -430,7 +430,8 @@ impl Kernels for F32 {
     }
     fn moments_draw(x: &[f32], stream: &mut Xoshiro128PlusPlus, out: &mut [f32]) {
         for (o, unit) in out.iter_mut().zip(x.chunks_exact(2)) {
-            *o = unit[0] + libm::sqrtf(unit[1].max(0.0)) * crate::normal::standard_normal(stream);
+            let sd = crate::arch::sqrtf(if unit[1] > 0.0 { unit[1] } else { 0.0 });
+            *o = unit[0] + sd * crate::normal::standard_normal(stream);
         }
     }
 }

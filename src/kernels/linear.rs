@@ -304,23 +304,24 @@ pub(super) fn propagate(layer: &Layer<'_>, x: &[f32], out: &mut [f32]) {
 /// `[mean, variance]` of one row's pre-activation from input moments (see [`propagate`]).
 #[inline(always)]
 fn propagate_row<const W: usize>(row: Row<'_, W>, x: &[f32], bias: f32) -> [f32; 2] {
+    let pairs: &[[f32; 2]] = bytemuck::cast_slice(&x[..x.len() / 2 * 2]);
     let mut acc = [bias, 0.0];
-    let mut add = |i: usize, w: &[f32]| {
-        if let Some(&[m, v]) = x.get(2 * i..2 * i + 2) {
-            let (dm, dv) = super::moments::weight_terms::<W>(w, m, v);
-            acc[0] += dm;
-            acc[1] += dv;
-        }
+    let mut add = |&[m, v]: &[f32; 2], w: &[f32]| {
+        let (dm, dv) = super::moments::weight_terms::<W>(w, m, v);
+        acc[0] += dm;
+        acc[1] += dv;
     };
     match row {
         Row::Dense(values) => {
-            for (i, w) in values.chunks_exact(W).enumerate() {
-                add(i, w);
+            for (pair, w) in pairs.iter().zip(values.chunks_exact(W)) {
+                add(pair, w);
             }
         }
         Row::Sparse(line) => {
             for (&c, w) in line.indices().iter().zip(line.values().chunks_exact(W)) {
-                add(c as usize, w);
+                if let Some(pair) = pairs.get(c as usize) {
+                    add(pair, w);
+                }
             }
         }
     }
