@@ -1,6 +1,7 @@
 //! The demo application, written against embedded-hal traits so it runs on any board:
 //! classify the embedded MNIST images with the Monte Carlo posterior predictive, report each
-//! answer with its uncertainty, and light the LED whenever the model is unsure.
+//! answer with its uncertainty, and light the LED whenever the model is unsure; beside it, the
+//! same answer by moment propagation (one pass, then draws of the logits only) and its cost.
 
 use core::num::NonZeroU16;
 
@@ -153,6 +154,20 @@ pub fn run_demo<L: OutputPin, D: DelayNs, C: Clock>(
             p.mutual_information,
             if unsure { ", UNSURE (LED on)" } else { "" },
             cost,
+            C::UNIT
+        );
+        // The same question by moment propagation: one pass, then draws of the logits only.
+        let start = clock.now();
+        let q: Prediction<10> =
+            engine.predict_u8(pixels, Mode::MomentsThenSample { samples }, &mut rng)?;
+        let moments_cost = clock.now() - start;
+        defmt::info!(
+            "  by moment propagation: predicted {=usize} (p = {=f32}), entropy {=f32} nats, mutual information {=f32} nats [{=u64} {=str}]",
+            q.class,
+            q.confidence(),
+            q.predictive_entropy,
+            q.mutual_information,
+            moments_cost,
             C::UNIT
         );
         summary.record(i, label, p.class, unsure);
