@@ -298,7 +298,26 @@ def targets(s):
                   ("measured", True), ("÷ CMSIS-NN dense int8", True), ("met?", False)], rows)
 
 
+def moments_f32(s):
+    """Moment propagation against mean weights and Monte Carlo, f32 on the Cortex-M4F."""
+    rows = []
+    for model in ["lenet300", "synthetic-sparse", "synthetic-dense"]:
+        mean = s.get(model=model, mode="mean", chunk=1, **M4)
+        cases = [("mean weights", mean),
+                 ("moments (probit)", s.get(model=model, mode="moments", chunk=2, **M4)),
+                 ("moments, then 32 logit draws",
+                  s.get(model=model, mode="moments-mc", samples=32, chunk=2, **M4)),
+                 ("Monte Carlo, M = 32", s.get(model=model, mode="mc", samples=32, chunk=8, **M4))]
+        for label, r in cases:
+            rows.append([model, label, r["chunk"], n(r["instructions"]),
+                         f"{r['instructions'] / mean['instructions']:.2f}", n(r["ram_bytes"])])
+    return table([("model", False), ("mode", False), ("samples per pass", True),
+                  ("instructions", True), ("÷ mean weights", True),
+                  ("RAM: workspace + engine + model + stack (B)", True)], rows)
+
+
 TABLES = {
+    "moments-f32": moments_f32,
     "lenet300-f32": lenet300_f32,
     "synthetic-f32": synthetic_f32,
     "fixed-lenet": fixed_lenet,
