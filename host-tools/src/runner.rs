@@ -327,9 +327,13 @@ impl Runner {
         let exits = self.exit_count();
         let asked = halting.halting.is_some()
             || halting.prior_lambda.is_some()
-            || halting.threshold.is_some();
+            || halting.threshold.is_some()
+            || halting.mi_below.is_some();
         if exits == 0 && asked {
-            bail!("--halting, --prior-lambda and --threshold apply to early-exit models only");
+            bail!(
+                "--halting, --prior-lambda, --threshold and --mi-below apply to early-exit \
+                 models only"
+            );
         }
         if exits > 0 {
             let spec = halting.resolve(exits)?;
