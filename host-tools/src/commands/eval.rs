@@ -73,9 +73,10 @@ pub struct EvalArgs {
     /// Early exit (early-exit models only).
     #[command(flatten)]
     pub halting: HaltingArgs,
-    /// Early-exit models: also sweep the prior strength of the joint-mode policy and the
-    /// thresholds of the mutual-information and entropy policies, and plot accuracy against
-    /// average MACs (sweep.png, and `sweep` in report.json).
+    /// Early-exit models: also sweep the prior strength of the joint-mode policy, the
+    /// thresholds of the mutual-information and entropy policies and the bound of the robust
+    /// policy (with the model's prior), and plot accuracy against average MACs (sweep.png,
+    /// and `sweep` in report.json).
     #[arg(long)]
     pub sweep: bool,
     /// Propose "unsure" thresholds from these (validation) labels: the mutual information and
