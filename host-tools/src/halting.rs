@@ -185,6 +185,21 @@ pub struct ExitResult {
     pub depth: usize,
     /// MACs per weight sample.
     pub macs: usize,
+    /// The largest predictive entropy of the exits computed (nats): the doubt of every exit
+    /// the policy passed, which the device reads from `ExitPrediction::exits`.
+    pub largest_predictive_entropy: f32,
+    /// The largest mutual information of the exits computed (nats).
+    pub largest_mutual_information: f32,
+}
+
+/// The largest (predictive entropy, mutual information) over exit summaries.
+fn largest<V: Copy>(exits: &[ExitSummary<V>], f32_of: impl Fn(V) -> f32) -> (f32, f32) {
+    exits.iter().fold((0.0f32, 0.0f32), |(h, mi), s| {
+        (
+            h.max(f32_of(s.predictive_entropy)),
+            mi.max(f32_of(s.mutual_information)),
+        )
+    })
 }
 
 /// Every exit's summary for every image, in the number type its policy decides in.
@@ -227,11 +242,16 @@ pub fn simulate_early_exit(
             let crc = outputs_crc32(outputs.iter().map(|p| &p.prediction));
             let results = outputs
                 .into_iter()
-                .map(|p| ExitResult {
-                    prediction: ImagePrediction::from(p.prediction),
-                    exit: p.exit,
-                    depth: p.depth,
-                    macs: p.macs,
+                .map(|p| {
+                    let (h, mi) = largest(&p.exits, |v| v);
+                    ExitResult {
+                        prediction: ImagePrediction::from(p.prediction),
+                        exit: p.exit,
+                        depth: p.depth,
+                        macs: p.macs,
+                        largest_predictive_entropy: h,
+                        largest_mutual_information: mi,
+                    }
                 })
                 .collect();
             (results, crc)
@@ -240,11 +260,16 @@ pub fn simulate_early_exit(
             let crc = outputs_crc32(outputs.iter().map(|p| &p.prediction));
             let results = outputs
                 .iter()
-                .map(|p| ExitResult {
-                    prediction: ImagePrediction::from(&p.prediction),
-                    exit: p.exit,
-                    depth: p.depth,
-                    macs: p.macs,
+                .map(|p| {
+                    let (h, mi) = largest(&p.exits, UQ16::to_f32);
+                    ExitResult {
+                        prediction: ImagePrediction::from(&p.prediction),
+                        exit: p.exit,
+                        depth: p.depth,
+                        macs: p.macs,
+                        largest_predictive_entropy: h,
+                        largest_mutual_information: mi,
+                    }
                 })
                 .collect();
             (results, crc)

@@ -117,6 +117,10 @@ pub struct EarlyExitRun {
     pub macs: Vec<usize>,
     /// MACs per weight sample of running every block.
     pub full_macs: usize,
+    /// Per image: the largest predictive entropy of the exits computed.
+    pub largest_predictive_entropy: Vec<f32>,
+    /// Per image: the largest mutual information of the exits computed.
+    pub largest_mutual_information: Vec<f32>,
 }
 
 /// Cumulative MACs of the *unpruned* architecture through each exit (every kernel tap, as the
@@ -346,6 +350,14 @@ impl Runner {
                 depth: results.iter().map(|r| r.depth).collect(),
                 macs: results.iter().map(|r| r.macs).collect(),
                 full_macs,
+                largest_predictive_entropy: results
+                    .iter()
+                    .map(|r| r.largest_predictive_entropy)
+                    .collect(),
+                largest_mutual_information: results
+                    .iter()
+                    .map(|r| r.largest_mutual_information)
+                    .collect(),
             };
             return Ok(Simulation {
                 predictions: results.into_iter().map(|r| r.prediction).collect(),

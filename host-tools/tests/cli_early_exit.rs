@@ -242,6 +242,22 @@ fn the_robust_policy_and_its_suggested_bound() {
     // τ = inf is the joint mode's answers, bit for bit.
     let inf = eval("inf", &["--halting", "robust", "--mi-below", "inf"]);
     assert_eq!(inf["outputs_crc32"], joint["outputs_crc32"]);
+    // The largest uncertainty over the exits computed is scored too: the same images as
+    // "out of distribution" give the same scores, an AUROC of exactly 0.5.
+    let same = eval(
+        "same",
+        &[
+            "--halting",
+            "robust",
+            "--mi-below",
+            "0.01",
+            "--ood-images",
+            p(&images),
+        ],
+    );
+    let largest = &same["ood"]["largest_seen"];
+    assert_eq!(largest["auroc_predictive_entropy"].as_f64(), Some(0.5));
+    assert_eq!(largest["auroc_mutual_information"].as_f64(), Some(0.5));
 
     let csv = dir.path().join("p.csv");
     let out = tinybayes(&[

@@ -287,8 +287,22 @@ pub struct OodReport {
     /// Its uncertainty against the test set's, and the AUROCs.
     #[serde(flatten)]
     pub metrics: OutOfDistribution,
+    /// Early-exit models: the AUROCs when an image's score is the largest uncertainty of any
+    /// exit the policy computed (not only the answering exit's): a policy that ran deeper
+    /// because an exit was unsure keeps that doubt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub largest_seen: Option<LargestSeenAuroc>,
     /// The histogram plot.
     pub plot: &'static str,
+}
+
+/// AUROCs of the largest uncertainty seen over the exits computed (early-exit models).
+#[derive(Debug, Clone, Serialize)]
+pub struct LargestSeenAuroc {
+    /// By the largest predictive entropy.
+    pub auroc_predictive_entropy: Option<f64>,
+    /// By the largest mutual information.
+    pub auroc_mutual_information: Option<f64>,
 }
 
 /// Exit-depth histogram, next to the report of an early-exit model.
@@ -678,9 +692,17 @@ fn summary(report: &EvalReport, mode: Mode) -> String {
         .map(|o| {
             let m = &o.metrics;
             let mean = |s: Option<crate::metrics::Summary>| fmt_opt(s.map(|s| s.mean));
+            let largest = o.largest_seen.as_ref().map_or_else(String::new, |l| {
+                format!(
+                    "; largest over the exits computed: AUROC by entropy {}, by mutual \
+                     information {}",
+                    fmt_opt(l.auroc_predictive_entropy),
+                    fmt_opt(l.auroc_mutual_information)
+                )
+            });
             format!(
                 "\nout of distribution ({} images of {}): mean predictive entropy {} (test set {}), \
-                 mutual information {} (test set {}); AUROC by entropy {}, by mutual information {}",
+                 mutual information {} (test set {}); AUROC by entropy {}, by mutual information {}{}",
                 m.ood.count,
                 o.images,
                 mean(m.ood.predictive_entropy),
@@ -689,6 +711,7 @@ fn summary(report: &EvalReport, mode: Mode) -> String {
                 mean(m.test.mutual_information),
                 fmt_opt(m.auroc_predictive_entropy),
                 fmt_opt(m.auroc_mutual_information),
+                largest
             )
         })
         .unwrap_or_default();
@@ -1116,9 +1139,26 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 0.0,
             )?,
         ));
+        let largest_seen = match (&sim.early_exit, &ood.early_exit) {
+            (Some(test), Some(out)) => {
+                let f64s = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
+                Some(LargestSeenAuroc {
+                    auroc_predictive_entropy: crate::metrics::auroc(
+                        &f64s(&out.largest_predictive_entropy),
+                        &f64s(&test.largest_predictive_entropy),
+                    ),
+                    auroc_mutual_information: crate::metrics::auroc(
+                        &f64s(&out.largest_mutual_information),
+                        &f64s(&test.largest_mutual_information),
+                    ),
+                })
+            }
+            _ => None,
+        };
         report.ood = Some(OodReport {
             images: path.display().to_string(),
             metrics,
+            largest_seen,
             plot: OOD_PNG,
         });
     }
