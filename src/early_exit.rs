@@ -58,6 +58,47 @@ pub enum Halting<'p> {
         /// Threshold in nats.
         at_most: f32,
     },
+    /// Policy (d), halting that stays honest: the exact mode of `p(y, z | x)` over the depths
+    /// the model is epistemically sure of. The joint mode never stops early on an input the
+    /// exit is unsure about, and answers as [`Halting::JointMode`] on the others.
+    ///
+    /// Why: the joint mode's rule reads only `p(y | x, l)` and the prior. A network is often
+    /// confidently wrong off its training data (an out-of-distribution input gets a top
+    /// probability near 1 at the first exit), so the rule stops there as on a clean digit, and
+    /// the answer carries the first exit's small uncertainty. Mutual information (GUIDE
+    /// section 2: `H[p̄] - mean_m H[p^m]`, the epistemic part) measures how much the weight
+    /// samples disagree, which grows off the training data even when their average is sharp.
+    ///
+    /// The rule: exit `l` is *trusted* when its mutual information is strictly below
+    /// `mutual_information_below` (τ, nats), and the last exit always is (it is the reference
+    /// every policy saves against, and something must answer). The policy is the exact mode
+    /// of the joint restricted to trusted depths, `argmax over trusted l and y of
+    /// p(y | x, l) p(l)` (the earliest exit on ties): the joint with the mass of untrusted
+    /// depths set to 0. Zeroing masses only lowers joints, so `p(l + 1)` still bounds every
+    /// later exit (`p(y | x, z) <= 1`, the prior does not increase) and the engine stops after
+    /// exit `l` as soon as the best trusted joint so far reaches `p(l + 1)`: the same answer,
+    /// exit and bits as running every block and taking the restricted mode. When it stops
+    /// early, the joint mode's own condition holds there too (the restricted best is at most
+    /// the unrestricted one), and the answering exit is trusted; so an exit is never the
+    /// answer before the last unless its weight samples agree.
+    ///
+    /// Edge cases: τ = +∞ trusts every exit and is [`Halting::JointMode`] exactly; τ <= 0
+    /// trusts only the last exit (mutual information is never negative) and is
+    /// [`Halting::All`]'s answer. With [`crate::Mode::MeanWeights`] every mutual information
+    /// is 0: there is no epistemic estimate, and any τ > 0 gives the joint mode. Choose τ on
+    /// validation data (the host's `tinybayes eval --suggest-mi-below`), never on the test
+    /// set.
+    ///
+    /// Fixed point: τ is converted once to [`UQ16`] (rounded to the nearest 2^-16 nats,
+    /// saturated) and every decision compares integers. The state is that of the joint mode:
+    /// no RAM beyond the other policies'.
+    Robust {
+        /// Overrides the model's prior (must not increase with depth).
+        prior: Option<&'p [f32]>,
+        /// τ, nats: an exit other than the last may answer only when its mutual information
+        /// is strictly below this. NaN is refused.
+        mutual_information_below: f32,
+    },
 }
 
 /// The number type a halting policy decides in: `f32` for f32 models, [`UQ16`] for
@@ -210,7 +251,7 @@ impl<'p, V: HaltValue> HaltingState<'p, V> {
         draw: impl FnOnce() -> V,
     ) -> Result<Self, InferenceError> {
         let (given, uses_prior, monotone) = match halting {
-            Halting::JointMode { prior } => (prior, true, true),
+            Halting::JointMode { prior } | Halting::Robust { prior, .. } => (prior, true, true),
             Halting::SampleDepth { prior } => (prior, true, false),
             Halting::All | Halting::Threshold { .. } | Halting::Depth { .. } => {
                 (None, false, false)
@@ -238,7 +279,12 @@ impl<'p, V: HaltValue> HaltingState<'p, V> {
             prior_len = n;
         }
         let mut at_most = V::ZERO;
-        if let Halting::Threshold { at_most: t, .. } = halting {
+        if let Halting::Threshold { at_most: t, .. }
+        | Halting::Robust {
+            mutual_information_below: t,
+            ..
+        } = halting
+        {
             if t.is_nan() {
                 return Err(InferenceError::BadPrior);
             }
@@ -283,7 +329,7 @@ impl<'p, V: HaltValue> HaltingState<'p, V> {
     pub fn known_target(&self) -> Option<usize> {
         match self.halting {
             Halting::All | Halting::Depth { .. } | Halting::SampleDepth { .. } => Some(self.target),
-            Halting::JointMode { .. } | Halting::Threshold { .. } => None,
+            Halting::JointMode { .. } | Halting::Threshold { .. } | Halting::Robust { .. } => None,
         }
     }
 
@@ -292,15 +338,22 @@ impl<'p, V: HaltValue> HaltingState<'p, V> {
         let last = l + 1 >= exits;
         match self.halting {
             Halting::All => last,
-            Halting::JointMode { .. } => {
+            Halting::JointMode { .. } | Halting::Robust { .. } => {
+                // The joint mode trusts every exit; the robust policy the last, and the others
+                // when their weight samples agree (mutual information below τ).
+                let trusted = match self.halting {
+                    Halting::Robust { .. } => last || summary.mutual_information < self.at_most,
+                    _ => true,
+                };
                 let prior = &self.prior[..self.prior_len];
                 let mass = |e: usize| prior.get(e).copied().unwrap_or(V::ZERO);
-                let joint = V::mul(summary.confidence, mass(l));
-                if self.best.is_none_or(|(b, _)| joint > b) {
-                    self.best = Some((joint, l));
+                if trusted {
+                    let joint = V::mul(summary.confidence, mass(l));
+                    if self.best.is_none_or(|(b, _)| joint > b) {
+                        self.best = Some((joint, l));
+                    }
                 }
-                let best = self.best.map_or(V::ZERO, |(b, _)| b);
-                last || best >= mass(l + 1)
+                last || self.best.is_some_and(|(b, _)| b >= mass(l + 1))
             }
             Halting::SampleDepth { .. } | Halting::Depth { .. } => last || l >= self.target,
             Halting::Threshold { measure, .. } => {
@@ -316,7 +369,7 @@ impl<'p, V: HaltValue> HaltingState<'p, V> {
     /// The exit that answers, once stopped after exit `l`.
     pub fn answer(&self, l: usize) -> usize {
         match self.halting {
-            Halting::JointMode { .. } => self.best.map_or(l, |(_, e)| e),
+            Halting::JointMode { .. } | Halting::Robust { .. } => self.best.map_or(l, |(_, e)| e),
             _ => l,
         }
     }

@@ -99,6 +99,158 @@ fn the_exact_halting_rule_matches_brute_force() {
     );
 }
 
+/// The robust rule by brute force, from every exit's summary: the trusted exits (mutual
+/// information strictly below τ, and the last), the earliest argmax of `confidence * prior`
+/// over them, and the first exit after which the best trusted joint so far reaches the next
+/// exit's prior mass (or the last exit). Returns (answering exit, depth).
+fn robust_by_hand(
+    exits: &[tinybayes::early_exit::ExitSummary],
+    prior: &[f32],
+    tau: f32,
+) -> (usize, usize) {
+    let n = exits.len();
+    let mut best: Option<(f32, usize)> = None;
+    let mut depth = n;
+    for (l, e) in exits.iter().enumerate() {
+        if l + 1 == n || e.mutual_information < tau {
+            let joint = e.confidence * prior[l];
+            if best.is_none_or(|(b, _)| joint > b) {
+                best = Some((joint, l));
+            }
+        }
+        if l + 1 < n && best.is_some_and(|(b, _)| b >= prior[l + 1]) {
+            depth = l + 1;
+            break;
+        }
+    }
+    (best.map(|(_, l)| l).unwrap(), depth)
+}
+
+#[test]
+fn the_robust_rule_matches_brute_force() {
+    let mut inputs = Xoshiro128PlusPlus::seed_from_u64(4);
+    let (mut early, mut deeper_than_joint, mut other_answer) = (0, 0, 0);
+    for seed in 0..8u64 {
+        let exits = 2 + (seed as usize % 4);
+        let buffer = model(100 + seed, exits, 1.0 + seed as f32 * 0.6);
+        let model = buffer.model().unwrap();
+        for trial in 0..8u64 {
+            let raw = image(&mut inputs);
+            let prior = geometric(exits, [0.05, 0.3, 0.6, 0.9][trial as usize % 4]);
+            for mode in [Mode::MeanWeights, mc(8), mc(21)] {
+                let all = run(&model, &raw, mode, Halting::All, trial).unwrap();
+                let joint = Halting::JointMode {
+                    prior: Some(&prior),
+                };
+                let joint = run(&model, &raw, mode, joint, trial).unwrap();
+                // τ on both sides of every exit's mutual information (equal: untrusted).
+                let mut taus = vec![0.0, 1e-4, 0.05, f32::INFINITY];
+                for e in &all.exits {
+                    let mi = e.mutual_information;
+                    taus.extend([mi, mi * 1.001 + 1e-9]);
+                }
+                for tau in taus {
+                    let halting = Halting::Robust {
+                        prior: Some(&prior),
+                        mutual_information_below: tau,
+                    };
+                    let got = run(&model, &raw, mode, halting, trial).unwrap();
+                    let (exit, depth) = robust_by_hand(&all.exits, &prior, tau);
+                    let at = format!("seed {seed} trial {trial} {mode:?} tau {tau}");
+                    assert_eq!((got.exit, got.depth), (exit, depth), "{at}");
+                    // The exits it computed said exactly what brute force saw.
+                    assert_eq!(&got.exits[..], &all.exits[..depth], "{at}");
+                    // The answer is exit `exit`'s predictive, bit for bit.
+                    let budget = Halting::Depth { exits: exit + 1 };
+                    let alone = run(&model, &raw, mode, budget, trial).unwrap();
+                    assert_eq!(got.prediction, alone.prediction, "{at}");
+                    assert!(got.macs <= all.macs);
+                    if depth < exits {
+                        // Stopping early: the joint mode's own condition holds, and the
+                        // answering exit's weight samples agree.
+                        assert!(joint.depth <= depth, "{at}");
+                        assert!(all.exits[exit].mutual_information < tau, "{at}");
+                        early += 1;
+                    }
+                    deeper_than_joint += usize::from(got.depth > joint.depth);
+                    other_answer += usize::from(got.exit != joint.exit);
+                }
+            }
+        }
+    }
+    // The cases covered: stopping early, running deeper than the joint mode, another answer.
+    assert!(early > 50, "stopped early {early} times");
+    assert!(
+        deeper_than_joint > 50,
+        "deeper than the joint mode {deeper_than_joint} times"
+    );
+    assert!(
+        other_answer > 10,
+        "another answer than the joint mode {other_answer} times"
+    );
+}
+
+/// τ = +∞ is the joint mode, τ = 0 (or below) runs every block and answers with the last
+/// exit, bit for bit; with mean weights (mutual information 0) any τ > 0 is the joint mode;
+/// a NaN bound is refused.
+#[test]
+fn the_robust_rule_at_its_edges() {
+    let mut inputs = Xoshiro128PlusPlus::seed_from_u64(6);
+    let mut joint_stopped_early = 0;
+    for seed in 0..5u64 {
+        let exits = 2 + (seed as usize % 3);
+        let buffer = model(200 + seed, exits, 2.0 + seed as f32);
+        let model = buffer.model().unwrap();
+        for trial in 0..6u64 {
+            let raw = image(&mut inputs);
+            for mode in [Mode::MeanWeights, mc(9), mc(40)] {
+                let robust = |tau| Halting::Robust {
+                    prior: None,
+                    mutual_information_below: tau,
+                };
+                let joint = Halting::JointMode { prior: None };
+                let joint = run(&model, &raw, mode, joint, trial).unwrap();
+                assert_eq!(
+                    run(&model, &raw, mode, robust(f32::INFINITY), trial).unwrap(),
+                    joint
+                );
+                let all = run(&model, &raw, mode, Halting::All, trial).unwrap();
+                for tau in [0.0, -1.0, f32::NEG_INFINITY] {
+                    assert_eq!(run(&model, &raw, mode, robust(tau), trial).unwrap(), all);
+                }
+                if mode == Mode::MeanWeights {
+                    assert_eq!(
+                        run(&model, &raw, mode, robust(1e-30), trial).unwrap(),
+                        joint
+                    );
+                }
+                joint_stopped_early += usize::from(joint.depth < exits);
+            }
+        }
+    }
+    assert!(joint_stopped_early > 10, "{joint_stopped_early}");
+    let buffer = model(1, 3, 1.0);
+    let model = buffer.model().unwrap();
+    let raw = vec![9u8; SIDE * SIDE];
+    let nan = Halting::Robust {
+        prior: None,
+        mutual_information_below: f32::NAN,
+    };
+    assert_eq!(
+        run(&model, &raw, mc(4), nan, 0),
+        Err(InferenceError::BadPrior)
+    );
+    let increasing = [0.2f32, 0.3, 0.5];
+    let bad = Halting::Robust {
+        prior: Some(&increasing),
+        mutual_information_below: 0.1,
+    };
+    assert_eq!(
+        run(&model, &raw, mc(4), bad, 0),
+        Err(InferenceError::BadPrior)
+    );
+}
+
 #[test]
 fn running_every_block_is_the_plain_prediction_and_ignores_chunking() {
     let buffer = model(3, 4, 2.0);
@@ -168,6 +320,10 @@ fn every_policy_gives_the_same_answer_for_any_chunk_size() {
                 Halting::Threshold {
                     measure: Uncertainty::MutualInformation,
                     at_most: 0.02,
+                },
+                Halting::Robust {
+                    prior: Some(&prior),
+                    mutual_information_below: 0.02,
                 },
             ];
             for halting in policies {

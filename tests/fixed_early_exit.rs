@@ -162,6 +162,10 @@ fn every_policy_gives_the_same_answer_for_any_chunk_size() {
                     measure: Uncertainty::MutualInformation,
                     at_most: 0.01,
                 },
+                Halting::Robust {
+                    prior: None,
+                    mutual_information_below: 0.01,
+                },
             ];
             for halting in policies {
                 for mode in [Mode::MeanWeights, mc(19)] {
@@ -240,6 +244,86 @@ fn the_integer_joint_mode_matches_its_definition() {
     assert!(early > 0, "the rule never stopped early");
 }
 
+/// The integer robust rule against its definition on raw bits: after running every block,
+/// an exit other than the last is trusted when its UQ16 mutual information is below τ's
+/// UQ16 bits (τ rounded to the nearest 2^-16 once); the answer is the earliest trusted exit
+/// maximising `confidence * prior` (Q16 products, rounded), the depth the first exit whose
+/// best trusted joint so far reaches the next prior mass; the prediction is that exit's, bit
+/// for bit. τ = +∞ is the joint mode and τ = 0 every block.
+#[test]
+fn the_integer_robust_rule_matches_its_definition() {
+    let mut inputs = Xoshiro128PlusPlus::seed_from_u64(12);
+    let (mut early, mut deeper_than_joint) = (0, 0);
+    for seed in 0..6u64 {
+        let precision = [Precision::Q8, Precision::Q16][seed as usize % 2];
+        let (_, q) = quantized(80 + seed, 4, 0.6 + seed as f32 * 0.6, precision);
+        let buffer = q.to_buffer().unwrap();
+        let model = QModel::from_bytes(buffer.as_bytes()).unwrap();
+        let prior: Vec<u32> = model.exit_priors().map(UQ16::to_bits).collect();
+        for trial in 0..5u64 {
+            let raw = image(&mut inputs);
+            for mode in [Mode::MeanWeights, mc(12)] {
+                let (all, _) = run::<4>(&model, &raw, mode, Halting::All, trial).unwrap();
+                let joint = Halting::JointMode { prior: None };
+                let (joint, _) = run::<4>(&model, &raw, mode, joint, trial).unwrap();
+                let mi: Vec<u32> = all
+                    .exits
+                    .iter()
+                    .map(|s| s.mutual_information.to_bits())
+                    .collect();
+                // τ in integer steps on both sides of every exit's mutual information.
+                let mut taus = vec![(0.0f32, 0u64), (f32::INFINITY, u64::MAX)];
+                for &m in &mi {
+                    for bits in [m, m + 1] {
+                        taus.push((bits as f32 / 65536.0, bits as u64));
+                    }
+                }
+                for (tau, tau_bits) in taus {
+                    let n = all.exits.len();
+                    let mut best: Option<(u64, usize)> = None;
+                    let mut depth = n;
+                    for (l, s) in all.exits.iter().enumerate() {
+                        if l + 1 == n || (mi[l] as u64) < tau_bits {
+                            let j =
+                                (s.confidence.to_bits() as u64 * prior[l] as u64 + (1 << 15)) >> 16;
+                            if best.is_none_or(|(b, _)| j > b) {
+                                best = Some((j, l));
+                            }
+                        }
+                        let next = prior.get(l + 1).copied().unwrap_or(0) as u64;
+                        if l + 1 < n && best.is_some_and(|(b, _)| b >= next) {
+                            depth = l + 1;
+                            break;
+                        }
+                    }
+                    let exit = best.unwrap().1;
+                    let halting = Halting::Robust {
+                        prior: None,
+                        mutual_information_below: tau,
+                    };
+                    let (got, _) = run::<4>(&model, &raw, mode, halting, trial).unwrap();
+                    let at = format!("seed {seed} trial {trial} {mode:?} tau {tau}");
+                    assert_eq!((got.exit, got.depth), (exit, depth), "{at}");
+                    assert_eq!(got.exits[..], all.exits[..depth], "{at}");
+                    let budget = Halting::Depth { exits: exit + 1 };
+                    let (alone, _) = run::<4>(&model, &raw, mode, budget, trial).unwrap();
+                    assert_eq!(got.prediction, alone.prediction, "{at}");
+                    if tau == f32::INFINITY {
+                        assert_eq!(got, joint, "{at}");
+                    }
+                    if tau == 0.0 {
+                        assert_eq!(got, all, "{at}");
+                    }
+                    early += usize::from(depth < n);
+                    deeper_than_joint += usize::from(got.depth > joint.depth);
+                }
+            }
+        }
+    }
+    assert!(early > 20, "stopped early {early} times");
+    assert!(deeper_than_joint > 20, "deeper {deeper_than_joint} times");
+}
+
 /// A replay of the integer policy on the summaries of every exit decides as the engine did
 /// (the host's sweeps rely on it), and the UQ16 arithmetic of the policies is exact.
 #[test]
@@ -257,6 +341,10 @@ fn replaying_the_integer_policy_decides_as_the_engine() {
             Halting::Threshold {
                 measure: Uncertainty::PredictiveEntropy,
                 at_most: 0.8,
+            },
+            Halting::Robust {
+                prior: None,
+                mutual_information_below: 0.002,
             },
         ] {
             let (p, _) = run::<4>(&model, &raw, mc(9), halting, trial).unwrap();
@@ -471,6 +559,14 @@ fn plain_entry_points_and_typed_errors() {
         Halting::Threshold {
             measure: Uncertainty::MutualInformation,
             at_most: f32::NAN,
+        },
+        Halting::Robust {
+            prior: None,
+            mutual_information_below: f32::NAN,
+        },
+        Halting::Robust {
+            prior: Some(&bad),
+            mutual_information_below: 0.1,
         },
     ] {
         assert_eq!(

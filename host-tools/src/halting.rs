@@ -32,6 +32,9 @@ pub enum Policy {
     Mi,
     /// (c) Stop at the first exit whose predictive entropy is at most --threshold.
     Entropy,
+    /// (d) The exact joint mode over the exits whose mutual information is below --mi-below
+    /// (and the last): never stops early on an input the exit is epistemically unsure about.
+    Robust,
 }
 
 /// Early-exit options (used by early-exit models only).
@@ -41,12 +44,17 @@ pub struct HaltingArgs {
     #[arg(long, value_enum)]
     pub halting: Option<Policy>,
     /// Strength lambda of the truncated geometric depth prior p(z = l) ∝ (1 - lambda)^(l - 1)
-    /// for `joint` and `sample` [default: the prior stored in the model].
+    /// for `joint`, `sample` and `robust` [default: the prior stored in the model].
     #[arg(long, allow_negative_numbers = true, value_name = "LAMBDA")]
     pub prior_lambda: Option<f64>,
     /// Threshold in nats for `mi` and `entropy`.
     #[arg(long, allow_negative_numbers = true, value_name = "NATS")]
     pub threshold: Option<f32>,
+    /// Bound τ in nats for `robust`: an exit before the last answers only if its mutual
+    /// information is strictly below τ (0: every block; inf: the joint mode). Choose it on
+    /// validation images (`eval --suggest-mi-below`), not on the test set.
+    #[arg(long, allow_negative_numbers = true, value_name = "NATS")]
+    pub mi_below: Option<f32>,
 }
 
 /// A resolved policy with its prior.
@@ -58,6 +66,9 @@ pub struct HaltingSpec {
     pub prior: Option<Vec<f32>>,
     /// The threshold (`mi`, `entropy`).
     pub threshold: Option<f32>,
+    /// The mutual-information bound τ of `robust`, nats.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mi_below: Option<f32>,
 }
 
 /// The truncated geometric prior of strength `lambda` over `exits` exits.
@@ -75,9 +86,11 @@ impl HaltingArgs {
     pub fn resolve(&self, exits: usize) -> Result<HaltingSpec> {
         let policy = self.halting.unwrap_or(Policy::Joint);
         let prior = match (policy, self.prior_lambda) {
-            (Policy::Joint | Policy::Sample, Some(lambda)) => Some(geometric_prior(exits, lambda)?),
-            (Policy::Joint | Policy::Sample, None) => None,
-            (_, Some(_)) => bail!("--prior-lambda applies to --halting joint or sample"),
+            (Policy::Joint | Policy::Sample | Policy::Robust, Some(lambda)) => {
+                Some(geometric_prior(exits, lambda)?)
+            }
+            (Policy::Joint | Policy::Sample | Policy::Robust, None) => None,
+            (_, Some(_)) => bail!("--prior-lambda applies to --halting joint, sample or robust"),
             (_, None) => None,
         };
         let threshold = match (policy, self.threshold) {
@@ -91,10 +104,24 @@ impl HaltingArgs {
             (_, Some(_)) => bail!("--threshold applies to --halting mi or entropy"),
             (_, None) => None,
         };
+        let mi_below = match (policy, self.mi_below) {
+            // +inf is allowed: it trusts every exit (the joint mode).
+            (Policy::Robust, Some(t)) if t >= 0.0 => Some(t),
+            (Policy::Robust, Some(t)) => {
+                bail!("--mi-below must be a non-negative number of nats, got {t}")
+            }
+            (Policy::Robust, None) => bail!(
+                "--halting robust needs --mi-below NATS (choose it on validation images with \
+                 eval --suggest-mi-below)"
+            ),
+            (_, Some(_)) => bail!("--mi-below applies to --halting robust"),
+            (_, None) => None,
+        };
         Ok(HaltingSpec {
             policy,
             prior,
             threshold,
+            mi_below,
         })
     }
 }
@@ -116,6 +143,11 @@ impl HaltingSpec {
                 measure: Uncertainty::PredictiveEntropy,
                 at_most,
             },
+            Policy::Robust => Halting::Robust {
+                prior,
+                // Resolved specs always hold the bound; 0 would run every block.
+                mutual_information_below: self.mi_below.unwrap_or(0.0),
+            },
         }
     }
 
@@ -128,6 +160,15 @@ impl HaltingSpec {
             (Policy::Sample, _, _) => "sampled depth".into(),
             (Policy::Mi, _, Some(t)) => format!("mutual information <= {t} nats"),
             (Policy::Entropy, _, Some(t)) => format!("predictive entropy <= {t} nats"),
+            (Policy::Robust, prior, _) => format!(
+                "exact joint mode over exits with mutual information < {} nats ({})",
+                self.mi_below.unwrap_or(0.0),
+                if prior.is_some() {
+                    "given prior"
+                } else {
+                    "model prior"
+                }
+            ),
             _ => format!("{:?}", self.policy),
         }
     }
@@ -144,6 +185,21 @@ pub struct ExitResult {
     pub depth: usize,
     /// MACs per weight sample.
     pub macs: usize,
+    /// The largest predictive entropy of the exits computed (nats): the doubt of every exit
+    /// the policy passed, which the device reads from `ExitPrediction::exits`.
+    pub largest_predictive_entropy: f32,
+    /// The largest mutual information of the exits computed (nats).
+    pub largest_mutual_information: f32,
+}
+
+/// The largest (predictive entropy, mutual information) over exit summaries.
+fn largest<V: Copy>(exits: &[ExitSummary<V>], f32_of: impl Fn(V) -> f32) -> (f32, f32) {
+    exits.iter().fold((0.0f32, 0.0f32), |(h, mi), s| {
+        (
+            h.max(f32_of(s.predictive_entropy)),
+            mi.max(f32_of(s.mutual_information)),
+        )
+    })
 }
 
 /// Every exit's summary for every image, in the number type its policy decides in.
@@ -186,11 +242,16 @@ pub fn simulate_early_exit(
             let crc = outputs_crc32(outputs.iter().map(|p| &p.prediction));
             let results = outputs
                 .into_iter()
-                .map(|p| ExitResult {
-                    prediction: ImagePrediction::from(p.prediction),
-                    exit: p.exit,
-                    depth: p.depth,
-                    macs: p.macs,
+                .map(|p| {
+                    let (h, mi) = largest(&p.exits, |v| v);
+                    ExitResult {
+                        prediction: ImagePrediction::from(p.prediction),
+                        exit: p.exit,
+                        depth: p.depth,
+                        macs: p.macs,
+                        largest_predictive_entropy: h,
+                        largest_mutual_information: mi,
+                    }
                 })
                 .collect();
             (results, crc)
@@ -199,11 +260,16 @@ pub fn simulate_early_exit(
             let crc = outputs_crc32(outputs.iter().map(|p| &p.prediction));
             let results = outputs
                 .iter()
-                .map(|p| ExitResult {
-                    prediction: ImagePrediction::from(&p.prediction),
-                    exit: p.exit,
-                    depth: p.depth,
-                    macs: p.macs,
+                .map(|p| {
+                    let (h, mi) = largest(&p.exits, UQ16::to_f32);
+                    ExitResult {
+                        prediction: ImagePrediction::from(&p.prediction),
+                        exit: p.exit,
+                        depth: p.depth,
+                        macs: p.macs,
+                        largest_predictive_entropy: h,
+                        largest_mutual_information: mi,
+                    }
                 })
                 .collect();
             (results, crc)
@@ -300,6 +366,7 @@ mod tests {
             halting,
             prior_lambda: lambda,
             threshold,
+            mi_below: None,
         };
         let spec = args(None, Some(0.5), None).resolve(3).unwrap();
         assert_eq!(spec.policy, Policy::Joint);
@@ -319,6 +386,51 @@ mod tests {
             .resolve(3)
             .unwrap();
         assert_eq!(t.threshold, Some(0.3));
+        // The robust policy's bound: required, non-negative (inf allowed), its own.
+        let robust = |lambda, tau| HaltingArgs {
+            halting: Some(Policy::Robust),
+            prior_lambda: lambda,
+            threshold: None,
+            mi_below: tau,
+        };
+        let spec = robust(Some(0.3), Some(0.01)).resolve(4).unwrap();
+        assert_eq!(
+            (spec.mi_below, spec.prior.map(|p| p.len())),
+            (Some(0.01), Some(4))
+        );
+        assert_eq!(
+            spec_halting(robust(None, Some(f32::INFINITY))),
+            Halting::Robust {
+                prior: None,
+                mutual_information_below: f32::INFINITY
+            }
+        );
+        for bad in [None, Some(-0.1), Some(f32::NAN), Some(f32::NEG_INFINITY)] {
+            let err = robust(None, bad).resolve(3).unwrap_err().to_string();
+            assert!(err.contains("--mi-below") && !err.contains('\n'), "{err}");
+        }
+        let mut joint = robust(None, Some(0.1));
+        joint.halting = Some(Policy::Joint);
+        assert!(joint.resolve(3).is_err());
+        let mut mi = robust(None, None);
+        mi.halting = Some(Policy::Mi);
+        mi.threshold = Some(0.1);
+        mi.mi_below = Some(0.1);
+        assert!(mi.resolve(3).is_err());
+    }
+
+    fn spec_halting(args: HaltingArgs) -> Halting<'static> {
+        let spec = args.resolve(3).unwrap();
+        match spec.halting() {
+            Halting::Robust {
+                prior: None,
+                mutual_information_below,
+            } => Halting::Robust {
+                prior: None,
+                mutual_information_below,
+            },
+            other => panic!("not a robust policy: {other:?}"),
+        }
     }
 
     #[test]
@@ -336,6 +448,7 @@ mod tests {
             halting: Some(Policy::Joint),
             prior_lambda: Some(0.6),
             threshold: None,
+            mi_below: None,
         }
         .resolve(3)
         .unwrap();

@@ -117,6 +117,10 @@ pub struct EarlyExitRun {
     pub macs: Vec<usize>,
     /// MACs per weight sample of running every block.
     pub full_macs: usize,
+    /// Per image: the largest predictive entropy of the exits computed.
+    pub largest_predictive_entropy: Vec<f32>,
+    /// Per image: the largest mutual information of the exits computed.
+    pub largest_mutual_information: Vec<f32>,
 }
 
 /// Cumulative MACs of the *unpruned* architecture through each exit (every kernel tap, as the
@@ -327,9 +331,13 @@ impl Runner {
         let exits = self.exit_count();
         let asked = halting.halting.is_some()
             || halting.prior_lambda.is_some()
-            || halting.threshold.is_some();
+            || halting.threshold.is_some()
+            || halting.mi_below.is_some();
         if exits == 0 && asked {
-            bail!("--halting, --prior-lambda and --threshold apply to early-exit models only");
+            bail!(
+                "--halting, --prior-lambda, --threshold and --mi-below apply to early-exit \
+                 models only"
+            );
         }
         if exits > 0 {
             let spec = halting.resolve(exits)?;
@@ -342,6 +350,14 @@ impl Runner {
                 depth: results.iter().map(|r| r.depth).collect(),
                 macs: results.iter().map(|r| r.macs).collect(),
                 full_macs,
+                largest_predictive_entropy: results
+                    .iter()
+                    .map(|r| r.largest_predictive_entropy)
+                    .collect(),
+                largest_mutual_information: results
+                    .iter()
+                    .map(|r| r.largest_mutual_information)
+                    .collect(),
             };
             return Ok(Simulation {
                 predictions: results.into_iter().map(|r| r.prediction).collect(),

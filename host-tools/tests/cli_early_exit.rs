@@ -161,3 +161,158 @@ fn inspect_reports_the_early_exit_workspace_of_one_chunk() {
     assert_eq!(chunk, 8);
     assert!(eight > 4 * m32, "{eight} vs {m32}");
 }
+
+/// `eval --suggest-mi-below` proposes the smallest bound meeting the MACs budget (checked
+/// against the evaluations it implies: the bound meets the budget, the float just below it
+/// does not), `--halting robust` without `--mi-below` then evaluates with it, `predict` takes
+/// the policy too, and bad combinations are one-line errors.
+#[test]
+fn the_robust_policy_and_its_suggested_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("ee.tbm");
+    let out = tinybayes(&[
+        "synth",
+        "--resnet-ee",
+        "3",
+        "--side",
+        "6",
+        "--channels",
+        "3",
+        "--seed",
+        "9",
+        "--out",
+        p(&model),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let n = 40;
+    let pixels: Vec<u8> = (0..n * 36)
+        .map(|i| ((i * 71 + i / 36 * 29) % 256) as u8)
+        .collect();
+    let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+    let images = dir.path().join("images.idx");
+    let label_path = dir.path().join("labels.idx");
+    fs::write(&images, idx(&[n as u32, 6, 6], &pixels)).unwrap();
+    fs::write(&label_path, idx(&[n as u32], &labels)).unwrap();
+    let eval = |name: &str, extra: &[&str]| -> Value {
+        let report = dir.path().join(name);
+        let mut args = vec![
+            "eval",
+            "--model",
+            p(&model),
+            "--images",
+            p(&images),
+            "--labels",
+            p(&label_path),
+            "--samples",
+            "8",
+            "--prior-lambda",
+            "0.6",
+            "--report",
+            p(&report),
+        ];
+        args.extend_from_slice(extra);
+        let out = tinybayes(&args);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&fs::read(report.join("report.json")).unwrap()).unwrap()
+    };
+    let joint = eval("joint", &["--halting", "joint"]);
+    let all_fraction = 1.0;
+    let joint_fraction = joint["early_exit"]["macs_fraction"].as_f64().unwrap();
+    assert!(joint_fraction < all_fraction);
+    let budget = (joint_fraction + all_fraction) / 2.0;
+    let budget_arg = budget.to_string();
+    let suggested = eval(
+        "suggest",
+        &["--halting", "robust", "--suggest-mi-below", &budget_arg],
+    );
+    let s = &suggested["early_exit"]["suggested_mi_below"];
+    let tau = s["mi_below"].as_f64().unwrap() as f32;
+    let fraction = s["macs_fraction"].as_f64().unwrap();
+    assert!(fraction <= budget, "{s}");
+    assert_eq!(s["joint_macs_fraction"].as_f64().unwrap(), joint_fraction);
+    // This evaluation ran with the suggested bound, and spent what the replay said.
+    let ee = &suggested["early_exit"];
+    assert_eq!(ee["halting"]["mi_below"].as_f64().unwrap() as f32, tau);
+    assert!((ee["macs_fraction"].as_f64().unwrap() - fraction).abs() < 1e-12);
+    // The smallest such bound: the float just below spends more than the budget.
+    assert!(tau > 0.0, "the budget is below every block's cost: {tau}");
+    let below = f32::from_bits(tau.to_bits() - 1).to_string();
+    let tighter = eval("tighter", &["--halting", "robust", "--mi-below", &below]);
+    assert!(tighter["early_exit"]["macs_fraction"].as_f64().unwrap() > budget);
+    // τ = inf is the joint mode's answers, bit for bit.
+    let inf = eval("inf", &["--halting", "robust", "--mi-below", "inf"]);
+    assert_eq!(inf["outputs_crc32"], joint["outputs_crc32"]);
+    // The largest uncertainty over the exits computed is scored too: the same images as
+    // "out of distribution" give the same scores, an AUROC of exactly 0.5.
+    let same = eval(
+        "same",
+        &[
+            "--halting",
+            "robust",
+            "--mi-below",
+            "0.01",
+            "--ood-images",
+            p(&images),
+        ],
+    );
+    let largest = &same["ood"]["largest_seen"];
+    assert_eq!(largest["auroc_predictive_entropy"].as_f64(), Some(0.5));
+    assert_eq!(largest["auroc_mutual_information"].as_f64(), Some(0.5));
+
+    let csv = dir.path().join("p.csv");
+    let out = tinybayes(&[
+        "predict",
+        "--model",
+        p(&model),
+        "--images",
+        p(&images),
+        "--samples",
+        "8",
+        "--halting",
+        "robust",
+        "--mi-below",
+        "0.01",
+        "--out",
+        p(&csv),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(fs::read_to_string(&csv).unwrap().lines().count(), n + 1);
+
+    for (args, needle) in [
+        (vec!["--halting", "robust"], "--mi-below"),
+        (
+            vec!["--halting", "robust", "--mi-below", "-0.5"],
+            "non-negative",
+        ),
+        (
+            vec!["--halting", "robust", "--mi-below", "NaN"],
+            "non-negative",
+        ),
+        (
+            vec!["--halting", "joint", "--mi-below", "0.1"],
+            "--halting robust",
+        ),
+        (vec!["--suggest-mi-below", "1.5"], "fraction"),
+    ] {
+        let report = dir.path().join("bad");
+        let mut all = vec![
+            "eval",
+            "--model",
+            p(&model),
+            "--images",
+            p(&images),
+            "--labels",
+            p(&label_path),
+            "--samples",
+            "4",
+            "--report",
+            p(&report),
+        ];
+        all.extend_from_slice(&args);
+        let out = tinybayes(&all);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    }
+}

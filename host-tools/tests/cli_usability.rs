@@ -484,9 +484,9 @@ fn eval_sweep_summary_json_and_files() {
     let out = run(args(&report, &[]));
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("sweep (30 points)"), "{text}");
+    assert!(text.contains("sweep (39 points)"), "{text}");
     assert!(text.contains("accuracy of each exit alone: "), "{text}");
-    for policy in ["joint", "mi", "entropy"] {
+    for policy in ["joint", "mi", "entropy", "robust"] {
         let rows = text
             .lines()
             .filter(|l| l.starts_with(&format!("{policy} ")))
@@ -515,7 +515,7 @@ fn eval_sweep_summary_json_and_files() {
     }
     // -q keeps the summary (the result) and drops the file line.
     let out = run(args(&report, &["--force", "-q"]));
-    assert!(stdout(&out).contains("sweep (30 points)"));
+    assert!(stdout(&out).contains("sweep (39 points)"));
     assert!(!stdout(&out).contains("wrote "));
 
     let json_dir = dir.path().join("j");
@@ -525,7 +525,7 @@ fn eval_sweep_summary_json_and_files() {
     let saved: serde_json::Value =
         serde_json::from_slice(&fs::read(json_dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(printed, saved);
-    assert_eq!(printed["early_exit"]["sweep"].as_array().unwrap().len(), 30);
+    assert_eq!(printed["early_exit"]["sweep"].as_array().unwrap().len(), 39);
     assert!(stderr(&out).contains("report.json"), "{}", stderr(&out));
     assert!(stderr(&out).contains("sweep.png"), "{}", stderr(&out));
 }

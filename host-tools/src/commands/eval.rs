@@ -25,9 +25,11 @@ use crate::metrics::{
     Thresholds, ECE_BINS, PROBABILITY_FLOOR,
 };
 use crate::plots;
+use crate::runner::Runner;
 use crate::runner::{load_runner, PrecisionArgs};
 use crate::simulate::{describe_mode, ImagePrediction, Images};
 use tinybayes::early_exit::{ExitSummary, HaltValue, Halting, HaltingState, Uncertainty};
+use tinybayes::UQ16;
 
 /// Name of the JSON report inside the report directory.
 pub const REPORT_FILE: &str = "report.json";
@@ -71,9 +73,10 @@ pub struct EvalArgs {
     /// Early exit (early-exit models only).
     #[command(flatten)]
     pub halting: HaltingArgs,
-    /// Early-exit models: also sweep the prior strength of the joint-mode policy and the
-    /// thresholds of the mutual-information and entropy policies, and plot accuracy against
-    /// average MACs (sweep.png, and `sweep` in report.json).
+    /// Early-exit models: also sweep the prior strength of the joint-mode policy, the
+    /// thresholds of the mutual-information and entropy policies and the bound of the robust
+    /// policy (with the model's prior), and plot accuracy against average MACs (sweep.png,
+    /// and `sweep` in report.json).
     #[arg(long)]
     pub sweep: bool,
     /// Propose "unsure" thresholds from these (validation) labels: the mutual information and
@@ -93,6 +96,26 @@ pub struct EvalArgs {
     /// choosing a halting prior or threshold without touching the test set.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["skip", "limit"])]
     pub validation_of: Option<PathBuf>,
+    /// Evaluate on the validation split `tinybayes train` holds out of these images with
+    /// `val_size = SIZE` and `seed = --split-seed` (the same seeded split as --validation-of,
+    /// for when the run's checkpoint is not at hand: the shipped models were trained with
+    /// 2000 and their config's seed, 0). Give the training images and labels.
+    #[arg(
+        long,
+        value_name = "SIZE",
+        conflicts_with_all = ["skip", "limit", "validation_of"]
+    )]
+    pub validation_split: Option<usize>,
+    /// Seed of --validation-split (the training config's `seed`) [default: 0].
+    #[arg(long, value_name = "SEED", requires = "validation_split")]
+    pub split_seed: Option<u64>,
+    /// Early-exit models: propose the bound τ of `--halting robust` on these (validation)
+    /// images: the smallest τ (most conservative) whose robust policy, replayed on every
+    /// exit's summaries, runs at most FRACTION (0 < FRACTION <= 1) of the executed MACs of
+    /// every block (`early_exit.suggested_mi_below` in report.json). With `--halting robust`
+    /// and no --mi-below, this evaluation then uses it. Not on the test set.
+    #[arg(long, value_name = "FRACTION")]
+    pub suggest_mi_below: Option<f64>,
     /// Skip this many images (and labels) first.
     #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     pub skip: usize,
@@ -203,6 +226,9 @@ pub struct EarlyExitReport {
     /// The sweep, when `--sweep` was given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sweep: Option<Vec<SweepPoint>>,
+    /// The bound proposed by `--suggest-mi-below`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suggested_mi_below: Option<MiBoundSuggestion>,
     /// The exit-depth histogram.
     pub depth_plot: &'static str,
     /// The sweep plot, when `--sweep` was given.
@@ -210,10 +236,33 @@ pub struct EarlyExitReport {
     pub sweep_plot: Option<&'static str>,
 }
 
+/// The bound of `--halting robust` that `--suggest-mi-below` proposes, and what the policy
+/// gives with it on the images it was chosen on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MiBoundSuggestion {
+    /// The budget asked for: executed MACs as a fraction of running every block.
+    pub macs_fraction_target: f64,
+    /// The smallest τ (nats) meeting it: `--mi-below`.
+    pub mi_below: f32,
+    /// Executed MACs of the robust policy with τ / those of every block.
+    pub macs_fraction: f64,
+    /// Its accuracy.
+    pub accuracy: f64,
+    /// Its mean blocks run.
+    pub mean_depth: f64,
+    /// Accuracy of running every block.
+    pub every_block_accuracy: f64,
+    /// Accuracy of the joint mode (τ = +∞, the same prior).
+    pub joint_accuracy: f64,
+    /// Executed MACs fraction of the joint mode.
+    pub joint_macs_fraction: f64,
+}
+
 /// One point of the sweep: a policy parameter and what it gives on this set.
 #[derive(Debug, Clone, Serialize)]
 pub struct SweepPoint {
-    /// `joint` (parameter: prior lambda), `mi` or `entropy` (parameter: threshold in nats).
+    /// `joint` (parameter: prior lambda), `mi` or `entropy` (parameter: threshold in nats),
+    /// `robust` (parameter: the bound τ in nats, with the model's prior).
     pub policy: &'static str,
     /// The parameter value.
     pub parameter: f64,
@@ -238,8 +287,22 @@ pub struct OodReport {
     /// Its uncertainty against the test set's, and the AUROCs.
     #[serde(flatten)]
     pub metrics: OutOfDistribution,
+    /// Early-exit models: the AUROCs when an image's score is the largest uncertainty of any
+    /// exit the policy computed (not only the answering exit's): a policy that ran deeper
+    /// because an exit was unsure keeps that doubt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub largest_seen: Option<LargestSeenAuroc>,
     /// The histogram plot.
     pub plot: &'static str,
+}
+
+/// AUROCs of the largest uncertainty seen over the exits computed (early-exit models).
+#[derive(Debug, Clone, Serialize)]
+pub struct LargestSeenAuroc {
+    /// By the largest predictive entropy.
+    pub auroc_predictive_entropy: Option<f64>,
+    /// By the largest mutual information.
+    pub auroc_mutual_information: Option<f64>,
 }
 
 /// Exit-depth histogram, next to the report of an early-exit model.
@@ -254,24 +317,51 @@ const SWEEP_MI: [f64; 9] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 
 /// Thresholds (nats) of the entropy sweep.
 const SWEEP_ENTROPY: [f64; 9] = [0.001, 0.003, 0.01, 0.03, 0.05, 0.1, 0.2, 0.4, 0.8];
 
+/// The exit priors stored in an f32 model (empty for a fixed-point one).
+fn f32_priors(runner: &Runner) -> Vec<f32> {
+    match runner {
+        Runner::F32(m) => m.exit_priors().collect(),
+        Runner::Fixed(_) => Vec::new(),
+    }
+}
+
+/// The exit priors stored in a fixed-point model, as its policies read them (empty for f32).
+fn fixed_priors(runner: &Runner) -> Vec<UQ16> {
+    match runner {
+        Runner::F32(_) => Vec::new(),
+        Runner::Fixed(m) => m.exit_priors().collect(),
+    }
+}
+
 /// Replays the policies on every image's per-exit summaries (from running every block): the
 /// decisions depend on nothing else (tested against the engine in the core's early-exit
 /// tests), so one run of every block prices every parameter.
 fn sweep(
+    runner: &Runner,
     exits: &ExitSummaries,
     labels: &[usize],
     macs_through: &[usize],
     dense_through: &[usize],
 ) -> Result<Vec<SweepPoint>> {
     match exits {
-        ExitSummaries::F32(e) => sweep_in(e, labels, macs_through, dense_through),
-        ExitSummaries::Fixed(e) => sweep_in(e, labels, macs_through, dense_through),
+        ExitSummaries::F32(e) => {
+            sweep_in(e, &f32_priors(runner), labels, macs_through, dense_through)
+        }
+        ExitSummaries::Fixed(e) => sweep_in(
+            e,
+            &fixed_priors(runner),
+            labels,
+            macs_through,
+            dense_through,
+        ),
     }
 }
 
-/// [`sweep`] on summaries in the policy's number type `V`.
+/// [`sweep`] on summaries in the policy's number type `V`; `model_prior` is the model's
+/// stored prior (the robust points use it).
 fn sweep_in<V: HaltValue>(
     exits: &[Vec<ExitSummary<V>>],
+    model_prior: &[V],
     labels: &[usize],
     macs_through: &[usize],
     dense_through: &[usize],
@@ -283,7 +373,7 @@ fn sweep_in<V: HaltValue>(
     let mut add = |policy: &'static str, parameter: f64, halting: Halting<'_>| -> Result<()> {
         let (mut correct, mut depth, mut macs, mut dense) = (0usize, 0usize, 0usize, 0usize);
         for (summaries, &label) in exits.iter().zip(labels) {
-            let (answer, d) = replay(halting, summaries)?;
+            let (answer, d) = replay(halting, model_prior, summaries)?;
             correct += usize::from(summaries[answer].class == label);
             depth += d;
             macs += macs_through[d - 1];
@@ -324,16 +414,142 @@ fn sweep_in<V: HaltValue>(
         };
         add("entropy", t, halting)?;
     }
+    for t in SWEEP_MI {
+        let halting = Halting::Robust {
+            prior: None,
+            mutual_information_below: t as f32,
+        };
+        add("robust", t, halting)?;
+    }
     Ok(points)
 }
 
+/// What a policy gives when replayed on every image's per-exit summaries: (accuracy, mean
+/// depth, executed MACs / those of every block).
+fn replay_all<V: HaltValue>(
+    halting: Halting<'_>,
+    model_prior: &[V],
+    exits: &[Vec<ExitSummary<V>>],
+    labels: &[usize],
+    macs_through: &[usize],
+) -> Result<(f64, f64, f64)> {
+    let n = exits.len().max(1) as f64;
+    let full = macs_through.last().copied().unwrap_or(1).max(1) as f64;
+    let (mut correct, mut depth, mut macs) = (0usize, 0usize, 0usize);
+    for (summaries, &label) in exits.iter().zip(labels) {
+        let (answer, d) = replay(halting, model_prior, summaries)?;
+        correct += usize::from(summaries[answer].class == label);
+        depth += d;
+        macs += macs_through[d - 1];
+    }
+    Ok((correct as f64 / n, depth as f64 / n, macs as f64 / n / full))
+}
+
+/// `--suggest-mi-below`: the smallest bound τ whose robust policy (prior `prior`, or the
+/// model's) spends at most `target` of the executed MACs of every block on these images.
+fn suggest_mi_below(
+    runner: &Runner,
+    exits: &ExitSummaries,
+    prior: Option<&[f32]>,
+    labels: &[usize],
+    target: f64,
+) -> Result<MiBoundSuggestion> {
+    let macs_through = runner.macs_through_exits();
+    match exits {
+        ExitSummaries::F32(e) => {
+            // The smallest f32 above `v`: `mi < τ` then holds exactly when `mi <= v`.
+            let above = |v: f32| {
+                if v.is_finite() && v >= 0.0 {
+                    f32::from_bits(v.to_bits() + 1)
+                } else {
+                    f32::INFINITY
+                }
+            };
+            let model_prior = f32_priors(runner);
+            suggest_in(e, &model_prior, prior, labels, &macs_through, target, above)
+        }
+        ExitSummaries::Fixed(e) => {
+            // τ converts to UQ16 by rounding `τ * 2^16`: (v + 1) / 2^16 converts to v + 1
+            // exactly (mutual information stays far below 2^24 steps).
+            let above = |v: UQ16| (f64::from(v.0) + 1.0) as f32 / 65536.0;
+            let model_prior = fixed_priors(runner);
+            suggest_in(e, &model_prior, prior, labels, &macs_through, target, above)
+        }
+    }
+}
+
+/// [`suggest_mi_below`] on summaries in the policy's number type `V`; `above(v)` is the
+/// smallest τ under which an exit of mutual information `v` is trusted. The executed MACs
+/// never grow with τ (a larger τ trusts more exits, so the best trusted joint reaches the
+/// bound no later), so a binary search over the τ that change a decision finds the smallest.
+fn suggest_in<V: HaltValue>(
+    exits: &[Vec<ExitSummary<V>>],
+    model_prior: &[V],
+    prior: Option<&[f32]>,
+    labels: &[usize],
+    macs_through: &[usize],
+    target: f64,
+    above: impl Fn(V) -> f32,
+) -> Result<MiBoundSuggestion> {
+    let mut candidates: Vec<f32> = vec![0.0];
+    for summaries in exits {
+        let before_last = summaries.len().saturating_sub(1);
+        candidates.extend(
+            summaries[..before_last]
+                .iter()
+                .map(|s| above(s.mutual_information)),
+        );
+    }
+    candidates.sort_by(f32::total_cmp);
+    candidates.dedup();
+    let robust = |tau: f32| Halting::Robust {
+        prior,
+        mutual_information_below: tau,
+    };
+    let at = |tau: f32| replay_all(robust(tau), model_prior, exits, labels, macs_through);
+    let (joint_accuracy, _, joint_macs_fraction) = at(f32::INFINITY)?;
+    if joint_macs_fraction > target {
+        bail!(
+            "no --mi-below meets {:.1}% of the executed MACs on these images: even the joint \
+             mode (τ = inf) runs {:.1}%",
+            100.0 * target,
+            100.0 * joint_macs_fraction
+        );
+    }
+    // The largest candidate trusts every exit before the last: the joint mode's decisions.
+    let (mut lo, mut hi) = (0, candidates.len() - 1);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if at(candidates[mid])?.2 <= target {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    let mi_below = candidates[lo];
+    let (accuracy, mean_depth, macs_fraction) = at(mi_below)?;
+    let (every_block_accuracy, _, _) = at(0.0)?;
+    Ok(MiBoundSuggestion {
+        macs_fraction_target: target,
+        mi_below,
+        macs_fraction,
+        accuracy,
+        mean_depth,
+        every_block_accuracy,
+        joint_accuracy,
+        joint_macs_fraction,
+    })
+}
+
 /// The decision of a policy on one image's per-exit summaries: (answering exit, depth).
+/// `model_prior` serves the policies that use the model's prior.
 fn replay<V: HaltValue>(
     halting: Halting<'_>,
+    model_prior: &[V],
     summaries: &[ExitSummary<V>],
 ) -> Result<(usize, usize)> {
     let count = summaries.len();
-    let mut state = HaltingState::<V>::new(halting, &[], count, || V::ZERO)
+    let mut state = HaltingState::<V>::new(halting, model_prior, count, || V::ZERO)
         .map_err(|e| anyhow!("policy: {e}"))?;
     for (l, s) in summaries.iter().enumerate() {
         if state.observe(l, count, s) {
@@ -446,15 +662,31 @@ fn summary(report: &EvalReport, mode: Mode) -> String {
         .early_exit
         .as_ref()
         .map(|e| {
+            let suggested = e.suggested_mi_below.as_ref().map_or_else(String::new, |s| {
+                format!(
+                    "\nsuggested --mi-below {} (nats): {:.1}% of the executed MACs of every block \
+                     (budget {:.1}%), accuracy {:.4}, mean depth {:.2}; every block {:.4}; joint \
+                     mode {:.4} at {:.1}%",
+                    s.mi_below,
+                    100.0 * s.macs_fraction,
+                    100.0 * s.macs_fraction_target,
+                    s.accuracy,
+                    s.mean_depth,
+                    s.every_block_accuracy,
+                    s.joint_accuracy,
+                    100.0 * s.joint_macs_fraction
+                )
+            });
             format!(
-                "\nearly exit ({}): mean depth {:.2} of {}, mean MACs {:.0} = {:.1}% of every block ({:.1}% counting the unpruned architecture), depths {:?}",
+                "\nearly exit ({}): mean depth {:.2} of {}, mean MACs {:.0} = {:.1}% of every block ({:.1}% counting the unpruned architecture), depths {:?}{}",
                 e.halting.describe(),
                 e.mean_depth,
                 e.exits,
                 e.mean_macs,
                 100.0 * e.macs_fraction,
                 100.0 * e.dense_macs_fraction,
-                e.depth_histogram
+                e.depth_histogram,
+                suggested
             )
         })
         .unwrap_or_default();
@@ -464,9 +696,17 @@ fn summary(report: &EvalReport, mode: Mode) -> String {
         .map(|o| {
             let m = &o.metrics;
             let mean = |s: Option<crate::metrics::Summary>| fmt_opt(s.map(|s| s.mean));
+            let largest = o.largest_seen.as_ref().map_or_else(String::new, |l| {
+                format!(
+                    "; largest over the exits computed: AUROC by entropy {}, by mutual \
+                     information {}",
+                    fmt_opt(l.auroc_predictive_entropy),
+                    fmt_opt(l.auroc_mutual_information)
+                )
+            });
             format!(
                 "\nout of distribution ({} images of {}): mean predictive entropy {} (test set {}), \
-                 mutual information {} (test set {}); AUROC by entropy {}, by mutual information {}",
+                 mutual information {} (test set {}); AUROC by entropy {}, by mutual information {}{}",
                 m.ood.count,
                 o.images,
                 mean(m.ood.predictive_entropy),
@@ -475,6 +715,7 @@ fn summary(report: &EvalReport, mode: Mode) -> String {
                 mean(m.test.mutual_information),
                 fmt_opt(m.auroc_predictive_entropy),
                 fmt_opt(m.auroc_mutual_information),
+                largest
             )
         })
         .unwrap_or_default();
@@ -581,6 +822,11 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             bail!("--suggest-thresholds {share} is not a share in (0, 1] (e.g. 0.8)");
         }
     }
+    if let Some(fraction) = args.suggest_mi_below {
+        if !(fraction > 0.0 && fraction <= 1.0) {
+            bail!("--suggest-mi-below {fraction} is not a fraction in (0, 1] (e.g. 0.6)");
+        }
+    }
     let mode = args.sampling.mode()?;
     if let Some(file) = &args.emit_rust {
         check_writable(file, args.force)?;
@@ -612,6 +858,15 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             .map_err(|e| anyhow!(e).context("cannot split the validation images"))?;
         dataset = validation;
     }
+    if let Some(size) = args.validation_split {
+        if size == 0 {
+            bail!("--validation-split 0 selects no image: give the trainer's val_size (2000)");
+        }
+        let (_, validation) = dataset
+            .split_validation(size, args.split_seed.unwrap_or(0))
+            .map_err(|e| anyhow!(e).context("cannot split the validation images"))?;
+        dataset = validation;
+    }
     if args.skip > 0 || args.limit.is_some() {
         if args.limit == Some(0) {
             bail!("--limit 0 selects no image: give at least 1");
@@ -627,6 +882,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     if args.sweep && runner.exit_count() == 0 {
         bail!("--sweep applies to early-exit models only");
+    }
+    if args.suggest_mi_below.is_some() && runner.exit_count() == 0 {
+        bail!("--suggest-mi-below applies to early-exit models only");
     }
     let images = Images {
         rows: dataset.rows,
@@ -644,13 +902,56 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         None => None,
     };
     prepare_report_dir(&args.report, args.force)?;
+    // Every exit's summary, from running every block: the sweep and the suggestion replay
+    // their policies on these.
+    let every_exit = if args.sweep || args.suggest_mi_below.is_some() {
+        let spec = HaltingSpec {
+            policy: Policy::All,
+            prior: None,
+            threshold: None,
+            mi_below: None,
+        };
+        crate::ui::set_task("eval: every exit");
+        Some(all_exit_summaries(
+            &runner,
+            &images,
+            mode,
+            args.sampling.seed,
+            &spec,
+        )?)
+    } else {
+        None
+    };
+    let labels = dataset.labels_usize();
+    let suggestion = match (args.suggest_mi_below, &every_exit) {
+        (Some(target), Some(all)) => {
+            let prior = args
+                .halting
+                .prior_lambda
+                .map(|lambda| geometric_prior(runner.exit_count(), lambda))
+                .transpose()?;
+            Some(suggest_mi_below(
+                &runner,
+                all,
+                prior.as_deref(),
+                &labels,
+                target,
+            )?)
+        }
+        _ => None,
+    };
+    // `--halting robust` without a bound evaluates with the suggested one.
+    let mut halting = args.halting.clone();
+    if let (Some(Policy::Robust), None, Some(s)) = (halting.halting, halting.mi_below, &suggestion)
+    {
+        halting.mi_below = Some(s.mi_below);
+    }
 
     let start = Instant::now();
     crate::ui::set_task("eval");
-    let sim = runner.simulate(&images, mode, args.sampling.seed, &args.halting)?;
+    let sim = runner.simulate(&images, mode, args.sampling.seed, &halting)?;
     let predictions = sim.predictions;
     let inference_seconds = start.elapsed().as_secs_f64();
-    let labels = dataset.labels_usize();
     let metrics = evaluate(&predictions, &labels)?;
     let sparsity = runner.sparsity();
     let mut pngs = draw_plots(&predictions, &labels, &metrics, &sparsity, classes, mode)?;
@@ -668,56 +969,51 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 run.depth.iter().map(|&d| dense[d - 1] as f64).sum::<f64>() / n / dense_full;
             let note = format!(" ({}, {})", run.spec.describe(), describe_mode(mode));
             pngs.push((DEPTH_PNG, plots::exit_histogram(&histogram, &note)?));
-            let (exit_accuracy, sweep_points, sweep_plot) = if args.sweep {
-                let spec = HaltingSpec {
-                    policy: Policy::All,
-                    prior: None,
-                    threshold: None,
-                };
-                crate::ui::set_task("eval --sweep: every exit");
-                let all = all_exit_summaries(&runner, &images, mode, args.sampling.seed, &spec)?;
-                let macs_through = runner.macs_through_exits();
-                let points = sweep(&all, &labels, &macs_through, &dense)?;
-                let exit_accuracy: Vec<f64> = (0..run.exits)
-                    .map(|e| {
-                        let classes = all.classes_at(e);
-                        let hits = classes.iter().zip(&labels).filter(|(c, y)| c == y);
-                        hits.count() as f64 / n
+            let (exit_accuracy, sweep_points, sweep_plot) =
+                if let (true, Some(all)) = (args.sweep, &every_exit) {
+                    let macs_through = runner.macs_through_exits();
+                    let points = sweep(&runner, all, &labels, &macs_through, &dense)?;
+                    let exit_accuracy: Vec<f64> = (0..run.exits)
+                        .map(|e| {
+                            let classes = all.classes_at(e);
+                            let hits = classes.iter().zip(&labels).filter(|(c, y)| c == y);
+                            hits.count() as f64 / n
+                        })
+                        .collect();
+                    let mut curves: Vec<plots::SweepCurve> = [
+                        ("exact joint mode, prior strength λ", "joint"),
+                        ("mutual information threshold", "mi"),
+                        ("entropy threshold", "entropy"),
+                        ("robust: joint mode with mutual information below", "robust"),
+                    ]
+                    .iter()
+                    .map(|(label, policy)| plots::SweepCurve {
+                        label: label.to_string(),
+                        points: points
+                            .iter()
+                            .filter(|p| p.policy == *policy)
+                            .map(|p| (p.macs_fraction, p.accuracy, p.parameter))
+                            .collect(),
                     })
                     .collect();
-                let mut curves: Vec<plots::SweepCurve> = [
-                    ("exact joint mode, prior strength λ", "joint"),
-                    ("mutual information threshold", "mi"),
-                    ("entropy threshold", "entropy"),
-                ]
-                .iter()
-                .map(|(label, policy)| plots::SweepCurve {
-                    label: label.to_string(),
-                    points: points
-                        .iter()
-                        .filter(|p| p.policy == *policy)
-                        .map(|p| (p.macs_fraction, p.accuracy, p.parameter))
-                        .collect(),
-                })
-                .collect();
-                curves.push(plots::SweepCurve {
-                    label: "exact joint mode, MACs of the unpruned architecture".into(),
-                    points: points
-                        .iter()
-                        .filter(|p| p.policy == "joint")
-                        .map(|p| (p.dense_macs_fraction, p.accuracy, p.parameter))
-                        .collect(),
-                });
-                let full_accuracy = exit_accuracy.last().copied().unwrap_or(0.0);
-                let note = format!(" ({})", describe_mode(mode));
-                pngs.push((
-                    SWEEP_PNG,
-                    plots::macs_sweep(&curves, (1.0, full_accuracy), &note)?,
-                ));
-                (Some(exit_accuracy), Some(points), Some(SWEEP_PNG))
-            } else {
-                (None, None, None)
-            };
+                    curves.push(plots::SweepCurve {
+                        label: "exact joint mode, MACs of the unpruned architecture".into(),
+                        points: points
+                            .iter()
+                            .filter(|p| p.policy == "joint")
+                            .map(|p| (p.dense_macs_fraction, p.accuracy, p.parameter))
+                            .collect(),
+                    });
+                    let full_accuracy = exit_accuracy.last().copied().unwrap_or(0.0);
+                    let note = format!(" ({})", describe_mode(mode));
+                    pngs.push((
+                        SWEEP_PNG,
+                        plots::macs_sweep(&curves, (1.0, full_accuracy), &note)?,
+                    ));
+                    (Some(exit_accuracy), Some(points), Some(SWEEP_PNG))
+                } else {
+                    (None, None, None)
+                };
             Some(EarlyExitReport {
                 halting: run.spec.clone(),
                 exits: run.exits,
@@ -729,6 +1025,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 dense_macs_fraction,
                 exit_accuracy,
                 sweep: sweep_points,
+                suggested_mi_below: suggestion.clone(),
                 depth_plot: DEPTH_PNG,
                 sweep_plot,
             })
@@ -783,13 +1080,18 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 p.file_name()
                     .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into())
             };
-            let images = match &args.validation_of {
-                Some(run) => format!(
+            let images = match (&args.validation_of, args.validation_split) {
+                (Some(run), _) => format!(
                     "the validation split of run {} in {}",
                     name(run),
                     name(&args.images)
                 ),
-                None => format!(
+                (None, Some(size)) => format!(
+                    "the validation split ({size} images, seed {}) of {}",
+                    args.split_seed.unwrap_or(0),
+                    name(&args.images)
+                ),
+                (None, None) => format!(
                     "images {}..={} of {}",
                     args.skip,
                     args.skip + dataset.len() - 1,
@@ -827,7 +1129,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             ..all
         };
         crate::ui::set_task("eval: out-of-distribution images");
-        let ood = runner.simulate(&images, mode, args.sampling.seed, &args.halting)?;
+        let ood = runner.simulate(&images, mode, args.sampling.seed, &halting)?;
         let metrics = out_of_distribution(&predictions, &ood.predictions);
         let mi = |p: &ImagePrediction| f64::from(p.mutual_information);
         let test_mi: Vec<f64> = predictions.iter().map(mi).collect();
@@ -845,9 +1147,26 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 0.0,
             )?,
         ));
+        let largest_seen = match (&sim.early_exit, &ood.early_exit) {
+            (Some(test), Some(out)) => {
+                let f64s = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
+                Some(LargestSeenAuroc {
+                    auroc_predictive_entropy: crate::metrics::auroc(
+                        &f64s(&out.largest_predictive_entropy),
+                        &f64s(&test.largest_predictive_entropy),
+                    ),
+                    auroc_mutual_information: crate::metrics::auroc(
+                        &f64s(&out.largest_mutual_information),
+                        &f64s(&test.largest_mutual_information),
+                    ),
+                })
+            }
+            _ => None,
+        };
         report.ood = Some(OodReport {
             images: path.display().to_string(),
             metrics,
+            largest_seen,
             plot: OOD_PNG,
         });
     }
