@@ -10,10 +10,10 @@ use common::{idx, p, tinybayes};
 
 use serde_json::Value;
 
-#[test]
-fn early_exit_models_predict_and_evaluate_with_depth_and_macs() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("ee.tbm");
+/// A synthetic 3-block early-exit ResNet on 6x6 inputs (3 channels) from `synth`, seeded.
+fn synth_resnet_ee(dir: &std::path::Path, seed: u64) -> std::path::PathBuf {
+    let model = dir.join("ee.tbm");
+    let seed = seed.to_string();
     let out = tinybayes(&[
         "synth",
         "--resnet-ee",
@@ -23,11 +23,18 @@ fn early_exit_models_predict_and_evaluate_with_depth_and_macs() {
         "--channels",
         "3",
         "--seed",
-        "4",
+        &seed,
         "--out",
         p(&model),
     ]);
     assert!(out.status.success(), "{out:?}");
+    model
+}
+
+#[test]
+fn early_exit_models_predict_and_evaluate_with_depth_and_macs() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = synth_resnet_ee(dir.path(), 4);
     let out = tinybayes(&["inspect", "--model", p(&model), "--json"]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let kinds: Vec<&str> = report["layers"]
@@ -169,21 +176,7 @@ fn inspect_reports_the_early_exit_workspace_of_one_chunk() {
 #[test]
 fn the_robust_policy_and_its_suggested_bound() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("ee.tbm");
-    let out = tinybayes(&[
-        "synth",
-        "--resnet-ee",
-        "3",
-        "--side",
-        "6",
-        "--channels",
-        "3",
-        "--seed",
-        "9",
-        "--out",
-        p(&model),
-    ]);
-    assert!(out.status.success(), "{out:?}");
+    let model = synth_resnet_ee(dir.path(), 9);
     let n = 40;
     let pixels: Vec<u8> = (0..n * 36)
         .map(|i| ((i * 71 + i / 36 * 29) % 256) as u8)
