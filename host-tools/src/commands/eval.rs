@@ -366,26 +366,16 @@ fn sweep_in<V: HaltValue>(
     macs_through: &[usize],
     dense_through: &[usize],
 ) -> Result<Vec<SweepPoint>> {
-    let n = exits.len().max(1) as f64;
-    let full = *macs_through.last().unwrap_or(&1) as f64;
-    let dense_full = *dense_through.last().unwrap_or(&1) as f64;
     let mut points = Vec::new();
     let mut add = |policy: &'static str, parameter: f64, halting: Halting<'_>| -> Result<()> {
-        let (mut correct, mut depth, mut macs, mut dense) = (0usize, 0usize, 0usize, 0usize);
-        for (summaries, &label) in exits.iter().zip(labels) {
-            let (answer, d) = replay(halting, model_prior, summaries)?;
-            correct += usize::from(summaries[answer].class == label);
-            depth += d;
-            macs += macs_through[d - 1];
-            dense += dense_through[d - 1];
-        }
+        let replayed = replay_all(halting, model_prior, exits, labels)?;
         points.push(SweepPoint {
             policy,
             parameter,
-            accuracy: correct as f64 / n,
-            mean_depth: depth as f64 / n,
-            macs_fraction: macs as f64 / n / full,
-            dense_macs_fraction: dense as f64 / n / dense_full,
+            accuracy: replayed.accuracy(),
+            mean_depth: replayed.mean_depth(),
+            macs_fraction: replayed.fraction(macs_through),
+            dense_macs_fraction: replayed.fraction(dense_through),
         });
         Ok(())
     };
@@ -424,25 +414,57 @@ fn sweep_in<V: HaltValue>(
     Ok(points)
 }
 
-/// What a policy gives when replayed on every image's per-exit summaries: (accuracy, mean
-/// depth, executed MACs / those of every block).
+/// What a policy gives when replayed on every image's per-exit summaries.
+struct Replayed {
+    /// Images evaluated (at least 1, so that the means stay finite).
+    images: usize,
+    /// Images answered right.
+    correct: usize,
+    /// Images that stopped at each depth (`stops[d - 1]` after `d` exits).
+    stops: Vec<usize>,
+}
+
+impl Replayed {
+    fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.images as f64
+    }
+    fn mean_depth(&self) -> f64 {
+        let depth: usize = self
+            .stops
+            .iter()
+            .enumerate()
+            .map(|(d, &k)| (d + 1) * k)
+            .sum();
+        depth as f64 / self.images as f64
+    }
+    /// The mean cost per image, as a fraction of running every block, from the cost of
+    /// stopping at each depth (`through[d - 1]`: executed or unpruned MACs).
+    fn fraction(&self, through: &[usize]) -> f64 {
+        let full = through.last().copied().unwrap_or(1).max(1) as f64;
+        let spent: usize = self.stops.iter().zip(through).map(|(&k, &c)| k * c).sum();
+        spent as f64 / self.images as f64 / full
+    }
+}
+
+/// Replays `halting` on every image's per-exit summaries.
 fn replay_all<V: HaltValue>(
     halting: Halting<'_>,
     model_prior: &[V],
     exits: &[Vec<ExitSummary<V>>],
     labels: &[usize],
-    macs_through: &[usize],
-) -> Result<(f64, f64, f64)> {
-    let n = exits.len().max(1) as f64;
-    let full = macs_through.last().copied().unwrap_or(1).max(1) as f64;
-    let (mut correct, mut depth, mut macs) = (0usize, 0usize, 0usize);
+) -> Result<Replayed> {
+    let depths = exits.iter().map(Vec::len).max().unwrap_or(0);
+    let mut replayed = Replayed {
+        images: exits.len().max(1),
+        correct: 0,
+        stops: vec![0; depths],
+    };
     for (summaries, &label) in exits.iter().zip(labels) {
         let (answer, d) = replay(halting, model_prior, summaries)?;
-        correct += usize::from(summaries[answer].class == label);
-        depth += d;
-        macs += macs_through[d - 1];
+        replayed.correct += usize::from(summaries[answer].class == label);
+        replayed.stops[d - 1] += 1;
     }
-    Ok((correct as f64 / n, depth as f64 / n, macs as f64 / n / full))
+    Ok(replayed)
 }
 
 /// `--suggest-mi-below`: the smallest bound τ whose robust policy (prior `prior`, or the
@@ -506,7 +528,10 @@ fn suggest_in<V: HaltValue>(
         prior,
         mutual_information_below: tau,
     };
-    let at = |tau: f32| replay_all(robust(tau), model_prior, exits, labels, macs_through);
+    let at = |tau: f32| {
+        replay_all(robust(tau), model_prior, exits, labels)
+            .map(|r| (r.accuracy(), r.mean_depth(), r.fraction(macs_through)))
+    };
     let (joint_accuracy, _, joint_macs_fraction) = at(f32::INFINITY)?;
     if joint_macs_fraction > target {
         bail!(
