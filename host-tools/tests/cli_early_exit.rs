@@ -31,6 +31,24 @@ fn synth_resnet_ee(dir: &std::path::Path, seed: u64) -> std::path::PathBuf {
     model
 }
 
+/// `n` 6x6 images with pixel `i` (over the whole file) `(i a + (i / 36) b) mod 256`, labels
+/// `i mod 10`, written as IDX files into `dir`: (images, labels).
+fn write_images(
+    dir: &std::path::Path,
+    n: usize,
+    (a, b): (usize, usize),
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let pixels: Vec<u8> = (0..n * 36)
+        .map(|i| ((i * a + i / 36 * b) % 256) as u8)
+        .collect();
+    let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+    let images = dir.join("images.idx");
+    let label_path = dir.join("labels.idx");
+    fs::write(&images, idx(&[n as u32, 6, 6], &pixels)).unwrap();
+    fs::write(&label_path, idx(&[n as u32], &labels)).unwrap();
+    (images, label_path)
+}
+
 #[test]
 fn early_exit_models_predict_and_evaluate_with_depth_and_macs() {
     let dir = tempfile::tempdir().unwrap();
@@ -47,14 +65,7 @@ fn early_exit_models_predict_and_evaluate_with_depth_and_macs() {
     assert_eq!(kinds.iter().filter(|k| **k == "residual-add").count(), 3);
 
     let n = 24;
-    let pixels: Vec<u8> = (0..n * 36)
-        .map(|i| ((i * 53 + i / 36 * 17) % 256) as u8)
-        .collect();
-    let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
-    let images = dir.path().join("images.idx");
-    let label_path = dir.path().join("labels.idx");
-    fs::write(&images, idx(&[n as u32, 6, 6], &pixels)).unwrap();
-    fs::write(&label_path, idx(&[n as u32], &labels)).unwrap();
+    let (images, label_path) = write_images(dir.path(), n, (53, 17));
 
     let csv = dir.path().join("p.csv");
     let out = tinybayes(&[
@@ -178,14 +189,7 @@ fn the_robust_policy_and_its_suggested_bound() {
     let dir = tempfile::tempdir().unwrap();
     let model = synth_resnet_ee(dir.path(), 9);
     let n = 40;
-    let pixels: Vec<u8> = (0..n * 36)
-        .map(|i| ((i * 71 + i / 36 * 29) % 256) as u8)
-        .collect();
-    let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
-    let images = dir.path().join("images.idx");
-    let label_path = dir.path().join("labels.idx");
-    fs::write(&images, idx(&[n as u32, 6, 6], &pixels)).unwrap();
-    fs::write(&label_path, idx(&[n as u32], &labels)).unwrap();
+    let (images, label_path) = write_images(dir.path(), n, (71, 29));
     let eval = |name: &str, extra: &[&str]| -> Value {
         let report = dir.path().join(name);
         let mut args = vec![
