@@ -203,10 +203,7 @@ pub(super) fn propagate(layer: &Layer<'_>, x: &[f32], out: &mut [f32]) {
             .iter()
             .zip(values[start * words..].chunks_exact(words))
         {
-            let (dm, dv) = match words {
-                1 => super::moments::weight_terms::<1>(w, m, v),
-                _ => super::moments::weight_terms::<2>(w, m, v),
-            };
+            let (dm, dv) = super::moments::weight_terms(w, m, v);
             if let Some([mean, var]) = out.get_mut(2 * r as usize..2 * r as usize + 2) {
                 *mean += dm;
                 *var += dv;

@@ -372,10 +372,7 @@ pub(super) fn propagate(layer: &Layer<'_>, x: &[f32], out: &mut [f32]) {
                     ) else {
                         continue;
                     };
-                    let (dm, dv) = match words {
-                        1 => super::moments::weight_terms::<1>(w, m, v),
-                        _ => super::moments::weight_terms::<2>(w, m, v),
-                    };
+                    let (dm, dv) = super::moments::weight_terms(w, m, v);
                     *mean += dm;
                     *var += dv;
                 }

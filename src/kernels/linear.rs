@@ -307,7 +307,7 @@ fn propagate_row<const W: usize>(row: Row<'_, W>, x: &[f32], bias: f32) -> [f32;
     let pairs: &[[f32; 2]] = bytemuck::cast_slice(&x[..x.len() / 2 * 2]);
     let mut acc = [bias, 0.0];
     let mut add = |&[m, v]: &[f32; 2], w: &[f32]| {
-        let (dm, dv) = super::moments::weight_terms::<W>(w, m, v);
+        let (dm, dv) = super::moments::weight_terms(w, m, v);
         acc[0] += dm;
         acc[1] += dv;
     };

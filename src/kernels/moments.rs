@@ -35,18 +35,21 @@ const INV_SQRT_2PI: f32 = 0.398_942_3;
 const OFF_SIGMAS: f32 = -9.0;
 const ON_SIGMAS: f32 = 5.5;
 
-/// What one stored weight record `w` (`[θ]`, or `[θ, σ²]` when `W == 2`) adds to the mean
-/// and to the variance of its output, given its input's mean `m` and variance `v`.
+/// What one stored weight record `w` (`[θ]` of a deterministic layer, `[θ, σ²]` of a
+/// Gaussian one) adds to the mean and to the variance of its output, given its input's mean
+/// `m` and variance `v`. The record's length picks the form (a constant where the caller
+/// walks records of a fixed width, so the match folds away).
 #[inline(always)]
-pub(super) fn weight_terms<const W: usize>(w: &[f32], m: f32, v: f32) -> (f32, f32) {
-    let theta = w[0];
-    if W == 2 {
+pub(super) fn weight_terms(w: &[f32], m: f32, v: f32) -> (f32, f32) {
+    match *w {
         // θ² v + σ² (m² + v) as (θ² + σ²) v + (σ² m) m: four multiply-adds, no copy.
-        let sigma2 = w[1];
-        let spread = sigma2 * m;
-        return (theta * m, (sigma2 + theta * theta) * v + spread * m);
+        [theta, sigma2, ..] => {
+            let spread = sigma2 * m;
+            (theta * m, (sigma2 + theta * theta) * v + spread * m)
+        }
+        [theta] => (theta * m, theta * theta * v),
+        [] => (0.0, 0.0),
     }
-    (theta * m, theta * theta * v)
 }
 
 /// The standard normal CDF `Φ(a)` and density `φ(a)` from one exponential, `e^(-a²/2)`:
