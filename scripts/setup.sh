@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building, testing and emulating tinybayes needs, skipping what is present:
-# the four thumb targets, rustfmt and clippy, QEMU (qemu-system-arm) and defmt-print.
+# the four thumb targets, rustfmt and clippy, QEMU (qemu-system-arm), the Arm C compiler
+# (arm-none-eabi-gcc, for the C API's example) and defmt-print.
 set -euo pipefail
 
 say() { printf '==> %s\n' "$*"; }
@@ -24,16 +25,19 @@ for c in rustfmt clippy; do
     rustup component list --installed | grep -q "^$c" || { say "rustup component add $c"; rustup component add "$c"; }
 done
 
-if ! command -v qemu-system-arm >/dev/null; then
-    say "installing qemu-system-arm (apt-get)"
+packages=()
+command -v qemu-system-arm >/dev/null || packages+=(qemu-system-arm)
+command -v arm-none-eabi-gcc >/dev/null || packages+=(gcc-arm-none-eabi)
+if [ ${#packages[@]} -gt 0 ]; then
+    say "installing ${packages[*]} (apt-get)"
     sudo_cmd=()
     [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
     "${sudo_cmd[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq qemu-system-arm >/dev/null
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
 
 if ! command -v defmt-print >/dev/null; then
     say "cargo install defmt-print (about 80 s)"
     cargo install defmt-print --locked --quiet
 fi
-say "tools ready: $(qemu-system-arm --version | head -1), $(defmt-print --version 2>/dev/null | head -1)"
+say "tools ready: $(qemu-system-arm --version | head -1), $(arm-none-eabi-gcc --version | head -1), $(defmt-print --version 2>/dev/null | head -1)"

@@ -107,7 +107,7 @@ pub fn run_fixed_demo<L: OutputPin, D: DelayNs, C: Clock>(
             led.set_low()
         };
         defmt::info!(
-            "image {=usize}: label {=u8} -> predicted {=usize} (p = {=u32}.{=u32:03}), entropy {=u32}.{=u32:03} nats, expected entropy {=u32}.{=u32:03}, mutual information {=u32}.{=u32:03} nats{=str} [{=u64} {=str}]",
+            "image {=usize}: label {=u8} -> predicted {=usize} (p = {=u32}.{=u32:03}), entropy {=u32}.{=u32:03} nats, expected entropy {=u32}.{=u32:03}, mutual information {=u32}.{=u32:03} nats{=str} [UQ16 p {=u32} H {=u32} EH {=u32} MI {=u32}] [{=u64} {=str}]",
             i,
             label,
             p.class,
@@ -120,6 +120,10 @@ pub fn run_fixed_demo<L: OutputPin, D: DelayNs, C: Clock>(
             p.mutual_information.to_milli() / 1000,
             p.mutual_information.to_milli() % 1000,
             if unsure { ", UNSURE (LED on)" } else { "" },
+            p.confidence().to_bits(),
+            p.predictive_entropy.to_bits(),
+            p.expected_entropy.to_bits(),
+            p.mutual_information.to_bits(),
             cost,
             C::UNIT
         );

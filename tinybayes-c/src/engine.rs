@@ -1,0 +1,457 @@
+//! `tb_engine`: a validated model bound to the caller's workspace, living in caller-owned
+//! memory. One struct for every number format and chunk: the Rust engine of the model's
+//! format and the chosen chunk is built in place, and each call dispatches to it.
+
+use core::ffi::c_void;
+use core::mem::{align_of, size_of, MaybeUninit};
+use core::ptr::{addr_of, addr_of_mut};
+
+use tinybayes::format::Precision;
+#[cfg(feature = "f32")]
+use tinybayes::numeric::F32;
+#[cfg(feature = "q16")]
+use tinybayes::numeric::Q16;
+#[cfg(feature = "q8")]
+use tinybayes::numeric::Q8;
+use tinybayes::{Engine, Mode, ModelError, Plan};
+
+use crate::args::TbMode;
+use crate::boundary;
+use crate::run::Run;
+use crate::status::{status_of, TbStatus};
+
+/// 64-bit words of `tb_engine` on 32-bit targets (Cortex-M): 5.5 KB, of which the validated
+/// model's layer table takes most (4.8 KB measured with every format built).
+#[cfg(target_pointer_width = "32")]
+pub const TB_ENGINE_WORDS: usize = 704;
+/// 64-bit words of `tb_engine` on 64-bit hosts (the host tests): 9 KB.
+#[cfg(target_pointer_width = "64")]
+pub const TB_ENGINE_WORDS: usize = 1152;
+
+/// A validated model bound to a workspace: set up by `tb_engine_init`, used by the
+/// predictions. Opaque; caller-owned (a static, a global or a stack variable); it holds its
+/// own address, so it must not be copied or moved after `tb_engine_init` (a moved engine
+/// gives `TB_STATUS_NOT_INITIALIZED`).
+#[repr(C)]
+pub struct TbEngine {
+    /// The engine's state (opaque).
+    pub opaque: [u64; TB_ENGINE_WORDS],
+}
+
+/// What `tb_engine_get_info` reports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TbEngineInfo {
+    /// Number format of the model: 0 f32, 1 q8, 2 q16.
+    pub precision: u32,
+    /// Input values the model takes (channel-major: C x H x W).
+    pub input_len: u32,
+    /// Classes it predicts.
+    pub class_count: u32,
+    /// Exit heads (0: not an early-exit model).
+    pub exit_count: u32,
+    /// Layers.
+    pub layer_count: u32,
+    /// Samples per pass over the weights (the chunk given to `tb_engine_init`).
+    pub chunk: u32,
+    /// Bytes of the model.
+    pub model_bytes: u32,
+    /// Bytes of workspace the engine uses.
+    pub workspace_bytes: u32,
+    /// Multiply-accumulates of one pass through every layer.
+    pub macs: u32,
+}
+
+/// Whether this build holds engines for `chunk` samples per pass (features `chunk-N`).
+pub(crate) const fn chunk_built(chunk: u32) -> bool {
+    (chunk == 1 && cfg!(feature = "chunk-1"))
+        || (chunk == 2 && cfg!(feature = "chunk-2"))
+        || (chunk == 4 && cfg!(feature = "chunk-4"))
+        || (chunk == 8 && cfg!(feature = "chunk-8"))
+}
+
+/// A validated model of any format.
+// Held in place in the caller's `tb_engine` (no heap to box into); the variants are close.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum AnyModel {
+    /// An f32 file.
+    #[cfg(feature = "f32")]
+    F32(tinybayes::Model<'static>),
+    /// A q8 or q16 file.
+    #[cfg(feature = "fixed")]
+    Fixed(tinybayes::QModel<'static>),
+}
+
+impl AnyModel {
+    /// Validates `bytes` as a model of any format this library was built with, into `*slot`
+    /// (written only on success). The model is built once on the stack and moved to `slot`:
+    /// a validated model is kilobytes (its layer table), and the stack of a 16 KB
+    /// micro:bit has room for one, not for copies of it.
+    ///
+    /// # Safety
+    /// `slot` is valid for writing an `AnyModel`.
+    unsafe fn load_into(slot: *mut AnyModel, bytes: &'static [u8]) -> Result<(), TbStatus> {
+        #[cfg(feature = "f32")]
+        match tinybayes::Model::from_bytes(bytes) {
+            Ok(model) => {
+                // SAFETY: the caller's contract.
+                unsafe { slot.write(AnyModel::F32(model)) };
+                return Ok(());
+            }
+            Err(ModelError::WrongPrecision { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        #[cfg(feature = "fixed")]
+        match tinybayes::QModel::from_bytes(bytes) {
+            Ok(model) if format_built(model.precision()) => {
+                // SAFETY: the caller's contract.
+                unsafe { slot.write(AnyModel::Fixed(model)) };
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(ModelError::WrongPrecision { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Err(TbStatus::FormatNotBuilt)
+    }
+
+    fn precision(&self) -> Precision {
+        match self {
+            #[cfg(feature = "f32")]
+            AnyModel::F32(_) => Precision::F32,
+            #[cfg(feature = "fixed")]
+            AnyModel::Fixed(m) => m.precision(),
+        }
+    }
+
+    /// Bytes of workspace for `chunk` samples per pass in `mode`.
+    fn workspace_bytes(&self, chunk: u32, mode: Mode) -> Result<usize, TbStatus> {
+        if !chunk_built(chunk) {
+            return Err(TbStatus::UnsupportedChunk);
+        }
+        if matches!(mode, Mode::Moments | Mode::MomentsThenSample { .. }) {
+            if self.precision() != Precision::F32 {
+                return Err(TbStatus::UnsupportedMode);
+            }
+            if chunk < 2 {
+                return Err(TbStatus::ChunkTooSmall);
+            }
+        }
+        Ok(match self {
+            #[cfg(feature = "f32")]
+            AnyModel::F32(m) => Plan::new(m, chunk as usize).workspace_bytes(),
+            #[cfg(feature = "fixed")]
+            AnyModel::Fixed(m) => Plan::new(m, chunk as usize).workspace_bytes(),
+        })
+    }
+
+    fn info(&self, chunk: u32) -> TbEngineInfo {
+        let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        let mut info = TbEngineInfo {
+            precision: self.precision() as u32,
+            chunk,
+            ..TbEngineInfo::default()
+        };
+        match self {
+            #[cfg(feature = "f32")]
+            AnyModel::F32(m) => {
+                info.input_len = n(m.input_len());
+                info.class_count = n(m.num_classes());
+                info.exit_count = n(m.exit_count());
+                info.layer_count = n(m.layers().len());
+                info.model_bytes = n(m.as_bytes().len());
+                info.workspace_bytes = n(Plan::new(m, chunk as usize).workspace_bytes());
+                info.macs = n(m.macs());
+            }
+            #[cfg(feature = "fixed")]
+            AnyModel::Fixed(m) => {
+                info.input_len = n(m.input_len());
+                info.class_count = n(m.num_classes());
+                info.exit_count = n(m.exit_count());
+                info.layer_count = n(m.layers().len());
+                info.model_bytes = n(m.as_bytes().len());
+                info.workspace_bytes = n(Plan::new(m, chunk as usize).workspace_bytes());
+                info.macs = n(m.macs());
+            }
+        }
+        info
+    }
+}
+
+/// Whether this build holds the engines of `precision` (features `f32`, `q8`, `q16`).
+#[cfg(feature = "fixed")]
+const fn format_built(precision: Precision) -> bool {
+    match precision {
+        Precision::F32 => cfg!(feature = "f32"),
+        Precision::Q8 => cfg!(feature = "q8"),
+        Precision::Q16 => cfg!(feature = "q16"),
+    }
+}
+
+/// The model of a number format `N`, picked out of an [`AnyModel`].
+trait Pick {
+    /// The format's validated model type.
+    type Model: 'static;
+    fn pick(model: &'static AnyModel) -> Option<&'static Self::Model>;
+}
+
+#[cfg(feature = "f32")]
+impl Pick for F32 {
+    type Model = tinybayes::Model<'static>;
+    fn pick(model: &'static AnyModel) -> Option<&'static tinybayes::Model<'static>> {
+        match model {
+            AnyModel::F32(m) => Some(m),
+            #[cfg(feature = "fixed")]
+            AnyModel::Fixed(_) => None,
+        }
+    }
+}
+
+#[cfg(feature = "fixed")]
+macro_rules! pick_fixed {
+    ($($num:ident => $precision:expr, $feature:literal),*) => {$(
+        #[cfg(feature = $feature)]
+        impl Pick for $num {
+            type Model = tinybayes::QModel<'static>;
+            fn pick(model: &'static AnyModel) -> Option<&'static tinybayes::QModel<'static>> {
+                match model {
+                    AnyModel::Fixed(m) if m.precision() == $precision => Some(m),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+#[cfg(feature = "fixed")]
+pick_fixed!(Q8 => Precision::Q8, "q8", Q16 => Precision::Q16, "q16");
+
+/// Declares [`Bound`], one variant per number format and chunk, with its constructor and
+/// its dispatch.
+macro_rules! bound {
+    ($($variant:ident: $num:ident, $word:ty, $chunk:literal, $feature:literal, $chunk_feature:literal;)*) => {
+        /// The Rust engine of the model's format at the chosen chunk (held in place in the
+        /// caller's `tb_engine`: no heap to box the f32 engine's byte table into).
+        #[allow(clippy::large_enum_variant)]
+        enum Bound {
+            $(
+                #[cfg(all(feature = $feature, feature = $chunk_feature))]
+                $variant(Engine<'static, 'static, $chunk, $num>),
+            )*
+        }
+
+        impl Bound {
+            /// Binds `model` at `chunk` to the `bytes` of workspace at `workspace`.
+            ///
+            /// # Safety
+            /// As `tb_engine_init`'s workspace.
+            unsafe fn bind(
+                model: &'static AnyModel,
+                chunk: u32,
+                workspace: *mut c_void,
+                bytes: usize,
+            ) -> Result<Self, TbStatus> {
+                $(
+                    #[cfg(all(feature = $feature, feature = $chunk_feature))]
+                    if let (Some(m), $chunk) = (<$num as Pick>::pick(model), chunk) {
+                        // SAFETY: `tb_engine_init`'s contract: `bytes` bytes at `workspace`,
+                        // for the engine's use alone while it lives; any bits are a valid
+                        // f32 or u64.
+                        let words = unsafe {
+                            boundary::slice_mut::<$word>(workspace.cast(), bytes / size_of::<$word>())
+                        }?;
+                        return Ok(Bound::$variant(Engine::<$chunk, $num>::new(m, words)?));
+                    }
+                )*
+                Err(TbStatus::UnsupportedChunk)
+            }
+
+            /// The engine, to run.
+            fn runner(&mut self) -> &mut dyn Run {
+                match self {
+                    $(
+                        #[cfg(all(feature = $feature, feature = $chunk_feature))]
+                        Bound::$variant(engine) => engine,
+                    )*
+                }
+            }
+        }
+    };
+}
+
+bound! {
+    F32x1: F32, f32, 1, "f32", "chunk-1";
+    F32x2: F32, f32, 2, "f32", "chunk-2";
+    F32x4: F32, f32, 4, "f32", "chunk-4";
+    F32x8: F32, f32, 8, "f32", "chunk-8";
+    Q8x1: Q8, u64, 1, "q8", "chunk-1";
+    Q8x2: Q8, u64, 2, "q8", "chunk-2";
+    Q8x4: Q8, u64, 4, "q8", "chunk-4";
+    Q8x8: Q8, u64, 8, "q8", "chunk-8";
+    Q16x1: Q16, u64, 1, "q16", "chunk-1";
+    Q16x2: Q16, u64, 2, "q16", "chunk-2";
+    Q16x4: Q16, u64, 4, "q16", "chunk-4";
+    Q16x8: Q16, u64, 8, "q16", "chunk-8";
+}
+
+/// `TbEngine`'s contents once set up. `magic` and `address` come first, at fixed offsets,
+/// so that they can be read from any `TbEngine` before the rest is trusted.
+#[repr(C)]
+struct State {
+    /// [`MAGIC`] once set up.
+    magic: u64,
+    /// The state's own address when set up: a copied or moved engine fails the check.
+    address: u64,
+    chunk: u32,
+    model: AnyModel,
+    bound: Bound,
+}
+
+/// "tbengine" in ASCII.
+const MAGIC: u64 = 0x7462_656e_6769_6e65;
+
+const _: () = assert!(
+    size_of::<State>() <= size_of::<TbEngine>(),
+    "TB_ENGINE_WORDS"
+);
+const _: () = assert!(align_of::<State>() <= align_of::<TbEngine>());
+
+/// The bytes of workspace a model needs for `chunk` samples per pass (1, 2, 4 or 8, as built; more is
+/// faster and needs more RAM) in `mode`, into `*bytes`: give `tb_engine_init` at least that,
+/// 8-byte aligned. Validates the model (as `tb_engine_init` does); the mode is checked
+/// against the chunk and format (`TB_STATUS_CHUNK_TOO_SMALL`, `TB_STATUS_UNSUPPORTED_MODE`).
+///
+/// # Safety
+/// `model` is NULL or points to `model_len` bytes that stay unchanged during the call;
+/// `bytes` is NULL or points to a writable `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn tb_workspace_size(
+    model: *const u8,
+    model_len: usize,
+    chunk: u32,
+    mode: TbMode,
+    bytes: *mut usize,
+) -> TbStatus {
+    status_of((|| {
+        // SAFETY: the caller's contract above.
+        let out = unsafe { boundary::write(bytes) }?;
+        // SAFETY: the caller's contract above; the model lives for the call, and the
+        // validated model does not outlive it.
+        let file = unsafe { boundary::slice(model, model_len) }?;
+        let mut model = MaybeUninit::<AnyModel>::uninit();
+        // SAFETY: a local slot; read only once written (on success).
+        unsafe { AnyModel::load_into(model.as_mut_ptr(), file) }?;
+        // SAFETY: written by `load_into`.
+        let model = unsafe { model.assume_init_ref() };
+        *out = model.workspace_bytes(chunk, mode.to_mode()?)?;
+        Ok(())
+    })())
+}
+
+/// Validates the model at `model` (`model_len` bytes, 4-byte aligned) and binds it to the
+/// workspace (`workspace_bytes` bytes, 8-byte aligned, at least `tb_workspace_size` says) in
+/// `*engine`, for `chunk` samples per pass (1, 2, 4 or 8, as built; the results do not depend on it).
+/// On failure `*engine` is left unusable (`TB_STATUS_NOT_INITIALIZED`).
+///
+/// # Safety
+/// `engine` is NULL or points to a `tb_engine`; the model bytes, `*engine` and the workspace
+/// stay valid, unchanged by anything else and in place for as long as the engine is used
+/// (the engine reads the model in place and owns the workspace); `workspace` is NULL or
+/// points to `workspace_bytes` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn tb_engine_init(
+    engine: *mut TbEngine,
+    model: *const u8,
+    model_len: usize,
+    chunk: u32,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+) -> TbStatus {
+    // SAFETY: the caller's contract above, for each pointer.
+    status_of(unsafe { init(engine, model, model_len, chunk, workspace, workspace_bytes) })
+}
+
+/// [`tb_engine_init`] returning a `Result`.
+///
+/// # Safety
+/// As [`tb_engine_init`].
+unsafe fn init(
+    engine: *mut TbEngine,
+    model: *const u8,
+    model_len: usize,
+    chunk: u32,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+) -> Result<(), TbStatus> {
+    // SAFETY: the caller's contract; a `TbEngine` is plain words.
+    let slot = unsafe { boundary::write(engine) }?;
+    slot.opaque[0] = 0; // unusable until the end
+                        // SAFETY: the caller's contract: the model outlives every use of the engine.
+    let file: &'static [u8] = unsafe { boundary::slice(model, model_len) }?;
+    if workspace.is_null() {
+        return Err(TbStatus::NullPointer);
+    }
+    if !chunk_built(chunk) {
+        return Err(TbStatus::UnsupportedChunk);
+    }
+    let state = (slot as *mut TbEngine).cast::<State>();
+    // SAFETY: `state` is the caller's `TbEngine`, large and aligned enough for a `State`
+    // (asserted above) and ours alone during the call. Fields are written through raw
+    // pointers before any reference to them exists; the model is written before the engine
+    // borrows it and never written again while the engine lives, so the engine's shared
+    // `'static` borrow of it (in memory the caller keeps in place: the contract) is sound.
+    unsafe {
+        AnyModel::load_into(addr_of_mut!((*state).model), file)?;
+        let model: &'static AnyModel = &*addr_of!((*state).model);
+        let bound = Bound::bind(model, chunk, workspace, workspace_bytes)?;
+        addr_of_mut!((*state).bound).write(bound);
+        addr_of_mut!((*state).chunk).write(chunk);
+        addr_of_mut!((*state).address).write(state as usize as u64);
+        addr_of_mut!((*state).magic).write(MAGIC);
+    }
+    Ok(())
+}
+
+/// The set-up state behind `engine`, or why there is none.
+fn checked(engine: &TbEngine) -> Result<*const State, TbStatus> {
+    let state = (engine as *const TbEngine).cast::<State>();
+    if engine.opaque[0] != MAGIC || engine.opaque[1] != state as usize as u64 {
+        return Err(TbStatus::NotInitialized);
+    }
+    Ok(state)
+}
+
+/// The engine behind `engine`, to run a prediction.
+///
+/// # Safety
+/// `engine` is NULL or points to a `tb_engine` nothing else uses during `'a`.
+pub(crate) unsafe fn runner<'a>(engine: *mut TbEngine) -> Result<&'a mut dyn Run, TbStatus> {
+    // SAFETY: the caller's contract; a `TbEngine` is plain words, any bits valid.
+    let slot = unsafe { boundary::write(engine) }?;
+    let state = checked(slot)?.cast_mut();
+    // SAFETY: the magic and the address say `tb_engine_init` set up this very memory (a
+    // `TbEngine` in place since); the engine is reached through an exclusive borrow of its
+    // own field alone, disjoint from the model it borrows.
+    Ok(unsafe { &mut *addr_of_mut!((*state).bound) }.runner())
+}
+
+/// What the engine runs: the model's format and shape, the chunk and the workspace used.
+///
+/// # Safety
+/// `engine` is NULL or points to a `tb_engine` not written during the call; `info` is NULL
+/// or points to a writable `tb_engine_info`.
+#[no_mangle]
+pub unsafe extern "C" fn tb_engine_get_info(
+    engine: *const TbEngine,
+    info: *mut TbEngineInfo,
+) -> TbStatus {
+    status_of((|| {
+        // SAFETY: the caller's contract above.
+        let out = unsafe { boundary::write(info) }?;
+        // SAFETY: the caller's contract above.
+        let state = checked(unsafe { boundary::read(engine) }?)?;
+        // SAFETY: set up by `tb_engine_init` (checked); the model and chunk are only read.
+        let (model, chunk) = unsafe { (&*addr_of!((*state).model), *addr_of!((*state).chunk)) };
+        *out = model.info(chunk);
+        Ok(())
+    })())
+}
