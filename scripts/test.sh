@@ -3,8 +3,10 @@
 # real-board build, on-target tests in QEMU on the Cortex-M4F, M3 and M0 (host/device
 # parity, including all 10,000 MNIST test images in fixed point) and on the Cortex-M7
 # (mps2-an500) and M33 (mps2-an505), f32 and fixed point, the no-float check of the
-# fixed-point firmware, and the demos and benchmarks in QEMU (benchmarks on the M7 and M33
-# too; bench lines checked against BENCHMARKS.md's generated tables). Installs what it needs first. Exits non-zero on the first failure.
+# fixed-point firmware, the demos and benchmarks in QEMU (benchmarks on the M7 and M33 too;
+# bench lines checked against BENCHMARKS.md's generated tables), and the C API's example in
+# QEMU against the Rust demos. Installs what it needs first. Exits non-zero on the first
+# failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -17,7 +19,7 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "clippy (core, host tools, firmware for QEMU and for the nRF52840-DK), warnings are errors"
-cargo clippy -p tinybayes -p tinybayes-host-tools --all-targets -- -D warnings
+cargo clippy -p tinybayes -p tinybayes-host-tools -p tinybayes-c --all-targets -- -D warnings
 cargo clippy -p tinybayes-firmware --target thumbv7em-none-eabihf --all-targets -- -D warnings
 cargo clippy -p tinybayes-firmware --target thumbv7m-none-eabi --all-targets -- -D warnings
 cargo clippy -p tinybayes-firmware --target thumbv6m-none-eabi --all-targets -- -D warnings
@@ -28,13 +30,19 @@ cargo clippy -p tinybayes-firmware --release --target thumbv8m.main-none-eabihf 
 cargo clippy -p tinybayes-firmware --target thumbv7em-none-eabihf --no-default-features \
     --features nrf52840dk --bins -- -D warnings
 
+# The C API's static library for the Cortex-M4F (every format) and the Cortex-M0 (q8 alone,
+# as examples/c builds it).
+cargo clippy -p tinybayes-c --release --target thumbv7em-none-eabihf -- -D warnings
+cargo clippy -p tinybayes-c --release --target thumbv6m-none-eabi --no-default-features \
+    --features q8,chunk-4 -- -D warnings
+
 step "rustdoc of the core and the host tools, warnings are errors (broken links included)"
 # The core alone too, with its default features (as docs.rs builds it), then with the host
 # tools' features.
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p tinybayes
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p tinybayes -p tinybayes-host-tools
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p tinybayes -p tinybayes-host-tools -p tinybayes-c
 
-step "host tests (core, format, fuzzing, host tools; doctests, the README's API snippet among them)"
+step "host tests (core, format, fuzzing, host tools, the C API from C and its header; doctests, the README's API snippet among them)"
 cargo test 2>&1 | tee "$log"
 
 step "no_std core builds for every Cortex-M target"
@@ -80,13 +88,24 @@ cargo parity-m0
 cargo parity-m3
 
 step "demos in QEMU: f32 on the M4F, q8 on the M0 and M3"
-cargo demo
-cargo demo-m0
+demo_m4=$(mktemp)
+demo_m0=$(mktemp)
+c_m4=$(mktemp)
+c_m0=$(mktemp)
+trap 'rm -f "$log" "$demo_m4" "$demo_m0" "$c_m4" "$c_m0"' EXIT
+cargo demo 2>&1 | tee "$demo_m4"
+cargo demo-m0 2>&1 | tee "$demo_m0"
 cargo demo-m3
+
+step "the C API: the C example (examples/c) in QEMU on the M4F and the micro:bit, its answers against the Rust demos' above, bit for bit"
+make -s -C examples/c run BOARD=mps2-an386 | tee "$c_m4"
+python3 scripts/compare-c-example.py --rust "$demo_m4" --c "$c_m4"
+make -s -C examples/c run BOARD=microbit | tee "$c_m0"
+python3 scripts/compare-c-example.py --rust "$demo_m0" --c "$c_m0"
 
 step "benchmark harnesses in QEMU; their bench lines against benches/device.txt and BENCHMARKS.md"
 benchlog=$(mktemp)
-trap 'rm -f "$log" "$benchlog"' EXIT
+trap 'rm -f "$log" "$benchlog" "$demo_m4" "$demo_m0" "$c_m4" "$c_m0"' EXIT
 cargo bench-m4 2>&1 | tee "$benchlog"
 cargo bench-fixed-m0 2>&1 | tee -a "$benchlog"
 cargo bench-fixed-m3 2>&1 | tee -a "$benchlog"
