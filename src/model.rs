@@ -407,6 +407,29 @@ impl<'a> Model<'a> {
     /// the classes, payload placement (contiguous, aligned, inside the file), payload lengths,
     /// sparse row pointers and column indices, finite parameters and non-negative variances.
     pub fn from_bytes(bytes: &'a [u8]) -> Result<Self, ModelError> {
+        let envelope = Self::envelope(bytes)?;
+        let mut model = Self::without_layers(bytes, &envelope);
+        model.read_layers(&envelope)?;
+        Ok(model)
+    }
+
+    /// [`Model::from_bytes`] into `slot`, building the layer table (kilobytes: `MAX_LAYERS`
+    /// entries) where it stays instead of on the stack and then moving it: validation then
+    /// needs a few hundred bytes of stack instead of about twice the model's size, which
+    /// matters on a device with 16 KB of RAM (the C API validates this way). On error the
+    /// slot holds no model.
+    pub fn from_bytes_into<'s>(
+        bytes: &'a [u8],
+        slot: &'s mut core::mem::MaybeUninit<Self>,
+    ) -> Result<&'s mut Self, ModelError> {
+        let envelope = Self::envelope(bytes)?;
+        let model = slot.write(Self::without_layers(bytes, &envelope));
+        model.read_layers(&envelope)?;
+        Ok(model)
+    }
+
+    /// The checks of the file as a whole (envelope, precision, input normalization).
+    fn envelope(bytes: &'a [u8]) -> Result<Envelope, ModelError> {
         let envelope = Envelope::parse(bytes)?;
         if envelope.precision != Precision::F32 {
             return Err(ModelError::WrongPrecision {
@@ -414,15 +437,6 @@ impl<'a> Model<'a> {
                 expected: Precision::F32,
             });
         }
-        let Envelope {
-            version,
-            layer_count,
-            classes,
-            input_shape,
-            body_end,
-            table_end,
-            ..
-        } = envelope;
         let input_scale = f32_at(bytes, header::INPUT_SCALE);
         let input_offset = f32_at(bytes, header::INPUT_OFFSET);
         // Raw 8-bit inputs are read as p * scale + offset: every one of the 256 values must be
@@ -432,8 +446,35 @@ impl<'a> Model<'a> {
         if !input_scale.is_finite() || !input_offset.is_finite() || !normalized_finite {
             return Err(ModelError::BadInputNormalization);
         }
+        Ok(envelope)
+    }
 
-        let mut layers: heapless::Vec<Layer<'a>, MAX_LAYERS> = heapless::Vec::new();
+    /// The model of a checked envelope before its layers are read.
+    fn without_layers(bytes: &'a [u8], envelope: &Envelope) -> Self {
+        Model {
+            bytes,
+            input_shape: envelope.input_shape,
+            num_classes: envelope.classes as usize,
+            input_scale: f32_at(bytes, header::INPUT_SCALE),
+            input_offset: f32_at(bytes, header::INPUT_OFFSET),
+            trained: None,
+            layers: heapless::Vec::new(),
+        }
+    }
+
+    /// Reads and validates every layer into `self.layers`, in place.
+    fn read_layers(&mut self, envelope: &Envelope) -> Result<(), ModelError> {
+        let bytes = self.bytes;
+        let &Envelope {
+            version,
+            layer_count,
+            classes,
+            input_shape,
+            body_end,
+            table_end,
+            ..
+        } = envelope;
+        let layers = &mut self.layers;
         let mut outputs: heapless::Vec<[usize; 3], MAX_LAYERS> = heapless::Vec::new();
         let mut shape = input_shape;
         let mut cursor = table_end;
@@ -505,16 +546,8 @@ impl<'a> Model<'a> {
             }
         }
         let stored = layers.iter().map(Layer::nnz).sum();
-        let trained = envelope.trained_covering(stored)?;
-        Ok(Model {
-            bytes,
-            input_shape,
-            num_classes: classes as usize,
-            input_scale,
-            input_offset,
-            trained,
-            layers,
-        })
+        self.trained = envelope.trained_covering(stored)?;
+        Ok(())
     }
 
     /// The model bytes this view borrows.

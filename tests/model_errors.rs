@@ -90,10 +90,15 @@ fn reseal(b: &mut [u8]) {
     b[body..].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Parses `bytes` from a 4-byte-aligned copy.
+/// Parses `bytes` from a 4-byte-aligned copy, by both entry points of the reader: the
+/// in-place one (`from_bytes_into`) must give the same model or the same error.
 fn parse(bytes: &[u8]) -> Result<(), ModelError> {
     let buffer = ModelBuffer::from_bytes(bytes);
-    Model::from_bytes(buffer.as_bytes()).map(|_| ())
+    let direct = Model::from_bytes(buffer.as_bytes()).map(|m| format!("{m:?}"));
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let in_place = Model::from_bytes_into(buffer.as_bytes(), &mut slot).map(|m| format!("{m:?}"));
+    assert_eq!(direct, in_place, "from_bytes and from_bytes_into disagree");
+    direct.map(|_| ())
 }
 
 /// Applies `edit` to a copy of `base`, recomputes the CRC and parses the result.

@@ -74,6 +74,29 @@ uint64_t board_instructions(void) {
     }
 }
 
+/* --- stack high-water mark: the free RAM between the static data and the stack pointer is
+ * painted at reset, and the lowest overwritten word tells how deep the stack went --- */
+
+#define STACK_PAINT 0x5AFEC0DEu
+
+static void stack_paint(void) {
+    uint32_t *sp;
+    __asm__ volatile("mov %0, sp" : "=r"(sp));
+    for (uint32_t *p = __bss_end; p + 16 < sp; p++) {
+        *p = STACK_PAINT;
+    }
+}
+
+uint32_t board_stack_peak(void) {
+    const uint32_t *p = __bss_end;
+    while (p < __stack_top && *p == STACK_PAINT) {
+        p++;
+    }
+    return (uint32_t)((uintptr_t)__stack_top - (uintptr_t)p);
+}
+
+int board_stack_overflowed(void) { return __bss_end[0] != STACK_PAINT; }
+
 /* --- reset and the vector table --- */
 
 static void fault_handler(void) {
@@ -94,6 +117,7 @@ void reset_handler(void) {
     for (uint32_t *dst = __bss_start; dst < __bss_end;) {
         *dst++ = 0;
     }
+    stack_paint();
     systick_start();
     board_exit(main() == 0);
 }

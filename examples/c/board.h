@@ -12,6 +12,10 @@ void board_print(const char *text);
 void board_exit(int ok) __attribute__((noreturn));
 /* Instructions executed since start (SysTick ticks times the board's instructions per tick). */
 uint64_t board_instructions(void);
+/* The most stack used so far, in bytes (the stack is painted at reset and scanned). */
+uint32_t board_stack_peak(void);
+/* Non-zero when the stack has reached the static data (every painted word overwritten). */
+int board_stack_overflowed(void);
 /* The board's name, for the log. */
 extern const char board_name[];
 

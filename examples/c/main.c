@@ -234,7 +234,18 @@ int main(void) {
     put_u64(correct);
     put("/");
     put_u64(IMAGE_COUNT);
-    put(" correct");
+    put(" correct; RAM: tb_engine ");
+    put_u64(sizeof engine);
+    put(" bytes, workspace ");
+    put_u64(info.workspace_bytes);
+    put(", stack at most ");
+    put_u64(board_stack_peak());
+    put(" bytes");
     flush();
+    if (board_stack_overflowed()) {
+        put("the stack overflowed into the static data: give it more RAM");
+        flush();
+        return 1;
+    }
     return 0;
 }

@@ -227,16 +227,55 @@ impl<'a> QModel<'a> {
     /// Parses and validates a fixed-point model in place (the slice must be 4-byte aligned).
     /// An f32 model gives [`ModelError::WrongPrecision`].
     pub fn from_bytes(bytes: &'a [u8]) -> Result<Self, ModelError> {
+        let envelope = Self::envelope(bytes)?;
+        let mut model = Self::without_layers(bytes, &envelope);
+        model.read_layers(&envelope)?;
+        Ok(model)
+    }
+
+    /// [`QModel::from_bytes`] into `slot`, building the layer table where it stays (see
+    /// [`crate::Model::from_bytes_into`]: a few hundred bytes of stack instead of about twice
+    /// the model's size). On error the slot holds no model.
+    pub fn from_bytes_into<'s>(
+        bytes: &'a [u8],
+        slot: &'s mut core::mem::MaybeUninit<Self>,
+    ) -> Result<&'s mut Self, ModelError> {
+        let envelope = Self::envelope(bytes)?;
+        let model = slot.write(Self::without_layers(bytes, &envelope));
+        model.read_layers(&envelope)?;
+        Ok(model)
+    }
+
+    /// The checks of the file as a whole (envelope, precision).
+    fn envelope(bytes: &'a [u8]) -> Result<Envelope, ModelError> {
         let envelope = Envelope::parse(bytes)?;
-        let precision = envelope.precision;
-        if precision == Precision::F32 {
+        if envelope.precision == Precision::F32 {
             return Err(ModelError::WrongPrecision {
                 found: Precision::F32,
                 expected: Precision::Q8,
             });
         }
+        Ok(envelope)
+    }
+
+    /// The model of a checked envelope before its layers are read.
+    fn without_layers(bytes: &'a [u8], envelope: &Envelope) -> Self {
+        QModel {
+            bytes,
+            precision: envelope.precision,
+            input_shape: envelope.input_shape,
+            num_classes: envelope.classes as usize,
+            trained: None,
+            layers: heapless::Vec::new(),
+        }
+    }
+
+    /// Reads and validates every layer into `self.layers`, in place.
+    fn read_layers(&mut self, envelope: &Envelope) -> Result<(), ModelError> {
+        let bytes = self.bytes;
+        let precision = self.precision;
         let count = envelope.layer_count as usize;
-        let mut layers: heapless::Vec<QLayer<'a>, MAX_LAYERS> = heapless::Vec::new();
+        let layers = &mut self.layers;
         // The shape of every layer's output map (an exit head passes its input through).
         let mut shapes: heapless::Vec<[usize; 3], MAX_LAYERS> = heapless::Vec::new();
         let mut shape = envelope.input_shape;
@@ -257,7 +296,7 @@ impl<'a> QModel<'a> {
                 classes: envelope.classes as usize,
                 payload_start: cursor,
                 body_end: envelope.body_end,
-                earlier: &layers,
+                earlier: layers,
                 earlier_shapes: &shapes,
                 last_residual,
             };
@@ -285,16 +324,9 @@ impl<'a> QModel<'a> {
         if cursor != envelope.body_end {
             return Err(ModelError::PayloadOutOfBounds { layer: count - 1 });
         }
-        check_exits(&layers, shape, envelope.classes as usize)?;
-        let trained = envelope.trained_covering(layers.iter().map(|l| l.nnz()).sum())?;
-        Ok(QModel {
-            bytes,
-            precision,
-            input_shape: envelope.input_shape,
-            num_classes: envelope.classes as usize,
-            trained,
-            layers,
-        })
+        check_exits(layers, shape, envelope.classes as usize)?;
+        self.trained = envelope.trained_covering(layers.iter().map(|l| l.nnz()).sum())?;
+        Ok(())
     }
 
     /// The model bytes this view borrows.

@@ -83,7 +83,12 @@ pub fn reseal(bytes: &mut [u8]) {
 /// Whether the bytes are a valid fixed-point model.
 pub fn parse_fixed(bytes: &[u8]) -> Result<(), ModelError> {
     let buffer = ModelBuffer::from_bytes(bytes);
-    QModel::from_bytes(buffer.as_bytes()).map(|_| ())
+    let direct = QModel::from_bytes(buffer.as_bytes()).map(|m| format!("{m:?}"));
+    // The in-place entry point gives the same model or the same error.
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let in_place = QModel::from_bytes_into(buffer.as_bytes(), &mut slot).map(|m| format!("{m:?}"));
+    assert_eq!(direct, in_place, "from_bytes and from_bytes_into disagree");
+    direct.map(|_| ())
 }
 
 /// Mean-weights logits by the documented formulas over the dense arrays, in i128, written

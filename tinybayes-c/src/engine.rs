@@ -3,7 +3,7 @@
 //! format and the chosen chunk is built in place, and each call dispatches to it.
 
 use core::ffi::c_void;
-use core::mem::{align_of, size_of, MaybeUninit};
+use core::mem::{align_of, size_of, ManuallyDrop, MaybeUninit};
 use core::ptr::{addr_of, addr_of_mut};
 
 use tinybayes::format::Precision;
@@ -20,13 +20,14 @@ use crate::boundary;
 use crate::run::Run;
 use crate::status::{status_of, TbStatus};
 
-/// 64-bit words of `tb_engine` on 32-bit targets (Cortex-M): 5.5 KB, of which the validated
-/// model's layer table takes most (4.8 KB measured with every format built).
+/// 64-bit words of `tb_engine` on 32-bit targets (Cortex-M): 4,992 bytes, of which the
+/// validated model's layer table takes most (the state measures 4,872 bytes with every
+/// format and chunk built; a build that outgrows it fails to compile).
 #[cfg(target_pointer_width = "32")]
-pub const TB_ENGINE_WORDS: usize = 704;
-/// 64-bit words of `tb_engine` on 64-bit hosts (the host tests): 9 KB.
+pub const TB_ENGINE_WORDS: usize = 624;
+/// 64-bit words of `tb_engine` on 64-bit hosts (the host tests): 8,000 bytes (7,896 used).
 #[cfg(target_pointer_width = "64")]
-pub const TB_ENGINE_WORDS: usize = 1152;
+pub const TB_ENGINE_WORDS: usize = 1000;
 
 /// A validated model bound to a workspace: set up by `tb_engine_init`, used by the
 /// predictions. Opaque; caller-owned (a static, a global or a stack variable); it holds its
@@ -70,52 +71,76 @@ pub(crate) const fn chunk_built(chunk: u32) -> bool {
         || (chunk == 8 && cfg!(feature = "chunk-8"))
 }
 
-/// A validated model of any format.
-// Held in place in the caller's `tb_engine` (no heap to box into); the variants are close.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum AnyModel {
-    /// An f32 file.
+/// Room for one validated model of any format, filled in place by [`load_into`]; which
+/// field holds it is [`State::format`] (or the caller's local knowledge). Every field is a
+/// `MaybeUninit`, so any bits are a valid `ModelSlot`.
+#[repr(C)]
+union ModelSlot {
     #[cfg(feature = "f32")]
-    F32(tinybayes::Model<'static>),
-    /// A q8 or q16 file.
+    f32: ManuallyDrop<MaybeUninit<tinybayes::Model<'static>>>,
     #[cfg(feature = "fixed")]
-    Fixed(tinybayes::QModel<'static>),
+    fixed: ManuallyDrop<MaybeUninit<tinybayes::QModel<'static>>>,
 }
 
-impl AnyModel {
-    /// Validates `bytes` as a model of any format this library was built with, into `*slot`
-    /// (written only on success). The model is built once on the stack and moved to `slot`:
-    /// a validated model is kilobytes (its layer table), and the stack of a 16 KB
-    /// micro:bit has room for one, not for copies of it.
-    ///
-    /// # Safety
-    /// `slot` is valid for writing an `AnyModel`.
-    unsafe fn load_into(slot: *mut AnyModel, bytes: &'static [u8]) -> Result<(), TbStatus> {
-        #[cfg(feature = "f32")]
-        match tinybayes::Model::from_bytes(bytes) {
-            Ok(model) => {
-                // SAFETY: the caller's contract.
-                unsafe { slot.write(AnyModel::F32(model)) };
-                return Ok(());
-            }
-            Err(ModelError::WrongPrecision { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-        #[cfg(feature = "fixed")]
-        match tinybayes::QModel::from_bytes(bytes) {
-            Ok(model) if format_built(model.precision()) => {
-                // SAFETY: the caller's contract.
-                unsafe { slot.write(AnyModel::Fixed(model)) };
-                return Ok(());
-            }
-            Ok(_) => {}
-            Err(ModelError::WrongPrecision { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-        Err(TbStatus::FormatNotBuilt)
-    }
+/// A validated model of any format, borrowed from where it lives.
+#[derive(Clone, Copy)]
+pub(crate) enum AnyModel<'m> {
+    /// An f32 file.
+    #[cfg(feature = "f32")]
+    F32(&'m tinybayes::Model<'static>),
+    /// A q8 or q16 file.
+    #[cfg(feature = "fixed")]
+    Fixed(&'m tinybayes::QModel<'static>),
+}
 
-    fn precision(&self) -> Precision {
+/// `State::format` of an f32 model.
+#[cfg(feature = "f32")]
+const FORMAT_F32: u32 = 1;
+/// `State::format` of a fixed-point model.
+#[cfg(feature = "fixed")]
+const FORMAT_FIXED: u32 = 2;
+
+/// Validates `bytes` as a model of any format this library was built with, into `*slot`,
+/// in place: the layer table (kilobytes) is built where it stays, so validation needs a few
+/// hundred bytes of stack rather than twice the model (`Model::from_bytes_into`); a 16 KB
+/// micro:bit has room for one model, not for copies of it. Returns the model and its
+/// `State::format` code.
+///
+/// # Safety
+/// `slot` is valid for writing a `ModelSlot` and nothing else uses it during `'m`.
+unsafe fn load_into<'m>(
+    slot: *mut ModelSlot,
+    bytes: &'static [u8],
+) -> Result<(AnyModel<'m>, u32), TbStatus> {
+    #[cfg(feature = "f32")]
+    {
+        // SAFETY: the caller's contract; a `MaybeUninit` field may hold any bits.
+        let place = unsafe { &mut *addr_of_mut!((*slot).f32) };
+        let place: &mut MaybeUninit<_> = place;
+        match tinybayes::Model::from_bytes_into(bytes, place) {
+            Ok(model) => return Ok((AnyModel::F32(model), FORMAT_F32)),
+            Err(ModelError::WrongPrecision { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    #[cfg(feature = "fixed")]
+    {
+        // SAFETY: as above; the f32 attempt's borrow has ended.
+        let place = unsafe { &mut *addr_of_mut!((*slot).fixed) };
+        let place: &mut MaybeUninit<_> = place;
+        match tinybayes::QModel::from_bytes_into(bytes, place) {
+            Ok(model) if format_built(model.precision()) => {
+                return Ok((AnyModel::Fixed(model), FORMAT_FIXED))
+            }
+            Ok(_) | Err(ModelError::WrongPrecision { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(TbStatus::FormatNotBuilt)
+}
+
+impl AnyModel<'_> {
+    fn precision(self) -> Precision {
         match self {
             #[cfg(feature = "f32")]
             AnyModel::F32(_) => Precision::F32,
@@ -125,7 +150,7 @@ impl AnyModel {
     }
 
     /// Bytes of workspace for `chunk` samples per pass in `mode`.
-    fn workspace_bytes(&self, chunk: u32, mode: Mode) -> Result<usize, TbStatus> {
+    fn workspace_bytes(self, chunk: u32, mode: Mode) -> Result<usize, TbStatus> {
         if !chunk_built(chunk) {
             return Err(TbStatus::UnsupportedChunk);
         }
@@ -145,7 +170,7 @@ impl AnyModel {
         })
     }
 
-    fn info(&self, chunk: u32) -> TbEngineInfo {
+    fn info(self, chunk: u32) -> TbEngineInfo {
         let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
         let mut info = TbEngineInfo {
             precision: self.precision() as u32,
@@ -192,13 +217,13 @@ const fn format_built(precision: Precision) -> bool {
 trait Pick {
     /// The format's validated model type.
     type Model: 'static;
-    fn pick(model: &'static AnyModel) -> Option<&'static Self::Model>;
+    fn pick(model: AnyModel<'static>) -> Option<&'static Self::Model>;
 }
 
 #[cfg(feature = "f32")]
 impl Pick for F32 {
     type Model = tinybayes::Model<'static>;
-    fn pick(model: &'static AnyModel) -> Option<&'static tinybayes::Model<'static>> {
+    fn pick(model: AnyModel<'static>) -> Option<&'static tinybayes::Model<'static>> {
         match model {
             AnyModel::F32(m) => Some(m),
             #[cfg(feature = "fixed")]
@@ -213,7 +238,7 @@ macro_rules! pick_fixed {
         #[cfg(feature = $feature)]
         impl Pick for $num {
             type Model = tinybayes::QModel<'static>;
-            fn pick(model: &'static AnyModel) -> Option<&'static tinybayes::QModel<'static>> {
+            fn pick(model: AnyModel<'static>) -> Option<&'static tinybayes::QModel<'static>> {
                 match model {
                     AnyModel::Fixed(m) if m.precision() == $precision => Some(m),
                     _ => None,
@@ -245,7 +270,7 @@ macro_rules! bound {
             /// # Safety
             /// As `tb_engine_init`'s workspace.
             unsafe fn bind(
-                model: &'static AnyModel,
+                model: AnyModel<'static>,
                 chunk: u32,
                 workspace: *mut c_void,
                 bytes: usize,
@@ -302,8 +327,31 @@ struct State {
     /// The state's own address when set up: a copied or moved engine fails the check.
     address: u64,
     chunk: u32,
-    model: AnyModel,
+    /// Which field of `model` holds the model: `FORMAT_F32` or `FORMAT_FIXED`.
+    format: u32,
+    model: ModelSlot,
     bound: Bound,
+}
+
+impl State {
+    /// The model of a set-up state.
+    ///
+    /// # Safety
+    /// `state` was set up by `tb_engine_init` (its magic checked) and is not written during
+    /// `'m`.
+    unsafe fn model<'m>(state: *const State) -> AnyModel<'m> {
+        // SAFETY: the caller's contract: `format` names the field `load_into` filled.
+        unsafe {
+            match *addr_of!((*state).format) {
+                #[cfg(feature = "f32")]
+                FORMAT_F32 => AnyModel::F32((*addr_of!((*state).model.f32)).assume_init_ref()),
+                #[cfg(feature = "fixed")]
+                _ => AnyModel::Fixed((*addr_of!((*state).model.fixed)).assume_init_ref()),
+                #[cfg(not(feature = "fixed"))]
+                _ => AnyModel::F32((*addr_of!((*state).model.f32)).assume_init_ref()),
+            }
+        }
+    }
 }
 
 /// "tbengine" in ASCII.
@@ -337,11 +385,9 @@ pub unsafe extern "C" fn tb_workspace_size(
         // SAFETY: the caller's contract above; the model lives for the call, and the
         // validated model does not outlive it.
         let file = unsafe { boundary::slice(model, model_len) }?;
-        let mut model = MaybeUninit::<AnyModel>::uninit();
-        // SAFETY: a local slot; read only once written (on success).
-        unsafe { AnyModel::load_into(model.as_mut_ptr(), file) }?;
-        // SAFETY: written by `load_into`.
-        let model = unsafe { model.assume_init_ref() };
+        let mut slot = MaybeUninit::<ModelSlot>::uninit();
+        // SAFETY: a local slot, ours alone; the model borrowed from it dies with it.
+        let (model, _) = unsafe { load_into(slot.as_mut_ptr(), file) }?;
         *out = model.workspace_bytes(chunk, mode.to_mode()?)?;
         Ok(())
     })())
@@ -400,8 +446,8 @@ unsafe fn init(
     // borrows it and never written again while the engine lives, so the engine's shared
     // `'static` borrow of it (in memory the caller keeps in place: the contract) is sound.
     unsafe {
-        AnyModel::load_into(addr_of_mut!((*state).model), file)?;
-        let model: &'static AnyModel = &*addr_of!((*state).model);
+        let (model, format) = load_into::<'static>(addr_of_mut!((*state).model), file)?;
+        addr_of_mut!((*state).format).write(format);
         let bound = Bound::bind(model, chunk, workspace, workspace_bytes)?;
         addr_of_mut!((*state).bound).write(bound);
         addr_of_mut!((*state).chunk).write(chunk);
@@ -450,7 +496,7 @@ pub unsafe extern "C" fn tb_engine_get_info(
         // SAFETY: the caller's contract above.
         let state = checked(unsafe { boundary::read(engine) }?)?;
         // SAFETY: set up by `tb_engine_init` (checked); the model and chunk are only read.
-        let (model, chunk) = unsafe { (&*addr_of!((*state).model), *addr_of!((*state).chunk)) };
+        let (model, chunk) = unsafe { (State::model(state), *addr_of!((*state).chunk)) };
         *out = model.info(chunk);
         Ok(())
     })())
