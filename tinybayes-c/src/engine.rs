@@ -7,16 +7,13 @@ use core::mem::{align_of, size_of, ManuallyDrop, MaybeUninit};
 use core::ptr::{addr_of, addr_of_mut};
 
 use tinybayes::format::Precision;
-#[cfg(feature = "f32")]
-use tinybayes::numeric::F32;
-#[cfg(feature = "q16")]
-use tinybayes::numeric::Q16;
-#[cfg(feature = "q8")]
-use tinybayes::numeric::Q8;
-use tinybayes::{Engine, Mode, ModelError, Plan};
+use tinybayes::numeric::{F32, Q16, Q8};
+use tinybayes::rand_xoshiro::Xoshiro128PlusPlus;
+use tinybayes::{Engine, Halting, Mode, ModelError, Plan};
 
 use crate::args::TbMode;
 use crate::boundary;
+use crate::result::TbResult;
 use crate::run::Run;
 use crate::status::{status_of, TbStatus};
 
@@ -257,7 +254,7 @@ macro_rules! bound {
         /// The Rust engine of the model's format at the chosen chunk (held in place in the
         /// caller's `tb_engine`: no heap to box the f32 engine's byte table into).
         #[allow(clippy::large_enum_variant)]
-        enum Bound {
+        pub(crate) enum Bound {
             $(
                 #[cfg(all(feature = $feature, feature = $chunk_feature))]
                 $variant(Engine<'static, 'static, $chunk, $num>),
@@ -290,12 +287,23 @@ macro_rules! bound {
                 Err(TbStatus::UnsupportedChunk)
             }
 
-            /// The engine, to run.
-            fn runner(&mut self) -> &mut dyn Run {
+            /// Runs the engine on `input`. Dispatched statically, once per input type: a
+            /// program that never calls `tb_predict_f32` links no f32-input code.
+            pub(crate) fn run<I: Copy>(
+                &mut self,
+                input: I,
+                mode: Mode,
+                halting: Option<Halting<'_>>,
+                rng: &mut Xoshiro128PlusPlus,
+                out: &mut TbResult,
+            ) -> Result<(), TbStatus>
+            where
+                $(Engine<'static, 'static, $chunk, $num>: Run<I>,)*
+            {
                 match self {
                     $(
                         #[cfg(all(feature = $feature, feature = $chunk_feature))]
-                        Bound::$variant(engine) => engine,
+                        Bound::$variant(engine) => engine.run(input, mode, halting, rng, out),
                     )*
                 }
             }
@@ -470,14 +478,14 @@ fn checked(engine: &TbEngine) -> Result<*const State, TbStatus> {
 ///
 /// # Safety
 /// `engine` is NULL or points to a `tb_engine` nothing else uses during `'a`.
-pub(crate) unsafe fn runner<'a>(engine: *mut TbEngine) -> Result<&'a mut dyn Run, TbStatus> {
+pub(crate) unsafe fn bound<'a>(engine: *mut TbEngine) -> Result<&'a mut Bound, TbStatus> {
     // SAFETY: the caller's contract; a `TbEngine` is plain words, any bits valid.
     let slot = unsafe { boundary::write(engine) }?;
     let state = checked(slot)?.cast_mut();
     // SAFETY: the magic and the address say `tb_engine_init` set up this very memory (a
     // `TbEngine` in place since); the engine is reached through an exclusive borrow of its
     // own field alone, disjoint from the model it borrows.
-    Ok(unsafe { &mut *addr_of_mut!((*state).bound) }.runner())
+    Ok(unsafe { &mut *addr_of_mut!((*state).bound) })
 }
 
 /// What the engine runs: the model's format and shape, the chunk and the workspace used.

@@ -4,9 +4,8 @@
 
 use crate::args::{TbHalting, TbMode, TbRng};
 use crate::boundary;
-use crate::engine::{runner, TbEngine};
+use crate::engine::{bound, Bound, TbEngine};
 use crate::result::TbResult;
-use crate::run::Input;
 use crate::status::{status_of, TbStatus};
 
 /// The pointer arguments every prediction shares.
@@ -19,16 +18,20 @@ struct Call {
 }
 
 impl Call {
-    /// Checks the arguments in a fixed order (result, then the others) and runs.
+    /// Checks the arguments in a fixed order (result, generator, policy, mode, input, engine)
+    /// and runs the engine on the input that `input` makes of the caller's pointer.
     ///
     /// # Safety
-    /// Every pointer is NULL or valid as the C function states; `input` was built from the
-    /// caller's pointer under the same contract.
-    unsafe fn run(
+    /// Every pointer is NULL or valid as the C function states; `input` builds the input
+    /// under the same contract.
+    unsafe fn run<I: Copy>(
         self,
-        input: impl FnOnce() -> Result<Input<'static>, TbStatus>,
+        input: impl FnOnce() -> Result<I, TbStatus>,
         early_exit: bool,
-    ) -> TbStatus {
+    ) -> TbStatus
+    where
+        Bound: Runs<I>,
+    {
         status_of((|| {
             // SAFETY: the caller's contract, for each pointer in turn.
             let result = unsafe { boundary::write(self.result) }?;
@@ -42,9 +45,48 @@ impl Call {
             };
             let mode = self.mode.to_mode()?;
             let input = input()?;
-            let engine = unsafe { runner(self.engine) }?;
-            engine.run(input, mode, halting, rng.generator(), result)
+            let engine = unsafe { bound(self.engine) }?;
+            engine.runs(input, mode, halting, rng.generator(), result)
         })())
+    }
+}
+
+/// [`Bound::run`] for an input type every engine runs (a trait, so that [`Call::run`] can
+/// name it).
+trait Runs<I> {
+    fn runs(
+        &mut self,
+        input: I,
+        mode: tinybayes::Mode,
+        halting: Option<tinybayes::Halting<'_>>,
+        rng: &mut tinybayes::rand_xoshiro::Xoshiro128PlusPlus,
+        out: &mut TbResult,
+    ) -> Result<(), TbStatus>;
+}
+
+impl Runs<&[u8]> for Bound {
+    fn runs(
+        &mut self,
+        input: &[u8],
+        mode: tinybayes::Mode,
+        halting: Option<tinybayes::Halting<'_>>,
+        rng: &mut tinybayes::rand_xoshiro::Xoshiro128PlusPlus,
+        out: &mut TbResult,
+    ) -> Result<(), TbStatus> {
+        self.run(input, mode, halting, rng, out)
+    }
+}
+
+impl Runs<&[f32]> for Bound {
+    fn runs(
+        &mut self,
+        input: &[f32],
+        mode: tinybayes::Mode,
+        halting: Option<tinybayes::Halting<'_>>,
+        rng: &mut tinybayes::rand_xoshiro::Xoshiro128PlusPlus,
+        out: &mut TbResult,
+    ) -> Result<(), TbStatus> {
+        self.run(input, mode, halting, rng, out)
     }
 }
 
@@ -75,7 +117,7 @@ pub unsafe extern "C" fn tb_predict_u8(
         result,
     };
     // SAFETY: the caller's contract above.
-    unsafe { call.run(|| Ok(Input::U8(boundary::slice(input, len)?)), false) }
+    unsafe { call.run(|| boundary::slice(input, len), false) }
 }
 
 /// Predicts from normalised f32 inputs (`len` values, channel-major; f32 models only: a
@@ -101,7 +143,7 @@ pub unsafe extern "C" fn tb_predict_f32(
         result,
     };
     // SAFETY: the caller's contract above.
-    unsafe { call.run(|| Ok(Input::F32(boundary::slice(input, len)?)), false) }
+    unsafe { call.run(|| boundary::slice(input, len), false) }
 }
 
 /// Runs an early-exit model block by block from raw 8-bit inputs and stops as `*halting`
@@ -129,7 +171,7 @@ pub unsafe extern "C" fn tb_predict_early_exit_u8(
         result,
     };
     // SAFETY: the caller's contract above.
-    unsafe { call.run(|| Ok(Input::U8(boundary::slice(input, len)?)), true) }
+    unsafe { call.run(|| boundary::slice(input, len), true) }
 }
 
 /// `tb_predict_early_exit_u8` from normalised f32 inputs (f32 models only).
@@ -154,5 +196,5 @@ pub unsafe extern "C" fn tb_predict_early_exit_f32(
         result,
     };
     // SAFETY: the caller's contract above.
-    unsafe { call.run(|| Ok(Input::F32(boundary::slice(input, len)?)), true) }
+    unsafe { call.run(|| boundary::slice(input, len), true) }
 }

@@ -1,10 +1,8 @@
 //! `tb_result`: the answer for one input, as C reads it, versioned so that a caller built
 //! against another header is told instead of misread.
 
-#[cfg(feature = "f32")]
-use tinybayes::{early_exit::ExitPrediction, Prediction};
-#[cfg(feature = "fixed")]
-use tinybayes::{early_exit::QExitPrediction, QPrediction, UQ16};
+use tinybayes::early_exit::{ExitPrediction, QExitPrediction};
+use tinybayes::{Prediction, QPrediction, UQ16};
 
 use crate::status::TbStatus;
 
@@ -102,7 +100,6 @@ impl TbResult {
         }
     }
 
-    #[cfg(feature = "f32")]
     /// Overwrites the answer with an f32 prediction of a model of `macs` MACs per sample.
     pub(crate) fn set_f32<const K: usize>(&mut self, p: &Prediction<K>, macs: usize) {
         *self = TbResult::new();
@@ -113,7 +110,6 @@ impl TbResult {
         self.mutual_information = p.mutual_information;
     }
 
-    #[cfg(feature = "fixed")]
     /// Overwrites the answer with a fixed-point prediction.
     pub(crate) fn set_fixed<const K: usize>(&mut self, p: &QPrediction<K>, macs: usize) {
         *self = TbResult::new();
@@ -144,14 +140,12 @@ impl TbResult {
         );
     }
 
-    #[cfg(feature = "f32")]
     /// Overwrites the answer with an f32 early-exit prediction.
     pub(crate) fn set_f32_exit<const K: usize>(&mut self, p: &ExitPrediction<K>) {
         self.set_f32(&p.prediction, p.macs);
         self.set_exit(p.exit, p.depth);
     }
 
-    #[cfg(feature = "fixed")]
     /// Overwrites the answer with a fixed-point early-exit prediction.
     pub(crate) fn set_fixed_exit<const K: usize>(&mut self, p: &QExitPrediction<K>) {
         self.set_fixed(&p.prediction, p.macs);

@@ -1,29 +1,20 @@
-//! One prediction on the engine of any format and chunk: the [`Run`] trait that `tb_engine`
-//! dispatches to, implemented for each engine type.
+//! One prediction on the engine of any format and chunk, for each input type: the [`Run`]
+//! trait that `tb_engine` dispatches to statically (one instantiation per input type, so that
+//! the linker drops the paths a program never calls).
 
 use tinybayes::rand_xoshiro::Xoshiro128PlusPlus;
-use tinybayes::{Engine, Halting, Mode};
+use tinybayes::{Engine, Halting, Mode, Q16, Q8};
 
 use crate::result::{TbResult, TB_MAX_CLASSES};
 use crate::status::TbStatus;
 
-/// An input as C passes it.
-#[derive(Clone, Copy)]
-pub(crate) enum Input<'a> {
-    /// Normalised f32 values (f32 models only).
-    #[cfg_attr(not(feature = "f32"), allow(dead_code))]
-    F32(&'a [f32]),
-    /// Raw 8-bit values, normalised by the model.
-    U8(&'a [u8]),
-}
-
-/// One prediction, written into `out` on success (left alone on failure). `halting`:
-/// `None` for a plain prediction (an early-exit model then runs every block), a policy for
-/// an early-exit one.
-pub(crate) trait Run {
+/// One prediction from an input of type `I` (`&[u8]` raw values, `&[f32]` normalised ones),
+/// written into `out` on success (left alone on failure). `halting`: `None` for a plain
+/// prediction (an early-exit model then runs every block), a policy for an early-exit one.
+pub(crate) trait Run<I> {
     fn run(
         &mut self,
-        input: Input<'_>,
+        input: I,
         mode: Mode,
         halting: Option<Halting<'_>>,
         rng: &mut Xoshiro128PlusPlus,
@@ -31,61 +22,83 @@ pub(crate) trait Run {
     ) -> Result<(), TbStatus>;
 }
 
-#[cfg(feature = "f32")]
-impl<const CHUNK: usize> Run for Engine<'_, '_, CHUNK, tinybayes::F32> {
+const K: usize = TB_MAX_CLASSES;
+
+impl<const CHUNK: usize> Run<&[f32]> for Engine<'_, '_, CHUNK, tinybayes::F32> {
     fn run(
         &mut self,
-        input: Input<'_>,
+        input: &[f32],
         mode: Mode,
         halting: Option<Halting<'_>>,
         rng: &mut Xoshiro128PlusPlus,
         out: &mut TbResult,
     ) -> Result<(), TbStatus> {
-        const K: usize = TB_MAX_CLASSES;
-        let macs = self.model().macs();
-        match (input, halting) {
-            (Input::F32(x), None) => out.set_f32(&self.predict::<K>(x, mode, rng)?, macs),
-            (Input::U8(x), None) => out.set_f32(&self.predict_u8::<K>(x, mode, rng)?, macs),
-            (Input::F32(x), Some(h)) => {
-                out.set_f32_exit(&self.predict_early_exit::<K>(x, mode, h, rng)?)
+        match halting {
+            None => {
+                let macs = self.model().macs();
+                out.set_f32(&self.predict::<K>(input, mode, rng)?, macs)
             }
-            (Input::U8(x), Some(h)) => {
-                out.set_f32_exit(&self.predict_u8_early_exit::<K>(x, mode, h, rng)?)
-            }
+            Some(h) => out.set_f32_exit(&self.predict_early_exit::<K>(input, mode, h, rng)?),
         }
         Ok(())
     }
 }
 
-/// [`Run`] for the fixed-point engines (raw 8-bit inputs only).
-#[cfg(feature = "fixed")]
+impl<const CHUNK: usize> Run<&[u8]> for Engine<'_, '_, CHUNK, tinybayes::F32> {
+    fn run(
+        &mut self,
+        input: &[u8],
+        mode: Mode,
+        halting: Option<Halting<'_>>,
+        rng: &mut Xoshiro128PlusPlus,
+        out: &mut TbResult,
+    ) -> Result<(), TbStatus> {
+        match halting {
+            None => {
+                let macs = self.model().macs();
+                out.set_f32(&self.predict_u8::<K>(input, mode, rng)?, macs)
+            }
+            Some(h) => out.set_f32_exit(&self.predict_u8_early_exit::<K>(input, mode, h, rng)?),
+        }
+        Ok(())
+    }
+}
+
+/// [`Run`] for the fixed-point engines: raw 8-bit inputs only.
 macro_rules! run_fixed {
-    ($($num:ty, $feature:literal),*) => {$(
-        #[cfg(feature = $feature)]
-        impl<const CHUNK: usize> Run for Engine<'_, '_, CHUNK, $num> {
+    ($($num:ty),*) => {$(
+        impl<const CHUNK: usize> Run<&[u8]> for Engine<'_, '_, CHUNK, $num> {
             fn run(
                 &mut self,
-                input: Input<'_>,
+                input: &[u8],
                 mode: Mode,
                 halting: Option<Halting<'_>>,
                 rng: &mut Xoshiro128PlusPlus,
                 out: &mut TbResult,
             ) -> Result<(), TbStatus> {
-                const K: usize = TB_MAX_CLASSES;
-                let Input::U8(x) = input else {
-                    return Err(TbStatus::InputType);
-                };
                 match halting {
                     None => {
                         let macs = self.model().macs();
-                        out.set_fixed(&self.predict_u8::<K>(x, mode, rng)?, macs)
+                        out.set_fixed(&self.predict_u8::<K>(input, mode, rng)?, macs)
                     }
-                    Some(h) => out.set_fixed_exit(&self.predict_u8_early_exit::<K>(x, mode, h, rng)?),
+                    Some(h) => out.set_fixed_exit(&self.predict_u8_early_exit::<K>(input, mode, h, rng)?),
                 }
                 Ok(())
             }
         }
+
+        impl<const CHUNK: usize> Run<&[f32]> for Engine<'_, '_, CHUNK, $num> {
+            fn run(
+                &mut self,
+                _: &[f32],
+                _: Mode,
+                _: Option<Halting<'_>>,
+                _: &mut Xoshiro128PlusPlus,
+                _: &mut TbResult,
+            ) -> Result<(), TbStatus> {
+                Err(TbStatus::InputType)
+            }
+        }
     )*};
 }
-#[cfg(feature = "fixed")]
-run_fixed!(tinybayes::Q8, "q8", tinybayes::Q16, "q16");
+run_fixed!(Q8, Q16);
