@@ -223,6 +223,7 @@ fn mixed_spec() -> ModelSpec {
                 theta: theta0,
                 variance: Some(var0),
                 storage: StorageChoice::Sparse,
+                dropout: None,
             },
             LayerSpec {
                 op: LayerOp::Linear,
@@ -233,6 +234,7 @@ fn mixed_spec() -> ModelSpec {
                 theta: theta1,
                 variance: None,
                 storage: StorageChoice::Dense,
+                dropout: None,
             },
             LayerSpec {
                 op: LayerOp::Linear,
@@ -243,6 +245,7 @@ fn mixed_spec() -> ModelSpec {
                 theta: sparse_theta(4, &L2_COLS),
                 variance: None,
                 storage: StorageChoice::Sparse,
+                dropout: None,
             },
         ],
         trained: None,
@@ -1231,6 +1234,7 @@ fn single_layer(inputs: usize, outputs: usize, gaussian: bool, storage: StorageC
             theta: (0..n).map(|i| 0.25 * (i % 3) as f32).collect(),
             variance: gaussian.then(|| vec![0.01; n]),
             storage,
+            dropout: None,
         }],
         trained: None,
     }
@@ -1463,6 +1467,7 @@ fn writer_refuses_invalid_models() {
             theta: vec![1.0; 4],
             variance: None,
             storage: StorageChoice::Smallest,
+            dropout: None,
         })
         .collect();
     assert_eq!(
@@ -1494,7 +1499,7 @@ fn model_error_messages_are_specific() {
         (BadMagic, vec!["magic"]),
         (
             UnsupportedVersion { found: 9 },
-            vec!["version 9", "versions 1 to 7"],
+            vec!["version 9", "versions 1 to 8"],
         ),
         (BadHeaderLength { found: 4711 }, vec!["4711", "header"]),
         (
@@ -1578,6 +1583,10 @@ fn model_error_messages_are_specific() {
         (
             BadEarlyExit { layer: 17 },
             vec!["layer 17", "residual", "exit"],
+        ),
+        (
+            BadDropout { layer: 18 },
+            vec!["layer 18", "dropout", "[0, 1)"],
         ),
     ];
     let mut seen = std::collections::HashSet::new();
@@ -1779,6 +1788,7 @@ fn overflowing_logits_are_reported() {
             theta: vec![3e38; 48],
             variance: Some(vec![0.0; 48]),
             storage: StorageChoice::Dense,
+            dropout: None,
         }],
         trained: None,
     };
@@ -1836,6 +1846,7 @@ fn overflowing_u8_normalization_is_reported() {
                 theta: vec![-1.0, 0.0, 0.0, -1.0],
                 variance: None,
                 storage: StorageChoice::Dense,
+                dropout: None,
             },
             LayerSpec {
                 op: LayerOp::Linear,
@@ -1846,6 +1857,7 @@ fn overflowing_u8_normalization_is_reported() {
                 theta: vec![1.0, 0.0, 0.0, 1.0],
                 variance: None,
                 storage: StorageChoice::Dense,
+                dropout: None,
             },
         ],
         trained: None,
@@ -1890,6 +1902,7 @@ fn identical_samples_have_zero_mutual_information_even_with_extreme_logits() {
             theta: vec![0.0; 3],
             variance: Some(vec![0.0; 3]),
             storage: StorageChoice::Dense,
+            dropout: None,
         }],
         trained: None,
     };

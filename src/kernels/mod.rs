@@ -82,8 +82,13 @@ pub(crate) fn forward_samples<const CHUNK: usize>(
 
 /// Scratch words a layer needs for a chunk of `chunk` samples: the pre-activation variances
 /// of a Gaussian linear layer (and, stored by rows and run per sample, not as the first
-/// Gaussian layer, its inputs squared), or of one output channel of a convolution.
+/// Gaussian layer, its inputs squared), or of one output channel of a convolution; a
+/// Bernoulli layer's masked inputs.
 pub(crate) fn scratch_len(layer: &Layer<'_>, chunk: usize, first_gaussian: bool) -> usize {
+    if layer.posterior() == Posterior::Bernoulli {
+        // A chunk of its masked inputs (`drop_inputs`); its rows then need nothing more.
+        return layer.inputs() * chunk;
+    }
     match layer.operation() {
         Operation::Conv2d(g) => g.output[1] * g.output[2] * chunk,
         Operation::Linear | Operation::ExitHead { .. }
@@ -99,6 +104,42 @@ pub(crate) fn scratch_len(layer: &Layer<'_>, chunk: usize, first_gaussian: bool)
         | Operation::ExitHead { .. }
         | Operation::MaxPool(_)
         | Operation::ResidualAdd { .. } => 0,
+    }
+}
+
+/// MC dropout: the inputs of a Bernoulli layer for a chunk of `s = streams.len()` samples,
+/// each input kept or dropped per sample: `out[i * s + m]` is sample `m`'s input `i` when it
+/// keeps it, zero otherwise. Sample `m` draws one `u32` per input, in input order, from its
+/// own stream (`draw(&mut streams[m])`), and keeps the input when the draw is at or above
+/// `threshold` ([`crate::format::drop_threshold`]): with probability `1 - p`, independently
+/// of the other inputs and samples, and of the chunk size. `x` holds the chunk's inputs
+/// unit-major (`x[i * s + m]`), or with `shared` one value per input that every sample reads
+/// (the deterministic input of a first stochastic layer). Every format draws the same way, so
+/// an f32 and a fixed-point model given the same seeds drop the same inputs.
+pub(crate) fn drop_inputs<A: Copy + Default, R>(
+    threshold: u32,
+    x: &[A],
+    shared: bool,
+    streams: &mut [R],
+    mut draw: impl FnMut(&mut R) -> u32,
+    out: &mut [A],
+) {
+    let s = streams.len();
+    if s == 0 {
+        return;
+    }
+    let inputs = out.len() / s;
+    let stride = if shared { 1 } else { s };
+    for (m, stream) in streams.iter_mut().enumerate() {
+        let offset = if shared { 0 } else { m };
+        for i in 0..inputs {
+            let kept = draw(stream) >= threshold;
+            let value = match x.get(i * stride + offset) {
+                Some(&v) if kept => v,
+                _ => A::default(),
+            };
+            out[i * s + m] = value;
+        }
     }
 }
 

@@ -8,6 +8,8 @@
 //!
 //! Approximations (each the standard one):
 //! - units are independent of each other (so variances add across a sum);
+//! - an MC dropout (Bernoulli) layer's mask multiplies each input by an independent 0/1
+//!   factor of mean `q`: the input's moments become `(q m, q (v + m²) - q² m²)` ([`dropout`]);
 //! - a weight layer's pre-activations are Gaussian (exact for the first Gaussian layer given
 //!   the input, a central-limit approximation after it); with Gaussian weights and independent
 //!   inputs, `m' = b + Σ θ m` and `v' = Σ θ² v + σ² (m² + v)`;
@@ -50,6 +52,17 @@ pub(super) fn weight_terms(w: &[f32], m: f32, v: f32) -> (f32, f32) {
         [theta] => (theta * m, theta * theta * v),
         [] => (0.0, 0.0),
     }
+}
+
+/// The moments of a unit of mean `m` and variance `v` after an MC dropout mask: kept with
+/// probability `q` (a 0/1 factor independent of the unit), the product has mean `q m` and
+/// variance `E[mask² x²] - (q m)² = q (v + m²) - q² m²`. A Bernoulli layer stores its weights
+/// divided by `q`, so with `θ = q θ_stored` its pre-activation has mean `Σ θ m` and variance
+/// `Σ θ² ((v + m²) / q - m²)` (GUIDE section 8).
+#[inline(always)]
+pub(super) fn dropout(q: f32, m: f32, v: f32) -> (f32, f32) {
+    let mean = q * m;
+    (mean, q * (v + m * m) - mean * mean)
 }
 
 /// The standard normal CDF `Φ(a)` and density `φ(a)` from one exponential, `e^(-a²/2)`:

@@ -537,7 +537,11 @@ impl Trainer {
             if rw > 0.0 {
                 kl = self.model.add_kl_grad(&mut grads, kl_scale);
             }
-            let loss = ce + rw * kl / n as f64;
+            // MC dropout layers: the weight decay is their prior (0 for other models).
+            let decay = self
+                .model
+                .add_weight_decay_grad(&mut grads, cfg.weight_decay as f32);
+            let loss = ce + rw * kl / n as f64 + decay;
             if !loss.is_finite() {
                 self.poisoned = true;
                 return Err(TrainError::NonFinite { epoch, batch: bi });
@@ -898,7 +902,14 @@ pub(crate) mod tests {
             b.run(None, |_| {}).unwrap();
             assert_eq!(a.model(), b.model(), "{arch}");
             assert_eq!(a.adam, b.adam);
-            let mut c = Trainer::new(TrainConfig { seed: 6, ..config }, &data).unwrap();
+            let mut c = Trainer::new(
+                TrainConfig {
+                    seed: 6,
+                    ..config.clone()
+                },
+                &data,
+            )
+            .unwrap();
             c.run(None, |_| {}).unwrap();
             assert_ne!(a.model(), c.model());
             // Training moved the parameters and the synthetic task is learnable (in two steps
