@@ -263,3 +263,63 @@ fn add_noise<const RELU: bool>(pre: &mut [f32], std: &[f32], rngs: &mut [Xoshiro
         *rng = local;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::drop_inputs;
+    use rand_core::{RngCore, SeedableRng};
+    use rand_xoshiro::Xoshiro128PlusPlus;
+    use std::vec;
+
+    /// Over many inputs and samples the kept fraction is `1 - p` within five binomial
+    /// standard deviations, kept inputs keep their values, and every sample draws the same
+    /// whether the input is shared or given per sample.
+    #[test]
+    fn masks_keep_inputs_at_the_rate_and_per_sample_streams() {
+        for p in [0.0f32, 0.1, 0.5, 0.8] {
+            let threshold = crate::format::drop_threshold(p);
+            let (inputs, s) = (1000, 8);
+            let shared: vec::Vec<f32> = (0..inputs).map(|i| 1.0 + i as f32).collect();
+            let chunk: vec::Vec<f32> = shared
+                .iter()
+                .flat_map(|&v| core::iter::repeat_n(v, s))
+                .collect();
+            let mut streams: vec::Vec<Xoshiro128PlusPlus> = (0..s)
+                .map(|m| Xoshiro128PlusPlus::seed_from_u64(m as u64))
+                .collect();
+            let mut again = streams.clone();
+            let (mut a, mut b) = (vec![0.0f32; inputs * s], vec![0.0f32; inputs * s]);
+            drop_inputs(
+                threshold,
+                &shared,
+                true,
+                &mut streams,
+                RngCore::next_u32,
+                &mut a,
+            );
+            drop_inputs(
+                threshold,
+                &chunk,
+                false,
+                &mut again,
+                RngCore::next_u32,
+                &mut b,
+            );
+            assert_eq!(a, b);
+            let kept = a.iter().filter(|&&v| v != 0.0).count() as f64;
+            let n = (inputs * s) as f64;
+            let q = 1.0 - p as f64;
+            let sd = (n * q * (1.0 - q)).sqrt();
+            assert!(
+                (kept - n * q).abs() <= 5.0 * sd,
+                "p {p}: kept {kept} of {n}"
+            );
+            for (k, &v) in a.iter().enumerate() {
+                assert!(v == 0.0 || v == shared[k / s]);
+            }
+            // Sample m's masks come from stream m alone: its first draw decides input 0.
+            let mut first = Xoshiro128PlusPlus::seed_from_u64(3);
+            assert_eq!(a[3] != 0.0, first.next_u32() >= threshold);
+        }
+    }
+}
