@@ -7,7 +7,8 @@
 //! default), and the KL sums over every VD layer (stem, block convolutions, exit heads). This is the paper's
 //! `(N/B) * sum_batch CE + rw * KL` divided by `N`; Adam is invariant to that constant factor (up
 //! to its epsilon), and per-example numbers are easier to read. `EpochReport::kl` is the un-scaled
-//! KL sum in nats.
+//! KL sum in nats. MC dropout layers ([`super::TrainedLayer::DropoutLinear`]) have no KL; their
+//! prior is the weight decay, `+ weight_decay / 2 * Σ θ²` per example.
 //!
 //! Parallelism: each mini-batch is split into `shards` parts whose forward and backward passes
 //! run on the rayon pool; their gradients are added in shard order. Matrix products go through
