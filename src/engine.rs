@@ -19,10 +19,13 @@ use crate::runner::{run_exits, run_plain, Outcome};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Mode {
-    /// One pass with the posterior means θ (the "test network" of sparse variational dropout).
-    /// Mutual information is 0 and the expected entropy equals the predictive entropy.
+    /// One pass with the posterior means θ (the "test network" of sparse variational dropout;
+    /// with MC dropout layers, each input times its keep probability). Mutual information is 0
+    /// and the expected entropy equals the predictive entropy.
     MeanWeights,
-    /// Average the softmax over `samples` draws of the weights (local reparameterization).
+    /// Average the softmax over `samples` draws of the weights (local reparameterization) and
+    /// of the dropout masks of Bernoulli layers (each input kept with probability `1 - p`,
+    /// one `u32` draw per input and sample; dropped inputs add nothing).
     MonteCarlo {
         /// Number of samples M.
         samples: NonZeroU16,

@@ -172,6 +172,12 @@ pub enum ModelError {
         /// Index of the layer.
         layer: usize,
     },
+    /// A Bernoulli (MC dropout) layer's drop probability is not finite or not in `[0, 1)`,
+    /// or the posterior is given to a layer that is not linear (format version 8).
+    BadDropout {
+        /// Index of the layer.
+        layer: usize,
+    },
 }
 
 impl fmt::Display for ModelError {
@@ -255,6 +261,10 @@ impl fmt::Display for ModelError {
             QuantRange { layer } => write!(
                 f,
                 "layer {layer}: fixed-point variances too large for the int32 accumulator"
+            ),
+            BadDropout { layer } => write!(
+                f,
+                "layer {layer}: dropout needs a linear layer and a drop probability in [0, 1)"
             ),
         }
     }

@@ -1,4 +1,4 @@
-//! Layout of the flash table, format versions 1 to 7 (`docs/FORMAT.md` is the specification).
+//! Layout of the flash table, format versions 1 to 8 (`docs/FORMAT.md` is the specification).
 //!
 //! Everything is little-endian. The file starts with a [`HEADER_LEN`]-byte header, then
 //! `layer_count` layer records of [`LAYER_RECORD_LEN`] bytes, then the layer payloads (each at
@@ -10,8 +10,11 @@ pub const MAGIC: [u8; 4] = *b"TBYS";
 /// 3 adds fixed-point models: header byte 22 and the quantized kinds, 4
 /// adds residual additions and exit heads for early-exit networks, 5 records the size of the
 /// network as trained: [`TrainedSize`], 6 adds fixed-point convolutions and pooling, 7
-/// fixed-point residual additions, exit heads and bias shifts).
-pub const FORMAT_VERSION: u16 = 7;
+/// fixed-point residual additions, exit heads and bias shifts, 8 the Bernoulli (MC dropout)
+/// posterior).
+pub const FORMAT_VERSION: u16 = 8;
+/// The version of files with a Bernoulli (MC dropout) layer ([`Posterior::Bernoulli`]).
+pub const DROPOUT_FORMAT_VERSION: u16 = 8;
 /// The version of fixed-point files with residual additions, exit heads or a non-zero bias
 /// shift.
 pub const FIXED_EXIT_FORMAT_VERSION: u16 = 7;
@@ -142,6 +145,16 @@ pub(crate) mod record {
     pub const QUANT_BIAS_SHIFT: usize = 26;
     /// Quantized linear: reserved (version 7).
     pub const QUANT_RESERVED_V7: core::ops::Range<usize> = 27..32;
+    /// f32 linear layer with a Bernoulli posterior (version 8): the probability `p` that an
+    /// input is dropped (f32, finite, `0 <= p < 1`); bytes 28..32 stay reserved.
+    pub const DROPOUT_P: usize = 24;
+    /// f32 Bernoulli linear layer: reserved.
+    pub const DROPOUT_RESERVED: core::ops::Range<usize> = 28..32;
+    /// Quantized Bernoulli linear layer (version 8): the drop threshold (u32,
+    /// [`super::drop_threshold`]); bytes 24..27 as a quantized linear layer, 27 reserved.
+    pub const QUANT_DROP_THRESHOLD: usize = 28;
+    /// Quantized Bernoulli linear layer: reserved.
+    pub const QUANT_DROPOUT_RESERVED: core::ops::Range<usize> = 27..28;
     /// Quantized convolution: output shift `S` (u8, 1 to 62); bytes 24..30 as a convolution.
     pub const QUANT_CONV_SHIFT: usize = 30;
     /// Quantized convolution: reserved (versions 6; version 7: the bias shift).
@@ -234,7 +247,7 @@ pub const fn quant_record_layout(
     let theta = index_bytes.div_ceil(width) * width;
     let sigma = theta + width;
     let len = match posterior {
-        Posterior::Deterministic => sigma,
+        Posterior::Deterministic | Posterior::Bernoulli => sigma,
         Posterior::Gaussian => sigma + width,
     };
     (len, theta, sigma)
@@ -411,16 +424,47 @@ pub enum Posterior {
     Deterministic = 0,
     /// Factorised Gaussian N(theta, sigma^2): two f32 (theta, sigma^2) per weight.
     Gaussian = 1,
+    /// MC dropout (format version 8; linear layers): point weights θ, one per weight, and a
+    /// Bernoulli mask over the layer's *inputs*: each input is kept with probability
+    /// `q = 1 - p` in every Monte Carlo sample, independently. The stored θ already carry the
+    /// `1 / q` scale of inverted dropout, so a sample multiplies by 0 or 1 only and the mean
+    /// network is `q θ`.
+    Bernoulli = 2,
 }
 
 impl Posterior {
     /// Number of f32 words stored per weight.
     pub const fn words_per_weight(self) -> usize {
         match self {
-            Posterior::Deterministic => 1,
+            Posterior::Deterministic | Posterior::Bernoulli => 1,
             Posterior::Gaussian => 2,
         }
     }
+
+    /// The name used in reports: `deterministic`, `gaussian` or `bernoulli`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Posterior::Deterministic => "deterministic",
+            Posterior::Gaussian => "gaussian",
+            Posterior::Bernoulli => "bernoulli",
+        }
+    }
+
+    /// Whether a Monte Carlo sample draws something in a layer with this posterior (noise
+    /// or a mask).
+    pub const fn is_stochastic(self) -> bool {
+        !matches!(self, Posterior::Deterministic)
+    }
+}
+
+/// The drop threshold of a drop probability `p` in `[0, 1)`: `floor(p · 2^32)`. A sample
+/// keeps an input when its uniform `u32` draw is at or above the threshold, with probability
+/// `1 - threshold / 2^32` (`p` exactly when `p · 2^32` is an integer, as it is for every `p`
+/// of at least `2^-9`). The f32 and fixed-point engines compare the same draws with it.
+pub fn drop_threshold(p: f32) -> u32 {
+    // p · 2^32 is exact in f32 (a power-of-two scale), below 2^32 for p < 1; the cast
+    // truncates (and saturates, for out-of-range values that validation rejects first).
+    (p * 4_294_967_296.0) as u32
 }
 
 /// The non-linearity applied to a layer's output.
@@ -438,6 +482,7 @@ impl Posterior {
         match code {
             0 => Some(Posterior::Deterministic),
             1 => Some(Posterior::Gaussian),
+            2 => Some(Posterior::Bernoulli),
             _ => None,
         }
     }

@@ -42,6 +42,36 @@ pub trait Input {
     }
 }
 
+/// An input scaled by a constant factor: a Bernoulli (MC dropout) layer's inputs in the mean
+/// network, each multiplied by its keep probability (the expectation of its 0/1 mask).
+pub(crate) struct Scaled<'a, X: ?Sized> {
+    pub(crate) x: &'a X,
+    pub(crate) factor: f32,
+}
+
+impl<X: Input + ?Sized> Input for Scaled<'_, X> {
+    fn len(&self) -> usize {
+        self.x.len()
+    }
+    #[inline(always)]
+    fn value(&self, index: usize) -> f32 {
+        self.x.value(index) * self.factor
+    }
+    fn all_finite(&self) -> bool {
+        self.x.all_finite()
+    }
+    #[inline(always)]
+    fn is_zero(&self, index: usize) -> bool {
+        self.x.is_zero(index)
+    }
+    // A zero byte stays a zero value once scaled; the kernels read the values themselves
+    // through `value`.
+    #[inline(always)]
+    fn zero_skippable_bytes(&self) -> Option<&[u8]> {
+        self.x.zero_skippable_bytes()
+    }
+}
+
 impl Input for [f32] {
     fn len(&self) -> usize {
         <[f32]>::len(self)

@@ -104,6 +104,8 @@ pub struct Layer<'a> {
     residual_source: bool,
     /// An exit head's prior probability of stopping there (0 for other layers).
     exit_prior: f32,
+    /// A Bernoulli layer's probability that an input is dropped (0 for other layers).
+    drop_probability: f32,
 }
 
 impl<'a> Layer<'a> {
@@ -183,6 +185,21 @@ impl<'a> Layer<'a> {
     /// An exit head's prior probability `p(z)` of stopping there; `None` for other layers.
     pub fn exit_prior(&self) -> Option<f32> {
         matches!(self.operation, Operation::ExitHead { .. }).then_some(self.exit_prior)
+    }
+    /// A Bernoulli (MC dropout) layer's probability `p` that each input is dropped in a
+    /// sample; `None` for other posteriors.
+    pub fn drop_probability(&self) -> Option<f32> {
+        (self.posterior == Posterior::Bernoulli).then_some(self.drop_probability)
+    }
+    /// The probability `q = 1 - p` that an input is kept (1 for layers without dropout): the
+    /// factor of the mean network's inputs.
+    pub fn keep_probability(&self) -> f32 {
+        1.0 - self.drop_probability
+    }
+    /// The drop threshold of the layer's drop probability ([`format::drop_threshold`]; 0,
+    /// nothing dropped, for layers without dropout).
+    pub fn drop_threshold(&self) -> u32 {
+        format::drop_threshold(self.drop_probability)
     }
     /// Bytes of the layer's payload in the model file (as `format` defines it per kind).
     pub fn payload_bytes(&self) -> usize {
@@ -656,8 +673,9 @@ fn parse_layer<'a>(
     };
     let kind =
         LayerKind::from_code(rec[record::KIND], cx.version).ok_or_else(|| code(record::KIND))?;
-    let posterior =
-        Posterior::from_code(rec[record::POSTERIOR]).ok_or_else(|| code(record::POSTERIOR))?;
+    let posterior = Posterior::from_code(rec[record::POSTERIOR])
+        .filter(|&p| p != Posterior::Bernoulli || cx.version >= format::DROPOUT_FORMAT_VERSION)
+        .ok_or_else(|| code(record::POSTERIOR))?;
     let activation =
         Activation::from_code(rec[record::ACTIVATION]).ok_or_else(|| code(record::ACTIVATION))?;
     let record_offset = HEADER_LEN + layer * LAYER_RECORD_LEN;
@@ -692,10 +710,26 @@ fn parse_layer<'a>(
     let nnz = u32_at(rec, record::NNZ) as usize;
 
     let mut exit_prior = 0.0;
+    let linear = matches!(
+        kind,
+        LayerKind::DenseLinear | LayerKind::SparseLinear | LayerKind::SparseLinearByInput
+    );
+    // MC dropout: linear layers only, with a drop probability in [0, 1).
+    let mut drop_probability = 0.0;
+    if posterior == Posterior::Bernoulli {
+        let p = f32_at(rec, record::DROPOUT_P);
+        if !(linear && p.is_finite() && (0.0..1.0).contains(&p)) {
+            return Err(ModelError::BadDropout { layer });
+        }
+        reserved(record::DROPOUT_RESERVED)?;
+        drop_probability = p;
+    }
     // Geometry, output shape, dense weight count and payload length, per kind.
     let (operation, out_shape, dense, expected_len) = match kind {
         LayerKind::DenseLinear | LayerKind::SparseLinear | LayerKind::SparseLinearByInput => {
-            reserved(record::RESERVED)?;
+            if posterior != Posterior::Bernoulli {
+                reserved(record::RESERVED)?;
+            }
             let storage = match kind {
                 LayerKind::DenseLinear => Storage::Dense,
                 LayerKind::SparseLinear => Storage::Sparse,
@@ -865,6 +899,7 @@ fn parse_layer<'a>(
         weights,
         residual_source: false,
         exit_prior,
+        drop_probability,
     };
     Ok((layer, out_shape))
 }

@@ -29,7 +29,8 @@ use crate::early_exit::{ExitSummary, HaltValue};
 use crate::error::InferenceError;
 use crate::fixed::graph;
 use crate::fixed::kernels::{
-    draw_from_moments, draw_noise, mean_layer, moments_layer, narrow_moments, sampled_layer, Words,
+    draw_from_moments, draw_noise, input_words, mean_layer, moments_layer, narrow_moments,
+    sampled_layer, Words,
 };
 use crate::fixed::noise::NormalQ8;
 use crate::fixed::predictive::QAccumulator;
@@ -221,10 +222,20 @@ pub(crate) mod seal {
             streams: &mut [Self::Stream],
             out: &mut [Self::Act],
         );
-        /// A later layer for a chunk of samples.
+        /// A later layer for a chunk of samples (a Bernoulli layer masks its inputs first,
+        /// [`crate::kernels::drop_inputs`]).
         fn sampled<const CHUNK: usize>(
             layer: &Self::Layer<'_>,
             x: &[Self::Act],
+            streams: &mut [Self::Stream],
+            out: &mut [Self::Act],
+            scratch: &mut [Self::Scratch],
+        );
+        /// A first stochastic layer with a Bernoulli mask for a chunk of samples, from its
+        /// deterministic input `held` (one value per input, masked per sample).
+        fn sampled_held<const CHUNK: usize>(
+            layer: &Self::Layer<'_>,
+            held: &[Self::Act],
             streams: &mut [Self::Stream],
             out: &mut [Self::Act],
             scratch: &mut [Self::Scratch],
@@ -291,6 +302,9 @@ pub(crate) mod seal {
         ) -> Self::MomentsState;
         /// Global average pool of the input itself (an exit head first in the network).
         fn pool_input(map: [usize; 3], x: &X, out: &mut [Self::Act]);
+        /// The input as activation values, one per input (the deterministic input of a
+        /// first stochastic layer with a Bernoulli mask, kept for every chunk).
+        fn hold(x: &X, out: &mut [Self::Act]);
     }
 }
 
@@ -380,7 +394,19 @@ impl Kernels for F32 {
         out: &mut [f32],
         scratch: &mut [f32],
     ) {
+        if layer.posterior() == Posterior::Bernoulli {
+            return f32_dropout::<CHUNK>(layer, x, false, streams, out, scratch);
+        }
         forward_samples::<CHUNK>(layer, x, streams, out, scratch);
+    }
+    fn sampled_held<const CHUNK: usize>(
+        layer: &Layer<'_>,
+        held: &[f32],
+        streams: &mut [Xoshiro128PlusPlus],
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        f32_dropout::<CHUNK>(layer, held, true, streams, out, scratch);
     }
     fn residual_add(layer: &Layer<'_>, cur: &mut [f32], skip: &[f32]) {
         residual_add(layer.activation(), cur, skip);
@@ -445,6 +471,12 @@ impl<X: Input + ?Sized> Reads<X> for F32 {
         Ok(())
     }
     fn mean(layer: &Layer<'_>, x: &X, out: &mut [f32], _: &mut [f32], _: (&mut [f32], &mut [f32])) {
+        if layer.posterior() == Posterior::Bernoulli {
+            // The mean network: each input times its mask's expectation, the keep
+            // probability (the stored weights carry the 1 / q of inverted dropout).
+            let factor = layer.keep_probability();
+            return forward_mean(layer, &crate::input::Scaled { x, factor }, out);
+        }
         forward_mean(layer, x, out);
     }
     fn moments(layer: &Layer<'_>, x: &X, (mean, std): (&mut [f32], &mut [f32])) {
@@ -453,6 +485,38 @@ impl<X: Input + ?Sized> Reads<X> for F32 {
     fn pool_input(map: [usize; 3], x: &X, out: &mut [f32]) {
         global_average_pool(map, x, 1, out);
     }
+    fn hold(x: &X, out: &mut [f32]) {
+        for (i, o) in out.iter_mut().enumerate().take(x.len()) {
+            *o = x.value(i);
+        }
+    }
+}
+
+/// An f32 Bernoulli layer for a chunk of samples: its inputs (`shared`: one value per input)
+/// masked into the scratch, then its rows as a deterministic layer's.
+fn f32_dropout<const CHUNK: usize>(
+    layer: &Layer<'_>,
+    x: &[f32],
+    shared: bool,
+    streams: &mut [Xoshiro128PlusPlus],
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let n = layer.inputs() * streams.len();
+    if scratch.len() < n {
+        return;
+    }
+    let (masked, rest) = scratch.split_at_mut(n);
+    let threshold = layer.drop_threshold();
+    crate::kernels::drop_inputs(
+        threshold,
+        x,
+        shared,
+        streams,
+        rand_core::RngCore::next_u32,
+        masked,
+    );
+    forward_samples::<CHUNK>(layer, masked, streams, out, rest);
 }
 
 /// What the fixed-point first Gaussian layer's moments leave: the fractional bits of the
@@ -462,9 +526,13 @@ pub struct FixedMoments {
     frac_bits: u32,
 }
 
-/// The scratch of a fixed-point layer (u64 words): the noise draws of a chunk (i16), and the
-/// by-input sums of a first layer (two i64 per output).
+/// The scratch of a fixed-point layer (u64 words): the noise draws of a chunk (i16), the
+/// by-input sums of a first layer (two i64 per output), or a Bernoulli layer's masked inputs
+/// (i32 words).
 fn fixed_scratch_len(layer: &QLayer<'_>, chunk: usize, first_gaussian: bool) -> usize {
+    if layer.posterior() == Posterior::Bernoulli {
+        return (layer.inputs() * chunk).div_ceil(2);
+    }
     let eps = if layer.posterior() == Posterior::Gaussian {
         (layer.outputs() * chunk).div_ceil(4)
     } else {
@@ -484,6 +552,28 @@ fn by_input_scratch(scratch: &mut [u64], outputs: usize) -> (&mut [i64], &mut [i
     let n = outputs.min(words.len() / 2);
     let (a, rest) = words.split_at_mut(n);
     (a, &mut rest[..n])
+}
+
+/// A fixed-point Bernoulli layer for a chunk of samples: its input words (`shared`: one per
+/// input) masked into the scratch with the integer threshold, then its rows as a
+/// deterministic layer's (no noise).
+fn fixed_dropout(
+    layer: &QLayer<'_>,
+    x: &[i32],
+    shared: bool,
+    streams: &mut [NormalQ8],
+    out: &mut [i32],
+    scratch: &mut [u64],
+) {
+    let s = streams.len();
+    let n = layer.inputs() * s;
+    let words: &mut [i32] = bytemuck::cast_slice_mut(scratch);
+    let Some(masked) = words.get_mut(..n) else {
+        return;
+    };
+    let threshold = layer.drop_threshold().unwrap_or(0);
+    crate::kernels::drop_inputs(threshold, x, shared, streams, NormalQ8::next_u32, masked);
+    sampled_layer(layer, masked, s, &[], out);
 }
 
 macro_rules! fixed_format {
@@ -554,6 +644,9 @@ macro_rules! fixed_format {
                 out: &mut [i32],
                 scratch: &mut [u64],
             ) {
+                if layer.posterior() == Posterior::Bernoulli {
+                    return fixed_dropout(layer, x, false, streams, out, scratch);
+                }
                 let s = streams.len();
                 let eps: &mut [i16] = bytemuck::cast_slice_mut(scratch);
                 let units = layer.outputs();
@@ -561,6 +654,15 @@ macro_rules! fixed_format {
                     draw_noise(units, streams, &mut eps[..units * s]);
                 }
                 sampled_layer(layer, x, s, eps, out);
+            }
+            fn sampled_held<const CHUNK: usize>(
+                layer: &QLayer<'_>,
+                held: &[i32],
+                streams: &mut [NormalQ8],
+                out: &mut [i32],
+                scratch: &mut [u64],
+            ) {
+                fixed_dropout(layer, held, true, streams, out, scratch);
             }
             fn residual_add(layer: &QLayer<'_>, cur: &mut [i32], skip: &[i32]) {
                 graph::residual_add(layer, cur, skip);
@@ -618,6 +720,9 @@ macro_rules! fixed_format {
             }
             fn pool_input(map: [usize; 3], x: &X, out: &mut [i32]) {
                 graph::global_average_pool($precision, map, x, 1, out);
+            }
+            fn hold(x: &X, out: &mut [i32]) {
+                input_words($precision, x, out);
             }
         }
     };

@@ -19,10 +19,13 @@ use crate::numeric::{LayerView, F32, Q16, Q8};
 /// - **skip**: the input of the open residual block, widest residual source x chunk;
 /// - **held skip**: a block input computed before the first Gaussian layer and added after it
 ///   (kept across chunks; usually empty);
+/// - **held input**: the deterministic input of a first stochastic layer with a Bernoulli
+///   (MC dropout) mask, which every chunk masks anew (empty otherwise);
 /// - **pooled**: an exit head's pooled map, widest head input x chunk;
 /// - **scratch**: kernel scratch, the largest any layer needs (f32: a Gaussian layer's
 ///   pre-activation variances, and for one stored by rows its inputs squared, inputs x
-///   chunk; fixed point: a layer's noise draws, or a first layer's by-input sums).
+///   chunk; fixed point: a layer's noise draws, or a first layer's by-input sums; a
+///   Bernoulli layer's masked inputs, inputs x chunk).
 ///
 /// An early-exit model's feature maps are kept for one chunk only: a halting policy that
 /// needs every sample at an exit regenerates each chunk's path from the input and the
@@ -39,6 +42,7 @@ pub struct Plan {
     activations: usize,
     skip: usize,
     held_skip: usize,
+    held_input: usize,
     pooled: usize,
     scratch: usize,
     /// Bytes of a moment, an activation and a scratch word.
@@ -56,6 +60,9 @@ pub(crate) struct Buffers<'w, N: Kernels> {
     pub(crate) next: &'w mut [N::Act],
     pub(crate) skip: &'w mut [N::Act],
     pub(crate) held_skip: &'w mut [N::Act],
+    /// The deterministic input of a first stochastic layer with a Bernoulli mask, which
+    /// every chunk masks anew.
+    pub(crate) held_input: &'w mut [N::Act],
     pub(crate) pooled: &'w mut [N::Act],
     pub(crate) scratch: &'w mut [N::Scratch],
 }
@@ -67,11 +74,10 @@ impl<N: Kernels> Buffers<'_, N> {
     }
 }
 
-/// Index of the first layer with Gaussian weights: where a Monte Carlo pass starts drawing.
-pub(crate) fn first_gaussian<L: LayerView>(layers: &[L]) -> Option<usize> {
-    layers
-        .iter()
-        .position(|l| l.posterior() == Posterior::Gaussian)
+/// Index of the first stochastic layer (Gaussian weights or a Bernoulli dropout mask):
+/// where a Monte Carlo pass starts drawing.
+pub(crate) fn first_stochastic<L: LayerView>(layers: &[L]) -> Option<usize> {
+    layers.iter().position(|l| l.posterior().is_stochastic())
 }
 
 /// The residual source before `first` whose addition comes after it, if any: its output is
@@ -155,7 +161,7 @@ impl Plan {
             .map(LayerView::outputs)
             .max()
             .unwrap_or(0);
-        let first = first_gaussian(layers);
+        let first = first_stochastic(layers);
         let pooled = layers
             .iter()
             .filter(|l| matches!(l.operation(), Operation::ExitHead { .. }))
@@ -171,6 +177,9 @@ impl Plan {
             held_skip: first
                 .and_then(|f| held_source(layers, f))
                 .map_or(0, |src| layers[src].outputs()),
+            held_input: first
+                .filter(|&f| layers[f].posterior() == Posterior::Bernoulli)
+                .map_or(0, |f| layers[f].inputs()),
             pooled: pooled * chunk,
             scratch: layers
                 .iter()
@@ -187,8 +196,8 @@ impl Plan {
     }
 
     /// Words of each region, in order: moments (two halves), current, next, skip, held skip,
-    /// pooled, scratch.
-    fn region_words(&self) -> [usize; 8] {
+    /// held input, pooled, scratch.
+    fn region_words(&self) -> [usize; 9] {
         let [moment, act, scratch] = self.sizes;
         let w = self.word;
         let half = self.moments / 2;
@@ -199,6 +208,7 @@ impl Plan {
             words(self.activations, act, w),
             words(self.skip, act, w),
             words(self.held_skip, act, w),
+            words(self.held_input, act, w),
             words(self.pooled, act, w),
             words(self.scratch, scratch, w),
         ]
@@ -229,7 +239,7 @@ impl Plan {
         if workspace.len() < self.workspace_len() || core::mem::size_of::<N::Word>() != self.word {
             return None;
         }
-        let [m0, m1, c, n, sk, h, p, sc] = self.region_words();
+        let [m0, m1, c, n, sk, h, hi, p, sc] = self.region_words();
         let half = self.moments / 2;
         let (stat_mean, rest) = workspace.split_at_mut(m0);
         let (stat_std, rest) = rest.split_at_mut(m1);
@@ -237,6 +247,7 @@ impl Plan {
         let (next, rest) = rest.split_at_mut(n);
         let (skip, rest) = rest.split_at_mut(sk);
         let (held_skip, rest) = rest.split_at_mut(h);
+        let (held_input, rest) = rest.split_at_mut(hi);
         let (pooled, rest) = rest.split_at_mut(p);
         let scratch = &mut rest[..sc];
         // Each region starts on a word boundary and holds whole elements of its type (the
@@ -252,6 +263,7 @@ impl Plan {
             next: typed(next, self.activations),
             skip: typed(skip, self.skip),
             held_skip: typed(held_skip, self.held_skip),
+            held_input: typed(held_input, self.held_input),
             pooled: typed(pooled, self.pooled),
             scratch: typed(scratch, self.scratch),
         })

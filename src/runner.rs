@@ -26,10 +26,11 @@ use rand_core::RngCore;
 
 use crate::early_exit::{ExitSummary, HaltValue, Halting, HaltingState, MAX_EXITS};
 use crate::error::InferenceError;
+use crate::format::Posterior;
 use crate::model::Operation;
 use crate::numeric::seal::{Kernels, Reads};
 use crate::numeric::LayerView;
-use crate::plan::{first_gaussian, held_source, Buffers, Plan};
+use crate::plan::{first_stochastic, held_source, Buffers, Plan};
 use crate::Mode;
 
 /// The halting policy and what it has been told.
@@ -272,17 +273,25 @@ fn advance_chunk<N: Kernels, const CHUNK: usize>(
     Ok(last)
 }
 
-/// Everything a chunk needs to start: the first Gaussian layer and its moments, the held skip.
+/// Everything a chunk needs to start: the first stochastic layer and its moments (`None`
+/// for a Bernoulli layer under Monte Carlo, which masks its held input in every chunk
+/// instead), the held skip.
 struct Start<'l, 'a, N: Kernels> {
     layer: &'l N::Layer<'a>,
-    moments: N::MomentsState,
+    moments: Option<N::MomentsState>,
     held_units: Option<usize>,
 }
 
 impl<N: Kernels> Start<'_, '_, N> {
-    /// Seeds the chunk's streams from `seeds`, draws the first Gaussian layer's activations
-    /// from its moments and spreads the held skip over the chunk.
-    fn begin(&self, seeds: &mut impl RngCore, rngs: &mut [N::Stream], buf: &mut Buffers<'_, N>) {
+    /// Seeds the chunk's streams from `seeds`, draws the first stochastic layer's
+    /// activations (from its moments, or from its masked held input) and spreads the held
+    /// skip over the chunk.
+    fn begin<const CHUNK: usize>(
+        &self,
+        seeds: &mut impl RngCore,
+        rngs: &mut [N::Stream],
+        buf: &mut Buffers<'_, N>,
+    ) {
         let s = rngs.len();
         for r in rngs.iter_mut() {
             *r = N::stream(seeds.next_u64());
@@ -293,13 +302,22 @@ impl<N: Kernels> Start<'_, '_, N> {
             }
         }
         let units = self.layer.outputs();
-        N::draw_first(
-            self.layer,
-            (&buf.stat_mean[..units], &buf.stat_std[..units]),
-            &self.moments,
-            rngs,
-            &mut buf.cur[..units * s],
-        );
+        match &self.moments {
+            Some(moments) => N::draw_first(
+                self.layer,
+                (&buf.stat_mean[..units], &buf.stat_std[..units]),
+                moments,
+                rngs,
+                &mut buf.cur[..units * s],
+            ),
+            None => N::sampled_held::<CHUNK>(
+                self.layer,
+                &buf.held_input[..self.layer.inputs()],
+                rngs,
+                &mut buf.cur[..units * s],
+                buf.scratch,
+            ),
+        }
         if self.layer.is_residual_source() {
             buf.skip[..units * s].copy_from_slice(&buf.cur[..units * s]);
         }
@@ -326,7 +344,7 @@ fn sweep<N: Kernels, const CHUNK: usize>(
     while done < total {
         let s = CHUNK.min(total - done);
         let rngs = &mut rngs[..s];
-        start.begin(seeds, rngs, buf);
+        start.begin::<CHUNK>(seeds, rngs, buf);
         last_run =
             advance_chunk::<N, CHUNK>(layers, range.clone(), first_exit, rngs, buf, |e, out| {
                 sink(e, out, s).map(|()| false)
@@ -452,7 +470,7 @@ where
     }
     let stochastic_from = match mode {
         Mode::MeanWeights => None,
-        _ => first_gaussian(layers),
+        _ => first_stochastic(layers),
     };
     let prefix_end = stochastic_from.unwrap_or(layers.len());
     let mut macs = 0usize;
@@ -532,11 +550,27 @@ where
     if let Some(n) = held {
         buf.held_skip[..n].copy_from_slice(&buf.skip[..n]);
     }
-    let moments = if first == 0 {
-        <N as Reads<X>>::moments(stochastic, x, (buf.stat_mean, buf.stat_std))
+    let n = stochastic.inputs();
+    let moments = if stochastic.posterior() == Posterior::Bernoulli && !propagates {
+        // Monte Carlo dropout: every sample masks the layer's input itself, kept here.
+        if first == 0 {
+            <N as Reads<X>>::hold(x, &mut buf.held_input[..n]);
+        } else {
+            buf.held_input[..n].copy_from_slice(&buf.cur[..n]);
+        }
+        None
+    } else if first == 0 {
+        Some(<N as Reads<X>>::moments(
+            stochastic,
+            x,
+            (buf.stat_mean, buf.stat_std),
+        ))
     } else {
-        let n = stochastic.inputs();
-        <N as Reads<[N::Act]>>::moments(stochastic, &buf.cur[..n], (buf.stat_mean, buf.stat_std))
+        Some(<N as Reads<[N::Act]>>::moments(
+            stochastic,
+            &buf.cur[..n],
+            (buf.stat_mean, buf.stat_std),
+        ))
     };
     let start = Start::<N> {
         layer: stochastic,
@@ -587,7 +621,7 @@ where
     } else if total <= CHUNK {
         // The policy reads each exit as it comes: all samples advance together, one chunk.
         let rngs = &mut rngs[..total];
-        start.begin(rng, rngs, &mut buf);
+        start.begin::<CHUNK>(rng, rngs, &mut buf);
         advance_chunk::<N, CHUNK>(
             layers,
             rest..layers.len(),
@@ -670,13 +704,11 @@ impl Propagation {
                 N::moments_certain(v, &mut buf.skip[2 * i..2 * i + 2]);
             }
         }
-        let moments = (&buf.stat_mean[..units], &buf.stat_std[..units]);
-        N::moments_first(
-            start.layer,
-            moments,
-            &start.moments,
-            &mut buf.cur[..2 * units],
-        );
+        // Propagation always computes the first stochastic layer's moments.
+        if let Some(state) = &start.moments {
+            let moments = (&buf.stat_mean[..units], &buf.stat_std[..units]);
+            N::moments_first(start.layer, moments, state, &mut buf.cur[..2 * units]);
+        }
         if start.layer.is_residual_source() {
             buf.skip[..2 * units].copy_from_slice(&buf.cur[..2 * units]);
         }

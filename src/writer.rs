@@ -90,6 +90,12 @@ pub struct LayerSpec {
     pub variance: Option<Vec<f32>>,
     /// Storage to use (linear layers; convolutions always store tap lists).
     pub storage: StorageChoice,
+    /// MC dropout (linear layers, format version 8): the probability `p` in `[0, 1)` that
+    /// each input of the layer is dropped in a Monte Carlo sample, written as a Bernoulli
+    /// posterior. `theta` are then the weights a sample applies to its kept inputs, the
+    /// trained weights already divided by the keep probability `1 - p` (inverted dropout
+    /// folded in); `variance` must be `None`. `None` for every other layer.
+    pub dropout: Option<f32>,
 }
 
 impl LayerSpec {
@@ -107,14 +113,17 @@ impl LayerSpec {
             theta: Vec::new(),
             variance: None,
             storage: StorageChoice::Dense,
+            dropout: None,
         })
     }
 
-    fn posterior(&self) -> Posterior {
-        if self.variance.is_some() {
-            Posterior::Gaussian
-        } else {
-            Posterior::Deterministic
+    /// The posterior the file will record: Bernoulli with a drop probability, Gaussian with
+    /// variances, else deterministic.
+    pub fn posterior(&self) -> Posterior {
+        match (self.dropout, &self.variance) {
+            (Some(_), _) => Posterior::Bernoulli,
+            (None, Some(_)) => Posterior::Gaussian,
+            (None, None) => Posterior::Deterministic,
         }
     }
 
@@ -304,6 +313,18 @@ impl ModelSpec {
                 !matches!(l.op, LayerOp::Conv2d { .. })
                     || Some(len) == conv_payload_len(posterior, l.bias.len(), nnz)
             );
+            if let Some(p) = l.dropout {
+                // The reader rejects a probability outside [0, 1) and dropout on a layer
+                // that is not linear (`BadDropout`).
+                version = version.max(format::DROPOUT_FORMAT_VERSION);
+                rec[record::DROPOUT_P..record::DROPOUT_P + 4].copy_from_slice(&p.to_le_bytes());
+                if l.variance.is_some() {
+                    return Err(WriteError::Unsupported {
+                        layer: records.len() / LAYER_RECORD_LEN,
+                        what: "variances beside dropout",
+                    });
+                }
+            }
             rec[record::KIND] = kind as u8;
             rec[record::POSTERIOR] = posterior as u8;
             rec[record::ACTIVATION] = l.activation as u8;
@@ -448,6 +469,7 @@ impl LayerSpec {
             theta,
             variance,
             storage,
+            dropout: layer.drop_probability(),
         }
     }
 }
@@ -783,6 +805,7 @@ pub mod synthetic {
             theta,
             variance: Some(var),
             storage: StorageChoice::Sparse,
+            dropout: None,
         };
         let map = channels * side * side;
         let mut layers = Vec::new();
@@ -806,6 +829,7 @@ pub mod synthetic {
                 theta: Vec::new(),
                 variance: None,
                 storage: StorageChoice::Dense,
+                dropout: None,
             });
             block_input = layers.len() - 1;
             let (t, v) = gauss(classes * channels, sharpness / libm::sqrtf(channels as f32));
@@ -819,6 +843,7 @@ pub mod synthetic {
                 theta: t,
                 variance: Some(v),
                 storage: StorageChoice::Dense,
+                dropout: None,
             });
         }
         ModelSpec {
@@ -867,6 +892,7 @@ pub mod synthetic {
                 theta,
                 variance: Some(variance),
                 storage: StorageChoice::Smallest,
+                dropout: None,
             });
         }
         ModelSpec {

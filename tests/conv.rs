@@ -58,6 +58,7 @@ fn conv_spec(
         theta,
         variance: Some(variance),
         storage: StorageChoice::Sparse,
+        dropout: None,
     };
     (spec, [out_channels, h, w])
 }
@@ -73,6 +74,7 @@ fn linear_spec(rng: &mut Xoshiro256PlusPlus, inputs: usize, outputs: usize) -> L
         variance: Some(theta.iter().map(|t| 0.3 * t * t).collect()),
         theta,
         storage: StorageChoice::Smallest,
+        dropout: None,
     }
 }
 

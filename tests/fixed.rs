@@ -273,6 +273,7 @@ fn oversized_variances_are_refused_for_q8() {
             theta: vec![1; 600],
             sigma2: Some(vec![255; 600]),
             storage: StorageChoice::Dense,
+            drop_threshold: None,
         }],
         trained: None,
     };

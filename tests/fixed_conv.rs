@@ -65,6 +65,7 @@ fn conv_net(seed: u64) -> ModelSpec {
             theta,
             variance: Some(var),
             storage: StorageChoice::Sparse,
+            dropout: None,
         }
     };
     let c1 = conv(&mut rng, 1, 4, SIDE, 1);
@@ -82,6 +83,7 @@ fn conv_net(seed: u64) -> ModelSpec {
         theta,
         variance: Some(var),
         storage: StorageChoice::Smallest,
+        dropout: None,
     };
     ModelSpec {
         input_shape: [1, SIDE, SIDE],

@@ -187,6 +187,7 @@ fn build_spec(input: usize, plans: &[LayerPlan], shape: usize, seed: u64) -> Mod
             theta,
             variance: plan.gaussian.then_some(variance),
             storage: plan.storage,
+            dropout: None,
         });
         inputs = plan.outputs;
     }

@@ -228,6 +228,7 @@ fn mixed_spec() -> ModelSpec {
                 theta: theta0,
                 variance: Some(var0),
                 storage: StorageChoice::Sparse,
+                dropout: None,
             },
             LayerSpec {
                 op: LayerOp::Linear,
@@ -238,6 +239,7 @@ fn mixed_spec() -> ModelSpec {
                 theta: theta1,
                 variance: None,
                 storage: StorageChoice::Dense,
+                dropout: None,
             },
             LayerSpec {
                 op: LayerOp::Linear,
@@ -248,6 +250,7 @@ fn mixed_spec() -> ModelSpec {
                 theta: sparse_theta(4, &L2_COLS),
                 variance: None,
                 storage: StorageChoice::Sparse,
+                dropout: None,
             },
         ],
         trained: None,
@@ -1236,6 +1239,7 @@ fn single_layer(inputs: usize, outputs: usize, gaussian: bool, storage: StorageC
             theta: (0..n).map(|i| 0.25 * (i % 3) as f32).collect(),
             variance: gaussian.then(|| vec![0.01; n]),
             storage,
+            dropout: None,
         }],
         trained: None,
     }
@@ -1468,6 +1472,7 @@ fn writer_refuses_invalid_models() {
             theta: vec![1.0; 4],
             variance: None,
             storage: StorageChoice::Smallest,
+            dropout: None,
         })
         .collect();
     assert_eq!(
@@ -1499,7 +1504,7 @@ fn model_error_messages_are_specific() {
         (BadMagic, vec!["magic"]),
         (
             UnsupportedVersion { found: 9 },
-            vec!["version 9", "versions 1 to 7"],
+            vec!["version 9", "versions 1 to 8"],
         ),
         (BadHeaderLength { found: 4711 }, vec!["4711", "header"]),
         (
@@ -1583,6 +1588,10 @@ fn model_error_messages_are_specific() {
         (
             BadEarlyExit { layer: 17 },
             vec!["layer 17", "residual", "exit"],
+        ),
+        (
+            BadDropout { layer: 18 },
+            vec!["layer 18", "dropout", "[0, 1)"],
         ),
     ];
     let mut seen = std::collections::HashSet::new();
@@ -1784,6 +1793,7 @@ fn overflowing_logits_are_reported() {
             theta: vec![3e38; 48],
             variance: Some(vec![0.0; 48]),
             storage: StorageChoice::Dense,
+            dropout: None,
         }],
         trained: None,
     };
@@ -1841,6 +1851,7 @@ fn overflowing_u8_normalization_is_reported() {
                 theta: vec![-1.0, 0.0, 0.0, -1.0],
                 variance: None,
                 storage: StorageChoice::Dense,
+                dropout: None,
             },
             LayerSpec {
                 op: LayerOp::Linear,
@@ -1851,6 +1862,7 @@ fn overflowing_u8_normalization_is_reported() {
                 theta: vec![1.0, 0.0, 0.0, 1.0],
                 variance: None,
                 storage: StorageChoice::Dense,
+                dropout: None,
             },
         ],
         trained: None,
@@ -1895,6 +1907,7 @@ fn identical_samples_have_zero_mutual_information_even_with_extreme_logits() {
             theta: vec![0.0; 3],
             variance: Some(vec![0.0; 3]),
             storage: StorageChoice::Dense,
+            dropout: None,
         }],
         trained: None,
     };

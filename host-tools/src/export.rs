@@ -54,6 +54,8 @@ struct Work {
     trained_outputs: usize,
     trained_weights: usize,
     surviving: usize,
+    /// An MC dropout layer's drop probability (its inputs'); `None` for VD layers.
+    dropout: Option<f64>,
 }
 
 impl Work {
@@ -78,6 +80,24 @@ impl Work {
             keep,
             bias: bias.clone(),
             relu,
+            dropout: None,
+        }
+    }
+
+    /// An MC dropout layer: deterministic weights, none pruned, its inputs dropped with
+    /// probability `p`.
+    fn dropout(theta: &Array2<f32>, bias: &Array1<f32>, relu: bool, p: f64) -> Self {
+        Work {
+            conv: None,
+            surviving: theta.len(),
+            trained_outputs: theta.nrows(),
+            trained_weights: theta.len(),
+            variance: Array2::zeros(theta.dim()),
+            keep: Array2::from_elem(theta.dim(), true),
+            theta: theta.clone(),
+            bias: bias.clone(),
+            relu,
+            dropout: Some(p),
         }
     }
 
@@ -209,6 +229,10 @@ pub fn trained_size(network: &Network) -> Result<TrainedSize> {
                 weights += theta.len();
                 biases += bias.len();
             }
+            TrainedLayer::DropoutLinear { theta, bias, .. } => {
+                weights += theta.len();
+                biases += bias.len();
+            }
             TrainedLayer::MaxPool2 | TrainedLayer::Flatten => {}
         }
     }
@@ -264,6 +288,14 @@ pub fn export(network: &Network, options: ExportOptions) -> Result<(ModelSpec, V
                     options.threshold,
                 ))));
             }
+            TrainedLayer::DropoutLinear {
+                theta,
+                bias,
+                relu,
+                p,
+            } => items.push(Item::Weighted(Box::new(Work::dropout(
+                theta, bias, *relu, *p,
+            )))),
             TrainedLayer::MaxPool2 => items.push(Item::Pool { size: 2, stride: 2 }),
             // Linear layers read their input flattened, channel-major: nothing to store.
             TrainedLayer::Flatten => {}
@@ -313,8 +345,20 @@ pub fn export(network: &Network, options: ExportOptions) -> Result<(ModelSpec, V
                 .copied()
                 .collect()
         };
-        let theta = masked(&w.theta);
+        let mut theta = masked(&w.theta);
         let variance = masked(&w.variance);
+        // MC dropout: the file stores the weights a sample applies to its kept inputs, the
+        // trained ones divided by the keep probability (inverted dropout folded in), and the
+        // drop probability; the mean network alone (`gaussian` false) keeps them as trained.
+        let dropout = match w.dropout {
+            Some(p) if p > 0.0 && options.gaussian => {
+                let q = (1.0 - p) as f32;
+                theta.iter_mut().for_each(|t| *t /= q);
+                Some(p as f32)
+            }
+            _ => None,
+        };
+        let gaussian = options.gaussian && w.dropout.is_none();
         let outputs = match w.conv {
             None => w.theta.nrows(),
             Some(k) => {
@@ -342,7 +386,7 @@ pub fn export(network: &Network, options: ExportOptions) -> Result<(ModelSpec, V
             },
             bias: w.bias.to_vec(),
             theta,
-            variance: options.gaussian.then_some(variance),
+            variance: gaussian.then_some(variance),
             // A linear first layer reads the raw image: stored by input, its blank pixels
             // are skipped whole (about two thirds of its weights on MNIST).
             storage: if l == 0 && w.conv.is_none() {
@@ -350,6 +394,7 @@ pub fn export(network: &Network, options: ExportOptions) -> Result<(ModelSpec, V
             } else {
                 StorageChoice::Smallest
             },
+            dropout,
         });
     }
     let classes = specs.last().map(|s| s.outputs).unwrap_or(0);

@@ -80,6 +80,7 @@ fn conv_layer(
         theta,
         variance: options.gaussian.then_some(var),
         storage: StorageChoice::Sparse,
+        dropout: None,
     };
     let report = PruneReport {
         trained_outputs: out_ch,
@@ -110,6 +111,7 @@ fn exit_layer(
         theta,
         variance: options.gaussian.then_some(var),
         storage: StorageChoice::Dense,
+        dropout: None,
     };
     let report = PruneReport {
         trained_outputs: classes,
@@ -180,6 +182,7 @@ pub fn export_resnet(
             theta: Vec::new(),
             variance: None,
             storage: StorageChoice::Dense,
+            dropout: None,
         });
         block_input = layers.len() - 1;
         let (exit, report_e) = exit_layer(head, prior as f32, options);

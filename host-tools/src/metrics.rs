@@ -726,6 +726,7 @@ mod tests {
             variance: Some(theta.iter().map(|t| t * t).collect()),
             theta,
             storage: StorageChoice::Sparse,
+            dropout: None,
         };
         let pool = LayerSpec::max_pool([2, 2, 2], 2, 2).unwrap();
         let mut linear = tinybayes::writer::synthetic::mlp(1, &[2, 3], 1.0).layers[0].clone();

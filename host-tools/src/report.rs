@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 use tinybayes::fixed::QModel;
-use tinybayes::format::{Activation, Posterior, TrainedSize};
+use tinybayes::format::{Activation, TrainedSize};
 use tinybayes::Model;
 
 /// One layer of the report.
@@ -126,11 +126,10 @@ impl ModelReport {
                 let dense = l.dense_weights();
                 LayerReport {
                     kind: l.kind().name().into(),
-                    posterior: match l.posterior() {
-                        Posterior::Gaussian => "gaussian",
-                        Posterior::Deterministic => "deterministic",
-                    }
-                    .into(),
+                    posterior: match l.drop_probability() {
+                        Some(p) => format!("bernoulli (p {p})"),
+                        None => l.posterior().name().into(),
+                    },
                     activation: match l.activation() {
                         Activation::Relu => "relu",
                         Activation::Identity => "identity",
@@ -179,11 +178,7 @@ impl ModelReport {
                 let dense = l.dense_weights();
                 LayerReport {
                     kind: l.kind().name().into(),
-                    posterior: match l.posterior() {
-                        Posterior::Gaussian => "gaussian",
-                        Posterior::Deterministic => "deterministic",
-                    }
-                    .into(),
+                    posterior: l.posterior().name().into(),
                     activation: match l.activation() {
                         Activation::Relu => "relu",
                         Activation::Identity => "identity",

@@ -740,6 +740,7 @@ mod tests {
                 skip_multiplier: 0,
                 exit_prior: UQ16(0),
                 bias_shift: 0,
+                drop_threshold: 0,
             };
             let units = layer.outputs;
             let x1: Vec<i32> = (0..layer.inputs).map(|_| rng.next_u32() as i32).collect();

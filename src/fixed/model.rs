@@ -63,6 +63,9 @@ pub struct QLayer<'a> {
     /// A weight layer's bias shift `B`: the bias enters the sums as `b << B` (version 7;
     /// 0 before).
     pub(crate) bias_shift: u32,
+    /// A Bernoulli (MC dropout) layer's drop threshold ([`crate::format::drop_threshold`]);
+    /// 0 (nothing dropped) for other layers.
+    pub(crate) drop_threshold: u32,
 }
 
 impl<'a> QLayer<'a> {
@@ -123,6 +126,13 @@ impl<'a> QLayer<'a> {
             Storage::Sparse => LayerKind::QuantSparseLinear,
             Storage::SparseByInput => LayerKind::QuantSparseLinearByInput,
         }
+    }
+    /// A Bernoulli (MC dropout) layer's drop threshold: a sample keeps an input when its
+    /// uniform `u32` draw is at or above it ([`crate::format::drop_threshold`]); `None` for
+    /// other posteriors. The row parameters of such a layer are `[mθ, mθ·q, b]`: the second
+    /// multiplier, the first scaled by the keep probability, runs the mean network.
+    pub fn drop_threshold(&self) -> Option<u32> {
+        (self.posterior == Posterior::Bernoulli).then_some(self.drop_threshold)
     }
     /// Output shift `S` of the row multipliers.
     pub fn shift(&self) -> u32 {
@@ -456,8 +466,11 @@ fn parse_qlayer<'a>(
     };
     let kind =
         LayerKind::from_code(rec[record::KIND], cx.version).ok_or_else(|| code(record::KIND))?;
-    let posterior =
-        Posterior::from_code(rec[record::POSTERIOR]).ok_or_else(|| code(record::POSTERIOR))?;
+    let posterior = Posterior::from_code(rec[record::POSTERIOR])
+        .filter(|&p| {
+            p != Posterior::Bernoulli || cx.version >= crate::format::DROPOUT_FORMAT_VERSION
+        })
+        .ok_or_else(|| code(record::POSTERIOR))?;
     let activation =
         Activation::from_code(rec[record::ACTIVATION]).ok_or_else(|| code(record::ACTIVATION))?;
     let record_offset = HEADER_LEN + layer * LAYER_RECORD_LEN;
@@ -509,12 +522,29 @@ fn parse_qlayer<'a>(
         posterior,
         activation,
     };
+    let linear = matches!(
+        kind,
+        LayerKind::QuantDenseLinear
+            | LayerKind::QuantSparseLinear
+            | LayerKind::QuantSparseLinearByInput
+    );
+    if posterior == Posterior::Bernoulli && !linear {
+        return Err(ModelError::BadDropout { layer });
+    }
+    // The integer kernels sample rows: a Bernoulli layer is not stored by input.
+    if posterior == Posterior::Bernoulli && kind == LayerKind::QuantSparseLinearByInput {
+        return Err(ModelError::QuantLayout { layer });
+    }
     match kind {
         LayerKind::QuantDenseLinear
         | LayerKind::QuantSparseLinear
         | LayerKind::QuantSparseLinearByInput => {
             let bias_shift = if exits_allowed {
-                reserved(record::QUANT_RESERVED_V7)?;
+                if posterior == Posterior::Bernoulli {
+                    reserved(record::QUANT_DROPOUT_RESERVED)?;
+                } else {
+                    reserved(record::QUANT_RESERVED_V7)?;
+                }
                 check_bias_shift(rec[record::QUANT_BIAS_SHIFT], layer)?
             } else {
                 reserved(record::QUANT_RESERVED)?;
@@ -524,8 +554,14 @@ fn parse_qlayer<'a>(
                 return Err(ModelError::QuantLayout { layer });
             }
             let linear = parse_linear(bytes, rec, cx, &head, kind)?;
+            // Every u32 threshold is a drop probability in [0, 1): nothing more to check.
+            let drop_threshold = match posterior {
+                Posterior::Bernoulli => u32_at(rec, record::QUANT_DROP_THRESHOLD),
+                _ => 0,
+            };
             Ok(QLayer {
                 bias_shift,
+                drop_threshold,
                 ..linear
             })
         }
@@ -665,6 +701,7 @@ impl Head {
             skip_multiplier: 0,
             exit_prior: UQ16(0),
             bias_shift: 0,
+            drop_threshold: 0,
         }
     }
 }
@@ -886,6 +923,7 @@ fn parse_linear<'a>(
         skip_multiplier: 0,
         exit_prior: UQ16(0),
         bias_shift: 0,
+        drop_threshold: 0,
     })
 }
 
@@ -963,6 +1001,7 @@ fn parse_conv<'a>(
         skip_multiplier: 0,
         exit_prior: UQ16(0),
         bias_shift: 0,
+        drop_threshold: 0,
     })
 }
 

@@ -37,6 +37,13 @@ impl NormalQ8 {
         }
     }
 
+    /// The next 32 uniform bits of the underlying generator (an MC dropout mask draw),
+    /// leaving the buffered normal draws as they are.
+    #[inline(always)]
+    pub fn next_u32(&mut self) -> u32 {
+        self.rng.next_u32()
+    }
+
     /// The next draw, `eps * 4096` rounded, `|eps| <= 3.30`.
     #[inline(always)]
     pub fn draw(&mut self) -> i16 {

@@ -223,6 +223,7 @@ pub fn quantize(
                 theta: Vec::new(),
                 sigma2: None,
                 storage: StorageChoice::Dense,
+                drop_threshold: None,
             },
             LayerOp::ResidualAdd { source } => {
                 let s_out = output_scale(clips[index], act_max, s_in);
@@ -240,6 +241,7 @@ pub fn quantize(
                     theta: Vec::new(),
                     sigma2: None,
                     storage: StorageChoice::Dense,
+                    drop_threshold: None,
                 }
             }
             LayerOp::ExitHead { .. } => {
@@ -258,8 +260,12 @@ pub fn quantize(
                     _ => output_scale(clips[index], act_max, s_in),
                 };
                 let mut q = format.weights(l, index, shapes[index], (s_in, a_max), s_out)?;
+                // A Bernoulli layer runs per sample by rows (the integer kernels sample rows
+                // only), even first.
                 q.storage = match l.storage {
-                    StorageChoice::SparseByInput if index == 0 => StorageChoice::SparseByInput,
+                    StorageChoice::SparseByInput if index == 0 && l.dropout.is_none() => {
+                        StorageChoice::SparseByInput
+                    }
                     StorageChoice::Dense => StorageChoice::Dense,
                     _ => StorageChoice::Smallest,
                 };
@@ -333,6 +339,11 @@ impl Format {
                 }
                 m_sigma = s_in * libm::sqrt(s2 * (1u64 << self.sq_shift) as f64) / s_out;
             }
+            // A Bernoulli layer has no σ: its second multiplier runs the mean network,
+            // `mθ · q` (the keep probability times the sampled weights).
+            if let Some(p) = l.dropout {
+                m_sigma = (1.0 - p as f64) * s_theta * s_in / s_out;
+            }
             real.push([s_theta * s_in / s_out, m_sigma, l.bias[j] as f64 / s_out]);
         }
         let (shift, bias_shift) = row_shifts(&real, &theta, sigma2.as_deref(), fan_in, a_in_max)
@@ -360,6 +371,7 @@ impl Format {
             theta,
             sigma2,
             storage: l.storage,
+            drop_threshold: l.dropout.map(crate::format::drop_threshold),
         })
     }
 }
@@ -450,6 +462,30 @@ fn calibration_layer(
     x: &[f32],
     mut noise: Option<&mut Xoshiro128PlusPlus>,
 ) -> Vec<f32> {
+    // MC dropout: a sample masks the inputs (each kept with probability 1 - p), the
+    // mean network scales them by 1 - p.
+    let masked: Vec<f32>;
+    let x = match l.dropout {
+        Some(p) => {
+            let threshold = crate::format::drop_threshold(p);
+            masked = match noise.as_deref_mut() {
+                Some(rng) => x
+                    .iter()
+                    .map(|&v| {
+                        let keep = rand_core::RngCore::next_u32(rng) >= threshold;
+                        if keep {
+                            v
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect(),
+                None => x.iter().map(|&v| v * (1.0 - p)).collect(),
+            };
+            &masked[..]
+        }
+        None => x,
+    };
     let mut y = vec![0.0f32; l.outputs];
     let relu = l.activation == Activation::Relu;
     let mut unit = |out: &mut f32, mean: f32, var: f32| {
@@ -673,6 +709,7 @@ mod tests {
                     theta: w.0,
                     variance: Some(w.1),
                     storage: StorageChoice::Sparse,
+                    dropout: None,
                 }
             };
         let c1 = conv(1, 3, 8, 1, gaussian_weights(27, 0.5));
@@ -688,6 +725,7 @@ mod tests {
             theta,
             variance: Some(variance),
             storage: StorageChoice::Dense,
+            dropout: None,
         };
         let spec = ModelSpec {
             input_shape: [1, 8, 8],

@@ -45,6 +45,10 @@ pub struct QLayerSpec {
     pub sigma2: Option<Vec<u32>>,
     /// Storage of a linear layer (`Smallest` picks between dense and sparse rows).
     pub storage: StorageChoice,
+    /// MC dropout (linear layers, format version 8): the drop threshold
+    /// ([`crate::format::drop_threshold`]) of a Bernoulli posterior, whose rows then hold
+    /// `[mθ, mθ·q, bias]` (the mean network's multiplier second); `None` otherwise.
+    pub drop_threshold: Option<u32>,
 }
 
 /// A whole fixed-point model to write.
@@ -79,10 +83,10 @@ impl QLayerSpec {
     }
 
     fn posterior(&self) -> Posterior {
-        if self.sigma2.is_some() {
-            Posterior::Gaussian
-        } else {
-            Posterior::Deterministic
+        match (self.drop_threshold, &self.sigma2) {
+            (Some(_), _) => Posterior::Bernoulli,
+            (None, Some(_)) => Posterior::Gaussian,
+            (None, None) => Posterior::Deterministic,
         }
     }
 
@@ -240,6 +244,15 @@ impl QModelSpec {
                     nnz
                 }
             };
+            if let Some(threshold) = l.drop_threshold {
+                // The reader accepts dropout on linear layers only (`BadDropout`).
+                version = version.max(format::DROPOUT_FORMAT_VERSION);
+                if l.sigma2.is_some() {
+                    return Err(bad);
+                }
+                rec[record::QUANT_DROP_THRESHOLD..record::QUANT_DROP_THRESHOLD + 4]
+                    .copy_from_slice(&threshold.to_le_bytes());
+            }
             rec[record::POSTERIOR] = l.posterior() as u8;
             rec[record::ACTIVATION] = l.activation as u8;
             let len = payloads.len() - start;

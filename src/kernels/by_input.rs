@@ -81,7 +81,7 @@ pub(super) fn forward_mean<X: Input + ?Sized>(layer: &Layer<'_>, x: &X, out: &mu
     let out = &mut out[..layer.outputs()];
     out.copy_from_slice(layer.bias());
     match layer.posterior() {
-        Posterior::Deterministic => {
+        Posterior::Deterministic | Posterior::Bernoulli => {
             if let Some(columns) = Lines::<1>::of(layer) {
                 for_each_input(layer, x, |xv, start, end| {
                     arch::scatter_span(columns, start..end, xv, out)
@@ -117,6 +117,27 @@ pub(super) fn forward_moments<X: Input + ?Sized>(
                 for_each_input(layer, x, |xv, start, end| {
                     arch::scatter_span(columns, start..end, xv, mean)
                 });
+            }
+        }
+        Posterior::Bernoulli => {
+            // Each input kept with probability q: mean b + q Σ θ x, variance
+            // q (1 - q) Σ θ² x² (as the row form, `linear::dot_dropout_moments`).
+            let q = layer.keep_probability();
+            if let (Some(columns), Some((_, rows, values))) =
+                (Lines::<1>::of(layer), columns(layer))
+            {
+                for_each_input(layer, x, |xv, start, end| {
+                    arch::scatter_span(columns, start..end, q * xv, mean);
+                    for (&r, &w) in rows[start..end].iter().zip(&values[start..end]) {
+                        let t = xv * w;
+                        if let Some(v) = var.get_mut(r as usize) {
+                            *v += t * t;
+                        }
+                    }
+                });
+                for v in var.iter_mut() {
+                    *v *= q * (1.0 - q);
+                }
             }
         }
         Posterior::Gaussian => {
@@ -160,6 +181,11 @@ pub(super) fn forward_samples(
     for (i, bounds) in col_ptr.windows(2).enumerate() {
         let (start, end) = (bounds[0] as usize, bounds[1] as usize);
         let xs = &x[i * s..(i + 1) * s];
+        // An input that is zero in every sample of the chunk (a blank pixel, or one every
+        // sample dropped) adds nothing: its column is skipped whole.
+        if !gaussian && xs.iter().all(|&v| v == 0.0) {
+            continue;
+        }
         for (&r, w) in rows[start..end]
             .iter()
             .zip(values[start * words..].chunks_exact(words))
@@ -180,7 +206,8 @@ pub(super) fn forward_samples(
 
 /// Moment propagation from input means and variances (`x[2 i]`, `x[2 i + 1]`) to output
 /// pre-activation moments (`out[2 j]`, `out[2 j + 1]`), as the row-major form
-/// (`linear::propagate`) computes them; inputs with mean and variance 0 are skipped.
+/// (`linear::propagate`) computes them (a Bernoulli layer's mask included); inputs with mean
+/// and variance 0 are skipped.
 pub(super) fn propagate(layer: &Layer<'_>, x: &[f32], out: &mut [f32]) {
     let Some((col_ptr, rows, values)) = columns(layer) else {
         return;
@@ -190,6 +217,8 @@ pub(super) fn propagate(layer: &Layer<'_>, x: &[f32], out: &mut [f32]) {
     for (unit, &b) in out.chunks_exact_mut(2).zip(layer.bias()) {
         unit.copy_from_slice(&[b, 0.0]);
     }
+    let drop = layer.drop_probability().is_some();
+    let q = layer.keep_probability();
     for ((bounds, &m), &v) in col_ptr
         .windows(2)
         .zip(x.iter().step_by(2))
@@ -199,6 +228,12 @@ pub(super) fn propagate(layer: &Layer<'_>, x: &[f32], out: &mut [f32]) {
         if m == 0.0 && v == 0.0 {
             continue;
         }
+        // A Bernoulli layer's mask, once per input ([`super::moments::dropout`]).
+        let (m, v) = if drop {
+            super::moments::dropout(q, m, v)
+        } else {
+            (m, v)
+        };
         for (&r, w) in rows[start..end]
             .iter()
             .zip(values[start * words..].chunks_exact(words))

@@ -439,6 +439,7 @@ mod tests {
                 theta,
                 variance: Some(variance),
                 storage: StorageChoice::Sparse,
+                dropout: None,
             };
             let outputs = out_channels * side * side;
             let head = LayerSpec {
@@ -450,6 +451,7 @@ mod tests {
                 theta: std::vec![0.5; 2 * outputs],
                 variance: Some(std::vec![0.1; 2 * outputs]),
                 storage: StorageChoice::Smallest,
+                dropout: None,
             };
             let spec = ModelSpec {
                 input_shape: shape,

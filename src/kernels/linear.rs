@@ -102,6 +102,32 @@ fn dot_moments<X: Input + ?Sized>(row: Row<'_, 2>, x: &X, bias: f32) -> (f32, f3
     (mean, var)
 }
 
+/// Mean and variance of one Bernoulli (MC dropout) row's pre-activation given a fixed input:
+/// each input is kept with probability `q` (a 0/1 factor of mean `q` and variance
+/// `q (1 - q)`), so `mean = b + q Σ θ x` and `var = q (1 - q) Σ θ² x²`.
+#[inline(always)]
+fn dot_dropout_moments<X: Input + ?Sized>(row: Row<'_, 1>, x: &X, bias: f32, q: f32) -> (f32, f32) {
+    let (mut sum, mut squares) = (0.0f32, 0.0f32);
+    let mut add = |xv: f32, w: &[f32]| {
+        let t = xv * w[0];
+        sum += t;
+        squares += t * t;
+    };
+    match row {
+        Row::Dense(values) => {
+            for (i, w) in values.chunks_exact(1).enumerate() {
+                add(x.value(i), w);
+            }
+        }
+        Row::Sparse(line) => {
+            for (&c, w) in line.indices().iter().zip(line.values().chunks_exact(1)) {
+                add(x.value(c as usize), w);
+            }
+        }
+    }
+    (bias + q * sum, q * (1.0 - q) * squares)
+}
+
 /// Deterministic forward pass with the posterior means: `out[j] = act(bias_j + theta_j . x)`.
 pub(super) fn forward_mean<X: Input + ?Sized>(layer: &Layer<'_>, x: &X, out: &mut [f32]) {
     if let Weights::SparseByInput { .. } = layer.weights() {
@@ -112,7 +138,7 @@ pub(super) fn forward_mean<X: Input + ?Sized>(layer: &Layer<'_>, x: &X, out: &mu
     let out = &mut out[..layer.outputs()];
     if let Some(xs) = x.as_slice() {
         let done = match layer.posterior() {
-            Posterior::Deterministic => {
+            Posterior::Deterministic | Posterior::Bernoulli => {
                 Lines::<1>::of(layer).map(|rows| arch::dot_rows(rows, xs, bias, out))
             }
             Posterior::Gaussian => {
@@ -127,7 +153,7 @@ pub(super) fn forward_mean<X: Input + ?Sized>(layer: &Layer<'_>, x: &X, out: &mu
         }
     }
     match layer.posterior() {
-        Posterior::Deterministic => for_each_row::<1>(layer, |j, row| {
+        Posterior::Deterministic | Posterior::Bernoulli => for_each_row::<1>(layer, |j, row| {
             out[j] = activate(act, dot_theta(row, x, bias[j]));
         }),
         Posterior::Gaussian => for_each_row::<2>(layer, |j, row| {
@@ -154,6 +180,14 @@ pub(super) fn forward_moments<X: Input + ?Sized>(
             mean[j] = dot_theta(row, x, bias[j]);
             std[j] = 0.0;
         }),
+        Posterior::Bernoulli => {
+            let q = layer.keep_probability();
+            for_each_row::<1>(layer, |j, row| {
+                let (m, v) = dot_dropout_moments(row, x, bias[j], q);
+                mean[j] = m;
+                std[j] = crate::arch::sqrtf(v);
+            })
+        }
         Posterior::Gaussian => for_each_row::<2>(layer, |j, row| {
             let (m, v) = dot_moments(row, x, bias[j]);
             mean[j] = m;
@@ -181,8 +215,10 @@ pub(super) fn forward_samples<const CHUNK: usize>(
     let bias = layer.bias();
     let act = layer.activation();
     let out = &mut out[..layer.outputs() * s];
+    // A Bernoulli layer's inputs arrive masked (`super::drop_inputs`): its rows are then
+    // those of a deterministic layer.
     match layer.posterior() {
-        Posterior::Deterministic => for_each_row::<1>(layer, |j, row| {
+        Posterior::Deterministic | Posterior::Bernoulli => for_each_row::<1>(layer, |j, row| {
             let mut mean = [0.0f32; CHUNK];
             accumulate::<CHUNK, 1>(row, x, s, bias[j], &mut mean, &mut [0.0; CHUNK]);
             for (o, &m) in out[j * s..(j + 1) * s].iter_mut().zip(&mean) {
@@ -284,29 +320,49 @@ fn accumulate_n<const CHUNK: usize, const W: usize>(
 /// Moment propagation ([`crate::Mode::Moments`]): given every input's mean and variance
 /// (`x[2 i]`, `x[2 i + 1]`, independent inputs), the pre-activation mean and variance of every
 /// output, `out[2 j]` and `out[2 j + 1]`: `m = b + Σ θ m_i` and
-/// `v = Σ θ² v_i + σ² (m_i² + v_i)` (GUIDE section 2; σ² = 0 for a deterministic layer).
+/// `v = Σ θ² v_i + σ² (m_i² + v_i)` (GUIDE section 2; σ² = 0 for a deterministic layer). A
+/// Bernoulli layer's inputs first pass its mask ([`super::moments::dropout`]).
 pub(super) fn propagate(layer: &Layer<'_>, x: &[f32], out: &mut [f32]) {
     if let Weights::SparseByInput { .. } = layer.weights() {
         return super::by_input::propagate(layer, x, out);
     }
     let bias = layer.bias();
     let out = &mut out[..2 * layer.outputs()];
+    let q = layer.keep_probability();
     match layer.posterior() {
         Posterior::Deterministic => for_each_row::<1>(layer, |j, row| {
-            out[2 * j..2 * j + 2].copy_from_slice(&propagate_row(row, x, bias[j]));
+            let moments = propagate_row::<1, false>(row, x, bias[j], q);
+            out[2 * j..2 * j + 2].copy_from_slice(&moments);
+        }),
+        Posterior::Bernoulli => for_each_row::<1>(layer, |j, row| {
+            let moments = propagate_row::<1, true>(row, x, bias[j], q);
+            out[2 * j..2 * j + 2].copy_from_slice(&moments);
         }),
         Posterior::Gaussian => for_each_row::<2>(layer, |j, row| {
-            out[2 * j..2 * j + 2].copy_from_slice(&propagate_row(row, x, bias[j]));
+            let moments = propagate_row::<2, false>(row, x, bias[j], q);
+            out[2 * j..2 * j + 2].copy_from_slice(&moments);
         }),
     }
 }
 
-/// `[mean, variance]` of one row's pre-activation from input moments (see [`propagate`]).
+/// `[mean, variance]` of one row's pre-activation from input moments (see [`propagate`]);
+/// with `DROP` (a Bernoulli layer) each input first passes the dropout mask of keep
+/// probability `q` ([`super::moments::dropout`]).
 #[inline(always)]
-fn propagate_row<const W: usize>(row: Row<'_, W>, x: &[f32], bias: f32) -> [f32; 2] {
+fn propagate_row<const W: usize, const DROP: bool>(
+    row: Row<'_, W>,
+    x: &[f32],
+    bias: f32,
+    q: f32,
+) -> [f32; 2] {
     let pairs: &[[f32; 2]] = bytemuck::cast_slice(&x[..x.len() / 2 * 2]);
     let mut acc = [bias, 0.0];
     let mut add = |&[m, v]: &[f32; 2], w: &[f32]| {
+        let (m, v) = if DROP {
+            super::moments::dropout(q, m, v)
+        } else {
+            (m, v)
+        };
         let (dm, dv) = super::moments::weight_terms(w, m, v);
         acc[0] += dm;
         acc[1] += dv;

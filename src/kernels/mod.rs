@@ -82,8 +82,13 @@ pub(crate) fn forward_samples<const CHUNK: usize>(
 
 /// Scratch words a layer needs for a chunk of `chunk` samples: the pre-activation variances
 /// of a Gaussian linear layer (and, stored by rows and run per sample, not as the first
-/// Gaussian layer, its inputs squared), or of one output channel of a convolution.
+/// Gaussian layer, its inputs squared), or of one output channel of a convolution; a
+/// Bernoulli layer's masked inputs.
 pub(crate) fn scratch_len(layer: &Layer<'_>, chunk: usize, first_gaussian: bool) -> usize {
+    if layer.posterior() == Posterior::Bernoulli {
+        // A chunk of its masked inputs (`drop_inputs`); its rows then need nothing more.
+        return layer.inputs() * chunk;
+    }
     match layer.operation() {
         Operation::Conv2d(g) => g.output[1] * g.output[2] * chunk,
         Operation::Linear | Operation::ExitHead { .. }
@@ -99,6 +104,42 @@ pub(crate) fn scratch_len(layer: &Layer<'_>, chunk: usize, first_gaussian: bool)
         | Operation::ExitHead { .. }
         | Operation::MaxPool(_)
         | Operation::ResidualAdd { .. } => 0,
+    }
+}
+
+/// MC dropout: the inputs of a Bernoulli layer for a chunk of `s = streams.len()` samples,
+/// each input kept or dropped per sample: `out[i * s + m]` is sample `m`'s input `i` when it
+/// keeps it, zero otherwise. Sample `m` draws one `u32` per input, in input order, from its
+/// own stream (`draw(&mut streams[m])`), and keeps the input when the draw is at or above
+/// `threshold` ([`crate::format::drop_threshold`]): with probability `1 - p`, independently
+/// of the other inputs and samples, and of the chunk size. `x` holds the chunk's inputs
+/// unit-major (`x[i * s + m]`), or with `shared` one value per input that every sample reads
+/// (the deterministic input of a first stochastic layer). Every format draws the same way, so
+/// an f32 and a fixed-point model given the same seeds drop the same inputs.
+pub(crate) fn drop_inputs<A: Copy + Default, R>(
+    threshold: u32,
+    x: &[A],
+    shared: bool,
+    streams: &mut [R],
+    mut draw: impl FnMut(&mut R) -> u32,
+    out: &mut [A],
+) {
+    let s = streams.len();
+    if s == 0 {
+        return;
+    }
+    let inputs = out.len() / s;
+    let stride = if shared { 1 } else { s };
+    for (m, stream) in streams.iter_mut().enumerate() {
+        let offset = if shared { 0 } else { m };
+        for i in 0..inputs {
+            let kept = draw(stream) >= threshold;
+            let value = match x.get(i * stride + offset) {
+                Some(&v) if kept => v,
+                _ => A::default(),
+            };
+            out[i * s + m] = value;
+        }
     }
 }
 
@@ -220,5 +261,65 @@ fn add_noise<const RELU: bool>(pre: &mut [f32], std: &[f32], rngs: &mut [Xoshiro
             k += s;
         }
         *rng = local;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::drop_inputs;
+    use rand_core::{RngCore, SeedableRng};
+    use rand_xoshiro::Xoshiro128PlusPlus;
+    use std::vec;
+
+    /// Over many inputs and samples the kept fraction is `1 - p` within five binomial
+    /// standard deviations, kept inputs keep their values, and every sample draws the same
+    /// whether the input is shared or given per sample.
+    #[test]
+    fn masks_keep_inputs_at_the_rate_and_per_sample_streams() {
+        for p in [0.0f32, 0.1, 0.5, 0.8] {
+            let threshold = crate::format::drop_threshold(p);
+            let (inputs, s) = (1000, 8);
+            let shared: vec::Vec<f32> = (0..inputs).map(|i| 1.0 + i as f32).collect();
+            let chunk: vec::Vec<f32> = shared
+                .iter()
+                .flat_map(|&v| core::iter::repeat_n(v, s))
+                .collect();
+            let mut streams: vec::Vec<Xoshiro128PlusPlus> = (0..s)
+                .map(|m| Xoshiro128PlusPlus::seed_from_u64(m as u64))
+                .collect();
+            let mut again = streams.clone();
+            let (mut a, mut b) = (vec![0.0f32; inputs * s], vec![0.0f32; inputs * s]);
+            drop_inputs(
+                threshold,
+                &shared,
+                true,
+                &mut streams,
+                RngCore::next_u32,
+                &mut a,
+            );
+            drop_inputs(
+                threshold,
+                &chunk,
+                false,
+                &mut again,
+                RngCore::next_u32,
+                &mut b,
+            );
+            assert_eq!(a, b);
+            let kept = a.iter().filter(|&&v| v != 0.0).count() as f64;
+            let n = (inputs * s) as f64;
+            let q = 1.0 - p as f64;
+            let sd = (n * q * (1.0 - q)).sqrt();
+            assert!(
+                (kept - n * q).abs() <= 5.0 * sd,
+                "p {p}: kept {kept} of {n}"
+            );
+            for (k, &v) in a.iter().enumerate() {
+                assert!(v == 0.0 || v == shared[k / s]);
+            }
+            // Sample m's masks come from stream m alone: its first draw decides input 0.
+            let mut first = Xoshiro128PlusPlus::seed_from_u64(3);
+            assert_eq!(a[3] != 0.0, first.next_u32() >= threshold);
+        }
     }
 }

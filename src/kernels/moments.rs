@@ -8,6 +8,8 @@
 //!
 //! Approximations (each the standard one):
 //! - units are independent of each other (so variances add across a sum);
+//! - an MC dropout (Bernoulli) layer's mask multiplies each input by an independent 0/1
+//!   factor of mean `q`: the input's moments become `(q m, q (v + m²) - q² m²)` ([`dropout`]);
 //! - a weight layer's pre-activations are Gaussian (exact for the first Gaussian layer given
 //!   the input, a central-limit approximation after it); with Gaussian weights and independent
 //!   inputs, `m' = b + Σ θ m` and `v' = Σ θ² v + σ² (m² + v)`;
@@ -50,6 +52,17 @@ pub(super) fn weight_terms(w: &[f32], m: f32, v: f32) -> (f32, f32) {
         [theta] => (theta * m, theta * theta * v),
         [] => (0.0, 0.0),
     }
+}
+
+/// The moments of a unit of mean `m` and variance `v` after an MC dropout mask: kept with
+/// probability `q` (a 0/1 factor independent of the unit), the product has mean `q m` and
+/// variance `E[mask² x²] - (q m)² = q (v + m²) - q² m²`. A Bernoulli layer stores its weights
+/// divided by `q`, so with `θ = q θ_stored` its pre-activation has mean `Σ θ m` and variance
+/// `Σ θ² ((v + m²) / q - m²)` (GUIDE section 8).
+#[inline(always)]
+pub(super) fn dropout(q: f32, m: f32, v: f32) -> (f32, f32) {
+    let mean = q * m;
+    (mean, q * (v + m * m) - mean * mean)
 }
 
 /// The standard normal CDF `Φ(a)` and density `φ(a)` from one exponential, `e^(-a²/2)`:
@@ -235,7 +248,7 @@ mod tests {
     use crate::normal::standard_normal;
     use crate::writer::synthetic::mlp;
     use crate::writer::{LayerSpec, StorageChoice};
-    use rand_core::SeedableRng;
+    use rand_core::{RngCore, SeedableRng};
     use rand_xoshiro::Xoshiro128PlusPlus;
     use std::vec;
     use std::vec::Vec;
@@ -409,6 +422,81 @@ mod tests {
                     "{storage:?} unit {j}: variance {} vs {v_ref}",
                     out[2 * j + 1]
                 );
+            }
+        }
+    }
+
+    /// A Bernoulli (MC dropout) linear layer on independent Gaussian inputs: each input kept
+    /// with probability q, the stored weights already divided by q. The propagated mean
+    /// `Σ θ m` and variance `Σ θ² ((v + m²)/q − m²)` (θ = q θ_stored) are exact, so they must
+    /// match a Monte Carlo estimate that samples the inputs and the masks, in every storage
+    /// form; and for a certain input (v = 0) the first layer's moments must match too.
+    #[test]
+    fn dropout_moments_match_monte_carlo_over_inputs_and_masks() {
+        let base = mlp(4, &[10, 4, 2], 0.8);
+        let q = 0.65f32;
+        let mut rng = Xoshiro128PlusPlus::seed_from_u64(21);
+        let x: Vec<f32> = (0..10)
+            .flat_map(|i| {
+                let m = 0.4 * standard_normal(&mut rng) + 0.3;
+                [m, 0.04 * (i % 4) as f32]
+            })
+            .collect();
+        let certain: Vec<f32> = x.iter().step_by(2).copied().collect();
+        let n = 400_000;
+        for storage in [
+            StorageChoice::Dense,
+            StorageChoice::Sparse,
+            StorageChoice::SparseByInput,
+        ] {
+            let mut spec = base.clone();
+            let l = &mut spec.layers[0];
+            l.storage = storage;
+            l.activation = Activation::Identity;
+            l.variance = None;
+            l.dropout = Some(1.0 - q);
+            spec.layers[1].variance = None;
+            let l = spec.layers[0].clone();
+            let buffer = spec.to_buffer().unwrap();
+            let model = crate::Model::from_bytes(buffer.as_bytes()).unwrap();
+            let layer = &model.layers()[0];
+            let mut out = vec![0.0f32; 2 * 4];
+            propagate(layer, &x, &mut out);
+            let (mut mean0, mut std0) = (vec![0.0f32; 4], vec![0.0f32; 4]);
+            crate::kernels::forward_moments(layer, &certain[..], &mut mean0, &mut std0);
+            for j in 0..4 {
+                let row = &l.theta[j * 10..(j + 1) * 10];
+                let mut sample = |v_scale: f64| {
+                    sample_moments(n, || {
+                        let mut y = l.bias[j] as f64;
+                        for i in 0..10 {
+                            let kept = (rng.next_u32() as f64) < q as f64 * 4_294_967_296.0;
+                            let xi = x[2 * i] as f64
+                                + v_scale
+                                    * (x[2 * i + 1] as f64).sqrt()
+                                    * standard_normal(&mut rng) as f64;
+                            if kept {
+                                y += row[i] as f64 * xi;
+                            }
+                        }
+                        y
+                    })
+                };
+                for (v_scale, (m, v)) in [
+                    (1.0, (out[2 * j], out[2 * j + 1])),
+                    (0.0, (mean0[j], std0[j] * std0[j])),
+                ] {
+                    let (m_ref, v_ref) = sample(v_scale);
+                    let sd = v_ref.sqrt();
+                    assert!(
+                        (m as f64 - m_ref).abs() < 5.0 * sd / (n as f64).sqrt() + 1e-6,
+                        "{storage:?} unit {j} ({v_scale}): mean {m} vs {m_ref}"
+                    );
+                    assert!(
+                        (v as f64 - v_ref).abs() < 0.02 * v_ref + 1e-7,
+                        "{storage:?} unit {j} ({v_scale}): variance {v} vs {v_ref}"
+                    );
+                }
             }
         }
     }

@@ -1,5 +1,5 @@
-//! `tinybayes train`: sparse variational dropout training with progress bars, checkpoints
-//! after every epoch and `--resume`.
+//! `tinybayes train`: sparse variational dropout training (or MC dropout with `--dropout`)
+//! with progress bars, checkpoints after every epoch and `--resume`.
 //!
 //! Architectures: `lenet300`, `lenet5` and the early-exit `resnet-ee` (`--blocks`,
 //! `--channels`, `--prior-lambda`, `--exit-objective`; see [`crate::train::resnet`]). For
@@ -44,6 +44,10 @@ command-line options above override the file; examples in models/configs/):
                              the noise draws)
   augment_shift = 0          random shift of training images by up to this many pixels,
                              below the image side
+MC dropout (lenet300 only; deterministic weights, exported as a Bernoulli posterior):
+  dropout = [0.2, 0.5, 0.5]  drop probability in [0, 1) of each weight layer's inputs
+                             [default: unset, variational dropout]
+  weight_decay = 1e-05       weight decay of the dropout layers' weights (their prior)
 resnet-ee only:
   blocks = 4                 residual blocks, one exit after each, 1 to 7
   channels = 32              channels of the stem and every block, 1 to 512
@@ -109,6 +113,11 @@ pub struct TrainArgs {
     /// all] (overrides the config file).
     #[arg(long, allow_negative_numbers = true)]
     pub train_limit: Option<usize>,
+    /// MC dropout instead of variational dropout: the drop probability, in [0, 1), of each
+    /// weight layer's inputs, comma-separated (lenet300: three, e.g. 0.2,0.5,0.5) (overrides
+    /// the config file).
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    pub dropout: Option<Vec<f64>>,
     /// Run directory: checkpoint, history.json and config.toml go here.
     #[arg(long)]
     pub out: PathBuf,
@@ -247,6 +256,9 @@ fn apply_flags(args: &TrainArgs, config: &mut TrainConfig) -> Result<()> {
     }
     if let Some(blocks) = args.blocks {
         config.blocks = blocks;
+    }
+    if let Some(ps) = &args.dropout {
+        config.dropout = Some(ps.clone());
     }
     if let Some(channels) = args.channels {
         config.channels = channels;

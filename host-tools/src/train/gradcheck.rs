@@ -53,6 +53,12 @@ fn mlp() -> Network<f64> {
     }
 }
 
+/// The MLP as an MC dropout network: deterministic weights, inputs dropped with
+/// probability 0.2 / 0.5 / 0.3 (the masks come from the fixed noise).
+fn dropout_mlp() -> Network<f64> {
+    mlp().with_dropout(&[0.2, 0.5, 0.3])
+}
+
 fn convnet() -> Network<f64> {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(12);
     Network {
@@ -84,9 +90,14 @@ fn noise(layer: usize, eps: &mut [f64]) {
     eps.iter_mut().for_each(|e| *e = normal(&mut rng));
 }
 
+/// Weight decay of the MC dropout layers in the checked objective.
+const WEIGHT_DECAY: f64 = 0.03;
+
 fn objective(net: &Network<f64>, x: &Array2<f64>, y: &[usize]) -> f64 {
     let (logits, _) = net.forward_train(x.clone(), &mut noise);
-    softmax_cross_entropy(&logits, y).0 + KL_SCALE * net.kl()
+    let mut unused: Vec<Vec<f64>> = net.params().iter().map(|p| vec![0.0; p.len()]).collect();
+    let decay = net.add_weight_decay_grad(&mut unused, WEIGHT_DECAY);
+    softmax_cross_entropy(&logits, y).0 + KL_SCALE * net.kl() + decay
 }
 
 fn analytic(net: &Network<f64>, x: &Array2<f64>, y: &[usize]) -> Vec<Vec<f64>> {
@@ -94,6 +105,7 @@ fn analytic(net: &Network<f64>, x: &Array2<f64>, y: &[usize]) -> Vec<Vec<f64>> {
     let (_, dlogits) = softmax_cross_entropy(&logits, y);
     let mut grads = net.backward(tape, dlogits);
     net.add_kl_grad(&mut grads, KL_SCALE);
+    net.add_weight_decay_grad(&mut grads, WEIGHT_DECAY);
     grads
 }
 
@@ -126,6 +138,42 @@ fn mlp_gradients_match_finite_differences() {
     let err = worst_error(&net, &x, &y, &grads);
     eprintln!("worst relative error {err:e}");
     assert!(err < 1e-4, "worst relative error {err}");
+}
+
+#[test]
+fn dropout_gradients_match_finite_differences() {
+    // The mask (fixed with the noise) drops inputs and rescales the kept ones: the backward
+    // pass must route the gradient through the same mask and scale, and the weight decay
+    // adds λθ.
+    let net = dropout_mlp();
+    let (x, y) = inputs(&net, 4);
+    let grads = analytic(&net, &x, &y);
+    // Two tensors (θ, bias) per layer: no variances.
+    assert_eq!(grads.len(), 6);
+    let err = worst_error(&net, &x, &y, &grads);
+    eprintln!("worst relative error {err:e}");
+    assert!(err < 1e-4, "worst relative error {err}");
+    // The masks drop something: the first layer's forward differs from the mask-free one.
+    let (masked, _) = net.forward_train(x.clone(), &mut noise);
+    let plain = net.logits_deterministic(&x);
+    assert!((&masked - &plain).mapv(f64::abs).sum() > 1e-3);
+}
+
+#[test]
+fn dropout_masks_keep_inputs_at_the_configured_rate() {
+    // The mask of a layer keeps an input when its normal draw is at or above the
+    // p-quantile: over many draws the kept fraction is 1 - p within a binomial bound.
+    use super::layers::normal_quantile;
+    for p in [0.1f64, 0.5, 0.8] {
+        let z = normal_quantile(p);
+        let n = 200_000;
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+        let kept = (0..n).filter(|_| normal(&mut rng) >= z).count() as f64 / n as f64;
+        let sd = (p * (1.0 - p) / n as f64).sqrt();
+        assert!((kept - (1.0 - p)).abs() < 5.0 * sd, "p {p}: kept {kept}");
+    }
+    assert_eq!(normal_quantile(0.0), f64::NEG_INFINITY);
+    assert!(normal_quantile(0.5).abs() < 1e-12);
 }
 
 #[test]
@@ -235,6 +283,27 @@ fn reference_logits(net: &Network<f64>, x: &Array2<f64>) -> Array2<f64> {
                         maps = Some((out, c, ho, wo));
                     }
                     TrainedLayer::Flatten => vec = maps.take().unwrap().0,
+                    TrainedLayer::DropoutLinear {
+                        theta, bias, relu, ..
+                    } => {
+                        if let Some((m, ..)) = maps.take() {
+                            vec = m;
+                        }
+                        // The deterministic network: inverted dropout's expectation.
+                        vec = (0..theta.nrows())
+                            .map(|o| {
+                                let s: f64 = bias[o]
+                                    + (0..theta.ncols())
+                                        .map(|i| theta[[o, i]] * vec[i])
+                                        .sum::<f64>();
+                                if *relu {
+                                    s.max(0.0)
+                                } else {
+                                    s
+                                }
+                            })
+                            .collect();
+                    }
                     TrainedLayer::Linear {
                         theta,
                         log_sigma2,
@@ -269,7 +338,7 @@ fn reference_logits(net: &Network<f64>, x: &Array2<f64>) -> Array2<f64> {
 
 #[test]
 fn deterministic_forward_matches_nchw_reference() {
-    for mut net in [convnet(), mlp()] {
+    for mut net in [convnet(), mlp(), dropout_mlp()] {
         // Prune a good share of weights so the mask matters.
         for layer in &mut net.layers {
             if let TrainedLayer::Conv2d { log_sigma2, .. } = layer {
@@ -279,7 +348,9 @@ fn deterministic_forward_matches_nchw_reference() {
                 log_sigma2.iter_mut().step_by(3).for_each(|l| *l = 5.0);
             }
         }
-        assert!(net.sparsity().fraction() > 0.2);
+        // (MC dropout layers have no variances, so nothing to prune.)
+        let sparsity = net.sparsity();
+        assert!(sparsity.total == 0 || sparsity.fraction() > 0.2);
         let (x, _) = inputs(&net, 3);
         let got = net.logits_deterministic(&x);
         let want = reference_logits(&net, &x);

@@ -313,6 +313,88 @@ pub(crate) fn conv_backward<T: Real>(
     (grads, dx)
 }
 
+/// The standard normal quantile `z` with `Φ(z) = p` (bisection on `erfc` to f64 precision;
+/// `-inf` for `p = 0`): a standard normal draw is at or above it with probability `1 - p`.
+pub(crate) fn normal_quantile(p: f64) -> f64 {
+    if p <= 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    let cdf = |z: f64| 0.5 * libm::erfc(-z / std::f64::consts::SQRT_2);
+    let (mut lo, mut hi) = (-40.0f64, 40.0f64);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if cdf(mid) < p {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
+/// What the backward pass of an MC dropout linear layer needs from its forward pass.
+#[derive(Debug)]
+pub(crate) struct DropoutCache<T> {
+    /// The layer's input after the mask and the `1 / (1 - p)` scale, `[B, I]`.
+    x: Array2<T>,
+    /// The mask times the scale (0 or `1 / (1 - p)`), `[B, I]`.
+    factor: Array2<T>,
+    /// Where the ReLU passed its input (`None` without ReLU), `[B, O]`.
+    active: Option<Array2<bool>>,
+}
+
+/// Training forward of an MC dropout linear layer: each input is kept where its standard
+/// normal draw in `eps` (`[B, I]`) is at or above the `p`-quantile (probability `1 - p`) and
+/// then scaled by `1 / (1 - p)`; `y = x' . theta^T + b` with an optional ReLU. Returns `[B, O]`.
+pub(crate) fn dropout_linear_forward<T: Real>(
+    theta: &Array2<T>,
+    bias: &Array1<T>,
+    relu: bool,
+    p: f64,
+    x: Array2<T>,
+    eps: &Array2<T>,
+) -> (Array2<T>, DropoutCache<T>) {
+    let threshold = T::from_f64(normal_quantile(p));
+    let scale = T::from_f64(1.0 / (1.0 - p));
+    let factor = eps.mapv(|e| if e >= threshold { scale } else { T::zero() });
+    let x = x * &factor;
+    let mut y = x.dot(&theta.t());
+    y += &bias
+        .broadcast(y.dim())
+        .unwrap_or_else(|| unreachable!("bias has O entries"));
+    let active = relu.then(|| {
+        Zip::from(&mut y).par_map_collect(|v| {
+            let on = *v >= T::zero();
+            if !on {
+                *v = T::zero();
+            }
+            on
+        })
+    });
+    (y, DropoutCache { x, factor, active })
+}
+
+/// Backward of [`dropout_linear_forward`]: `g` is `dL/d out` `[B, O]`. Returns the gradients
+/// `[dtheta, dbias]` and, when asked, `dL/dx = (g . theta) * factor`.
+pub(crate) fn dropout_linear_backward<T: Real>(
+    theta: &Array2<T>,
+    cache: DropoutCache<T>,
+    mut g: Array2<T>,
+    need_dx: bool,
+) -> (Vec<Vec<T>>, Option<Array2<T>>) {
+    if let Some(active) = &cache.active {
+        Zip::from(&mut g).and(active).par_for_each(|g, &a| {
+            if !a {
+                *g = T::zero();
+            }
+        });
+    }
+    let dw = g.t().dot(&cache.x);
+    let db = g.sum_axis(Axis(0));
+    let dx = need_dx.then(|| g.dot(theta) * &cache.factor);
+    (vec![into_vec(dw), db.to_vec()], dx)
+}
+
 /// Deterministic linear layer `x . w^T + b` (with optional ReLU) for evaluation.
 pub(crate) fn linear_eval<T: Real>(
     w: &Array2<T>,

@@ -52,7 +52,8 @@ impl<T: Real> Model<T> {
                 .iter()
                 .rev()
                 .find_map(|l| match l {
-                    super::TrainedLayer::Linear { theta, .. } => Some(theta.nrows()),
+                    super::TrainedLayer::Linear { theta, .. }
+                    | super::TrainedLayer::DropoutLinear { theta, .. } => Some(theta.nrows()),
                     _ => None,
                 })
                 .unwrap_or(0),
@@ -118,6 +119,15 @@ impl<T: Real> Model<T> {
         match self {
             Self::Sequential(n) => n.add_kl_grad(grads, scale),
             Self::ResNetEe(r) => r.add_kl_grad(grads, scale),
+        }
+    }
+
+    /// Adds the gradient of the weight decay `λ/2 Σ θ²` of the MC dropout layers to `grads`
+    /// and returns the penalty (0 without such layers).
+    pub(crate) fn add_weight_decay_grad(&self, grads: &mut [Vec<T>], lambda: T) -> f64 {
+        match self {
+            Self::Sequential(n) => n.add_weight_decay_grad(grads, lambda),
+            Self::ResNetEe(_) => 0.0,
         }
     }
 

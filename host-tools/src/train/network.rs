@@ -16,7 +16,7 @@ use ndarray::{Array1, Array2, Array4, ArrayD, Axis};
 use serde::{Deserialize, Serialize};
 
 use super::arch::Arch;
-use super::layers::{self, ConvCache, VdCache, VdGrads};
+use super::layers::{self, ConvCache, DropoutCache, VdCache, VdGrads};
 use super::loss::softmax;
 use super::tensor::{valid_out, Real};
 use super::vd::{self, log_alpha};
@@ -45,6 +45,19 @@ pub enum TrainedLayer<T = f32> {
         bias: Array1<T>,
         /// ReLU on the output.
         relu: bool,
+    },
+    /// MC dropout fully connected layer: deterministic weights whose *inputs* are dropped
+    /// with probability `p` while training (inverted dropout: a kept input is scaled by
+    /// `1 / (1 - p)`, so evaluation uses the weights as they are).
+    DropoutLinear {
+        /// Weights, `(outputs, inputs)`.
+        theta: Array2<T>,
+        /// Bias, `(outputs,)`.
+        bias: Array1<T>,
+        /// ReLU on the output.
+        relu: bool,
+        /// Probability that an input is dropped, in `[0, 1)`.
+        p: f64,
     },
     /// 2x2 max-pooling, stride 2.
     MaxPool2,
@@ -117,7 +130,8 @@ impl<T: Real> TrainedLayer<T> {
             Self::Conv2d {
                 theta, log_sigma2, ..
             } => Some((theta.clone().into_dyn(), log_sigma2.clone().into_dyn())),
-            Self::MaxPool2 | Self::Flatten => None,
+            // Deterministic weights: no variance, so no log alpha and no pruning.
+            Self::DropoutLinear { .. } | Self::MaxPool2 | Self::Flatten => None,
         }
     }
 
@@ -145,6 +159,9 @@ impl<T: Real> TrainedLayer<T> {
                 log_sigma2.as_slice().expect(s),
                 bias.as_slice().expect(s),
             ],
+            Self::DropoutLinear { theta, bias, .. } => {
+                vec![theta.as_slice().expect(s), bias.as_slice().expect(s)]
+            }
             Self::MaxPool2 | Self::Flatten => vec![],
         }
     }
@@ -173,6 +190,12 @@ impl<T: Real> TrainedLayer<T> {
                 log_sigma2.as_slice_mut().expect(s),
                 bias.as_slice_mut().expect(s),
             ],
+            Self::DropoutLinear { theta, bias, .. } => {
+                vec![
+                    theta.as_slice_mut().expect(s),
+                    bias.as_slice_mut().expect(s),
+                ]
+            }
             Self::MaxPool2 | Self::Flatten => vec![],
         }
     }
@@ -219,6 +242,7 @@ impl<T: Real> Act<T> {
 #[derive(Debug)]
 pub(crate) enum Step<T> {
     Linear(VdCache<T>),
+    Dropout(DropoutCache<T>),
     Conv(ConvCache<T>),
     Pool {
         arg: Vec<u8>,
@@ -337,6 +361,19 @@ impl<T: Real> Network<T> {
                             },
                             a,
                         ) => Act::Flat(layers::linear_eval(theta, bias, *relu, &a.flat("Linear"))),
+                        // Inverted dropout: the expectation of the masked, rescaled input is
+                        // the input itself.
+                        (
+                            TrainedLayer::DropoutLinear {
+                                theta, bias, relu, ..
+                            },
+                            a,
+                        ) => Act::Flat(layers::linear_eval(
+                            theta,
+                            bias,
+                            *relu,
+                            &a.flat("DropoutLinear"),
+                        )),
                         (
                             TrainedLayer::Conv2d {
                                 theta, bias, relu, ..
@@ -466,6 +503,26 @@ impl<T: Real> Network<T> {
                     tape.push(Step::Conv(cache));
                     Act::Maps(y)
                 }
+                TrainedLayer::DropoutLinear {
+                    theta,
+                    bias,
+                    relu,
+                    p,
+                } => {
+                    let x = act.flat("DropoutLinear");
+                    // The mask comes from the layer's standard normals: an input is kept when
+                    // its draw is at or above the p-quantile, with probability 1 - p.
+                    let mut eps = Array2::zeros(x.dim());
+                    noise(
+                        i,
+                        eps.as_slice_mut()
+                            .unwrap_or_else(|| unreachable!("fresh array")),
+                    );
+                    let (y, cache) =
+                        layers::dropout_linear_forward(theta, bias, *relu, *p, x, &eps);
+                    tape.push(Step::Dropout(cache));
+                    Act::Flat(y)
+                }
                 TrainedLayer::MaxPool2 => {
                     let x = act.maps("MaxPool2");
                     let dim = x.dim();
@@ -493,7 +550,9 @@ impl<T: Real> Network<T> {
             .iter()
             .position(|l| !l.param_slices().is_empty())
             .unwrap_or(self.layers.len());
-        let mut per_layer: Vec<Option<VdGrads<T>>> = (0..self.layers.len()).map(|_| None).collect();
+        let mut per_layer: Vec<Option<Vec<Vec<T>>>> =
+            (0..self.layers.len()).map(|_| None).collect();
+        let vd = |g: VdGrads<T>| vec![g.theta, g.log_sigma2, g.bias];
         let mut g = Some(Act::Flat(dlogits));
         for (i, (layer, step)) in self.layers.iter().zip(tape).enumerate().rev() {
             let Some(gi) = g.take() else { break };
@@ -502,13 +561,23 @@ impl<T: Real> Network<T> {
                 (TrainedLayer::Linear { theta, .. }, Step::Linear(cache)) => {
                     let (grads, dx) =
                         layers::linear_backward(theta, cache, gi.flat("Linear"), need_dx);
+                    per_layer[i] = Some(vd(grads));
+                    dx.map(Act::Flat)
+                }
+                (TrainedLayer::DropoutLinear { theta, .. }, Step::Dropout(cache)) => {
+                    let (grads, dx) = layers::dropout_linear_backward(
+                        theta,
+                        cache,
+                        gi.flat("DropoutLinear"),
+                        need_dx,
+                    );
                     per_layer[i] = Some(grads);
                     dx.map(Act::Flat)
                 }
                 (TrainedLayer::Conv2d { theta, .. }, Step::Conv(cache)) => {
                     let (grads, dx) =
                         layers::conv_backward(theta, cache, gi.maps("Conv2d"), need_dx);
-                    per_layer[i] = Some(grads);
+                    per_layer[i] = Some(vd(grads));
                     dx.map(Act::Maps)
                 }
                 (TrainedLayer::MaxPool2, Step::Pool { arg, dim }) => Some(Act::Maps(
@@ -523,11 +592,7 @@ impl<T: Real> Network<T> {
                 break;
             }
         }
-        per_layer
-            .into_iter()
-            .flatten()
-            .flat_map(|g| [g.theta, g.log_sigma2, g.bias])
-            .collect()
+        per_layer.into_iter().flatten().flatten().collect()
     }
 
     /// Adds `scale * dKL/dparam` to `grads` (in optimizer order) and returns the total KL.
@@ -535,13 +600,62 @@ impl<T: Real> Network<T> {
         let mut kl = 0.0;
         let mut k = 0;
         for layer in &self.layers {
-            if let [theta, ls2, _] = layer.param_slices().as_slice() {
+            let params = layer.param_slices();
+            if let (TrainedLayer::Linear { .. } | TrainedLayer::Conv2d { .. }, [theta, ls2, _]) =
+                (layer, params.as_slice())
+            {
                 let (gt, rest) = grads[k..].split_at_mut(1);
                 kl += vd::add_kl_grad(theta, ls2, &mut gt[0], &mut rest[0], scale);
-                k += 3;
             }
+            k += params.len();
         }
         kl
+    }
+
+    /// The network with every linear layer turned into an MC dropout layer
+    /// ([`TrainedLayer::DropoutLinear`]) with the means as its weights, the `k`-th weight
+    /// layer dropping its inputs with probability `ps[k]` (layers beyond `ps` get 0).
+    pub fn with_dropout(self, ps: &[f64]) -> Self {
+        let mut k = 0;
+        let layers = self
+            .layers
+            .into_iter()
+            .map(|l| match l {
+                TrainedLayer::Linear {
+                    theta, bias, relu, ..
+                } => {
+                    let p = ps.get(k).copied().unwrap_or(0.0);
+                    k += 1;
+                    TrainedLayer::DropoutLinear {
+                        theta,
+                        bias,
+                        relu,
+                        p,
+                    }
+                }
+                other => other,
+            })
+            .collect();
+        Self { layers, ..self }
+    }
+
+    /// Adds the gradient of the weight decay `λ/2 Σ θ²` over the MC dropout layers' weights
+    /// (biases excluded) to `grads` (optimizer order) and returns the penalty.
+    pub(crate) fn add_weight_decay_grad(&self, grads: &mut [Vec<T>], lambda: T) -> f64 {
+        let mut penalty = 0.0;
+        let mut k = 0;
+        for layer in &self.layers {
+            let params = layer.param_slices();
+            if let TrainedLayer::DropoutLinear { theta, .. } = layer {
+                let theta = theta.as_slice().unwrap_or(&[]);
+                for (g, &t) in grads[k].iter_mut().zip(theta) {
+                    *g += lambda * t;
+                    penalty += 0.5 * (lambda * t * t).as_f64();
+                }
+            }
+            k += params.len();
+        }
+        penalty
     }
 }
 

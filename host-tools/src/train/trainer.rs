@@ -7,7 +7,8 @@
 //! default), and the KL sums over every VD layer (stem, block convolutions, exit heads). This is the paper's
 //! `(N/B) * sum_batch CE + rw * KL` divided by `N`; Adam is invariant to that constant factor (up
 //! to its epsilon), and per-example numbers are easier to read. `EpochReport::kl` is the un-scaled
-//! KL sum in nats.
+//! KL sum in nats. MC dropout layers ([`super::TrainedLayer::DropoutLinear`]) have no KL; their
+//! prior is the weight decay, `+ weight_decay / 2 * Σ θ²` per example.
 //!
 //! Parallelism: each mini-batch is split into `shards` parts whose forward and backward passes
 //! run on the rayon pool; their gradients are added in shard order. Matrix products go through
@@ -537,7 +538,11 @@ impl Trainer {
             if rw > 0.0 {
                 kl = self.model.add_kl_grad(&mut grads, kl_scale);
             }
-            let loss = ce + rw * kl / n as f64;
+            // MC dropout layers: the weight decay is their prior (0 for other models).
+            let decay = self
+                .model
+                .add_weight_decay_grad(&mut grads, cfg.weight_decay as f32);
+            let loss = ce + rw * kl / n as f64 + decay;
             if !loss.is_finite() {
                 self.poisoned = true;
                 return Err(TrainError::NonFinite { epoch, batch: bi });
@@ -898,7 +903,14 @@ pub(crate) mod tests {
             b.run(None, |_| {}).unwrap();
             assert_eq!(a.model(), b.model(), "{arch}");
             assert_eq!(a.adam, b.adam);
-            let mut c = Trainer::new(TrainConfig { seed: 6, ..config }, &data).unwrap();
+            let mut c = Trainer::new(
+                TrainConfig {
+                    seed: 6,
+                    ..config.clone()
+                },
+                &data,
+            )
+            .unwrap();
             c.run(None, |_| {}).unwrap();
             assert_ne!(a.model(), c.model());
             // Training moved the parameters and the synthetic task is learnable (in two steps
