@@ -1,17 +1,33 @@
-//! Compiles `tests/c/boundary.c` (the C side of the boundary tests) for host builds; a
-//! Cortex-M build of the static library compiles no C.
+//! Host builds (the tests): generates the C header from the crate's sources with cbindgen
+//! into `OUT_DIR/tinybayes.h` and compiles `tests/c/boundary.c` (the C side of the boundary
+//! tests) against it, so that the C tests always see the library's real layout;
+//! `tests/header.rs` then checks that the checked-in `include/tinybayes.h` is that header.
+//! A Cortex-M build of the static library does neither.
+
+use std::path::PathBuf;
 
 fn main() {
+    println!("cargo:rerun-if-changed=src");
+    println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-changed=tests/c/boundary.c");
-    println!("cargo:rerun-if-changed=include/tinybayes.h");
     let target = std::env::var("TARGET").unwrap_or_default();
     let host = std::env::var("HOST").unwrap_or_default();
     if target != host {
         return;
     }
+    let crate_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets it"));
+    let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml"))
+        .expect("tinybayes-c/cbindgen.toml");
+    cbindgen::Builder::new()
+        .with_crate(&crate_dir)
+        .with_config(config)
+        .generate()
+        .expect("cbindgen generates the header")
+        .write_to_file(out_dir.join("tinybayes.h"));
     cc::Build::new()
         .file("tests/c/boundary.c")
-        .include("include")
+        .include(&out_dir)
         .std("c11")
         .warnings(true)
         .extra_warnings(true)

@@ -31,7 +31,7 @@ static uint64_t workspace[WORKSPACE_BYTES / 8u];
 
 /* --- output without a C library --- */
 
-static char line[256];
+static char line[192];
 static size_t line_len;
 
 static void put(const char *text) {
@@ -139,6 +139,11 @@ int main(void) {
     put_u64(tb_abi_version());
     flush();
 
+    if (tb_abi_version() != TB_ABI_VERSION || tb_engine_size() != sizeof(tb_engine)) {
+        put("tinybayes.h does not belong to the library linked: rebuild both");
+        flush();
+        return 1;
+    }
     tb_mode monte_carlo = {TB_MODE_MONTE_CARLO, SAMPLES};
     tb_mode moments_then_sample = {TB_MODE_MOMENTS_THEN_SAMPLE, SAMPLES};
 

@@ -64,7 +64,8 @@ pub use args::{
     TB_MODE_MOMENTS_THEN_SAMPLE, TB_MODE_MONTE_CARLO,
 };
 pub use engine::{
-    tb_engine_get_info, tb_engine_init, tb_workspace_size, TbEngine, TbEngineInfo, TB_ENGINE_WORDS,
+    tb_engine_get_info, tb_engine_init, tb_engine_size, tb_workspace_size, TbEngine, TbEngineInfo,
+    TB_ENGINE_WORDS,
 };
 pub use predict::{
     tb_predict_early_exit_f32, tb_predict_early_exit_u8, tb_predict_f32, tb_predict_u8,

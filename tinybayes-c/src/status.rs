@@ -99,6 +99,9 @@ pub enum TbStatus {
     ModelQuantLayout = 129,
     /// A fixed-point parameter (scale, shift) is out of its range.
     ModelQuantRange = 130,
+    /// A dropout layer's drop probability is not in [0, 1), or dropout is on a layer that is
+    /// not linear.
+    ModelBadDropout = 131,
     /// The input has the wrong number of values for the model.
     InputLength = 200,
     /// The input contains NaN or an infinity.
@@ -216,6 +219,9 @@ impl TbStatus {
             ModelQuantRange => {
                 c"TB_STATUS_MODEL_QUANT_RANGE: a fixed-point scale or shift is out of range"
             }
+            ModelBadDropout => {
+                c"TB_STATUS_MODEL_BAD_DROPOUT: a drop probability outside [0, 1) or not on a linear layer"
+            }
             InputLength => c"TB_STATUS_INPUT_LENGTH: the input has the wrong number of values",
             NonFiniteInput => c"TB_STATUS_NON_FINITE_INPUT: the input contains NaN or infinity",
             WorkspaceTooSmall => {
@@ -242,7 +248,7 @@ impl TbStatus {
     }
 
     /// Every code, in order (for tests and for a caller's table).
-    pub const ALL: [TbStatus; 53] = {
+    pub const ALL: [TbStatus; 54] = {
         use TbStatus::*;
         [
             Ok,
@@ -286,6 +292,7 @@ impl TbStatus {
             ModelBadEarlyExit,
             ModelQuantLayout,
             ModelQuantRange,
+            ModelBadDropout,
             InputLength,
             NonFiniteInput,
             WorkspaceTooSmall,
@@ -338,6 +345,7 @@ impl From<ModelError> for TbStatus {
             E::BadEarlyExit { .. } => ModelBadEarlyExit,
             E::QuantLayout { .. } => ModelQuantLayout,
             E::QuantRange { .. } => ModelQuantRange,
+            E::BadDropout { .. } => ModelBadDropout,
         }
     }
 }

@@ -245,6 +245,10 @@ int tb_boundary_checks(const uint8_t *f32_model, size_t f32_len, const uint8_t *
     report_left = report_len;
     report[0] = '\0';
     check_true("ABI version", tb_abi_version() == TB_ABI_VERSION);
+    check_true("the header's tb_engine is the library's", tb_engine_size() == sizeof(tb_engine));
+    if (tb_engine_size() != sizeof(tb_engine)) {
+        return failures; /* a stale header: running on would write past the C structs */
+    }
     check_true("unknown status named", strncmp(tb_status_name(12345), "TB_STATUS_UNKNOWN", 17) == 0);
     check_true("status names", strncmp(tb_status_name(TB_STATUS_MODEL_CRC_MISMATCH),
                                        "TB_STATUS_MODEL_CRC_MISMATCH:", 29) == 0);
