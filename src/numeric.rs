@@ -531,7 +531,8 @@ pub struct FixedMoments {
 /// (i32 words).
 fn fixed_scratch_len(layer: &QLayer<'_>, chunk: usize, first_gaussian: bool) -> usize {
     if layer.posterior() == Posterior::Bernoulli {
-        return (layer.inputs() * chunk).div_ceil(2);
+        // The masked input words, then a copy of the row parameters.
+        return (layer.inputs() * chunk + 3 * layer.outputs()).div_ceil(2);
     }
     let eps = if layer.posterior() == Posterior::Gaussian {
         (layer.outputs() * chunk).div_ceil(4)
@@ -556,7 +557,11 @@ fn by_input_scratch(scratch: &mut [u64], outputs: usize) -> (&mut [i64], &mut [i
 
 /// A fixed-point Bernoulli layer for a chunk of samples: its input words (`shared`: one per
 /// input) masked into the scratch with the integer threshold, then its rows as a
-/// deterministic layer's (no noise).
+/// deterministic layer's (no noise) with the sampled weights' multiplier. The file's rows are
+/// `[mθ·q, mθ, b]`, the mean network's multiplier first (so the mean-weights kernels read
+/// them unchanged); a sample runs a copy with the two swapped, in the scratch. Out of line:
+/// one copy for every chunk size and format (the Cortex-M0's flash).
+#[inline(never)]
 fn fixed_dropout(
     layer: &QLayer<'_>,
     x: &[i32],
@@ -568,12 +573,22 @@ fn fixed_dropout(
     let s = streams.len();
     let n = layer.inputs() * s;
     let words: &mut [i32] = bytemuck::cast_slice_mut(scratch);
-    let Some(masked) = words.get_mut(..n) else {
+    let rows = layer.row_params();
+    if words.len() < n + rows.len() {
         return;
-    };
+    }
+    let (masked, rest) = words.split_at_mut(n);
+    let sampled_rows = &mut rest[..rows.len()];
+    for (copy, row) in sampled_rows.chunks_exact_mut(3).zip(rows.chunks_exact(3)) {
+        copy.copy_from_slice(&[row[1], row[0], row[2]]);
+    }
     let threshold = layer.drop_threshold().unwrap_or(0);
     crate::kernels::drop_inputs(threshold, x, shared, streams, NormalQ8::next_u32, masked);
-    sampled_layer(layer, masked, s, &[], out);
+    let sampled = QLayer {
+        params: sampled_rows,
+        ..*layer
+    };
+    sampled_layer(&sampled, masked, s, &[], out);
 }
 
 macro_rules! fixed_format {

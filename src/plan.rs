@@ -150,7 +150,9 @@ impl Plan {
         model.plan(samples_per_pass)
     }
 
-    /// The plan of a model of format `N`.
+    /// The plan of a model of format `N`. Out of line: one copy per format (the Cortex-M0's
+    /// flash).
+    #[inline(never)]
     pub(crate) fn build<N: Kernels>(model: &N::Model<'_>, samples_per_pass: usize) -> Self {
         let chunk = samples_per_pass.max(1);
         let layers = N::layers(model);

@@ -285,7 +285,9 @@ struct Start<'l, 'a, N: Kernels> {
 impl<N: Kernels> Start<'_, '_, N> {
     /// Seeds the chunk's streams from `seeds`, draws the first stochastic layer's
     /// activations (from its moments, or from its masked held input) and spreads the held
-    /// skip over the chunk.
+    /// skip over the chunk. Out of line (one copy per format and chunk size, not one per
+    /// caller: the Cortex-M0's flash).
+    #[inline(never)]
     fn begin<const CHUNK: usize>(
         &self,
         seeds: &mut impl RngCore,

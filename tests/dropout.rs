@@ -453,3 +453,43 @@ fn the_fixed_point_reader_checks_its_dropout_records() {
         "{b:?}"
     );
 }
+
+#[test]
+fn gaussian_and_bernoulli_layers_mix_in_one_network() {
+    // A Gaussian first layer, a dropout layer, a Gaussian last layer: every sample draws its
+    // noise and its masks from the same stream, so the answer still does not depend on the
+    // chunk size, in f32 and in fixed point.
+    let mut spec = synthetic::mlp(15, &WIDTHS, 0.7);
+    spec.layers[1].variance = None;
+    spec.layers[1].dropout = Some(0.4);
+    let buffer = spec.to_buffer().unwrap();
+    let model = buffer.model().unwrap();
+    let posteriors: Vec<Posterior> = model.layers().iter().map(|l| l.posterior()).collect();
+    assert_eq!(
+        posteriors,
+        [
+            Posterior::Gaussian,
+            Posterior::Bernoulli,
+            Posterior::Gaussian
+        ]
+    );
+    let raw = input(16);
+    let a = predict::<1>(&model, &raw, mc(19), 8);
+    assert_eq!(a, predict::<4>(&model, &raw, mc(19), 8));
+    assert_eq!(a, predict::<16>(&model, &raw, mc(19), 8));
+    // The same network without the masks answers otherwise.
+    let mut without = spec.clone();
+    without.layers[1].dropout = Some(0.0);
+    let buffer = without.to_buffer().unwrap();
+    assert_ne!(a, predict::<4>(&buffer.model().unwrap(), &raw, mc(19), 8));
+    let calibration: Vec<Vec<u8>> = (0..16).map(input).collect();
+    let refs: Vec<&[u8]> = calibration.iter().map(Vec::as_slice).collect();
+    for precision in [Precision::Q8, Precision::Q16] {
+        let q = quantize(&spec, precision, &refs, Calibration::default()).unwrap();
+        let buffer = q.to_buffer().unwrap();
+        let fixed = QModel::from_bytes(buffer.as_bytes()).unwrap();
+        let a = run_fixed::<1>(&fixed, &raw, mc(19), 8);
+        assert_eq!(a, run_fixed::<4>(&fixed, &raw, mc(19), 8));
+        assert_eq!(a, run_fixed::<8>(&fixed, &raw, mc(19), 8));
+    }
+}

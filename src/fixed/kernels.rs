@@ -258,6 +258,7 @@ const fn q8_kernels_read<I: Index, const GAUSS: bool>() -> bool {
 
 /// The input as activation words of `precision` (q8 packs each value with its square), one
 /// per input: what a first stochastic layer with a Bernoulli mask masks in every chunk.
+#[inline(never)]
 pub(crate) fn input_words<X: Words + ?Sized>(precision: Precision, x: &X, out: &mut [i32]) {
     for (i, o) in out.iter_mut().enumerate().take(x.len()) {
         *o = match precision {
@@ -560,11 +561,8 @@ fn mean_typed<F: Format, I: Index, const GAUSS: bool, X: Words + ?Sized>(
 ) {
     let (shift, act) = (layer.shift, layer.activation);
     let (acc, var) = scratch;
-    // A Bernoulli layer's mean network uses its second multiplier, `mθ q`.
-    let dropout = layer.posterior == Posterior::Bernoulli;
     sums::<F, I, GAUSS, X>(layer, x, false, acc, var, |j, a, _| {
-        let (m_sampled, m_mean, bias) = params(layer, j);
-        let m_theta = if dropout { m_mean as i64 } else { m_sampled };
+        let (m_theta, _, bias) = params(layer, j);
         if let Some(o) = out.get_mut(j) {
             *o = finish::<F>(a.wrapping_mul(m_theta).wrapping_add(bias), shift, act);
         }

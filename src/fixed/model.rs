@@ -129,8 +129,9 @@ impl<'a> QLayer<'a> {
     }
     /// A Bernoulli (MC dropout) layer's drop threshold: a sample keeps an input when its
     /// uniform `u32` draw is at or above it ([`crate::format::drop_threshold`]); `None` for
-    /// other posteriors. The row parameters of such a layer are `[mθ, mθ·q, b]`: the second
-    /// multiplier, the first scaled by the keep probability, runs the mean network.
+    /// other posteriors. The row parameters of such a layer are `[mθ·q, mθ, b]`: the first
+    /// (the second scaled by the keep probability) runs the mean network, the second the
+    /// samples.
     pub fn drop_threshold(&self) -> Option<u32> {
         (self.posterior == Posterior::Bernoulli).then_some(self.drop_threshold)
     }

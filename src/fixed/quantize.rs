@@ -339,12 +339,18 @@ impl Format {
                 }
                 m_sigma = s_in * libm::sqrt(s2 * (1u64 << self.sq_shift) as f64) / s_out;
             }
-            // A Bernoulli layer has no σ: its second multiplier runs the mean network,
-            // `mθ · q` (the keep probability times the sampled weights).
-            if let Some(p) = l.dropout {
-                m_sigma = (1.0 - p as f64) * s_theta * s_in / s_out;
-            }
-            real.push([s_theta * s_in / s_out, m_sigma, l.bias[j] as f64 / s_out]);
+            // A Bernoulli layer has no σ: its rows are `[mθ·q, mθ, b]`, the mean network's
+            // multiplier (the keep probability times the sampled weights') first, where the
+            // mean-weights kernels read it; the samples use the second.
+            let m_theta = s_theta * s_in / s_out;
+            let first = match l.dropout {
+                Some(p) => {
+                    m_sigma = m_theta;
+                    (1.0 - p as f64) * m_theta
+                }
+                None => m_theta,
+            };
+            real.push([first, m_sigma, l.bias[j] as f64 / s_out]);
         }
         let (shift, bias_shift) = row_shifts(&real, &theta, sigma2.as_deref(), fan_in, a_in_max)
             .ok_or(QuantizeError::Range { layer: index })?;
@@ -413,7 +419,13 @@ fn row_shifts(
             let row = j * fan_in..(j + 1) * fan_in;
             let theta_sum: f64 = theta[row.clone()].iter().map(|&t| t.abs() as f64).sum();
             let sigma_sum: f64 = sigma2.map_or(0.0, |s| s[row].iter().map(|&v| v as f64).sum());
-            b.abs() + m_theta.abs() * theta_sum * a_max + 6.0 * m_sigma * a_max * sigma_sum.sqrt()
+            // A Bernoulli layer's second multiplier (no σ² then) is its samples'.
+            let m_max = if sigma2.is_none() {
+                m_theta.abs().max(m_sigma.abs())
+            } else {
+                m_theta.abs()
+            };
+            b.abs() + m_max * theta_sum * a_max + 6.0 * m_sigma * a_max * sigma_sum.sqrt()
         })
         .fold(0.0f64, f64::max);
     let z_shift = (1..=62u32)

@@ -47,7 +47,8 @@ pub struct QLayerSpec {
     pub storage: StorageChoice,
     /// MC dropout (linear layers, format version 8): the drop threshold
     /// ([`crate::format::drop_threshold`]) of a Bernoulli posterior, whose rows then hold
-    /// `[mθ, mθ·q, bias]` (the mean network's multiplier second); `None` otherwise.
+    /// `[mθ·q, mθ, bias]` (the mean network's multiplier first, the samples' second);
+    /// `None` otherwise.
     pub drop_threshold: Option<u32>,
 }
 

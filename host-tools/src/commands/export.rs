@@ -103,8 +103,19 @@ fn from_run(args: &ExportArgs, run_dir: &Path) -> Result<(ModelSpec, String)> {
             export(network, options)?
         }
     };
+    // MC dropout runs have deterministic weights: nothing is pruned.
+    let how = match &run.config.dropout {
+        Some(ps) => format!(
+            "MC dropout (drop probabilities {}), not pruned",
+            ps.iter()
+                .map(f64::to_string)
+                .collect::<Vec<_>>()
+                .join(" / ")
+        ),
+        None => format!("pruned at log alpha > {threshold}"),
+    };
     let mut text = format!(
-        "{} after {} epochs, pruned at log alpha > {threshold}:\n",
+        "{} after {} epochs, {how}:\n",
         run.config.arch, run.epochs_done
     );
     for (i, p) in pruning.iter().enumerate() {

@@ -47,7 +47,7 @@ command-line options above override the file; examples in models/configs/):
 MC dropout (lenet300 only; deterministic weights, exported as a Bernoulli posterior):
   dropout = [0.2, 0.5, 0.5]  drop probability in [0, 1) of each weight layer's inputs
                              [default: unset, variational dropout]
-  weight_decay = 1e-05       weight decay of the dropout layers' weights (their prior)
+  weight_decay = 0.00001     weight decay of the dropout layers' weights (their prior)
 resnet-ee only:
   blocks = 4                 residual blocks, one exit after each, 1 to 7
   channels = 32              channels of the stem and every block, 1 to 512
