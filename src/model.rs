@@ -415,27 +415,27 @@ impl Envelope {
     }
 }
 
-impl<'a> Model<'a> {
-    /// Parses and validates a model in place. The slice must start at a 4-byte-aligned
-    /// address (`include_model!` and `writer::ModelBuffer` (feature `alloc`) ensure it).
-    ///
-    /// Checks, in order: length, alignment, magic, version, declared length, CRC-32, reserved
-    /// fields, header values, then every layer: codes, sizes, shapes chaining from the input to
-    /// the classes, payload placement (contiguous, aligned, inside the file), payload lengths,
-    /// sparse row pointers and column indices, finite parameters and non-negative variances.
-    pub fn from_bytes(bytes: &'a [u8]) -> Result<Self, ModelError> {
+/// The steps of validation that both model types ([`Model`], [`crate::QModel`]) take, so
+/// that their two entry points (`from_bytes`, returning the model, and `from_bytes_into`,
+/// building it in the caller's slot) are written once.
+pub(crate) trait Validate<'a>: Sized {
+    /// The checks of the file as a whole.
+    fn envelope(bytes: &'a [u8]) -> Result<Envelope, ModelError>;
+    /// The model of a checked envelope before its layers are read.
+    fn without_layers(bytes: &'a [u8], envelope: &Envelope) -> Self;
+    /// Reads and validates every layer, in place.
+    fn read_layers(&mut self, envelope: &Envelope) -> Result<(), ModelError>;
+
+    /// The validated model, returned.
+    fn validate(bytes: &'a [u8]) -> Result<Self, ModelError> {
         let envelope = Self::envelope(bytes)?;
         let mut model = Self::without_layers(bytes, &envelope);
         model.read_layers(&envelope)?;
         Ok(model)
     }
 
-    /// [`Model::from_bytes`] into `slot`, building the layer table (kilobytes: `MAX_LAYERS`
-    /// entries) where it stays instead of on the stack and then moving it: validation then
-    /// needs a few hundred bytes of stack instead of about twice the model's size, which
-    /// matters on a device with 16 KB of RAM (the C API validates this way). On error the
-    /// slot holds no model.
-    pub fn from_bytes_into<'s>(
+    /// The validated model, built in `slot` (its layer table never on the stack).
+    fn validate_into<'s>(
         bytes: &'a [u8],
         slot: &'s mut core::mem::MaybeUninit<Self>,
     ) -> Result<&'s mut Self, ModelError> {
@@ -444,7 +444,9 @@ impl<'a> Model<'a> {
         model.read_layers(&envelope)?;
         Ok(model)
     }
+}
 
+impl<'a> Validate<'a> for Model<'a> {
     /// The checks of the file as a whole (envelope, precision, input normalization).
     fn envelope(bytes: &'a [u8]) -> Result<Envelope, ModelError> {
         let envelope = Envelope::parse(bytes)?;
@@ -565,6 +567,31 @@ impl<'a> Model<'a> {
         let stored = layers.iter().map(Layer::nnz).sum();
         self.trained = envelope.trained_covering(stored)?;
         Ok(())
+    }
+}
+
+impl<'a> Model<'a> {
+    /// Parses and validates a model in place. The slice must start at a 4-byte-aligned
+    /// address (`include_model!` and `writer::ModelBuffer` (feature `alloc`) ensure it).
+    ///
+    /// Checks, in order: length, alignment, magic, version, declared length, CRC-32, reserved
+    /// fields, header values, then every layer: codes, sizes, shapes chaining from the input to
+    /// the classes, payload placement (contiguous, aligned, inside the file), payload lengths,
+    /// sparse row pointers and column indices, finite parameters and non-negative variances.
+    pub fn from_bytes(bytes: &'a [u8]) -> Result<Self, ModelError> {
+        Self::validate(bytes)
+    }
+
+    /// [`Model::from_bytes`] into `slot`, building the layer table (kilobytes: `MAX_LAYERS`
+    /// entries) where it stays instead of on the stack and then moving it: validation then
+    /// needs a few hundred bytes of stack instead of about twice the model's size, which
+    /// matters on a device with 16 KB of RAM (the C API validates this way). On error the
+    /// slot holds no model.
+    pub fn from_bytes_into<'s>(
+        bytes: &'a [u8],
+        slot: &'s mut core::mem::MaybeUninit<Self>,
+    ) -> Result<&'s mut Self, ModelError> {
+        Self::validate_into(bytes, slot)
     }
 
     /// The model bytes this view borrows.

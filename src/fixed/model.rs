@@ -11,7 +11,7 @@ use crate::format::{
 };
 use crate::model::{
     cast, conv_geometry, is_zero, pool_geometry, rec_payload_len, u16_at, u32_at, Envelope,
-    Operation,
+    Operation, Validate,
 };
 
 /// Largest q8 activation-square term: `255^2 >> 1` (see [`QModel`]).
@@ -234,29 +234,7 @@ pub struct QModel<'a> {
     layers: heapless::Vec<QLayer<'a>, MAX_LAYERS>,
 }
 
-impl<'a> QModel<'a> {
-    /// Parses and validates a fixed-point model in place (the slice must be 4-byte aligned).
-    /// An f32 model gives [`ModelError::WrongPrecision`].
-    pub fn from_bytes(bytes: &'a [u8]) -> Result<Self, ModelError> {
-        let envelope = Self::envelope(bytes)?;
-        let mut model = Self::without_layers(bytes, &envelope);
-        model.read_layers(&envelope)?;
-        Ok(model)
-    }
-
-    /// [`QModel::from_bytes`] into `slot`, building the layer table where it stays (see
-    /// [`crate::Model::from_bytes_into`]: a few hundred bytes of stack instead of about twice
-    /// the model's size). On error the slot holds no model.
-    pub fn from_bytes_into<'s>(
-        bytes: &'a [u8],
-        slot: &'s mut core::mem::MaybeUninit<Self>,
-    ) -> Result<&'s mut Self, ModelError> {
-        let envelope = Self::envelope(bytes)?;
-        let model = slot.write(Self::without_layers(bytes, &envelope));
-        model.read_layers(&envelope)?;
-        Ok(model)
-    }
-
+impl<'a> Validate<'a> for QModel<'a> {
     /// The checks of the file as a whole (envelope, precision).
     fn envelope(bytes: &'a [u8]) -> Result<Envelope, ModelError> {
         let envelope = Envelope::parse(bytes)?;
@@ -338,6 +316,24 @@ impl<'a> QModel<'a> {
         check_exits(layers, shape, envelope.classes as usize)?;
         self.trained = envelope.trained_covering(layers.iter().map(|l| l.nnz()).sum())?;
         Ok(())
+    }
+}
+
+impl<'a> QModel<'a> {
+    /// Parses and validates a fixed-point model in place (the slice must be 4-byte aligned).
+    /// An f32 model gives [`ModelError::WrongPrecision`].
+    pub fn from_bytes(bytes: &'a [u8]) -> Result<Self, ModelError> {
+        Self::validate(bytes)
+    }
+
+    /// [`QModel::from_bytes`] into `slot`, building the layer table where it stays (see
+    /// [`crate::Model::from_bytes_into`]: a few hundred bytes of stack instead of about twice
+    /// the model's size). On error the slot holds no model.
+    pub fn from_bytes_into<'s>(
+        bytes: &'a [u8],
+        slot: &'s mut core::mem::MaybeUninit<Self>,
+    ) -> Result<&'s mut Self, ModelError> {
+        Self::validate_into(bytes, slot)
     }
 
     /// The model bytes this view borrows.

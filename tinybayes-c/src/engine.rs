@@ -177,34 +177,28 @@ impl AnyModel<'_> {
 
     fn info(self, chunk: u32) -> TbEngineInfo {
         let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
-        let mut info = TbEngineInfo {
-            precision: self.precision() as u32,
-            chunk,
-            ..TbEngineInfo::default()
-        };
+        // `Model` and `QModel` answer the same questions under the same names.
+        macro_rules! describe {
+            ($m:expr) => {
+                TbEngineInfo {
+                    precision: self.precision() as u32,
+                    input_len: n($m.input_len()),
+                    class_count: n($m.num_classes()),
+                    exit_count: n($m.exit_count()),
+                    layer_count: n($m.layers().len()),
+                    chunk,
+                    model_bytes: n($m.as_bytes().len()),
+                    workspace_bytes: n(Plan::new($m, chunk as usize).workspace_bytes()),
+                    macs: n($m.macs()),
+                }
+            };
+        }
         match self {
             #[cfg(feature = "f32")]
-            AnyModel::F32(m) => {
-                info.input_len = n(m.input_len());
-                info.class_count = n(m.num_classes());
-                info.exit_count = n(m.exit_count());
-                info.layer_count = n(m.layers().len());
-                info.model_bytes = n(m.as_bytes().len());
-                info.workspace_bytes = n(Plan::new(m, chunk as usize).workspace_bytes());
-                info.macs = n(m.macs());
-            }
+            AnyModel::F32(m) => describe!(m),
             #[cfg(feature = "fixed")]
-            AnyModel::Fixed(m) => {
-                info.input_len = n(m.input_len());
-                info.class_count = n(m.num_classes());
-                info.exit_count = n(m.exit_count());
-                info.layer_count = n(m.layers().len());
-                info.model_bytes = n(m.as_bytes().len());
-                info.workspace_bytes = n(Plan::new(m, chunk as usize).workspace_bytes());
-                info.macs = n(m.macs());
-            }
+            AnyModel::Fixed(m) => describe!(m),
         }
-        info
     }
 }
 
@@ -295,19 +289,22 @@ macro_rules! bound {
                 Err(TbStatus::UnsupportedChunk)
             }
 
-            /// Runs the engine on `input`. Dispatched statically, once per input type: a
-            /// program that never calls `tb_predict_f32` links no f32-input code.
-            pub(crate) fn run<I: Copy>(
+        }
+
+        /// Runs the engine on `input`. Dispatched statically, once per input type: a
+        /// program that never calls `tb_predict_f32` links no f32-input code.
+        impl<I: Copy> Run<I> for Bound
+        where
+            $(Engine<'static, 'static, $chunk, $num>: Run<I>,)*
+        {
+            fn run(
                 &mut self,
                 input: I,
                 mode: Mode,
                 halting: Option<Halting<'_>>,
                 rng: &mut Xoshiro128PlusPlus,
                 out: &mut TbResult,
-            ) -> Result<(), TbStatus>
-            where
-                $(Engine<'static, 'static, $chunk, $num>: Run<I>,)*
-            {
+            ) -> Result<(), TbStatus> {
                 match self {
                     $(
                         #[cfg(all(feature = $feature, feature = $chunk_feature))]

@@ -6,6 +6,7 @@ use crate::args::{TbHalting, TbMode, TbRng};
 use crate::boundary;
 use crate::engine::{bound, Bound, TbEngine};
 use crate::result::TbResult;
+use crate::run::Run;
 use crate::status::{status_of, TbStatus};
 
 /// The pointer arguments every prediction shares.
@@ -30,7 +31,7 @@ impl Call {
         early_exit: bool,
     ) -> TbStatus
     where
-        Bound: Runs<I>,
+        Bound: Run<I>,
     {
         status_of((|| {
             // SAFETY: the caller's contract, for each pointer in turn.
@@ -46,47 +47,8 @@ impl Call {
             let mode = self.mode.to_mode()?;
             let input = input()?;
             let engine = unsafe { bound(self.engine) }?;
-            engine.runs(input, mode, halting, rng.generator(), result)
+            engine.run(input, mode, halting, rng.generator(), result)
         })())
-    }
-}
-
-/// [`Bound::run`] for an input type every engine runs (a trait, so that [`Call::run`] can
-/// name it).
-trait Runs<I> {
-    fn runs(
-        &mut self,
-        input: I,
-        mode: tinybayes::Mode,
-        halting: Option<tinybayes::Halting<'_>>,
-        rng: &mut tinybayes::rand_xoshiro::Xoshiro128PlusPlus,
-        out: &mut TbResult,
-    ) -> Result<(), TbStatus>;
-}
-
-impl Runs<&[u8]> for Bound {
-    fn runs(
-        &mut self,
-        input: &[u8],
-        mode: tinybayes::Mode,
-        halting: Option<tinybayes::Halting<'_>>,
-        rng: &mut tinybayes::rand_xoshiro::Xoshiro128PlusPlus,
-        out: &mut TbResult,
-    ) -> Result<(), TbStatus> {
-        self.run(input, mode, halting, rng, out)
-    }
-}
-
-impl Runs<&[f32]> for Bound {
-    fn runs(
-        &mut self,
-        input: &[f32],
-        mode: tinybayes::Mode,
-        halting: Option<tinybayes::Halting<'_>>,
-        rng: &mut tinybayes::rand_xoshiro::Xoshiro128PlusPlus,
-        out: &mut TbResult,
-    ) -> Result<(), TbStatus> {
-        self.run(input, mode, halting, rng, out)
     }
 }
 

@@ -24,44 +24,33 @@ pub(crate) trait Run<I> {
 
 const K: usize = TB_MAX_CLASSES;
 
-impl<const CHUNK: usize> Run<&[f32]> for Engine<'_, '_, CHUNK, tinybayes::F32> {
-    fn run(
-        &mut self,
-        input: &[f32],
-        mode: Mode,
-        halting: Option<Halting<'_>>,
-        rng: &mut Xoshiro128PlusPlus,
-        out: &mut TbResult,
-    ) -> Result<(), TbStatus> {
-        match halting {
-            None => {
-                let macs = self.model().macs();
-                out.set_f32(&self.predict::<K>(input, mode, rng)?, macs)
+/// [`Run`] for the f32 engine, per input type and its two entry points.
+macro_rules! run_f32 {
+    ($($input:ty => $predict:ident, $early_exit:ident;)*) => {$(
+        impl<const CHUNK: usize> Run<$input> for Engine<'_, '_, CHUNK, tinybayes::F32> {
+            fn run(
+                &mut self,
+                input: $input,
+                mode: Mode,
+                halting: Option<Halting<'_>>,
+                rng: &mut Xoshiro128PlusPlus,
+                out: &mut TbResult,
+            ) -> Result<(), TbStatus> {
+                match halting {
+                    None => {
+                        let macs = self.model().macs();
+                        out.set_f32(&self.$predict::<K>(input, mode, rng)?, macs)
+                    }
+                    Some(h) => out.set_f32_exit(&self.$early_exit::<K>(input, mode, h, rng)?),
+                }
+                Ok(())
             }
-            Some(h) => out.set_f32_exit(&self.predict_early_exit::<K>(input, mode, h, rng)?),
         }
-        Ok(())
-    }
+    )*};
 }
-
-impl<const CHUNK: usize> Run<&[u8]> for Engine<'_, '_, CHUNK, tinybayes::F32> {
-    fn run(
-        &mut self,
-        input: &[u8],
-        mode: Mode,
-        halting: Option<Halting<'_>>,
-        rng: &mut Xoshiro128PlusPlus,
-        out: &mut TbResult,
-    ) -> Result<(), TbStatus> {
-        match halting {
-            None => {
-                let macs = self.model().macs();
-                out.set_f32(&self.predict_u8::<K>(input, mode, rng)?, macs)
-            }
-            Some(h) => out.set_f32_exit(&self.predict_u8_early_exit::<K>(input, mode, h, rng)?),
-        }
-        Ok(())
-    }
+run_f32! {
+    &[f32] => predict, predict_early_exit;
+    &[u8] => predict_u8, predict_u8_early_exit;
 }
 
 /// [`Run`] for the fixed-point engines: raw 8-bit inputs only.
