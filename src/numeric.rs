@@ -39,7 +39,8 @@ use crate::format::{Activation, Posterior, Precision, Storage};
 use crate::input::Input;
 use crate::kernels::graph::{global_average_pool, residual_add};
 use crate::kernels::{
-    forward_mean, forward_moments, forward_samples, moments, sample_from_moments, scratch_len,
+    forward_dropout, forward_mean, forward_moments, forward_samples, moments, sample_from_moments,
+    scratch_len,
 };
 use crate::model::{Layer, Model, Operation};
 use crate::predictive::{Prediction, PredictiveAccumulator};
@@ -395,7 +396,7 @@ impl Kernels for F32 {
         scratch: &mut [f32],
     ) {
         if layer.posterior() == Posterior::Bernoulli {
-            return f32_dropout::<CHUNK>(layer, x, false, streams, out, scratch);
+            return forward_dropout::<CHUNK>(layer, x, false, streams, out, scratch);
         }
         forward_samples::<CHUNK>(layer, x, streams, out, scratch);
     }
@@ -406,7 +407,7 @@ impl Kernels for F32 {
         out: &mut [f32],
         scratch: &mut [f32],
     ) {
-        f32_dropout::<CHUNK>(layer, held, true, streams, out, scratch);
+        forward_dropout::<CHUNK>(layer, held, true, streams, out, scratch);
     }
     fn residual_add(layer: &Layer<'_>, cur: &mut [f32], skip: &[f32]) {
         residual_add(layer.activation(), cur, skip);
@@ -490,33 +491,6 @@ impl<X: Input + ?Sized> Reads<X> for F32 {
             *o = x.value(i);
         }
     }
-}
-
-/// An f32 Bernoulli layer for a chunk of samples: its inputs (`shared`: one value per input)
-/// masked into the scratch, then its rows as a deterministic layer's.
-fn f32_dropout<const CHUNK: usize>(
-    layer: &Layer<'_>,
-    x: &[f32],
-    shared: bool,
-    streams: &mut [Xoshiro128PlusPlus],
-    out: &mut [f32],
-    scratch: &mut [f32],
-) {
-    let n = layer.inputs() * streams.len();
-    if scratch.len() < n {
-        return;
-    }
-    let (masked, rest) = scratch.split_at_mut(n);
-    let threshold = layer.drop_threshold();
-    crate::kernels::drop_inputs(
-        threshold,
-        x,
-        shared,
-        streams,
-        rand_core::RngCore::next_u32,
-        masked,
-    );
-    forward_samples::<CHUNK>(layer, masked, streams, out, rest);
 }
 
 /// What the fixed-point first Gaussian layer's moments leave: the fractional bits of the

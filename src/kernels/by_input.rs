@@ -181,9 +181,21 @@ pub(super) fn forward_samples(
     for (i, bounds) in col_ptr.windows(2).enumerate() {
         let (start, end) = (bounds[0] as usize, bounds[1] as usize);
         let xs = &x[i * s..(i + 1) * s];
-        // An input that is zero in every sample of the chunk (a blank pixel, or one every
-        // sample dropped) adds nothing: its column is skipped whole.
-        if !gaussian && xs.iter().all(|&v| v == 0.0) {
+        if !gaussian {
+            // Deterministic weights (a Bernoulli layer's masked inputs): sample by sample,
+            // so an input a sample dropped, or a zero one (a blank pixel), costs one test.
+            // Every output still adds its inputs in ascending order.
+            let column = rows[start..end].iter().zip(&values[start..end]);
+            for (m, &xv) in xs.iter().enumerate() {
+                if xv == 0.0 {
+                    continue;
+                }
+                for (&r, &w) in column.clone() {
+                    if let Some(o) = mean.get_mut(r as usize * s + m) {
+                        *o += xv * w;
+                    }
+                }
+            }
             continue;
         }
         for (&r, w) in rows[start..end]

@@ -253,6 +253,53 @@ pub(super) fn forward_samples<const CHUNK: usize>(
     }
 }
 
+/// A Bernoulli layer with dense rows for a chunk of `s = streams.len()` samples, sample by
+/// sample, so that a dropped input costs nothing: sample `m` draws its mask (one `u32` per
+/// input, in order, as [`super::drop_inputs`] does), lists the inputs it keeps that are not
+/// zero into `kept`, then sums every row over that list only. The sums are those of the
+/// masked row kernel bit for bit (bias first, kept inputs in ascending order; a dropped or
+/// zero input would add a zero). `x` is unit-major, or with `shared` one value per input.
+/// `kept` must hold `inputs` words.
+pub(super) fn forward_dropout_dense(
+    layer: &Layer<'_>,
+    x: &[f32],
+    shared: bool,
+    streams: &mut [Xoshiro128PlusPlus],
+    out: &mut [f32],
+    kept: &mut [u32],
+) {
+    let Weights::Dense { values } = layer.weights() else {
+        return;
+    };
+    let (inputs, outputs, s) = (layer.inputs(), layer.outputs(), streams.len());
+    let threshold = layer.drop_threshold();
+    let (bias, act) = (layer.bias(), layer.activation());
+    let stride = if shared { 1 } else { s };
+    if kept.len() < inputs || x.len() < (inputs - 1) * stride + 1 || out.len() < outputs * s {
+        return;
+    }
+    for (m, stream) in streams.iter_mut().enumerate() {
+        let offset = if shared { 0 } else { m };
+        let mut count = 0;
+        for i in 0..inputs {
+            let keep = rand_core::RngCore::next_u32(stream) >= threshold;
+            if keep && x[i * stride + offset] != 0.0 {
+                kept[count] = i as u32;
+                count += 1;
+            }
+        }
+        let kept = &kept[..count];
+        for (j, row) in values.chunks_exact(inputs).enumerate().take(outputs) {
+            let mut acc = bias[j];
+            for &i in kept {
+                let i = i as usize;
+                acc += x[i * stride + offset] * row[i];
+            }
+            out[j * s + m] = activate(act, acc);
+        }
+    }
+}
+
 /// Stores the first `dst.len()` sums. Each is stored as `sum + 0.0` (the same value, but for
 /// the sign of a zero sum, which the activation and noise that follow make irrelevant): a plain
 /// copy would be turned into a `memcpy` call per unit, which Thumb-2 code generation emits for

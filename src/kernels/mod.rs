@@ -80,6 +80,34 @@ pub(crate) fn forward_samples<const CHUNK: usize>(
     }
 }
 
+/// A Bernoulli layer for a chunk of samples (see [`drop_inputs`]): dense rows run sample by
+/// sample over the inputs each sample keeps (a dropped input costs nothing), other storage
+/// masks the chunk's inputs into `scratch` and runs its rows as a deterministic layer's (a
+/// by-input layer then skips, per sample, every input that is dropped or zero). `x` holds the
+/// chunk's inputs, or with `shared` one value per input.
+pub(crate) fn forward_dropout<const CHUNK: usize>(
+    layer: &Layer<'_>,
+    x: &[f32],
+    shared: bool,
+    streams: &mut [Xoshiro128PlusPlus],
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
+    if let crate::model::Weights::Dense { .. } = layer.weights() {
+        let kept: &mut [u32] = bytemuck::cast_slice_mut(scratch);
+        return linear::forward_dropout_dense(layer, x, shared, streams, out, kept);
+    }
+    let n = layer.inputs() * streams.len();
+    if scratch.len() < n {
+        return;
+    }
+    let (masked, rest) = scratch.split_at_mut(n);
+    let threshold = layer.drop_threshold();
+    let next = rand_core::RngCore::next_u32;
+    drop_inputs(threshold, x, shared, streams, next, masked);
+    forward_samples::<CHUNK>(layer, masked, streams, out, rest);
+}
+
 /// Scratch words a layer needs for a chunk of `chunk` samples: the pre-activation variances
 /// of a Gaussian linear layer (and, stored by rows and run per sample, not as the first
 /// Gaussian layer, its inputs squared), or of one output channel of a convolution; a
