@@ -584,9 +584,9 @@ impl<'a> Model<'a> {
 
     /// [`Model::from_bytes`] into `slot`, building the layer table (kilobytes: `MAX_LAYERS`
     /// entries) where it stays instead of on the stack and then moving it: validation then
-    /// needs a few hundred bytes of stack instead of about twice the model's size, which
-    /// matters on a device with 16 KB of RAM (the C API validates this way). On error the
-    /// slot holds no model.
+    /// needs the parser's frames (about 2 KB on the Cortex-M0) rather than those plus a
+    /// second copy of the model, which matters on a device with 16 KB of RAM (the C API
+    /// validates this way). On error the slot holds no model.
     pub fn from_bytes_into<'s>(
         bytes: &'a [u8],
         slot: &'s mut core::mem::MaybeUninit<Self>,

@@ -327,8 +327,8 @@ impl<'a> QModel<'a> {
     }
 
     /// [`QModel::from_bytes`] into `slot`, building the layer table where it stays (see
-    /// [`crate::Model::from_bytes_into`]: a few hundred bytes of stack instead of about twice
-    /// the model's size). On error the slot holds no model.
+    /// [`crate::Model::from_bytes_into`]: no second copy of the model on the stack). On error
+    /// the slot holds no model.
     pub fn from_bytes_into<'s>(
         bytes: &'a [u8],
         slot: &'s mut core::mem::MaybeUninit<Self>,
