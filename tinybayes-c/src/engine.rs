@@ -106,9 +106,9 @@ const FORMAT_F32: u32 = 1;
 const FORMAT_FIXED: u32 = 2;
 
 /// Validates `bytes` as a model of any format this library was built with, into `*slot`,
-/// in place: the layer table (kilobytes) is built where it stays, so validation needs a few
-/// hundred bytes of stack rather than twice the model (`Model::from_bytes_into`); a 16 KB
-/// micro:bit has room for one model, not for copies of it. Returns the model and its
+/// in place: the layer table (kilobytes) is built where it stays, so validation needs no
+/// second copy of the model on the stack (`Model::from_bytes_into`); a 16 KB micro:bit has
+/// room for one model, not for copies of it. Returns the model and its
 /// `State::format` code.
 ///
 /// # Safety
