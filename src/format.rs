@@ -1,4 +1,4 @@
-//! Layout of the flash table, format versions 1 to 8 (`docs/FORMAT.md` is the specification).
+//! Layout of the flash table, format versions 1 to 9 (`docs/FORMAT.md` is the specification).
 //!
 //! Everything is little-endian. The file starts with a [`HEADER_LEN`]-byte header, then
 //! `layer_count` layer records of [`LAYER_RECORD_LEN`] bytes, then the layer payloads (each at
@@ -11,10 +11,13 @@ pub const MAGIC: [u8; 4] = *b"TBYS";
 /// adds residual additions and exit heads for early-exit networks, 5 records the size of the
 /// network as trained: [`TrainedSize`], 6 adds fixed-point convolutions and pooling, 7
 /// fixed-point residual additions, exit heads and bias shifts, 8 the Bernoulli (MC dropout)
-/// posterior).
-pub const FORMAT_VERSION: u16 = 8;
+/// posterior, 9 non-square pooling windows).
+pub const FORMAT_VERSION: u16 = 9;
 /// The version of files with a Bernoulli (MC dropout) layer ([`Posterior::Bernoulli`]).
 pub const DROPOUT_FORMAT_VERSION: u16 = 8;
+/// The version of files with a non-square pooling window (record byte 26, [`record`]'s
+/// `POOL_WIDTH`): 1-D pooling over time series laid out `[C, T, 1]`.
+pub const POOL_WINDOW_FORMAT_VERSION: u16 = 9;
 /// The version of fixed-point files with residual additions, exit heads or a non-zero bias
 /// shift.
 pub const FIXED_EXIT_FORMAT_VERSION: u16 = 7;
@@ -120,12 +123,27 @@ pub(crate) mod record {
     pub const CONV_PADDING: usize = 29;
     /// Convolution: reserved.
     pub const CONV_RESERVED: core::ops::Range<usize> = 30..32;
-    /// Pooling: window size (u8).
+    /// Pooling: window size (u8): the window's height, and its width unless
+    /// [`POOL_WIDTH`] says otherwise.
     pub const POOL_SIZE: usize = 24;
     /// Pooling: stride (u8).
     pub const POOL_STRIDE: usize = 25;
-    /// Pooling: reserved.
+    /// Pooling: reserved before format version 9.
     pub const POOL_RESERVED: core::ops::Range<usize> = 26..32;
+    /// Pooling, format version 9: the window's width (u8) when it differs from its height
+    /// ([`POOL_SIZE`]); 0 means a square window, as in every older file.
+    pub const POOL_WIDTH: usize = 26;
+    /// Pooling, format version 9: reserved.
+    pub const POOL_RESERVED_V9: core::ops::Range<usize> = 27..32;
+
+    /// The reserved bytes of a pooling record in a file of format `version`.
+    pub const fn pool_reserved(version: u16) -> core::ops::Range<usize> {
+        if version >= super::POOL_WINDOW_FORMAT_VERSION {
+            POOL_RESERVED_V9
+        } else {
+            POOL_RESERVED
+        }
+    }
     /// Residual addition: index of the earlier layer whose output is added (u16).
     pub const RESIDUAL_SOURCE: usize = 24;
     /// Residual addition: reserved.

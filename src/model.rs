@@ -779,7 +779,7 @@ fn parse_layer<'a>(
         | LayerKind::QuantSparseLinearByInput
         | LayerKind::QuantConv2d => return Err(code(record::KIND)),
         LayerKind::MaxPool => {
-            reserved(record::POOL_RESERVED)?;
+            reserved(record::pool_reserved(cx.version))?;
             let geometry = pool_geometry(rec, cx.shape, posterior, activation, layer)?;
             (Operation::MaxPool(geometry), geometry.output, 0, Some(0))
         }
@@ -1017,8 +1017,8 @@ pub(crate) fn conv_geometry(
         .ok_or(ModelError::BadGeometry { layer })
 }
 
-/// The geometry a max-pooling record gives (window size and stride in bytes 24..26) over an
-/// input of `shape`; `BadGeometry` if the window does not fit or the layer is not
+/// The geometry a max-pooling record gives (window size and stride in bytes 24..26, the
+/// window's width in byte 26 when not square) over an input of `shape`; `BadGeometry` if the window does not fit or the layer is not
 /// deterministic with an identity activation (pooling has neither weights nor activation).
 pub(crate) fn pool_geometry(
     rec: &[u8],
@@ -1028,8 +1028,13 @@ pub(crate) fn pool_geometry(
     layer: usize,
 ) -> Result<Geometry, ModelError> {
     let size = rec[record::POOL_SIZE] as usize;
+    // Zero (a square window) in every file before version 9, whose byte 26 is reserved.
+    let width = match rec[record::POOL_WIDTH] {
+        0 => size,
+        w => w as usize,
+    };
     let stride = rec[record::POOL_STRIDE] as usize;
-    let geometry = window_geometry(shape, shape[0], [size, size], stride, 0)
+    let geometry = window_geometry(shape, shape[0], [size, width], stride, 0)
         .ok_or(ModelError::BadGeometry { layer })?;
     if posterior != Posterior::Deterministic || activation != Activation::Identity {
         return Err(ModelError::BadGeometry { layer });

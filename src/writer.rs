@@ -46,10 +46,11 @@ pub enum LayerOp {
         /// Zero padding on every side, less than the kernel size.
         padding: usize,
     },
-    /// Per-channel max pooling over `size x size` windows; no parameters.
+    /// Per-channel max pooling over `window[0] x window[1]` windows (height x width); no
+    /// parameters. A non-square window needs format version 9.
     MaxPool {
-        /// Window size.
-        size: usize,
+        /// Window (height, width).
+        window: [usize; 2],
         /// Stride.
         stride: usize,
     },
@@ -99,13 +100,13 @@ pub struct LayerSpec {
 }
 
 impl LayerSpec {
-    /// A parameterless max-pooling layer over an input of `shape` (channels, height, width);
-    /// `None` if the window does not fit.
-    pub fn max_pool(shape: [usize; 3], size: usize, stride: usize) -> Option<Self> {
-        let h = window_output(shape[1], size, stride, 0)?;
-        let w = window_output(shape[2], size, stride, 0)?;
+    /// A parameterless max-pooling layer with a `window` (height, width) over an input of
+    /// `shape` (channels, height, width); `None` if the window does not fit.
+    pub fn max_pool(shape: [usize; 3], window: [usize; 2], stride: usize) -> Option<Self> {
+        let h = window_output(shape[1], window[0], stride, 0)?;
+        let w = window_output(shape[2], window[1], stride, 0)?;
         Some(LayerSpec {
-            op: LayerOp::MaxPool { size, stride },
+            op: LayerOp::MaxPool { window, stride },
             inputs: shape.iter().product(),
             outputs: shape[0] * h * w,
             activation: Activation::Identity,
@@ -283,10 +284,9 @@ impl ModelSpec {
                         write_taps(&mut payloads, l, geometry[0], kernel)?,
                     )
                 }
-                LayerOp::MaxPool { size, stride } => {
+                LayerOp::MaxPool { window, stride } => {
                     version = version.max(format::CONV_FORMAT_VERSION);
-                    rec[record::POOL_SIZE] = to_u8(size, "pool size")?;
-                    rec[record::POOL_STRIDE] = to_u8(stride, "pool stride")?;
+                    write_pool_record(&mut rec, window, stride, &mut version)?;
                     (LayerKind::MaxPool, 0)
                 }
                 LayerOp::ResidualAdd { source } => {
@@ -452,7 +452,7 @@ impl LayerSpec {
                 padding: g.padding,
             },
             Operation::MaxPool(g) => LayerOp::MaxPool {
-                size: g.window[0],
+                window: g.window,
                 stride: g.stride,
             },
             Operation::ResidualAdd { source } => LayerOp::ResidualAdd { source },
@@ -496,6 +496,27 @@ pub(crate) fn write_sizes(
     ];
     for (at, v) in fields {
         rec[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    Ok(())
+}
+
+/// Writes a pooling record's window and stride (bytes 24..27); a non-square window raises
+/// `version` to [`format::POOL_WINDOW_FORMAT_VERSION`] (a square one leaves byte 26 zero, as
+/// every older file has it).
+pub(crate) fn write_pool_record(
+    rec: &mut [u8],
+    window: [usize; 2],
+    stride: usize,
+    version: &mut u16,
+) -> Result<(), WriteError> {
+    rec[record::POOL_SIZE] = to_u8(window[0], "pool window height")?;
+    rec[record::POOL_STRIDE] = to_u8(stride, "pool stride")?;
+    if window[1] != window[0] {
+        rec[record::POOL_WIDTH] = to_u8(window[1], "pool window width")?;
+        if window[1] == 0 {
+            return Err(WriteError::TooLarge("pool window width"));
+        }
+        *version = (*version).max(format::POOL_WINDOW_FORMAT_VERSION);
     }
     Ok(())
 }
@@ -585,9 +606,9 @@ impl ModelSpec {
                         .and_then(|n| n.checked_mul(kernel[0] * kernel[1]));
                     (taps, out_channels, [out_channels, h, w])
                 }
-                LayerOp::MaxPool { size, stride } => {
-                    let h = window_output(shape[1], size, stride, 0).ok_or(bad.clone())?;
-                    let w = window_output(shape[2], size, stride, 0).ok_or(bad.clone())?;
+                LayerOp::MaxPool { window, stride } => {
+                    let h = window_output(shape[1], window[0], stride, 0).ok_or(bad.clone())?;
+                    let w = window_output(shape[2], window[1], stride, 0).ok_or(bad.clone())?;
                     (Some(0), 0, [shape[0], h, w])
                 }
                 LayerOp::ResidualAdd { .. } => (Some(0), 0, shape),

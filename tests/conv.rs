@@ -131,15 +131,24 @@ fn conv_f64(
 }
 
 fn max_pool_f64(x: &[f64], shape: [usize; 3], size: usize, stride: usize) -> Vec<f64> {
-    let oh = format::window_output(shape[1], size, stride, 0).unwrap();
-    let ow = format::window_output(shape[2], size, stride, 0).unwrap();
+    max_pool_window_f64(x, shape, [size, size], stride)
+}
+
+fn max_pool_window_f64(
+    x: &[f64],
+    shape: [usize; 3],
+    window: [usize; 2],
+    stride: usize,
+) -> Vec<f64> {
+    let oh = format::window_output(shape[1], window[0], stride, 0).unwrap();
+    let ow = format::window_output(shape[2], window[1], stride, 0).unwrap();
     let mut out = Vec::new();
     for c in 0..shape[0] {
         for oy in 0..oh {
             for ox in 0..ow {
                 let mut best = f64::NEG_INFINITY;
-                for ky in 0..size {
-                    for kx in 0..size {
+                for ky in 0..window[0] {
+                    for kx in 0..window[1] {
                         best = best.max(
                             x[(c * shape[1] + oy * stride + ky) * shape[2] + ox * stride + kx],
                         );
@@ -234,10 +243,10 @@ fn sparse_convolution_matches_dense_reference_over_geometries() {
 fn lenet_like(seed: u64) -> (ModelSpec, Vec<LayerSpec>) {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     let (c1, s1) = conv_spec(&mut rng, [1, 12, 12], 4, [3, 3], 1, 0, 0.7);
-    let p1 = LayerSpec::max_pool(s1, 2, 2).unwrap();
+    let p1 = LayerSpec::max_pool(s1, [2, 2], 2).unwrap();
     let s2 = [s1[0], s1[1] / 2, s1[2] / 2];
     let (c2, s3) = conv_spec(&mut rng, s2, 6, [2, 2], 1, 1, 0.5);
-    let p2 = LayerSpec::max_pool(s3, 2, 2).unwrap();
+    let p2 = LayerSpec::max_pool(s3, [2, 2], 2).unwrap();
     let flat = p2.outputs;
     let mut f1 = linear_spec(&mut rng, flat, 8);
     f1.activation = Activation::Relu;
@@ -307,6 +316,58 @@ fn lenet_shaped_stack_matches_reference_and_is_version_2() {
                 .sum::<usize>()
         );
     }
+}
+
+/// A 1-D network over a `[C, T, 1]` time series: a `[k, 1]` convolution, then a `[3, 1]` max
+/// pool (format version 9, the window's width in record byte 26); the same bytes relabelled
+/// version 8 are refused (byte 26 is reserved there).
+#[test]
+fn time_series_pooling_windows_are_version_9_and_match_the_reference() {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(31);
+    let (c1, s1) = conv_spec(&mut rng, [3, 40, 1], 4, [5, 1], 1, 0, 0.6);
+    let pool = LayerSpec::max_pool(s1, [3, 1], 2).unwrap();
+    let flat = pool.outputs;
+    let f1 = linear_spec(&mut rng, flat, 4);
+    let layers = vec![c1, pool, f1];
+    let spec = ModelSpec {
+        input_shape: [3, 40, 1],
+        num_classes: 4,
+        input_scale: 1.0 / 255.0,
+        input_offset: 0.0,
+        layers: layers.clone(),
+        trained: None,
+    };
+    let buffer = spec.to_buffer().unwrap();
+    let mut bytes = buffer.as_bytes().to_vec();
+    assert_eq!(u16::from_le_bytes([bytes[4], bytes[5]]), 9);
+    let model = buffer.model().unwrap();
+    let raw: Vec<u8> = (0..120).map(|i| ((i * 71 + 5) % 256) as u8).collect();
+    let x: Vec<f64> = raw
+        .iter()
+        .map(|&p| (p as f32 * (1.0 / 255.0)) as f64)
+        .collect();
+    let t: Vec<f64> = layers[0].theta.iter().map(|&v| v as f64).collect();
+    let a = relu(conv_f64(&x, [3, 40, 1], &layers[0], &t, true, false));
+    let a = max_pool_window_f64(&a, s1, [3, 1], 2);
+    let reference = softmax(&linear_f64(&a, &layers[2]));
+    let mut ws = vec![0.0; tinybayes::Plan::new(&model, 1).workspace_len()];
+    let mut engine = Engine::<1>::new(&model, &mut ws).unwrap();
+    let mut r = Xoshiro128PlusPlus::seed_from_u64(0);
+    let p: Prediction<4> = engine.predict_u8(&raw, Mode::MeanWeights, &mut r).unwrap();
+    for (a, b) in p.probabilities.iter().zip(&reference) {
+        assert!((*a as f64 - b).abs() < 1e-5, "{a} vs {b}");
+    }
+    // The square pools of older files keep byte 26 zero and their version.
+    let (square, _) = lenet_like(1);
+    assert_eq!(square.to_buffer().unwrap().as_bytes()[4], 2);
+    bytes[4] = 8;
+    let len = bytes.len();
+    let crc = tinybayes::format::crc32(&bytes[..len - 4]);
+    bytes[len - 4..].copy_from_slice(&crc.to_le_bytes());
+    assert!(matches!(
+        tinybayes::Model::from_bytes(&bytes),
+        Err(tinybayes::ModelError::ReservedNotZero { .. })
+    ));
 }
 
 #[test]

@@ -394,7 +394,7 @@ fn the_reader_refuses_bad_drop_probabilities_and_misplaced_dropout() {
     // Dropout on a layer that is not linear: a pooling layer given the posterior.
     let mut conv_spec = synthetic::mlp(3, &[16, 4], 1.0);
     conv_spec.input_shape = [1, 4, 4];
-    let pool = tinybayes::writer::LayerSpec::max_pool([1, 4, 4], 2, 2).unwrap();
+    let pool = tinybayes::writer::LayerSpec::max_pool([1, 4, 4], [2, 2], 2).unwrap();
     conv_spec.layers.insert(0, pool);
     conv_spec.layers[1].inputs = 4;
     conv_spec.layers[1].theta.truncate(16);

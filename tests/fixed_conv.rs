@@ -69,7 +69,7 @@ fn conv_net(seed: u64) -> ModelSpec {
         }
     };
     let c1 = conv(&mut rng, 1, 4, SIDE, 1);
-    let pool = LayerSpec::max_pool([4, SIDE, SIDE], 2, 2).unwrap();
+    let pool = LayerSpec::max_pool([4, SIDE, SIDE], [2, 2], 2).unwrap();
     let c2 = conv(&mut rng, 4, 6, 5, 2);
     let (theta, var) = weights(&mut rng, CLASSES * 54, (2.0f32 / 54.0).sqrt(), 0.8);
     let linear = LayerSpec {

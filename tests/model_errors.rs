@@ -1503,8 +1503,8 @@ fn model_error_messages_are_specific() {
         (Misaligned, vec!["align"]),
         (BadMagic, vec!["magic"]),
         (
-            UnsupportedVersion { found: 9 },
-            vec!["version 9", "versions 1 to 8"],
+            UnsupportedVersion { found: 10 },
+            vec!["version 10", "versions 1 to 9"],
         ),
         (BadHeaderLength { found: 4711 }, vec!["4711", "header"]),
         (

@@ -17,6 +17,7 @@ use ndarray::{Array1, Array2, Axis};
 use tinybayes::format::{window_output, Activation, TrainedSize};
 use tinybayes::writer::{LayerOp, LayerSpec, ModelSpec, StorageChoice};
 
+use crate::train::conv::ConvGeom;
 use crate::train::{Network, TrainedLayer};
 
 /// How to export.
@@ -42,10 +43,37 @@ pub struct PruneReport {
     pub surviving_weights: usize,
 }
 
+/// A convolution's kernel (height, width), stride and zero padding.
+#[derive(Clone, Copy, Debug)]
+struct ConvShape {
+    kernel: [usize; 2],
+    stride: usize,
+    padding: usize,
+}
+
+impl ConvShape {
+    fn of<T>(theta: &ndarray::Array4<T>, geom: ConvGeom) -> Self {
+        let (_, _, kh, kw) = theta.dim();
+        ConvShape {
+            kernel: [kh, kw],
+            stride: geom.stride,
+            padding: geom.padding,
+        }
+    }
+
+    /// Output (height, width) over an input of `shape`, if the kernel fits.
+    fn output(self, shape: [usize; 3]) -> Option<(usize, usize)> {
+        Some((
+            window_output(shape[1], self.kernel[0], self.stride, self.padding)?,
+            window_output(shape[2], self.kernel[1], self.stride, self.padding)?,
+        ))
+    }
+}
+
 /// A weighted layer being pruned, as a matrix with one row per output unit or channel and,
 /// for a convolution, `in_channels * kh * kw` columns.
 struct Work {
-    conv: Option<[usize; 2]>,
+    conv: Option<ConvShape>,
     theta: Array2<f32>,
     variance: Array2<f32>,
     keep: Array2<bool>,
@@ -60,7 +88,7 @@ struct Work {
 
 impl Work {
     fn new(
-        conv: Option<[usize; 2]>,
+        conv: Option<ConvShape>,
         theta: Array2<f32>,
         log_sigma2: Array2<f32>,
         bias: &Array1<f32>,
@@ -85,10 +113,16 @@ impl Work {
     }
 
     /// An MC dropout layer: deterministic weights, none pruned, its inputs dropped with
-    /// probability `p`.
-    fn dropout(theta: &Array2<f32>, bias: &Array1<f32>, relu: bool, p: f64) -> Self {
+    /// probability `p` (0: a deterministic layer, also of a convolution `conv`).
+    fn dropout(
+        conv: Option<ConvShape>,
+        theta: &Array2<f32>,
+        bias: &Array1<f32>,
+        relu: bool,
+        p: f64,
+    ) -> Self {
         Work {
-            conv: None,
+            conv,
             surviving: theta.len(),
             trained_outputs: theta.nrows(),
             trained_weights: theta.len(),
@@ -123,7 +157,7 @@ impl Work {
 /// One step of the exported stack.
 enum Item {
     Weighted(Box<Work>),
-    Pool { size: usize, stride: usize },
+    Pool { window: [usize; 2], stride: usize },
 }
 
 /// Input shape of every item, walking from the network input with the current unit counts.
@@ -135,26 +169,29 @@ fn shapes(items: &[Item], input: [usize; 3]) -> Result<Vec<[usize; 3]>> {
         shape = match item {
             Item::Weighted(w) => match w.conv {
                 None => [w.theta.nrows(), 1, 1],
-                Some(k) => {
-                    let h = window_output(shape[1], k[0], 1, 0);
-                    let wd = window_output(shape[2], k[1], 1, 0);
-                    match (h, wd) {
-                        (Some(h), Some(wd)) => [w.theta.nrows(), h, wd],
-                        _ => bail!(
-                            "a {}x{} kernel does not fit a {:?} input",
-                            k[0],
-                            k[1],
-                            shape
-                        ),
-                    }
-                }
+                Some(k) => match k.output(shape) {
+                    Some((h, wd)) => [w.theta.nrows(), h, wd],
+                    None => bail!(
+                        "a {}x{} kernel (stride {}, padding {}) does not fit a {:?} input",
+                        k.kernel[0],
+                        k.kernel[1],
+                        k.stride,
+                        k.padding,
+                        shape
+                    ),
+                },
             },
-            Item::Pool { size, stride } => {
-                let h = window_output(shape[1], *size, *stride, 0);
-                let wd = window_output(shape[2], *size, *stride, 0);
+            Item::Pool { window, stride } => {
+                let h = window_output(shape[1], window[0], *stride, 0);
+                let wd = window_output(shape[2], window[1], *stride, 0);
                 match (h, wd) {
                     (Some(h), Some(wd)) => [shape[0], h, wd],
-                    _ => bail!("a {size}x{size} pool does not fit a {:?} input", shape),
+                    _ => bail!(
+                        "a {}x{} pool does not fit a {:?} input",
+                        window[0],
+                        window[1],
+                        shape
+                    ),
                 }
             }
         };
@@ -198,7 +235,7 @@ fn remove_dead_units(items: &mut [Item], input: [usize; 3]) -> Result<()> {
                 // A convolution reads kh*kw columns per input channel; a linear layer reads the
                 // whole (pooled) map of a channel: H*W columns.
                 let group = match consumer.conv {
-                    Some(k) => k[0] * k[1],
+                    Some(k) => k.kernel[0] * k.kernel[1],
                     None => shape[c][1] * shape[c][2],
                 };
                 let Some(j) = dead_unit(producer, consumer, group) else {
@@ -225,7 +262,8 @@ pub fn trained_size(network: &Network) -> Result<TrainedSize> {
                 weights += theta.len();
                 biases += bias.len();
             }
-            TrainedLayer::Conv2d { theta, bias, .. } => {
+            TrainedLayer::Conv2d { theta, bias, .. }
+            | TrainedLayer::PlainConv { theta, bias, .. } => {
                 weights += theta.len();
                 biases += bias.len();
             }
@@ -233,7 +271,7 @@ pub fn trained_size(network: &Network) -> Result<TrainedSize> {
                 weights += theta.len();
                 biases += bias.len();
             }
-            TrainedLayer::MaxPool2 | TrainedLayer::Flatten => {}
+            TrainedLayer::MaxPool2 | TrainedLayer::MaxPool { .. } | TrainedLayer::Flatten => {}
         }
     }
     trained_size_from(weights, biases)
@@ -254,6 +292,11 @@ pub fn trained_size_from(weights: usize, biases: usize) -> Result<TrainedSize> {
 
 /// Prunes and converts a network; returns the model spec and a report per weighted layer.
 pub fn export(network: &Network, options: ExportOptions) -> Result<(ModelSpec, Vec<PruneReport>)> {
+    // A convolution's kernels as rows of `in_channels * kh * kw` columns.
+    let as_rows = |a: &ndarray::Array4<f32>| {
+        let (co, ci, kh, kw) = a.dim();
+        a.to_shape((co, ci * kh * kw)).map(|v| v.to_owned())
+    };
     let mut items = Vec::new();
     for layer in &network.layers {
         match layer {
@@ -275,12 +318,10 @@ pub fn export(network: &Network, options: ExportOptions) -> Result<(ModelSpec, V
                 log_sigma2,
                 bias,
                 relu,
+                geom,
             } => {
-                let (co, ci, kh, kw) = theta.dim();
-                let as_rows =
-                    |a: &ndarray::Array4<f32>| a.to_shape((co, ci * kh * kw)).map(|v| v.to_owned());
                 items.push(Item::Weighted(Box::new(Work::new(
-                    Some([kh, kw]),
+                    Some(ConvShape::of(theta, *geom)),
                     as_rows(theta)?,
                     as_rows(log_sigma2)?,
                     bias,
@@ -294,9 +335,28 @@ pub fn export(network: &Network, options: ExportOptions) -> Result<(ModelSpec, V
                 relu,
                 p,
             } => items.push(Item::Weighted(Box::new(Work::dropout(
-                theta, bias, *relu, *p,
+                None, theta, bias, *relu, *p,
             )))),
-            TrainedLayer::MaxPool2 => items.push(Item::Pool { size: 2, stride: 2 }),
+            TrainedLayer::PlainConv {
+                theta,
+                bias,
+                relu,
+                geom,
+            } => items.push(Item::Weighted(Box::new(Work::dropout(
+                Some(ConvShape::of(theta, *geom)),
+                &as_rows(theta)?,
+                bias,
+                *relu,
+                0.0,
+            )))),
+            TrainedLayer::MaxPool2 => items.push(Item::Pool {
+                window: [2, 2],
+                stride: 2,
+            }),
+            TrainedLayer::MaxPool { window, stride } => items.push(Item::Pool {
+                window: *window,
+                stride: *stride,
+            }),
             // Linear layers read their input flattened, channel-major: nothing to store.
             TrainedLayer::Flatten => {}
         }
@@ -323,8 +383,8 @@ pub fn export(network: &Network, options: ExportOptions) -> Result<(ModelSpec, V
     for (l, item) in items.into_iter().enumerate() {
         let input = shape[l];
         let w = match item {
-            Item::Pool { size, stride } => {
-                let pool = LayerSpec::max_pool(input, size, stride)
+            Item::Pool { window, stride } => {
+                let pool = LayerSpec::max_pool(input, window, stride)
                     .ok_or_else(|| anyhow::anyhow!("pooling window does not fit {input:?}"))?;
                 specs.push(pool);
                 continue;
@@ -362,19 +422,18 @@ pub fn export(network: &Network, options: ExportOptions) -> Result<(ModelSpec, V
         let outputs = match w.conv {
             None => w.theta.nrows(),
             Some(k) => {
-                let h = window_output(input[1], k[0], 1, 0).unwrap_or(0);
-                let wd = window_output(input[2], k[1], 1, 0).unwrap_or(0);
+                let (h, wd) = k.output(input).unwrap_or((0, 0));
                 w.theta.nrows() * h * wd
             }
         };
         specs.push(LayerSpec {
             op: match w.conv {
                 None => LayerOp::Linear,
-                Some(kernel) => LayerOp::Conv2d {
+                Some(k) => LayerOp::Conv2d {
                     out_channels: w.theta.nrows(),
-                    kernel,
-                    stride: 1,
-                    padding: 0,
+                    kernel: k.kernel,
+                    stride: k.stride,
+                    padding: k.padding,
                 },
             },
             inputs: input.iter().product(),
@@ -593,6 +652,95 @@ mod tests {
         // The trainer's own forward pass (pruned mean weights) is the reference.
         let pixels: Vec<u8> = (0..784)
             .map(|i| ((i * 37 + i / 28 * 11) % 256) as u8)
+            .collect();
+        let x = ndarray::Array2::from_shape_vec(
+            (1, 784),
+            pixels.iter().map(|&p| p as f32 * (1.0 / 255.0)).collect(),
+        )
+        .unwrap();
+        let reference = net.predict_deterministic(&x);
+        let mut ws = vec![0.0; tinybayes::Plan::new(&model, 1).workspace_len()];
+        let mut engine = Engine::<1>::new(&model, &mut ws).unwrap();
+        let mut rng = rand_xoshiro::Xoshiro128PlusPlus::seed_from_u64(0);
+        let p: Prediction<10> = engine
+            .predict_u8(&pixels, Mode::MeanWeights, &mut rng)
+            .unwrap();
+        for k in 0..10 {
+            assert!(
+                (p.probabilities[k] - reference[[0, k]]).abs() < 1e-4,
+                "class {k}: {} vs {}",
+                p.probabilities[k],
+                reference[[0, k]]
+            );
+        }
+    }
+
+    /// A `[[layers]]` network with every layer kind the lists add (a strided, padded VD
+    /// convolution, a non-square max pool, a deterministic convolution, an MC dropout layer)
+    /// exports to a file whose engine gives the trainer's mean-weight probabilities.
+    #[test]
+    fn layer_list_export_matches_the_trainer() {
+        use crate::train::schema::{build, Built, LayerConfig};
+        use rand_core::SeedableRng;
+        use tinybayes::{Engine, Mode, Prediction};
+        #[derive(serde::Deserialize)]
+        struct List {
+            layers: Vec<LayerConfig>,
+        }
+        let list: List = toml::from_str(
+            r#"
+            [[layers]]
+            kind = "conv"
+            outputs = 6
+            kernel = [5, 3]
+            stride = 2
+            padding = 1
+            [[layers]]
+            kind = "pool"
+            kernel = [2, 1]
+            [[layers]]
+            kind = "conv"
+            outputs = 5
+            kernel = 3
+            posterior = "deterministic"
+            [[layers]]
+            kind = "linear"
+            outputs = 12
+            posterior = "dropout"
+            p = 0.3
+            [[layers]]
+            kind = "linear"
+            "#,
+        )
+        .unwrap();
+        let Built::Sequential(mut net) =
+            build::<f32>(&list.layers, [1, 28, 28], 10, 4, -10.0, 3.0).unwrap()
+        else {
+            panic!("not sequential");
+        };
+        // Non-zero biases, so padding (zeros before the bias) is exercised.
+        for layer in &mut net.layers {
+            if let TrainedLayer::Conv2d { bias, .. } | TrainedLayer::PlainConv { bias, .. } = layer
+            {
+                bias.iter_mut()
+                    .enumerate()
+                    .for_each(|(i, b)| *b = 0.05 * i as f32 - 0.1);
+            }
+        }
+        let (spec, _) = export(
+            &net,
+            ExportOptions {
+                threshold: 3.0,
+                gaussian: true,
+            },
+        )
+        .unwrap();
+        let buffer = spec.to_buffer().unwrap();
+        let model = buffer.model().unwrap();
+        let version = u16::from_le_bytes([buffer.as_bytes()[4], buffer.as_bytes()[5]]);
+        assert_eq!(version, tinybayes::format::POOL_WINDOW_FORMAT_VERSION);
+        let pixels: Vec<u8> = (0..784)
+            .map(|i| ((i * 53 + i / 28 * 7) % 256) as u8)
             .collect();
         let x = ndarray::Array2::from_shape_vec(
             (1, 784),

@@ -728,7 +728,7 @@ mod tests {
             storage: StorageChoice::Sparse,
             dropout: None,
         };
-        let pool = LayerSpec::max_pool([2, 2, 2], 2, 2).unwrap();
+        let pool = LayerSpec::max_pool([2, 2, 2], [2, 2], 2).unwrap();
         let mut linear = tinybayes::writer::synthetic::mlp(1, &[2, 3], 1.0).layers[0].clone();
         linear.storage = StorageChoice::Dense;
         let spec = ModelSpec {

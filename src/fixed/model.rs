@@ -576,7 +576,7 @@ fn parse_qlayer<'a>(
             Ok(QLayer { bias_shift, ..conv })
         }
         LayerKind::MaxPool if cx.version >= crate::format::FIXED_CONV_FORMAT_VERSION => {
-            reserved(record::POOL_RESERVED)?;
+            reserved(record::pool_reserved(cx.version))?;
             let geometry = pool_geometry(rec, cx.shape, posterior, activation, layer)?;
             if cx.last {
                 return Err(ModelError::QuantLayout { layer });

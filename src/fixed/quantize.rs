@@ -137,9 +137,9 @@ fn layer_shapes(spec: &ModelSpec) -> Result<Vec<[usize; 3]>, QuantizeError> {
                     window_output(shape[2], kernel[1], stride, padding).ok_or_else(unsupported)?;
                 [out_channels, h, w]
             }
-            LayerOp::MaxPool { size, stride } if !last => {
-                let h = window_output(shape[1], size, stride, 0).ok_or_else(unsupported)?;
-                let w = window_output(shape[2], size, stride, 0).ok_or_else(unsupported)?;
+            LayerOp::MaxPool { window, stride } if !last => {
+                let h = window_output(shape[1], window[0], stride, 0).ok_or_else(unsupported)?;
+                let w = window_output(shape[2], window[1], stride, 0).ok_or_else(unsupported)?;
                 [shape[0], h, w]
             }
             LayerOp::ResidualAdd { .. } if l.activation == Activation::Relu && i > 0 => {
@@ -560,16 +560,16 @@ fn calibration_layer(
                 }
             }
         }
-        LayerOp::MaxPool { size, stride } => {
+        LayerOp::MaxPool { window, stride } => {
             let [c, ih, iw] = shape;
-            let oh = window_output(ih, size, stride, 0).unwrap_or(0);
-            let ow = window_output(iw, size, stride, 0).unwrap_or(0);
+            let oh = window_output(ih, window[0], stride, 0).unwrap_or(0);
+            let ow = window_output(iw, window[1], stride, 0).unwrap_or(0);
             for ch in 0..c {
                 for oy in 0..oh {
                     for ox in 0..ow {
                         let mut best = f32::NEG_INFINITY;
-                        for ky in 0..size {
-                            for kx in 0..size {
+                        for ky in 0..window[0] {
+                            for kx in 0..window[1] {
                                 let i = (ch * ih + oy * stride + ky) * iw + ox * stride + kx;
                                 best = best.max(x[i]);
                             }
@@ -725,7 +725,7 @@ mod tests {
                 }
             };
         let c1 = conv(1, 3, 8, 1, gaussian_weights(27, 0.5));
-        let pool = LayerSpec::max_pool([3, 8, 8], 2, 2).unwrap();
+        let pool = LayerSpec::max_pool([3, 8, 8], [2, 2], 2).unwrap();
         let c2 = conv(3, 4, 4, 2, gaussian_weights(108, 0.3));
         let (theta, variance) = gaussian_weights(160, 0.35);
         let linear = LayerSpec {

@@ -194,16 +194,15 @@ impl QModelSpec {
                     shape = [out_channels, h, w];
                     nnz
                 }
-                LayerOp::MaxPool { size, stride } => {
+                LayerOp::MaxPool { window, stride } => {
                     version = version.max(format::FIXED_CONV_FORMAT_VERSION);
-                    let h = window_output(shape[1], size, stride, 0).ok_or(bad.clone())?;
-                    let w = window_output(shape[2], size, stride, 0).ok_or(bad.clone())?;
+                    let h = window_output(shape[1], window[0], stride, 0).ok_or(bad.clone())?;
+                    let w = window_output(shape[2], window[1], stride, 0).ok_or(bad.clone())?;
                     if !l.params.is_empty() || !l.theta.is_empty() || l.sigma2.is_some() {
                         return Err(bad);
                     }
                     rec[record::KIND] = LayerKind::MaxPool as u8;
-                    rec[record::POOL_SIZE] = to_u8(size, "pool size")?;
-                    rec[record::POOL_STRIDE] = to_u8(stride, "pool stride")?;
+                    crate::writer::write_pool_record(&mut rec, window, stride, &mut version)?;
                     shape = [shape[0], h, w];
                     0
                 }

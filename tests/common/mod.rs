@@ -165,15 +165,15 @@ pub fn reference_exit_logits(spec: &QModelSpec, raw: &[u8]) -> Vec<Vec<i32>> {
                 }
                 shape = [out_channels, oh, ow];
             }
-            LayerOp::MaxPool { size, stride } => {
-                let oh = format::window_output(h, size, stride, 0).unwrap();
-                let ow = format::window_output(w, size, stride, 0).unwrap();
+            LayerOp::MaxPool { window, stride } => {
+                let oh = format::window_output(h, window[0], stride, 0).unwrap();
+                let ow = format::window_output(w, window[1], stride, 0).unwrap();
                 for ch in 0..c {
                     for oy in 0..oh {
                         for ox in 0..ow {
                             let mut best = i128::MIN;
-                            for ky in 0..size {
-                                for kx in 0..size {
+                            for ky in 0..window[0] {
+                                for kx in 0..window[1] {
                                     let i = (ch * h + oy * stride + ky) * w + ox * stride + kx;
                                     best = best.max(x[i]);
                                 }

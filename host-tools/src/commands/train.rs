@@ -24,7 +24,8 @@ use crate::train::{Arch, TrainConfig, TrainError, TrainEvent, Trainer};
 pub const CONFIG_KEYS_HELP: &str = "\
 Config file keys (--config FILE.toml; every key is optional, unknown keys are refused; the
 command-line options above override the file; examples in models/configs/):
-  arch = \"lenet300\"          lenet300 (784-300-100-10), lenet5 (LeNet-5-Caffe) or resnet-ee
+  arch = \"lenet300\"          lenet300 (784-300-100-10), lenet5 (LeNet-5-Caffe), resnet-ee, or
+                             custom: the [[layers]] list below (set by itself with a list)
   epochs = 200               epochs, at least 1
   batch_size = 100           mini-batch size, 1 to 4096
   lr = 0.001                 base learning rate of Adam, positive
@@ -57,6 +58,18 @@ resnet-ee only:
   prior_lambda = 0.3         strength in [0, 1) of the geometric depth prior
   exit_objective = \"weighted\"  weighted or mixture
   (at most 65535 values per feature map, 4194304 weights, 134217728 activations per batch)
+Your own network: a [[layers]] list instead of arch, one table per layer, input first
+(docs/TRAINING.md; models/configs/lenet5.toml is LeNet-5 written so):
+  kind = \"linear\"            outputs (the last: the classes), relu [true; last false]
+  kind = \"conv\"              outputs (channels), kernel = k or [kh, kw] (over a [C, T]
+                             time series k means [k, 1]), stride = 1, padding = 0, relu
+  kind = \"pool\"              max pool: kernel = 2 (or [kh, kw]), stride [the window height]
+  kind = \"flatten\"           maps to a vector (implicit before a linear layer)
+  kind = \"residual\", \"exit\"  early-exit blocks: stem conv, then [conv, conv, residual, exit]
+  posterior = \"vd\"           vd (sparse variational dropout), dropout (with p, linear only)
+                             or deterministic (point weights, weight_decay as the prior)
+  name = \"fc1\"               the layer's name (tinybayes import) [default: layers.<index>]
+  input_shape, classes       recorded from the data by train (do not set by hand)
 --resume may change epochs, lr and lr_schedule only.";
 
 /// Arguments of `train`.
@@ -66,8 +79,9 @@ resnet-ee only:
     after_long_help = CONFIG_KEYS_HELP
 )]
 pub struct TrainArgs {
-    /// Architecture: lenet300 (784-300-100-10), lenet5 (LeNet-5-Caffe) or resnet-ee (early-exit
-    /// ResNet) [default: lenet300] (overrides the config file).
+    /// Architecture: lenet300 (784-300-100-10), lenet5 (LeNet-5-Caffe), resnet-ee (early-exit
+    /// ResNet) or custom (the config file's [[layers]] list) [default: lenet300, or custom
+    /// with a [[layers]] list] (overrides the config file).
     #[arg(long)]
     pub arch: Option<String>,
     /// resnet-ee: residual blocks, one exit after each, 1 to 7 [default: 4] (overrides the
@@ -203,6 +217,7 @@ fn config_from(args: &TrainArgs) -> Result<TrainConfig> {
         None => TrainConfig::default(),
     };
     apply_flags(args, &mut config)?;
+    let config = config.with_layers_arch();
     config
         .check()
         .map_err(|e| anyhow::anyhow!("invalid training configuration: {e}"))?;
@@ -342,11 +357,17 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let data = load_labelled(&images, &labels, MNIST_CLASSES)?;
 
     let mut trainer = if let Some(config) = config {
+        let trainer = Trainer::new(config, &data)?;
         std::fs::create_dir_all(&args.out)
             .with_context(|| format!("cannot create run directory {}", args.out.display()))?;
-        std::fs::write(args.out.join("config.toml"), toml::to_string(&config)?)
-            .with_context(|| format!("cannot write into {}", args.out.display()))?;
-        Trainer::new(config, &data)?
+        // The configuration as the trainer completed it (a [[layers]] network records the
+        // data's shape and class count).
+        std::fs::write(
+            args.out.join("config.toml"),
+            toml::to_string(trainer.config())?,
+        )
+        .with_context(|| format!("cannot write into {}", args.out.display()))?;
+        trainer
     } else {
         let (saved, config) = resumed.expect("a resumed run has its settings");
         let changes = describe_changes(&saved, &config);
@@ -384,6 +405,12 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         trainer.val_len(),
         config.seed
     ));
+    for line in config
+        .describe_layers()
+        .map_err(|e| anyhow::anyhow!("invalid training configuration: {e}"))?
+    {
+        crate::ui::detail(format!("  {line}"));
+    }
     if let Some(net) = trainer.model().as_resnet() {
         let (h, w) = net.feature_size();
         crate::ui::status(format!(

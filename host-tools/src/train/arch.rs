@@ -42,11 +42,15 @@ pub enum Arch {
     /// (not a layer sequence: see [`super::resnet::ResNetEe`]).
     #[serde(rename = "resnet-ee", alias = "resnet_ee")]
     ResnetEe,
+    /// A network of the configuration's `[[layers]]` list (see [`super::schema`]); its input
+    /// shape and class count come from the data.
+    #[serde(rename = "custom")]
+    Custom,
 }
 
 /// An architecture name that is not known.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown architecture {0:?} (expected lenet300, lenet5 or resnet-ee)")]
+#[error("unknown architecture {0:?} (expected lenet300, lenet5, resnet-ee or custom)")]
 pub struct UnknownArch(
     /// The name that was given.
     pub String,
@@ -59,6 +63,7 @@ impl FromStr for Arch {
             "lenet300" | "lenet-300-100" | "lenet300100" => Ok(Arch::Lenet300),
             "lenet5" | "lenet-5" | "lenet5-caffe" => Ok(Arch::Lenet5),
             "resnet-ee" | "resnet_ee" | "resnetee" => Ok(Arch::ResnetEe),
+            "custom" => Ok(Arch::Custom),
             _ => Err(UnknownArch(s.to_string())),
         }
     }
@@ -77,15 +82,18 @@ impl Arch {
             Arch::Lenet300 => "lenet300",
             Arch::Lenet5 => "lenet5",
             Arch::ResnetEe => "resnet-ee",
+            Arch::Custom => "custom",
         }
     }
 
-    /// Whether the architecture is a layer sequence ([`Network`]); `resnet-ee` is not.
+    /// Whether the built-in architecture is a layer sequence ([`Network`]); `resnet-ee` is not
+    /// (a `custom` one is whatever its list describes: see [`super::TrainConfig`]).
     pub fn is_sequential(self) -> bool {
         !matches!(self, Arch::ResnetEe)
     }
 
-    /// Input shape `(channels, rows, cols)`: MNIST, `(1, 28, 28)`.
+    /// Input shape `(channels, rows, cols)` of the built-in architectures: MNIST, `(1, 28,
+    /// 28)` (a `custom` network takes the data's).
     pub fn input_shape(self) -> [usize; 3] {
         [1, 28, 28]
     }
@@ -94,7 +102,7 @@ impl Arch {
     pub fn default_lr_schedule(self) -> LrSchedule {
         match self {
             Arch::Lenet300 => LrSchedule::ConstantThenLinear,
-            Arch::Lenet5 | Arch::ResnetEe => LrSchedule::Linear,
+            Arch::Lenet5 | Arch::ResnetEe | Arch::Custom => LrSchedule::Linear,
         }
     }
 
@@ -126,7 +134,7 @@ impl Arch {
                 vd_linear(&mut rng, 800, 500, true, init_log_sigma2),
                 vd_linear(&mut rng, 500, 10, false, init_log_sigma2),
             ],
-            Arch::ResnetEe => Vec::new(),
+            Arch::ResnetEe | Arch::Custom => Vec::new(),
         };
         Network {
             arch: self,
@@ -173,5 +181,6 @@ pub(crate) fn vd_conv<T: Real, R: Rng>(
         log_sigma2: Array4::from_elem((out_ch, in_ch, k, k), T::from_f64(init_log_sigma2)),
         bias: Array1::zeros(out_ch),
         relu: true,
+        geom: super::conv::ConvGeom::VALID,
     }
 }

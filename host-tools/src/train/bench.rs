@@ -114,7 +114,7 @@ fn step_phase_breakdown() {
         let normals = match arch {
             Arch::Lenet300 => 100 * 410,
             Arch::Lenet5 => 100 * (20 * 576 + 50 * 64 + 510),
-            Arch::ResnetEe => unreachable!("not in the loop"),
+            Arch::ResnetEe | Arch::Custom => unreachable!("not in the loop"),
         };
         let mut buf = vec![0f32; normals];
         let s = Instant::now();

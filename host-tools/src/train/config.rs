@@ -8,6 +8,7 @@ use super::exits::{DepthPrior, ExitObjective};
 use super::model::Model;
 use super::optim::LrSchedule;
 use super::resnet::{ResNetEe, ResNetSpec};
+use super::schema::{self, Built, LayerConfig};
 use super::tensor::Real;
 
 /// Largest `blocks` accepted: the model format's 32 layers hold the stem and 7 blocks of four
@@ -142,8 +143,16 @@ pub struct TrainConfig {
     pub dropout: Option<Vec<f64>>,
     /// MC dropout only: weight decay `λ` of the deterministic weights (biases excluded): the
     /// objective per example gains `λ/2 Σ θ²`, a Gaussian prior of precision `λ N` on the
-    /// weights (default 1e-5).
+    /// weights (default 1e-5). Also the prior of `posterior = "deterministic"` layers.
     pub weight_decay: f64,
+    /// The network as a `[[layers]]` list (`arch = "custom"`, set by itself when the list is
+    /// given): see [`super::schema`] for the keys. Default: unset (a built-in `arch`).
+    pub layers: Option<Vec<LayerConfig>>,
+    /// `custom` only: the input shape `[channels, height, width]` (vectors `[1, 1, D]`, time
+    /// series `[C, T, 1]`); recorded by `tinybayes train` from the data.
+    pub input_shape: Option<[usize; 3]>,
+    /// `custom` only: the number of classes; recorded by `tinybayes train` from the data.
+    pub classes: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -173,6 +182,9 @@ impl Default for TrainConfig {
             exit_objective: ExitObjective::Weighted,
             dropout: None,
             weight_decay: 1e-5,
+            layers: None,
+            input_shape: None,
+            classes: None,
         }
     }
 }
@@ -183,6 +195,50 @@ impl TrainConfig {
         Self {
             arch,
             ..Self::default()
+        }
+    }
+
+    /// The configuration with `arch = "custom"` when it has a `[[layers]]` list and left
+    /// `arch` at its default (what a configuration file with only a list means).
+    pub fn with_layers_arch(mut self) -> Self {
+        if self.layers.is_some() && self.arch == Arch::default() {
+            self.arch = Arch::Custom;
+        }
+        self
+    }
+
+    /// The configuration for data of `shape` `(channels, height, width)` and `classes`
+    /// classes: a `custom` network records them (where not recorded yet); the built-in
+    /// architectures keep their fixed shape (the trainer checks the data against it).
+    pub fn with_data_shape(mut self, shape: [usize; 3], classes: usize) -> Self {
+        if self.arch == Arch::Custom {
+            self.input_shape.get_or_insert(shape);
+            self.classes.get_or_insert(classes);
+        }
+        self
+    }
+
+    /// Input shape `(channels, height, width)`: the recorded one of a `custom` network (the
+    /// built-in architectures' MNIST shape when none is recorded).
+    pub fn input_shape(&self) -> [usize; 3] {
+        self.input_shape.unwrap_or_else(|| self.arch.input_shape())
+    }
+
+    /// Number of classes: the recorded one of a `custom` network, else MNIST's 10.
+    pub fn classes(&self) -> usize {
+        self.classes.unwrap_or(crate::idx::MNIST_CLASSES)
+    }
+
+    /// Lines describing a `custom` network layer by layer (its output shapes), for
+    /// `tinybayes train --verbose`; empty for a built-in architecture.
+    ///
+    /// # Errors
+    /// The list's first problem.
+    pub fn describe_layers(&self) -> Result<Vec<String>, String> {
+        match &self.layers {
+            Some(layers) => schema::describe(layers, self.input_shape(), self.classes())
+                .map_err(|e| e.to_string()),
+            None => Ok(Vec::new()),
         }
     }
 
@@ -236,7 +292,8 @@ impl TrainConfig {
                 self.shards
             ));
         }
-        let [_, rows, cols] = self.arch.input_shape();
+        self.check_layers()?;
+        let [_, rows, cols] = self.input_shape();
         if self.augment_shift >= rows.min(cols) {
             return Err(format!(
                 "augment_shift must be below the image side {}, got {}",
@@ -260,7 +317,7 @@ impl TrainConfig {
                 self.channels
             ));
         }
-        let [_, h, w] = self.arch.input_shape();
+        let [_, h, w] = self.input_shape();
         let stem = ConvGeom {
             stride: self.stem_stride,
             padding: self.stem_padding,
@@ -277,10 +334,58 @@ impl TrainConfig {
                 self.stem_kernel, self.stem_stride, self.stem_padding
             ));
         }
-        if !self.arch.is_sequential() {
+        if self.arch == Arch::ResnetEe {
             self.check_resnet_size()?;
         }
         self.check_dropout()?;
+        Ok(())
+    }
+
+    /// `arch = "custom"` goes with a `[[layers]]` list and a built-in `arch` without one; a
+    /// recorded input shape and class count belong to `custom` networks.
+    fn check_layers(&self) -> Result<(), String> {
+        match (self.arch, &self.layers) {
+            (Arch::Custom, None) => {
+                return Err("arch = \"custom\" needs a [[layers]] list".into());
+            }
+            (Arch::Custom, Some(_)) => {}
+            (arch, Some(_)) => {
+                return Err(format!(
+                    "give either arch = \"{arch}\" or a [[layers]] list, not both"
+                ));
+            }
+            (_, None) => {
+                if self.input_shape.is_some() || self.classes.is_some() {
+                    return Err(format!(
+                        "input_shape and classes are recorded for [[layers]] networks only, not \
+                         {}",
+                        self.arch
+                    ));
+                }
+            }
+        }
+        if let Some(shape) = self.input_shape {
+            if shape.contains(&0) || shape.iter().any(|&d| d > u16::MAX as usize) {
+                return Err(format!(
+                    "input_shape {shape:?}: every dimension must be in 1..=65535"
+                ));
+            }
+        }
+        if let Some(k) = self.classes {
+            if !(2..=tinybayes::format::MAX_CLASSES).contains(&k) {
+                return Err(format!(
+                    "classes must be in 2..={}, got {k}",
+                    tinybayes::format::MAX_CLASSES
+                ));
+            }
+        }
+        if self.layers.is_some() && self.dropout.is_some() {
+            return Err(
+                "with a [[layers]] list, give MC dropout per layer (posterior = \"dropout\", p = \
+                 ...), not as dropout = [...]"
+                    .into(),
+            );
+        }
         Ok(())
     }
 
@@ -323,7 +428,7 @@ impl TrainConfig {
 
     /// The size limits of a `resnet-ee` network (the geometry is already checked).
     fn check_resnet_size(&self) -> Result<(), String> {
-        let [cin, h, w] = self.arch.input_shape();
+        let [cin, h, w] = self.input_shape();
         let stem = ConvGeom {
             stride: self.stem_stride,
             padding: self.stem_padding,
@@ -409,11 +514,11 @@ impl TrainConfig {
         Ok(out)
     }
 
-    /// Shape of the `resnet-ee` network this configuration describes (10 classes, the input
-    /// shape of [`Arch::input_shape`]).
+    /// Shape of the `resnet-ee` network this configuration's settings describe (10 classes,
+    /// the input shape of [`Arch::input_shape`]).
     pub fn resnet_spec(&self) -> ResNetSpec {
         ResNetSpec {
-            input_shape: self.arch.input_shape(),
+            input_shape: self.input_shape(),
             channels: self.channels,
             blocks: self.blocks,
             stem_kernel: self.stem_kernel,
@@ -429,6 +534,53 @@ impl TrainConfig {
     /// The description of the first invalid setting (see [`Self::check`]).
     pub fn build_model<T: Real>(&self) -> Result<Model<T>, String> {
         self.check()?;
+        let resnet = |spec: &ResNetSpec| -> Result<Model<T>, String> {
+            let prior = DepthPrior::new(self.prior_lambda).map_err(|e| e.to_string())?;
+            Ok(Model::ResNetEe(Box::new(ResNetEe::build(
+                spec,
+                self.seed,
+                self.init_log_sigma2,
+                self.prune_threshold,
+                prior,
+            ))))
+        };
+        if let Some(layers) = &self.layers {
+            let built = schema::build(
+                layers,
+                self.input_shape(),
+                self.classes(),
+                self.seed,
+                self.init_log_sigma2,
+                self.prune_threshold,
+            )
+            .map_err(|e| e.to_string())?;
+            return match built {
+                Built::Sequential(network) => Ok(Model::Sequential(network)),
+                Built::ResNet(spec) => {
+                    // The size limits of the built-in resnet-ee hold for a listed one too.
+                    if !(1..=MAX_BLOCKS).contains(&spec.blocks)
+                        || !(1..=MAX_CHANNELS).contains(&spec.channels)
+                    {
+                        return Err(format!(
+                            "[[layers]]: {} blocks of {} channels; an early-exit network has \
+                             1..={MAX_BLOCKS} blocks of 1..={MAX_CHANNELS} channels",
+                            spec.blocks, spec.channels
+                        ));
+                    }
+                    TrainConfig {
+                        arch: Arch::ResnetEe,
+                        channels: spec.channels,
+                        blocks: spec.blocks,
+                        stem_kernel: spec.stem_kernel,
+                        stem_stride: spec.stem_stride,
+                        stem_padding: spec.stem_padding,
+                        ..self.clone()
+                    }
+                    .check_resnet_size()?;
+                    resnet(&spec)
+                }
+            };
+        }
         Ok(if self.arch.is_sequential() {
             let network = self
                 .arch
@@ -438,14 +590,7 @@ impl TrainConfig {
                 None => network,
             })
         } else {
-            let prior = DepthPrior::new(self.prior_lambda).map_err(|e| e.to_string())?;
-            Model::ResNetEe(Box::new(ResNetEe::build(
-                &self.resnet_spec(),
-                self.seed,
-                self.init_log_sigma2,
-                self.prune_threshold,
-                prior,
-            )))
+            resnet(&self.resnet_spec())?
         })
     }
 }

@@ -30,7 +30,20 @@ pub struct ConvGeom {
     pub padding: usize,
 }
 
+impl Default for ConvGeom {
+    /// Stride 1, no padding: the 'valid' convolution of the LeNets.
+    fn default() -> Self {
+        Self::VALID
+    }
+}
+
 impl ConvGeom {
+    /// Stride 1, no padding: the 'valid' convolution of the LeNets.
+    pub const VALID: ConvGeom = ConvGeom {
+        stride: 1,
+        padding: 0,
+    };
+
     /// Output size along one axis for input size `input` and kernel size `kernel`; `None` when
     /// the padded input is smaller than the kernel or the stride is 0.
     pub fn out_size(self, input: usize, kernel: usize) -> Option<usize> {

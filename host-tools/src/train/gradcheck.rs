@@ -36,6 +36,7 @@ fn conv(rng: &mut Xoshiro256PlusPlus, c: usize, o: usize, k: usize) -> TrainedLa
         log_sigma2: Array4::from_shape_simple_fn((o, c, k, k), || rng.random_range(-3.5..-0.5)),
         bias: Array1::from_shape_simple_fn(o, || 0.1 * normal(rng)),
         relu: true,
+        geom: crate::train::conv::ConvGeom::VALID,
     }
 }
 
@@ -176,6 +177,108 @@ fn dropout_masks_keep_inputs_at_the_configured_rate() {
     assert!(normal_quantile(0.5).abs() < 1e-12);
 }
 
+/// A `[[layers]]`-style network over a `[2, 9, 1]` time series: a strided, padded VD
+/// convolution, a deterministic convolution, a `[2, 1]` max pool, an MC dropout layer.
+fn time_series_net() -> Network<f64> {
+    use crate::train::conv::ConvGeom;
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(21);
+    let TrainedLayer::Conv2d {
+        theta,
+        log_sigma2,
+        bias,
+        ..
+    } = conv(&mut rng, 2, 3, 3)
+    else {
+        unreachable!()
+    };
+    // Stride 2 and padding 1 over the time axis need a [3, 1] kernel.
+    let strided = TrainedLayer::Conv2d {
+        theta: theta.slice(ndarray::s![.., .., .., 0..1]).to_owned(),
+        log_sigma2: log_sigma2.slice(ndarray::s![.., .., .., 0..1]).to_owned(),
+        bias,
+        relu: true,
+        geom: ConvGeom {
+            stride: 2,
+            padding: 1,
+        },
+    };
+    let TrainedLayer::Conv2d { theta, bias, .. } = conv(&mut rng, 3, 4, 2) else {
+        unreachable!()
+    };
+    let plain = TrainedLayer::PlainConv {
+        theta: theta.slice(ndarray::s![.., .., .., 0..1]).to_owned(),
+        bias,
+        relu: true,
+        geom: ConvGeom::VALID,
+    };
+    let TrainedLayer::Linear {
+        theta, bias, relu, ..
+    } = linear(&mut rng, 8, 5, true)
+    else {
+        unreachable!()
+    };
+    Network {
+        arch: Arch::Custom,
+        input_shape: [2, 9, 1],
+        prune_threshold: 3.0,
+        layers: vec![
+            strided,
+            plain,
+            // 9 -> conv (stride 2, padding 1) 5 -> conv 4 -> pool 2: 4 channels x 2 steps.
+            TrainedLayer::MaxPool {
+                window: [2, 1],
+                stride: 2,
+            },
+            TrainedLayer::Flatten,
+            TrainedLayer::DropoutLinear {
+                theta,
+                bias,
+                relu,
+                p: 0.25,
+            },
+            linear(&mut rng, 5, 3, false),
+        ],
+    }
+}
+
+#[test]
+fn layer_list_gradients_match_finite_differences() {
+    let net = time_series_net();
+    let (x, y) = inputs(&net, 3);
+    let grads = analytic(&net, &x, &y);
+    // θ, log σ², bias; θ, bias; θ, bias; θ, log σ², bias.
+    assert_eq!(grads.len(), 10);
+    let err = worst_error(&net, &x, &y, &grads);
+    eprintln!("worst relative error {err:e}");
+    assert!(err < 1e-4, "worst relative error {err}");
+    // A padded stride-2 convolution too (over an 8x8 image).
+    let mut net = convnet();
+    if let TrainedLayer::Conv2d { geom, .. } = &mut net.layers[0] {
+        *geom = crate::train::conv::ConvGeom {
+            stride: 2,
+            padding: 1,
+        };
+    }
+    // 8x8 -> 4x4 -> pool 2x2 -> conv 2 -> 1x1: the linear layer reads 4 values.
+    let TrainedLayer::Linear { theta, .. } = &net.layers[4] else {
+        unreachable!()
+    };
+    let theta = theta.slice(ndarray::s![.., 0..4]).to_owned();
+    if let TrainedLayer::Linear {
+        theta: t,
+        log_sigma2,
+        ..
+    } = &mut net.layers[4]
+    {
+        *log_sigma2 = log_sigma2.slice(ndarray::s![.., 0..4]).to_owned();
+        *t = theta;
+    }
+    let (x, y) = inputs(&net, 2);
+    let grads = analytic(&net, &x, &y);
+    let err = worst_error(&net, &x, &y, &grads);
+    assert!(err < 1e-4, "padded: worst relative error {err}");
+}
+
 #[test]
 fn conv_gradients_match_finite_differences() {
     let net = convnet();
@@ -238,7 +341,9 @@ fn reference_logits(net: &Network<f64>, x: &Array2<f64>) -> Array2<f64> {
                         log_sigma2,
                         bias,
                         relu,
+                        geom,
                     } => {
+                        assert_eq!(*geom, crate::train::conv::ConvGeom::VALID);
                         let (m, c, h, w) = maps.take().unwrap();
                         let (o, _, kh, kw) = theta.dim();
                         let (ho, wo) = (h - kh + 1, w - kw + 1);
@@ -303,6 +408,9 @@ fn reference_logits(net: &Network<f64>, x: &Array2<f64>) -> Array2<f64> {
                                 }
                             })
                             .collect();
+                    }
+                    TrainedLayer::PlainConv { .. } | TrainedLayer::MaxPool { .. } => {
+                        unimplemented!("the reference covers the LeNet layers")
                     }
                     TrainedLayer::Linear {
                         theta,
@@ -375,7 +483,7 @@ fn lenet_shapes_chain() {
         let expect = match arch {
             Arch::Lenet300 => 784 * 300 + 300 * 100 + 100 * 10,
             Arch::Lenet5 => 500 + 25_000 + 400_000 + 5_000,
-            Arch::ResnetEe => unreachable!("not a layer sequence"),
+            Arch::ResnetEe | Arch::Custom => unreachable!("not a built-in layer sequence"),
         };
         assert_eq!(weights, expect);
         assert_eq!(

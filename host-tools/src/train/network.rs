@@ -3,12 +3,13 @@
 //!
 //! Layout conventions (what an exporter must know):
 //! - input rows are images flattened as `(channel, row, col)`, pixels scaled to `[0, 1]`;
-//! - `Linear` weights are `(outputs, inputs)`; `Conv2d` weights are `(out_ch, in_ch, kh, kw)`,
-//!   'valid' padding, stride 1, computing cross-correlation `y[o,i,j] = b[o] + sum w[o,c,u,v] *
-//!   x[c, i+u, j+v]`;
+//! - `Linear` weights are `(outputs, inputs)`; `Conv2d` and `PlainConv` weights are `(out_ch,
+//!   in_ch, kh, kw)` with the stride and zero padding of their `geom` (the LeNets': 'valid',
+//!   stride 1), computing cross-correlation `y[o,i,j] = b[o] + sum w[o,c,u,v] * x[c, s*i+u-p,
+//!   s*j+v-p]`;
 //! - `relu: true` means ReLU is applied to that layer's output;
-//! - `MaxPool2` is 2x2 max-pooling with stride 2; `Flatten` turns `(C, H, W)` maps into a vector
-//!   in `(c, h, w)` order (the NCHW convention);
+//! - `MaxPool2` is 2x2 max-pooling with stride 2, `MaxPool` any window and stride; `Flatten`
+//!   turns `(C, H, W)` maps into a vector in `(c, h, w)` order (the NCHW convention);
 //! - a weight is pruned when its log alpha (see [`super::vd::log_alpha`]) exceeds
 //!   [`Network::prune_threshold`].
 
@@ -16,8 +17,10 @@ use ndarray::{Array1, Array2, Array4, ArrayD, Axis};
 use serde::{Deserialize, Serialize};
 
 use super::arch::Arch;
+use super::conv::{self as strided, ConvGeom, StridedConvCache};
 use super::layers::{self, ConvCache, DropoutCache, VdCache, VdGrads};
 use super::loss::softmax;
+use super::plain::{self, PlainConvCache};
 use super::tensor::{valid_out, Real};
 use super::vd::{self, log_alpha};
 
@@ -35,7 +38,7 @@ pub enum TrainedLayer<T = f32> {
         /// ReLU on the output.
         relu: bool,
     },
-    /// Variational-dropout 'valid' stride-1 convolution.
+    /// Variational-dropout convolution.
     Conv2d {
         /// Posterior means, `(out_ch, in_ch, kh, kw)`.
         theta: Array4<T>,
@@ -45,6 +48,21 @@ pub enum TrainedLayer<T = f32> {
         bias: Array1<T>,
         /// ReLU on the output.
         relu: bool,
+        /// Stride and zero padding (absent from older checkpoints: 'valid', stride 1).
+        #[serde(default)]
+        geom: ConvGeom,
+    },
+    /// Deterministic (point-weight) convolution, its prior the weight decay
+    /// ([`super::TrainConfig::weight_decay`]): `posterior = "deterministic"` in a layer list.
+    PlainConv {
+        /// Weights, `(out_ch, in_ch, kh, kw)`.
+        theta: Array4<T>,
+        /// Bias, `(out_ch,)`.
+        bias: Array1<T>,
+        /// ReLU on the output.
+        relu: bool,
+        /// Stride and zero padding.
+        geom: ConvGeom,
     },
     /// MC dropout fully connected layer: deterministic weights whose *inputs* are dropped
     /// with probability `p` while training (inverted dropout: a kept input is scaled by
@@ -61,6 +79,14 @@ pub enum TrainedLayer<T = f32> {
     },
     /// 2x2 max-pooling, stride 2.
     MaxPool2,
+    /// Max pooling over `window` (height, width) with `stride` (trailing rows and columns
+    /// that do not fill a window are dropped).
+    MaxPool {
+        /// Window (height, width).
+        window: [usize; 2],
+        /// Step between windows along both axes.
+        stride: usize,
+    },
     /// `(C, H, W)` feature maps to a `C*H*W` vector, channel-major.
     Flatten,
 }
@@ -131,7 +157,11 @@ impl<T: Real> TrainedLayer<T> {
                 theta, log_sigma2, ..
             } => Some((theta.clone().into_dyn(), log_sigma2.clone().into_dyn())),
             // Deterministic weights: no variance, so no log alpha and no pruning.
-            Self::DropoutLinear { .. } | Self::MaxPool2 | Self::Flatten => None,
+            Self::DropoutLinear { .. }
+            | Self::PlainConv { .. }
+            | Self::MaxPool2
+            | Self::MaxPool { .. }
+            | Self::Flatten => None,
         }
     }
 
@@ -162,7 +192,10 @@ impl<T: Real> TrainedLayer<T> {
             Self::DropoutLinear { theta, bias, .. } => {
                 vec![theta.as_slice().expect(s), bias.as_slice().expect(s)]
             }
-            Self::MaxPool2 | Self::Flatten => vec![],
+            Self::PlainConv { theta, bias, .. } => {
+                vec![theta.as_slice().expect(s), bias.as_slice().expect(s)]
+            }
+            Self::MaxPool2 | Self::MaxPool { .. } | Self::Flatten => vec![],
         }
     }
 
@@ -196,7 +229,13 @@ impl<T: Real> TrainedLayer<T> {
                     bias.as_slice_mut().expect(s),
                 ]
             }
-            Self::MaxPool2 | Self::Flatten => vec![],
+            Self::PlainConv { theta, bias, .. } => {
+                vec![
+                    theta.as_slice_mut().expect(s),
+                    bias.as_slice_mut().expect(s),
+                ]
+            }
+            Self::MaxPool2 | Self::MaxPool { .. } | Self::Flatten => vec![],
         }
     }
 }
@@ -244,8 +283,14 @@ pub(crate) enum Step<T> {
     Linear(VdCache<T>),
     Dropout(DropoutCache<T>),
     Conv(ConvCache<T>),
+    StridedConv(StridedConvCache<T>),
+    PlainConv(PlainConvCache<T>),
     Pool {
         arg: Vec<u8>,
+        dim: (usize, usize, usize, usize),
+    },
+    WindowPool {
+        arg: Vec<u32>,
         dim: (usize, usize, usize, usize),
     },
     Flatten {
@@ -340,11 +385,13 @@ impl<T: Real> Network<T> {
                     log_sigma2,
                     bias,
                     relu,
+                    geom,
                 } => TrainedLayer::Conv2d {
                     theta: pruned_mean(theta, log_sigma2, thr),
                     log_sigma2: Array4::zeros((0, 0, 0, 0)),
                     bias: bias.clone(),
                     relu: *relu,
+                    geom: *geom,
                 },
                 other => other.clone(),
             })
@@ -376,18 +423,47 @@ impl<T: Real> Network<T> {
                         )),
                         (
                             TrainedLayer::Conv2d {
-                                theta, bias, relu, ..
+                                theta,
+                                bias,
+                                relu,
+                                geom,
+                                ..
                             },
                             a,
-                        ) => Act::Maps(layers::conv_eval(
+                        ) if *geom == ConvGeom::VALID => Act::Maps(layers::conv_eval(
                             theta,
                             bias,
                             *relu,
                             a.maps("Conv2d").view(),
                         )),
+                        (
+                            TrainedLayer::Conv2d {
+                                theta,
+                                bias,
+                                relu,
+                                geom,
+                                ..
+                            }
+                            | TrainedLayer::PlainConv {
+                                theta,
+                                bias,
+                                relu,
+                                geom,
+                            },
+                            a,
+                        ) => Act::Maps(strided::conv_eval(
+                            theta,
+                            bias,
+                            *relu,
+                            *geom,
+                            a.maps("Conv2d").view(),
+                        )),
                         (TrainedLayer::MaxPool2, a) => {
                             Act::Maps(layers::maxpool2_forward(a.maps("MaxPool2").view()).0)
                         }
+                        (TrainedLayer::MaxPool { window, stride }, a) => Act::Maps(
+                            plain::maxpool_forward(a.maps("MaxPool").view(), *window, *stride).0,
+                        ),
                         (TrainedLayer::Flatten, a) => {
                             Act::Flat(layers::flatten_forward(a.maps("Flatten")))
                         }
@@ -423,7 +499,13 @@ impl<T: Real> Network<T> {
     /// Converts input rows `[B, C*H*W]` to the first layer's activation.
     fn input(&self, x: Array2<T>) -> Act<T> {
         match self.layers.first() {
-            Some(TrainedLayer::Conv2d { .. }) | Some(TrainedLayer::MaxPool2) => {
+            Some(
+                TrainedLayer::Conv2d { .. }
+                | TrainedLayer::PlainConv { .. }
+                | TrainedLayer::MaxPool2
+                | TrainedLayer::MaxPool { .. }
+                | TrainedLayer::Flatten,
+            ) => {
                 let [c, h, w] = self.input_shape;
                 let b = x.nrows();
                 let x = x
@@ -488,19 +570,52 @@ impl<T: Real> Network<T> {
                     log_sigma2,
                     bias,
                     relu,
+                    geom,
                 } => {
                     let x = act.maps("Conv2d");
                     let (o, _, kh, kw) = theta.dim();
                     let (_, b, h, w) = x.dim();
-                    let mut eps = Array2::zeros((o, b * valid_out(h, kh) * valid_out(w, kw)));
+                    let (ho, wo) = if *geom == ConvGeom::VALID {
+                        (valid_out(h, kh), valid_out(w, kw))
+                    } else {
+                        strided::out_hw(theta, x.dim(), *geom)
+                    };
+                    let mut eps = Array2::zeros((o, b * ho * wo));
                     noise(
                         i,
                         eps.as_slice_mut()
                             .unwrap_or_else(|| unreachable!("fresh array")),
                     );
-                    let (y, cache) =
-                        layers::conv_forward(theta, log_sigma2, bias, *relu, x.view(), eps);
-                    tape.push(Step::Conv(cache));
+                    // The LeNets' 'valid' convolutions keep their own kernel (and their
+                    // trained results bit for bit).
+                    if *geom == ConvGeom::VALID {
+                        let (y, cache) =
+                            layers::conv_forward(theta, log_sigma2, bias, *relu, x.view(), eps);
+                        tape.push(Step::Conv(cache));
+                        Act::Maps(y)
+                    } else {
+                        let (y, cache) = strided::vd_conv_forward(
+                            theta,
+                            log_sigma2,
+                            bias,
+                            *relu,
+                            *geom,
+                            x.view(),
+                            eps,
+                        );
+                        tape.push(Step::StridedConv(cache));
+                        Act::Maps(y)
+                    }
+                }
+                TrainedLayer::PlainConv {
+                    theta,
+                    bias,
+                    relu,
+                    geom,
+                } => {
+                    let x = act.maps("PlainConv");
+                    let (y, cache) = plain::plain_conv_forward(theta, bias, *relu, *geom, x.view());
+                    tape.push(Step::PlainConv(cache));
                     Act::Maps(y)
                 }
                 TrainedLayer::DropoutLinear {
@@ -528,6 +643,13 @@ impl<T: Real> Network<T> {
                     let dim = x.dim();
                     let (y, arg) = layers::maxpool2_forward(x.view());
                     tape.push(Step::Pool { arg, dim });
+                    Act::Maps(y)
+                }
+                TrainedLayer::MaxPool { window, stride } => {
+                    let x = act.maps("MaxPool");
+                    let dim = x.dim();
+                    let (y, arg) = plain::maxpool_forward(x.view(), *window, *stride);
+                    tape.push(Step::WindowPool { arg, dim });
                     Act::Maps(y)
                 }
                 TrainedLayer::Flatten => {
@@ -580,8 +702,23 @@ impl<T: Real> Network<T> {
                     per_layer[i] = Some(vd(grads));
                     dx.map(Act::Maps)
                 }
+                (TrainedLayer::Conv2d { theta, .. }, Step::StridedConv(cache)) => {
+                    let (grads, dx) =
+                        strided::vd_conv_backward(theta, cache, gi.maps("Conv2d"), need_dx);
+                    per_layer[i] = Some(vd(grads));
+                    dx.map(Act::Maps)
+                }
+                (TrainedLayer::PlainConv { theta, .. }, Step::PlainConv(cache)) => {
+                    let (grads, dx) =
+                        plain::plain_conv_backward(theta, cache, gi.maps("PlainConv"), need_dx);
+                    per_layer[i] = Some(grads);
+                    dx.map(Act::Maps)
+                }
                 (TrainedLayer::MaxPool2, Step::Pool { arg, dim }) => Some(Act::Maps(
                     layers::maxpool2_backward(&gi.maps("MaxPool2"), &arg, dim),
+                )),
+                (TrainedLayer::MaxPool { .. }, Step::WindowPool { arg, dim }) => Some(Act::Maps(
+                    plain::maxpool_backward(&gi.maps("MaxPool"), &arg, dim),
                 )),
                 (TrainedLayer::Flatten, Step::Flatten { dim }) => {
                     Some(Act::Maps(layers::flatten_backward(gi.flat("Flatten"), dim)))
@@ -639,15 +776,20 @@ impl<T: Real> Network<T> {
         Self { layers, ..self }
     }
 
-    /// Adds the gradient of the weight decay `λ/2 Σ θ²` over the MC dropout layers' weights
-    /// (biases excluded) to `grads` (optimizer order) and returns the penalty.
+    /// Adds the gradient of the weight decay `λ/2 Σ θ²` over the weights of the MC dropout and
+    /// deterministic layers (biases excluded) to `grads` (optimizer order) and returns the
+    /// penalty.
     pub(crate) fn add_weight_decay_grad(&self, grads: &mut [Vec<T>], lambda: T) -> f64 {
         let mut penalty = 0.0;
         let mut k = 0;
         for layer in &self.layers {
             let params = layer.param_slices();
-            if let TrainedLayer::DropoutLinear { theta, .. } = layer {
-                let theta = theta.as_slice().unwrap_or(&[]);
+            let theta = match layer {
+                TrainedLayer::DropoutLinear { theta, .. } => theta.as_slice(),
+                TrainedLayer::PlainConv { theta, .. } => theta.as_slice(),
+                _ => None,
+            };
+            if let Some(theta) = theta {
                 for (g, &t) in grads[k].iter_mut().zip(theta) {
                     *g += lambda * t;
                     penalty += 0.5 * (lambda * t * t).as_f64();

@@ -225,6 +225,9 @@ impl Trainer {
     /// `config.seed`), applies `train_limit`, and initialises the network. Also applies
     /// [`super::alloc::tune_allocator`] (process-wide, once).
     pub fn new(config: TrainConfig, data: &Dataset) -> Result<Self, TrainError> {
+        let config = config
+            .with_layers_arch()
+            .with_data_shape([1, data.rows, data.cols], data.classes);
         let model = config.build_model::<f32>().map_err(TrainError::Config)?;
         let sizes: Vec<usize> = model.params().iter().map(|p| p.len()).collect();
         Self::assemble(config, data, model, Adam::new(&sizes), 0, Vec::new())
@@ -613,7 +616,7 @@ impl Trainer {
                 if self.config.augment_shift > 0 {
                     let words = [seed, PURPOSE_AUGMENT, epoch as u64, batch as u64, si as u64];
                     let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix_seed(&words));
-                    let shape = self.config.arch.input_shape();
+                    let shape = self.config.input_shape();
                     super::augment::shift_batch(&mut x, shape, self.config.augment_shift, &mut rng);
                 }
                 let labels: Vec<usize> = sidx.iter().map(|&i| self.train_y[i]).collect();
