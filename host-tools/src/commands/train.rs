@@ -58,8 +58,9 @@ resnet-ee only:
   prior_lambda = 0.3         strength in [0, 1) of the geometric depth prior
   exit_objective = \"weighted\"  weighted or mixture
   (at most 65535 values per feature map, 4194304 weights, 134217728 activations per batch)
-Your own network: a [[layers]] list instead of arch, one table per layer, input first
-(docs/TRAINING.md; models/configs/lenet5.toml is LeNet-5 written so):
+Your own network (docs/TRAINING.md; models/configs/lenet5.toml is LeNet-5 written so):
+  layers                     instead of arch: a [[layers]] list, one table per layer, input
+                             first, with these keys:
   kind = \"linear\"            outputs (the last: the classes), relu [true; last false]
   kind = \"conv\"              outputs (channels), kernel = k or [kh, kw] (over a [C, T]
                              time series k means [k, 1]), stride = 1, padding = 0, relu
@@ -69,7 +70,8 @@ Your own network: a [[layers]] list instead of arch, one table per layer, input 
   posterior = \"vd\"           vd (sparse variational dropout), dropout (with p, linear only)
                              or deterministic (point weights, weight_decay as the prior)
   name = \"fc1\"               the layer's name (tinybayes import) [default: layers.<index>]
-  input_shape, classes       recorded from the data by train (do not set by hand)
+  input_shape                the input [channels, height, width], recorded from the data
+  classes                    the class count, recorded from the data
 --resume may change epochs, lr and lr_schedule only.";
 
 /// Arguments of `train`.
@@ -80,8 +82,8 @@ Your own network: a [[layers]] list instead of arch, one table per layer, input 
 )]
 pub struct TrainArgs {
     /// Architecture: lenet300 (784-300-100-10), lenet5 (LeNet-5-Caffe), resnet-ee (early-exit
-    /// ResNet) or custom (the config file's [[layers]] list) [default: lenet300, or custom
-    /// with a [[layers]] list] (overrides the config file).
+    /// ResNet) or custom (the config file's [[layers]] list, chosen by itself when the file
+    /// has one) [default: lenet300] (overrides the config file).
     #[arg(long)]
     pub arch: Option<String>,
     /// resnet-ee: residual blocks, one exit after each, 1 to 7 [default: 4] (overrides the
