@@ -207,6 +207,7 @@ fn sparse_convolution_matches_dense_reference_over_geometries() {
                         input_offset: 0.0,
                         layers: vec![conv.clone(), head.clone()],
                         trained: None,
+                        channel_norm: None,
                     };
                     let buffer = spec.to_buffer().unwrap();
                     let model = buffer.model().unwrap();
@@ -259,6 +260,7 @@ fn lenet_like(seed: u64) -> (ModelSpec, Vec<LayerSpec>) {
         input_offset: 0.0,
         layers: layers.clone(),
         trained: None,
+        channel_norm: None,
     };
     (spec, layers)
 }
@@ -336,6 +338,7 @@ fn time_series_pooling_windows_are_version_9_and_match_the_reference() {
         input_offset: 0.0,
         layers: layers.clone(),
         trained: None,
+        channel_norm: None,
     };
     let buffer = spec.to_buffer().unwrap();
     let mut bytes = buffer.as_bytes().to_vec();
@@ -428,6 +431,7 @@ fn convolution_local_reparameterization_matches_reference() {
         input_offset: 0.0,
         layers: vec![conv.clone(), head.clone()],
         trained: None,
+        channel_norm: None,
     };
     let buffer = spec.to_buffer().unwrap();
     let model = buffer.model().unwrap();

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 use tinybayes::fixed::QModel;
-use tinybayes::format::{Activation, TrainedSize};
+use tinybayes::format::{Activation, ChannelNorm, TrainedSize};
 use tinybayes::Model;
 
 /// One layer of the report.
@@ -28,6 +28,24 @@ pub struct LayerReport {
     pub flash_bytes: usize,
 }
 
+/// The input normalisation of one channel: raw value `p` is fed as `p * scale + offset`.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+pub struct ChannelNormReport {
+    /// Multiplies the raw value.
+    pub scale: f32,
+    /// Added after scaling.
+    pub offset: f32,
+}
+
+impl From<ChannelNorm> for ChannelNormReport {
+    fn from(n: ChannelNorm) -> Self {
+        ChannelNormReport {
+            scale: n.scale,
+            offset: n.offset,
+        }
+    }
+}
+
 /// The whole report.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct ModelReport {
@@ -37,6 +55,12 @@ pub struct ModelReport {
     pub input_shape: [usize; 3],
     /// Number of classes.
     pub classes: usize,
+    /// Whether the file stores a per-channel input normalisation table (format version 9).
+    pub per_channel_norm: bool,
+    /// The input normalisation of every channel, in channel order (without a per-channel
+    /// table, the header's one pair repeated; fixed-point models: kept for reference, folded
+    /// into the first layer).
+    pub input_norm: Vec<ChannelNormReport>,
     /// Layers, input first.
     pub layers: Vec<LayerReport>,
     /// Parameters of the dense network (weights and biases).
@@ -153,6 +177,8 @@ impl ModelReport {
             precision: "f32",
             input_shape: model.input_shape(),
             classes: model.num_classes(),
+            per_channel_norm: model.has_channel_norm(),
+            input_norm: model.channel_norms().map(Into::into).collect(),
             layers,
             dense_params: model.dense_params(),
             nnz: model.nnz(),
@@ -202,6 +228,8 @@ impl ModelReport {
             precision: model.precision().name(),
             input_shape: model.input_shape(),
             classes: model.num_classes(),
+            per_channel_norm: model.has_channel_norm(),
+            input_norm: model.channel_norms().map(Into::into).collect(),
             dense_params: model.dense_params(),
             layers,
             nnz: model.nnz(),
@@ -214,6 +242,30 @@ impl ModelReport {
             ram_chunk: chunk,
             ram_bytes: model.workspace_bytes(chunk),
             ram_bytes_deterministic: model.workspace_bytes(0),
+        }
+    }
+
+    /// The input normalisation lines of the table: one line for a model with one pair, else
+    /// a line per channel.
+    fn norm_lines(&self) -> String {
+        let reference = if self.precision == "f32" {
+            ""
+        } else {
+            " (folded into the first layer)"
+        };
+        match (self.per_channel_norm, self.input_norm.first()) {
+            (false, Some(n)) => format!(
+                "input normalisation: p * {} + {} in every channel{reference}\n",
+                n.scale, n.offset
+            ),
+            (true, _) => {
+                let mut s = format!("input normalisation per channel{reference}:\n");
+                for (c, n) in self.input_norm.iter().enumerate() {
+                    s += &format!("  channel {c}: p * {} + {}\n", n.scale, n.offset);
+                }
+                s
+            }
+            (false, None) => String::new(),
         }
     }
 
@@ -250,6 +302,7 @@ impl ModelReport {
                 l.flash_bytes
             );
         }
+        s += &self.norm_lines();
         let dense_weights: usize = self.layers.iter().map(|l| l.dense_weights).sum();
         s += &match (self.trained_dense_weights, self.trained_dense_params, self.pruned_of_trained) {
             (Some(weights), Some(params), Some(pruned)) => format!(
@@ -277,5 +330,60 @@ impl ModelReport {
             self.ram_bytes_deterministic
         );
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ModelReport;
+    use tinybayes::format::ChannelNorm;
+    use tinybayes::writer::synthetic;
+
+    /// `inspect` shows one line for a model with one pair, and every channel's pair for a
+    /// per-channel table (from the file, in the JSON too).
+    #[test]
+    fn the_report_shows_the_input_normalisation() {
+        let mut spec = synthetic::mlp(1, &[12, 6, 3], 0.5);
+        let global = spec.to_buffer().unwrap();
+        let report = ModelReport::new(&global.model().unwrap(), 8, None);
+        assert!(!report.per_channel_norm);
+        let table = report.to_table();
+        assert!(
+            table.contains("input normalisation: p * 0.003921569 + 0 in every channel"),
+            "{table}"
+        );
+        spec.input_shape = [3, 2, 2];
+        spec.channel_norm = Some(vec![
+            ChannelNorm {
+                scale: 0.5,
+                offset: -1.0,
+            },
+            ChannelNorm {
+                scale: 0.25,
+                offset: 0.0,
+            },
+            ChannelNorm {
+                scale: 2.0,
+                offset: 3.5,
+            },
+        ]);
+        let per_channel = spec.to_buffer().unwrap();
+        let report = ModelReport::new(&per_channel.model().unwrap(), 8, None);
+        assert!(report.per_channel_norm);
+        assert_eq!(report.input_norm.len(), 3);
+        let table = report.to_table();
+        for line in [
+            "input normalisation per channel:",
+            "  channel 0: p * 0.5 + -1",
+            "  channel 1: p * 0.25 + 0",
+            "  channel 2: p * 2 + 3.5",
+        ] {
+            assert!(table.contains(line), "{line:?} not in {table}");
+        }
+        let json = serde_json::to_string(&report).unwrap();
+        assert!(
+            json.contains(r#""input_norm":[{"scale":0.5,"offset":-1.0}"#),
+            "{json}"
+        );
     }
 }

@@ -323,10 +323,11 @@ impl TrainConfig {
             padding: self.stem_padding,
         };
         let side = h.min(w);
-        if self.stem_kernel == 0
+        if self.arch == Arch::ResnetEe
+            && (self.stem_kernel == 0
             || self.stem_kernel > side
             || self.stem_padding >= self.stem_kernel
-            || stem.out_size(side, self.stem_kernel).is_none()
+                || stem.out_size(side, self.stem_kernel).is_none())
         {
             return Err(format!(
                 "stem_kernel {}, stem_stride {} and stem_padding {} do not fit {h}x{w} inputs \
