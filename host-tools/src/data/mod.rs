@@ -387,6 +387,9 @@ impl DataFile {
 
     /// The training split as a labelled set of `classes` classes (see [`Self::classes`]).
     pub fn training_set(&self, classes: Option<usize>) -> Result<DataSet, DataError> {
+        if self.train.labels.is_none() {
+            return self.labelled(&self.train, 0, "training");
+        }
         let classes = self.classes(classes)?;
         self.labelled(&self.train, classes, "training")
     }
@@ -635,3 +638,6 @@ pub fn class_indices(labels: &[i128]) -> Result<Vec<u16>, DataErrorKind> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests;
