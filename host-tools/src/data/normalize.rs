@@ -119,6 +119,17 @@ impl Normalization {
         }
     }
 
+    /// The byte `unit` normalisation (`x / 255`) of `channels` channels: what a run started
+    /// before normalisations were stored trained on.
+    pub fn byte_unit(channels: usize) -> Self {
+        Normalization {
+            mode: NormalizeMode::Unit,
+            bytes: true,
+            scale: vec![1.0 / 255.0; channels],
+            offset: vec![0.0; channels],
+        }
+    }
+
     /// Number of channels.
     pub fn channels(&self) -> usize {
         self.scale.len()
