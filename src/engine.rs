@@ -8,7 +8,7 @@ use rand_core::RngCore;
 use crate::early_exit::{ExitPrediction, Halting, QExitPrediction};
 use crate::error::InferenceError;
 use crate::fixed::QPrediction;
-use crate::input::NormalizedU8;
+use crate::input::{ChannelNormalized, NormalizedU8};
 use crate::numeric::seal::Reads;
 use crate::numeric::{FixedPoint, Numeric, F32};
 use crate::plan::Plan;
@@ -190,15 +190,44 @@ impl<const CHUNK: usize> Engine<'_, '_, CHUNK, F32> {
     }
 
     /// Predicts from raw 8-bit inputs (e.g. pixels), normalised on the fly with the model's
-    /// input scale and offset; no copy of the input is made.
+    /// input scale and offset, per channel when the file has a per-channel table
+    /// ([`Model::channel_norm`](crate::Model::channel_norm)); no copy of the input is made.
+    /// A model with one pair for every channel reads each byte through a 256-entry table,
+    /// one with a per-channel table computes `p * scale_c + offset_c`: the same bits as
+    /// [`Self::predict`] on the normalised values either way.
     pub fn predict_u8<const K: usize>(
         &mut self,
         raw: &[u8],
         mode: Mode,
         rng: &mut (impl RngCore + Clone),
     ) -> Result<Prediction<K>, InferenceError> {
+        let model = self.model;
         let (job, bytes) = self.parts();
-        job.predict::<_, K, CHUNK>(&NormalizedU8::new(raw, bytes), mode, rng)
+        if model.has_channel_norm() {
+            let (pairs, plane) = model.norm_pairs();
+            job.predict::<_, K, CHUNK>(&ChannelNormalized::new(raw, pairs, plane), mode, rng)
+        } else {
+            job.predict::<_, K, CHUNK>(&NormalizedU8::new(raw, bytes), mode, rng)
+        }
+    }
+
+    /// Predicts from raw f32 inputs, in the units of the model's training data (a sensor
+    /// window's readings, say), `model.input_len()` values in channel-major (C, H, W) order:
+    /// each value is normalised as it is read with its channel's stored pair,
+    /// `raw * scale_c + offset_c` ([`Model::channel_norm`](crate::Model::channel_norm)), with
+    /// no copy of the input. The result has the bits of [`Self::predict`] on the values
+    /// normalised that way, which is what `predict` takes ("already normalised"). Non-finite
+    /// normalised values give `NonFiniteInput`.
+    pub fn predict_raw<const K: usize>(
+        &mut self,
+        raw: &[f32],
+        mode: Mode,
+        rng: &mut (impl RngCore + Clone),
+    ) -> Result<Prediction<K>, InferenceError> {
+        let model = self.model;
+        let (pairs, plane) = model.norm_pairs();
+        let (job, _) = self.parts();
+        job.predict::<_, K, CHUNK>(&ChannelNormalized::new(raw, pairs, plane), mode, rng)
     }
 
     /// Runs an early-exit model block by block from f32 inputs and stops as `halting` allows
@@ -228,9 +257,37 @@ impl<const CHUNK: usize> Engine<'_, '_, CHUNK, F32> {
         halting: Halting<'_>,
         rng: &mut (impl RngCore + Clone),
     ) -> Result<ExitPrediction<K>, InferenceError> {
+        let model = self.model;
         let (job, bytes) = self.parts();
-        job.exits::<_, K, CHUNK>(&NormalizedU8::new(raw, bytes), mode, halting, rng)
-            .map(|o| exit_prediction(o, |p| p))
+        let outcome = if model.has_channel_norm() {
+            let (pairs, plane) = model.norm_pairs();
+            let input = ChannelNormalized::new(raw, pairs, plane);
+            job.exits::<_, K, CHUNK>(&input, mode, halting, rng)
+        } else {
+            job.exits::<_, K, CHUNK>(&NormalizedU8::new(raw, bytes), mode, halting, rng)
+        };
+        outcome.map(|o| exit_prediction(o, |p| p))
+    }
+
+    /// [`Self::predict_early_exit`] from raw f32 inputs, normalised per channel as they are
+    /// read (see [`Self::predict_raw`]).
+    pub fn predict_raw_early_exit<const K: usize>(
+        &mut self,
+        raw: &[f32],
+        mode: Mode,
+        halting: Halting<'_>,
+        rng: &mut (impl RngCore + Clone),
+    ) -> Result<ExitPrediction<K>, InferenceError> {
+        let model = self.model;
+        let (pairs, plane) = model.norm_pairs();
+        let (job, _) = self.parts();
+        job.exits::<_, K, CHUNK>(
+            &ChannelNormalized::new(raw, pairs, plane),
+            mode,
+            halting,
+            rng,
+        )
+        .map(|o| exit_prediction(o, |p| p))
     }
 }
 

@@ -178,6 +178,33 @@ pub enum ModelError {
         /// Index of the layer.
         layer: usize,
     },
+    /// The header flags a per-channel input normalisation table
+    /// ([`crate::format::FLAG_CHANNEL_NORM`]) in a file older than format version 9.
+    ChannelNormVersion {
+        /// The file's format version.
+        version: u16,
+    },
+    /// The per-channel normalisation table does not fit between the layer table and the CRC
+    /// trailer.
+    ChannelNormTruncated,
+    /// The per-channel normalisation table's count is not the model's input channels.
+    ChannelNormLength {
+        /// Pairs the table declares.
+        found: u32,
+        /// Input channels of the model.
+        expected: usize,
+    },
+    /// A channel's normalisation scale or offset is NaN or infinite, or (f32 models) maps a
+    /// raw 8-bit value to an infinity.
+    ChannelNormNotFinite {
+        /// The channel.
+        channel: usize,
+    },
+    /// A channel's normalisation scale is zero (the channel would carry no information).
+    ChannelNormZeroScale {
+        /// The channel.
+        channel: usize,
+    },
 }
 
 impl fmt::Display for ModelError {
@@ -266,6 +293,24 @@ impl fmt::Display for ModelError {
                 f,
                 "layer {layer}: dropout needs a linear layer and a drop probability in [0, 1)"
             ),
+            ChannelNormVersion { version } => write!(
+                f,
+                "the per-channel input normalisation flag is set in a version {version} file (it needs version 9)"
+            ),
+            ChannelNormTruncated => f.write_str(
+                "the per-channel input normalisation table runs past the end of the file",
+            ),
+            ChannelNormLength { found, expected } => write!(
+                f,
+                "the per-channel input normalisation table has {found} entries, the input has {expected} channels"
+            ),
+            ChannelNormNotFinite { channel } => write!(
+                f,
+                "input channel {channel}: normalisation scale or offset is not finite (or overflows on raw bytes)"
+            ),
+            ChannelNormZeroScale { channel } => {
+                write!(f, "input channel {channel}: normalisation scale is zero")
+            }
         }
     }
 }

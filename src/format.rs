@@ -1,8 +1,10 @@
-//! Layout of the flash table, format versions 1 to 8 (`docs/FORMAT.md` is the specification).
+//! Layout of the flash table, format versions 1 to 9 (`docs/FORMAT.md` is the specification).
 //!
 //! Everything is little-endian. The file starts with a [`HEADER_LEN`]-byte header, then
-//! `layer_count` layer records of [`LAYER_RECORD_LEN`] bytes, then the layer payloads (each at
-//! a 4-byte-aligned offset), and ends with a CRC-32 (ISO-HDLC, as zlib) of every byte before it.
+//! `layer_count` layer records of [`LAYER_RECORD_LEN`] bytes, then (version 9, when the header
+//! flag [`FLAG_CHANNEL_NORM`] is set) the per-channel input normalisation table, then the
+//! layer payloads (each at a 4-byte-aligned offset), and ends with a CRC-32 (ISO-HDLC, as
+//! zlib) of every byte before it.
 
 /// The four bytes every model file starts with.
 pub const MAGIC: [u8; 4] = *b"TBYS";
@@ -11,8 +13,13 @@ pub const MAGIC: [u8; 4] = *b"TBYS";
 /// adds residual additions and exit heads for early-exit networks, 5 records the size of the
 /// network as trained: [`TrainedSize`], 6 adds fixed-point convolutions and pooling, 7
 /// fixed-point residual additions, exit heads and bias shifts, 8 the Bernoulli (MC dropout)
-/// posterior).
-pub const FORMAT_VERSION: u16 = 8;
+/// posterior, 9 the per-channel input normalisation table: [`ChannelNorm`]).
+pub const FORMAT_VERSION: u16 = 9;
+/// The version of files with a per-channel input normalisation table ([`FLAG_CHANNEL_NORM`]).
+pub const CHANNEL_NORM_FORMAT_VERSION: u16 = 9;
+/// Header flag (byte 23, bit 0; format version 9): the file stores a per-channel input
+/// normalisation table right after the layer table. Every other flag bit is reserved (zero).
+pub const FLAG_CHANNEL_NORM: u8 = 0x01;
 /// The version of files with a Bernoulli (MC dropout) layer ([`Posterior::Bernoulli`]).
 pub const DROPOUT_FORMAT_VERSION: u16 = 8;
 /// The version of fixed-point files with residual additions, exit heads or a non-zero bias
@@ -67,7 +74,7 @@ pub(crate) mod header {
     pub const INPUT_WIDTH: usize = 20;
     /// Number format ([`super::Precision`] code, version 3; zero before).
     pub const PRECISION: usize = 22;
-    /// Reserved flags byte (zero).
+    /// Flags byte: [`super::FLAG_CHANNEL_NORM`] (version 9); every other bit reserved (zero).
     pub const FLAGS: usize = 23;
     pub const INPUT_SCALE: usize = 24;
     pub const INPUT_OFFSET: usize = 28;
@@ -93,6 +100,55 @@ pub struct TrainedSize {
     /// Parameters of the trained architecture: its weights and biases (at least
     /// `dense_weights`).
     pub dense_params: u32,
+}
+
+/// The normalisation of one input channel (format version 9): a raw value `p` of channel `c`
+/// is fed to the network as `p * scale + offset` (f32 arithmetic, in that order, not fused).
+/// Files without a per-channel table apply the header's one pair to every channel.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ChannelNorm {
+    /// Multiplies the raw value (finite, non-zero).
+    pub scale: f32,
+    /// Added after scaling (finite).
+    pub offset: f32,
+}
+
+impl ChannelNorm {
+    /// The normalisation that leaves values unchanged (scale 1, offset 0): the header's pair
+    /// in a file with a per-channel table.
+    pub const IDENTITY: ChannelNorm = ChannelNorm {
+        scale: 1.0,
+        offset: 0.0,
+    };
+
+    /// The normalised value of raw value `raw`: `raw * scale + offset`.
+    #[inline(always)]
+    pub fn apply(self, raw: f32) -> f32 {
+        raw * self.scale + self.offset
+    }
+
+    /// Whether two pairs have the same bits (so normalise every value to the same bits).
+    pub fn same_bits(self, other: ChannelNorm) -> bool {
+        self.scale.to_bits() == other.scale.to_bits()
+            && self.offset.to_bits() == other.offset.to_bits()
+    }
+}
+
+/// The one pair every channel of `norms` shares (bit for bit), or `None` when they differ or
+/// `norms` is empty. Writers store such a table as the header's global pair (no version 9).
+pub fn uniform_norm(norms: &[ChannelNorm]) -> Option<ChannelNorm> {
+    let first = *norms.first()?;
+    norms.iter().all(|n| n.same_bits(first)).then_some(first)
+}
+
+/// Size in bytes of the per-channel normalisation table of `channels` input channels (format
+/// version 9): a u32 channel count, then `(scale, offset)` f32 pairs; `None` on overflow.
+pub const fn channel_norm_table_len(channels: usize) -> Option<usize> {
+    match channels.checked_mul(8) {
+        Some(pairs) => pairs.checked_add(4),
+        None => None,
+    }
 }
 
 /// Byte offsets of the fields of a layer record.

@@ -199,9 +199,69 @@ impl Input for NormalizedU8<'_> {
     }
 }
 
+/// Raw values normalised per input channel as they are read, with no copy: value `i` is
+/// `raw[i] * scale_c + offset_c` (f32, in that order) for the channel `c = i / (H * W)` of a
+/// channel-major `(C, H, W)` input. The engine reads raw 8-bit inputs of a model with a
+/// per-channel table this way ([`crate::Engine::predict_u8`]), and raw f32 inputs of every
+/// model ([`crate::Engine::predict_raw`]). One division per read finds the channel (the
+/// kernels read values in random order, so no running channel boundary would do).
+pub struct ChannelNormalized<'a, T> {
+    raw: &'a [T],
+    /// `[scale, offset]` per channel.
+    pairs: &'a [[f32; 2]],
+    /// Values per channel (at least 1).
+    plane: usize,
+}
+
+impl<'a, T> ChannelNormalized<'a, T> {
+    /// `plane` values per pair of `pairs`; the runner checks the input length first, so every
+    /// index it reads has its pair.
+    pub(crate) fn new(raw: &'a [T], pairs: &'a [[f32; 2]], plane: usize) -> Self {
+        Self {
+            raw,
+            pairs,
+            plane: plane.max(1),
+        }
+    }
+}
+
+impl<T: Copy + Into<f32>> Input for ChannelNormalized<'_, T> {
+    fn len(&self) -> usize {
+        self.raw.len()
+    }
+    #[inline(always)]
+    fn value(&self, index: usize) -> f32 {
+        let [scale, offset] = self.pairs[index / self.plane];
+        self.raw[index].into() * scale + offset
+    }
+    fn all_finite(&self) -> bool {
+        // A raw value may be finite and still overflow once scaled: check what is read.
+        (0..self.raw.len()).all(|i| self.value(i).is_finite())
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{ByteTable, Input, NormalizedU8};
+    use super::{ByteTable, ChannelNormalized, Input, NormalizedU8};
+
+    /// Values are normalised with their own channel's pair, in the host's order of
+    /// operations, for bytes and for f32 values alike.
+    #[test]
+    fn channel_normalized_values_use_their_channels_pair() {
+        let pairs = [[0.5f32, -1.0], [2.0, 0.25], [-0.125, 3.0]];
+        let raw: std::vec::Vec<u8> = (0..12u8).map(|i| i * 21).collect();
+        let floats: std::vec::Vec<f32> = raw.iter().map(|&b| b as f32 - 100.5).collect();
+        let bytes = ChannelNormalized::new(&raw, &pairs, 4);
+        let values = ChannelNormalized::new(&floats, &pairs, 4);
+        for i in 0..raw.len() {
+            let [s, o] = pairs[i / 4];
+            assert_eq!(bytes.value(i).to_bits(), (raw[i] as f32 * s + o).to_bits());
+            assert_eq!(values.value(i).to_bits(), (floats[i] * s + o).to_bits());
+        }
+        assert!(bytes.all_finite() && values.all_finite());
+        let huge = [f32::MAX; 12];
+        assert!(!ChannelNormalized::new(&huge, &pairs, 4).all_finite());
+    }
 
     /// The gathered rows (stride 4 through the constant-offset path, other strides through the
     /// iterator) are the values read one by one.

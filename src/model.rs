@@ -4,8 +4,8 @@
 use crate::error::ModelError;
 use crate::format::{
     self, conv_payload_len, header, payload_len, record, unpack_tap, window_output, Activation,
-    LayerKind, Posterior, Precision, Storage, TrainedSize, ALIGNMENT, HEADER_LEN, LAYER_RECORD_LEN,
-    MAX_CLASSES, MAX_LAYERS, MAX_UNITS, TRAILER_LEN,
+    ChannelNorm, LayerKind, Posterior, Precision, Storage, TrainedSize, ALIGNMENT, HEADER_LEN,
+    LAYER_RECORD_LEN, MAX_CLASSES, MAX_LAYERS, MAX_UNITS, TRAILER_LEN,
 };
 
 #[cfg(target_endian = "big")]
@@ -234,8 +234,10 @@ pub struct Model<'a> {
     bytes: &'a [u8],
     input_shape: [usize; 3],
     num_classes: usize,
-    input_scale: f32,
-    input_offset: f32,
+    /// The header's pair `[scale, offset]` (the identity when there is a per-channel table).
+    input_norm: [[f32; 2]; 1],
+    /// Version 9: `[scale, offset]` per input channel; empty without a table.
+    channel_norm: &'a [[f32; 2]],
     trained: Option<TrainedSize>,
     layers: heapless::Vec<Layer<'a>, MAX_LAYERS>,
 }
@@ -253,7 +255,7 @@ pub(crate) fn u32_at(bytes: &[u8], offset: usize) -> u32 {
     ])
 }
 
-fn f32_at(bytes: &[u8], offset: usize) -> f32 {
+pub(crate) fn f32_at(bytes: &[u8], offset: usize) -> f32 {
     f32::from_bits(u32_at(bytes, offset))
 }
 
@@ -290,8 +292,83 @@ pub(crate) struct Envelope {
     pub trained: Option<TrainedSize>,
     /// Offset of the CRC trailer (end of the payloads).
     pub body_end: usize,
-    /// Offset of the first payload byte (end of the layer table).
-    pub table_end: usize,
+    /// Offset of the first payload byte (end of the layer table, or of the per-channel
+    /// normalisation table that follows it).
+    pub payload_start: usize,
+    /// Offset of the per-channel normalisation pairs (version 9, flagged), validated: as many
+    /// as input channels, finite, non-zero scales.
+    pub channel_norm: Option<usize>,
+}
+
+/// Channel `channel`'s pair from `table`, or `global` (no table, or out of range).
+pub(crate) fn norm_of(global: [f32; 2], table: &[[f32; 2]], channel: usize) -> ChannelNorm {
+    let [scale, offset] = table.get(channel).copied().unwrap_or(global);
+    ChannelNorm { scale, offset }
+}
+
+/// Whether the f32 with these bits is finite (no float operation).
+const fn finite_bits(bits: u32) -> bool {
+    (bits >> 23) & 0xff != 0xff
+}
+
+/// Checks the per-channel normalisation table at `start` (format version 9) without any
+/// floating-point operation, and returns the offset where it ends. The header's own pair must
+/// then be the identity (scale 1, offset 0), so every file has one encoding.
+fn parse_channel_norm(
+    bytes: &[u8],
+    start: usize,
+    body_end: usize,
+    channels: usize,
+) -> Result<usize, ModelError> {
+    if start + 4 > body_end {
+        return Err(ModelError::ChannelNormTruncated);
+    }
+    let found = u32_at(bytes, start);
+    if found as usize != channels {
+        return Err(ModelError::ChannelNormLength {
+            found,
+            expected: channels,
+        });
+    }
+    // At most 65535 channels: no overflow.
+    let end = start + 4 + 8 * channels;
+    if end > body_end {
+        return Err(ModelError::ChannelNormTruncated);
+    }
+    for channel in 0..channels {
+        let at = start + 4 + 8 * channel;
+        let (scale, offset) = (u32_at(bytes, at), u32_at(bytes, at + 4));
+        if !finite_bits(scale) || !finite_bits(offset) {
+            return Err(ModelError::ChannelNormNotFinite { channel });
+        }
+        if scale & 0x7fff_ffff == 0 {
+            return Err(ModelError::ChannelNormZeroScale { channel });
+        }
+    }
+    let identity = format::ChannelNorm::IDENTITY;
+    if u32_at(bytes, header::INPUT_SCALE) != identity.scale.to_bits()
+        || u32_at(bytes, header::INPUT_OFFSET) != identity.offset.to_bits()
+    {
+        return Err(ModelError::BadInputNormalization);
+    }
+    Ok(end)
+}
+
+/// The per-channel normalisation pairs of a validated file (`[scale, offset]` per channel,
+/// empty when the file has no table).
+pub(crate) fn channel_norm_pairs<'a>(
+    bytes: &'a [u8],
+    envelope: &Envelope,
+) -> Result<&'a [[f32; 2]], ModelError> {
+    match envelope.channel_norm {
+        Some(at) => {
+            let raw = bytes
+                .get(at..at + 8 * envelope.input_shape[0])
+                .ok_or(ModelError::ChannelNormTruncated)?;
+            bytemuck::try_cast_slice(raw).map_err(|_| ModelError::ChannelNormTruncated)
+        }
+        None => Ok(&[]),
+    }
 }
 
 impl Envelope {
@@ -337,10 +414,15 @@ impl Envelope {
                 })
             }
         };
-        if bytes[header::FLAGS] != 0 {
+        let flags = bytes[header::FLAGS];
+        if flags & !format::FLAG_CHANNEL_NORM != 0 {
             return Err(ModelError::ReservedNotZero {
                 offset: header::FLAGS,
             });
+        }
+        let has_channel_norm = flags & format::FLAG_CHANNEL_NORM != 0;
+        if has_channel_norm && version < format::CHANNEL_NORM_FORMAT_VERSION {
+            return Err(ModelError::ChannelNormVersion { version });
         }
         // Version 5 records the trained network's size in the first 8 reserved bytes.
         let reserved = if version >= format::TRAINED_SIZE_FORMAT_VERSION {
@@ -390,6 +472,12 @@ impl Envelope {
         if table_end > body_end {
             return Err(ModelError::BadLayerTableOffset { found: table });
         }
+        let (channel_norm, payload_start) = if has_channel_norm {
+            let end = parse_channel_norm(bytes, table_end, body_end, input_shape[0])?;
+            (Some(table_end + 4), end)
+        } else {
+            (None, table_end)
+        };
         Ok(Envelope {
             version,
             precision,
@@ -398,7 +486,8 @@ impl Envelope {
             input_shape,
             trained,
             body_end,
-            table_end,
+            payload_start,
+            channel_norm,
         })
     }
 
@@ -460,10 +549,18 @@ impl<'a> Validate<'a> for Model<'a> {
         let input_offset = f32_at(bytes, header::INPUT_OFFSET);
         // Raw 8-bit inputs are read as p * scale + offset: every one of the 256 values must be
         // finite, or `predict_u8` could feed infinities to the first layer.
-        let normalized_finite =
-            (0..=255u8).all(|p| (p as f32 * input_scale + input_offset).is_finite());
-        if !input_scale.is_finite() || !input_offset.is_finite() || !normalized_finite {
+        let bytes_finite =
+            |scale: f32, offset: f32| (0..=255u8).all(|p| (p as f32 * scale + offset).is_finite());
+        if !input_scale.is_finite()
+            || !input_offset.is_finite()
+            || !bytes_finite(input_scale, input_offset)
+        {
             return Err(ModelError::BadInputNormalization);
+        }
+        // The same for every channel of a per-channel table (its pairs are finite already).
+        let pairs = channel_norm_pairs(bytes, &envelope)?;
+        if let Some(channel) = pairs.iter().position(|&[s, o]| !bytes_finite(s, o)) {
+            return Err(ModelError::ChannelNormNotFinite { channel });
         }
         Ok(envelope)
     }
@@ -474,8 +571,12 @@ impl<'a> Validate<'a> for Model<'a> {
             bytes,
             input_shape: envelope.input_shape,
             num_classes: envelope.classes as usize,
-            input_scale: f32_at(bytes, header::INPUT_SCALE),
-            input_offset: f32_at(bytes, header::INPUT_OFFSET),
+            input_norm: [[
+                f32_at(bytes, header::INPUT_SCALE),
+                f32_at(bytes, header::INPUT_OFFSET),
+            ]],
+            // Checked by `envelope`.
+            channel_norm: channel_norm_pairs(bytes, envelope).unwrap_or(&[]),
             trained: None,
             layers: heapless::Vec::new(),
         }
@@ -490,13 +591,13 @@ impl<'a> Validate<'a> for Model<'a> {
             classes,
             input_shape,
             body_end,
-            table_end,
+            payload_start,
             ..
         } = envelope;
         let layers = &mut self.layers;
         let mut outputs: heapless::Vec<[usize; 3], MAX_LAYERS> = heapless::Vec::new();
         let mut shape = input_shape;
-        let mut cursor = table_end;
+        let mut cursor = payload_start;
         let mut last_residual = None;
         for index in 0..layer_count as usize {
             let at = HEADER_LEN + index * LAYER_RECORD_LEN;
@@ -610,9 +711,36 @@ impl<'a> Model<'a> {
     pub fn num_classes(&self) -> usize {
         self.num_classes
     }
-    /// Raw inputs `p` (e.g. 8-bit pixels) are normalised as `p * scale + offset`.
+    /// The header's input normalisation `(scale, offset)`: raw inputs `p` (e.g. 8-bit pixels)
+    /// are normalised as `p * scale + offset` in every channel, unless the file has a
+    /// per-channel table ([`Model::has_channel_norm`]), when this is the identity `(1, 0)`
+    /// and [`Model::channel_norm`] gives each channel's pair.
     pub fn input_normalization(&self) -> (f32, f32) {
-        (self.input_scale, self.input_offset)
+        let [[scale, offset]] = self.input_norm;
+        (scale, offset)
+    }
+    /// Whether the file stores a per-channel input normalisation table (format version 9).
+    pub fn has_channel_norm(&self) -> bool {
+        !self.channel_norm.is_empty()
+    }
+    /// The normalisation of input channel `channel`: its pair from the per-channel table, or
+    /// the header's pair when the file has none (or `channel` is out of range).
+    pub fn channel_norm(&self, channel: usize) -> ChannelNorm {
+        norm_of(self.input_norm[0], self.channel_norm, channel)
+    }
+    /// The normalisation of every input channel, in channel order (one item per channel).
+    pub fn channel_norms(&self) -> impl ExactSizeIterator<Item = ChannelNorm> + '_ {
+        (0..self.input_shape[0]).map(|c| self.channel_norm(c))
+    }
+    /// The pairs `[scale, offset]` the engine applies and the number of consecutive input
+    /// values each covers: the table and `H * W`, or the header's one pair and the whole
+    /// input.
+    pub(crate) fn norm_pairs(&self) -> (&[[f32; 2]], usize) {
+        if self.channel_norm.is_empty() {
+            (&self.input_norm, self.input_len())
+        } else {
+            (self.channel_norm, self.input_shape[1] * self.input_shape[2])
+        }
     }
     /// The validated layers, input first.
     pub fn layers(&self) -> &[Layer<'a>] {

@@ -9,7 +9,8 @@ use core::fmt;
 use crate::error::ModelError;
 use crate::format::{
     self, conv_payload_len, header, pack_tap, payload_len, record, window_output, Activation,
-    LayerKind, Posterior, Storage, TrainedSize, HEADER_LEN, LAYER_RECORD_LEN, TRAILER_LEN,
+    ChannelNorm, LayerKind, Posterior, Storage, TrainedSize, HEADER_LEN, LAYER_RECORD_LEN,
+    TRAILER_LEN,
 };
 use crate::model::Model;
 
@@ -172,7 +173,8 @@ pub struct ModelSpec {
     pub input_shape: [usize; 3],
     /// Number of classes (outputs of the last layer).
     pub num_classes: usize,
-    /// Raw inputs `p` are normalised as `p * input_scale + input_offset`.
+    /// Raw inputs `p` are normalised as `p * input_scale + input_offset` (every channel;
+    /// ignored when `channel_norm` is given).
     pub input_scale: f32,
     /// See `input_scale`.
     pub input_offset: f32,
@@ -182,6 +184,13 @@ pub struct ModelSpec {
     /// recorded in the header, which makes the file format version 5. `None` writes the
     /// oldest version that holds the layers.
     pub trained: Option<TrainedSize>,
+    /// Per-input-channel normalisation (one pair per input channel, channel order), as the
+    /// trainer computed it on the training split: raw value `p` of channel `c` is fed as
+    /// `p * scale_c + offset_c`. Given, it replaces `input_scale` and `input_offset`: a table
+    /// whose pairs all have the same bits is written as the header's one pair (the file's
+    /// version is unchanged), any other as the format version 9 table. `None` writes
+    /// `input_scale` and `input_offset`.
+    pub channel_norm: Option<Vec<ChannelNorm>>,
 }
 
 /// Why a spec could not be written.
@@ -251,7 +260,14 @@ impl ModelSpec {
     /// Serialises the spec into an aligned buffer and validates it.
     pub fn to_buffer(&self) -> Result<ModelBuffer, WriteError> {
         let geometries = self.geometries()?;
-        let table_end = HEADER_LEN + self.layers.len() * LAYER_RECORD_LEN;
+        let norm = InputNorm::resolve(
+            self.input_scale,
+            self.input_offset,
+            self.channel_norm.as_deref(),
+            self.input_shape[0],
+        )?;
+        // Where the payloads start: after the layer table and the normalisation table.
+        let table_end = HEADER_LEN + self.layers.len() * LAYER_RECORD_LEN + norm.table_len();
         let mut payloads = Vec::new();
         let mut records = Vec::new();
         let mut version = format::MIN_FORMAT_VERSION;
@@ -343,11 +359,11 @@ impl ModelSpec {
             layer_count: self.layers.len(),
             num_classes: self.num_classes,
             input_shape: self.input_shape,
-            input_scale: self.input_scale,
-            input_offset: self.input_offset,
+            norm,
             file_len,
         })?;
         out.extend_from_slice(&records);
+        norm.write_table(&mut out);
         out.extend_from_slice(&payloads);
         let crc = format::crc32(&out);
         out.extend_from_slice(&crc.to_le_bytes());
@@ -372,6 +388,9 @@ impl ModelSpec {
             input_offset,
             layers,
             trained: model.trained_size(),
+            channel_norm: model
+                .has_channel_norm()
+                .then(|| model.channel_norms().collect()),
         }
     }
 }
@@ -500,15 +519,85 @@ pub(crate) fn write_sizes(
     Ok(())
 }
 
+/// How a file to write normalises its inputs: the header's pair, and the per-channel table
+/// (format version 9) when the channels differ.
+#[derive(Clone, Copy)]
+pub(crate) struct InputNorm<'a> {
+    pub scale: f32,
+    pub offset: f32,
+    pub table: Option<&'a [ChannelNorm]>,
+}
+
+impl<'a> InputNorm<'a> {
+    /// A spec's normalisation as stored: `channel_norm` (when given) must have one pair per
+    /// input channel; all pairs equal (bit for bit) go to the header, else the table does
+    /// and the header holds the identity.
+    pub fn resolve(
+        input_scale: f32,
+        input_offset: f32,
+        channel_norm: Option<&'a [ChannelNorm]>,
+        channels: usize,
+    ) -> Result<Self, WriteError> {
+        let Some(table) = channel_norm else {
+            return Ok(InputNorm {
+                scale: input_scale,
+                offset: input_offset,
+                table: None,
+            });
+        };
+        if table.len() != channels {
+            return Err(WriteError::Invalid(ModelError::ChannelNormLength {
+                found: u32::try_from(table.len()).unwrap_or(u32::MAX),
+                expected: channels,
+            }));
+        }
+        Ok(match format::uniform_norm(table) {
+            Some(n) => InputNorm {
+                scale: n.scale,
+                offset: n.offset,
+                table: None,
+            },
+            None => InputNorm {
+                scale: ChannelNorm::IDENTITY.scale,
+                offset: ChannelNorm::IDENTITY.offset,
+                table: Some(table),
+            },
+        })
+    }
+
+    /// Bytes of the table in the file (0 without one).
+    pub fn table_len(&self) -> usize {
+        self.table
+            .and_then(|t| format::channel_norm_table_len(t.len()))
+            .unwrap_or(0)
+    }
+
+    /// Appends the table (count, then the pairs), if any.
+    pub fn write_table(&self, out: &mut Vec<u8>) {
+        if let Some(t) = self.table {
+            out.extend_from_slice(&(t.len() as u32).to_le_bytes());
+            push_f32s(out, t.iter().flat_map(|n| [n.scale, n.offset]));
+        }
+    }
+
+    /// The oldest format version that holds this normalisation, at least `version`.
+    pub fn version(&self, version: u16) -> u16 {
+        if self.table.is_some() {
+            version.max(format::CHANNEL_NORM_FORMAT_VERSION)
+        } else {
+            version
+        }
+    }
+}
+
 /// The header fields of a file to write.
-pub(crate) struct Header {
+pub(crate) struct Header<'a> {
     pub version: u16,
     pub precision: format::Precision,
     pub layer_count: usize,
     pub num_classes: usize,
     pub input_shape: [usize; 3],
-    pub input_scale: f32,
-    pub input_offset: f32,
+    pub norm: InputNorm<'a>,
     pub trained: Option<TrainedSize>,
     pub file_len: usize,
 }
@@ -518,7 +607,7 @@ pub(crate) fn header_bytes(h: &Header) -> Result<Vec<u8>, WriteError> {
     let mut out = vec![0u8; HEADER_LEN];
     out[header::MAGIC..header::MAGIC + 4].copy_from_slice(&format::MAGIC);
     let u16_fields = [
-        (header::VERSION, h.version),
+        (header::VERSION, h.norm.version(h.version)),
         (header::HEADER_LEN, HEADER_LEN as u16),
         (header::LAYER_COUNT, to_u16(h.layer_count, "layer count")?),
         (header::NUM_CLASSES, to_u16(h.num_classes, "class count")?),
@@ -541,9 +630,12 @@ pub(crate) fn header_bytes(h: &Header) -> Result<Vec<u8>, WriteError> {
     out[header::PRECISION] = h.precision as u8;
     out[header::FILE_LEN..header::FILE_LEN + 4]
         .copy_from_slice(&to_u32(h.file_len, "model size")?.to_le_bytes());
-    out[header::INPUT_SCALE..header::INPUT_SCALE + 4].copy_from_slice(&h.input_scale.to_le_bytes());
+    if h.norm.table.is_some() {
+        out[header::FLAGS] = format::FLAG_CHANNEL_NORM;
+    }
+    out[header::INPUT_SCALE..header::INPUT_SCALE + 4].copy_from_slice(&h.norm.scale.to_le_bytes());
     out[header::INPUT_OFFSET..header::INPUT_OFFSET + 4]
-        .copy_from_slice(&h.input_offset.to_le_bytes());
+        .copy_from_slice(&h.norm.offset.to_le_bytes());
     out[header::LAYER_TABLE..header::LAYER_TABLE + 4]
         .copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
     if let Some(t) = h.trained {
@@ -853,6 +945,7 @@ pub mod synthetic {
             input_offset: 0.0,
             layers,
             trained: None,
+            channel_norm: None,
         }
     }
 
@@ -902,6 +995,7 @@ pub mod synthetic {
             input_offset: 0.0,
             layers,
             trained: None,
+            channel_norm: None,
         }
     }
 }

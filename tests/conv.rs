@@ -198,6 +198,7 @@ fn sparse_convolution_matches_dense_reference_over_geometries() {
                         input_offset: 0.0,
                         layers: vec![conv.clone(), head.clone()],
                         trained: None,
+                        channel_norm: None,
                     };
                     let buffer = spec.to_buffer().unwrap();
                     let model = buffer.model().unwrap();
@@ -250,6 +251,7 @@ fn lenet_like(seed: u64) -> (ModelSpec, Vec<LayerSpec>) {
         input_offset: 0.0,
         layers: layers.clone(),
         trained: None,
+        channel_norm: None,
     };
     (spec, layers)
 }
@@ -367,6 +369,7 @@ fn convolution_local_reparameterization_matches_reference() {
         input_offset: 0.0,
         layers: vec![conv.clone(), head.clone()],
         trained: None,
+        channel_norm: None,
     };
     let buffer = spec.to_buffer().unwrap();
     let model = buffer.model().unwrap();

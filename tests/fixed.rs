@@ -276,6 +276,7 @@ fn oversized_variances_are_refused_for_q8() {
             drop_threshold: None,
         }],
         trained: None,
+        channel_norm: None,
     };
     assert!(matches!(
         spec.to_buffer(),

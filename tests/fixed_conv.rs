@@ -92,6 +92,7 @@ fn conv_net(seed: u64) -> ModelSpec {
         input_offset: 0.0,
         layers: vec![c1, pool, c2, linear],
         trained: None,
+        channel_norm: None,
     }
 }
 

@@ -208,6 +208,7 @@ fn build_spec(input: usize, plans: &[LayerPlan], shape: usize, seed: u64) -> Mod
         input_offset: unit(&mut rng) as f32 - 0.5,
         layers,
         trained: None,
+        channel_norm: None,
     }
 }
 

@@ -254,6 +254,7 @@ fn mixed_spec() -> ModelSpec {
             },
         ],
         trained: None,
+        channel_norm: None,
     }
 }
 
@@ -559,10 +560,15 @@ fn wrong_crc_trailer_reports_both_values() {
 #[test]
 fn header_reserved_fields_must_be_zero() {
     let valid = mixed();
-    for v in [1u8, 0x80, 0xff] {
+    for v in [2u8, 0x80, 0xff] {
         let got = patched(&valid, |b| b[hdr::FLAGS] = v);
         assert_eq!(got, Err(ModelError::ReservedNotZero { offset: hdr::FLAGS }));
     }
+    // Bit 0 flags the per-channel normalisation table of version 9, not in this file.
+    let got = patched(&valid, |b| b[hdr::FLAGS] = 1);
+    let version = u16_at(&valid, hdr::VERSION);
+    assert!(version < 9);
+    assert_eq!(got, Err(ModelError::ChannelNormVersion { version }));
     // The precision byte of version 3 must be zero (f32) in older files.
     for v in [1u8, 2, 0xff] {
         let got = patched(&valid, |b| b[hdr::PRECISION] = v);
@@ -1242,6 +1248,7 @@ fn single_layer(inputs: usize, outputs: usize, gaussian: bool, storage: StorageC
             dropout: None,
         }],
         trained: None,
+        channel_norm: None,
     }
     .to_bytes()
     .unwrap()
@@ -1503,8 +1510,8 @@ fn model_error_messages_are_specific() {
         (Misaligned, vec!["align"]),
         (BadMagic, vec!["magic"]),
         (
-            UnsupportedVersion { found: 9 },
-            vec!["version 9", "versions 1 to 8"],
+            UnsupportedVersion { found: 10 },
+            vec!["version 10", "versions 1 to 9"],
         ),
         (BadHeaderLength { found: 4711 }, vec!["4711", "header"]),
         (
@@ -1592,6 +1599,26 @@ fn model_error_messages_are_specific() {
         (
             BadDropout { layer: 18 },
             vec!["layer 18", "dropout", "[0, 1)"],
+        ),
+        (
+            ChannelNormVersion { version: 7 },
+            vec!["version 7", "per-channel", "version 9"],
+        ),
+        (ChannelNormTruncated, vec!["per-channel", "past the end"]),
+        (
+            ChannelNormLength {
+                found: 5,
+                expected: 3,
+            },
+            vec!["5 entries", "3 channels"],
+        ),
+        (
+            ChannelNormNotFinite { channel: 19 },
+            vec!["channel 19", "not finite"],
+        ),
+        (
+            ChannelNormZeroScale { channel: 20 },
+            vec!["channel 20", "scale is zero"],
         ),
     ];
     let mut seen = std::collections::HashSet::new();
@@ -1796,6 +1823,7 @@ fn overflowing_logits_are_reported() {
             dropout: None,
         }],
         trained: None,
+        channel_norm: None,
     };
     let buffer = huge_theta.to_buffer().expect("3e38 is finite");
     let model = buffer.model().unwrap();
@@ -1866,6 +1894,7 @@ fn overflowing_u8_normalization_is_reported() {
             },
         ],
         trained: None,
+        channel_norm: None,
     };
     // The reader refuses a normalisation whose 8-bit range is not finite...
     assert_eq!(
@@ -1910,6 +1939,7 @@ fn identical_samples_have_zero_mutual_information_even_with_extreme_logits() {
             dropout: None,
         }],
         trained: None,
+        channel_norm: None,
     };
     let buffer = spec.to_buffer().unwrap();
     let model = buffer.model().unwrap();

@@ -406,6 +406,7 @@ pub fn export(network: &Network, options: ExportOptions) -> Result<(ModelSpec, V
             input_offset: 0.0,
             layers: specs,
             trained: Some(trained_size(network)?),
+            channel_norm: None,
         },
         reports,
     ))

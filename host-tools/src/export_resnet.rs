@@ -203,6 +203,7 @@ pub fn export_resnet(
             input_offset: 0.0,
             layers,
             trained: Some(trained),
+            channel_norm: None,
         },
         reports,
     ))

@@ -738,6 +738,7 @@ mod tests {
             input_offset: 0.0,
             layers: vec![conv, pool, linear],
             trained: None,
+            channel_norm: None,
         };
         let buffer = spec.to_buffer().unwrap();
         let s = layer_sparsity(&buffer.model().unwrap());

@@ -230,6 +230,10 @@ pub struct QModel<'a> {
     precision: Precision,
     input_shape: [usize; 3],
     num_classes: usize,
+    /// The header's input normalisation `[scale, offset]`, for reference.
+    input_norm: [f32; 2],
+    /// Version 9: `[scale, offset]` per input channel, for reference; empty without a table.
+    channel_norm: &'a [[f32; 2]],
     trained: Option<crate::format::TrainedSize>,
     layers: heapless::Vec<QLayer<'a>, MAX_LAYERS>,
 }
@@ -254,6 +258,13 @@ impl<'a> Validate<'a> for QModel<'a> {
             precision: envelope.precision,
             input_shape: envelope.input_shape,
             num_classes: envelope.classes as usize,
+            // Reading the bits is no float operation.
+            input_norm: [
+                crate::model::f32_at(bytes, crate::format::header::INPUT_SCALE),
+                crate::model::f32_at(bytes, crate::format::header::INPUT_OFFSET),
+            ],
+            // Checked by the envelope.
+            channel_norm: crate::model::channel_norm_pairs(bytes, envelope).unwrap_or(&[]),
             trained: None,
             layers: heapless::Vec::new(),
         }
@@ -268,7 +279,7 @@ impl<'a> Validate<'a> for QModel<'a> {
         // The shape of every layer's output map (an exit head passes its input through).
         let mut shapes: heapless::Vec<[usize; 3], MAX_LAYERS> = heapless::Vec::new();
         let mut shape = envelope.input_shape;
-        let mut cursor = envelope.table_end;
+        let mut cursor = envelope.payload_start;
         let mut last_residual = None;
         let kind_at = |index: usize| bytes[HEADER_LEN + index * LAYER_RECORD_LEN + record::KIND];
         for index in 0..count {
@@ -360,6 +371,21 @@ impl<'a> QModel<'a> {
     /// Number of classes predicted.
     pub fn num_classes(&self) -> usize {
         self.num_classes
+    }
+    /// Whether the file stores a per-channel input normalisation table (format version 9).
+    pub fn has_channel_norm(&self) -> bool {
+        !self.channel_norm.is_empty()
+    }
+    /// The f32 model's normalisation of input channel `channel`, kept for reference (the
+    /// integer first layer has it folded into its weights and reads raw bytes): its pair from
+    /// the per-channel table, or the header's pair when the file has none (or `channel` is
+    /// out of range). Reading it needs no float operation.
+    pub fn channel_norm(&self, channel: usize) -> crate::format::ChannelNorm {
+        crate::model::norm_of(self.input_norm, self.channel_norm, channel)
+    }
+    /// [`QModel::channel_norm`] of every input channel, in channel order.
+    pub fn channel_norms(&self) -> impl ExactSizeIterator<Item = crate::format::ChannelNorm> + '_ {
+        (0..self.input_shape[0]).map(|c| self.channel_norm(c))
     }
     /// The validated layers, input first.
     pub fn layers(&self) -> &[QLayer<'a>] {

@@ -31,7 +31,7 @@ use rand_xoshiro::Xoshiro128PlusPlus;
 
 use super::writer::{QLayerSpec, QModelSpec};
 use crate::format::window_output;
-use crate::format::{Activation, Precision, LOGIT_FRAC_BITS};
+use crate::format::{self, Activation, ChannelNorm, Precision, LOGIT_FRAC_BITS};
 use crate::normal::standard_normal;
 use crate::writer::{LayerOp, LayerSpec, ModelSpec, StorageChoice};
 
@@ -77,6 +77,17 @@ pub enum QuantizeError {
     },
     /// The precision is not a fixed-point one.
     Precision,
+    /// A per-channel input normalisation has a non-zero offset. Only scales fold into the
+    /// integer first layer, which reads raw bytes: an offset would move zero bytes off zero
+    /// (breaking the zero skipping of by-input first layers), shift padded and unpadded
+    /// convolution positions differently, be masked per sample by input dropout, and need
+    /// the cross term `2 s o Σ σ² p` in the variance sum, which the kernels do not keep.
+    ChannelOffsets {
+        /// The first channel with a non-zero offset.
+        channel: usize,
+    },
+    /// The per-channel normalisation does not have one pair per input channel.
+    ChannelNormLength,
 }
 
 impl fmt::Display for QuantizeError {
@@ -96,6 +107,13 @@ impl fmt::Display for QuantizeError {
                 write!(f, "layer {layer}: parameters out of the fixed-point range")
             }
             QuantizeError::Precision => f.write_str("precision must be q8 or q16"),
+            QuantizeError::ChannelOffsets { channel } => write!(
+                f,
+                "input channel {channel} has a non-zero normalisation offset: fixed point needs zero input offsets (only per-channel scales fold into the first layer); train with normalize = \"scale\""
+            ),
+            QuantizeError::ChannelNormLength => f.write_str(
+                "the per-channel input normalisation needs one pair per input channel",
+            ),
         }
     }
 }
@@ -185,6 +203,9 @@ pub fn quantize(
         Precision::Q16 => (32767.0, 32767.0, 0),
         Precision::F32 => return Err(QuantizeError::Precision),
     };
+    if let Some(table) = spec.channel_norm.as_deref() {
+        return quantize_channel_norm(spec, table, precision, inputs, calibration);
+    }
     let scale_ok = spec.input_scale.is_finite() && spec.input_scale > 0.0;
     if spec.input_offset != 0.0 || !scale_ok {
         return Err(QuantizeError::InputNormalization);
@@ -284,7 +305,67 @@ pub fn quantize(
         input_offset: spec.input_offset,
         layers,
         trained: spec.trained,
+        channel_norm: None,
     })
+}
+
+/// [`quantize`] of a spec with a per-channel normalisation table. One pair for every channel
+/// is the global normalisation. Otherwise the offsets must be zero, and each channel's scale
+/// `s_c` folds into the first layer exactly: its weights on channel `c` become `θ s_c` and
+/// their variances `σ² s_c²`, since `θ (s_c p) = (θ s_c) p` and
+/// `σ² (s_c p)² = (σ² s_c²) p²`; the folded network reads raw bytes at scale 1 and is
+/// quantized as any other. The result keeps the table for reference.
+fn quantize_channel_norm(
+    spec: &ModelSpec,
+    table: &[ChannelNorm],
+    precision: Precision,
+    inputs: &[&[u8]],
+    calibration: Calibration,
+) -> Result<QModelSpec, QuantizeError> {
+    let [channels, height, width] = spec.input_shape;
+    if table.len() != channels {
+        return Err(QuantizeError::ChannelNormLength);
+    }
+    let mut folded = spec.clone();
+    folded.channel_norm = None;
+    if let Some(n) = format::uniform_norm(table) {
+        folded.input_scale = n.scale;
+        folded.input_offset = n.offset;
+        return quantize(&folded, precision, inputs, calibration);
+    }
+    if let Some(channel) = table.iter().position(|n| n.offset != 0.0) {
+        return Err(QuantizeError::ChannelOffsets { channel });
+    }
+    if table.iter().any(|n| !n.scale.is_finite() || n.scale == 0.0) {
+        return Err(QuantizeError::InputNormalization);
+    }
+    folded.input_scale = 1.0;
+    folded.input_offset = 0.0;
+    let first = folded
+        .layers
+        .first_mut()
+        .ok_or(QuantizeError::UnsupportedLayer { layer: 0 })?;
+    // The input channel each weight of the first layer reads.
+    // Linear: θ is `[outputs][inputs]`, input `i` in channel `i / (H W)`; convolution: θ is
+    // `[out][in][kh][kw]`.
+    let (row, per_channel) = match first.op {
+        LayerOp::Linear => (first.inputs, height * width),
+        LayerOp::Conv2d { kernel, .. } => (channels * kernel[0] * kernel[1], kernel[0] * kernel[1]),
+        _ => return Err(QuantizeError::UnsupportedLayer { layer: 0 }),
+    };
+    let channel_of = |k: usize| (k % row) / per_channel;
+    for (k, t) in first.theta.iter_mut().enumerate() {
+        *t *= table[channel_of(k)].scale;
+    }
+    if let Some(variance) = first.variance.as_mut() {
+        for (k, v) in variance.iter_mut().enumerate() {
+            let s = table[channel_of(k)].scale;
+            *v *= s * s;
+        }
+    }
+    let mut q = quantize(&folded, precision, inputs, calibration)?;
+    q.channel_norm = Some(table.to_vec());
+    Ok(q)
 }
 
 /// The ranges of a fixed-point format.
@@ -746,6 +827,7 @@ mod tests {
             input_offset: 0.0,
             layers: vec![c1, pool, c2, linear],
             trained: None,
+            channel_norm: None,
         };
         let inputs = (0..32)
             .map(|_| {

@@ -12,7 +12,7 @@ use crate::format::{
     LAYER_RECORD_LEN, TRAILER_LEN,
 };
 use crate::writer::{
-    header_bytes, to_u8, write_conv_record, write_sizes, Header, LayerOp, ModelBuffer,
+    header_bytes, to_u8, write_conv_record, write_sizes, Header, InputNorm, LayerOp, ModelBuffer,
     StorageChoice, WriteError,
 };
 
@@ -71,6 +71,11 @@ pub struct QModelSpec {
     /// The network as trained, before pruning (format version 5 when recorded; see
     /// [`crate::writer::ModelSpec::trained`]).
     pub trained: Option<crate::format::TrainedSize>,
+    /// The f32 model's per-input-channel normalisation, kept for reference as
+    /// [`crate::writer::ModelSpec::channel_norm`] is stored (the quantizer folds the scales
+    /// into the first layer, which reads raw bytes). Given, it replaces `input_scale` and
+    /// `input_offset`.
+    pub channel_norm: Option<Vec<crate::format::ChannelNorm>>,
 }
 
 impl QLayerSpec {
@@ -138,7 +143,14 @@ impl QModelSpec {
         if self.precision == Precision::F32 {
             return Err(WriteError::TooLarge("f32 precision in a fixed-point spec"));
         }
-        let table_end = HEADER_LEN + self.layers.len() * LAYER_RECORD_LEN;
+        let norm = InputNorm::resolve(
+            self.input_scale,
+            self.input_offset,
+            self.channel_norm.as_deref(),
+            self.input_shape[0],
+        )?;
+        // Where the payloads start: after the layer table and the normalisation table.
+        let table_end = HEADER_LEN + self.layers.len() * LAYER_RECORD_LEN + norm.table_len();
         let mut payloads = Vec::new();
         let mut records = Vec::new();
         let mut version = if self.trained.is_some() {
@@ -268,11 +280,11 @@ impl QModelSpec {
             layer_count: self.layers.len(),
             num_classes: self.num_classes,
             input_shape: self.input_shape,
-            input_scale: self.input_scale,
-            input_offset: self.input_offset,
+            norm,
             file_len,
         })?;
         out.extend_from_slice(&records);
+        norm.write_table(&mut out);
         out.extend_from_slice(&payloads);
         let crc = format::crc32(&out);
         out.extend_from_slice(&crc.to_le_bytes());

@@ -460,6 +460,7 @@ mod tests {
                 input_offset: 0.0,
                 layers: std::vec![conv, head],
                 trained: None,
+                channel_norm: None,
             };
             let buffer = spec.to_buffer().unwrap();
             let model = buffer.model().unwrap();

@@ -309,6 +309,26 @@ enum tb_status
    */
   TB_STATUS_MODEL_BAD_DROPOUT = 131,
   /**
+   * The per-channel input normalisation flag is set in a file older than format version 9.
+   */
+  TB_STATUS_MODEL_CHANNEL_NORM_VERSION = 132,
+  /**
+   * The per-channel input normalisation table runs past the end of the file.
+   */
+  TB_STATUS_MODEL_CHANNEL_NORM_TRUNCATED = 133,
+  /**
+   * The per-channel input normalisation table's count is not the input's channels.
+   */
+  TB_STATUS_MODEL_CHANNEL_NORM_LENGTH = 134,
+  /**
+   * A channel's normalisation scale or offset is not finite (or overflows on raw bytes).
+   */
+  TB_STATUS_MODEL_CHANNEL_NORM_NOT_FINITE = 135,
+  /**
+   * A channel's normalisation scale is zero.
+   */
+  TB_STATUS_MODEL_CHANNEL_NORM_ZERO_SCALE = 136,
+  /**
    * The input has the wrong number of values for the model.
    */
   TB_STATUS_INPUT_LENGTH = 200,

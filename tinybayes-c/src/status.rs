@@ -102,6 +102,16 @@ pub enum TbStatus {
     /// A dropout layer's drop probability is not in [0, 1), or dropout is on a layer that is
     /// not linear.
     ModelBadDropout = 131,
+    /// The per-channel input normalisation flag is set in a file older than format version 9.
+    ModelChannelNormVersion = 132,
+    /// The per-channel input normalisation table runs past the end of the file.
+    ModelChannelNormTruncated = 133,
+    /// The per-channel input normalisation table's count is not the input's channels.
+    ModelChannelNormLength = 134,
+    /// A channel's normalisation scale or offset is not finite (or overflows on raw bytes).
+    ModelChannelNormNotFinite = 135,
+    /// A channel's normalisation scale is zero.
+    ModelChannelNormZeroScale = 136,
     /// The input has the wrong number of values for the model.
     InputLength = 200,
     /// The input contains NaN or an infinity.
@@ -222,6 +232,21 @@ impl TbStatus {
             ModelBadDropout => {
                 c"TB_STATUS_MODEL_BAD_DROPOUT: a drop probability outside [0, 1) or not on a linear layer"
             }
+            ModelChannelNormVersion => {
+                c"TB_STATUS_MODEL_CHANNEL_NORM_VERSION: the per-channel normalisation flag needs format version 9"
+            }
+            ModelChannelNormTruncated => {
+                c"TB_STATUS_MODEL_CHANNEL_NORM_TRUNCATED: the per-channel normalisation table runs past the file"
+            }
+            ModelChannelNormLength => {
+                c"TB_STATUS_MODEL_CHANNEL_NORM_LENGTH: the per-channel normalisation table does not match the input channels"
+            }
+            ModelChannelNormNotFinite => {
+                c"TB_STATUS_MODEL_CHANNEL_NORM_NOT_FINITE: a channel's normalisation is not finite"
+            }
+            ModelChannelNormZeroScale => {
+                c"TB_STATUS_MODEL_CHANNEL_NORM_ZERO_SCALE: a channel's normalisation scale is zero"
+            }
             InputLength => c"TB_STATUS_INPUT_LENGTH: the input has the wrong number of values",
             NonFiniteInput => c"TB_STATUS_NON_FINITE_INPUT: the input contains NaN or infinity",
             WorkspaceTooSmall => {
@@ -248,7 +273,7 @@ impl TbStatus {
     }
 
     /// Every code, in order (for tests and for a caller's table).
-    pub const ALL: [TbStatus; 54] = {
+    pub const ALL: [TbStatus; 59] = {
         use TbStatus::*;
         [
             Ok,
@@ -293,6 +318,11 @@ impl TbStatus {
             ModelQuantLayout,
             ModelQuantRange,
             ModelBadDropout,
+            ModelChannelNormVersion,
+            ModelChannelNormTruncated,
+            ModelChannelNormLength,
+            ModelChannelNormNotFinite,
+            ModelChannelNormZeroScale,
             InputLength,
             NonFiniteInput,
             WorkspaceTooSmall,
@@ -346,6 +376,11 @@ impl From<ModelError> for TbStatus {
             E::QuantLayout { .. } => ModelQuantLayout,
             E::QuantRange { .. } => ModelQuantRange,
             E::BadDropout { .. } => ModelBadDropout,
+            E::ChannelNormVersion { .. } => ModelChannelNormVersion,
+            E::ChannelNormTruncated => ModelChannelNormTruncated,
+            E::ChannelNormLength { .. } => ModelChannelNormLength,
+            E::ChannelNormNotFinite { .. } => ModelChannelNormNotFinite,
+            E::ChannelNormZeroScale { .. } => ModelChannelNormZeroScale,
         }
     }
 }
