@@ -376,6 +376,28 @@ impl Runner {
         })
     }
 
+    /// Runs raw f32 examples (the data's own units) as the device would with the engine's
+    /// raw-f32 entry point, which applies the model's stored per-channel normalisation. For
+    /// now f32 models without early exits only: fixed-point models take bytes, and the
+    /// early-exit runner takes bytes too.
+    pub fn simulate_raw(&self, values: &[f32], mode: Mode, seed: u64) -> Result<Simulation> {
+        let Runner::F32(model) = self else {
+            bail!(
+                "f32 data runs on f32 models only for now; this model is {} (evaluate its f32 model)",
+                self.precision().name()
+            );
+        };
+        if self.exit_count() > 0 {
+            bail!("f32 data does not run on early-exit models yet; give byte data");
+        }
+        let s = crate::simulate::simulate_raw(model, values, mode, seed)?;
+        Ok(Simulation {
+            predictions: s.predictions,
+            outputs_crc32: s.outputs_crc32,
+            early_exit: None,
+        })
+    }
+
     /// The f32 model, if this is one.
     pub fn float_model(&self) -> Option<&Model<'static>> {
         match self {
