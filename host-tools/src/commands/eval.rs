@@ -15,11 +15,11 @@ use serde::Serialize;
 use tinybayes::Mode;
 
 use crate::commands::predict::{check_output_dir, SamplingArgs};
+use crate::data::{DataKeys, Values};
 use crate::files::{check_writable, write_new};
 use crate::halting::{
     all_exit_summaries, geometric_prior, ExitSummaries, HaltingArgs, HaltingSpec, Policy,
 };
-use crate::data::{DataKeys, Values};
 use crate::idx::{load_images, load_labelled};
 use crate::metrics::{
     evaluate, out_of_distribution, propose_thresholds, LayerSparsity, Metrics, OutOfDistribution,

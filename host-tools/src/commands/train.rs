@@ -303,9 +303,7 @@ fn parse_normalize(mode: &str) -> Result<NormalizeMode> {
     toml::Value::String(mode.to_string())
         .try_into()
         .map_err(|_| {
-            anyhow::anyhow!(
-                "--normalize: unknown mode {mode:?} (standardize, scale, unit or none)"
-            )
+            anyhow::anyhow!("--normalize: unknown mode {mode:?} (standardize, scale, unit or none)")
         })
 }
 

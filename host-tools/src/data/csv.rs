@@ -19,7 +19,10 @@ pub const LABEL_COLUMN: &str = "label";
 pub fn load_csv(path: &Path) -> Result<DataFile, DataError> {
     let err = |k| DataError::new(path, k);
     let file = File::open(path).map_err(|e| err(DataErrorKind::Io(e)))?;
-    let size = file.metadata().map_err(|e| err(DataErrorKind::Io(e)))?.len();
+    let size = file
+        .metadata()
+        .map_err(|e| err(DataErrorKind::Io(e)))?
+        .len();
     if size > MAX_DATA_BYTES {
         return Err(err(DataErrorKind::TooLarge {
             what: "the table".into(),
@@ -34,7 +37,11 @@ pub fn load_csv(path: &Path) -> Result<DataFile, DataError> {
         .from_reader(std::io::BufReader::new(file));
     let header = reader
         .headers()
-        .map_err(|e| err(DataErrorKind::Corrupt(format!("cannot read the header row: {e}"))))?
+        .map_err(|e| {
+            err(DataErrorKind::Corrupt(format!(
+                "cannot read the header row: {e}"
+            )))
+        })?
         .clone();
     let label_col = header
         .iter()

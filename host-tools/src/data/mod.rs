@@ -31,7 +31,7 @@ use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::{Deserialize, Serialize};
 
-pub use normalize::{NormalizeMode, Normalization};
+pub use normalize::{Normalization, NormalizeMode};
 
 /// Largest array accepted, in bytes as stored in the file (1 GiB, like the IDX reader's cap).
 pub const MAX_DATA_BYTES: u64 = crate::idx::MAX_DECODED_BYTES;
@@ -592,7 +592,9 @@ pub fn input_shape(dims: &[usize]) -> Result<[usize; 3], String> {
         }
     };
     if shape.contains(&0) {
-        return Err(format!("samples have shape {dims:?}, with no values per example"));
+        return Err(format!(
+            "samples have shape {dims:?}, with no values per example"
+        ));
     }
     Ok(shape)
 }

@@ -108,8 +108,14 @@ impl Normalization {
                     }
                 }
             };
-            scale[c] = s as f32;
-            offset[c] = o as f32;
+            // A spread too small for f32 (its inverse overflows) is treated as none.
+            let (s, o) = if (s as f32).is_finite() && (o as f32).is_finite() && s != 0.0 {
+                (s as f32, o as f32)
+            } else {
+                (1.0, 0.0)
+            };
+            scale[c] = s;
+            offset[c] = o;
         }
         Normalization {
             mode,
@@ -178,7 +184,9 @@ impl Normalization {
             )
         };
         match &samples.values {
-            Values::U8(v) if self.is_byte_unit() => v.iter().map(|&p| f32::from(p) / 255.0).collect(),
+            Values::U8(v) if self.is_byte_unit() => {
+                v.iter().map(|&p| f32::from(p) / 255.0).collect()
+            }
             Values::U8(v) => v
                 .iter()
                 .enumerate()
@@ -196,6 +204,18 @@ impl Normalization {
                 })
                 .collect(),
         }
+    }
+
+    /// The per-channel table a model file stores (format version 9,
+    /// `tinybayes::writer::ModelSpec::channel_norm`): the one place the trainer's
+    /// normalisation meets the engine's. A table whose channels all share one pair is written
+    /// as the header's single pair (the byte `unit` mode: `1/255`, as before).
+    pub fn channel_norms(&self) -> Vec<tinybayes::format::ChannelNorm> {
+        self.scale
+            .iter()
+            .zip(&self.offset)
+            .map(|(&scale, &offset)| tinybayes::format::ChannelNorm { scale, offset })
+            .collect()
     }
 
     /// One line for the CLI: the mode and each channel's scale and offset.

@@ -16,8 +16,8 @@ use std::io::{self, Read};
 use std::path::Path;
 
 use ndarray_npy::npy::header::Header;
-use ndarray_npy::ReadableElement;
 use ndarray_npy::ReadDataError;
+use ndarray_npy::ReadableElement;
 
 use super::{
     check_finite, class_indices, input_shape, DataError, DataErrorKind, DataFile, DataKeys, Part,
@@ -76,13 +76,16 @@ fn read_array<R: Read>(
         )));
     }
     let dtype_text = header.type_descriptor.to_string();
-    let descr = header.type_descriptor.as_string().cloned().ok_or_else(|| {
-        DataErrorKind::Dtype {
-            what: what.into(),
-            dtype: dtype_text.clone(),
-            supported: supported(want),
-        }
-    })?;
+    let descr =
+        header
+            .type_descriptor
+            .as_string()
+            .cloned()
+            .ok_or_else(|| DataErrorKind::Dtype {
+                what: what.into(),
+                dtype: dtype_text.clone(),
+                supported: supported(want),
+            })?;
     let (kind, size) = parse_descr(&descr).ok_or_else(|| DataErrorKind::Dtype {
         what: what.into(),
         dtype: descr.clone(),
@@ -149,7 +152,9 @@ fn read_array<R: Read>(
         ('u', 1) if want == Want::Samples => {
             Elements::U8(u8::read_to_end_exact_vec(&mut r, desc, count).map_err(data_err)?)
         }
-        ('f', 4) => Elements::F32(f32::read_to_end_exact_vec(&mut r, desc, count).map_err(data_err)?),
+        ('f', 4) => {
+            Elements::F32(f32::read_to_end_exact_vec(&mut r, desc, count).map_err(data_err)?)
+        }
         ('f', _) => Elements::F32(
             f64::read_to_end_exact_vec(&mut r, desc, count)
                 .map_err(data_err)?
@@ -251,11 +256,7 @@ pub fn load_npy(path: &Path, labels: Option<&Path>) -> Result<DataFile, DataErro
     })
 }
 
-fn read_npy_file(
-    path: &Path,
-    what: &str,
-    want: Want,
-) -> Result<(Vec<usize>, Elements), DataError> {
+fn read_npy_file(path: &Path, what: &str, want: Want) -> Result<(Vec<usize>, Elements), DataError> {
     let err = |k| DataError::new(path, k);
     let file = File::open(path).map_err(|e| err(DataErrorKind::Io(e)))?;
     let total = file
@@ -307,8 +308,8 @@ pub fn load_npz(path: &Path, keys: &DataKeys) -> Result<DataFile, DataError> {
     };
     let mut part = |x: &str, y: &str| -> Result<Part, DataError> {
         let (shape, elements) = read(x, Want::Samples)?;
-        let samples = to_samples(&shape, elements)
-            .map_err(|k| prefix(path, &format!("array {x:?}"), k))?;
+        let samples =
+            to_samples(&shape, elements).map_err(|k| prefix(path, &format!("array {x:?}"), k))?;
         let labels = if has(y) {
             let (shape, elements) = read(y, Want::Labels)?;
             let where_ = format!("{x} and {y}");

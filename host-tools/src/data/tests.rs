@@ -82,7 +82,8 @@ fn npz_keys_are_overridable_and_test_is_optional() {
     let x = Array4::<u8>::from_shape_fn((3, 1, 2, 4), |(i, _, h, w)| (i * 8 + h * 4 + w) as u8);
     let p = npz(d.path(), "img.npz", |w| {
         w.add_array("images", &x).unwrap();
-        w.add_array("classes", &Array1::from(vec![1u16, 0, 1])).unwrap();
+        w.add_array("classes", &Array1::from(vec![1u16, 0, 1]))
+            .unwrap();
     });
     let k = DataKeys {
         x_train: "images".into(),
@@ -96,7 +97,10 @@ fn npz_keys_are_overridable_and_test_is_optional() {
     // With no split, evaluation uses the whole file.
     assert_eq!(f.eval_set(2).unwrap().len(), 3);
     let m = message(load(&p, &keys(), None));
-    assert!(m.contains("no array \"x_train\"") && m.contains("classes, images"), "{m}");
+    assert!(
+        m.contains("no array \"x_train\"") && m.contains("classes, images"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -142,8 +146,14 @@ fn csv_errors_are_one_line() {
     let cases = [
         ("a,b\n1,2\n", "no \"label\" column"),
         ("label\n1\n", "no feature columns"),
-        ("a,label\n1,0\n2\n", "row 3 has 1 fields but the header has 2"),
-        ("a,label\nx,0\n", "row 2, column \"a\": \"x\" is not a number"),
+        (
+            "a,label\n1,0\n2\n",
+            "row 3 has 1 fields but the header has 2",
+        ),
+        (
+            "a,label\nx,0\n",
+            "row 2, column \"a\": \"x\" is not a number",
+        ),
         ("a,label\n1,0.5\n", "label \"0.5\" is not an integer"),
         ("a,label\nnan,0\n", "non-finite value (NaN)"),
         ("a,label\ninf,0\n", "non-finite value (inf)"),
@@ -166,37 +176,48 @@ fn npy_and_npz_errors_are_one_line() {
     let y3 = Array1::from(vec![0u8, 1, 0]);
     // Wrong rank of samples.
     let p = npz(d.path(), "rank.npz", |w| {
-        w.add_array("x_train", &Array1::from(vec![1.0f32, 2.0, 3.0])).unwrap();
+        w.add_array("x_train", &Array1::from(vec![1.0f32, 2.0, 3.0]))
+            .unwrap();
         w.add_array("y_train", &y3).unwrap();
     });
     assert!(message(load(&p, &keys(), None)).contains("expected [N, D] vectors"));
     // Unsupported sample dtype.
     let p = npz(d.path(), "dtype.npz", |w| {
-        w.add_array("x_train", &Array2::<i32>::zeros((3, 2))).unwrap();
+        w.add_array("x_train", &Array2::<i32>::zeros((3, 2)))
+            .unwrap();
         w.add_array("y_train", &y3).unwrap();
     });
     let m = message(load(&p, &keys(), None));
     assert!(m.contains("dtype <i4, which is not supported"), "{m}");
     // Float labels.
     let p = npz(d.path(), "fl.npz", |w| {
-        w.add_array("x_train", &Array2::<f32>::zeros((3, 2))).unwrap();
-        w.add_array("y_train", &Array1::from(vec![0.0f32, 1.0, 0.0])).unwrap();
+        w.add_array("x_train", &Array2::<f32>::zeros((3, 2)))
+            .unwrap();
+        w.add_array("y_train", &Array1::from(vec![0.0f32, 1.0, 0.0]))
+            .unwrap();
     });
     assert!(message(load(&p, &keys(), None)).contains("any integer dtype"));
     // Negative label and a label beyond the given class count.
     let p = npz(d.path(), "neg.npz", |w| {
-        w.add_array("x_train", &Array2::<f32>::zeros((3, 2))).unwrap();
-        w.add_array("y_train", &Array1::from(vec![0i16, -3, 1])).unwrap();
+        w.add_array("x_train", &Array2::<f32>::zeros((3, 2)))
+            .unwrap();
+        w.add_array("y_train", &Array1::from(vec![0i16, -3, 1]))
+            .unwrap();
     });
     let m = message(load(&p, &keys(), None));
     assert!(m.contains("label -3 of example 1 is negative"), "{m}");
     let p = npz(d.path(), "big.npz", |w| {
-        w.add_array("x_train", &Array2::<f32>::zeros((3, 2))).unwrap();
-        w.add_array("y_train", &Array1::from(vec![0u32, 9, 1])).unwrap();
+        w.add_array("x_train", &Array2::<f32>::zeros((3, 2)))
+            .unwrap();
+        w.add_array("y_train", &Array1::from(vec![0u32, 9, 1]))
+            .unwrap();
     });
     let f = load(&p, &keys(), None).unwrap();
     let m = message(f.training_set(Some(4)));
-    assert!(m.contains("label 9 of example 1 is not below the number of classes 4"), "{m}");
+    assert!(
+        m.contains("label 9 of example 1 is not below the number of classes 4"),
+        "{m}"
+    );
     // NaN among the samples.
     let mut x = Array2::<f32>::zeros((3, 2));
     x[[2, 1]] = f32::NAN;
@@ -205,19 +226,28 @@ fn npy_and_npz_errors_are_one_line() {
         w.add_array("y_train", &y3).unwrap();
     });
     let m = message(load(&p, &keys(), None));
-    assert!(m.contains("example 2 has a non-finite value (NaN) at position 1"), "{m}");
+    assert!(
+        m.contains("example 2 has a non-finite value (NaN) at position 1"),
+        "{m}"
+    );
     // Mismatched counts.
     let p = npz(d.path(), "count.npz", |w| {
-        w.add_array("x_train", &Array2::<f32>::zeros((4, 2))).unwrap();
+        w.add_array("x_train", &Array2::<f32>::zeros((4, 2)))
+            .unwrap();
         w.add_array("y_train", &y3).unwrap();
     });
     let m = message(load(&p, &keys(), None));
-    assert!(m.contains("4 examples but 3 labels (x_train and y_train)"), "{m}");
+    assert!(
+        m.contains("4 examples but 3 labels (x_train and y_train)"),
+        "{m}"
+    );
     // Test split of another shape.
     let p = npz(d.path(), "split.npz", |w| {
-        w.add_array("x_train", &Array2::<f32>::zeros((3, 2))).unwrap();
+        w.add_array("x_train", &Array2::<f32>::zeros((3, 2)))
+            .unwrap();
         w.add_array("y_train", &y3).unwrap();
-        w.add_array("x_test", &Array2::<f32>::zeros((3, 5))).unwrap();
+        w.add_array("x_test", &Array2::<f32>::zeros((3, 5)))
+            .unwrap();
     });
     assert!(message(load(&p, &keys(), None)).contains("test examples are 1x1x5"));
     // Not a zip archive; a truncated one.
@@ -225,7 +255,8 @@ fn npy_and_npz_errors_are_one_line() {
     std::fs::write(&p, b"this is not a zip archive at all").unwrap();
     assert!(message(load(&p, &keys(), None)).contains("not a readable .npz"));
     let good = npz(d.path(), "good.npz", |w| {
-        w.add_array("x_train", &Array2::<f32>::zeros((30, 20))).unwrap();
+        w.add_array("x_train", &Array2::<f32>::zeros((30, 20)))
+            .unwrap();
         w.add_array("y_train", &Array1::<u8>::zeros(30)).unwrap();
     });
     let bytes = std::fs::read(&good).unwrap();
@@ -246,7 +277,10 @@ fn npy_truncated_corrupt_and_absurd() {
     let cut = d.path().join("cut.npy");
     std::fs::write(&cut, &bytes[..bytes.len() - 7]).unwrap();
     let m = message(load(&cut, &keys(), None));
-    assert!(m.contains("truncated") && m.contains("needs 160 bytes"), "{m}");
+    assert!(
+        m.contains("truncated") && m.contains("needs 160 bytes"),
+        "{m}"
+    );
     let long = d.path().join("long.npy");
     let mut more = bytes.clone();
     more.extend_from_slice(&[0; 3]);
@@ -307,7 +341,12 @@ fn normalisation_matches_an_independent_computation() {
     for c in 0..3 {
         let (mean, sd, min, max) = reference_stats(&x, c);
         let close = |a: f32, b: f64| (f64::from(a) - b).abs() <= 1e-6 * b.abs().max(1.0);
-        assert!(close(st.scale[c], 1.0 / sd), "{c}: {} {}", st.scale[c], 1.0 / sd);
+        assert!(
+            close(st.scale[c], 1.0 / sd),
+            "{c}: {} {}",
+            st.scale[c],
+            1.0 / sd
+        );
         assert!(close(st.offset[c], -mean / sd));
         assert!(close(sc.scale[c], 1.0 / min.abs().max(max.abs())));
         assert_eq!(sc.offset[c], 0.0);
@@ -319,7 +358,10 @@ fn normalisation_matches_an_independent_computation() {
     let z = Array3::from_shape_vec((7, 3, 11), z).unwrap();
     for c in 0..3 {
         let (mean, sd, _, _) = reference_stats(&z, c);
-        assert!(mean.abs() < 1e-5 && (sd - 1.0).abs() < 1e-5, "{c}: {mean} {sd}");
+        assert!(
+            mean.abs() < 1e-5 && (sd - 1.0).abs() < 1e-5,
+            "{c}: {mean} {sd}"
+        );
     }
     // Scale keeps zero at zero and lands in [-1, 1].
     assert!(sc.apply(&samples).iter().all(|v| v.abs() <= 1.0));
@@ -341,12 +383,18 @@ fn bytes_keep_the_mnist_recipe_bit_for_bit() {
     let labels: Vec<u8> = (0..32).map(|i| (i % 10) as u8).collect();
     let old = crate::idx::Dataset::new(2, 3, pixels[..32 * 6].to_vec(), labels, 10).unwrap();
     let new = DataSet::from(old.clone());
-    let norm = Normalization::fit(NormalizeMode::default_for(&new.samples.values), &new.samples);
+    let norm = Normalization::fit(
+        NormalizeMode::default_for(&new.samples.values),
+        &new.samples,
+    );
     assert_eq!(norm.mode, NormalizeMode::Unit);
     assert_eq!((norm.scale[0], norm.offset[0]), (1.0 / 255.0, 0.0));
     let (a, b) = (old.to_f32(), new.to_f32(&norm));
     assert_eq!(a.shape(), b.shape());
-    assert!(a.iter().zip(b.iter()).all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert!(a
+        .iter()
+        .zip(b.iter())
+        .all(|(x, y)| x.to_bits() == y.to_bits()));
     // Same fingerprint (old runs resume), same validation split.
     assert_eq!(old.fingerprint(), new.fingerprint());
     let (ot, ov) = old.split_validation(5, 9).unwrap();
@@ -377,7 +425,10 @@ fn shape_check_names_both_shapes() {
 fn hmp_shapes_when_present() {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/hmp-adl/hmp.npz");
     if !p.exists() {
-        eprintln!("skipped: {} is absent (the HMP set lives in ../shared)", p.display());
+        eprintln!(
+            "skipped: {} is absent (the HMP set lives in ../shared)",
+            p.display()
+        );
         return;
     }
     let f = load(&p, &keys(), None).unwrap();

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{DataKeys, NormalizeMode, Normalization};
+use crate::data::{DataKeys, Normalization, NormalizeMode};
 
 use super::arch::Arch;
 use super::conv::ConvGeom;

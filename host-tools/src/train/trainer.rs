@@ -41,7 +41,7 @@ use super::network::Network;
 use super::optim::{kl_weight, Adam};
 use super::resnet::ResNetEe;
 use super::tensor::{fill_normal, mix_seed, CHUNK};
-use crate::data::{DataSet as Dataset, DataSpec, NormalizeMode, Normalization};
+use crate::data::{DataSet as Dataset, DataSpec, Normalization, NormalizeMode};
 use crate::idx::IdxError;
 
 const PURPOSE_SHUFFLE: u64 = 1;
@@ -515,18 +515,22 @@ impl Trainer {
     /// Accuracy on `data` of the final output and (for `resnet-ee`) of every exit, exit 1 first.
     pub fn evaluate_exits(&self, data: &Dataset) -> (f64, Vec<f64>) {
         let norm = self.normalization();
-        self.model.accuracies(&data.to_f32(&norm), &data.labels_usize())
+        self.model
+            .accuracies(&data.to_f32(&norm), &data.labels_usize())
     }
 
     /// The input normalisation the network trains on (fitted on the training split when the
     /// run started, or the resumed run's).
     pub fn normalization(&self) -> Normalization {
-        self.config.normalization.clone().unwrap_or_else(|| Normalization {
-            mode: NormalizeMode::None,
-            bytes: false,
-            scale: Vec::new(),
-            offset: Vec::new(),
-        })
+        self.config
+            .normalization
+            .clone()
+            .unwrap_or_else(|| Normalization {
+                mode: NormalizeMode::None,
+                bytes: false,
+                scale: Vec::new(),
+                offset: Vec::new(),
+            })
     }
 
     /// Runs every remaining epoch, saving a checkpoint into `checkpoint_dir` (when given) after
