@@ -44,6 +44,15 @@ command-line options above override the file; examples in models/configs/):
                              the noise draws)
   augment_shift = 0          random shift of training images by up to this many pixels,
                              below the image side
+Data (see --data):
+  data                       data file (.npz, .npy, .csv) or folder of IDX files, relative
+                             to the current directory; --data overrides it [default: unset]
+  data_keys                  arrays of a .npz, e.g. { x_train = \"X\", y_train = \"y\" }
+                             (also x_test, y_test) [default: x_train, y_train, x_test, y_test]
+  normalize                  standardize, scale, unit or none, fitted per channel on the
+                             training split [default: unit (x/255) for u8, standardize for f32]
+  normalization              the fitted normalisation, written by the trainer into the run's
+                             config.toml (a resumed run and export use it; not set by hand)
 MC dropout (lenet300 only; deterministic weights, exported as a Bernoulli posterior):
   dropout = [0.2, 0.5, 0.5]  drop probability in [0, 1) of each weight layer's inputs
                              [default: unset, variational dropout]
@@ -307,6 +316,20 @@ fn parse_normalize(mode: &str) -> Result<NormalizeMode> {
         })
 }
 
+/// The `data` key of `--config`, else (resuming) of the run's `config.toml`, read before the
+/// settings are checked; unreadable files are left to the settings' own errors.
+fn config_data_key(args: &TrainArgs) -> Option<PathBuf> {
+    let run_config = args.out.join("config.toml");
+    let files = args
+        .config
+        .iter()
+        .cloned()
+        .chain(args.resume.then_some(run_config));
+    files
+        .filter_map(|f| config_table(&f).ok())
+        .find_map(|t| t.get("data").and_then(|v| v.as_str()).map(PathBuf::from))
+}
+
 /// Where the training data comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TrainData {
@@ -409,6 +432,9 @@ fn describe_changes(saved: &TrainConfig, config: &TrainConfig) -> Vec<String> {
 
 /// Runs `train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
+    // The data is located first (a missing file is reported before any setting), from the
+    // config's `data` key when --data is not given.
+    let source = train_data(args, config_data_key(args).as_deref())?;
     if args.out.is_file() {
         bail!(
             "--out {} is a file, not a run directory",
@@ -441,7 +467,6 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         (Some(config_from(args)?), None)
     };
     let settings = config.as_ref().or(resumed.as_ref().map(|(_, c)| c));
-    let source = train_data(args, settings.and_then(|c| c.data.as_deref()))?;
     let keys = settings
         .and_then(|c| c.data_keys.clone())
         .unwrap_or_default();
