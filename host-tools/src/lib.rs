@@ -1,5 +1,6 @@
 //! Host side of tinybayes: model building, training, export and device simulation.
 pub mod commands;
+pub mod data;
 pub mod export;
 pub mod export_resnet;
 pub mod files;

@@ -44,6 +44,11 @@ pub struct PrecisionArgs {
     /// quantizing (use the training images).
     #[arg(long, value_name = "IDX")]
     pub calibration_images: Option<PathBuf>,
+    /// Data file (.npz, .npy or .csv) whose first --calibration-count training examples
+    /// calibrate the activation scales instead of --calibration-images; each example's shape
+    /// must be the model's input. Byte data only for now (the quantizer reads raw bytes).
+    #[arg(long, value_name = "FILE", conflicts_with = "calibration_images")]
+    pub calibration_data: Option<PathBuf>,
     /// Number of calibration images, at most the images in the file [default: 1000, or every
     /// image of a smaller file, with a warning].
     #[arg(long, allow_negative_numbers = true)]
@@ -69,11 +74,12 @@ impl PrecisionArgs {
     /// quantized, so they would otherwise be ignored without a word.
     pub fn warn_if_unused(&self) {
         let given = self.calibration_images.is_some()
+            || self.calibration_data.is_some()
             || self.calibration_count.is_some()
             || self.clip_quantile.is_some();
         if given {
             crate::ui::warn(
-                "--calibration-images, --calibration-count and --clip-quantile are ignored: \
+                "--calibration-images/--calibration-data, --calibration-count and --clip-quantile are ignored: \
                  they calibrate quantizing an f32 model to --precision q8 or q16 only",
             );
         }
@@ -199,19 +205,59 @@ pub fn calibration_images(
         .collect())
 }
 
+/// The first `count` training examples of a data file (`--calibration-data`) as raw bytes,
+/// checked against the model's input `shape`.
+pub fn calibration_data(
+    path: &Path,
+    count: Option<usize>,
+    shape: [usize; 3],
+) -> Result<Vec<Vec<u8>>> {
+    if count == Some(0) {
+        bail!("--calibration-count must be at least 1");
+    }
+    let file = crate::data::load(path, &crate::data::DataKeys::default(), None)?;
+    let samples = &file.train.samples;
+    samples
+        .check_shape(shape)
+        .map_err(|e| anyhow!("calibration data {}: {e}", path.display()))?;
+    let crate::data::Values::U8(bytes) = &samples.values else {
+        bail!(
+            "calibration data {}: f32 examples cannot calibrate fixed point yet (the quantizer \
+             reads raw bytes); export the f32 model",
+            path.display()
+        );
+    };
+    let available = samples.len();
+    let count = match count {
+        Some(c) if c > available => bail!(
+            "--calibration-count {c} is more than the {available} examples in {}",
+            path.display()
+        ),
+        Some(c) => c,
+        None => available.min(DEFAULT_CALIBRATION_COUNT),
+    };
+    Ok(bytes
+        .chunks_exact(samples.features())
+        .take(count)
+        .map(<[u8]>::to_vec)
+        .collect())
+}
+
 /// Quantizes an f32 spec with the calibration images of `args` (which must be given).
 pub fn quantize_spec(
     spec: &ModelSpec,
     precision: Precision,
     args: &PrecisionArgs,
 ) -> Result<ModelBuffer> {
-    let path = args.calibration_images.as_ref().ok_or_else(|| {
-        anyhow!(
-            "--precision {} needs --calibration-images (the training images) to calibrate activations",
+    let images = match (&args.calibration_images, &args.calibration_data) {
+        (Some(path), _) => calibration_images(path, args.calibration_count, spec.input_shape)?,
+        (None, Some(path)) => calibration_data(path, args.calibration_count, spec.input_shape)?,
+        (None, None) => bail!(
+            "--precision {} needs --calibration-images or --calibration-data (the training \
+             data) to calibrate activations",
             precision.name()
-        )
-    })?;
-    let images = calibration_images(path, args.calibration_count, spec.input_shape)?;
+        ),
+    };
     let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
     let mut calibration = Calibration::default();
     if let Some(q) = args.clip_quantile {
@@ -369,6 +415,28 @@ impl Runner {
             Runner::F32(m) => simulate(m, images, mode, seed)?,
             Runner::Fixed(m) => simulate_fixed(m, images, mode, seed)?,
         };
+        Ok(Simulation {
+            predictions: s.predictions,
+            outputs_crc32: s.outputs_crc32,
+            early_exit: None,
+        })
+    }
+
+    /// Runs raw f32 examples (the data's own units) as the device would with the engine's
+    /// raw-f32 entry point, which applies the model's stored per-channel normalisation. For
+    /// now f32 models without early exits only: fixed-point models take bytes, and the
+    /// early-exit runner takes bytes too.
+    pub fn simulate_raw(&self, values: &[f32], mode: Mode, seed: u64) -> Result<Simulation> {
+        let Runner::F32(model) = self else {
+            bail!(
+                "f32 data runs on f32 models only for now; this model is {} (evaluate its f32 model)",
+                self.precision().name()
+            );
+        };
+        if self.exit_count() > 0 {
+            bail!("f32 data does not run on early-exit models yet; give byte data");
+        }
+        let s = crate::simulate::simulate_raw(model, values, mode, seed)?;
         Ok(Simulation {
             predictions: s.predictions,
             outputs_crc32: s.outputs_crc32,

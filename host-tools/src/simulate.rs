@@ -334,6 +334,58 @@ fn run<const K: usize>(
     })
 }
 
+/// Runs the f32 model on raw f32 examples of `model.input_len()` values each (channel-major),
+/// which the engine normalises with the model's stored per-channel normalisation
+/// (`Engine::predict_raw`, format version 9; a model without a table applies its one input
+/// pair to every channel). Example `i` draws its noise as in [`for_each_image`].
+pub fn simulate_raw(
+    model: &Model<'_>,
+    values: &[f32],
+    mode: Mode,
+    seed: u64,
+) -> Result<Simulated, SimulateError> {
+    match model.num_classes() {
+        0..=16 => run_raw::<16>(model, values, mode, seed),
+        17..=128 => run_raw::<128>(model, values, mode, seed),
+        _ => run_raw::<{ tinybayes::format::MAX_CLASSES }>(model, values, mode, seed),
+    }
+}
+
+fn run_raw<const K: usize>(
+    model: &Model<'_>,
+    values: &[f32],
+    mode: Mode,
+    seed: u64,
+) -> Result<Simulated, SimulateError> {
+    let per = model.input_len();
+    if per == 0 || values.is_empty() {
+        return Err(SimulateError::Empty);
+    }
+    let workspace_len = tinybayes::Plan::new(model, CHUNK).workspace_len();
+    let bar = crate::ui::image_bar(values.len() / per);
+    let outputs: Result<Vec<Prediction<K>>, SimulateError> = values
+        .par_chunks_exact(per)
+        .enumerate()
+        .map_init(
+            || vec![0.0f32; workspace_len],
+            |workspace, (index, raw)| {
+                let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed.wrapping_add(index as u64));
+                let result = Engine::<CHUNK>::new(model, workspace)
+                    .and_then(|mut e| e.predict_raw(raw, mode, &mut rng))
+                    .map_err(|error| SimulateError::Inference { index, error });
+                bar.inc(1);
+                result
+            },
+        )
+        .collect();
+    bar.finish_and_clear();
+    let outputs = outputs?;
+    Ok(Simulated {
+        outputs_crc32: outputs_crc32(&outputs),
+        predictions: outputs.into_iter().map(ImagePrediction::from).collect(),
+    })
+}
+
 impl<const K: usize> From<&QPrediction<K>> for ImagePrediction {
     fn from(p: &QPrediction<K>) -> Self {
         ImagePrediction {

@@ -262,7 +262,7 @@ fn quiet_and_verbose() {
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains(&format!("model {}: f32", p(&model))), "{err}");
-    assert!(err.contains("5 of [4, 4]"), "{err}");
+    assert!(err.contains("5 of 1x4x4 u8"), "{err}");
     assert!(stdout(&out).contains("predicted 5 images"));
     // Without -v, nothing on stderr.
     let plain = dir.path().join("plain.csv");

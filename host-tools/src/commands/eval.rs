@@ -15,6 +15,7 @@ use serde::Serialize;
 use tinybayes::Mode;
 
 use crate::commands::predict::{check_output_dir, SamplingArgs};
+use crate::data::{DataKeys, Values};
 use crate::files::{check_writable, write_new};
 use crate::halting::{
     all_exit_summaries, geometric_prior, ExitSummaries, HaltingArgs, HaltingSpec, Policy,
@@ -59,11 +60,19 @@ pub struct EvalArgs {
     pub model: PathBuf,
     /// IDX image file (`[n, rows, cols]` unsigned bytes, plain or gzip; at most 1073741824
     /// bytes of pixels).
-    #[arg(long)]
-    pub images: PathBuf,
-    /// IDX label file (`[n]` unsigned bytes, each below the model's classes).
-    #[arg(long)]
-    pub labels: PathBuf,
+    #[arg(long, required_unless_present = "data", requires = "labels")]
+    pub images: Option<PathBuf>,
+    /// IDX label file (`[n]` unsigned bytes, each below the model's classes); with --data
+    /// FILE.npy, a .npy of integer labels.
+    #[arg(long, required_unless_present = "data")]
+    pub labels: Option<PathBuf>,
+    /// Data file instead of --images/--labels: a .npz (its x_test and y_test, or x_train and
+    /// y_train when it has no test split), a .npy of samples (labels from --labels FILE.npy)
+    /// or a .csv with a `label` column. Each example's shape must be the model's input
+    /// shape; f32 values are fed raw and normalised by the engine with the model's stored
+    /// normalisation, u8 values as bytes.
+    #[arg(long, conflicts_with = "images")]
+    pub data: Option<PathBuf>,
     /// Sampling of the posterior.
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -864,11 +873,36 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         runner.precision().name(),
         runner.input_shape()
     ));
-    let mut dataset = load_labelled(&args.images, &args.labels, classes)?;
+    let (mut dataset, images_path, labels_path) = match (&args.data, &args.images, &args.labels) {
+        (Some(path), _, labels) => {
+            let set = crate::data::load(path, &DataKeys::default(), labels.as_deref())?
+                .eval_set(classes)?;
+            set.samples
+                .check_shape(runner.input_shape())
+                .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            let labels = labels.clone().unwrap_or_else(|| path.clone());
+            (set, path.clone(), labels)
+        }
+        (None, Some(images), Some(labels)) => (
+            load_labelled(images, labels, classes)?.into(),
+            images.clone(),
+            labels.clone(),
+        ),
+        _ => bail!("give --data FILE, or --images and --labels"),
+    };
+    let raw = match &dataset.samples.values {
+        Values::F32(_) => {
+            if args.sweep || args.suggest_mi_below.is_some() || args.ood_images.is_some() {
+                bail!("--sweep, --suggest-mi-below and --ood-images take byte data only for now");
+            }
+            true
+        }
+        Values::U8(_) => false,
+    };
     crate::ui::detail(format!(
         "images {} and labels {}: {} images; {}, seed {} (image i seeded with seed + i)",
-        args.images.display(),
-        args.labels.display(),
+        images_path.display(),
+        labels_path.display(),
         dataset.len(),
         describe_mode(mode),
         args.sampling.seed
@@ -911,12 +945,23 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     if args.suggest_mi_below.is_some() && runner.exit_count() == 0 {
         bail!("--suggest-mi-below applies to early-exit models only");
     }
-    let images = Images {
-        rows: dataset.rows,
-        cols: dataset.cols,
-        pixels: &dataset.pixels,
+    let [channels, rows, cols] = dataset.samples.shape;
+    let (rows, cols) = if channels == 1 {
+        (rows, cols)
+    } else {
+        (1, dataset.features())
     };
-    crate::simulate::check_image_set(runner.input_shape(), &images)?;
+    let images = Images {
+        rows,
+        cols,
+        pixels: match &dataset.samples.values {
+            Values::U8(v) => v,
+            Values::F32(_) => &[],
+        },
+    };
+    if !raw {
+        crate::simulate::check_image_set(runner.input_shape(), &images)?;
+    }
     let ood_images = match &args.ood_images {
         Some(path) => {
             let set = load_images(path)?;
@@ -974,7 +1019,10 @@ pub fn run(args: &EvalArgs) -> Result<()> {
 
     let start = Instant::now();
     crate::ui::set_task("eval");
-    let sim = runner.simulate(&images, mode, args.sampling.seed, &halting)?;
+    let sim = match &dataset.samples.values {
+        Values::F32(v) => runner.simulate_raw(v, mode, args.sampling.seed)?,
+        Values::U8(_) => runner.simulate(&images, mode, args.sampling.seed, &halting)?,
+    };
     let predictions = sim.predictions;
     let inference_seconds = start.elapsed().as_secs_f64();
     let metrics = evaluate(&predictions, &labels)?;
@@ -1059,8 +1107,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     };
     let report = EvalReport {
         model: args.model.display().to_string(),
-        images: args.images.display().to_string(),
-        labels: args.labels.display().to_string(),
+        images: images_path.display().to_string(),
+        labels: labels_path.display().to_string(),
         precision: runner.precision().name(),
         outputs_crc32: format!("{:#010x}", sim.outputs_crc32),
         mode: match mode {
@@ -1109,18 +1157,18 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 (Some(run), _) => format!(
                     "the validation split of run {} in {}",
                     name(run),
-                    name(&args.images)
+                    name(&images_path)
                 ),
                 (None, Some(size)) => format!(
                     "the validation split ({size} images, seed {}) of {}",
                     args.split_seed.unwrap_or(0),
-                    name(&args.images)
+                    name(&images_path)
                 ),
                 (None, None) => format!(
                     "images {}..={} of {}",
                     args.skip,
                     args.skip + dataset.len() - 1,
-                    name(&args.images)
+                    name(&images_path)
                 ),
             };
             let from = crate::unsure::Provenance {

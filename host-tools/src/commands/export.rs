@@ -103,6 +103,20 @@ fn from_run(args: &ExportArgs, run_dir: &Path) -> Result<(ModelSpec, String)> {
             export(network, options)?
         }
     };
+    // The normalisation fitted on the training split goes into the model (format version 9
+    // when channels differ); runs from before it was stored trained on bytes / 255, the
+    // exporter's default pair.
+    let mut spec = spec;
+    if let Some(norm) = &run.config.normalization {
+        if norm.channels() != spec.input_shape[0] {
+            bail!(
+                "the run's normalisation has {} channels but its network takes {}",
+                norm.channels(),
+                spec.input_shape[0]
+            );
+        }
+        spec.channel_norm = Some(norm.channel_norms());
+    }
     // MC dropout runs have deterministic weights: nothing is pruned.
     let how = match &run.config.dropout {
         Some(ps) => format!(

@@ -18,6 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use tinybayes::Mode;
 
+use crate::data::{DataKeys, Values};
 use crate::files::{check_writable, write_new};
 use crate::halting::HaltingArgs;
 use crate::idx::load_images;
@@ -100,8 +101,18 @@ pub struct PredictArgs {
     pub model: PathBuf,
     /// IDX image file (`[n, rows, cols]` unsigned bytes, plain or gzip; at most 1073741824
     /// bytes of pixels).
+    #[arg(long, required_unless_present = "data", conflicts_with = "data")]
+    pub images: Option<PathBuf>,
+    /// Data file instead of --images: a .npz (its x_test, or x_train when it has no test
+    /// split), a .npy of samples or a .csv with a `label` column. Each example's shape must be
+    /// the model's input shape; f32 values are fed raw and normalised by the engine with the
+    /// model's stored normalisation. Labels found in the file are written as a `label`
+    /// column.
     #[arg(long)]
-    pub images: PathBuf,
+    pub data: Option<PathBuf>,
+    /// With --data FILE.npy: a .npy of integer labels, written as a `label` column.
+    #[arg(long, requires = "data")]
+    pub labels: Option<PathBuf>,
     /// Sampling of the posterior.
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -213,19 +224,47 @@ pub fn run(args: &PredictArgs) -> Result<()> {
         runner.num_classes(),
         runner.input_shape()
     ));
-    let array = load_images(&args.images)?;
+    let (part, source) = match (&args.data, &args.images) {
+        (Some(path), _) => {
+            let file = crate::data::load(path, &DataKeys::default(), args.labels.as_deref())?;
+            let part = file.eval_part().clone();
+            part.samples
+                .check_shape(runner.input_shape())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            (part, path.clone())
+        }
+        (None, Some(images)) => {
+            let array = load_images(images)?;
+            (crate::data::idx::part(array, None), images.clone())
+        }
+        (None, None) => anyhow::bail!("give --data FILE or --images FILE"),
+    };
     crate::ui::detail(format!(
-        "images {}: {} of {:?}; {}, seed {} (image i seeded with seed + i)",
-        args.images.display(),
-        array.dims.first().copied().unwrap_or(0),
-        &array.dims[1..],
+        "images {}: {} of {} {}; {}, seed {} (image i seeded with seed + i)",
+        source.display(),
+        part.samples.len(),
+        part.samples.shape_text(),
+        part.samples.values.dtype(),
         describe_mode(mode),
         args.sampling.seed
     ));
-    let images = Images::from_idx(&array);
     let start = Instant::now();
     crate::ui::set_task("predict");
-    let sim = runner.simulate(&images, mode, args.sampling.seed, &args.halting)?;
+    let sim = match &part.samples.values {
+        Values::F32(v) => runner.simulate_raw(v, mode, args.sampling.seed)?,
+        Values::U8(pixels) => {
+            // IDX images keep their rows and columns (the file's own check); other byte
+            // data has had its full shape checked above and runs flat.
+            let [c, h, w] = part.samples.shape;
+            let (rows, cols) = if c == 1 && args.data.is_none() {
+                (h, w)
+            } else {
+                (1, c * h * w)
+            };
+            let images = Images { rows, cols, pixels };
+            runner.simulate(&images, mode, args.sampling.seed, &args.halting)?
+        }
+    };
     let seconds = start.elapsed().as_secs_f64();
     // Early-exit models add the depth used and the MACs spent per image.
     let extra = match &sim.early_exit {
@@ -241,6 +280,13 @@ pub fn run(args: &PredictArgs) -> Result<()> {
         ],
         None => Vec::new(),
     };
+    let mut extra = extra;
+    if let Some(labels) = &part.labels {
+        extra.push(ExtraColumn {
+            name: "label".into(),
+            values: labels.iter().map(u16::to_string).collect(),
+        });
+    }
     let text = csv_text(&sim.predictions, runner.num_classes(), &extra)?;
     let digest = format!("; outputs CRC-32 {:#010x}", sim.outputs_crc32);
     let line = format!(

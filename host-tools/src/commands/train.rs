@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use crate::idx::load_labelled;
+use crate::data::{DataKeys, DataSet, NormalizeMode};
 use crate::idx::MNIST_CLASSES;
 use crate::run_dir::has_checkpoint;
 use crate::train::config::RESUMABLE_SETTINGS;
@@ -45,6 +45,15 @@ command-line options above override the file; examples in models/configs/):
                              the noise draws)
   augment_shift = 0          random shift of training images by up to this many pixels,
                              below the image side
+Data (see --data):
+  data                       data file (.npz, .npy, .csv) or folder of IDX files, relative
+                             to the current directory; --data overrides it [default: unset]
+  data_keys                  arrays of a .npz, e.g. { x_train = \"X\", y_train = \"y\" }
+                             (also x_test, y_test) [default: x_train, y_train, x_test, y_test]
+  normalize                  standardize, scale, unit or none, fitted per channel on the
+                             training split [default: unit (x/255) for u8, standardize for f32]
+  normalization              the fitted normalisation, written by the trainer into the run's
+                             config.toml (a resumed run and export use it; not set by hand)
 MC dropout (lenet300 only; deterministic weights, exported as a Bernoulli posterior):
   dropout = [0.2, 0.5, 0.5]  drop probability in [0, 1) of each weight layer's inputs
                              [default: unset, variational dropout]
@@ -113,18 +122,29 @@ pub struct TrainArgs {
     /// `tinybayes train --help`.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Directory with the MNIST training files (train-images-idx3-ubyte[.gz],
-    /// train-labels-idx1-ubyte[.gz]) [default: $TINYBAYES_DATA if set, else
-    /// ../shared/data/mnist from the project root, wherever tinybayes is run from].
+    /// Training data: a .npz (arrays x_train, y_train, optional x_test, y_test; keys set by
+    /// data_keys in the config), a .npy of samples (labels from --labels FILE.npy), a .csv
+    /// with a header row and a `label` column, or a directory with the MNIST training files
+    /// (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz]). Samples are [N, D]
+    /// vectors, [N, C, T] time series or [N, C, H, W] images, f32 or u8 [default: the
+    /// config's data, else $TINYBAYES_DATA if set, else ../shared/data/mnist from the
+    /// project root, wherever tinybayes is run from].
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Training images (IDX, gzip or plain; at most 1073741824 bytes of pixels); overrides
     /// --data.
     #[arg(long)]
     pub images: Option<PathBuf>,
-    /// Training labels (IDX, gzip or plain); overrides --data.
+    /// Training labels (IDX, gzip or plain); overrides --data. With --data FILE.npy: a .npy
+    /// of integer labels, one per sample.
     #[arg(long)]
     pub labels: Option<PathBuf>,
+    /// Input normalisation, fitted per channel on the training split: standardize (mean 0,
+    /// variance 1), scale (divide by the largest |x|), unit (bytes: x/255; f32: min..max onto
+    /// 0..1) or none [default: unit for u8 data, standardize for f32] (overrides the config
+    /// file).
+    #[arg(long)]
+    pub normalize: Option<String>,
     /// Train on the first N training examples only (after the validation split) [default:
     /// all] (overrides the config file).
     #[arg(long, allow_negative_numbers = true)]
@@ -277,6 +297,9 @@ fn apply_flags(args: &TrainArgs, config: &mut TrainConfig) -> Result<()> {
     if let Some(ps) = &args.dropout {
         config.dropout = Some(ps.clone());
     }
+    if let Some(mode) = &args.normalize {
+        config.normalize = Some(parse_normalize(mode)?);
+    }
     if let Some(channels) = args.channels {
         config.channels = channels;
     }
@@ -301,6 +324,116 @@ fn apply_flags(args: &TrainArgs, config: &mut TrainConfig) -> Result<()> {
     Ok(())
 }
 
+/// `--normalize`'s value as a mode, or a one-line error listing the modes.
+fn parse_normalize(mode: &str) -> Result<NormalizeMode> {
+    toml::Value::String(mode.to_string())
+        .try_into()
+        .map_err(|_| {
+            anyhow::anyhow!("--normalize: unknown mode {mode:?} (standardize, scale, unit or none)")
+        })
+}
+
+/// The `data` key of `--config`, else (resuming) of the run's `config.toml`, read before the
+/// settings are checked; unreadable files are left to the settings' own errors.
+fn config_data_key(args: &TrainArgs) -> Option<PathBuf> {
+    let run_config = args.out.join("config.toml");
+    let files = args
+        .config
+        .iter()
+        .cloned()
+        .chain(args.resume.then_some(run_config));
+    files
+        .filter_map(|f| config_table(&f).ok())
+        .find_map(|t| t.get("data").and_then(|v| v.as_str()).map(PathBuf::from))
+}
+
+/// Where the training data comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrainData {
+    /// MNIST-style IDX image and label files.
+    Idx {
+        /// The image file.
+        images: PathBuf,
+        /// The label file.
+        labels: PathBuf,
+    },
+    /// A `.npz`, `.npy` or `.csv` file (with a `.npy` of labels for a `.npy` of samples).
+    File {
+        /// The data file.
+        path: PathBuf,
+        /// Labels of a `.npy` of samples (`--labels`).
+        labels: Option<PathBuf>,
+    },
+}
+
+/// Chooses the training data: `--images`/`--labels` (IDX), else `--data` or the config's
+/// `data`: a directory of IDX files, or a `.npz`/`.npy`/`.csv` file by its extension; else
+/// the default MNIST directory ([`data_dir`]).
+pub fn train_data(args: &TrainArgs, config_data: Option<&Path>) -> Result<TrainData> {
+    let chosen = args
+        .data
+        .as_deref()
+        .map(|p| (p, "--data"))
+        .or(config_data.map(|p| (p, "the config's data")));
+    if args.images.is_none() {
+        if let Some((path, _)) = chosen.filter(|(p, _)| !p.is_dir()) {
+            if crate::data::Format::of(path).is_ok() {
+                return Ok(TrainData::File {
+                    path: path.to_path_buf(),
+                    labels: args.labels.clone(),
+                });
+            }
+            if path.is_file() {
+                crate::data::Format::of(path)?;
+            }
+        }
+    }
+    let (dir, why) = match chosen {
+        Some((p, why)) => (p.to_path_buf(), why.to_string()),
+        None => data_dir(None),
+    };
+    let images = match &args.images {
+        Some(p) => p.clone(),
+        None => data_file(&dir, &why, "train-images-idx3-ubyte")?,
+    };
+    let labels = match &args.labels {
+        Some(p) => p.clone(),
+        None => data_file(&dir, &why, "train-labels-idx1-ubyte")?,
+    };
+    Ok(TrainData::Idx { images, labels })
+}
+
+/// Reads the training data as a labelled set (IDX: MNIST's 10 classes; other files: the
+/// largest label plus one), with a line saying what was read.
+pub fn load_train_data(source: &TrainData, keys: &DataKeys) -> Result<(DataSet, String)> {
+    match source {
+        TrainData::Idx { images, labels } => {
+            let data = crate::data::idx::load_labelled(images, labels, MNIST_CLASSES)?;
+            Ok((
+                data,
+                format!("{} and {}", images.display(), labels.display()),
+            ))
+        }
+        TrainData::File { path, labels } => {
+            let file = crate::data::load(path, keys, labels.as_deref())?;
+            let data = file.training_set(None)?;
+            let what = format!(
+                "{} ({} training examples of {} {}, {} classes{})",
+                path.display(),
+                data.len(),
+                data.samples.shape_text(),
+                data.samples.values.dtype(),
+                data.classes,
+                match &file.test {
+                    Some(t) => format!(", {} test examples", t.samples.len()),
+                    None => String::new(),
+                }
+            );
+            Ok((data, what))
+        }
+    }
+}
+
 /// The resumable settings that differ between `saved` and `config`, as `key old -> new`.
 fn describe_changes(saved: &TrainConfig, config: &TrainConfig) -> Vec<String> {
     let (Ok(a), Ok(b)) = (toml::Table::try_from(saved), toml::Table::try_from(config)) else {
@@ -316,15 +449,9 @@ fn describe_changes(saved: &TrainConfig, config: &TrainConfig) -> Vec<String> {
 
 /// Runs `train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
-    let (dir, why) = data_dir(args.data.as_deref());
-    let images = match &args.images {
-        Some(p) => p.clone(),
-        None => data_file(&dir, &why, "train-images-idx3-ubyte")?,
-    };
-    let labels = match &args.labels {
-        Some(p) => p.clone(),
-        None => data_file(&dir, &why, "train-labels-idx1-ubyte")?,
-    };
+    // The data is located first (a missing file is reported before any setting), from the
+    // config's `data` key when --data is not given.
+    let source = train_data(args, config_data_key(args).as_deref())?;
     if args.out.is_file() {
         bail!(
             "--out {} is a file, not a run directory",
@@ -356,14 +483,18 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     } else {
         (Some(config_from(args)?), None)
     };
-    let data = load_labelled(&images, &labels, MNIST_CLASSES)?;
+    let settings = config.as_ref().or(resumed.as_ref().map(|(_, c)| c));
+    let keys = settings
+        .and_then(|c| c.data_keys.clone())
+        .unwrap_or_default();
+    let (data, data_text) = load_train_data(&source, &keys)?;
 
     let mut trainer = if let Some(config) = config {
         let trainer = Trainer::new(config, &data)?;
         std::fs::create_dir_all(&args.out)
             .with_context(|| format!("cannot create run directory {}", args.out.display()))?;
-        // The configuration as the trainer completed it (a [[layers]] network records the
-        // data's shape and class count).
+        // The configuration as the trainer completed it: the normalisation fitted on the
+        // training split, and a [[layers]] network's input shape and class count.
         std::fs::write(
             args.out.join("config.toml"),
             toml::to_string(trainer.config())?,
@@ -393,9 +524,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     };
     let config = trainer.config().clone();
     crate::ui::detail(format!(
-        "data: {} and {}; settings in effect ({}):\n{}",
-        images.display(),
-        labels.display(),
+        "data: {data_text}; input normalisation {}; settings in effect ({}):\n{}",
+        trainer.normalization().describe(),
         args.out.join("config.toml").display(),
         toml::to_string(&config)?.trim_end()
     ));

@@ -161,7 +161,7 @@ fn evaluate_checkpoint() {
     let dir: String = env("TB_CKPT").expect("set TB_CKPT to a checkpoint directory");
     let test = mnist_test();
     let mut net = Trainer::load_network(std::path::Path::new(&dir)).unwrap();
-    let x = test.to_f32();
+    let x = test.to_f32(&crate::data::Normalization::byte_unit(1));
     let y = test.labels_usize();
     for thr in [2.0, 3.0, 4.0, 6.0, 100.0] {
         net.prune_threshold = thr;
@@ -186,7 +186,7 @@ fn evaluate_resnet_checkpoint() {
     let dir: String = env("TB_CKPT").expect("set TB_CKPT to a checkpoint directory");
     let test = mnist_test();
     let mut net = Trainer::load_resnet(std::path::Path::new(&dir)).unwrap();
-    let x = test.to_f32();
+    let x = test.to_f32(&crate::data::Normalization::byte_unit(1));
     let y = test.labels_usize();
     eprintln!("dense MACs per exit {:?}", net.dense_macs_per_exit());
     for thr in [2.0, 3.0, 4.0, 100.0] {

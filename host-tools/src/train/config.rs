@@ -1,6 +1,10 @@
 //! Training configuration, deserialisable from TOML with a default for every field.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
+
+use crate::data::{DataKeys, Normalization, NormalizeMode};
 
 use super::arch::Arch;
 use super::conv::ConvGeom;
@@ -153,6 +157,21 @@ pub struct TrainConfig {
     pub input_shape: Option<[usize; 3]>,
     /// `custom` only: the number of classes; recorded by `tinybayes train` from the data.
     pub classes: Option<usize>,
+    /// Data to train on: an `.npz`, `.npy` or `.csv` file, or a folder of MNIST IDX files
+    /// (`--data` overrides it). Where the data comes from is not compared when a run resumes
+    /// (the data's fingerprint is). Default: unset (`--data`, `$TINYBAYES_DATA` or MNIST).
+    pub data: Option<PathBuf>,
+    /// Keys of the arrays in an `.npz` data file (default `x_train`, `y_train`, `x_test`,
+    /// `y_test`); like [`Self::data`], not compared on resume.
+    pub data_keys: Option<DataKeys>,
+    /// Input normalisation fitted on the training split: `standardize`, `scale`, `unit` or
+    /// `none` (see [`crate::data::normalize`]). Default: unset, `unit` for byte data (`x /
+    /// 255`, the MNIST recipe) and `standardize` for f32 data.
+    pub normalize: Option<NormalizeMode>,
+    /// The normalisation the trainer fitted when the run started, written into the run's
+    /// configuration and checkpoint (not meant to be set by hand): a resumed run and the
+    /// exporter use it. Default: unset (fitted at the start of the run).
+    pub normalization: Option<Normalization>,
 }
 
 impl Default for TrainConfig {
@@ -185,6 +204,10 @@ impl Default for TrainConfig {
             layers: None,
             input_shape: None,
             classes: None,
+            data: None,
+            data_keys: None,
+            normalize: None,
+            normalization: None,
         }
     }
 }
@@ -325,8 +348,8 @@ impl TrainConfig {
         let side = h.min(w);
         if self.arch == Arch::ResnetEe
             && (self.stem_kernel == 0
-            || self.stem_kernel > side
-            || self.stem_padding >= self.stem_kernel
+                || self.stem_kernel > side
+                || self.stem_padding >= self.stem_kernel
                 || stem.out_size(side, self.stem_kernel).is_none())
         {
             return Err(format!(
@@ -481,9 +504,14 @@ impl TrainConfig {
     pub fn resumed_with(&self, edited: &TrainConfig, epochs_done: usize) -> Result<Self, String> {
         // A default warm-up is compared (and pinned) as the values it had in the saved run.
         let (start, end) = self.effective_warmup();
+        // Where the data comes from is not compared (its fingerprint is), and the fitted
+        // normalisation is the saved run's.
         let pin = |c: &TrainConfig| TrainConfig {
             warmup_start: Some(c.warmup_start.unwrap_or(start)),
             warmup_end: Some(c.warmup_end.unwrap_or(end)),
+            data: None,
+            data_keys: None,
+            normalization: self.normalization.clone(),
             ..c.clone()
         };
         let saved = toml::Table::try_from(pin(self)).map_err(|e| e.to_string())?;
@@ -506,11 +534,14 @@ impl TrainConfig {
                 edited.epochs
             ));
         }
-        let out = if edited.epochs == self.epochs {
+        let mut out = if edited.epochs == self.epochs {
             edited.clone()
         } else {
             pin(edited)
         };
+        out.normalization = self.normalization.clone();
+        out.data = edited.data.clone();
+        out.data_keys = edited.data_keys.clone();
         out.check()?;
         Ok(out)
     }

@@ -5,6 +5,7 @@
 //!
 //! ```no_run
 //! use std::path::Path;
+//! use tinybayes_host::data::DataSet;
 //! use tinybayes_host::idx::load_dataset;
 //! use tinybayes_host::train::{Arch, TrainConfig, TrainEvent, Trainer};
 //!
@@ -13,6 +14,8 @@
 //!     &dir.join("train-images-idx3-ubyte.gz"),
 //!     &dir.join("train-labels-idx1-ubyte.gz"),
 //! )?;
+//! // Any data file works too: `tinybayes_host::data::load(path, &keys, None)?.training_set(None)?`.
+//! let data = DataSet::from(data);
 //! let config = TrainConfig { epochs: 10, ..TrainConfig::for_arch(Arch::Lenet300) };
 //! let mut trainer = Trainer::new(config, &data)?;
 //! trainer.run(Some(Path::new("runs/lenet300")), |event| {

@@ -41,7 +41,8 @@ use super::network::Network;
 use super::optim::{kl_weight, Adam};
 use super::resnet::ResNetEe;
 use super::tensor::{fill_normal, mix_seed, CHUNK};
-use crate::idx::{Dataset, IdxError};
+use crate::data::{DataSet as Dataset, DataSpec, Normalization, NormalizeMode};
+use crate::idx::IdxError;
 
 const PURPOSE_SHUFFLE: u64 = 1;
 const PURPOSE_NOISE: u64 = 2;
@@ -58,20 +59,17 @@ pub enum TrainError {
     Data(IdxError),
     /// The data has the wrong shape for the architecture.
     #[error(
-        "data has {rows}x{cols} images and {classes} classes; {arch} needs {}x{}x{} inputs and at most {max_classes} classes",
-        expected[0],
-        expected[1],
-        expected[2]
+        "data has {} examples and {classes} classes; {arch} needs {} inputs and at most {max_classes} classes",
+        crate::data::shape_text(*shape),
+        crate::data::shape_text(*expected)
     )]
     DataShape {
         /// Architecture name.
         arch: String,
         /// Input shape the architecture needs, channels x height x width.
         expected: [usize; 3],
-        /// Image height in the data.
-        rows: usize,
-        /// Image width in the data.
-        cols: usize,
+        /// Shape of one example of the data, channels x height x width.
+        shape: [usize; 3],
         /// Classes in the data.
         classes: usize,
         /// Classes the network can output.
@@ -192,6 +190,28 @@ pub enum TrainEvent {
     Epoch(EpochReport),
 }
 
+/// Checks that data of `spec` (input shape and class count, [`crate::data::DataSet::spec`])
+/// fits a network of input `shape` with `outputs` classes: the same shape, value for value,
+/// and no more classes than outputs. The built-in architectures take `[1, 28, 28]` and 10
+/// classes; other data is refused here with [`TrainError::DataShape`].
+pub fn check_data_fits(
+    arch: &str,
+    shape: [usize; 3],
+    outputs: usize,
+    spec: DataSpec,
+) -> Result<(), TrainError> {
+    if spec.input_shape != shape || spec.classes > outputs {
+        return Err(TrainError::DataShape {
+            arch: arch.to_string(),
+            expected: shape,
+            shape: spec.input_shape,
+            classes: spec.classes,
+            max_classes: outputs,
+        });
+    }
+    Ok(())
+}
+
 /// Sparse variational dropout trainer.
 pub struct Trainer {
     config: TrainConfig,
@@ -227,14 +247,14 @@ impl Trainer {
     pub fn new(config: TrainConfig, data: &Dataset) -> Result<Self, TrainError> {
         let config = config
             .with_layers_arch()
-            .with_data_shape([1, data.rows, data.cols], data.classes);
+            .with_data_shape(data.samples.shape, data.classes);
         let model = config.build_model::<f32>().map_err(TrainError::Config)?;
         let sizes: Vec<usize> = model.params().iter().map(|p| p.len()).collect();
         Self::assemble(config, data, model, Adam::new(&sizes), 0, Vec::new())
     }
 
     fn assemble(
-        config: TrainConfig,
+        mut config: TrainConfig,
         data: &Dataset,
         model: Model<f32>,
         adam: Adam,
@@ -243,18 +263,12 @@ impl Trainer {
     ) -> Result<Self, TrainError> {
         config.check().map_err(TrainError::Config)?;
         super::alloc::tune_allocator();
-        let shape = model.input_shape();
-        let outputs = model.classes();
-        if !crate::simulate::image_fits(shape, data.rows, data.cols) || data.classes > outputs {
-            return Err(TrainError::DataShape {
-                arch: config.arch.to_string(),
-                expected: shape,
-                rows: data.rows,
-                cols: data.cols,
-                classes: data.classes,
-                max_classes: outputs,
-            });
-        }
+        check_data_fits(
+            &config.arch.to_string(),
+            model.input_shape(),
+            model.classes(),
+            data.spec(),
+        )?;
         let (train, val) = if config.val_size > 0 {
             data.split_validation(config.val_size, config.seed)?
         } else {
@@ -264,11 +278,27 @@ impl Trainer {
             Some(n) => train.take(n),
             None => train,
         };
+        // Fitted on the training examples when the run starts; a resumed run keeps the saved one.
+        let norm = match config.normalization.clone() {
+            Some(n) => {
+                n.check_fits(&data.samples).map_err(TrainError::Config)?;
+                n
+            }
+            None => {
+                let mode = config
+                    .normalize
+                    .unwrap_or_else(|| NormalizeMode::default_for(&data.samples.values));
+                Normalization::fit(mode, &train.samples)
+            }
+        };
+        let train_x = train.to_f32(&norm);
+        let val_x = val.to_f32(&norm);
+        config.normalization = Some(norm);
         Ok(Self {
             fingerprint: data.fingerprint(),
-            train_x: train.to_f32(),
+            train_x,
             train_y: train.labels_usize(),
-            val_x: val.to_f32(),
+            val_x,
             val_y: val.labels_usize(),
             config,
             model,
@@ -487,7 +517,23 @@ impl Trainer {
 
     /// Accuracy on `data` of the final output and (for `resnet-ee`) of every exit, exit 1 first.
     pub fn evaluate_exits(&self, data: &Dataset) -> (f64, Vec<f64>) {
-        self.model.accuracies(&data.to_f32(), &data.labels_usize())
+        let norm = self.normalization();
+        self.model
+            .accuracies(&data.to_f32(&norm), &data.labels_usize())
+    }
+
+    /// The input normalisation the network trains on (fitted on the training split when the
+    /// run started, or the resumed run's).
+    pub fn normalization(&self) -> Normalization {
+        self.config
+            .normalization
+            .clone()
+            .unwrap_or_else(|| Normalization {
+                mode: NormalizeMode::None,
+                bytes: false,
+                scale: Vec::new(),
+                offset: Vec::new(),
+            })
     }
 
     /// Runs every remaining epoch, saving a checkpoint into `checkpoint_dir` (when given) after
@@ -690,6 +736,7 @@ pub(crate) mod tests {
             &dir.join(format!("{prefix}-labels-idx1-ubyte.gz")),
         )
         .expect("MNIST loads")
+        .into()
     }
 
     /// The MNIST training set (panics if the shared data directory is absent).
@@ -720,7 +767,9 @@ pub(crate) mod tests {
                 }
             }
         }
-        Dataset::new(28, 28, pixels, labels, 10).unwrap()
+        crate::idx::Dataset::new(28, 28, pixels, labels, 10)
+            .unwrap()
+            .into()
     }
 
     fn small_config(arch: Arch, epochs: usize) -> TrainConfig {
@@ -857,7 +906,12 @@ pub(crate) mod tests {
         );
         assert_eq!((net.stem.stride, net.stem.padding), (4, 0));
         let (model, saved, history) = Trainer::load_model(dir.path()).unwrap();
-        assert_eq!((model.as_resnet(), saved), (Some(&net), config));
+        // The saved configuration carries the normalisation fitted at the start: bytes / 255.
+        let fitted = TrainConfig {
+            normalization: Some(Normalization::byte_unit(1)),
+            ..config
+        };
+        assert_eq!((model.as_resnet(), saved), (Some(&net), fitted));
         assert_eq!(history[0].exit_val_accuracy.len(), 2);
         assert!(matches!(
             Trainer::load_network(dir.path()),
@@ -1064,14 +1118,15 @@ pub(crate) mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, TrainError::Config(_)), "{err}");
-        let small = Dataset::new(2, 2, vec![0; 40], vec![0; 10], 10).unwrap();
+        let small: Dataset = crate::idx::Dataset::new(2, 2, vec![0; 40], vec![0; 10], 10)
+            .unwrap()
+            .into();
         let err = Trainer::new(small_config(Arch::Lenet300, 1), &small).unwrap_err();
         assert!(
             matches!(
                 err,
                 TrainError::DataShape {
-                    rows: 2,
-                    cols: 2,
+                    shape: [1, 2, 2],
                     ..
                 }
             ),
