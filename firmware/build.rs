@@ -4,7 +4,8 @@
 //! - generates the seeded synthetic benchmark models (sparse and dense 784-300-100-10);
 //! - runs the demo model on the ten embedded MNIST images **on the host**, with the very same
 //!   core crate, and writes the bit patterns of every output so the on-target test can assert
-//!   host/device parity.
+//!   host/device parity;
+//! - embeds the HMP activity model and test windows cut from the data file (`build/hmp.rs`).
 
 use std::env;
 use std::fmt::Write as _;
@@ -36,6 +37,8 @@ const DEVICE_CHUNK: usize = 8;
 
 #[path = "build/fixed.rs"]
 mod fixed;
+#[path = "build/hmp.rs"]
+mod hmp;
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
@@ -168,6 +171,7 @@ fn main() {
     write_bench_models(&mut src, &out, &model);
     fixed::write_fixed(&mut src, &manifest, &out, &images, fixed_chunk, board);
     write_early_exit_model(&mut src, &manifest, &out, &images);
+    hmp::write_hmp(&mut src, &manifest, DEVICE_CHUNK);
     fs::write(out.join("generated.rs"), src).expect("write generated.rs");
 }
 

@@ -13,6 +13,7 @@ compile_error!("enable one board feature: `qemu` or `nrf52840dk`");
 
 pub mod app;
 pub mod app_fixed;
+pub mod app_hmp;
 pub mod assets;
 pub mod bench;
 pub mod clock;

@@ -26,6 +26,16 @@ use tinybayes_firmware::generated::{
     FIXED_Q8_MODEL_EXPECTED, FIXED_SAMPLES, FIXED_SEED_BASE, FIXED_WORKSPACE_WORDS,
 };
 
+/// The value of `r`, or a test failure naming the error through defmt: `Result::unwrap`
+/// would link the errors' `core::fmt::Debug` impls and the formatting machinery (about 8 KB,
+/// which the micro:bit's 256 KB of flash does not hold beside the models).
+fn ok<T, E: defmt::Format>(r: Result<T, E>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => defmt::panic!("{}", e),
+    }
+}
+
 fn modes() -> [Mode; 2] {
     [
         Mode::MeanWeights,
@@ -48,12 +58,12 @@ fn digest_in<const CHUNK: usize, N: FixedPoint>(
     workspace: &mut [u64],
     i: usize,
 ) -> u32 {
-    let mut engine = Engine::<CHUNK, N>::new(model, workspace).unwrap();
+    let mut engine = ok(Engine::<CHUNK, N>::new(model, workspace));
     let (pixels, _) = assets::image(i);
     let mut d = OutputsDigest::new();
     for mode in modes() {
         let mut rng = Xoshiro128PlusPlus::seed_from_u64(FIXED_SEED_BASE + i as u64);
-        let p: QPrediction<10> = engine.predict_u8(pixels, mode, &mut rng).unwrap();
+        let p: QPrediction<10> = ok(engine.predict_u8(pixels, mode, &mut rng));
         d.add(&p);
     }
     d.finalize()
@@ -62,7 +72,7 @@ fn digest_in<const CHUNK: usize, N: FixedPoint>(
 /// Every embedded image's digest with `CHUNK` samples per pass in `WORDS` words of workspace
 /// against the host's.
 fn check_parity<const CHUNK: usize, const WORDS: usize>(bytes: &[u8], expected: &[u32]) {
-    let model = QModel::from_bytes(bytes).unwrap();
+    let model = ok(QModel::from_bytes(bytes));
     let mut workspace = [0u64; WORDS];
     for (i, &host) in expected.iter().enumerate() {
         let device = digest::<CHUNK>(&model, &mut workspace, i);
@@ -111,9 +121,9 @@ mod resnet {
     }
 
     pub fn check_parity() {
-        let model = QModel::from_bytes(RESNET_Q8_MODEL).unwrap();
+        let model = ok(QModel::from_bytes(RESNET_Q8_MODEL));
         let mut workspace = [0u64; RESNET_WORKSPACE_WORDS];
-        let mut engine = Engine::<RESNET_CHUNK, Q8>::new(&model, &mut workspace).unwrap();
+        let mut engine = ok(Engine::<RESNET_CHUNK, Q8>::new(&model, &mut workspace));
         let mc = Mode::MonteCarlo {
             samples: NonZeroU16::new(RESNET_SAMPLES).unwrap(),
         };
@@ -129,9 +139,8 @@ mod resnet {
             for (i, host) in expected.iter().enumerate() {
                 let (pixels, _) = assets::image(i);
                 let mut rng = Xoshiro128PlusPlus::seed_from_u64(FIXED_SEED_BASE + i as u64);
-                let e: QExitPrediction<10> = engine
-                    .predict_u8_early_exit(pixels, mode, halting, &mut rng)
-                    .unwrap();
+                let e: QExitPrediction<10> =
+                    ok(engine.predict_u8_early_exit(pixels, mode, halting, &mut rng));
                 let device = row(&e);
                 if &device != host {
                     defmt::error!(
@@ -203,7 +212,7 @@ mod tests {
 
     #[test]
     fn one_sample_per_pass_gives_the_same_bits() {
-        let model = QModel::from_bytes(FIXED_Q8_MODEL).unwrap();
+        let model = ok(QModel::from_bytes(FIXED_Q8_MODEL));
         let mut workspace = [0u64; FIXED_WORKSPACE_WORDS];
         defmt::assert_eq!(
             digest::<1>(&model, &mut workspace, 3),
@@ -213,14 +222,14 @@ mod tests {
 
     #[test]
     fn the_q8_model_is_correct_on_most_embedded_digits() {
-        let model = QModel::from_bytes(FIXED_Q8_MODEL).unwrap();
+        let model = ok(QModel::from_bytes(FIXED_Q8_MODEL));
         let mut workspace = [0u64; FIXED_WORKSPACE_WORDS];
-        let mut engine = Engine::<FIXED_CHUNK, Q8>::new(&model, &mut workspace).unwrap();
+        let mut engine = ok(Engine::<FIXED_CHUNK, Q8>::new(&model, &mut workspace));
         let mut correct = 0;
         for i in 0..assets::IMAGE_COUNT {
             let (pixels, label) = assets::image(i);
             let mut rng = Xoshiro128PlusPlus::seed_from_u64(i as u64);
-            let p: QPrediction<10> = engine.predict_u8(pixels, modes()[1], &mut rng).unwrap();
+            let p: QPrediction<10> = ok(engine.predict_u8(pixels, modes()[1], &mut rng));
             correct += usize::from(p.class == label as usize);
         }
         defmt::assert!(correct >= 9);
@@ -232,13 +241,13 @@ mod tests {
             QModel::from_bytes(&FIXED_Q8_MODEL[..FIXED_Q8_MODEL.len() - 4]),
             Err(ModelError::LengthMismatch { .. })
         ));
-        let model = QModel::from_bytes(FIXED_Q8_MODEL).unwrap();
+        let model = ok(QModel::from_bytes(FIXED_Q8_MODEL));
         let mut workspace = [0u64; FIXED_WORKSPACE_WORDS];
         defmt::assert!(matches!(
             Engine::<FIXED_CHUNK, Q8>::new(&model, &mut workspace[..8]),
             Err(InferenceError::WorkspaceTooSmall { .. })
         ));
-        let mut engine = Engine::<FIXED_CHUNK, Q8>::new(&model, &mut workspace).unwrap();
+        let mut engine = ok(Engine::<FIXED_CHUNK, Q8>::new(&model, &mut workspace));
         let mut rng = Xoshiro128PlusPlus::seed_from_u64(0);
         let r: Result<QPrediction<10>, _> =
             engine.predict_u8(&[0u8; 10], Mode::MeanWeights, &mut rng);

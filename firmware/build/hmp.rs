@@ -1,0 +1,247 @@
+//! The sensor demo's build-time half: embeds the HMP activity model and a few test windows cut,
+//! at build time, from `../shared/data/hmp-adl/hmp.npz` (the data set's terms do not allow
+//! redistributing it, so no window is stored in the repository: a build without the file
+//! embeds none and the demo says so).
+//!
+//! The windows are read from the archive's `x_test` (float32 `[N, ...]`) and `y_test` (uint8
+//! `[N]`) arrays: for the HMP set the first test window of each of [`CLASSES`] (a mix of easy
+//! and hard activities), else the first [`CLASSES`]`.len()` test examples.
+//!
+//! Any f32 model and `.npz` of the same input size run the same way: `TINYBAYES_DEVICE_MODEL`
+//! and `TINYBAYES_DEVICE_DATA` name them (docs/TRAINING.md).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// The HMP model the demo runs, relative to the firmware crate.
+pub const HMP_MODEL: &str = "../models/hmp-conv1d.tbm";
+/// Environment variable naming the model file (default [`HMP_MODEL`]).
+const MODEL_ENV: &str = "TINYBAYES_DEVICE_MODEL";
+/// Environment variable naming the data file (default: `../shared/data/hmp-adl/hmp.npz` from
+/// the repository root).
+const DATA_ENV: &str = "TINYBAYES_DEVICE_DATA";
+/// The activities whose first test window the demo classifies.
+const CLASSES: [u8; 8] = [13, 1, 3, 7, 4, 9, 5, 6];
+/// The 14 activity names of the data set, by label.
+const CLASS_NAMES: [&str; 14] = [
+    "brush_teeth",
+    "climb_stairs",
+    "comb_hair",
+    "descend_stairs",
+    "drink_glass",
+    "eat_meat",
+    "eat_soup",
+    "getup_bed",
+    "liedown_bed",
+    "pour_water",
+    "sitdown_chair",
+    "standup_chair",
+    "use_telephone",
+    "walk",
+];
+
+/// One array of an `.npy` member: its shape and raw little-endian values.
+struct Npy {
+    descr: String,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+/// Parses an `.npy` (version 1 to 3) held in memory.
+fn parse_npy(bytes: &[u8]) -> Result<Npy, String> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err("not an .npy array".into());
+    }
+    let (len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => return Err(format!("unsupported .npy version {v}")),
+    };
+    let header = bytes
+        .get(start..start + len)
+        .ok_or("truncated .npy header")?;
+    let header = std::str::from_utf8(header).map_err(|_| "non-text .npy header")?;
+    let field = |key: &str| -> Result<&str, String> {
+        let at = header
+            .find(&format!("'{key}':"))
+            .ok_or(format!("no {key} in the .npy header"))?;
+        Ok(header[at + key.len() + 3..].trim_start())
+    };
+    let descr = field("descr")?
+        .trim_start_matches('\'')
+        .split('\'')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    if field("fortran_order")?.starts_with("True") {
+        return Err("Fortran-order arrays are not supported".into());
+    }
+    let shape_text = field("shape")?;
+    let inner = shape_text
+        .trim_start_matches('(')
+        .split(')')
+        .next()
+        .unwrap_or_default();
+    let shape = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|e| format!("bad shape {s}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Npy {
+        descr,
+        shape,
+        data: bytes[start + len..].to_vec(),
+    })
+}
+
+/// Reads member `name` (`name.npy`) of the `.npz` archive at `path`.
+fn read_member(path: &Path, name: &str) -> Result<Npy, String> {
+    let file = fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut archive = zip::ZipArchive::new(file).map_err(|e| e.to_string())?;
+    let mut member = archive
+        .by_name(&format!("{name}.npy"))
+        .map_err(|e| format!("{name}: {e}"))?;
+    let mut bytes = Vec::new();
+    member
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{name}: {e}"))?;
+    parse_npy(&bytes).map_err(|e| format!("{name}: {e}"))
+}
+
+/// The demo windows (values, label) from the archive at `path`, `window` values each.
+fn windows(path: &Path, window: usize, hmp: bool) -> Result<Vec<(Vec<f32>, u8)>, String> {
+    let x = read_member(path, "x_test")?;
+    let y = read_member(path, "y_test")?;
+    let per_example: usize = x.shape.iter().skip(1).product();
+    if x.descr != "<f4" || x.shape.len() < 2 || per_example != window {
+        return Err(format!(
+            "x_test is {} {:?}, not float32 [N, ...] with {window} values per example (the model's input)",
+            x.descr, x.shape
+        ));
+    }
+    if y.descr != "|u1" || y.shape != [x.shape[0]] {
+        return Err(format!(
+            "y_test is {} {:?}, not uint8 [{}]",
+            y.descr, y.shape, x.shape[0]
+        ));
+    }
+    if x.data.len() < x.shape[0] * window * 4 || y.data.len() < x.shape[0] {
+        return Err("truncated arrays".into());
+    }
+    let picks: Vec<usize> = if hmp {
+        CLASSES
+            .iter()
+            .map(|&class| {
+                y.data
+                    .iter()
+                    .position(|&l| l == class)
+                    .ok_or(format!("no test window of class {class}"))
+            })
+            .collect::<Result<_, _>>()?
+    } else {
+        (0..CLASSES.len().min(x.shape[0])).collect()
+    };
+    picks
+        .into_iter()
+        .map(|i| {
+            let class = y.data[i];
+            let values = x.data[i * window * 4..(i + 1) * window * 4]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            Ok((values, class))
+        })
+        .collect()
+}
+
+/// Writes the HMP demo's model, windows and workspace size into `src`.
+pub fn write_hmp(src: &mut String, manifest: &Path, chunk: usize) {
+    println!("cargo::rerun-if-env-changed={DATA_ENV}");
+    println!("cargo::rerun-if-env-changed={MODEL_ENV}");
+    let custom = std::env::var_os(MODEL_ENV).map(PathBuf::from);
+    let model_path = custom.clone().unwrap_or_else(|| manifest.join(HMP_MODEL));
+    println!("cargo::rerun-if-changed={}", model_path.display());
+    let bytes = fs::read(&model_path).expect("read the HMP model");
+    let buffer = tinybayes::writer::ModelBuffer::from_bytes(&bytes);
+    let model = buffer
+        .model()
+        .unwrap_or_else(|e| panic!("{}: {e}", model_path.display()));
+    let window = model.input_len();
+    writeln!(src, "/// The HMP activity model, in flash.").unwrap();
+    writeln!(
+        src,
+        "pub static HMP_MODEL: &[u8] = tinybayes::include_model!({:?});",
+        model_path
+            .canonicalize()
+            .expect("HMP model path")
+            .display()
+            .to_string()
+    )
+    .unwrap();
+    writeln!(src, "/// Workspace words of the HMP model at `DEMO_CHUNK`.").unwrap();
+    writeln!(
+        src,
+        "pub const HMP_WORKSPACE_WORDS: usize = {};",
+        tinybayes::Plan::new(&model, chunk).workspace_len()
+    )
+    .unwrap();
+    let names: Vec<String> = if custom.is_none() {
+        CLASS_NAMES.iter().map(|s| s.to_string()).collect()
+    } else {
+        (0..model.num_classes())
+            .map(|k| format!("class {k}"))
+            .collect()
+    };
+    writeln!(src, "/// The class names, by label.").unwrap();
+    writeln!(src, "pub static HMP_CLASS_NAMES: &[&str] = &{names:?};").unwrap();
+
+    let data: PathBuf = std::env::var_os(DATA_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest.join("../../shared/data/hmp-adl/hmp.npz"));
+    let found = if data.is_file() {
+        println!("cargo::rerun-if-changed={}", data.display());
+        Some(
+            windows(&data, window, custom.is_none())
+                .unwrap_or_else(|e| panic!("{}: {e}", data.display())),
+        )
+    } else {
+        None
+    };
+    writeln!(
+        src,
+        "/// Why no window is embedded (`None` when they are): the data file was not found."
+    )
+    .unwrap();
+    match &found {
+        Some(_) => writeln!(src, "pub const HMP_MISSING: Option<&str> = None;").unwrap(),
+        None => writeln!(
+            src,
+            "pub const HMP_MISSING: Option<&str> = Some({:?});",
+            data.display().to_string()
+        )
+        .unwrap(),
+    }
+    writeln!(
+        src,
+        "/// Test windows cut from the data file at build time (3 x 128 values in g, channel-major) and their labels."
+    )
+    .unwrap();
+    write!(src, "pub static HMP_WINDOWS: &[(&[f32], u8)] = &[").unwrap();
+    for (values, label) in found.iter().flatten() {
+        write!(src, "(&[").unwrap();
+        for v in values {
+            write!(src, "{:?}f32,", v).unwrap();
+        }
+        write!(src, "], {label}),").unwrap();
+    }
+    writeln!(src, "];").unwrap();
+}
