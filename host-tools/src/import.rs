@@ -146,6 +146,15 @@ fn decode(bytes: &[u8], element: Element, big_endian: bool) -> Vec<f32> {
         .collect()
 }
 
+/// A tensor as read: its shape and its values in row-major order, as f32.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    /// The shape in the file.
+    pub shape: Vec<usize>,
+    /// The values.
+    pub values: Vec<f32>,
+}
+
 /// An open weights file: the names it holds, and its tensors read one at a time.
 pub struct WeightsFile {
     path: PathBuf,
@@ -255,7 +264,7 @@ impl WeightsFile {
         name: &str,
         shapes: &[Vec<usize>],
         expected: &str,
-    ) -> Result<Option<(Vec<usize>, Vec<f32>)>, ImportError> {
+    ) -> Result<Option<Tensor>, ImportError> {
         if !self.contains(name) {
             return Ok(None);
         }
@@ -311,7 +320,7 @@ impl WeightsFile {
                 values[i]
             )));
         }
-        Ok(Some((shape, values)))
+        Ok(Some(Tensor { shape, values }))
     }
 }
 
@@ -477,15 +486,16 @@ pub fn import_network(
             ))
         };
         let key = |suffix: &str| format!("{name}.{suffix}");
-        let (_, theta) = file
+        let theta = file
             .read(&key("weight"), &shapes, &expected)?
-            .ok_or_else(|| missing(file, &key("weight"), ""))?;
+            .ok_or_else(|| missing(file, &key("weight"), ""))?
+            .values;
         used.insert(key("weight"));
         let outputs = shapes[0][0];
         let bias = match file.read(&key("bias"), &[vec![outputs]], &format!("[{outputs}]"))? {
-            Some((_, b)) => {
+            Some(b) => {
                 used.insert(key("bias"));
-                b
+                b.values
             }
             None => vec![0.0; outputs],
         };
@@ -496,7 +506,7 @@ pub fn import_network(
         );
         let log_sigma2 = if variances {
             let (values, how) = match file.read(&key("log_sigma2"), &shapes, &expected)? {
-                Some((_, v)) => {
+                Some(v) => {
                     used.insert(key("log_sigma2"));
                     if file.contains(&key("log_alpha")) {
                         used.insert(key("log_alpha"));
@@ -506,10 +516,10 @@ pub fn import_network(
                             key("log_sigma2")
                         ));
                     }
-                    (v, "log_sigma2")
+                    (v.values, "log_sigma2")
                 }
                 None => {
-                    let (_, log_alpha) = file
+                    let log_alpha = file
                         .read(&key("log_alpha"), &shapes, &expected)?
                         .ok_or_else(|| {
                             missing(
@@ -521,7 +531,8 @@ pub fn import_network(
                                     key("log_alpha")
                                 ),
                             )
-                        })?;
+                        })?
+                        .values;
                     used.insert(key("log_alpha"));
                     let converted = log_sigma2_of(&theta, &log_alpha);
                     if let Some(i) = converted.iter().position(|v| !v.is_finite()) {

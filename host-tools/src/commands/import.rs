@@ -40,13 +40,13 @@ pub struct ImportArgs {
     /// The weights: a NumPy .npz archive or a .safetensors file.
     #[arg(long, value_name = "FILE")]
     pub weights: PathBuf,
-    /// A training config (TOML) whose [[layers]] list is the architecture.
+    /// A training config (TOML) whose list of layers is the architecture (see below).
     #[arg(long, value_name = "ARCH.toml")]
     pub config: PathBuf,
     /// Shape of one input: C,H,W (time series C,T,1, vectors 1,1,D; C,T and D are read so too)
     /// [default: the config's input_shape].
-    #[arg(long, value_parser = parse_shape, value_name = "C,H,W")]
-    pub input_shape: Option<[usize; 3]>,
+    #[arg(long, value_name = "C,H,W")]
+    pub input_shape: Option<String>,
     /// Number of classes [default: the config's classes, else the last layer's outputs].
     #[arg(long, value_name = "K")]
     pub classes: Option<usize>,
@@ -167,8 +167,8 @@ fn read_config(args: &ImportArgs) -> Result<TrainConfig> {
             path.display()
         );
     };
-    if let Some(shape) = args.input_shape {
-        config.input_shape = Some(shape);
+    if let Some(text) = &args.input_shape {
+        config.input_shape = Some(parse_shape(text).map_err(|e| anyhow!(e))?);
     }
     if config.input_shape.is_none() {
         bail!(
@@ -216,4 +216,19 @@ fn read_config(args: &ImportArgs) -> Result<TrainConfig> {
 /// A TOML error's message on one line.
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_shape;
+
+    #[test]
+    fn input_shapes_of_one_two_or_three_dimensions() {
+        assert_eq!(parse_shape("3,28,28"), Ok([3, 28, 28]));
+        assert_eq!(parse_shape("3, 128"), Ok([3, 128, 1]));
+        assert_eq!(parse_shape("20"), Ok([1, 1, 20]));
+        for bad in ["", "0,4", "1,2,3,4", "a", "70000", "-1"] {
+            assert!(parse_shape(bad).is_err(), "{bad:?}");
+        }
+    }
 }
