@@ -24,8 +24,8 @@
 //!
 //! # log α
 //!
-//! Sparse variational dropout defines `log α = log σ² - log(θ² + 10⁻⁸)` (the 10⁻⁸ keeps it
-//! finite at θ = 0; the trainer and the reference PyTorch code both use it). A file with
+//! The trainer computes `log α = log σ² - log(θ² + 10⁻⁸)` (the 10⁻⁸ keeps it finite at θ = 0;
+//! sparse-VD code that uses `log(|θ| + ε)` or another ε differs only for |θ| near ε). A file with
 //! `N.log_alpha` is converted by the inverse, `log σ² = log α + ln(θ² + 10⁻⁸)`, computed in f64,
 //! so the pruning test `log α > threshold` sees the file's log α again. For θ = 0 this gives
 //! `log σ² = log α - 18.42`: a weight of mean zero with variance `α · 10⁻⁸`, pruned when its
