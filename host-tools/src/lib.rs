@@ -6,6 +6,7 @@ pub mod export_resnet;
 pub mod files;
 pub mod halting;
 pub mod idx;
+pub mod import;
 pub mod metrics;
 pub mod plots;
 pub mod report;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use tinybayes_host::commands::{eval, export, images, inspect, predict, synth, train};
+use tinybayes_host::commands::{eval, export, images, import, inspect, predict, synth, train};
 use tinybayes_host::ui::{self, ColorWhen, Verbosity};
 
 /// Train, export, inspect, evaluate and simulate tinybayes models.
@@ -36,6 +36,9 @@ enum Command {
     Train(train::TrainArgs),
     /// Prune a trained run, remove dead units and write the flash table (.tbm).
     Export(export::ExportArgs),
+    /// Import a network trained elsewhere (PyTorch weights as .npz or .safetensors, the
+    /// architecture from a config's [[layers]] list), prune it and write the flash table.
+    Import(import::ImportArgs),
     /// Write a seeded random model (untrained; for tests, benchmarks and demos).
     Synth(synth::SynthArgs),
     /// Print the per-layer report of a model file.
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Train(args) => train::run(args),
         Command::Export(args) => export::run(args),
+        Command::Import(args) => import::run(args),
         Command::Synth(args) => synth::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Eval(args) => eval::run(args),

@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use clap::Args;
 
-use crate::export::{export, ExportOptions};
+use crate::export::{export, ExportOptions, PruneReport};
 use crate::export_resnet::export_resnet;
 use crate::files::{check_writable, write_new};
 use crate::run_dir::load_run;
 use crate::runner::{quantize_spec, read_any_model, PrecisionArgs, Runner};
-use crate::train::DepthPrior;
+use crate::train::{DepthPrior, Network};
 use tinybayes::format::Precision;
 use tinybayes::writer::ModelSpec;
 
@@ -53,45 +53,99 @@ pub struct ExportArgs {
 pub fn run(args: &ExportArgs) -> Result<()> {
     crate::report::check_report_samples("--samples", args.samples)?;
     check_writable(&args.out, args.force)?;
-    let (spec, mut text) = match (&args.run, &args.model) {
+    let (spec, text) = match (&args.run, &args.model) {
         (Some(run), _) => from_run(args, run)?,
         (None, Some(model)) => from_model(args, model)?,
         (None, None) => bail!("give --run DIR or --model FILE"),
     };
-    let buffer = match args.precision.precision {
+    write_model(
+        &spec,
+        text,
+        &Output {
+            precision: &args.precision,
+            samples: args.samples,
+            out: &args.out,
+            force: args.force,
+        },
+    )
+}
+
+/// Where and how `export` and `import` write a model.
+pub struct Output<'a> {
+    /// Number format and calibration.
+    pub precision: &'a PrecisionArgs,
+    /// Monte Carlo samples of the report's RAM figure.
+    pub samples: usize,
+    /// The model file.
+    pub out: &'a Path,
+    /// Overwrite it if it exists.
+    pub force: bool,
+}
+
+/// Writes `spec` at the requested precision (quantizing an f32 spec with the calibration
+/// images) and prints `text`, the model's report and the file written.
+pub fn write_model(spec: &ModelSpec, mut text: String, output: &Output<'_>) -> Result<()> {
+    let buffer = match output.precision.precision {
         None | Some(Precision::F32) => {
-            args.precision.warn_if_unused();
+            output.precision.warn_if_unused();
             spec.to_buffer()?
         }
-        Some(p) => quantize_spec(&spec, p, &args.precision)?,
+        Some(p) => quantize_spec(spec, p, output.precision)?,
     };
     let runner = Runner::from_buffer(buffer)?;
-    let report = runner.report(args.samples, None);
-    write_new(&args.out, runner.bytes(), args.force)?;
+    let report = runner.report(output.samples, None);
+    write_new(output.out, runner.bytes(), output.force)?;
     text += &report.to_table();
-    text += &format!("wrote {}", args.out.display());
+    text += &format!("wrote {}", output.out.display());
     crate::ui::status(text);
     Ok(())
 }
 
-/// The spec of a trained run, pruned, with the pruning report.
-fn from_run(args: &ExportArgs, run_dir: &Path) -> Result<(ModelSpec, String)> {
-    let threshold = args.threshold.unwrap_or(3.0);
+/// A `--threshold` (default 3), which must be finite.
+pub fn threshold(given: Option<f32>) -> Result<f32> {
+    let threshold = given.unwrap_or(3.0);
     if !threshold.is_finite() {
         bail!("--threshold must be a finite number, got {threshold}");
     }
+    Ok(threshold)
+}
+
+/// Prunes a sequential network (weights whose log alpha exceeds `options.threshold`), removes
+/// its dead units and describes what survives, one line per weight layer: what `export` does
+/// with a trained run and `import` with weights trained elsewhere.
+pub fn export_network(network: &Network, options: ExportOptions) -> Result<(ModelSpec, String)> {
+    let (spec, pruning) = export(network, options)?;
+    Ok((spec, pruning_lines(&pruning)))
+}
+
+/// One line per weight layer: surviving weights and kept units.
+fn pruning_lines(pruning: &[PruneReport]) -> String {
+    let mut text = String::new();
+    for (i, p) in pruning.iter().enumerate() {
+        text += &format!(
+            "  layer {i}: {} of {} trained weights survive, {} of {} units kept\n",
+            p.surviving_weights, p.trained_weights, p.kept_outputs, p.trained_outputs
+        );
+    }
+    text
+}
+
+/// The spec of a trained run, pruned, with the pruning report.
+fn from_run(args: &ExportArgs, run_dir: &Path) -> Result<(ModelSpec, String)> {
+    let threshold = threshold(args.threshold)?;
     let run = load_run(run_dir)?;
     let options = ExportOptions {
         threshold,
         gaussian: !args.deterministic,
     };
-    let (spec, pruning) = match (&run.model, run.model.as_resnet()) {
+    let (spec, lines) = match (&run.model, run.model.as_resnet()) {
         (_, Some(net)) => {
             let lambda = args.prior_lambda.unwrap_or(net.prior.lambda);
             let priors = DepthPrior::new(lambda)
                 .map_err(|e| anyhow::anyhow!("--prior-lambda: {e}"))?
                 .probabilities(net.depth());
-            export_resnet(net, &priors, options)?
+            let (spec, pruning) = export_resnet(net, &priors, options)?;
+            (spec, pruning_lines(&pruning))
         }
         (model, None) => {
             if args.prior_lambda.is_some() {
@@ -100,7 +154,7 @@ fn from_run(args: &ExportArgs, run_dir: &Path) -> Result<(ModelSpec, String)> {
             let network = model
                 .as_network()
                 .ok_or_else(|| anyhow::anyhow!("the run holds no exportable model"))?;
-            export(network, options)?
+            export_network(network, options)?
         }
     };
     // The normalisation fitted on the training split goes into the model (format version 9
@@ -132,12 +186,7 @@ fn from_run(args: &ExportArgs, run_dir: &Path) -> Result<(ModelSpec, String)> {
         "{} after {} epochs, {how}:\n",
         run.config.arch, run.epochs_done
     );
-    for (i, p) in pruning.iter().enumerate() {
-        text += &format!(
-            "  layer {i}: {} of {} trained weights survive, {} of {} units kept\n",
-            p.surviving_weights, p.trained_weights, p.kept_outputs, p.trained_outputs
-        );
-    }
+    text += &lines;
     Ok((spec, text))
 }
 
