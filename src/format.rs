@@ -23,8 +23,8 @@ pub const CHANNEL_NORM_FORMAT_VERSION: u16 = 9;
 pub const FLAG_CHANNEL_NORM: u8 = 0x01;
 /// The version of files with a Bernoulli (MC dropout) layer ([`Posterior::Bernoulli`]).
 pub const DROPOUT_FORMAT_VERSION: u16 = 8;
-/// The version of files with a non-square pooling window (record byte 26, [`record`]'s
-/// `POOL_WIDTH`): 1-D pooling over time series laid out `[C, T, 1]`.
+/// The version of files with a non-square pooling window (record byte 26, `record::POOL_WIDTH`):
+/// 1-D pooling over time series laid out `[C, T, 1]`.
 pub const POOL_WINDOW_FORMAT_VERSION: u16 = 9;
 /// The version of fixed-point files with residual additions, exit heads or a non-zero bias
 /// shift.

@@ -37,7 +37,7 @@ enum Command {
     /// Prune a trained run, remove dead units and write the flash table (.tbm).
     Export(export::ExportArgs),
     /// Import a network trained elsewhere (PyTorch weights as .npz or .safetensors, the
-    /// architecture from a config's [[layers]] list), prune it and write the flash table.
+    /// architecture from a config's list of layers), prune it and write the flash table.
     Import(import::ImportArgs),
     /// Write a seeded random model (untrained; for tests, benchmarks and demos).
     Synth(synth::SynthArgs),

@@ -91,7 +91,7 @@ Your own network (docs/TRAINING.md; models/configs/lenet5.toml is LeNet-5 writte
 )]
 pub struct TrainArgs {
     /// Architecture: lenet300 (784-300-100-10), lenet5 (LeNet-5-Caffe), resnet-ee (early-exit
-    /// ResNet) or custom (the config file's [[layers]] list, chosen by itself when the file
+    /// ResNet) or custom (the config file's list of layers, chosen by itself when the file
     /// has one) [default: lenet300] (overrides the config file).
     #[arg(long)]
     pub arch: Option<String>,
