@@ -617,10 +617,35 @@ mod tests {
         assert!(!err.contains("lower"), "{err}");
     }
 
-    #[test]
-    fn lenet5_export_removes_dead_channels_and_matches_the_trainer() {
+    /// The engine's mean-weights probabilities on a 28x28 byte image `pixels` equal the
+    /// trainer's own forward pass (pruned mean weights) to 1e-4.
+    fn assert_engine_matches_trainer(net: &Network, model: &tinybayes::Model<'_>, pixels: &[u8]) {
         use rand_core::SeedableRng;
         use tinybayes::{Engine, Mode, Prediction};
+        let x = ndarray::Array2::from_shape_vec(
+            (1, 784),
+            pixels.iter().map(|&p| p as f32 * (1.0 / 255.0)).collect(),
+        )
+        .unwrap();
+        let reference = net.predict_deterministic(&x);
+        let mut ws = vec![0.0; tinybayes::Plan::new(model, 1).workspace_len()];
+        let mut engine = Engine::<1>::new(model, &mut ws).unwrap();
+        let mut rng = rand_xoshiro::Xoshiro128PlusPlus::seed_from_u64(0);
+        let p: Prediction<10> = engine
+            .predict_u8(pixels, Mode::MeanWeights, &mut rng)
+            .unwrap();
+        for k in 0..10 {
+            assert!(
+                (p.probabilities[k] - reference[[0, k]]).abs() < 1e-4,
+                "class {k}: {} vs {}",
+                p.probabilities[k],
+                reference[[0, k]]
+            );
+        }
+    }
+
+    #[test]
+    fn lenet5_export_removes_dead_channels_and_matches_the_trainer() {
         let mut net = Arch::Lenet5.build::<f32>(3, -10.0, 3.0);
         // Kill conv1 channel 4 (all its taps pruned, bias <= 0) and every fc1 weight reading
         // conv2 channel 7 (its pooled 4x4 map is columns 7*16..8*16 of fc1).
@@ -654,26 +679,7 @@ mod tests {
         let pixels: Vec<u8> = (0..784)
             .map(|i| ((i * 37 + i / 28 * 11) % 256) as u8)
             .collect();
-        let x = ndarray::Array2::from_shape_vec(
-            (1, 784),
-            pixels.iter().map(|&p| p as f32 * (1.0 / 255.0)).collect(),
-        )
-        .unwrap();
-        let reference = net.predict_deterministic(&x);
-        let mut ws = vec![0.0; tinybayes::Plan::new(&model, 1).workspace_len()];
-        let mut engine = Engine::<1>::new(&model, &mut ws).unwrap();
-        let mut rng = rand_xoshiro::Xoshiro128PlusPlus::seed_from_u64(0);
-        let p: Prediction<10> = engine
-            .predict_u8(&pixels, Mode::MeanWeights, &mut rng)
-            .unwrap();
-        for k in 0..10 {
-            assert!(
-                (p.probabilities[k] - reference[[0, k]]).abs() < 1e-4,
-                "class {k}: {} vs {}",
-                p.probabilities[k],
-                reference[[0, k]]
-            );
-        }
+        assert_engine_matches_trainer(&net, &model, &pixels);
     }
 
     /// A `[[layers]]` network with every layer kind the lists add (a strided, padded VD
@@ -682,8 +688,6 @@ mod tests {
     #[test]
     fn layer_list_export_matches_the_trainer() {
         use crate::train::schema::{build, Built, LayerConfig};
-        use rand_core::SeedableRng;
-        use tinybayes::{Engine, Mode, Prediction};
         #[derive(serde::Deserialize)]
         struct List {
             layers: Vec<LayerConfig>,
@@ -743,25 +747,6 @@ mod tests {
         let pixels: Vec<u8> = (0..784)
             .map(|i| ((i * 53 + i / 28 * 7) % 256) as u8)
             .collect();
-        let x = ndarray::Array2::from_shape_vec(
-            (1, 784),
-            pixels.iter().map(|&p| p as f32 * (1.0 / 255.0)).collect(),
-        )
-        .unwrap();
-        let reference = net.predict_deterministic(&x);
-        let mut ws = vec![0.0; tinybayes::Plan::new(&model, 1).workspace_len()];
-        let mut engine = Engine::<1>::new(&model, &mut ws).unwrap();
-        let mut rng = rand_xoshiro::Xoshiro128PlusPlus::seed_from_u64(0);
-        let p: Prediction<10> = engine
-            .predict_u8(&pixels, Mode::MeanWeights, &mut rng)
-            .unwrap();
-        for k in 0..10 {
-            assert!(
-                (p.probabilities[k] - reference[[0, k]]).abs() < 1e-4,
-                "class {k}: {} vs {}",
-                p.probabilities[k],
-                reference[[0, k]]
-            );
-        }
+        assert_engine_matches_trainer(&net, &model, &pixels);
     }
 }
