@@ -68,6 +68,18 @@ pub struct DemoSummary {
 }
 
 impl DemoSummary {
+    /// Logs the closing line every demo prints: answers right, flagged, and wrong ones flagged.
+    pub fn log(&self) {
+        defmt::info!(
+            "done: {=usize}/{=usize} correct, {=usize} flagged unsure; {=usize} of the {=usize} wrong answers flagged",
+            self.correct,
+            self.total,
+            self.unsure,
+            self.wrong_flagged,
+            self.wrong
+        );
+    }
+
     /// Counts image `i`'s answer, and says whether a wrong one was flagged.
     pub fn record(&mut self, i: usize, label: u8, predicted: usize, unsure: bool) {
         self.total += 1;

@@ -12,14 +12,7 @@ fn main() -> ! {
     defmt::info!("tinybayes fixed-point demo on {=str}", platform::BOARD_NAME);
     match app_fixed::run_fixed_demo(&mut board.led, &mut board.delay, &mut board.clock) {
         Ok(summary) => {
-            defmt::info!(
-                "done: {=usize}/{=usize} correct, {=usize} flagged unsure; {=usize} of the {=usize} wrong answers flagged",
-                summary.correct,
-                summary.total,
-                summary.unsure,
-                summary.wrong_flagged,
-                summary.wrong
-            );
+            summary.log();
             platform::exit(true)
         }
         Err(e) => {

@@ -25,14 +25,7 @@ fn main() -> ! {
     #[cfg(not(tb_board = "microbit"))]
     match app_hmp::run_hmp_demo(&mut board.led, &mut board.clock) {
         Ok(Some(summary)) => {
-            defmt::info!(
-                "done: {=usize}/{=usize} correct, {=usize} flagged unsure; {=usize} of the {=usize} wrong answers flagged",
-                summary.correct,
-                summary.total,
-                summary.unsure,
-                summary.wrong_flagged,
-                summary.wrong
-            );
+            summary.log();
             platform::exit(true)
         }
         Ok(None) => platform::exit(true),
