@@ -11,7 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step names the seconds since the start, so a slow step shows in CI's log.
+step() { printf '\n==> [%d s] %s\n' "$SECONDS" "$*"; }
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
