@@ -308,7 +308,9 @@ fn exit_prediction<N: Numeric, P, const K: usize>(
 impl<const CHUNK: usize, N: Numeric + FixedPoint> Engine<'_, '_, CHUNK, N> {
     /// Predicts from raw 8-bit inputs (`model.input_len()` values, channel-major), which the
     /// first layer reads directly; integer arithmetic only. `rng` is only read in
-    /// [`Mode::MonteCarlo`].
+    /// [`Mode::MonteCarlo`]. A model of signed codes
+    /// ([`QModel::input_coding`](crate::QModel::input_coding)) gives `WrongInputSign`: use
+    /// [`Self::predict_i8`].
     pub fn predict_u8<const K: usize>(
         &mut self,
         raw: &[u8],
@@ -317,6 +319,22 @@ impl<const CHUNK: usize, N: Numeric + FixedPoint> Engine<'_, '_, CHUNK, N> {
     ) -> Result<QPrediction<K>, InferenceError> {
         let (job, _) = self.parts();
         job.predict::<_, K, CHUNK>(raw, mode, rng).map(N::into_q)
+    }
+
+    /// Predicts from signed 8-bit codes (`model.input_len()` values, channel-major), for a
+    /// model that reads them ([`InputCoding::Signed`](crate::format::InputCoding)): code `q`
+    /// stands for the raw value `q * step` of a sensor whose readings are signed (an
+    /// accelerometer's axes), with the file's per-channel scales folded into the first layer;
+    /// integer arithmetic only. [`InputCoding::signed_code`](crate::format::InputCoding::signed_code)
+    /// turns raw values into codes. A model of unsigned bytes gives `WrongInputSign`.
+    pub fn predict_i8<const K: usize>(
+        &mut self,
+        codes: &[i8],
+        mode: Mode,
+        rng: &mut (impl RngCore + Clone),
+    ) -> Result<QPrediction<K>, InferenceError> {
+        let (job, _) = self.parts();
+        job.predict::<_, K, CHUNK>(codes, mode, rng).map(N::into_q)
     }
 
     /// Runs a fixed-point early-exit model block by block from raw 8-bit inputs and stops as
@@ -332,6 +350,19 @@ impl<const CHUNK: usize, N: Numeric + FixedPoint> Engine<'_, '_, CHUNK, N> {
     ) -> Result<QExitPrediction<K>, InferenceError> {
         let (job, _) = self.parts();
         job.exits::<_, K, CHUNK>(raw, mode, halting, rng)
+            .map(|o| exit_prediction(o, N::into_q))
+    }
+
+    /// [`Self::predict_u8_early_exit`] from signed 8-bit codes (see [`Self::predict_i8`]).
+    pub fn predict_i8_early_exit<const K: usize>(
+        &mut self,
+        codes: &[i8],
+        mode: Mode,
+        halting: Halting<'_>,
+        rng: &mut (impl RngCore + Clone),
+    ) -> Result<QExitPrediction<K>, InferenceError> {
+        let (job, _) = self.parts();
+        job.exits::<_, K, CHUNK>(codes, mode, halting, rng)
             .map(|o| exit_prediction(o, N::into_q))
     }
 }

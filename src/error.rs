@@ -205,6 +205,11 @@ pub enum ModelError {
         /// The channel.
         channel: usize,
     },
+    /// The header flags signed 8-bit inputs ([`crate::format::FLAG_SIGNED_INPUT`]) where they
+    /// cannot be: a file older than format version 10, an f32 file, no per-channel table or
+    /// a non-zero offset in it, a step that is not finite and positive, or a first layer that
+    /// is neither linear nor a convolution.
+    BadSignedInput,
 }
 
 impl fmt::Display for ModelError {
@@ -311,6 +316,9 @@ impl fmt::Display for ModelError {
             ChannelNormZeroScale { channel } => {
                 write!(f, "input channel {channel}: normalisation scale is zero")
             }
+            BadSignedInput => f.write_str(
+                "signed 8-bit input needs a fixed-point file of version 10 with a per-channel table of zero offsets, a finite positive step and a linear or convolution first layer",
+            ),
         }
     }
 }
@@ -376,6 +384,12 @@ pub enum InferenceError {
         /// The engine's.
         engine: crate::format::Precision,
     },
+    /// The input's 8-bit type is not the one the fixed-point model reads: unsigned bytes
+    /// given to a model of signed codes ([`crate::format::FLAG_SIGNED_INPUT`]) or the reverse.
+    WrongInputSign {
+        /// Whether the model reads signed codes.
+        model_signed: bool,
+    },
 }
 
 impl fmt::Display for InferenceError {
@@ -415,6 +429,12 @@ impl fmt::Display for InferenceError {
             ),
             UnsupportedLayout => f.write_str(
                 "Gaussian exit heads after a deterministic trunk are not supported by the early-exit runner",
+            ),
+            WrongInputSign { model_signed: true } => f.write_str(
+                "the model reads signed 8-bit codes (predict_i8), not unsigned bytes",
+            ),
+            WrongInputSign { model_signed: false } => f.write_str(
+                "the model reads unsigned bytes (predict_u8), not signed 8-bit codes",
             ),
         }
     }

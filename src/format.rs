@@ -1,4 +1,4 @@
-//! Layout of the flash table, format versions 1 to 9 (`docs/FORMAT.md` is the specification).
+//! Layout of the flash table, format versions 1 to 10 (`docs/FORMAT.md` is the specification).
 //!
 //! Everything is little-endian. The file starts with a [`HEADER_LEN`]-byte header, then
 //! `layer_count` layer records of [`LAYER_RECORD_LEN`] bytes, then (version 9, when the header
@@ -14,8 +14,17 @@ pub const MAGIC: [u8; 4] = *b"TBYS";
 /// network as trained: [`TrainedSize`], 6 adds fixed-point convolutions and pooling, 7
 /// fixed-point residual additions, exit heads and bias shifts, 8 the Bernoulli (MC dropout)
 /// posterior, 9 the per-channel input normalisation table: [`ChannelNorm`], and non-square pooling
-/// windows).
-pub const FORMAT_VERSION: u16 = 9;
+/// windows, 10 fixed-point files that read signed 8-bit inputs: [`FLAG_SIGNED_INPUT`]).
+pub const FORMAT_VERSION: u16 = 10;
+/// The version of fixed-point files that read signed 8-bit inputs ([`FLAG_SIGNED_INPUT`]).
+pub const SIGNED_INPUT_FORMAT_VERSION: u16 = 10;
+/// Header flag (byte 23, bit 1; format version 10, fixed-point files only): the first layer
+/// reads signed 8-bit codes `q` (-128..=127) whose raw value, in the units of the training
+/// data, is `q * step`; the step is the f32 at header bytes 44..48 (finite, positive). Such a
+/// file has a per-channel normalisation table ([`FLAG_CHANNEL_NORM`]) with zero offsets, and
+/// its first layer is a linear layer or a convolution. Without the flag, the first layer reads
+/// unsigned bytes (0..=255), as in every older version.
+pub const FLAG_SIGNED_INPUT: u8 = 0x02;
 /// The version of files with a per-channel input normalisation table ([`FLAG_CHANNEL_NORM`]).
 pub const CHANNEL_NORM_FORMAT_VERSION: u16 = 9;
 /// Header flag (byte 23, bit 0; format version 9): the file stores a per-channel input
@@ -78,7 +87,8 @@ pub(crate) mod header {
     pub const INPUT_WIDTH: usize = 20;
     /// Number format ([`super::Precision`] code, version 3; zero before).
     pub const PRECISION: usize = 22;
-    /// Flags byte: [`super::FLAG_CHANNEL_NORM`] (version 9); every other bit reserved (zero).
+    /// Flags byte: [`super::FLAG_CHANNEL_NORM`] (version 9), [`super::FLAG_SIGNED_INPUT`]
+    /// (version 10); every other bit reserved (zero).
     pub const FLAGS: usize = 23;
     pub const INPUT_SCALE: usize = 24;
     pub const INPUT_OFFSET: usize = 28;
@@ -89,8 +99,11 @@ pub(crate) mod header {
     pub const TRAINED_WEIGHTS: usize = 36;
     /// Version 5: dense parameters (weights and biases) of the network as trained (u32).
     pub const TRAINED_PARAMS: usize = 40;
-    /// Reserved (zero) from version 5.
+    /// Reserved (zero) from version 5, except in signed-input files (below).
     pub const RESERVED_V5: core::ops::Range<usize> = 44..48;
+    /// Version 10, files flagged [`super::FLAG_SIGNED_INPUT`]: the input step (f32), the raw
+    /// value of one signed input code.
+    pub const INPUT_STEP: usize = 44;
 }
 
 /// The size of a network as it was trained, before pruning and the removal of dead units
@@ -250,6 +263,36 @@ pub(crate) mod record {
     /// Fixed-point exit head: prior probability of exiting here, unsigned Q16 (u32, 1 to
     /// 65536).
     pub const QUANT_EXIT_PRIOR: usize = 28;
+}
+
+/// What the first layer of a fixed-point model reads (header flag [`FLAG_SIGNED_INPUT`]).
+/// Either way the file's per-channel normalisation is folded into the first layer, so the
+/// integer path never normalises.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum InputCoding {
+    /// Unsigned bytes `p` (0..=255), each the raw value itself (pixels, or a sensor's
+    /// unsigned codes): `Engine::predict_u8`.
+    Unsigned,
+    /// Signed 8-bit codes `q` (-127..=127 from [`InputCoding::signed_code`]), raw value
+    /// `q * step`: `Engine::predict_i8`.
+    Signed {
+        /// The raw value of one code, in the units of the training data (finite, positive).
+        step: f32,
+    },
+}
+
+impl InputCoding {
+    /// The signed code of raw value `raw` at `step`: `raw / step` rounded to the nearest
+    /// integer (halves away from zero) and clamped to -127..=127; `None` for a non-finite
+    /// `raw` (or a quotient that is not finite).
+    pub fn signed_code(raw: f32, step: f32) -> Option<i8> {
+        let q = raw / step;
+        if !q.is_finite() {
+            return None;
+        }
+        Some(libm::roundf(q).clamp(-127.0, 127.0) as i8)
+    }
 }
 
 /// Number format of a model's parameters and activations (header byte 22; format version 3).

@@ -298,6 +298,31 @@ pub(crate) struct Envelope {
     /// Offset of the per-channel normalisation pairs (version 9, flagged), validated: as many
     /// as input channels, finite, non-zero scales.
     pub channel_norm: Option<usize>,
+    /// The input step of a signed-input file (version 10, [`format::FLAG_SIGNED_INPUT`]),
+    /// validated: finite and positive.
+    pub input_step: Option<f32>,
+}
+
+/// The input step of a file flagged [`format::FLAG_SIGNED_INPUT`], checked without any
+/// floating-point operation: version 10 or later, a fixed-point file with a per-channel
+/// table, a finite positive step.
+fn signed_input_step(
+    bytes: &[u8],
+    version: u16,
+    precision: Precision,
+    has_channel_norm: bool,
+) -> Result<f32, ModelError> {
+    let bits = u32_at(bytes, header::INPUT_STEP);
+    let positive = bits >> 31 == 0 && bits != 0;
+    if version < format::SIGNED_INPUT_FORMAT_VERSION
+        || precision == Precision::F32
+        || !has_channel_norm
+        || !finite_bits(bits)
+        || !positive
+    {
+        return Err(ModelError::BadSignedInput);
+    }
+    Ok(f32::from_bits(bits))
 }
 
 /// Channel `channel`'s pair from `table`, or `global` (no table, or out of range).
@@ -415,7 +440,7 @@ impl Envelope {
             }
         };
         let flags = bytes[header::FLAGS];
-        if flags & !format::FLAG_CHANNEL_NORM != 0 {
+        if flags & !(format::FLAG_CHANNEL_NORM | format::FLAG_SIGNED_INPUT) != 0 {
             return Err(ModelError::ReservedNotZero {
                 offset: header::FLAGS,
             });
@@ -424,8 +449,21 @@ impl Envelope {
         if has_channel_norm && version < format::CHANNEL_NORM_FORMAT_VERSION {
             return Err(ModelError::ChannelNormVersion { version });
         }
-        // Version 5 records the trained network's size in the first 8 reserved bytes.
-        let reserved = if version >= format::TRAINED_SIZE_FORMAT_VERSION {
+        let input_step = if flags & format::FLAG_SIGNED_INPUT != 0 {
+            Some(signed_input_step(
+                bytes,
+                version,
+                precision,
+                has_channel_norm,
+            )?)
+        } else {
+            None
+        };
+        // Version 5 records the trained network's size in the first 8 reserved bytes; version
+        // 10 the input step of a signed-input file in the last 4.
+        let reserved = if input_step.is_some() {
+            header::RESERVED_V5.start..header::RESERVED_V5.start
+        } else if version >= format::TRAINED_SIZE_FORMAT_VERSION {
             header::RESERVED_V5
         } else {
             header::RESERVED
@@ -478,6 +516,14 @@ impl Envelope {
         } else {
             (None, table_end)
         };
+        if input_step.is_some() {
+            // The folded first layer reads codes at scale `step * scale_c`: no offsets.
+            let offsets_zero = (0..input_shape[0])
+                .all(|c| u32_at(bytes, table_end + 4 + 8 * c + 4) & 0x7fff_ffff == 0);
+            if !offsets_zero {
+                return Err(ModelError::BadSignedInput);
+            }
+        }
         Ok(Envelope {
             version,
             precision,
@@ -488,6 +534,7 @@ impl Envelope {
             body_end,
             payload_start,
             channel_norm,
+            input_step,
         })
     }
 

@@ -139,11 +139,13 @@ impl Numeric for F32 {}
 impl Numeric for Q8 {}
 impl Numeric for Q16 {}
 
-/// The fixed-point formats, [`Q8`] and [`Q16`] (sealed): integer only, raw 8-bit inputs,
+/// The fixed-point formats, [`Q8`] and [`Q16`] (sealed): integer only, raw 8-bit inputs
+/// (unsigned bytes or signed codes, as the file says),
 /// [`QModel`] files, u64 workspace words, [`QPrediction`] answers.
 pub trait FixedPoint:
     Numeric
     + seal::Reads<[u8]>
+    + seal::Reads<[i8]>
     + for<'a> seal::Kernels<Model<'a> = QModel<'a>, Word = u64, Value = UQ16>
 {
     /// The prediction as [`QPrediction`] (it is one; this names it in generic code).
@@ -681,6 +683,13 @@ macro_rules! fixed_format {
 
         impl<X: Words + ?Sized> Reads<X> for $t {
             fn check_input(model: &QModel<'_>, x: &X, k: usize) -> Result<(), InferenceError> {
+                let model_signed = matches!(
+                    model.input_coding(),
+                    crate::format::InputCoding::Signed { .. }
+                );
+                if X::SIGNED != model_signed {
+                    return Err(InferenceError::WrongInputSign { model_signed });
+                }
                 check_lengths(model.input_len(), x.len(), model.num_classes(), k)
             }
             fn mean(

@@ -361,6 +361,7 @@ impl ModelSpec {
             input_shape: self.input_shape,
             norm,
             file_len,
+            input_step: None,
         })?;
         out.extend_from_slice(&records);
         norm.write_table(&mut out);
@@ -545,23 +546,30 @@ impl<'a> InputNorm<'a> {
                 table: None,
             });
         };
-        if table.len() != channels {
-            return Err(WriteError::Invalid(ModelError::ChannelNormLength {
-                found: u32::try_from(table.len()).unwrap_or(u32::MAX),
-                expected: channels,
-            }));
-        }
+        let stored = Self::table(table, channels)?;
         Ok(match format::uniform_norm(table) {
             Some(n) => InputNorm {
                 scale: n.scale,
                 offset: n.offset,
                 table: None,
             },
-            None => InputNorm {
-                scale: ChannelNorm::IDENTITY.scale,
-                offset: ChannelNorm::IDENTITY.offset,
-                table: Some(table),
-            },
+            None => stored,
+        })
+    }
+
+    /// `table` stored as a table even when its pairs are equal (a signed-input file needs
+    /// one), with the identity in the header; it must have one pair per input channel.
+    pub fn table(table: &'a [ChannelNorm], channels: usize) -> Result<Self, WriteError> {
+        if table.len() != channels {
+            return Err(WriteError::Invalid(ModelError::ChannelNormLength {
+                found: u32::try_from(table.len()).unwrap_or(u32::MAX),
+                expected: channels,
+            }));
+        }
+        Ok(InputNorm {
+            scale: ChannelNorm::IDENTITY.scale,
+            offset: ChannelNorm::IDENTITY.offset,
+            table: Some(table),
         })
     }
 
@@ -621,6 +629,8 @@ pub(crate) struct Header<'a> {
     pub norm: InputNorm<'a>,
     pub trained: Option<TrainedSize>,
     pub file_len: usize,
+    /// The input step of a fixed-point file that reads signed codes (version 10).
+    pub input_step: Option<f32>,
 }
 
 /// Serialises a header ([`HEADER_LEN`] bytes).
@@ -628,7 +638,13 @@ pub(crate) fn header_bytes(h: &Header) -> Result<Vec<u8>, WriteError> {
     let mut out = vec![0u8; HEADER_LEN];
     out[header::MAGIC..header::MAGIC + 4].copy_from_slice(&format::MAGIC);
     let u16_fields = [
-        (header::VERSION, h.norm.version(h.version)),
+        (header::VERSION, {
+            let version = h.norm.version(h.version);
+            match h.input_step {
+                Some(_) => version.max(format::SIGNED_INPUT_FORMAT_VERSION),
+                None => version,
+            }
+        }),
         (header::HEADER_LEN, HEADER_LEN as u16),
         (header::LAYER_COUNT, to_u16(h.layer_count, "layer count")?),
         (header::NUM_CLASSES, to_u16(h.num_classes, "class count")?),
@@ -653,6 +669,10 @@ pub(crate) fn header_bytes(h: &Header) -> Result<Vec<u8>, WriteError> {
         .copy_from_slice(&to_u32(h.file_len, "model size")?.to_le_bytes());
     if h.norm.table.is_some() {
         out[header::FLAGS] = format::FLAG_CHANNEL_NORM;
+    }
+    if let Some(step) = h.input_step {
+        out[header::FLAGS] |= format::FLAG_SIGNED_INPUT;
+        out[header::INPUT_STEP..header::INPUT_STEP + 4].copy_from_slice(&step.to_le_bytes());
     }
     out[header::INPUT_SCALE..header::INPUT_SCALE + 4].copy_from_slice(&h.norm.scale.to_le_bytes());
     out[header::INPUT_OFFSET..header::INPUT_OFFSET + 4]

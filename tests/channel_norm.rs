@@ -1,20 +1,21 @@
 //! Per-channel input normalisation (format version 9): the writer and the reader agree, every
 //! malformed table is a typed error (never a panic), the engine's raw 8-bit and raw f32
 //! inputs give the bits of the f32 engine on host-normalised inputs in every mode, and the
-//! fixed-point quantizer folds per-channel scales into the first layer.
+//! fixed-point quantizer folds per-channel scales into the first layer, for unsigned bytes and
+//! for signed 8-bit codes (format version 10).
 
 mod common;
 
-use common::{mc, run_f32, run_fixed};
+use common::{mc, run_f32, run_fixed, try_run_fixed, FixedInput};
 
 use rand_core::{RngCore, SeedableRng};
 use rand_xoshiro::Xoshiro128PlusPlus;
 use tinybayes::early_exit::Halting;
-use tinybayes::fixed::quantize::{quantize, Calibration, QuantizeError};
+use tinybayes::fixed::quantize::{quantize, quantize_signed, Calibration, QuantizeError};
 use tinybayes::fixed::QModel;
-use tinybayes::format::{self, ChannelNorm, Precision, CRC32, TRAILER_LEN};
+use tinybayes::format::{self, ChannelNorm, InputCoding, Precision, CRC32, TRAILER_LEN};
 use tinybayes::writer::{synthetic, LayerOp, ModelBuffer, ModelSpec, StorageChoice, WriteError};
-use tinybayes::{Engine, Mode, Model, ModelError};
+use tinybayes::{Engine, InferenceError, Mode, Model, ModelError};
 
 const CHUNK: usize = 4;
 /// Header offsets (docs/FORMAT.md).
@@ -240,9 +241,12 @@ fn every_malformed_table_is_its_typed_error() {
         });
         assert_eq!(got, Err(ModelError::ChannelNormVersion { version }));
     }
-    // Unknown flag bits stay reserved.
-    let got = patched(&valid, |b| b[FLAGS] |= 0x02);
-    assert_eq!(got, Err(ModelError::ReservedNotZero { offset: FLAGS }));
+    // Unknown flag bits stay reserved (bit 1 is the signed-input flag of version 10: tested
+    // below).
+    for bit in [0x04u8, 0x80] {
+        let got = patched(&valid, |b| b[FLAGS] |= bit);
+        assert_eq!(got, Err(ModelError::ReservedNotZero { offset: FLAGS }));
+    }
     // Wrong count.
     for found in [0u32, 2, 4, u32::MAX] {
         let got = patched(&valid, |b| {
@@ -610,4 +614,287 @@ fn fixed_point_refuses_non_zero_offsets_by_name() {
         quantize(&uniform, Precision::Q8, &refs(&cal), Calibration::default()).unwrap_err(),
         QuantizeError::InputNormalization
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signed 8-bit codes (format version 10)
+// ---------------------------------------------------------------------------------------------
+
+/// The raw value of one code: an accelerometer's +-1.5 g over the codes -127..=127.
+const STEP: f32 = 1.5 / 127.0;
+/// Header bytes 44..48: the input step of a signed-input file.
+const INPUT_STEP: usize = 44;
+
+/// Per-channel scales (zero offsets) of signed readings, one of them negative.
+fn signed_scales() -> Vec<ChannelNorm> {
+    vec![norm(1.0 / 1.5, 0.0), norm(0.5, 0.0), norm(-2.0, 0.0)]
+}
+
+/// Signed codes of random readings in +-1.5 (a quarter of them zero).
+fn signed_codes(seed: u64, n: usize) -> Vec<i8> {
+    let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let r = rng.next_u32();
+            let raw = if r % 4 == 0 {
+                0.0
+            } else {
+                ((r >> 8) as f32 / 16_777_216.0 * 3.0) - 1.5
+            };
+            InputCoding::signed_code(raw, STEP).unwrap()
+        })
+        .collect()
+}
+
+/// The raw readings the codes stand for, as the f32 model takes them (`predict_raw`).
+fn readings(codes: &[i8]) -> Vec<f32> {
+    codes.iter().map(|&q| q as f32 * STEP).collect()
+}
+
+fn f32_raw(spec: &ModelSpec, raw: &[f32], mode: Mode, seed: u64) -> tinybayes::Prediction<8> {
+    let buffer = spec.to_buffer().unwrap();
+    let model = buffer.model().unwrap();
+    let mut ws = vec![0.0f32; tinybayes::Plan::new(&model, 8).workspace_len()];
+    let mut engine = Engine::<8>::new(&model, &mut ws).unwrap();
+    engine.predict_raw(raw, mode, &mut seeded(seed)).unwrap()
+}
+
+fn prob_gap(a: &tinybayes::QPrediction<8>, b: &tinybayes::Prediction<8>) -> f32 {
+    a.probabilities
+        .iter()
+        .zip(&b.probabilities)
+        .map(|(x, y)| (x.to_f32() - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn code_refs(v: &[Vec<i8>]) -> Vec<&[i8]> {
+    v.iter().map(|x| x.as_slice()).collect()
+}
+
+/// A model quantized for signed codes predicts from the codes what the f32 model predicts
+/// from the readings they stand for, within the tolerances of the byte fold above, by rows
+/// and by input, in q16 and q8, with mean weights and Monte Carlo; reading the codes' signs
+/// matters (the f32 model on the readings' magnitudes answers differently).
+#[test]
+fn fixed_point_reads_signed_codes_as_the_f32_model_reads_their_values() {
+    for (seed, by_input) in [(21u64, false), (22, true)] {
+        let spec = mlp_spec(seed, signed_scales(), by_input);
+        let cal: Vec<Vec<i8>> = (0..64).map(|s| signed_codes(5000 + s, 24)).collect();
+        for (precision, mean_tol, mc_tol) in
+            [(Precision::Q16, 0.002, 0.03), (Precision::Q8, 0.05, 0.06)]
+        {
+            let q = quantize_signed(
+                &spec,
+                precision,
+                &code_refs(&cal),
+                STEP,
+                Calibration::default(),
+            )
+            .unwrap();
+            assert_eq!(q.input_step, Some(STEP));
+            assert_eq!(q.channel_norm, Some(signed_scales()));
+            let bytes = q.to_bytes().unwrap();
+            assert_eq!(u16::from_le_bytes([bytes[VERSION], bytes[VERSION + 1]]), 10);
+            assert_eq!(
+                bytes[FLAGS],
+                format::FLAG_CHANNEL_NORM | format::FLAG_SIGNED_INPUT
+            );
+            let buffer = ModelBuffer::from_bytes(&bytes);
+            let model = QModel::from_bytes(buffer.as_bytes()).unwrap();
+            assert_eq!(model.input_coding(), InputCoding::Signed { step: STEP });
+            assert_eq!(model.channel_norms().collect::<Vec<_>>(), signed_scales());
+            let (mut mean_gap, mut mc_gap, mut sign_gap) = (0.0f32, 0.0f32, 0.0f32);
+            for n in 0..8u64 {
+                let codes = signed_codes(6000 + n, 24);
+                let values = readings(&codes);
+                let run = |mode, seed| {
+                    try_run_fixed::<8>(&model, FixedInput::Codes(&codes), mode, seed).unwrap()
+                };
+                let qm = run(Mode::MeanWeights, 0);
+                mean_gap = mean_gap.max(prob_gap(
+                    &qm,
+                    &f32_raw(&spec, &values, Mode::MeanWeights, 0),
+                ));
+                let magnitudes: Vec<f32> = values.iter().map(|v| v.abs()).collect();
+                sign_gap = sign_gap.max(prob_gap(
+                    &qm,
+                    &f32_raw(&spec, &magnitudes, Mode::MeanWeights, 0),
+                ));
+                let qs = run(mc(2000), n);
+                mc_gap = mc_gap.max(prob_gap(&qs, &f32_raw(&spec, &values, mc(2000), n + 99)));
+            }
+            let what = format!("{precision:?} by_input {by_input}");
+            assert!(mean_gap <= mean_tol, "{what}: mean gap {mean_gap}");
+            assert!(mc_gap <= mc_tol, "{what}: MC gap {mc_gap}");
+            assert!(
+                sign_gap > 0.05,
+                "{what}: the signs made no difference ({sign_gap})"
+            );
+        }
+    }
+}
+
+/// The same through a convolution stem (the early-exit ResNet's, three channels), in q16.
+#[test]
+fn fixed_point_reads_signed_codes_through_a_convolution_stem() {
+    let spec = resnet_spec(23, signed_scales());
+    let cal: Vec<Vec<i8>> = (0..32).map(|s| signed_codes(7000 + s, 108)).collect();
+    let q = quantize_signed(
+        &spec,
+        Precision::Q16,
+        &code_refs(&cal),
+        STEP,
+        Calibration::default(),
+    )
+    .unwrap();
+    let buffer = q.to_buffer().unwrap();
+    let model = QModel::from_bytes(buffer.as_bytes()).unwrap();
+    let mut worst = 0.0f32;
+    for s in 0..6 {
+        let codes = signed_codes(8000 + s, 108);
+        let qp =
+            try_run_fixed::<1>(&model, FixedInput::Codes(&codes), Mode::MeanWeights, 0).unwrap();
+        worst = worst.max(prob_gap(
+            &qp,
+            &f32_raw(&spec, &readings(&codes), Mode::MeanWeights, 0),
+        ));
+    }
+    assert!(worst <= 0.01, "q16 ResNet gap {worst}");
+}
+
+/// Bytes given to a model of codes, and codes to a model of bytes, are typed errors; the
+/// quantizer refuses offsets and a step that is not finite and positive.
+#[test]
+fn signed_and_unsigned_inputs_are_not_confused() {
+    let spec = mlp_spec(24, signed_scales(), false);
+    let cal: Vec<Vec<i8>> = (0..16).map(|s| signed_codes(9000 + s, 24)).collect();
+    let q = quantize_signed(
+        &spec,
+        Precision::Q8,
+        &code_refs(&cal),
+        STEP,
+        Calibration::default(),
+    )
+    .unwrap();
+    let buffer = q.to_buffer().unwrap();
+    let signed = QModel::from_bytes(buffer.as_bytes()).unwrap();
+    let bytes = raw_bytes(1, 24);
+    let codes = signed_codes(2, 24);
+    assert_eq!(
+        try_run_fixed::<4>(&signed, FixedInput::Bytes(&bytes), Mode::MeanWeights, 0).unwrap_err(),
+        InferenceError::WrongInputSign { model_signed: true }
+    );
+    let unsigned_spec = mlp_spec(24, scales_only(), false);
+    let uq = quantize(
+        &unsigned_spec,
+        Precision::Q8,
+        &refs(&calibration_set()),
+        Calibration::default(),
+    )
+    .unwrap();
+    assert_eq!(uq.input_step, None);
+    let ubuffer = uq.to_buffer().unwrap();
+    let unsigned = QModel::from_bytes(ubuffer.as_bytes()).unwrap();
+    assert_eq!(unsigned.input_coding(), InputCoding::Unsigned);
+    assert_eq!(
+        try_run_fixed::<4>(&unsigned, FixedInput::Codes(&codes), Mode::MeanWeights, 0).unwrap_err(),
+        InferenceError::WrongInputSign {
+            model_signed: false
+        }
+    );
+    let calibrated = code_refs(&cal);
+    let signed_q = |spec: &ModelSpec, step: f32| {
+        quantize_signed(
+            spec,
+            Precision::Q8,
+            &calibrated,
+            step,
+            Calibration::default(),
+        )
+        .map(|_| ())
+    };
+    assert_eq!(
+        signed_q(&mlp_spec(24, table(), false), STEP),
+        Err(QuantizeError::ChannelOffsets { channel: 0 })
+    );
+    for step in [0.0, -STEP, f32::NAN, f32::INFINITY] {
+        assert_eq!(
+            signed_q(&spec, step),
+            Err(QuantizeError::InputNormalization),
+            "step {step}"
+        );
+    }
+    // No table: the header's pair applies to every channel (offset zero here).
+    let mut global = spec.clone();
+    global.channel_norm = None;
+    global.input_scale = 0.5;
+    global.input_offset = 0.0;
+    assert_eq!(signed_q(&global, STEP), Ok(()));
+    // Codes: rounded to the nearest step, clamped, none for non-finite readings.
+    assert_eq!(InputCoding::signed_code(0.51 * STEP, STEP), Some(1));
+    assert_eq!(InputCoding::signed_code(-2.5 * STEP, STEP), Some(-3));
+    assert_eq!(InputCoding::signed_code(1e9, STEP), Some(127));
+    assert_eq!(InputCoding::signed_code(-1e9, STEP), Some(-127));
+    assert_eq!(InputCoding::signed_code(f32::NAN, STEP), None);
+}
+
+/// Every malformed signed-input header is a typed error: the flag before version 10, on an
+/// f32 file, without a table, with a non-zero offset in the table, with a step that is zero,
+/// negative, NaN or infinite; and a step's bytes without the flag are reserved bytes.
+#[test]
+fn malformed_signed_input_headers_are_typed_errors() {
+    let spec = mlp_spec(25, signed_scales(), false);
+    let cal: Vec<Vec<i8>> = (0..16).map(|s| signed_codes(9100 + s, 24)).collect();
+    let q = quantize_signed(
+        &spec,
+        Precision::Q8,
+        &code_refs(&cal),
+        STEP,
+        Calibration::default(),
+    )
+    .unwrap();
+    let base = q.to_bytes().unwrap();
+    let fixed_patched = |edit: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = base.clone();
+        edit(&mut b);
+        reseal(&mut b);
+        common::parse_fixed(&b)
+    };
+    assert_eq!(fixed_patched(&|_| {}), Ok(()));
+    let bad = Err(ModelError::BadSignedInput);
+    assert_eq!(fixed_patched(&|b| b[VERSION] = 9), bad);
+    assert_eq!(
+        fixed_patched(&|b| b[FLAGS] = format::FLAG_SIGNED_INPUT),
+        bad
+    );
+    let at = table_at(&base);
+    assert_eq!(
+        fixed_patched(&|b| b[at + 8..at + 12].copy_from_slice(&0.25f32.to_le_bytes())),
+        bad
+    );
+    for step in [0.0f32, -STEP, f32::NAN, f32::INFINITY] {
+        assert_eq!(
+            fixed_patched(&|b| b[INPUT_STEP..INPUT_STEP + 4].copy_from_slice(&step.to_le_bytes())),
+            bad,
+            "step {step}"
+        );
+    }
+    // A negative zero offset is zero.
+    assert_eq!(
+        fixed_patched(&|b| b[at + 8..at + 12].copy_from_slice(&(-0.0f32).to_le_bytes())),
+        Ok(())
+    );
+    // Without the flag, bytes 44..48 are reserved.
+    assert_eq!(
+        fixed_patched(&|b| b[FLAGS] = format::FLAG_CHANNEL_NORM),
+        Err(ModelError::ReservedNotZero { offset: INPUT_STEP })
+    );
+    // An f32 file never reads codes.
+    let f32_bytes = mlp_spec(25, signed_scales(), false).to_bytes().unwrap();
+    let flagged = patched(&f32_bytes, |b| {
+        b[VERSION] = 10;
+        b[FLAGS] |= format::FLAG_SIGNED_INPUT;
+        b[INPUT_STEP..INPUT_STEP + 4].copy_from_slice(&STEP.to_le_bytes());
+    });
+    assert_eq!(flagged, bad);
 }

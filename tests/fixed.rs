@@ -277,6 +277,7 @@ fn oversized_variances_are_refused_for_q8() {
         }],
         trained: None,
         channel_norm: None,
+        input_step: None,
     };
     assert!(matches!(
         spec.to_buffer(),

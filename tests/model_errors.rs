@@ -560,10 +560,13 @@ fn wrong_crc_trailer_reports_both_values() {
 #[test]
 fn header_reserved_fields_must_be_zero() {
     let valid = mixed();
-    for v in [2u8, 0x80, 0xff] {
+    for v in [4u8, 0x80, 0xff] {
         let got = patched(&valid, |b| b[hdr::FLAGS] = v);
         assert_eq!(got, Err(ModelError::ReservedNotZero { offset: hdr::FLAGS }));
     }
+    // Bit 1 flags signed inputs (version 10, fixed point), not in this f32 file.
+    let got = patched(&valid, |b| b[hdr::FLAGS] = 2);
+    assert_eq!(got, Err(ModelError::BadSignedInput));
     // Bit 0 flags the per-channel normalisation table of version 9, not in this file.
     let got = patched(&valid, |b| b[hdr::FLAGS] = 1);
     let version = u16_at(&valid, hdr::VERSION);
@@ -1510,8 +1513,8 @@ fn model_error_messages_are_specific() {
         (Misaligned, vec!["align"]),
         (BadMagic, vec!["magic"]),
         (
-            UnsupportedVersion { found: 10 },
-            vec!["version 10", "versions 1 to 9"],
+            UnsupportedVersion { found: 11 },
+            vec!["version 11", "versions 1 to 10"],
         ),
         (BadHeaderLength { found: 4711 }, vec!["4711", "header"]),
         (
@@ -1620,6 +1623,7 @@ fn model_error_messages_are_specific() {
             ChannelNormZeroScale { channel: 20 },
             vec!["channel 20", "scale is zero"],
         ),
+        (BadSignedInput, vec!["signed 8-bit input", "version 10"]),
     ];
     let mut seen = std::collections::HashSet::new();
     for (error, needles) in &cases {

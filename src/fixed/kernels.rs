@@ -44,7 +44,8 @@ pub trait Format {
     fn theta(r: &[u8], at: usize) -> Self::Theta;
     /// The σ² stored at `r[at..]`.
     fn sigma2(r: &[u8], at: usize) -> Self::Sigma2;
-    /// The activation word of a value `0 <= a <= ACT_MAX`.
+    /// The activation word of a value `0 <= a <= ACT_MAX`, or of a signed input code
+    /// `-128 <= a <= 127`.
     fn pack(a: i32) -> i32;
     /// The value `a` of an activation word.
     fn value(w: i32) -> i32;
@@ -102,7 +103,8 @@ pub type RowSums<F> = (
     [<F as Format>::Var; ROW_GROUP],
 );
 
-/// q8: activation word `(a^2 >> 1) << 16 | a`; int32 sums.
+/// q8: activation word `(a^2 >> 1) << 16 | a` (`a` in the low half-word as a 16-bit two's
+/// complement value, so a signed input code packs too); int32 sums.
 pub struct Q8;
 /// q16: activation word `a`; int64 sums.
 pub struct Q16;
@@ -124,11 +126,12 @@ impl Format for Q8 {
     }
     #[inline(always)]
     fn pack(a: i32) -> i32 {
-        ((a * a) >> 1) << 16 | a
+        ((a * a) >> 1) << 16 | (a & 0xffff)
     }
     #[inline(always)]
     fn value(w: i32) -> i32 {
-        w & 0xffff
+        // The low half-word, sign-extended (the same as `w & 0xffff` for activations).
+        w as i16 as i32
     }
     #[inline(always)]
     fn mac(acc: i32, w: i32, theta: i8) -> i32 {
@@ -284,6 +287,9 @@ pub trait Words {
     fn bytes(&self) -> Option<&[u8]> {
         None
     }
+    /// Whether the values are signed 8-bit codes (what a model flagged
+    /// [`crate::format::FLAG_SIGNED_INPUT`] reads); the engine checks it against the model.
+    const SIGNED: bool = false;
 }
 
 impl Words for [u8] {
@@ -301,6 +307,21 @@ impl Words for [u8] {
     #[inline(always)]
     fn bytes(&self) -> Option<&[u8]> {
         Some(self)
+    }
+}
+
+impl Words for [i8] {
+    const SIGNED: bool = true;
+    fn len(&self) -> usize {
+        <[i8]>::len(self)
+    }
+    #[inline(always)]
+    fn is_zero(&self, i: usize) -> bool {
+        self.get(i) == Some(&0)
+    }
+    #[inline(always)]
+    fn word<F: Format>(&self, i: usize) -> i32 {
+        F::pack(self[i] as i32)
     }
 }
 

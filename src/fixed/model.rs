@@ -234,6 +234,8 @@ pub struct QModel<'a> {
     input_norm: [f32; 2],
     /// Version 9: `[scale, offset]` per input channel, for reference; empty without a table.
     channel_norm: &'a [[f32; 2]],
+    /// Version 10: the step of a file that reads signed 8-bit codes.
+    input_step: Option<f32>,
     trained: Option<crate::format::TrainedSize>,
     layers: heapless::Vec<QLayer<'a>, MAX_LAYERS>,
 }
@@ -265,6 +267,7 @@ impl<'a> Validate<'a> for QModel<'a> {
             ],
             // Checked by the envelope.
             channel_norm: crate::model::channel_norm_pairs(bytes, envelope).unwrap_or(&[]),
+            input_step: envelope.input_step,
             trained: None,
             layers: heapless::Vec::new(),
         }
@@ -324,6 +327,15 @@ impl<'a> Validate<'a> for QModel<'a> {
         if cursor != envelope.body_end {
             return Err(ModelError::PayloadOutOfBounds { layer: count - 1 });
         }
+        // Signed codes feed the weight layers' signed multiplies only: a pooling layer compares
+        // activation words, which order like their values for non-negative values alone.
+        let first_weighted = matches!(
+            layers.first().map(|l| l.operation),
+            Some(Operation::Linear | Operation::Conv2d(_))
+        );
+        if self.input_step.is_some() && !first_weighted {
+            return Err(ModelError::BadSignedInput);
+        }
         check_exits(layers, shape, envelope.classes as usize)?;
         self.trained = envelope.trained_covering(layers.iter().map(|l| l.nnz()).sum())?;
         Ok(())
@@ -367,6 +379,14 @@ impl<'a> QModel<'a> {
     /// Number of raw 8-bit input values.
     pub fn input_len(&self) -> usize {
         self.input_shape.iter().product()
+    }
+    /// What the first layer reads: unsigned bytes, or signed codes with their step (format
+    /// version 10). Reading it needs no float operation.
+    pub fn input_coding(&self) -> crate::format::InputCoding {
+        match self.input_step {
+            Some(step) => crate::format::InputCoding::Signed { step },
+            None => crate::format::InputCoding::Unsigned,
+        }
     }
     /// Number of classes predicted.
     pub fn num_classes(&self) -> usize {

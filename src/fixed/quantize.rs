@@ -198,13 +198,116 @@ pub fn quantize(
     inputs: &[&[u8]],
     calibration: Calibration,
 ) -> Result<QModelSpec, QuantizeError> {
+    quantize_inputs(spec, precision, Inputs::Bytes(inputs), calibration)
+}
+
+/// [`quantize`] for a model whose device input is signed: the quantized first layer reads
+/// signed 8-bit codes `q` (format version 10, [`crate::format::InputCoding::Signed`]) whose
+/// raw value, in the units of the f32 model's input (before its normalisation), is
+/// `q * step`. The spec's normalisation (per channel, or the header pair) must have zero
+/// offsets; each channel's `step * scale_c` folds into the first layer, which must be a linear
+/// layer or a convolution. `codes` are the calibration inputs as codes
+/// ([`crate::format::InputCoding::signed_code`] of raw values).
+pub fn quantize_signed(
+    spec: &ModelSpec,
+    precision: Precision,
+    codes: &[&[i8]],
+    step: f32,
+    calibration: Calibration,
+) -> Result<QModelSpec, QuantizeError> {
+    if !(step.is_finite() && step > 0.0) {
+        return Err(QuantizeError::InputNormalization);
+    }
+    let channels = spec.input_shape[0];
+    let table = match spec.channel_norm.as_deref() {
+        Some(table) if table.len() != channels => return Err(QuantizeError::ChannelNormLength),
+        Some(table) => table.to_vec(),
+        None => vec![
+            ChannelNorm {
+                scale: spec.input_scale,
+                offset: spec.input_offset,
+            };
+            channels
+        ],
+    };
+    let scales = code_scales(&table, step)?;
+    let mut folded = spec.clone();
+    fold_input_scales(&mut folded, &scales)?;
+    let mut q = quantize_inputs(&folded, precision, Inputs::Signed(codes), calibration)?;
+    q.channel_norm = Some(table);
+    q.input_step = Some(step);
+    Ok(q)
+}
+
+/// The calibration inputs as the quantized first layer reads them.
+#[derive(Clone, Copy)]
+enum Inputs<'a> {
+    /// Unsigned bytes.
+    Bytes(&'a [&'a [u8]]),
+    /// Signed codes.
+    Signed(&'a [&'a [i8]]),
+}
+
+impl Inputs<'_> {
+    /// Number of inputs.
+    fn count(self) -> usize {
+        match self {
+            Inputs::Bytes(x) => x.len(),
+            Inputs::Signed(x) => x.len(),
+        }
+    }
+    /// Whether every input has `len` values.
+    fn all_of_len(self, len: usize) -> bool {
+        match self {
+            Inputs::Bytes(x) => x.iter().all(|v| v.len() == len),
+            Inputs::Signed(x) => x.iter().all(|v| v.len() == len),
+        }
+    }
+    /// Input `i`'s values times `scale`, as the f32 network reads them.
+    fn values(self, i: usize, scale: f32) -> Vec<f32> {
+        match self {
+            Inputs::Bytes(x) => x[i].iter().map(|&p| p as f32 * scale).collect(),
+            Inputs::Signed(x) => x[i].iter().map(|&q| q as f32 * scale).collect(),
+        }
+    }
+    /// The largest magnitude of an input value: what bounds the first layer's sums.
+    fn magnitude(self) -> f64 {
+        match self {
+            Inputs::Bytes(_) => 255.0,
+            Inputs::Signed(_) => 128.0,
+        }
+    }
+}
+
+/// The scale of one signed code in each channel's normalised units, `step * scale_c`: the
+/// table's offsets must be zero (a code of 0 is the value 0) and the products finite and
+/// non-zero.
+fn code_scales(table: &[ChannelNorm], step: f32) -> Result<Vec<f32>, QuantizeError> {
+    if let Some(channel) = table.iter().position(|n| n.offset != 0.0) {
+        return Err(QuantizeError::ChannelOffsets { channel });
+    }
+    let scales: Vec<f32> = table.iter().map(|n| n.scale * step).collect();
+    if scales.iter().any(|s| !s.is_finite() || *s == 0.0) {
+        return Err(QuantizeError::InputNormalization);
+    }
+    Ok(scales)
+}
+
+/// The quantization of a spec whose normalisation is the header's pair, calibrated on
+/// `inputs`.
+fn quantize_inputs(
+    spec: &ModelSpec,
+    precision: Precision,
+    inputs: Inputs<'_>,
+    calibration: Calibration,
+) -> Result<QModelSpec, QuantizeError> {
     let (theta_max, act_max, sq_shift) = match precision {
         Precision::Q8 => (127.0, 255.0, 1),
         Precision::Q16 => (32767.0, 32767.0, 0),
         Precision::F32 => return Err(QuantizeError::Precision),
     };
-    if let Some(table) = spec.channel_norm.as_deref() {
-        return quantize_channel_norm(spec, table, precision, inputs, calibration);
+    if let (Some(table), Inputs::Bytes(bytes)) = (spec.channel_norm.as_deref(), inputs) {
+        return quantize_channel_norm(spec, table, precision, bytes, calibration);
     }
     let scale_ok = spec.input_scale.is_finite() && spec.input_scale > 0.0;
     if spec.input_offset != 0.0 || !scale_ok {
@@ -213,7 +316,7 @@ pub fn quantize(
     let shapes = layer_shapes(spec)?;
     let n_layers = spec.layers.len();
     let input_len: usize = spec.input_shape.iter().product();
-    if inputs.is_empty() || inputs.iter().any(|x| x.len() != input_len) {
+    if inputs.count() == 0 || !inputs.all_of_len(input_len) {
         return Err(QuantizeError::Calibration);
     }
     let clips = calibrate(spec, &shapes, inputs, calibration);
@@ -230,8 +333,13 @@ pub fn quantize(
     let mut s_in = spec.input_scale as f64;
     for (index, l) in spec.layers.iter().enumerate() {
         let last = index + 1 == n_layers;
-        // The largest input value: a raw byte for the first layer, else an activation.
-        let a_max = if index == 0 { 255.0 } else { act_max };
+        // The largest input magnitude: a raw byte or code for the first layer, else an
+        // activation.
+        let a_max = if index == 0 {
+            inputs.magnitude()
+        } else {
+            act_max
+        };
         let q = match l.op {
             LayerOp::MaxPool { .. } => QLayerSpec {
                 op: l.op,
@@ -306,6 +414,7 @@ pub fn quantize(
         layers,
         trained: spec.trained,
         channel_norm: None,
+        input_step: None,
     })
 }
 
@@ -322,8 +431,7 @@ fn quantize_channel_norm(
     inputs: &[&[u8]],
     calibration: Calibration,
 ) -> Result<QModelSpec, QuantizeError> {
-    let [channels, height, width] = spec.input_shape;
-    if table.len() != channels {
+    if table.len() != spec.input_shape[0] {
         return Err(QuantizeError::ChannelNormLength);
     }
     let mut folded = spec.clone();
@@ -333,12 +441,23 @@ fn quantize_channel_norm(
         folded.input_offset = n.offset;
         return quantize(&folded, precision, inputs, calibration);
     }
-    if let Some(channel) = table.iter().position(|n| n.offset != 0.0) {
-        return Err(QuantizeError::ChannelOffsets { channel });
+    let scales = code_scales(table, 1.0)?;
+    fold_input_scales(&mut folded, &scales)?;
+    let mut q = quantize(&folded, precision, inputs, calibration)?;
+    q.channel_norm = Some(table.to_vec());
+    Ok(q)
+}
+
+/// Folds a per-channel scale of the input into the first layer of `folded` (which must be
+/// linear or a convolution): its weights on channel `c` become `θ s_c` and their variances
+/// `σ² s_c²`, since `θ (s_c p) = (θ s_c) p` and `σ² (s_c p)² = (σ² s_c²) p²`; the result
+/// reads raw values at scale 1, without a normalisation table.
+fn fold_input_scales(folded: &mut ModelSpec, scales: &[f32]) -> Result<(), QuantizeError> {
+    let [channels, height, width] = folded.input_shape;
+    if scales.len() != channels {
+        return Err(QuantizeError::ChannelNormLength);
     }
-    if table.iter().any(|n| !n.scale.is_finite() || n.scale == 0.0) {
-        return Err(QuantizeError::InputNormalization);
-    }
+    folded.channel_norm = None;
     folded.input_scale = 1.0;
     folded.input_offset = 0.0;
     let first = folded
@@ -355,17 +474,15 @@ fn quantize_channel_norm(
     };
     let channel_of = |k: usize| (k % row) / per_channel;
     for (k, t) in first.theta.iter_mut().enumerate() {
-        *t *= table[channel_of(k)].scale;
+        *t *= scales[channel_of(k)];
     }
     if let Some(variance) = first.variance.as_mut() {
         for (k, v) in variance.iter_mut().enumerate() {
-            let s = table[channel_of(k)].scale;
+            let s = scales[channel_of(k)];
             *v *= s * s;
         }
     }
-    let mut q = quantize(&folded, precision, inputs, calibration)?;
-    q.channel_norm = Some(table.to_vec());
-    Ok(q)
+    Ok(())
 }
 
 /// The ranges of a fixed-point format.
@@ -673,7 +790,7 @@ fn calibration_layer(
 fn calibrate(
     spec: &ModelSpec,
     shapes: &[[usize; 3]],
-    inputs: &[&[u8]],
+    inputs: Inputs<'_>,
     c: Calibration,
 ) -> Vec<f64> {
     let n = spec.layers.len();
@@ -684,9 +801,9 @@ fn calibrate(
     let run = if plain_logits { n - 1 } else { n };
     let mut values: Vec<Vec<f32>> = vec![Vec::new(); n];
     let mut rng = Xoshiro128PlusPlus::seed_from_u64(c.seed);
-    for raw in inputs {
+    for input in 0..inputs.count() {
         for pass in 0..=c.mc_samples {
-            let mut x: Vec<f32> = raw.iter().map(|&p| p as f32 * spec.input_scale).collect();
+            let mut x = inputs.values(input, spec.input_scale);
             // Every layer's output, for the residual additions that read them.
             let mut outputs: Vec<Vec<f32>> = Vec::with_capacity(run);
             for (index, l) in spec.layers[..run].iter().enumerate() {
@@ -932,7 +1049,12 @@ mod tests {
                 } else {
                     32767.0
                 };
-                let clips = calibrate(spec, &layer_shapes(spec).unwrap(), &refs, cal);
+                let clips = calibrate(
+                    spec,
+                    &layer_shapes(spec).unwrap(),
+                    Inputs::Bytes(&refs),
+                    cal,
+                );
                 let raw = refs[3];
                 // The integer input of each layer: the mean-weights activations before it.
                 let mut a: Vec<i32> = raw.iter().map(|&p| p as i32).collect();

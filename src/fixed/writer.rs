@@ -6,6 +6,7 @@
 use alloc::vec::Vec;
 
 use super::model::QModel;
+use crate::error::ModelError;
 use crate::format::{
     self, pack_tap, quant_conv_payload_len, quant_payload_len, quant_record_layout, record,
     window_output, Activation, LayerKind, Posterior, Precision, Storage, HEADER_LEN,
@@ -76,6 +77,10 @@ pub struct QModelSpec {
     /// into the first layer, which reads raw bytes). Given, it replaces `input_scale` and
     /// `input_offset`.
     pub channel_norm: Option<Vec<crate::format::ChannelNorm>>,
+    /// `Some(step)`: the first layer reads signed 8-bit codes `q`, raw value `q * step`
+    /// (format version 10, [`crate::format::FLAG_SIGNED_INPUT`]; needs `channel_norm`, with
+    /// zero offsets, which the quantizer folds with the step). `None`: unsigned bytes.
+    pub input_step: Option<f32>,
 }
 
 impl QLayerSpec {
@@ -143,12 +148,16 @@ impl QModelSpec {
         if self.precision == Precision::F32 {
             return Err(WriteError::TooLarge("f32 precision in a fixed-point spec"));
         }
-        let norm = InputNorm::resolve(
-            self.input_scale,
-            self.input_offset,
-            self.channel_norm.as_deref(),
-            self.input_shape[0],
-        )?;
+        let norm = match (self.input_step, self.channel_norm.as_deref()) {
+            (Some(_), Some(table)) => InputNorm::table(table, self.input_shape[0])?,
+            (Some(_), None) => return Err(WriteError::Invalid(ModelError::BadSignedInput)),
+            (None, table) => InputNorm::resolve(
+                self.input_scale,
+                self.input_offset,
+                table,
+                self.input_shape[0],
+            )?,
+        };
         // Where the payloads start: after the layer table and the normalisation table.
         let table_end = HEADER_LEN + self.layers.len() * LAYER_RECORD_LEN + norm.table_len();
         let mut payloads = Vec::new();
@@ -281,6 +290,7 @@ impl QModelSpec {
             input_shape: self.input_shape,
             norm,
             file_len,
+            input_step: self.input_step,
         })?;
         out.extend_from_slice(&records);
         norm.write_table(&mut out);

@@ -12,7 +12,7 @@ use tinybayes::format::{self, Activation, Precision, CRC32, TRAILER_LEN};
 use tinybayes::numeric::FixedPoint;
 use tinybayes::writer::LayerOp;
 use tinybayes::writer::{ModelBuffer, ModelSpec};
-use tinybayes::{Engine, Mode, Model, ModelError, Prediction, Q16, Q8};
+use tinybayes::{Engine, InferenceError, Mode, Model, ModelError, Prediction, Q16, Q8};
 
 /// Monte Carlo with `samples` samples.
 pub fn mc(samples: u16) -> Mode {
@@ -21,32 +21,53 @@ pub fn mc(samples: u16) -> Mode {
     }
 }
 
+/// What a fixed-point model reads: unsigned bytes or signed codes.
+#[derive(Clone, Copy)]
+pub enum FixedInput<'a> {
+    /// `Engine::predict_u8`.
+    Bytes(&'a [u8]),
+    /// `Engine::predict_i8`.
+    Codes(&'a [i8]),
+}
+
 /// One prediction of a q8 or q16 model with `CHUNK` samples per pass, the generator seeded
-/// with `seed`.
+/// with `seed`, from either kind of input (the engine's error, if any).
+pub fn try_run_fixed<const CHUNK: usize>(
+    model: &QModel<'_>,
+    input: FixedInput<'_>,
+    mode: Mode,
+    seed: u64,
+) -> Result<QPrediction<8>, InferenceError> {
+    fn typed<const CHUNK: usize, N: FixedPoint>(
+        model: &QModel<'_>,
+        input: FixedInput<'_>,
+        mode: Mode,
+        seed: u64,
+    ) -> Result<QPrediction<8>, InferenceError> {
+        let mut ws = vec![0u64; model.workspace_len(CHUNK)];
+        let mut engine = Engine::<CHUNK, N>::new(model, &mut ws).unwrap();
+        let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed);
+        match input {
+            FixedInput::Bytes(raw) => engine.predict_u8(raw, mode, &mut rng),
+            FixedInput::Codes(codes) => engine.predict_i8(codes, mode, &mut rng),
+        }
+    }
+    match model.precision() {
+        Precision::Q16 => typed::<CHUNK, Q16>(model, input, mode, seed),
+        _ => typed::<CHUNK, Q8>(model, input, mode, seed),
+    }
+}
+
+/// [`try_run_fixed`] from raw bytes, which must succeed.
 pub fn run_fixed<const CHUNK: usize>(
     model: &QModel<'_>,
     raw: &[u8],
     mode: Mode,
     seed: u64,
 ) -> QPrediction<8> {
-    fn typed<const CHUNK: usize, N: FixedPoint>(
-        model: &QModel<'_>,
-        raw: &[u8],
-        mode: Mode,
-        seed: u64,
-    ) -> QPrediction<8> {
-        let mut ws = vec![0u64; model.workspace_len(CHUNK)];
-        let mut engine = Engine::<CHUNK, N>::new(model, &mut ws).unwrap();
-        let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed);
-        engine.predict_u8(raw, mode, &mut rng).unwrap()
-    }
-    match model.precision() {
-        Precision::Q16 => typed::<CHUNK, Q16>(model, raw, mode, seed),
-        _ => typed::<CHUNK, Q8>(model, raw, mode, seed),
-    }
+    try_run_fixed::<CHUNK>(model, FixedInput::Bytes(raw), mode, seed).unwrap()
 }
 
-/// One prediction of the f32 model `spec` describes, 8 samples per pass.
 pub fn run_f32(spec: &ModelSpec, raw: &[u8], mode: Mode, seed: u64) -> Prediction<8> {
     let buffer = spec.to_buffer().unwrap();
     let model = Model::from_bytes(buffer.as_bytes()).unwrap();

@@ -329,6 +329,11 @@ enum tb_status
    */
   TB_STATUS_MODEL_CHANNEL_NORM_ZERO_SCALE = 136,
   /**
+   * The signed-input flag is set where it cannot be (format version 10: fixed point, a
+   * table of zero offsets, a finite positive step, a linear or convolution first layer).
+   */
+  TB_STATUS_MODEL_BAD_SIGNED_INPUT = 137,
+  /**
    * The input has the wrong number of values for the model.
    */
   TB_STATUS_INPUT_LENGTH = 200,
@@ -377,6 +382,11 @@ enum tb_status
    * The model's number format is not the engine's.
    */
   TB_STATUS_WRONG_FORMAT = 211,
+  /**
+   * The model reads signed 8-bit codes (format version 10); the C API's prediction
+   * functions take unsigned bytes.
+   */
+  TB_STATUS_WRONG_INPUT_SIGN = 212,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

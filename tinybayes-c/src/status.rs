@@ -112,6 +112,9 @@ pub enum TbStatus {
     ModelChannelNormNotFinite = 135,
     /// A channel's normalisation scale is zero.
     ModelChannelNormZeroScale = 136,
+    /// The signed-input flag is set where it cannot be (format version 10: fixed point, a
+    /// table of zero offsets, a finite positive step, a linear or convolution first layer).
+    ModelBadSignedInput = 137,
     /// The input has the wrong number of values for the model.
     InputLength = 200,
     /// The input contains NaN or an infinity.
@@ -137,6 +140,9 @@ pub enum TbStatus {
     UnsupportedMode = 210,
     /// The model's number format is not the engine's.
     WrongFormat = 211,
+    /// The model reads signed 8-bit codes (format version 10); the C API's prediction
+    /// functions take unsigned bytes.
+    WrongInputSign = 212,
 }
 
 impl TbStatus {
@@ -247,6 +253,9 @@ impl TbStatus {
             ModelChannelNormZeroScale => {
                 c"TB_STATUS_MODEL_CHANNEL_NORM_ZERO_SCALE: a channel's normalisation scale is zero"
             }
+            ModelBadSignedInput => {
+                c"TB_STATUS_MODEL_BAD_SIGNED_INPUT: the signed-input flag is set in a file that cannot have it"
+            }
             InputLength => c"TB_STATUS_INPUT_LENGTH: the input has the wrong number of values",
             NonFiniteInput => c"TB_STATUS_NON_FINITE_INPUT: the input contains NaN or infinity",
             WorkspaceTooSmall => {
@@ -269,11 +278,14 @@ impl TbStatus {
                 c"TB_STATUS_UNSUPPORTED_MODE: the mode is not available for this number format"
             }
             WrongFormat => c"TB_STATUS_WRONG_FORMAT: the model's format is not the engine's",
+            WrongInputSign => {
+                c"TB_STATUS_WRONG_INPUT_SIGN: the model reads signed 8-bit codes, the C API unsigned bytes"
+            }
         }
     }
 
     /// Every code, in order (for tests and for a caller's table).
-    pub const ALL: [TbStatus; 59] = {
+    pub const ALL: [TbStatus; 61] = {
         use TbStatus::*;
         [
             Ok,
@@ -323,6 +335,7 @@ impl TbStatus {
             ModelChannelNormLength,
             ModelChannelNormNotFinite,
             ModelChannelNormZeroScale,
+            ModelBadSignedInput,
             InputLength,
             NonFiniteInput,
             WorkspaceTooSmall,
@@ -335,6 +348,7 @@ impl TbStatus {
             ChunkTooSmall,
             UnsupportedMode,
             WrongFormat,
+            WrongInputSign,
         ]
     };
 }
@@ -381,6 +395,7 @@ impl From<ModelError> for TbStatus {
             E::ChannelNormLength { .. } => ModelChannelNormLength,
             E::ChannelNormNotFinite { .. } => ModelChannelNormNotFinite,
             E::ChannelNormZeroScale { .. } => ModelChannelNormZeroScale,
+            E::BadSignedInput => ModelBadSignedInput,
         }
     }
 }
@@ -402,6 +417,7 @@ impl From<InferenceError> for TbStatus {
             E::ChunkTooSmall { .. } => ChunkTooSmall,
             E::UnsupportedMode => UnsupportedMode,
             E::WrongFormat { .. } => WrongFormat,
+            E::WrongInputSign { .. } => WrongInputSign,
         }
     }
 }
