@@ -171,7 +171,12 @@ fn main() {
     write_bench_models(&mut src, &out, &model);
     fixed::write_fixed(&mut src, &manifest, &out, &images, fixed_chunk, board);
     write_early_exit_model(&mut src, &manifest, &out, &images);
-    hmp::write_hmp(&mut src, &manifest, DEVICE_CHUNK);
+    hmp::write_hmp(
+        &mut src,
+        &manifest,
+        (DEVICE_CHUNK, fixed_chunk),
+        PARITY_SEED_BASE,
+    );
     fs::write(out.join("generated.rs"), src).expect("write generated.rs");
 }
 

@@ -15,6 +15,14 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+/// The q8 version of the HMP model (signed 8-bit codes of the readings), relative to the
+/// firmware crate.
+pub const HMP_Q8_MODEL: &str = "../models/hmp-conv1d-q8.tbm";
+/// A fixed-point model to run beside a custom f32 one (`TINYBAYES_DEVICE_MODEL`).
+const Q8_MODEL_ENV: &str = "TINYBAYES_DEVICE_Q8_MODEL";
+/// Monte Carlo samples of the demo (the firmware's `DEMO_SAMPLES`).
+const SAMPLES: u16 = 32;
+
 /// The HMP model the demo runs, relative to the firmware crate.
 pub const HMP_MODEL: &str = "../models/hmp-conv1d.tbm";
 /// Environment variable naming the model file (default [`HMP_MODEL`]).
@@ -163,10 +171,18 @@ fn windows(path: &Path, window: usize, hmp: bool) -> Result<Vec<(Vec<f32>, u8)>,
         .collect()
 }
 
-/// Writes the HMP demo's model, windows and workspace size into `src`.
-pub fn write_hmp(src: &mut String, manifest: &Path, chunk: usize) {
+/// Writes the HMP demo's models, windows and workspace sizes into `src` (`chunk`: the f32
+/// engine's samples per pass, `fixed_chunk`: the fixed-point engine's; `seed_base`: the
+/// demo's first seed).
+pub fn write_hmp(
+    src: &mut String,
+    manifest: &Path,
+    (chunk, fixed_chunk): (usize, usize),
+    seed_base: u64,
+) {
     println!("cargo::rerun-if-env-changed={DATA_ENV}");
     println!("cargo::rerun-if-env-changed={MODEL_ENV}");
+    println!("cargo::rerun-if-env-changed={Q8_MODEL_ENV}");
     let custom = std::env::var_os(MODEL_ENV).map(PathBuf::from);
     let model_path = custom.clone().unwrap_or_else(|| manifest.join(HMP_MODEL));
     println!("cargo::rerun-if-changed={}", model_path.display());
@@ -244,4 +260,121 @@ pub fn write_hmp(src: &mut String, manifest: &Path, chunk: usize) {
         write!(src, "], {label}),").unwrap();
     }
     writeln!(src, "];").unwrap();
+    let windows: Vec<&[f32]> = found.iter().flatten().map(|(v, _)| v.as_slice()).collect();
+    let q8_path = match (std::env::var_os(Q8_MODEL_ENV), &custom) {
+        (Some(path), _) => Some(PathBuf::from(path)),
+        (None, None) => Some(manifest.join(HMP_Q8_MODEL)),
+        (None, Some(_)) => None,
+    };
+    write_hmp_q8(src, q8_path.as_deref(), &windows, fixed_chunk, seed_base);
+}
+
+/// The fixed-point half: the q8 model (if any), each window as the signed codes the model
+/// reads, and the digest of the host's answers to them (the device checks its own against it:
+/// the same integer engine, bit for bit).
+fn write_hmp_q8(
+    src: &mut String,
+    path: Option<&Path>,
+    windows: &[&[f32]],
+    chunk: usize,
+    seed_base: u64,
+) {
+    use rand_core::SeedableRng;
+    use tinybayes::format::InputCoding;
+
+    let Some(path) = path else {
+        writeln!(src, "/// No fixed-point model beside a custom f32 one.").unwrap();
+        writeln!(src, "pub static HMP_Q8_MODEL: Option<&[u8]> = None;").unwrap();
+        writeln!(src, "/// Workspace words of the fixed-point model.").unwrap();
+        writeln!(src, "pub const HMP_Q8_WORKSPACE_WORDS: usize = 0;").unwrap();
+        writeln!(src, "/// The windows as signed codes.").unwrap();
+        writeln!(src, "pub static HMP_Q8_CODES: &[&[i8]] = &[];").unwrap();
+        writeln!(src, "/// The host's outputs digest.").unwrap();
+        writeln!(src, "pub const HMP_Q8_DIGEST: u32 = 0;").unwrap();
+        return;
+    };
+    println!("cargo::rerun-if-changed={}", path.display());
+    let bytes = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let buffer = tinybayes::writer::ModelBuffer::from_bytes(&bytes);
+    let model = tinybayes::QModel::from_bytes(buffer.as_bytes())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let InputCoding::Signed { step } = model.input_coding() else {
+        panic!(
+            "{}: the demo's fixed-point model must read signed codes",
+            path.display()
+        )
+    };
+    let codes: Vec<Vec<i8>> = windows
+        .iter()
+        .map(|w| {
+            w.iter()
+                .map(|&v| InputCoding::signed_code(v, step).expect("finite readings"))
+                .collect()
+        })
+        .collect();
+    // The host's answers, as the device computes them (Monte Carlo, seed per window).
+    let mut workspace = vec![0u64; model.workspace_len(8)];
+    let mut digest = tinybayes::digest::OutputsDigest::new();
+    let samples = core::num::NonZeroU16::new(SAMPLES).expect("non-zero");
+    for (i, x) in codes.iter().enumerate() {
+        let mut rng = rand_xoshiro::Xoshiro128PlusPlus::seed_from_u64(seed_base + i as u64);
+        let p: tinybayes::QPrediction<32> = match model.precision() {
+            tinybayes::format::Precision::Q16 => {
+                tinybayes::Engine::<8, tinybayes::Q16>::new(&model, &mut workspace).and_then(
+                    |mut e| e.predict_i8(x, tinybayes::Mode::MonteCarlo { samples }, &mut rng),
+                )
+            }
+            _ => tinybayes::Engine::<8, tinybayes::Q8>::new(&model, &mut workspace).and_then(
+                |mut e| e.predict_i8(x, tinybayes::Mode::MonteCarlo { samples }, &mut rng),
+            ),
+        }
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        digest.add(&p);
+    }
+    writeln!(
+        src,
+        "/// The fixed-point HMP model (signed codes), in flash."
+    )
+    .unwrap();
+    writeln!(
+        src,
+        "pub static HMP_Q8_MODEL: Option<&[u8]> = Some(tinybayes::include_model!({:?}));",
+        path.canonicalize()
+            .expect("q8 model path")
+            .display()
+            .to_string()
+    )
+    .unwrap();
+    writeln!(
+        src,
+        "/// Workspace words (u64) of the fixed-point HMP model at `FIXED_CHUNK`."
+    )
+    .unwrap();
+    writeln!(
+        src,
+        "pub const HMP_Q8_WORKSPACE_WORDS: usize = {};",
+        model.workspace_len(chunk)
+    )
+    .unwrap();
+    writeln!(
+        src,
+        "/// The windows as the signed codes the model reads (step {step} g per code)."
+    )
+    .unwrap();
+    write!(src, "pub static HMP_Q8_CODES: &[&[i8]] = &[").unwrap();
+    for c in &codes {
+        write!(src, "&{c:?},").unwrap();
+    }
+    writeln!(src, "];").unwrap();
+    writeln!(
+        src,
+        "/// The outputs digest of the host's answers to `HMP_Q8_CODES` ({SAMPLES} samples, seeds from `DEMO_SEED_BASE`)."
+    )
+    .unwrap();
+    writeln!(
+        src,
+        "pub const HMP_Q8_DIGEST: u32 = {:#010x};",
+        digest.finalize()
+    )
+    .unwrap();
 }

@@ -33,6 +33,13 @@ pub enum DemoError {
     Model(ModelError),
     /// An inference failed.
     Inference(InferenceError),
+    /// The device's answers differ from the host's (their outputs digests).
+    HostMismatch {
+        /// The host's digest, computed when the firmware was built.
+        expected: u32,
+        /// The device's.
+        found: u32,
+    },
 }
 
 impl From<ModelError> for DemoError {

@@ -11,12 +11,16 @@ use core::num::NonZeroU16;
 use embedded_hal::digital::OutputPin;
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro128PlusPlus;
-use tinybayes::{Engine, Mode, Model, Prediction};
+use tinybayes::digest::OutputsDigest;
+use tinybayes::fixed::{QModel, QPrediction, UQ16};
+use tinybayes::format::InputCoding;
+use tinybayes::{Engine, Mode, Model, Prediction, Q8};
 
 use crate::app::{DemoError, DemoSummary};
 use crate::clock::Clock;
 use crate::generated::{
-    DEMO_CHUNK, DEMO_SAMPLES, DEMO_SEED_BASE, HMP_CLASS_NAMES, HMP_MISSING, HMP_MODEL, HMP_WINDOWS,
+    DEMO_CHUNK, DEMO_SAMPLES, DEMO_SEED_BASE, FIXED_CHUNK, HMP_CLASS_NAMES, HMP_MISSING, HMP_MODEL,
+    HMP_Q8_CODES, HMP_Q8_DIGEST, HMP_Q8_MODEL, HMP_Q8_WORKSPACE_WORDS, HMP_WINDOWS,
     HMP_WORKSPACE_WORDS,
 };
 
@@ -30,6 +34,15 @@ pub const MAX_CLASSES: usize = 32;
 pub const UNSURE_MUTUAL_INFORMATION: f32 = 0.10;
 /// Top probability below which an answer is flagged unsure.
 pub const UNSURE_CONFIDENCE: f32 = 0.6;
+/// [`UNSURE_MUTUAL_INFORMATION`] in UQ16 (0.1 nats), for the integer-only model.
+pub const UNSURE_MUTUAL_INFORMATION_Q: UQ16 = UQ16(6554);
+/// [`UNSURE_CONFIDENCE`] in UQ16 (0.6), for the integer-only model.
+pub const UNSURE_CONFIDENCE_Q: UQ16 = UQ16(39322);
+
+/// The name of class `k`.
+fn class_name(k: usize) -> &'static str {
+    HMP_CLASS_NAMES.get(k).copied().unwrap_or("?")
+}
 
 /// What the HMP demo found: `None` when the firmware was built without the data file.
 pub fn run_hmp_demo<L: OutputPin, C: Clock>(
@@ -82,7 +95,7 @@ pub fn run_hmp_demo<L: OutputPin, C: Clock>(
         } else {
             led.set_low()
         };
-        let name = |k: usize| HMP_CLASS_NAMES.get(k).copied().unwrap_or("?");
+        let name = class_name;
         defmt::info!(
             "window {=usize}: {=str} -> {=str} (p = {=f32}), entropy {=f32} nats, mutual information {=f32} nats{=str} [{=u64} {=str}]",
             i,
@@ -110,5 +123,90 @@ pub fn run_hmp_demo<L: OutputPin, C: Clock>(
         summary.record(i, *label, p.class, unsure);
     }
     let _ = led.set_low();
+    Ok(Some(summary))
+}
+
+/// The integer-only half of the demo: the q8 model (`models/hmp-conv1d-q8.tbm`) on the same
+/// windows, given as the signed 8-bit codes an accelerometer driver would hand it
+/// (`Engine::predict_i8`; the build cut them from the readings with the model's step). No
+/// float operation runs: thresholds are in UQ16 and values print in thousandths. The answers'
+/// outputs digest is checked against the host's, computed by the build with the same engine:
+/// a mismatch is an error. `None` when the firmware was built without the data file or
+/// without a fixed-point model.
+pub fn run_hmp_q8_demo<L: OutputPin, C: Clock>(
+    led: &mut L,
+    clock: &mut C,
+) -> Result<Option<DemoSummary>, DemoError> {
+    let (Some(bytes), None) = (HMP_Q8_MODEL, HMP_MISSING) else {
+        return Ok(None);
+    };
+    let model = QModel::from_bytes(bytes)?;
+    let step = match model.input_coding() {
+        // Logging an f32 sends its bits: defmt formats it on the host, no float operation.
+        InputCoding::Signed { step } => step,
+        InputCoding::Unsigned => 0.0,
+    };
+    defmt::info!(
+        "q8 model (integer only, signed 8-bit codes of the readings, {=f32} g per code): {=usize} layers, {=usize} weights stored, {=usize} bytes of flash, {=usize} bytes of workspace",
+        step,
+        model.layers().len(),
+        model.nnz(),
+        model.as_bytes().len(),
+        model.workspace_bytes(FIXED_CHUNK)
+    );
+    let mut workspace = [0u64; HMP_Q8_WORKSPACE_WORDS];
+    let mut engine = Engine::<FIXED_CHUNK, Q8>::new(&model, &mut workspace)?;
+    let samples = NonZeroU16::new(DEMO_SAMPLES).unwrap_or(NonZeroU16::MIN);
+    let mut summary = DemoSummary {
+        correct: 0,
+        unsure: 0,
+        wrong: 0,
+        wrong_flagged: 0,
+        total: 0,
+    };
+    let mut digest = OutputsDigest::new();
+    for (i, (codes, (_, label))) in HMP_Q8_CODES.iter().zip(HMP_WINDOWS).enumerate() {
+        let mut rng = Xoshiro128PlusPlus::seed_from_u64(DEMO_SEED_BASE + i as u64);
+        let start = clock.now();
+        let p: QPrediction<MAX_CLASSES> =
+            engine.predict_i8(codes, Mode::MonteCarlo { samples }, &mut rng)?;
+        let cost = clock.now() - start;
+        digest.add(&p);
+        let unsure = p.mutual_information > UNSURE_MUTUAL_INFORMATION_Q
+            || p.confidence() < UNSURE_CONFIDENCE_Q;
+        let _ = if unsure {
+            led.set_high()
+        } else {
+            led.set_low()
+        };
+        defmt::info!(
+            "q8 window {=usize}: {=str} -> {=str} (p = {=u32}.{=u32:03}), entropy {=u32}.{=u32:03} nats, mutual information {=u32}.{=u32:03} nats{=str} [{=u64} {=str}]",
+            i,
+            class_name(usize::from(*label)),
+            class_name(p.class),
+            p.confidence().to_milli() / 1000,
+            p.confidence().to_milli() % 1000,
+            p.predictive_entropy.to_milli() / 1000,
+            p.predictive_entropy.to_milli() % 1000,
+            p.mutual_information.to_milli() / 1000,
+            p.mutual_information.to_milli() % 1000,
+            if unsure { ", UNSURE (LED on)" } else { "" },
+            cost,
+            C::UNIT
+        );
+        summary.record(i, *label, p.class, unsure);
+    }
+    let _ = led.set_low();
+    let found = digest.finalize();
+    if found != HMP_Q8_DIGEST {
+        return Err(DemoError::HostMismatch {
+            expected: HMP_Q8_DIGEST,
+            found,
+        });
+    }
+    defmt::info!(
+        "q8 answers match the host's bit for bit (outputs digest {=u32:#010x})",
+        found
+    );
     Ok(Some(summary))
 }

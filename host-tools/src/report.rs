@@ -61,6 +61,9 @@ pub struct ModelReport {
     /// table, the header's one pair repeated; fixed-point models: kept for reference, folded
     /// into the first layer).
     pub input_norm: Vec<ChannelNormReport>,
+    /// Fixed-point models that read signed 8-bit codes (format version 10): the raw value of
+    /// one code; `None` for models that read bytes (and f32 models).
+    pub input_step: Option<f32>,
     /// Layers, input first.
     pub layers: Vec<LayerReport>,
     /// Parameters of the dense network (weights and biases).
@@ -179,6 +182,7 @@ impl ModelReport {
             classes: model.num_classes(),
             per_channel_norm: model.has_channel_norm(),
             input_norm: model.channel_norms().map(Into::into).collect(),
+            input_step: None,
             layers,
             dense_params: model.dense_params(),
             nnz: model.nnz(),
@@ -230,6 +234,10 @@ impl ModelReport {
             classes: model.num_classes(),
             per_channel_norm: model.has_channel_norm(),
             input_norm: model.channel_norms().map(Into::into).collect(),
+            input_step: match model.input_coding() {
+                tinybayes::format::InputCoding::Signed { step } => Some(step),
+                tinybayes::format::InputCoding::Unsigned => None,
+            },
             dense_params: model.dense_params(),
             layers,
             nnz: model.nnz(),
@@ -253,7 +261,7 @@ impl ModelReport {
         } else {
             " (folded into the first layer)"
         };
-        match (self.per_channel_norm, self.input_norm.first()) {
+        let lines = match (self.per_channel_norm, self.input_norm.first()) {
             (false, Some(n)) => format!(
                 "input normalisation: p * {} + {} in every channel{reference}\n",
                 n.scale, n.offset
@@ -266,6 +274,12 @@ impl ModelReport {
                 s
             }
             (false, None) => String::new(),
+        };
+        match self.input_step {
+            Some(step) => format!(
+                "input: signed 8-bit codes q, raw value p = q * {step} (predict_i8)\n{lines}"
+            ),
+            None => lines,
         }
     }
 

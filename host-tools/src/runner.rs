@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use tinybayes::fixed::quantize::{quantize, Calibration};
+use tinybayes::fixed::quantize::{quantize, quantize_signed, Calibration};
 use tinybayes::fixed::QModel;
-use tinybayes::format::Precision;
+use tinybayes::format::{InputCoding, Precision};
 use tinybayes::model::Operation;
 use tinybayes::numeric::LayerView;
 use tinybayes::writer::{ModelBuffer, ModelSpec};
@@ -46,9 +46,16 @@ pub struct PrecisionArgs {
     pub calibration_images: Option<PathBuf>,
     /// Data file (.npz, .npy or .csv) whose first --calibration-count training examples
     /// calibrate the activation scales instead of --calibration-images; each example's shape
-    /// must be the model's input. Byte data only for now (the quantizer reads raw bytes).
+    /// must be the model's input. Byte data gives a model that reads bytes; f32 data one that
+    /// reads signed 8-bit codes of the values (see --input-step; the model's normalisation
+    /// must then have zero offsets: train with normalize = "scale").
     #[arg(long, value_name = "FILE", conflicts_with = "calibration_images")]
     pub calibration_data: Option<PathBuf>,
+    /// Quantizing from f32 data: the raw value of one signed input code (the device feeds
+    /// round(value / step), clamped to -127..=127) [default: the largest |value| of the
+    /// calibration examples / 127].
+    #[arg(long, value_parser = parse_input_step, value_name = "STEP")]
+    pub input_step: Option<f32>,
     /// Number of calibration images, at most the images in the file [default: 1000, or every
     /// image of a smaller file, with a warning].
     #[arg(long, allow_negative_numbers = true)]
@@ -57,6 +64,16 @@ pub struct PrecisionArgs {
     /// (0, 1]; 1 keeps the largest value seen (more headroom, coarser steps) [default: 0.9999].
     #[arg(long, value_parser = parse_clip_quantile, value_name = "Q", allow_negative_numbers = true)]
     pub clip_quantile: Option<f64>,
+}
+
+/// Parses `--input-step`: a finite positive number.
+fn parse_input_step(text: &str) -> Result<f32, String> {
+    match text.trim().parse::<f32>() {
+        Ok(s) if s.is_finite() && s > 0.0 => Ok(s),
+        _ => Err(format!(
+            "--input-step must be a finite positive number, got {text:?}"
+        )),
+    }
 }
 
 /// Parses `--clip-quantile`: a number in (0, 1].
@@ -76,10 +93,11 @@ impl PrecisionArgs {
         let given = self.calibration_images.is_some()
             || self.calibration_data.is_some()
             || self.calibration_count.is_some()
-            || self.clip_quantile.is_some();
+            || self.clip_quantile.is_some()
+            || self.input_step.is_some();
         if given {
             crate::ui::warn(
-                "--calibration-images/--calibration-data, --calibration-count and --clip-quantile are ignored: \
+                "--calibration-images/--calibration-data, --calibration-count, --clip-quantile and --input-step are ignored: \
                  they calibrate quantizing an f32 model to --precision q8 or q16 only",
             );
         }
@@ -205,13 +223,22 @@ pub fn calibration_images(
         .collect())
 }
 
-/// The first `count` training examples of a data file (`--calibration-data`) as raw bytes,
-/// checked against the model's input `shape`.
+/// Calibration examples, as the quantized model will read them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CalibrationSet {
+    /// Raw bytes: a model that reads unsigned bytes.
+    Bytes(Vec<Vec<u8>>),
+    /// f32 values in the data's units: a model that reads signed codes of them.
+    Readings(Vec<Vec<f32>>),
+}
+
+/// The first `count` training examples of a data file (`--calibration-data`), checked
+/// against the model's input `shape`.
 pub fn calibration_data(
     path: &Path,
     count: Option<usize>,
     shape: [usize; 3],
-) -> Result<Vec<Vec<u8>>> {
+) -> Result<CalibrationSet> {
     if count == Some(0) {
         bail!("--calibration-count must be at least 1");
     }
@@ -220,13 +247,6 @@ pub fn calibration_data(
     samples
         .check_shape(shape)
         .map_err(|e| anyhow!("calibration data {}: {e}", path.display()))?;
-    let crate::data::Values::U8(bytes) = &samples.values else {
-        bail!(
-            "calibration data {}: f32 examples cannot calibrate fixed point yet (the quantizer \
-             reads raw bytes); export the f32 model",
-            path.display()
-        );
-    };
     let available = samples.len();
     let count = match count {
         Some(c) if c > available => bail!(
@@ -236,21 +256,52 @@ pub fn calibration_data(
         Some(c) => c,
         None => available.min(DEFAULT_CALIBRATION_COUNT),
     };
-    Ok(bytes
-        .chunks_exact(samples.features())
-        .take(count)
-        .map(<[u8]>::to_vec)
-        .collect())
+    let per = samples.features();
+    Ok(match &samples.values {
+        crate::data::Values::U8(bytes) => CalibrationSet::Bytes(
+            bytes
+                .chunks_exact(per)
+                .take(count)
+                .map(<[u8]>::to_vec)
+                .collect(),
+        ),
+        crate::data::Values::F32(values) => CalibrationSet::Readings(
+            values
+                .chunks_exact(per)
+                .take(count)
+                .map(<[f32]>::to_vec)
+                .collect(),
+        ),
+    })
 }
 
-/// Quantizes an f32 spec with the calibration images of `args` (which must be given).
+/// The signed-code step of f32 calibration examples: the largest magnitude over 127, so
+/// that every calibration value has a code.
+pub fn default_input_step(examples: &[Vec<f32>]) -> Result<f32> {
+    let largest = examples
+        .iter()
+        .flatten()
+        .fold(0.0f32, |m, v| m.max(v.abs()));
+    let step = largest / 127.0;
+    if !(step.is_finite() && step > 0.0) {
+        bail!("the calibration examples are all zero (or not finite): give --input-step");
+    }
+    Ok(step)
+}
+
+/// Quantizes an f32 spec with the calibration images of `args` (which must be given): a
+/// model of bytes from byte data, a model of signed codes from f32 data.
 pub fn quantize_spec(
     spec: &ModelSpec,
     precision: Precision,
     args: &PrecisionArgs,
 ) -> Result<ModelBuffer> {
-    let images = match (&args.calibration_images, &args.calibration_data) {
-        (Some(path), _) => calibration_images(path, args.calibration_count, spec.input_shape)?,
+    let set = match (&args.calibration_images, &args.calibration_data) {
+        (Some(path), _) => CalibrationSet::Bytes(calibration_images(
+            path,
+            args.calibration_count,
+            spec.input_shape,
+        )?),
         (None, Some(path)) => calibration_data(path, args.calibration_count, spec.input_shape)?,
         (None, None) => bail!(
             "--precision {} needs --calibration-images or --calibration-data (the training \
@@ -258,13 +309,39 @@ pub fn quantize_spec(
             precision.name()
         ),
     };
-    let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
     let mut calibration = Calibration::default();
     if let Some(q) = args.clip_quantile {
         calibration.clip_quantile = q;
     }
-    let q = quantize(spec, precision, &refs, calibration)
-        .map_err(|e| anyhow!("cannot quantize to {}: {e}", precision.name()))?;
+    let cannot = |e: tinybayes::fixed::quantize::QuantizeError| {
+        anyhow!("cannot quantize to {}: {e}", precision.name())
+    };
+    let q = match set {
+        CalibrationSet::Bytes(images) => {
+            let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
+            quantize(spec, precision, &refs, calibration).map_err(cannot)?
+        }
+        CalibrationSet::Readings(examples) => {
+            let step = match args.input_step {
+                Some(step) => step,
+                None => default_input_step(&examples)?,
+            };
+            let codes = examples
+                .iter()
+                .map(|x| {
+                    x.iter()
+                        .map(|&v| InputCoding::signed_code(v, step))
+                        .collect::<Option<Vec<i8>>>()
+                })
+                .collect::<Option<Vec<Vec<i8>>>>()
+                .ok_or_else(|| anyhow!("a calibration value is not finite"))?;
+            let refs: Vec<&[i8]> = codes.iter().map(Vec::as_slice).collect();
+            crate::ui::detail(format!(
+                "signed input codes: step {step} (raw units per code)"
+            ));
+            quantize_signed(spec, precision, &refs, step, calibration).map_err(cannot)?
+        }
+    };
     Ok(q.to_buffer()?)
 }
 
@@ -422,21 +499,28 @@ impl Runner {
         })
     }
 
-    /// Runs raw f32 examples (the data's own units) as the device would with the engine's
-    /// raw-f32 entry point, which applies the model's stored per-channel normalisation. For
-    /// now f32 models without early exits only: fixed-point models take bytes, and the
-    /// early-exit runner takes bytes too.
+    /// Runs raw f32 examples (the data's own units) as the device would: an f32 model with
+    /// the engine's raw-f32 entry point, which applies the model's stored per-channel
+    /// normalisation; a fixed-point model of signed codes on the codes of the values at its
+    /// step (`Engine::predict_i8`). Models without early exits only, for now.
     pub fn simulate_raw(&self, values: &[f32], mode: Mode, seed: u64) -> Result<Simulation> {
-        let Runner::F32(model) = self else {
-            bail!(
-                "f32 data runs on f32 models only for now; this model is {} (evaluate its f32 model)",
-                self.precision().name()
-            );
-        };
         if self.exit_count() > 0 {
             bail!("f32 data does not run on early-exit models yet; give byte data");
         }
-        let s = crate::simulate::simulate_raw(model, values, mode, seed)?;
+        let s = match self {
+            Runner::F32(model) => crate::simulate::simulate_raw(model, values, mode, seed)?,
+            Runner::Fixed(model) => match model.input_coding() {
+                InputCoding::Signed { .. } => {
+                    crate::simulate::simulate_fixed_raw(model, values, mode, seed)?
+                }
+                InputCoding::Unsigned => bail!(
+                    "this {} model reads unsigned bytes; f32 data runs on its f32 model, or on a \
+                     {} model exported from f32 data (signed codes)",
+                    self.precision().name(),
+                    self.precision().name()
+                ),
+            },
+        };
         Ok(Simulation {
             predictions: s.predictions,
             outputs_crc32: s.outputs_crc32,

@@ -238,10 +238,8 @@ pub fn check_image_set(shape: [usize; 3], images: &Images<'_>) -> Result<(), Sim
     Ok(())
 }
 
-/// The one parallel driver of every simulation: runs `predict(workspace, pixels, rng)` on
-/// every image, in parallel over images (rayon), and returns the results in image order.
-/// Image `i` gets the generator `seed_from_u64(seed.wrapping_add(i))`; each worker has its own
-/// workspace from `workspace()`. The engine's results do not depend on the thread count.
+/// The parallel driver of the image simulations: [`for_each_example`] over the images'
+/// pixels.
 pub fn for_each_image<W, T>(
     images: &Images<'_>,
     seed: u64,
@@ -252,19 +250,37 @@ where
     W: Send,
     T: Send,
 {
-    let values = images.values();
-    if values == 0 {
+    for_each_example(images.pixels, images.values(), seed, workspace, predict)
+}
+
+/// The one parallel driver of every simulation: runs `predict(workspace, example, rng)` on
+/// every example of `per` values of `values`, in parallel over examples (rayon), and returns
+/// the results in example order. Example `i` gets the generator
+/// `seed_from_u64(seed.wrapping_add(i))`; each worker has its own workspace from
+/// `workspace()`. The engine's results do not depend on the thread count.
+pub fn for_each_example<E, W, T>(
+    values: &[E],
+    per: usize,
+    seed: u64,
+    workspace: impl Fn() -> W + Sync + Send,
+    predict: impl Fn(&mut W, &[E], &mut Xoshiro128PlusPlus) -> Result<T, InferenceError> + Sync + Send,
+) -> Result<Vec<T>, SimulateError>
+where
+    E: Sync,
+    W: Send,
+    T: Send,
+{
+    if per == 0 || values.is_empty() {
         return Err(SimulateError::Empty);
     }
     // Progress on a terminal only (hidden otherwise, and with -q).
-    let bar = crate::ui::image_bar(images.len());
-    let results = images
-        .pixels
-        .par_chunks_exact(values)
+    let bar = crate::ui::image_bar(values.len() / per);
+    let results = values
+        .par_chunks_exact(per)
         .enumerate()
-        .map_init(workspace, |workspace, (index, pixels)| {
+        .map_init(workspace, |workspace, (index, example)| {
             let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed.wrapping_add(index as u64));
-            let result = predict(workspace, pixels, &mut rng)
+            let result = predict(workspace, example, &mut rng)
                 .map_err(|error| SimulateError::Inference { index, error });
             bar.inc(1);
             result
@@ -357,29 +373,14 @@ fn run_raw<const K: usize>(
     mode: Mode,
     seed: u64,
 ) -> Result<Simulated, SimulateError> {
-    let per = model.input_len();
-    if per == 0 || values.is_empty() {
-        return Err(SimulateError::Empty);
-    }
     let workspace_len = tinybayes::Plan::new(model, CHUNK).workspace_len();
-    let bar = crate::ui::image_bar(values.len() / per);
-    let outputs: Result<Vec<Prediction<K>>, SimulateError> = values
-        .par_chunks_exact(per)
-        .enumerate()
-        .map_init(
-            || vec![0.0f32; workspace_len],
-            |workspace, (index, raw)| {
-                let mut rng = Xoshiro128PlusPlus::seed_from_u64(seed.wrapping_add(index as u64));
-                let result = Engine::<CHUNK>::new(model, workspace)
-                    .and_then(|mut e| e.predict_raw(raw, mode, &mut rng))
-                    .map_err(|error| SimulateError::Inference { index, error });
-                bar.inc(1);
-                result
-            },
-        )
-        .collect();
-    bar.finish_and_clear();
-    let outputs = outputs?;
+    let outputs: Vec<Prediction<K>> = for_each_example(
+        values,
+        model.input_len(),
+        seed,
+        || vec![0.0f32; workspace_len],
+        |workspace, raw, rng| Engine::<CHUNK>::new(model, workspace)?.predict_raw(raw, mode, rng),
+    )?;
     Ok(Simulated {
         outputs_crc32: outputs_crc32(&outputs),
         predictions: outputs.into_iter().map(ImagePrediction::from).collect(),
@@ -433,6 +434,67 @@ fn run_fixed<N: FixedPoint, const K: usize>(
         |workspace, pixels, rng| {
             Engine::<CHUNK, N>::new(model, workspace)?.predict_u8(pixels, mode, rng)
         },
+    )?;
+    Ok(Simulated {
+        outputs_crc32: outputs_crc32(&outputs),
+        predictions: outputs.iter().map(ImagePrediction::from).collect(),
+    })
+}
+
+/// [`simulate_raw`] for a fixed-point model that reads signed codes
+/// ([`tinybayes::format::InputCoding::Signed`]): each raw value becomes its code at the
+/// model's step ([`tinybayes::format::InputCoding::signed_code`], what a device does with a
+/// reading), then the integer engine runs on the codes with the same per-example seeds.
+pub fn simulate_fixed_raw(
+    model: &QModel<'_>,
+    values: &[f32],
+    mode: Mode,
+    seed: u64,
+) -> Result<Simulated, SimulateError> {
+    let tinybayes::format::InputCoding::Signed { step } = model.input_coding() else {
+        return Err(SimulateError::Inference {
+            index: 0,
+            error: InferenceError::WrongInputSign {
+                model_signed: false,
+            },
+        });
+    };
+    let per = model.input_len();
+    let codes = values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            tinybayes::format::InputCoding::signed_code(v, step).ok_or(SimulateError::Inference {
+                index: i / per.max(1),
+                error: InferenceError::NonFiniteInput,
+            })
+        })
+        .collect::<Result<Vec<i8>, _>>()?;
+    match (model.precision(), model.num_classes()) {
+        (Precision::Q16, 0..=16) => run_fixed_codes::<Q16, 16>(model, &codes, mode, seed),
+        (Precision::Q16, 17..=128) => run_fixed_codes::<Q16, 128>(model, &codes, mode, seed),
+        (Precision::Q16, _) => {
+            run_fixed_codes::<Q16, { tinybayes::format::MAX_CLASSES }>(model, &codes, mode, seed)
+        }
+        (_, 0..=16) => run_fixed_codes::<Q8, 16>(model, &codes, mode, seed),
+        (_, 17..=128) => run_fixed_codes::<Q8, 128>(model, &codes, mode, seed),
+        _ => run_fixed_codes::<Q8, { tinybayes::format::MAX_CLASSES }>(model, &codes, mode, seed),
+    }
+}
+
+fn run_fixed_codes<N: FixedPoint, const K: usize>(
+    model: &QModel<'_>,
+    codes: &[i8],
+    mode: Mode,
+    seed: u64,
+) -> Result<Simulated, SimulateError> {
+    let workspace_len = model.workspace_len(CHUNK);
+    let outputs: Vec<QPrediction<K>> = for_each_example(
+        codes,
+        model.input_len(),
+        seed,
+        || vec![0u64; workspace_len],
+        |workspace, x, rng| Engine::<CHUNK, N>::new(model, workspace)?.predict_i8(x, mode, rng),
     )?;
     Ok(Simulated {
         outputs_crc32: outputs_crc32(&outputs),
