@@ -38,13 +38,18 @@ fn synthetic(n: usize, seed: usize) -> (Array4<f32>, Array1<u8>) {
 }
 
 fn write_npz(path: &Path, train: usize, test: Option<usize>) {
+    write_shifted_npz(path, train, test, 0.0);
+}
+
+/// [`write_npz`] with every value shifted by `shift` (-40: signed readings around zero).
+fn write_shifted_npz(path: &Path, train: usize, test: Option<usize>, shift: f32) {
     let mut w = NpzWriter::new(File::create(path).unwrap());
     let (x, y) = synthetic(train, 0);
-    w.add_array("x_train", &x).unwrap();
+    w.add_array("x_train", &x.mapv(|v| v + shift)).unwrap();
     w.add_array("y_train", &y).unwrap();
     if let Some(n) = test {
         let (x, y) = synthetic(n, 1);
-        w.add_array("x_test", &x).unwrap();
+        w.add_array("x_test", &x.mapv(|v| v + shift)).unwrap();
         w.add_array("y_test", &y).unwrap();
     }
     w.finish().unwrap();
@@ -235,4 +240,121 @@ fn data_that_does_not_fit_is_one_line() {
     ]);
     assert_one_line_error(&out, "--normalize: unknown mode \"zscore\"");
     assert!(stdout(&out).is_empty());
+}
+
+/// Signed readings (around zero) trained with `normalize = "scale"` export to q8 from the f32
+/// data: the file reads signed 8-bit codes (inspect says so), evaluates on the f32 data within
+/// a point or two of the f32 model, and predicts. A model standardised (non-zero offsets)
+/// cannot be quantized, with a one-line reason naming the fix; a q8 model of bytes refuses f32
+/// data in one line.
+#[test]
+fn scale_normalised_f32_data_exports_to_q8_that_reads_signed_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("signed.npz");
+    write_shifted_npz(&data, 60, Some(21), -40.0);
+    let train = |normalize: &str, run: &Path| {
+        let config = dir.path().join(format!("{normalize}.toml"));
+        fs::write(
+            &config,
+            format!(
+                "arch = \"lenet300\"\nval_size = 10\nbatch_size = 10\nnormalize = \"{normalize}\"\n"
+            ),
+        )
+        .unwrap();
+        let out = tinybayes(&[
+            "train",
+            "--config",
+            p(&config),
+            "--epochs",
+            "1",
+            "--data",
+            p(&data),
+            "--out",
+            p(run),
+        ]);
+        assert!(out.status.success(), "train failed: {}", stderr(&out));
+    };
+    let run = dir.path().join("run");
+    train("scale", &run);
+    let f32_model = dir.path().join("m.tbm");
+    let q8_model = dir.path().join("m-q8.tbm");
+    let out = tinybayes(&["export", "--run", p(&run), "--out", p(&f32_model)]);
+    assert!(out.status.success(), "export failed: {}", stderr(&out));
+    let out = tinybayes(&[
+        "export",
+        "--run",
+        p(&run),
+        "--out",
+        p(&q8_model),
+        "--precision",
+        "q8",
+        "--calibration-data",
+        p(&data),
+    ]);
+    assert!(out.status.success(), "q8 export failed: {}", stderr(&out));
+    let out = tinybayes(&["inspect", "--model", p(&q8_model)]);
+    assert!(out.status.success(), "inspect failed: {}", stderr(&out));
+    // The largest calibration reading is about 9 + 1.5 from zero: a step near 10.5 / 127.
+    let text = stdout(&out);
+    assert!(
+        text.contains("input: signed 8-bit codes q, raw value p = q * 0.0"),
+        "{text}"
+    );
+    let accuracy = |model: &Path| {
+        let out = tinybayes(&[
+            "eval",
+            "--model",
+            p(model),
+            "--data",
+            p(&data),
+            "--report",
+            p(&model.with_extension("report")),
+            "--json",
+        ]);
+        assert!(out.status.success(), "eval failed: {}", stderr(&out));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        json["accuracy"].as_f64().unwrap()
+    };
+    let (a32, a8) = (accuracy(&f32_model), accuracy(&q8_model));
+    assert!(a32 >= 0.9 && (a32 - a8).abs() <= 0.1, "f32 {a32}, q8 {a8}");
+    let csv = dir.path().join("pred.csv");
+    let out = tinybayes(&[
+        "predict",
+        "--model",
+        p(&q8_model),
+        "--data",
+        p(&data),
+        "--out",
+        p(&csv),
+    ]);
+    assert!(out.status.success(), "predict failed: {}", stderr(&out));
+    assert_eq!(fs::read_to_string(&csv).unwrap().lines().count(), 22);
+
+    // Standardised: offsets that fixed point cannot fold.
+    let std_run = dir.path().join("std");
+    train("standardize", &std_run);
+    let out = tinybayes(&[
+        "export",
+        "--run",
+        p(&std_run),
+        "--out",
+        p(&dir.path().join("s.tbm")),
+        "--precision",
+        "q8",
+        "--calibration-data",
+        p(&data),
+    ]);
+    assert_one_line_error(&out, "train with normalize = \"scale\"");
+    // A q8 model of bytes (MNIST's) does not take f32 data.
+    let bytes_model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/lenet300-q8.tbm");
+    let out = tinybayes(&[
+        "eval",
+        "--model",
+        p(&bytes_model),
+        "--data",
+        p(&data),
+        "--report",
+        p(&dir.path().join("r3")),
+    ]);
+    assert_one_line_error(&out, "reads unsigned bytes");
 }
