@@ -516,13 +516,7 @@ fn fixed_point_folds_per_channel_scales_into_the_first_layer() {
             let model = QModel::from_bytes(buffer.as_bytes()).unwrap();
             let mut worst = (0.0f32, 0.0f32, 0.0f32);
             for (n, raw) in (0..8).map(|s| raw_bytes(2000 + s, 24)).enumerate() {
-                let gap = |a: &tinybayes::QPrediction<8>, b: &tinybayes::Prediction<8>| {
-                    a.probabilities
-                        .iter()
-                        .zip(&b.probabilities)
-                        .map(|(x, y)| (x.to_f32() - y).abs())
-                        .fold(0.0, f32::max)
-                };
+                let gap = prob_gap;
                 let qm = run_fixed::<8>(&model, &raw, Mode::MeanWeights, 0);
                 let fm = run_f32(&spec, &raw, Mode::MeanWeights, 0);
                 let um = run_f32(&unscaled, &raw, Mode::MeanWeights, 0);
@@ -580,13 +574,7 @@ fn fixed_point_folds_scales_into_a_convolution_stem() {
         let fp = fengine
             .predict_u8::<8>(&raw, Mode::MeanWeights, &mut seeded(0))
             .unwrap();
-        let gap = qp
-            .probabilities
-            .iter()
-            .zip(&fp.probabilities)
-            .map(|(a, b)| (a.to_f32() - b).abs())
-            .fold(0.0, f32::max);
-        worst = worst.max(gap);
+        worst = worst.max(prob_gap(&qp, &fp));
     }
     assert!(worst <= 0.01, "q16 ResNet gap {worst}");
 }

@@ -60,7 +60,7 @@ pub fn is_unsure<const K: usize>(p: &Prediction<K>) -> bool {
 }
 
 /// What the demo found.
-#[derive(Debug, defmt::Format)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, defmt::Format)]
 pub struct DemoSummary {
     /// Images whose prediction matched the label.
     pub correct: usize,
@@ -72,6 +72,16 @@ pub struct DemoSummary {
     pub wrong_flagged: usize,
     /// Images classified.
     pub total: usize,
+}
+
+/// Lights the LED for an unsure answer and clears it otherwise. Best effort: a failing LED
+/// must not stop the classifier.
+pub fn show_unsure<L: OutputPin>(led: &mut L, unsure: bool) {
+    let _ = if unsure {
+        led.set_high()
+    } else {
+        led.set_low()
+    };
 }
 
 impl DemoSummary {
@@ -141,13 +151,7 @@ pub fn run_demo<L: OutputPin, D: DelayNs, C: Clock>(
         THRESHOLDS_SOURCE
     );
 
-    let mut summary = DemoSummary {
-        correct: 0,
-        unsure: 0,
-        wrong: 0,
-        wrong_flagged: 0,
-        total: 0,
-    };
+    let mut summary = DemoSummary::default();
     for i in 0..assets::IMAGE_COUNT {
         let (pixels, label) = assets::image(i);
         let mut rng = Xoshiro128PlusPlus::seed_from_u64(DEMO_SEED_BASE + i as u64);
@@ -156,12 +160,7 @@ pub fn run_demo<L: OutputPin, D: DelayNs, C: Clock>(
             engine.predict_u8(pixels, Mode::MonteCarlo { samples }, &mut rng)?;
         let cost = clock.now() - start;
         let unsure = is_unsure(&p);
-        // The LED is best effort: a failing LED must not stop the classifier.
-        let _ = if unsure {
-            led.set_high()
-        } else {
-            led.set_low()
-        };
+        show_unsure(led, unsure);
         defmt::info!(
             "image {=usize}: label {=u8} -> predicted {=usize} (p = {=f32}), entropy {=f32} nats, expected entropy {=f32}, mutual information {=f32} nats{=str} [{=u64} {=str}]",
             i,

@@ -86,13 +86,7 @@ pub fn run_fixed_demo<L: OutputPin, D: DelayNs, C: Clock>(
         UNSURE_CONFIDENCE.to_bits(),
         THRESHOLDS_SOURCE
     );
-    let mut summary = crate::app::DemoSummary {
-        correct: 0,
-        unsure: 0,
-        wrong: 0,
-        wrong_flagged: 0,
-        total: 0,
-    };
+    let mut summary = crate::app::DemoSummary::default();
     for i in 0..assets::IMAGE_COUNT {
         let (pixels, label) = assets::image(i);
         let mut rng = Xoshiro128PlusPlus::seed_from_u64(FIXED_SEED_BASE + i as u64);
@@ -101,11 +95,7 @@ pub fn run_fixed_demo<L: OutputPin, D: DelayNs, C: Clock>(
             engine.predict_u8(pixels, Mode::MonteCarlo { samples }, &mut rng)?;
         let cost = clock.now() - start;
         let unsure = is_unsure(&p);
-        let _ = if unsure {
-            led.set_high()
-        } else {
-            led.set_low()
-        };
+        crate::app::show_unsure(led, unsure);
         defmt::info!(
             "image {=usize}: label {=u8} -> predicted {=usize} (p = {=u32}.{=u32:03}), entropy {=u32}.{=u32:03} nats, expected entropy {=u32}.{=u32:03}, mutual information {=u32}.{=u32:03} nats{=str} [UQ16 p {=u32} H {=u32} EH {=u32} MI {=u32}] [{=u64} {=str}]",
             i,

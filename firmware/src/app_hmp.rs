@@ -75,13 +75,7 @@ pub fn run_hmp_demo<L: OutputPin, C: Clock>(
         UNSURE_MUTUAL_INFORMATION,
         UNSURE_CONFIDENCE
     );
-    let mut summary = DemoSummary {
-        correct: 0,
-        unsure: 0,
-        wrong: 0,
-        wrong_flagged: 0,
-        total: 0,
-    };
+    let mut summary = DemoSummary::default();
     for (i, (window, label)) in HMP_WINDOWS.iter().enumerate() {
         let mut rng = Xoshiro128PlusPlus::seed_from_u64(DEMO_SEED_BASE + i as u64);
         let start = clock.now();
@@ -90,11 +84,7 @@ pub fn run_hmp_demo<L: OutputPin, C: Clock>(
         let cost = clock.now() - start;
         let unsure =
             p.mutual_information > UNSURE_MUTUAL_INFORMATION || p.confidence() < UNSURE_CONFIDENCE;
-        let _ = if unsure {
-            led.set_high()
-        } else {
-            led.set_low()
-        };
+        crate::app::show_unsure(led, unsure);
         let name = class_name;
         defmt::info!(
             "window {=usize}: {=str} -> {=str} (p = {=f32}), entropy {=f32} nats, mutual information {=f32} nats{=str} [{=u64} {=str}]",
@@ -157,13 +147,7 @@ pub fn run_hmp_q8_demo<L: OutputPin, C: Clock>(
     let mut workspace = [0u64; HMP_Q8_WORKSPACE_WORDS];
     let mut engine = Engine::<FIXED_CHUNK, Q8>::new(&model, &mut workspace)?;
     let samples = NonZeroU16::new(DEMO_SAMPLES).unwrap_or(NonZeroU16::MIN);
-    let mut summary = DemoSummary {
-        correct: 0,
-        unsure: 0,
-        wrong: 0,
-        wrong_flagged: 0,
-        total: 0,
-    };
+    let mut summary = DemoSummary::default();
     let mut digest = OutputsDigest::new();
     for (i, (codes, (_, label))) in HMP_Q8_CODES.iter().zip(HMP_WINDOWS).enumerate() {
         let mut rng = Xoshiro128PlusPlus::seed_from_u64(DEMO_SEED_BASE + i as u64);
@@ -174,11 +158,7 @@ pub fn run_hmp_q8_demo<L: OutputPin, C: Clock>(
         digest.add(&p);
         let unsure = p.mutual_information > UNSURE_MUTUAL_INFORMATION_Q
             || p.confidence() < UNSURE_CONFIDENCE_Q;
-        let _ = if unsure {
-            led.set_high()
-        } else {
-            led.set_low()
-        };
+        crate::app::show_unsure(led, unsure);
         defmt::info!(
             "q8 window {=usize}: {=str} -> {=str} (p = {=u32}.{=u32:03}), entropy {=u32}.{=u32:03} nats, mutual information {=u32}.{=u32:03} nats{=str} [{=u64} {=str}]",
             i,
