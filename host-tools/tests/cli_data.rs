@@ -317,6 +317,36 @@ fn scale_normalised_f32_data_exports_to_q8_that_reads_signed_codes() {
     };
     let (a32, a8) = (accuracy(&f32_model), accuracy(&q8_model));
     assert!(a32 >= 0.9 && (a32 - a8).abs() <= 0.1, "f32 {a32}, q8 {a8}");
+    // The same test split under other names, picked by --data-keys.
+    let renamed = dir.path().join("renamed.npz");
+    let mut w = NpzWriter::new(File::create(&renamed).unwrap());
+    let (x, y) = synthetic(21, 1);
+    w.add_array("X_val", &x.mapv(|v| v - 40.0)).unwrap();
+    w.add_array("y_val", &y).unwrap();
+    w.finish().unwrap();
+    let out = tinybayes(&[
+        "eval",
+        "--model",
+        p(&q8_model),
+        "--data",
+        p(&renamed),
+        "--data-keys",
+        "x_train=X_val,y_train=y_val",
+        "--report",
+        p(&dir.path().join("renamed-report")),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "eval --data-keys failed: {}",
+        stderr(&out)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["count"].as_u64(), Some(21), "{json}");
+    assert!(
+        (json["accuracy"].as_f64().unwrap() - a8).abs() < 1e-9,
+        "{json}"
+    );
     let csv = dir.path().join("pred.csv");
     let out = tinybayes(&[
         "predict",

@@ -73,6 +73,10 @@ pub struct EvalArgs {
     /// normalisation, u8 values as bytes.
     #[arg(long, conflicts_with = "images")]
     pub data: Option<PathBuf>,
+    /// With --data FILE.npz: the arrays to read, as NAME=KEY pairs (NAME: x_train, y_train,
+    /// x_test, y_test), e.g. `x_test=X_val,y_test=y_val` [default: the names themselves].
+    #[arg(long, requires = "data", value_parser = DataKeys::parse, value_name = "PAIRS")]
+    pub data_keys: Option<DataKeys>,
     /// Sampling of the posterior.
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -875,8 +879,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     ));
     let (mut dataset, images_path, labels_path) = match (&args.data, &args.images, &args.labels) {
         (Some(path), _, labels) => {
-            let set = crate::data::load(path, &DataKeys::default(), labels.as_deref())?
-                .eval_set(classes)?;
+            let set = crate::data::load(
+                path,
+                &args.data_keys.clone().unwrap_or_default(),
+                labels.as_deref(),
+            )?
+            .eval_set(classes)?;
             set.samples
                 .check_shape(runner.input_shape())
                 .map_err(|e| anyhow!("{}: {e}", path.display()))?;

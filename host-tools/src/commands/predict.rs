@@ -110,6 +110,10 @@ pub struct PredictArgs {
     /// column.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// With --data FILE.npz: the arrays to read, as NAME=KEY pairs (NAME: x_train, y_train,
+    /// x_test, y_test), e.g. `x_test=X_val,y_test=y_val` [default: the names themselves].
+    #[arg(long, requires = "data", value_parser = DataKeys::parse, value_name = "PAIRS")]
+    pub data_keys: Option<DataKeys>,
     /// With --data FILE.npy: a .npy of integer labels, written as a `label` column.
     #[arg(long, requires = "data")]
     pub labels: Option<PathBuf>,
@@ -226,7 +230,11 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     ));
     let (part, source) = match (&args.data, &args.images) {
         (Some(path), _) => {
-            let file = crate::data::load(path, &DataKeys::default(), args.labels.as_deref())?;
+            let file = crate::data::load(
+                path,
+                &args.data_keys.clone().unwrap_or_default(),
+                args.labels.as_deref(),
+            )?;
             let part = file.eval_part().clone();
             part.samples
                 .check_shape(runner.input_shape())

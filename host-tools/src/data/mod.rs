@@ -281,6 +281,37 @@ impl Default for DataKeys {
     }
 }
 
+impl DataKeys {
+    /// Parses `--data-keys`: comma-separated `NAME=KEY` pairs, NAME one of `x_train`,
+    /// `y_train`, `x_test`, `y_test` (the others keep their defaults), e.g.
+    /// `x_test=X_val,y_test=y_val`.
+    pub fn parse(text: &str) -> Result<DataKeys, String> {
+        let mut keys = DataKeys::default();
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((name, key)) = pair.split_once('=') else {
+                return Err(format!("--data-keys wants NAME=KEY pairs, got {pair:?}"));
+            };
+            let key = key.trim();
+            if key.is_empty() {
+                return Err(format!("--data-keys: empty key for {}", name.trim()));
+            }
+            let slot = match name.trim() {
+                "x_train" => &mut keys.x_train,
+                "y_train" => &mut keys.y_train,
+                "x_test" => &mut keys.x_test,
+                "y_test" => &mut keys.y_test,
+                other => {
+                    return Err(format!(
+                        "--data-keys: {other:?} is not x_train, y_train, x_test or y_test"
+                    ))
+                }
+            };
+            *slot = key.to_string();
+        }
+        Ok(keys)
+    }
+}
+
 /// The file formats `--data FILE` takes, by extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

@@ -441,3 +441,20 @@ fn hmp_shapes_when_present() {
     assert_eq!(n.channels(), 3);
     assert!(n.scale.iter().all(|s| s.is_finite() && *s > 0.0));
 }
+
+#[test]
+fn data_keys_parse_name_key_pairs() {
+    let keys = DataKeys::parse("x_test=X_val, y_test = y_val").unwrap();
+    assert_eq!(keys.x_test, "X_val");
+    assert_eq!(keys.y_test, "y_val");
+    assert_eq!(keys.x_train, "x_train");
+    assert_eq!(DataKeys::parse("").unwrap(), DataKeys::default());
+    for (bad, needle) in [
+        ("x_test", "NAME=KEY"),
+        ("x_test=", "empty key"),
+        ("labels=y", "is not x_train"),
+    ] {
+        let err = DataKeys::parse(bad).unwrap_err();
+        assert!(err.contains(needle), "{bad}: {err}");
+    }
+}
