@@ -11,7 +11,10 @@ use tinybayes::numeric::FixedPoint;
 use tinybayes::{Engine, ExitPrediction, Mode, Model, Q16, Q8, UQ16};
 
 use crate::runner::Runner;
-use crate::simulate::{for_each_image, outputs_crc32, ImagePrediction, Images};
+use crate::simulate::{
+    for_each_example, for_each_image, outputs_crc32, signed_codes, Examples, ImagePrediction,
+    Images,
+};
 
 /// Samples per pass when simulating early exit on the host: up to this many samples advance
 /// together exit by exit; with more, a policy that reads the exits regenerates the chunks'
@@ -232,12 +235,12 @@ enum Outputs {
 /// results and the digest of the answering exits' outputs.
 pub fn simulate_early_exit(
     runner: &Runner,
-    images: &Images<'_>,
+    examples: Examples<'_>,
     mode: Mode,
     seed: u64,
     spec: &HaltingSpec,
 ) -> Result<(Vec<ExitResult>, u32)> {
-    Ok(match run_early_exit(runner, images, mode, seed, spec)? {
+    Ok(match run_early_exit(runner, examples, mode, seed, spec)? {
         Outputs::F32(outputs) => {
             let crc = outputs_crc32(outputs.iter().map(|p| &p.prediction));
             let results = outputs
@@ -286,71 +289,86 @@ pub fn all_exit_summaries(
     seed: u64,
     spec: &HaltingSpec,
 ) -> Result<ExitSummaries> {
-    Ok(match run_early_exit(runner, images, mode, seed, spec)? {
-        Outputs::F32(o) => ExitSummaries::F32(o.into_iter().map(|p| p.exits.to_vec()).collect()),
-        Outputs::Fixed(o) => {
-            ExitSummaries::Fixed(o.into_iter().map(|p| p.exits.to_vec()).collect())
-        }
-    })
+    Ok(
+        match run_early_exit(runner, Examples::Bytes(images), mode, seed, spec)? {
+            Outputs::F32(o) => {
+                ExitSummaries::F32(o.into_iter().map(|p| p.exits.to_vec()).collect())
+            }
+            Outputs::Fixed(o) => {
+                ExitSummaries::Fixed(o.into_iter().map(|p| p.exits.to_vec()).collect())
+            }
+        },
+    )
 }
 
 fn run_early_exit(
     runner: &Runner,
-    images: &Images<'_>,
+    examples: Examples<'_>,
     mode: Mode,
     seed: u64,
     spec: &HaltingSpec,
 ) -> Result<Outputs> {
-    crate::simulate::check_image_set(runner.input_shape(), images)?;
+    if let Examples::Bytes(images) = examples {
+        crate::simulate::check_image_set(runner.input_shape(), images)?;
+    }
     if runner.num_classes() > 16 {
         bail!("early-exit simulation supports up to 16 classes");
     }
     let halting = spec.halting();
     Ok(match runner {
-        Runner::F32(model) => Outputs::F32(run_f32(model, images, mode, seed, halting)?),
+        Runner::F32(model) => Outputs::F32(run_f32(model, examples, mode, seed, halting)?),
         Runner::Fixed(model) => Outputs::Fixed(match model.precision() {
-            Precision::Q16 => run_fixed::<Q16>(model, images, mode, seed, halting)?,
-            _ => run_fixed::<Q8>(model, images, mode, seed, halting)?,
+            Precision::Q16 => run_fixed::<Q16>(model, examples, mode, seed, halting)?,
+            _ => run_fixed::<Q8>(model, examples, mode, seed, halting)?,
         }),
     })
 }
 
 fn run_f32(
     model: &Model<'_>,
-    images: &Images<'_>,
+    examples: Examples<'_>,
     mode: Mode,
     seed: u64,
     halting: Halting<'_>,
 ) -> Result<Vec<ExitPrediction<16>>> {
     let workspace_len = tinybayes::Plan::new(model, EARLY_EXIT_CHUNK).workspace_len();
-    Ok(for_each_image(
-        images,
-        seed,
-        || vec![0.0f32; workspace_len],
-        |workspace, pixels, rng| {
-            Engine::<EARLY_EXIT_CHUNK>::new(model, workspace)?
+    let workspace = || vec![0.0f32; workspace_len];
+    Ok(match examples {
+        Examples::Bytes(images) => for_each_image(images, seed, workspace, |w, pixels, rng| {
+            Engine::<EARLY_EXIT_CHUNK>::new(model, w)?
                 .predict_u8_early_exit(pixels, mode, halting, rng)
-        },
-    )?)
+        })?,
+        Examples::Raw(values) => {
+            for_each_example(values, model.input_len(), seed, workspace, |w, raw, rng| {
+                Engine::<EARLY_EXIT_CHUNK>::new(model, w)?
+                    .predict_raw_early_exit(raw, mode, halting, rng)
+            })?
+        }
+    })
 }
 
 fn run_fixed<N: FixedPoint>(
     model: &QModel<'_>,
-    images: &Images<'_>,
+    examples: Examples<'_>,
     mode: Mode,
     seed: u64,
     halting: Halting<'_>,
 ) -> Result<Vec<QExitPrediction<16>>> {
     let workspace_len = model.workspace_len(EARLY_EXIT_CHUNK);
-    Ok(for_each_image(
-        images,
-        seed,
-        || vec![0u64; workspace_len],
-        |workspace, pixels, rng| {
-            Engine::<EARLY_EXIT_CHUNK, N>::new(model, workspace)?
+    let workspace = || vec![0u64; workspace_len];
+    Ok(match examples {
+        Examples::Bytes(images) => for_each_image(images, seed, workspace, |w, pixels, rng| {
+            Engine::<EARLY_EXIT_CHUNK, N>::new(model, w)?
                 .predict_u8_early_exit(pixels, mode, halting, rng)
-        },
-    )?)
+        })?,
+        Examples::Raw(values) => {
+            let codes = signed_codes(model, values)?;
+            for_each_example(&codes, model.input_len(), seed, workspace, |w, x, rng| {
+                Engine::<EARLY_EXIT_CHUNK, N>::new(model, w)?
+                    .predict_i8_early_exit(x, mode, halting, rng)
+            })?
+        }
+    })
 }
 
 #[cfg(test)]
@@ -456,7 +474,8 @@ mod tests {
             samples: core::num::NonZeroU16::new(8).unwrap(),
         };
         let runner = Runner::from_buffer(buffer.clone()).unwrap();
-        let (got, _) = simulate_early_exit(&runner, &images, mode, 3, &halting).unwrap();
+        let (got, _) =
+            simulate_early_exit(&runner, Examples::Bytes(&images), mode, 3, &halting).unwrap();
         assert_eq!(got.len(), 10);
         let mut ws = vec![0.0f32; tinybayes::Plan::new(&model, 8).workspace_len()];
         for (i, g) in got.iter().enumerate() {
@@ -468,5 +487,60 @@ mod tests {
             assert_eq!((g.exit, g.depth, g.macs), (p.exit, p.depth, p.macs));
             assert_eq!(g.prediction, ImagePrediction::from(p.prediction));
         }
+    }
+
+    /// f32 data on an early-exit model: the raw values run through `predict_raw_early_exit`,
+    /// whose normalisation of a byte's value gives the bits of `predict_u8_early_exit` on the
+    /// byte, so the two simulations agree exactly, exit for exit; a q8 model of bytes refuses
+    /// f32 data.
+    #[test]
+    fn raw_f32_examples_run_early_exit_models() {
+        let spec = synthetic::resnet_ee(5, 6, 4, 5, &[0.5, 0.3, 0.2], 2.0);
+        let buffer = spec.to_buffer().unwrap();
+        let px: Vec<u8> = (0..6 * 36).map(|i| (i * 53 % 256) as u8).collect();
+        let values: Vec<f32> = px.iter().map(|&b| b as f32).collect();
+        let images = Images {
+            rows: 6,
+            cols: 6,
+            pixels: &px,
+        };
+        let halting = HaltingArgs {
+            halting: Some(Policy::Joint),
+            prior_lambda: Some(0.6),
+            threshold: None,
+            mi_below: None,
+        }
+        .resolve(3)
+        .unwrap();
+        let mode = Mode::MonteCarlo {
+            samples: core::num::NonZeroU16::new(8).unwrap(),
+        };
+        let runner = Runner::from_buffer(buffer).unwrap();
+        let (bytes, crc_bytes) =
+            simulate_early_exit(&runner, Examples::Bytes(&images), mode, 7, &halting).unwrap();
+        let (raw, crc_raw) =
+            simulate_early_exit(&runner, Examples::Raw(&values), mode, 7, &halting).unwrap();
+        assert_eq!(crc_bytes, crc_raw);
+        for (b, r) in bytes.iter().zip(&raw) {
+            assert_eq!(
+                (b.exit, b.depth, &b.prediction),
+                (r.exit, r.depth, &r.prediction)
+            );
+        }
+        let q8 = tinybayes::fixed::quantize::quantize(
+            &spec,
+            Precision::Q8,
+            &[&px[..36], &px[36..72]],
+            Default::default(),
+        )
+        .unwrap();
+        let q8_runner = Runner::from_buffer(q8.to_buffer().unwrap()).unwrap();
+        let err = simulate_early_exit(&q8_runner, Examples::Raw(&values), mode, 7, &halting)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unsigned bytes") || err.contains("signed"),
+            "{err}"
+        );
     }
 }

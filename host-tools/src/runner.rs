@@ -18,7 +18,7 @@ use crate::halting::{simulate_early_exit, HaltingArgs, HaltingSpec};
 use crate::idx::load_images;
 use crate::metrics::LayerSparsity;
 use crate::report::ModelReport;
-use crate::simulate::{simulate, simulate_fixed, ImagePrediction, Images};
+use crate::simulate::{simulate, simulate_fixed, Examples, ImagePrediction, Images};
 
 /// Calibration images used when none are counted explicitly.
 pub const DEFAULT_CALIBRATION_COUNT: usize = 1000;
@@ -443,10 +443,14 @@ impl Runner {
         }
     }
 
-    /// Runs every image as the device would; early-exit models stop as `halting` says.
+    /// Runs every example as the device would; early-exit models stop as `halting` says.
+    /// Bytes run through `predict_u8`; f32 values in the data's units through the f32
+    /// engine's raw entry point (which applies the model's stored per-channel normalisation)
+    /// or, on a fixed-point model of signed codes, as the codes of the values at its step
+    /// (`predict_i8`).
     pub fn simulate(
         &self,
-        images: &Images<'_>,
+        examples: Examples<'_>,
         mode: Mode,
         seed: u64,
         halting: &HaltingArgs,
@@ -462,9 +466,19 @@ impl Runner {
                  models only"
             );
         }
+        if let (Examples::Raw(_), Runner::Fixed(model)) = (examples, self) {
+            if model.input_coding() == InputCoding::Unsigned {
+                bail!(
+                    "this {} model reads unsigned bytes; f32 data runs on its f32 model, or on a \
+                     {} model exported from f32 data (signed codes)",
+                    self.precision().name(),
+                    self.precision().name()
+                );
+            }
+        }
         if exits > 0 {
             let spec = halting.resolve(exits)?;
-            let (results, outputs_crc32) = simulate_early_exit(self, images, mode, seed, &spec)?;
+            let (results, outputs_crc32) = simulate_early_exit(self, examples, mode, seed, &spec)?;
             let full_macs = self.macs_through_exits().last().copied().unwrap_or(0);
             let run = EarlyExitRun {
                 spec,
@@ -488,38 +502,15 @@ impl Runner {
                 early_exit: Some(run),
             });
         }
-        let s = match self {
-            Runner::F32(m) => simulate(m, images, mode, seed)?,
-            Runner::Fixed(m) => simulate_fixed(m, images, mode, seed)?,
-        };
-        Ok(Simulation {
-            predictions: s.predictions,
-            outputs_crc32: s.outputs_crc32,
-            early_exit: None,
-        })
-    }
-
-    /// Runs raw f32 examples (the data's own units) as the device would: an f32 model with
-    /// the engine's raw-f32 entry point, which applies the model's stored per-channel
-    /// normalisation; a fixed-point model of signed codes on the codes of the values at its
-    /// step (`Engine::predict_i8`). Models without early exits only, for now.
-    pub fn simulate_raw(&self, values: &[f32], mode: Mode, seed: u64) -> Result<Simulation> {
-        if self.exit_count() > 0 {
-            bail!("f32 data does not run on early-exit models yet; give byte data");
-        }
-        let s = match self {
-            Runner::F32(model) => crate::simulate::simulate_raw(model, values, mode, seed)?,
-            Runner::Fixed(model) => match model.input_coding() {
-                InputCoding::Signed { .. } => {
-                    crate::simulate::simulate_fixed_raw(model, values, mode, seed)?
-                }
-                InputCoding::Unsigned => bail!(
-                    "this {} model reads unsigned bytes; f32 data runs on its f32 model, or on a \
-                     {} model exported from f32 data (signed codes)",
-                    self.precision().name(),
-                    self.precision().name()
-                ),
-            },
+        let s = match (self, examples) {
+            (Runner::F32(m), Examples::Bytes(images)) => simulate(m, images, mode, seed)?,
+            (Runner::Fixed(m), Examples::Bytes(images)) => simulate_fixed(m, images, mode, seed)?,
+            (Runner::F32(m), Examples::Raw(values)) => {
+                crate::simulate::simulate_raw(m, values, mode, seed)?
+            }
+            (Runner::Fixed(m), Examples::Raw(values)) => {
+                crate::simulate::simulate_fixed_raw(m, values, mode, seed)?
+            }
         };
         Ok(Simulation {
             predictions: s.predictions,

@@ -441,16 +441,22 @@ fn run_fixed<N: FixedPoint, const K: usize>(
     })
 }
 
-/// [`simulate_raw`] for a fixed-point model that reads signed codes
-/// ([`tinybayes::format::InputCoding::Signed`]): each raw value becomes its code at the
-/// model's step ([`tinybayes::format::InputCoding::signed_code`], what a device does with a
-/// reading), then the integer engine runs on the codes with the same per-example seeds.
-pub fn simulate_fixed_raw(
-    model: &QModel<'_>,
-    values: &[f32],
-    mode: Mode,
-    seed: u64,
-) -> Result<Simulated, SimulateError> {
+/// The examples a simulation runs: raw bytes (images, or a sensor's unsigned codes), or f32
+/// values in the data's own units.
+#[derive(Clone, Copy, Debug)]
+pub enum Examples<'a> {
+    /// Bytes, `Engine::predict_u8`.
+    Bytes(&'a Images<'a>),
+    /// f32 values, channel-major, `model.input_len()` per example: `Engine::predict_raw` on
+    /// an f32 model, the signed codes of the values on a fixed-point model that reads them.
+    Raw(&'a [f32]),
+}
+
+/// The signed codes of raw values at the step of a fixed-point model that reads them
+/// ([`tinybayes::format::InputCoding::signed_code`], what a device does with a reading);
+/// a model of bytes gives `WrongInputSign`, a non-finite value `NonFiniteInput` naming its
+/// example.
+pub fn signed_codes(model: &QModel<'_>, values: &[f32]) -> Result<Vec<i8>, SimulateError> {
     let tinybayes::format::InputCoding::Signed { step } = model.input_coding() else {
         return Err(SimulateError::Inference {
             index: 0,
@@ -459,17 +465,29 @@ pub fn simulate_fixed_raw(
             },
         });
     };
-    let per = model.input_len();
-    let codes = values
+    let per = model.input_len().max(1);
+    values
         .iter()
         .enumerate()
         .map(|(i, &v)| {
             tinybayes::format::InputCoding::signed_code(v, step).ok_or(SimulateError::Inference {
-                index: i / per.max(1),
+                index: i / per,
                 error: InferenceError::NonFiniteInput,
             })
         })
-        .collect::<Result<Vec<i8>, _>>()?;
+        .collect()
+}
+
+/// [`simulate_raw`] for a fixed-point model that reads signed codes: each raw value becomes
+/// its code ([`signed_codes`]), then the integer engine runs on the codes with the same
+/// per-example seeds.
+pub fn simulate_fixed_raw(
+    model: &QModel<'_>,
+    values: &[f32],
+    mode: Mode,
+    seed: u64,
+) -> Result<Simulated, SimulateError> {
+    let codes = signed_codes(model, values)?;
     match (model.precision(), model.num_classes()) {
         (Precision::Q16, 0..=16) => run_fixed_codes::<Q16, 16>(model, &codes, mode, seed),
         (Precision::Q16, 17..=128) => run_fixed_codes::<Q16, 128>(model, &codes, mode, seed),

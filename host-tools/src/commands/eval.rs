@@ -28,7 +28,7 @@ use crate::metrics::{
 use crate::plots;
 use crate::runner::Runner;
 use crate::runner::{load_runner, PrecisionArgs};
-use crate::simulate::{describe_mode, ImagePrediction, Images};
+use crate::simulate::{describe_mode, Examples, ImagePrediction, Images};
 use tinybayes::early_exit::{ExitSummary, HaltValue, Halting, HaltingState, Uncertainty};
 use tinybayes::UQ16;
 
@@ -1028,8 +1028,10 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let start = Instant::now();
     crate::ui::set_task("eval");
     let sim = match &dataset.samples.values {
-        Values::F32(v) => runner.simulate_raw(v, mode, args.sampling.seed)?,
-        Values::U8(_) => runner.simulate(&images, mode, args.sampling.seed, &halting)?,
+        Values::F32(v) => runner.simulate(Examples::Raw(v), mode, args.sampling.seed, &halting)?,
+        Values::U8(_) => {
+            runner.simulate(Examples::Bytes(&images), mode, args.sampling.seed, &halting)?
+        }
     };
     let predictions = sim.predictions;
     let inference_seconds = start.elapsed().as_secs_f64();
@@ -1210,7 +1212,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             ..all
         };
         crate::ui::set_task("eval: out-of-distribution images");
-        let ood = runner.simulate(&images, mode, args.sampling.seed, &halting)?;
+        let ood = runner.simulate(Examples::Bytes(&images), mode, args.sampling.seed, &halting)?;
         let metrics = out_of_distribution(&predictions, &ood.predictions);
         let mi = |p: &ImagePrediction| f64::from(p.mutual_information);
         let test_mi: Vec<f64> = predictions.iter().map(mi).collect();

@@ -23,7 +23,7 @@ use crate::files::{check_writable, write_new};
 use crate::halting::HaltingArgs;
 use crate::idx::load_images;
 use crate::runner::{load_runner, PrecisionArgs};
-use crate::simulate::{describe_mode, parse_samples, ImagePrediction, Images};
+use crate::simulate::{describe_mode, parse_samples, Examples, ImagePrediction, Images};
 
 /// Samples used when neither `--samples` nor `--mean-weights` is given.
 pub const DEFAULT_SAMPLES: &str = "32";
@@ -259,7 +259,9 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     let start = Instant::now();
     crate::ui::set_task("predict");
     let sim = match &part.samples.values {
-        Values::F32(v) => runner.simulate_raw(v, mode, args.sampling.seed)?,
+        Values::F32(v) => {
+            runner.simulate(Examples::Raw(v), mode, args.sampling.seed, &args.halting)?
+        }
         Values::U8(pixels) => {
             // IDX images keep their rows and columns (the file's own check); other byte
             // data has had its full shape checked above and runs flat.
@@ -270,7 +272,12 @@ pub fn run(args: &PredictArgs) -> Result<()> {
                 (1, c * h * w)
             };
             let images = Images { rows, cols, pixels };
-            runner.simulate(&images, mode, args.sampling.seed, &args.halting)?
+            runner.simulate(
+                Examples::Bytes(&images),
+                mode,
+                args.sampling.seed,
+                &args.halting,
+            )?
         }
     };
     let seconds = start.elapsed().as_secs_f64();
