@@ -1,4 +1,4 @@
-//! Layout of the flash table, format versions 1 to 9 (`docs/FORMAT.md` is the specification).
+//! Layout of the flash table, format versions 1 to 10 (`docs/FORMAT.md` is the specification).
 //!
 //! Everything is little-endian. The file starts with a [`HEADER_LEN`]-byte header, then
 //! `layer_count` layer records of [`LAYER_RECORD_LEN`] bytes, then (version 9, when the header
@@ -14,8 +14,11 @@ pub const MAGIC: [u8; 4] = *b"TBYS";
 /// network as trained: [`TrainedSize`], 6 adds fixed-point convolutions and pooling, 7
 /// fixed-point residual additions, exit heads and bias shifts, 8 the Bernoulli (MC dropout)
 /// posterior, 9 the per-channel input normalisation table: [`ChannelNorm`], and non-square pooling
-/// windows).
-pub const FORMAT_VERSION: u16 = 9;
+/// windows, 10 the global average pooling layer: [`LayerKind::GlobalAvgPool`]).
+pub const FORMAT_VERSION: u16 = 10;
+/// The version of files with a global average pooling layer ([`LayerKind::GlobalAvgPool`],
+/// f32 or fixed point).
+pub const GAP_FORMAT_VERSION: u16 = 10;
 /// The version of files with a per-channel input normalisation table ([`FLAG_CHANNEL_NORM`]).
 pub const CHANNEL_NORM_FORMAT_VERSION: u16 = 9;
 /// Header flag (byte 23, bit 0; format version 9): the file stores a per-channel input
@@ -201,6 +204,8 @@ pub(crate) mod record {
             POOL_RESERVED
         }
     }
+    /// Global average pooling (version 10): bytes 24..32 are reserved.
+    pub const GAP_RESERVED: core::ops::Range<usize> = 24..32;
     /// Residual addition: index of the earlier layer whose output is added (u16).
     pub const RESIDUAL_SOURCE: usize = 24;
     /// Residual addition: reserved.
@@ -410,11 +415,14 @@ pub enum LayerKind {
     /// Fixed-point 2-D convolution: per output channel the count of its surviving taps, the
     /// packed taps and their weight records (version 6, q8/q16 models only).
     QuantConv2d = 11,
+    /// Global average pooling: each channel of a `[C, H, W]` map becomes its mean, a `[C, 1,
+    /// 1]` map (version 10, f32 and q8/q16 models). No parameters, no payload.
+    GlobalAvgPool = 12,
 }
 
 impl LayerKind {
     /// A short name for reports: `linear-dense`, `linear-sparse`, `linear-sparse-by-input`,
-    /// `conv2d` or `maxpool`.
+    /// `conv2d`, `maxpool`, `global-avgpool`, and the fixed-point and early-exit kinds'.
     pub const fn name(self) -> &'static str {
         match self {
             LayerKind::DenseLinear => "linear-dense",
@@ -428,6 +436,7 @@ impl LayerKind {
             LayerKind::ResidualAdd => "residual-add",
             LayerKind::ExitHead => "exit-head",
             LayerKind::QuantConv2d => "qconv2d",
+            LayerKind::GlobalAvgPool => "global-avgpool",
         }
     }
 
@@ -444,6 +453,7 @@ impl LayerKind {
             (9, 4..) => Some(LayerKind::ResidualAdd),
             (10, 4..) => Some(LayerKind::ExitHead),
             (11, 6..) => Some(LayerKind::QuantConv2d),
+            (12, GAP_FORMAT_VERSION..) => Some(LayerKind::GlobalAvgPool),
             _ => None,
         }
     }

@@ -1510,8 +1510,8 @@ fn model_error_messages_are_specific() {
         (Misaligned, vec!["align"]),
         (BadMagic, vec!["magic"]),
         (
-            UnsupportedVersion { found: 10 },
-            vec!["version 10", "versions 1 to 9"],
+            UnsupportedVersion { found: 11 },
+            vec!["version 11", "versions 1 to 10"],
         ),
         (BadHeaderLength { found: 4711 }, vec!["4711", "header"]),
         (
