@@ -93,7 +93,8 @@ pub enum ModelError {
     /// per class.
     BadOutputLayer,
     /// A convolution or pooling window does not fit its input, has a zero size or stride,
-    /// pads by a whole window, or a pooling layer declares weights noise or an activation.
+    /// pads by a whole window, or a pooling layer (max or global average) declares weights
+    /// noise or an activation.
     BadGeometry {
         /// Index of the layer.
         layer: usize,
@@ -256,7 +257,7 @@ impl fmt::Display for ModelError {
             BadWeightCount { layer } => write!(f, "layer {layer}: impossible weight count"),
             BadGeometry { layer } => write!(
                 f,
-                "layer {layer}: convolution or pooling window does not fit its input"
+                "layer {layer}: convolution or pooling window does not fit its input, or a pooling layer has a posterior or an activation"
             ),
             PayloadOutOfBounds { layer } => {
                 write!(f, "layer {layer}: payload misaligned, overlapping or out of the file")

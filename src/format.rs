@@ -14,8 +14,12 @@ pub const MAGIC: [u8; 4] = *b"TBYS";
 /// network as trained: [`TrainedSize`], 6 adds fixed-point convolutions and pooling, 7
 /// fixed-point residual additions, exit heads and bias shifts, 8 the Bernoulli (MC dropout)
 /// posterior, 9 the per-channel input normalisation table: [`ChannelNorm`], and non-square pooling
-/// windows, 10 fixed-point files that read signed 8-bit inputs: [`FLAG_SIGNED_INPUT`]).
+/// windows, 10 the global average pooling layer: [`LayerKind::GlobalAvgPool`], and fixed-point
+/// files that read signed 8-bit inputs: [`FLAG_SIGNED_INPUT`]).
 pub const FORMAT_VERSION: u16 = 10;
+/// The version of files with a global average pooling layer ([`LayerKind::GlobalAvgPool`],
+/// f32 or fixed point).
+pub const GAP_FORMAT_VERSION: u16 = 10;
 /// The version of fixed-point files that read signed 8-bit inputs ([`FLAG_SIGNED_INPUT`]).
 pub const SIGNED_INPUT_FORMAT_VERSION: u16 = 10;
 /// Header flag (byte 23, bit 1; format version 10, fixed-point files only): the first layer
@@ -214,6 +218,8 @@ pub(crate) mod record {
             POOL_RESERVED
         }
     }
+    /// Global average pooling (version 10): bytes 24..32 are reserved.
+    pub const GAP_RESERVED: core::ops::Range<usize> = 24..32;
     /// Residual addition: index of the earlier layer whose output is added (u16).
     pub const RESIDUAL_SOURCE: usize = 24;
     /// Residual addition: reserved.
@@ -453,11 +459,14 @@ pub enum LayerKind {
     /// Fixed-point 2-D convolution: per output channel the count of its surviving taps, the
     /// packed taps and their weight records (version 6, q8/q16 models only).
     QuantConv2d = 11,
+    /// Global average pooling: each channel of a `[C, H, W]` map becomes its mean, a `[C, 1,
+    /// 1]` map (version 10, f32 and q8/q16 models). No parameters, no payload.
+    GlobalAvgPool = 12,
 }
 
 impl LayerKind {
     /// A short name for reports: `linear-dense`, `linear-sparse`, `linear-sparse-by-input`,
-    /// `conv2d` or `maxpool`.
+    /// `conv2d`, `maxpool`, `global-avgpool`, and the fixed-point and early-exit kinds'.
     pub const fn name(self) -> &'static str {
         match self {
             LayerKind::DenseLinear => "linear-dense",
@@ -471,6 +480,7 @@ impl LayerKind {
             LayerKind::ResidualAdd => "residual-add",
             LayerKind::ExitHead => "exit-head",
             LayerKind::QuantConv2d => "qconv2d",
+            LayerKind::GlobalAvgPool => "global-avgpool",
         }
     }
 
@@ -487,6 +497,7 @@ impl LayerKind {
             (9, 4..) => Some(LayerKind::ResidualAdd),
             (10, 4..) => Some(LayerKind::ExitHead),
             (11, 6..) => Some(LayerKind::QuantConv2d),
+            (12, GAP_FORMAT_VERSION..) => Some(LayerKind::GlobalAvgPool),
             _ => None,
         }
     }

@@ -76,6 +76,12 @@ pub enum Operation {
     Conv2d(Geometry),
     /// Per-channel maximum over each window.
     MaxPool(Geometry),
+    /// Per-channel mean over the whole map (format version 10): a `[C, H, W]` map of shape
+    /// `map` becomes `[C, 1, 1]`. No parameters, no activation.
+    GlobalAvgPool {
+        /// Shape (channels, height, width) of the map pooled.
+        map: [usize; 3],
+    },
     /// `y = activation(x + output of layer source)`: closes a residual block.
     ResidualAdd {
         /// Index of the earlier layer whose output (the block input) is added.
@@ -134,6 +140,7 @@ impl<'a> Layer<'a> {
         match (self.operation, self.weights) {
             (Operation::Conv2d(_), _) => LayerKind::Conv2d,
             (Operation::MaxPool(_), _) => LayerKind::MaxPool,
+            (Operation::GlobalAvgPool { .. }, _) => LayerKind::GlobalAvgPool,
             (Operation::ResidualAdd { .. }, _) => LayerKind::ResidualAdd,
             (Operation::ExitHead { .. }, _) => LayerKind::ExitHead,
             (Operation::Linear, Weights::Dense { .. }) => LayerKind::DenseLinear,
@@ -175,7 +182,9 @@ impl<'a> Layer<'a> {
         match self.operation {
             Operation::Linear | Operation::ExitHead { .. } => self.inputs * self.outputs,
             Operation::Conv2d(g) => g.output[0] * g.input[0] * g.window[0] * g.window[1],
-            Operation::MaxPool(_) | Operation::ResidualAdd { .. } => 0,
+            Operation::MaxPool(_)
+            | Operation::GlobalAvgPool { .. }
+            | Operation::ResidualAdd { .. } => 0,
         }
     }
     /// Whether a later residual addition reads this layer's output.
@@ -212,7 +221,9 @@ impl<'a> Layer<'a> {
                 self.nnz(),
             ),
             Operation::Conv2d(g) => conv_payload_len(self.posterior, g.output[0], self.nnz()),
-            Operation::MaxPool(_) | Operation::ResidualAdd { .. } => Some(0),
+            Operation::MaxPool(_)
+            | Operation::GlobalAvgPool { .. }
+            | Operation::ResidualAdd { .. } => Some(0),
         }
         // A validated layer's payload fits in the file, so the sum cannot overflow.
         .unwrap_or(0)
@@ -223,7 +234,9 @@ impl<'a> Layer<'a> {
         match self.operation {
             Operation::Linear | Operation::ExitHead { .. } => self.nnz(),
             Operation::Conv2d(g) => self.nnz() * g.output[1] * g.output[2],
-            Operation::MaxPool(_) | Operation::ResidualAdd { .. } => 0,
+            Operation::MaxPool(_)
+            | Operation::GlobalAvgPool { .. }
+            | Operation::ResidualAdd { .. } => 0,
         }
     }
 }
@@ -958,6 +971,12 @@ fn parse_layer<'a>(
             let geometry = pool_geometry(rec, cx.shape, posterior, activation, layer)?;
             (Operation::MaxPool(geometry), geometry.output, 0, Some(0))
         }
+        LayerKind::GlobalAvgPool => {
+            reserved(record::GAP_RESERVED)?;
+            check_weightless(posterior, activation, layer)?;
+            let op = Operation::GlobalAvgPool { map: cx.shape };
+            (op, [cx.shape[0], 1, 1], 0, Some(0))
+        }
         LayerKind::ResidualAdd => {
             reserved(record::RESIDUAL_RESERVED)?;
             let source = u16_at(rec, record::RESIDUAL_SOURCE) as usize;
@@ -1026,7 +1045,9 @@ fn parse_layer<'a>(
     let bias_len = match operation {
         Operation::Linear | Operation::ExitHead { .. } => outputs,
         Operation::Conv2d(g) => g.output[0],
-        Operation::MaxPool(_) | Operation::ResidualAdd { .. } => 0,
+        Operation::MaxPool(_) | Operation::GlobalAvgPool { .. } | Operation::ResidualAdd { .. } => {
+            0
+        }
     };
     let bias: &[f32] = cast(bytes, offset, bias_len * 4, layer)?;
     let mut at = offset + bias_len * 4;
@@ -1215,6 +1236,19 @@ pub(crate) fn pool_geometry(
         return Err(ModelError::BadGeometry { layer });
     }
     Ok(geometry)
+}
+
+/// A global average pooling layer has neither weights nor an activation of its own: it must
+/// be deterministic with the identity (`BadGeometry` otherwise, as for max pooling).
+pub(crate) fn check_weightless(
+    posterior: Posterior,
+    activation: Activation,
+    layer: usize,
+) -> Result<(), ModelError> {
+    if posterior != Posterior::Deterministic || activation != Activation::Identity {
+        return Err(ModelError::BadGeometry { layer });
+    }
+    Ok(())
 }
 
 fn window_geometry(

@@ -30,7 +30,7 @@ pub enum StorageChoice {
 }
 
 /// What a layer computes (format version 2 adds convolutions and pooling, 4 residual
-/// additions and exit heads).
+/// additions and exit heads, 10 global average pooling).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum LayerOp {
     /// Linear layer over the flattened input; θ is `outputs x inputs`.
@@ -55,6 +55,9 @@ pub enum LayerOp {
         /// Stride.
         stride: usize,
     },
+    /// Per-channel mean over the whole map: `[C, H, W]` becomes `[C, 1, 1]`, `inputs = C H W`,
+    /// `outputs = C`; no parameters, identity activation. Format version 10.
+    GlobalAvgPool,
     /// Adds the output of layer `source` (an earlier layer, after the previous residual
     /// addition, with the current shape) and applies the activation; no parameters.
     /// `inputs = outputs` = the current map's size. Format version 4.
@@ -119,6 +122,22 @@ impl LayerSpec {
         })
     }
 
+    /// A parameterless global average pooling layer over an input of `shape` (channels,
+    /// height, width): one output per channel.
+    pub fn global_avg_pool(shape: [usize; 3]) -> Self {
+        LayerSpec {
+            op: LayerOp::GlobalAvgPool,
+            inputs: shape.iter().product(),
+            outputs: shape[0],
+            activation: Activation::Identity,
+            bias: Vec::new(),
+            theta: Vec::new(),
+            variance: None,
+            storage: StorageChoice::Dense,
+            dropout: None,
+        }
+    }
+
     /// The posterior the file will record: Bernoulli with a drop probability, Gaussian with
     /// variances, else deterministic.
     pub fn posterior(&self) -> Posterior {
@@ -143,9 +162,10 @@ impl LayerSpec {
     pub fn resolved_storage(&self) -> Storage {
         match self.op {
             LayerOp::Conv2d { .. } => return Storage::Sparse,
-            LayerOp::MaxPool { .. } | LayerOp::ResidualAdd { .. } | LayerOp::ExitHead { .. } => {
-                return Storage::Dense
-            }
+            LayerOp::MaxPool { .. }
+            | LayerOp::GlobalAvgPool
+            | LayerOp::ResidualAdd { .. }
+            | LayerOp::ExitHead { .. } => return Storage::Dense,
             LayerOp::Linear => {}
         }
         match self.storage {
@@ -304,6 +324,10 @@ impl ModelSpec {
                     version = version.max(format::CONV_FORMAT_VERSION);
                     write_pool_record(&mut rec, window, stride, &mut version)?;
                     (LayerKind::MaxPool, 0)
+                }
+                LayerOp::GlobalAvgPool => {
+                    version = version.max(format::GAP_FORMAT_VERSION);
+                    (LayerKind::GlobalAvgPool, 0)
                 }
                 LayerOp::ResidualAdd { source } => {
                     version = version.max(format::EARLY_EXIT_FORMAT_VERSION);
@@ -475,6 +499,7 @@ impl LayerSpec {
                 window: g.window,
                 stride: g.stride,
             },
+            Operation::GlobalAvgPool { .. } => LayerOp::GlobalAvgPool,
             Operation::ResidualAdd { source } => LayerOp::ResidualAdd { source },
             Operation::ExitHead { .. } => LayerOp::ExitHead {
                 prior: layer.exit_prior().unwrap_or(0.0),
@@ -723,6 +748,7 @@ impl ModelSpec {
                     let w = window_output(shape[2], window[1], stride, 0).ok_or(bad.clone())?;
                     (Some(0), 0, [shape[0], h, w])
                 }
+                LayerOp::GlobalAvgPool => (Some(0), 0, [shape[0], 1, 1]),
                 LayerOp::ResidualAdd { .. } => (Some(0), 0, shape),
                 LayerOp::ExitHead { .. } => {
                     if l.inputs != shape[0] || l.outputs != self.num_classes {

@@ -287,8 +287,15 @@ fn check_model_invariants(model: &Model<'_>) -> Result<(), TestCaseError> {
         let bias_len = match layer.operation() {
             Operation::Linear | Operation::ExitHead { .. } => o,
             Operation::Conv2d(g) => g.output[0],
-            Operation::MaxPool(_) | Operation::ResidualAdd { .. } => 0,
+            Operation::MaxPool(_)
+            | Operation::GlobalAvgPool { .. }
+            | Operation::ResidualAdd { .. } => 0,
         };
+        if let Operation::GlobalAvgPool { map } = layer.operation() {
+            // One output per channel of the map it reads.
+            prop_assert_eq!(map.iter().product::<usize>(), i);
+            prop_assert_eq!(o, map[0]);
+        }
         prop_assert_eq!(layer.bias().len(), bias_len);
         prop_assert!(layer.bias().iter().all(|b| b.is_finite()));
         let w = layer.posterior().words_per_weight();
@@ -524,8 +531,56 @@ static BASES: LazyLock<Vec<Vec<u8>>> = LazyLock::new(|| {
         synthetic::mlp(11, &[12, 10, 6, 4], 1.0).to_bytes().unwrap(),
         deterministic.to_bytes().unwrap(),
         synthetic::mlp(3, &[2, 2], 1.0).to_bytes().unwrap(),
+        gap_base(),
     ]
 });
+
+/// A Gaussian 3x3 convolution on a `[2, 5, 4]` input, ReLU, a global average pool (format
+/// version 10) and a Gaussian linear layer to 3 classes.
+fn gap_base() -> Vec<u8> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(19);
+    let mut w = |n: usize| -> Vec<f32> { (0..n).map(|_| unit(&mut rng) as f32 - 0.5).collect() };
+    let conv_theta = w(4 * 2 * 9);
+    let linear_theta = w(3 * 4);
+    let conv = LayerSpec {
+        op: LayerOp::Conv2d {
+            out_channels: 4,
+            kernel: [3, 3],
+            stride: 1,
+            padding: 1,
+        },
+        inputs: 40,
+        outputs: 80,
+        activation: Activation::Relu,
+        bias: vec![0.1, -0.1, 0.0, 0.2],
+        variance: Some(conv_theta.iter().map(|t| 0.2 * t * t).collect()),
+        theta: conv_theta,
+        storage: StorageChoice::Sparse,
+        dropout: None,
+    };
+    let linear = LayerSpec {
+        op: LayerOp::Linear,
+        inputs: 4,
+        outputs: 3,
+        activation: Activation::Identity,
+        bias: vec![0.0; 3],
+        variance: Some(linear_theta.iter().map(|t| 0.2 * t * t).collect()),
+        theta: linear_theta,
+        storage: StorageChoice::Dense,
+        dropout: None,
+    };
+    ModelSpec {
+        input_shape: [2, 5, 4],
+        num_classes: 3,
+        input_scale: 1.0 / 255.0,
+        input_offset: 0.0,
+        layers: vec![conv, LayerSpec::global_avg_pool([4, 5, 4]), linear],
+        trained: None,
+        channel_norm: None,
+    }
+    .to_bytes()
+    .unwrap()
+}
 
 /// Values worth writing into a field or payload word.
 #[derive(Clone, Debug)]

@@ -157,7 +157,12 @@ impl Work {
 /// One step of the exported stack.
 enum Item {
     Weighted(Box<Work>),
-    Pool { window: [usize; 2], stride: usize },
+    Pool {
+        window: [usize; 2],
+        stride: usize,
+    },
+    /// Global average pooling: one value per channel.
+    Gap,
 }
 
 /// Input shape of every item, walking from the network input with the current unit counts.
@@ -194,6 +199,7 @@ fn shapes(items: &[Item], input: [usize; 3]) -> Result<Vec<[usize; 3]>> {
                     ),
                 }
             }
+            Item::Gap => [shape[0], 1, 1],
         };
     }
     Ok(out)
@@ -271,7 +277,10 @@ pub fn trained_size(network: &Network) -> Result<TrainedSize> {
                 weights += theta.len();
                 biases += bias.len();
             }
-            TrainedLayer::MaxPool2 | TrainedLayer::MaxPool { .. } | TrainedLayer::Flatten => {}
+            TrainedLayer::MaxPool2
+            | TrainedLayer::MaxPool { .. }
+            | TrainedLayer::Flatten
+            | TrainedLayer::GlobalAvgPool => {}
         }
     }
     trained_size_from(weights, biases)
@@ -357,6 +366,7 @@ pub fn export(network: &Network, options: ExportOptions) -> Result<(ModelSpec, V
                 window: *window,
                 stride: *stride,
             }),
+            TrainedLayer::GlobalAvgPool => items.push(Item::Gap),
             // Linear layers read their input flattened, channel-major: nothing to store.
             TrainedLayer::Flatten => {}
         }
@@ -387,6 +397,10 @@ pub fn export(network: &Network, options: ExportOptions) -> Result<(ModelSpec, V
                 let pool = LayerSpec::max_pool(input, window, stride)
                     .ok_or_else(|| anyhow::anyhow!("pooling window does not fit {input:?}"))?;
                 specs.push(pool);
+                continue;
+            }
+            Item::Gap => {
+                specs.push(LayerSpec::global_avg_pool(input));
                 continue;
             }
             Item::Weighted(w) => w,

@@ -428,7 +428,10 @@ fn weight_shapes(layer: &TrainedLayer) -> Option<(Vec<Vec<usize>>, String)> {
             }
             Some((shapes, text))
         }
-        TrainedLayer::MaxPool2 | TrainedLayer::MaxPool { .. } | TrainedLayer::Flatten => None,
+        TrainedLayer::MaxPool2
+        | TrainedLayer::MaxPool { .. }
+        | TrainedLayer::Flatten
+        | TrainedLayer::GlobalAvgPool => None,
     }
 }
 
@@ -646,7 +649,10 @@ fn fill(layer: &mut TrainedLayer, theta: Vec<f32>, log_sigma2: Option<Vec<f32>>,
             *t = shaped4(t.dim(), theta);
             *b = Array1::from(bias);
         }
-        TrainedLayer::MaxPool2 | TrainedLayer::MaxPool { .. } | TrainedLayer::Flatten => {}
+        TrainedLayer::MaxPool2
+        | TrainedLayer::MaxPool { .. }
+        | TrainedLayer::Flatten
+        | TrainedLayer::GlobalAvgPool => {}
     }
 }
 

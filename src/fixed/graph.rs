@@ -1,5 +1,5 @@
 //! Integer kernels of the early-exit graph: the residual addition and the global average pool
-//! an exit head reads. Both work on a chunk of `s` samples laid out unit-major
+//! an exit head reads (also a layer of its own, `Operation::GlobalAvgPool`). Both work on a chunk of `s` samples laid out unit-major
 //! (`x[i * s + m]`), like every fixed-point kernel.
 
 use super::kernels::{Format, Words, Q16, Q8};

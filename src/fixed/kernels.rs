@@ -565,6 +565,9 @@ pub(crate) fn mean_layer<X: Words + ?Sized>(
     match layer.operation {
         Operation::Conv2d(g) => super::conv::mean(layer, &g, x, out),
         Operation::MaxPool(g) => super::conv::max_pool(layer.precision, &g, x, 1, out),
+        Operation::GlobalAvgPool { map } => {
+            super::graph::global_average_pool(layer.precision, map, x, 1, out)
+        }
         // The runner adds residuals itself (it holds the skip).
         Operation::ResidualAdd { .. } => {}
         Operation::Linear | Operation::ExitHead { .. } => {
@@ -603,7 +606,8 @@ pub(crate) fn moments_layer<X: Words + ?Sized>(
     match layer.operation {
         Operation::Conv2d(g) => super::conv::moments(layer, &g, x, base, scale),
         // Pooling and residual additions have no weights: never a stochastic layer.
-        Operation::MaxPool(_) | Operation::ResidualAdd { .. } => {}
+        Operation::MaxPool(_) | Operation::GlobalAvgPool { .. } | Operation::ResidualAdd { .. } => {
+        }
         Operation::Linear | Operation::ExitHead { .. } => {
             dispatch!(layer, moments_typed::<X>(layer, x, base, scale))
         }
@@ -777,6 +781,9 @@ pub(crate) fn sampled_layer(layer: &QLayer<'_>, x: &[i32], s: usize, eps: &[i16]
     match layer.operation {
         Operation::Conv2d(g) => super::conv::sampled(layer, &g, x, s, eps, out),
         Operation::MaxPool(g) => super::conv::max_pool(layer.precision, &g, x, s, out),
+        Operation::GlobalAvgPool { map } => {
+            super::graph::global_average_pool(layer.precision, map, x, s, out)
+        }
         Operation::ResidualAdd { .. } => {}
         Operation::Linear | Operation::ExitHead { .. } => {
             dispatch!(layer, sampled_typed(layer, x, s, eps, out))

@@ -117,6 +117,7 @@ impl<'a> QLayer<'a> {
         match self.operation {
             Operation::Conv2d(_) => return LayerKind::QuantConv2d,
             Operation::MaxPool(_) => return LayerKind::MaxPool,
+            Operation::GlobalAvgPool { .. } => return LayerKind::GlobalAvgPool,
             Operation::ResidualAdd { .. } => return LayerKind::ResidualAdd,
             Operation::ExitHead { .. } => return LayerKind::ExitHead,
             _ => {}
@@ -167,7 +168,9 @@ impl<'a> QLayer<'a> {
     pub fn macs(&self) -> usize {
         match self.operation {
             Operation::Conv2d(g) => self.nnz() * g.output[1] * g.output[2],
-            Operation::MaxPool(_) | Operation::ResidualAdd { .. } => 0,
+            Operation::MaxPool(_)
+            | Operation::GlobalAvgPool { .. }
+            | Operation::ResidualAdd { .. } => 0,
             _ => self.nnz(),
         }
     }
@@ -176,7 +179,9 @@ impl<'a> QLayer<'a> {
     pub fn dense_weights(&self) -> usize {
         match self.operation {
             Operation::Conv2d(g) => g.output[0] * g.input[0] * g.window[0] * g.window[1],
-            Operation::MaxPool(_) | Operation::ResidualAdd { .. } => 0,
+            Operation::MaxPool(_)
+            | Operation::GlobalAvgPool { .. }
+            | Operation::ResidualAdd { .. } => 0,
             _ => self.inputs * self.outputs,
         }
     }
@@ -192,7 +197,9 @@ impl<'a> QLayer<'a> {
                 )
                 .unwrap_or(0)
             }
-            Operation::MaxPool(_) | Operation::ResidualAdd { .. } => return 0,
+            Operation::MaxPool(_)
+            | Operation::GlobalAvgPool { .. }
+            | Operation::ResidualAdd { .. } => return 0,
             _ => {}
         }
         quant_payload_len(
@@ -306,6 +313,7 @@ impl<'a> Validate<'a> for QModel<'a> {
             let layer = parse_qlayer(bytes, rec, &cx)?;
             shape = match layer.operation {
                 Operation::Conv2d(g) | Operation::MaxPool(g) => g.output,
+                Operation::GlobalAvgPool { map } => [map[0], 1, 1],
                 Operation::ResidualAdd { .. } | Operation::ExitHead { .. } => shape,
                 Operation::Linear => [layer.outputs, 1, 1],
             };
@@ -495,7 +503,8 @@ fn check_exits(layers: &[QLayer<'_>], shape: [usize; 3], classes: usize) -> Resu
 }
 
 /// Parses one layer record of a fixed-point file: a quantized linear layer or convolution,
-/// a max-pooling layer (version 6), a residual addition or an exit head (version 7).
+/// a max-pooling layer (version 6), a residual addition or an exit head (version 7), a global
+/// average pooling layer (version 10).
 fn parse_qlayer<'a>(
     bytes: &'a [u8],
     rec: &[u8],
@@ -635,6 +644,22 @@ fn parse_qlayer<'a>(
             check_offset(rec, cx, 0)?;
             Ok(head.weightless(cx.precision, Operation::MaxPool(geometry)))
         }
+        // As max pooling: the rounded integer mean of each channel keeps its input's scale.
+        LayerKind::GlobalAvgPool => {
+            reserved(record::GAP_RESERVED)?;
+            crate::model::check_weightless(posterior, activation, layer)?;
+            if cx.last {
+                return Err(ModelError::QuantLayout { layer });
+            }
+            check_outputs(&head, [cx.shape[0], 1, 1])?;
+            check_payload_len(rec, layer, Some(0))?;
+            if u32_at(rec, record::NNZ) != 0 {
+                return Err(ModelError::BadWeightCount { layer });
+            }
+            check_offset(rec, cx, 0)?;
+            let op = Operation::GlobalAvgPool { map: cx.shape };
+            Ok(head.weightless(cx.precision, op))
+        }
         LayerKind::ResidualAdd if exits_allowed => parse_residual(rec, cx, &head),
         LayerKind::ExitHead if exits_allowed => {
             reserved(record::QUANT_EXIT_RESERVED)?;
@@ -691,7 +716,9 @@ fn parse_residual<'a>(
         });
     let source_ok = cx.earlier.get(source).is_some_and(|s| match s.operation {
         Operation::Linear | Operation::Conv2d(_) => s.activation == Activation::Relu,
-        Operation::MaxPool(_) | Operation::ResidualAdd { .. } => true,
+        Operation::MaxPool(_) | Operation::GlobalAvgPool { .. } | Operation::ResidualAdd { .. } => {
+            true
+        }
         Operation::ExitHead { .. } => false,
     });
     let after_previous = cx.last_residual.is_none_or(|r| source >= r);

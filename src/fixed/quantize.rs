@@ -1,5 +1,5 @@
 //! The quantizer (feature `alloc`): turns an f32 [`ModelSpec`] of any layer kind (linear
-//! layers, convolutions, max pooling, residual additions, exit heads) into a fixed-point
+//! layers, convolutions, max and global average pooling, residual additions, exit heads) into a fixed-point
 //! [`QModelSpec`], with activation scales calibrated on raw inputs.
 //!
 //! Per output row `j` (per output channel of a convolution, over its taps) of a layer with
@@ -60,7 +60,7 @@ impl Default for Calibration {
 #[derive(Clone, Debug, PartialEq)]
 pub enum QuantizeError {
     /// Linear layers and convolutions (ReLU hidden; identity last or before a residual
-    /// addition), max pooling (not last), residual additions (ReLU, after an identity layer)
+    /// addition), max and global average pooling (not last), residual additions (ReLU, after an identity layer)
     /// and exit heads have a fixed-point form; other arrangements do not.
     UnsupportedLayer {
         /// Index of the layer.
@@ -95,7 +95,7 @@ impl fmt::Display for QuantizeError {
         match self {
             QuantizeError::UnsupportedLayer { layer } => write!(
                 f,
-                "layer {layer} has no fixed-point form (linear and convolution layers are ReLU, or identity when last or before a residual addition; max pooling is not last; a residual addition is ReLU after an identity layer)"
+                "layer {layer} has no fixed-point form (linear and convolution layers are ReLU, or identity when last or before a residual addition; max and global average pooling are not last; a residual addition is ReLU after an identity layer)"
             ),
             QuantizeError::InputNormalization => {
                 f.write_str("fixed point needs an input offset of 0 and a positive input scale")
@@ -122,7 +122,7 @@ impl core::error::Error for QuantizeError {}
 
 /// The shape each layer of `spec` reads, or the first layer without a fixed-point form:
 /// linear layers and convolutions (ReLU hidden; identity last, or before a residual
-/// addition), max pooling (not last), residual additions (ReLU, after an identity layer) and
+/// addition), max and global average pooling (not last), residual additions (ReLU, after an identity layer) and
 /// exit heads.
 fn layer_shapes(spec: &ModelSpec) -> Result<Vec<[usize; 3]>, QuantizeError> {
     let n_layers = spec.layers.len();
@@ -160,6 +160,7 @@ fn layer_shapes(spec: &ModelSpec) -> Result<Vec<[usize; 3]>, QuantizeError> {
                 let w = window_output(shape[2], window[1], stride, 0).ok_or_else(unsupported)?;
                 [shape[0], h, w]
             }
+            LayerOp::GlobalAvgPool if !last => [shape[0], 1, 1],
             LayerOp::ResidualAdd { .. } if l.activation == Activation::Relu && i > 0 => {
                 let before = &spec.layers[i - 1];
                 let weighted = matches!(before.op, LayerOp::Linear | LayerOp::Conv2d { .. });
@@ -190,8 +191,8 @@ fn lines(l: &LayerSpec, shape: [usize; 3]) -> (usize, usize) {
 }
 
 /// Quantizes `spec` to `precision`, calibrating activation scales on `inputs` (raw 8-bit
-/// inputs of the model's input length). Linear layers, convolutions and max pooling have a
-/// fixed-point form; max pooling keeps its input's scale.
+/// inputs of the model's input length). Linear layers, convolutions, max and global average
+/// pooling have a fixed-point form; pooling keeps its input's scale.
 pub fn quantize(
     spec: &ModelSpec,
     precision: Precision,
@@ -341,7 +342,9 @@ fn quantize_inputs(
             act_max
         };
         let q = match l.op {
-            LayerOp::MaxPool { .. } => QLayerSpec {
+            // Pooling keeps its input's scale: the maximum, or the rounded mean, of
+            // activations in that scale.
+            LayerOp::MaxPool { .. } | LayerOp::GlobalAvgPool => QLayerSpec {
                 op: l.op,
                 inputs: l.inputs,
                 outputs: l.outputs,
@@ -665,7 +668,8 @@ fn skip_rescale(ratio: f64, act_max: f64) -> Option<(i32, u32)> {
 
 /// One hidden layer in f32 for calibration, on the dense spec: `y = act(mean + sqrt(var) ε)`
 /// per output unit in order, one `ε` drawn per unit when `noise` is given (local
-/// reparameterization, as the engine samples); max pooling takes the window maximum.
+/// reparameterization, as the engine samples); max pooling takes the window maximum, global
+/// average pooling each channel's mean.
 fn calibration_layer(
     l: &LayerSpec,
     shape: [usize; 3],
@@ -777,6 +781,13 @@ fn calibration_layer(
                 }
             }
         }
+        LayerOp::GlobalAvgPool => {
+            let area = shape[1] * shape[2];
+            for (ch, out) in y.iter_mut().enumerate() {
+                let sum: f32 = x[ch * area..(ch + 1) * area].iter().sum();
+                *out = sum / area as f32;
+            }
+        }
         LayerOp::ResidualAdd { .. } | LayerOp::ExitHead { .. } => {}
     }
     y
@@ -814,7 +825,9 @@ fn calibrate(
                     }
                     // The main path continues with the map the head read.
                     LayerOp::ExitHead { .. } => x.clone(),
-                    LayerOp::MaxPool { .. } => calibration_layer(l, shapes[index], &x, None),
+                    LayerOp::MaxPool { .. } | LayerOp::GlobalAvgPool => {
+                        calibration_layer(l, shapes[index], &x, None)
+                    }
                     _ => {
                         let noise = (pass > 0).then_some(&mut rng);
                         calibration_layer(l, shapes[index], &x, noise)

@@ -20,7 +20,8 @@ use crate::writer::{
 /// One fixed-point layer to write, with dense integer arrays (pruned weights are 0).
 #[derive(Clone, Debug, PartialEq)]
 pub struct QLayerSpec {
-    /// What the layer computes: linear, a convolution or max pooling (version 6). Pooling
+    /// What the layer computes: linear, a convolution, max pooling (version 6), a residual
+    /// addition or an exit head (version 7), global average pooling (version 10). Pooling
     /// has no parameters (`params`, `theta` empty, `sigma2` `None`, shift 0).
     pub op: LayerOp,
     /// Number of inputs.
@@ -225,6 +226,17 @@ impl QModelSpec {
                     rec[record::KIND] = LayerKind::MaxPool as u8;
                     crate::writer::write_pool_record(&mut rec, window, stride, &mut version)?;
                     shape = [shape[0], h, w];
+                    0
+                }
+                LayerOp::GlobalAvgPool => {
+                    version = version.max(format::GAP_FORMAT_VERSION);
+                    let weightless =
+                        l.params.is_empty() && l.theta.is_empty() && l.sigma2.is_none();
+                    if !weightless || l.inputs != shape.iter().product::<usize>() {
+                        return Err(bad);
+                    }
+                    rec[record::KIND] = LayerKind::GlobalAvgPool as u8;
+                    shape = [shape[0], 1, 1];
                     0
                 }
                 LayerOp::ResidualAdd { source } => {

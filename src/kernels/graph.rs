@@ -1,6 +1,6 @@
 //! The two operations of residual early-exit networks that are not weight layers: the
 //! residual addition that closes a block, and the global average pooling in front of an exit
-//! head. Both work on one input or on a chunk of `s` samples laid out unit-major
+//! head (also a layer of its own, `Operation::GlobalAvgPool`). Both work on one input or on a chunk of `s` samples laid out unit-major
 //! (`x[i * s + m]`), the layout every kernel shares.
 
 use super::activate;

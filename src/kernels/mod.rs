@@ -39,6 +39,8 @@ pub(crate) fn forward_mean<X: Input + ?Sized>(layer: &Layer<'_>, x: &X, out: &mu
         Operation::Linear | Operation::ExitHead { .. } => linear::forward_mean(layer, x, out),
         Operation::Conv2d(_) => conv::forward_mean(layer, x, out),
         Operation::MaxPool(g) => pool::forward(&g, x, 1, out),
+        // The exit heads' pool, on its own.
+        Operation::GlobalAvgPool { map } => graph::global_average_pool(map, x, 1, out),
         // Residual additions read two buffers: the engine runs them (`graph::residual_add`).
         Operation::ResidualAdd { .. } => {}
     }
@@ -57,7 +59,8 @@ pub(crate) fn forward_moments<X: Input + ?Sized>(
         }
         Operation::Conv2d(_) => conv::forward_moments(layer, x, mean, std),
         // Pooling and additions have no weights: never the first stochastic layer.
-        Operation::MaxPool(_) | Operation::ResidualAdd { .. } => {}
+        Operation::MaxPool(_) | Operation::GlobalAvgPool { .. } | Operation::ResidualAdd { .. } => {
+        }
     }
 }
 
@@ -76,6 +79,8 @@ pub(crate) fn forward_samples<const CHUNK: usize>(
         }
         Operation::Conv2d(_) => conv::forward_samples(layer, x, rngs, out, scratch),
         Operation::MaxPool(g) => pool::forward(&g, x, rngs.len(), out),
+        // Per sample, like max pooling: the chunk's samples are pooled side by side.
+        Operation::GlobalAvgPool { map } => graph::global_average_pool(map, x, rngs.len(), out),
         Operation::ResidualAdd { .. } => {}
     }
 }
@@ -131,6 +136,7 @@ pub(crate) fn scratch_len(layer: &Layer<'_>, chunk: usize, first_gaussian: bool)
         Operation::Linear
         | Operation::ExitHead { .. }
         | Operation::MaxPool(_)
+        | Operation::GlobalAvgPool { .. }
         | Operation::ResidualAdd { .. } => 0,
     }
 }

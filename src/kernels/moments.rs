@@ -163,13 +163,16 @@ pub(crate) fn activate(activation: Activation, x: &mut [f32]) {
 }
 
 /// One layer's output moments from its input moments: a weight layer (linear, convolution, an
-/// exit head's linear part on the pooled map) with its activation, or max pooling.
+/// exit head's linear part on the pooled map) with its activation, max pooling or global
+/// average pooling.
 /// `out` holds `2 * layer.outputs()` values.
 pub(crate) fn propagate(layer: &Layer<'_>, x: &[f32], out: &mut [f32]) {
     match layer.operation() {
         Operation::Linear | Operation::ExitHead { .. } => super::linear::propagate(layer, x, out),
         Operation::Conv2d(_) => super::conv::propagate(layer, x, out),
         Operation::MaxPool(g) => return max_pool(&g, x, out),
+        // The exit heads' pool of moments, on its own (no activation).
+        Operation::GlobalAvgPool { map } => return global_average_pool(map, x, out),
         // Residual additions read two buffers: the runner calls `residual_add`.
         Operation::ResidualAdd { .. } => return,
     }

@@ -114,7 +114,8 @@ pub fn parse_fixed(bytes: &[u8]) -> Result<(), ModelError> {
 
 /// Mean-weights logits by the documented formulas over the dense arrays, in i128, written
 /// independently of the kernels: per output unit the sum over every kernel position inside
-/// the input, pooling as the window maximum.
+/// the input, max pooling as the window maximum, global average pooling as each channel's
+/// rounded integer mean.
 pub fn reference_logits(spec: &QModelSpec, raw: &[u8]) -> Vec<i32> {
     reference_exit_logits(spec, raw).pop().unwrap()
 }
@@ -204,6 +205,15 @@ pub fn reference_exit_logits(spec: &QModelSpec, raw: &[u8]) -> Vec<Vec<i32>> {
                     }
                 }
                 shape = [c, oh, ow];
+            }
+            LayerOp::GlobalAvgPool => {
+                // Per channel the rounded integer mean, as an exit head pools.
+                let area = (h * w) as i128;
+                for (ch, out) in y.iter_mut().enumerate() {
+                    let sum: i128 = x[ch * h * w..(ch + 1) * h * w].iter().sum();
+                    *out = (sum + area / 2) / area;
+                }
+                shape = [c, 1, 1];
             }
             LayerOp::ResidualAdd { source } => {
                 let m = l.params[0][0] as i128;

@@ -2,7 +2,7 @@
 //!
 //! The objective checked is the trainer's: `CE(forward_train(x, eps)) + c * KL`, with the noise
 //! `eps` held fixed, so the checks cover linear and conv layers (mean and variance paths), ReLU,
-//! max-pooling, flatten, softmax cross-entropy and the KL term with its clip. Log variances are
+//! max-pooling, global average pooling, flatten, softmax cross-entropy and the KL term with its clip. Log variances are
 //! drawn around -2 so the variance path carries real weight (at the -10 initialisation an error
 //! there would hide below the tolerance).
 
@@ -73,6 +73,22 @@ fn convnet() -> Network<f64> {
             TrainedLayer::Flatten,
             linear(&mut rng, 16, 5, true),
             linear(&mut rng, 5, 3, false),
+        ],
+    }
+}
+
+/// conv -> ReLU -> global average pool -> linear over a non-square `[2, 6, 5]` input: the
+/// pool's backward is all that carries the loss back to the convolution.
+fn gap_net() -> Network<f64> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(14);
+    Network {
+        arch: Arch::Custom,
+        input_shape: [2, 6, 5],
+        prune_threshold: 3.0,
+        layers: vec![
+            conv(&mut rng, 2, 3, 3),
+            TrainedLayer::GlobalAvgPool,
+            linear(&mut rng, 3, 3, false),
         ],
     }
 }
@@ -280,6 +296,28 @@ fn layer_list_gradients_match_finite_differences() {
 }
 
 #[test]
+fn gap_gradients_match_finite_differences() {
+    let net = gap_net();
+    let (x, y) = inputs(&net, 3);
+    let grads = analytic(&net, &x, &y);
+    // θ, log σ², bias of the convolution and of the linear layer.
+    assert_eq!(grads.len(), 6);
+    let err = worst_error(&net, &x, &y, &grads);
+    eprintln!("worst relative error {err:e}");
+    assert!(err < 1e-4, "worst relative error {err}");
+    // The check notices a pool backward that forgets the 1 / (H W) (here: 10% of one
+    // gradient of the convolution's means, which only the pool's backward reaches).
+    let mut wrong = grads.clone();
+    let (i, _) = wrong[0]
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+        .unwrap();
+    wrong[0][i] *= 0.9;
+    assert!(worst_error(&net, &x, &y, &wrong) > 1e-2);
+}
+
+#[test]
 fn conv_gradients_match_finite_differences() {
     let net = convnet();
     let (x, y) = inputs(&net, 3);
@@ -388,6 +426,14 @@ fn reference_logits(net: &Network<f64>, x: &Array2<f64>) -> Array2<f64> {
                         maps = Some((out, c, ho, wo));
                     }
                     TrainedLayer::Flatten => vec = maps.take().unwrap().0,
+                    TrainedLayer::GlobalAvgPool => {
+                        let (m, c, h, w) = maps.take().unwrap();
+                        vec = (0..c)
+                            .map(|ch| {
+                                m[ch * h * w..(ch + 1) * h * w].iter().sum::<f64>() / (h * w) as f64
+                            })
+                            .collect();
+                    }
                     TrainedLayer::DropoutLinear {
                         theta, bias, relu, ..
                     } => {
@@ -446,7 +492,7 @@ fn reference_logits(net: &Network<f64>, x: &Array2<f64>) -> Array2<f64> {
 
 #[test]
 fn deterministic_forward_matches_nchw_reference() {
-    for mut net in [convnet(), mlp(), dropout_mlp()] {
+    for mut net in [convnet(), mlp(), dropout_mlp(), gap_net()] {
         // Prune a good share of weights so the mask matters.
         for layer in &mut net.layers {
             if let TrainedLayer::Conv2d { log_sigma2, .. } = layer {

@@ -10,6 +10,7 @@
 //! - `relu: true` means ReLU is applied to that layer's output;
 //! - `MaxPool2` is 2x2 max-pooling with stride 2, `MaxPool` any window and stride; `Flatten`
 //!   turns `(C, H, W)` maps into a vector in `(c, h, w)` order (the NCHW convention);
+//!   `GlobalAvgPool` turns them into the vector of the `C` channel means;
 //! - a weight is pruned when its log alpha (see [`super::vd::log_alpha`]) exceeds
 //!   [`Network::prune_threshold`].
 
@@ -89,6 +90,9 @@ pub enum TrainedLayer<T = f32> {
     },
     /// `(C, H, W)` feature maps to a `C*H*W` vector, channel-major.
     Flatten,
+    /// Global average pooling: `(C, H, W)` feature maps to the vector of the `C` channel means
+    /// (the pool of the exit heads, as a layer of its own).
+    GlobalAvgPool,
 }
 
 /// Pruning statistics of one weight layer.
@@ -161,7 +165,8 @@ impl<T: Real> TrainedLayer<T> {
             | Self::PlainConv { .. }
             | Self::MaxPool2
             | Self::MaxPool { .. }
-            | Self::Flatten => None,
+            | Self::Flatten
+            | Self::GlobalAvgPool => None,
         }
     }
 
@@ -195,7 +200,7 @@ impl<T: Real> TrainedLayer<T> {
             Self::PlainConv { theta, bias, .. } => {
                 vec![theta.as_slice().expect(s), bias.as_slice().expect(s)]
             }
-            Self::MaxPool2 | Self::MaxPool { .. } | Self::Flatten => vec![],
+            Self::MaxPool2 | Self::MaxPool { .. } | Self::Flatten | Self::GlobalAvgPool => vec![],
         }
     }
 
@@ -235,7 +240,7 @@ impl<T: Real> TrainedLayer<T> {
                     bias.as_slice_mut().expect(s),
                 ]
             }
-            Self::MaxPool2 | Self::MaxPool { .. } | Self::Flatten => vec![],
+            Self::MaxPool2 | Self::MaxPool { .. } | Self::Flatten | Self::GlobalAvgPool => vec![],
         }
     }
 }
@@ -294,6 +299,9 @@ pub(crate) enum Step<T> {
         dim: (usize, usize, usize, usize),
     },
     Flatten {
+        dim: (usize, usize, usize, usize),
+    },
+    Gap {
         dim: (usize, usize, usize, usize),
     },
 }
@@ -467,6 +475,9 @@ impl<T: Real> Network<T> {
                         (TrainedLayer::Flatten, a) => {
                             Act::Flat(layers::flatten_forward(a.maps("Flatten")))
                         }
+                        (TrainedLayer::GlobalAvgPool, a) => {
+                            Act::Flat(strided::global_avg_pool(a.maps("GlobalAvgPool").view()))
+                        }
                     };
                 }
                 act.flat("network output")
@@ -504,7 +515,8 @@ impl<T: Real> Network<T> {
                 | TrainedLayer::PlainConv { .. }
                 | TrainedLayer::MaxPool2
                 | TrainedLayer::MaxPool { .. }
-                | TrainedLayer::Flatten,
+                | TrainedLayer::Flatten
+                | TrainedLayer::GlobalAvgPool,
             ) => {
                 let [c, h, w] = self.input_shape;
                 let b = x.nrows();
@@ -658,6 +670,12 @@ impl<T: Real> Network<T> {
                     tape.push(Step::Flatten { dim });
                     Act::Flat(layers::flatten_forward(x))
                 }
+                // The exit heads' pool (`conv::global_avg_pool`), rows `[B, C]`.
+                TrainedLayer::GlobalAvgPool => {
+                    let x = act.maps("GlobalAvgPool");
+                    tape.push(Step::Gap { dim: x.dim() });
+                    Act::Flat(strided::global_avg_pool(x.view()))
+                }
             };
         }
         (act.flat("network output"), tape)
@@ -723,6 +741,9 @@ impl<T: Real> Network<T> {
                 (TrainedLayer::Flatten, Step::Flatten { dim }) => {
                     Some(Act::Maps(layers::flatten_backward(gi.flat("Flatten"), dim)))
                 }
+                (TrainedLayer::GlobalAvgPool, Step::Gap { dim }) => Some(Act::Maps(
+                    strided::global_avg_pool_backward(&gi.flat("GlobalAvgPool"), dim),
+                )),
                 _ => unreachable!("tape recorded by forward_train on the same network"),
             };
             if i <= first_weighted {

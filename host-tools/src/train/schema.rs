@@ -8,6 +8,7 @@
 //! | `conv` | `outputs` (channels), `kernel = k` or `[kh, kw]`, `stride` (1), `padding` (0, on every side), `relu` (true), `posterior` | 2-D convolution; over a time series `[C, T]` (laid out `[C, T, 1]`) `kernel = k` means `[k, 1]`: a 1-D convolution over time |
 //! | `pool` | `kernel` (2; over `[C, T, 1]` maps `k` means `[k, 1]`), `stride` (the window's height) | max pooling |
 //! | `flatten` | | maps to a vector (implicit before a `linear`) |
+//! | `gap` | | global average pooling: each channel's mean, `[C, H, W]` maps to a vector of `C` |
 //! | `residual`, `exit` | | the early-exit ResNet: see below |
 //!
 //! `posterior` is `"vd"` (sparse variational dropout, the default), `"dropout"` (MC
@@ -18,8 +19,7 @@
 //! Early-exit networks are written as a stem `conv`, then per block two `conv`s (3x3, padding
 //! 1, the stem's channels), a `residual` and an `exit`; this is the graph
 //! [`super::resnet::ResNetEe`] trains, and other arrangements of `residual`/`exit` are refused
-//! with the pattern they must follow. `gap` (a global average pool outside an exit head) is
-//! not supported by the engine yet and is refused.
+//! with the pattern they must follow.
 
 use std::fmt;
 
@@ -57,7 +57,8 @@ pub enum LayerKind {
     Pool,
     /// Maps to a vector.
     Flatten,
-    /// Global average pooling (not supported yet: refused with a message).
+    /// Global average pooling: the mean of each channel's map (`[C, H, W]` to a vector of
+    /// `C`).
     Gap,
     /// Closes a residual block of the early-exit ResNet.
     Residual,
@@ -229,6 +230,7 @@ enum Step {
         stride: usize,
     },
     Flatten,
+    Gap,
 }
 
 struct Plan {
@@ -491,11 +493,27 @@ fn plan(layers: &[LayerConfig], input: [usize; 3], classes: usize) -> Result<Pla
                 }
             }
             LayerKind::Gap => {
-                return Err(err(
-                    "gap (a global average pool outside an exit head) is not supported by the \
-                     engine yet; use a strided convolution or pooling, then flatten"
-                        .into(),
-                ))
+                unused(&[
+                    ("outputs", l.outputs.is_some()),
+                    ("kernel", l.kernel.is_some()),
+                    ("stride", l.stride.is_some()),
+                    ("padding", l.padding.is_some()),
+                    ("relu", l.relu.is_some()),
+                    ("posterior", l.posterior.is_some()),
+                    ("p", l.p.is_some()),
+                ])?;
+                let Shape::Maps([c, h, w]) = shape else {
+                    return Err(err(
+                        "gap needs maps, not a vector (it follows a flatten, linear or gap layer)"
+                            .into(),
+                    ));
+                };
+                lines.push(format!(
+                    "{}: global average pool {c}x{h}x{w} -> {c}",
+                    entry_name(l, i)
+                ));
+                steps.push(Step::Gap);
+                shape = Shape::Flat(c);
             }
             LayerKind::Residual | LayerKind::Exit => unreachable!("handled above"),
         }
@@ -712,6 +730,7 @@ pub fn build<T: Real>(
             } => TrainedLayer::MaxPool2,
             Step::Pool { window, stride } => TrainedLayer::MaxPool { window, stride },
             Step::Flatten => TrainedLayer::Flatten,
+            Step::Gap => TrainedLayer::GlobalAvgPool,
         });
     }
     Ok(Built::Sequential(Network {
@@ -836,6 +855,42 @@ mod tests {
         );
     }
 
+    /// `gap` pools each channel to one value: no flatten before the linear layer that follows,
+    /// which reads one input per channel.
+    #[test]
+    fn gap_pools_every_channel_to_one_input() {
+        let layers = parse(
+            r#"
+            [[layers]]
+            kind = "conv"
+            outputs = 6
+            kernel = 3
+            [[layers]]
+            kind = "gap"
+            name = "pool"
+            [[layers]]
+            kind = "linear"
+            "#,
+        );
+        let lines = describe(&layers, [1, 9, 7], 4).unwrap();
+        assert_eq!(
+            lines[1], "pool: global average pool 6x7x5 -> 6",
+            "{lines:?}"
+        );
+        assert!(lines[2].contains("linear 6 -> 4"), "{lines:?}");
+        let Built::Sequential(net) = build::<f32>(&layers, [1, 9, 7], 4, 2, -10.0, 3.0).unwrap()
+        else {
+            panic!("not sequential")
+        };
+        assert_eq!(net.layers.len(), 3);
+        assert_eq!(net.layers[1], TrainedLayer::GlobalAvgPool);
+        assert!(
+            matches!(&net.layers[2], TrainedLayer::Linear { theta, .. } if theta.dim() == (4, 6))
+        );
+        let x = ndarray::Array2::from_elem((2, 63), 0.5f32);
+        assert_eq!(net.predict_deterministic(&x).dim(), (2, 4));
+    }
+
     #[test]
     fn bad_lists_are_refused_with_the_entry_and_the_reason() {
         let cases = [
@@ -846,7 +901,8 @@ mod tests {
             ("[[layers]]\nkind = \"linear\"\nposterior = \"dropout\"\n", "needs `p`"),
             ("[[layers]]\nkind = \"linear\"\nposterior = \"dropout\"\np = 1.0\n", "outside [0, 1)"),
             ("[[layers]]\nkind = \"linear\"\nkernel = 3\n", "`kernel` does not apply"),
-            ("[[layers]]\nkind = \"gap\"\n[[layers]]\nkind = \"linear\"\n", "not supported"),
+            ("[[layers]]\nkind = \"linear\"\noutputs = 4\n[[layers]]\nkind = \"gap\"\n[[layers]]\nkind = \"linear\"\n", "gap needs maps"),
+            ("[[layers]]\nkind = \"gap\"\nkernel = 2\n[[layers]]\nkind = \"linear\"\n", "`kernel` does not apply"),
             ("[[layers]]\nkind = \"linear\"\noutputs = 0\n[[layers]]\nkind = \"linear\"\n", "outputs must be"),
             ("[[layers]]\nkind = \"pool\"\nkernel = 2\n", "must end with a linear"),
             ("[[layers]]\nkind = \"conv\"\noutputs = 4\nkernel = 3\n[[layers]]\nkind = \"residual\"\n", "blocks are incomplete"),
