@@ -130,9 +130,16 @@ fn windows(path: &Path, window: usize, hmp: bool) -> Result<Vec<(Vec<f32>, u8)>,
     let x = read_member(path, "x_test")?;
     let y = read_member(path, "y_test")?;
     let per_example: usize = x.shape.iter().skip(1).product();
-    if x.descr != "<f4" || x.shape.len() < 2 || per_example != window {
+    // float32 values, or bytes (their values 0..=255, which the f32 engine's raw entry point
+    // normalises to the bits of its byte entry point).
+    let size = match x.descr.as_str() {
+        "<f4" => 4,
+        "|u1" => 1,
+        _ => 0,
+    };
+    if size == 0 || x.shape.len() < 2 || per_example != window {
         return Err(format!(
-            "x_test is {} {:?}, not float32 [N, ...] with {window} values per example (the model's input)",
+            "x_test is {} {:?}, not float32 or uint8 [N, ...] with {window} values per example (the model's input)",
             x.descr, x.shape
         ));
     }
@@ -142,7 +149,7 @@ fn windows(path: &Path, window: usize, hmp: bool) -> Result<Vec<(Vec<f32>, u8)>,
             y.descr, y.shape, x.shape[0]
         ));
     }
-    if x.data.len() < x.shape[0] * window * 4 || y.data.len() < x.shape[0] {
+    if x.data.len() < x.shape[0] * window * size || y.data.len() < x.shape[0] {
         return Err("truncated arrays".into());
     }
     let picks: Vec<usize> = if hmp {
@@ -162,10 +169,14 @@ fn windows(path: &Path, window: usize, hmp: bool) -> Result<Vec<(Vec<f32>, u8)>,
         .into_iter()
         .map(|i| {
             let class = y.data[i];
-            let values = x.data[i * window * 4..(i + 1) * window * 4]
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
+            let raw = &x.data[i * window * size..(i + 1) * window * size];
+            let values = match size {
+                4 => raw
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                _ => raw.iter().map(|&b| f32::from(b)).collect(),
+            };
             Ok((values, class))
         })
         .collect()
@@ -289,6 +300,8 @@ fn write_hmp_q8(
         writeln!(src, "pub const HMP_Q8_WORKSPACE_WORDS: usize = 0;").unwrap();
         writeln!(src, "/// The windows as signed codes.").unwrap();
         writeln!(src, "pub static HMP_Q8_CODES: &[&[i8]] = &[];").unwrap();
+        writeln!(src, "/// The windows as bytes.").unwrap();
+        writeln!(src, "pub static HMP_Q8_BYTES: &[&[u8]] = &[];").unwrap();
         writeln!(src, "/// The host's outputs digest.").unwrap();
         writeln!(src, "pub const HMP_Q8_DIGEST: u32 = 0;").unwrap();
         return;
@@ -298,44 +311,67 @@ fn write_hmp_q8(
     let buffer = tinybayes::writer::ModelBuffer::from_bytes(&bytes);
     let model = tinybayes::QModel::from_bytes(buffer.as_bytes())
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let InputCoding::Signed { step } = model.input_coding() else {
-        panic!(
-            "{}: the demo's fixed-point model must read signed codes",
-            path.display()
-        )
+    // The windows as the model reads them: signed codes at its step, or bytes (which the
+    // data must then hold: values 0..=255 without a fraction).
+    let (codes, bytes): (Vec<Vec<i8>>, Vec<Vec<u8>>) = match model.input_coding() {
+        InputCoding::Signed { step } => (
+            windows
+                .iter()
+                .map(|w| {
+                    w.iter()
+                        .map(|&v| InputCoding::signed_code(v, step).expect("finite readings"))
+                        .collect()
+                })
+                .collect(),
+            Vec::new(),
+        ),
+        InputCoding::Unsigned => (
+            Vec::new(),
+            windows
+                .iter()
+                .map(|w| {
+                    w.iter()
+                        .map(|&v| {
+                            if v.fract() != 0.0 || !(0.0..=255.0).contains(&v) {
+                                panic!(
+                                    "{}: the fixed-point model reads bytes, but the data holds {v}",
+                                    path.display()
+                                );
+                            }
+                            v as u8
+                        })
+                        .collect()
+                })
+                .collect(),
+        ),
     };
-    let codes: Vec<Vec<i8>> = windows
-        .iter()
-        .map(|w| {
-            w.iter()
-                .map(|&v| InputCoding::signed_code(v, step).expect("finite readings"))
-                .collect()
-        })
-        .collect();
     // The host's answers, as the device computes them (Monte Carlo, seed per window).
     let mut workspace = vec![0u64; model.workspace_len(8)];
     let mut digest = tinybayes::digest::OutputsDigest::new();
     let samples = core::num::NonZeroU16::new(SAMPLES).expect("non-zero");
-    for (i, x) in codes.iter().enumerate() {
+    let mode = tinybayes::Mode::MonteCarlo { samples };
+    for i in 0..windows.len() {
         let mut rng = rand_xoshiro::Xoshiro128PlusPlus::seed_from_u64(seed_base + i as u64);
         let p: tinybayes::QPrediction<32> = match model.precision() {
             tinybayes::format::Precision::Q16 => {
                 tinybayes::Engine::<8, tinybayes::Q16>::new(&model, &mut workspace).and_then(
-                    |mut e| e.predict_i8(x, tinybayes::Mode::MonteCarlo { samples }, &mut rng),
+                    |mut e| match (codes.get(i), bytes.get(i)) {
+                        (Some(x), _) => e.predict_i8(x, mode, &mut rng),
+                        (None, x) => e.predict_u8(x.map_or(&[][..], |v| v), mode, &mut rng),
+                    },
                 )
             }
             _ => tinybayes::Engine::<8, tinybayes::Q8>::new(&model, &mut workspace).and_then(
-                |mut e| e.predict_i8(x, tinybayes::Mode::MonteCarlo { samples }, &mut rng),
+                |mut e| match (codes.get(i), bytes.get(i)) {
+                    (Some(x), _) => e.predict_i8(x, mode, &mut rng),
+                    (None, x) => e.predict_u8(x.map_or(&[][..], |v| v), mode, &mut rng),
+                },
             ),
         }
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         digest.add(&p);
     }
-    writeln!(
-        src,
-        "/// The fixed-point HMP model (signed codes), in flash."
-    )
-    .unwrap();
+    writeln!(src, "/// The fixed-point HMP model, in flash.").unwrap();
     writeln!(
         src,
         "pub static HMP_Q8_MODEL: Option<&[u8]> = Some(tinybayes::include_model!({:?}));",
@@ -358,12 +394,22 @@ fn write_hmp_q8(
     .unwrap();
     writeln!(
         src,
-        "/// The windows as the signed codes the model reads (step {step} g per code)."
+        "/// The windows as signed codes, for a fixed-point model that reads them (else empty)."
     )
     .unwrap();
     write!(src, "pub static HMP_Q8_CODES: &[&[i8]] = &[").unwrap();
     for c in &codes {
         write!(src, "&{c:?},").unwrap();
+    }
+    writeln!(src, "];").unwrap();
+    writeln!(
+        src,
+        "/// The windows as bytes, for a fixed-point model that reads bytes (else empty)."
+    )
+    .unwrap();
+    write!(src, "pub static HMP_Q8_BYTES: &[&[u8]] = &[").unwrap();
+    for b in &bytes {
+        write!(src, "&{b:?},").unwrap();
     }
     writeln!(src, "];").unwrap();
     writeln!(

@@ -20,7 +20,7 @@ use crate::app::{DemoError, DemoSummary};
 use crate::clock::Clock;
 use crate::generated::{
     DEMO_CHUNK, DEMO_SAMPLES, DEMO_SEED_BASE, FIXED_CHUNK, HMP_CLASS_NAMES, HMP_MISSING, HMP_MODEL,
-    HMP_Q8_CODES, HMP_Q8_DIGEST, HMP_Q8_MODEL, HMP_Q8_WORKSPACE_WORDS, HMP_WINDOWS,
+    HMP_Q8_BYTES, HMP_Q8_CODES, HMP_Q8_DIGEST, HMP_Q8_MODEL, HMP_Q8_WORKSPACE_WORDS, HMP_WINDOWS,
     HMP_WORKSPACE_WORDS,
 };
 
@@ -131,14 +131,16 @@ pub fn run_hmp_q8_demo<L: OutputPin, C: Clock>(
         return Ok(None);
     };
     let model = QModel::from_bytes(bytes)?;
-    let step = match model.input_coding() {
+    match model.input_coding() {
         // Logging an f32 sends its bits: defmt formats it on the host, no float operation.
-        InputCoding::Signed { step } => step,
-        InputCoding::Unsigned => 0.0,
-    };
+        InputCoding::Signed { step } => defmt::info!(
+            "q8 model, integer only, reading signed 8-bit codes of the readings ({=f32} units per code)",
+            step
+        ),
+        InputCoding::Unsigned => defmt::info!("q8 model, integer only, reading bytes"),
+    }
     defmt::info!(
-        "q8 model (integer only, signed 8-bit codes of the readings, {=f32} g per code): {=usize} layers, {=usize} weights stored, {=usize} bytes of flash, {=usize} bytes of workspace",
-        step,
+        "{=usize} layers, {=usize} weights stored, {=usize} bytes of flash, {=usize} bytes of workspace",
         model.layers().len(),
         model.nnz(),
         model.as_bytes().len(),
@@ -149,11 +151,17 @@ pub fn run_hmp_q8_demo<L: OutputPin, C: Clock>(
     let samples = NonZeroU16::new(DEMO_SAMPLES).unwrap_or(NonZeroU16::MIN);
     let mut summary = DemoSummary::default();
     let mut digest = OutputsDigest::new();
-    for (i, (codes, (_, label))) in HMP_Q8_CODES.iter().zip(HMP_WINDOWS).enumerate() {
+    for (i, (_, label)) in HMP_WINDOWS.iter().enumerate() {
         let mut rng = Xoshiro128PlusPlus::seed_from_u64(DEMO_SEED_BASE + i as u64);
+        let mode = Mode::MonteCarlo { samples };
         let start = clock.now();
-        let p: QPrediction<MAX_CLASSES> =
-            engine.predict_i8(codes, Mode::MonteCarlo { samples }, &mut rng)?;
+        // The window as the model reads it: signed codes or bytes (the build cut it so).
+        let p: QPrediction<MAX_CLASSES> = match (HMP_Q8_CODES.get(i), HMP_Q8_BYTES.get(i)) {
+            (Some(codes), _) => engine.predict_i8(codes, mode, &mut rng)?,
+            (None, bytes) => {
+                engine.predict_u8(bytes.copied().unwrap_or_default(), mode, &mut rng)?
+            }
+        };
         let cost = clock.now() - start;
         digest.add(&p);
         let unsure = p.mutual_information > UNSURE_MUTUAL_INFORMATION_Q

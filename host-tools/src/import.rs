@@ -43,11 +43,11 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use crate::data::npy::NpyStream;
 use ndarray::{Array1, Array2, Array4};
-use ndarray_npy::npy::header::Header;
 use safetensors::tensor::{Dtype, SafeTensors};
 
 use crate::train::schema::{build, weight_layer_names, Built, LayerConfig};
@@ -324,20 +324,6 @@ impl WeightsFile {
     }
 }
 
-/// Counts the bytes read through it (where an `.npy` header ends).
-struct Counting<R> {
-    inner: R,
-    read: u64,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.read += n as u64;
-        Ok(n)
-    }
-}
-
 /// Reads one `.npy` array of `total` bytes: header, then its shape checked, then its data.
 fn read_npy<R: Read>(
     reader: R,
@@ -346,17 +332,9 @@ fn read_npy<R: Read>(
     shapes: &[Vec<usize>],
     shape_error: &dyn Fn(&[usize]) -> String,
 ) -> Result<(Vec<usize>, Vec<f32>), String> {
-    let mut r = Counting {
-        inner: reader,
-        read: 0,
-    };
-    let header = Header::from_reader(&mut r)
+    let stream = NpyStream::open(reader)
         .map_err(|e| format!("tensor `{name}`: not a valid .npy array ({e})"))?;
-    let descr = header
-        .type_descriptor
-        .as_string()
-        .cloned()
-        .unwrap_or_else(|| header.type_descriptor.to_string());
+    let descr = stream.descr();
     let big_endian = descr.starts_with('>');
     let element = match descr.trim_start_matches(['<', '>', '=', '|']) {
         "f2" => Element::F16,
@@ -368,18 +346,18 @@ fn read_npy<R: Read>(
             ))
         }
     };
-    let shape = header.shape.clone();
+    let shape = stream.header.shape.clone();
     if !shapes.contains(&shape) {
         return Err(shape_error(&shape));
     }
-    if header.layout.is_fortran() && shape.len() > 1 {
+    if stream.header.layout.is_fortran() && shape.len() > 1 {
         return Err(format!(
             "tensor `{name}` is in Fortran order (save numpy.ascontiguousarray of it)"
         ));
     }
     // The accepted shapes are those of the network built, so this is bounded by its size.
     let bytes = shape.iter().product::<usize>() * element.size();
-    let available = total.saturating_sub(r.read);
+    let available = stream.available(total);
     if available != bytes as u64 {
         return Err(format!(
             "tensor `{name}`: its shape {shape:?} needs {bytes} bytes of data but {available} \
@@ -392,6 +370,7 @@ fn read_npy<R: Read>(
         ));
     }
     let mut data = vec![0u8; bytes];
+    let mut r = stream.reader;
     r.read_exact(&mut data).map_err(|e| {
         format!("tensor `{name}`: cannot read its data (truncated or corrupt: {e})")
     })?;

@@ -30,7 +30,7 @@ const SAMPLE_DTYPES: &str = "float32, float64 or uint8";
 const LABEL_DTYPES: &str = "any integer dtype";
 
 /// Counts the bytes read through it (to know where a header ends).
-struct Counting<R> {
+pub(crate) struct Counting<R> {
     inner: R,
     read: u64,
 }
@@ -40,6 +40,41 @@ impl<R: Read> Read for Counting<R> {
         let n = self.inner.read(buf)?;
         self.read += n as u64;
         Ok(n)
+    }
+}
+
+/// An `.npy` stream whose header has been read: the header, and the reader at the first data
+/// byte. What the data readers and `tinybayes import` both start from.
+pub(crate) struct NpyStream<R> {
+    /// The parsed header.
+    pub header: Header,
+    /// The stream, positioned after the header.
+    pub reader: Counting<R>,
+}
+
+impl<R: Read> NpyStream<R> {
+    /// Reads the header of an `.npy` stream.
+    pub fn open(reader: R) -> Result<Self, ndarray_npy::npy::header::ReadHeaderError> {
+        let mut reader = Counting {
+            inner: reader,
+            read: 0,
+        };
+        let header = Header::from_reader(&mut reader)?;
+        Ok(NpyStream { header, reader })
+    }
+
+    /// The dtype descriptor as NumPy writes it (`<f4`), or the structured type's text.
+    pub fn descr(&self) -> String {
+        self.header
+            .type_descriptor
+            .as_string()
+            .cloned()
+            .unwrap_or_else(|| self.header.type_descriptor.to_string())
+    }
+
+    /// The bytes that follow the header in a stream of `total` bytes.
+    pub fn available(&self, total: u64) -> u64 {
+        total.saturating_sub(self.reader.read)
     }
 }
 
@@ -64,28 +99,15 @@ fn read_array<R: Read>(
     what: &str,
     want: Want,
 ) -> Result<(Vec<usize>, Elements), DataErrorKind> {
-    let mut r = Counting {
-        inner: reader,
-        read: 0,
-    };
-    let header = Header::from_reader(&mut r)
+    let stream = NpyStream::open(reader)
         .map_err(|e| DataErrorKind::Corrupt(format!("{what}: not a valid .npy array ({e})")))?;
+    let header = &stream.header;
     if header.layout.is_fortran() {
         return Err(DataErrorKind::Shape(format!(
             "{what}: Fortran-order arrays are not supported (save np.ascontiguousarray(a))"
         )));
     }
-    let dtype_text = header.type_descriptor.to_string();
-    let descr =
-        header
-            .type_descriptor
-            .as_string()
-            .cloned()
-            .ok_or_else(|| DataErrorKind::Dtype {
-                what: what.into(),
-                dtype: dtype_text.clone(),
-                supported: supported(want),
-            })?;
+    let descr = stream.descr();
     let (kind, size) = parse_descr(&descr).ok_or_else(|| DataErrorKind::Dtype {
         what: what.into(),
         dtype: descr.clone(),
@@ -117,7 +139,7 @@ fn read_array<R: Read>(
         }
     };
     if let Some(total) = total {
-        let available = total.saturating_sub(r.read);
+        let available = stream.available(total);
         if available < bytes {
             return Err(DataErrorKind::Corrupt(format!(
                 "{what}: truncated: its shape {shape:?} needs {bytes} bytes of data but {available} follow the header"
@@ -130,6 +152,10 @@ fn read_array<R: Read>(
             )));
         }
     }
+    let NpyStream {
+        header,
+        reader: mut r,
+    } = stream;
     let desc = &header.type_descriptor;
     let data_err = |e: ReadDataError| match e {
         ReadDataError::MissingData => DataErrorKind::Corrupt(format!(

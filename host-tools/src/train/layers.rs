@@ -17,7 +17,6 @@
 //! Convolutions are the same maths on the im2col patch matrix (see [`super::tensor`]).
 
 use ndarray::{Array1, Array2, Array4, ArrayView1, ArrayView2, ArrayView4, Axis, Zip};
-use rayon::prelude::*;
 
 use super::tensor::{col2im, im2col, im2col_with_square, par_map, valid_out, Real};
 
@@ -431,77 +430,6 @@ pub(crate) fn conv_eval<T: Real>(
     standard(y)
         .into_shape_with_order((o, b, valid_out(h, kh), valid_out(wd, kw)))
         .unwrap_or_else(|_| unreachable!("standard layout"))
-}
-
-/// 2x2 max-pooling with stride 2 on CBHW (odd trailing rows/columns are dropped). Returns the
-/// pooled tensor and, per output, which of the four inputs won (`dy*2 + dx`).
-pub(crate) fn maxpool2_forward<T: Real>(x: ArrayView4<'_, T>) -> (Array4<T>, Vec<u8>) {
-    let (c, b, h, w) = x.dim();
-    let (ho, wo) = (h / 2, w / 2);
-    let x = x.as_standard_layout();
-    let xs = x
-        .as_slice()
-        .unwrap_or_else(|| unreachable!("standard layout"));
-    let mut out = vec![T::zero(); c * b * ho * wo];
-    let mut arg = vec![0u8; out.len()];
-    if ho * wo > 0 {
-        out.par_chunks_mut(ho * wo)
-            .zip(arg.par_chunks_mut(ho * wo))
-            .enumerate()
-            .for_each(|(p, (o, a))| {
-                let plane = &xs[p * h * w..(p + 1) * h * w];
-                for oy in 0..ho {
-                    for ox in 0..wo {
-                        let base = 2 * oy * w + 2 * ox;
-                        let cand = [
-                            plane[base],
-                            plane[base + 1],
-                            plane[base + w],
-                            plane[base + w + 1],
-                        ];
-                        let mut best = 0;
-                        for (i, &v) in cand.iter().enumerate().skip(1) {
-                            // NaN wins so it propagates instead of hiding.
-                            if v > cand[best] || v.is_nan() {
-                                best = i;
-                            }
-                        }
-                        o[oy * wo + ox] = cand[best];
-                        a[oy * wo + ox] = best as u8;
-                    }
-                }
-            });
-    }
-    let out = Array4::from_shape_vec((c, b, ho, wo), out)
-        .unwrap_or_else(|_| unreachable!("sizes computed above"));
-    (out, arg)
-}
-
-/// Backward of [`maxpool2_forward`]: routes each output gradient to the winning input.
-pub(crate) fn maxpool2_backward<T: Real>(
-    g: &Array4<T>,
-    arg: &[u8],
-    (c, b, h, w): (usize, usize, usize, usize),
-) -> Array4<T> {
-    let (ho, wo) = (h / 2, w / 2);
-    let g = g.as_standard_layout();
-    let gs = g
-        .as_slice()
-        .unwrap_or_else(|| unreachable!("standard layout"));
-    let mut dx = vec![T::zero(); c * b * h * w];
-    if ho * wo > 0 {
-        dx.par_chunks_mut(h * w).enumerate().for_each(|(p, d)| {
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    let q = p * ho * wo + oy * wo + ox;
-                    let a = usize::from(arg[q]);
-                    d[(2 * oy + a / 2) * w + 2 * ox + a % 2] = gs[q];
-                }
-            }
-        });
-    }
-    Array4::from_shape_vec((c, b, h, w), dx)
-        .unwrap_or_else(|_| unreachable!("sizes computed above"))
 }
 
 /// CBHW `[C, B, H, W]` to `[B, C*H*W]` in channel-major (`c, h, w`) feature order, the same order

@@ -290,10 +290,6 @@ pub(crate) enum Step<T> {
     Conv(ConvCache<T>),
     StridedConv(StridedConvCache<T>),
     PlainConv(PlainConvCache<T>),
-    Pool {
-        arg: Vec<u8>,
-        dim: (usize, usize, usize, usize),
-    },
     WindowPool {
         arg: Vec<u32>,
         dim: (usize, usize, usize, usize),
@@ -466,9 +462,9 @@ impl<T: Real> Network<T> {
                             *geom,
                             a.maps("Conv2d").view(),
                         )),
-                        (TrainedLayer::MaxPool2, a) => {
-                            Act::Maps(layers::maxpool2_forward(a.maps("MaxPool2").view()).0)
-                        }
+                        (TrainedLayer::MaxPool2, a) => Act::Maps(
+                            plain::maxpool_forward(a.maps("MaxPool2").view(), [2, 2], 2).0,
+                        ),
                         (TrainedLayer::MaxPool { window, stride }, a) => Act::Maps(
                             plain::maxpool_forward(a.maps("MaxPool").view(), *window, *stride).0,
                         ),
@@ -653,8 +649,8 @@ impl<T: Real> Network<T> {
                 TrainedLayer::MaxPool2 => {
                     let x = act.maps("MaxPool2");
                     let dim = x.dim();
-                    let (y, arg) = layers::maxpool2_forward(x.view());
-                    tape.push(Step::Pool { arg, dim });
+                    let (y, arg) = plain::maxpool_forward(x.view(), [2, 2], 2);
+                    tape.push(Step::WindowPool { arg, dim });
                     Act::Maps(y)
                 }
                 TrainedLayer::MaxPool { window, stride } => {
@@ -732,8 +728,8 @@ impl<T: Real> Network<T> {
                     per_layer[i] = Some(grads);
                     dx.map(Act::Maps)
                 }
-                (TrainedLayer::MaxPool2, Step::Pool { arg, dim }) => Some(Act::Maps(
-                    layers::maxpool2_backward(&gi.maps("MaxPool2"), &arg, dim),
+                (TrainedLayer::MaxPool2, Step::WindowPool { arg, dim }) => Some(Act::Maps(
+                    plain::maxpool_backward(&gi.maps("MaxPool2"), &arg, dim),
                 )),
                 (TrainedLayer::MaxPool { .. }, Step::WindowPool { arg, dim }) => Some(Act::Maps(
                     plain::maxpool_backward(&gi.maps("MaxPool"), &arg, dim),

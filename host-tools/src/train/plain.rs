@@ -127,7 +127,8 @@ pub(crate) fn maxpool_forward<T: Real>(
                         for ky in 0..window[0] {
                             for kx in 0..window[1] {
                                 let i = (oy * stride + ky) * w + ox * stride + kx;
-                                if plane[i] > best.1 {
+                                // NaN wins, so that it propagates instead of hiding.
+                                if plane[i] > best.1 || plane[i].is_nan() {
                                     best = (i, plane[i]);
                                 }
                             }
@@ -262,11 +263,18 @@ mod tests {
                     .any(|&v| v == x[[c, b, i, 0]]));
             }
         }
-        // 2x2 windows with stride 2 agree with the LeNet pooling.
-        let x = random4(&mut rng, (3, 2, 6, 4));
+        // 2x2 windows with stride 2 (LeNet-5's pooling): each output is the largest of its
+        // four inputs; a NaN among them comes out.
+        let mut x = random4(&mut rng, (3, 2, 6, 4));
         let (a, _) = maxpool_forward(x.view(), [2, 2], 2);
-        let (b, _) = layers::maxpool2_forward(x.view());
-        assert_eq!(a, b);
+        for ((c, b, i, j), &v) in a.indexed_iter() {
+            let four =
+                [(0, 0), (0, 1), (1, 0), (1, 1)].map(|(di, dj)| x[[c, b, 2 * i + di, 2 * j + dj]]);
+            assert_eq!(v, four.into_iter().fold(f64::NEG_INFINITY, f64::max));
+        }
+        x[[1, 0, 3, 2]] = f64::NAN;
+        let (a, _) = maxpool_forward(x.view(), [2, 2], 2);
+        assert!(a[[1, 0, 1, 1]].is_nan());
         assert_eq!(pool_out((1, 5), [2, 1], 2), None);
     }
 }
