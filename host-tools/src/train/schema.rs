@@ -193,6 +193,20 @@ pub fn describe(
 }
 
 /// The names of the weight layers of a `[[layers]]` list, in order (`layers.<index>` where an
+/// Every parameter key of a layer entry with whether it is set: what a layer without
+/// parameters (flatten, gap) must leave out.
+fn parameter_keys(l: &LayerConfig) -> [(&'static str, bool); 7] {
+    [
+        ("outputs", l.outputs.is_some()),
+        ("kernel", l.kernel.is_some()),
+        ("stride", l.stride.is_some()),
+        ("padding", l.padding.is_some()),
+        ("relu", l.relu.is_some()),
+        ("posterior", l.posterior.is_some()),
+        ("p", l.p.is_some()),
+    ]
+}
+
 /// entry has none): what `tinybayes import` looks up.
 pub fn weight_layer_names(layers: &[LayerConfig]) -> Vec<(usize, String)> {
     layers
@@ -478,30 +492,14 @@ fn plan(layers: &[LayerConfig], input: [usize; 3], classes: usize) -> Result<Pla
                 shape = Shape::Maps([c, ho, wo]);
             }
             LayerKind::Flatten => {
-                unused(&[
-                    ("outputs", l.outputs.is_some()),
-                    ("kernel", l.kernel.is_some()),
-                    ("stride", l.stride.is_some()),
-                    ("padding", l.padding.is_some()),
-                    ("relu", l.relu.is_some()),
-                    ("posterior", l.posterior.is_some()),
-                    ("p", l.p.is_some()),
-                ])?;
+                unused(&parameter_keys(l))?;
                 if let Shape::Maps(s) = shape {
                     steps.push(Step::Flatten);
                     shape = Shape::Flat(s.iter().product());
                 }
             }
             LayerKind::Gap => {
-                unused(&[
-                    ("outputs", l.outputs.is_some()),
-                    ("kernel", l.kernel.is_some()),
-                    ("stride", l.stride.is_some()),
-                    ("padding", l.padding.is_some()),
-                    ("relu", l.relu.is_some()),
-                    ("posterior", l.posterior.is_some()),
-                    ("p", l.p.is_some()),
-                ])?;
+                unused(&parameter_keys(l))?;
                 let Shape::Maps([c, h, w]) = shape else {
                     return Err(err(
                         "gap needs maps, not a vector (it follows a flatten, linear or gap layer)"
