@@ -97,8 +97,9 @@ trap 'rm -f "$log" "$demo_m4" "$demo_m0" "$c_m4" "$c_m0"' EXIT
 cargo demo 2>&1 | tee "$demo_m4"
 cargo demo-m0 2>&1 | tee "$demo_m0"
 cargo demo-m3
-step "the sensor demo in QEMU: HMP activity windows (cut from ../shared at build time) on the M4F"
+step "the sensor demo in QEMU: HMP activity windows (cut from ../shared at build time) on the M4F (f32 and q8), and the q8 model in the Cortex-M0's code; q8 answers checked against the host's"
 cargo demo-hmp
+cargo demo-hmp-m0
 
 step "the C API: the C example (examples/c) in QEMU on the M4F and the micro:bit, its answers against the Rust demos' above, bit for bit"
 make -s -C examples/c run BOARD=mps2-an386 | tee "$c_m4"
