@@ -886,3 +886,43 @@ fn malformed_signed_input_headers_are_typed_errors() {
     });
     assert_eq!(flagged, bad);
 }
+
+/// Every byte of a signed-input file's header flags, step and table set to assorted values:
+/// the reader answers, never panics, and a model that loads runs on codes and on bytes (one of
+/// them a typed `WrongInputSign`).
+#[test]
+fn mutated_signed_input_headers_never_panic() {
+    let spec = mlp_spec(26, signed_scales(), true);
+    let cal: Vec<Vec<i8>> = (0..16).map(|s| signed_codes(9200 + s, 24)).collect();
+    let q = quantize_signed(
+        &spec,
+        Precision::Q8,
+        &code_refs(&cal),
+        STEP,
+        Calibration::default(),
+    )
+    .unwrap();
+    let valid = q.to_bytes().unwrap();
+    let at = table_at(&valid);
+    let positions = (FLAGS..FLAGS + 1)
+        .chain(INPUT_STEP..INPUT_STEP + 4)
+        .chain(at..at + 4 + 24);
+    for k in positions {
+        for v in [0u8, 1, 2, 3, 0x7f, 0x80, 0xff] {
+            let mut b = valid.clone();
+            b[k] = v;
+            reseal(&mut b);
+            let buffer = ModelBuffer::from_bytes(&b);
+            let parsed = QModel::from_bytes(buffer.as_bytes());
+            if let Ok(model) = parsed {
+                let codes = signed_codes(k as u64, model.input_len());
+                let bytes = raw_bytes(k as u64, model.input_len());
+                let signed =
+                    try_run_fixed::<4>(&model, FixedInput::Codes(&codes), Mode::MeanWeights, 0);
+                let unsigned =
+                    try_run_fixed::<4>(&model, FixedInput::Bytes(&bytes), Mode::MeanWeights, 0);
+                assert!(signed.is_ok() != unsigned.is_ok(), "byte {k} = {v}");
+            }
+        }
+    }
+}

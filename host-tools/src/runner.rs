@@ -54,7 +54,7 @@ pub struct PrecisionArgs {
     /// Quantizing from f32 data: the raw value of one signed input code (the device feeds
     /// round(value / step), clamped to -127..=127) [default: the largest |value| of the
     /// calibration examples / 127].
-    #[arg(long, value_parser = parse_input_step, value_name = "STEP")]
+    #[arg(long, value_parser = parse_input_step, value_name = "STEP", allow_negative_numbers = true)]
     pub input_step: Option<f32>,
     /// Number of calibration images, at most the images in the file [default: 1000, or every
     /// image of a smaller file, with a warning].
@@ -317,6 +317,10 @@ pub fn quantize_spec(
         anyhow!("cannot quantize to {}: {e}", precision.name())
     };
     let q = match set {
+        CalibrationSet::Bytes(_) if args.input_step.is_some() => bail!(
+            "--input-step applies to f32 calibration data (a model of signed codes); these \
+             calibration examples are bytes, which the model reads as they are"
+        ),
         CalibrationSet::Bytes(images) => {
             let refs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
             quantize(spec, precision, &refs, calibration).map_err(cannot)?

@@ -360,6 +360,38 @@ fn scale_normalised_f32_data_exports_to_q8_that_reads_signed_codes() {
     assert!(out.status.success(), "predict failed: {}", stderr(&out));
     assert_eq!(fs::read_to_string(&csv).unwrap().lines().count(), 22);
 
+    // --input-step: a positive step, for f32 calibration data only.
+    let bad_model = dir.path().join("bad.tbm");
+    let q8_with = |extra: &[&str]| {
+        let mut args = vec![
+            "export",
+            "--run",
+            p(&run),
+            "--out",
+            p(&bad_model),
+            "--precision",
+            "q8",
+        ];
+        args.extend_from_slice(extra);
+        tinybayes(&args)
+    };
+    for bad in ["0", "-1", "nan", "inf"] {
+        // clap's own error: the reason, then its pointer to --help.
+        let out = q8_with(&["--calibration-data", p(&data), "--input-step", bad]);
+        assert!(!out.status.success(), "{bad}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("--input-step must be a finite positive number"),
+            "{err}"
+        );
+    }
+    let mnist = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data/mnist/train-images-idx3-ubyte.gz");
+    if mnist.is_file() {
+        let out = q8_with(&["--calibration-images", p(&mnist), "--input-step", "0.01"]);
+        assert_one_line_error(&out, "--input-step applies to f32 calibration data");
+    }
+    assert!(!bad_model.exists());
     // Standardised: offsets that fixed point cannot fold.
     let std_run = dir.path().join("std");
     train("standardize", &std_run);
