@@ -90,7 +90,7 @@ fn imported_numpy_networks_match_the_scripts_forward_pass() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    for case in ["conv1d", "conv2d", "mlp"] {
+    for case in ["conv1d", "conv2d", "mlp", "gap"] {
         let reference: serde_json::Value = serde_json::from_str(
             &fs::read_to_string(dir.path().join(format!("{case}.json"))).unwrap(),
         )

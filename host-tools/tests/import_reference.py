@@ -197,10 +197,44 @@ name = "fc2"
     return toml, vd, plain, forward, inputs, []
 
 
+def case_gap():
+    """A vd convolution, a global average pool (each channel's mean) and a vd head."""
+    toml = """
+[[layers]]
+kind = "conv"
+name = "conv"
+outputs = 4
+kernel = 3
+padding = 1
+
+[[layers]]
+kind = "gap"
+
+[[layers]]
+kind = "linear"
+name = "head"
+"""
+    w1, a1 = posterior((4, 2, 3, 3))
+    b1 = rng.standard_normal(4).astype(np.float32) * 0.1
+    w2, a2 = posterior((3, 4))
+    b2 = rng.standard_normal(3).astype(np.float32) * 0.1
+    vd = {"conv": (w1, a1), "head": (w2, a2)}
+    plain = {"conv.bias": b1, "head.bias": b2}
+
+    def forward(x):
+        h = relu(conv2d(x, pruned(w1, a1), b1, 1, 1)).mean(axis=(1, 2))
+        return softmax(pruned(w2, a2) @ h + b2)
+
+    inputs = [rng.standard_normal((2, 5, 6)).astype(np.float32) for _ in range(5)]
+    return toml, vd, plain, forward, inputs, ["--input-shape", "2,5,6", "--classes", "3"]
+
+
 def main():
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
-    for name, make in [("conv1d", case_conv1d), ("conv2d", case_conv2d), ("mlp", case_mlp)]:
+    cases = [("conv1d", case_conv1d), ("conv2d", case_conv2d), ("mlp", case_mlp),
+             ("gap", case_gap)]
+    for name, make in cases:
         toml, vd, plain, forward, inputs, args = make()
         for variant in ("sigma", "alpha"):
             arrays = dict(plain)
