@@ -12,7 +12,7 @@ use tinybayes::{Engine, ExitPrediction, Mode, Model, Q16, Q8, UQ16};
 
 use crate::runner::Runner;
 use crate::simulate::{
-    for_each_example, for_each_image, outputs_crc32, signed_codes, Examples, ImagePrediction,
+    for_each_example, outputs_crc32, signed_codes, Examples, FixedFeed, FloatFeed, ImagePrediction,
     Images,
 };
 
@@ -230,7 +230,7 @@ enum Outputs {
     Fixed(Vec<QExitPrediction<16>>),
 }
 
-/// Runs every image through the early-exit engine with `halting` ([`for_each_image`]: in
+/// Runs every image through the early-exit engine with `halting` ([`for_each_example`]: in
 /// parallel, image `i` with the generator `seed + i`), f32 or fixed point. Returns the
 /// results and the digest of the answering exits' outputs.
 pub fn simulate_early_exit(
@@ -331,20 +331,31 @@ fn run_f32(
     seed: u64,
     halting: Halting<'_>,
 ) -> Result<Vec<ExitPrediction<16>>> {
+    match examples {
+        Examples::Bytes(images) => exits_f32(model, images.pixels, mode, seed, halting),
+        Examples::Raw(values) => exits_f32(model, values, mode, seed, halting),
+    }
+}
+
+/// The f32 early-exit engine over examples of `model.input_len()` values of `E`.
+fn exits_f32<E: FloatFeed>(
+    model: &Model<'_>,
+    values: &[E],
+    mode: Mode,
+    seed: u64,
+    halting: Halting<'_>,
+) -> Result<Vec<ExitPrediction<16>>> {
     let workspace_len = tinybayes::Plan::new(model, EARLY_EXIT_CHUNK).workspace_len();
-    let workspace = || vec![0.0f32; workspace_len];
-    Ok(match examples {
-        Examples::Bytes(images) => for_each_image(images, seed, workspace, |w, pixels, rng| {
-            Engine::<EARLY_EXIT_CHUNK>::new(model, w)?
-                .predict_u8_early_exit(pixels, mode, halting, rng)
-        })?,
-        Examples::Raw(values) => {
-            for_each_example(values, model.input_len(), seed, workspace, |w, raw, rng| {
-                Engine::<EARLY_EXIT_CHUNK>::new(model, w)?
-                    .predict_raw_early_exit(raw, mode, halting, rng)
-            })?
-        }
-    })
+    Ok(for_each_example(
+        values,
+        model.input_len(),
+        seed,
+        || vec![0.0f32; workspace_len],
+        |w, x, rng| {
+            let mut engine = Engine::<EARLY_EXIT_CHUNK>::new(model, w)?;
+            E::predict_early_exit(&mut engine, x, mode, halting, rng)
+        },
+    )?)
 }
 
 fn run_fixed<N: FixedPoint>(
@@ -354,21 +365,34 @@ fn run_fixed<N: FixedPoint>(
     seed: u64,
     halting: Halting<'_>,
 ) -> Result<Vec<QExitPrediction<16>>> {
-    let workspace_len = model.workspace_len(EARLY_EXIT_CHUNK);
-    let workspace = || vec![0u64; workspace_len];
-    Ok(match examples {
-        Examples::Bytes(images) => for_each_image(images, seed, workspace, |w, pixels, rng| {
-            Engine::<EARLY_EXIT_CHUNK, N>::new(model, w)?
-                .predict_u8_early_exit(pixels, mode, halting, rng)
-        })?,
+    match examples {
+        Examples::Bytes(images) => exits_fixed::<N, _>(model, images.pixels, mode, seed, halting),
         Examples::Raw(values) => {
             let codes = signed_codes(model, values)?;
-            for_each_example(&codes, model.input_len(), seed, workspace, |w, x, rng| {
-                Engine::<EARLY_EXIT_CHUNK, N>::new(model, w)?
-                    .predict_i8_early_exit(x, mode, halting, rng)
-            })?
+            exits_fixed::<N, _>(model, &codes, mode, seed, halting)
         }
-    })
+    }
+}
+
+/// The fixed-point early-exit engine over examples of `model.input_len()` values of `E`.
+fn exits_fixed<N: FixedPoint, E: FixedFeed>(
+    model: &QModel<'_>,
+    values: &[E],
+    mode: Mode,
+    seed: u64,
+    halting: Halting<'_>,
+) -> Result<Vec<QExitPrediction<16>>> {
+    let workspace_len = model.workspace_len(EARLY_EXIT_CHUNK);
+    Ok(for_each_example(
+        values,
+        model.input_len(),
+        seed,
+        || vec![0u64; workspace_len],
+        |w, x, rng| {
+            let mut engine = Engine::<EARLY_EXIT_CHUNK, N>::new(model, w)?;
+            E::predict_early_exit(&mut engine, x, mode, halting, rng)
+        },
+    )?)
 }
 
 #[cfg(test)]

@@ -12,10 +12,11 @@ use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro128PlusPlus;
 use rayon::prelude::*;
 use tinybayes::digest::{DigestOutputs, OutputsDigest};
+use tinybayes::early_exit::{Halting, QExitPrediction};
 use tinybayes::fixed::{QModel, QPrediction};
 use tinybayes::format::Precision;
 use tinybayes::numeric::FixedPoint;
-use tinybayes::{Engine, InferenceError, Mode, Model, Prediction};
+use tinybayes::{Engine, ExitPrediction, InferenceError, Mode, Model, Prediction};
 use tinybayes::{Q16, Q8};
 
 use crate::idx::IdxArray;
@@ -238,21 +239,6 @@ pub fn check_image_set(shape: [usize; 3], images: &Images<'_>) -> Result<(), Sim
     Ok(())
 }
 
-/// The parallel driver of the image simulations: [`for_each_example`] over the images'
-/// pixels.
-pub fn for_each_image<W, T>(
-    images: &Images<'_>,
-    seed: u64,
-    workspace: impl Fn() -> W + Sync + Send,
-    predict: impl Fn(&mut W, &[u8], &mut Xoshiro128PlusPlus) -> Result<T, InferenceError> + Sync + Send,
-) -> Result<Vec<T>, SimulateError>
-where
-    W: Send,
-    T: Send,
-{
-    for_each_example(images.pixels, images.values(), seed, workspace, predict)
-}
-
 /// The one parallel driver of every simulation: runs `predict(workspace, example, rng)` on
 /// every example of `per` values of `values`, in parallel over examples (rayon), and returns
 /// the results in example order. Example `i` gets the generator
@@ -311,7 +297,127 @@ pub struct Simulated {
     pub outputs_crc32: u32,
 }
 
-/// Runs the f32 model on every image as the device would ([`for_each_image`]); each worker
+/// An element type of examples for the f32 engine, and the entry points that read it: bytes
+/// through `predict_u8`, f32 readings through `predict_raw`.
+pub trait FloatFeed: Sync + Sized {
+    /// One prediction of `x`.
+    fn predict<const C: usize, const K: usize>(
+        engine: &mut Engine<'_, '_, C>,
+        x: &[Self],
+        mode: Mode,
+        rng: &mut Xoshiro128PlusPlus,
+    ) -> Result<Prediction<K>, InferenceError>;
+    /// One early-exit prediction of `x`.
+    fn predict_early_exit<const C: usize, const K: usize>(
+        engine: &mut Engine<'_, '_, C>,
+        x: &[Self],
+        mode: Mode,
+        halting: Halting<'_>,
+        rng: &mut Xoshiro128PlusPlus,
+    ) -> Result<ExitPrediction<K>, InferenceError>;
+}
+
+impl FloatFeed for u8 {
+    fn predict<const C: usize, const K: usize>(
+        engine: &mut Engine<'_, '_, C>,
+        x: &[u8],
+        mode: Mode,
+        rng: &mut Xoshiro128PlusPlus,
+    ) -> Result<Prediction<K>, InferenceError> {
+        engine.predict_u8(x, mode, rng)
+    }
+    fn predict_early_exit<const C: usize, const K: usize>(
+        engine: &mut Engine<'_, '_, C>,
+        x: &[u8],
+        mode: Mode,
+        halting: Halting<'_>,
+        rng: &mut Xoshiro128PlusPlus,
+    ) -> Result<ExitPrediction<K>, InferenceError> {
+        engine.predict_u8_early_exit(x, mode, halting, rng)
+    }
+}
+
+impl FloatFeed for f32 {
+    fn predict<const C: usize, const K: usize>(
+        engine: &mut Engine<'_, '_, C>,
+        x: &[f32],
+        mode: Mode,
+        rng: &mut Xoshiro128PlusPlus,
+    ) -> Result<Prediction<K>, InferenceError> {
+        engine.predict_raw(x, mode, rng)
+    }
+    fn predict_early_exit<const C: usize, const K: usize>(
+        engine: &mut Engine<'_, '_, C>,
+        x: &[f32],
+        mode: Mode,
+        halting: Halting<'_>,
+        rng: &mut Xoshiro128PlusPlus,
+    ) -> Result<ExitPrediction<K>, InferenceError> {
+        engine.predict_raw_early_exit(x, mode, halting, rng)
+    }
+}
+
+/// An element type of examples for the fixed-point engine, and the entry points that read
+/// it: bytes through `predict_u8`, signed codes through `predict_i8`.
+pub trait FixedFeed: Sync + Sized {
+    /// One prediction of `x`.
+    fn predict<N: FixedPoint, const C: usize, const K: usize>(
+        engine: &mut Engine<'_, '_, C, N>,
+        x: &[Self],
+        mode: Mode,
+        rng: &mut Xoshiro128PlusPlus,
+    ) -> Result<QPrediction<K>, InferenceError>;
+    /// One early-exit prediction of `x`.
+    fn predict_early_exit<N: FixedPoint, const C: usize, const K: usize>(
+        engine: &mut Engine<'_, '_, C, N>,
+        x: &[Self],
+        mode: Mode,
+        halting: Halting<'_>,
+        rng: &mut Xoshiro128PlusPlus,
+    ) -> Result<QExitPrediction<K>, InferenceError>;
+}
+
+impl FixedFeed for u8 {
+    fn predict<N: FixedPoint, const C: usize, const K: usize>(
+        engine: &mut Engine<'_, '_, C, N>,
+        x: &[u8],
+        mode: Mode,
+        rng: &mut Xoshiro128PlusPlus,
+    ) -> Result<QPrediction<K>, InferenceError> {
+        engine.predict_u8(x, mode, rng)
+    }
+    fn predict_early_exit<N: FixedPoint, const C: usize, const K: usize>(
+        engine: &mut Engine<'_, '_, C, N>,
+        x: &[u8],
+        mode: Mode,
+        halting: Halting<'_>,
+        rng: &mut Xoshiro128PlusPlus,
+    ) -> Result<QExitPrediction<K>, InferenceError> {
+        engine.predict_u8_early_exit(x, mode, halting, rng)
+    }
+}
+
+impl FixedFeed for i8 {
+    fn predict<N: FixedPoint, const C: usize, const K: usize>(
+        engine: &mut Engine<'_, '_, C, N>,
+        x: &[i8],
+        mode: Mode,
+        rng: &mut Xoshiro128PlusPlus,
+    ) -> Result<QPrediction<K>, InferenceError> {
+        engine.predict_i8(x, mode, rng)
+    }
+    fn predict_early_exit<N: FixedPoint, const C: usize, const K: usize>(
+        engine: &mut Engine<'_, '_, C, N>,
+        x: &[i8],
+        mode: Mode,
+        halting: Halting<'_>,
+        rng: &mut Xoshiro128PlusPlus,
+    ) -> Result<QExitPrediction<K>, InferenceError> {
+        engine.predict_i8_early_exit(x, mode, halting, rng)
+    }
+}
+
+/// Runs the f32 model on every image as the device would ([`for_each_example`]); each worker
 /// has a workspace of `tinybayes::Plan::new(&model, CHUNK).workspace_len()` words.
 pub fn simulate(
     model: &Model<'_>,
@@ -320,56 +426,41 @@ pub fn simulate(
     seed: u64,
 ) -> Result<Simulated, SimulateError> {
     check_images(model, images)?;
-    // The result capacity K is a compile-time constant in the core; pick the smallest that fits
-    // (the class count is at most 1024, checked when the model was read).
-    match model.num_classes() {
-        0..=16 => run::<16>(model, images, mode, seed),
-        17..=128 => run::<128>(model, images, mode, seed),
-        _ => run::<{ tinybayes::format::MAX_CLASSES }>(model, images, mode, seed),
-    }
-}
-
-fn run<const K: usize>(
-    model: &Model<'_>,
-    images: &Images<'_>,
-    mode: Mode,
-    seed: u64,
-) -> Result<Simulated, SimulateError> {
-    let workspace_len = tinybayes::Plan::new(model, CHUNK).workspace_len();
-    let outputs: Vec<Prediction<K>> = for_each_image(
-        images,
-        seed,
-        || vec![0.0f32; workspace_len],
-        |workspace, pixels, rng| {
-            Engine::<CHUNK>::new(model, workspace)?.predict_u8(pixels, mode, rng)
-        },
-    )?;
-    Ok(Simulated {
-        outputs_crc32: outputs_crc32(&outputs),
-        predictions: outputs.into_iter().map(ImagePrediction::from).collect(),
-    })
+    simulate_examples(model, images.pixels, mode, seed)
 }
 
 /// Runs the f32 model on raw f32 examples of `model.input_len()` values each (channel-major),
 /// which the engine normalises with the model's stored per-channel normalisation
 /// (`Engine::predict_raw`, format version 9; a model without a table applies its one input
-/// pair to every channel). Example `i` draws its noise as in [`for_each_image`].
+/// pair to every channel). Example `i` draws its noise as in [`for_each_example`].
 pub fn simulate_raw(
     model: &Model<'_>,
     values: &[f32],
     mode: Mode,
     seed: u64,
 ) -> Result<Simulated, SimulateError> {
+    simulate_examples(model, values, mode, seed)
+}
+
+/// The f32 engine over examples of `model.input_len()` values of `E` ([`for_each_example`]).
+fn simulate_examples<E: FloatFeed>(
+    model: &Model<'_>,
+    values: &[E],
+    mode: Mode,
+    seed: u64,
+) -> Result<Simulated, SimulateError> {
+    // The result capacity K is a compile-time constant in the core; pick the smallest that fits
+    // (the class count is at most 1024, checked when the model was read).
     match model.num_classes() {
-        0..=16 => run_raw::<16>(model, values, mode, seed),
-        17..=128 => run_raw::<128>(model, values, mode, seed),
-        _ => run_raw::<{ tinybayes::format::MAX_CLASSES }>(model, values, mode, seed),
+        0..=16 => run::<E, 16>(model, values, mode, seed),
+        17..=128 => run::<E, 128>(model, values, mode, seed),
+        _ => run::<E, { tinybayes::format::MAX_CLASSES }>(model, values, mode, seed),
     }
 }
 
-fn run_raw<const K: usize>(
+fn run<E: FloatFeed, const K: usize>(
     model: &Model<'_>,
-    values: &[f32],
+    values: &[E],
     mode: Mode,
     seed: u64,
 ) -> Result<Simulated, SimulateError> {
@@ -379,7 +470,7 @@ fn run_raw<const K: usize>(
         model.input_len(),
         seed,
         || vec![0.0f32; workspace_len],
-        |workspace, raw, rng| Engine::<CHUNK>::new(model, workspace)?.predict_raw(raw, mode, rng),
+        |workspace, x, rng| E::predict(&mut Engine::<CHUNK>::new(model, workspace)?, x, mode, rng),
     )?;
     Ok(Simulated {
         outputs_crc32: outputs_crc32(&outputs),
@@ -408,37 +499,7 @@ pub fn simulate_fixed(
     seed: u64,
 ) -> Result<Simulated, SimulateError> {
     check_image_set(model.input_shape(), images)?;
-    match (model.precision(), model.num_classes()) {
-        (Precision::Q16, 0..=16) => run_fixed::<Q16, 16>(model, images, mode, seed),
-        (Precision::Q16, 17..=128) => run_fixed::<Q16, 128>(model, images, mode, seed),
-        (Precision::Q16, _) => {
-            run_fixed::<Q16, { tinybayes::format::MAX_CLASSES }>(model, images, mode, seed)
-        }
-        (_, 0..=16) => run_fixed::<Q8, 16>(model, images, mode, seed),
-        (_, 17..=128) => run_fixed::<Q8, 128>(model, images, mode, seed),
-        _ => run_fixed::<Q8, { tinybayes::format::MAX_CLASSES }>(model, images, mode, seed),
-    }
-}
-
-fn run_fixed<N: FixedPoint, const K: usize>(
-    model: &QModel<'_>,
-    images: &Images<'_>,
-    mode: Mode,
-    seed: u64,
-) -> Result<Simulated, SimulateError> {
-    let workspace_len = model.workspace_len(CHUNK);
-    let outputs: Vec<QPrediction<K>> = for_each_image(
-        images,
-        seed,
-        || vec![0u64; workspace_len],
-        |workspace, pixels, rng| {
-            Engine::<CHUNK, N>::new(model, workspace)?.predict_u8(pixels, mode, rng)
-        },
-    )?;
-    Ok(Simulated {
-        outputs_crc32: outputs_crc32(&outputs),
-        predictions: outputs.iter().map(ImagePrediction::from).collect(),
-    })
+    simulate_fixed_examples(model, images.pixels, mode, seed)
 }
 
 /// The examples a simulation runs: raw bytes (images, or a sensor's unsigned codes), or f32
@@ -487,32 +548,48 @@ pub fn simulate_fixed_raw(
     mode: Mode,
     seed: u64,
 ) -> Result<Simulated, SimulateError> {
-    let codes = signed_codes(model, values)?;
+    simulate_fixed_examples(model, &signed_codes(model, values)?, mode, seed)
+}
+
+/// The integer engine over examples of `model.input_len()` values of `E`.
+fn simulate_fixed_examples<E: FixedFeed>(
+    model: &QModel<'_>,
+    values: &[E],
+    mode: Mode,
+    seed: u64,
+) -> Result<Simulated, SimulateError> {
     match (model.precision(), model.num_classes()) {
-        (Precision::Q16, 0..=16) => run_fixed_codes::<Q16, 16>(model, &codes, mode, seed),
-        (Precision::Q16, 17..=128) => run_fixed_codes::<Q16, 128>(model, &codes, mode, seed),
+        (Precision::Q16, 0..=16) => run_fixed::<Q16, E, 16>(model, values, mode, seed),
+        (Precision::Q16, 17..=128) => run_fixed::<Q16, E, 128>(model, values, mode, seed),
         (Precision::Q16, _) => {
-            run_fixed_codes::<Q16, { tinybayes::format::MAX_CLASSES }>(model, &codes, mode, seed)
+            run_fixed::<Q16, E, { tinybayes::format::MAX_CLASSES }>(model, values, mode, seed)
         }
-        (_, 0..=16) => run_fixed_codes::<Q8, 16>(model, &codes, mode, seed),
-        (_, 17..=128) => run_fixed_codes::<Q8, 128>(model, &codes, mode, seed),
-        _ => run_fixed_codes::<Q8, { tinybayes::format::MAX_CLASSES }>(model, &codes, mode, seed),
+        (_, 0..=16) => run_fixed::<Q8, E, 16>(model, values, mode, seed),
+        (_, 17..=128) => run_fixed::<Q8, E, 128>(model, values, mode, seed),
+        _ => run_fixed::<Q8, E, { tinybayes::format::MAX_CLASSES }>(model, values, mode, seed),
     }
 }
 
-fn run_fixed_codes<N: FixedPoint, const K: usize>(
+fn run_fixed<N: FixedPoint, E: FixedFeed, const K: usize>(
     model: &QModel<'_>,
-    codes: &[i8],
+    values: &[E],
     mode: Mode,
     seed: u64,
 ) -> Result<Simulated, SimulateError> {
     let workspace_len = model.workspace_len(CHUNK);
     let outputs: Vec<QPrediction<K>> = for_each_example(
-        codes,
+        values,
         model.input_len(),
         seed,
         || vec![0u64; workspace_len],
-        |workspace, x, rng| Engine::<CHUNK, N>::new(model, workspace)?.predict_i8(x, mode, rng),
+        |workspace, x, rng| {
+            E::predict(
+                &mut Engine::<CHUNK, N>::new(model, workspace)?,
+                x,
+                mode,
+                rng,
+            )
+        },
     )?;
     Ok(Simulated {
         outputs_crc32: outputs_crc32(&outputs),
