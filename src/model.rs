@@ -351,12 +351,14 @@ const fn finite_bits(bits: u32) -> bool {
 
 /// Checks the per-channel normalisation table at `start` (format version 9) without any
 /// floating-point operation, and returns the offset where it ends. The header's own pair must
-/// then be the identity (scale 1, offset 0), so every file has one encoding.
+/// then be the identity (scale 1, offset 0), so every file has one encoding; with
+/// `zero_offsets` (a signed-input file) every offset must be zero.
 fn parse_channel_norm(
     bytes: &[u8],
     start: usize,
     body_end: usize,
     channels: usize,
+    zero_offsets: bool,
 ) -> Result<usize, ModelError> {
     if start + 4 > body_end {
         return Err(ModelError::ChannelNormTruncated);
@@ -373,9 +375,13 @@ fn parse_channel_norm(
     if end > body_end {
         return Err(ModelError::ChannelNormTruncated);
     }
+    // The bits of channel `c`'s (scale, offset).
+    let pair = |c: usize| {
+        let at = start + 4 + 8 * c;
+        (u32_at(bytes, at), u32_at(bytes, at + 4))
+    };
     for channel in 0..channels {
-        let at = start + 4 + 8 * channel;
-        let (scale, offset) = (u32_at(bytes, at), u32_at(bytes, at + 4));
+        let (scale, offset) = pair(channel);
         if !finite_bits(scale) || !finite_bits(offset) {
             return Err(ModelError::ChannelNormNotFinite { channel });
         }
@@ -388,6 +394,11 @@ fn parse_channel_norm(
         || u32_at(bytes, header::INPUT_OFFSET) != identity.offset.to_bits()
     {
         return Err(ModelError::BadInputNormalization);
+    }
+    // A signed-input file's folded first layer reads codes at scale `step * scale_c`: no
+    // offsets (either sign of zero).
+    if zero_offsets && (0..channels).any(|c| pair(c).1 & 0x7fff_ffff != 0) {
+        return Err(ModelError::BadSignedInput);
     }
     Ok(end)
 }
@@ -524,19 +535,12 @@ impl Envelope {
             return Err(ModelError::BadLayerTableOffset { found: table });
         }
         let (channel_norm, payload_start) = if has_channel_norm {
-            let end = parse_channel_norm(bytes, table_end, body_end, input_shape[0])?;
+            let zero_offsets = input_step.is_some();
+            let end = parse_channel_norm(bytes, table_end, body_end, input_shape[0], zero_offsets)?;
             (Some(table_end + 4), end)
         } else {
             (None, table_end)
         };
-        if input_step.is_some() {
-            // The folded first layer reads codes at scale `step * scale_c`: no offsets.
-            let offsets_zero = (0..input_shape[0])
-                .all(|c| u32_at(bytes, table_end + 4 + 8 * c + 4) & 0x7fff_ffff == 0);
-            if !offsets_zero {
-                return Err(ModelError::BadSignedInput);
-            }
-        }
         Ok(Envelope {
             version,
             precision,

@@ -199,7 +199,10 @@ pub fn quantize(
     inputs: &[&[u8]],
     calibration: Calibration,
 ) -> Result<QModelSpec, QuantizeError> {
-    quantize_inputs(spec, precision, Inputs::Bytes(inputs), calibration)
+    match spec.channel_norm.as_deref() {
+        Some(table) => quantize_channel_norm(spec, table, precision, inputs, calibration),
+        None => quantize_inputs(spec, precision, inputs, calibration),
+    }
 }
 
 /// [`quantize`] for a model whose device input is signed: the quantized first layer reads
@@ -234,50 +237,25 @@ pub fn quantize_signed(
     let scales = code_scales(&table, step)?;
     let mut folded = spec.clone();
     fold_input_scales(&mut folded, &scales)?;
-    let mut q = quantize_inputs(&folded, precision, Inputs::Signed(codes), calibration)?;
+    let mut q = quantize_inputs(&folded, precision, codes, calibration)?;
     q.channel_norm = Some(table);
     q.input_step = Some(step);
     Ok(q)
 }
 
-/// The calibration inputs as the quantized first layer reads them.
-#[derive(Clone, Copy)]
-enum Inputs<'a> {
-    /// Unsigned bytes.
-    Bytes(&'a [&'a [u8]]),
-    /// Signed codes.
-    Signed(&'a [&'a [i8]]),
+/// An element type of calibration inputs: what the quantized first layer reads (sealed by
+/// being private).
+trait Code: Copy + Into<f32> {
+    /// The largest magnitude of a value: what bounds the first layer's sums.
+    const MAGNITUDE: f64;
 }
 
-impl Inputs<'_> {
-    /// Number of inputs.
-    fn count(self) -> usize {
-        match self {
-            Inputs::Bytes(x) => x.len(),
-            Inputs::Signed(x) => x.len(),
-        }
-    }
-    /// Whether every input has `len` values.
-    fn all_of_len(self, len: usize) -> bool {
-        match self {
-            Inputs::Bytes(x) => x.iter().all(|v| v.len() == len),
-            Inputs::Signed(x) => x.iter().all(|v| v.len() == len),
-        }
-    }
-    /// Input `i`'s values times `scale`, as the f32 network reads them.
-    fn values(self, i: usize, scale: f32) -> Vec<f32> {
-        match self {
-            Inputs::Bytes(x) => x[i].iter().map(|&p| p as f32 * scale).collect(),
-            Inputs::Signed(x) => x[i].iter().map(|&q| q as f32 * scale).collect(),
-        }
-    }
-    /// The largest magnitude of an input value: what bounds the first layer's sums.
-    fn magnitude(self) -> f64 {
-        match self {
-            Inputs::Bytes(_) => 255.0,
-            Inputs::Signed(_) => 128.0,
-        }
-    }
+impl Code for u8 {
+    const MAGNITUDE: f64 = 255.0;
+}
+
+impl Code for i8 {
+    const MAGNITUDE: f64 = 128.0;
 }
 
 /// The scale of one signed code in each channel's normalised units, `step * scale_c`: the
@@ -294,12 +272,12 @@ fn code_scales(table: &[ChannelNorm], step: f32) -> Result<Vec<f32>, QuantizeErr
     Ok(scales)
 }
 
-/// The quantization of a spec whose normalisation is the header's pair, calibrated on
-/// `inputs`.
-fn quantize_inputs(
+/// The quantization of a spec whose normalisation is the header's pair (no per-channel
+/// table), calibrated on `inputs`.
+fn quantize_inputs<T: Code>(
     spec: &ModelSpec,
     precision: Precision,
-    inputs: Inputs<'_>,
+    inputs: &[&[T]],
     calibration: Calibration,
 ) -> Result<QModelSpec, QuantizeError> {
     let (theta_max, act_max, sq_shift) = match precision {
@@ -307,9 +285,6 @@ fn quantize_inputs(
         Precision::Q16 => (32767.0, 32767.0, 0),
         Precision::F32 => return Err(QuantizeError::Precision),
     };
-    if let (Some(table), Inputs::Bytes(bytes)) = (spec.channel_norm.as_deref(), inputs) {
-        return quantize_channel_norm(spec, table, precision, bytes, calibration);
-    }
     let scale_ok = spec.input_scale.is_finite() && spec.input_scale > 0.0;
     if spec.input_offset != 0.0 || !scale_ok {
         return Err(QuantizeError::InputNormalization);
@@ -317,7 +292,7 @@ fn quantize_inputs(
     let shapes = layer_shapes(spec)?;
     let n_layers = spec.layers.len();
     let input_len: usize = spec.input_shape.iter().product();
-    if inputs.count() == 0 || !inputs.all_of_len(input_len) {
+    if inputs.is_empty() || inputs.iter().any(|x| x.len() != input_len) {
         return Err(QuantizeError::Calibration);
     }
     let clips = calibrate(spec, &shapes, inputs, calibration);
@@ -336,11 +311,7 @@ fn quantize_inputs(
         let last = index + 1 == n_layers;
         // The largest input magnitude: a raw byte or code for the first layer, else an
         // activation.
-        let a_max = if index == 0 {
-            inputs.magnitude()
-        } else {
-            act_max
-        };
+        let a_max = if index == 0 { T::MAGNITUDE } else { act_max };
         let q = match l.op {
             // Pooling keeps its input's scale: the maximum, or the rounded mean, of
             // activations in that scale.
@@ -442,11 +413,11 @@ fn quantize_channel_norm(
     if let Some(n) = format::uniform_norm(table) {
         folded.input_scale = n.scale;
         folded.input_offset = n.offset;
-        return quantize(&folded, precision, inputs, calibration);
+        return quantize_inputs(&folded, precision, inputs, calibration);
     }
     let scales = code_scales(table, 1.0)?;
     fold_input_scales(&mut folded, &scales)?;
-    let mut q = quantize(&folded, precision, inputs, calibration)?;
+    let mut q = quantize_inputs(&folded, precision, inputs, calibration)?;
     q.channel_norm = Some(table.to_vec());
     Ok(q)
 }
@@ -798,10 +769,10 @@ fn calibration_layer(
 /// for the layers whose output scale it sets: ReLU layers and residual additions. 0 for the
 /// others (pooling and exit heads keep their input's scale, an identity layer before a
 /// residual addition takes the addition's, the logits are Q16).
-fn calibrate(
+fn calibrate<T: Code>(
     spec: &ModelSpec,
     shapes: &[[usize; 3]],
-    inputs: Inputs<'_>,
+    inputs: &[&[T]],
     c: Calibration,
 ) -> Vec<f64> {
     let n = spec.layers.len();
@@ -812,9 +783,9 @@ fn calibrate(
     let run = if plain_logits { n - 1 } else { n };
     let mut values: Vec<Vec<f32>> = vec![Vec::new(); n];
     let mut rng = Xoshiro128PlusPlus::seed_from_u64(c.seed);
-    for input in 0..inputs.count() {
+    for raw in inputs {
         for pass in 0..=c.mc_samples {
-            let mut x = inputs.values(input, spec.input_scale);
+            let mut x: Vec<f32> = raw.iter().map(|&p| p.into() * spec.input_scale).collect();
             // Every layer's output, for the residual additions that read them.
             let mut outputs: Vec<Vec<f32>> = Vec::with_capacity(run);
             for (index, l) in spec.layers[..run].iter().enumerate() {
@@ -1062,12 +1033,7 @@ mod tests {
                 } else {
                     32767.0
                 };
-                let clips = calibrate(
-                    spec,
-                    &layer_shapes(spec).unwrap(),
-                    Inputs::Bytes(&refs),
-                    cal,
-                );
+                let clips = calibrate(spec, &layer_shapes(spec).unwrap(), &refs, cal);
                 let raw = refs[3];
                 // The integer input of each layer: the mean-weights activations before it.
                 let mut a: Vec<i32> = raw.iter().map(|&p| p as i32).collect();
