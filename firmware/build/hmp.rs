@@ -352,21 +352,12 @@ fn write_hmp_q8(
     let mode = tinybayes::Mode::MonteCarlo { samples };
     for i in 0..windows.len() {
         let mut rng = rand_xoshiro::Xoshiro128PlusPlus::seed_from_u64(seed_base + i as u64);
-        let p: tinybayes::QPrediction<32> = match model.precision() {
+        let input = (codes.get(i), bytes.get(i));
+        let p = match model.precision() {
             tinybayes::format::Precision::Q16 => {
-                tinybayes::Engine::<8, tinybayes::Q16>::new(&model, &mut workspace).and_then(
-                    |mut e| match (codes.get(i), bytes.get(i)) {
-                        (Some(x), _) => e.predict_i8(x, mode, &mut rng),
-                        (None, x) => e.predict_u8(x.map_or(&[][..], |v| v), mode, &mut rng),
-                    },
-                )
+                host_answer::<tinybayes::Q16>(&model, &mut workspace, input, mode, &mut rng)
             }
-            _ => tinybayes::Engine::<8, tinybayes::Q8>::new(&model, &mut workspace).and_then(
-                |mut e| match (codes.get(i), bytes.get(i)) {
-                    (Some(x), _) => e.predict_i8(x, mode, &mut rng),
-                    (None, x) => e.predict_u8(x.map_or(&[][..], |v| v), mode, &mut rng),
-                },
-            ),
+            _ => host_answer::<tinybayes::Q8>(&model, &mut workspace, input, mode, &mut rng),
         }
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         digest.add(&p);
@@ -423,4 +414,20 @@ fn write_hmp_q8(
         digest.finalize()
     )
     .unwrap();
+}
+
+/// The host's answer to one window given as codes or, without them, as bytes: what the
+/// device computes with `predict_i8` or `predict_u8`.
+fn host_answer<N: tinybayes::numeric::FixedPoint>(
+    model: &tinybayes::QModel<'_>,
+    workspace: &mut [u64],
+    (codes, bytes): (Option<&Vec<i8>>, Option<&Vec<u8>>),
+    mode: tinybayes::Mode,
+    rng: &mut rand_xoshiro::Xoshiro128PlusPlus,
+) -> Result<tinybayes::QPrediction<32>, tinybayes::InferenceError> {
+    let mut engine = tinybayes::Engine::<8, N>::new(model, workspace)?;
+    match (codes, bytes) {
+        (Some(x), _) => engine.predict_i8(x, mode, rng),
+        (None, x) => engine.predict_u8(x.map_or(&[][..], |v| v), mode, rng),
+    }
 }

@@ -52,6 +52,18 @@ impl From<InferenceError> for FixedDemoError {
     }
 }
 
+/// Logs a fixed-point model's size: layers, stored weights, flash, and workspace at
+/// `FIXED_CHUNK`.
+pub fn log_size(model: &QModel<'_>) {
+    defmt::info!(
+        "{=usize} layers, {=usize} weights stored, {=usize} bytes of flash, {=usize} bytes of workspace",
+        model.layers().len(),
+        model.nnz(),
+        model.as_bytes().len(),
+        model.workspace_bytes(FIXED_CHUNK)
+    );
+}
+
 /// Runs the fixed-point demo on the embedded images; returns (correct, unsure, total).
 pub fn run_fixed_demo<L: OutputPin, D: DelayNs, C: Clock>(
     led: &mut L,
@@ -62,13 +74,7 @@ pub fn run_fixed_demo<L: OutputPin, D: DelayNs, C: Clock>(
     defmt::info!(
         "model: LeNet-300-100, sparse variational dropout, q8 fixed point (models/lenet300-q8.tbm)"
     );
-    defmt::info!(
-        "{=usize} layers, {=usize} weights stored, {=usize} bytes of flash, {=usize} bytes of workspace",
-        model.layers().len(),
-        model.nnz(),
-        model.as_bytes().len(),
-        model.workspace_bytes(FIXED_CHUNK)
-    );
+    log_size(&model);
     let mut workspace = [0u64; FIXED_WORKSPACE_WORDS];
     let mut engine = Engine::<FIXED_CHUNK, Q8>::new(&model, &mut workspace)?;
     let samples = NonZeroU16::new(FIXED_SAMPLES).unwrap_or(NonZeroU16::MIN);

@@ -139,13 +139,7 @@ pub fn run_hmp_q8_demo<L: OutputPin, C: Clock>(
         ),
         InputCoding::Unsigned => defmt::info!("q8 model, integer only, reading bytes"),
     }
-    defmt::info!(
-        "{=usize} layers, {=usize} weights stored, {=usize} bytes of flash, {=usize} bytes of workspace",
-        model.layers().len(),
-        model.nnz(),
-        model.as_bytes().len(),
-        model.workspace_bytes(FIXED_CHUNK)
-    );
+    crate::app_fixed::log_size(&model);
     let mut workspace = [0u64; HMP_Q8_WORKSPACE_WORDS];
     let mut engine = Engine::<FIXED_CHUNK, Q8>::new(&model, &mut workspace)?;
     let samples = NonZeroU16::new(DEMO_SAMPLES).unwrap_or(NonZeroU16::MIN);
