@@ -13,7 +13,7 @@ use crate::numeric::seal::Reads;
 use crate::numeric::{FixedPoint, Numeric, F32};
 use crate::plan::Plan;
 use crate::predictive::Prediction;
-use crate::runner::{run_exits, run_plain, Outcome};
+use crate::runner::{features, run_exits, run_plain, Outcome};
 
 /// How to turn the weight posterior into a prediction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,6 +176,38 @@ impl<N: Numeric> Job<'_, '_, N> {
 }
 
 impl<const CHUNK: usize> Engine<'_, '_, CHUNK, F32> {
+    /// The penultimate features of an input (already normalised, as [`Self::predict`] takes
+    /// it): the activations that a plain network's last layer reads, under the posterior
+    /// mean weights, in the engine's workspace. What [`crate::adapt::LastLayer::update`]
+    /// learns from. `UnsupportedLayout` for an early-exit network.
+    pub fn features(&mut self, input: &[f32]) -> Result<&[f32], InferenceError> {
+        let (job, _) = self.parts();
+        features::<F32, _>(job.model, job.plan, job.workspace, input)
+    }
+
+    /// [`Self::features`] of raw f32 inputs, normalised as [`Self::predict_raw`] does.
+    pub fn features_raw(&mut self, raw: &[f32]) -> Result<&[f32], InferenceError> {
+        let model = self.model;
+        let (pairs, plane) = model.norm_pairs();
+        let (job, _) = self.parts();
+        let x = ChannelNormalized::new(raw, pairs, plane);
+        features::<F32, _>(job.model, job.plan, job.workspace, &x)
+    }
+
+    /// [`Self::features`] of raw 8-bit inputs, normalised as [`Self::predict_u8`] does.
+    pub fn features_u8(&mut self, raw: &[u8]) -> Result<&[f32], InferenceError> {
+        let model = self.model;
+        let (job, bytes) = self.parts();
+        if model.has_channel_norm() {
+            let (pairs, plane) = model.norm_pairs();
+            let x = ChannelNormalized::new(raw, pairs, plane);
+            features::<F32, _>(job.model, job.plan, job.workspace, &x)
+        } else {
+            let x = NormalizedU8::new(raw, bytes);
+            features::<F32, _>(job.model, job.plan, job.workspace, &x)
+        }
+    }
+
     /// Predicts from f32 inputs (already normalised), `model.input_len()` values in
     /// channel-major (C, H, W) order. `rng` is only read in [`Mode::MonteCarlo`]. An
     /// early-exit model runs every block and answers with its last exit.

@@ -44,6 +44,7 @@ extern crate alloc;
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
+pub mod adapt;
 mod arch;
 mod checksum;
 pub mod digest;

@@ -835,6 +835,36 @@ impl<'a> Model<'a> {
             )
         })
     }
+    /// This network with its last layer replaced by the layers of `head`, a model of linear
+    /// layers whose input is the last layer's input (shape `[F, 1, 1]`, identity
+    /// normalisation) and whose classes are this model's: what [`crate::adapt`] writes after
+    /// a Bayesian update of the last layer. Both stay where they are (typically this model in
+    /// flash, the head in RAM); the composed model borrows both, and [`Self::as_bytes`] is
+    /// this model's. Refused (`HeadMismatch`) for an early-exit network, a last layer that is
+    /// not linear, a head of other shapes or with other layers, or more than
+    /// [`crate::format::MAX_LAYERS`] layers in all.
+    pub fn with_head(&self, head: &Model<'a>) -> Result<Self, crate::adapt::AdaptError> {
+        let mismatch = crate::adapt::AdaptError::HeadMismatch;
+        let (last, body) = self.layers.split_last().ok_or(mismatch)?;
+        let identity = head.channel_norm.is_empty() && head.input_norm == [[1.0, 0.0]];
+        if self.is_graph()
+            || last.operation != Operation::Linear
+            || head.input_len() != last.inputs
+            || head.num_classes != self.num_classes
+            || !identity
+            || head.layers.iter().any(|l| l.operation != Operation::Linear)
+        {
+            return Err(mismatch);
+        }
+        let mut layers = heapless::Vec::new();
+        for l in body.iter().chain(head.layers.iter()) {
+            layers.push(*l).map_err(|_| mismatch)?;
+        }
+        Ok(Model {
+            layers,
+            ..self.clone()
+        })
+    }
     /// The size of the network as trained, before pruning and the removal of dead units
     /// (format version 5; `None` for older files or when the writer did not know it).
     pub fn trained_size(&self) -> Option<TrainedSize> {

@@ -424,6 +424,85 @@ where
     skeleton::<N, X, R, _, K, CHUNK>(model, plan, workspace, x, mode, rng, sink)
 }
 
+/// One layer of a mean-weights pass that is not an exit head, one sample: layer `i` reads
+/// the input `x` (`i == 0`) or the current activations, and leaves its output current (a
+/// residual addition adds the open block's input in place); a residual source's output is
+/// kept in `skip`.
+fn mean_step<N, X>(i: usize, layer: &N::Layer<'_>, x: &X, buf: &mut Buffers<'_, N>)
+where
+    N: Kernels + Reads<X> + Reads<[<N as Kernels>::Act]>,
+    X: ?Sized,
+{
+    match layer.operation() {
+        Operation::ResidualAdd { .. } => {
+            let n = layer.outputs();
+            N::residual_add(layer, &mut buf.cur[..n], &buf.skip[..n]);
+        }
+        _ if i == 0 => {
+            <N as Reads<X>>::mean(
+                layer,
+                x,
+                buf.cur,
+                buf.scratch,
+                (buf.stat_mean, buf.stat_std),
+            );
+        }
+        _ => {
+            <N as Reads<[N::Act]>>::mean(
+                layer,
+                &buf.cur[..layer.inputs()],
+                buf.next,
+                buf.scratch,
+                (buf.stat_mean, buf.stat_std),
+            );
+            buf.advance();
+        }
+    }
+    if layer.is_residual_source() {
+        let n = layer.outputs();
+        buf.skip[..n].copy_from_slice(&buf.cur[..n]);
+    }
+}
+
+/// The input of a plain network's last layer under the posterior-mean weights (the
+/// penultimate features), in the workspace: one mean-weights pass that stops before the
+/// last layer. `UnsupportedLayout` for an early-exit network.
+pub(crate) fn features<'w, N, X>(
+    model: &N::Model<'_>,
+    plan: &Plan,
+    workspace: &'w mut [N::Word],
+    x: &X,
+) -> Result<&'w [N::Act], InferenceError>
+where
+    N: Kernels + Reads<X> + Reads<[<N as Kernels>::Act]>,
+    X: ?Sized,
+{
+    let layers = N::layers(model);
+    let Some((last, body)) = layers.split_last() else {
+        return Err(InferenceError::UnsupportedLayout);
+    };
+    if N::exit_count(model) > 0 {
+        return Err(InferenceError::UnsupportedLayout);
+    }
+    N::check_input(model, x, N::classes(model))?;
+    let provided = workspace.len();
+    let Some(mut buf) = plan.split::<N>(workspace) else {
+        return Err(InferenceError::WorkspaceTooSmall {
+            needed: plan.workspace_len(),
+            provided,
+        });
+    };
+    let n = last.inputs();
+    if body.is_empty() {
+        <N as Reads<X>>::hold(x, &mut buf.cur[..n]);
+    }
+    for (i, layer) in body.iter().enumerate() {
+        mean_step::<N, X>(i, layer, x, &mut buf);
+    }
+    let cur: &'w mut [N::Act] = buf.cur;
+    Ok(&cur[..n])
+}
+
 /// The one skeleton of every run, whatever the format and the exits.
 #[allow(clippy::too_many_arguments)]
 fn skeleton<N, X, R, S, const K: usize, const CHUNK: usize>(
@@ -504,34 +583,7 @@ where
                 }
                 continue;
             }
-            Operation::ResidualAdd { .. } => {
-                let n = layer.outputs();
-                N::residual_add(layer, &mut buf.cur[..n], &buf.skip[..n]);
-            }
-            _ => {
-                if i == 0 {
-                    <N as Reads<X>>::mean(
-                        layer,
-                        x,
-                        buf.cur,
-                        buf.scratch,
-                        (buf.stat_mean, buf.stat_std),
-                    );
-                } else {
-                    <N as Reads<[N::Act]>>::mean(
-                        layer,
-                        &buf.cur[..layer.inputs()],
-                        buf.next,
-                        buf.scratch,
-                        (buf.stat_mean, buf.stat_std),
-                    );
-                    buf.advance();
-                }
-            }
-        }
-        if layer.is_residual_source() {
-            let n = layer.outputs();
-            buf.skip[..n].copy_from_slice(&buf.cur[..n]);
+            _ => mean_step::<N, X>(i, layer, x, &mut buf),
         }
     }
     let Some(first) = stochastic_from else {
