@@ -8,7 +8,7 @@ use embedded_storage::nor_flash::{
     ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
 };
 use tinybayes::adapt::store::Store;
-use tinybayes::adapt::{AdaptError, LastLayer, Settings};
+use tinybayes::adapt::{AdaptError, LastLayer, Likelihood, Settings};
 use tinybayes::rand_core::{RngCore, SeedableRng};
 use tinybayes::rand_xoshiro::Xoshiro128PlusPlus;
 use tinybayes::writer::{synthetic, ModelBuffer, ModelSpec};
@@ -139,18 +139,33 @@ fn batch(model: &Model<'_>, settings: Settings, data: &[(Vec<f32>, usize)]) -> B
             let max = logits.iter().cloned().fold(f64::MIN, f64::max);
             let z: f64 = logits.iter().map(|l| (l - max).exp()).sum();
             let p = (logits[k] - max).exp() / z;
-            // Pseudo-target t = f0 + 2 (y - p), noise variance 2, regressed on the adaptable
-            // inputs after the fixed part (bias, zero-variance weights) is subtracted.
+            let onehot = f64::from(u8::from(*y == k));
+            // The pseudo-target and its noise variance.
+            let (target, noise) = match settings.likelihood {
+                // t = f0 + 2 (y - p), noise variance 2.
+                Likelihood::SoftmaxBound => (logits[k] + 2.0 * (onehot - p), 2.0),
+                // t = mean f0 + ln q_k - mean ln q, q the smoothed label.
+                Likelihood::LabelRegression { smoothing, noise } => {
+                    let (s, kk) = (smoothing as f64, CLASSES as f64);
+                    let q: Vec<f64> = (0..CLASSES)
+                        .map(|c| if c == *y { 1.0 - s + s / kk } else { s / kk })
+                        .collect();
+                    let mean_log = q.iter().map(|v| v.ln()).sum::<f64>() / kk;
+                    let mean_logit = logits.iter().sum::<f64>() / kk;
+                    (mean_logit + q[k].ln() - mean_log, noise as f64)
+                }
+            };
+            // Regressed on the adaptable inputs after the fixed part (bias, zero-variance
+            // weights) is subtracted.
             let fixed: f64 = bias[k]
                 + (0..FEATURES)
                     .filter(|i| !index.contains(i))
                     .map(|i| theta[k * FEATURES + i] * x(i))
                     .sum::<f64>();
-            let target = logits[k] + 2.0 * (f64::from(u8::from(*y == k)) - p) - fixed;
             for i in 0..n {
-                rhs[i] += x(index[i]) * target / 2.0;
+                rhs[i] += x(index[i]) * (target - fixed) / noise;
                 for j in 0..n {
-                    precision[i][j] += x(index[i]) * x(index[j]) / 2.0;
+                    precision[i][j] += x(index[i]) * x(index[j]) / noise;
                 }
             }
         }
@@ -226,18 +241,31 @@ fn assert_matches_batch(
     }
 }
 
-const SETTINGS: [Settings; 3] = [
+const LABEL: Likelihood = Likelihood::LabelRegression {
+    smoothing: 0.1,
+    noise: 0.7,
+};
+
+const SETTINGS: [Settings; 4] = [
     Settings {
         prior_scale: 1.0,
         bias_variance: 0.0,
+        likelihood: Likelihood::SoftmaxBound,
     },
     Settings {
         prior_scale: 30.0,
         bias_variance: 0.5,
+        likelihood: Likelihood::SoftmaxBound,
     },
     Settings {
         prior_scale: 300.0,
         bias_variance: 0.0,
+        likelihood: LABEL,
+    },
+    Settings {
+        prior_scale: 10.0,
+        bias_variance: 2.0,
+        likelihood: LABEL,
     },
 ];
 
@@ -275,25 +303,26 @@ fn updates_in_any_order_give_the_same_posterior() {
     for i in (1..shuffled.len()).rev() {
         shuffled.swap(i, rng.next_u32() as usize % (i + 1));
     }
-    let settings = SETTINGS[1];
-    let (mut s1, mut s2, mut s3) = (Vec::new(), Vec::new(), Vec::new());
-    let a = adapted(&model, settings, &mut s1, &data);
-    let b = adapted(&model, settings, &mut s2, &reversed);
-    let c = adapted(&model, settings, &mut s3, &shuffled);
-    let mut scratch = vec![0.0f32; a.scratch_len()];
-    for (phi, _) in examples(22, 10) {
-        for k in 0..CLASSES {
-            let x = a.logit_moments(k, &phi, &mut scratch).unwrap();
-            for other in [&b, &c] {
-                let y = other.logit_moments(k, &phi, &mut scratch).unwrap();
-                assert!(
-                    (x.0 - y.0).abs() <= 1e-4 * (1.0 + x.0.abs()),
-                    "{x:?} vs {y:?}"
-                );
-                assert!(
-                    (x.1 - y.1).abs() <= 1e-4 * (1e-3 + x.1.abs()),
-                    "{x:?} vs {y:?}"
-                );
+    for settings in [SETTINGS[1], SETTINGS[3]] {
+        let (mut s1, mut s2, mut s3) = (Vec::new(), Vec::new(), Vec::new());
+        let a = adapted(&model, settings, &mut s1, &data);
+        let b = adapted(&model, settings, &mut s2, &reversed);
+        let c = adapted(&model, settings, &mut s3, &shuffled);
+        let mut scratch = vec![0.0f32; a.scratch_len()];
+        for (phi, _) in examples(22, 10) {
+            for k in 0..CLASSES {
+                let x = a.logit_moments(k, &phi, &mut scratch).unwrap();
+                for other in [&b, &c] {
+                    let y = other.logit_moments(k, &phi, &mut scratch).unwrap();
+                    assert!(
+                        (x.0 - y.0).abs() <= 1e-4 * (1.0 + x.0.abs()),
+                        "{x:?} vs {y:?}"
+                    );
+                    assert!(
+                        (x.1 - y.1).abs() <= 1e-4 * (1e-3 + x.1.abs()),
+                        "{x:?} vs {y:?}"
+                    );
+                }
             }
         }
     }
@@ -395,7 +424,7 @@ fn ten_thousand_updates_stay_positive_definite_and_accurate() {
     let buffer = model_buffer(9);
     let model = buffer.model().unwrap();
     let data = examples(41, 10_000);
-    for settings in [SETTINGS[0], SETTINGS[1]] {
+    for settings in [SETTINGS[0], SETTINGS[1], SETTINGS[3]] {
         let mut state = Vec::new();
         let layer = adapted(&model, settings, &mut state, &data);
         // The head is written (every class's precision factorises) and finite.
@@ -467,23 +496,31 @@ fn bad_input_is_refused_and_changes_nothing() {
         })
     );
     let mut state = vec![0.0f32; needed];
+    let label = |smoothing, noise| Settings {
+        likelihood: Likelihood::LabelRegression { smoothing, noise },
+        ..Settings::default()
+    };
     for bad in [
         Settings {
             prior_scale: 0.0,
-            bias_variance: 0.0,
+            ..Settings::default()
         },
         Settings {
             prior_scale: f32::NAN,
-            bias_variance: 0.0,
+            ..Settings::default()
         },
         Settings {
-            prior_scale: 1.0,
             bias_variance: -1.0,
+            ..Settings::default()
         },
         Settings {
-            prior_scale: 1.0,
             bias_variance: f32::INFINITY,
+            ..Settings::default()
         },
+        label(0.0, 1.0),
+        label(1.0, 1.0),
+        label(0.1, 0.0),
+        label(0.1, f32::NAN),
     ] {
         assert_eq!(
             LastLayer::new(&model, bad, &mut state).err(),

@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use tinybayes_host::commands::{eval, export, images, import, inspect, predict, synth, train};
+use tinybayes_host::commands::{
+    adapt, eval, export, images, import, inspect, predict, synth, train,
+};
 use tinybayes_host::ui::{self, ColorWhen, Verbosity};
 
 /// Train, export, inspect, evaluate and simulate tinybayes models.
@@ -49,6 +51,10 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Cut the first images (and labels) of an IDX set into the raw file the firmware embeds.
     Images(images::ImagesArgs),
+    /// Learn from K labelled examples: the closed-form Bayesian update of the last layer (the
+    /// code a device runs), written as an adapted model; --report DIR plots accuracy, NLL and
+    /// ECE against K on held-out data.
+    Adapt(adapt::AdaptArgs),
     /// Print a shell completion script (e.g. `tinybayes completions bash >
     /// ~/.local/share/bash-completion/completions/tinybayes`).
     Completions {
@@ -99,6 +105,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Images(args) => images::run(args),
+        Command::Adapt(args) => adapt::run(args),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(*shell, &mut Cli::command(), "tinybayes", &mut script);

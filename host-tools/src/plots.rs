@@ -657,6 +657,67 @@ pub fn exit_histogram(counts: &[usize], title_note: &str) -> Result<Vec<u8>> {
     })
 }
 
+/// `(K, accuracy, NLL, ECE)`: one point of [`adaptation_curve`].
+pub type AdaptationPoint = (f64, f64, f64, f64);
+
+/// A panel of [`adaptation_curve`]: its axis name, its value and its colour.
+type Panel = (&'static str, fn(&AdaptationPoint) -> f64, RGBColor);
+
+/// Accuracy, NLL and ECE of an adapted model against the number of examples it learnt from
+/// (`tinybayes adapt --report`): three panels sharing the K axis; `points` are
+/// `(K, accuracy, NLL, ECE)`.
+pub fn adaptation_curve(points: &[AdaptationPoint], title_note: &str) -> Result<Vec<u8>> {
+    let k_max = points.iter().map(|p| p.0).fold(1.0, f64::max);
+    render(|root| {
+        let root = root
+            .titled(
+                &format!("Last-layer adaptation against K{title_note}"),
+                (FONT, 24),
+            )
+            .map_err(plot_error)?;
+        let panels = root.split_evenly((3, 1));
+        let series: [Panel; 3] = [
+            ("accuracy (%)", |p| 100.0 * p.1, ACCURACY_COLOR),
+            ("NLL (nats)", |p| p.2, WRONG_COLOR),
+            ("ECE", |p| p.3, CONFIDENCE_COLOR),
+        ];
+        for (panel, (name, value, color)) in panels.iter().zip(series) {
+            let values: Vec<f64> = points.iter().map(value).collect();
+            let lo = values.iter().cloned().fold(f64::MAX, f64::min);
+            let hi = values.iter().cloned().fold(f64::MIN, f64::max);
+            let pad = ((hi - lo) * 0.15).max(1e-3 * hi.abs().max(1.0));
+            let mut chart = ChartBuilder::on(panel)
+                .margin(10)
+                .x_label_area_size(40)
+                .y_label_area_size(80)
+                .build_cartesian_2d(0f64..k_max * 1.03, (lo - pad)..(hi + pad))
+                .map_err(plot_error)?;
+            chart
+                .configure_mesh()
+                .x_desc("K: labelled examples learnt from")
+                .y_desc(name)
+                .label_style((FONT, 15))
+                .axis_desc_style((FONT, 16))
+                .draw()
+                .map_err(plot_error)?;
+            chart
+                .draw_series(LineSeries::new(
+                    points.iter().map(|p| (p.0, value(p))),
+                    color.stroke_width(2),
+                ))
+                .map_err(plot_error)?;
+            chart
+                .draw_series(
+                    points
+                        .iter()
+                        .map(|p| Circle::new((p.0, value(p)), 4, color.filled())),
+                )
+                .map_err(plot_error)?;
+        }
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

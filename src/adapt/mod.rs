@@ -12,27 +12,35 @@
 //! different classes stay independent: each class has its own Gaussian posterior over its
 //! own stored weights (and its bias), `N(μ_k, Σ_k)`.
 //!
-//! # The likelihood: a quadratic bound of the softmax, expanded at the exported model
-//! The softmax log-likelihood `ℓ(f) = f_y - log Σ exp f` of a labelled example is not
-//! Gaussian in the logits. Its Hessian `diag(p) - p pᵀ` is bounded by `½ (I - 11ᵀ/K) ≤ ½ I`
-//! (Böhning 1992), so for every `f`,
-//! `ℓ(f) ≥ ℓ(f₀) + (y - p₀)·(f - f₀) - ¼ ‖f - f₀‖²`, with `f₀` the exported model's mean
-//! logits of the example and `p₀ = softmax(f₀)`. This bound is, up to a constant, the
-//! Gaussian likelihood of the pseudo-targets `t_k = f₀_k + 2 (y_k - p₀_k)` observed with
-//! noise variance 2, independently per class. Bayesian linear regression of every logit on
-//! `φ` under it has a closed-form posterior and is exact Bayesian linear regression: the
-//! expansion point is the exported model (not the current posterior), so the pseudo-targets
-//! of an example never change, sequential updates equal the batch posterior and the order
-//! of the examples does not matter. What is approximate: the bound (tight at `f₀`, looser as
-//! the posterior moves away), the per-class independence (the bound's curvature `½ I`
-//! instead of `½ (I - 11ᵀ/K)` drops the coupling through the shared normaliser), and `φ`,
-//! the mean-weights features, taken as fixed (the layers before keep their posterior, which
-//! the predictive still samples).
+//! # The likelihood: Gaussian pseudo-observations of the logits
+//! The softmax likelihood of a labelled example is not Gaussian in the logits. Each example
+//! is observed instead as Gaussian targets `t_k` of its logits with noise variance `1/h`,
+//! independently per class ([`Likelihood`]), both fixed functions of the example and the
+//! exported model (mean logits `f₀`, softmax `p₀`):
+//! - [`Likelihood::SoftmaxBound`]: the Hessian of the softmax log-likelihood
+//!   `diag(p) - p pᵀ` is bounded by `½ (I - 11ᵀ/K) ≤ ½ I` (Böhning 1992), so for every `f`,
+//!   `ℓ(f) ≥ ℓ(f₀) + (y - p₀)·(f - f₀) - ¼ ‖f - f₀‖²`: up to a constant, the likelihood of
+//!   `t_k = f₀_k + 2 (y_k - p₀_k)` with `h = ½`. A lower bound of the true likelihood, tight
+//!   at the exported model; it moves a logit by at most 2 per example's worth of evidence, so
+//!   it suits data close to the training set.
+//! - [`Likelihood::LabelRegression`]: the logits regressed on the logarithm of the smoothed
+//!   label, centred on the exported logits' mean, with a chosen noise variance (the
+//!   label-regression view of classification, as in Dirichlet-based Gaussian process
+//!   classification, Milios et al. 2018, with one noise level). Its targets do not depend on
+//!   how wrong the exported model is, so it can repair a model that data unlike its training
+//!   set defeats; near the training set it pulls confident logits towards the target margin.
+//!
+//! Because the pseudo-observations never change, the update is exact Bayesian linear
+//! regression: sequential updates equal the batch posterior and the order of the examples
+//! does not matter. What is approximate: the pseudo-likelihood itself, the per-class
+//! independence (no coupling through the softmax normaliser), and `φ`, the mean-weights
+//! features, taken as fixed (the layers before keep their posterior, which the predictive
+//! still samples).
 //!
 //! # Information form, one shared Gram matrix
-//! Per class, the posterior precision is `Λ_k = D_k⁻¹ + ½ Σ_n φ_n φ_nᵀ` (restricted to the
+//! Per class, the posterior precision is `Λ_k = D_k⁻¹ + h Σ_n φ_n φ_nᵀ` (restricted to the
 //! class's adaptable weights; `D_k` the prior variances) and `Λ_k μ_k = D_k⁻¹ μ₀_k + Σ_n φ_n
-//! r_nk`, with `r_nk = ½ (μ₀_k · φ_n) + y_nk - p₀_nk`. The data term `Σ φ φᵀ` is the same
+//! r_nk`, with `r_nk = h (t_nk - the fixed part of the logit)`. The data term `Σ φ φᵀ` is the same
 //! for every class, so the state is one packed symmetric `(F+1) x (F+1)` Gram matrix (`φ`
 //! extended by a constant 1 for the bias) and one `(F+1)` vector per class:
 //! [`LastLayer::state_len`] f32 words, `(F+1)(F+2)/2 + K (F+1)` (HMP model: F = 51, K = 14:
@@ -74,8 +82,8 @@ pub mod store;
 use crate::format::{Posterior, MAX_UNITS};
 use crate::model::{Layer, Model, Operation, Weights};
 
-/// The curvature of the Böhning bound of the softmax log-likelihood used as the likelihood of
-/// the update (the pseudo-targets' noise precision).
+/// The curvature of the Böhning bound of the softmax log-likelihood
+/// ([`Likelihood::SoftmaxBound`]: the pseudo-targets' noise precision).
 pub const CURVATURE: f32 = 0.5;
 
 /// Most penultimate features the update handles (its Gram matrix grows as their square).
@@ -98,6 +106,66 @@ pub struct Settings {
     /// Prior variance of a deviation of each class's bias from the stored bias (finite, at
     /// least 0). 0 keeps the biases fixed (the exported biases are point values).
     pub bias_variance: f32,
+    /// How a labelled example is observed.
+    pub likelihood: Likelihood,
+}
+
+/// The Gaussian pseudo-observation of the logits that a labelled example `(φ, y)` gives,
+/// independently per class: a target `t_k` with noise variance `1 / h`. Both are fixed
+/// functions of the example and the exported model, so the update is exact Bayesian linear
+/// regression (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Likelihood {
+    /// The Böhning quadratic lower bound of the softmax log-likelihood expanded at the
+    /// exported model's logits `f₀`: `t_k = f₀_k + 2 (y_k - p₀_k)`, `h = ½`. Faithful to the
+    /// softmax near the exported model, but it moves a logit by at most 2 per example's
+    /// worth of evidence: for data close to the training set.
+    SoftmaxBound,
+    /// Regression of the logits on the logarithm of the label smoothed by `smoothing` (in
+    /// (0, 1)), centred on the exported logits' mean `f̄₀`:
+    /// `t_k = f̄₀ + ln q_k - mean_j ln q_j`, `q = (1 - smoothing) onehot(y) + smoothing / K`,
+    /// with noise variance `noise` (`h = 1 / noise`). Targets that do not depend on how wrong
+    /// the exported model is: for data unlike the training set (the label-regression view of
+    /// classification, as in Dirichlet-based Gaussian process classifiers).
+    LabelRegression {
+        /// Label smoothing in (0, 1): the target margin is `ln((1 - s + s/K) K / s)`.
+        smoothing: f32,
+        /// Noise variance of the targets (finite, positive).
+        noise: f32,
+    },
+}
+
+impl Likelihood {
+    /// The pseudo-observations' precision `h`.
+    pub fn precision(self) -> f32 {
+        match self {
+            Likelihood::SoftmaxBound => CURVATURE,
+            Likelihood::LabelRegression { noise, .. } => 1.0 / noise,
+        }
+    }
+
+    fn is_valid(self) -> bool {
+        match self {
+            Likelihood::SoftmaxBound => true,
+            Likelihood::LabelRegression { smoothing, noise } => {
+                smoothing > 0.0 && smoothing < 1.0 && noise.is_finite() && noise > 0.0
+            }
+        }
+    }
+}
+
+/// `ln q_k - mean_j ln q_j` of the smoothed label `q` for the true class or another.
+fn label_target(smoothing: f32, classes: usize, true_class: bool) -> f32 {
+    let k = classes as f32;
+    let low = libm::logf(smoothing / k);
+    let high = libm::logf(1.0 - smoothing + smoothing / k);
+    let mean = (high + (k - 1.0) * low) / k;
+    if true_class {
+        high - mean
+    } else {
+        low - mean
+    }
 }
 
 impl Default for Settings {
@@ -105,6 +173,7 @@ impl Default for Settings {
         Settings {
             prior_scale: 1.0,
             bias_variance: 0.0,
+            likelihood: Likelihood::SoftmaxBound,
         }
     }
 }
@@ -206,7 +275,8 @@ impl core::fmt::Display for AdaptError {
             ),
             AdaptError::BadSettings => write!(
                 f,
-                "prior scale must be finite and positive, bias variance finite and at least 0"
+                "prior scale and noise must be finite and positive, bias variance finite and at \
+                 least 0, smoothing in (0, 1)"
             ),
             AdaptError::StateTooSmall { needed, provided } => {
                 write!(f, "state of {provided} words, {needed} needed")
@@ -302,7 +372,7 @@ impl<'m, 's> LastLayer<'m, 's> {
         let layer = *last_layer(model)?;
         let scale_ok = settings.prior_scale.is_finite() && settings.prior_scale > 0.0;
         let bias_ok = settings.bias_variance.is_finite() && settings.bias_variance >= 0.0;
-        if !(scale_ok && bias_ok) {
+        if !(scale_ok && bias_ok && settings.likelihood.is_valid()) {
             return Err(AdaptError::BadSettings);
         }
         let (features, classes) = (layer.inputs(), layer.outputs());
@@ -374,25 +444,36 @@ impl<'m, 's> LastLayer<'m, 's> {
         if !features.iter().all(|v| v.abs() <= MAX_FEATURE) {
             return Err(AdaptError::BadFeatures);
         }
-        // The exported model's logits, their softmax, and each class's coefficient r_k.
-        let mut max = f32::NEG_INFINITY;
+        // The exported model's logits, their mean, maximum and softmax normaliser.
+        let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
         for k in 0..k_count {
             let logit = self.adaptable_dot(k, features).1 + self.layer.bias()[k];
             if !logit.is_finite() {
                 return Err(AdaptError::BadFeatures);
             }
             max = max.max(logit);
+            sum += logit;
         }
+        let mean = sum / k_count as f32;
         let mut total = 0.0f32;
         for k in 0..k_count {
             let logit = self.adaptable_dot(k, features).1 + self.layer.bias()[k];
             total += libm::expf(logit - max);
         }
+        let h = self.settings.likelihood.precision();
         for k in 0..k_count {
             let (active, all) = self.adaptable_dot(k, features);
-            let p = libm::expf(all + self.layer.bias()[k] - max) / total;
+            let logit = all + self.layer.bias()[k];
             let y = if k == label { 1.0 } else { 0.0 };
-            let r = CURVATURE * active + y - p;
+            // r_k = h (t_k - fixed part), the fixed part being f0_k - μ0·φ over the
+            // adaptable weights.
+            let r = match self.settings.likelihood {
+                Likelihood::SoftmaxBound => h * active + y - libm::expf(logit - max) / total,
+                Likelihood::LabelRegression { smoothing, .. } => {
+                    let target = mean + label_target(smoothing, k_count, k == label);
+                    h * (target - logit + active)
+                }
+            };
             let row = &mut self.info[k * (f + 1)..(k + 1) * (f + 1)];
             for (acc, &phi) in row.iter_mut().zip(features) {
                 *acc += phi * r;
@@ -492,13 +573,14 @@ impl<'m, 's> LastLayer<'m, 's> {
             n += 1;
         }
         let info = &self.info[k * (f + 1)..(k + 1) * (f + 1)];
-        // Λ = D⁻¹ + ½ G on the adaptable inputs; right-hand side D⁻¹ μ₀ + Σ φ r.
+        let h = self.settings.likelihood.precision();
+        // Λ = D⁻¹ + h G on the adaptable inputs; right-hand side D⁻¹ μ₀ + Σ φ r.
         for i in 0..n {
             let a = index[i] as usize;
             mean[i] += info[a];
             for j in 0..=i {
                 let b = index[j] as usize;
-                let g = CURVATURE * self.gram[tri(a, b)];
+                let g = h * self.gram[tri(a, b)];
                 if i == j {
                     factor[tri(i, i)] += g;
                 } else {

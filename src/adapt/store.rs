@@ -5,7 +5,8 @@
 //! A record (little-endian): magic `TBAD`, version (u16, [`RECORD_VERSION`]), reserved (u16),
 //! sequence number (u32), examples seen (u32), features and classes (u16 each), the settings
 //! (prior scale and bias variance, f32), the CRC-32 trailer of the model the state belongs to
-//! (u32), the number of state words (u32), the state (f32 words: the Gram matrix, then the
+//! (u32), the number of state words (u32), the likelihood (u32: 0 the softmax bound, 1 label
+//! regression, then its smoothing and noise as f32, zero for the bound), the state (f32 words: the Gram matrix, then the
 //! class vectors), then a CRC-32 of everything before it, padded to a multiple of
 //! [`CHUNK`] bytes. [`Store::save`] erases and writes the slot that does not hold the newest
 //! valid record, with the next sequence number; [`Store::load`] takes the valid record with
@@ -14,7 +15,7 @@
 
 use embedded_storage::nor_flash::NorFlash;
 
-use super::{AdaptError, LastLayer};
+use super::{AdaptError, LastLayer, Likelihood};
 use crate::format::CRC32;
 
 /// The record's version.
@@ -22,7 +23,7 @@ pub const RECORD_VERSION: u16 = 1;
 /// Magic bytes of a record.
 pub const RECORD_MAGIC: [u8; 4] = *b"TBAD";
 /// Bytes of a record's header.
-const HEADER: usize = 36;
+const HEADER: usize = 48;
 /// Bytes read or written at a time: the flash's read and write sizes must divide it.
 pub const CHUNK: usize = 32;
 
@@ -237,6 +238,13 @@ fn header(layer: &LastLayer<'_, '_>, sequence: u32, count: u32) -> [u8; HEADER] 
     h[28..32].copy_from_slice(&layer.model_crc.to_le_bytes());
     let words = (layer.gram.len() + layer.info.len()) as u32;
     h[32..36].copy_from_slice(&words.to_le_bytes());
+    let (code, smoothing, noise) = match layer.settings.likelihood {
+        Likelihood::SoftmaxBound => (0u32, 0.0f32, 0.0f32),
+        Likelihood::LabelRegression { smoothing, noise } => (1, smoothing, noise),
+    };
+    h[36..40].copy_from_slice(&code.to_le_bytes());
+    h[40..44].copy_from_slice(&smoothing.to_le_bytes());
+    h[44..48].copy_from_slice(&noise.to_le_bytes());
     h
 }
 

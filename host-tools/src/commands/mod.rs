@@ -1,5 +1,6 @@
 //! The subcommands of the `tinybayes` CLI, one module each.
 
+pub mod adapt;
 pub mod eval;
 pub mod export;
 pub mod images;
