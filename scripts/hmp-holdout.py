@@ -7,7 +7,9 @@ Writes, into OUT_DIR (never into the repository: the data's terms forbid redistr
   and x_test/y_test from its test split (the trainer's validation comes from x_train);
 - `<volunteer>.npz`: the held-out volunteer's windows, x_train/y_train those of recordings in
   the set's training split (the pool `tinybayes adapt` draws its K labelled examples from) and
-  x_test/y_test those of recordings in its test split (never adapted on: split by recording).
+  x_test/y_test those of recordings in its test split (never adapted on: split by recording);
+- `<volunteer>-rot180.npz`: the same windows as worn with the watch turned 180 degrees about
+  its z axis (x and y negated): the sensor mounted differently.
 
 Usage: scripts/hmp-holdout.py [--volunteer m1] [--data PATH] OUT_DIR
 """
@@ -40,6 +42,12 @@ def main():
         mine[f"x_{split}"], mine[f"y_{split}"] = x[s == v], y[s == v]
     np.savez(os.path.join(args.out_dir, "train.npz"), **out)
     np.savez(os.path.join(args.out_dir, f"{args.volunteer}.npz"), **mine)
+    turned = dict(mine)
+    for split in ("train", "test"):
+        x = mine[f"x_{split}"].copy()
+        x[:, :2, :] *= -1.0
+        turned[f"x_{split}"] = x
+    np.savez(os.path.join(args.out_dir, f"{args.volunteer}-rot180.npz"), **turned)
     for name, part in (("others", out), (args.volunteer, mine)):
         classes = sorted(set(part["y_train"].tolist()) | set(part["y_test"].tolist()))
         print(

@@ -729,3 +729,43 @@ fn the_state_survives_in_flash_and_a_torn_write_keeps_the_previous_one() {
         Some(AdaptError::FlashTooSmall { .. })
     ));
 }
+
+#[test]
+fn uncertainty_shrinks_where_data_was_seen_and_stays_where_it_was_not() {
+    let buffer = model_buffer(10);
+    let model = buffer.model().unwrap();
+    // Examples whose features live in the first four coordinates only.
+    let seen: Vec<(Vec<f32>, usize)> = examples(61, 50)
+        .into_iter()
+        .map(|(mut phi, y)| {
+            phi[4..].fill(0.0);
+            (phi, y)
+        })
+        .collect();
+    let settings = Settings {
+        prior_scale: 30.0,
+        ..Settings::default()
+    };
+    let mut s0 = Vec::new();
+    let prior = adapted(&model, settings, &mut s0, &[]);
+    let mut s1 = Vec::new();
+    let layer = adapted(&model, settings, &mut s1, &seen);
+    let mut scratch = vec![0.0f32; layer.scratch_len()];
+    let (mut inside, mut outside) = (vec![0.0f32; FEATURES], vec![0.0f32; FEATURES]);
+    inside[..4].copy_from_slice(&[1.0, 0.5, 0.8, 0.3]);
+    outside[4..].copy_from_slice(&[1.0, 0.5, 0.8]);
+    let mut shrank = false;
+    for k in 0..CLASSES {
+        let before = prior.logit_moments(k, &inside, &mut scratch).unwrap().1;
+        let after = layer.logit_moments(k, &inside, &mut scratch).unwrap().1;
+        assert!(after <= before * 1.0001);
+        shrank |= after < 0.5 * before;
+        // Features the examples never had: the posterior there is the prior (bias fixed, so
+        // nothing couples them to what was seen).
+        let a = prior.logit_moments(k, &outside, &mut scratch).unwrap();
+        let b = layer.logit_moments(k, &outside, &mut scratch).unwrap();
+        assert!((a.0 - b.0).abs() <= 1e-5 * (1.0 + a.0.abs()), "{a:?} {b:?}");
+        assert!((a.1 - b.1).abs() <= 1e-5 * a.1.abs(), "{a:?} {b:?}");
+    }
+    assert!(shrank);
+}

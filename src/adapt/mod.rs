@@ -65,11 +65,14 @@
 //! of mean `m` and variance `v`, the full-covariance formula.
 //!
 //! # Fixed point
-//! The update runs in f32 only. Its precision matrix grows with the number of examples
-//! while its factor's entries shrink: a fixed-point Cholesky factor would need a rescaling
-//! per update and a square root and division per pivot in software, and the head it writes
-//! is f32 (a fixed-point file cannot mix in f32 layers). Cores without an FPU run the f32
-//! update in software; an adapted model is quantized on the host (`tinybayes export`).
+//! The update runs in f32 only, and the head it writes is f32. Its precision matrix grows
+//! with the number of examples while its factor's entries shrink: a fixed-point Cholesky
+//! factor would need a rescaling per update and a square root and division per pivot in
+//! software. And the head's first layer has signed outputs with identity activation (`u_k =
+//! L⁻¹ φ`), which the fixed-point format does not represent (its hidden activations are ReLU
+//! outputs), so an adapted model is not quantized either (splitting `u` into `ReLU(u)` and
+//! `ReLU(-u)` would give a quantizable head of twice the size). Cores without an FPU run the
+//! f32 update in software.
 //!
 //! # Persistence
 //! [`store`] saves the state (not the head: it is smaller and exact) to NOR flash through

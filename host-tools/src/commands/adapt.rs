@@ -15,7 +15,7 @@ use tinybayes::writer::{ModelBuffer, ModelSpec};
 use tinybayes::{Engine, Mode, Model, Plan};
 
 use crate::data::{DataKeys, DataSet, Values};
-use crate::files::{check_writable, read_model, write_new};
+use crate::files::{check_writable, write_new};
 use crate::halting::HaltingArgs;
 use crate::metrics::{evaluate, Metrics};
 use crate::runner::Runner;
@@ -29,8 +29,8 @@ pub const PLOT_FILE: &str = "adapt.png";
 /// Arguments of `adapt`.
 #[derive(Args, Debug)]
 pub struct AdaptArgs {
-    /// f32 model file (.tbm) whose last layer is a Gaussian linear layer (a fixed-point model
-    /// is adapted through its f32 model, then exported again with `export --model`).
+    /// f32 model file (.tbm) of a plain network whose last layer is a Gaussian linear layer
+    /// (the adapted model is f32: adapt the f32 model a fixed-point one was exported from).
     #[arg(long)]
     pub model: PathBuf,
     /// Labelled examples to learn from: a .npz (its x_train/y_train, or its only arrays), a
@@ -216,7 +216,10 @@ fn adapted_model(model: &Model<'_>, layer: &LastLayer<'_, '_>) -> Result<ModelBu
     let bytes = layer.write_head(&mut scratch, &mut words)?;
     let head = Model::from_bytes(bytes)?;
     let composed = model.with_head(&head)?;
-    Ok(ModelSpec::from_model(&composed).to_buffer()?)
+    let mut spec = ModelSpec::from_model(&composed);
+    // The trained size describes the network before pruning; the head is no longer it.
+    spec.trained = None;
+    Ok(spec.to_buffer()?)
 }
 
 /// The metrics of a model on `test`, and its mean mutual information.
@@ -260,17 +263,15 @@ pub fn run(args: &AdaptArgs) -> Result<()> {
     if let Some(dir) = &args.report {
         check_report_dir(dir, args.force)?;
     }
-    let buffer = read_model(&args.model)?;
-    let model = match Model::from_bytes(buffer.as_bytes()) {
-        Ok(m) => m,
-        Err(tinybayes::ModelError::WrongPrecision { found, .. }) => bail!(
-            "{} is a {} model: adapt its f32 model, then export the result with `tinybayes \
-             export --model ADAPTED.tbm --precision {}`",
+    let runner = crate::runner::read_any_model(&args.model)?;
+    let model = match &runner {
+        Runner::F32(m) => m.as_ref(),
+        Runner::Fixed(m) => bail!(
+            "{} is a {} model: adapt updates f32 models (the adapted last layer is f32); adapt \
+             the f32 model it was exported from",
             args.model.display(),
-            found.name(),
-            found.name()
+            m.precision().name()
         ),
-        Err(e) => return Err(e).with_context(|| args.model.display().to_string()),
     };
     let settings = Settings {
         prior_scale: args.prior_scale,
@@ -284,8 +285,8 @@ pub fn run(args: &AdaptArgs) -> Result<()> {
         },
     };
     let mut state =
-        vec![0.0f32; LastLayer::state_len(&model).context(args.model.display().to_string())?];
-    let mut layer = LastLayer::new(&model, settings, &mut state)?;
+        vec![0.0f32; LastLayer::state_len(model).context(args.model.display().to_string())?];
+    let mut layer = LastLayer::new(model, settings, &mut state)?;
     let (pool, file_test, name) = load_pool(args, &model)?;
     if args.count > pool.len() {
         bail!(
@@ -320,9 +321,9 @@ pub fn run(args: &AdaptArgs) -> Result<()> {
     }
     order.truncate(args.count);
 
-    let plan = Plan::new(&model, 1);
+    let plan = Plan::new(model, 1);
     let mut workspace = vec![0.0f32; plan.workspace_len()];
-    let mut engine = Engine::<1>::new(&model, &mut workspace)?;
+    let mut engine = Engine::<1>::new(model, &mut workspace)?;
     let mode = Mode::MonteCarlo {
         samples: std::num::NonZeroU16::new(args.samples).context("--samples")?,
     };
@@ -344,7 +345,7 @@ pub fn run(args: &AdaptArgs) -> Result<()> {
         }
         if let Some((test, _)) = &test {
             if args.report.is_some() {
-                let (m, mi) = metrics_of(adapted_model(&model, &layer)?, test, mode, args.seed)?;
+                let (m, mi) = metrics_of(adapted_model(model, &layer)?, test, mode, args.seed)?;
                 curve.push(CurvePoint {
                     count: k,
                     accuracy: m.accuracy,
@@ -356,7 +357,7 @@ pub fn run(args: &AdaptArgs) -> Result<()> {
         }
     }
     bar.finish_and_clear();
-    let out = adapted_model(&model, &layer)?;
+    let out = adapted_model(model, &layer)?;
     write_new(&args.out, out.as_bytes(), args.force)?;
     crate::ui::status(format!(
         "adapted the last layer of {} on {} examples of {name} (prior scale {}, bias variance \
