@@ -1,5 +1,7 @@
 //! Host benchmarks of the core engine (criterion): the shipped LeNet-300-100 model on an
-//! embedded MNIST test image, in the modes the device runs, plus model validation. Device
+//! embedded MNIST test image, in the modes the device runs, plus model validation; and the
+//! last-layer update (`tinybayes::adapt`) of the HMP model (51 features, 14 classes): one
+//! update, and writing the adapted head. Device
 //! figures (instruction counts under QEMU) come from `cargo bench-m4`; see BENCHMARKS.md.
 //!
 //! Run: `cargo bench -p tinybayes --bench engine`.
@@ -53,5 +55,30 @@ fn engine(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, engine);
+fn adapt(c: &mut Criterion) {
+    use tinybayes::adapt::{LastLayer, Settings};
+    let buffer = ModelBuffer::from_bytes(include_bytes!("../models/hmp-conv1d-m1out.tbm"));
+    let model = buffer.model().expect("shipped model is valid");
+    let mut state = vec![0.0f32; LastLayer::state_len(&model).expect("adaptable")];
+    let settings = Settings {
+        prior_scale: 30.0,
+        ..Settings::default()
+    };
+    let mut layer = LastLayer::new(&model, settings, &mut state).expect("state");
+    let features: Vec<f32> = (0..layer.features())
+        .map(|i| ((i * 7) % 11) as f32 * 0.1)
+        .collect();
+    let mut group = c.benchmark_group("adapt hmp");
+    group.bench_function("update", |b| {
+        b.iter(|| layer.update(std::hint::black_box(&features), 3).unwrap())
+    });
+    let mut scratch = vec![0.0f32; layer.scratch_len()];
+    let mut head = vec![0u32; layer.head_len()];
+    group.bench_function("write head", |b| {
+        b.iter(|| layer.write_head(&mut scratch, &mut head).unwrap().len())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, engine, adapt);
 criterion_main!(benches);

@@ -42,14 +42,20 @@
 //! class's adaptable weights; `D_k` the prior variances) and `Λ_k μ_k = D_k⁻¹ μ₀_k + Σ_n φ_n
 //! r_nk`, with `r_nk = h (t_nk - the fixed part of the logit)`. The data term `Σ φ φᵀ` is the same
 //! for every class, so the state is one packed symmetric `(F+1) x (F+1)` Gram matrix (`φ`
-//! extended by a constant 1 for the bias) and one `(F+1)` vector per class:
-//! [`LastLayer::state_len`] f32 words, `(F+1)(F+2)/2 + K (F+1)` (HMP model: F = 51, K = 14:
-//! 2,106 words, 8.4 KB). An update adds one rank-one term to the Gram matrix and one scaled
-//! `φ` per class: `(F+1)(F+2)/2 + K (F+1)` multiply-adds plus the exported logits and their
-//! softmax, `K (S + 10)` operations for `S` stored weights per class. Every update is a sum,
-//! so the state is symmetric by construction and positive semi-definite up to rounding, and
-//! the prior's positive diagonal keeps each `Λ_k` positive definite after any number of
-//! updates.
+//! extended by a constant 1 for the bias) and one `(F+1)` vector per class, each entry a
+//! compensated f32 sum (a sum and its running rounding error, Neumaier's summation):
+//! [`LastLayer::state_len`] f32 words, `(F+1)(F+2) + 2 K (F+1)` (HMP model: F = 51, K = 14:
+//! 4,212 words, 16.8 KB). An update adds one rank-one term to the Gram matrix and one scaled
+//! `φ` per class: `(F+1)(F+2)/2 + K (F+1)` compensated multiply-adds plus the exported logits
+//! and their softmax, `K (S + 10)` operations for `S` stored weights per class. Every update
+//! is a sum, so the state is symmetric by construction, and compensated sums keep it within a
+//! few ulps of the exact sums whatever the number of updates (a plain f32 sum of `N` terms
+//! drifts by up to `N` half-ulps, which after a million updates breaks positive
+//! semi-definiteness); the prior's positive diagonal keeps each `Λ_k` positive definite.
+//! What can still fail is the f32 Cholesky factorisation of `Λ_k` once its condition number
+//! nears `1 / (n ε)` (about 3·10⁵ for n = 50 adaptable weights: a prior variance 10⁵ times
+//! smaller than the data's precision along some direction); [`LastLayer::write_head`] then
+//! returns `NotPositiveDefinite` rather than a wrong head.
 //!
 //! # The updated model
 //! [`LastLayer::write_head`] turns the state into an ordinary model file of two linear
@@ -351,15 +357,16 @@ pub struct LastLayer<'m, 's> {
     count: u32,
     /// The model's CRC-32 trailer: which model a stored state belongs to.
     model_crc: u32,
-    /// Packed lower triangle of `Σ φ̃ φ̃ᵀ`, `φ̃ = (φ, 1)`: `(F+1)(F+2)/2` words.
+    /// Packed lower triangle of `Σ φ̃ φ̃ᵀ`, `φ̃ = (φ, 1)`, as compensated sums
+    /// ([`accumulate`]): `(F+1)(F+2)` words.
     gram: &'s mut [f32],
-    /// Per class, `Σ φ̃ r`: `K (F+1)` words.
+    /// Per class, `Σ φ̃ r` as compensated sums: `2 K (F+1)` words.
     info: &'s mut [f32],
 }
 
 impl<'m, 's> LastLayer<'m, 's> {
     /// Words of state (f32) the update of `model`'s last layer needs:
-    /// `(F+1)(F+2)/2 + K (F+1)` for `F` inputs and `K` classes.
+    /// `(F+1)(F+2) + 2 K (F+1)` for `F` inputs and `K` classes.
     pub fn state_len(model: &Model<'_>) -> Result<usize, AdaptError> {
         let layer = last_layer(model)?;
         Ok(state_words(layer.inputs(), layer.outputs()))
@@ -477,25 +484,22 @@ impl<'m, 's> LastLayer<'m, 's> {
                     h * (target - logit + active)
                 }
             };
-            let row = &mut self.info[k * (f + 1)..(k + 1) * (f + 1)];
-            for (acc, &phi) in row.iter_mut().zip(features) {
-                *acc += phi * r;
+            let row = &mut self.info[2 * k * (f + 1)..2 * (k + 1) * (f + 1)];
+            let (pairs, last) = row.split_at_mut(2 * f);
+            for (acc, &phi) in pairs.chunks_exact_mut(2).zip(features) {
+                accumulate(acc, phi * r);
             }
-            row[f] += r;
+            accumulate(last, r);
         }
         // The Gram matrix of (φ, 1): rank one.
-        for i in 0..f {
-            let xi = features[i];
-            let row = &mut self.gram[tri(i, 0)..=tri(i, i)];
-            for (acc, &xj) in row.iter_mut().zip(&features[..=i]) {
-                *acc += xi * xj;
+        let extended = |j: usize| features.get(j).copied().unwrap_or(1.0);
+        for i in 0..=f {
+            let xi = extended(i);
+            let row = &mut self.gram[2 * tri(i, 0)..2 * (tri(i, i) + 1)];
+            for (j, acc) in row.chunks_exact_mut(2).enumerate() {
+                accumulate(acc, xi * extended(j));
             }
         }
-        let last = &mut self.gram[tri(f, 0)..=tri(f, f)];
-        for (acc, &xj) in last.iter_mut().zip(features) {
-            *acc += xj;
-        }
-        last[f] += 1.0;
         self.count = self.count.saturating_add(1);
         Ok(())
     }
@@ -575,15 +579,19 @@ impl<'m, 's> LastLayer<'m, 's> {
             factor[tri(n, n)] = 1.0 / self.settings.bias_variance;
             n += 1;
         }
-        let info = &self.info[k * (f + 1)..(k + 1) * (f + 1)];
+        let info = |a: usize| {
+            let at = 2 * (k * (f + 1) + a);
+            self.info[at] + self.info[at + 1]
+        };
         let h = self.settings.likelihood.precision();
         // Λ = D⁻¹ + h G on the adaptable inputs; right-hand side D⁻¹ μ₀ + Σ φ r.
         for i in 0..n {
             let a = index[i] as usize;
-            mean[i] += info[a];
+            mean[i] += info(a);
             for j in 0..=i {
                 let b = index[j] as usize;
-                let g = h * self.gram[tri(a, b)];
+                let at = 2 * tri(a, b);
+                let g = h * (self.gram[at] + self.gram[at + 1]);
                 if i == j {
                     factor[tri(i, i)] += g;
                 } else {
@@ -688,12 +696,30 @@ fn model_crc(model: &Model<'_>) -> u32 {
     tail.iter().rev().fold(0, |acc, &b| acc << 8 | u32::from(b))
 }
 
+/// Words of the Gram matrix: each entry a compensated sum ([`accumulate`]).
 fn gram_words(features: usize) -> usize {
-    tri(features + 1, 0)
+    2 * tri(features + 1, 0)
 }
 
 fn state_words(features: usize, classes: usize) -> usize {
-    gram_words(features) + classes * (features + 1)
+    gram_words(features) + 2 * classes * (features + 1)
+}
+
+/// Adds `x` to the compensated sum `pair = [sum, compensation]` (Neumaier's variant of
+/// Kahan summation): the rounding error of every addition is kept in the compensation, so the
+/// value `sum + compensation` stays within a few units in the last place of the exact sum
+/// whatever the number of terms. A plain f32 sum of `N` terms drifts by up to `N` half-ulps:
+/// after a million updates the Gram matrix would no longer be positive semi-definite.
+#[inline]
+fn accumulate(pair: &mut [f32], x: f32) {
+    let sum = pair[0];
+    let t = sum + x;
+    pair[1] += if sum.abs() >= x.abs() {
+        (sum - t) + x
+    } else {
+        (x - t) + sum
+    };
+    pair[0] = t;
 }
 
 /// The last layer of a plain network, checked for the update.

@@ -23,7 +23,8 @@ pub const RECORD_VERSION: u16 = 1;
 /// Magic bytes of a record.
 pub const RECORD_MAGIC: [u8; 4] = *b"TBAD";
 /// Bytes of a record's header.
-const HEADER: usize = 48;
+pub const RECORD_HEADER_LEN: usize = 48;
+const HEADER: usize = RECORD_HEADER_LEN;
 /// Bytes read or written at a time: the flash's read and write sizes must divide it.
 pub const CHUNK: usize = 32;
 
