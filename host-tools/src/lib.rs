@@ -4,6 +4,7 @@ pub mod data;
 pub mod export;
 pub mod export_resnet;
 pub mod files;
+pub mod flash_dump;
 pub mod halting;
 pub mod idx;
 pub mod import;

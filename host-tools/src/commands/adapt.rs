@@ -36,7 +36,7 @@ pub struct AdaptArgs {
     /// Labelled examples to learn from: a .npz (its x_train/y_train, or its only arrays), a
     /// .npy of samples with --labels FILE.npy, or a .csv with a `label` column; values as the
     /// model reads them (f32 raw values, or bytes).
-    #[arg(long, required_unless_present = "images", conflicts_with = "images")]
+    #[arg(long, required_unless_present_any = ["images", "state"], conflicts_with = "images")]
     pub data: Option<PathBuf>,
     /// With --data FILE.npz: the arrays to read, as NAME=KEY pairs (NAME: x_train, y_train,
     /// x_test, y_test).
@@ -51,8 +51,16 @@ pub struct AdaptArgs {
     /// How many labelled examples to learn from, drawn at random without replacement (seeded
     /// by --seed) from the file's training split; 0 writes the model with its last layer
     /// rewritten but unchanged in distribution.
-    #[arg(long, value_name = "K")]
-    pub count: usize,
+    #[arg(long, value_name = "K", required_unless_present = "state")]
+    pub count: Option<usize>,
+    /// Instead of learning here: the state a device saved (`tinybayes::adapt::store`), as a
+    /// dump of its flash region (both slots, from the region's start), exported as the
+    /// adapted model. The prior's settings must be the device's.
+    #[arg(long, value_name = "DUMP", conflicts_with_all = ["data", "images", "count", "report"])]
+    pub state: Option<PathBuf>,
+    /// With --state: the erase size of the device's flash, bytes.
+    #[arg(long, default_value_t = 4096, requires = "state", value_name = "BYTES")]
+    pub erase_size: usize,
     /// Seed of the draw of the K examples (and of the Monte Carlo report).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -287,11 +295,14 @@ pub fn run(args: &AdaptArgs) -> Result<()> {
     let mut state =
         vec![0.0f32; LastLayer::state_len(model).context(args.model.display().to_string())?];
     let mut layer = LastLayer::new(model, settings, &mut state)?;
-    let (pool, file_test, name) = load_pool(args, &model)?;
-    if args.count > pool.len() {
+    if let Some(dump) = &args.state {
+        return export_state(args, dump, model, &mut layer);
+    }
+    let count = args.count.unwrap_or(0);
+    let (pool, file_test, name) = load_pool(args, model)?;
+    if count > pool.len() {
         bail!(
-            "--count {} but {name} has {} labelled training examples",
-            args.count,
+            "--count {count} but {name} has {} labelled training examples",
             pool.len()
         );
     }
@@ -319,7 +330,7 @@ pub fn run(args: &AdaptArgs) -> Result<()> {
     for i in (1..order.len()).rev() {
         order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
     }
-    order.truncate(args.count);
+    order.truncate(count);
 
     let plan = Plan::new(model, 1);
     let mut workspace = vec![0.0f32; plan.workspace_len()];
@@ -328,13 +339,13 @@ pub fn run(args: &AdaptArgs) -> Result<()> {
         samples: std::num::NonZeroU16::new(args.samples).context("--samples")?,
     };
     let counts = if args.report.is_some() {
-        curve_counts(args.count)
+        curve_counts(count)
     } else {
-        vec![args.count]
+        vec![count]
     };
     let labels = pool.labels_usize();
     let mut curve = Vec::new();
-    let bar = crate::ui::progress_bar(args.count as u64);
+    let bar = crate::ui::progress_bar(count as u64);
     let mut done = 0;
     for &k in &counts {
         while done < k {
@@ -363,7 +374,7 @@ pub fn run(args: &AdaptArgs) -> Result<()> {
         "adapted the last layer of {} on {} examples of {name} (prior scale {}, bias variance \
          {}, seed {}); wrote {} ({} bytes)",
         args.model.display(),
-        args.count,
+        count,
         args.prior_scale,
         args.bias_variance,
         args.seed,
@@ -387,6 +398,44 @@ pub fn run(args: &AdaptArgs) -> Result<()> {
         };
         write_report(dir, &report, args.force)?;
     }
+    Ok(())
+}
+
+/// Most bytes of a flash dump `--state` reads.
+const MAX_DUMP: u64 = 64 << 20;
+
+/// `--state`: the device's saved state, written as the adapted model.
+fn export_state(
+    args: &AdaptArgs,
+    dump: &Path,
+    model: &Model<'_>,
+    layer: &mut LastLayer<'_, '_>,
+) -> Result<()> {
+    let len = std::fs::metadata(dump)
+        .with_context(|| format!("cannot read {}", dump.display()))?
+        .len();
+    if len > MAX_DUMP {
+        bail!("{} is {len} bytes; a flash dump is at most {MAX_DUMP}", dump.display());
+    }
+    let bytes = std::fs::read(dump).with_context(|| format!("cannot read {}", dump.display()))?;
+    let count = crate::flash_dump::restore(bytes, args.erase_size, layer).map_err(|e| {
+        match e.downcast_ref::<tinybayes::adapt::AdaptError>() {
+            Some(tinybayes::adapt::AdaptError::StateMismatch) => anyhow::anyhow!(
+                "{}: the saved state belongs to another model or was saved with other settings \
+                 (--prior-scale, --bias-variance, --likelihood, --smoothing, --noise)",
+                dump.display()
+            ),
+            _ => e.context(dump.display().to_string()),
+        }
+    })?;
+    let out = adapted_model(model, layer)?;
+    write_new(&args.out, out.as_bytes(), args.force)?;
+    crate::ui::status(format!(
+        "restored the state of {count} examples from {}; wrote {} ({} bytes)",
+        dump.display(),
+        args.out.display(),
+        out.as_bytes().len()
+    ));
     Ok(())
 }
 
