@@ -51,10 +51,13 @@ const CLASS_NAMES: [&str; 14] = [
 ];
 
 /// One array of an `.npy` member: its shape and raw little-endian values.
-struct Npy {
-    descr: String,
-    shape: Vec<usize>,
-    data: Vec<u8>,
+pub struct Npy {
+    /// The numpy type (`<f4`, `|u1`, `<U3`, ...).
+    pub descr: String,
+    /// The shape.
+    pub shape: Vec<usize>,
+    /// The values, C order.
+    pub data: Vec<u8>,
 }
 
 /// Parses an `.npy` (version 1 to 3) held in memory.
@@ -112,7 +115,7 @@ fn parse_npy(bytes: &[u8]) -> Result<Npy, String> {
 }
 
 /// Reads member `name` (`name.npy`) of the `.npz` archive at `path`.
-fn read_member(path: &Path, name: &str) -> Result<Npy, String> {
+pub fn read_member(path: &Path, name: &str) -> Result<Npy, String> {
     let file = fs::File::open(path).map_err(|e| e.to_string())?;
     let mut archive = zip::ZipArchive::new(file).map_err(|e| e.to_string())?;
     let mut member = archive
@@ -125,61 +128,89 @@ fn read_member(path: &Path, name: &str) -> Result<Npy, String> {
     parse_npy(&bytes).map_err(|e| format!("{name}: {e}"))
 }
 
+/// One split of the archive, checked: `x_<split>` float32 or uint8 `[N, ...]` with `window`
+/// values per example, `y_<split>` uint8 `[N]`.
+pub struct Split {
+    x: Npy,
+    y: Npy,
+    /// Bytes per value: 4 (float32) or 1 (uint8).
+    size: usize,
+    window: usize,
+}
+
+impl Split {
+    /// Reads `x_<split>` and `y_<split>` of the archive at `path`.
+    pub fn read(path: &Path, split: &str, window: usize) -> Result<Self, String> {
+        let x = read_member(path, &format!("x_{split}"))?;
+        let y = read_member(path, &format!("y_{split}"))?;
+        let per_example: usize = x.shape.iter().skip(1).product();
+        // float32 values, or bytes (their values 0..=255, which the f32 engine's raw entry
+        // point normalises to the bits of its byte entry point).
+        let size = match x.descr.as_str() {
+            "<f4" => 4,
+            "|u1" => 1,
+            _ => 0,
+        };
+        if size == 0 || x.shape.len() < 2 || per_example != window {
+            return Err(format!(
+                "x_{split} is {} {:?}, not float32 or uint8 [N, ...] with {window} values per example (the model's input)",
+                x.descr, x.shape
+            ));
+        }
+        if y.descr != "|u1" || y.shape != [x.shape[0]] {
+            return Err(format!(
+                "y_{split} is {} {:?}, not uint8 [{}]",
+                y.descr, y.shape, x.shape[0]
+            ));
+        }
+        if x.data.len() < x.shape[0] * window * size || y.data.len() < x.shape[0] {
+            return Err("truncated arrays".into());
+        }
+        Ok(Split { x, y, size, window })
+    }
+
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.x.shape[0]
+    }
+
+    /// The labels, by example.
+    pub fn labels(&self) -> &[u8] {
+        &self.y.data[..self.len()]
+    }
+
+    /// Example `i`'s values and label.
+    pub fn example(&self, i: usize) -> (Vec<f32>, u8) {
+        let (window, size) = (self.window, self.size);
+        let raw = &self.x.data[i * window * size..(i + 1) * window * size];
+        let values = match size {
+            4 => raw
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            _ => raw.iter().map(|&b| f32::from(b)).collect(),
+        };
+        (values, self.y.data[i])
+    }
+}
+
 /// The demo windows (values, label) from the archive at `path`, `window` values each.
 fn windows(path: &Path, window: usize, hmp: bool) -> Result<Vec<(Vec<f32>, u8)>, String> {
-    let x = read_member(path, "x_test")?;
-    let y = read_member(path, "y_test")?;
-    let per_example: usize = x.shape.iter().skip(1).product();
-    // float32 values, or bytes (their values 0..=255, which the f32 engine's raw entry point
-    // normalises to the bits of its byte entry point).
-    let size = match x.descr.as_str() {
-        "<f4" => 4,
-        "|u1" => 1,
-        _ => 0,
-    };
-    if size == 0 || x.shape.len() < 2 || per_example != window {
-        return Err(format!(
-            "x_test is {} {:?}, not float32 or uint8 [N, ...] with {window} values per example (the model's input)",
-            x.descr, x.shape
-        ));
-    }
-    if y.descr != "|u1" || y.shape != [x.shape[0]] {
-        return Err(format!(
-            "y_test is {} {:?}, not uint8 [{}]",
-            y.descr, y.shape, x.shape[0]
-        ));
-    }
-    if x.data.len() < x.shape[0] * window * size || y.data.len() < x.shape[0] {
-        return Err("truncated arrays".into());
-    }
+    let test = Split::read(path, "test", window)?;
     let picks: Vec<usize> = if hmp {
         CLASSES
             .iter()
             .map(|&class| {
-                y.data
+                test.labels()
                     .iter()
                     .position(|&l| l == class)
                     .ok_or(format!("no test window of class {class}"))
             })
             .collect::<Result<_, _>>()?
     } else {
-        (0..CLASSES.len().min(x.shape[0])).collect()
+        (0..CLASSES.len().min(test.len())).collect()
     };
-    picks
-        .into_iter()
-        .map(|i| {
-            let class = y.data[i];
-            let raw = &x.data[i * window * size..(i + 1) * window * size];
-            let values = match size {
-                4 => raw
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-                _ => raw.iter().map(|&b| f32::from(b)).collect(),
-            };
-            Ok((values, class))
-        })
-        .collect()
+    Ok(picks.into_iter().map(|i| test.example(i)).collect())
 }
 
 /// Writes the HMP demo's models, windows and workspace sizes into `src` (`chunk`: the f32
