@@ -30,10 +30,13 @@ const MODEL_ENV: &str = "TINYBAYES_DEVICE_MODEL";
 /// Environment variable naming the data file (default: `../shared/data/hmp-adl/hmp.npz` from
 /// the repository root).
 const DATA_ENV: &str = "TINYBAYES_DEVICE_DATA";
+/// The HMP archive, relative to the firmware crate (`../shared/data/hmp-adl/hmp.npz` from the
+/// repository root).
+pub const HMP_DATA: &str = "../../shared/data/hmp-adl/hmp.npz";
 /// The activities whose first test window the demo classifies.
 const CLASSES: [u8; 8] = [13, 1, 3, 7, 4, 9, 5, 6];
 /// The 14 activity names of the data set, by label.
-const CLASS_NAMES: [&str; 14] = [
+pub const CLASS_NAMES: [&str; 14] = [
     "brush_teeth",
     "climb_stairs",
     "comb_hair",
@@ -264,7 +267,7 @@ pub fn write_hmp(
 
     let data: PathBuf = std::env::var_os(DATA_ENV)
         .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.join("../../shared/data/hmp-adl/hmp.npz"));
+        .unwrap_or_else(|| manifest.join(HMP_DATA));
     let found = if data.is_file() {
         println!("cargo::rerun-if-changed={}", data.display());
         Some(
@@ -293,15 +296,7 @@ pub fn write_hmp(
         "/// Test windows cut from the data file at build time (3 x 128 values in g, channel-major) and their labels."
     )
     .unwrap();
-    write!(src, "pub static HMP_WINDOWS: &[(&[f32], u8)] = &[").unwrap();
-    for (values, label) in found.iter().flatten() {
-        write!(src, "(&[").unwrap();
-        for v in values {
-            write!(src, "{:?}f32,", v).unwrap();
-        }
-        write!(src, "], {label}),").unwrap();
-    }
-    writeln!(src, "];").unwrap();
+    write_windows(src, "HMP_WINDOWS", found.as_deref().unwrap_or_default());
     let windows: Vec<&[f32]> = found.iter().flatten().map(|(v, _)| v.as_slice()).collect();
     let q8_path = match (std::env::var_os(Q8_MODEL_ENV), &custom) {
         (Some(path), _) => Some(PathBuf::from(path)),
@@ -309,6 +304,19 @@ pub fn write_hmp(
         (None, Some(_)) => None,
     };
     write_hmp_q8(src, q8_path.as_deref(), &windows, fixed_chunk, seed_base);
+}
+
+/// Writes `windows` (values, label) as the static `name: &[(&[f32], u8)]`.
+pub fn write_windows(src: &mut String, name: &str, windows: &[(Vec<f32>, u8)]) {
+    write!(src, "pub static {name}: &[(&[f32], u8)] = &[").unwrap();
+    for (values, label) in windows {
+        write!(src, "(&[").unwrap();
+        for v in values {
+            write!(src, "{:?}f32,", v).unwrap();
+        }
+        write!(src, "], {label}),").unwrap();
+    }
+    writeln!(src, "];").unwrap();
 }
 
 /// The fixed-point half: the q8 model (if any), each window as the signed codes the model
