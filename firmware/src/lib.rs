@@ -17,6 +17,7 @@ pub mod app_hmp;
 pub mod assets;
 pub mod bench;
 pub mod clock;
+pub mod flash;
 pub mod platform;
 pub mod stack;
 pub mod unsure;
