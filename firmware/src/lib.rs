@@ -12,6 +12,7 @@ compile_error!("enable exactly one board feature: `qemu` or `nrf52840dk`");
 compile_error!("enable one board feature: `qemu` or `nrf52840dk`");
 
 pub mod app;
+pub mod app_adapt;
 pub mod app_fixed;
 pub mod app_hmp;
 pub mod assets;
