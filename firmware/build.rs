@@ -5,7 +5,9 @@
 //! - runs the demo model on the ten embedded MNIST images **on the host**, with the very same
 //!   core crate, and writes the bit patterns of every output so the on-target test can assert
 //!   host/device parity;
-//! - embeds the HMP activity model and test windows cut from the data file (`build/hmp.rs`).
+//! - embeds the HMP activity model and test windows cut from the data file (`build/hmp.rs`);
+//! - embeds the HMP model trained without volunteer m1, the sizes of its last layer's update,
+//!   and m1's windows, rotated, cut from the same file (`build/adapt.rs`).
 
 use std::env;
 use std::fmt::Write as _;
@@ -35,6 +37,8 @@ const PARITY_SEED_BASE: u64 = 0x7b00;
 /// not depend on it).
 const DEVICE_CHUNK: usize = 8;
 
+#[path = "build/adapt.rs"]
+mod adapt;
 #[path = "build/fixed.rs"]
 mod fixed;
 #[path = "build/hmp.rs"]
@@ -177,6 +181,7 @@ fn main() {
         (DEVICE_CHUNK, fixed_chunk),
         PARITY_SEED_BASE,
     );
+    adapt::write_adapt(&mut src, &manifest, DEVICE_CHUNK);
     fs::write(out.join("generated.rs"), src).expect("write generated.rs");
 }
 

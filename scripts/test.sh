@@ -100,6 +100,8 @@ cargo demo-m3
 step "the sensor demo in QEMU: HMP activity windows (cut from ../shared at build time) on the M4F (f32 and q8), and the q8 model in the Cortex-M0's code; q8 answers checked against the host's"
 cargo demo-hmp
 cargo demo-hmp-m0
+step "the adaptation demo in QEMU: the HMP model trained without volunteer m1 learns m1's rotated windows on the M4F (last-layer update, state saved to NOR flash emulated in RAM and loaded back)"
+cargo demo-adapt
 
 step "the C API: the C example (examples/c) in QEMU on the M4F and the micro:bit, its answers against the Rust demos' above, bit for bit"
 make -s -C examples/c run BOARD=mps2-an386 | tee "$c_m4"

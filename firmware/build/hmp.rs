@@ -30,10 +30,13 @@ const MODEL_ENV: &str = "TINYBAYES_DEVICE_MODEL";
 /// Environment variable naming the data file (default: `../shared/data/hmp-adl/hmp.npz` from
 /// the repository root).
 const DATA_ENV: &str = "TINYBAYES_DEVICE_DATA";
+/// The HMP archive, relative to the firmware crate (`../shared/data/hmp-adl/hmp.npz` from the
+/// repository root).
+pub const HMP_DATA: &str = "../../shared/data/hmp-adl/hmp.npz";
 /// The activities whose first test window the demo classifies.
 const CLASSES: [u8; 8] = [13, 1, 3, 7, 4, 9, 5, 6];
 /// The 14 activity names of the data set, by label.
-const CLASS_NAMES: [&str; 14] = [
+pub const CLASS_NAMES: [&str; 14] = [
     "brush_teeth",
     "climb_stairs",
     "comb_hair",
@@ -51,10 +54,13 @@ const CLASS_NAMES: [&str; 14] = [
 ];
 
 /// One array of an `.npy` member: its shape and raw little-endian values.
-struct Npy {
-    descr: String,
-    shape: Vec<usize>,
-    data: Vec<u8>,
+pub struct Npy {
+    /// The numpy type (`<f4`, `|u1`, `<U3`, ...).
+    pub descr: String,
+    /// The shape.
+    pub shape: Vec<usize>,
+    /// The values, C order.
+    pub data: Vec<u8>,
 }
 
 /// Parses an `.npy` (version 1 to 3) held in memory.
@@ -112,7 +118,7 @@ fn parse_npy(bytes: &[u8]) -> Result<Npy, String> {
 }
 
 /// Reads member `name` (`name.npy`) of the `.npz` archive at `path`.
-fn read_member(path: &Path, name: &str) -> Result<Npy, String> {
+pub fn read_member(path: &Path, name: &str) -> Result<Npy, String> {
     let file = fs::File::open(path).map_err(|e| e.to_string())?;
     let mut archive = zip::ZipArchive::new(file).map_err(|e| e.to_string())?;
     let mut member = archive
@@ -125,61 +131,89 @@ fn read_member(path: &Path, name: &str) -> Result<Npy, String> {
     parse_npy(&bytes).map_err(|e| format!("{name}: {e}"))
 }
 
+/// One split of the archive, checked: `x_<split>` float32 or uint8 `[N, ...]` with `window`
+/// values per example, `y_<split>` uint8 `[N]`.
+pub struct Split {
+    x: Npy,
+    y: Npy,
+    /// Bytes per value: 4 (float32) or 1 (uint8).
+    size: usize,
+    window: usize,
+}
+
+impl Split {
+    /// Reads `x_<split>` and `y_<split>` of the archive at `path`.
+    pub fn read(path: &Path, split: &str, window: usize) -> Result<Self, String> {
+        let x = read_member(path, &format!("x_{split}"))?;
+        let y = read_member(path, &format!("y_{split}"))?;
+        let per_example: usize = x.shape.iter().skip(1).product();
+        // float32 values, or bytes (their values 0..=255, which the f32 engine's raw entry
+        // point normalises to the bits of its byte entry point).
+        let size = match x.descr.as_str() {
+            "<f4" => 4,
+            "|u1" => 1,
+            _ => 0,
+        };
+        if size == 0 || x.shape.len() < 2 || per_example != window {
+            return Err(format!(
+                "x_{split} is {} {:?}, not float32 or uint8 [N, ...] with {window} values per example (the model's input)",
+                x.descr, x.shape
+            ));
+        }
+        if y.descr != "|u1" || y.shape != [x.shape[0]] {
+            return Err(format!(
+                "y_{split} is {} {:?}, not uint8 [{}]",
+                y.descr, y.shape, x.shape[0]
+            ));
+        }
+        if x.data.len() < x.shape[0] * window * size || y.data.len() < x.shape[0] {
+            return Err("truncated arrays".into());
+        }
+        Ok(Split { x, y, size, window })
+    }
+
+    /// Number of examples.
+    pub fn len(&self) -> usize {
+        self.x.shape[0]
+    }
+
+    /// The labels, by example.
+    pub fn labels(&self) -> &[u8] {
+        &self.y.data[..self.len()]
+    }
+
+    /// Example `i`'s values and label.
+    pub fn example(&self, i: usize) -> (Vec<f32>, u8) {
+        let (window, size) = (self.window, self.size);
+        let raw = &self.x.data[i * window * size..(i + 1) * window * size];
+        let values = match size {
+            4 => raw
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            _ => raw.iter().map(|&b| f32::from(b)).collect(),
+        };
+        (values, self.y.data[i])
+    }
+}
+
 /// The demo windows (values, label) from the archive at `path`, `window` values each.
 fn windows(path: &Path, window: usize, hmp: bool) -> Result<Vec<(Vec<f32>, u8)>, String> {
-    let x = read_member(path, "x_test")?;
-    let y = read_member(path, "y_test")?;
-    let per_example: usize = x.shape.iter().skip(1).product();
-    // float32 values, or bytes (their values 0..=255, which the f32 engine's raw entry point
-    // normalises to the bits of its byte entry point).
-    let size = match x.descr.as_str() {
-        "<f4" => 4,
-        "|u1" => 1,
-        _ => 0,
-    };
-    if size == 0 || x.shape.len() < 2 || per_example != window {
-        return Err(format!(
-            "x_test is {} {:?}, not float32 or uint8 [N, ...] with {window} values per example (the model's input)",
-            x.descr, x.shape
-        ));
-    }
-    if y.descr != "|u1" || y.shape != [x.shape[0]] {
-        return Err(format!(
-            "y_test is {} {:?}, not uint8 [{}]",
-            y.descr, y.shape, x.shape[0]
-        ));
-    }
-    if x.data.len() < x.shape[0] * window * size || y.data.len() < x.shape[0] {
-        return Err("truncated arrays".into());
-    }
+    let test = Split::read(path, "test", window)?;
     let picks: Vec<usize> = if hmp {
         CLASSES
             .iter()
             .map(|&class| {
-                y.data
+                test.labels()
                     .iter()
                     .position(|&l| l == class)
                     .ok_or(format!("no test window of class {class}"))
             })
             .collect::<Result<_, _>>()?
     } else {
-        (0..CLASSES.len().min(x.shape[0])).collect()
+        (0..CLASSES.len().min(test.len())).collect()
     };
-    picks
-        .into_iter()
-        .map(|i| {
-            let class = y.data[i];
-            let raw = &x.data[i * window * size..(i + 1) * window * size];
-            let values = match size {
-                4 => raw
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-                _ => raw.iter().map(|&b| f32::from(b)).collect(),
-            };
-            Ok((values, class))
-        })
-        .collect()
+    Ok(picks.into_iter().map(|i| test.example(i)).collect())
 }
 
 /// Writes the HMP demo's models, windows and workspace sizes into `src` (`chunk`: the f32
@@ -233,7 +267,7 @@ pub fn write_hmp(
 
     let data: PathBuf = std::env::var_os(DATA_ENV)
         .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.join("../../shared/data/hmp-adl/hmp.npz"));
+        .unwrap_or_else(|| manifest.join(HMP_DATA));
     let found = if data.is_file() {
         println!("cargo::rerun-if-changed={}", data.display());
         Some(
@@ -262,15 +296,7 @@ pub fn write_hmp(
         "/// Test windows cut from the data file at build time (3 x 128 values in g, channel-major) and their labels."
     )
     .unwrap();
-    write!(src, "pub static HMP_WINDOWS: &[(&[f32], u8)] = &[").unwrap();
-    for (values, label) in found.iter().flatten() {
-        write!(src, "(&[").unwrap();
-        for v in values {
-            write!(src, "{:?}f32,", v).unwrap();
-        }
-        write!(src, "], {label}),").unwrap();
-    }
-    writeln!(src, "];").unwrap();
+    write_windows(src, "HMP_WINDOWS", found.as_deref().unwrap_or_default());
     let windows: Vec<&[f32]> = found.iter().flatten().map(|(v, _)| v.as_slice()).collect();
     let q8_path = match (std::env::var_os(Q8_MODEL_ENV), &custom) {
         (Some(path), _) => Some(PathBuf::from(path)),
@@ -278,6 +304,19 @@ pub fn write_hmp(
         (None, Some(_)) => None,
     };
     write_hmp_q8(src, q8_path.as_deref(), &windows, fixed_chunk, seed_base);
+}
+
+/// Writes `windows` (values, label) as the static `name: &[(&[f32], u8)]`.
+pub fn write_windows(src: &mut String, name: &str, windows: &[(Vec<f32>, u8)]) {
+    write!(src, "pub static {name}: &[(&[f32], u8)] = &[").unwrap();
+    for (values, label) in windows {
+        write!(src, "(&[").unwrap();
+        for v in values {
+            write!(src, "{:?}f32,", v).unwrap();
+        }
+        write!(src, "], {label}),").unwrap();
+    }
+    writeln!(src, "];").unwrap();
 }
 
 /// The fixed-point half: the q8 model (if any), each window as the signed codes the model

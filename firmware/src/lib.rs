@@ -12,11 +12,13 @@ compile_error!("enable exactly one board feature: `qemu` or `nrf52840dk`");
 compile_error!("enable one board feature: `qemu` or `nrf52840dk`");
 
 pub mod app;
+pub mod app_adapt;
 pub mod app_fixed;
 pub mod app_hmp;
 pub mod assets;
 pub mod bench;
 pub mod clock;
+pub mod flash;
 pub mod platform;
 pub mod stack;
 pub mod unsure;
