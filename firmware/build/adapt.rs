@@ -6,8 +6,8 @@
 //! - [`LEARN`] labelled windows of m1's *training* recordings, to learn from: every class of
 //!   m1's once, the rest shared in proportion to its windows per class (largest remainders,
 //!   ties to the lower class), evenly spaced inside a class;
-//! - the middle window of each class among m1's *test* recordings (other recordings than the
-//!   ones learnt from), shown before and after the update.
+//! - [`SHOW_PER_CLASS`] evenly spaced windows of each class among m1's *test* recordings
+//!   (other recordings than the ones learnt from), shown before and after the update.
 //!
 //! The settings of the update and the sizes of its buffers (state, scratch, head, and the
 //! workspace of the adapted model) are computed here with the very same core crate.
@@ -28,9 +28,11 @@ const ADAPT_MODEL: &str = "../models/hmp-conv1d-m1out.tbm";
 /// The new wearer, by name in the archive's `subject_names`.
 const VOLUNTEER: &str = "m1";
 /// Labelled windows the device learns from.
-const LEARN: usize = 20;
+const LEARN: usize = 100;
+/// Test windows shown per class of the volunteer's (evenly spaced).
+const SHOW_PER_CLASS: usize = 2;
 /// The prior and likelihood of the update: the exported posterior variances of the last layer
-/// widened 300 times and a bias deviation of variance 1, so that 20 examples of a mounting
+/// widened 300 times and a bias deviation of variance 1, so that 100 examples of a mounting
 /// the model never saw can move it, and regression on smoothed labels (whose targets do not
 /// depend on how wrong the model is).
 const SETTINGS: Settings = Settings {
@@ -167,7 +169,7 @@ fn cut(path: &Path, window: usize) -> Result<Cut, String> {
     let mine = volunteer_examples(path, "test", &test, volunteer)?;
     let show: Vec<usize> = by_class(&test, &mine)
         .iter()
-        .flat_map(|(_, g)| spaced(g, 1))
+        .flat_map(|(_, g)| spaced(g, SHOW_PER_CLASS.min(g.len())))
         .collect();
     if show.is_empty() {
         return Err(format!("{VOLUNTEER} has no test window"));
@@ -250,7 +252,13 @@ pub fn write_adapt(src: &mut String, manifest: &Path, chunk: usize) {
     let Likelihood::LabelRegression { smoothing, noise } = SETTINGS.likelihood else {
         unreachable!("the demo regresses on smoothed labels")
     };
-    writeln!(src, "/// The prior and likelihood of the update.").unwrap();
+    writeln!(
+        src,
+        "/// Test windows shown per class of the volunteer's (evenly spaced).
+const SHOW_PER_CLASS: usize = 2;
+/// The prior and likelihood of the update."
+    )
+    .unwrap();
     writeln!(
         src,
         "pub const ADAPT_SETTINGS: tinybayes::adapt::Settings = tinybayes::adapt::Settings {{ \

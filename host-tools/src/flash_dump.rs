@@ -10,7 +10,9 @@ use tinybayes::adapt::store::Store;
 use tinybayes::adapt::LastLayer;
 
 /// Erase sizes `--erase-size` accepts (bytes).
-pub const ERASE_SIZES: [usize; 10] = [256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072];
+pub const ERASE_SIZES: [usize; 10] = [
+    256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072,
+];
 
 /// A flash region held in memory, with the erase size `ERASE` of the device it was read
 /// from: erasing sets 0xFF, writing clears bits.

@@ -289,3 +289,107 @@ fn bad_input_gets_one_line() {
         stderr(&run)
     );
 }
+
+#[test]
+fn a_state_saved_on_the_device_comes_back_as_the_adapted_model() {
+    use tinybayes::adapt::store::Store;
+    use tinybayes::adapt::{LastLayer, Likelihood, Settings};
+    use tinybayes::writer::ModelSpec;
+    use tinybayes::Model;
+    use tinybayes_host::flash_dump::DumpFlash;
+
+    let dir = tempfile::tempdir().unwrap();
+    let hmp = model();
+    let bytes = std::fs::read(&hmp).unwrap();
+    let buffer = ModelBuffer::from_bytes(&bytes);
+    let base = buffer.model().unwrap();
+    let settings = Settings {
+        prior_scale: 300.0,
+        bias_variance: 1.0,
+        likelihood: Likelihood::LabelRegression {
+            smoothing: 0.1,
+            noise: 1.0,
+        },
+    };
+    // What a device does: updates, then a save into its flash region (8 KB pages here).
+    let mut state = vec![0.0f32; LastLayer::state_len(&base).unwrap()];
+    let mut layer = LastLayer::new(&base, settings, &mut state).unwrap();
+    for i in 0..30 {
+        let phi: Vec<f32> = (0..layer.features())
+            .map(|j| ((i * 7 + j * 3) % 11) as f32 * 0.2)
+            .collect();
+        layer.update(&phi, i % 14).unwrap();
+    }
+    let mut store = Store::new(DumpFlash::<8192>::erased(65536), 0, 65536, &layer).unwrap();
+    store.save(&layer).unwrap();
+    let dump = dir.path().join("flash.bin");
+    std::fs::write(&dump, store.release().into_bytes()).unwrap();
+    // The adapted model it stands for.
+    let mut scratch = vec![0.0f32; layer.scratch_len()];
+    let mut words = vec![0u32; layer.head_len()];
+    let head = Model::from_bytes(layer.write_head(&mut scratch, &mut words).unwrap()).unwrap();
+    let mut spec = ModelSpec::from_model(&base.with_head(&head).unwrap());
+    spec.trained = None;
+    let expected = spec.to_bytes().unwrap();
+
+    let out = dir.path().join("from-device.tbm");
+    let settings_args = [
+        "--prior-scale",
+        "300",
+        "--bias-variance",
+        "1",
+        "--likelihood",
+        "label",
+    ];
+    let mut args = vec![
+        "adapt",
+        "--model",
+        p(&hmp),
+        "--state",
+        p(&dump),
+        "--erase-size",
+        "8192",
+        "--out",
+        p(&out),
+    ];
+    args.extend(settings_args);
+    let run = tinybayes(&args);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(stdout(&run).contains("30 examples"), "{}", stdout(&run));
+    assert_eq!(std::fs::read(&out).unwrap(), expected);
+
+    // Other settings, another erase size, a damaged dump: one line each, nothing written.
+    let bad = dir.path().join("bad.tbm");
+    let damaged = dir.path().join("damaged.bin");
+    let mut bytes = std::fs::read(&dump).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&damaged, &bytes).unwrap();
+    for (extra, file, expected) in [
+        (vec!["--prior-scale", "30"], &dump, "other settings"),
+        (
+            [vec!["--erase-size", "3000"], settings_args.to_vec()].concat(),
+            &dump,
+            "--erase-size 3000",
+        ),
+        (settings_args.to_vec(), &damaged, "no valid stored state"),
+    ] {
+        let mut args = vec![
+            "adapt",
+            "--model",
+            p(&hmp),
+            "--state",
+            p(file),
+            "--out",
+            p(&bad),
+        ];
+        args.extend(extra);
+        let run = tinybayes(&args);
+        let err = stderr(&run);
+        assert!(
+            !run.status.success() && err.contains(expected),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!bad.exists());
+    }
+}

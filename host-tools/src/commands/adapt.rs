@@ -415,7 +415,10 @@ fn export_state(
         .with_context(|| format!("cannot read {}", dump.display()))?
         .len();
     if len > MAX_DUMP {
-        bail!("{} is {len} bytes; a flash dump is at most {MAX_DUMP}", dump.display());
+        bail!(
+            "{} is {len} bytes; a flash dump is at most {MAX_DUMP}",
+            dump.display()
+        );
     }
     let bytes = std::fs::read(dump).with_context(|| format!("cannot read {}", dump.display()))?;
     let count = crate::flash_dump::restore(bytes, args.erase_size, layer).map_err(|e| {
