@@ -252,13 +252,7 @@ pub fn write_adapt(src: &mut String, manifest: &Path, chunk: usize) {
     let Likelihood::LabelRegression { smoothing, noise } = SETTINGS.likelihood else {
         unreachable!("the demo regresses on smoothed labels")
     };
-    writeln!(
-        src,
-        "/// Test windows shown per class of the volunteer's (evenly spaced).
-const SHOW_PER_CLASS: usize = 2;
-/// The prior and likelihood of the update."
-    )
-    .unwrap();
+    writeln!(src, "/// The prior and likelihood of the update.").unwrap();
     writeln!(
         src,
         "pub const ADAPT_SETTINGS: tinybayes::adapt::Settings = tinybayes::adapt::Settings {{ \
