@@ -60,7 +60,7 @@ pub fn run_hmp_demo<L: OutputPin, C: Clock>(
     );
     if let Some(path) = HMP_MISSING {
         defmt::warn!(
-            "no windows embedded: {=str} was not found when the firmware was built (its terms forbid redistributing the data, so the repository holds none); build beside ../shared/data/hmp-adl or set TINYBAYES_HMP_DATA",
+            "no windows embedded: {=str} was not found when the firmware was built (its terms forbid redistributing the data, so the repository holds none); build beside ../shared/data/hmp-adl or set TINYBAYES_DEVICE_DATA",
             path
         );
         return Ok(None);
