@@ -316,7 +316,28 @@ def moments_f32(s):
                   ("RAM: workspace + engine + model + stack (B)", True)], rows)
 
 
+def mcdropout_q8(s):
+    """The MC dropout LeNet-300-100 in q8 (dense rows, Bernoulli masks) on every MPS2 core."""
+    rows = []
+    for label, where in [("Cortex-M0 (ARMv6-M code on mps2-an385)", M0_MPS2), ("Cortex-M3", M3),
+                         ("Cortex-M4F", M4), ("Cortex-M7", M7), ("Cortex-M33", M33)]:
+        model = "lenet300-mcdropout-q8"
+        v = s.get(model=model, mode="validate", **where)
+        mean = s.get(model=model, mode="mean", **where)
+        m8 = s.get(model=model, mode="mc", samples=8, **where)
+        m32 = s.get(model=model, mode="mc", samples=32, **where)
+        rows.append([label, n(v["instructions"]), n(mean["instructions"]), n(m8["instructions"]),
+                     n(m32["instructions"]), ratio(m32["instructions"]), m32["chunk"],
+                     n(m32["ram_bytes"]), n(m32["flash_bytes"])])
+    return table([("core", False), ("validation", True), ("mean weights", True),
+                  ("M = 8", True), ("M = 32", True), ("M = 32 ÷ CMSIS-NN dense int8", True),
+                  ("samples per pass", True),
+                  ("RAM at M = 32: workspace + engine + model + stack (B)", True),
+                  ("flash (model, B)", True)], rows)
+
+
 TABLES = {
+    "mcdropout-q8": mcdropout_q8,
     "moments-f32": moments_f32,
     "lenet300-f32": lenet300_f32,
     "synthetic-f32": synthetic_f32,

@@ -427,7 +427,9 @@ where
 /// One layer of a mean-weights pass that is not an exit head, one sample: layer `i` reads
 /// the input `x` (`i == 0`) or the current activations, and leaves its output current (a
 /// residual addition adds the open block's input in place); a residual source's output is
-/// kept in `skip`.
+/// kept in `skip`. Inlined: the skeleton's deterministic prefix runs it as it did its own
+/// loop body (the same instructions and stack as before it was shared).
+#[inline(always)]
 fn mean_step<N, X>(i: usize, layer: &N::Layer<'_>, x: &X, buf: &mut Buffers<'_, N>)
 where
     N: Kernels + Reads<X> + Reads<[<N as Kernels>::Act]>,

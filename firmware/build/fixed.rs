@@ -33,6 +33,8 @@ const LENET5_Q8_MODEL: &str = "../models/lenet5-q8.tbm";
 const LENET5_MC_IMAGES: usize = 1000;
 /// Samples sharing a pass for the q8 LeNet-5 on the emulated boards with megabytes of RAM.
 const LENET5_CHUNK: usize = 8;
+/// The MC dropout LeNet-300-100 in q8 (dense rows, 271 KB), benchmarked on the MPS2 boards.
+const MCDROPOUT_Q8_MODEL: &str = "../models/lenet300-mcdropout-q8.tbm";
 /// The q8 early-exit ResNet, on the boards whose RAM holds its workspace (cfg `tb_resnet_q8`).
 const RESNET_Q8_MODEL: &str = "../models/resnet-ee-q8.tbm";
 /// Samples sharing a pass for the q8 early-exit ResNet on the MPS2 boards (4 MB of RAM): all
@@ -180,6 +182,32 @@ pub fn write_fixed(
             src,
             "pub const LENET5_WORKSPACE_WORDS: usize = {};",
             lenet5.workspace_len(LENET5_CHUNK)
+        )
+        .unwrap();
+    }
+    // The MC dropout model's 271 KB fit the MPS2 boards' 4 MB of flash, not the micro:bit's
+    // 256 KB (cfg `tb_mcdropout`).
+    println!("cargo::rustc-check-cfg=cfg(tb_mcdropout)");
+    if fits {
+        println!("cargo::rustc-cfg=tb_mcdropout");
+        let (path, buffer) = read_fixed(manifest, MCDROPOUT_Q8_MODEL);
+        let model = QModel::from_bytes(buffer.as_bytes()).expect("valid fixed-point model");
+        writeln!(src, "/// {MCDROPOUT_Q8_MODEL}, in flash.").unwrap();
+        writeln!(
+            src,
+            "pub static MCDROPOUT_Q8_MODEL: &[u8] = tinybayes::include_model!({:?});",
+            path.display().to_string()
+        )
+        .unwrap();
+        writeln!(
+            src,
+            "/// 64-bit workspace words of the q8 MC dropout model at `FIXED_CHUNK`."
+        )
+        .unwrap();
+        writeln!(
+            src,
+            "pub const MCDROPOUT_WORKSPACE_WORDS: usize = {};",
+            model.workspace_len(chunk)
         )
         .unwrap();
     }

@@ -122,6 +122,19 @@ fn main() -> ! {
             platform::exit(false);
         }
     }
+    #[cfg(tb_mcdropout)]
+    {
+        use tinybayes_firmware::generated::{MCDROPOUT_Q8_MODEL, MCDROPOUT_WORKSPACE_WORDS};
+        let name = "lenet300-mcdropout-q8";
+        if let Err(e) = bench_model::<FIXED_CHUNK, MCDROPOUT_WORKSPACE_WORDS>(
+            &mut board,
+            name,
+            MCDROPOUT_Q8_MODEL,
+        ) {
+            defmt::error!("{=str}: {}", name, e);
+            platform::exit(false);
+        }
+    }
     let lenet5 = "lenet5-q8";
     #[cfg(tb_lenet5)]
     {
