@@ -454,22 +454,23 @@ impl<'m, 's> LastLayer<'m, 's> {
         if !features.iter().all(|v| v.abs() <= MAX_FEATURE) {
             return Err(AdaptError::BadFeatures);
         }
-        // The exported model's logits, their mean, maximum and softmax normaliser.
-        let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+        // The exported model's logits, their mean, maximum and softmax normaliser, in one
+        // pass (the normaliser rescaled whenever the maximum grows).
+        let (mut max, mut sum, mut total) = (f32::NEG_INFINITY, 0.0f32, 0.0f32);
         for k in 0..k_count {
             let logit = self.adaptable_dot(k, features).1 + self.layer.bias()[k];
             if !logit.is_finite() {
                 return Err(AdaptError::BadFeatures);
             }
-            max = max.max(logit);
+            if logit > max {
+                total = total * libm::expf(max - logit) + 1.0;
+                max = logit;
+            } else {
+                total += libm::expf(logit - max);
+            }
             sum += logit;
         }
         let mean = sum / k_count as f32;
-        let mut total = 0.0f32;
-        for k in 0..k_count {
-            let logit = self.adaptable_dot(k, features).1 + self.layer.bias()[k];
-            total += libm::expf(logit - max);
-        }
         let h = self.settings.likelihood.precision();
         for k in 0..k_count {
             let (active, all) = self.adaptable_dot(k, features);
@@ -651,25 +652,26 @@ impl<'m, 's> LastLayer<'m, 's> {
     /// Words of scratch [`Self::write_head`] needs: a packed triangle, a vector and an index
     /// list of the largest class's adaptable parameters.
     pub fn scratch_len(&self) -> usize {
-        let n = (0..self.classes)
+        scratch_words(self.most_adaptable())
+    }
+
+    /// The most adaptable parameters of any class: the order of the largest posterior.
+    fn most_adaptable(&self) -> usize {
+        (0..self.classes)
             .map(|k| self.adaptable(k))
             .max()
-            .unwrap_or(0);
-        tri(n, 0) + n + n.div_ceil(2)
+            .unwrap_or(0)
     }
 
     fn split_scratch<'b>(&self, scratch: &'b mut [f32]) -> Result<Scratch<'b>, AdaptError> {
-        let needed = self.scratch_len();
+        let n = self.most_adaptable();
+        let needed = scratch_words(n);
         if scratch.len() < needed {
             return Err(AdaptError::BufferTooSmall {
                 needed,
                 provided: scratch.len(),
             });
         }
-        let n = (0..self.classes)
-            .map(|k| self.adaptable(k))
-            .max()
-            .unwrap_or(0);
         let (factor, rest) = scratch.split_at_mut(tri(n, 0));
         let (mean, index) = rest.split_at_mut(n);
         let index: &mut [u16] = bytemuck::cast_slice_mut(&mut index[..n.div_ceil(2)]);
@@ -690,10 +692,16 @@ impl<'m, 's> LastLayer<'m, 's> {
     }
 }
 
+/// Scratch words for a posterior of order `n`: its packed factor, its mean and its `n` u16
+/// input indices.
+fn scratch_words(n: usize) -> usize {
+    tri(n, 0) + n + n.div_ceil(2)
+}
+
+/// The model's CRC-32 trailer (a validated model always ends with one).
 fn model_crc(model: &Model<'_>) -> u32 {
     let bytes = model.as_bytes();
-    let tail = &bytes[bytes.len().saturating_sub(4)..];
-    tail.iter().rev().fold(0, |acc, &b| acc << 8 | u32::from(b))
+    crate::model::u32_at(bytes, bytes.len() - crate::format::TRAILER_LEN)
 }
 
 /// Words of the Gram matrix: each entry a compensated sum ([`accumulate`]).
