@@ -18,7 +18,6 @@ pub mod app_hmp;
 pub mod assets;
 pub mod bench;
 pub mod clock;
-pub mod flash;
 pub mod platform;
 pub mod stack;
 pub mod unsure;

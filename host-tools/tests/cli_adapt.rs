@@ -292,11 +292,11 @@ fn bad_input_gets_one_line() {
 
 #[test]
 fn a_state_saved_on_the_device_comes_back_as_the_adapted_model() {
+    use tinybayes::adapt::flash::RamFlash;
     use tinybayes::adapt::store::Store;
     use tinybayes::adapt::{LastLayer, Likelihood, Settings};
     use tinybayes::writer::ModelSpec;
     use tinybayes::Model;
-    use tinybayes_host::flash_dump::DumpFlash;
 
     let dir = tempfile::tempdir().unwrap();
     let hmp = model();
@@ -320,10 +320,12 @@ fn a_state_saved_on_the_device_comes_back_as_the_adapted_model() {
             .collect();
         layer.update(&phi, i % 14).unwrap();
     }
-    let mut store = Store::new(DumpFlash::<8192>::erased(65536), 0, 65536, &layer).unwrap();
+    let mut region = vec![0u8; 65536];
+    let flash = RamFlash::<1, 8192>::erased(&mut region);
+    let mut store = Store::new(flash, 0, 65536, &layer).unwrap();
     store.save(&layer).unwrap();
     let dump = dir.path().join("flash.bin");
-    std::fs::write(&dump, store.release().into_bytes()).unwrap();
+    std::fs::write(&dump, &region).unwrap();
     // The adapted model it stands for.
     let mut scratch = vec![0.0f32; layer.scratch_len()];
     let mut words = vec![0u32; layer.head_len()];

@@ -85,6 +85,7 @@
 //! `embedded-storage`, in two alternating page-aligned slots with a sequence number, a
 //! version and a CRC, so that a torn write leaves the previous state valid.
 
+pub mod flash;
 mod head;
 pub mod store;
 

@@ -4,7 +4,7 @@
 //! to NOR flash and loaded back, then the same windows through the adapted model.
 //!
 //! QEMU only: the MPS2 boards' flash is read-only, so the flash here is emulated in RAM
-//! ([`tinybayes_firmware::flash::RamFlash`]); on a board, pass the HAL's `NorFlash` (e.g.
+//! ([`tinybayes::adapt::flash::RamFlash`]); on a board, pass the HAL's `NorFlash` (e.g.
 //! nrf52840-hal's `Nvmc`) to `app_adapt::run_adapt_demo` instead.
 #![no_std]
 #![no_main]
@@ -28,11 +28,13 @@ fn main() -> ! {
     }
     #[cfg(not(tb_board = "microbit"))]
     {
-        use tinybayes_firmware::{app_adapt, flash::RamFlash};
+        use tinybayes::adapt::flash::RamFlash;
+        use tinybayes_firmware::app_adapt;
         // NOR flash emulated in RAM: QEMU's mps2 flash is read-only. On a board this is the
         // HAL's NorFlash (e.g. nrf52840-hal's Nvmc over a reserved region of flash).
         let mut cells = [0xFFu8; app_adapt::FLASH_BYTES];
-        let mut flash = RamFlash::new(&mut cells);
+        // 4-byte words and 4 KB pages, as the nRF52840's.
+        let mut flash = RamFlash::<4, 4096>::erased(&mut cells);
         match app_adapt::run_adapt_demo(&mut board.led, &mut board.clock, &mut flash) {
             Ok(Some(summary)) => {
                 summary.log();
