@@ -121,6 +121,19 @@ impl DemoSummary {
     }
 }
 
+/// Logs an f32 model's size: layers, stored weights against the trained parameters, flash, and
+/// workspace at `DEMO_CHUNK`.
+pub fn log_size(model: &Model<'_>) {
+    defmt::info!(
+        "{=usize} layers, {=usize} weights stored of {=usize} trained parameters, {=usize} bytes of flash, {=usize} bytes of workspace",
+        model.layers().len(),
+        model.nnz(),
+        model.dense_params(),
+        model.as_bytes().len(),
+        tinybayes::Plan::new(model, DEMO_CHUNK).workspace_bytes()
+    );
+}
+
 /// Runs the demo on the embedded images.
 pub fn run_demo<L: OutputPin, D: DelayNs, C: Clock>(
     led: &mut L,
@@ -129,14 +142,7 @@ pub fn run_demo<L: OutputPin, D: DelayNs, C: Clock>(
 ) -> Result<DemoSummary, DemoError> {
     let model = Model::from_bytes(DEMO_MODEL)?;
     defmt::info!("model: {=str}", DEMO_MODEL_DESCRIPTION);
-    defmt::info!(
-        "{=usize} layers, {=usize} of {=usize} weights stored, {=usize} bytes of flash, {=usize} bytes of workspace",
-        model.layers().len(),
-        model.nnz(),
-        model.dense_params(),
-        model.as_bytes().len(),
-        tinybayes::Plan::new(&model, DEMO_CHUNK).workspace_bytes()
-    );
+    log_size(&model);
     let mut workspace = [0.0f32; DEMO_WORKSPACE_WORDS];
     let mut engine = Engine::<DEMO_CHUNK>::new(&model, &mut workspace)?;
     let samples = NonZeroU16::new(DEMO_SAMPLES).unwrap_or(NonZeroU16::MIN);

@@ -174,7 +174,7 @@ fn show<L: OutputPin, C: Clock>(
 }
 
 /// Runs the demo, saving the state to `flash` (at least [`FLASH_BYTES`], erase pages of
-/// 4 KB or a divisor of it: under QEMU, [`crate::flash::RamFlash`]; on a board, the HAL's
+/// 4 KB or a divisor of it: under QEMU, [`tinybayes::adapt::flash::RamFlash`]; on a board, the HAL's
 /// flash). `None` when the firmware was built without the data file.
 pub fn run_adapt_demo<L: OutputPin, C: Clock, F: NorFlash>(
     led: &mut L,
@@ -183,14 +183,7 @@ pub fn run_adapt_demo<L: OutputPin, C: Clock, F: NorFlash>(
 ) -> Result<Option<AdaptSummary>, AdaptDemoError> {
     let model = Model::from_bytes(ADAPT_MODEL)?;
     defmt::info!("model: {=str}", ADAPT_MODEL_DESCRIPTION);
-    defmt::info!(
-        "{=usize} layers, {=usize} weights stored of {=usize} trained parameters, {=usize} bytes of flash, {=usize} bytes of workspace",
-        model.layers().len(),
-        model.nnz(),
-        model.dense_params(),
-        model.as_bytes().len(),
-        tinybayes::Plan::new(&model, DEMO_CHUNK).workspace_bytes()
-    );
+    crate::app::log_size(&model);
     if let Some(path) = ADAPT_MISSING {
         defmt::warn!(
             "no windows embedded: {=str} was not found when the firmware was built (its terms forbid redistributing the data, so the repository holds none); build beside ../shared/data/hmp-adl",

@@ -50,14 +50,7 @@ pub fn run_hmp_demo<L: OutputPin, C: Clock>(
     clock: &mut C,
 ) -> Result<Option<DemoSummary>, DemoError> {
     let model = Model::from_bytes(HMP_MODEL)?;
-    defmt::info!(
-        "model: {=usize} layers, {=usize} weights stored of {=usize} trained parameters, {=usize} bytes of flash, {=usize} bytes of workspace",
-        model.layers().len(),
-        model.nnz(),
-        model.dense_params(),
-        model.as_bytes().len(),
-        tinybayes::Plan::new(&model, DEMO_CHUNK).workspace_bytes()
-    );
+    crate::app::log_size(&model);
     if let Some(path) = HMP_MISSING {
         defmt::warn!(
             "no windows embedded: {=str} was not found when the firmware was built (its terms forbid redistributing the data, so the repository holds none); build beside ../shared/data/hmp-adl or set TINYBAYES_DEVICE_DATA",
