@@ -40,8 +40,8 @@ pub enum Policy {
     Robust,
 }
 
-/// Early-exit options (used by early-exit models only).
-#[derive(Args, Debug, Clone)]
+/// Early-exit options (used by early-exit models only); the default is none given.
+#[derive(Args, Debug, Clone, Default)]
 pub struct HaltingArgs {
     /// Halting policy of an early-exit model [default: joint].
     #[arg(long, value_enum)]

@@ -239,12 +239,7 @@ fn metrics_of(
 ) -> Result<(Metrics, f64)> {
     let runner = Runner::from_buffer(buffer)?;
     let per = test.samples.features();
-    let halting = HaltingArgs {
-        halting: None,
-        prior_lambda: None,
-        threshold: None,
-        mi_below: None,
-    };
+    let halting = HaltingArgs::default();
     let sim = match &test.samples.values {
         Values::F32(v) => runner.simulate(Examples::Raw(v), mode, seed, &halting)?,
         Values::U8(pixels) => {
